@@ -1,0 +1,72 @@
+"""One module per command: parse, call the core (``lashctl.ops``), render.
+
+Shared here: the state the global options leave in ``ctx.obj`` and the
+``--json`` option every command also accepts after its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lashctl.ids import IdQuery, parse_id
+from lashctl.render import UI
+
+ENV_STORE = "LASHCTL_STORE"
+ENV_MANIFEST = "LASHCTL_MANIFEST"
+ENV_SESSION = "LASHCTL_SESSION"
+ENV_LOCK_TIMEOUT = "LASHCTL_LOCK_TIMEOUT"
+ENV_DEBUG = "LASHCTL_DEBUG"
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")
+]
+SessionOption = Annotated[
+    Optional[str],
+    typer.Option("--session", "-s", envvar=ENV_SESSION, help="Session id the rows belong to."),
+]
+OlderThanOption = Annotated[
+    Optional[str],
+    typer.Option("--older-than", metavar="DURATION", help="Cutoff as an age: 90s, 15m, 24h, 7d."),
+]
+BeforeOption = Annotated[
+    Optional[str],
+    typer.Option("--before", metavar="TIMESTAMP", help="Cutoff as ISO-8601 (UTC if no zone) or epoch ms."),
+]
+DryRunFlag = Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would happen; change nothing.")]
+
+
+@dataclass
+class AppState:
+    """What the global options decided, kept in ``ctx.obj``."""
+
+    store_root: Path
+    manifest_path: Optional[Path]
+    lock_timeout: float
+    ui: UI
+
+    def store(self):
+        from lashctl.ops import Store
+
+        return Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn)
+
+
+def app_state(ctx: typer.Context, json_flag: bool = False) -> AppState:
+    state: AppState = ctx.find_object(AppState)
+    if json_flag:
+        state.ui.json = True
+    return state
+
+
+def parse_ids(texts: list[str]) -> list[IdQuery]:
+    """Parse every id argument before anything touches the file system."""
+    return [parse_id(t) for t in texts]
+
+
+def read_stdin_words() -> list[str]:
+    import sys
+
+    return sys.stdin.read().split()

@@ -1,0 +1,47 @@
+"""``lashctl commit``: mark a session's intents as durably referenced."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lashctl.commands import JsonFlag, SessionOption, app_state, parse_ids, read_stdin_words
+from lashctl.errors import NotFound, UsageError
+
+
+def commit(
+    ctx: typer.Context,
+    attachments: Annotated[
+        list[str], typer.Argument(metavar="ID... | -", help="Ids or unique prefixes; - reads them from stdin.")
+    ],
+    session: SessionOption = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Commit the session's rows for the given ids.
+
+    Reports each id as committed, already committed, or no intent; any id with
+    no intent for the session gives exit 3 (the others are still committed).
+    """
+    from lashctl import ops
+
+    if attachments == ["-"]:
+        attachments = read_stdin_words()
+    elif "-" in attachments:
+        raise UsageError("'-' (read ids from stdin) must be the only id argument")
+    queries = parse_ids(attachments)
+    if not queries:
+        raise UsageError("no ids to commit")
+    state = app_state(ctx, json_flag)
+    session = ops.validate_session(session)
+    results = ops.commit(state.store(), session, queries)
+    state.ui.records(
+        ["id", "session", "status"],
+        [[r.attachment_id, r.session_id, r.status] for r in results],
+        [{"id": r.attachment_id, "session_id": r.session_id, "status": r.status} for r in results],
+    )
+    missing = [r.attachment_id for r in results if r.status == ops.NO_INTENT]
+    if missing:
+        raise NotFound(f"{len(missing)} id(s) have no intent for session {session}: {', '.join(missing)}")
+    done = sum(r.status == ops.COMMITTED for r in results)
+    state.ui.info(f"committed {done} row(s) for session {session}")

@@ -1,0 +1,50 @@
+"""``lashctl delete``: the content-addressed delete, refused while rows reference the id."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lashctl.commands import DryRunFlag, JsonFlag, app_state, parse_ids
+from lashctl.render import human_bytes
+
+
+def delete(
+    ctx: typer.Context,
+    attachments: Annotated[list[str], typer.Argument(metavar="ID...", help="Ids or unique prefixes.")],
+    force: Annotated[bool, typer.Option("--force", help="Delete even if manifest rows reference the id.")] = False,
+    dry_run: DryRunFlag = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Delete blobs and their sidecars, for every session at once.
+
+    Refuses (exit 4) while any manifest row references an id, naming the
+    sessions, unless --force. Deleting an absent blob succeeds.
+    """
+    from lashctl import ops
+
+    queries = parse_ids(attachments)
+    state = app_state(ctx, json_flag)
+    results = ops.delete(state.store(), queries, force=force, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    state.ui.records(
+        ["id", "action", "size", "referenced by"],
+        [
+            [r.attachment_id, verb if r.existed else "absent", human_bytes(r.byte_len) if r.existed else None,
+             ", ".join(r.sessions) or None]
+            for r in results
+        ],
+        [
+            {
+                "id": r.attachment_id,
+                "existed": r.existed,
+                "byte_len": r.byte_len,
+                "sessions": r.sessions,
+                "dry_run": r.dry_run,
+            }
+            for r in results
+        ],
+    )
+    gone = sum(r.existed for r in results)
+    state.ui.info(f"{verb} {gone} blob(s), {sum(r.byte_len for r in results)} bytes")

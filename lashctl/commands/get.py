@@ -1,0 +1,50 @@
+"""``lashctl get``: stream a blob out, verifying its hash as it flows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lashctl.commands import JsonFlag, app_state
+from lashctl.errors import UsageError
+from lashctl.ids import parse_id
+
+
+def get(
+    ctx: typer.Context,
+    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).")],
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", "-o", metavar="PATH|-", help="Write to PATH (atomically) or - for stdout."),
+    ] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Write a blob's bytes to stdout or a file, re-hashing them on the way.
+
+    A hash mismatch is corruption (exit 65) and leaves no output file. Refuses
+    to write binary data to a terminal unless -o - is given.
+    """
+    from lashctl import ops
+
+    query = parse_id(attachment)
+    state = app_state(ctx, json_flag)
+    store = state.store()
+    attachment_id = ops.resolve_id(store, query, store.manifest.read_state)
+    info = ops.blob_info(store, attachment_id)
+    if info.metadata is None:
+        state.ui.warn(f"sidecar {info.sidecar_path} is missing; the bytes are still there")
+    if output is None or output == "-":
+        is_text = info.metadata is not None and info.metadata.media_type.startswith("text/")
+        if output is None and sys.stdout.isatty() and not is_text:
+            raise UsageError("refusing to write binary data to a terminal: use -o PATH, or -o - to force")
+        sys.stdout.flush()
+        ops.copy_verified(store, attachment_id, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return
+    written = ops.get_to_file(store, attachment_id, Path(output))
+    if state.ui.json:
+        state.ui.emit_json({"id": attachment_id, "path": output, "byte_len": written})
+    state.ui.info(f"wrote {written} bytes of {attachment_id} to {output}")

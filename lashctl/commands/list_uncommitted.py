@@ -1,0 +1,63 @@
+"""``lashctl list-uncommitted``: intents that no session has committed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from lashctl.commands import BeforeOption, JsonFlag, OlderThanOption, app_state
+from lashctl.render import human_bytes
+from lashctl.timefmt import age_text, cutoff_ms, iso_ms, now_ms
+
+
+def list_uncommitted(
+    ctx: typer.Context,
+    older_than: OlderThanOption = None,
+    before: BeforeOption = None,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Only this session's rows.")] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """List uncommitted rows, oldest first (all of them unless a cutoff is given).
+
+    With --older-than or --before, only rows whose intent is at or before the
+    cutoff: the candidates of a reclaim sweep with that cutoff.
+    """
+    from lashctl import ops
+
+    state = app_state(ctx, json_flag)
+    now = now_ms()
+    cutoff = cutoff_ms(older_than, before, now)
+    rows = ops.list_uncommitted(state.store(), cutoff, session)
+    state.ui.records(
+        ["id", "session", "intent at", "age", "size", "media type", "label", "bytes"],
+        [
+            [
+                r.row.attachment_id,
+                r.row.session_id,
+                iso_ms(r.row.intent_at_epoch_ms),
+                age_text(now - r.row.intent_at_epoch_ms),
+                human_bytes(r.byte_len),
+                r.media_type,
+                r.label,
+                "present" if r.bytes_present else "missing",
+            ]
+            for r in rows
+        ],
+        [
+            {
+                "id": r.row.attachment_id,
+                "session_id": r.row.session_id,
+                "canonical_uri": r.row.canonical_uri,
+                "intent_at_epoch_ms": r.row.intent_at_epoch_ms,
+                "intent_at": iso_ms(r.row.intent_at_epoch_ms),
+                "age_ms": now - r.row.intent_at_epoch_ms,
+                "byte_len": r.byte_len,
+                "media_type": r.media_type,
+                "label": r.label,
+                "bytes_present": r.bytes_present,
+            }
+            for r in rows
+        ],
+    )
+    state.ui.info(f"{len(rows)} uncommitted row(s)" + (f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""))

@@ -1,0 +1,106 @@
+"""``lashctl put``: store files, recording each intent before its bytes land."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from lashctl.commands import JsonFlag, SessionOption, app_state
+from lashctl.errors import StoreIOError, UsageError
+
+
+def put(
+    ctx: typer.Context,
+    paths: Annotated[
+        Optional[list[str]],
+        typer.Argument(metavar="PATH... | -", help="Files to store; - reads standard input.", show_default=False),
+    ] = None,
+    session: SessionOption = None,
+    media_type: Annotated[
+        Optional[str],
+        typer.Option("--media-type", help="MIME type (default: sniffed, then from the file name)."),
+    ] = None,
+    label: Annotated[
+        Optional[str], typer.Option("--label", help="Label (default: the file's base name).")
+    ] = None,
+    width: Annotated[Optional[int], typer.Option("--width", min=0, help="Image width (default: read from the header).")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", min=0, help="Image height (default: read from the header).")] = None,
+    files_from: Annotated[
+        Optional[str],
+        typer.Option("--files-from", metavar="FILE|-", help="Read input paths from FILE (- for stdin), one per line."),
+    ] = None,
+    null: Annotated[
+        bool, typer.Option("-0", "--null", help="With --files-from: paths are NUL-separated.")
+    ] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Store files in the blob store and record an intent for each.
+
+    Prints one full id per input, in input order. Each input is hashed while it
+    streams into the staging area; its intent is durable in the manifest before
+    the blob is renamed into place. Many inputs share lock and fsync work.
+    """
+    from lashctl import ops
+
+    state = app_state(ctx, json_flag)
+    ui = state.ui
+    inputs = list(paths or [])
+    if files_from is not None:
+        inputs.extend(_read_path_list(files_from, null))
+        if files_from == "-" and "-" in (paths or []):
+            raise UsageError("--files-from - already reads standard input; '-' cannot also be an input")
+    elif null:
+        raise UsageError("-0/--null only applies to --files-from")
+    if not inputs:
+        raise UsageError("nothing to store: give PATH..., - for standard input, or --files-from FILE")
+    ops.validate_session(session)
+    ops.check_put_sources(inputs)
+    sources = [ops.PutSource.from_path(p, lambda: sys.stdin.buffer) for p in inputs]
+    options = ops.PutOptions(session, media_type, label, width, height)
+    store = state.store()
+    records, stored, deduplicated, total = [], 0, 0, 0
+    for result in ops.put(store, sources, options):
+        stored += 1
+        deduplicated += result.deduplicated
+        total += result.byte_len
+        if ui.json:
+            records.append(
+                {
+                    "id": result.attachment_id,
+                    "path": result.path,
+                    "byte_len": result.byte_len,
+                    "media_type": result.media_type,
+                    "label": result.label,
+                    "width": result.width,
+                    "height": result.height,
+                    "deduplicated": result.deduplicated,
+                }
+            )
+        else:
+            ui.line(result.attachment_id)
+    if ui.json:
+        ui.emit_json(records)
+    else:
+        sys.stdout.flush()
+    ui.info(f"stored {stored} blob(s), {total} bytes ({deduplicated} already present) for session {session}")
+
+
+def _read_path_list(source: str, null: bool) -> list[str]:
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(source, "rb") as handle:
+                data = handle.read()
+    except OSError as exc:
+        raise StoreIOError.wrap("read --files-from", source, exc) from exc
+    separator = b"\0" if null else b"\n"
+    names = []
+    for raw in data.split(separator):
+        if not null and raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if raw:
+            names.append(raw.decode(sys.getfilesystemencoding(), "surrogateescape"))
+    return names

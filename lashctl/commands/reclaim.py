@@ -1,0 +1,79 @@
+"""``lashctl reclaim``: the sweep that deletes orphaned uploads."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, OlderThanOption, app_state
+from lashctl.errors import Partial
+from lashctl.render import human_bytes
+from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
+
+
+def reclaim(
+    ctx: typer.Context,
+    older_than: OlderThanOption = None,
+    before: BeforeOption = None,
+    dry_run: DryRunFlag = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past.")
+    ] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Delete the bytes of uncommitted intents older than the grace period (default 24h).
+
+    Per blob: if any row for it is live (committed, or an intent newer than the
+    cutoff) the aged rows are released and the bytes kept; otherwise bytes and
+    sidecar are deleted and its rows forgotten. A failed delete keeps its rows
+    for the next sweep and gives exit 5. --dry-run takes no lock and reports
+    exactly what a real run would do.
+    """
+    from lashctl import ops
+
+    state = app_state(ctx, json_flag)
+    now = now_ms()
+    cutoff = cutoff_ms(older_than, before, now, default=ops.DEFAULT_GRACE)
+    ops.check_grace(cutoff, now, force)
+    report = ops.reclaim(state.store(), cutoff, dry_run=dry_run)
+    state.ui.records(
+        ["id", "action", "size", "sessions", "reason"],
+        [
+            [i.attachment_id, i.action, human_bytes(i.byte_len) if i.action == ops.RECLAIM else None,
+             ", ".join(i.sessions), i.error or i.reason]
+            for i in report.items
+        ],
+        {
+            "dry_run": report.dry_run,
+            "cutoff_epoch_ms": report.cutoff_epoch_ms,
+            "cutoff": iso_ms(report.cutoff_epoch_ms),
+            "scanned_intents": report.scanned_intents,
+            "blobs_reclaimed": report.blobs_reclaimed,
+            "bytes_freed": report.bytes_freed,
+            "rows_released": report.rows_released,
+            "failures": len(report.failures),
+            "items": [
+                {
+                    "id": i.attachment_id,
+                    "action": i.action,
+                    "sessions": i.sessions,
+                    "byte_len": i.byte_len,
+                    "bytes_present": i.bytes_present,
+                    "reason": i.reason,
+                    "error": i.error,
+                }
+                for i in report.items
+            ],
+        },
+    )
+    prefix = "dry run: would reclaim" if dry_run else "reclaimed"
+    state.ui.info(
+        f"{prefix} {report.blobs_reclaimed} blob(s), {human_bytes(report.bytes_freed)} "
+        f"({report.bytes_freed} bytes); released {report.rows_released} row(s); "
+        f"scanned {report.scanned_intents} uncommitted intent(s) at or before {iso_ms(cutoff)}; "
+        f"{len(report.failures)} failure(s)"
+    )
+    if report.failures:
+        failed = ", ".join(i.attachment_id for i in report.failures)
+        raise Partial(f"sweep finished with {len(report.failures)} failure(s); rows kept for the next sweep: {failed}")

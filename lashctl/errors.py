@@ -1,0 +1,74 @@
+"""The one exception hierarchy. Each class carries its documented exit code.
+
+The CLI funnel (``lashctl.cli``) turns these into a one-line message on stderr
+and the exit code; the core raises them with messages that name the file,
+line, id or option at fault.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_REFUSED = 4
+EXIT_PARTIAL = 5
+EXIT_CORRUPT = 65
+EXIT_LOCKED = 75
+
+
+class LashctlError(Exception):
+    """An expected failure: reported as one line, exits with ``exit_code``."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(LashctlError):
+    """Bad option value, malformed or ambiguous id."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFound(LashctlError):
+    """Unknown id, or ``commit`` of an id with no intent."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class Refused(LashctlError):
+    """Refused for safety: deleting live content, a grace period too short."""
+
+    exit_code = EXIT_REFUSED
+
+
+class Partial(LashctlError):
+    """The work finished but some items failed."""
+
+    exit_code = EXIT_PARTIAL
+
+
+class Corrupt(LashctlError):
+    """Malformed manifest line, unknown op or version, bad sidecar, hash mismatch."""
+
+    exit_code = EXIT_CORRUPT
+
+
+class LockTimeout(LashctlError):
+    """The manifest lock could not be taken in time."""
+
+    exit_code = EXIT_LOCKED
+
+
+class StoreIOError(LashctlError):
+    """An operating-system failure on a named path (exit 1)."""
+
+    exit_code = EXIT_FAILURE
+
+    @classmethod
+    def wrap(cls, action: str, path: object, exc: OSError) -> "StoreIOError":
+        reason = exc.strerror or str(exc)
+        return cls(f"cannot {action} {path}: {reason}")

@@ -1,0 +1,399 @@
+"""The write-ahead manifest: a JSON-lines event log and the state it folds to.
+
+Events (one JSON object per ``\\n``-terminated UTF-8 line)::
+
+    {"op":"header","format":"lashctl-manifest","version":1}
+    {"op":"intent","attachment_id":ID,"session_id":S,"canonical_uri":"sha256:ID","intent_at_epoch_ms":T}
+    {"op":"commit","attachment_id":ID,"session_id":S,"committed_at_epoch_ms":T}
+    {"op":"forget","attachment_id":ID,"session_id":S}
+
+State is a set of rows keyed by ``(session_id, attachment_id)``. Writers append
+under an exclusive ``flock`` on ``<manifest>.lock``, one ``write`` and one
+``fsync`` per command. A final line without ``\\n`` that does not parse is a
+torn append: readers skip it with a warning, the next writer truncates it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from lashctl.errors import Corrupt, LockTimeout, StoreIOError
+from lashctl.ids import is_valid_id
+
+FORMAT = "lashctl-manifest"
+VERSION = 1
+HEADER = {"op": "header", "format": FORMAT, "version": VERSION}
+OPS = ("header", "intent", "commit", "forget")
+# Year 9999 in epoch ms: a time past it is corruption, not a date.
+MAX_EPOCH_MS = 253_402_300_799_999
+_LOCK_POLL_S = 0.02
+_TAIL_PROBE = 64 * 1024
+
+Warn = Callable[[str], None]
+
+
+def _stderr_warn(message: str) -> None:
+    print(f"lashctl: warning: {message}", file=sys.stderr)
+
+
+@dataclass(slots=True)
+class Row:
+    """One (session, attachment) reference and where it stands."""
+
+    session_id: str
+    attachment_id: str
+    canonical_uri: str
+    intent_at_epoch_ms: int
+    committed_at_epoch_ms: int | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.committed_at_epoch_ms is not None
+
+
+@dataclass
+class ManifestState:
+    """The fold of a manifest's events, plus what reading it found."""
+
+    rows: dict[tuple[str, str], Row] = field(default_factory=dict)
+    lines: int = 0  # events read (header included), torn tail excluded
+    torn_tail: bool = False
+    has_header: bool = False
+    _by_id: dict[str, list[Row]] | None = None
+
+    def rows_for(self, attachment_id: str) -> list[Row]:
+        if self._by_id is None:
+            index: dict[str, list[Row]] = {}
+            for row in self.rows.values():
+                index.setdefault(row.attachment_id, []).append(row)
+            self._by_id = index
+        return self._by_id.get(attachment_id, [])
+
+    def attachment_ids(self) -> Iterable[str]:
+        self.rows_for("")  # builds the index
+        assert self._by_id is not None
+        return self._by_id.keys()
+
+    def apply(self, event: dict) -> None:
+        """Fold one validated event into the state (DESIGN §3)."""
+        op = event["op"]
+        if op == "header":
+            self.has_header = True
+            return
+        key = (event["session_id"], event["attachment_id"])
+        row = self.rows.get(key)
+        if op == "intent":
+            at = event["intent_at_epoch_ms"]
+            if row is None:
+                self.rows[key] = Row(
+                    sys.intern(event["session_id"]),
+                    event["attachment_id"],
+                    event["canonical_uri"],
+                    at,
+                )
+                self._by_id = None
+            elif row.committed_at_epoch_ms is None and at > row.intent_at_epoch_ms:
+                row.intent_at_epoch_ms = at
+        elif op == "commit":
+            if row is not None and row.committed_at_epoch_ms is None:
+                row.committed_at_epoch_ms = event["committed_at_epoch_ms"]
+        elif op == "forget":
+            if self.rows.pop(key, None) is not None:
+                self._by_id = None
+
+
+# -- events --------------------------------------------------------------------
+def intent_event(attachment_id: str, session_id: str, at_ms: int) -> dict:
+    return {
+        "op": "intent",
+        "attachment_id": attachment_id,
+        "session_id": session_id,
+        "canonical_uri": "sha256:" + attachment_id,
+        "intent_at_epoch_ms": at_ms,
+    }
+
+
+def commit_event(attachment_id: str, session_id: str, at_ms: int) -> dict:
+    return {
+        "op": "commit",
+        "attachment_id": attachment_id,
+        "session_id": session_id,
+        "committed_at_epoch_ms": at_ms,
+    }
+
+
+def forget_event(attachment_id: str, session_id: str) -> dict:
+    return {"op": "forget", "attachment_id": attachment_id, "session_id": session_id}
+
+
+def encode_events(events: Iterable[dict]) -> bytes:
+    return b"".join(
+        json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+        for e in events
+    )
+
+
+def _is_epoch_ms(value: object) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_EPOCH_MS
+    )
+
+
+def validate_event(obj: object) -> str | None:
+    """Why ``obj`` is not a valid event, or None if it is one."""
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    op = obj.get("op")
+    if not isinstance(op, str):
+        return "no \"op\" field"
+    if op not in OPS:
+        return f"unknown op {op!r} (this lashctl knows {', '.join(OPS)})"
+    if op == "header":
+        if obj.get("format") != FORMAT:
+            return f"header format is {obj.get('format')!r}, expected {FORMAT!r}"
+        version = obj.get("version")
+        if version != VERSION or isinstance(version, bool):
+            return f"manifest version {version!r} is not supported (this lashctl reads version {VERSION})"
+        return None
+    if not is_valid_id(obj.get("attachment_id")):
+        return "\"attachment_id\" is not a 64-character lowercase hex sha256"
+    session = obj.get("session_id")
+    if not isinstance(session, str) or not session:
+        return "\"session_id\" is not a non-empty string"
+    if op == "intent":
+        if not isinstance(obj.get("canonical_uri"), str):
+            return "\"canonical_uri\" is not a string"
+        if not _is_epoch_ms(obj.get("intent_at_epoch_ms")):
+            return "\"intent_at_epoch_ms\" is not an epoch time in milliseconds"
+    elif op == "commit":
+        if not _is_epoch_ms(obj.get("committed_at_epoch_ms")):
+            return "\"committed_at_epoch_ms\" is not an epoch time in milliseconds"
+    return None
+
+
+def parse_line(raw: bytes, lineno: int, path: Path) -> dict:
+    """Decode and validate one line (without its newline); Corrupt names the line."""
+    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a BOM left by an editor
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]  # CRLF from a hand edit
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise Corrupt(f"{path}:{lineno}: malformed manifest line: invalid UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise Corrupt(f"{path}:{lineno}: malformed manifest line: {exc.msg}") from exc
+    except RecursionError as exc:
+        raise Corrupt(f"{path}:{lineno}: malformed manifest line: nested too deeply") from exc
+    problem = validate_event(obj)
+    if problem is not None:
+        raise Corrupt(f"{path}:{lineno}: {problem}")
+    return obj
+
+
+def _parses(raw: bytes) -> bool:
+    try:
+        json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return True
+
+
+class Manifest:
+    """A manifest file and its lock: read the state, append events, compact."""
+
+    def __init__(self, path: Path, lock_timeout: float = 30.0, warn: Warn = _stderr_warn) -> None:
+        self.path = Path(path)
+        self.lock_path = Path(str(self.path) + ".lock")
+        self.lock_timeout = lock_timeout
+        self.warn = warn
+        self._lock_fd: int | None = None
+
+    # -- reading ---------------------------------------------------------------
+    def iter_events(self, state: ManifestState | None = None) -> Iterator[tuple[int, dict]]:
+        """Yield ``(line number, event)``; skip blank lines and a torn tail (warning)."""
+        try:
+            handle = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreIOError.wrap("read", self.path, exc) from exc
+        with handle:
+            lineno = 0
+            pending: bytes | None = None
+            for raw in handle:
+                if pending is not None:
+                    yield lineno, parse_line(pending, lineno, self.path)
+                    pending = None
+                lineno += 1
+                if raw.endswith(b"\n"):
+                    body = raw[:-1]
+                    if body.strip() == b"" or body == b"\r":
+                        continue
+                    pending = body
+                    continue
+                # The final line has no newline.
+                if raw.strip() == b"":
+                    break
+                if not _parses(raw[3:] if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") else raw):
+                    self.warn(
+                        f"{self.path}:{lineno}: ignoring a torn final line "
+                        "(an append interrupted by a crash); the next write repairs it"
+                    )
+                    if state is not None:
+                        state.torn_tail = True
+                    break
+                pending = raw
+            if pending is not None:
+                yield lineno, parse_line(pending, lineno, self.path)
+
+    def read_state(self) -> ManifestState:
+        """Fold the whole log. Raises Corrupt (exit 65) naming the first bad line."""
+        state = ManifestState()
+        count = 0
+        for _lineno, event in self.iter_events(state):
+            state.apply(event)
+            count += 1
+        state.lines = count
+        return state
+
+    # -- locking ---------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the exclusive writer lock; wait at most ``lock_timeout`` seconds."""
+        if self._lock_fd is not None:
+            yield  # re-entrant within one process
+            return
+        self._ensure_parent()
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreIOError.wrap("open lock file", self.lock_path, exc) from exc
+        try:
+            deadline = time.monotonic() + max(self.lock_timeout, 0.0)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                        raise StoreIOError.wrap("lock", self.lock_path, exc) from exc
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"could not lock {self.lock_path} within {self.lock_timeout:g}s: "
+                        "another writer holds it; retry later"
+                    )
+                time.sleep(_LOCK_POLL_S)
+            self._lock_fd = fd
+            try:
+                yield
+            finally:
+                self._lock_fd = None
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _ensure_parent(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreIOError.wrap("create", self.path.parent, exc) from exc
+
+    # -- writing ---------------------------------------------------------------
+    def append(self, events: list[dict]) -> None:
+        """Append events durably: one write, one fsync. Must hold the lock.
+
+        Writes the header first when the manifest is new, and repairs a torn
+        tail left by a crashed writer (truncates it) before appending.
+        """
+        if self._lock_fd is None:
+            raise RuntimeError("Manifest.append called without holding the lock")
+        if not events:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreIOError.wrap("open", self.path, exc) from exc
+        created = False
+        try:
+            size = os.fstat(fd).st_size
+            prefix = b""
+            if size == 0:
+                prefix = encode_events([HEADER])
+                created = True
+            else:
+                size, prefix = self._repair_tail(fd, size)
+            payload = prefix + encode_events(events)
+            os.lseek(fd, size, os.SEEK_SET)
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            raise StoreIOError.wrap("append to", self.path, exc) from exc
+        finally:
+            os.close(fd)
+        if created:
+            from lashctl.store import fsync_dir
+
+            fsync_dir(self.path.parent)
+
+    def _repair_tail(self, fd: int, size: int) -> tuple[int, bytes]:
+        """Where to append, and what to write first, given the file's tail."""
+        os.lseek(fd, size - 1, os.SEEK_SET)
+        if os.read(fd, 1) == b"\n":
+            return size, b""
+        # Find the start of the unterminated final line.
+        start = size
+        probe = min(size, _TAIL_PROBE)
+        while True:
+            os.lseek(fd, start - probe, os.SEEK_SET)
+            block = os.read(fd, probe)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                line_start = start - probe + cut + 1
+                break
+            start -= probe
+            if start == 0:
+                line_start = 0
+                break
+            probe = min(start, _TAIL_PROBE)
+        os.lseek(fd, line_start, os.SEEK_SET)
+        tail = os.read(fd, size - line_start)
+        if _parses(tail):
+            return size, b"\n"  # a complete event that only lacks its newline
+        self.warn(f"{self.path}: truncating a torn final line left by an interrupted append")
+        os.ftruncate(fd, line_start)
+        return line_start, b"" if line_start else encode_events([HEADER])
+
+    def compact(self, state: ManifestState) -> int:
+        """Rewrite the manifest as ``state`` atomically. Must hold the lock.
+
+        Returns the number of lines written.
+        """
+        if self._lock_fd is None:
+            raise RuntimeError("Manifest.compact called without holding the lock")
+        events: list[dict] = [HEADER]
+        for row in state.rows.values():
+            events.append(intent_event(row.attachment_id, row.session_id, row.intent_at_epoch_ms))
+            events[-1]["canonical_uri"] = row.canonical_uri
+            if row.committed_at_epoch_ms is not None:
+                events.append(
+                    commit_event(row.attachment_id, row.session_id, row.committed_at_epoch_ms)
+                )
+        from lashctl.store import write_file_atomic
+
+        # Stage beside the manifest: the rename must not cross file systems.
+        write_file_atomic(self.path, encode_events(events), self.path.parent)
+        return len(events)

@@ -1,0 +1,72 @@
+"""Media types: validation, magic-byte sniffing, file-name guesses, image sizes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lashctl.errors import UsageError
+
+OCTET_STREAM = "application/octet-stream"
+# The five image types lash-core 0.1.0-alpha.85 knows as a tagged enum.
+LASH_IMAGE_TYPES = ("png", "jpeg", "gif", "webp", "bmp")
+
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_MIME = re.compile(rf"({_TOKEN})/({_TOKEN})")
+_ALIASES = {"image/jpg": "image/jpeg", "image/x-ms-bmp": "image/bmp", "image/x-bmp": "image/bmp"}
+
+
+def normalize_mime(text: str, source: str = "--media-type") -> str:
+    """Lower-case and trim a MIME type; raise UsageError unless it is type/subtype."""
+    value = text.strip().lower()
+    if ";" in value:
+        raise UsageError(f"{source} {text!r}: parameters (';...') are not allowed")
+    if _MIME.fullmatch(value) is None:
+        raise UsageError(f"{source} {text!r} is not a MIME type of the form type/subtype")
+    return _ALIASES.get(value, value)
+
+
+def sniff(head: bytes) -> str | None:
+    """The image MIME type told by the content's magic bytes, for the five lash types."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if len(head) >= 26 and head[:2] == b"BM":
+        return "image/bmp"
+    return None
+
+
+def guess_from_name(name: str) -> str | None:
+    """The MIME type a file name's extension suggests, if any."""
+    import mimetypes  # only put needs it; it reads the system tables on first use
+
+    guessed, encoding = mimetypes.guess_type(name, strict=False)
+    if guessed is None or encoding is not None:
+        return None
+    try:
+        return normalize_mime(guessed, source="guessed media type")
+    except UsageError:
+        return None
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """Width and height stored in an image file's header, or None if unreadable."""
+    import imagesize
+
+    width, height = imagesize.get(str(path), exif_rotation=False)
+    if width is None or height is None or width <= 0 or height <= 0:
+        return None
+    return int(width), int(height)
+
+
+def lash_image_type(mime: str) -> str | None:
+    """``png`` for ``image/png`` etc. when lash-core has a tagged variant for it."""
+    kind, _, subtype = mime.partition("/")
+    if kind == "image" and subtype in LASH_IMAGE_TYPES:
+        return subtype
+    return None

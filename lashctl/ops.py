@@ -1,0 +1,623 @@
+"""Operations that combine the blob store and the manifest.
+
+Each returns plain dataclasses for the CLI to render; none imports typer or
+rich. Destructive operations hold the manifest lock and derive every path from
+a validated id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from lashctl import media, sidecar
+from lashctl.errors import Corrupt, LashctlError, NotFound, Refused, StoreIOError, UsageError
+from lashctl.ids import IdQuery, canonical_uri
+from lashctl.manifest import (
+    Manifest,
+    ManifestState,
+    Row,
+    Warn,
+    commit_event,
+    forget_event,
+    intent_event,
+)
+from lashctl.store import CHUNK, BlobStore, StagedBlob, write_file_atomic
+from lashctl.timefmt import now_ms
+
+MIN_GRACE_MS = 60_000
+DEFAULT_GRACE = "24h"
+# A put batch shares one lock acquisition, one manifest fsync and one fsync
+# per shard directory; batches bound the staging space held at once.
+PUT_BATCH_FILES = 2048
+PUT_BATCH_BYTES = 512 * 1024 * 1024
+MAX_SESSION_LEN = 1024
+
+
+class Store:
+    """A lash attachment store: blobs under ``root`` and a manifest."""
+
+    def __init__(
+        self,
+        root: Path,
+        manifest_path: Path | None = None,
+        lock_timeout: float = 30.0,
+        warn: Warn | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.blobs = BlobStore(self.root)
+        kwargs = {} if warn is None else {"warn": warn}
+        self.manifest = Manifest(
+            Path(manifest_path) if manifest_path else self.root / "manifest.jsonl",
+            lock_timeout=lock_timeout,
+            **kwargs,
+        )
+
+    def warn(self, message: str) -> None:
+        self.manifest.warn(message)
+
+
+def validate_session(session: str | None) -> str:
+    if session is None or not session.strip():
+        raise UsageError("a session is required: pass --session/-s or set LASHCTL_SESSION")
+    if len(session) > MAX_SESSION_LEN:
+        raise UsageError(f"--session is longer than {MAX_SESSION_LEN} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in session):
+        raise UsageError(f"--session {session!r} contains control characters")
+    return session
+
+
+# -- ids -----------------------------------------------------------------------
+def resolve_id(
+    store: Store,
+    query: IdQuery,
+    state: ManifestState | Callable[[], ManifestState] | None = None,
+) -> str:
+    """Resolve a full id or unique prefix against blobs and manifest rows.
+
+    A full id resolves to itself without touching anything. ``state`` may be
+    a state, a callable giving one (read only when a prefix needs it), or None
+    to match blobs only.
+    """
+    if query.is_full:
+        return query.hex
+    matches = set(store.blobs.iter_ids(query.hex))
+    if callable(state):
+        state = state()
+    if state is not None:
+        matches.update(i for i in state.attachment_ids() if i.startswith(query.hex))
+    if not matches:
+        raise NotFound(f"no blob or manifest row matches id prefix {query.hex!r}")
+    if len(matches) > 1:
+        shown = ", ".join(sorted(matches)[:5]) + (", ..." if len(matches) > 5 else "")
+        raise UsageError(
+            f"id prefix {query.hex!r} is ambiguous: it matches {len(matches)} ids ({shown})"
+        )
+    return matches.pop()
+
+
+def resolve_ids(store: Store, queries: list[IdQuery], state: ManifestState | None) -> list[str]:
+    return [resolve_id(store, q, state) for q in queries]
+
+
+# -- put -----------------------------------------------------------------------
+@dataclass
+class PutSource:
+    """One input to ``put``: a file path, or ``-`` for standard input."""
+
+    name: str
+    opener: Callable[[], BinaryIO]
+    label: str | None
+
+    @classmethod
+    def from_path(cls, path: str, stdin: Callable[[], BinaryIO]) -> "PutSource":
+        if path == "-":
+            return cls(name="-", opener=stdin, label=None)
+        return cls(name=path, opener=lambda: open(path, "rb"), label=os.path.basename(path) or None)
+
+
+@dataclass
+class PutOptions:
+    session: str
+    media_type: str | None = None
+    label: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class PutResult:
+    attachment_id: str
+    path: str
+    byte_len: int
+    media_type: str
+    label: str | None
+    width: int | None
+    height: int | None
+    deduplicated: bool
+
+
+def check_put_sources(paths: list[str]) -> None:
+    """Fail fast (exit 2) on inputs that cannot be read, before anything is written."""
+    if paths.count("-") > 1:
+        raise UsageError("'-' (standard input) can be given only once")
+    for path in paths:
+        if path == "-":
+            continue
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise UsageError(f"cannot read input {path}: {exc.strerror}") from exc
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"input {path} is a directory")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"cannot read input {path}: permission denied")
+
+
+def put(
+    store: Store,
+    sources: Iterable[PutSource],
+    options: PutOptions,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Iterator[PutResult]:
+    """Store each source; yield results in input order, batch by batch.
+
+    Per batch, the write-ahead order is: stream every input into ``tmp/``
+    while hashing (fsync each) -> append all intents durably (one lock, one
+    write, one fsync) -> rename each blob into place -> fsync the shard
+    directories -> write the sidecars. A crash at any point leaves blobs only
+    where an intent already records them.
+    """
+    validate_session(options.session)
+    explicit_type = (
+        media.normalize_mime(options.media_type) if options.media_type is not None else None
+    )
+    store.blobs.ensure_writable_layout()
+    batch: list[tuple[PutSource, StagedBlob]] = []
+    batch_bytes = 0
+    done_bytes = 0
+    try:
+        for source in sources:
+            staged = _stage_source(store, source)
+            batch.append((source, staged))
+            batch_bytes += staged.byte_len
+            done_bytes += staged.byte_len
+            if on_progress is not None:
+                on_progress(len(batch), done_bytes)
+            if len(batch) >= PUT_BATCH_FILES or batch_bytes >= PUT_BATCH_BYTES:
+                yield from _land_batch(store, batch, options, explicit_type)
+                batch, batch_bytes = [], 0
+        if batch:
+            yield from _land_batch(store, batch, options, explicit_type)
+            batch = []
+    finally:
+        for _source, staged in batch:
+            store.blobs.discard(staged)
+
+
+def _stage_source(store: Store, source: PutSource) -> StagedBlob:
+    try:
+        handle = source.opener()
+    except OSError as exc:
+        raise StoreIOError.wrap("read input", source.name, exc) from exc
+    try:
+        return store.blobs.stage(handle, source.name)
+    finally:
+        if source.name != "-":
+            handle.close()
+
+
+def _land_batch(
+    store: Store,
+    batch: list[tuple[PutSource, StagedBlob]],
+    options: PutOptions,
+    explicit_type: str | None,
+) -> Iterator[PutResult]:
+    at = now_ms()
+    with store.manifest.locked():
+        store.manifest.append(
+            [intent_event(s.attachment_id, options.session, at) for _, s in batch]
+        )
+    results: list[PutResult] = []
+    metas: list[sidecar.Metadata] = []
+    landed: set[str] = set()
+    for source, staged in batch:
+        meta = _metadata_for(store, source, staged, options, explicit_type)
+        if staged.attachment_id in landed:
+            store.blobs.discard(staged)  # the same bytes twice in one batch
+            deduplicated = True
+        else:
+            deduplicated = store.blobs.install(staged)
+            landed.add(staged.attachment_id)
+        metas.append(meta)
+        results.append(
+            PutResult(
+                attachment_id=staged.attachment_id,
+                path=source.name,
+                byte_len=staged.byte_len,
+                media_type=meta.media_type,
+                label=meta.label,
+                width=meta.width,
+                height=meta.height,
+                deduplicated=deduplicated,
+            )
+        )
+    store.blobs.fsync_shards(landed)
+    for meta in metas:
+        _write_sidecar(store, meta)
+    store.blobs.fsync_shards(landed)
+    yield from results
+
+
+def _metadata_for(
+    store: Store,
+    source: PutSource,
+    staged: StagedBlob,
+    options: PutOptions,
+    explicit_type: str | None,
+) -> sidecar.Metadata:
+    media_type = (
+        explicit_type
+        or media.sniff(staged.head)
+        or (media.guess_from_name(source.name) if source.name != "-" else None)
+        or media.OCTET_STREAM
+    )
+    width, height = options.width, options.height
+    if (width is None or height is None) and media.sniff(staged.head) is not None:
+        size = media.image_size(staged.path)
+        if size is not None:
+            width = size[0] if width is None else width
+            height = size[1] if height is None else height
+    label = options.label if options.label is not None else source.label
+    return sidecar.Metadata(
+        staged.attachment_id, media_type, staged.byte_len, width, height, label
+    )
+
+
+def _write_sidecar(store: Store, meta: sidecar.Metadata) -> None:
+    path = store.blobs.sidecar_path(meta.attachment_id)
+    data = meta.encode()
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(data) + 1) == data:
+                return  # unchanged: no write, no fsync
+    except OSError:
+        pass
+    write_file_atomic(path, data, store.blobs.tmp, sync_dir=False)
+
+
+# -- get -----------------------------------------------------------------------
+@dataclass
+class BlobInfo:
+    attachment_id: str
+    path: Path
+    sidecar_path: Path
+    metadata: sidecar.Metadata | None
+    byte_len: int
+
+
+def blob_info(store: Store, attachment_id: str) -> BlobInfo:
+    """Stat a blob and read its sidecar. NotFound if absent; Corrupt if the sidecar is bad.
+
+    A missing sidecar is not an error: ``metadata`` is None (the bytes are there).
+    """
+    st = store.blobs.blob_stat(attachment_id)
+    path = store.blobs.blob_path(attachment_id)
+    if st is None:
+        if os.path.islink(path):
+            raise Corrupt(f"{path} is a symlink, not a blob: refusing to follow it")
+        raise NotFound(f"no blob {attachment_id} in store {store.root}")
+    side_path = store.blobs.sidecar_path(attachment_id)
+    meta = sidecar.read(side_path)
+    if meta is not None and meta.attachment_id != attachment_id:
+        raise Corrupt(f"undecodable sidecar {side_path}: its id is {meta.attachment_id}")
+    return BlobInfo(attachment_id, path, side_path, meta, st.st_size)
+
+
+def copy_verified(store: Store, attachment_id: str, out: BinaryIO) -> int:
+    """Stream a blob to ``out``, re-hashing as it flows. Corrupt on a mismatch."""
+    digest = hashlib.sha256()
+    total = 0
+    with store.blobs.open_blob(attachment_id) as handle:
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        while True:
+            try:
+                n = handle.readinto(buffer)
+            except OSError as exc:
+                raise StoreIOError.wrap("read", store.blobs.blob_path(attachment_id), exc) from exc
+            if not n:
+                break
+            digest.update(view[:n])
+            out.write(view[:n])
+            total += n
+    if digest.hexdigest() != attachment_id:
+        raise Corrupt(
+            f"hash mismatch: {store.blobs.blob_path(attachment_id)} hashes to "
+            f"{digest.hexdigest()}, not its name"
+        )
+    return total
+
+
+def get_to_file(store: Store, attachment_id: str, dest: Path) -> int:
+    """Write a verified copy to ``dest`` via a temp file; no partial file on failure."""
+    import secrets
+
+    dest = Path(dest)
+    if dest.is_dir():
+        raise UsageError(f"-o {dest} is a directory; give a file path")
+    parent = dest.parent
+    tmp = parent / f".{dest.name}.{secrets.token_hex(6)}.part"
+    try:
+        handle = open(tmp, "xb")
+    except OSError as exc:
+        raise StoreIOError.wrap("create", tmp, exc) from exc
+    try:
+        with handle:
+            total = copy_verified(store, attachment_id, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise StoreIOError.wrap("write", dest, exc) from exc
+        raise
+    return total
+
+
+# -- delete --------------------------------------------------------------------
+@dataclass
+class DeleteResult:
+    attachment_id: str
+    existed: bool
+    byte_len: int
+    sessions: list[str]
+    dry_run: bool
+
+
+def delete(store: Store, queries: list[IdQuery], force: bool = False, dry_run: bool = False) -> list[DeleteResult]:
+    """Content-addressed delete of blobs and sidecars, refused while rows reference them.
+
+    Refuses (Refused, exit 4, nothing deleted) if any id is referenced by a
+    manifest row, naming the sessions, unless ``force``. Absent blobs succeed.
+    """
+    if dry_run:
+        return _delete_locked(store, queries, force, dry_run)
+    with store.manifest.locked():
+        return _delete_locked(store, queries, force, dry_run)
+
+
+def _delete_locked(store: Store, queries: list[IdQuery], force: bool, dry_run: bool) -> list[DeleteResult]:
+    state = store.manifest.read_state()
+    ids = list(dict.fromkeys(resolve_ids(store, queries, state)))
+    referenced = {i: sorted({r.session_id for r in state.rows_for(i)}) for i in ids}
+    if not force:
+        blocked = [(i, s) for i, s in referenced.items() if s]
+        if blocked:
+            detail = "; ".join(f"{i} by session(s) {', '.join(s)}" for i, s in blocked)
+            raise Refused(
+                f"refusing to delete content that manifest rows reference: {detail} "
+                "(it would vanish for every session; use --force to delete anyway)"
+            )
+    results = []
+    for attachment_id in ids:
+        st = store.blobs.blob_stat(attachment_id)
+        present = st is not None or os.path.lexists(store.blobs.blob_path(attachment_id))
+        size = st.st_size if st is not None else 0
+        if not dry_run:
+            store.blobs.delete(attachment_id)
+        results.append(DeleteResult(attachment_id, present, size, referenced[attachment_id], dry_run))
+    if not dry_run:
+        store.blobs.fsync_shards(ids)
+    return results
+
+
+# -- list-uncommitted ------------------------------------------------------------
+@dataclass
+class UncommittedRow:
+    row: Row
+    bytes_present: bool
+    byte_len: int | None
+    media_type: str | None
+    label: str | None
+
+
+def list_uncommitted(
+    store: Store, cutoff: int | None = None, session: str | None = None
+) -> list[UncommittedRow]:
+    """Uncommitted rows with intent at or before ``cutoff`` (all if None), oldest first."""
+    state = store.manifest.read_state()
+    rows = [
+        r
+        for r in state.rows.values()
+        if r.committed_at_epoch_ms is None
+        and (cutoff is None or r.intent_at_epoch_ms <= cutoff)
+        and (session is None or r.session_id == session)
+    ]
+    rows.sort(key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id))
+    return [_describe_row(store, r) for r in rows]
+
+
+def _describe_row(store: Store, row: Row) -> UncommittedRow:
+    st = store.blobs.blob_stat(row.attachment_id)
+    meta = None
+    try:
+        meta = sidecar.read(store.blobs.sidecar_path(row.attachment_id))
+    except LashctlError as exc:
+        store.warn(exc.message)
+    return UncommittedRow(
+        row=row,
+        bytes_present=st is not None,
+        byte_len=st.st_size if st is not None else (meta.byte_len if meta else None),
+        media_type=meta.media_type if meta else None,
+        label=meta.label if meta else None,
+    )
+
+
+# -- commit --------------------------------------------------------------------
+COMMITTED = "committed"
+ALREADY_COMMITTED = "already committed"
+NO_INTENT = "no intent"
+
+
+@dataclass
+class CommitResult:
+    attachment_id: str
+    session_id: str
+    status: str
+
+
+def commit(store: Store, session: str, queries: list[IdQuery]) -> list[CommitResult]:
+    """Stamp the session's rows committed; report each id's status."""
+    validate_session(session)
+    with store.manifest.locked():
+        state = store.manifest.read_state()
+        at = now_ms()
+        results, events = [], []
+        for query in queries:
+            try:
+                attachment_id = resolve_id(store, query, state)
+            except NotFound:
+                results.append(CommitResult(query.hex, session, NO_INTENT))
+                continue
+            row = state.rows.get((session, attachment_id))
+            if row is None:
+                status = NO_INTENT
+            elif row.committed:
+                status = ALREADY_COMMITTED
+            else:
+                event = commit_event(attachment_id, session, at)
+                state.apply(event)
+                events.append(event)
+                status = COMMITTED
+            results.append(CommitResult(attachment_id, session, status))
+        store.manifest.append(events)
+    return results
+
+
+# -- reclaim -------------------------------------------------------------------
+RECLAIM = "reclaim"
+RELEASE = "release"
+FAILED = "failed"
+
+
+@dataclass
+class ReclaimItem:
+    attachment_id: str
+    action: str  # reclaim | release | failed
+    sessions: list[str]  # the sessions whose aged rows this item forgets
+    byte_len: int  # bytes freed (or that a dry run would free)
+    bytes_present: bool
+    reason: str
+    error: str | None = None
+
+
+@dataclass
+class ReclaimReport:
+    cutoff_epoch_ms: int
+    dry_run: bool
+    scanned_intents: int = 0
+    items: list[ReclaimItem] = field(default_factory=list)
+
+    @property
+    def blobs_reclaimed(self) -> int:
+        return sum(1 for i in self.items if i.action == RECLAIM)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(i.byte_len for i in self.items if i.action == RECLAIM)
+
+    @property
+    def rows_released(self) -> int:
+        return sum(len(i.sessions) for i in self.items if i.action == RELEASE)
+
+    @property
+    def failures(self) -> list[ReclaimItem]:
+        return [i for i in self.items if i.action == FAILED]
+
+
+def check_grace(cutoff: int, now: int, force: bool) -> None:
+    if cutoff > now - MIN_GRACE_MS and not force:
+        raise Refused(
+            "refusing a cutoff less than 1 minute in the past: puts in flight could be "
+            "swept (use --force if no writer is running)"
+        )
+
+
+def plan_reclaim(state: ManifestState, cutoff: int) -> tuple[int, list[tuple[str, list[Row], str | None]]]:
+    """Which blobs a sweep at ``cutoff`` reclaims or releases.
+
+    Returns the number of uncommitted rows scanned and, per blob id with aged
+    rows, ``(id, aged rows, live reason)``: a live reason means release.
+    """
+    scanned = 0
+    aged_by_id: dict[str, list[Row]] = {}
+    for row in state.rows.values():
+        if row.committed_at_epoch_ms is None:
+            scanned += 1
+            if row.intent_at_epoch_ms <= cutoff:
+                aged_by_id.setdefault(row.attachment_id, []).append(row)
+    plan = []
+    for attachment_id, aged in aged_by_id.items():
+        live = None
+        for row in state.rows_for(attachment_id):
+            if row.committed:
+                live = f"session {row.session_id} committed it"
+                break
+            if row.intent_at_epoch_ms > cutoff:
+                live = f"session {row.session_id} has a recent intent"
+        aged.sort(key=lambda r: r.session_id)
+        plan.append((attachment_id, aged, live))
+    plan.sort(key=lambda p: (min(r.intent_at_epoch_ms for r in p[1]), p[0]))
+    return scanned, plan
+
+
+def reclaim(store: Store, cutoff: int, dry_run: bool = False) -> ReclaimReport:
+    """Sweep orphans: delete bytes no live row needs; forget the aged rows.
+
+    A dry run takes no lock and reads a snapshot; it reports exactly the items
+    a real run on the same state acts on.
+    """
+    if dry_run:
+        return _reclaim(store, cutoff, dry_run=True)
+    with store.manifest.locked():
+        return _reclaim(store, cutoff, dry_run=False)
+
+
+def _reclaim(store: Store, cutoff: int, dry_run: bool) -> ReclaimReport:
+    state = store.manifest.read_state()
+    scanned, plan = plan_reclaim(state, cutoff)
+    report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned)
+    forgets: list[dict] = []
+    touched: list[str] = []
+    for attachment_id, aged, live in plan:
+        sessions = [r.session_id for r in aged]
+        st = store.blobs.blob_stat(attachment_id)
+        size = st.st_size if st is not None else 0
+        present = st is not None
+        if live is not None:
+            item = ReclaimItem(attachment_id, RELEASE, sessions, 0, present, f"kept: {live}")
+        else:
+            item = ReclaimItem(attachment_id, RECLAIM, sessions, size, present,
+                               "orphan: no live row" + ("" if present else "; bytes already gone"))
+            if not dry_run:
+                try:
+                    item.byte_len = store.blobs.delete(attachment_id)
+                    touched.append(attachment_id)
+                except LashctlError as exc:
+                    item.action, item.error, item.byte_len = FAILED, exc.message, 0
+        if item.action != FAILED:
+            forgets.extend(forget_event(attachment_id, r.session_id) for r in aged)
+        report.items.append(item)
+    if not dry_run:
+        store.blobs.fsync_shards(touched)
+        store.manifest.append(forgets)
+    return report

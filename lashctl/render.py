@@ -1,0 +1,102 @@
+"""All output: the only module that imports rich (and only when a table is drawn).
+
+stdout carries data (ids, records, ``--json`` documents); stderr carries
+everything meant for people (summaries, warnings, errors). Records are drawn
+as a Rich table when stdout is a terminal and as tab-separated lines, one
+record per line with no header, when it is not, so pipes get full ids and no
+escape codes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Sequence
+
+
+class UI:
+    """Where and how a command reports: machine or human, quiet or verbose."""
+
+    def __init__(self, json_output: bool = False, quiet: bool = False, verbose: bool = False) -> None:
+        self.json = json_output
+        self.quiet = quiet
+        self.verbose = verbose
+
+    # -- stdout: data ------------------------------------------------------------
+    @staticmethod
+    def emit_json(document: Any) -> None:
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    @staticmethod
+    def line(text: str) -> None:
+        sys.stdout.write(text + "\n")
+
+    def records(
+        self,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[object]],
+        document: Any,
+        title: str | None = None,
+    ) -> None:
+        """One listing in its machine form (``document``) or its human form."""
+        if self.json:
+            self.emit_json(document)
+        elif sys.stdout.isatty():
+            _rich_table(columns, rows, title)
+        else:
+            out = sys.stdout
+            for row in rows:
+                out.write("\t".join(_plain(cell) for cell in row) + "\n")
+            out.flush()
+
+    # -- stderr: people ------------------------------------------------------------
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr)
+
+    def debug(self, message: str) -> None:
+        if self.verbose:
+            print(message, file=sys.stderr)
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            print(f"lashctl: warning: {message}", file=sys.stderr)
+
+    @staticmethod
+    def error(message: str) -> None:
+        print(f"lashctl: error: {message}", file=sys.stderr)
+
+
+def _plain(cell: object) -> str:
+    if cell is None:
+        return "-"
+    text = str(cell)
+    # Keep one record per line whatever a hand-edited manifest put in a field.
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _rich_table(columns: Sequence[str], rows: Sequence[Sequence[object]], title: str | None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, show_edge=False, header_style="bold")
+    for name in columns:
+        # Ids stay whole: a table column never folds them.
+        table.add_column(name, overflow="fold" if name not in ("id", "attachment id") else "ignore",
+                         no_wrap=name in ("id", "attachment id"))
+    for row in rows:
+        table.add_row(*(escape(_plain(cell)) for cell in row))
+    Console(highlight=False).print(table)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

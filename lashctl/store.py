@@ -1,0 +1,293 @@
+"""BlobStore: the content-addressed half of a lash attachment store.
+
+Layout (compatible with lash-core's FileAttachmentStore)::
+
+    <root>/sha256/<id[0:2]>/<id>        blob bytes, never modified once written
+    <root>/sha256/<id[0:2]>/<id>.json   metadata sidecar
+    <root>/tmp/                          lashctl's staging area
+
+Every path is derived from a validated id (``lashctl.ids.is_valid_id``), never
+from text read out of the manifest. Writes are crash-atomic: stage in the same
+file system, fsync, rename into place, fsync the directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+from lashctl.errors import Corrupt, NotFound, StoreIOError
+from lashctl.ids import is_valid_id
+
+CHUNK = 1024 * 1024
+HEAD_BYTES = 64 * 1024  # kept from the start of a staged blob for sniffing
+STAGING_SUFFIX = ".part"
+LASH_STAGING_SUFFIX = ".tmp"  # lash-core stages a write in a sibling <final>.tmp
+SIDECAR_SUFFIX = ".json"
+
+
+@dataclass
+class StagedBlob:
+    """Bytes written and fsynced to a staging file, not yet at their final path."""
+
+    path: Path
+    attachment_id: str
+    byte_len: int
+    head: bytes
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: Path, data: bytes, staging_dir: Path, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` crash-atomically (stage, fsync, rename, fsync dir)."""
+    tmp = staging_dir / f".{path.name}.{secrets.token_hex(6)}{STAGING_SUFFIX}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise StoreIOError.wrap("write", path, exc) from exc
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class BlobStore:
+    """Paths, staging, atomic installs, streaming reads and deletes of blobs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "sha256"
+        self.tmp = self.root / "tmp"
+
+    # -- paths ---------------------------------------------------------------
+    def shard_dir(self, attachment_id: str) -> Path:
+        self._check(attachment_id)
+        return self.objects / attachment_id[:2]
+
+    def blob_path(self, attachment_id: str) -> Path:
+        return self.shard_dir(attachment_id) / attachment_id
+
+    def sidecar_path(self, attachment_id: str) -> Path:
+        return self.shard_dir(attachment_id) / (attachment_id + SIDECAR_SUFFIX)
+
+    @staticmethod
+    def _check(attachment_id: str) -> None:
+        # Last line of defence: a path is only ever built from a valid id.
+        if not is_valid_id(attachment_id):
+            raise ValueError(f"not a valid attachment id: {attachment_id!r}")
+
+    # -- writing -------------------------------------------------------------
+    def ensure_writable_layout(self) -> None:
+        """Create ``sha256/`` and ``tmp/`` (and the root) if missing."""
+        for directory in (self.objects, self.tmp):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except FileExistsError as exc:
+                raise StoreIOError(f"cannot create {directory}: a file is in the way") from exc
+            except OSError as exc:
+                raise StoreIOError.wrap("create", directory, exc) from exc
+
+    def stage(self, source: BinaryIO, source_name: str) -> StagedBlob:
+        """Stream ``source`` into ``tmp/`` while hashing; fsync; return its id.
+
+        Memory stays flat: bytes pass through in CHUNK-sized pieces.
+        """
+        path = self.tmp / f"put-{secrets.token_hex(8)}{STAGING_SUFFIX}"
+        digest = hashlib.sha256()
+        byte_len = 0
+        head = b""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise StoreIOError.wrap("create staging file", path, exc) from exc
+        try:
+            readinto = getattr(source, "readinto", None)
+            buffer = bytearray(CHUNK)
+            view = memoryview(buffer)
+            while True:
+                try:
+                    if readinto is not None:
+                        n = readinto(buffer)
+                        chunk = view[:n] if n else None
+                    else:
+                        data = source.read(CHUNK)
+                        chunk = memoryview(data) if data else None
+                except OSError as exc:
+                    raise StoreIOError.wrap("read", source_name, exc) from exc
+                if chunk is None:
+                    break
+                if len(head) < HEAD_BYTES:
+                    head += bytes(chunk[: HEAD_BYTES - len(head)])
+                digest.update(chunk)
+                byte_len += len(chunk)
+                try:
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk):]
+                except OSError as exc:
+                    raise StoreIOError.wrap("write", path, exc) from exc
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise StoreIOError.wrap("sync", path, exc) from exc
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(path)
+            raise
+        os.close(fd)
+        return StagedBlob(path=path, attachment_id=digest.hexdigest(), byte_len=byte_len, head=head)
+
+    def discard(self, staged: StagedBlob) -> None:
+        _unlink_quietly(staged.path)
+
+    def install(self, staged: StagedBlob) -> bool:
+        """Rename a staged blob into place. Returns True when it was already there.
+
+        An existing blob of the right size is kept (its mtime refreshed, so a
+        grace-period sweep sees it as recent) and the staged copy dropped; a
+        wrong-size one is replaced. The caller fsyncs the shard directory.
+        """
+        final = self.blob_path(staged.attachment_id)
+        shard = final.parent
+        try:
+            if not shard.is_dir():
+                shard.mkdir(exist_ok=True)
+                fsync_dir(self.objects)
+            existing = self._lstat(final)
+            if (
+                existing is not None
+                and stat.S_ISREG(existing.st_mode)
+                and existing.st_size == staged.byte_len
+            ):
+                os.utime(final)
+                _unlink_quietly(staged.path)
+                return True
+            os.replace(staged.path, final)
+        except OSError as exc:
+            raise StoreIOError.wrap("install blob at", final, exc) from exc
+        return False
+
+    # -- reading -------------------------------------------------------------
+    @staticmethod
+    def _lstat(path: Path) -> os.stat_result | None:
+        try:
+            return os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+
+    def blob_stat(self, attachment_id: str) -> os.stat_result | None:
+        """The blob's lstat if a regular file is at its path, else None."""
+        st = self._lstat(self.blob_path(attachment_id))
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return None
+        return st
+
+    def has_blob(self, attachment_id: str) -> bool:
+        return self.blob_stat(attachment_id) is not None
+
+    def open_blob(self, attachment_id: str) -> BinaryIO:
+        """Open a blob for reading, refusing to follow a symlink at its path."""
+        path = self.blob_path(attachment_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError as exc:
+            raise NotFound(f"no blob {attachment_id} in store {self.root}") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise Corrupt(f"{path} is a symlink, not a blob: refusing to follow it") from exc
+            raise StoreIOError.wrap("open", path, exc) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise Corrupt(f"{path} is not a regular file")
+        return os.fdopen(fd, "rb", buffering=0)
+
+    def iter_ids(self, prefix: str = "") -> Iterator[str]:
+        """Ids of the blobs present (regular files with valid names) under ``sha256/``.
+
+        With a prefix of 2 or more characters only one shard directory is read.
+        """
+        if len(prefix) >= 2:
+            shards: Iterable[Path] = [self.objects / prefix[:2]]
+        else:
+            try:
+                shards = sorted(p for p in self.objects.iterdir() if len(p.name) == 2)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise StoreIOError.wrap("list", self.objects, exc) from exc
+        for shard in shards:
+            try:
+                entries = list(os.scandir(shard))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise StoreIOError.wrap("list", shard, exc) from exc
+            for entry in entries:
+                name = entry.name
+                if (
+                    name.startswith(prefix)
+                    and name[:2] == shard.name
+                    and is_valid_id(name)
+                    and entry.is_file(follow_symlinks=False)
+                ):
+                    yield name
+
+    # -- deleting ------------------------------------------------------------
+    def delete(self, attachment_id: str) -> int:
+        """Remove the blob and its sidecar; absent is success. Returns bytes freed.
+
+        A symlink at the blob path is removed as a link: its target is never
+        touched. The caller fsyncs the shard directory (``fsync_shards``).
+        """
+        freed = 0
+        for path in (self.blob_path(attachment_id), self.sidecar_path(attachment_id)):
+            st = self._lstat(path)
+            if st is None:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                raise StoreIOError(f"cannot delete {path}: it is a directory, not a blob")
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreIOError.wrap("delete", path, exc) from exc
+            if path.name == attachment_id and stat.S_ISREG(st.st_mode):
+                freed = st.st_size
+        return freed
+
+    def fsync_shards(self, attachment_ids: Iterable[str]) -> None:
+        for shard in sorted({self.shard_dir(i) for i in attachment_ids}):
+            try:
+                fsync_dir(shard)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StoreIOError.wrap("sync", shard, exc) from exc

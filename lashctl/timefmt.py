@@ -1,0 +1,86 @@
+"""Durations, timestamps and cutoffs as operators type and read them."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+
+from lashctl.errors import UsageError
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def parse_duration(text: str, option: str = "--older-than") -> int:
+    """``90s``, ``15m``, ``24h``, ``7d``, ``1h30m`` (also ``ms``, ``w``) -> milliseconds."""
+    value = text.strip().lower()
+    pos, total = 0, 0
+    for match in _PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += int(match.group(1)) * _UNITS_MS[match.group(2)]
+        pos = match.end()
+    if not value or pos != len(value):
+        raise UsageError(
+            f"{option} {text!r} is not a duration: use a number and a unit, "
+            "like 90s, 15m, 24h, 7d or 1h30m"
+        )
+    return total
+
+
+def parse_timestamp(text: str, option: str = "--before") -> int:
+    """ISO-8601 (naive means UTC) or epoch milliseconds -> epoch milliseconds."""
+    value = text.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"{option} {text!r} is not a timestamp: use ISO-8601 "
+            "(2026-11-26T12:00:00Z) or epoch milliseconds"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp() * 1000)
+
+
+def cutoff_ms(older_than: str | None, before: str | None, now: int, default: str | None = None) -> int | None:
+    """The cutoff from ``--older-than`` or ``--before`` (not both); None if neither."""
+    if older_than is not None and before is not None:
+        raise UsageError("give --older-than or --before, not both")
+    if before is not None:
+        return parse_timestamp(before)
+    duration = older_than if older_than is not None else default
+    if duration is None:
+        return None
+    return now - parse_duration(duration)
+
+
+def iso_ms(epoch_ms: int | None) -> str | None:
+    if epoch_ms is None:
+        return None
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def age_text(ms: int) -> str:
+    """A compact age such as ``3d4h``, ``15m``, ``42s``; negative ages are clock skew."""
+    if ms < 0:
+        return "-" + age_text(-ms)
+    seconds = ms // 1000
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
