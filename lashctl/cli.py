@@ -41,8 +41,12 @@ class LashctlGroup(TyperGroup):
     """Funnels errors into one-line messages and exit codes."""
 
     def invoke(self, ctx: Any) -> Any:
+        from typer._click.exceptions import ClickException
+
         try:
             return super().invoke(ctx)
+        except (ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise  # usage errors are formatted in main()
         except LashctlError as exc:
             self._fail(ctx, exc.message, exc.exit_code, exc)
         except BrokenPipeError:
@@ -53,8 +57,6 @@ class LashctlGroup(TyperGroup):
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
             self._fail(ctx, f"I/O error{where}: {exc.strerror or exc}", EXIT_FAILURE, exc)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
         except Exception as exc:  # a bug: still one line unless debugging
             self._fail(ctx, f"unexpected {type(exc).__name__}: {exc} (run with -v for a traceback)",
                        EXIT_FAILURE, exc)
@@ -76,6 +78,9 @@ class LashctlGroup(TyperGroup):
         try:
             code = super().main(args=args, prog_name=prog_name or "lashctl", complete_var=complete_var,
                                 standalone_mode=False, **extra)
+        except click_exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # the help text, on stderr
+            code = EXIT_USAGE
         except click_exceptions.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx is not None else "lashctl"
             UI.error(f"{exc.format_message()} (see '{command} --help')")
@@ -83,7 +88,7 @@ class LashctlGroup(TyperGroup):
         except click_exceptions.ClickException as exc:
             UI.error(exc.format_message())
             code = exc.exit_code
-        except click_exceptions.Abort:
+        except typer.Abort:
             UI.error("aborted")
             code = 130
         if not standalone_mode:

@@ -1,0 +1,1 @@
+complete --command lashctl --no-files --arguments "(env _LASHCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) lashctl)" --condition "env _LASHCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) lashctl"
