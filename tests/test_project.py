@@ -1,0 +1,99 @@
+"""Project-level checks: completions are fresh, every command is documented,
+the CI reads its commands from the README, and start-up stays light."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.main import get_command
+
+from lashctl.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def commands() -> dict:
+    return get_command(app).commands
+
+
+def test_completion_scripts_are_fresh():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate_completions.py"), "--check"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("lashctl.bash", "_lashctl", "lashctl.fish", "lashctl.ps1"):
+        assert "_LASHCTL_COMPLETE" in (ROOT / "completions" / name).read_text()
+
+
+def test_bash_completion_lists_commands_and_options():
+    env = dict(os.environ, _LASHCTL_COMPLETE="complete_bash", COMP_WORDS="lashctl re", COMP_CWORD="1")
+    script = [sys.executable, "-c", "from lashctl.cli import main; main()"]
+    result = subprocess.run(script, capture_output=True, text=True, env=env)
+    assert result.stdout.split() == ["reclaim"]
+    env.update(COMP_WORDS="lashctl reclaim --", COMP_CWORD="2")
+    result = subprocess.run(script, capture_output=True, text=True, env=env)
+    assert {"--older-than", "--before", "--dry-run", "--force", "--json"} <= set(result.stdout.split())
+
+
+@pytest.mark.parametrize("name", sorted(commands()))
+def test_every_command_has_help_and_a_readme_section(name):
+    command = commands()[name]
+    assert command.help and command.help.strip(), f"{name} has no help text"
+    assert re.search(rf"^### `{re.escape(name)}\b", README, re.MULTILINE), f"README has no section for {name}"
+
+
+def test_readme_quickstart_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text()
+    for marker in ("install-and-run", "tests"):
+        block = re.search(rf"<!-- ci: {marker} -->\n```sh\n(.+)\n```", README)
+        assert block, f"README lost its {marker} command"
+        assert f"readme_command {marker}" in ci
+    assert "lashctl reclaim" in re.search(r"<!-- ci: install-and-run -->\n```sh\n(.+)\n", README).group(1)
+    assert "pytest" in re.search(r"<!-- ci: tests -->\n```sh\n(.+)\n", README).group(1)
+
+
+def test_every_exit_code_is_documented():
+    from lashctl import errors
+
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    for code in codes:
+        assert re.search(rf"^\| {code} \|", README, re.MULTILINE), f"exit code {code} missing from README"
+
+
+@pytest.mark.parametrize("command", ["put", "get", "commit", "delete", "list-uncommitted", "reclaim"])
+def test_start_up_imports_no_rich(command, tmp_path):
+    """Importing the CLI and parsing a command must not pull in rich (or pydantic)."""
+    code = (
+        "import sys\n"
+        "from typer.main import get_command\n"
+        "from lashctl.cli import app\n"
+        f"get_command(app).commands[{command!r}]\n"
+        "bad = [m for m in ('rich', 'pydantic') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_put_run_loads_no_rich(tmp_path):
+    source = tmp_path / "small.bin"
+    source.write_bytes(os.urandom(2048))
+    code = (
+        "import sys\n"
+        "from lashctl.cli import app\n"
+        "try:\n"
+        f"    app(['--store', {str(tmp_path / 'store')!r}, 'put', '-s', 's', {str(source)!r}], prog_name='lashctl')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print('rich' in sys.modules, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "False"
