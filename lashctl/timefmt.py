@@ -36,7 +36,7 @@ def parse_duration(text: str, option: str = "--older-than") -> int:
 def parse_timestamp(text: str, option: str = "--before") -> int:
     """ISO-8601 (naive means UTC) or epoch milliseconds -> epoch milliseconds."""
     value = text.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return int(value)
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
