@@ -184,8 +184,8 @@ def validate_event(obj: object) -> str | None:
 
 def parse_line(raw: bytes, lineno: int, path: Path) -> dict:
     """Decode and validate one line (without its newline); Corrupt names the line."""
-    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]  # a BOM left by an editor
+    if lineno == 1:
+        raw = _strip_bom(raw)
     if raw.endswith(b"\r"):
         raw = raw[:-1]  # CRLF from a hand edit
     try:
@@ -200,6 +200,11 @@ def parse_line(raw: bytes, lineno: int, path: Path) -> dict:
     if problem is not None:
         raise Corrupt(f"{path}:{lineno}: {problem}")
     return obj
+
+
+def _strip_bom(raw: bytes) -> bytes:
+    """Drop the UTF-8 byte-order mark some editors put at the start of a file."""
+    return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
 
 
 def _parses(raw: bytes) -> bool:
@@ -246,7 +251,7 @@ class Manifest:
                 # The final line has no newline.
                 if raw.strip() == b"":
                     break
-                if not _parses(raw[3:] if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") else raw):
+                if not _parses(_strip_bom(raw) if lineno == 1 else raw):
                     self.warn(
                         f"{self.path}:{lineno}: ignoring a torn final line "
                         "(an append interrupted by a crash); the next write repairs it"
@@ -371,7 +376,7 @@ class Manifest:
             probe = min(start, _TAIL_PROBE)
         os.lseek(fd, line_start, os.SEEK_SET)
         tail = os.read(fd, size - line_start)
-        if _parses(tail):
+        if _parses(_strip_bom(tail) if line_start == 0 else tail):
             return size, b"\n"  # a complete event that only lacks its newline
         self.warn(f"{self.path}: truncating a torn final line left by an interrupted append")
         os.ftruncate(fd, line_start)
