@@ -104,6 +104,23 @@ def resolve_ids(store: Store, queries: list[IdQuery], state: ManifestState | Non
     return [resolve_id(store, q, state) for q in queries]
 
 
+def precheck_prefixes(store: Store, queries: list[IdQuery]) -> None:
+    """Reject ambiguous prefixes before a command takes the lock or creates anything.
+
+    Resolution is repeated under the lock; this pass only makes a usage error
+    leave the store exactly as it was.
+    """
+    prefixes = [q for q in queries if not q.is_full]
+    if not prefixes:
+        return
+    state = store.manifest.read_state()
+    for query in prefixes:
+        try:
+            resolve_id(store, query, state)
+        except NotFound:
+            pass
+
+
 # -- put -----------------------------------------------------------------------
 @dataclass
 class PutSource:
@@ -391,6 +408,7 @@ def delete(store: Store, queries: list[IdQuery], force: bool = False, dry_run: b
     """
     if dry_run:
         return _delete_locked(store, queries, force, dry_run)
+    precheck_prefixes(store, queries)
     with store.manifest.locked():
         return _delete_locked(store, queries, force, dry_run)
 
@@ -478,6 +496,7 @@ class CommitResult:
 def commit(store: Store, session: str, queries: list[IdQuery]) -> list[CommitResult]:
     """Stamp the session's rows committed; report each id's status."""
     validate_session(session)
+    precheck_prefixes(store, queries)
     with store.manifest.locked():
         state = store.manifest.read_state()
         at = now_ms()
