@@ -24,10 +24,16 @@ from lashctl.commands import (
     AppState,
     commit,
     delete,
+    gc,
     get,
     list_uncommitted,
+    ls,
+    manifest,
     put,
     reclaim,
+    show,
+    stats,
+    verify,
 )
 from lashctl.errors import EXIT_FAILURE, EXIT_USAGE, LashctlError
 from lashctl.render import UI
@@ -163,6 +169,12 @@ app.command("delete")(delete.delete)
 app.command("list-uncommitted")(list_uncommitted.list_uncommitted)
 app.command("commit")(commit.commit)
 app.command("reclaim")(reclaim.reclaim)
+app.command("show")(show.show)
+app.command("ls")(ls.ls)
+app.command("stats")(stats.stats)
+app.command("verify")(verify.verify)
+app.command("gc")(gc.gc)
+app.add_typer(manifest.app)
 
 
 def main(prog_name: str = "lashctl") -> None:

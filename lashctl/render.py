@@ -67,6 +67,59 @@ class UI:
     def error(message: str) -> None:
         print(f"lashctl: error: {message}", file=sys.stderr)
 
+    def progress(self, description: str, total: int | None, unit: str = "bytes") -> "ProgressBar":
+        """A progress bar on stderr, only for a person watching a terminal.
+
+        Never drawn with --json, --quiet, or when stderr is not a terminal.
+        """
+        if self.json or self.quiet or not sys.stderr.isatty():
+            return ProgressBar()
+        return _RichProgressBar(description, total, unit)
+
+
+class ProgressBar:
+    """The silent progress bar: ``advance`` does nothing."""
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def advance(self, amount: int = 1) -> None:
+        return None
+
+
+class _RichProgressBar(ProgressBar):
+    def __init__(self, description: str, total: int | None, unit: str) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        amount = [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), *amount, TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._task = self._progress.add_task(description, total=total)
+
+    def __enter__(self) -> "ProgressBar":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def advance(self, amount: int = 1) -> None:
+        self._progress.advance(self._task, amount)
+
 
 def _plain(cell: object) -> str:
     if cell is None:

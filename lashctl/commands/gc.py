@@ -1,0 +1,67 @@
+"""``lashctl gc``: mark and sweep blobs that no manifest row references."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, OlderThanOption, app_state
+from lashctl.errors import Partial
+from lashctl.render import human_bytes
+from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
+
+
+def gc(
+    ctx: typer.Context,
+    older_than: OlderThanOption = None,
+    before: BeforeOption = None,
+    dry_run: DryRunFlag = False,
+    force: Annotated[bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past.")] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Delete blobs no manifest row references, and staging litter, older than the grace period (default 24h).
+
+    ASSUMES EVERY WRITER OF THIS STORE RECORDS INTENTS IN THIS MANIFEST: a blob
+    written by a process that does not (lash-core itself with its own
+    manifest, for instance) looks unreferenced here and would be deleted. Use
+    reclaim for the write-ahead sweep; use gc only on stores lashctl alone
+    writes. Age is the blob's modification time (put refreshes it).
+    """
+    from lashctl import audit, ops
+
+    state = app_state(ctx, json_flag)
+    now = now_ms()
+    cutoff = cutoff_ms(older_than, before, now, default=ops.DEFAULT_GRACE)
+    ops.check_grace(cutoff, now, force)
+    store = state.store()
+    with state.ui.progress("gc", sum(1 for _ in store.blobs.iter_ids()), unit="blobs") as bar:
+        report = audit.gc(store, cutoff, dry_run=dry_run, progress=bar.advance)
+    state.ui.records(
+        ["path", "kind", "action", "size", "reason"],
+        [[i.path, i.kind, i.action, human_bytes(i.byte_len), i.error or i.reason] for i in report.items],
+        {
+            "dry_run": report.dry_run,
+            "cutoff_epoch_ms": report.cutoff_epoch_ms,
+            "cutoff": iso_ms(report.cutoff_epoch_ms),
+            "blobs_scanned": report.blobs_scanned,
+            "blobs_deleted": sum(1 for i in report.items if i.kind == "blob" and i.action == "delete"),
+            "litter_deleted": sum(1 for i in report.items if i.kind != "blob" and i.action == "delete"),
+            "bytes_freed": report.bytes_freed,
+            "failures": len(report.failures),
+            "items": [
+                {"path": i.path, "id": i.attachment_id, "kind": i.kind, "action": i.action,
+                 "byte_len": i.byte_len, "reason": i.reason, "error": i.error}
+                for i in report.items
+            ],
+        },
+    )
+    verb = "dry run: would delete" if dry_run else "deleted"
+    deleted = [i for i in report.items if i.action == "delete"]
+    state.ui.info(
+        f"{verb} {len(deleted)} file(s), {human_bytes(report.bytes_freed)}; scanned {report.blobs_scanned} blob(s) "
+        f"older than {iso_ms(cutoff)}; {len(report.failures)} failure(s)"
+    )
+    if report.failures:
+        raise Partial(f"gc finished with {len(report.failures)} failure(s): "
+                      + ", ".join(i.path for i in report.failures))

@@ -1,0 +1,87 @@
+"""``lashctl ls``: every blob with its size, type, label and reference state."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from lashctl.commands import JsonFlag, app_state
+from lashctl.render import human_bytes
+from lashctl.timefmt import iso_ms
+
+
+class RefState(str, Enum):
+    committed = "committed"
+    uncommitted = "uncommitted"
+    unmanaged = "unmanaged"
+
+
+class SortKey(str, Enum):
+    id = "id"
+    size = "size"
+    mtime = "mtime"
+    media_type = "media-type"
+    label = "label"
+    state = "state"
+
+
+def ls(
+    ctx: typer.Context,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Only blobs this session has a row for.")] = None,
+    ref_state: Annotated[Optional[RefState], typer.Option("--state", help="Only blobs in this reference state.")] = None,
+    media_type: Annotated[
+        Optional[str], typer.Option("--media-type", help="Only this MIME type; image/* matches a whole type.")
+    ] = None,
+    sort: Annotated[SortKey, typer.Option("--sort", help="Sort key.")] = SortKey.id,
+    reverse: Annotated[bool, typer.Option("--reverse", "-r", help="Reverse the order.")] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """List every blob: id, size, media type, label, reference state, modification time.
+
+    The state is committed (some session committed it), uncommitted (only
+    intents reference it) or unmanaged (no manifest row).
+    """
+    from lashctl import audit
+
+    state = app_state(ctx, json_flag)
+    store = state.store()
+    entries = audit.list_blobs(store, store.manifest.read_state(), warn=state.ui.warn)
+    if session is not None:
+        entries = [e for e in entries if session in e.sessions]
+    if ref_state is not None:
+        entries = [e for e in entries if e.state == ref_state.value]
+    if media_type is not None:
+        wanted = media_type.strip().lower()
+        if wanted.endswith("/*"):
+            entries = [e for e in entries if (e.media_type or "").startswith(wanted[:-1])]
+        else:
+            entries = [e for e in entries if e.media_type == wanted]
+    keys = {
+        SortKey.id: lambda e: e.attachment_id,
+        SortKey.size: lambda e: (e.byte_len, e.attachment_id),
+        SortKey.mtime: lambda e: (e.mtime_ms, e.attachment_id),
+        SortKey.media_type: lambda e: (e.media_type or "", e.attachment_id),
+        SortKey.label: lambda e: (e.label or "", e.attachment_id),
+        SortKey.state: lambda e: (e.state, e.attachment_id),
+    }
+    entries.sort(key=keys[sort], reverse=reverse)
+    state.ui.records(
+        ["id", "size", "media type", "label", "state", "modified"],
+        [[e.attachment_id, human_bytes(e.byte_len), e.media_type, e.label, e.state, iso_ms(e.mtime_ms)] for e in entries],
+        [
+            {
+                "id": e.attachment_id,
+                "byte_len": e.byte_len,
+                "media_type": e.media_type,
+                "label": e.label,
+                "state": e.state,
+                "sessions": e.sessions,
+                "mtime_epoch_ms": e.mtime_ms,
+                "mtime": iso_ms(e.mtime_ms),
+            }
+            for e in entries
+        ],
+    )
+    state.ui.info(f"{len(entries)} blob(s), {sum(e.byte_len for e in entries)} bytes")

@@ -1,0 +1,136 @@
+"""``lashctl manifest check|log|compact``: the write-ahead log itself."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from lashctl.commands import DryRunFlag, JsonFlag, app_state
+from lashctl.errors import Corrupt, UsageError
+
+app = typer.Typer(
+    name="manifest",
+    help="Inspect and maintain the manifest: check, log, compact.",
+    no_args_is_help=True,
+)
+
+
+@app.command("check")
+def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
+    """Validate every line of the manifest and count its events and rows.
+
+    Lists every malformed line (not only the first), reports a torn final
+    line, and how many lines compaction would leave. Exit 65 if any line is
+    malformed.
+    """
+    from lashctl.manifest import check as check_manifest
+
+    state = app_state(ctx, json_flag)
+    report = check_manifest(state.store().manifest)
+    document = {
+        "path": str(report.path),
+        "exists": report.exists,
+        "valid": not report.problems,
+        "lines": report.lines,
+        "events": report.events_by_op,
+        "has_header": report.has_header,
+        "rows": report.rows,
+        "rows_committed": report.rows_committed,
+        "rows_uncommitted": report.rows - report.rows_committed,
+        "lines_after_compaction": report.compacted_lines,
+        "torn_tail": report.torn_tail,
+        "problems": report.problems,
+    }
+    state.ui.records(
+        ["what", "value"],
+        [["path", report.path], ["lines", report.lines],
+         *[[f"  {op}", n] for op, n in report.events_by_op.items()],
+         ["header", "yes" if report.has_header else "no (read as version 1)"],
+         ["rows", report.rows], ["  committed", report.rows_committed],
+         ["  uncommitted", report.rows - report.rows_committed],
+         ["lines after compaction", report.compacted_lines],
+         ["torn tail", "yes" if report.torn_tail else "no"],
+         ["malformed lines", len(report.problems)]],
+        document,
+    )
+    if not state.ui.json:
+        for problem in report.problems:
+            state.ui.error(problem)
+    if report.problems:
+        raise Corrupt(f"{len(report.problems)} malformed line(s) in {report.path}")
+
+
+@app.command("log")
+def log(
+    ctx: typer.Context,
+    attachment: Annotated[
+        Optional[str], typer.Option("--id", metavar="ID", help="Only events for this id (or unique-length prefix).")
+    ] = None,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Only events of this session.")] = None,
+    op: Annotated[Optional[str], typer.Option("--op", help="Only events with this op (intent, commit, forget, header).")] = None,
+    since: Annotated[
+        Optional[str], typer.Option("--since", metavar="TIMESTAMP", help="Only timed events at or after this (ISO-8601 or epoch ms).")
+    ] = None,
+    until: Annotated[
+        Optional[str], typer.Option("--until", metavar="TIMESTAMP", help="Only timed events at or before this.")
+    ] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Print raw manifest events, one JSON object per line, for reading or for jq.
+
+    Filters combine. A time filter keeps only events that carry a time
+    (intent and commit). With --json: one array of {line, event} objects.
+    """
+    from lashctl.ids import parse_id
+    from lashctl.manifest import OPS, event_time
+    from lashctl.timefmt import parse_timestamp
+
+    prefix = parse_id(attachment).hex if attachment is not None else None
+    if op is not None and op not in OPS:
+        raise UsageError(f"--op {op!r} is not one of {', '.join(OPS)}")
+    start = parse_timestamp(since, "--since") if since is not None else None
+    end = parse_timestamp(until, "--until") if until is not None else None
+    state = app_state(ctx, json_flag)
+    matched = []
+    for lineno, event in state.store().manifest.iter_events():
+        if prefix is not None and not str(event.get("attachment_id", "")).startswith(prefix):
+            continue
+        if session is not None and event.get("session_id") != session:
+            continue
+        if op is not None and event["op"] != op:
+            continue
+        if start is not None or end is not None:
+            at = event_time(event)
+            if at is None or (start is not None and at < start) or (end is not None and at > end):
+                continue
+        if state.ui.json:
+            matched.append({"line": lineno, "event": event})
+        else:
+            state.ui.line(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+    if state.ui.json:
+        state.ui.emit_json(matched)
+
+
+@app.command("compact")
+def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag = False) -> None:
+    """Rewrite the manifest as its folded state, atomically, under the lock.
+
+    The result is the header, then one intent line (and a commit line when
+    committed) per row: the same state in fewer lines.
+    """
+    state = app_state(ctx, json_flag)
+    manifest = state.store().manifest
+    if dry_run:
+        folded = manifest.read_state()
+        before, after = folded.lines, 1 + len(folded.rows) + sum(1 for r in folded.rows.values() if r.committed)
+    else:
+        with manifest.locked():
+            folded = manifest.read_state()
+            before = folded.lines
+            after = manifest.compact(folded) if manifest.path.exists() else 0
+    document = {"path": str(manifest.path), "dry_run": dry_run, "lines_before": before, "lines_after": after,
+                "rows": len(folded.rows)}
+    state.ui.records(["what", "value"], [["lines before", before], ["lines after", after], ["rows", len(folded.rows)]], document)
+    state.ui.info(f"{'would compact' if dry_run else 'compacted'} {manifest.path}: {before} -> {after} lines")

@@ -1,0 +1,78 @@
+"""``lashctl verify``: re-hash every blob and check everything around it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from lashctl.commands import JsonFlag, app_state
+from lashctl.errors import Corrupt
+from lashctl.timefmt import now_ms, parse_duration
+
+
+def verify(
+    ctx: typer.Context,
+    fix: Annotated[
+        bool,
+        typer.Option("--fix", help="Safe repairs only: remove old staging litter, rebuild missing sidecars, "
+                                   "quarantine corrupt blobs (bytes are never deleted)."),
+    ] = False,
+    grace: Annotated[
+        Optional[str], typer.Option("--grace", metavar="DURATION", help="Staging litter older than this is removed by --fix (default 24h).")
+    ] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Check the store's health: re-hash every blob and check what surrounds it.
+
+    Finds sidecars missing, undecodable or disagreeing with their blob; stray
+    files under sha256/; staging litter; manifest rows whose bytes are missing
+    (an error when committed, a warning when not); blobs with no row.
+
+    Exit 0 when no error is found (warnings, such as litter or unmanaged blobs,
+    do not fail it), 65 when errors remain. --fix prints each repair.
+    """
+    from lashctl import audit
+
+    state = app_state(ctx, json_flag)
+    store = state.store()
+    grace_ms = parse_duration(grace, "--grace") if grace is not None else None
+    manifest_state, problem = None, None
+    try:
+        manifest_state = store.manifest.read_state()
+    except Corrupt as exc:
+        problem = exc.message
+    total = sum(st.st_size for i in store.blobs.iter_ids() if (st := store.blobs.blob_stat(i)) is not None)
+    now = now_ms()
+    with state.ui.progress("verifying", total) as bar:
+        if fix:
+            with store.manifest.locked():
+                report = audit.verify(store, manifest_state, problem, now, True, grace_ms, bar.advance)
+        else:
+            report = audit.verify(store, manifest_state, problem, now, False, grace_ms, bar.advance)
+    state.ui.records(
+        ["severity", "kind", "path", "problem", "repair"],
+        [[f.severity, f.kind, f.path, f.message, f.repair] for f in report.findings],
+        {
+            "clean": not report.errors,
+            "blobs_checked": report.blobs_checked,
+            "bytes_checked": report.bytes_checked,
+            "errors": len(report.errors),
+            "warnings": sum(1 for f in report.findings if f.severity == audit.WARNING),
+            "repairs": len(report.repairs),
+            "findings": [
+                {"kind": f.kind, "severity": f.severity, "path": f.path, "id": f.attachment_id,
+                 "message": f.message, "repair": f.repair}
+                for f in report.findings
+            ],
+        },
+    )
+    for f in report.repairs:
+        state.ui.info(f"repaired {f.path}: {f.repair}")
+    warnings = sum(1 for f in report.findings if f.severity == audit.WARNING)
+    state.ui.info(
+        f"checked {report.blobs_checked} blob(s), {report.bytes_checked} bytes: "
+        f"{len(report.errors)} error(s), {warnings} warning(s), {len(report.repairs)} repair(s)"
+    )
+    if report.errors:
+        raise Corrupt(f"verify found {len(report.errors)} error(s) in store {store.root}")
