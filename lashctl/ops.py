@@ -179,7 +179,7 @@ def put(
     store: Store,
     sources: Iterable[PutSource],
     options: PutOptions,
-    on_progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[PutResult]:
     """Store each source; yield results in input order, batch by batch.
 
@@ -196,15 +196,11 @@ def put(
     store.blobs.ensure_writable_layout()
     batch: list[tuple[PutSource, StagedBlob]] = []
     batch_bytes = 0
-    done_bytes = 0
     try:
         for source in sources:
-            staged = _stage_source(store, source)
+            staged = _stage_source(store, source, progress)
             batch.append((source, staged))
             batch_bytes += staged.byte_len
-            done_bytes += staged.byte_len
-            if on_progress is not None:
-                on_progress(len(batch), done_bytes)
             if len(batch) >= PUT_BATCH_FILES or batch_bytes >= PUT_BATCH_BYTES:
                 yield from _land_batch(store, batch, options, explicit_type)
                 batch, batch_bytes = [], 0
@@ -216,13 +212,13 @@ def put(
             store.blobs.discard(staged)
 
 
-def _stage_source(store: Store, source: PutSource) -> StagedBlob:
+def _stage_source(store: Store, source: PutSource, progress: Callable[[int], None] | None) -> StagedBlob:
     try:
         handle = source.opener()
     except OSError as exc:
         raise StoreIOError.wrap("read input", source.name, exc) from exc
     try:
-        return store.blobs.stage(handle, source.name)
+        return store.blobs.stage(handle, source.name, progress)
     finally:
         if source.name != "-":
             handle.close()
@@ -599,19 +595,21 @@ def plan_reclaim(state: ManifestState, cutoff: int) -> tuple[int, list[tuple[str
     return scanned, plan
 
 
-def reclaim(store: Store, cutoff: int, dry_run: bool = False) -> ReclaimReport:
+def reclaim(
+    store: Store, cutoff: int, dry_run: bool = False, progress: Callable[[int], None] | None = None
+) -> ReclaimReport:
     """Sweep orphans: delete bytes no live row needs; forget the aged rows.
 
     A dry run takes no lock and reads a snapshot; it reports exactly the items
     a real run on the same state acts on.
     """
     if dry_run:
-        return _reclaim(store, cutoff, dry_run=True)
+        return _reclaim(store, cutoff, True, progress)
     with store.manifest.locked():
-        return _reclaim(store, cutoff, dry_run=False)
+        return _reclaim(store, cutoff, False, progress)
 
 
-def _reclaim(store: Store, cutoff: int, dry_run: bool) -> ReclaimReport:
+def _reclaim(store: Store, cutoff: int, dry_run: bool, progress: Callable[[int], None] | None) -> ReclaimReport:
     state = store.manifest.read_state()
     scanned, plan = plan_reclaim(state, cutoff)
     report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned)
@@ -633,6 +631,8 @@ def _reclaim(store: Store, cutoff: int, dry_run: bool) -> ReclaimReport:
                     touched.append(attachment_id)
                 except LashctlError as exc:
                     item.action, item.error, item.byte_len = FAILED, exc.message, 0
+        if progress is not None:
+            progress(1)
         if item.action != FAILED:
             forgets.extend(forget_event(attachment_id, r.session_id) for r in aged)
         report.items.append(item)

@@ -72,9 +72,12 @@ class UI:
 
         Never drawn with --json, --quiet, or when stderr is not a terminal.
         """
-        if self.json or self.quiet or not sys.stderr.isatty():
+        if not self.wants_progress():
             return ProgressBar()
         return _RichProgressBar(description, total, unit)
+
+    def wants_progress(self) -> bool:
+        return not (self.json or self.quiet) and sys.stderr.isatty()
 
 
 class ProgressBar:
@@ -106,7 +109,7 @@ class _RichProgressBar(ProgressBar):
         amount = [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), *amount, TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
+            console=Console(stderr=True), transient=True, redirect_stdout=False, redirect_stderr=False,
         )
         self._task = self._progress.add_task(description, total=total)
 
@@ -136,9 +139,9 @@ def _rich_table(columns: Sequence[str], rows: Sequence[Sequence[object]], title:
 
     table = Table(title=title, show_edge=False, header_style="bold")
     for name in columns:
-        # Ids stay whole: a table column never folds them.
-        table.add_column(name, overflow="fold" if name not in ("id", "attachment id") else "ignore",
-                         no_wrap=name in ("id", "attachment id"))
+        # Every column keeps room for its header; on a narrow terminal long
+        # values (ids included) fold onto more lines rather than vanish.
+        table.add_column(name, overflow="fold", min_width=min(len(name), 12))
     for row in rows:
         table.add_row(*(escape(_plain(cell)) for cell in row))
     Console(highlight=False).print(table)

@@ -20,7 +20,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from lashctl.errors import Corrupt, NotFound, StoreIOError
 from lashctl.ids import is_valid_id
@@ -113,7 +113,9 @@ class BlobStore:
             except OSError as exc:
                 raise StoreIOError.wrap("create", directory, exc) from exc
 
-    def stage(self, source: BinaryIO, source_name: str) -> StagedBlob:
+    def stage(
+        self, source: BinaryIO, source_name: str, progress: Callable[[int], None] | None = None
+    ) -> StagedBlob:
         """Stream ``source`` into ``tmp/`` while hashing; fsync; return its id.
 
         Memory stays flat: bytes pass through in CHUNK-sized pieces.
@@ -146,6 +148,8 @@ class BlobStore:
                     head += bytes(chunk[: HEAD_BYTES - len(head)])
                 digest.update(chunk)
                 byte_len += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
                 try:
                     while chunk:
                         chunk = chunk[os.write(fd, chunk):]

@@ -9,6 +9,11 @@ import typer
 
 from lashctl.commands import JsonFlag, SessionOption, app_state
 from lashctl.errors import StoreIOError, UsageError
+from lashctl.render import ProgressBar
+
+# Below these a put is over before a progress bar would be read.
+PROGRESS_MIN_INPUTS = 20
+PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 
 
 def put(
@@ -61,7 +66,16 @@ def put(
     options = ops.PutOptions(session, media_type, label, width, height)
     store = state.store()
     records, stored, deduplicated, total = [], 0, 0, 0
-    for result in ops.put(store, sources, options):
+    show_bar = ui.wants_progress() and (
+        len(inputs) >= PROGRESS_MIN_INPUTS or _known_size(inputs) >= PROGRESS_MIN_BYTES
+    )
+    if show_bar:
+        # Ids are printed after the bar is gone, so stdout and the bar never mix.
+        with ui.progress("storing", _known_size(inputs) or None) as bar:
+            results = list(ops.put(store, sources, options, progress=bar.advance))
+    else:
+        results = ops.put(store, sources, options)
+    for result in results:
         stored += 1
         deduplicated += result.deduplicated
         total += result.byte_len
@@ -85,6 +99,20 @@ def put(
     else:
         sys.stdout.flush()
     ui.info(f"stored {stored} blob(s), {total} bytes ({deduplicated} already present) for session {session}")
+
+
+def _known_size(paths: list[str]) -> int:
+    """Total size of the inputs that are regular files (stdin counts as 0)."""
+    import os
+
+    total = 0
+    for path in paths:
+        if path != "-":
+            try:
+                total += os.stat(path).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _read_path_list(source: str, null: bool) -> list[str]:

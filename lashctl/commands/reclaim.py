@@ -36,7 +36,9 @@ def reclaim(
     now = now_ms()
     cutoff = cutoff_ms(older_than, before, now, default=ops.DEFAULT_GRACE)
     ops.check_grace(cutoff, now, force)
-    report = ops.reclaim(state.store(), cutoff, dry_run=dry_run)
+    store = state.store()
+    with state.ui.progress("reclaiming", None, unit="blobs") as bar:
+        report = ops.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance)
     state.ui.records(
         ["id", "action", "size", "sessions", "reason"],
         [
