@@ -1,0 +1,52 @@
+"""Shared test helpers: a store directory, a CLI runner, a tiny PNG builder."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+# Environment variables that would leak an operator's settings into a test.
+LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_LOCK_TIMEOUT", "LASHCTL_DEBUG")
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    """A valid, minimal greyscale PNG of the given size."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """The store root (not created: lashctl creates what it needs)."""
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def cli(store: Path):
+    """Run ``lashctl --store <store> ARGS`` through Typer's CliRunner.
+
+    stdout and stderr are captured separately (``result.stdout``,
+    ``result.stderr``, ``result.stdout_bytes``).
+    """
+    from lashctl.cli import app
+
+    runner = CliRunner(env={name: None for name in LASHCTL_ENV})
+
+    def run(*args: str, input: bytes | str | None = None, env: dict | None = None):
+        return runner.invoke(app, ["--store", str(store), *args], input=input, env=env)
+
+    return run

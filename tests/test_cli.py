@@ -1,0 +1,1124 @@
+"""CLI tests through Typer's CliRunner against ``lashctl.cli.app`` (DESIGN §2-§5).
+
+Each test drives the commands as an operator would and asserts what a user
+notices: exact stdout, exit codes, stderr messages, and the files on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import png_bytes
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+HEADER = {"op": "header", "format": "lashctl-manifest", "version": 1}
+MINUTE = 60_000
+HOUR = 3_600_000
+DAY = 86_400_000
+
+
+# -- helpers --------------------------------------------------------------------
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def blob_path(store: Path, attachment_id: str) -> Path:
+    return store / "sha256" / attachment_id[:2] / attachment_id
+
+
+def sidecar_path(store: Path, attachment_id: str) -> Path:
+    return store / "sha256" / attachment_id[:2] / (attachment_id + ".json")
+
+
+def blob_files(store: Path) -> list[Path]:
+    """Every file under sha256/ that is not a sidecar."""
+    root = store / "sha256"
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".json"))
+
+
+def files_under(directory: Path) -> list[Path]:
+    if not directory.exists():
+        return []
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def manifest_file(store: Path) -> Path:
+    return store / "manifest.jsonl"
+
+
+def read_events(store: Path) -> list[dict]:
+    return [json.loads(line) for line in manifest_file(store).read_text("utf-8").splitlines()]
+
+
+def intent(attachment_id: str, session: str, at: int) -> dict:
+    return {
+        "op": "intent",
+        "attachment_id": attachment_id,
+        "session_id": session,
+        "canonical_uri": "sha256:" + attachment_id,
+        "intent_at_epoch_ms": at,
+    }
+
+
+def commit_ev(attachment_id: str, session: str, at: int) -> dict:
+    return {"op": "commit", "attachment_id": attachment_id, "session_id": session, "committed_at_epoch_ms": at}
+
+
+def forget(attachment_id: str, session: str) -> dict:
+    return {"op": "forget", "attachment_id": attachment_id, "session_id": session}
+
+
+def event_line(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":"))
+
+
+def write_manifest(store: Path, events: list[dict], header: bool = True) -> None:
+    store.mkdir(parents=True, exist_ok=True)
+    lines = ([HEADER] if header else []) + events
+    manifest_file(store).write_text("".join(event_line(e) + "\n" for e in lines), "utf-8")
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Every directory and file under ``root``: a file as (bytes, mtime_ns)."""
+    result: dict[str, object] = {}
+    if not root.exists():
+        return result
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_dir():
+            result[rel] = "dir"
+        else:
+            st = path.stat()
+            result[rel] = (path.read_bytes(), st.st_mtime_ns)
+    return result
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("lashctl: error:")]
+
+
+def assert_error(result, code: int, *needles: str) -> None:
+    """Exit ``code``, exactly one error line on stderr, no traceback, needles in stderr."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert len(error_lines(result)) == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+def assert_ok(result) -> None:
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr, result.exception)
+
+
+def ids_out(result) -> list[str]:
+    lines = result.stdout.splitlines()
+    for line in lines:
+        assert HEX64.fullmatch(line), repr(line)
+    return lines
+
+
+def write_inputs(directory: Path, contents: dict[str, bytes]) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in contents.items():
+        path = directory / name
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def put_blobs(cli, tmp_path):
+    """Store contents through ``put`` but record the intents in a scratch manifest,
+    so the store's own manifest holds only what the test writes by hand."""
+
+    def run(contents: dict[str, bytes]) -> list[str]:
+        paths = write_inputs(tmp_path / "blob-inputs", contents)
+        scratch = tmp_path / "scratch-manifest.jsonl"
+        result = cli("--manifest", str(scratch), "put", "-s", "setup", *map(str, paths))
+        assert_ok(result)
+        return ids_out(result)
+
+    return run
+
+
+# -- 1. lash-core conformance -----------------------------------------------------
+def test_put_png_writes_lash_core_sidecar_exactly(cli, store, tmp_path):
+    data = png_bytes(7, 11)
+    (source,) = write_inputs(tmp_path / "in", {"pixel.png": data})
+    before = now_ms()
+    result = cli("put", "-s", "s-1", str(source))
+    after = now_ms()
+    assert_ok(result)
+    attachment_id = sha(data)
+    assert result.stdout == attachment_id + "\n"
+
+    assert blob_path(store, attachment_id).read_bytes() == data
+    text = sidecar_path(store, attachment_id).read_text("utf-8")
+    expected = {
+        "id": attachment_id,
+        "media_type": {"kind": "image", "type": "png"},
+        "byte_len": len(data),
+        "width": 7,
+        "height": 11,
+        "label": "pixel.png",
+    }
+    parsed = json.loads(text)
+    assert parsed == expected
+    assert list(parsed) == ["id", "media_type", "byte_len", "width", "height", "label"]
+    # Pretty-printed with a 2-space indent, exactly as serde_json::to_vec_pretty.
+    assert text.rstrip("\n") == json.dumps(expected, indent=2)
+
+    events = read_events(store)
+    assert events[0] == HEADER
+    assert len(events) == 2
+    written = events[1]
+    assert list(written) == ["op", "attachment_id", "session_id", "canonical_uri", "intent_at_epoch_ms"]
+    assert written["op"] == "intent"
+    assert written["attachment_id"] == attachment_id
+    assert written["session_id"] == "s-1"
+    assert written["canonical_uri"] == "sha256:" + attachment_id
+    assert before <= written["intent_at_epoch_ms"] <= after
+    assert manifest_file(store).read_bytes().endswith(b"\n")
+
+
+def test_put_non_image_writes_mime_string_and_stdin_has_no_label(cli, store, tmp_path):
+    pdf = b"%PDF-1.4\n% not really a pdf, but named like one\n"
+    (source,) = write_inputs(tmp_path / "in", {"report.pdf": pdf})
+    result = cli("put", "-s", "s-1", str(source))
+    assert_ok(result)
+    pdf_id = sha(pdf)
+    assert result.stdout == pdf_id + "\n"
+    text = sidecar_path(store, pdf_id).read_text("utf-8")
+    expected = {"id": pdf_id, "media_type": "application/pdf", "byte_len": len(pdf), "label": "report.pdf"}
+    assert json.loads(text) == expected
+    assert list(json.loads(text)) == ["id", "media_type", "byte_len", "label"]
+    assert text.rstrip("\n") == json.dumps(expected, indent=2)
+
+    raw = b"\x00\x01\x02 plain bytes from stdin"
+    result = cli("put", "-s", "s-1", "-", input=raw)
+    assert_ok(result)
+    raw_id = sha(raw)
+    assert result.stdout == raw_id + "\n"
+    expected = {"id": raw_id, "media_type": "application/octet-stream", "byte_len": len(raw)}
+    text = sidecar_path(store, raw_id).read_text("utf-8")
+    assert json.loads(text) == expected
+    assert text.rstrip("\n") == json.dumps(expected, indent=2)
+
+
+def test_put_png_from_stdin_is_sniffed_and_options_override(cli, store, tmp_path):
+    data = png_bytes(3, 2)
+    result = cli("put", "-s", "s", "-", input=data)
+    assert_ok(result)
+    meta = json.loads(sidecar_path(store, sha(data)).read_text("utf-8"))
+    assert meta == {"id": sha(data), "media_type": {"kind": "image", "type": "png"},
+                    "byte_len": len(data), "width": 3, "height": 2}
+
+    other = b"GIF-less bytes that claim to be jpeg"
+    result = cli("put", "-s", "s", "--media-type", " Image/JPG ", "--label", "cam", "--width", "640",
+                 "--height", "480", "-", input=other)
+    assert_ok(result)
+    meta = json.loads(sidecar_path(store, sha(other)).read_text("utf-8"))
+    assert meta == {"id": sha(other), "media_type": {"kind": "image", "type": "jpeg"},
+                    "byte_len": len(other), "width": 640, "height": 480, "label": "cam"}
+
+    bad = cli("put", "-s", "s", "--media-type", "text/plain; charset=utf-8", "-", input=b"x")
+    assert_error(bad, 2, "--media-type")
+    assert not blob_path(store, sha(b"x")).exists()
+
+
+def test_sniffed_content_beats_the_file_name(cli, store, tmp_path):
+    data = png_bytes(9, 4)
+    (source,) = write_inputs(tmp_path / "in", {"misnamed.txt": data})
+    assert_ok(cli("put", "-s", "s", str(source)))
+    meta = json.loads(sidecar_path(store, sha(data)).read_text("utf-8"))
+    assert meta == {"id": sha(data), "media_type": {"kind": "image", "type": "png"}, "byte_len": len(data),
+                    "width": 9, "height": 4, "label": "misnamed.txt"}
+
+
+def test_get_round_trips_bytes(cli, store, tmp_path):
+    data = bytes(range(256)) * 50
+    (source,) = write_inputs(tmp_path / "in", {"blob.bin": data})
+    attachment_id = ids_out(cli("put", "-s", "s", str(source)))[0]
+    result = cli("get", attachment_id)
+    assert_ok(result)
+    assert result.stdout_bytes == data
+    result = cli("get", "-o", "-", attachment_id)
+    assert_ok(result)
+    assert result.stdout_bytes == data
+
+
+def test_identical_bytes_give_one_id_and_one_blob(cli, store, tmp_path):
+    a, b, c = write_inputs(tmp_path / "in", {"a.txt": b"same bytes\n", "b.txt": b"same bytes\n",
+                                              "c.txt": b"other bytes\n"})
+    result = cli("put", "-s", "s1", str(a), str(b))
+    assert_ok(result)
+    same = sha(b"same bytes\n")
+    assert result.stdout == f"{same}\n{same}\n"
+    result = cli("put", "-s", "s2", str(b))
+    assert_ok(result)
+    assert result.stdout == sha(b"same bytes\n") + "\n"
+    assert blob_files(store) == [blob_path(store, sha(b"same bytes\n"))]
+
+    result = cli("put", "-s", "s1", str(c))
+    assert_ok(result)
+    assert result.stdout == sha(b"other bytes\n") + "\n"
+    assert sha(b"other bytes\n") != sha(b"same bytes\n")
+    assert blob_files(store) == sorted([blob_path(store, sha(b"same bytes\n")),
+                                        blob_path(store, sha(b"other bytes\n"))])
+    assert files_under(store / "tmp") == []
+
+
+def test_put_again_refreshes_mtime_and_rewrites_a_wrong_size_blob(cli, store, tmp_path):
+    data = b"keep me fresh"
+    (source,) = write_inputs(tmp_path / "in", {"f.bin": data})
+    attachment_id = ids_out(cli("put", "-s", "s", str(source)))[0]
+    path = blob_path(store, attachment_id)
+    old = time.time() - 10 * 86400
+    os.utime(path, (old, old))
+    assert_ok(cli("put", "-s", "s", str(source)))
+    assert path.stat().st_mtime > old + 86400
+    assert path.read_bytes() == data
+
+    path.write_bytes(b"torn")  # a wrong-size blob left by something else
+    result = cli("--json", "put", "-s", "s", str(source))
+    assert_ok(result)
+    assert json.loads(result.stdout)[0]["deduplicated"] is False
+    assert path.read_bytes() == data
+
+
+def test_get_unknown_full_id_exits_3(cli, store, tmp_path):
+    assert_ok(cli("put", "-s", "s", "-", input=b"something"))
+    unknown = sha(b"never stored")
+    result = cli("get", unknown)
+    assert_error(result, 3, unknown)
+    assert result.stdout == ""
+
+
+def test_delete_removes_bytes_and_sidecar_and_repeats_with_exit_0(cli, store, put_blobs):
+    (attachment_id,) = put_blobs({"doomed.txt": b"delete me"})
+    assert blob_path(store, attachment_id).exists()
+    assert sidecar_path(store, attachment_id).exists()
+
+    result = cli("delete", attachment_id)
+    assert_ok(result)
+    assert not blob_path(store, attachment_id).exists()
+    assert not sidecar_path(store, attachment_id).exists()
+    assert blob_files(store) == []
+
+    again = cli("delete", attachment_id)
+    assert_ok(again)
+    again_json = cli("delete", "--json", attachment_id)
+    assert_ok(again_json)
+    assert json.loads(again_json.stdout)[0]["existed"] is False
+
+
+def test_delete_force_twice_when_rows_reference_it(cli, store, tmp_path):
+    attachment_id = ids_out(cli("put", "-s", "s", "-", input=b"forced"))[0]
+    assert_ok(cli("delete", "--force", attachment_id))
+    assert not blob_path(store, attachment_id).exists()
+    assert not sidecar_path(store, attachment_id).exists()
+    assert_ok(cli("delete", "--force", attachment_id))
+
+
+# -- 2. shared content --------------------------------------------------------------
+def test_reclaim_keeps_bytes_a_committed_row_of_another_session_needs(cli, store, put_blobs):
+    (x,) = put_blobs({"x.png": png_bytes(2, 2)})
+    now = now_ms()
+    write_manifest(store, [
+        intent(x, "session-A", now - 3 * DAY),  # A recorded an intent and crashed
+        intent(x, "session-B", now - 2 * DAY),
+        commit_ev(x, "session-B", now - 2 * DAY + 1000),
+    ])
+    before_lines = manifest_file(store).read_text("utf-8").splitlines()
+
+    result = cli("reclaim", "--older-than", "1h", "--json")
+    assert_ok(result)
+    report = json.loads(result.stdout)
+    assert report["blobs_reclaimed"] == 0
+    assert report["bytes_freed"] == 0
+    assert report["rows_released"] == 1
+    assert report["failures"] == 0
+    assert [(i["id"], i["action"], i["sessions"]) for i in report["items"]] == [(x, "release", ["session-A"])]
+
+    assert blob_path(store, x).read_bytes() == png_bytes(2, 2)
+    assert sidecar_path(store, x).exists()
+    after_lines = manifest_file(store).read_text("utf-8").splitlines()
+    assert after_lines[: len(before_lines)] == before_lines
+    assert [json.loads(line) for line in after_lines[len(before_lines):]] == [forget(x, "session-A")]
+
+    # B's row remains: deleting X is refused naming session-B, and a second sweep does nothing.
+    assert_error(cli("delete", x), 4, "session-B")
+    again = cli("reclaim", "--older-than", "1h", "--json")
+    assert_ok(again)
+    assert json.loads(again.stdout)["items"] == []
+    assert blob_path(store, x).exists()
+
+
+def test_reclaim_keeps_bytes_while_another_session_has_a_recent_intent(cli, store, put_blobs):
+    (x,) = put_blobs({"x.bin": b"shared upload"})
+    now = now_ms()
+    write_manifest(store, [intent(x, "A", now - 2 * DAY), intent(x, "B", now - 5 * MINUTE)])
+    result = cli("reclaim", "--older-than", "1h", "--json")
+    assert_ok(result)
+    items = json.loads(result.stdout)["items"]
+    assert [(i["id"], i["action"], i["sessions"]) for i in items] == [(x, "release", ["A"])]
+    assert blob_path(store, x).exists()
+    assert read_events(store)[-1] == forget(x, "A")
+
+
+def test_reclaim_deletes_bytes_when_no_row_is_live(cli, store, put_blobs):
+    data = b"orphaned upload"
+    (x,) = put_blobs({"x.bin": data})
+    now = now_ms()
+    write_manifest(store, [intent(x, "A", now - 3 * DAY), intent(x, "B", now - 2 * DAY)])
+    result = cli("reclaim", "--older-than", "1h", "--json")
+    assert_ok(result)
+    report = json.loads(result.stdout)
+    assert report["blobs_reclaimed"] == 1
+    assert report["bytes_freed"] == len(data)
+    assert report["rows_released"] == 0
+    assert [(i["id"], i["action"], i["sessions"]) for i in report["items"]] == [(x, "reclaim", ["A", "B"])]
+    assert not blob_path(store, x).exists()
+    assert not sidecar_path(store, x).exists()
+    assert read_events(store)[-2:] == [forget(x, "A"), forget(x, "B")]
+    listed = cli("list-uncommitted", "--json")
+    assert_ok(listed)
+    assert json.loads(listed.stdout) == []
+
+
+# -- 3. write-ahead ordering ------------------------------------------------------------
+@pytest.mark.parametrize("failure", ["store-io-error", "os-error"])
+def test_put_lands_no_blob_when_the_intent_cannot_be_recorded(cli, store, tmp_path, monkeypatch, failure):
+    from lashctl.errors import StoreIOError
+    from lashctl.manifest import Manifest
+
+    def failing_append(self, events):
+        if failure == "os-error":
+            raise OSError(28, "No space left on device", str(self.path))
+        raise StoreIOError(f"cannot append to {self.path}: No space left on device")
+
+    monkeypatch.setattr(Manifest, "append", failing_append)
+    sources = write_inputs(tmp_path / "in", {"a.bin": b"first", "b.png": png_bytes(4, 4)})
+    result = cli("put", "-s", "s", *map(str, sources))
+    assert_error(result, 1, "No space left on device")
+    assert result.stderr.count("\n") == 1  # one line
+    assert result.stdout == ""
+    assert files_under(store / "sha256") == []
+    assert files_under(store / "tmp") == []
+
+
+def test_a_batch_put_takes_the_lock_once_and_appends_once(cli, store, tmp_path, monkeypatch):
+    from lashctl.manifest import Manifest
+
+    calls = {"locked": 0, "append": 0, "events": 0}
+    original_locked, original_append = Manifest.locked, Manifest.append
+
+    def counting_locked(self, *args, **kwargs):
+        calls["locked"] += 1
+        return original_locked(self, *args, **kwargs)
+
+    def counting_append(self, events, *args, **kwargs):
+        calls["append"] += 1
+        calls["events"] += len(events)
+        return original_append(self, events, *args, **kwargs)
+
+    monkeypatch.setattr(Manifest, "locked", counting_locked)
+    monkeypatch.setattr(Manifest, "append", counting_append)
+    sources = write_inputs(tmp_path / "in", {f"{i}.bin": f"file {i}".encode() for i in range(5)})
+    result = cli("put", "-s", "s", *map(str, sources))
+    assert_ok(result)
+    assert ids_out(result) == [sha(f"file {i}".encode()) for i in range(5)]
+    assert calls == {"locked": 1, "append": 1, "events": 5}
+    assert len(read_events(store)) == 6
+
+
+def test_put_stdin_cannot_be_both_an_input_and_the_path_list(cli, store):
+    result = cli("put", "-s", "s", "--files-from", "-", "-", input=b"x")
+    assert_error(result, 2)
+    assert files_under(store / "sha256") == []
+
+
+# -- 4. reclaim: dry run, grace guard, failed deletes -------------------------------------
+def _reclaim_fixture(cli, store, put_blobs) -> dict[str, str]:
+    orphan, shared, recent, fresh, kept = put_blobs({
+        "orphan.bin": b"orphan bytes",
+        "shared.bin": b"shared bytes",
+        "recent.bin": b"recently re-uploaded",
+        "fresh.bin": b"fresh upload",
+        "kept.bin": b"committed long ago",
+    })
+    missing = sha(b"bytes that never landed")
+    now = now_ms()
+    write_manifest(store, [
+        intent(orphan, "A", now - 3 * DAY),
+        intent(shared, "A", now - 3 * DAY),
+        intent(shared, "B", now - 2 * DAY),
+        commit_ev(shared, "B", now - 2 * DAY),
+        intent(recent, "A", now - 2 * DAY),
+        intent(recent, "C", now - 10 * MINUTE),
+        intent(missing, "A", now - 1 * DAY),
+        intent(fresh, "A", now - 5 * MINUTE),
+        intent(kept, "K", now - 9 * DAY),
+        commit_ev(kept, "K", now - 9 * DAY),
+    ])
+    return {"orphan": orphan, "shared": shared, "recent": recent, "missing": missing,
+            "fresh": fresh, "kept": kept}
+
+
+def test_reclaim_dry_run_reports_exactly_what_the_real_run_does(cli, store, put_blobs):
+    ids = _reclaim_fixture(cli, store, put_blobs)
+    before = snapshot(store)
+    lines_before = manifest_file(store).read_text("utf-8").splitlines()
+
+    dry = cli("reclaim", "--older-than", "1h", "--dry-run", "--json")
+    assert_ok(dry)
+    assert snapshot(store) == before  # a dry run changes no file
+    planned = json.loads(dry.stdout)
+    assert planned["dry_run"] is True
+
+    expected_actions = {
+        (ids["orphan"], "reclaim", ("A",)),
+        (ids["shared"], "release", ("A",)),
+        (ids["recent"], "release", ("A",)),
+        (ids["missing"], "reclaim", ("A",)),
+    }
+    assert {(i["id"], i["action"], tuple(i["sessions"])) for i in planned["items"]} == expected_actions
+
+    real = cli("reclaim", "--older-than", "1h", "--json")
+    assert_ok(real)
+    done = json.loads(real.stdout)
+    assert done["dry_run"] is False
+    assert done["items"] == planned["items"]
+    for key in ("scanned_intents", "blobs_reclaimed", "bytes_freed", "rows_released", "failures"):
+        assert done[key] == planned[key], key
+    assert done["blobs_reclaimed"] == 2
+    assert done["bytes_freed"] == len(b"orphan bytes")
+    assert done["rows_released"] == 2
+
+    # The real run acted on exactly that set.
+    assert not blob_path(store, ids["orphan"]).exists()
+    assert not sidecar_path(store, ids["orphan"]).exists()
+    for name in ("shared", "recent", "fresh", "kept"):
+        assert blob_path(store, ids[name]).exists(), name
+        assert sidecar_path(store, ids[name]).exists(), name
+    lines_after = manifest_file(store).read_text("utf-8").splitlines()
+    assert lines_after[: len(lines_before)] == lines_before
+    appended = [json.loads(line) for line in lines_after[len(lines_before):]]
+    assert sorted(map(event_line, appended)) == sorted(
+        event_line(forget(i, s)) for i, _action, sessions in expected_actions for s in sessions
+    )
+
+
+def test_reclaim_dry_run_with_force_and_zero_grace_matches_the_real_run(cli, store, tmp_path):
+    a, b = write_inputs(tmp_path / "in", {"a.bin": b"uncommitted", "b.bin": b"committed"})
+    ids = ids_out(cli("put", "-s", "s", str(a), str(b)))
+    assert_ok(cli("commit", "-s", "s", ids[1]))
+    time.sleep(0.01)
+    before = snapshot(store)
+    dry = cli("reclaim", "--force", "--older-than", "0s", "--dry-run", "--json")
+    assert_ok(dry)
+    assert snapshot(store) == before
+    planned = json.loads(dry.stdout)["items"]
+    assert [(i["id"], i["action"], i["sessions"]) for i in planned] == [(ids[0], "reclaim", ["s"])]
+
+    real = cli("reclaim", "--force", "--older-than", "0s", "--json")
+    assert_ok(real)
+    assert json.loads(real.stdout)["items"] == planned
+    assert not blob_path(store, ids[0]).exists()
+    assert blob_path(store, ids[1]).exists()
+
+
+@pytest.mark.parametrize("cutoff", [["--older-than", "30s"], ["--older-than", "0s"], ["--before", "now"]])
+def test_reclaim_refuses_a_short_grace_period_without_force(cli, store, tmp_path, cutoff):
+    attachment_id = ids_out(cli("put", "-s", "s", "-", input=b"in flight"))[0]
+    if cutoff[-1] == "now":
+        cutoff = ["--before", str(now_ms())]
+    before = snapshot(store)
+    result = cli("reclaim", *cutoff)
+    assert_error(result, 4, "--force")
+    assert result.stdout == ""
+    assert snapshot(store) == before
+    assert blob_path(store, attachment_id).exists()
+
+
+def test_reclaim_failed_delete_gives_exit_5_keeps_rows_and_goes_on(cli, store, put_blobs, monkeypatch):
+    first, broken, last = put_blobs({"1.bin": b"one", "2.bin": b"two", "3.bin": b"three"})
+    now = now_ms()
+    write_manifest(store, [
+        intent(first, "A", now - 3 * DAY),
+        intent(broken, "A", now - 2 * DAY),
+        intent(broken, "B", now - 2 * DAY),
+        intent(last, "A", now - 1 * DAY),
+    ])
+    from lashctl.errors import StoreIOError
+    from lashctl.store import BlobStore
+
+    original = BlobStore.delete
+
+    def flaky_delete(self, attachment_id):
+        if attachment_id == broken:
+            raise StoreIOError(f"cannot delete {self.blob_path(attachment_id)}: Permission denied")
+        return original(self, attachment_id)
+
+    monkeypatch.setattr(BlobStore, "delete", flaky_delete)
+    result = cli("reclaim", "--older-than", "1h", "--json")
+    assert_error(result, 5, broken)
+    report = json.loads(result.stdout)
+    assert report["failures"] == 1
+    assert report["blobs_reclaimed"] == 2
+    assert {i["id"]: i["action"] for i in report["items"]} == {first: "reclaim", broken: "failed", last: "reclaim"}
+    assert not blob_path(store, first).exists()
+    assert not blob_path(store, last).exists()
+    assert blob_path(store, broken).exists()
+
+    listed = cli("list-uncommitted", "--json")
+    assert_ok(listed)
+    assert sorted((r["id"], r["session_id"]) for r in json.loads(listed.stdout)) == [(broken, "A"), (broken, "B")]
+
+    monkeypatch.setattr(BlobStore, "delete", original)
+    again = cli("reclaim", "--older-than", "1h", "--json")
+    assert_ok(again)
+    assert [(i["id"], i["action"]) for i in json.loads(again.stdout)["items"]] == [(broken, "reclaim")]
+    assert blob_files(store) == []
+
+
+# -- 5. commit ----------------------------------------------------------------------
+def test_commit_reports_each_status_and_exit_3_for_no_intent(cli, store, tmp_path):
+    sources = write_inputs(tmp_path / "in", {"a": b"aaa", "b": b"bbb", "c": b"ccc", "d": b"ddd"})
+    a, b, c, d = ids_out(cli("put", "-s", "s1", *map(str, sources)))
+
+    result = cli("commit", "-s", "s1", "--json", a)
+    assert_ok(result)
+    assert json.loads(result.stdout) == [{"id": a, "session_id": "s1", "status": "committed"}]
+
+    result = cli("commit", "-s", "s1", a, b)
+    assert_ok(result)
+    assert result.stdout == f"{a}\ts1\talready committed\n{b}\ts1\tcommitted\n"
+
+    unknown = sha(b"no such upload")
+    result = cli("--json", "commit", "-s", "s1", c, unknown)
+    assert_error(result, 3, unknown)
+    assert json.loads(result.stdout) == [
+        {"id": c, "session_id": "s1", "status": "committed"},
+        {"id": unknown, "session_id": "s1", "status": "no intent"},
+    ]
+    # c was committed despite the exit 3.
+    result = cli("commit", "-s", "s1", "--json", c)
+    assert_ok(result)
+    assert json.loads(result.stdout)[0]["status"] == "already committed"
+
+    # The row belongs to s1: s2 has no intent for it, and nothing is written.
+    lines = manifest_file(store).read_bytes()
+    result = cli("commit", "-s", "s2", a)
+    assert_error(result, 3)
+    assert result.stdout == f"{a}\ts2\tno intent\n"
+    assert manifest_file(store).read_bytes() == lines
+
+    # From stdin, with the session from the environment.
+    result = cli("commit", "-", input=f"{d}\n", env={"LASHCTL_SESSION": "s1"})
+    assert_ok(result)
+    assert result.stdout == f"{d}\ts1\tcommitted\n"
+
+    commits = [e for e in read_events(store) if e["op"] == "commit"]
+    assert [(e["attachment_id"], e["session_id"]) for e in commits] == [(a, "s1"), (b, "s1"), (c, "s1"), (d, "s1")]
+    listed = cli("list-uncommitted", "--json")
+    assert_ok(listed)
+    assert json.loads(listed.stdout) == []
+
+
+def test_commit_reads_several_ids_from_stdin(cli, store, tmp_path):
+    sources = write_inputs(tmp_path / "in", {"a": b"one", "b": b"two"})
+    a, b = ids_out(cli("put", "-s", "S", *map(str, sources)))
+    result = cli("commit", "-s", "S", "-", input=f"{a}\n{b}\n")
+    assert_ok(result)
+    assert result.stdout == f"{a}\tS\tcommitted\n{b}\tS\tcommitted\n"
+
+
+def test_commit_requires_a_session(cli, store):
+    result = cli("commit", sha(b"x"))
+    assert_error(result, 2, "session")
+
+
+def test_an_intent_for_a_committed_row_changes_nothing(cli, store, tmp_path):
+    (source,) = write_inputs(tmp_path / "in", {"a": b"kept"})
+    (a,) = ids_out(cli("put", "-s", "s", str(source)))
+    assert_ok(cli("commit", "-s", "s", a))
+    assert_ok(cli("put", "-s", "s", str(source)))  # a second intent for the committed row
+    listed = cli("list-uncommitted", "--json")
+    assert_ok(listed)
+    assert json.loads(listed.stdout) == []
+    result = cli("reclaim", "--force", "--older-than", "0s", "--json")
+    assert_ok(result)
+    assert json.loads(result.stdout)["items"] == []
+    assert blob_path(store, a).exists()
+
+
+# -- 6. malformed manifests ----------------------------------------------------------
+def _corrupt_store(store: Path, put_blobs, bad_line: str) -> tuple[str, str]:
+    x, y = put_blobs({"x": b"x bytes", "y": b"y bytes"})
+    now = now_ms()
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "manifest.jsonl.lock").touch()
+    manifest_file(store).write_text(
+        event_line(HEADER) + "\n"
+        + event_line(intent(x, "A", now - 3 * DAY)) + "\n"
+        + bad_line + "\n"
+        + event_line(intent(y, "A", now - 3 * DAY)) + "\n",
+        "utf-8",
+    )
+    return x, y
+
+
+CORRUPT_LINES = {
+    "malformed-json": '{"op":"intent","attachment_id":',
+    "unknown-op": json.dumps({"op": "frobnicate", "attachment_id": "a" * 64, "session_id": "A"}),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(CORRUPT_LINES))
+@pytest.mark.parametrize("command", [
+    ["list-uncommitted"],
+    ["reclaim", "--force", "--older-than", "0s"],
+    ["reclaim", "--older-than", "1h", "--dry-run"],
+    ["commit", "-s", "A", "X"],
+    ["delete", "X"],
+    ["delete", "--force", "X"],
+])
+def test_a_corrupt_line_stops_every_command_that_needs_state(cli, store, put_blobs, bad, command):
+    x, _y = _corrupt_store(store, put_blobs, CORRUPT_LINES[bad])
+    command = [x if arg == "X" else arg for arg in command]
+    before = snapshot(store)
+    result = cli(*command)
+    assert_error(result, 65, "manifest.jsonl:3")
+    assert result.stdout == ""
+    assert snapshot(store) == before
+
+
+def test_unknown_header_version_is_corruption(cli, store, put_blobs):
+    (x,) = put_blobs({"x": b"x"})
+    manifest_file(store).write_text(
+        json.dumps({"op": "header", "format": "lashctl-manifest", "version": 2}) + "\n"
+        + event_line(intent(x, "A", now_ms() - 3 * DAY)) + "\n", "utf-8")
+    (store / "manifest.jsonl.lock").touch()
+    before = snapshot(store)
+    result = cli("list-uncommitted")
+    assert_error(result, 65, "manifest.jsonl:1")
+    result = cli("reclaim", "--older-than", "1h")
+    assert_error(result, 65, "manifest.jsonl:1")
+    assert snapshot(store) == before
+
+
+def test_a_manifest_without_header_is_read_as_version_1(cli, store, put_blobs):
+    (x,) = put_blobs({"x": b"hand made"})
+    at = now_ms() - DAY
+    write_manifest(store, [intent(x, "hand", at)], header=False)
+    result = cli("list-uncommitted", "--json")
+    assert_ok(result)
+    assert [(r["id"], r["session_id"], r["intent_at_epoch_ms"]) for r in json.loads(result.stdout)] == [(x, "hand", at)]
+
+
+@pytest.mark.parametrize("writer", ["put", "commit"])
+def test_a_torn_final_line_is_ignored_with_a_warning_and_truncated_by_the_next_writer(cli, store, put_blobs, writer):
+    (x,) = put_blobs({"x": b"x"})
+    at = now_ms() - DAY
+    good = event_line(HEADER) + "\n" + event_line(intent(x, "A", at)) + "\n"
+    # A long event cut short by a crash: longer than what the next writer appends.
+    torn = event_line(intent(sha(b"torn"), "S" * 900, at))[:700]
+    store.mkdir(parents=True, exist_ok=True)
+    manifest_file(store).write_text(good + torn, "utf-8")
+
+    result = cli("list-uncommitted", "--json")
+    assert_ok(result)
+    assert "warning" in result.stderr
+    assert "manifest.jsonl:3" in result.stderr
+    assert [r["id"] for r in json.loads(result.stdout)] == [x]
+
+    if writer == "put":
+        result = cli("put", "-s", "B", "-", input=b"after the crash")
+    else:
+        result = cli("commit", "-s", "A", x)
+    assert_ok(result)
+    text = manifest_file(store).read_text("utf-8")
+    assert text.startswith(good)
+    assert text.endswith("\n")
+    lines = text.splitlines()
+    assert len(lines) == 3
+    added = json.loads(lines[2])
+    if writer == "put":
+        assert added["op"] == "intent"
+        assert added["attachment_id"] == sha(b"after the crash")
+    else:
+        assert {k: v for k, v in added.items() if k != "committed_at_epoch_ms"} == {
+            "op": "commit", "attachment_id": x, "session_id": "A"}
+    assert "SSSS" not in text
+
+    result = cli("list-uncommitted")
+    assert_ok(result)
+    assert "warning" not in result.stderr
+
+
+def test_a_complete_final_event_without_newline_is_read_and_kept(cli, store, put_blobs):
+    (x,) = put_blobs({"x": b"x"})
+    at = now_ms() - DAY
+    text = event_line(HEADER) + "\n" + event_line(intent(x, "hand-edit", at))  # no final newline
+    store.mkdir(parents=True, exist_ok=True)
+    manifest_file(store).write_text(text, "utf-8")
+    result = cli("list-uncommitted", "--json")
+    assert_ok(result)
+    assert [(r["id"], r["session_id"]) for r in json.loads(result.stdout)] == [(x, "hand-edit")]
+
+    assert_ok(cli("put", "-s", "B", "-", input=b"appended"))
+    lines = manifest_file(store).read_text("utf-8").splitlines()
+    assert lines[:2] == text.split("\n")
+    assert len(lines) == 3
+    assert json.loads(lines[2])["attachment_id"] == sha(b"appended")
+    assert manifest_file(store).read_text("utf-8").endswith("\n")
+
+
+# -- 7. ids ---------------------------------------------------------------------------
+def colliding_inputs(prefix_len: int = 4) -> tuple[bytes, bytes]:
+    """Two small inputs whose sha256 ids share their first ``prefix_len`` hex chars."""
+    seen: dict[str, bytes] = {}
+    for n in range(200_000):
+        data = f"collide-{n}".encode()
+        key = sha(data)[:prefix_len]
+        if key in seen:
+            return seen[key], data
+        seen[key] = data
+    raise AssertionError("no collision found")
+
+
+BAD_IDS = ["../../etc/passwd", "zz", "abc", "sha256:abc", "g" * 64, "a" * 65, "", "abcd/../..", "12 34"]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+@pytest.mark.parametrize("command", [["get"], ["get", "-o", "OUT"], ["delete"], ["delete", "--force"],
+                                     ["commit", "-s", "s"]])
+def test_malformed_ids_are_usage_errors_that_touch_nothing(cli, store, tmp_path, bad, command):
+    assert_ok(cli("put", "-s", "s", "-", input=b"present"))
+    out = tmp_path / "out.bin"
+    command = [str(out) if arg == "OUT" else arg for arg in command]
+    before = snapshot(tmp_path)
+    result = cli(*command, bad)
+    assert_error(result, 2)
+    assert result.stdout == ""
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", [["get"], ["delete"], ["commit", "-s", "s"]])
+def test_malformed_ids_never_create_the_store(cli, store, command):
+    result = cli(*command, "../../etc/passwd")
+    assert_error(result, 2)
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("command", [["get"], ["get", "-o", "OUT"], ["delete"], ["delete", "--force"],
+                                     ["delete", "--dry-run", "--force"], ["commit", "-s", "s"]])
+def test_an_ambiguous_prefix_is_a_usage_error_that_touches_nothing(cli, store, tmp_path, command):
+    one, two = colliding_inputs(4)
+    id_one, id_two = sha(one), sha(two)
+    sources = write_inputs(tmp_path / "in", {"one": one, "two": two})
+    assert ids_out(cli("put", "-s", "s", *map(str, sources))) == [id_one, id_two]
+    out = tmp_path / "out.bin"
+    command = [str(out) if arg == "OUT" else arg for arg in command]
+    before = snapshot(tmp_path)
+    result = cli(*command, id_one[:4])
+    assert_error(result, 2, "ambiguous")
+    assert result.stdout == ""
+    assert snapshot(tmp_path) == before
+
+    # A longer prefix that tells them apart resolves.
+    n = next(i for i in range(64) if id_one[i] != id_two[i]) + 1
+    result = cli("get", id_two[: max(n, 4)])
+    assert_ok(result)
+    assert result.stdout_bytes == two
+
+
+def test_an_ambiguous_prefix_among_blobs_written_by_hand(cli, store, tmp_path):
+    fake_one, fake_two = "abcd" + "0" * 60, "abcd" + "1" * 60
+    shard = store / "sha256" / "ab"
+    shard.mkdir(parents=True)
+    (shard / fake_one).write_bytes(b"1")
+    (shard / fake_two).write_bytes(b"2")
+    before = snapshot(store)
+    for command in (["get"], ["delete", "--force"], ["commit", "-s", "s"]):
+        result = cli(*command, "ABCD")
+        assert_error(result, 2, "ambiguous")
+        assert snapshot(store) == before
+    result = cli("get", "abcd0")
+    # resolves to fake_one; its bytes do not hash to its name
+    assert_error(result, 65, fake_one)
+
+
+def test_a_well_formed_prefix_that_matches_nothing_is_not_found(cli, store):
+    attachment_id = ids_out(cli("put", "-s", "s", "-", input=b"present"))[0]
+    other = "0123" if not attachment_id.startswith("0123") else "4567"
+    result = cli("get", other)
+    assert_error(result, 3, other)
+    assert result.stdout == ""
+
+
+def test_lash_core_staging_litter_is_not_a_blob(cli, store):
+    litter = sha(b"half written by lash-core")
+    shard = store / "sha256" / litter[:2]
+    shard.mkdir(parents=True)
+    (shard / (litter + ".tmp")).write_bytes(b"half written")
+    result = cli("get", litter[:8])
+    assert_error(result, 3)
+    result = cli("get", litter)
+    assert_error(result, 3)
+
+
+def test_upper_case_and_uri_ids_are_accepted(cli, store, tmp_path):
+    data = b"case folded"
+    attachment_id = ids_out(cli("put", "-s", "s", "-", input=data))[0]
+    for text in (attachment_id.upper(), "sha256:" + attachment_id, "SHA256:" + attachment_id.upper(),
+                 attachment_id[:6].upper(), "sha256:" + attachment_id[:5]):
+        result = cli("get", text)
+        assert_ok(result)
+        assert result.stdout_bytes == data
+    result = cli("commit", "-s", "s", "--json", "sha256:" + attachment_id.upper())
+    assert_ok(result)
+    assert json.loads(result.stdout) == [{"id": attachment_id, "session_id": "s", "status": "committed"}]
+    result = cli("delete", "--force", attachment_id[:8].upper())
+    assert_ok(result)
+    assert not blob_path(store, attachment_id).exists()
+
+
+# -- delete -------------------------------------------------------------------------
+def test_delete_refuses_live_content_naming_the_sessions(cli, store, tmp_path):
+    data = b"referenced"
+    attachment_id = ids_out(cli("put", "-s", "alice", "-", input=data))[0]
+    assert_ok(cli("put", "-s", "bob", "-", input=data))
+    assert_ok(cli("commit", "-s", "bob", attachment_id))
+    before = snapshot(store)
+
+    result = cli("delete", attachment_id)
+    assert_error(result, 4, "alice", "bob", attachment_id)
+    assert result.stdout == ""
+    assert snapshot(store) == before
+
+    result = cli("delete", "--dry-run", "--force", "--json", attachment_id)
+    assert_ok(result)
+    assert json.loads(result.stdout) == [{"id": attachment_id, "existed": True, "byte_len": len(data),
+                                          "sessions": ["alice", "bob"], "dry_run": True}]
+    assert snapshot(store) == before
+
+    result = cli("delete", "--force", attachment_id)
+    assert_ok(result)
+    assert not blob_path(store, attachment_id).exists()
+    assert not sidecar_path(store, attachment_id).exists()
+
+
+def test_delete_dry_run_deletes_nothing(cli, store, put_blobs):
+    (attachment_id,) = put_blobs({"x": b"unreferenced"})
+    before = snapshot(store)
+    result = cli("delete", "--dry-run", attachment_id)
+    assert_ok(result)
+    assert snapshot(store) == before
+    assert blob_path(store, attachment_id).exists()
+    assert attachment_id in result.stdout
+
+
+# -- list-uncommitted -----------------------------------------------------------------
+def iso(epoch_ms: int) -> str:
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+@pytest.fixture
+def listed_rows(cli, store, put_blobs):
+    a, b = put_blobs({"a.png": png_bytes(5, 6), "b.txt": b"bee"})
+    c = sha(b"never landed")
+    d = sha(b"committed")
+    e = sha(b"forgotten")
+    now = now_ms()
+    times = {"a": now - 3 * DAY, "b": now - 2 * HOUR, "c": now - 10 * MINUTE}
+    write_manifest(store, [
+        intent(c, "s1", times["c"]),
+        intent(c, "s1", now - 4 * DAY),  # an older refresh: the later time wins
+        intent(b, "s2", times["b"]),
+        intent(d, "s1", now - 5 * DAY),
+        commit_ev(d, "s1", now - 5 * DAY),
+        intent(e, "s2", now - 6 * HOUR),
+        forget(e, "s2"),
+        intent(a, "s1", times["a"]),
+    ])
+    return {"a": a, "b": b, "c": c, "times": times}
+
+
+def listing(cli, *args) -> list[str]:
+    result = cli("list-uncommitted", "--json", *args)
+    assert_ok(result)
+    return [row["id"] for row in json.loads(result.stdout)]
+
+
+def test_list_uncommitted_all_rows_oldest_first(cli, store, listed_rows):
+    a, b, c, times = listed_rows["a"], listed_rows["b"], listed_rows["c"], listed_rows["times"]
+    result = cli("list-uncommitted", "--json")
+    assert_ok(result)
+    rows = json.loads(result.stdout)
+    assert [(r["id"], r["session_id"], r["intent_at_epoch_ms"]) for r in rows] == [
+        (a, "s1", times["a"]), (b, "s2", times["b"]), (c, "s1", times["c"]),
+    ]
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[a]["byte_len"] == len(png_bytes(5, 6))
+    assert by_id[a]["media_type"] == "image/png"
+    assert by_id[a]["label"] == "a.png"
+    assert by_id[a]["bytes_present"] is True
+    assert by_id[b]["media_type"] == "text/plain"
+    assert by_id[c]["bytes_present"] is False
+    assert by_id[c]["byte_len"] is None
+
+    plain = cli("list-uncommitted")
+    assert_ok(plain)
+    lines = plain.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [a, b, c]
+    assert [line.split("\t")[1] for line in lines] == ["s1", "s2", "s1"]
+    assert "\x1b[" not in plain.stdout
+
+
+def test_list_uncommitted_cutoffs_and_session_filter(cli, store, listed_rows):
+    a, b, c, times = listed_rows["a"], listed_rows["b"], listed_rows["c"], listed_rows["times"]
+    assert listing(cli, "--older-than", "1h") == [a, b]
+    assert listing(cli, "--older-than", "1d") == [a]
+    assert listing(cli, "--older-than", "7d") == []
+    assert listing(cli, "--older-than", "0s") == [a, b, c]
+    assert listing(cli, "--before", iso(now_ms() - HOUR)) == [a, b]
+    assert listing(cli, "--before", str(now_ms() - DAY)) == [a]
+    assert listing(cli, "--before", str(times["b"])) == [a, b]  # at or before
+    assert listing(cli, "--before", str(times["b"] - 1)) == [a]
+    assert listing(cli, "--session", "s1") == [a, c]
+    assert listing(cli, "--session", "s2", "--older-than", "1h") == [b]
+    assert listing(cli, "--session", "nobody") == []
+
+    assert_error(cli("list-uncommitted", "--older-than", "1h", "--before", "0"), 2)
+    assert_error(cli("list-uncommitted", "--older-than", "soon"), 2, "soon")
+    assert_error(cli("list-uncommitted", "--before", "yesterday"), 2, "yesterday")
+
+
+def test_list_uncommitted_reads_every_lash_sidecar_form(cli, store, put_blobs):
+    (x,) = put_blobs({"x.bin": b"later lash form"})
+    sidecar_path(store, x).write_text(json.dumps({
+        "id": x, "media_type": "image/png", "byte_len": 15, "label": "shot",
+        "type_metadata": {"type": "image", "width": 3, "height": 4}, "future_key": [1, 2],
+    }), "utf-8")
+    write_manifest(store, [intent(x, "s", now_ms() - DAY)])
+    result = cli("list-uncommitted", "--json")
+    assert_ok(result)
+    (row,) = json.loads(result.stdout)
+    assert (row["media_type"], row["label"], row["byte_len"]) == ("image/png", "shot", 15)
+    result = cli("get", x)
+    assert_ok(result)
+    assert result.stdout_bytes == b"later lash form"
+
+
+# -- get -------------------------------------------------------------------------------
+def test_get_to_a_path_writes_the_file_atomically(cli, store, tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 7)  # more than one read chunk
+    attachment_id = ids_out(cli("put", "-s", "s", "-", input=data))[0]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    target = out_dir / "copy.bin"
+    target.write_bytes(b"old content")
+    result = cli("get", attachment_id, "-o", str(target))
+    assert_ok(result)
+    assert result.stdout == ""
+    assert target.read_bytes() == data
+    assert [p.name for p in out_dir.iterdir()] == ["copy.bin"]
+
+    result = cli("get", "--json", attachment_id, "-o", str(out_dir / "j.bin"))
+    assert_ok(result)
+    assert json.loads(result.stdout) == {"id": attachment_id, "path": str(out_dir / "j.bin"), "byte_len": len(data)}
+
+
+def test_get_of_a_corrupted_blob_exits_65_and_leaves_no_output(cli, store, tmp_path):
+    data = b"precious bytes that will rot"
+    attachment_id = ids_out(cli("put", "-s", "s", "-", input=data))[0]
+    path = blob_path(store, attachment_id)
+    rotten = bytearray(path.read_bytes())
+    rotten[5] ^= 0x01
+    path.write_bytes(bytes(rotten))
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = cli("get", attachment_id, "-o", str(out_dir / "copy.bin"))
+    assert_error(result, 65, attachment_id)
+    assert list(out_dir.iterdir()) == []
+
+    result = cli("get", attachment_id, "-o", "-")
+    assert_error(result, 65)
+
+
+def test_get_with_a_missing_sidecar_warns_and_still_outputs_the_bytes(cli, store):
+    data = b"bytes without metadata"
+    attachment_id = ids_out(cli("put", "-s", "s", "-", input=data))[0]
+    sidecar = sidecar_path(store, attachment_id)
+    sidecar.unlink()
+    result = cli("get", attachment_id)
+    assert_ok(result)
+    assert result.stdout_bytes == data
+    assert str(sidecar) in result.stderr
+    assert "warning" in result.stderr
+
+
+def test_get_with_an_undecodable_sidecar_is_corruption(cli, store):
+    attachment_id = ids_out(cli("put", "-s", "s", "-", input=b"meta rot"))[0]
+    sidecar_path(store, attachment_id).write_text("{not json", "utf-8")
+    result = cli("get", attachment_id)
+    assert_error(result, 65, str(sidecar_path(store, attachment_id)))
+    assert result.stdout == ""
+
+
+# -- output forms ---------------------------------------------------------------------
+def test_json_before_and_after_the_command(cli, store, tmp_path):
+    (source,) = write_inputs(tmp_path / "in", {"note.txt": b"hello\n"})
+    for args in (["--json", "put", "-s", "s", str(source)], ["put", "-s", "s", "--json", str(source)]):
+        result = cli(*args)
+        assert_ok(result)
+        records = json.loads(result.stdout)
+        assert len(records) == 1
+        record = records[0]
+        assert record["id"] == sha(b"hello\n")
+        assert record["path"] == str(source)
+        assert record["byte_len"] == 6
+        assert record["media_type"] == "text/plain"
+        assert record["label"] == "note.txt"
+        assert isinstance(record["deduplicated"], bool)
+    for args in (["--json", "list-uncommitted"], ["list-uncommitted", "--json"]):
+        result = cli(*args)
+        assert_ok(result)
+        assert [r["id"] for r in json.loads(result.stdout)] == [sha(b"hello\n")]
+    for args in (["--json", "reclaim", "--dry-run"], ["reclaim", "--dry-run", "--json"]):
+        result = cli(*args)
+        assert_ok(result)
+        assert json.loads(result.stdout)["items"] == []
+
+
+def test_quiet_keeps_stdout_and_silences_stderr(cli, store):
+    result = cli("-q", "put", "-s", "s", "-", input=b"quiet")
+    assert_ok(result)
+    assert result.stdout == sha(b"quiet") + "\n"
+    assert result.stderr == ""
+
+
+def test_put_requires_a_session_and_inputs(cli, store, tmp_path):
+    assert_error(cli("put", "-", input=b"x"), 2, "session")
+    assert_error(cli("put", "-s", "s"), 2)
+    assert_error(cli("put", "-s", "s", str(tmp_path / "missing.bin")), 2, "missing.bin")
+    assert files_under(store / "sha256") == []
