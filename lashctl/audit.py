@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lashctl import media, sidecar
-from lashctl.errors import LashctlError, NotFound, StoreIOError
+from lashctl.errors import LashctlError, NotFound, Refused, StoreIOError
 from lashctl.ids import is_valid_id
 from lashctl.manifest import ManifestState, Row
-from lashctl.ops import DEFAULT_GRACE, Store, plan_reclaim, write_file_atomic
+from lashctl.ops import DEFAULT_GRACE, Store, plan_reclaim
 from lashctl.store import CHUNK, LASH_STAGING_SUFFIX, SIDECAR_SUFFIX, fsync_dir
 from lashctl.timefmt import parse_duration
 
@@ -90,7 +90,7 @@ def show(store: Store, attachment_id: str, state: ManifestState, now: int) -> Bl
 
 def _read_sidecar(store: Store, attachment_id: str) -> tuple[sidecar.Metadata | None, str | None]:
     try:
-        meta = sidecar.read(store.blobs.sidecar_path(attachment_id))
+        meta = store.blobs.read_sidecar(attachment_id)
     except LashctlError as exc:
         return None, exc.message
     if meta is not None and meta.attachment_id != attachment_id:
@@ -235,6 +235,7 @@ class Stats:
     staging_files: int = 0
     staging_bytes: int = 0
     stray_files: int = 0
+    orphan_sidecars: int = 0
     manifest_lines: int = 0
     compacted_lines: int = 0
     torn_tail: bool = False
@@ -270,6 +271,8 @@ def stats(store: Store, state: ManifestState, now: int) -> Stats:
         if stray.kind == "staging":
             out.staging_files += 1
             out.staging_bytes += stray.byte_len
+        elif stray.kind == "orphan-sidecar":
+            out.orphan_sidecars += 1
         else:
             out.stray_files += 1
     out.manifest_lines = state.lines
@@ -390,6 +393,9 @@ def _verify_blob(store: Store, attachment_id: str, state: ManifestState | None, 
             rebuilt = rebuild_sidecar(store, attachment_id, size)
             finding.repair = f"rebuilt the sidecar from the content ({rebuilt.media_type})"
         report.findings.append(finding)
+    elif problem is not None and meta is not None:
+        report.findings.append(Finding("sidecar-mismatch", ERROR, str(side), attachment_id,
+                                       f"sidecar disagrees with the blob: {problem}"))
     elif problem is not None:
         report.findings.append(Finding("sidecar-undecodable", ERROR, str(side), attachment_id, problem))
     elif meta is not None and meta.byte_len != size:
@@ -440,7 +446,7 @@ def rebuild_sidecar(store: Store, attachment_id: str, size: int) -> sidecar.Meta
     meta = sidecar.Metadata(attachment_id, media_type, size,
                             dims[0] if dims else None, dims[1] if dims else None, None)
     store.blobs.ensure_writable_layout()
-    write_file_atomic(store.blobs.sidecar_path(attachment_id), meta.encode(), store.blobs.tmp)
+    store.blobs.write_sidecar(meta)
     return meta
 
 
@@ -485,6 +491,12 @@ def gc(store: Store, cutoff: int, dry_run: bool = False, progress: Progress | No
 
 
 def _gc(store: Store, cutoff: int, dry_run: bool, progress: Progress | None) -> GcReport:
+    if not store.manifest.path.exists() and next(store.blobs.iter_ids(), None) is not None:
+        # A mistyped --manifest would make every blob look unreferenced.
+        raise Refused(
+            f"refusing gc: manifest {store.manifest.path} does not exist, so every blob would look "
+            "unreferenced (check --manifest; create an empty manifest to really sweep them all)"
+        )
     state = store.manifest.read_state()
     report = GcReport(cutoff_epoch_ms=cutoff, dry_run=dry_run)
     touched = []

@@ -295,12 +295,13 @@ def _write_sidecar(store: Store, meta: sidecar.Metadata) -> None:
     path = store.blobs.sidecar_path(meta.attachment_id)
     data = meta.encode()
     try:
-        with open(path, "rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
             if handle.read(len(data) + 1) == data:
                 return  # unchanged: no write, no fsync
     except OSError:
         pass
-    write_file_atomic(path, data, store.blobs.tmp, sync_dir=False)
+    store.blobs.write_sidecar(meta, sync_dir=False)
 
 
 # -- get -----------------------------------------------------------------------
@@ -325,7 +326,7 @@ def blob_info(store: Store, attachment_id: str) -> BlobInfo:
             raise Corrupt(f"{path} is a symlink, not a blob: refusing to follow it")
         raise NotFound(f"no blob {attachment_id} in store {store.root}")
     side_path = store.blobs.sidecar_path(attachment_id)
-    meta = sidecar.read(side_path)
+    meta = store.blobs.read_sidecar(attachment_id)
     if meta is not None and meta.attachment_id != attachment_id:
         raise Corrupt(f"undecodable sidecar {side_path}: its id is {meta.attachment_id}")
     return BlobInfo(attachment_id, path, side_path, meta, st.st_size)
@@ -464,7 +465,7 @@ def _describe_row(store: Store, row: Row) -> UncommittedRow:
     st = store.blobs.blob_stat(row.attachment_id)
     meta = None
     try:
-        meta = sidecar.read(store.blobs.sidecar_path(row.attachment_id))
+        meta = store.blobs.read_sidecar(row.attachment_id)
     except LashctlError as exc:
         store.warn(exc.message)
     return UncommittedRow(

@@ -96,6 +96,35 @@ class BlobStore:
     def sidecar_path(self, attachment_id: str) -> Path:
         return self.shard_dir(attachment_id) / (attachment_id + SIDECAR_SUFFIX)
 
+    def checked_shard(self, attachment_id: str) -> Path:
+        """The shard directory, refusing one that is a symlink or not a directory.
+
+        Paths below a planted symlink would lead outside the store: nothing
+        is read, written or removed through one.
+        """
+        shard = self.shard_dir(attachment_id)
+        st = self._lstat(shard)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise Corrupt(f"shard directory {shard} is {what}: refusing to use it")
+        return shard
+
+    def _shard_is_real(self, attachment_id: str) -> bool:
+        st = self._lstat(self.shard_dir(attachment_id))
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def read_sidecar(self, attachment_id: str):
+        """The blob's sidecar metadata, or None if there is none (Corrupt if bad)."""
+        from lashctl import sidecar
+
+        self.checked_shard(attachment_id)
+        return sidecar.read(self.sidecar_path(attachment_id))
+
+    def write_sidecar(self, meta, sync_dir: bool = True) -> None:
+        """Write a sidecar atomically beside its blob."""
+        self.checked_shard(meta.attachment_id)
+        write_file_atomic(self.sidecar_path(meta.attachment_id), meta.encode(), self.tmp, sync_dir=sync_dir)
+
     @staticmethod
     def _check(attachment_id: str) -> None:
         # Last line of defence: a path is only ever built from a valid id.
@@ -177,7 +206,7 @@ class BlobStore:
         wrong-size one is replaced. The caller fsyncs the shard directory.
         """
         final = self.blob_path(staged.attachment_id)
-        shard = final.parent
+        shard = self.checked_shard(staged.attachment_id)
         try:
             if not shard.is_dir():
                 shard.mkdir(exist_ok=True)
@@ -208,6 +237,8 @@ class BlobStore:
 
     def blob_stat(self, attachment_id: str) -> os.stat_result | None:
         """The blob's lstat if a regular file is at its path, else None."""
+        if not self._shard_is_real(attachment_id):
+            return None
         st = self._lstat(self.blob_path(attachment_id))
         if st is None or not stat.S_ISREG(st.st_mode):
             return None
@@ -219,6 +250,7 @@ class BlobStore:
     def open_blob(self, attachment_id: str) -> BinaryIO:
         """Open a blob for reading, refusing to follow a symlink at its path."""
         path = self.blob_path(attachment_id)
+        self.checked_shard(attachment_id)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError as exc:
@@ -238,10 +270,16 @@ class BlobStore:
         With a prefix of 2 or more characters only one shard directory is read.
         """
         if len(prefix) >= 2:
-            shards: Iterable[Path] = [self.objects / prefix[:2]]
+            shard = self.objects / prefix[:2]
+            st = self._lstat(shard)
+            shards: Iterable[Path] = [shard] if st is not None and stat.S_ISDIR(st.st_mode) else []
         else:
             try:
-                shards = sorted(p for p in self.objects.iterdir() if len(p.name) == 2)
+                # A symlinked shard directory is never followed (verify reports it).
+                shards = sorted(
+                    Path(e.path) for e in os.scandir(self.objects)
+                    if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
+                )
             except FileNotFoundError:
                 return
             except OSError as exc:
@@ -271,6 +309,9 @@ class BlobStore:
         touched. The caller fsyncs the shard directory (``fsync_shards``).
         """
         freed = 0
+        if self._lstat(self.shard_dir(attachment_id)) is None:
+            return 0
+        self.checked_shard(attachment_id)
         for path in (self.blob_path(attachment_id), self.sidecar_path(attachment_id)):
             st = self._lstat(path)
             if st is None:

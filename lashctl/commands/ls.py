@@ -53,10 +53,14 @@ def ls(
     if ref_state is not None:
         entries = [e for e in entries if e.state == ref_state.value]
     if media_type is not None:
+        from lashctl.media import normalize_mime
+
         wanted = media_type.strip().lower()
         if wanted.endswith("/*"):
-            entries = [e for e in entries if (e.media_type or "").startswith(wanted[:-1])]
+            kind = normalize_mime(wanted[:-2] + "/x", "--media-type").split("/")[0]
+            entries = [e for e in entries if (e.media_type or "").startswith(kind + "/")]
         else:
+            wanted = normalize_mime(media_type, "--media-type")
             entries = [e for e in entries if e.media_type == wanted]
     keys = {
         SortKey.id: lambda e: e.attachment_id,

@@ -38,6 +38,7 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
         "staging_files": s.staging_files,
         "staging_bytes": s.staging_bytes,
         "stray_files": s.stray_files,
+        "orphan_sidecars": s.orphan_sidecars,
         "manifest_lines": s.manifest_lines,
         "manifest_lines_after_compaction": s.compacted_lines,
         "manifest_torn_tail": s.torn_tail,
@@ -52,6 +53,7 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
         ["orphans reclaimable now (24h grace)", s.orphans_reclaimable, human_bytes(s.orphan_bytes_reclaimable)],
         ["staging litter", s.staging_files, human_bytes(s.staging_bytes)],
         ["stray files", s.stray_files, None],
+        ["sidecars without a blob", s.orphan_sidecars, None],
         ["manifest lines", s.manifest_lines, None],
         ["  after compaction", s.compacted_lines, None],
     ]
