@@ -8,6 +8,10 @@ from datetime import datetime, timezone
 
 from lashctl.errors import UsageError
 
+# Cutoffs outside these bounds are typing mistakes, not dates (year 9999).
+MAX_EPOCH_MS = 253_402_300_799_999
+_MAX_DIGITS = 20
+
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 
@@ -21,11 +25,11 @@ def parse_duration(text: str, option: str = "--older-than") -> int:
     value = text.strip().lower()
     pos, total = 0, 0
     for match in _PART.finditer(value):
-        if match.start() != pos:
+        if match.start() != pos or len(match.group(1)) > _MAX_DIGITS:
             break
         total += int(match.group(1)) * _UNITS_MS[match.group(2)]
         pos = match.end()
-    if not value or pos != len(value):
+    if not value or pos != len(value) or not value.isascii():
         raise UsageError(
             f"{option} {text!r} is not a duration: use a number and a unit, "
             "like 90s, 15m, 24h, 7d or 1h30m"
@@ -36,18 +40,25 @@ def parse_duration(text: str, option: str = "--older-than") -> int:
 def parse_timestamp(text: str, option: str = "--before") -> int:
     """ISO-8601 (naive means UTC) or epoch milliseconds -> epoch milliseconds."""
     value = text.strip()
-    if value.isascii() and value.isdigit():
-        return int(value)
+    if value.isascii() and value.isdigit() and len(value) <= _MAX_DIGITS:
+        return _in_range(int(value), text, option)
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        epoch_ms = int(parsed.timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):
         raise UsageError(
             f"{option} {text!r} is not a timestamp: use ISO-8601 "
             "(2026-11-26T12:00:00Z) or epoch milliseconds"
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return int(parsed.timestamp() * 1000)
+    return _in_range(epoch_ms, text, option)
+
+
+def _in_range(epoch_ms: int, text: str, option: str) -> int:
+    if not 0 <= epoch_ms <= MAX_EPOCH_MS:
+        raise UsageError(f"{option} {text!r} is out of range (1970 to the year 9999)")
+    return epoch_ms
 
 
 def cutoff_ms(older_than: str | None, before: str | None, now: int, default: str | None = None) -> int | None:
@@ -59,7 +70,10 @@ def cutoff_ms(older_than: str | None, before: str | None, now: int, default: str
     duration = older_than if older_than is not None else default
     if duration is None:
         return None
-    return now - parse_duration(duration)
+    cutoff = now - parse_duration(duration)
+    if cutoff < 0:
+        raise UsageError(f"--older-than {duration!r} reaches back before 1970")
+    return cutoff
 
 
 def iso_ms(epoch_ms: int | None) -> str | None:
