@@ -21,7 +21,7 @@ from lashctl.errors import LashctlError, NotFound, Refused, StoreIOError
 from lashctl.ids import is_valid_id
 from lashctl.manifest import ManifestState, Row
 from lashctl.ops import DEFAULT_GRACE, Store, plan_reclaim
-from lashctl.store import CHUNK, LASH_STAGING_SUFFIX, SIDECAR_SUFFIX, fsync_dir
+from lashctl.store import CHUNK, LASH_STAGING_SUFFIX, SIDECAR_SUFFIX, fsync_dir, open_regular
 from lashctl.timefmt import parse_duration
 
 COMMITTED = "committed"
@@ -313,7 +313,7 @@ class VerifyReport:
 
 def hash_file(path: Path, progress: Progress | None = None) -> str:
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = open_regular(path)
     with os.fdopen(fd, "rb", buffering=0) as handle:
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)

@@ -179,4 +179,10 @@ app.add_typer(manifest.app)
 
 def main(prog_name: str = "lashctl") -> None:
     """Console-script entry point."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            # File names that are not UTF-8 are written back as the bytes they were.
+            stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError):
+            pass
     app(prog_name=prog_name)

@@ -26,6 +26,15 @@ def is_valid_id(value: object) -> bool:
     return isinstance(value, str) and _FULL_ID.fullmatch(value) is not None
 
 
+def is_utf8_text(value: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot (lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def canonical_uri(attachment_id: str) -> str:
     return URI_SCHEME + attachment_id
 

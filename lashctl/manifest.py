@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError
-from lashctl.ids import is_valid_id
+from lashctl.ids import is_utf8_text, is_valid_id
+from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
 
 FORMAT = "lashctl-manifest"
 VERSION = 1
 HEADER = {"op": "header", "format": FORMAT, "version": VERSION}
 OPS = ("header", "intent", "commit", "forget")
-# Year 9999 in epoch ms: a time past it is corruption, not a date.
-MAX_EPOCH_MS = 253_402_300_799_999
 _LOCK_POLL_S = 0.02
 _TAIL_PROBE = 64 * 1024
 
@@ -171,8 +170,10 @@ def validate_event(obj: object) -> str | None:
     session = obj.get("session_id")
     if not isinstance(session, str) or not session:
         return "\"session_id\" is not a non-empty string"
+    if not is_utf8_text(session):
+        return "\"session_id\" holds a lone surrogate, not text"
     if op == "intent":
-        if not isinstance(obj.get("canonical_uri"), str):
+        if not isinstance(obj.get("canonical_uri"), str) or not is_utf8_text(obj["canonical_uri"]):
             return "\"canonical_uri\" is not a string"
         if not _is_epoch_ms(obj.get("intent_at_epoch_ms")):
             return "\"intent_at_epoch_ms\" is not an epoch time in milliseconds"
@@ -194,6 +195,8 @@ def parse_line(raw: bytes, lineno: int, path: Path) -> dict:
         raise Corrupt(f"{path}:{lineno}: malformed manifest line: invalid UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise Corrupt(f"{path}:{lineno}: malformed manifest line: {exc.msg}") from exc
+    except ValueError as exc:  # e.g. an integer too long to convert
+        raise Corrupt(f"{path}:{lineno}: malformed manifest line: {exc}") from exc
     except RecursionError as exc:
         raise Corrupt(f"{path}:{lineno}: malformed manifest line: nested too deeply") from exc
     problem = validate_event(obj)
@@ -210,7 +213,7 @@ def _strip_bom(raw: bytes) -> bytes:
 def _parses(raw: bytes) -> bool:
     try:
         json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError too
         return False
     return True
 

@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from lashctl import media, sidecar
 from lashctl.errors import Corrupt, LashctlError, NotFound, Refused, StoreIOError, UsageError
-from lashctl.ids import IdQuery, canonical_uri
+from lashctl.ids import IdQuery, is_utf8_text
 from lashctl.manifest import (
     Manifest,
     ManifestState,
@@ -26,7 +26,7 @@ from lashctl.manifest import (
     forget_event,
     intent_event,
 )
-from lashctl.store import CHUNK, BlobStore, StagedBlob, write_file_atomic
+from lashctl.store import CHUNK, BlobStore, StagedBlob, open_regular, write_file_atomic
 from lashctl.timefmt import now_ms
 
 MIN_GRACE_MS = 60_000
@@ -68,6 +68,8 @@ def validate_session(session: str | None) -> str:
         raise UsageError(f"--session is longer than {MAX_SESSION_LEN} characters")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in session):
         raise UsageError(f"--session {session!r} contains control characters")
+    if not is_utf8_text(session):
+        raise UsageError(f"--session {session!r} is not valid UTF-8")
     return session
 
 
@@ -134,7 +136,14 @@ class PutSource:
     def from_path(cls, path: str, stdin: Callable[[], BinaryIO]) -> "PutSource":
         if path == "-":
             return cls(name="-", opener=stdin, label=None)
-        return cls(name=path, opener=lambda: open(path, "rb"), label=os.path.basename(path) or None)
+        return cls(name=path, opener=lambda: open(path, "rb"), label=utf8_label(os.path.basename(path)))
+
+
+def utf8_label(name: str) -> str | None:
+    """A file name as a sidecar label: undecodable bytes become U+FFFD."""
+    if not name:
+        return None
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @dataclass
@@ -295,7 +304,7 @@ def _write_sidecar(store: Store, meta: sidecar.Metadata) -> None:
     path = store.blobs.sidecar_path(meta.attachment_id)
     data = meta.encode()
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = open_regular(path)
         with os.fdopen(fd, "rb") as handle:
             if handle.read(len(data) + 1) == data:
                 return  # unchanged: no write, no fsync

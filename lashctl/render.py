@@ -25,7 +25,13 @@ class UI:
     # -- stdout: data ------------------------------------------------------------
     @staticmethod
     def emit_json(document: Any) -> None:
-        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        text = json.dumps(document, indent=2, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A file name that is not UTF-8: escape it rather than emit invalid JSON.
+            text = json.dumps(document, indent=2, ensure_ascii=True)
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
     @staticmethod

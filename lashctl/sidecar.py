@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lashctl.errors import Corrupt, StoreIOError, UsageError
-from lashctl.ids import is_valid_id
+from lashctl.ids import is_utf8_text, is_valid_id
 from lashctl.media import LASH_IMAGE_TYPES, lash_image_type, normalize_mime
 
 MAX_SIDECAR_BYTES = 1024 * 1024
@@ -57,7 +57,7 @@ def decode(data: bytes, where: Path | str) -> Metadata:
 
     try:
         obj = json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # bad UTF-8, bad JSON, an integer too long to convert
         raise bad(str(exc)) from exc
     except RecursionError as exc:
         raise bad("nested too deeply") from exc
@@ -84,6 +84,8 @@ def decode(data: bytes, where: Path | str) -> Metadata:
     label = obj.get("label")
     if label is not None and not isinstance(label, str):
         raise bad("'label' is not a string")
+    if label is not None and not is_utf8_text(label):
+        raise bad("'label' holds a lone surrogate, not text")
     return Metadata(attachment_id, media_type, byte_len, width, height, label)
 
 
@@ -107,11 +109,15 @@ def _is_uint(value: object) -> bool:
 
 def read(path: Path) -> Metadata | None:
     """Read a sidecar; None if there is none; Corrupt if it cannot be decoded."""
+    from lashctl.store import NotARegularFile, open_regular
+
     try:
-        # O_NOFOLLOW: a symlink planted at a sidecar path is never read through.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # Never read through a symlink, never block on a FIFO planted here.
+        fd = open_regular(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except NotARegularFile as exc:
+        raise Corrupt(f"undecodable sidecar {path}: not a regular file") from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise Corrupt(f"undecodable sidecar {path}: it is a symlink") from exc
@@ -119,8 +125,6 @@ def read(path: Path) -> Metadata | None:
     try:
         with os.fdopen(fd, "rb") as handle:
             data = handle.read(MAX_SIDECAR_BYTES + 1)
-    except IsADirectoryError as exc:
-        raise Corrupt(f"undecodable sidecar {path}: it is a directory") from exc
     except OSError as exc:
         raise StoreIOError.wrap("read", path, exc) from exc
     if len(data) > MAX_SIDECAR_BYTES:

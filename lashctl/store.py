@@ -42,6 +42,25 @@ class StagedBlob:
     head: bytes
 
 
+class NotARegularFile(OSError):
+    """A FIFO, device, socket or directory where a file was expected."""
+
+
+def open_regular(path: Path | str) -> int:
+    """Open a regular file for reading without following a final symlink.
+
+    O_NONBLOCK keeps a FIFO planted at the path from hanging the open;
+    anything but a regular file is refused (NotARegularFile, errno EINVAL).
+    A symlink gives OSError with errno ELOOP.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -252,16 +271,15 @@ class BlobStore:
         path = self.blob_path(attachment_id)
         self.checked_shard(attachment_id)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = open_regular(path)
         except FileNotFoundError as exc:
             raise NotFound(f"no blob {attachment_id} in store {self.root}") from exc
+        except NotARegularFile as exc:
+            raise Corrupt(f"{path} is not a regular file") from exc
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise Corrupt(f"{path} is a symlink, not a blob: refusing to follow it") from exc
             raise StoreIOError.wrap("open", path, exc) from exc
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise Corrupt(f"{path} is not a regular file")
         return os.fdopen(fd, "rb", buffering=0)
 
     def iter_ids(self, prefix: str = "") -> Iterator[str]:
