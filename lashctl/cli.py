@@ -5,8 +5,6 @@ line on stderr and its documented exit code (DESIGN §5); a traceback is shown
 only with ``-v`` or ``LASHCTL_DEBUG=1``.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from pathlib import Path
@@ -16,25 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from lashctl import __version__
-from lashctl.commands import (
-    ENV_DEBUG,
-    ENV_LOCK_TIMEOUT,
-    ENV_MANIFEST,
-    ENV_STORE,
-    AppState,
-    commit,
-    delete,
-    gc,
-    get,
-    list_uncommitted,
-    ls,
-    manifest,
-    put,
-    reclaim,
-    show,
-    stats,
-    verify,
-)
+from lashctl.commands import ENV_DEBUG, ENV_LOCK_TIMEOUT, ENV_MANIFEST, ENV_STORE, AppState
 from lashctl.errors import EXIT_FAILURE, EXIT_USAGE, LashctlError
 from lashctl.render import UI
 
@@ -43,8 +23,54 @@ def _debugging(ctx_state: Optional[AppState]) -> bool:
     return bool(os.environ.get(ENV_DEBUG)) or bool(ctx_state and ctx_state.ui.verbose)
 
 
+# Each command lives in its own module, imported (and turned into a click
+# command) only when it runs, is completed or is listed in help: a call to
+# ``lashctl put`` pays for put alone. The order here is the order in --help.
+COMMANDS = {
+    "put": "put",
+    "get": "get",
+    "delete": "delete",
+    "list-uncommitted": "list_uncommitted",
+    "commit": "commit",
+    "reclaim": "reclaim",
+    "show": "show",
+    "ls": "ls",
+    "stats": "stats",
+    "verify": "verify",
+    "gc": "gc",
+    "manifest": "manifest",
+}
+
+
+def _build_command(name: str) -> Any:
+    import importlib
+
+    from typer.main import get_command_from_info, get_group
+    from typer.models import CommandInfo
+
+    module_name = COMMANDS[name]
+    module = importlib.import_module(f"lashctl.commands.{module_name}")
+    if name == "manifest":
+        group = get_group(module.app)
+        group.name = name
+        return group
+    return get_command_from_info(
+        CommandInfo(name=name, callback=getattr(module, module_name)),
+        pretty_exceptions_short=app.pretty_exceptions_short,
+        rich_markup_mode=app.rich_markup_mode,
+    )
+
+
 class LashctlGroup(TyperGroup):
-    """Funnels errors into one-line messages and exit codes."""
+    """Loads commands lazily; funnels errors into one-line messages and exit codes."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.commands[cmd_name] = _build_command(cmd_name)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: Any) -> Any:
         from typer._click.exceptions import ClickException
@@ -163,18 +189,6 @@ def main_options(
     )
 
 
-app.command("put")(put.put)
-app.command("get")(get.get)
-app.command("delete")(delete.delete)
-app.command("list-uncommitted")(list_uncommitted.list_uncommitted)
-app.command("commit")(commit.commit)
-app.command("reclaim")(reclaim.reclaim)
-app.command("show")(show.show)
-app.command("ls")(ls.ls)
-app.command("stats")(stats.stats)
-app.command("verify")(verify.verify)
-app.command("gc")(gc.gc)
-app.add_typer(manifest.app)
 
 
 def main(prog_name: str = "lashctl") -> None:

@@ -4,8 +4,6 @@ Shared here: the state the global options leave in ``ctx.obj`` and the
 ``--json`` option every command also accepts after its name.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional

@@ -1,7 +1,5 @@
 """``lashctl commit``: mark a session's intents as durably referenced."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,7 +1,5 @@
 """``lashctl delete``: the content-addressed delete, refused while rows reference the id."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,7 +1,5 @@
 """``lashctl gc``: mark and sweep blobs that no manifest row references."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,7 +1,5 @@
 """``lashctl get``: stream a blob out, verifying its hash as it flows."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated, Optional

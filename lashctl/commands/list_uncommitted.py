@@ -1,7 +1,5 @@
 """``lashctl list-uncommitted``: intents that no session has committed."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

@@ -1,7 +1,5 @@
 """``lashctl ls``: every blob with its size, type, label and reference state."""
 
-from __future__ import annotations
-
 from enum import Enum
 from typing import Annotated, Optional
 

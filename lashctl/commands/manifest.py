@@ -1,7 +1,5 @@
 """``lashctl manifest check|log|compact``: the write-ahead log itself."""
 
-from __future__ import annotations
-
 import json
 from typing import Annotated, Optional
 

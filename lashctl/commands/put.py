@@ -1,7 +1,5 @@
 """``lashctl put``: store files, recording each intent before its bytes land."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated, Optional
 

@@ -1,7 +1,5 @@
 """``lashctl reclaim``: the sweep that deletes orphaned uploads."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

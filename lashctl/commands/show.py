@@ -1,7 +1,5 @@
 """``lashctl show``: everything about one blob, and why it is kept."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,7 +1,5 @@
 """``lashctl stats``: where the space goes and what a sweep would free."""
 
-from __future__ import annotations
-
 import typer
 
 from lashctl.commands import JsonFlag, app_state

@@ -1,7 +1,5 @@
 """``lashctl verify``: re-hash every blob and check everything around it."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer
