@@ -42,11 +42,21 @@ def sniff(head: bytes) -> str | None:
 
 
 def guess_from_name(name: str) -> str | None:
-    """The MIME type a file name's extension suggests, if any."""
-    import mimetypes  # only put needs it; it reads the system tables on first use
+    """The MIME type a file name's extension suggests, if any.
 
-    guessed, encoding = mimetypes.guess_type(name, strict=False)
-    if guessed is None or encoding is not None:
+    Uses Python's built-in table only, not the host's /etc/mime.types: the
+    same file gets the same type on every machine, and nothing is read at
+    start-up.
+    """
+    import mimetypes  # its tables are built at import; init() (file reads) is never called
+
+    base = name.rsplit("/", 1)[-1]
+    dot = base.rfind(".")
+    if dot <= 0:
+        return None
+    ext = base[dot:].lower()
+    guessed = mimetypes.types_map.get(ext) or mimetypes.common_types.get(ext)
+    if guessed is None:
         return None
     try:
         return normalize_mime(guessed, source="guessed media type")
