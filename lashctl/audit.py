@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import stat
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from lashctl.errors import LashctlError, NotFound, Refused, StoreIOError
 from lashctl.ids import is_valid_id
 from lashctl.manifest import ManifestState, Row
 from lashctl.ops import DEFAULT_GRACE, Store, plan_reclaim
-from lashctl.store import CHUNK, LASH_STAGING_SUFFIX, SIDECAR_SUFFIX, fsync_dir, open_regular
+from lashctl.store import CHUNK, LASH_STAGING_SUFFIX, SIDECAR_SUFFIX, fsync_dir, open_regular, unique_suffix
 from lashctl.timefmt import parse_duration
 
 COMMITTED = "committed"
@@ -424,7 +423,7 @@ def quarantine(store: Store, attachment_id: str) -> Path:
     target_dir = store.root / "quarantine"
     target_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = target_dir / f"{attachment_id}.{stamp}.{secrets.token_hex(3)}"
+    target = target_dir / f"{attachment_id}.{stamp}.{unique_suffix(3)}"
     try:
         os.rename(store.blobs.blob_path(attachment_id), target)
         side = store.blobs.sidecar_path(attachment_id)

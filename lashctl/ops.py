@@ -26,7 +26,7 @@ from lashctl.manifest import (
     forget_event,
     intent_event,
 )
-from lashctl.store import CHUNK, BlobStore, StagedBlob, open_regular, write_file_atomic
+from lashctl.store import CHUNK, BlobStore, StagedBlob, open_regular, unique_suffix, write_file_atomic
 from lashctl.timefmt import now_ms
 
 MIN_GRACE_MS = 60_000
@@ -268,9 +268,9 @@ def _land_batch(
                 deduplicated=deduplicated,
             )
         )
-    store.blobs.fsync_shards(landed)
     for meta in metas:
         _write_sidecar(store, meta)
+    # One directory fsync per shard makes both the blob and sidecar renames durable.
     store.blobs.fsync_shards(landed)
     yield from results
 
@@ -368,13 +368,11 @@ def copy_verified(store: Store, attachment_id: str, out: BinaryIO) -> int:
 
 def get_to_file(store: Store, attachment_id: str, dest: Path) -> int:
     """Write a verified copy to ``dest`` via a temp file; no partial file on failure."""
-    import secrets
-
     dest = Path(dest)
     if dest.is_dir():
         raise UsageError(f"-o {dest} is a directory; give a file path")
     parent = dest.parent
-    tmp = parent / f".{dest.name}.{secrets.token_hex(6)}.part"
+    tmp = parent / f".{dest.name}.{unique_suffix()}.part"
     try:
         handle = open(tmp, "xb")
     except OSError as exc:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,11 @@ def open_regular(path: Path | str) -> int:
     return fd
 
 
+def unique_suffix(nbytes: int = 6) -> str:
+    """Random hex for staging names (os.urandom: no import of ``secrets`` at start-up)."""
+    return os.urandom(nbytes).hex()
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -71,7 +75,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_file_atomic(path: Path, data: bytes, staging_dir: Path, sync_dir: bool = True) -> None:
     """Write ``data`` to ``path`` crash-atomically (stage, fsync, rename, fsync dir)."""
-    tmp = staging_dir / f".{path.name}.{secrets.token_hex(6)}{STAGING_SUFFIX}"
+    tmp = staging_dir / f".{path.name}.{unique_suffix()}{STAGING_SUFFIX}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -168,7 +172,7 @@ class BlobStore:
 
         Memory stays flat: bytes pass through in CHUNK-sized pieces.
         """
-        path = self.tmp / f"put-{secrets.token_hex(8)}{STAGING_SUFFIX}"
+        path = self.tmp / f"put-{unique_suffix(8)}{STAGING_SUFFIX}"
         digest = hashlib.sha256()
         byte_len = 0
         head = b""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
 
 from lashctl.errors import UsageError
 
@@ -39,6 +38,8 @@ def parse_duration(text: str, option: str = "--older-than") -> int:
 
 def parse_timestamp(text: str, option: str = "--before") -> int:
     """ISO-8601 (naive means UTC) or epoch milliseconds -> epoch milliseconds."""
+    from datetime import datetime, timezone
+
     value = text.strip()
     if value.isascii() and value.isdigit() and len(value) <= _MAX_DIGITS:
         return _in_range(int(value), text, option)
@@ -79,6 +80,8 @@ def cutoff_ms(older_than: str | None, before: str | None, now: int, default: str
 def iso_ms(epoch_ms: int | None) -> str | None:
     if epoch_ms is None:
         return None
+    from datetime import datetime, timezone
+
     moment = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
