@@ -100,6 +100,77 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
+def _read_into(source: BinaryIO, buffer: bytearray, source_name: str) -> int:
+    try:
+        readinto = getattr(source, "readinto", None)
+        if readinto is not None:
+            return readinto(buffer) or 0
+        data = source.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+    except OSError as exc:
+        raise StoreIOError.wrap("read", source_name, exc) from exc
+
+
+def _write_all(fd: int, chunk: memoryview, path: Path) -> None:
+    try:
+        while chunk:
+            chunk = chunk[os.write(fd, chunk):]
+    except OSError as exc:
+        raise StoreIOError.wrap("write", path, exc) from exc
+
+
+class _ChunkWriter:
+    """Writes chunks to a staging file on a thread while the caller hashes.
+
+    A fixed pool of buffers bounds memory: the caller waits for a free
+    buffer when the writer falls behind.
+    """
+
+    DEPTH = 4
+
+    def __init__(self, fd: int, path: Path) -> None:
+        import queue
+        import threading
+
+        self._fd, self._path = fd, path
+        self._free: "queue.Queue[bytearray]" = queue.Queue()
+        self._full: "queue.Queue[tuple[bytearray, int] | None]" = queue.Queue()
+        for _ in range(self.DEPTH - 1):
+            self._free.put(bytearray(CHUNK))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lashctl-stage-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._full.get()) is not None:
+            buffer, n = item
+            if self._error is None:
+                try:
+                    _write_all(self._fd, memoryview(buffer)[:n], self._path)
+                except BaseException as exc:  # handed to the caller in finish()
+                    self._error = exc
+            self._free.put(buffer)
+
+    def submit(self, buffer: bytearray, n: int) -> None:
+        if self._error is not None:
+            self.finish()  # raises the writer's error now, not at the end of a long input
+        self._full.put((buffer, n))
+
+    def free_buffer(self) -> bytearray:
+        return self._free.get()
+
+    def finish(self) -> None:
+        self._full.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        self._full.put(None)
+        self._thread.join()
+
+
 class BlobStore:
     """Paths, staging, atomic installs, streaming reads and deletes of blobs."""
 
@@ -180,38 +251,40 @@ class BlobStore:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
             raise StoreIOError.wrap("create staging file", path, exc) from exc
+        writer: _ChunkWriter | None = None
         try:
-            readinto = getattr(source, "readinto", None)
             buffer = bytearray(CHUNK)
-            view = memoryview(buffer)
             while True:
-                try:
-                    if readinto is not None:
-                        n = readinto(buffer)
-                        chunk = view[:n] if n else None
-                    else:
-                        data = source.read(CHUNK)
-                        chunk = memoryview(data) if data else None
-                except OSError as exc:
-                    raise StoreIOError.wrap("read", source_name, exc) from exc
-                if chunk is None:
+                n = _read_into(source, buffer, source_name)
+                if not n:
                     break
+                chunk = memoryview(buffer)[:n]
                 if len(head) < HEAD_BYTES:
                     head += bytes(chunk[: HEAD_BYTES - len(head)])
-                digest.update(chunk)
-                byte_len += len(chunk)
+                if writer is None and byte_len:
+                    # A second chunk: the input is big enough for writing to
+                    # overlap hashing (both release the GIL).
+                    writer = _ChunkWriter(fd, path)
+                if writer is None:
+                    digest.update(chunk)
+                    _write_all(fd, chunk, path)
+                else:
+                    writer.submit(buffer, n)
+                    digest.update(chunk)  # the writer only reads the buffer too
+                    buffer = writer.free_buffer()
+                byte_len += n
                 if progress is not None:
-                    progress(len(chunk))
-                try:
-                    while chunk:
-                        chunk = chunk[os.write(fd, chunk):]
-                except OSError as exc:
-                    raise StoreIOError.wrap("write", path, exc) from exc
+                    progress(n)
+            if writer is not None:
+                writer, pending = None, writer
+                pending.finish()
             try:
                 os.fsync(fd)
             except OSError as exc:
                 raise StoreIOError.wrap("sync", path, exc) from exc
         except BaseException:
+            if writer is not None:
+                writer.abandon()
             os.close(fd)
             _unlink_quietly(path)
             raise
