@@ -623,7 +623,10 @@ def _reclaim(store: Store, cutoff: int, dry_run: bool, progress: Callable[[int],
     report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned)
     forgets: list[dict] = []
     touched: list[str] = []
-    for attachment_id, aged, live in plan:
+    items: dict[str, ReclaimItem] = {}
+    # Work in id order, shard by shard: deletes then walk each directory once,
+    # which the file system serves far faster than a random order.
+    for attachment_id, aged, live in sorted(plan, key=lambda p: p[0]):
         sessions = [r.session_id for r in aged]
         st = store.blobs.blob_stat(attachment_id)
         size = st.st_size if st is not None else 0
@@ -643,7 +646,8 @@ def _reclaim(store: Store, cutoff: int, dry_run: bool, progress: Callable[[int],
             progress(1)
         if item.action != FAILED:
             forgets.extend(forget_event(attachment_id, r.session_id) for r in aged)
-        report.items.append(item)
+        items[attachment_id] = item
+    report.items = [items[attachment_id] for attachment_id, _aged, _live in plan]
     if not dry_run:
         store.blobs.fsync_shards(touched)
         store.manifest.append(forgets)

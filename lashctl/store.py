@@ -403,24 +403,24 @@ class BlobStore:
         A symlink at the blob path is removed as a link: its target is never
         touched. The caller fsyncs the shard directory (``fsync_shards``).
         """
-        freed = 0
-        if self._lstat(self.shard_dir(attachment_id)) is None:
+        shard = self.shard_dir(attachment_id)
+        shard_st = self._lstat(shard)
+        if shard_st is None:
             return 0
-        self.checked_shard(attachment_id)
-        for path in (self.blob_path(attachment_id), self.sidecar_path(attachment_id)):
-            st = self._lstat(path)
-            if st is None:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                raise StoreIOError(f"cannot delete {path}: it is a directory, not a blob")
+        if not stat.S_ISDIR(shard_st.st_mode):
+            self.checked_shard(attachment_id)  # raises, naming what is in the way
+        blob = os.path.join(shard, attachment_id)
+        st = self._lstat(blob)
+        freed = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+        for path in (blob, blob + SIDECAR_SUFFIX):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 continue
+            except IsADirectoryError as exc:
+                raise StoreIOError(f"cannot delete {path}: it is a directory, not a blob") from exc
             except OSError as exc:
                 raise StoreIOError.wrap("delete", path, exc) from exc
-            if path.name == attachment_id and stat.S_ISREG(st.st_mode):
-                freed = st.st_size
         return freed
 
     def fsync_shards(self, attachment_ids: Iterable[str]) -> None:

@@ -1,0 +1,697 @@
+"""A persistent, derived, rebuildable cache of the manifest's folded state.
+
+The manifest (DESIGN §3) stays the only source of truth. ``ManifestIndex``
+keeps its fold in SQLite beside it, at ``<manifest>.idx``, and on each
+``refresh()`` reads only the bytes appended since the last one: a command on a
+manifest of a million rows then costs a stat, two short reads and a few index
+lookups instead of a fold of the whole log.
+
+Validation. A ``meta`` row records the manifest's ``st_dev``/``st_ino``, the
+byte offset consumed (complete ``\\n``-terminated lines only), the number of
+lines consumed (for line numbers in errors), the size and ``st_mtime_ns`` seen
+at the last refresh, and the length and sha256 of the first and of the last
+consumed line. The index is reused only when the file is the same inode, is
+not shorter than the offset, still has the same first and last consumed lines
+(the last one at the same place, right after a ``\\n``), and is not the same
+size with a different mtime (an in-place rewrite). Anything else drops the
+index and folds the manifest again from byte 0.
+
+Lines are parsed with ``lashctl.manifest.parse_line`` (the same BOM, CRLF,
+blank-line handling and validation as ``Manifest.iter_events``); a bad line
+raises ``Corrupt`` naming ``<path>:<line>``. A final line without ``\\n`` is never
+consumed: if it does not parse it is a torn tail (warned about, ignored); if it
+is a valid event, it is applied to this process's view only (as
+``read_state()`` does), on top of the stored state.
+
+Storage. WAL journal with ``synchronous=NORMAL``: readers (``list-uncommitted``)
+never block a refreshing writer or the other way round, and a power loss can
+at worst lose the last refreshes, never leave a half-applied one (the meta row
+is in the same transaction as the rows it describes). ``BEGIN IMMEDIATE``
+serialises two processes refreshing at once; meta is re-read inside the
+transaction. The cache must never fail a command: if the ``.idx`` cannot be
+opened or written (read-only directory, a lock held too long), the index
+answers from an in-memory fold (``Manifest.read_state()``) behind the same
+API; a file SQLite reports as corrupt is deleted and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from lashctl.errors import Corrupt
+from lashctl.manifest import ManifestState, Row, _parses, _strip_bom, parse_line
+from lashctl.manifest import VERSION as MANIFEST_VERSION
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lashctl.manifest import Manifest
+
+# Bump when the tables, the fold or the validation change: an index of
+# another format is dropped and rebuilt.
+FORMAT = f"lashctl-index/1 manifest/{MANIFEST_VERSION}"
+URI_PREFIX = "sha256:"
+
+_CHUNK = 8 * 1024 * 1024  # bytes read at a time
+_BATCH_LINES = 50_000  # lines folded in Python before they are written
+_BUSY_TIMEOUT_S = 120.0  # wait for another process's refresh (a first build can take seconds)
+_KEYS_PER_QUERY = 400  # (session, id) pairs per SELECT in rows_for_keys
+_CACHE_KIB = 64 * 1024  # SQLite page cache, allocated only as used
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta ("
+    " k INTEGER PRIMARY KEY CHECK (k = 0), format TEXT NOT NULL,"
+    " dev TEXT NOT NULL, ino TEXT NOT NULL,"
+    " offset INTEGER NOT NULL, lines INTEGER NOT NULL,"
+    " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
+    " first_len INTEGER NOT NULL, first_sha BLOB, last_len INTEGER NOT NULL, last_sha BLOB)",
+    "CREATE TABLE IF NOT EXISTS rows ("
+    " session_id TEXT NOT NULL, attachment_id TEXT NOT NULL,"
+    " canonical_uri TEXT,"  # NULL when it is "sha256:" + attachment_id
+    " intent_at INTEGER NOT NULL, committed_at INTEGER,"
+    " PRIMARY KEY (session_id, attachment_id)) WITHOUT ROWID",
+)
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS rows_by_id ON rows (attachment_id)",
+    # list-uncommitted's order, covering: a scan of this index needs no sort
+    # and no table lookups. Partial: committed rows (most of them) are not in it.
+    "CREATE INDEX IF NOT EXISTS rows_uncommitted ON rows"
+    " (intent_at, attachment_id, session_id, canonical_uri) WHERE committed_at IS NULL",
+)
+_DROP_INDEXES = ("DROP INDEX IF EXISTS rows_by_id", "DROP INDEX IF EXISTS rows_uncommitted")
+_META_COLS = "format, dev, ino, offset, lines, size, mtime_ns, first_len, first_sha, last_len, last_sha"
+
+_SQL_DELETE = "DELETE FROM rows WHERE session_id = ? AND attachment_id = ?"
+_SQL_REPLACE = "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)"
+_SQL_MERGE = (
+    "INSERT INTO rows VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, attachment_id) DO UPDATE"
+    " SET intent_at = max(intent_at, coalesce(?, intent_at)), committed_at = ?"
+    " WHERE committed_at IS NULL"
+)
+_SQL_COMMIT = (
+    "UPDATE rows SET committed_at = ? WHERE session_id = ? AND attachment_id = ?"
+    " AND committed_at IS NULL"
+)
+_SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, committed_at FROM rows"
+
+# Pending change of one key within a batch (see _Batch).
+_MERGE, _REPLACE = 0, 1
+
+
+def index_path(manifest_path: Path) -> Path:
+    return Path(str(manifest_path) + ".idx")
+
+
+def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, committed_at: int | None) -> Row:
+    return Row(session_id, attachment_id, URI_PREFIX + attachment_id if uri is None else uri, intent_at, committed_at)
+
+
+def _stored_uri(attachment_id: str, uri: str) -> str | None:
+    return None if uri == URI_PREFIX + attachment_id else uri
+
+
+def _sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _pread_exact(fd: int, length: int, offset: int) -> bytes:
+    parts = []
+    while length > 0:
+        block = os.pread(fd, length, offset)
+        if not block:
+            break
+        parts.append(block)
+        length -= len(block)
+        offset += len(block)
+    return b"".join(parts)
+
+
+class _Meta:
+    __slots__ = ("format", "dev", "ino", "offset", "lines", "size", "mtime_ns",
+                 "first_len", "first_sha", "last_len", "last_sha")
+
+    def __init__(self, values: tuple) -> None:
+        for name, value in zip(self.__slots__, values):
+            setattr(self, name, value)
+
+    def values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+
+class _Batch:
+    """The net effect of a run of events on the stored rows, folded in Python.
+
+    Per key, either ``[_REPLACE, row]``: a ``forget`` was seen, so the prior
+    state no longer matters and the row ends as ``row`` (``[uri, intent,
+    committed]``) or absent (None); or ``[_MERGE, row, upd_intent, upd_commit]``:
+    no forget, so the result depends on the stored row — ``row`` is what the
+    events make of an absent key, and ``upd_intent``/``upd_commit`` what they do
+    to a stored uncommitted row (a committed one they leave alone). Both follow
+    ``ManifestState.apply`` exactly; the composition is associative, so a batch
+    is written with one statement per key.
+    """
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, str], list] = {}
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def add(self, event: dict) -> None:
+        op = event["op"]
+        if op == "header":
+            return
+        key = (event["session_id"], event["attachment_id"])
+        p = self.pending.get(key)
+        if p is None:
+            p = self.pending[key] = [_MERGE, None, None, None]
+        if op == "intent":
+            at = event["intent_at_epoch_ms"]
+            row = p[1]
+            if row is None:
+                p[1] = [event["canonical_uri"], at, None]
+            elif row[2] is None and at > row[1]:
+                row[1] = at
+            if p[0] == _MERGE and p[3] is None and (p[2] is None or at > p[2]):
+                p[2] = at
+        elif op == "commit":
+            at = event["committed_at_epoch_ms"]
+            row = p[1]
+            if row is not None and row[2] is None:
+                row[2] = at
+            if p[0] == _MERGE and p[3] is None:
+                p[3] = at
+        else:  # forget
+            p[0], p[1], p[2], p[3] = _REPLACE, None, None, None
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        deletes, replaces, merges, commits = [], [], [], []
+        for (session, aid), (mode, row, upd_intent, upd_commit) in self.pending.items():
+            if mode == _REPLACE:
+                if row is None:
+                    deletes.append((session, aid))
+                else:
+                    replaces.append((session, aid, _stored_uri(aid, row[0]), row[1], row[2]))
+            elif row is not None:
+                merges.append((session, aid, _stored_uri(aid, row[0]), row[1], row[2], upd_intent, upd_commit))
+            elif upd_commit is not None:
+                commits.append((upd_commit, session, aid))
+        if deletes:
+            conn.executemany(_SQL_DELETE, deletes)
+        if replaces:
+            conn.executemany(_SQL_REPLACE, replaces)
+        if merges:
+            conn.executemany(_SQL_MERGE, merges)
+        if commits:
+            conn.executemany(_SQL_COMMIT, commits)
+        self.pending.clear()
+
+
+class _CacheUnavailable(Exception):
+    """The .idx cannot serve: answer from memory instead."""
+
+
+class ManifestIndex:
+    """The folded state of a manifest, cached in ``<manifest>.idx``.
+
+    Call ``refresh()`` before reading (under the manifest lock when the answer
+    must match the file exactly). ``rows_for_id`` returns rows ordered by
+    session id; ``uncommitted`` streams, oldest intent first.
+    """
+
+    def __init__(self, manifest: "Manifest") -> None:
+        self.manifest = manifest
+        self.path = index_path(manifest.path)
+        self._conn: sqlite3.Connection | None = None
+        self._memory: ManifestState | None = None  # fallback: the in-memory fold
+        self._fallback = False
+        self._empty = True  # the manifest does not exist (or refresh not run yet)
+        # A valid event on a final line without "\n": applied to this view only.
+        self._overlay: dict[tuple[str, str], Row | None] = {}
+
+    # -- lifecycle ---------------------------------------------------------------
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+        self._memory = None
+
+    def __enter__(self) -> "ManifestIndex":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def using_fallback(self) -> bool:
+        """True when answers come from an in-memory fold, not the .idx."""
+        return self._fallback
+
+    def refresh(self) -> None:
+        """Bring the index up to date with the manifest file; O(new bytes)."""
+        self._overlay = {}
+        if self._fallback:
+            self._refresh_memory()
+            return
+        try:
+            fd = os.open(self.manifest.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._empty = True
+            return
+        except OSError:
+            self._fall_back()
+            return
+        self._empty = False
+        try:
+            for attempt in range(2):
+                try:
+                    self._refresh_sqlite(fd)
+                    return
+                except _CacheUnavailable:
+                    break
+                except sqlite3.OperationalError:
+                    break  # read-only, disk full, locked too long: not the file's fault
+                except sqlite3.DatabaseError:
+                    # "file is not a database", "database disk image is malformed"
+                    self._discard_file()
+                    if attempt:
+                        break
+            self._fall_back()
+        finally:
+            os.close(fd)
+
+    def apply_appended(self, events: list[dict], new_size_hint: int | None = None) -> None:
+        """After this process appended ``events``: catch up (reads only the new bytes)."""
+        self.refresh()
+
+    # -- queries -----------------------------------------------------------------
+    def rows_for_keys(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row]:
+        """The rows for these (session_id, attachment_id) keys; absent keys are left out."""
+        if self._memory is not None:
+            rows = self._memory.rows
+            return {k: rows[k] for k in keys if k in rows}
+        if self._empty or not keys:
+            return {}
+        wanted = list(dict.fromkeys(keys))
+        out: dict[tuple[str, str], Row] = {}
+        try:
+            conn = self._conn
+            assert conn is not None
+            for start in range(0, len(wanted), _KEYS_PER_QUERY):
+                part = wanted[start:start + _KEYS_PER_QUERY]
+                if len(part) == 1:
+                    sql = _SELECT_ROW + " WHERE session_id = ? AND attachment_id = ?"
+                else:
+                    sql = (_SELECT_ROW + " WHERE (session_id, attachment_id) IN (VALUES "
+                           + ",".join(["(?,?)"] * len(part)) + ")")
+                params = [v for key in part for v in key]
+                for r in conn.execute(sql, params):
+                    out[(r[0], r[1])] = _row(*r)
+        except sqlite3.DatabaseError:
+            self._query_failed()
+            return self.rows_for_keys(keys)
+        for key, row in self._overlay.items():
+            if key in out or key in wanted:
+                if row is None:
+                    out.pop(key, None)
+                else:
+                    out[key] = row
+        return out
+
+    def rows_for_id(self, attachment_id: str) -> list[Row]:
+        """Every row of this attachment id (one per session), ordered by session id."""
+        if self._memory is not None:
+            return sorted(self._memory.rows_for(attachment_id), key=lambda r: r.session_id)
+        if self._empty:
+            return []
+        try:
+            conn = self._conn
+            assert conn is not None
+            rows = [_row(*r) for r in conn.execute(
+                _SELECT_ROW + " WHERE attachment_id = ? ORDER BY session_id", (attachment_id,))]
+        except sqlite3.DatabaseError:
+            self._query_failed()
+            return self.rows_for_id(attachment_id)
+        for (session, aid), row in self._overlay.items():
+            if aid == attachment_id:
+                rows = [r for r in rows if r.session_id != session]
+                if row is not None:
+                    rows.append(row)
+                    rows.sort(key=lambda r: r.session_id)
+        return rows
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        """Distinct attachment ids with a row, starting with ``prefix``, sorted."""
+        if self._memory is not None:
+            return sorted(i for i in self._memory.attachment_ids() if i.startswith(prefix))
+        if self._empty:
+            return []
+        try:
+            conn = self._conn
+            assert conn is not None
+            if prefix:
+                upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+                cursor = conn.execute(
+                    "SELECT DISTINCT attachment_id FROM rows WHERE attachment_id >= ? AND attachment_id < ?"
+                    " ORDER BY attachment_id", (prefix, upper))
+            else:
+                cursor = conn.execute("SELECT DISTINCT attachment_id FROM rows ORDER BY attachment_id")
+            ids = [r[0] for r in cursor if r[0].startswith(prefix)]
+        except sqlite3.DatabaseError:
+            self._query_failed()
+            return self.ids_with_prefix(prefix)
+        for (_session, aid), row in self._overlay.items():
+            if aid.startswith(prefix):
+                present = bool(self.rows_for_id(aid))  # rows_for_id applies the overlay
+                if present and aid not in ids:
+                    ids.append(aid)
+                    ids.sort()
+                elif not present and aid in ids:
+                    ids.remove(aid)
+        return ids
+
+    def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
+        """Uncommitted rows with intent at or before ``cutoff_ms`` (all if None),
+        of ``session`` (all if None), oldest first: by intent time, id, session.
+
+        Streams from a cursor; keep the index open until the iterator is done.
+        """
+        if self._memory is not None:
+            rows = [
+                r for r in self._memory.rows.values()
+                if r.committed_at_epoch_ms is None
+                and (cutoff_ms is None or r.intent_at_epoch_ms <= cutoff_ms)
+                and (session is None or r.session_id == session)
+            ]
+            rows.sort(key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id))
+            return iter(rows)
+        if self._empty:
+            return iter(())
+        try:
+            cursor = self._uncommitted_cursor(cutoff_ms, session)
+        except sqlite3.DatabaseError:
+            self._query_failed()
+            return self.uncommitted(cutoff_ms, session)
+        return self._stream_uncommitted(cursor, cutoff_ms, session)
+
+    # -- SQLite ------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+                conn.execute("PRAGMA journal_size_limit=67108864")
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                    if mode.lower() != "wal":
+                        raise sqlite3.OperationalError(f"cannot use WAL journal ({mode})")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _read_meta(self, conn: sqlite3.Connection) -> _Meta | None:
+        try:
+            values = conn.execute(f"SELECT {_META_COLS} FROM meta WHERE k = 0").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        if values is None or values[0] != FORMAT:
+            return None
+        return _Meta(values)
+
+    def _reusable(self, meta: _Meta | None, fd: int, st: os.stat_result) -> bool:
+        """May the stored state be extended, or must it be rebuilt from byte 0?"""
+        if meta is None or meta.dev != str(st.st_dev) or meta.ino != str(st.st_ino):
+            return False
+        if st.st_size < meta.offset:
+            return False  # truncated below what was consumed
+        if st.st_size == meta.size and st.st_mtime_ns != meta.mtime_ns:
+            return False  # rewritten in place
+        if meta.offset == 0:
+            return True
+        if meta.first_sha != _sha(_pread_exact(fd, meta.first_len, 0)):
+            return False
+        start = meta.offset - meta.last_len
+        if start > 0:
+            block = _pread_exact(fd, meta.last_len + 1, start - 1)
+            return block[:1] == b"\n" and _sha(block[1:]) == meta.last_sha
+        return _sha(_pread_exact(fd, meta.last_len, 0)) == meta.last_sha
+
+    def _refresh_sqlite(self, fd: int) -> None:
+        conn = self._connect()
+        st = os.fstat(fd)
+        meta = self._read_meta(conn)
+        if self._reusable(meta, fd, st):
+            assert meta is not None
+            # Steady state: nothing to write unless a complete line follows the offset.
+            tail = self._read_tail_if_no_newline(fd, meta.offset, st.st_size)
+            if tail is not None:
+                self._tail(conn, tail, meta.lines + 1)
+                return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._refresh_locked(conn)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _read_tail_if_no_newline(self, fd: int, offset: int, size: int) -> bytes | None:
+        """The bytes after ``offset`` if they hold no newline (no complete line to consume)."""
+        if size <= offset:
+            return b""
+        data = _pread_exact(fd, size - offset, offset) if size - offset <= _CHUNK else None
+        if data is None or b"\n" in data:
+            return None
+        return data
+
+    def _refresh_locked(self, conn: sqlite3.Connection) -> None:
+        """Inside BEGIN IMMEDIATE: catch up (or rebuild), commit, apply the tail."""
+        # Reopen: another process may have indexed a newer inode (after a compaction)
+        # than the descriptor this refresh started with.
+        try:
+            fd = os.open(self.manifest.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            conn.execute("ROLLBACK")
+            self._empty = True
+            return
+        try:
+            st = os.fstat(fd)
+            meta = self._read_meta(conn)
+            if not self._reusable(meta, fd, st):
+                meta = self._reset(conn, st)
+            assert meta is not None
+            bulk = st.st_size - meta.offset > max(meta.offset, 16 * 1024 * 1024)
+            if bulk:  # index once at the end: much faster than keeping indexes during a big load
+                for sql in _DROP_INDEXES:
+                    conn.execute(sql)
+            error: Corrupt | None = None
+            tail = b""
+            try:
+                tail = self._consume(conn, fd, meta, st.st_size)
+            except Corrupt as exc:
+                error = exc  # keep what precedes the bad line; the next refresh stops there again
+            for sql in _INDEXES:
+                conn.execute(sql)
+            meta.size, meta.mtime_ns = st.st_size, st.st_mtime_ns
+            conn.execute(f"INSERT OR REPLACE INTO meta (k, {_META_COLS}) VALUES (0, {','.join('?' * 11)})",
+                         meta.values())
+            if error is not None:
+                conn.execute("COMMIT")
+                raise error
+            self._tail(conn, tail, meta.lines + 1)
+            conn.execute("COMMIT")
+        finally:
+            os.close(fd)
+
+    def _reset(self, conn: sqlite3.Connection, st: os.stat_result) -> _Meta:
+        conn.execute("DROP TABLE IF EXISTS rows")
+        conn.execute("DROP TABLE IF EXISTS meta")
+        for sql in _SCHEMA:
+            conn.execute(sql)
+        return _Meta((FORMAT, str(st.st_dev), str(st.st_ino), 0, 0, st.st_size, st.st_mtime_ns,
+                      0, None, 0, None))
+
+    def _consume(self, conn: sqlite3.Connection, fd: int, meta: _Meta, size: int) -> bytes:
+        """Fold complete lines from ``meta.offset`` to ``size``; return the unterminated tail.
+
+        Advances ``meta`` past each batch written, so on Corrupt it describes
+        exactly the lines before the bad one.
+        """
+        path = self.manifest.path
+        batch = _Batch()
+        pos = meta.offset  # file offset of the next unread byte
+        carry = b""  # an incomplete line carried into the next chunk
+        lineno = meta.lines
+        done_offset, done_lines = meta.offset, meta.lines
+        first_len, first_sha = meta.first_len, meta.first_sha
+        last_line = b""
+        while pos < size:
+            chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            data = carry + chunk if carry else chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            carry = data[cut + 1:]
+            lines = data[:cut].split(b"\n")
+            line_start = pos - len(data)
+            for raw in lines:
+                lineno += 1
+                if lineno == 1:
+                    first_len, first_sha = len(raw) + 1, _sha(raw + b"\n")
+                if raw.strip():
+                    try:
+                        batch.add(parse_line(raw, lineno, path))
+                    except Corrupt:
+                        batch.write(conn)
+                        self._advance(meta, done_offset, done_lines, first_len, first_sha, last_line)
+                        raise
+                done_offset = line_start = line_start + len(raw) + 1
+                done_lines = lineno
+                last_line = raw
+                if lineno % _BATCH_LINES == 0:
+                    batch.write(conn)
+            del lines, data
+        batch.write(conn)
+        self._advance(meta, done_offset, done_lines, first_len, first_sha, last_line)
+        return carry
+
+    @staticmethod
+    def _advance(meta: _Meta, offset: int, lines: int, first_len: int, first_sha: bytes | None,
+                 last_line: bytes) -> None:
+        if offset == meta.offset:
+            return
+        meta.offset, meta.lines = offset, lines
+        meta.first_len, meta.first_sha = first_len, first_sha
+        meta.last_len, meta.last_sha = len(last_line) + 1, _sha(last_line + b"\n")
+
+    def _tail(self, conn: sqlite3.Connection, raw: bytes, lineno: int) -> None:
+        """A final line without "\\n", as ``iter_events`` treats it; never consumed."""
+        self._overlay = {}
+        if not raw.strip():
+            return
+        if not _parses(_strip_bom(raw) if lineno == 1 else raw):
+            self.manifest.warn(
+                f"{self.manifest.path}:{lineno}: ignoring a torn final line "
+                "(an append interrupted by a crash); the next write repairs it"
+            )
+            return
+        event = parse_line(raw, lineno, self.manifest.path)  # a valid event, or Corrupt
+        if event["op"] == "header":
+            return
+        key = (event["session_id"], event["attachment_id"])
+        found = conn.execute(_SELECT_ROW + " WHERE session_id = ? AND attachment_id = ?", key).fetchone()
+        state = ManifestState()
+        if found is not None:
+            state.rows[key] = _row(*found)
+        state.apply(event)
+        self._overlay[key] = state.rows.get(key)
+
+    def _uncommitted_cursor(self, cutoff_ms: int | None, session: str | None) -> sqlite3.Cursor:
+        conn = self._conn
+        assert conn is not None
+        where = ["committed_at IS NULL"]
+        params: list = []
+        if cutoff_ms is not None:
+            where.append("intent_at <= ?")
+            params.append(cutoff_ms)
+        if session is not None:
+            where.append("session_id = ?")
+            params.append(session)
+        cursor = conn.cursor()
+        cursor.arraysize = 1000
+        return cursor.execute(
+            "SELECT session_id, attachment_id, canonical_uri, intent_at FROM rows INDEXED BY rows_uncommitted"
+            f" WHERE {' AND '.join(where)} ORDER BY intent_at, attachment_id, session_id", params)
+
+    def _stream_uncommitted(self, cursor: sqlite3.Cursor, cutoff_ms: int | None,
+                            session: str | None) -> Iterator[Row]:
+        extra: Row | None = None
+        skip: tuple[str, str] | None = None
+        for key, row in self._overlay.items():  # at most one entry
+            skip = key
+            if (row is not None and row.committed_at_epoch_ms is None
+                    and (cutoff_ms is None or row.intent_at_epoch_ms <= cutoff_ms)
+                    and (session is None or row.session_id == session)):
+                extra = row
+        try:
+            if skip is None:
+                prefix = URI_PREFIX
+                while True:
+                    part = cursor.fetchmany(1000)
+                    if not part:
+                        break
+                    for s, aid, uri, at in part:
+                        yield Row(s, aid, prefix + aid if uri is None else uri, at, None)
+                return
+            order = (extra.intent_at_epoch_ms, extra.attachment_id, extra.session_id) if extra else None
+            for s, aid, uri, at in cursor:
+                if (s, aid) == skip:
+                    continue
+                if order is not None and (at, aid, s) > order:
+                    yield extra  # type: ignore[misc]
+                    order = None
+                yield _row(s, aid, uri, at, None)
+            if order is not None:
+                yield extra  # type: ignore[misc]
+        finally:
+            cursor.close()
+
+    # -- fallback ----------------------------------------------------------------
+    def _discard_file(self) -> None:
+        """Delete a .idx SQLite calls corrupt (and its journals) so it is rebuilt."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(str(self.path) + suffix)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass
+
+    def _fall_back(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+        self._fallback = True
+        self._refresh_memory()
+
+    def _refresh_memory(self) -> None:
+        self._overlay = {}
+        self._memory = None
+        self._memory = self.manifest.read_state()
+
+    def _query_failed(self) -> None:
+        """A query found the .idx unreadable: forget it, answer from memory from now on."""
+        if not isinstance(sys_exc(), sqlite3.OperationalError):
+            self._discard_file()
+        self._fall_back()
+
+
+def sys_exc() -> BaseException | None:
+    import sys
+
+    return sys.exc_info()[1]
