@@ -121,3 +121,16 @@ def test_manifest_subcommands_have_help_and_readme_entries(name):
     command = group.commands[name]
     assert command.help and command.help.strip()
     assert f"manifest {name}" in README
+
+
+def test_every_test_the_guarantees_name_exists():
+    section = README.split("## Guarantees", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(test_\w+\.py)(?:::(\w+))?`", section)
+    assert len(named) >= 10
+    for filename, name in named:
+        path = ROOT / "tests" / filename
+        assert path.exists(), f"README names a missing test file {filename}"
+        if name:
+            assert re.search(rf"^(def|class) {name}\b|^{name} = ", path.read_text(), re.MULTILINE), (
+                f"README names {filename}::{name}, which does not exist"
+            )
