@@ -57,7 +57,6 @@ URI_PREFIX = "sha256:"
 _CHUNK = 8 * 1024 * 1024  # bytes read at a time
 _BATCH_LINES = 50_000  # lines folded in Python before they are written
 _BUSY_TIMEOUT_S = 120.0  # wait for another process's refresh (a first build can take seconds)
-_KEYS_PER_QUERY = 400  # (session, id) pairs per SELECT in rows_for_keys
 _CACHE_KIB = 64 * 1024  # SQLite page cache, allocated only as used
 
 _SCHEMA = (
@@ -78,7 +77,7 @@ _INDEXES = (
     # list-uncommitted's order, covering: a scan of this index needs no sort
     # and no table lookups. Partial: committed rows (most of them) are not in it.
     "CREATE INDEX IF NOT EXISTS rows_uncommitted ON rows"
-    " (intent_at, attachment_id, session_id, canonical_uri) WHERE committed_at IS NULL",
+    " (intent_at, attachment_id, session_id, canonical_uri, committed_at) WHERE committed_at IS NULL",
 )
 _DROP_INDEXES = ("DROP INDEX IF EXISTS rows_by_id", "DROP INDEX IF EXISTS rows_uncommitted")
 _META_COLS = "format, dev, ino, offset, lines, size, mtime_ns, first_len, first_sha, last_len, last_sha"
@@ -110,6 +109,14 @@ def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, c
 
 def _stored_uri(attachment_id: str, uri: str) -> str | None:
     return None if uri == URI_PREFIX + attachment_id else uri
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB (any extended code): the file must go."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return type(exc) is sqlite3.DatabaseError
+    return code & 0xFF in (11, 26)
 
 
 def _sha(data: bytes) -> bytes:
@@ -276,13 +283,11 @@ class ManifestIndex:
                     return
                 except _CacheUnavailable:
                     break
-                except sqlite3.OperationalError:
-                    break  # read-only, disk full, locked too long: not the file's fault
-                except sqlite3.DatabaseError:
+                except sqlite3.DatabaseError as exc:
+                    if attempt or not _is_corruption(exc):
+                        break  # read-only, disk full, locked too long: not the file's fault
                     # "file is not a database", "database disk image is malformed"
                     self._discard_file()
-                    if attempt:
-                        break
             self._fall_back()
         finally:
             os.close(fd)
@@ -299,26 +304,20 @@ class ManifestIndex:
             return {k: rows[k] for k in keys if k in rows}
         if self._empty or not keys:
             return {}
-        wanted = list(dict.fromkeys(keys))
         out: dict[tuple[str, str], Row] = {}
         try:
             conn = self._conn
             assert conn is not None
-            for start in range(0, len(wanted), _KEYS_PER_QUERY):
-                part = wanted[start:start + _KEYS_PER_QUERY]
-                if len(part) == 1:
-                    sql = _SELECT_ROW + " WHERE session_id = ? AND attachment_id = ?"
-                else:
-                    sql = (_SELECT_ROW + " WHERE (session_id, attachment_id) IN (VALUES "
-                           + ",".join(["(?,?)"] * len(part)) + ")")
-                params = [v for key in part for v in key]
-                for r in conn.execute(sql, params):
-                    out[(r[0], r[1])] = _row(*r)
-        except sqlite3.DatabaseError:
-            self._query_failed()
+            sql = _SELECT_ROW + " WHERE session_id = ? AND attachment_id = ?"
+            for key in keys:  # a primary-key lookup each (a few microseconds)
+                found = conn.execute(sql, key).fetchone()
+                if found is not None:
+                    out[key] = _row(*found)
+        except sqlite3.DatabaseError as exc:
+            self._query_failed(exc)
             return self.rows_for_keys(keys)
         for key, row in self._overlay.items():
-            if key in out or key in wanted:
+            if key in out or key in keys:
                 if row is None:
                     out.pop(key, None)
                 else:
@@ -336,8 +335,8 @@ class ManifestIndex:
             assert conn is not None
             rows = [_row(*r) for r in conn.execute(
                 _SELECT_ROW + " WHERE attachment_id = ? ORDER BY session_id", (attachment_id,))]
-        except sqlite3.DatabaseError:
-            self._query_failed()
+        except sqlite3.DatabaseError as exc:
+            self._query_failed(exc)
             return self.rows_for_id(attachment_id)
         for (session, aid), row in self._overlay.items():
             if aid == attachment_id:
@@ -364,8 +363,8 @@ class ManifestIndex:
             else:
                 cursor = conn.execute("SELECT DISTINCT attachment_id FROM rows ORDER BY attachment_id")
             ids = [r[0] for r in cursor if r[0].startswith(prefix)]
-        except sqlite3.DatabaseError:
-            self._query_failed()
+        except sqlite3.DatabaseError as exc:
+            self._query_failed(exc)
             return self.ids_with_prefix(prefix)
         for (_session, aid), row in self._overlay.items():
             if aid.startswith(prefix):
@@ -396,8 +395,8 @@ class ManifestIndex:
             return iter(())
         try:
             cursor = self._uncommitted_cursor(cutoff_ms, session)
-        except sqlite3.DatabaseError:
-            self._query_failed()
+        except sqlite3.DatabaseError as exc:
+            self._query_failed(exc)
             return self.uncommitted(cutoff_ms, session)
         return self._stream_uncommitted(cursor, cutoff_ms, session)
 
@@ -507,11 +506,10 @@ class ManifestIndex:
             meta.size, meta.mtime_ns = st.st_size, st.st_mtime_ns
             conn.execute(f"INSERT OR REPLACE INTO meta (k, {_META_COLS}) VALUES (0, {','.join('?' * 11)})",
                          meta.values())
+            conn.execute("COMMIT")
             if error is not None:
-                conn.execute("COMMIT")
                 raise error
             self._tail(conn, tail, meta.lines + 1)
-            conn.execute("COMMIT")
         finally:
             os.close(fd)
 
@@ -610,13 +608,15 @@ class ManifestIndex:
         if cutoff_ms is not None:
             where.append("intent_at <= ?")
             params.append(cutoff_ms)
+        # All sessions: scan the covering partial index in order. One session:
+        # its primary-key range, sorted (the planner picks).
+        source = "rows INDEXED BY rows_uncommitted"
         if session is not None:
             where.append("session_id = ?")
             params.append(session)
-        cursor = conn.cursor()
-        cursor.arraysize = 1000
-        return cursor.execute(
-            "SELECT session_id, attachment_id, canonical_uri, intent_at FROM rows INDEXED BY rows_uncommitted"
+            source = "rows"
+        return conn.execute(
+            f"SELECT session_id, attachment_id, canonical_uri, intent_at FROM {source}"
             f" WHERE {' AND '.join(where)} ORDER BY intent_at, attachment_id, session_id", params)
 
     def _stream_uncommitted(self, cursor: sqlite3.Cursor, cutoff_ms: int | None,
@@ -629,28 +629,42 @@ class ManifestIndex:
                     and (cutoff_ms is None or row.intent_at_epoch_ms <= cutoff_ms)
                     and (session is None or row.session_id == session)):
                 extra = row
+        order = (extra.intent_at_epoch_ms, extra.attachment_id, extra.session_id) if extra else None
+        last: tuple[int, str, str] | None = None  # sort key of the last row yielded
+        prefix = URI_PREFIX
         try:
-            if skip is None:
-                prefix = URI_PREFIX
-                while True:
+            while True:
+                try:
                     part = cursor.fetchmany(1000)
-                    if not part:
-                        break
-                    for s, aid, uri, at in part:
-                        yield Row(s, aid, prefix + aid if uri is None else uri, at, None)
-                return
-            order = (extra.intent_at_epoch_ms, extra.attachment_id, extra.session_id) if extra else None
-            for s, aid, uri, at in cursor:
-                if (s, aid) == skip:
-                    continue
-                if order is not None and (at, aid, s) > order:
-                    yield extra  # type: ignore[misc]
-                    order = None
-                yield _row(s, aid, uri, at, None)
+                except sqlite3.DatabaseError as exc:
+                    failure = exc
+                    break
+                if not part:
+                    failure = None
+                    break
+                for s, aid, uri, at in part:
+                    if skip is not None:
+                        if (s, aid) == skip:
+                            continue
+                        if order is not None and (at, aid, s) > order:
+                            yield extra  # type: ignore[misc]
+                            order = None
+                    yield Row(s, aid, prefix + aid if uri is None else uri, at, None)
+                last = (at, aid, s)
+        finally:
+            try:
+                cursor.close()
+            except sqlite3.Error:
+                pass
+        if failure is None:
             if order is not None:
                 yield extra  # type: ignore[misc]
-        finally:
-            cursor.close()
+            return
+        # The .idx failed mid-stream: go on from the in-memory fold, after the last row given.
+        self._query_failed(failure)
+        for row in self.uncommitted(cutoff_ms, session):
+            if last is None or (row.intent_at_epoch_ms, row.attachment_id, row.session_id) > last:
+                yield row
 
     # -- fallback ----------------------------------------------------------------
     def _discard_file(self) -> None:
@@ -684,14 +698,11 @@ class ManifestIndex:
         self._memory = None
         self._memory = self.manifest.read_state()
 
-    def _query_failed(self) -> None:
-        """A query found the .idx unreadable: forget it, answer from memory from now on."""
-        if not isinstance(sys_exc(), sqlite3.OperationalError):
+    def _query_failed(self, exc: sqlite3.DatabaseError) -> None:
+        """A query found the .idx unreadable: answer from memory from now on.
+
+        A file SQLite calls corrupt is deleted, so the next command rebuilds it.
+        """
+        if _is_corruption(exc):
             self._discard_file()
         self._fall_back()
-
-
-def sys_exc() -> BaseException | None:
-    import sys
-
-    return sys.exc_info()[1]

@@ -247,6 +247,7 @@ def _land_batch(
     results: list[PutResult] = []
     metas: list[sidecar.Metadata] = []
     landed: set[str] = set()
+    renamed: set[str] = set()  # shards whose entries changed and need an fsync
     for source, staged in batch:
         meta = _metadata_for(store, source, staged, options, explicit_type)
         if staged.attachment_id in landed:
@@ -255,6 +256,8 @@ def _land_batch(
         else:
             deduplicated = store.blobs.install(staged)
             landed.add(staged.attachment_id)
+            if not deduplicated:
+                renamed.add(staged.attachment_id)
         metas.append(meta)
         results.append(
             PutResult(
@@ -269,9 +272,10 @@ def _land_batch(
             )
         )
     for meta in metas:
-        _write_sidecar(store, meta)
+        if _write_sidecar(store, meta):
+            renamed.add(meta.attachment_id)
     # One directory fsync per shard makes both the blob and sidecar renames durable.
-    store.blobs.fsync_shards(landed)
+    store.blobs.fsync_shards(renamed)
     yield from results
 
 
@@ -300,17 +304,19 @@ def _metadata_for(
     )
 
 
-def _write_sidecar(store: Store, meta: sidecar.Metadata) -> None:
+def _write_sidecar(store: Store, meta: sidecar.Metadata) -> bool:
+    """Write the sidecar unless it already says exactly this; True if written."""
     path = store.blobs.sidecar_path(meta.attachment_id)
     data = meta.encode()
     try:
         fd = open_regular(path)
         with os.fdopen(fd, "rb") as handle:
             if handle.read(len(data) + 1) == data:
-                return  # unchanged: no write, no fsync
+                return False  # unchanged: no write, no fsync
     except OSError:
         pass
     store.blobs.write_sidecar(meta, sync_dir=False)
+    return True
 
 
 # -- get -----------------------------------------------------------------------

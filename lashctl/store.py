@@ -33,7 +33,12 @@ SIDECAR_SUFFIX = ".json"
 
 @dataclass
 class StagedBlob:
-    """Bytes written and fsynced to a staging file, not yet at their final path."""
+    """Bytes written to a staging file, not yet at their final path.
+
+    The staging file is fsynced only when it is about to be renamed into
+    place (``BlobStore.install``): a duplicate that is dropped never pays
+    for an fsync.
+    """
 
     path: Path
     attachment_id: str
@@ -58,6 +63,14 @@ def open_regular(path: Path | str) -> int:
         raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
     os.set_blocking(fd, True)
     return fd
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def unique_suffix(nbytes: int = 6) -> str:
@@ -239,7 +252,7 @@ class BlobStore:
     def stage(
         self, source: BinaryIO, source_name: str, progress: Callable[[int], None] | None = None
     ) -> StagedBlob:
-        """Stream ``source`` into ``tmp/`` while hashing; fsync; return its id.
+        """Stream ``source`` into ``tmp/`` while hashing; return its id (not yet fsynced).
 
         Memory stays flat: bytes pass through in CHUNK-sized pieces.
         """
@@ -278,10 +291,6 @@ class BlobStore:
             if writer is not None:
                 writer, pending = None, writer
                 pending.finish()
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                raise StoreIOError.wrap("sync", path, exc) from exc
         except BaseException:
             if writer is not None:
                 writer.abandon()
@@ -316,6 +325,7 @@ class BlobStore:
                 os.utime(final)
                 _unlink_quietly(staged.path)
                 return True
+            _fsync_path(staged.path)  # the bytes are durable before the name is
             os.replace(staged.path, final)
         except OSError as exc:
             raise StoreIOError.wrap("install blob at", final, exc) from exc

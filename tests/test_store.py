@@ -35,7 +35,7 @@ def test_layout_created(blobs):
     assert (blobs.root / "tmp").is_dir()
 
 
-def test_stage_streams_hashes_and_fsyncs(blobs, monkeypatch):
+def test_stage_streams_and_hashes_and_install_fsyncs_before_the_rename(blobs, monkeypatch):
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -46,16 +46,30 @@ def test_stage_streams_hashes_and_fsyncs(blobs, monkeypatch):
     monkeypatch.setattr(store_mod.os, "fsync", recording_fsync)
     data = os.urandom(3 * store_mod.CHUNK + 17)  # several chunks
     staged = blobs.stage(io.BytesIO(data), "<test>")
-    monkeypatch.undo()
 
     assert staged.attachment_id == hashlib.sha256(data).hexdigest()
     assert staged.byte_len == len(data)
     assert staged.path.parent == blobs.tmp
     assert staged.path.read_bytes() == data
     assert staged.head == data[: store_mod.HEAD_BYTES]
-    assert str(staged.path) in synced
-    # Not installed yet: nothing under sha256/.
+    # Not installed yet: nothing under sha256/, and no fsync paid yet.
     assert not blobs.blob_path(staged.attachment_id).exists()
+    assert str(staged.path) not in synced
+
+    # Installing fsyncs the bytes while they are still at the staging path.
+    assert blobs.install(staged) is False
+    monkeypatch.undo()
+    assert str(staged.path) in synced
+    assert blobs.blob_path(staged.attachment_id).read_bytes() == data
+
+    # A duplicate is dropped without any fsync of its staged copy.
+    synced.clear()
+    monkeypatch.setattr(store_mod.os, "fsync", recording_fsync)
+    again = blobs.stage(io.BytesIO(data), "<test>")
+    assert blobs.install(again) is True
+    monkeypatch.undo()
+    assert str(again.path) not in synced
+    assert not again.path.exists()
 
 
 def test_stage_from_reader_without_readinto(blobs):
