@@ -1,7 +1,8 @@
 """A persistent, derived, rebuildable cache of the manifest's folded state.
 
 The manifest (DESIGN §3) stays the only source of truth. ``ManifestIndex``
-keeps its fold in SQLite beside it, at ``<manifest>.idx``, and on each
+keeps its fold in SQLite in the user's cache directory (``index_path``; never
+inside the store, so reading commands leave the store untouched), and on each
 ``refresh()`` reads only the bytes appended since the last one: a command on a
 manifest of a million rows then costs a stat, two short reads and a few index
 lookups instead of a fold of the whole log.
@@ -42,7 +43,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from lashctl.errors import Corrupt
+from lashctl.errors import Corrupt, StoreIOError
 from lashctl.manifest import ManifestState, Row, _parses, _strip_bom, parse_line
 from lashctl.manifest import VERSION as MANIFEST_VERSION
 
@@ -99,8 +100,22 @@ _SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, commi
 _MERGE, _REPLACE = 0, 1
 
 
+ENV_CACHE_DIR = "LASHCTL_CACHE_DIR"
+
+
 def index_path(manifest_path: Path) -> Path:
-    return Path(str(manifest_path) + ".idx")
+    """Where the index of a manifest lives: in the user's cache, never in the store.
+
+    Reading commands leave the store exactly as they found it; the cache is
+    keyed by the manifest's real path (and checked against its inode).
+    """
+    root = os.environ.get(ENV_CACHE_DIR)
+    if not root:
+        import platformdirs
+
+        root = platformdirs.user_cache_dir("lashctl")
+    key = hashlib.sha256(os.fsencode(os.path.realpath(manifest_path))).hexdigest()[:32]
+    return Path(root) / "index" / f"{key}.idx"
 
 
 def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, committed_at: int | None) -> Row:
@@ -218,10 +233,6 @@ class _Batch:
         self.pending.clear()
 
 
-class _CacheUnavailable(Exception):
-    """The .idx cannot serve: answer from memory instead."""
-
-
 class ManifestIndex:
     """The folded state of a manifest, cached in ``<manifest>.idx``.
 
@@ -239,6 +250,7 @@ class ManifestIndex:
         self._empty = True  # the manifest does not exist (or refresh not run yet)
         # A valid event on a final line without "\n": applied to this view only.
         self._overlay: dict[tuple[str, str], Row | None] = {}
+        self._refreshed = False  # a query before any refresh() refreshes first
 
     # -- lifecycle ---------------------------------------------------------------
     def close(self) -> None:
@@ -263,6 +275,7 @@ class ManifestIndex:
 
     def refresh(self) -> None:
         """Bring the index up to date with the manifest file; O(new bytes)."""
+        self._refreshed = True
         self._overlay = {}
         if self._fallback:
             self._refresh_memory()
@@ -281,8 +294,8 @@ class ManifestIndex:
                 try:
                     self._refresh_sqlite(fd)
                     return
-                except _CacheUnavailable:
-                    break
+                except OSError as exc:  # reading the manifest (the .idx is SQLite's business)
+                    raise StoreIOError.wrap("read", self.manifest.path, exc) from exc
                 except sqlite3.DatabaseError as exc:
                     if attempt or not _is_corruption(exc):
                         break  # read-only, disk full, locked too long: not the file's fault
@@ -299,6 +312,8 @@ class ManifestIndex:
     # -- queries -----------------------------------------------------------------
     def rows_for_keys(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row]:
         """The rows for these (session_id, attachment_id) keys; absent keys are left out."""
+        if not self._refreshed:
+            self.refresh()
         if self._memory is not None:
             rows = self._memory.rows
             return {k: rows[k] for k in keys if k in rows}
@@ -317,7 +332,7 @@ class ManifestIndex:
             self._query_failed(exc)
             return self.rows_for_keys(keys)
         for key, row in self._overlay.items():
-            if key in out or key in keys:
+            if key in keys:
                 if row is None:
                     out.pop(key, None)
                 else:
@@ -326,6 +341,8 @@ class ManifestIndex:
 
     def rows_for_id(self, attachment_id: str) -> list[Row]:
         """Every row of this attachment id (one per session), ordered by session id."""
+        if not self._refreshed:
+            self.refresh()
         if self._memory is not None:
             return sorted(self._memory.rows_for(attachment_id), key=lambda r: r.session_id)
         if self._empty:
@@ -348,6 +365,8 @@ class ManifestIndex:
 
     def ids_with_prefix(self, prefix: str) -> list[str]:
         """Distinct attachment ids with a row, starting with ``prefix``, sorted."""
+        if not self._refreshed:
+            self.refresh()
         if self._memory is not None:
             return sorted(i for i in self._memory.attachment_ids() if i.startswith(prefix))
         if self._empty:
@@ -382,6 +401,8 @@ class ManifestIndex:
 
         Streams from a cursor; keep the index open until the iterator is done.
         """
+        if not self._refreshed:
+            self.refresh()
         if self._memory is not None:
             rows = [
                 r for r in self._memory.rows.values()
@@ -403,6 +424,10 @@ class ManifestIndex:
     # -- SQLite ------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise sqlite3.OperationalError(f"cannot create {self.path.parent}: {exc}") from exc
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
             try:
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -529,14 +554,18 @@ class ManifestIndex:
         """
         path = self.manifest.path
         batch = _Batch()
+        add, parse, limit = batch.add, parse_line, _BATCH_LINES
         pos = meta.offset  # file offset of the next unread byte
         carry = b""  # an incomplete line carried into the next chunk
         lineno = meta.lines
-        done_offset, done_lines = meta.offset, meta.lines
+        done_offset = meta.offset
         first_len, first_sha = meta.first_len, meta.first_sha
         last_line = b""
         while pos < size:
-            chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+            try:
+                chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+            except OSError as exc:
+                raise StoreIOError.wrap("read", path, exc) from exc
             if not chunk:
                 break
             pos += len(chunk)
@@ -546,27 +575,32 @@ class ManifestIndex:
                 carry = data
                 continue
             carry = data[cut + 1:]
+            data_offset = pos - len(data)  # file offset of data[0]
             lines = data[:cut].split(b"\n")
-            line_start = pos - len(data)
+            del data
+            if lineno == 0:
+                first_len, first_sha = len(lines[0]) + 1, _sha(lines[0] + b"\n")
+            base = lineno
             for raw in lines:
                 lineno += 1
-                if lineno == 1:
-                    first_len, first_sha = len(raw) + 1, _sha(raw + b"\n")
-                if raw.strip():
+                if (raw and raw[0] == 123) or raw.strip():  # 123: "{", the usual first byte
                     try:
-                        batch.add(parse_line(raw, lineno, path))
+                        add(parse(raw, lineno, path))
                     except Corrupt:
                         batch.write(conn)
-                        self._advance(meta, done_offset, done_lines, first_len, first_sha, last_line)
+                        good = lines[:lineno - base - 1]
+                        if good:
+                            done_offset = data_offset + sum(map(len, good)) + len(good)
+                            last_line = good[-1]
+                        self._advance(meta, done_offset, lineno - 1, first_len, first_sha, last_line)
                         raise
-                done_offset = line_start = line_start + len(raw) + 1
-                done_lines = lineno
-                last_line = raw
-                if lineno % _BATCH_LINES == 0:
+                if lineno % limit == 0:
                     batch.write(conn)
-            del lines, data
+            done_offset = data_offset + cut + 1
+            last_line = lines[-1]
+            del lines
         batch.write(conn)
-        self._advance(meta, done_offset, done_lines, first_len, first_sha, last_line)
+        self._advance(meta, done_offset, lineno, first_len, first_sha, last_line)
         return carry
 
     @staticmethod

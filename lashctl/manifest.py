@@ -77,6 +77,9 @@ class ManifestState:
             self._by_id = index
         return self._by_id.get(attachment_id, [])
 
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        return sorted(i for i in self.attachment_ids() if i.startswith(prefix))
+
     def attachment_ids(self) -> Iterable[str]:
         self.rows_for("")  # builds the index
         assert self._by_id is not None

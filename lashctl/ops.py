@@ -60,6 +60,14 @@ class Store:
     def warn(self, message: str) -> None:
         self.manifest.warn(message)
 
+    def index(self):
+        """The manifest's state index (a rebuildable cache of the fold), refreshed."""
+        from lashctl.index import ManifestIndex
+
+        index = ManifestIndex(self.manifest)
+        index.refresh()
+        return index
+
 
 def validate_session(session: str | None) -> str:
     if session is None or not session.strip():
@@ -77,13 +85,14 @@ def validate_session(session: str | None) -> str:
 def resolve_id(
     store: Store,
     query: IdQuery,
-    state: ManifestState | Callable[[], ManifestState] | None = None,
+    state: object = None,
 ) -> str:
     """Resolve a full id or unique prefix against blobs and manifest rows.
 
-    A full id resolves to itself without touching anything. ``state`` may be
-    a state, a callable giving one (read only when a prefix needs it), or None
-    to match blobs only.
+    A full id resolves to itself without touching anything. ``state`` is
+    anything with ``ids_with_prefix`` (a ManifestState or a ManifestIndex), a
+    callable giving one (called only when a prefix needs it), or None to
+    match blobs only.
     """
     if query.is_full:
         return query.hex
@@ -91,7 +100,7 @@ def resolve_id(
     if callable(state):
         state = state()
     if state is not None:
-        matches.update(i for i in state.attachment_ids() if i.startswith(query.hex))
+        matches.update(state.ids_with_prefix(query.hex))
     if not matches:
         raise NotFound(f"no blob or manifest row matches id prefix {query.hex!r}")
     if len(matches) > 1:
@@ -115,12 +124,12 @@ def precheck_prefixes(store: Store, queries: list[IdQuery]) -> None:
     prefixes = [q for q in queries if not q.is_full]
     if not prefixes:
         return
-    state = store.manifest.read_state()
-    for query in prefixes:
-        try:
-            resolve_id(store, query, state)
-        except NotFound:
-            pass
+    with store.index() as index:
+        for query in prefixes:
+            try:
+                resolve_id(store, query, index)
+            except NotFound:
+                pass
 
 
 # -- put -----------------------------------------------------------------------
@@ -462,19 +471,26 @@ def list_uncommitted(
     store: Store, cutoff: int | None = None, session: str | None = None
 ) -> list[UncommittedRow]:
     """Uncommitted rows with intent at or before ``cutoff`` (all if None), oldest first."""
-    state = store.manifest.read_state()
-    rows = [
-        r
-        for r in state.rows.values()
-        if r.committed_at_epoch_ms is None
-        and (cutoff is None or r.intent_at_epoch_ms <= cutoff)
-        and (session is None or r.session_id == session)
-    ]
-    rows.sort(key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id))
-    return [_describe_row(store, r) for r in rows]
+    return list(iter_uncommitted(store, cutoff, session))
 
 
-def _describe_row(store: Store, row: Row) -> UncommittedRow:
+def iter_uncommitted(
+    store: Store, cutoff: int | None = None, session: str | None = None
+) -> Iterator[UncommittedRow]:
+    """``list_uncommitted`` as a stream from the manifest index: memory does
+    not grow with the manifest."""
+    shards: dict[str, bool] = {}
+    with store.index() as index:
+        for row in index.uncommitted(cutoff, session):
+            yield _describe_row(store, row, shards)
+
+
+def _describe_row(store: Store, row: Row, shards: dict[str, bool]) -> UncommittedRow:
+    prefix = row.attachment_id[:2]
+    if prefix not in shards:
+        shards[prefix] = store.blobs.shard_is_real(row.attachment_id)
+    if not shards[prefix]:  # no shard directory: neither bytes nor sidecar
+        return UncommittedRow(row, False, None, None, None)
     st = store.blobs.blob_stat(row.attachment_id)
     meta = None
     try:
@@ -507,27 +523,29 @@ def commit(store: Store, session: str, queries: list[IdQuery]) -> list[CommitRes
     """Stamp the session's rows committed; report each id's status."""
     validate_session(session)
     precheck_prefixes(store, queries)
-    with store.manifest.locked():
-        state = store.manifest.read_state()
+    with store.manifest.locked(), store.index() as index:
+        # The index reads only what was appended since its last use: a commit
+        # costs the same on a million-row manifest as on an empty one.
         at = now_ms()
-        results, events = [], []
+        resolved: list[str | None] = []
         for query in queries:
             try:
-                attachment_id = resolve_id(store, query, state)
+                resolved.append(resolve_id(store, query, index))
             except NotFound:
-                results.append(CommitResult(query.hex, session, NO_INTENT))
-                continue
-            row = state.rows.get((session, attachment_id))
+                resolved.append(None)
+        rows = index.rows_for_keys([(session, i) for i in resolved if i is not None])
+        results, events, done = [], [], set()
+        for query, attachment_id in zip(queries, resolved):
+            row = rows.get((session, attachment_id)) if attachment_id is not None else None
             if row is None:
                 status = NO_INTENT
-            elif row.committed:
+            elif row.committed or attachment_id in done:
                 status = ALREADY_COMMITTED
             else:
-                event = commit_event(attachment_id, session, at)
-                state.apply(event)
-                events.append(event)
+                events.append(commit_event(attachment_id, session, at))
+                done.add(attachment_id)
                 status = COMMITTED
-            results.append(CommitResult(attachment_id, session, status))
+            results.append(CommitResult(attachment_id or query.hex, session, status))
         store.manifest.append(events)
     return results
 

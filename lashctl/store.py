@@ -216,7 +216,7 @@ class BlobStore:
             raise Corrupt(f"shard directory {shard} is {what}: refusing to use it")
         return shard
 
-    def _shard_is_real(self, attachment_id: str) -> bool:
+    def shard_is_real(self, attachment_id: str) -> bool:
         st = self._lstat(self.shard_dir(attachment_id))
         return st is not None and stat.S_ISDIR(st.st_mode)
 
@@ -343,7 +343,7 @@ class BlobStore:
 
     def blob_stat(self, attachment_id: str) -> os.stat_result | None:
         """The blob's lstat if a regular file is at its path, else None."""
-        if not self._shard_is_real(attachment_id):
+        if not self.shard_is_real(attachment_id):
             return None
         st = self._lstat(self.blob_path(attachment_id))
         if st is None or not stat.S_ISREG(st.st_mode):

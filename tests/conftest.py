@@ -29,6 +29,12 @@ def png_bytes(width: int, height: int) -> bytes:
     )
 
 
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test gets its own cache dir for the manifest index (never ~/.cache)."""
+    monkeypatch.setenv("LASHCTL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     """The store root (not created: lashctl creates what it needs)."""

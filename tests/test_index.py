@@ -1,0 +1,728 @@
+"""The SQLite cache of the manifest's fold (lashctl.index): it must always answer
+exactly what ``Manifest.read_state()`` answers, whatever happened to the file."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lashctl import index as index_mod
+from lashctl.errors import Corrupt
+from lashctl.index import ManifestIndex, index_path
+from lashctl.manifest import Manifest, Row, commit_event, forget_event, intent_event
+
+HEADER = b'{"op":"header","format":"lashctl-manifest","version":1}'
+T0 = 1_764_150_000_000
+ROWS = 20_000
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+
+
+def enc(event: dict) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode("utf-8")
+
+
+def aid(n: int) -> str:
+    return f"{n:064x}"
+
+
+def add_bytes(path: Path, data: bytes) -> None:
+    with open(path, "ab") as handle:
+        handle.write(data)
+
+
+def append(m: Manifest, events: list[dict]) -> None:
+    with m.locked():
+        m.append(events)
+
+
+def sort_key(row: Row) -> tuple:
+    return (row.intent_at_epoch_ms, row.attachment_id, row.session_id)
+
+
+def expected_uncommitted(state, cutoff: int | None, session: str | None) -> list[Row]:
+    rows = [
+        r for r in state.rows.values()
+        if r.committed_at_epoch_ms is None
+        and (cutoff is None or r.intent_at_epoch_ms <= cutoff)
+        and (session is None or r.session_id == session)
+    ]
+    return sorted(rows, key=sort_key)
+
+
+def assert_same(ix: ManifestIndex, m: Manifest, keys_seen=None, sample: int | None = None) -> None:
+    """Every view of the index equals the fold of the file."""
+    state = Manifest(m.path, warn=Recorder()).read_state()
+    keys = set(state.rows) | set(keys_seen or ())
+    assert ix.rows_for_keys(sorted(keys)) == state.rows
+    ids = sorted(state.attachment_ids())
+    assert ix.ids_with_prefix("") == ids
+    check_ids = sorted({k[1] for k in keys})
+    if sample is not None and len(check_ids) > sample:
+        check_ids = random.Random(1).sample(check_ids, sample)
+    for attachment_id in check_ids:
+        want = sorted(state.rows_for(attachment_id), key=lambda r: r.session_id)
+        assert ix.rows_for_id(attachment_id) == want
+        prefix = attachment_id[:3]
+        lo = bisect.bisect_left(ids, prefix)
+        hi = bisect.bisect_left(ids, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+        assert ix.ids_with_prefix(prefix) == ids[lo:hi]
+    assert list(ix.uncommitted(None, None)) == expected_uncommitted(state, None, None)
+    times = sorted(r.intent_at_epoch_ms for r in state.rows.values())
+    sessions = sorted({k[0] for k in keys})
+    for cutoff in ([times[len(times) // 2], times[0] - 1] if times else [T0]):
+        assert list(ix.uncommitted(cutoff, None)) == expected_uncommitted(state, cutoff, None)
+        for session in sessions[:3]:
+            assert list(ix.uncommitted(cutoff, session)) == expected_uncommitted(state, cutoff, session)
+    for session in sessions[:3] + ["no-such-session"]:
+        assert list(ix.uncommitted(None, session)) == expected_uncommitted(state, None, session)
+
+
+def meta(mpath: Path) -> dict:
+    conn = sqlite3.connect(index_path(mpath))
+    try:
+        conn.row_factory = sqlite3.Row
+        return dict(conn.execute("SELECT * FROM meta").fetchone())
+    finally:
+        conn.close()
+
+
+def generate(path: Path, rows: int, seed: int = 7, sessions: int = 50) -> list[tuple[str, str]]:
+    """A manifest of ``rows`` intents (85% committed, 3% forgotten, some refreshed,
+    some ids shared by two sessions); returns every key used."""
+    rng = random.Random(seed)
+    out = [HEADER]
+    later: list[bytes] = []
+    keys = []
+    for i in range(rows):
+        session = f"s-{rng.randrange(sessions):04d}"
+        attachment = aid(rng.getrandbits(256)) if rng.random() > 0.03 or not keys else keys[-1][1]
+        if (session, attachment) in keys[-1:]:
+            attachment = aid(rng.getrandbits(256))
+        keys.append((session, attachment))
+        at = T0 + i * 1000
+        out.append(enc(intent_event(attachment, session, at)))
+        fate = rng.random()
+        if fate < 0.85:
+            later.append(enc(commit_event(attachment, session, at + 500)))
+        elif fate < 0.88:
+            later.append(enc(forget_event(attachment, session)))
+        elif fate < 0.90:
+            later.append(enc(intent_event(attachment, session, at + 700)))
+        if len(later) > 20 or i == rows - 1:
+            rng.shuffle(later)
+            out.extend(later)
+            later.clear()
+    path.write_bytes(b"\n".join(out) + b"\n")
+    return keys
+
+
+@pytest.fixture
+def mpath(tmp_path: Path) -> Path:
+    return tmp_path / "manifest.jsonl"
+
+
+@pytest.fixture
+def warn() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def big(tmp_path_factory) -> tuple[Path, list]:
+    """A 20k-row manifest, generated once; tests copy it."""
+    path = tmp_path_factory.mktemp("big") / "manifest.jsonl"
+    keys = generate(path, ROWS)
+    return path, keys
+
+
+def copy_big(big, mpath: Path) -> list:
+    mpath.write_bytes(big[0].read_bytes())
+    return big[1]
+
+
+# -- building and catching up -----------------------------------------------------
+def test_initial_build_matches_fold(big, mpath: Path, warn: Recorder) -> None:
+    keys = copy_big(big, mpath)
+    m = Manifest(mpath, warn=warn)
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert not ix.using_fallback
+        assert_same(ix, m, keys, sample=300)
+    info = meta(mpath)
+    assert info["offset"] == mpath.stat().st_size
+    assert info["lines"] == mpath.read_bytes().count(b"\n")
+    assert not warn.messages
+
+
+def test_incremental_appends(big, mpath: Path) -> None:
+    keys = copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+    ix = ManifestIndex(m)
+    ix.refresh()
+    uncommitted = [r for r in ix.uncommitted(None, None)]
+    s0, a0 = uncommitted[0].session_id, uncommitted[0].attachment_id
+    s1, a1 = uncommitted[1].session_id, uncommitted[1].attachment_id
+    committed = next(k for k in keys if (r := ix.rows_for_keys([k]).get(k)) and r.committed)
+    append(m, [commit_event(a0, s0, T0 + 10**9)])
+    ix.refresh()
+    assert ix.rows_for_keys([(s0, a0)])[(s0, a0)].committed_at_epoch_ms == T0 + 10**9
+    append(m, [intent_event(a1, s1, T0 + 10**10), commit_event(a0, s0, 5),  # later intent; 2nd commit loses
+               intent_event(committed[1], committed[0], T0 + 10**10),  # no effect on a committed row
+               forget_event(*reversed(keys[5])), intent_event(aid(1), "new", T0),
+               commit_event(aid(2), "nobody", T0)])  # commit without intent: no-op
+    ix.apply_appended([])
+    assert_same(ix, m, keys + [("new", aid(1)), ("nobody", aid(2))], sample=200)
+    # a second, independent index (another process) sees the same
+    with ManifestIndex(m) as other:
+        other.refresh()
+        assert_same(other, m, keys, sample=50)
+    ix.close()
+
+
+def test_steady_refresh_reads_no_lines_and_takes_no_write_lock(big, mpath: Path) -> None:
+    copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+    ix = ManifestIndex(m)
+    ix.refresh()
+    blocker = sqlite3.connect(index_path(mpath), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process is writing the index
+    try:
+        start = time.perf_counter()
+        for _ in range(100):
+            ix.refresh()
+        per_refresh = (time.perf_counter() - start) / 100
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    print(f"\nsteady-state refresh ({ROWS} rows): {per_refresh * 1e3:.3f} ms")
+    assert per_refresh < 0.05  # well under 5 ms in practice; generous for slow CI
+    ix.close()
+
+
+def test_bom_crlf_blank_lines(mpath: Path) -> None:
+    mpath.write_bytes(
+        b"\xef\xbb\xbf" + HEADER + b"\r\n\n   \n"
+        + enc(intent_event(aid(1), "s", T0)) + b"\r\n"
+        + b"\t\r\n"
+        + enc(intent_event(aid(2), "s", T0)) + b"\n"
+        + enc(commit_event(aid(1), "s", T0 + 1)) + b"\r\n"
+    )
+    m = Manifest(mpath, warn=Recorder())
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert_same(ix, m)
+        add_bytes(mpath, b"\n\n" + enc({"op": "bogus"}) + b"\n")
+        with pytest.raises(Corrupt, match=r"manifest\.jsonl:10: unknown op"):
+            ix.refresh()
+
+
+def test_missing_manifest_is_empty_and_creates_nothing(mpath: Path) -> None:
+    m = Manifest(mpath, warn=Recorder())
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert ix.rows_for_keys([("s", aid(1))]) == {}
+        assert ix.rows_for_id(aid(1)) == []
+        assert ix.ids_with_prefix("") == []
+        assert list(ix.uncommitted(None, None)) == []
+    assert list(mpath.parent.iterdir()) == []
+
+
+def test_header_only_and_empty_file(mpath: Path) -> None:
+    m = Manifest(mpath, warn=Recorder())
+    mpath.write_bytes(b"")
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert ix.ids_with_prefix("") == []
+        mpath.write_bytes(HEADER + b"\n")
+        ix.refresh()
+        assert ix.ids_with_prefix("") == []
+        append(m, [intent_event(aid(3), "s", T0)])
+        ix.refresh()
+        assert_same(ix, m)
+
+
+# -- tails -------------------------------------------------------------------------
+def test_torn_tail_not_consumed_then_repaired(big, mpath: Path, warn: Recorder) -> None:
+    keys = copy_big(big, mpath)
+    m = Manifest(mpath, warn=warn)
+    ix = ManifestIndex(m)
+    ix.refresh()
+    size = mpath.stat().st_size
+    add_bytes(mpath, enc(intent_event(aid(9), "torn", T0))[:40])
+    ix.refresh()
+    assert meta(mpath)["offset"] == size
+    assert len(warn.messages) == 1 and "torn final line" in warn.messages[0]
+    assert warn.messages[0].startswith(f"{mpath}:{meta(mpath)['lines'] + 1}:")
+    assert_same(ix, m, keys, sample=50)
+    ix.refresh()  # warned again, like every read of the file
+    assert len(warn.messages) == 2
+    append(m, [intent_event(aid(9), "fixed", T0)])  # the writer truncates the torn line
+    ix.refresh()
+    assert ix.rows_for_keys([("fixed", aid(9)), ("torn", aid(9))]).keys() == {("fixed", aid(9))}
+    assert meta(mpath)["offset"] == mpath.stat().st_size
+    assert_same(ix, m, keys, sample=50)
+    ix.close()
+
+
+def test_complete_final_line_without_newline_is_seen_but_not_consumed(mpath: Path, warn: Recorder) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n"
+                      + enc(intent_event(aid(2), "s", T0 + 5)) + b"\n")
+    m = Manifest(mpath, warn=warn)
+    ix = ManifestIndex(m)
+    ix.refresh()
+    consumed = mpath.stat().st_size
+    for tail, check in [
+        (enc(commit_event(aid(1), "s", T0 + 9)), lambda r: r[("s", aid(1))].committed_at_epoch_ms == T0 + 9),
+        (enc(forget_event(aid(2), "s")), lambda r: ("s", aid(2)) not in r),
+        (enc(intent_event(aid(0), "s", T0 - 1)), lambda r: ("s", aid(0)) in r),  # sorts first
+        (enc(intent_event(aid(3), "t", T0 + 99)), lambda r: ("t", aid(3)) in r),  # sorts last
+        (enc(intent_event(aid(1), "s", T0 + 3)), lambda r: r[("s", aid(1))].intent_at_epoch_ms == T0 + 3),
+        (HEADER, lambda r: len(r) == 2),
+        (b"   ", lambda r: len(r) == 2),
+    ]:
+        with open(mpath, "r+b") as handle:
+            handle.truncate(consumed)
+            handle.seek(consumed)
+            handle.write(tail)
+        ix.refresh()
+        keys = [("s", aid(i)) for i in range(4)] + [("t", aid(3))]
+        assert check(ix.rows_for_keys(keys))
+        assert_same(ix, m, keys)
+        assert meta(mpath)["offset"] == consumed
+    assert not warn.messages
+    # a final line that is JSON but not a valid event is corruption, as for read_state
+    with open(mpath, "r+b") as handle:
+        handle.truncate(consumed)
+        handle.seek(consumed)
+        handle.write(b'{"op":"intent"}')
+    with pytest.raises(Corrupt, match=r":4: \"attachment_id\""):
+        ix.refresh()
+    # the writer completes the line by adding its newline: now it is consumed
+    with open(mpath, "r+b") as handle:
+        handle.truncate(consumed)
+    add_bytes(mpath, enc(commit_event(aid(1), "s", T0 + 9)))
+    ix.refresh()
+    append(m, [intent_event(aid(5), "s", T0)])
+    ix.refresh()
+    assert meta(mpath)["offset"] == mpath.stat().st_size
+    assert_same(ix, m, [("s", aid(i)) for i in range(6)])
+    ix.close()
+
+
+def test_manifest_of_one_unterminated_line(mpath: Path, warn: Recorder) -> None:
+    mpath.write_bytes(b"\xef\xbb\xbf" + enc(intent_event(aid(1), "s", T0)))
+    m = Manifest(mpath, warn=warn)
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert_same(ix, m, [("s", aid(1))])
+        mpath.write_bytes(b"\xef\xbb\xbf{\"op\":")
+        ix.refresh()
+        assert ix.ids_with_prefix("") == []
+        assert warn.messages[-1].startswith(f"{mpath}:1: ignoring a torn final line")
+
+
+# -- the file changed under the index -------------------------------------------------
+def test_compaction_rebuilds(big, mpath: Path) -> None:
+    keys = copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+    ix = ManifestIndex(m)
+    ix.refresh()
+    old_ino = meta(mpath)["ino"]
+    with m.locked():
+        state = m.read_state()
+        m.compact(state)
+    append(m, [intent_event(aid(77), "after", T0)])
+    ix.refresh()
+    info = meta(mpath)
+    assert info["ino"] == str(mpath.stat().st_ino) != old_ino
+    assert info["offset"] == mpath.stat().st_size
+    assert_same(ix, m, keys + [("after", aid(77))], sample=100)
+    ix.close()
+
+
+def test_in_place_rewrite_same_size_rebuilds(mpath: Path) -> None:
+    events = [intent_event(aid(i), "s", T0 + i) for i in range(50)]
+    mpath.write_bytes(HEADER + b"\n" + b"".join(enc(e) + b"\n" for e in events))
+    m = Manifest(mpath, warn=Recorder())
+    ix = ManifestIndex(m)
+    ix.refresh()
+    before = mpath.stat()
+    # an editor turns line 20's intent into another id, same length
+    data = mpath.read_bytes()
+    old, new = enc(events[18]), enc(intent_event(aid(999), "s", T0 + 18))
+    assert len(old) == len(new)
+    mpath.write_bytes(data.replace(old, new))
+    os.utime(mpath, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    assert mpath.stat().st_size == before.st_size and mpath.stat().st_ino == before.st_ino
+    ix.refresh()
+    assert ix.rows_for_id(aid(18)) == []
+    assert_same(ix, m, [("s", aid(i)) for i in range(50)] + [("s", aid(999))])
+    ix.close()
+
+
+def test_in_place_rewrite_of_last_line_with_old_mtime_rebuilds(mpath: Path) -> None:
+    events = [intent_event(aid(i), "s", T0 + i) for i in range(10)]
+    mpath.write_bytes(HEADER + b"\n" + b"".join(enc(e) + b"\n" for e in events))
+    m = Manifest(mpath, warn=Recorder())
+    ix = ManifestIndex(m)
+    ix.refresh()
+    before = mpath.stat()
+    data = mpath.read_bytes().replace(enc(events[-1]), enc(intent_event(aid(0xABC), "s", T0 + 9)))
+    mpath.write_bytes(data + enc(commit_event(aid(0xABC), "s", T0 + 10)) + b"\n")  # and grew
+    ix.refresh()  # detected by the last line's hash
+    assert ix.rows_for_id(aid(9)) == []
+    assert_same(ix, m, [("s", aid(i)) for i in range(10)] + [("s", aid(0xABC))])
+    ix.close()
+
+
+def test_in_place_rewrite_of_first_line_with_old_mtime_rebuilds(mpath: Path) -> None:
+    events = [intent_event(aid(i), "s", T0 + i) for i in range(10)]  # no header: line 1 is an event
+    mpath.write_bytes(b"".join(enc(e) + b"\n" for e in events))
+    m = Manifest(mpath, warn=Recorder())
+    ix = ManifestIndex(m)
+    ix.refresh()
+    before = mpath.stat()
+    with open(mpath, "r+b") as handle:  # same size, same last line, mtime put back
+        handle.write(enc(intent_event(aid(0xF), "s", T0)))
+    os.utime(mpath, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert mpath.stat().st_mtime_ns == before.st_mtime_ns
+    ix.refresh()  # detected by the first line's hash
+    assert_same(ix, m, [("s", aid(i)) for i in range(16)])
+    ix.close()
+
+
+def test_truncation_below_offset_rebuilds(big, mpath: Path) -> None:
+    keys = copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+    ix = ManifestIndex(m)
+    ix.refresh()
+    data = mpath.read_bytes()
+    cut = data.index(b"\n", len(data) // 2) + 1
+    with open(mpath, "r+b") as handle:
+        handle.truncate(cut)
+    ix.refresh()
+    assert meta(mpath)["offset"] == cut
+    assert_same(ix, m, keys, sample=100)
+    # truncated, then regrown past the old offset with different lines
+    with open(mpath, "r+b") as handle:
+        handle.truncate(data.rindex(b"\n", 0, cut - 300) + 1)
+    add_bytes(mpath, b"".join(enc(intent_event(aid(i), "regrown", T0)) + b"\n" for i in range(10)))
+    ix.refresh()
+    assert_same(ix, m, keys + [("regrown", aid(i)) for i in range(10)], sample=100)
+    ix.close()
+
+
+def test_corrupt_line_names_its_number_every_time(big, mpath: Path) -> None:
+    copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+    ix = ManifestIndex(m)
+    ix.refresh()
+    lines = mpath.read_bytes().count(b"\n")
+    append(m, [intent_event(aid(1), "ok", T0)])
+    add_bytes(mpath, b"{not json\n" + enc(intent_event(aid(2), "after", T0)) + b"\n")
+    for _ in range(2):
+        with pytest.raises(Corrupt, match=rf"{mpath.name}:{lines + 2}: malformed manifest line"):
+            ix.refresh()
+    with pytest.raises(Corrupt, match=rf":{lines + 2}:"):
+        Manifest(mpath).read_state()
+    # the lines before the bad one were kept: the next refresh starts at it
+    info = meta(mpath)
+    assert info["lines"] == lines + 1
+    assert info["offset"] == mpath.read_bytes().index(b"{not json")
+    with ManifestIndex(m) as fresh:  # another process, same answer
+        with pytest.raises(Corrupt, match=rf":{lines + 2}:"):
+            fresh.refresh()
+    mpath.unlink()
+    index_path(mpath).unlink()
+    mpath.write_bytes(HEADER + b"\n" + b"\n".join(enc(intent_event(aid(i), "s", T0)) for i in range(5))
+                      + b'\n{"op":"intent","attachment_id":"xyz"}\n')
+    with ManifestIndex(m) as first_build:
+        with pytest.raises(Corrupt, match=r":7: \"attachment_id\" is not"):
+            first_build.refresh()
+        with pytest.raises(Corrupt, match=r":7:"):
+            first_build.refresh()
+    ix.close()
+
+
+# -- the cache itself is broken or unavailable ----------------------------------------
+def test_garbage_idx_is_rebuilt(big, mpath: Path) -> None:
+    keys = copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+    idx = index_path(mpath)
+    idx.parent.mkdir(parents=True, exist_ok=True)
+    idx.write_bytes(os.urandom(8192))
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert not ix.using_fallback
+        assert_same(ix, m, keys, sample=50)
+    assert meta(mpath)["offset"] == mpath.stat().st_size
+
+
+def test_damaged_idx_pages_fall_back_then_rebuild(big, mpath: Path) -> None:
+    keys = copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+    idx = index_path(mpath)
+    data = bytearray(idx.read_bytes())
+    page, rng = 4096, random.Random(5)
+    for start in range(2 * page, len(data) - page, 3 * page):  # keep page 1 (header, schema)
+        data[start:start + page] = rng.randbytes(page)
+    idx.write_bytes(bytes(data))
+    with ManifestIndex(m) as ix:
+        ix.refresh()  # reads only the meta row: does not notice
+        assert_same(ix, m, keys, sample=50)  # a query that hits a bad page answers from memory
+        assert ix.using_fallback
+    assert not idx.exists()  # deleted: the next command rebuilds it
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert not ix.using_fallback
+        assert_same(ix, m, keys, sample=20)
+
+
+def test_idx_path_unusable_falls_back(mpath: Path, warn: Recorder) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n" + b'{"op":"int')
+    index_path(mpath).mkdir(parents=True)  # cannot be opened as a database
+    m = Manifest(mpath, warn=warn)
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert ix.using_fallback
+        assert_same(ix, m, [("s", aid(1))])
+        assert len(warn.messages) == 1  # the torn tail, warned once, by the fallback read
+        add_bytes(mpath, b"\n")
+        with pytest.raises(Corrupt, match=":3:"):
+            ix.refresh()
+
+
+def test_query_failure_mid_stream_continues_from_memory(big, mpath: Path) -> None:
+    copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+    ix = ManifestIndex(m)
+    ix.refresh()
+    expected = expected_uncommitted(m.read_state(), None, None)
+    stream = ix.uncommitted(None, None)
+    head = [next(stream) for _ in range(1500)]
+    ix._conn.close()  # the open cursor fails on its next fetch
+    rest = list(stream)
+    assert head + rest == expected
+    assert ix.using_fallback
+    assert ix.rows_for_keys([(expected[0].session_id, expected[0].attachment_id)])
+    ix.close()
+    assert index_path(mpath).exists()  # not corruption: the file is kept
+
+
+def test_read_only_falls_back(big, mpath: Path, monkeypatch) -> None:
+    keys = copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+
+    def refuse(*args, **kwargs):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(sqlite3, "connect", refuse)
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert ix.using_fallback
+        assert_same(ix, m, keys, sample=50)
+        append(m, [intent_event(aid(5), "late", T0)])
+        ix.refresh()
+        assert ix.rows_for_keys([("late", aid(5))])
+    assert not index_path(mpath).exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_directory_falls_back(mpath: Path) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
+    os.chmod(mpath.parent, 0o555)
+    try:
+        with ManifestIndex(Manifest(mpath, warn=Recorder())) as ix:
+            ix.refresh()
+            assert ix.using_fallback
+            assert ix.rows_for_id(aid(1))
+    finally:
+        os.chmod(mpath.parent, 0o755)
+
+
+def test_locked_index_falls_back(mpath: Path, monkeypatch) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
+    m = Manifest(mpath, warn=Recorder())
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+    append(m, [intent_event(aid(2), "s", T0)])
+    blocker = sqlite3.connect(index_path(mpath), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    monkeypatch.setattr(index_mod, "_BUSY_TIMEOUT_S", 0.05)
+    try:
+        with ManifestIndex(m) as ix:
+            ix.refresh()
+            assert ix.using_fallback
+            assert_same(ix, m)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+# -- concurrency -------------------------------------------------------------------------
+_WORKER = """
+import sys
+from pathlib import Path
+from lashctl.manifest import Manifest
+from lashctl.index import ManifestIndex
+m = Manifest(Path(sys.argv[1]), warn=lambda s: None)
+ix = ManifestIndex(m)
+ix.refresh()
+assert not ix.using_fallback
+print(len(ix.ids_with_prefix("")), sum(1 for _ in ix.uncommitted(None, None)))
+"""
+
+
+def test_two_processes_building_at_once(big, mpath: Path) -> None:
+    copy_big(big, mpath)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(mpath)], stdout=subprocess.PIPE,
+                              text=True, env=env) for _ in range(3)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    state = Manifest(mpath).read_state()
+    want = f"{len(list(state.attachment_ids()))} {len(expected_uncommitted(state, None, None))}\n"
+    assert outs == [want] * 3
+
+
+# -- fold rules, exhaustively --------------------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 3, 1_000_000])
+def test_every_short_event_sequence_at_every_split(tmp_path: Path, monkeypatch, batch: int) -> None:
+    """Every sequence of up to 4 events on one key (each on its own key), split
+    in two refreshes at every point, with batches of 1, 3 and all lines."""
+    import itertools
+
+    monkeypatch.setattr(index_mod, "_BATCH_LINES", batch)
+    ops = [
+        lambda a, s: intent_event(a, s, T0 + 1),
+        lambda a, s: intent_event(a, s, T0 + 3),
+        lambda a, s: commit_event(a, s, T0 + 10),
+        lambda a, s: commit_event(a, s, T0 + 20),
+        lambda a, s: forget_event(a, s),
+    ]
+    sequences = [seq for n in range(1, 5) for seq in itertools.product(range(len(ops)), repeat=n)]
+    keys = [(f"s{n % 7}", aid(n + 1)) for n in range(len(sequences))]
+    for split in range(5):
+        mpath = tmp_path / f"split{split}" / "manifest.jsonl"
+        m = Manifest(mpath, warn=Recorder())
+        first, second = [], []
+        for round_ in range(4):  # interleave the keys' events
+            for seq, (session, attachment) in zip(sequences, keys):
+                if round_ < len(seq):
+                    (first if round_ < split else second).append(ops[seq[round_]](attachment, session))
+        with ManifestIndex(m) as ix:
+            append(m, first or [HEADER_EVENT])
+            ix.refresh()
+            assert_same(ix, m, keys)
+            append(m, second or [HEADER_EVENT])
+            ix.refresh()
+            assert_same(ix, m, keys)
+
+
+HEADER_EVENT = {"op": "header", "format": "lashctl-manifest", "version": 1}
+
+
+# -- model ---------------------------------------------------------------------------------
+SESSIONS = ["s1", "s2"]
+IDS = [aid(i) for i in (0xA1, 0xA2, 0xB1)]
+
+event_st = st.one_of(
+    st.builds(intent_event, st.sampled_from(IDS), st.sampled_from(SESSIONS), st.integers(T0, T0 + 5)),
+    st.builds(commit_event, st.sampled_from(IDS), st.sampled_from(SESSIONS), st.integers(T0, T0 + 5)),
+    st.builds(forget_event, st.sampled_from(IDS), st.sampled_from(SESSIONS)),
+)
+step_st = st.tuples(
+    st.lists(event_st, max_size=6),
+    st.sampled_from(["append", "raw", "raw-crlf", "raw-unterminated", "torn"]),
+    st.booleans(),  # refresh after this step
+)
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=st.lists(step_st, min_size=1, max_size=8), batch=st.integers(1, 4), chunk=st.integers(1, 64),
+       compact_at=st.integers(-1, 8))
+def test_model_random_events_and_refresh_points(tmp_path_factory, monkeypatch, steps, batch, chunk,
+                                                compact_at) -> None:
+    monkeypatch.setattr(index_mod, "_BATCH_LINES", batch)  # batches and chunks cut anywhere
+    monkeypatch.setattr(index_mod, "_CHUNK", chunk)
+    mpath = tmp_path_factory.mktemp("model") / "manifest.jsonl"
+    m = Manifest(mpath, warn=Recorder())
+    keys = [(s, i) for s in SESSIONS for i in IDS]
+    ix = ManifestIndex(m)
+    try:
+        for n, (events, how, refresh) in enumerate(steps):
+            if how == "append" or not mpath.exists():
+                append(m, events or [intent_event(IDS[0], "s1", T0)])
+            else:
+                with open(mpath, "r+b") as handle:  # finish an unterminated line first
+                    data = handle.read()
+                    if data and not data.endswith(b"\n"):
+                        if data[data.rfind(b"\n") + 1:].startswith(b"{\"op"):
+                            cut = data.rfind(b"\n") + 1
+                            handle.truncate(cut)  # drop it (torn or not)
+                end = b"\r\n" if how == "raw-crlf" else b"\n"
+                payload = b"".join(enc(e) + end for e in events)
+                if how == "raw-unterminated" and payload:
+                    payload = payload[:-1]
+                elif how == "torn":
+                    payload += b'{"op":"inte'
+                add_bytes(mpath, payload)
+            if n == compact_at:
+                with m.locked():
+                    m.compact(m.read_state())
+            if refresh:
+                ix.refresh()
+                assert_same(ix, m, keys)
+        ix.refresh()
+        assert_same(ix, m, keys)
+    finally:
+        ix.close()
+
+
+# -- timings (printed, not asserted; run with -s) ----------------------------------------
+def test_print_timings(big, mpath: Path) -> None:
+    copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+    start = time.perf_counter()
+    ix = ManifestIndex(m)
+    ix.refresh()
+    build = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(200):
+        ix.refresh()
+    steady = (time.perf_counter() - start) / 200
+    key = next(iter(ix.uncommitted(None, None)))
+    start = time.perf_counter()
+    for _ in range(1000):
+        ix.rows_for_keys([(key.session_id, key.attachment_id)])
+    lookup = (time.perf_counter() - start) / 1000
+    start = time.perf_counter()
+    count = sum(1 for _ in ix.uncommitted(None, None))
+    scan = time.perf_counter() - start
+    start = time.perf_counter()
+    Manifest(mpath, warn=Recorder()).read_state()
+    fold = time.perf_counter() - start
+    ix.close()
+    print(f"\nindex timings at {ROWS} rows: build {build * 1e3:.0f} ms (read_state {fold * 1e3:.0f} ms), "
+          f"steady refresh {steady * 1e6:.0f} us, one-key lookup {lookup * 1e6:.1f} us, "
+          f"uncommitted() {count} rows in {scan * 1e3:.1f} ms")
