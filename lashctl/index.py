@@ -254,13 +254,16 @@ class ManifestIndex:
 
     # -- lifecycle ---------------------------------------------------------------
     def close(self) -> None:
+        self._close_connection()
+        self._memory = None
+
+    def _close_connection(self) -> None:
         if self._conn is not None:
             try:
                 self._conn.close()
             except sqlite3.Error:
                 pass
             self._conn = None
-        self._memory = None
 
     def __enter__(self) -> "ManifestIndex":
         return self
@@ -718,12 +721,7 @@ class ManifestIndex:
                 pass
 
     def _fall_back(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
-            self._conn = None
+        self._close_connection()
         self._fallback = True
         self._refresh_memory()
 

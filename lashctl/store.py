@@ -65,25 +65,21 @@ def open_regular(path: Path | str) -> int:
     return fd
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def unique_suffix(nbytes: int = 6) -> str:
     """Random hex for staging names (os.urandom: no import of ``secrets`` at start-up)."""
     return os.urandom(nbytes).hex()
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_path(path: Path, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    _fsync_path(path, os.O_DIRECTORY)
 
 
 def write_file_atomic(path: Path, data: bytes, staging_dir: Path, sync_dir: bool = True) -> None:
