@@ -29,7 +29,7 @@ def list_uncommitted(
     rows = ops.list_uncommitted(state.store(), cutoff, session)
     state.ui.records(
         ["id", "session", "intent at", "age", "size", "media type", "label", "bytes"],
-        [
+        lambda: [
             [
                 r.row.attachment_id,
                 r.row.session_id,
@@ -42,7 +42,7 @@ def list_uncommitted(
             ]
             for r in rows
         ],
-        [
+        lambda: [
             {
                 "id": r.row.attachment_id,
                 "session_id": r.row.session_id,
