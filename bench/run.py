@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         typer_compare=args.typer_compare,
     )
     env = clean_env(None if args.no_pyc_cache else workdir / "pycache")
+    # lashctl's manifest state cache goes to the scratch dir, removed with it.
+    env["LASHCTL_CACHE_DIR"] = str(workdir / "lashctl-cache")
     ctx = Context(cfg, env)
     started = time.time()
     errors = 0
