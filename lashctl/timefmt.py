@@ -78,12 +78,13 @@ def cutoff_ms(older_than: str | None, before: str | None, now: int, default: str
 
 
 def iso_ms(epoch_ms: int | None) -> str | None:
+    """``2026-11-26T12:00:00.123Z`` (UTC, millisecond precision)."""
     if epoch_ms is None:
         return None
-    from datetime import datetime, timezone
-
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds, millis = divmod(epoch_ms, 1000)
+    # time.strftime is several times cheaper than datetime per call, which
+    # counts on listings of a hundred thousand rows.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def age_text(ms: int) -> str:
