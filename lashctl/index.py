@@ -706,12 +706,7 @@ class ManifestIndex:
     # -- fallback ----------------------------------------------------------------
     def _discard_file(self) -> None:
         """Delete a .idx SQLite calls corrupt (and its journals) so it is rebuilt."""
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
-            self._conn = None
+        self._close_connection()
         for suffix in ("", "-wal", "-shm", "-journal"):
             try:
                 os.unlink(str(self.path) + suffix)
