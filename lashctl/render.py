@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 
 class UI:
@@ -36,6 +36,33 @@ class UI:
             text = json.dumps(document, indent=indent, ensure_ascii=True)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
+
+    def emit_json_array(self, items: Iterable[Any]) -> int:
+        """Stream a JSON array item by item (flat memory for big listings).
+
+        On a terminal the array is gathered and indented like emit_json.
+        Returns the number of items written.
+        """
+        if sys.stdout.isatty():
+            gathered = list(items)
+            self.emit_json(gathered)
+            return len(gathered)
+        out, count, pending = sys.stdout, 0, ["["]
+        for item in items:
+            try:
+                text = json.dumps(item, ensure_ascii=False)
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                text = json.dumps(item, ensure_ascii=True)
+            pending.append(("," if count else "") + text)
+            count += 1
+            if len(pending) >= 1000:
+                out.write("".join(pending))
+                pending.clear()
+        pending.append("]\n")
+        out.write("".join(pending))
+        out.flush()
+        return count
 
     @staticmethod
     def line(text: str) -> None:

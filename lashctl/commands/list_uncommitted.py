@@ -26,23 +26,9 @@ def list_uncommitted(
     state = app_state(ctx, json_flag)
     now = now_ms()
     cutoff = cutoff_ms(older_than, before, now)
-    rows = ops.list_uncommitted(state.store(), cutoff, session)
-    state.ui.records(
-        ["id", "session", "intent at", "age", "size", "media type", "label", "bytes"],
-        lambda: [
-            [
-                r.row.attachment_id,
-                r.row.session_id,
-                iso_ms(r.row.intent_at_epoch_ms),
-                age_text(now - r.row.intent_at_epoch_ms),
-                human_bytes(r.byte_len),
-                r.media_type,
-                r.label,
-                "present" if r.bytes_present else "missing",
-            ]
-            for r in rows
-        ],
-        lambda: [
+    store = state.store()
+    if state.ui.json:
+        count = state.ui.emit_json_array(
             {
                 "id": r.row.attachment_id,
                 "session_id": r.row.session_id,
@@ -55,7 +41,27 @@ def list_uncommitted(
                 "label": r.label,
                 "bytes_present": r.bytes_present,
             }
-            for r in rows
-        ],
-    )
-    state.ui.info(f"{len(rows)} uncommitted row(s)" + (f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""))
+            for r in ops.iter_uncommitted(store, cutoff, session)
+        )
+    else:
+        rows = ops.list_uncommitted(store, cutoff, session)
+        count = len(rows)
+        state.ui.records(
+            ["id", "session", "intent at", "age", "size", "media type", "label", "bytes"],
+            [
+                [
+                    r.row.attachment_id,
+                    r.row.session_id,
+                    iso_ms(r.row.intent_at_epoch_ms),
+                    age_text(now - r.row.intent_at_epoch_ms),
+                    human_bytes(r.byte_len),
+                    r.media_type,
+                    r.label,
+                    "present" if r.bytes_present else "missing",
+                ]
+                for r in rows
+            ],
+            None,
+        )
+    suffix = f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""
+    state.ui.info(f"{count} uncommitted row(s){suffix}")
