@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from lashctl.errors import Corrupt, StoreIOError
+from lashctl.ids import URI_SCHEME, canonical_uri
 from lashctl.manifest import ManifestState, Row, _parses, _strip_bom, parse_line
 from lashctl.manifest import VERSION as MANIFEST_VERSION
 
@@ -53,7 +54,6 @@ if TYPE_CHECKING:  # pragma: no cover
 # Bump when the tables, the fold or the validation change: an index of
 # another format is dropped and rebuilt.
 FORMAT = f"lashctl-index/1 manifest/{MANIFEST_VERSION}"
-URI_PREFIX = "sha256:"
 
 _CHUNK = 8 * 1024 * 1024  # bytes read at a time
 _BATCH_LINES = 50_000  # lines folded in Python before they are written
@@ -119,11 +119,11 @@ def index_path(manifest_path: Path) -> Path:
 
 
 def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, committed_at: int | None) -> Row:
-    return Row(session_id, attachment_id, URI_PREFIX + attachment_id if uri is None else uri, intent_at, committed_at)
+    return Row(session_id, attachment_id, canonical_uri(attachment_id) if uri is None else uri, intent_at, committed_at)
 
 
 def _stored_uri(attachment_id: str, uri: str) -> str | None:
-    return None if uri == URI_PREFIX + attachment_id else uri
+    return None if uri == canonical_uri(attachment_id) else uri
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
@@ -668,7 +668,7 @@ class ManifestIndex:
                 extra = row
         order = (extra.intent_at_epoch_ms, extra.attachment_id, extra.session_id) if extra else None
         last: tuple[int, str, str] | None = None  # sort key of the last row yielded
-        prefix = URI_PREFIX
+        prefix = URI_SCHEME  # inlined: this loop runs once per listed row
         try:
             while True:
                 try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError
-from lashctl.ids import is_utf8_text, is_valid_id
+from lashctl.ids import canonical_uri, is_utf8_text, is_valid_id
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
 
 FORMAT = "lashctl-manifest"
@@ -119,7 +119,7 @@ def intent_event(attachment_id: str, session_id: str, at_ms: int) -> dict:
         "op": "intent",
         "attachment_id": attachment_id,
         "session_id": session_id,
-        "canonical_uri": "sha256:" + attachment_id,
+        "canonical_uri": canonical_uri(attachment_id),
         "intent_at_epoch_ms": at_ms,
     }
 

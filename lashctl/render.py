@@ -98,10 +98,6 @@ class UI:
         if not self.quiet:
             print(message, file=sys.stderr)
 
-    def debug(self, message: str) -> None:
-        if self.verbose:
-            print(message, file=sys.stderr)
-
     def warn(self, message: str) -> None:
         if not self.quiet:
             print(f"lashctl: warning: {message}", file=sys.stderr)

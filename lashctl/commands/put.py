@@ -7,7 +7,6 @@ import typer
 
 from lashctl.commands import JsonFlag, SessionOption, app_state
 from lashctl.errors import StoreIOError, UsageError
-from lashctl.render import ProgressBar
 
 # Below these a put is over before a progress bar would be read.
 PROGRESS_MIN_INPUTS = 20
