@@ -242,18 +242,19 @@ class Stats:
 
 def stats(store: Store, state: ManifestState, now: int) -> Stats:
     out = Stats()
+    sizes: dict[str, int] = {}  # one walk of sha256/ serves every count below
     for attachment_id in store.blobs.iter_ids():
         st = store.blobs.blob_stat(attachment_id)
         if st is None:
             continue
+        sizes[attachment_id] = st.st_size
         kind = reference_state(state.rows_for(attachment_id))
         out.blobs += 1
         out.blob_bytes += st.st_size
         out.blobs_by_state[kind] += 1
         out.bytes_by_state[kind] += st.st_size
-    present = {i for i in store.blobs.iter_ids()}
     for row in state.rows.values():
-        missing = row.attachment_id not in present
+        missing = row.attachment_id not in sizes
         if row.committed:
             out.rows_committed += 1
             out.committed_rows_missing_bytes += missing
@@ -262,10 +263,9 @@ def stats(store: Store, state: ManifestState, now: int) -> Stats:
             out.uncommitted_rows_missing_bytes += missing
     _scanned, plan = plan_reclaim(state, now - default_grace_ms())
     for attachment_id, _aged, live in plan:
-        st = store.blobs.blob_stat(attachment_id)
-        if live is None and st is not None:
+        if live is None and attachment_id in sizes:
             out.orphans_reclaimable += 1
-            out.orphan_bytes_reclaimable += st.st_size
+            out.orphan_bytes_reclaimable += sizes[attachment_id]
     for stray in scan_strays(store):
         if stray.kind == "staging":
             out.staging_files += 1

@@ -33,7 +33,8 @@ def gc(
     cutoff = cutoff_ms(older_than, before, now, default=ops.DEFAULT_GRACE)
     ops.check_grace(cutoff, now, force)
     store = state.store()
-    with state.ui.progress("gc", sum(1 for _ in store.blobs.iter_ids()), unit="blobs") as bar:
+    total = sum(1 for _ in store.blobs.iter_ids()) if state.ui.wants_progress() else None
+    with state.ui.progress("gc", total, unit="blobs") as bar:
         report = audit.gc(store, cutoff, dry_run=dry_run, progress=bar.advance)
     state.ui.records(
         ["path", "kind", "action", "size", "reason"],

@@ -40,7 +40,9 @@ def verify(
         manifest_state = store.manifest.read_state()
     except Corrupt as exc:
         problem = exc.message
-    total = sum(st.st_size for i in store.blobs.iter_ids() if (st := store.blobs.blob_stat(i)) is not None)
+    total = None  # the bar's total costs a walk of the store: only when a bar is drawn
+    if state.ui.wants_progress():
+        total = sum(st.st_size for i in store.blobs.iter_ids() if (st := store.blobs.blob_stat(i)) is not None)
     now = now_ms()
     with state.ui.progress("verifying", total) as bar:
         if fix:
