@@ -50,12 +50,13 @@ def _build_command(name: str) -> Any:
 
     module_name = COMMANDS[name]
     module = importlib.import_module(f"lashctl.commands.{module_name}")
-    if name == "manifest":
-        group = get_group(module.app)
+    target = getattr(module, module_name, None) or module.app
+    if isinstance(target, typer.Typer):  # a group of subcommands
+        group = get_group(target)
         group.name = name
         return group
     return get_command_from_info(
-        CommandInfo(name=name, callback=getattr(module, module_name)),
+        CommandInfo(name=name, callback=target),
         pretty_exceptions_short=app.pretty_exceptions_short,
         rich_markup_mode=app.rich_markup_mode,
     )

@@ -28,13 +28,7 @@ class UI:
         # Indented for a person at a terminal; compact (and C-encoded, many
         # times faster on big listings) for the pipes that scripts read.
         indent = 2 if sys.stdout.isatty() else None
-        text = json.dumps(document, indent=indent, ensure_ascii=False)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            # A file name that is not UTF-8: escape it rather than emit invalid JSON.
-            text = json.dumps(document, indent=indent, ensure_ascii=True)
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(_dumps(document, indent) + "\n")
         sys.stdout.flush()
 
     def emit_json_array(self, items: Iterable[Any]) -> int:
@@ -49,12 +43,7 @@ class UI:
             return len(gathered)
         out, count, pending = sys.stdout, 0, ["["]
         for item in items:
-            try:
-                text = json.dumps(item, ensure_ascii=False)
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                text = json.dumps(item, ensure_ascii=True)
-            pending.append(("," if count else "") + text)
+            pending.append(("," if count else "") + _dumps(item, None))
             count += 1
             if len(pending) >= 1000:
                 out.write("".join(pending))
@@ -161,6 +150,16 @@ class _RichProgressBar(ProgressBar):
 
     def advance(self, amount: int = 1) -> None:
         self._progress.advance(self._task, amount)
+
+
+def _dumps(document: Any, indent: int | None) -> str:
+    text = json.dumps(document, indent=indent, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name that is not UTF-8: escape it rather than emit invalid JSON.
+        text = json.dumps(document, indent=indent, ensure_ascii=True)
+    return text
 
 
 def _plain(cell: object) -> str:
