@@ -26,7 +26,7 @@ from lashctl.manifest import (
     forget_event,
     intent_event,
 )
-from lashctl.store import CHUNK, BlobStore, StagedBlob, open_regular, unique_suffix, write_file_atomic
+from lashctl.store import CHUNK, BlobStore, StagedBlob, unique_suffix
 from lashctl.timefmt import now_ms
 
 MIN_GRACE_MS = 60_000
@@ -281,7 +281,7 @@ def _land_batch(
             )
         )
     for meta in metas:
-        if _write_sidecar(store, meta):
+        if store.blobs.write_sidecar(meta, sync_dir=False):
             renamed.add(meta.attachment_id)
     # One directory fsync per shard makes both the blob and sidecar renames durable.
     store.blobs.fsync_shards(renamed)
@@ -311,21 +311,6 @@ def _metadata_for(
     return sidecar.Metadata(
         staged.attachment_id, media_type, staged.byte_len, width, height, label
     )
-
-
-def _write_sidecar(store: Store, meta: sidecar.Metadata) -> bool:
-    """Write the sidecar unless it already says exactly this; True if written."""
-    path = store.blobs.sidecar_path(meta.attachment_id)
-    data = meta.encode()
-    try:
-        fd = open_regular(path)
-        with os.fdopen(fd, "rb") as handle:
-            if handle.read(len(data) + 1) == data:
-                return False  # unchanged: no write, no fsync
-    except OSError:
-        pass
-    store.blobs.write_sidecar(meta, sync_dir=False)
-    return True
 
 
 # -- get -----------------------------------------------------------------------

@@ -223,10 +223,20 @@ class BlobStore:
         self.checked_shard(attachment_id)
         return sidecar.read(self.sidecar_path(attachment_id))
 
-    def write_sidecar(self, meta, sync_dir: bool = True) -> None:
-        """Write a sidecar atomically beside its blob."""
+    def write_sidecar(self, meta, sync_dir: bool = True) -> bool:
+        """Write a sidecar atomically beside its blob, unless it already says
+        exactly this (no write, no fsync). True if it was written."""
         self.checked_shard(meta.attachment_id)
-        write_file_atomic(self.sidecar_path(meta.attachment_id), meta.encode(), self.tmp, sync_dir=sync_dir)
+        path = self.sidecar_path(meta.attachment_id)
+        data = meta.encode()
+        try:
+            with os.fdopen(open_regular(path), "rb") as handle:
+                if handle.read(len(data) + 1) == data:
+                    return False
+        except OSError:
+            pass  # absent or unreadable: write it
+        write_file_atomic(path, data, self.tmp, sync_dir=sync_dir)
+        return True
 
     @staticmethod
     def _check(attachment_id: str) -> None:
