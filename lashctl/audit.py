@@ -20,7 +20,7 @@ from lashctl.errors import LashctlError, NotFound, Refused, StoreIOError
 from lashctl.ids import is_valid_id
 from lashctl.manifest import ManifestState, Row
 from lashctl.ops import DEFAULT_GRACE, Store, plan_reclaim
-from lashctl.store import CHUNK, LASH_STAGING_SUFFIX, SIDECAR_SUFFIX, fsync_dir, open_regular, unique_suffix
+from lashctl.store import LASH_STAGING_SUFFIX, SIDECAR_SUFFIX, Entry, FileIdentity
 from lashctl.timefmt import parse_duration
 
 COMMITTED = "committed"
@@ -175,47 +175,51 @@ class StrayFile:
     byte_len: int
     mtime_ms: int
     reason: str
+    entry: Entry | None = None  # where it was found in the store, for removal
+    litter_name: str | None = None  # or a compaction's leftover beside the manifest
 
 
 def scan_strays(store: Store) -> Iterator[StrayFile]:
-    """Files under ``tmp/`` and ``sha256/`` that are not a blob or its sidecar."""
-    for entry in _scandir(store.blobs.tmp):
-        st = entry.stat(follow_symlinks=False)
-        yield StrayFile(Path(entry.path), "staging", st.st_size, st.st_mtime_ns // 1_000_000,
-                        "staging litter in tmp/")
-    for entry in _scandir(store.blobs.objects):
-        st = entry.stat(follow_symlinks=False)
-        if not stat.S_ISDIR(st.st_mode):
-            yield StrayFile(Path(entry.path), "stray", st.st_size, st.st_mtime_ns // 1_000_000,
-                            "not a shard directory")
+    """Files under ``tmp/`` and ``sha256/`` that are not a blob or its sidecar,
+    and the staging files a killed ``manifest compact`` left beside the manifest."""
+    for entry in store.blobs.walk():
+        st, name = entry.st, entry.name
+        mtime = st.st_mtime_ns // 1_000_000
+        size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+        if entry.directory == "tmp":
+            yield StrayFile(entry.path, "staging", size, mtime, "staging litter in tmp/", entry)
             continue
-        shard_ok = len(entry.name) == 2 and all(c in "0123456789abcdef" for c in entry.name)
-        for item in _scandir(Path(entry.path)):
-            ist = item.stat(follow_symlinks=False)
-            mtime = ist.st_mtime_ns // 1_000_000
-            name = item.name
-            base = name[: -len(SIDECAR_SUFFIX)] if name.endswith(SIDECAR_SUFFIX) else name
-            if name.endswith(LASH_STAGING_SUFFIX) or ".staging." in name:
-                yield StrayFile(Path(item.path), "staging", ist.st_size, mtime, "lash-core staging litter")
-            elif not shard_ok or not is_valid_id(base):
-                yield StrayFile(Path(item.path), "stray", ist.st_size, mtime, "name is not a blob id")
-            elif base[:2] != entry.name:
-                yield StrayFile(Path(item.path), "stray", ist.st_size, mtime, "in the wrong prefix directory")
-            elif stat.S_ISLNK(ist.st_mode):
-                yield StrayFile(Path(item.path), "stray", 0, mtime, "a symlink, not a file")
-            elif not stat.S_ISREG(ist.st_mode):
-                yield StrayFile(Path(item.path), "stray", 0, mtime, "not a regular file")
-            elif name.endswith(SIDECAR_SUFFIX) and not os.path.lexists(Path(entry.path) / base):
-                yield StrayFile(Path(item.path), "orphan-sidecar", ist.st_size, mtime, "a sidecar with no blob")
+        if entry.directory == "sha256":
+            if not stat.S_ISDIR(st.st_mode):
+                yield StrayFile(entry.path, "stray", size, mtime, "not a shard directory", entry)
+            continue
+        shard_name = entry.directory.rpartition("/")[2]
+        shard_ok = len(shard_name) == 2 and all(c in "0123456789abcdef" for c in shard_name)
+        base = name[: -len(SIDECAR_SUFFIX)] if name.endswith(SIDECAR_SUFFIX) else name
+        if name.endswith(LASH_STAGING_SUFFIX) or ".staging." in name:
+            yield StrayFile(entry.path, "staging", size, mtime, "lash-core staging litter", entry)
+        elif not shard_ok or not is_valid_id(base):
+            yield StrayFile(entry.path, "stray", size, mtime, "name is not a blob id", entry)
+        elif base[:2] != shard_name:
+            yield StrayFile(entry.path, "stray", size, mtime, "in the wrong prefix directory", entry)
+        elif stat.S_ISLNK(st.st_mode):
+            yield StrayFile(entry.path, "stray", 0, mtime, "a symlink, not a file", entry)
+        elif not stat.S_ISREG(st.st_mode):
+            yield StrayFile(entry.path, "stray", 0, mtime, "not a regular file", entry)
+        elif name.endswith(SIDECAR_SUFFIX) and not store.blobs.entry_exists(entry.directory, base):
+            yield StrayFile(entry.path, "orphan-sidecar", size, mtime, "a sidecar with no blob", entry)
+    manifest = store.manifest
+    for name, st in manifest.litter():
+        yield StrayFile(manifest.path.parent / name, "staging", st.st_size, st.st_mtime_ns // 1_000_000,
+                        "left by an interrupted manifest compaction", litter_name=name)
 
 
-def _scandir(path: Path) -> list[os.DirEntry]:
-    try:
-        return sorted(os.scandir(path), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as exc:
-        raise StoreIOError.wrap("list", path, exc) from exc
+def remove_stray(store: Store, stray: StrayFile) -> None:
+    """Unlink a stray file where it was found: never through a symlink, never a directory."""
+    if stray.litter_name is not None:
+        store.manifest.remove_litter(stray.litter_name)
+    elif stray.entry is not None:
+        store.blobs.remove_entry(stray.entry)
 
 
 # -- stats ---------------------------------------------------------------------
@@ -310,19 +314,6 @@ class VerifyReport:
         return [f for f in self.findings if f.repair]
 
 
-def hash_file(path: Path, progress: Progress | None = None) -> str:
-    digest = hashlib.sha256()
-    fd = open_regular(path)
-    with os.fdopen(fd, "rb", buffering=0) as handle:
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        while n := handle.readinto(buffer):
-            digest.update(view[:n])
-            if progress is not None:
-                progress(n)
-    return digest.hexdigest()
-
-
 def verify(
     store: Store,
     state: ManifestState | None,
@@ -345,11 +336,12 @@ def verify(
         report.findings.append(Finding("manifest-torn-tail", WARNING, str(store.manifest.path), None,
                                        "torn final line (a crashed append); the next write repairs it"))
     present: set[str] = set()
-    for attachment_id in store.blobs.iter_ids():
-        present.add(attachment_id)
-        _verify_blob(store, attachment_id, state, report, fix, progress)
-    for stray in scan_strays(store):
-        _verify_stray(store, stray, report, fix, now, grace)
+    with store.blobs.opened():
+        for attachment_id in store.blobs.iter_ids():
+            present.add(attachment_id)
+            _verify_blob(store, attachment_id, state, report, fix, progress)
+        for stray in scan_strays(store):
+            _verify_stray(store, stray, report, fix, now, grace)
     if state is not None:
         for row in state.rows.values():
             if row.attachment_id in present:
@@ -371,18 +363,30 @@ def _verify_blob(store: Store, attachment_id: str, state: ManifestState | None, 
     path = store.blobs.blob_path(attachment_id)
     side = store.blobs.sidecar_path(attachment_id)
     try:
-        actual = hash_file(path, progress)
-    except OSError as exc:
-        report.findings.append(Finding("unreadable", ERROR, str(path), attachment_id,
-                                       f"cannot read: {exc.strerror or exc}"))
+        actual, hashed, links = store.blobs.hash_blob(attachment_id, progress)
+    except LashctlError as exc:
+        report.findings.append(Finding("unreadable", ERROR, str(path), attachment_id, exc.message))
         return
     report.blobs_checked += 1
-    size = os.lstat(path).st_size
+    size = hashed.size
     report.bytes_checked += size
+    if links > 1:
+        report.findings.append(Finding(
+            "hard-linked", ERROR, str(path), attachment_id,
+            f"the blob has {links} hard links: it may be shared with a file outside the store"))
+    side_st = store.blobs.entry_stat(attachment_id, SIDECAR_SUFFIX)
+    if side_st is not None and stat.S_ISREG(side_st.st_mode) and side_st.st_nlink > 1:
+        report.findings.append(Finding(
+            "hard-linked", ERROR, str(side), attachment_id,
+            f"the sidecar has {side_st.st_nlink} hard links: it may be shared with a file outside the store"))
     if actual != attachment_id:
         finding = Finding("hash-mismatch", ERROR, str(path), attachment_id, f"content hashes to {actual}")
         if fix:
-            finding.repair = f"moved to {quarantine(store, attachment_id)}"
+            moved = quarantine(store, attachment_id, hashed)
+            if moved is not None:
+                finding.repair = f"moved to {moved}"
+            else:
+                finding.message += "; not quarantined: the file changed after it was hashed (re-run verify)"
         report.findings.append(finding)
         return
     meta, problem = _read_sidecar(store, attachment_id)
@@ -411,37 +415,31 @@ def _verify_stray(store: Store, stray: StrayFile, report: VerifyReport, fix: boo
                       str(stray.path), None, stray.reason)
     if fix and stray.kind == "staging" and stray.mtime_ms <= now - grace:
         try:
-            os.unlink(stray.path)
+            remove_stray(store, stray)
             finding.repair = "removed (older than the grace period)"
-        except OSError as exc:
-            finding.message += f"; could not remove: {exc.strerror}"
+        except (LashctlError, OSError) as exc:
+            reason = exc.message if isinstance(exc, LashctlError) else exc.strerror
+            finding.message += f"; could not remove: {reason}"
     report.findings.append(finding)
 
 
-def quarantine(store: Store, attachment_id: str) -> Path:
-    """Move a corrupt blob (and its sidecar) to ``<root>/quarantine/``; never delete bytes."""
-    target_dir = store.root / "quarantine"
-    target_dir.mkdir(exist_ok=True)
+def quarantine(store: Store, attachment_id: str, hashed: FileIdentity) -> Path | None:
+    """Move the corrupt blob that was hashed (and its sidecar) to ``<root>/quarantine/``.
+
+    Never deletes bytes; leaves the blob alone (None) if it is no longer the
+    file that was hashed (a put healed it meanwhile).
+    """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = target_dir / f"{attachment_id}.{stamp}.{unique_suffix(3)}"
-    try:
-        os.rename(store.blobs.blob_path(attachment_id), target)
-        side = store.blobs.sidecar_path(attachment_id)
-        if os.path.lexists(side):
-            os.rename(side, Path(str(target) + SIDECAR_SUFFIX))
-        fsync_dir(target_dir)
-        fsync_dir(store.blobs.shard_dir(attachment_id))
-    except OSError as exc:
-        raise StoreIOError.wrap("quarantine", store.blobs.blob_path(attachment_id), exc) from exc
-    return target
+    return store.blobs.quarantine(attachment_id, hashed, stamp)
 
 
 def rebuild_sidecar(store: Store, attachment_id: str, size: int) -> sidecar.Metadata:
-    path = store.blobs.blob_path(attachment_id)
-    with open(path, "rb") as handle:
+    with store.blobs.open_blob(attachment_id) as handle:
         head = handle.read(64 * 1024)
-    media_type = media.sniff(head) or media.OCTET_STREAM
-    dims = media.image_size(path) if media.sniff(head) else None
+        sniffed = media.sniff(head)
+        handle.seek(0)
+        dims = media.image_size(handle) if sniffed else None
+    media_type = sniffed or media.OCTET_STREAM
     meta = sidecar.Metadata(attachment_id, media_type, size,
                             dims[0] if dims else None, dims[1] if dims else None, None)
     store.blobs.ensure_writable_layout()
@@ -477,26 +475,40 @@ class GcReport:
         return [i for i in self.items if i.action == "failed"]
 
 
-def gc(store: Store, cutoff: int, dry_run: bool = False, progress: Progress | None = None) -> GcReport:
+def gc(store: Store, cutoff: int, dry_run: bool = False, progress: Progress | None = None,
+       force: bool = False) -> GcReport:
     """Mark and sweep: delete unreferenced blobs and staging litter older than ``cutoff``.
 
     Assumes every writer of this store records intents in this manifest: a
     blob another writer placed without an intent here looks unreferenced.
+    ``force`` sweeps even when the manifest holds no rows (or none for any
+    blob present), which otherwise looks like the wrong manifest.
     """
+    store.manifest.check_writable()  # a FIFO or /dev/null is refused before anything else
     if dry_run:
-        return _gc(store, cutoff, True, progress)
-    with store.manifest.locked():
-        return _gc(store, cutoff, False, progress)
+        with store.blobs.opened():
+            return _gc(store, cutoff, True, progress, force)
+    with store.manifest.locked(), store.blobs.opened():
+        return _gc(store, cutoff, False, progress, force)
 
 
-def _gc(store: Store, cutoff: int, dry_run: bool, progress: Progress | None) -> GcReport:
-    if not store.manifest.path.exists() and next(store.blobs.iter_ids(), None) is not None:
+def _gc(store: Store, cutoff: int, dry_run: bool, progress: Progress | None, force: bool) -> GcReport:
+    manifest = store.manifest.path
+    first_blob = next(store.blobs.iter_ids(), None)
+    if not os.path.lexists(manifest) and first_blob is not None:
         # A mistyped --manifest would make every blob look unreferenced.
         raise Refused(
-            f"refusing gc: manifest {store.manifest.path} does not exist, so every blob would look "
+            f"refusing gc: manifest {manifest} does not exist, so every blob would look "
             "unreferenced (check --manifest; create an empty manifest to really sweep them all)"
         )
     state = store.manifest.read_state()
+    if first_blob is not None and not force and not any(state.rows_for(i) for i in store.blobs.iter_ids()):
+        # An empty, truncated or foreign manifest: every blob would look unreferenced.
+        what = "holds no rows" if not state.rows else "references none of the blobs present"
+        raise Refused(
+            f"refusing gc: manifest {manifest} {what}, so every blob would look unreferenced "
+            "(check --manifest; use --force to sweep them all)"
+        )
     report = GcReport(cutoff_epoch_ms=cutoff, dry_run=dry_run)
     touched = []
     for attachment_id in store.blobs.iter_ids():
@@ -525,9 +537,9 @@ def _gc(store: Store, cutoff: int, dry_run: bool, progress: Progress | None) -> 
         item = GcItem(str(stray.path), None, stray.kind, stray.byte_len, "delete", stray.reason)
         if not dry_run:
             try:
-                os.unlink(stray.path)
-            except FileNotFoundError:
-                pass
+                remove_stray(store, stray)
+            except LashctlError as exc:
+                item.action, item.error, item.byte_len = "failed", exc.message, 0
             except OSError as exc:
                 item.action, item.error, item.byte_len = "failed", f"cannot delete: {exc.strerror}", 0
         report.items.append(item)

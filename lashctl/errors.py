@@ -57,6 +57,13 @@ class Corrupt(LashctlError):
     exit_code = EXIT_CORRUPT
 
 
+class UnsafePath(Corrupt):
+    """A symlink, a non-directory or a foreign owner where the store expects its own directory or file.
+
+    Nothing is opened, written or removed through it; the command stops.
+    """
+
+
 class LockTimeout(LashctlError):
     """The manifest lock could not be taken in time."""
 

@@ -19,6 +19,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import sys
 import time
 from contextlib import contextmanager
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from lashctl.errors import Corrupt, LockTimeout, StoreIOError
+from lashctl.errors import Corrupt, LockTimeout, StoreIOError, UnsafePath
+from lashctl.fsutil import NotARegularFile, describe_mode, fsync_dir, open_regular, write_all, write_file_atomic
 from lashctl.ids import canonical_uri, is_utf8_text, is_valid_id
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
 
@@ -36,6 +38,7 @@ HEADER = {"op": "header", "format": FORMAT, "version": VERSION}
 OPS = ("header", "intent", "commit", "forget")
 _LOCK_POLL_S = 0.02
 _TAIL_PROBE = 64 * 1024
+_EVENT_START = b'{"op":'  # how every line lashctl writes begins
 
 Warn = Callable[[str], None]
 
@@ -222,10 +225,17 @@ def _parses(raw: bytes) -> bool:
 
 
 class Manifest:
-    """A manifest file and its lock: read the state, append events, compact."""
+    """A manifest file and its lock: read the state, append events, compact.
+
+    A manifest reached through a symlink (kept on another disk, say) is
+    resolved once, here: the lock, the appends and compaction all work on the
+    real file, so every route to one log shares one lock, and compaction
+    replaces the file, never the link. Nothing is created through a symlink.
+    """
 
     def __init__(self, path: Path, lock_timeout: float = 30.0, warn: Warn = _stderr_warn) -> None:
-        self.path = Path(path)
+        self.given_path = Path(path)
+        self.path = Path(os.path.realpath(path)) if os.path.islink(path) else self.given_path
         self.lock_path = Path(str(self.path) + ".lock")
         self.lock_timeout = lock_timeout
         self.warn = warn
@@ -242,13 +252,10 @@ class Manifest:
         A malformed line raises Corrupt, or with ``on_error`` is reported to it
         and skipped (``manifest check`` lists every bad line).
         """
-        try:
-            handle = open(self.path, "rb")
-        except FileNotFoundError:
+        fd = self.open_for_reading()
+        if fd is None:
             return
-        except OSError as exc:
-            raise StoreIOError.wrap("read", self.path, exc) from exc
-        with handle:
+        with os.fdopen(fd, "rb") as handle:
             lineno = 0
             for raw in handle:
                 lineno += 1
@@ -283,6 +290,57 @@ class Manifest:
         state.lines = count
         return state
 
+    def open_for_reading(self) -> int | None:
+        """A descriptor of the manifest, None if it does not exist.
+
+        Never follows a symlink swapped in after the path was resolved, and
+        never blocks on a FIFO: anything but a regular file is refused at once.
+        """
+        try:
+            return open_regular(self.path)
+        except FileNotFoundError:
+            return None
+        except NotARegularFile as exc:
+            raise Corrupt(f"manifest {self.path} is {exc.strerror}, not a regular file") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(f"manifest {self.path} became a symlink: refusing to follow it") from exc
+            raise StoreIOError.wrap("read", self.path, exc) from exc
+
+    def check_regular(self) -> bool:
+        """Whether the manifest exists; Corrupt if something other than a regular file is there."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreIOError.wrap("read", self.path, exc) from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise Corrupt(f"manifest {self.path} is {describe_mode(st.st_mode)}, not a regular file")
+        return True
+
+    def check_writable(self) -> None:
+        """Refuse, before any lock file exists, a manifest a writer must not touch.
+
+        A dangling symlink (the file would be created wherever it points),
+        anything that is not a regular file (a FIFO, /dev/null, a directory),
+        or a file that does not read as a manifest (Corrupt, file untouched).
+        """
+        if not self.check_regular():
+            if self.path != self.given_path:
+                raise UnsafePath(
+                    f"manifest {self.given_path} is a symlink to {self.path}, which does not exist: "
+                    "refusing to create a file through a symlink")
+            return
+        fd = self.open_for_reading()
+        if fd is not None:
+            try:
+                size = os.fstat(fd).st_size
+                if size:
+                    self._check_reads_as_manifest(fd, size)
+            finally:
+                os.close(fd)
+
     # -- locking ---------------------------------------------------------------
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -290,10 +348,15 @@ class Manifest:
         if self._lock_fd is not None:
             yield  # re-entrant within one process
             return
+        self.check_writable()
         self._ensure_parent()
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_regular(self.lock_path, flags=os.O_RDWR | os.O_CREAT)
+        except NotARegularFile as exc:
+            raise UnsafePath(f"lock file {self.lock_path} is {exc.strerror}: refusing to use it") from exc
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(f"lock file {self.lock_path} is a symlink: refusing to use it") from exc
             raise StoreIOError.wrap("open lock file", self.lock_path, exc) from exc
         try:
             deadline = time.monotonic() + max(self.lock_timeout, 0.0)
@@ -336,9 +399,14 @@ class Manifest:
             raise RuntimeError("Manifest.append called without holding the lock")
         if not events:
             return
+        self.check_writable()
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_regular(self.path, flags=os.O_RDWR | os.O_CREAT)
+        except NotARegularFile as exc:
+            raise Corrupt(f"manifest {self.path} is {exc.strerror}, not a regular file") from exc
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(f"manifest {self.path} became a symlink: refusing to follow it") from exc
             raise StoreIOError.wrap("open", self.path, exc) from exc
         created = False
         try:
@@ -348,21 +416,40 @@ class Manifest:
                 prefix = encode_events([HEADER])
                 created = True
             else:
+                self._check_reads_as_manifest(fd, size)
                 size, prefix = self._repair_tail(fd, size)
             payload = prefix + encode_events(events)
             os.lseek(fd, size, os.SEEK_SET)
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, payload)
             os.fsync(fd)
         except OSError as exc:
             raise StoreIOError.wrap("append to", self.path, exc) from exc
         finally:
             os.close(fd)
         if created:
-            from lashctl.store import fsync_dir
-
             fsync_dir(self.path.parent)
+
+    def _check_reads_as_manifest(self, fd: int, size: int) -> None:
+        """Refuse (Corrupt, file untouched) to append to a file that is not a manifest.
+
+        Its first line must be a header or a valid event; a file holding only
+        an unterminated line may also be lashctl's own first append, torn by a
+        crash (it starts the way every manifest lashctl creates starts).
+        """
+        head = os.pread(fd, min(size, _TAIL_PROBE), 0)
+        *complete, tail = head.split(b"\n")
+        first = next((line for line in complete if line.strip()), None)
+        if first is not None:
+            try:
+                parse_line(first, 1, self.path)
+                return
+            except Corrupt as exc:
+                raise Corrupt(f"{exc.message}: not a manifest, refusing to append to it") from exc
+        if size <= _TAIL_PROBE:
+            raw = _strip_bom(tail).strip()
+            if not raw or _parses(raw) or raw.startswith(_EVENT_START) or _EVENT_START.startswith(raw):
+                return  # empty, one complete event, or an append torn before its first newline
+        raise Corrupt(f"{self.path}:1: not a manifest (no event at its start): refusing to append to it")
 
     def _repair_tail(self, fd: int, size: int) -> tuple[int, bytes]:
         """Where to append, and what to write first, given the file's tail."""
@@ -407,11 +494,38 @@ class Manifest:
                 events.append(
                     commit_event(row.attachment_id, row.session_id, row.committed_at_epoch_ms)
                 )
-        from lashctl.store import write_file_atomic
-
-        # Stage beside the manifest: the rename must not cross file systems.
-        write_file_atomic(self.path, encode_events(events), self.path.parent)
+        # Staged beside the real file (never the link): the rename must not
+        # cross file systems, and a symlinked manifest stays a symlink.
+        write_file_atomic(self.path, encode_events(events))
         return len(events)
+
+    # -- litter ------------------------------------------------------------------
+    def litter(self) -> list[tuple[str, os.stat_result]]:
+        """Staging files a killed compaction left beside the manifest (``.<name>.<random>.part``)."""
+        prefix, parent = f".{self.path.name}.", self.path.parent
+        try:
+            names = [n for n in os.listdir(parent) if n.startswith(prefix) and n.endswith(".part")]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StoreIOError.wrap("list", parent, exc) from exc
+        found = []
+        for name in sorted(names):
+            try:
+                st = os.lstat(parent / name)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append((name, st))
+        return found
+
+    def remove_litter(self, name: str) -> None:
+        if not (name.startswith(f".{self.path.name}.") and name.endswith(".part")) or "/" in name:
+            raise ValueError(f"not compaction litter: {name!r}")
+        try:
+            os.unlink(self.path.parent / name)
+        except FileNotFoundError:
+            pass
 
 
 @dataclass

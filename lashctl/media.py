@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from typing import BinaryIO
 
 from lashctl.errors import UsageError
 
@@ -64,11 +64,11 @@ def guess_from_name(name: str) -> str | None:
         return None
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """Width and height stored in an image file's header, or None if unreadable."""
+def image_size(stream: BinaryIO) -> tuple[int, int] | None:
+    """Width and height stored in an image's header (read from a seekable stream), or None."""
     import imagesize
 
-    width, height = imagesize.get(str(path), exif_rotation=False)
+    width, height = imagesize.get(stream, exif_rotation=False)
     if width is None or height is None or width <= 0 or height <= 0:
         return None
     return int(width), int(height)

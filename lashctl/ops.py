@@ -211,23 +211,24 @@ def put(
     explicit_type = (
         media.normalize_mime(options.media_type) if options.media_type is not None else None
     )
-    store.blobs.ensure_writable_layout()
     batch: list[tuple[PutSource, StagedBlob]] = []
     batch_bytes = 0
-    try:
-        for source in sources:
-            staged = _stage_source(store, source, progress)
-            batch.append((source, staged))
-            batch_bytes += staged.byte_len
-            if len(batch) >= PUT_BATCH_FILES or batch_bytes >= PUT_BATCH_BYTES:
+    with store.blobs.opened():
+        store.blobs.ensure_writable_layout()
+        try:
+            for source in sources:
+                staged = _stage_source(store, source, progress)
+                batch.append((source, staged))
+                batch_bytes += staged.byte_len
+                if len(batch) >= PUT_BATCH_FILES or batch_bytes >= PUT_BATCH_BYTES:
+                    yield from _land_batch(store, batch, options, explicit_type)
+                    batch, batch_bytes = [], 0
+            if batch:
                 yield from _land_batch(store, batch, options, explicit_type)
-                batch, batch_bytes = [], 0
-        if batch:
-            yield from _land_batch(store, batch, options, explicit_type)
-            batch = []
-    finally:
-        for _source, staged in batch:
-            store.blobs.discard(staged)
+                batch = []
+        finally:
+            for _source, staged in batch:
+                store.blobs.discard(staged)
 
 
 def _stage_source(store: Store, source: PutSource, progress: Callable[[int], None] | None) -> StagedBlob:
@@ -303,7 +304,8 @@ def _metadata_for(
     )
     width, height = options.width, options.height
     if (width is None or height is None) and media.sniff(staged.head) is not None:
-        size = media.image_size(staged.path)
+        with store.blobs.open_staged(staged) as stream:
+            size = media.image_size(stream)
         if size is not None:
             width = size[0] if width is None else width
             height = size[1] if height is None else height
@@ -328,12 +330,13 @@ def blob_info(store: Store, attachment_id: str) -> BlobInfo:
 
     A missing sidecar is not an error: ``metadata`` is None (the bytes are there).
     """
-    st = store.blobs.blob_stat(attachment_id)
     path = store.blobs.blob_path(attachment_id)
+    st = store.blobs.entry_stat(attachment_id)  # UnsafePath for a shard that is a symlink
     if st is None:
-        if os.path.islink(path):
-            raise Corrupt(f"{path} is a symlink, not a blob: refusing to follow it")
         raise NotFound(f"no blob {attachment_id} in store {store.root}")
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise Corrupt(f"{path} is {what}, not a blob: refusing to follow it")
     side_path = store.blobs.sidecar_path(attachment_id)
     meta = store.blobs.read_sidecar(attachment_id)
     if meta is not None and meta.attachment_id != attachment_id:
@@ -411,13 +414,15 @@ def delete(store: Store, queries: list[IdQuery], force: bool = False, dry_run: b
     manifest row, naming the sessions, unless ``force``. Absent blobs succeed.
     """
     if dry_run:
-        return _delete_locked(store, queries, force, dry_run)
+        with store.blobs.opened():
+            return _delete_locked(store, queries, force, dry_run)
     precheck_prefixes(store, queries)
-    with store.manifest.locked():
+    with store.manifest.locked(), store.blobs.opened():
         return _delete_locked(store, queries, force, dry_run)
 
 
 def _delete_locked(store: Store, queries: list[IdQuery], force: bool, dry_run: bool) -> list[DeleteResult]:
+    store.blobs.check_layout()
     state = store.manifest.read_state()
     ids = list(dict.fromkeys(resolve_ids(store, queries, state)))
     referenced = {i: sorted({r.session_id for r in state.rows_for(i)}) for i in ids}
@@ -431,9 +436,9 @@ def _delete_locked(store: Store, queries: list[IdQuery], force: bool, dry_run: b
             )
     results = []
     for attachment_id in ids:
-        st = store.blobs.blob_stat(attachment_id)
-        present = st is not None or os.path.lexists(store.blobs.blob_path(attachment_id))
-        size = st.st_size if st is not None else 0
+        st = store.blobs.entry_stat(attachment_id)
+        present = st is not None
+        size = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
         if not dry_run:
             store.blobs.delete(attachment_id)
         results.append(DeleteResult(attachment_id, present, size, referenced[attachment_id], dry_run))
@@ -576,11 +581,11 @@ class ReclaimReport:
         return [i for i in self.items if i.action == FAILED]
 
 
-def check_grace(cutoff: int, now: int, force: bool) -> None:
+def check_grace(cutoff: int, now: int, force: bool, option: str = "cutoff") -> None:
     if cutoff > now - MIN_GRACE_MS and not force:
+        what = "a cutoff less than 1 minute in the past" if option == "cutoff" else f"{option} under 1 minute"
         raise Refused(
-            "refusing a cutoff less than 1 minute in the past: puts in flight could be "
-            "swept (use --force if no writer is running)"
+            f"refusing {what}: puts in flight could be swept (use --force if no writer is running)"
         )
 
 
@@ -621,12 +626,14 @@ def reclaim(
     a real run on the same state acts on.
     """
     if dry_run:
-        return _reclaim(store, cutoff, True, progress)
-    with store.manifest.locked():
+        with store.blobs.opened():
+            return _reclaim(store, cutoff, True, progress)
+    with store.manifest.locked(), store.blobs.opened():
         return _reclaim(store, cutoff, False, progress)
 
 
 def _reclaim(store: Store, cutoff: int, dry_run: bool, progress: Callable[[int], None] | None) -> ReclaimReport:
+    store.blobs.check_layout()
     state = store.manifest.read_state()
     scanned, plan = plan_reclaim(state, cutoff)
     report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned)
@@ -645,7 +652,11 @@ def _reclaim(store: Store, cutoff: int, dry_run: bool, progress: Callable[[int],
         else:
             item = ReclaimItem(attachment_id, RECLAIM, sessions, size, present,
                                "orphan: no live row" + ("" if present else "; bytes already gone"))
-            if not dry_run:
+            problem = store.blobs.delete_problem(attachment_id)
+            if problem is not None:
+                # The dry run says what the real run will do: this delete fails.
+                item.action, item.error, item.byte_len = FAILED, problem, 0
+            elif not dry_run:
                 try:
                     item.byte_len = store.blobs.delete(attachment_id)
                     touched.append(attachment_id)

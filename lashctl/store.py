@@ -1,112 +1,94 @@
 """BlobStore: the content-addressed half of a lash attachment store.
 
-Layout (compatible with lash-core's FileAttachmentStore)::
+Layout (README, "The store format"; compatible with lash-core's FileAttachmentStore)::
 
     <root>/sha256/<id[0:2]>/<id>        blob bytes, never modified once written
     <root>/sha256/<id[0:2]>/<id>.json   metadata sidecar
     <root>/tmp/                          lashctl's staging area
+    <root>/quarantine/                   corrupt blobs moved aside by ``verify --fix``
 
 Every path is derived from a validated id (``lashctl.ids.is_valid_id``), never
-from text read out of the manifest. Writes are crash-atomic: stage in the same
-file system, fsync, rename into place, fsync the directory.
+from text read out of the manifest. Every file is reached through descriptors
+of directories opened with ``O_NOFOLLOW`` (``lashctl.fsutil``) and owned by the
+store's owner: a symlink planted at the root, ``sha256/``, a shard, ``tmp/`` or
+``quarantine/`` is refused, never followed. Writes are crash-atomic: stage in
+``tmp/``, fsync, rename into place, fsync the directory.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
-from lashctl.errors import Corrupt, NotFound, StoreIOError
+from lashctl.errors import Corrupt, NotFound, StoreIOError, UnsafePath
+from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store)
+    STAGING_SUFFIX,
+    NotARegularFile,
+    describe_mode,
+    fsync_dir,
+    make_dir,
+    open_dir,
+    open_regular,
+    unique_suffix,
+    unlink_quietly,
+    write_all,
+)
 from lashctl.ids import is_valid_id
 
 CHUNK = 1024 * 1024
 HEAD_BYTES = 64 * 1024  # kept from the start of a staged blob for sniffing
-STAGING_SUFFIX = ".part"
 LASH_STAGING_SUFFIX = ".tmp"  # lash-core stages a write in a sibling <final>.tmp
 SIDECAR_SUFFIX = ".json"
+MAX_SIDECAR_BYTES = 1024 * 1024
+
+ROOT, OBJECTS, TMP, QUARANTINE = "", "sha256", "tmp", "quarantine"
 
 
 @dataclass
 class StagedBlob:
-    """Bytes written to a staging file, not yet at their final path.
+    """Bytes written to a staging file in ``tmp/``, not yet at their final path.
 
     The staging file is fsynced only when it is about to be renamed into
     place (``BlobStore.install``): a duplicate that is dropped never pays
     for an fsync.
     """
 
-    path: Path
+    path: Path  # for messages; the file is reached as ``name`` under tmp/
+    name: str
     attachment_id: str
     byte_len: int
     head: bytes
 
 
-class NotARegularFile(OSError):
-    """A FIFO, device, socket or directory where a file was expected."""
+@dataclass(frozen=True)
+class FileIdentity:
+    """What makes "the file that was hashed" the same file a moment later."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "FileIdentity":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def open_regular(path: Path | str) -> int:
-    """Open a regular file for reading without following a final symlink.
+@dataclass
+class Entry:
+    """A directory entry found by a walk of ``tmp/`` or ``sha256/`` (never followed)."""
 
-    O_NONBLOCK keeps a FIFO planted at the path from hanging the open;
-    anything but a regular file is refused (NotARegularFile, errno EINVAL).
-    A symlink gives OSError with errno ELOOP.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
-    os.set_blocking(fd, True)
-    return fd
-
-
-def unique_suffix(nbytes: int = 6) -> str:
-    """Random hex for staging names (os.urandom: no import of ``secrets`` at start-up)."""
-    return os.urandom(nbytes).hex()
-
-
-def _fsync_path(path: Path, flags: int = 0) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    _fsync_path(path, os.O_DIRECTORY)
-
-
-def write_file_atomic(path: Path, data: bytes, staging_dir: Path, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``path`` crash-atomically (stage, fsync, rename, fsync dir)."""
-    tmp = staging_dir / f".{path.name}.{unique_suffix()}{STAGING_SUFFIX}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as exc:
-        _unlink_quietly(tmp)
-        raise StoreIOError.wrap("write", path, exc) from exc
-    if sync_dir:
-        fsync_dir(path.parent)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    directory: str  # "tmp", "sha256" or "sha256/<shard>"
+    name: str
+    st: os.stat_result
+    path: Path
 
 
 def _read_into(source: BinaryIO, buffer: bytearray, source_name: str) -> int:
@@ -123,8 +105,7 @@ def _read_into(source: BinaryIO, buffer: bytearray, source_name: str) -> int:
 
 def _write_all(fd: int, chunk: memoryview, path: Path) -> None:
     try:
-        while chunk:
-            chunk = chunk[os.write(fd, chunk):]
+        write_all(fd, chunk)
     except OSError as exc:
         raise StoreIOError.wrap("write", path, exc) from exc
 
@@ -181,17 +162,109 @@ class _ChunkWriter:
 
 
 class BlobStore:
-    """Paths, staging, atomic installs, streaming reads and deletes of blobs."""
+    """Staging, atomic installs, streaming reads, walks and deletes of blobs."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.objects = self.root / "sha256"
-        self.tmp = self.root / "tmp"
+        self.objects = self.root / OBJECTS
+        self.tmp = self.root / TMP
+        self.quarantine_dir = self.root / QUARANTINE
+        self._fds: dict[str, int | None] = {}
+        self._depth = 0
+        self._owners: frozenset[int] | None = None
 
-    # -- paths ---------------------------------------------------------------
+    # -- directory descriptors ---------------------------------------------------
+    @contextmanager
+    def opened(self) -> Iterator["BlobStore"]:
+        """Keep the directories this store opens open until the outermost exit.
+
+        Batches (a put, a sweep, a walk) wrap themselves in this so that each
+        directory is opened, and checked, once.
+        """
+        self._depth += 1
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                self._close_all()
+
+    def _close_all(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            if fd is not None:
+                os.close(fd)
+
+    def __del__(self) -> None:  # a generator abandoned mid-walk
+        try:
+            self._close_all()
+        except Exception:
+            pass
+
+    def _where(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def _dir(self, key: str, create: bool = False) -> int | None:
+        """The descriptor of ``<root>/<key>`` (None if absent and not created).
+
+        Refuses (UnsafePath) a symlink, a non-directory or a foreign owner.
+        """
+        assert self._depth, "BlobStore directories are opened inside opened()"
+        fd = self._fds.get(key, -1)
+        if fd is not None and fd >= 0:
+            return fd
+        if fd is None and not create:
+            return None
+        if key == ROOT:
+            fd = self._open_root(create)
+        else:
+            parent_key, _, name = key.rpartition("/")
+            parent = self._dir(parent_key, create)
+            if parent is None:
+                fd = None
+            elif create:
+                fd = make_dir(name, self._where(key), parent, self._owners)
+            else:
+                fd = open_dir(name, self._where(key), parent, self._owners)
+        self._fds[key] = fd
+        return fd
+
+    def _open_root(self, create: bool) -> int | None:
+        fd = open_dir(self.root, self.root)
+        if fd is None and create:
+            try:
+                os.makedirs(self.root, exist_ok=True)
+            except FileExistsError:
+                pass  # something that is not a directory: open_dir names it
+            except OSError as exc:
+                raise StoreIOError.wrap("create", self.root, exc) from exc
+            fd = open_dir(self.root, self.root)
+            if fd is None:
+                raise StoreIOError(f"cannot create {self.root}: it vanished while being created")
+        if fd is not None:
+            uid, me = os.fstat(fd).st_uid, os.geteuid()
+            if uid != me and me != 0:
+                os.close(fd)
+                raise UnsafePath(f"store root {self.root} is owned by uid {uid}, not by you: refusing to use it")
+            self._owners = frozenset((uid, me))
+        return fd
+
+    @staticmethod
+    def _shard_key(attachment_id: str) -> str:
+        # Last line of defence: a path is only ever built from a valid id.
+        if not is_valid_id(attachment_id):
+            raise ValueError(f"not a valid attachment id: {attachment_id!r}")
+        return f"{OBJECTS}/{attachment_id[:2]}"
+
+    def check_layout(self) -> None:
+        """Refuse now (UnsafePath) a root, ``sha256/`` or ``tmp/`` that is a symlink or not ours."""
+        with self.opened():
+            for key in (ROOT, OBJECTS, TMP):
+                self._dir(key)
+
+    # -- paths (for messages and reports) ------------------------------------------
     def shard_dir(self, attachment_id: str) -> Path:
-        self._check(attachment_id)
-        return self.objects / attachment_id[:2]
+        return self.root / self._shard_key(attachment_id)
 
     def blob_path(self, attachment_id: str) -> Path:
         return self.shard_dir(attachment_id) / attachment_id
@@ -200,60 +273,116 @@ class BlobStore:
         return self.shard_dir(attachment_id) / (attachment_id + SIDECAR_SUFFIX)
 
     def checked_shard(self, attachment_id: str) -> Path:
-        """The shard directory, refusing one that is a symlink or not a directory.
-
-        Paths below a planted symlink would lead outside the store: nothing
-        is read, written or removed through one.
-        """
-        shard = self.shard_dir(attachment_id)
-        st = self._lstat(shard)
-        if st is not None and not stat.S_ISDIR(st.st_mode):
-            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
-            raise Corrupt(f"shard directory {shard} is {what}: refusing to use it")
-        return shard
+        """The shard directory, refusing one that is a symlink or not a directory."""
+        with self.opened():
+            self._dir(self._shard_key(attachment_id))
+        return self.shard_dir(attachment_id)
 
     def shard_is_real(self, attachment_id: str) -> bool:
-        st = self._lstat(self.shard_dir(attachment_id))
-        return st is not None and stat.S_ISDIR(st.st_mode)
+        with self.opened():
+            try:
+                return self._dir(self._shard_key(attachment_id)) is not None
+            except UnsafePath:
+                return False
 
+    # -- stat ------------------------------------------------------------------------
+    def entry_stat(self, attachment_id: str, suffix: str = "") -> os.stat_result | None:
+        """lstat of ``<id><suffix>`` in its shard; None if absent. UnsafePath for a bad shard."""
+        with self.opened():
+            shard = self._dir(self._shard_key(attachment_id))
+            if shard is None:
+                return None
+            try:
+                return os.stat(attachment_id + suffix, dir_fd=shard, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                raise StoreIOError.wrap("stat", self.blob_path(attachment_id).with_name(attachment_id + suffix),
+                                        exc) from exc
+
+    def blob_stat(self, attachment_id: str) -> os.stat_result | None:
+        """The blob's lstat if a regular file is at its path in a real shard, else None."""
+        try:
+            st = self.entry_stat(attachment_id)
+        except UnsafePath:
+            return None
+        return st if st is not None and stat.S_ISREG(st.st_mode) else None
+
+    def has_blob(self, attachment_id: str) -> bool:
+        return self.blob_stat(attachment_id) is not None
+
+    # -- sidecars --------------------------------------------------------------------
     def read_sidecar(self, attachment_id: str):
         """The blob's sidecar metadata, or None if there is none (Corrupt if bad)."""
         from lashctl import sidecar
 
-        self.checked_shard(attachment_id)
-        return sidecar.read(self.sidecar_path(attachment_id))
+        path = self.sidecar_path(attachment_id)
+        with self.opened():
+            shard = self._dir(self._shard_key(attachment_id))
+            if shard is None:
+                return None
+            try:
+                fd = open_regular(attachment_id + SIDECAR_SUFFIX, dir_fd=shard)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except NotARegularFile as exc:
+                raise Corrupt(f"undecodable sidecar {path}: {exc.strerror}, not a regular file") from exc
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise Corrupt(f"undecodable sidecar {path}: it is a symlink") from exc
+                raise StoreIOError.wrap("read", path, exc) from exc
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                data = handle.read(MAX_SIDECAR_BYTES + 1)
+        except OSError as exc:
+            raise StoreIOError.wrap("read", path, exc) from exc
+        if len(data) > MAX_SIDECAR_BYTES:
+            raise Corrupt(f"undecodable sidecar {path}: larger than {MAX_SIDECAR_BYTES} bytes")
+        return sidecar.decode(data, path)
 
     def write_sidecar(self, meta, sync_dir: bool = True) -> bool:
         """Write a sidecar atomically beside its blob, unless it already says
         exactly this (no write, no fsync). True if it was written."""
-        self.checked_shard(meta.attachment_id)
-        path = self.sidecar_path(meta.attachment_id)
+        attachment_id = meta.attachment_id
+        name = attachment_id + SIDECAR_SUFFIX
         data = meta.encode()
-        try:
-            with os.fdopen(open_regular(path), "rb") as handle:
-                if handle.read(len(data) + 1) == data:
-                    return False
-        except OSError:
-            pass  # absent or unreadable: write it
-        write_file_atomic(path, data, self.tmp, sync_dir=sync_dir)
+        with self.opened():
+            shard = self._dir(self._shard_key(attachment_id), create=True)
+            assert shard is not None
+            try:
+                with os.fdopen(open_regular(name, dir_fd=shard), "rb") as handle:
+                    if handle.read(len(data) + 1) == data:
+                        return False
+            except OSError:
+                pass  # absent or unreadable: write it
+            self._install_bytes(data, shard, name, self.sidecar_path(attachment_id))
+            if sync_dir:
+                os.fsync(shard)
         return True
 
-    @staticmethod
-    def _check(attachment_id: str) -> None:
-        # Last line of defence: a path is only ever built from a valid id.
-        if not is_valid_id(attachment_id):
-            raise ValueError(f"not a valid attachment id: {attachment_id!r}")
-
-    # -- writing -------------------------------------------------------------
-    def ensure_writable_layout(self) -> None:
-        """Create ``sha256/`` and ``tmp/`` (and the root) if missing."""
-        for directory in (self.objects, self.tmp):
+    def _install_bytes(self, data: bytes, dir_fd: int, name: str, shown: Path) -> None:
+        """Stage ``data`` in tmp/, fsync it, rename it to ``name`` under ``dir_fd``."""
+        tmp = self._dir(TMP, create=True)
+        staging = f".{name}.{unique_suffix()}{STAGING_SUFFIX}"
+        try:
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=tmp)
             try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except FileExistsError as exc:
-                raise StoreIOError(f"cannot create {directory}: a file is in the way") from exc
-            except OSError as exc:
-                raise StoreIOError.wrap("create", directory, exc) from exc
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(staging, name, src_dir_fd=tmp, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            unlink_quietly(staging, tmp)
+            raise StoreIOError.wrap("write", shown, exc) from exc
+
+    # -- writing ---------------------------------------------------------------------
+    def ensure_writable_layout(self) -> None:
+        """Create the root, ``sha256/`` and ``tmp/`` if missing; refuse unsafe ones."""
+        with self.opened():
+            self._dir(OBJECTS, create=True)
+            self._dir(TMP, create=True)
 
     def stage(
         self, source: BinaryIO, source_name: str, progress: Callable[[int], None] | None = None
@@ -262,188 +391,338 @@ class BlobStore:
 
         Memory stays flat: bytes pass through in CHUNK-sized pieces.
         """
-        path = self.tmp / f"put-{unique_suffix(8)}{STAGING_SUFFIX}"
+        name = f"put-{unique_suffix(8)}{STAGING_SUFFIX}"
+        path = self.tmp / name
         digest = hashlib.sha256()
         byte_len = 0
         head = b""
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except OSError as exc:
-            raise StoreIOError.wrap("create staging file", path, exc) from exc
-        writer: _ChunkWriter | None = None
-        try:
-            buffer = bytearray(CHUNK)
-            while True:
-                n = _read_into(source, buffer, source_name)
-                if not n:
-                    break
-                chunk = memoryview(buffer)[:n]
-                if len(head) < HEAD_BYTES:
-                    head += bytes(chunk[: HEAD_BYTES - len(head)])
-                if writer is None and byte_len:
-                    # A second chunk: the input is big enough for writing to
-                    # overlap hashing (both release the GIL).
-                    writer = _ChunkWriter(fd, path)
-                if writer is None:
-                    digest.update(chunk)
-                    _write_all(fd, chunk, path)
-                else:
-                    writer.submit(buffer, n)
-                    digest.update(chunk)  # the writer only reads the buffer too
-                    buffer = writer.free_buffer()
-                byte_len += n
-                if progress is not None:
-                    progress(n)
-            if writer is not None:
-                writer, pending = None, writer
-                pending.finish()
-        except BaseException:
-            if writer is not None:
-                writer.abandon()
+        with self.opened():
+            tmp = self._dir(TMP, create=True)
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                             dir_fd=tmp)
+            except OSError as exc:
+                raise StoreIOError.wrap("create staging file", path, exc) from exc
+            writer: _ChunkWriter | None = None
+            try:
+                buffer = bytearray(CHUNK)
+                while True:
+                    n = _read_into(source, buffer, source_name)
+                    if not n:
+                        break
+                    chunk = memoryview(buffer)[:n]
+                    if len(head) < HEAD_BYTES:
+                        head += bytes(chunk[: HEAD_BYTES - len(head)])
+                    if writer is None and byte_len:
+                        # A second chunk: the input is big enough for writing to
+                        # overlap hashing (both release the GIL).
+                        writer = _ChunkWriter(fd, path)
+                    if writer is None:
+                        digest.update(chunk)
+                        _write_all(fd, chunk, path)
+                    else:
+                        writer.submit(buffer, n)
+                        digest.update(chunk)  # the writer only reads the buffer too
+                        buffer = writer.free_buffer()
+                    byte_len += n
+                    if progress is not None:
+                        progress(n)
+                if writer is not None:
+                    writer, pending = None, writer
+                    pending.finish()
+            except BaseException:
+                if writer is not None:
+                    writer.abandon()
+                os.close(fd)
+                unlink_quietly(name, tmp)
+                raise
             os.close(fd)
-            _unlink_quietly(path)
-            raise
-        os.close(fd)
-        return StagedBlob(path=path, attachment_id=digest.hexdigest(), byte_len=byte_len, head=head)
+        return StagedBlob(path=path, name=name, attachment_id=digest.hexdigest(), byte_len=byte_len, head=head)
 
     def discard(self, staged: StagedBlob) -> None:
-        _unlink_quietly(staged.path)
+        with self.opened():
+            tmp = self._dir(TMP)
+            if tmp is not None:
+                unlink_quietly(staged.name, tmp)
+
+    def open_staged(self, staged: StagedBlob) -> BinaryIO:
+        """Read a staged blob back (image headers that lie past the kept head)."""
+        with self.opened():
+            tmp = self._dir(TMP)
+            try:
+                fd = open_regular(staged.name, dir_fd=tmp)
+            except OSError as exc:
+                raise StoreIOError.wrap("read", staged.path, exc) from exc
+        return os.fdopen(fd, "rb")
 
     def install(self, staged: StagedBlob) -> bool:
         """Rename a staged blob into place. Returns True when it was already there.
 
-        An existing blob of the right size is kept (its mtime refreshed, so a
-        grace-period sweep sees it as recent) and the staged copy dropped; a
-        wrong-size one is replaced. The caller fsyncs the shard directory.
+        An existing blob is kept only when it is a private regular file that
+        hashes to its name (its mtime is refreshed, so a grace-period sweep sees
+        it as recent, and the staged copy is dropped); anything else at the path
+        (rotten bytes of any size, a hard link, a symlink) is replaced, so a
+        re-upload heals the store. The check and the rename hold the shard's
+        lock, which ``quarantine`` takes too. The caller fsyncs the shard
+        directory.
         """
-        final = self.blob_path(staged.attachment_id)
-        shard = self.checked_shard(staged.attachment_id)
-        try:
-            if not shard.is_dir():
-                shard.mkdir(exist_ok=True)
-                fsync_dir(self.objects)
-            existing = self._lstat(final)
-            if (
-                existing is not None
-                and stat.S_ISREG(existing.st_mode)
-                and existing.st_size == staged.byte_len
-            ):
-                os.utime(final)
-                _unlink_quietly(staged.path)
-                return True
-            _fsync_path(staged.path)  # the bytes are durable before the name is
-            os.replace(staged.path, final)
-        except OSError as exc:
-            raise StoreIOError.wrap("install blob at", final, exc) from exc
+        attachment_id = staged.attachment_id
+        final = self.blob_path(attachment_id)
+        with self.opened():
+            tmp = self._dir(TMP)
+            shard = self._dir(self._shard_key(attachment_id), create=True)
+            assert shard is not None and tmp is not None
+            with _locked_dir(shard):
+                try:
+                    if self._intact(shard, attachment_id, staged.byte_len):
+                        os.utime(attachment_id, dir_fd=shard, follow_symlinks=False)
+                        unlink_quietly(staged.name, tmp)
+                        return True
+                    fd = os.open(staged.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp)
+                    try:
+                        os.fsync(fd)  # the bytes are durable before the name is
+                    finally:
+                        os.close(fd)
+                    os.replace(staged.name, attachment_id, src_dir_fd=tmp, dst_dir_fd=shard)
+                except OSError as exc:
+                    raise StoreIOError.wrap("install blob at", final, exc) from exc
         return False
 
-    # -- reading -------------------------------------------------------------
     @staticmethod
-    def _lstat(path: Path) -> os.stat_result | None:
+    def _intact(shard: int, attachment_id: str, size: int) -> bool:
+        """Is the file at the blob path a private regular file holding exactly these bytes?"""
         try:
-            return os.lstat(path)
-        except FileNotFoundError:
-            return None
-        except NotADirectoryError:
-            return None
+            fd = open_regular(attachment_id, dir_fd=shard)
+        except OSError:
+            return False  # absent, a symlink, a directory, a FIFO: replace it
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            st = os.fstat(fd)
+            if st.st_size != size or st.st_nlink != 1:
+                return False
+            return _hash_stream(handle) == attachment_id
 
-    def blob_stat(self, attachment_id: str) -> os.stat_result | None:
-        """The blob's lstat if a regular file is at its path, else None."""
-        if not self.shard_is_real(attachment_id):
-            return None
-        st = self._lstat(self.blob_path(attachment_id))
-        if st is None or not stat.S_ISREG(st.st_mode):
-            return None
-        return st
-
-    def has_blob(self, attachment_id: str) -> bool:
-        return self.blob_stat(attachment_id) is not None
-
+    # -- reading ---------------------------------------------------------------------
     def open_blob(self, attachment_id: str) -> BinaryIO:
         """Open a blob for reading, refusing to follow a symlink at its path."""
         path = self.blob_path(attachment_id)
-        self.checked_shard(attachment_id)
-        try:
-            fd = open_regular(path)
-        except FileNotFoundError as exc:
-            raise NotFound(f"no blob {attachment_id} in store {self.root}") from exc
-        except NotARegularFile as exc:
-            raise Corrupt(f"{path} is not a regular file") from exc
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise Corrupt(f"{path} is a symlink, not a blob: refusing to follow it") from exc
-            raise StoreIOError.wrap("open", path, exc) from exc
+        with self.opened():
+            shard = self._dir(self._shard_key(attachment_id))
+            if shard is None:
+                raise NotFound(f"no blob {attachment_id} in store {self.root}")
+            try:
+                fd = open_regular(attachment_id, dir_fd=shard)
+            except FileNotFoundError as exc:
+                raise NotFound(f"no blob {attachment_id} in store {self.root}") from exc
+            except NotARegularFile as exc:
+                raise Corrupt(f"{path} is {exc.strerror}, not a blob") from exc
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise Corrupt(f"{path} is a symlink, not a blob: refusing to follow it") from exc
+                raise StoreIOError.wrap("open", path, exc) from exc
         return os.fdopen(fd, "rb", buffering=0)
 
+    def hash_blob(
+        self, attachment_id: str, progress: Callable[[int], None] | None = None
+    ) -> tuple[str, FileIdentity, int]:
+        """Re-hash a blob: its digest, the identity of the file hashed, and its link count."""
+        with self.open_blob(attachment_id) as handle:
+            st = os.fstat(handle.fileno())
+            try:
+                digest = _hash_stream(handle, progress)
+            except OSError as exc:
+                raise StoreIOError.wrap("read", self.blob_path(attachment_id), exc) from exc
+        return digest, FileIdentity.of(st), st.st_nlink
+
     def iter_ids(self, prefix: str = "") -> Iterator[str]:
-        """Ids of the blobs present (regular files with valid names) under ``sha256/``.
+        """Ids of the blobs present (regular files with valid names) under ``sha256/``, in id order.
 
         With a prefix of 2 or more characters only one shard directory is read.
+        A shard directory that is a symlink is never followed (verify reports it).
         """
-        if len(prefix) >= 2:
-            shard = self.objects / prefix[:2]
-            st = self._lstat(shard)
-            shards: Iterable[Path] = [shard] if st is not None and stat.S_ISDIR(st.st_mode) else []
-        else:
-            try:
-                # A symlinked shard directory is never followed (verify reports it).
-                shards = sorted(
-                    Path(e.path) for e in os.scandir(self.objects)
-                    if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
-                )
-            except FileNotFoundError:
+        with self.opened():
+            objects = self._dir(OBJECTS)
+            if objects is None:
                 return
-            except OSError as exc:
-                raise StoreIOError.wrap("list", self.objects, exc) from exc
-        for shard in shards:
-            try:
-                entries = list(os.scandir(shard))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as exc:
-                raise StoreIOError.wrap("list", shard, exc) from exc
-            for entry in entries:
-                name = entry.name
-                if (
-                    name.startswith(prefix)
-                    and name[:2] == shard.name
-                    and is_valid_id(name)
-                    and entry.is_file(follow_symlinks=False)
-                ):
-                    yield name
+            if len(prefix) >= 2:
+                shards = [prefix[:2]]
+            else:
+                shards = sorted(e.name for e in self._scan(objects, self.objects)
+                                if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
+            for shard_name in shards:
+                try:
+                    shard = self._dir(f"{OBJECTS}/{shard_name}")
+                except UnsafePath:
+                    continue
+                if shard is None:
+                    continue
+                names = sorted(
+                    e.name for e in self._scan(shard, self.objects / shard_name)
+                    if e.name.startswith(prefix) and e.name[:2] == shard_name and is_valid_id(e.name)
+                    and e.is_file(follow_symlinks=False)
+                )
+                yield from names
 
-    # -- deleting ------------------------------------------------------------
+    @staticmethod
+    def _scan(fd: int, where: Path) -> list[os.DirEntry]:
+        try:
+            return list(os.scandir(fd))
+        except OSError as exc:
+            raise StoreIOError.wrap("list", where, exc) from exc
+
+    def walk(self) -> Iterator[Entry]:
+        """Every entry of ``tmp/``, ``sha256/`` and each real shard directory, in name order.
+
+        Nothing is followed: symlinks are reported as what they are, and a
+        shard directory that is a symlink is reported, not entered.
+        """
+        with self.opened():
+            for key in (TMP, OBJECTS):
+                fd = self._dir(key)
+                if fd is None:
+                    continue
+                for entry in sorted(self._scan(fd, self._where(key)), key=lambda e: e.name):
+                    st = entry.stat(follow_symlinks=False)
+                    yield Entry(key, entry.name, st, self._where(key) / entry.name)
+                    if key == OBJECTS and stat.S_ISDIR(st.st_mode):
+                        sub = f"{OBJECTS}/{entry.name}"
+                        shard = self._dir(sub)
+                        if shard is None:
+                            continue
+                        for item in sorted(self._scan(shard, self._where(sub)), key=lambda e: e.name):
+                            yield Entry(sub, item.name, item.stat(follow_symlinks=False),
+                                        self._where(sub) / item.name)
+
+    def entry_exists(self, directory: str, name: str) -> bool:
+        with self.opened():
+            fd = self._dir(directory)
+            if fd is None:
+                return False
+            try:
+                os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            return True
+
+    def remove_entry(self, entry: Entry) -> None:
+        """Unlink a file found by ``walk`` (never a directory, never through a link)."""
+        with self.opened():
+            fd = self._dir(entry.directory)
+            if fd is None:
+                return
+            try:
+                os.unlink(entry.name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError as exc:
+                raise StoreIOError(f"cannot delete {entry.path}: it is a directory") from exc
+            except OSError as exc:
+                raise StoreIOError.wrap("delete", entry.path, exc) from exc
+
+    # -- deleting --------------------------------------------------------------------
+    def delete_problem(self, attachment_id: str) -> str | None:
+        """Why ``delete`` would fail for this id, or None: what a dry run reports."""
+        try:
+            st = self.entry_stat(attachment_id)
+        except Corrupt as exc:  # UnsafePath: a shard that is a symlink or not a directory
+            return exc.message
+        except StoreIOError as exc:
+            return exc.message
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            return f"cannot delete {self.blob_path(attachment_id)}: it is a directory, not a blob"
+        return None
+
     def delete(self, attachment_id: str) -> int:
         """Remove the blob and its sidecar; absent is success. Returns bytes freed.
 
         A symlink at the blob path is removed as a link: its target is never
         touched. The caller fsyncs the shard directory (``fsync_shards``).
         """
-        shard = self.shard_dir(attachment_id)
-        shard_st = self._lstat(shard)
-        if shard_st is None:
-            return 0
-        if not stat.S_ISDIR(shard_st.st_mode):
-            self.checked_shard(attachment_id)  # raises, naming what is in the way
-        blob = os.path.join(shard, attachment_id)
-        st = self._lstat(blob)
-        freed = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
-        for path in (blob, blob + SIDECAR_SUFFIX):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                continue
-            except IsADirectoryError as exc:
-                raise StoreIOError(f"cannot delete {path}: it is a directory, not a blob") from exc
-            except OSError as exc:
-                raise StoreIOError.wrap("delete", path, exc) from exc
+        with self.opened():
+            shard = self._dir(self._shard_key(attachment_id))
+            if shard is None:
+                return 0
+            freed = 0
+            for name in (attachment_id, attachment_id + SIDECAR_SUFFIX):
+                path = self.shard_dir(attachment_id) / name
+                try:
+                    if name == attachment_id:
+                        st = os.stat(name, dir_fd=shard, follow_symlinks=False)
+                        freed = st.st_size if stat.S_ISREG(st.st_mode) else 0
+                    os.unlink(name, dir_fd=shard)
+                except FileNotFoundError:
+                    continue
+                except IsADirectoryError as exc:
+                    raise StoreIOError(f"cannot delete {path}: it is a directory, not a blob") from exc
+                except OSError as exc:
+                    raise StoreIOError.wrap("delete", path, exc) from exc
         return freed
 
-    def fsync_shards(self, attachment_ids: Iterable[str]) -> None:
-        for shard in sorted({self.shard_dir(i) for i in attachment_ids}):
-            try:
-                fsync_dir(shard)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise StoreIOError.wrap("sync", shard, exc) from exc
+    def fsync_shards(self, attachment_ids) -> None:
+        with self.opened():
+            for key in sorted({self._shard_key(i) for i in attachment_ids}):
+                try:
+                    fd = self._dir(key)
+                except UnsafePath:
+                    continue
+                if fd is None:
+                    continue
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    raise StoreIOError.wrap("sync", self._where(key), exc) from exc
+
+    # -- quarantine ------------------------------------------------------------------
+    def quarantine(self, attachment_id: str, hashed: FileIdentity, stamp: str) -> Path | None:
+        """Move the blob that was hashed (and its sidecar) to ``quarantine/``; never delete bytes.
+
+        Holds the shard's lock (which ``install`` takes too) and moves the file
+        only if it is still the one hashed: same device, inode, size and mtime.
+        Returns the new path, or None when the file changed meanwhile (a put
+        replaced it: it is left alone).
+        """
+        target = f"{attachment_id}.{stamp}.{unique_suffix(3)}"
+        with self.opened():
+            shard = self._dir(self._shard_key(attachment_id))
+            if shard is None:
+                return None
+            quarantine = self._dir(QUARANTINE, create=True)
+            with _locked_dir(shard):
+                try:
+                    st = os.stat(attachment_id, dir_fd=shard, follow_symlinks=False)
+                except FileNotFoundError:
+                    return None
+                if not stat.S_ISREG(st.st_mode) or FileIdentity.of(st) != hashed:
+                    return None
+                try:
+                    os.rename(attachment_id, target, src_dir_fd=shard, dst_dir_fd=quarantine)
+                    try:
+                        os.rename(attachment_id + SIDECAR_SUFFIX, target + SIDECAR_SUFFIX,
+                                  src_dir_fd=shard, dst_dir_fd=quarantine)
+                    except FileNotFoundError:
+                        pass
+                    os.fsync(quarantine)
+                    os.fsync(shard)
+                except OSError as exc:
+                    raise StoreIOError.wrap("quarantine", self.blob_path(attachment_id), exc) from exc
+        return self.quarantine_dir / target
+
+
+@contextmanager
+def _locked_dir(fd: int) -> Iterator[None]:
+    """An exclusive flock on a directory: installs and quarantines of one shard exclude each other."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _hash_stream(handle: BinaryIO, progress: Callable[[int], None] | None = None) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    while n := handle.readinto(buffer):
+        digest.update(view[:n])
+        if progress is not None:
+            progress(n)
+    return digest.hexdigest()

@@ -417,13 +417,13 @@ def test_quarantine_moves_blob_and_sidecar_and_keeps_bytes(store):
     s = ops.Store(store)
     a = put(s, b"move me", "s", "m.txt")
     sidecar_bytes = side(store, a).read_bytes()
-    target = audit.quarantine(s, a)
+    target = audit.quarantine(s, a, s.blobs.hash_blob(a)[1])
     assert target.parent == store / "quarantine"
     assert target.read_bytes() == b"move me"
     assert Path(str(target) + ".json").read_bytes() == sidecar_bytes
     assert not blob(store, a).exists() and not side(store, a).exists()
     second = put(s, b"move me", "s", "m.txt")
-    assert audit.quarantine(s, second) != target  # names never collide
+    assert audit.quarantine(s, second, s.blobs.hash_blob(second)[1]) != target  # names never collide
     assert target.read_bytes() == b"move me"
 
 

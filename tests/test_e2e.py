@@ -337,7 +337,7 @@ def test_put_lands_no_blob_when_the_manifest_cannot_be_appended(store, inputs, t
     manifest_dir = tmp_path / "manifest-is-a-directory"
     manifest_dir.mkdir()
     proc = run("--store", str(store), "--manifest", str(manifest_dir), "put", "-s", "s", str(inputs / "x.bin"))
-    assert_error(proc, 1, str(manifest_dir))  # an I/O error
+    assert_error(proc, 65, str(manifest_dir))  # not a regular file: not a manifest
     assert len(proc.stderr.decode().splitlines()) == 1
     assert proc.stdout == b""
     assert files_under(store / "sha256") == []

@@ -580,12 +580,12 @@ def test_compact_failure_leaves_original_untouched(mpath, monkeypatch):
     m = Manifest(mpath, warn=Recorder())
     state = m.read_state()
 
-    def broken_replace(src, dst):
+    def broken_replace(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    import lashctl.store
+    import lashctl.fsutil
 
-    monkeypatch.setattr(lashctl.store.os, "replace", broken_replace)
+    monkeypatch.setattr(lashctl.fsutil.os, "replace", broken_replace)
     with m.locked():
         with pytest.raises(StoreIOError):
             m.compact(state)

@@ -19,7 +19,7 @@ from lashctl.errors import Corrupt, NotFound, Refused, StoreIOError, UsageError
 from lashctl.ids import parse_id
 from lashctl.manifest import Manifest, commit_event, intent_event
 from lashctl.sidecar import Metadata
-from lashctl.store import BlobStore, write_file_atomic
+from lashctl.store import BlobStore
 from lashctl.timefmt import now_ms
 
 DAY = 86_400_000
@@ -65,7 +65,7 @@ def add_blob(store: ops.Store, data: bytes, label: str | None = None) -> str:
     staged = store.blobs.stage(io.BytesIO(data), "<test>")
     store.blobs.install(staged)
     meta = Metadata(staged.attachment_id, "application/octet-stream", len(data), label=label)
-    write_file_atomic(store.blobs.sidecar_path(staged.attachment_id), meta.encode(), store.blobs.tmp)
+    store.blobs.write_sidecar(meta)
     return staged.attachment_id
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import lashctl.store as store_mod
 from lashctl.errors import Corrupt, NotFound, StoreIOError
+from lashctl.fsutil import write_file_atomic
 from lashctl.store import BlobStore
 
 DATA = b"hello, attachment store\n"
@@ -276,7 +277,7 @@ def test_write_file_atomic(tmp_path):
     target = tmp_path / "out.json"
     target.write_bytes(b"old")
     inode = os.stat(target).st_ino
-    store_mod.write_file_atomic(target, b"new contents", tmp_path)
+    write_file_atomic(target, b"new contents")
     assert target.read_bytes() == b"new contents"
     assert os.stat(target).st_ino != inode
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

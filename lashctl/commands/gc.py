@@ -15,7 +15,7 @@ def gc(
     older_than: OlderThanOption = None,
     before: BeforeOption = None,
     dry_run: DryRunFlag = False,
-    force: Annotated[bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past, or a manifest with no rows.")] = False,
     json_flag: JsonFlag = False,
 ) -> None:
     """Delete blobs no manifest row references, and staging litter, older than the grace period (default 24h).
@@ -35,7 +35,7 @@ def gc(
     store = state.store()
     total = sum(1 for _ in store.blobs.iter_ids()) if state.ui.wants_progress() else None
     with state.ui.progress("gc", total, unit="blobs") as bar:
-        report = audit.gc(store, cutoff, dry_run=dry_run, progress=bar.advance)
+        report = audit.gc(store, cutoff, dry_run=dry_run, progress=bar.advance, force=force)
     state.ui.records(
         ["path", "kind", "action", "size", "reason"],
         [[i.path, i.kind, i.action, human_bytes(i.byte_len), i.error or i.reason] for i in report.items],

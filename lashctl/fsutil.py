@@ -1,0 +1,163 @@
+"""File-system primitives that never follow a symlink and never block on a FIFO.
+
+Everything lashctl opens, creates, renames or unlinks inside a store goes
+through a directory descriptor opened here (``O_DIRECTORY | O_NOFOLLOW``) and a
+name that is a single path component: a symlink planted anywhere in the store
+is refused, never followed (README, "Guarantees" and "Threat model").
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from lashctl.errors import StoreIOError, UnsafePath
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+STAGING_SUFFIX = ".part"
+
+
+class NotARegularFile(OSError):
+    """A FIFO, device, socket or directory where a file was expected."""
+
+
+def describe_mode(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def open_regular(path: Path | str, dir_fd: int | None = None, flags: int = READ_FLAGS) -> int:
+    """Open a regular file without following a final symlink.
+
+    O_NONBLOCK keeps a FIFO planted at the path from hanging the open;
+    anything but a regular file is refused (NotARegularFile, errno EINVAL).
+    A symlink gives OSError with errno ELOOP.
+    """
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotARegularFile(errno.EINVAL, describe_mode(mode), str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
+def open_dir(
+    name: Path | str,
+    where: Path | str,
+    dir_fd: int | None = None,
+    owners: frozenset[int] | None = None,
+) -> int | None:
+    """Open a directory without following a symlink at ``name``; None if absent.
+
+    ``where`` is the path shown in messages. A symlink, a non-directory, or a
+    directory owned by a user not in ``owners`` is refused (UnsafePath).
+    """
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            try:
+                mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+            except OSError:
+                mode = 0
+            raise UnsafePath(f"{where} is {describe_mode(mode)}, not a directory: refusing to use it") from exc
+        raise StoreIOError.wrap("open", where, exc) from exc
+    if owners is not None:
+        uid = os.fstat(fd).st_uid
+        if uid not in owners:
+            os.close(fd)
+            raise UnsafePath(f"{where} is owned by uid {uid}, not by the store's owner: refusing to use it")
+    return fd
+
+
+def make_dir(name: str, where: Path | str, dir_fd: int, owners: frozenset[int] | None = None,
+             mode: int = 0o755) -> int:
+    """Open the directory ``name`` under ``dir_fd``, creating it if missing (then fsync the parent)."""
+    fd = open_dir(name, where, dir_fd, owners)
+    if fd is not None:
+        return fd
+    try:
+        os.mkdir(name, mode, dir_fd=dir_fd)
+        created = True
+    except FileExistsError:
+        created = False  # a racing creator won, or something else is in the way: open_dir says which
+    except OSError as exc:
+        raise StoreIOError.wrap("create", where, exc) from exc
+    fd = open_dir(name, where, dir_fd, owners)
+    if fd is None:
+        raise StoreIOError(f"cannot create {where}: it vanished while being created")
+    if created:
+        os.fsync(dir_fd)
+    return fd
+
+
+def unique_suffix(nbytes: int = 6) -> str:
+    """Random hex for staging names (os.urandom: no import of ``secrets`` at start-up)."""
+    return os.urandom(nbytes).hex()
+
+
+def fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def unlink_quietly(name: str | Path, dir_fd: int | None = None) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def write_file_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` crash-atomically: stage beside it, fsync, rename, fsync the directory.
+
+    The staging file is ``.<name>.<random>.part`` in the same directory, so the
+    rename never crosses file systems; a crash leaves at most that file.
+    """
+    path = Path(path)
+    parent = path.parent
+    dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    tmp = f".{path.name}.{unique_suffix()}{STAGING_SUFFIX}"
+    try:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dir_fd)
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            unlink_quietly(tmp, dir_fd)
+            raise StoreIOError.wrap("write", path, exc) from exc
+        if sync_dir:
+            os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
