@@ -282,7 +282,7 @@ def test_verify_human_output_is_one_finding_per_line_when_piped(store, damaged):
 
 def test_verify_fix_repairs_safely_and_never_deletes_bytes(store, damaged):
     d = damaged
-    proc = fails(run(store, "--json", "verify", "--fix", "--grace", "0s"), 65)  # unrepairable errors remain
+    proc = fails(run(store, "--json", "verify", "--fix", "--grace", "0s", "--force"), 65)  # unrepairable errors remain
     doc = as_json(proc)
     repaired = sorted((f["kind"], f["path"]) for f in doc["findings"] if f["repair"])
     assert repaired == sorted([
@@ -340,7 +340,7 @@ def test_verify_fix_never_writes_outside_the_store_through_a_symlinked_shard(sto
     (outside / sha(data)).write_bytes(data)
     shard = store / "sha256" / sha(data)[:2]
     os.symlink(outside, shard)
-    doc = as_json(fails(run(store, "--json", "verify", "--fix", "--grace", "0s"), 65))
+    doc = as_json(fails(run(store, "--json", "verify", "--fix", "--grace", "0s", "--force"), 65))
     assert ("stray-file", str(shard)) in [(f["kind"], f["path"]) for f in doc["findings"]]
     assert sorted(p.name for p in outside.iterdir()) == [sha(data)]
     ok(run(store, "gc", "--older-than", "1m", "--force"))

@@ -19,6 +19,9 @@ def verify(
     grace: Annotated[
         Optional[str], typer.Option("--grace", metavar="DURATION", help="Staging litter older than this is removed by --fix (default 24h).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow a --grace under 1 minute (only when no put is running).")
+    ] = False,
     json_flag: JsonFlag = False,
 ) -> None:
     """Check the store's health: re-hash every blob and check what surrounds it.
@@ -30,11 +33,16 @@ def verify(
     Exit 0 when no error is found (warnings, such as litter or unmanaged blobs,
     do not fail it), 65 when errors remain. --fix prints each repair.
     """
-    from lashctl import audit
+    from lashctl import audit, ops
 
     state = app_state(ctx, json_flag)
     store = state.store()
+    now = now_ms()
     grace_ms = parse_duration(grace, "--grace") if grace is not None else None
+    if fix and grace_ms is not None:
+        # A put in flight keeps its staging file in tmp/: the same floor as the sweeps.
+        ops.check_grace(now - grace_ms, now, force, option="--grace")
+    store.manifest.check_regular()  # a FIFO or a device there: one line now, not a hang
     manifest_state, problem = None, None
     try:
         manifest_state = store.manifest.read_state()
@@ -43,7 +51,6 @@ def verify(
     total = None  # the bar's total costs a walk of the store: only when a bar is drawn
     if state.ui.wants_progress():
         total = sum(st.st_size for i in store.blobs.iter_ids() if (st := store.blobs.blob_stat(i)) is not None)
-    now = now_ms()
     with state.ui.progress("verifying", total) as bar:
         if fix:
             with store.manifest.locked():
