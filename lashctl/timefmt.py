@@ -20,8 +20,16 @@ def now_ms() -> int:
 
 
 def parse_duration(text: str, option: str = "--older-than") -> int:
-    """``90s``, ``15m``, ``24h``, ``7d``, ``1h30m`` (also ``ms``, ``w``) -> milliseconds."""
-    value = text.strip().lower()
+    """``90s``, ``15m``, ``24h``, ``7d``, ``1h30m`` (also ``ms``, ``w``) -> milliseconds.
+
+    Units are case-sensitive: ``M`` (a month to rclone users) is refused with a
+    hint rather than read as minutes.
+    """
+    value = text.strip()
+    if value.isascii() and value != value.lower():
+        hint = ("units are lower-case: m for minutes; there is no unit for months, use days (30d)"
+                if "M" in value else f"units are lower-case, like {value.lower()}")
+        raise UsageError(f"{option} {text!r} is not a duration: {hint}")
     pos, total = 0, 0
     for match in _PART.finditer(value):
         if match.start() != pos or len(match.group(1)) > _MAX_DIGITS:
@@ -36,13 +44,37 @@ def parse_duration(text: str, option: str = "--older-than") -> int:
     return total
 
 
+_EPOCH_SECONDS = re.compile(r"@(\d{1,12})(?:\.(\d{1,3}))?")
+_EPOCH_MS = re.compile(r"(\d{1,20})(ms)?")
+# A bare number is read as epoch milliseconds only from here on (2001-09-09):
+# below it, it is far more likely epoch seconds from ``date +%s``.
+_BARE_MS_FROM = 1_000_000_000_000
+
+
 def parse_timestamp(text: str, option: str = "--before") -> int:
-    """ISO-8601 (naive means UTC) or epoch milliseconds -> epoch milliseconds."""
+    """ISO-8601 (naive means UTC), ``@SECONDS`` (as GNU date), ``<N>ms``, or a bare
+    13-digit epoch millisecond count -> epoch milliseconds.
+
+    A bare number that can only be seconds is refused with a hint, never read
+    as milliseconds in 1970.
+    """
     from datetime import datetime, timezone
 
     value = text.strip()
-    if value.isascii() and value.isdigit() and len(value) <= _MAX_DIGITS:
-        return _in_range(int(value), text, option)
+    if value.isascii():
+        seconds = _EPOCH_SECONDS.fullmatch(value)
+        if seconds is not None:
+            fraction = (seconds.group(2) or "").ljust(3, "0")
+            return _in_range(int(seconds.group(1)) * 1000 + int(fraction), text, option)
+        millis = _EPOCH_MS.fullmatch(value)
+        if millis is not None:
+            number = int(millis.group(1))
+            if millis.group(2) is None and number < _BARE_MS_FROM:
+                raise UsageError(
+                    f"{option} {text!r} is ambiguous: write @{value} for epoch seconds "
+                    f"(as from date +%s) or {value}ms for epoch milliseconds"
+                )
+            return _in_range(number, text, option)
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
         if parsed.tzinfo is None:
@@ -51,7 +83,7 @@ def parse_timestamp(text: str, option: str = "--before") -> int:
     except (ValueError, OverflowError, OSError):
         raise UsageError(
             f"{option} {text!r} is not a timestamp: use ISO-8601 "
-            "(2026-11-26T12:00:00Z) or epoch milliseconds"
+            "(2026-11-26T12:00:00Z), @SECONDS since the epoch, or MILLISECONDSms"
         ) from None
     return _in_range(epoch_ms, text, option)
 

@@ -91,7 +91,7 @@ def test_canonical_uri():
         ("1w", 604_800_000),
         ("250ms", 250),
         ("1m30s", 90_000),
-        (" 2H ", 7_200_000),
+        (" 2h ", 7_200_000),
         ("0s", 0),
     ],
 )
@@ -99,7 +99,8 @@ def test_parse_duration(text, ms):
     assert timefmt.parse_duration(text) == ms
 
 
-@pytest.mark.parametrize("text", ["10", "abc", "-5m", "", "5 m", "1h 30m", "m", "1.5h", "5y", "h1"])
+@pytest.mark.parametrize("text", ["10", "abc", "-5m", "", "5 m", "1h 30m", "m", "1.5h", "5y", "h1",
+                                  "1M", "2H", "7D", "90S", "1W", "1Ms", "1mo"])
 def test_parse_duration_rejects(text):
     with pytest.raises(UsageError) as info:
         timefmt.parse_duration(text)
@@ -120,14 +121,19 @@ def test_parse_duration_rejects(text):
         ("2026-11-26T12:00:00.250Z", 1_795_694_400_250),
         ("2026-11-26", 1_795_651_200_000),
         ("1764150000000", 1_764_150_000_000),
-        ("0", 0),
+        ("1764150000000ms", 1_764_150_000_000),
+        ("0ms", 0),
+        ("@1795647212", 1_795_647_212_000),
+        ("@1795647212.5", 1_795_647_212_500),
+        ("@0", 0),
     ],
 )
 def test_parse_timestamp(text, ms):
     assert timefmt.parse_timestamp(text) == ms
 
 
-@pytest.mark.parametrize("text", ["yesterday", "", "2026-13-01", "-5", "12:00", "1e12"])
+@pytest.mark.parametrize("text", ["yesterday", "", "2026-13-01", "-5", "12:00", "1e12", "0", "1795647212",
+                                  "@", "@-5", "@1e9", "ms", "@1795647212ms"])
 def test_parse_timestamp_rejects(text):
     with pytest.raises(UsageError) as info:
         timefmt.parse_timestamp(text)
@@ -163,3 +169,15 @@ def test_iso_ms():
 )
 def test_age_text(ms, text):
     assert timefmt.age_text(ms) == text
+
+
+def test_a_capital_m_duration_says_minutes_are_lower_case_and_months_are_days():
+    with pytest.raises(UsageError) as info:
+        timefmt.parse_duration("1M")
+    assert "m for minutes" in info.value.message and "30d" in info.value.message
+
+
+def test_epoch_seconds_without_at_are_refused_with_a_hint():
+    with pytest.raises(UsageError) as info:
+        timefmt.parse_timestamp("1795647212")
+    assert "@1795647212" in info.value.message

@@ -28,11 +28,11 @@ SessionOption = Annotated[
 ]
 OlderThanOption = Annotated[
     Optional[str],
-    typer.Option("--older-than", metavar="DURATION", help="Cutoff as an age: 90s, 15m, 24h, 7d."),
+    typer.Option("--older-than", metavar="DURATION", help="Cutoff as an age: 90s, 15m, 24h, 7d (units lower-case)."),
 ]
 BeforeOption = Annotated[
     Optional[str],
-    typer.Option("--before", metavar="TIMESTAMP", help="Cutoff as ISO-8601 (UTC if no zone) or epoch ms."),
+    typer.Option("--before", metavar="TIMESTAMP", help="Cutoff as ISO-8601 (UTC if no zone), @EPOCH_SECONDS or EPOCH_MSms."),
 ]
 DryRunFlag = Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would happen; change nothing.")]
 

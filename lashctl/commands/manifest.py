@@ -69,7 +69,7 @@ def log(
     session: Annotated[Optional[str], typer.Option("--session", "-s", help="Only events of this session.")] = None,
     op: Annotated[Optional[str], typer.Option("--op", help="Only events with this op (intent, commit, forget, header).")] = None,
     since: Annotated[
-        Optional[str], typer.Option("--since", metavar="TIMESTAMP", help="Only timed events at or after this (ISO-8601 or epoch ms).")
+        Optional[str], typer.Option("--since", metavar="TIMESTAMP", help="Only timed events at or after this (ISO-8601, @EPOCH_SECONDS or EPOCH_MSms).")
     ] = None,
     until: Annotated[
         Optional[str], typer.Option("--until", metavar="TIMESTAMP", help="Only timed events at or before this.")
