@@ -592,16 +592,16 @@ def check_grace(cutoff: int, now: int, force: bool, option: str = "cutoff") -> N
 def plan_reclaim(state: ManifestState, cutoff: int) -> tuple[int, list[tuple[str, list[Row], str | None]]]:
     """Which blobs a sweep at ``cutoff`` reclaims or releases.
 
-    Returns the number of uncommitted rows scanned and, per blob id with aged
-    rows, ``(id, aged rows, live reason)``: a live reason means release.
+    Returns the number of aged rows (uncommitted, intent at or before the
+    cutoff) and, per blob id with aged rows, ``(id, aged rows, live reason)``:
+    a live reason means release.
     """
     scanned = 0
     aged_by_id: dict[str, list[Row]] = {}
     for row in state.rows.values():
-        if row.committed_at_epoch_ms is None:
+        if row.committed_at_epoch_ms is None and row.intent_at_epoch_ms <= cutoff:
             scanned += 1
-            if row.intent_at_epoch_ms <= cutoff:
-                aged_by_id.setdefault(row.attachment_id, []).append(row)
+            aged_by_id.setdefault(row.attachment_id, []).append(row)
     plan = []
     for attachment_id, aged in aged_by_id.items():
         live = None

@@ -151,7 +151,7 @@ class StoreModel(RuleBasedStateMachine):
             expected[attachment_id] = ("release" if live else "reclaim", sorted(sessions))
         got = {i.attachment_id: (i.action, sorted(i.sessions)) for i in report_.items}
         assert got == expected, f"cutoff {cutoff}: reclaim acted on {got}, the model says {expected}"
-        assert report_.scanned_intents == sum(1 for r in self.rows.values() if r[2] is None)
+        assert report_.scanned_intents == sum(1 for r in self.rows.values() if r[2] is None and r[1] <= cutoff)
         if dry_run:
             return
         for attachment_id, (action, sessions) in expected.items():

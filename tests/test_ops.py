@@ -470,7 +470,7 @@ def test_reclaim_rules(sweep_store):
         (ids["committed"], "release", ["s-old"], 0, True),
         (ids["recent"], "release", ["s-old"], 0, True),
     ]
-    assert report.scanned_intents == 5  # uncommitted rows, aged or not
+    assert report.scanned_intents == 3  # uncommitted rows at or before the cutoff, as the summary says
     assert report.blobs_reclaimed == 1
     assert report.bytes_freed == len(b"orphan bytes")
     assert report.rows_released == 2
@@ -585,7 +585,7 @@ def test_plan_reclaim_cutoff_inclusive(store):
     a = "a" * 64
     record(store, intent_event(a, "s-1", 5000))
     state = store.manifest.read_state()
-    assert ops.plan_reclaim(state, 4999) == (1, [])
+    assert ops.plan_reclaim(state, 4999) == (0, [])
     scanned, plan = ops.plan_reclaim(state, 5000)
     assert scanned == 1
     assert [(i, [r.session_id for r in rows], live) for i, rows, live in plan] == [(a, ["s-1"], None)]
