@@ -31,3 +31,27 @@ def test_epoch_seconds_with_an_at_sign_are_a_cutoff_in_seconds(tmp_path):
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1
     none = run(["--store", store, "list-uncommitted", "--before", "@1000000000"])  # 2001
     assert none.returncode == 0 and none.stdout == b""
+
+
+@pytest.mark.parametrize("args", [["put", "-s", "s", "--files-from", "-"], ["put", "-s", "s", "--files-from", "-", "-0"],
+                                  ["commit", "-s", "s", "-"]])
+def test_an_empty_batch_on_stdin_is_a_successful_no_op(tmp_path, args):
+    store = tmp_path / "store"
+    result = run(["--store", store, *args], input=b"")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b""
+    assert b"nothing" in result.stderr
+    quiet = run(["--store", store, "-q", *args], input=b"")
+    assert quiet.returncode == 0 and quiet.stderr == b""
+
+
+def test_an_empty_batch_with_json_prints_an_empty_array(tmp_path):
+    result = run(["--store", tmp_path / "store", "--json", "put", "-s", "s", "--files-from", "-"], input=b"")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"[]\n"
+
+
+def test_put_without_any_input_is_still_a_usage_error(tmp_path):
+    result = run(["--store", tmp_path / "store", "put", "-s", "s"])
+    assert result.returncode == 2
+    one_line_error(result.stderr)

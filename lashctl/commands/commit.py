@@ -23,15 +23,19 @@ def commit(
     """
     from lashctl import ops
 
+    state = app_state(ctx, json_flag)
+    session = ops.validate_session(session)
     if attachments == ["-"]:
         attachments = read_stdin_words()
+        if not attachments:
+            # An empty batch is a successful no-op, for set -e scripts.
+            if state.ui.json:
+                state.ui.emit_json([])
+            state.ui.info("nothing to commit: standard input held no ids")
+            return
     elif "-" in attachments:
         raise UsageError("'-' (read ids from stdin) must be the only id argument")
     queries = parse_ids(attachments)
-    if not queries:
-        raise UsageError("no ids to commit")
-    state = app_state(ctx, json_flag)
-    session = ops.validate_session(session)
     results = ops.commit(state.store(), session, queries)
     state.ui.records(
         ["id", "session", "status"],

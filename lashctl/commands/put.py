@@ -55,9 +55,15 @@ def put(
             raise UsageError("--files-from - already reads standard input; '-' cannot also be an input")
     elif null:
         raise UsageError("-0/--null only applies to --files-from")
-    if not inputs:
-        raise UsageError("nothing to store: give PATH..., - for standard input, or --files-from FILE")
     ops.validate_session(session)
+    if not inputs:
+        if files_from is None:
+            raise UsageError("nothing to store: give PATH..., - for standard input, or --files-from FILE")
+        # An empty list (an empty outbox) is a batch of nothing: success, for set -e scripts.
+        if ui.json:
+            ui.emit_json([])
+        ui.info(f"nothing to store: --files-from {files_from} listed no paths")
+        return
     ops.check_put_sources(inputs)
     sources = [ops.PutSource.from_path(p, lambda: sys.stdin.buffer) for p in inputs]
     options = ops.PutOptions(session, media_type, label, width, height)
