@@ -475,9 +475,20 @@ class Manifest:
         tail = os.read(fd, size - line_start)
         if _parses(_strip_bom(tail) if line_start == 0 else tail):
             return size, b"\n"  # a complete event that only lacks its newline
-        self.warn(f"{self.path}: truncating a torn final line left by an interrupted append")
+        saved = self._save_torn(tail)
+        self.warn(f"{self.path}: truncating a torn final line left by an interrupted append "
+                  f"({len(tail)} bytes, saved to {saved})")
         os.ftruncate(fd, line_start)
         return line_start, b"" if line_start else encode_events([HEADER])
+
+    def _save_torn(self, tail: bytes) -> Path:
+        """Keep what a repair cuts, durably, beside the manifest: ``<manifest>.torn-<UTC time>``."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.torn-{stamp}")
+        while os.path.lexists(target):  # two repairs within a second
+            target = self.path.with_name(f"{self.path.name}.torn-{stamp}-{os.urandom(3).hex()}")
+        write_file_atomic(target, tail)
+        return target
 
     def compact(self, state: ManifestState) -> int:
         """Rewrite the manifest as ``state`` atomically. Must hold the lock.

@@ -342,6 +342,18 @@ def test_append_truncates_torn_tail(mpath, warn):
     assert set(state.rows) == {("s-1", B), ("s-2", A)}
 
 
+def test_the_bytes_a_repair_cuts_are_saved_beside_the_manifest_and_named(mpath, warn):
+    good = HEADER_LINE + b"\n" + line(intent_event(B, "s-1", T0)) + b"\n"
+    mpath.write_bytes(good + TORN)
+    m = Manifest(mpath, warn=warn)
+    with m.locked():
+        m.append([forget_event(B, "s-1")])
+    saved = sorted(mpath.parent.glob(mpath.name + ".torn-*"))
+    assert len(saved) == 1 and saved[0].read_bytes() == TORN
+    assert any(str(saved[0]) in message for message in warn.messages)
+    assert m.read_state().rows == {}
+
+
 @pytest.mark.parametrize("torn_len", [1000, 200_000])  # shorter and longer than the tail probe
 def test_append_truncates_long_torn_tail(mpath, warn, torn_len):
     good = HEADER_LINE + b"\n" + line(intent_event(B, "s-1", T0)) + b"\n"
