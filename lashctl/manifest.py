@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator
 
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError
 from lashctl.ids import canonical_uri, is_utf8_text, is_valid_id
+from lashctl.text import escape_text
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
 
 FORMAT = "lashctl-manifest"
@@ -41,7 +42,7 @@ Warn = Callable[[str], None]
 
 
 def _stderr_warn(message: str) -> None:
-    print(f"lashctl: warning: {message}", file=sys.stderr)
+    print(f"lashctl: warning: {escape_text(message)}", file=sys.stderr)
 
 
 @dataclass(slots=True)

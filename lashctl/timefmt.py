@@ -30,7 +30,7 @@ def parse_duration(text: str, option: str = "--older-than") -> int:
         pos = match.end()
     if not value or pos != len(value) or not value.isascii():
         raise UsageError(
-            f"{option} {text!r} is not a duration: use a number and a unit, "
+            f"{option} '{text}' is not a duration: use a number and a unit, "
             "like 90s, 15m, 24h, 7d or 1h30m"
         )
     return total
@@ -50,7 +50,7 @@ def parse_timestamp(text: str, option: str = "--before") -> int:
         epoch_ms = int(parsed.timestamp() * 1000)
     except (ValueError, OverflowError, OSError):
         raise UsageError(
-            f"{option} {text!r} is not a timestamp: use ISO-8601 "
+            f"{option} '{text}' is not a timestamp: use ISO-8601 "
             "(2026-11-26T12:00:00Z) or epoch milliseconds"
         ) from None
     return _in_range(epoch_ms, text, option)
@@ -58,7 +58,7 @@ def parse_timestamp(text: str, option: str = "--before") -> int:
 
 def _in_range(epoch_ms: int, text: str, option: str) -> int:
     if not 0 <= epoch_ms <= MAX_EPOCH_MS:
-        raise UsageError(f"{option} {text!r} is out of range (1970 to the year 9999)")
+        raise UsageError(f"{option} '{text}' is out of range (1970 to the year 9999)")
     return epoch_ms
 
 
@@ -73,7 +73,7 @@ def cutoff_ms(older_than: str | None, before: str | None, now: int, default: str
         return None
     cutoff = now - parse_duration(duration)
     if cutoff < 0:
-        raise UsageError(f"--older-than {duration!r} reaches back before 1970")
+        raise UsageError(f"--older-than '{duration}' reaches back before 1970")
     return cutoff
 
 
