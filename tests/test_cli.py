@@ -1230,3 +1230,16 @@ def test_manifest_log_stays_exact_json(cli, store, put_blobs):
     result = cli("manifest", "log", "--op", "intent")
     assert_ok(result)
     assert json.loads(result.stdout)["session_id"] == session
+
+
+@pytest.mark.parametrize("session", ["a\u009bb", "a\x85b", "a\u202eb", "a\u2066b", "a\u200fb", "a\u2028b", "a\u2029b"],
+                         ids=lambda s: f"U+{ord(s[1]):04X}")
+def test_a_session_with_c1_bidi_or_separator_characters_is_a_usage_error(cli, store, session):
+    result = cli("put", "-s", session, "-", input=b"x")
+    assert_error(result, 2, "--session")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert_no_raw_controls(result.stderr)
+    assert files_under(store / "sha256") == []
+    assert_error(cli("put", "-", input=b"x", env={"LASHCTL_SESSION": session}), 2, "--session")
+    assert_error(cli("commit", "-s", session, sha(b"x")), 2, "--session")
+    assert not manifest_file(store).exists()
