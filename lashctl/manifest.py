@@ -194,7 +194,7 @@ def parse_line(raw: bytes, lineno: int, path: Path) -> dict:
     if raw.endswith(b"\r"):
         raw = raw[:-1]  # CRLF from a hand edit
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        obj = loads_strict(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise Corrupt(f"{path}:{lineno}: malformed manifest line: invalid UTF-8") from exc
     except json.JSONDecodeError as exc:
@@ -214,9 +214,22 @@ def _strip_bom(raw: bytes) -> bytes:
     return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
 
 
+def loads_strict(text: str) -> object:
+    """``json.loads`` without Python's extensions: NaN and +-Infinity raise ValueError.
+
+    They are not JSON; a line holding one is malformed, not re-emitted by
+    ``manifest log`` to readers that would refuse it.
+    """
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _parses(raw: bytes) -> bool:
     try:
-        json.loads(raw.decode("utf-8"))
+        loads_strict(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError too
         return False
     return True

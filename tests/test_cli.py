@@ -1243,3 +1243,14 @@ def test_a_session_with_c1_bidi_or_separator_characters_is_a_usage_error(cli, st
     assert_error(cli("put", "-", input=b"x", env={"LASHCTL_SESSION": session}), 2, "--session")
     assert_error(cli("commit", "-s", session, sha(b"x")), 2, "--session")
     assert not manifest_file(store).exists()
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_or_infinity_in_a_manifest_line_is_corruption(cli, store, put_blobs, constant):
+    (x,) = put_blobs({"x": b"x bytes"})
+    bad = event_line(intent(x, "A", now_ms()))[:-1] + f',"extra":{constant}}}'
+    _corrupt_store(store, put_blobs, bad)
+    for command in (["manifest", "log"], ["list-uncommitted"], ["show", x]):
+        result = cli(*command)
+        assert_error(result, 65, "manifest.jsonl:3", constant)
+        assert "extra" not in result.stdout  # manifest log stops at the line, like any malformed one
