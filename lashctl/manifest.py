@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -239,6 +240,9 @@ class Manifest:
     """A manifest file and its lock: read the state, append events, compact."""
 
     def __init__(self, path: Path, lock_timeout: float = 30.0, warn: Warn = _stderr_warn) -> None:
+        if not math.isfinite(lock_timeout) or lock_timeout < 0:
+            # NaN or inf would make the lock deadline unreachable: a wait for ever.
+            raise ValueError(f"lock timeout {lock_timeout} is not a finite, non-negative number of seconds")
         self.path = Path(path)
         self.lock_path = Path(str(self.path) + ".lock")
         self.lock_timeout = lock_timeout

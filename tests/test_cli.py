@@ -1254,3 +1254,14 @@ def test_nan_or_infinity_in_a_manifest_line_is_corruption(cli, store, put_blobs,
         result = cli(*command)
         assert_error(result, 65, "manifest.jsonl:3", constant)
         assert "extra" not in result.stdout  # manifest log stops at the line, like any malformed one
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "-1", "-0.5"])
+def test_a_non_finite_or_negative_lock_timeout_is_a_usage_error(cli, store, value):
+    for result in (
+        cli("--lock-timeout", value, "put", "-s", "s", "-", input=b"x"),
+        cli("put", "-s", "s", "-", input=b"x", env={"LASHCTL_LOCK_TIMEOUT": value}),
+    ):
+        assert_error(result, 2, "--lock-timeout")
+        assert result.stderr.count("\n") == 1, result.stderr
+    assert files_under(store / "sha256") == []

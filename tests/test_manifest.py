@@ -346,6 +346,13 @@ def test_an_unterminated_final_line_with_nan_or_infinity_is_a_torn_tail(mpath, w
     assert mpath.read_bytes() == good + line(commit_event(A, "s-1", T0 + 2)) + b"\n"
 
 
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), float("-inf"), -1.0])
+def test_a_non_finite_or_negative_lock_timeout_is_refused(mpath, timeout):
+    # NaN would make the deadline unreachable: a wait for ever, not a timeout.
+    with pytest.raises(ValueError):
+        Manifest(mpath, lock_timeout=timeout)
+
+
 # -- torn tails ----------------------------------------------------------------------
 TORN = b'{"op":"intent","attachment_id":"' + A[:20].encode()
 
