@@ -251,8 +251,10 @@ def _land_batch(
     options: PutOptions,
     explicit_type: str | None,
 ) -> Iterator[PutResult]:
-    at = now_ms()
     with store.manifest.locked():
+        # Stamped once the lock is held: time spent waiting for it must not
+        # come out of the intent's grace period.
+        at = now_ms()
         store.manifest.append(
             [intent_event(s.attachment_id, options.session, at) for _, s in batch]
         )
