@@ -72,6 +72,6 @@ def parse_id(text: str) -> IdQuery:
 
 
 def _shown(text: str) -> str:
-    """Quote user input for a one-line message (the error printer escapes it)."""
+    """Quote user input for a one-line message, escaping control characters."""
     clipped = text if len(text) <= 80 else text[:77] + "..."
-    return f"'{clipped}'"
+    return repr(clipped)

@@ -63,8 +63,7 @@ def test_parse_id_rejects(text):
     with pytest.raises(UsageError) as info:
         parse_id(text)
     assert info.value.exit_code == 2
-    # The message carries the input as typed; the error printer escapes it once.
-    assert "'" + (text if len(text) <= 80 else text[:77] + "...") + "'" in info.value.message
+    assert repr(text if len(text) <= 80 else text[:77] + "...") in info.value.message
 
 
 def test_is_valid_id():
