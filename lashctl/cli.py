@@ -5,6 +5,7 @@ line on stderr and its documented exit code (DESIGN §5); a traceback is shown
 only with ``-v`` or ``LASHCTL_DEBUG=1``.
 """
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -140,6 +141,15 @@ app = typer.Typer(
 )
 
 
+def _lock_timeout(value: float) -> float:
+    # Click's range check lets NaN through (every comparison with it is
+    # false), and NaN or inf would make the lock deadline unreachable: a wait
+    # for ever instead of exit 75.
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"{value} is not a finite, non-negative number of seconds")
+    return value
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"lashctl {__version__}")
@@ -165,7 +175,7 @@ def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks on errors.")] = False,
     lock_timeout: Annotated[
         float,
-        typer.Option("--lock-timeout", envvar=ENV_LOCK_TIMEOUT, min=0, metavar="SECONDS",
+        typer.Option("--lock-timeout", envvar=ENV_LOCK_TIMEOUT, min=0, metavar="SECONDS", callback=_lock_timeout,
                      help="How long to wait for the manifest lock before exit 75."),
     ] = 30.0,
     version: Annotated[

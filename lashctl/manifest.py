@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import stat
 import sys
@@ -30,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError, UnsafePath
 from lashctl.fsutil import NotARegularFile, describe_mode, fsync_dir, open_regular, write_all, write_file_atomic
 from lashctl.ids import canonical_uri, is_utf8_text, is_valid_id
+from lashctl.text import escape_text
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
 
 FORMAT = "lashctl-manifest"
@@ -44,7 +46,7 @@ Warn = Callable[[str], None]
 
 
 def _stderr_warn(message: str) -> None:
-    print(f"lashctl: warning: {message}", file=sys.stderr)
+    print(f"lashctl: warning: {escape_text(message)}", file=sys.stderr)
 
 
 @dataclass(slots=True)
@@ -196,7 +198,7 @@ def parse_line(raw: bytes, lineno: int, path: Path) -> dict:
     if raw.endswith(b"\r"):
         raw = raw[:-1]  # CRLF from a hand edit
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        obj = loads_strict(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise Corrupt(f"{path}:{lineno}: malformed manifest line: invalid UTF-8") from exc
     except json.JSONDecodeError as exc:
@@ -216,9 +218,22 @@ def _strip_bom(raw: bytes) -> bytes:
     return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
 
 
+def loads_strict(text: str) -> object:
+    """``json.loads`` without Python's extensions: NaN and +-Infinity raise ValueError.
+
+    They are not JSON; a line holding one is malformed, not re-emitted by
+    ``manifest log`` to readers that would refuse it.
+    """
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _parses(raw: bytes) -> bool:
     try:
-        json.loads(raw.decode("utf-8"))
+        loads_strict(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError too
         return False
     return True
@@ -234,6 +249,9 @@ class Manifest:
     """
 
     def __init__(self, path: Path, lock_timeout: float = 30.0, warn: Warn = _stderr_warn) -> None:
+        if not math.isfinite(lock_timeout) or lock_timeout < 0:
+            # NaN or inf would make the lock deadline unreachable: a wait for ever.
+            raise ValueError(f"lock timeout {lock_timeout} is not a finite, non-negative number of seconds")
         self.given_path = Path(path)
         self.path = Path(os.path.realpath(path)) if os.path.islink(path) else self.given_path
         self.lock_path = Path(str(self.path) + ".lock")

@@ -20,9 +20,9 @@ def normalize_mime(text: str, source: str = "--media-type") -> str:
     """Lower-case and trim a MIME type; raise UsageError unless it is type/subtype."""
     value = text.strip().lower()
     if ";" in value:
-        raise UsageError(f"{source} {text!r}: parameters (';...') are not allowed")
+        raise UsageError(f"{source} '{text}': parameters (';...') are not allowed")
     if _MIME.fullmatch(value) is None:
-        raise UsageError(f"{source} {text!r} is not a MIME type of the form type/subtype")
+        raise UsageError(f"{source} '{text}' is not a MIME type of the form type/subtype")
     return _ALIASES.get(value, value)
 
 

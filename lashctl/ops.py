@@ -27,6 +27,7 @@ from lashctl.manifest import (
     intent_event,
 )
 from lashctl.store import CHUNK, BlobStore, StagedBlob, unique_suffix
+from lashctl.text import has_control
 from lashctl.timefmt import now_ms
 
 MIN_GRACE_MS = 60_000
@@ -74,10 +75,12 @@ def validate_session(session: str | None) -> str:
         raise UsageError("a session is required: pass --session/-s or set LASHCTL_SESSION")
     if len(session) > MAX_SESSION_LEN:
         raise UsageError(f"--session is longer than {MAX_SESSION_LEN} characters")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in session):
-        raise UsageError(f"--session {session!r} contains control characters")
+    # The class the escaper shows escaped: such a session id could not be
+    # shown to a person as it is.
+    if has_control(session):
+        raise UsageError(f"--session '{session}' contains control, bidi or line separator characters")
     if not is_utf8_text(session):
-        raise UsageError(f"--session {session!r} is not valid UTF-8")
+        raise UsageError(f"--session '{session}' is not valid UTF-8")
     return session
 
 
@@ -249,8 +252,10 @@ def _land_batch(
     options: PutOptions,
     explicit_type: str | None,
 ) -> Iterator[PutResult]:
-    at = now_ms()
     with store.manifest.locked():
+        # Stamped once the lock is held: time spent waiting for it must not
+        # come out of the intent's grace period.
+        at = now_ms()
         store.manifest.append(
             [intent_event(s.attachment_id, options.session, at) for _, s in batch]
         )

@@ -5,6 +5,11 @@ everything meant for people (summaries, warnings, errors). Records are drawn
 as a Rich table when stdout is a terminal and as tab-separated lines, one
 record per line with no header, when it is not, so pipes get full ids and no
 escape codes.
+
+Everything meant for a person (tables, TSV lines, ``show``, summaries,
+warnings, errors) passes through ``escape_text``: labels and session ids come
+from other writers, and a control character in them is shown, never obeyed.
+``--json`` documents and ``exact_line`` stay exact.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any, Callable, Iterable, Sequence
+
+from lashctl.text import escape_text
 
 
 class UI:
@@ -55,6 +62,12 @@ class UI:
 
     @staticmethod
     def line(text: str) -> None:
+        """One line of human text on stdout, control characters escaped."""
+        sys.stdout.write(escape_text(text) + "\n")
+
+    @staticmethod
+    def exact_line(text: str) -> None:
+        """One line of machine text (a JSON event) on stdout, exactly as given."""
         sys.stdout.write(text + "\n")
 
     def records(
@@ -85,15 +98,15 @@ class UI:
     # -- stderr: people ------------------------------------------------------------
     def info(self, message: str) -> None:
         if not self.quiet:
-            print(message, file=sys.stderr)
+            print(escape_text(message), file=sys.stderr)
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            print(f"lashctl: warning: {message}", file=sys.stderr)
+            print(f"lashctl: warning: {escape_text(message)}", file=sys.stderr)
 
     @staticmethod
     def error(message: str) -> None:
-        print(f"lashctl: error: {message}", file=sys.stderr)
+        print(f"lashctl: error: {escape_text(message)}", file=sys.stderr)
 
     def progress(self, description: str, total: int | None, unit: str = "bytes") -> "ProgressBar":
         """A progress bar on stderr, only for a person watching a terminal.
@@ -165,23 +178,25 @@ def _dumps(document: Any, indent: int | None) -> str:
 def _plain(cell: object) -> str:
     if cell is None:
         return "-"
-    text = str(cell)
-    # Keep one record per line whatever a hand-edited manifest put in a field.
-    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    # One record per line, and nothing a terminal obeys, whatever another
+    # writer put in a field: tabs and newlines are escaped with the rest.
+    return escape_text(str(cell))
 
 
 def _rich_table(columns: Sequence[str], rows: Sequence[Sequence[object]], title: str | None) -> None:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, show_edge=False, header_style="bold")
+    # Cells are Text, not strings: Rich parses neither markup nor :emoji: codes
+    # in them, so a label shows as the characters it is.
+    table = Table(title=Text(escape_text(title)) if title else None, show_edge=False, header_style="bold")
     for name in columns:
         # Every column keeps room for its header; on a narrow terminal long
         # values (ids included) fold onto more lines rather than vanish.
         table.add_column(name, overflow="fold", min_width=min(len(name), 12))
     for row in rows:
-        table.add_row(*(escape(_plain(cell)) for cell in row))
+        table.add_row(*(Text(_plain(cell)) for cell in row))
     Console(highlight=False).print(table)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lashctl.errors import Corrupt, StoreIOError, UsageError
 from lashctl.ids import is_utf8_text, is_valid_id
+from lashctl.manifest import loads_strict
 from lashctl.media import LASH_IMAGE_TYPES, lash_image_type, normalize_mime
 
 MAX_SIDECAR_BYTES = 1024 * 1024
@@ -56,8 +57,8 @@ def decode(data: bytes, where: Path | str) -> Metadata:
         return Corrupt(f"undecodable sidecar {where}: {reason}")
 
     try:
-        obj = json.loads(data.decode("utf-8-sig"))
-    except ValueError as exc:  # bad UTF-8, bad JSON, an integer too long to convert
+        obj = loads_strict(data.decode("utf-8-sig"))
+    except ValueError as exc:  # bad UTF-8, bad JSON, NaN or Infinity, an integer too long
         raise bad(str(exc)) from exc
     except RecursionError as exc:
         raise bad("nested too deeply") from exc

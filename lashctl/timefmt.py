@@ -29,7 +29,7 @@ def parse_duration(text: str, option: str = "--older-than") -> int:
     if value.isascii() and value != value.lower():
         hint = ("units are lower-case: m for minutes; there is no unit for months, use days (30d)"
                 if "M" in value else f"units are lower-case, like {value.lower()}")
-        raise UsageError(f"{option} {text!r} is not a duration: {hint}")
+        raise UsageError(f"{option} '{text}' is not a duration: {hint}")
     pos, total = 0, 0
     for match in _PART.finditer(value):
         if match.start() != pos or len(match.group(1)) > _MAX_DIGITS:
@@ -38,7 +38,7 @@ def parse_duration(text: str, option: str = "--older-than") -> int:
         pos = match.end()
     if not value or pos != len(value) or not value.isascii():
         raise UsageError(
-            f"{option} {text!r} is not a duration: use a number and a unit, "
+            f"{option} '{text}' is not a duration: use a number and a unit, "
             "like 90s, 15m, 24h, 7d or 1h30m"
         )
     return total
@@ -71,7 +71,7 @@ def parse_timestamp(text: str, option: str = "--before") -> int:
             number = int(millis.group(1))
             if millis.group(2) is None and number < _BARE_MS_FROM:
                 raise UsageError(
-                    f"{option} {text!r} is ambiguous: write @{value} for epoch seconds "
+                    f"{option} '{text}' is ambiguous: write @{value} for epoch seconds "
                     f"(as from date +%s) or {value}ms for epoch milliseconds"
                 )
             return _in_range(number, text, option)
@@ -82,7 +82,7 @@ def parse_timestamp(text: str, option: str = "--before") -> int:
         epoch_ms = int(parsed.timestamp() * 1000)
     except (ValueError, OverflowError, OSError):
         raise UsageError(
-            f"{option} {text!r} is not a timestamp: use ISO-8601 "
+            f"{option} '{text}' is not a timestamp: use ISO-8601 "
             "(2026-11-26T12:00:00Z), @SECONDS since the epoch, or MILLISECONDSms"
         ) from None
     return _in_range(epoch_ms, text, option)
@@ -90,7 +90,7 @@ def parse_timestamp(text: str, option: str = "--before") -> int:
 
 def _in_range(epoch_ms: int, text: str, option: str) -> int:
     if not 0 <= epoch_ms <= MAX_EPOCH_MS:
-        raise UsageError(f"{option} {text!r} is out of range (1970 to the year 9999)")
+        raise UsageError(f"{option} '{text}' is out of range (1970 to the year 9999)")
     return epoch_ms
 
 
@@ -105,7 +105,7 @@ def cutoff_ms(older_than: str | None, before: str | None, now: int, default: str
         return None
     cutoff = now - parse_duration(duration)
     if cutoff < 0:
-        raise UsageError(f"--older-than {duration!r} reaches back before 1970")
+        raise UsageError(f"--older-than '{duration}' reaches back before 1970")
     return cutoff
 
 

@@ -331,6 +331,32 @@ def test_lock_timeout_exits_75_and_lands_no_blob(store, inputs):
     assert (store / "manifest.jsonl").read_bytes() == manifest_before
 
 
+def test_an_intent_is_stamped_when_it_is_written_not_before_the_lock_wait(store, inputs):
+    # An intent stamped before a long wait for the lock would start its grace
+    # period early: a sweep could take it for older than it is.
+    (inputs / "late.bin").write_bytes(b"stamped after the wait")
+    store.mkdir(parents=True)
+    fd = os.open(store / "manifest.jsonl.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        proc = subprocess.Popen([LASHCTL, "--store", str(store), "put", "-s", "s", str(inputs / "late.bin")],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=base_env())
+        deadline = time.monotonic() + 30
+        while not files_under(store / "tmp") and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # staged: the put is at (or a moment from) the lock
+        time.sleep(2.0)
+        released_ms = time.time_ns() // 1_000_000
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 0, err.decode()
+    events = [json.loads(line) for line in (store / "manifest.jsonl").read_text("utf-8").splitlines()]
+    (stamped,) = [e["intent_at_epoch_ms"] for e in events if e["op"] == "intent"]
+    assert stamped >= released_ms, f"intent stamped {released_ms - stamped} ms before the lock was free"
+
+
 def test_put_lands_no_blob_when_the_manifest_cannot_be_appended(store, inputs, tmp_path):
     data = b"no intent, no blob"
     (inputs / "x.bin").write_bytes(data)

@@ -181,3 +181,61 @@ def test_epoch_seconds_without_at_are_refused_with_a_hint():
     with pytest.raises(UsageError) as info:
         timefmt.parse_timestamp("1795647212")
     assert "@1795647212" in info.value.message
+
+
+# -- text shown to people ---------------------------------------------------------
+# Labels and session ids come from other writers. Every character that could
+# move the cursor, recolour the terminal, reorder what is shown or start a new
+# line must reach a person as a visible escape.
+CONTROL_CHARS = [
+    "\x00", "\x07", "\x08", "\t", "\n", "\x0b", "\x0c", "\r", "\x1b", "\x1f", "\x7f",
+    "\x80", "\x85", "\x9b", "\x9d", "\x9f",
+    "\u061c", "\u200e", "\u200f",
+    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
+    "\u2066", "\u2067", "\u2068", "\u2069",
+    "\u2028", "\u2029",
+]
+
+
+@pytest.mark.parametrize("char", CONTROL_CHARS, ids=lambda c: f"U+{ord(c):04X}")
+def test_every_control_character_is_escaped_visibly(char):
+    from lashctl.text import escape_text, has_control
+
+    shown = escape_text(f"a{char}b")
+    assert char not in shown
+    assert shown.isascii() and shown.isprintable(), repr(shown)
+    assert shown.startswith("a\\") and shown.endswith("b")
+    assert has_control(char)
+
+
+@pytest.mark.parametrize(
+    "raw, shown",
+    [
+        ("\x1b[31mred", "\\x1b[31mred"),
+        ("left\u202eright", "left\\u202eright"),
+        ("one\ntwo\tthree\rfour", "one\\ntwo\\tthree\\rfour"),
+        ("csi\x9b2J", "csi\\x9b2J"),
+        ("para\u2029graph", "para\\u2029graph"),
+        ("back\\slash", "back\\\\slash"),
+        ("forged \\x1b", "forged \\\\x1b"),
+    ],
+)
+def test_escape_forms(raw, shown):
+    from lashctl.text import escape_text
+
+    assert escape_text(raw) == shown
+
+
+def test_an_escape_cannot_be_forged_with_a_backslash():
+    from lashctl.text import escape_text
+
+    assert escape_text("\\x1b") != escape_text("\x1b")
+    assert escape_text("\\n") != escape_text("\n")
+
+
+@pytest.mark.parametrize("plain", ["", "photo.png", "s-42", "héllo wörld", "日本語 ☃ emoji 🙂", "a b", "[bold]x[/]"])
+def test_ordinary_text_is_unchanged(plain):
+    from lashctl.text import escape_text, has_control
+
+    assert escape_text(plain) == plain
+    assert not has_control(plain)

@@ -313,6 +313,46 @@ def test_blank_lines_skipped(mpath):
     assert state.lines == 2
 
 
+NON_JSON_CONSTANTS = ["NaN", "Infinity", "-Infinity"]
+
+
+def _with_extra(event: dict, raw_value: str) -> bytes:
+    """An event line with an unknown extra key holding ``raw_value`` verbatim."""
+    return line(event)[:-1] + b',"extra":' + raw_value.encode() + b"}"
+
+
+@pytest.mark.parametrize("constant", NON_JSON_CONSTANTS)
+def test_nan_or_infinity_in_an_extra_key_is_corrupt(mpath, constant):
+    # Python's json accepts these; JSON has no such values, and manifest log
+    # would re-emit them to readers that refuse them.
+    for value in (constant, f"[1,{{\"deep\":{constant}}}]"):
+        write_lines(mpath, HEADER_LINE, _with_extra(intent_event(A, "s-1", T0), value))
+        with pytest.raises(Corrupt) as info:
+            fold(mpath)
+        assert f"{mpath}:2" in info.value.message
+        assert constant in info.value.message
+
+
+@pytest.mark.parametrize("constant", NON_JSON_CONSTANTS)
+def test_an_unterminated_final_line_with_nan_or_infinity_is_a_torn_tail(mpath, warn, constant):
+    assert not manifest_mod._parses(_with_extra(commit_event(A, "s-1", T0), constant))
+    good = HEADER_LINE + b"\n" + line(intent_event(A, "s-1", T0)) + b"\n"
+    mpath.write_bytes(good + _with_extra(commit_event(A, "s-1", T0 + 1), constant))
+    m = Manifest(mpath, warn=warn)
+    state = m.read_state()
+    assert state.torn_tail and not state.rows[("s-1", A)].committed
+    with m.locked():
+        m.append([commit_event(A, "s-1", T0 + 2)])
+    assert mpath.read_bytes() == good + line(commit_event(A, "s-1", T0 + 2)) + b"\n"
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), float("-inf"), -1.0])
+def test_a_non_finite_or_negative_lock_timeout_is_refused(mpath, timeout):
+    # NaN would make the deadline unreachable: a wait for ever, not a timeout.
+    with pytest.raises(ValueError):
+        Manifest(mpath, lock_timeout=timeout)
+
+
 # -- torn tails ----------------------------------------------------------------------
 TORN = b'{"op":"intent","attachment_id":"' + A[:20].encode()
 

@@ -155,6 +155,10 @@ def test_decode_with_bom():
             json.dumps({"id": ID, "media_type": "image/png", "byte_len": 1, "type_metadata": {"type": "image", "width": "wide"}}).encode(),
             id="type-metadata-bad-width",
         ),
+        # Python's json reads these; JSON has no such values.
+        pytest.param(b'{"id": "' + ID.encode() + b'", "media_type": "text/plain", "byte_len": 1, "x": NaN}', id="nan"),
+        pytest.param(b'{"id": "' + ID.encode() + b'", "media_type": "text/plain", "byte_len": 1, "x": Infinity}', id="infinity"),
+        pytest.param(b'{"id": "' + ID.encode() + b'", "media_type": "text/plain", "byte_len": 1, "x": [-Infinity]}', id="minus-infinity"),
     ],
 )
 def test_decode_rejects(data):

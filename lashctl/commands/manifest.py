@@ -87,7 +87,7 @@ def log(
 
     prefix = parse_id(attachment).hex if attachment is not None else None
     if op is not None and op not in OPS:
-        raise UsageError(f"--op {op!r} is not one of {', '.join(OPS)}")
+        raise UsageError(f"--op '{op}' is not one of {', '.join(OPS)}")
     start = parse_timestamp(since, "--since") if since is not None else None
     end = parse_timestamp(until, "--until") if until is not None else None
     state = app_state(ctx, json_flag)
@@ -106,7 +106,7 @@ def log(
         if state.ui.json:
             matched.append({"line": lineno, "event": event})
         else:
-            state.ui.line(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+            state.ui.exact_line(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
     if state.ui.json:
         state.ui.emit_json(matched)
 

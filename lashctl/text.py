@@ -1,0 +1,53 @@
+"""Text that other writers chose (labels, session ids, file names), made safe to show.
+
+One character class, shared by the session check (such characters are
+refused in a session id) and by the escaper every human output goes through
+(such characters from elsewhere are shown, never obeyed): C0 and DEL, C1,
+the bidi embeddings, overrides, isolates and marks, and the line and
+paragraph separators. Any of these could move the cursor, recolour or retitle
+a terminal, reorder what a person reads, or start a line that looks like
+lashctl's own.
+"""
+
+from __future__ import annotations
+
+import re
+
+_CONTROL_RANGES = (
+    r"\x00-\x1f\x7f"  # C0 and DEL
+    r"\x80-\x9f"  # C1 (U+009B is a one-character CSI on some terminals)
+    r"\u061c\u200e\u200f"  # bidi marks
+    r"\u202a-\u202e"  # bidi embeddings and overrides
+    r"\u2066-\u2069"  # bidi isolates
+    r"\u2028\u2029"  # line and paragraph separators
+)
+_CONTROL = re.compile(f"[{_CONTROL_RANGES}]")
+# The backslash is escaped too, so that a label spelling "\x1b" cannot pass
+# for an escaped control character.
+_ESCAPED = re.compile(f"[\\\\{_CONTROL_RANGES}]")
+_SHORT = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def has_control(text: str) -> bool:
+    """True if ``text`` holds a character no person should see raw."""
+    return _CONTROL.search(text) is not None
+
+
+def escape_text(text: str) -> str:
+    """``text`` with every control character (and the backslash) as a visible escape.
+
+    ``\\n``, ``\\t``, ``\\r``, ``\\\\``; ``\\xNN`` below U+0100; ``\\uNNNN`` above.
+    Text without such characters comes back unchanged.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text  # the common case, decided in C: every character escaped is unprintable
+    return _ESCAPED.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    short = _SHORT.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
