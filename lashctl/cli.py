@@ -55,12 +55,61 @@ def _build_command(name: str) -> Any:
     if isinstance(target, typer.Typer):  # a group of subcommands
         group = get_group(target)
         group.name = name
+        for sub in group.commands.values():
+            _accept_global_options(sub)
         return group
-    return get_command_from_info(
+    return _accept_global_options(get_command_from_info(
         CommandInfo(name=name, callback=target),
         pretty_exceptions_short=app.pretty_exceptions_short,
         rich_markup_mode=app.rich_markup_mode,
-    )
+    ))
+
+
+def _late_global(name: str) -> Any:
+    """Apply a global option given after the command to the state the group callback made."""
+
+    def apply(ctx: Any, _param: Any, value: Any) -> None:
+        state = ctx.find_object(AppState)
+        if state is None or value is None or value is False:
+            return
+        if name == "store":
+            state.store_root, state.store_named = Path(value), True
+        elif name == "manifest":
+            state.manifest_path, state.manifest_named = Path(value), True
+        elif name == "lock_timeout":
+            state.lock_timeout = _lock_timeout(value)
+        else:
+            setattr(state.ui, name, True)
+
+    return apply
+
+
+def _accept_global_options(command: Any) -> Any:
+    """Every global option is accepted after the command too (as restic does).
+
+    They are real options of each command, so the parser knows which take a
+    value: ``put --label -q`` is still a label. Hidden from each command's
+    help: the top-level help lists them once.
+    """
+    from typer.core import TyperOption
+
+    taken = {opt for param in command.params for opt in getattr(param, "opts", ())}
+    specs = [
+        (["--store"], "store", str, False),
+        (["--manifest"], "manifest", str, False),
+        (["--json"], "json", None, True),
+        (["--quiet", "-q"], "quiet", None, True),
+        (["--verbose", "-v"], "verbose", None, True),
+        (["--lock-timeout"], "lock_timeout", float, False),
+    ]
+    for decls, name, kind, is_flag in specs:
+        decls = [d for d in decls if d not in taken]
+        if not decls:
+            continue
+        command.params.append(TyperOption(
+            param_decls=[f"late_{name}", *decls], type=kind, is_flag=is_flag, default=False if is_flag else None,
+            expose_value=False, hidden=True, callback=_late_global(name)))
+    return command
 
 
 class LashctlGroup(TyperGroup):
@@ -188,6 +237,7 @@ def main_options(
     Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 refused, 5 partial,
     65 corrupt data, 75 manifest locked.
     """
+    store_named = store is not None
     if store is None:
         import platformdirs
 
@@ -197,6 +247,8 @@ def main_options(
         manifest_path=manifest,
         lock_timeout=lock_timeout,
         ui=UI(json_output=json_output, quiet=quiet, verbose=verbose),
+        store_named=store_named,
+        manifest_named=manifest is not None,
     )
 
 

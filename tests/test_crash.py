@@ -94,6 +94,8 @@ def kill_at_random(args: list[str], delay: float, input: bytes | None = None) ->
 
 def manifest_reads(store: Path) -> None:
     """``list-uncommitted`` exits 0 on what a crash left, with at most a torn-tail warning."""
+    if not store.exists():
+        return  # killed before the put created the store: nothing to read (and naming it is an error)
     result = run(["--store", str(store), "--json", "list-uncommitted"])
     stderr = result.stderr.decode("utf-8", "replace")
     assert result.returncode == 0, f"manifest unreadable after a crash: rc={result.returncode} {stderr}"
@@ -106,6 +108,7 @@ def manifest_reads(store: Path) -> None:
 
 def startup_seconds(scratch: Path) -> float:
     """How long lashctl takes to start and read an empty store (the dead zone for kills)."""
+    (scratch / "startup-probe").mkdir(exist_ok=True)
     best = min(timed(["--store", str(scratch / "startup-probe"), "list-uncommitted"]) for _ in range(3))
     return best
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from reliability_helpers import one_line_error, run
+import json
+
+from reliability_helpers import base_env, one_line_error, run
 
 pytestmark = pytest.mark.e2e
 
@@ -55,3 +57,69 @@ def test_put_without_any_input_is_still_a_usage_error(tmp_path):
     result = run(["--store", tmp_path / "store", "put", "-s", "s"])
     assert result.returncode == 2
     one_line_error(result.stderr)
+
+
+# -- typos in cron lines -------------------------------------------------------------
+@pytest.mark.parametrize("command", [["reclaim"], ["gc"], ["list-uncommitted"], ["stats"], ["ls"], ["verify"],
+                                     ["commit", "-s", "s", "a" * 64], ["manifest", "compact"], ["manifest", "check"],
+                                     ["delete", "a" * 64], ["get", "a" * 64]])
+def test_an_explicit_store_that_does_not_exist_is_an_error_and_nothing_is_created(tmp_path, command):
+    typo = tmp_path / "srv" / "typo" / "nonexistent"
+    for args, env in ((["--store", typo], None), ([], {"LASHCTL_STORE": str(typo)})):
+        result = run([*args, *command], env=None if env is None else {**base_env(), **env})
+        assert result.returncode == 2, (command, result.stderr)
+        assert str(typo) in one_line_error(result.stderr)
+        assert not (tmp_path / "srv").exists()
+
+
+@pytest.mark.parametrize("command", [["reclaim"], ["list-uncommitted"], ["commit", "-s", "s", "a" * 64], ["gc"]])
+def test_an_explicit_manifest_that_does_not_exist_is_an_error_and_nothing_is_created(tmp_path, command):
+    store = tmp_path / "store"
+    store.mkdir()
+    typo = tmp_path / "typo.jsonl"
+    result = run(["--store", store, "--manifest", typo, *command])
+    assert result.returncode == 2, (command, result.stderr)
+    assert str(typo) in one_line_error(result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    assert list(store.iterdir()) == []
+
+
+def test_put_creates_an_explicit_store_and_manifest(tmp_path):
+    (tmp_path / "in.txt").write_bytes(b"x")
+    result = run(["--store", tmp_path / "new", "--manifest", tmp_path / "m.jsonl", "put", "-s", "s",
+                  tmp_path / "in.txt"])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m.jsonl").exists()
+
+
+def test_the_default_store_may_be_created_on_first_use(tmp_path):
+    env = {**base_env(), "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data")}
+    result = run(["stats"], env=env)
+    assert result.returncode == 0, result.stderr
+
+
+# -- global options in either place ---------------------------------------------------
+def test_global_options_are_accepted_after_the_command(tmp_path):
+    store = tmp_path / "store"
+    (tmp_path / "in.txt").write_bytes(b"x")
+    put = run(["put", "-s", "s", tmp_path / "in.txt", "--store", store, "-q"])
+    assert put.returncode == 0, put.stderr
+    assert put.stderr == b""
+    quiet = run(["reclaim", "-n", "-q", "--store", store])
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == b""
+    listed = run(["list-uncommitted", "--json", "--store", store, "--lock-timeout", "5", "-v"])
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 1
+    manifest = run(["manifest", "check", "--store", store, "--manifest", store / "manifest.jsonl", "-q"])
+    assert manifest.returncode == 0, manifest.stderr
+    bad = run(["reclaim", "--lock-timeout", "nan", "--store", store])
+    assert bad.returncode == 2
+
+
+def test_an_option_value_that_looks_like_a_global_option_is_still_a_value(tmp_path):
+    store = tmp_path / "store"
+    (tmp_path / "in.txt").write_bytes(b"x")
+    result = run(["--store", store, "--json", "put", "-s", "s", "--label", "-q", tmp_path / "in.txt"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["label"] == "-q"

@@ -45,10 +45,23 @@ class AppState:
     manifest_path: Optional[Path]
     lock_timeout: float
     ui: UI
+    store_named: bool = False  # --store or LASHCTL_STORE, not the platform default
+    manifest_named: bool = False
 
-    def store(self):
+    def store(self, create: bool = False):
+        """The store the options name. Unless ``create`` (put), a store root or
+        manifest named explicitly must exist: a typo in a cron line is an error,
+        not a clean sweep of an empty store (nothing is created)."""
+        import os
+
+        from lashctl.errors import UsageError
         from lashctl.ops import Store
 
+        if not create:
+            if self.store_named and not os.path.lexists(self.store_root):
+                raise UsageError(f"store {self.store_root} does not exist (check --store / {ENV_STORE})")
+            if self.manifest_named and self.manifest_path is not None and not os.path.lexists(self.manifest_path):
+                raise UsageError(f"manifest {self.manifest_path} does not exist (check --manifest / {ENV_MANIFEST})")
         return Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn)
 
 

@@ -67,7 +67,7 @@ def put(
     ops.check_put_sources(inputs)
     sources = [ops.PutSource.from_path(p, lambda: sys.stdin.buffer) for p in inputs]
     options = ops.PutOptions(session, media_type, label, width, height)
-    store = state.store()
+    store = state.store(create=True)
     records, stored, deduplicated, total = [], 0, 0, 0
     show_bar = ui.wants_progress() and (
         len(inputs) >= PROGRESS_MIN_INPUTS or _known_size(inputs) >= PROGRESS_MIN_BYTES
