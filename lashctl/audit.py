@@ -338,8 +338,8 @@ def verify(
     present: set[str] = set()
     with store.blobs.opened():
         for attachment_id in store.blobs.iter_ids():
-            present.add(attachment_id)
-            _verify_blob(store, attachment_id, state, report, fix, progress)
+            if _verify_blob(store, attachment_id, state, report, fix, progress):
+                present.add(attachment_id)  # a blob quarantined by --fix is no longer present
         for stray in scan_strays(store):
             _verify_stray(store, stray, report, fix, now, grace)
     if state is not None:
@@ -359,14 +359,15 @@ def verify(
 
 
 def _verify_blob(store: Store, attachment_id: str, state: ManifestState | None, report: VerifyReport,
-                 fix: bool, progress: Progress | None) -> None:
+                 fix: bool, progress: Progress | None) -> bool:
+    """Check one blob (repairing with ``fix``); whether it is still in place afterwards."""
     path = store.blobs.blob_path(attachment_id)
     side = store.blobs.sidecar_path(attachment_id)
     try:
         actual, hashed, links = store.blobs.hash_blob(attachment_id, progress)
     except LashctlError as exc:
         report.findings.append(Finding("unreadable", ERROR, str(path), attachment_id, exc.message))
-        return
+        return True
     report.blobs_checked += 1
     size = hashed.size
     report.bytes_checked += size
@@ -388,7 +389,7 @@ def _verify_blob(store: Store, attachment_id: str, state: ManifestState | None, 
             else:
                 finding.message += "; not quarantined: the file changed after it was hashed (re-run verify)"
         report.findings.append(finding)
-        return
+        return finding.repair is None
     meta, problem = _read_sidecar(store, attachment_id)
     if meta is None and problem is None:
         finding = Finding("sidecar-missing", ERROR, str(side), attachment_id, "no sidecar for this blob")
@@ -407,6 +408,7 @@ def _verify_blob(store: Store, attachment_id: str, state: ManifestState | None, 
     if state is not None and not state.rows_for(attachment_id):
         report.findings.append(Finding("unmanaged", WARNING, str(path), attachment_id,
                                        "no manifest row references this blob"))
+    return True
 
 
 def _verify_stray(store: Store, stray: StrayFile, report: VerifyReport, fix: bool, now: int, grace: int) -> None:

@@ -317,7 +317,8 @@ def test_verify_fix_makes_only_safe_repairs_and_never_deletes_bytes(damaged):
     # what --fix cannot repair is still an error
     assert sorted(f.kind for f in report.errors) == sorted([
         "sidecar-undecodable", "sidecar-mismatch", "stray-file", "stray-file", "stray-file",
-        "committed-bytes-missing"])
+        "committed-bytes-missing",
+        "committed-bytes-missing"])  # the corrupt committed blob, now in quarantine: the state after the repair
 
 
 def test_verify_fix_with_default_grace_keeps_fresh_litter(damaged):

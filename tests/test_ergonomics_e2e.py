@@ -123,3 +123,19 @@ def test_an_option_value_that_looks_like_a_global_option_is_still_a_value(tmp_pa
     result = run(["--store", store, "--json", "put", "-s", "s", "--label", "-q", tmp_path / "in.txt"])
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["label"] == "-q"
+
+
+def test_verify_fix_reports_the_state_after_its_repairs(tmp_path):
+    store = tmp_path / "store"
+    (tmp_path / "in.txt").write_bytes(b"committed bytes\n")
+    [attachment_id] = run(["--store", store, "put", "-s", "s", tmp_path / "in.txt"]).stdout.decode().split()
+    assert run(["--store", store, "commit", "-s", "s", attachment_id]).returncode == 0
+    blob = store / "sha256" / attachment_id[:2] / attachment_id
+    blob.write_bytes(b"rotten bytes!!!\n")
+    fixed = run(["--store", store, "--json", "verify", "--fix"])
+    report = json.loads(fixed.stdout)
+    kinds = sorted((f["kind"], bool(f["repair"])) for f in report["findings"])
+    assert kinds == [("committed-bytes-missing", False), ("hash-mismatch", True)]
+    again = json.loads(run(["--store", store, "--json", "verify"]).stdout)
+    assert report["errors"] == again["errors"] == 1
+    assert fixed.returncode == 65
