@@ -529,7 +529,7 @@ def _gc(store: Store, cutoff: int, dry_run: bool, progress: Progress | None, for
                 item.byte_len = store.blobs.delete(attachment_id)
                 touched.append(attachment_id)
             except LashctlError as exc:
-                item.action, item.error, item.byte_len = "failed", exc.message, 0
+                item.action, item.error = "failed", exc.message
         report.items.append(item)
     for stray in scan_strays(store):
         if stray.kind not in ("staging", "orphan-sidecar") or stray.mtime_ms > cutoff:
@@ -541,9 +541,9 @@ def _gc(store: Store, cutoff: int, dry_run: bool, progress: Progress | None, for
             try:
                 remove_stray(store, stray)
             except LashctlError as exc:
-                item.action, item.error, item.byte_len = "failed", exc.message, 0
+                item.action, item.error = "failed", exc.message
             except OSError as exc:
-                item.action, item.error, item.byte_len = "failed", f"cannot delete: {exc.strerror}", 0
+                item.action, item.error = "failed", f"cannot delete: {exc.strerror}"
         report.items.append(item)
     if not dry_run:
         store.blobs.fsync_shards(touched)

@@ -151,6 +151,9 @@ class LashctlGroup(TyperGroup):
             import traceback
 
             traceback.print_exception(exc, file=sys.stderr)
+        if state is not None and state.ui.json and not state.ui.wrote_data:
+            # A cron job logging --json still gets one document saying what went wrong.
+            state.ui.emit_json({"error": message, "exit_code": code, **state.run_fields()})
         UI.error(message)
         raise typer.Exit(code)
 

@@ -556,7 +556,7 @@ class ReclaimItem:
     attachment_id: str
     action: str  # reclaim | release | failed
     sessions: list[str]  # the sessions whose aged rows this item forgets
-    byte_len: int  # bytes freed (or that a dry run would free)
+    byte_len: int  # the blob's size (0 when absent); freed only when action is reclaim
     bytes_present: bool
     reason: str
     error: str | None = None
@@ -653,20 +653,20 @@ def _reclaim(store: Store, cutoff: int, dry_run: bool, progress: Callable[[int],
         size = st.st_size if st is not None else 0
         present = st is not None
         if live is not None:
-            item = ReclaimItem(attachment_id, RELEASE, sessions, 0, present, f"kept: {live}")
+            item = ReclaimItem(attachment_id, RELEASE, sessions, size, present, f"kept: {live}")
         else:
             item = ReclaimItem(attachment_id, RECLAIM, sessions, size, present,
                                "orphan: no live row" + ("" if present else "; bytes already gone"))
             problem = store.blobs.delete_problem(attachment_id)
             if problem is not None:
                 # The dry run says what the real run will do: this delete fails.
-                item.action, item.error, item.byte_len = FAILED, problem, 0
+                item.action, item.error = FAILED, problem
             elif not dry_run:
                 try:
                     item.byte_len = store.blobs.delete(attachment_id)
                     touched.append(attachment_id)
                 except LashctlError as exc:
-                    item.action, item.error, item.byte_len = FAILED, exc.message, 0
+                    item.action, item.error = FAILED, exc.message
         if progress is not None:
             progress(1)
         if item.action != FAILED:

@@ -28,12 +28,13 @@ class UI:
         self.json = json_output
         self.quiet = quiet
         self.verbose = verbose
+        self.wrote_data = False  # something reached stdout: an error adds no JSON document of its own
 
     # -- stdout: data ------------------------------------------------------------
-    @staticmethod
-    def emit_json(document: Any) -> None:
+    def emit_json(self, document: Any) -> None:
         # Indented for a person at a terminal; compact (and C-encoded, many
         # times faster on big listings) for the pipes that scripts read.
+        self.wrote_data = True
         indent = 2 if sys.stdout.isatty() else None
         sys.stdout.write(_dumps(document, indent) + "\n")
         sys.stdout.flush()
@@ -48,6 +49,7 @@ class UI:
             gathered = list(items)
             self.emit_json(gathered)
             return len(gathered)
+        self.wrote_data = True
         out, count, pending = sys.stdout, 0, ["["]
         for item in items:
             pending.append(("," if count else "") + _dumps(item, None))
@@ -82,6 +84,7 @@ class UI:
         ``rows`` and ``document`` may be given as zero-argument callables so
         that only the form printed is built.
         """
+        self.wrote_data = True
         if self.json:
             self.emit_json(document() if callable(document) else document)
             return
@@ -166,12 +169,14 @@ class _RichProgressBar(ProgressBar):
 
 
 def _dumps(document: Any, indent: int | None) -> str:
-    text = json.dumps(document, indent=indent, ensure_ascii=False)
+    # One style for every command: indented on a terminal, compact on a pipe.
+    separators = (",", ": ") if indent is not None else (",", ":")
+    text = json.dumps(document, indent=indent, ensure_ascii=False, separators=separators)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         # A file name that is not UTF-8: escape it rather than emit invalid JSON.
-        text = json.dumps(document, indent=indent, ensure_ascii=True)
+        text = json.dumps(document, indent=indent, ensure_ascii=True, separators=separators)
     return text
 
 

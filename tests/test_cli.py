@@ -324,7 +324,7 @@ def test_delete_removes_bytes_and_sidecar_and_repeats_with_exit_0(cli, store, pu
     assert_ok(again)
     again_json = cli("delete", "--json", attachment_id)
     assert_ok(again_json)
-    assert json.loads(again_json.stdout)[0]["existed"] is False
+    assert json.loads(again_json.stdout)["items"][0]["existed"] is False
 
 
 def test_delete_force_twice_when_rows_reference_it(cli, store, tmp_path):
@@ -915,8 +915,10 @@ def test_delete_refuses_live_content_naming_the_sessions(cli, store, tmp_path):
 
     result = cli("delete", "--dry-run", "--force", "--json", attachment_id)
     assert_ok(result)
-    assert json.loads(result.stdout) == [{"id": attachment_id, "existed": True, "byte_len": len(data),
-                                          "sessions": ["alice", "bob"], "dry_run": True}]
+    document = json.loads(result.stdout)
+    assert document["dry_run"] is True and document["blobs_deleted"] == 1
+    assert document["items"] == [{"id": attachment_id, "existed": True, "byte_len": len(data),
+                                  "sessions": ["alice", "bob"]}]
     assert snapshot(store) == before
 
     result = cli("delete", "--force", attachment_id)

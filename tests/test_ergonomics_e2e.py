@@ -139,3 +139,75 @@ def test_verify_fix_reports_the_state_after_its_repairs(tmp_path):
     again = json.loads(run(["--store", store, "--json", "verify"]).stdout)
     assert report["errors"] == again["errors"] == 1
     assert fixed.returncode == 65
+
+
+# -- machine output a log can use -----------------------------------------------------
+def _store_with_orphan(tmp_path):
+    store = tmp_path / "store"
+    (tmp_path / "in.txt").write_bytes(b"orphan bytes\n")
+    assert run(["--store", store, "put", "-s", "s", tmp_path / "in.txt"]).returncode == 0
+    return store
+
+
+RUN_FIELDS = {"lashctl_version", "store", "manifest", "started_at", "finished_at"}
+
+
+@pytest.mark.parametrize("command", [["reclaim", "--force", "--older-than", "0s"], ["reclaim", "-n"],
+                                     ["gc", "--force", "--older-than", "0s"], ["delete", "--force", "PREFIX"],
+                                     ["verify", "--fix"], ["manifest", "compact"]])
+def test_json_reports_of_destructive_commands_say_when_where_and_which_version(tmp_path, command):
+    store = _store_with_orphan(tmp_path)
+    attachment_id = next((store / "sha256").glob("*/*")).name.removesuffix(".json")
+    command = [attachment_id if c == "PREFIX" else c for c in command]
+    result = run(["--store", store, "--json", *command])
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert RUN_FIELDS <= set(document), document
+    assert document["store"] == str(store)
+    assert document["manifest"] == str(store / "manifest.jsonl")
+    assert document["started_at"] <= document["finished_at"]
+
+
+@pytest.mark.parametrize("command, code", [(["reclaim", "--older-than", "0s"], 4),
+                                           (["get", "0" * 64], 3)])
+def test_a_failure_under_json_still_prints_one_json_object(tmp_path, command, code):
+    store = _store_with_orphan(tmp_path)
+    result = run(["--store", store, "--json", *command])
+    assert result.returncode == code
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == code and document["error"]
+    assert RUN_FIELDS <= set(document)
+    one_line_error(result.stderr)
+
+
+def test_a_lock_timeout_under_json_prints_one_json_object(tmp_path):
+    import fcntl
+    import os
+
+    store = _store_with_orphan(tmp_path)
+    fd = os.open(store / "manifest.jsonl.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        result = run(["--store", store, "--json", "--lock-timeout", "0.2", "reclaim"])
+    finally:
+        os.close(fd)
+    assert result.returncode == 75
+    assert json.loads(result.stdout)["exit_code"] == 75
+
+
+def test_piped_json_is_compact_in_every_command(tmp_path):
+    store = _store_with_orphan(tmp_path)
+    for command in (["stats"], ["ls"], ["verify"], ["list-uncommitted"], ["reclaim", "-n"], ["manifest", "check"]):
+        result = run(["--store", store, "--json", *command])
+        document = json.loads(result.stdout)
+        assert result.stdout.decode() == json.dumps(document, separators=(",", ":"), ensure_ascii=False) + "\n", command
+
+
+def test_release_items_report_the_blobs_true_size(tmp_path):
+    store = _store_with_orphan(tmp_path)
+    attachment_id = next((store / "sha256").glob("*/*")).name.removesuffix(".json")
+    (tmp_path / "in.txt").write_bytes(b"orphan bytes\n")
+    run(["--store", store, "put", "-s", "t", tmp_path / "in.txt"])
+    run(["--store", store, "commit", "-s", "t", attachment_id])
+    items = json.loads(run(["--store", store, "--json", "reclaim", "--force", "--older-than", "0s"]).stdout)["items"]
+    assert [(i["action"], i["byte_len"], i["bytes_present"]) for i in items] == [("release", 13, True)]

@@ -467,8 +467,8 @@ def test_reclaim_rules(sweep_store):
     assert report.cutoff_epoch_ms == store.cutoff
     assert _items(report) == [
         (ids["orphan"], "reclaim", ["s-old"], len(b"orphan bytes"), True),
-        (ids["committed"], "release", ["s-old"], 0, True),
-        (ids["recent"], "release", ["s-old"], 0, True),
+        (ids["committed"], "release", ["s-old"], len(b"committed by another session"), True),
+        (ids["recent"], "release", ["s-old"], len(b"recent intent elsewhere"), True),
     ]
     assert report.scanned_intents == 3  # uncommitted rows at or before the cutoff, as the summary says
     assert report.blobs_reclaimed == 1
@@ -551,7 +551,7 @@ def test_reclaim_failed_delete_keeps_rows_and_goes_on(sweep_store, monkeypatch):
     by_id = {i.attachment_id: i for i in report.items}
     failed = by_id[ids["orphan"]]
     assert failed.action == "failed"
-    assert failed.byte_len == 0
+    assert failed.byte_len == len(b"orphan bytes")  # its true size; nothing was freed
     assert "Permission denied" in failed.error
     assert report.failures == [failed]
     assert by_id[second].action == "reclaim"

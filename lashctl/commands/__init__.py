@@ -4,7 +4,8 @@ Shared here: the state the global options leave in ``ctx.obj`` and the
 ``--json`` option every command also accepts after its name.
 """
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,6 +48,16 @@ class AppState:
     ui: UI
     store_named: bool = False  # --store or LASHCTL_STORE, not the platform default
     manifest_named: bool = False
+    started_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+
+    def run_fields(self) -> dict:
+        """What a log of a run needs beside its result: when, where, which lashctl."""
+        from lashctl import __version__
+        from lashctl.timefmt import iso_ms, now_ms
+
+        manifest = self.manifest_path if self.manifest_path is not None else self.store_root / "manifest.jsonl"
+        return {"lashctl_version": __version__, "store": str(self.store_root), "manifest": str(manifest),
+                "started_at": iso_ms(self.started_ms), "finished_at": iso_ms(now_ms())}
 
     def store(self, create: bool = False):
         """The store the options name. Unless ``create`` (put), a store root or

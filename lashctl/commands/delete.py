@@ -33,16 +33,21 @@ def delete(
              ", ".join(r.sessions) or None]
             for r in results
         ],
-        [
-            {
-                "id": r.attachment_id,
-                "existed": r.existed,
-                "byte_len": r.byte_len,
-                "sessions": r.sessions,
-                "dry_run": r.dry_run,
-            }
-            for r in results
-        ],
+        {
+            **state.run_fields(),
+            "dry_run": dry_run,
+            "blobs_deleted": sum(r.existed for r in results),
+            "bytes_freed": sum(r.byte_len for r in results),
+            "items": [
+                {
+                    "id": r.attachment_id,
+                    "existed": r.existed,
+                    "byte_len": r.byte_len,
+                    "sessions": r.sessions,
+                }
+                for r in results
+            ],
+        },
     )
     gone = sum(r.existed for r in results)
     state.ui.info(f"{verb} {gone} blob(s), {sum(r.byte_len for r in results)} bytes")

@@ -40,6 +40,7 @@ def gc(
         ["path", "kind", "action", "size", "reason"],
         [[i.path, i.kind, i.action, human_bytes(i.byte_len), i.error or i.reason] for i in report.items],
         {
+            **state.run_fields(),
             "dry_run": report.dry_run,
             "cutoff_epoch_ms": report.cutoff_epoch_ms,
             "cutoff": iso_ms(report.cutoff_epoch_ms),

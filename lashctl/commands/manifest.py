@@ -128,7 +128,7 @@ def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag
             folded = manifest.read_state()
             before = folded.lines
             after = manifest.compact(folded) if manifest.path.exists() else 0
-    document = {"path": str(manifest.path), "dry_run": dry_run, "lines_before": before, "lines_after": after,
+    document = {**state.run_fields(), "path": str(manifest.path), "dry_run": dry_run, "lines_before": before, "lines_after": after,
                 "rows": len(folded.rows)}
     state.ui.records(["what", "value"], [["lines before", before], ["lines after", after], ["rows", len(folded.rows)]], document)
     state.ui.info(f"{'would compact' if dry_run else 'compacted'} {manifest.path}: {before} -> {after} lines")

@@ -45,6 +45,7 @@ def reclaim(
             for i in report.items
         ],
         {
+            **state.run_fields(),
             "dry_run": report.dry_run,
             "cutoff_epoch_ms": report.cutoff_epoch_ms,
             "cutoff": iso_ms(report.cutoff_epoch_ms),

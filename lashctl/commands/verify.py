@@ -61,6 +61,8 @@ def verify(
         ["severity", "kind", "path", "problem", "repair"],
         [[f.severity, f.kind, f.path, f.message, f.repair] for f in report.findings],
         {
+            **state.run_fields(),
+            "fix": fix,
             "clean": not report.errors,
             "blobs_checked": report.blobs_checked,
             "bytes_checked": report.bytes_checked,
