@@ -41,6 +41,7 @@ OPS = ("header", "intent", "commit", "forget")
 _LOCK_POLL_S = 0.02
 _TAIL_PROBE = 64 * 1024
 _EVENT_START = b'{"op":'  # how every line lashctl writes begins
+_SHOWN_RAW = 200  # bytes of a malformed line quoted in its message
 
 Warn = Callable[[str], None]
 
@@ -72,6 +73,7 @@ class ManifestState:
     lines: int = 0  # events read (header included), torn tail excluded
     torn_tail: bool = False
     has_header: bool = False
+    malformed: list[Corrupt] = field(default_factory=list)  # lines skipped by a tolerant read
     _by_id: dict[str, list[Row]] | None = None
 
     def rows_for(self, attachment_id: str) -> list[Row]:
@@ -294,15 +296,22 @@ class Manifest:
                 except Corrupt as exc:
                     if on_error is None:
                         raise
+                    exc.lineno, exc.raw = lineno, raw
                     on_error(exc)
                     continue
                 yield lineno, event
 
-    def read_state(self) -> ManifestState:
-        """Fold the whole log. Raises Corrupt (exit 65) naming the first bad line."""
+    def read_state(self, tolerant: bool = False) -> ManifestState:
+        """Fold the whole log. Raises Corrupt (exit 65) naming the first bad line.
+
+        ``tolerant`` (read-only inspection) skips malformed lines instead and
+        lists them in ``state.malformed``: the caller shows them and exits 65
+        at the end. Destructive commands never fold tolerantly.
+        """
         state = ManifestState()
         count = 0
-        for _lineno, event in self.iter_events(state):
+        on_error = state.malformed.append if tolerant else None
+        for _lineno, event in self.iter_events(state, on_error=on_error):
             state.apply(event)
             count += 1
         state.lines = count
@@ -589,6 +598,21 @@ def check(manifest: Manifest) -> CheckReport:
     report.rows = len(state.rows)
     report.rows_committed = sum(1 for r in state.rows.values() if r.committed)
     return report
+
+
+def describe_malformed(exc: Corrupt) -> str:
+    """``<path>:<line>: <problem>: <the raw line>`` for a person (escaped when shown)."""
+    raw = getattr(exc, "raw", b"")
+    shown = raw[:_SHOWN_RAW].decode("utf-8", "replace") + ("..." if len(raw) > _SHOWN_RAW else "")
+    return f"{exc.message}: {shown}"
+
+
+def malformed_error(state: ManifestState, path: Path) -> Corrupt:
+    """The exit-65 error a tolerant reader raises once it has shown everything."""
+    first, more = state.malformed[0], len(state.malformed) - 1
+    also = f" (and {more} more malformed line(s))" if more else ""
+    return Corrupt(f"{first.message}{also}; the other lines were read: destructive commands refuse "
+                   f"manifest {path} until it is repaired")
 
 
 def event_time(event: dict) -> int | None:

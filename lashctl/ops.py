@@ -463,19 +463,40 @@ class UncommittedRow:
 
 
 def list_uncommitted(
-    store: Store, cutoff: int | None = None, session: str | None = None
+    store: Store, cutoff: int | None = None, session: str | None = None,
+    malformed: list[Corrupt] | None = None,
 ) -> list[UncommittedRow]:
     """Uncommitted rows with intent at or before ``cutoff`` (all if None), oldest first."""
-    return list(iter_uncommitted(store, cutoff, session))
+    return list(iter_uncommitted(store, cutoff, session, malformed))
 
 
 def iter_uncommitted(
-    store: Store, cutoff: int | None = None, session: str | None = None
+    store: Store, cutoff: int | None = None, session: str | None = None,
+    malformed: list[Corrupt] | None = None,
 ) -> Iterator[UncommittedRow]:
     """``list_uncommitted`` as a stream from the manifest index: memory does
-    not grow with the manifest."""
+    not grow with the manifest.
+
+    With a ``malformed`` list, a manifest with malformed lines is folded in
+    memory, skipping them (listed there), instead of stopping the listing.
+    """
     shards: dict[str, bool] = {}
-    with store.index() as index:
+    try:
+        index = store.index()
+    except Corrupt:
+        if malformed is None:
+            raise
+        state = store.manifest.read_state(tolerant=True)
+        malformed.extend(state.malformed)
+        rows = sorted((r for r in state.rows.values()
+                       if r.committed_at_epoch_ms is None
+                       and (cutoff is None or r.intent_at_epoch_ms <= cutoff)
+                       and (session is None or r.session_id == session)),
+                      key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id))
+        for row in rows:
+            yield _describe_row(store, row, shards)
+        return
+    with index:
         for row in index.uncommitted(cutoff, session):
             yield _describe_row(store, row, shards)
 

@@ -211,3 +211,56 @@ def test_release_items_report_the_blobs_true_size(tmp_path):
     run(["--store", store, "commit", "-s", "t", attachment_id])
     items = json.loads(run(["--store", store, "--json", "reclaim", "--force", "--older-than", "0s"]).stdout)["items"]
     assert [(i["action"], i["byte_len"], i["bytes_present"]) for i in items] == [("release", 13, True)]
+
+
+# -- a damaged manifest can still be inspected ------------------------------------------
+def _damaged(tmp_path):
+    store = tmp_path / "store"
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(name.encode() * 10)
+        assert run(["--store", store, "put", "-s", "s", tmp_path / name]).returncode == 0
+    manifest = store / "manifest.jsonl"
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    lines.insert(2, b'{"op":"intent", this is \x1b[31m not json\n')
+    manifest.write_bytes(b"".join(lines))
+    return store
+
+
+@pytest.mark.parametrize("command", [["stats"], ["ls"], ["list-uncommitted"], ["manifest", "log"]])
+def test_read_only_inspection_goes_on_past_a_malformed_line_and_exits_65(tmp_path, command):
+    store = _damaged(tmp_path)
+    result = run(["--store", store, *command])
+    assert result.returncode == 65, result.stderr
+    stderr = result.stderr.decode()
+    assert "manifest.jsonl:3" in stderr and "this is \\x1b[31m not json" in stderr, stderr
+    assert "\x1b" not in stderr
+    if command != ["stats"]:
+        assert len(result.stdout.splitlines()) == (3 if command == ["manifest", "log"] else 2), result.stdout
+
+
+def test_manifest_log_json_marks_the_malformed_line(tmp_path):
+    store = _damaged(tmp_path)
+    result = run(["--store", store, "--json", "manifest", "log"])
+    assert result.returncode == 65
+    entries = json.loads(result.stdout)
+    bad = [e for e in entries if "malformed" in e]
+    assert [e["line"] for e in bad] == [3] and "not json" in bad[0]["malformed"]
+    assert len(entries) == 4
+
+
+def test_show_goes_on_past_a_malformed_line(tmp_path):
+    store = _damaged(tmp_path)
+    attachment_id = next((store / "sha256").glob("*/*[0-9a-f]")).name
+    result = run(["--store", store, "show", attachment_id])
+    assert result.returncode == 65
+    assert b"verdict:" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["reclaim", "--force", "--older-than", "0s"], ["gc", "--force", "--older-than", "0s"],
+                                     ["manifest", "compact"]])
+def test_destructive_commands_still_refuse_a_malformed_manifest(tmp_path, command):
+    store = _damaged(tmp_path)
+    before = sorted(p.name for p in (store / "sha256").glob("*/*"))
+    result = run(["--store", store, *command])
+    assert result.returncode == 65
+    assert sorted(p.name for p in (store / "sha256").glob("*/*")) == before

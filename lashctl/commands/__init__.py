@@ -92,3 +92,20 @@ def read_stdin_words() -> list[str]:
     import sys
 
     return sys.stdin.read().split()
+
+
+def inspect_state(state: AppState, store):
+    """The manifest's state for a read-only command: malformed lines are
+    skipped (and listed) rather than stopping the inspection."""
+    return store.manifest.read_state(tolerant=True)
+
+
+def end_inspection(state: AppState, store, manifest_state) -> None:
+    """After the output: mark each malformed line on stderr, then exit 65."""
+    if not manifest_state.malformed:
+        return
+    from lashctl.manifest import describe_malformed, malformed_error
+
+    for exc in manifest_state.malformed:
+        state.ui.warn(describe_malformed(exc))
+    raise malformed_error(manifest_state, store.manifest.path)

@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lashctl.commands import BeforeOption, JsonFlag, OlderThanOption, app_state
+from lashctl.commands import BeforeOption, JsonFlag, OlderThanOption, app_state, end_inspection
 from lashctl.render import human_bytes
 from lashctl.timefmt import age_text, cutoff_ms, iso_ms, now_ms
 
@@ -27,6 +27,7 @@ def list_uncommitted(
     now = now_ms()
     cutoff = cutoff_ms(older_than, before, now)
     store = state.store()
+    malformed: list = []  # lines a damaged manifest holds, shown after the listing
     if state.ui.json:
         count = state.ui.emit_json_array(
             {
@@ -41,10 +42,10 @@ def list_uncommitted(
                 "label": r.label,
                 "bytes_present": r.bytes_present,
             }
-            for r in ops.iter_uncommitted(store, cutoff, session)
+            for r in ops.iter_uncommitted(store, cutoff, session, malformed)
         )
     else:
-        rows = ops.list_uncommitted(store, cutoff, session)
+        rows = ops.list_uncommitted(store, cutoff, session, malformed)
         count = len(rows)
         state.ui.records(
             ["id", "session", "intent at", "age", "size", "media type", "label", "bytes"],
@@ -65,3 +66,7 @@ def list_uncommitted(
         )
     suffix = f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""
     state.ui.info(f"{count} uncommitted row(s){suffix}")
+    if malformed:
+        from lashctl.manifest import ManifestState
+
+        end_inspection(state, store, ManifestState(malformed=malformed))

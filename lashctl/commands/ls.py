@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lashctl.commands import JsonFlag, app_state
+from lashctl.commands import JsonFlag, app_state, end_inspection, inspect_state
 from lashctl.render import human_bytes
 from lashctl.timefmt import iso_ms
 
@@ -45,7 +45,8 @@ def ls(
 
     state = app_state(ctx, json_flag)
     store = state.store()
-    entries = audit.list_blobs(store, store.manifest.read_state(), warn=state.ui.warn)
+    manifest_state = inspect_state(state, store)
+    entries = audit.list_blobs(store, manifest_state, warn=state.ui.warn)
     if session is not None:
         entries = [e for e in entries if session in e.sessions]
     if ref_state is not None:
@@ -87,3 +88,4 @@ def ls(
         ],
     )
     state.ui.info(f"{len(entries)} blob(s), {sum(e.byte_len for e in entries)} bytes")
+    end_inspection(state, store, manifest_state)

@@ -82,7 +82,7 @@ def log(
     (intent and commit). With --json: one array of {line, event} objects.
     """
     from lashctl.ids import parse_id
-    from lashctl.manifest import OPS, event_time
+    from lashctl.manifest import OPS, describe_malformed, event_time
     from lashctl.timefmt import parse_timestamp
 
     prefix = parse_id(attachment).hex if attachment is not None else None
@@ -91,8 +91,20 @@ def log(
     start = parse_timestamp(since, "--since") if since is not None else None
     end = parse_timestamp(until, "--until") if until is not None else None
     state = app_state(ctx, json_flag)
-    matched = []
-    for lineno, event in state.store().manifest.iter_events():
+    matched: list[dict] = []
+    malformed: list[Corrupt] = []
+
+    def mark(exc: Corrupt) -> None:
+        # Keep going: the line is marked where it stands, and the exit is 65 at the end.
+        malformed.append(exc)
+        if state.ui.json:
+            matched.append({"line": exc.lineno, "malformed": exc.raw.decode("utf-8", "replace"),
+                            "problem": exc.message})
+        else:
+            state.ui.warn(describe_malformed(exc))
+
+    manifest = state.store().manifest
+    for lineno, event in manifest.iter_events(on_error=mark):
         if prefix is not None and not str(event.get("attachment_id", "")).startswith(prefix):
             continue
         if session is not None and event.get("session_id") != session:
@@ -109,6 +121,8 @@ def log(
             state.ui.exact_line(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
     if state.ui.json:
         state.ui.emit_json(matched)
+    if malformed:
+        raise Corrupt(f"{len(malformed)} malformed line(s) in manifest {manifest.path}")
 
 
 @app.command("compact")

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import JsonFlag, app_state
+from lashctl.commands import JsonFlag, app_state, end_inspection, inspect_state
 from lashctl.ids import parse_id
 from lashctl.render import human_bytes
 from lashctl.timefmt import age_text, iso_ms, now_ms
@@ -26,7 +26,7 @@ def show(
     query = parse_id(attachment)
     state = app_state(ctx, json_flag)
     store = state.store()
-    manifest_state = store.manifest.read_state()
+    manifest_state = inspect_state(state, store)
     attachment_id = ops.resolve_id(store, query, manifest_state)
     now = now_ms()
     report = audit.show(store, attachment_id, manifest_state, now)
@@ -86,3 +86,4 @@ def show(
             f"  session {r.session_id}: intent {iso_ms(r.intent_at_epoch_ms)} "
             f"({age_text(now - r.intent_at_epoch_ms)} ago), {committed}"
         )
+    end_inspection(state, store, manifest_state)

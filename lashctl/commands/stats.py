@@ -2,7 +2,7 @@
 
 import typer
 
-from lashctl.commands import JsonFlag, app_state
+from lashctl.commands import JsonFlag, app_state, end_inspection, inspect_state
 from lashctl.render import human_bytes
 from lashctl.timefmt import now_ms
 
@@ -19,7 +19,8 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
 
     state = app_state(ctx, json_flag)
     store = state.store()
-    s = audit.stats(store, store.manifest.read_state(), now_ms())
+    manifest_state = inspect_state(state, store)
+    s = audit.stats(store, manifest_state, now_ms())
     document = {
         "blobs": s.blobs,
         "blob_bytes": s.blob_bytes,
@@ -56,3 +57,4 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
         ["  after compaction", s.compacted_lines, None],
     ]
     state.ui.records(["what", "count", "bytes"], rows, document)
+    end_inspection(state, store, manifest_state)
