@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from lashctl import cachedir
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError
 from lashctl.ids import canonical_uri, is_utf8_text, is_valid_id
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
@@ -342,7 +343,8 @@ class Manifest:
             raise StoreIOError.wrap("open", self.path, exc) from exc
         created = False
         try:
-            size = os.fstat(fd).st_size
+            before = os.fstat(fd)
+            size = before.st_size
             prefix = b""
             if size == 0:
                 prefix = encode_events([HEADER])
@@ -355,6 +357,8 @@ class Manifest:
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
+            # Lets the state cache tell this append from an edit (lashctl.cachedir).
+            cachedir.record_own_write(self.path, before, os.fstat(fd))
         except OSError as exc:
             raise StoreIOError.wrap("append to", self.path, exc) from exc
         finally:
@@ -409,8 +413,10 @@ class Manifest:
                 )
         from lashctl.store import write_file_atomic
 
+        before = cachedir.stat_or_none(self.path)
         # Stage beside the manifest: the rename must not cross file systems.
         write_file_atomic(self.path, encode_events(events), self.path.parent)
+        cachedir.record_own_write(self.path, before, None, cachedir.REWRITE)
         return len(events)
 
 
