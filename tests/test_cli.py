@@ -634,8 +634,11 @@ def test_commit_reports_each_status_and_exit_3_for_no_intent(cli, store, tmp_pat
     assert_ok(result)
     assert result.stdout == f"{d}\ts1\tcommitted\n"
 
+    # "already committed" still writes its commit event (a no-op in the fold): the
+    # state cache is never trusted to skip one. "no intent" writes nothing.
     commits = [e for e in read_events(store) if e["op"] == "commit"]
-    assert [(e["attachment_id"], e["session_id"]) for e in commits] == [(a, "s1"), (b, "s1"), (c, "s1"), (d, "s1")]
+    assert [(e["attachment_id"], e["session_id"]) for e in commits] == [
+        (a, "s1"), (a, "s1"), (b, "s1"), (c, "s1"), (c, "s1"), (d, "s1")]
     listed = cli("list-uncommitted", "--json")
     assert_ok(listed)
     assert json.loads(listed.stdout) == []

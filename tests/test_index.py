@@ -777,6 +777,26 @@ def test_same_length_edit_before_the_end_then_an_append_is_seen(tmp_path: Path, 
     assert _commit_lines(store, "s1", x) == 1
 
 
+@pytest.mark.parametrize("lie", ["committed", "absent"])
+def test_commit_writes_through_a_cache_whose_rows_were_edited(tmp_path: Path, lie: str) -> None:
+    """Someone edits the cache's rows (sqlite3 CLI): commit must still record the
+    commit the log needs, and must not answer "no intent" for a row the log has."""
+    x = aid(0xA)
+    store = _store_with(tmp_path, [HEADER, enc(intent_event(x, "s1", T0))])
+    with store.index() as ix:
+        assert not ix.using_fallback
+    conn = sqlite3.connect(index_path(store.manifest.path))
+    with conn:
+        if lie == "committed":
+            conn.execute("UPDATE rows SET committed_at = ? WHERE session_id = 's1'", (T0 + 1,))
+        else:
+            conn.execute("DELETE FROM rows WHERE session_id = 's1'")
+    conn.close()
+    assert _commit(store, "s1", x) != "no intent"
+    assert store.manifest.read_state().rows[("s1", x)].committed
+    assert _commit_lines(store, "s1", x) == 1
+
+
 def test_commit_does_not_wait_on_a_locked_cache(tmp_path: Path) -> None:
     """Another process holds a write transaction on the cache: commit (under the
     manifest lock) falls back to the log instead of waiting for it."""
