@@ -108,9 +108,6 @@ _SQL_COMMIT = (
 )
 _SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, committed_at FROM rows"
 
-# Reasons the cache was not used that this process already reported (once each).
-_NOTED: set[str] = set()
-
 # Pending change of one key within a batch (see _Batch).
 _MERGE, _REPLACE = 0, 1
 
@@ -744,8 +741,7 @@ class ManifestIndex:
 
     # -- fallback ----------------------------------------------------------------
     def _say_unusable(self, reason: str) -> None:
-        if self._note is not None and reason not in _NOTED:
-            _NOTED.add(reason)
+        if self._note is not None:
             self._note(f"not using the state cache: {reason}; folding the manifest in memory")
 
     def _discard_file(self) -> None:

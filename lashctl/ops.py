@@ -47,8 +47,11 @@ class Store:
         manifest_path: Path | None = None,
         lock_timeout: float = 30.0,
         warn: Warn | None = None,
+        note: Warn | None = None,
     ) -> None:
         self.root = Path(root)
+        # Detail for -v only (why the state cache was not used), said once per command.
+        self.note = _once(note) if note is not None else None
         self.blobs = BlobStore(self.root)
         kwargs = {} if warn is None else {"warn": warn}
         self.manifest = Manifest(
@@ -64,9 +67,20 @@ class Store:
         """The manifest's state index (a rebuildable cache of the fold), refreshed."""
         from lashctl.index import ManifestIndex
 
-        index = ManifestIndex(self.manifest)
+        index = ManifestIndex(self.manifest, note=self.note)
         index.refresh()
         return index
+
+
+def _once(say: Warn) -> Warn:
+    said: set[str] = set()
+
+    def once(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            say(message)
+
+    return once
 
 
 def validate_session(session: str | None) -> str:

@@ -91,6 +91,11 @@ class UI:
         if not self.quiet:
             print(f"lashctl: warning: {message}", file=sys.stderr)
 
+    def note(self, message: str) -> None:
+        """Detail only a -v run shows."""
+        if self.verbose:
+            print(f"lashctl: note: {message}", file=sys.stderr)
+
     @staticmethod
     def error(message: str) -> None:
         print(f"lashctl: error: {message}", file=sys.stderr)

@@ -1125,3 +1125,19 @@ def test_put_requires_a_session_and_inputs(cli, store, tmp_path):
     assert_error(cli("put", "-s", "s"), 2)
     assert_error(cli("put", "-s", "s", str(tmp_path / "missing.bin")), 2, "missing.bin")
     assert files_under(store / "sha256") == []
+
+
+def test_unusable_cache_directory_is_noted_once_only_with_verbose(cli, store, tmp_path):
+    cache = Path(os.environ["LASHCTL_CACHE_DIR"])
+    os.chmod(cache, 0o777)  # others could plant files there: the cache is not used
+    sources = write_inputs(tmp_path / "in", {"a": b"note me", "b": b"and me"})
+    a, b = ids_out(cli("put", "-s", "s1", *map(str, sources)))
+    quiet = cli("commit", "-s", "s1", a[:8])  # a prefix: two lookups open the cache
+    assert_ok(quiet)
+    assert "note" not in quiet.stderr
+    loud = cli("-v", "commit", "-s", "s1", b[:8])
+    assert_ok(loud)
+    notes = [line for line in loud.stderr.splitlines() if line.startswith("lashctl: note:")]
+    assert len(notes) == 1 and "writable by others" in notes[0], loud.stderr
+    assert not (cache / "index").exists()
+    assert store.joinpath("manifest.jsonl").read_text().count('"op":"commit"') == 2

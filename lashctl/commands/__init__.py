@@ -49,7 +49,8 @@ class AppState:
     def store(self):
         from lashctl.ops import Store
 
-        return Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn)
+        return Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn,
+                     note=self.ui.note)
 
 
 def app_state(ctx: typer.Context, json_flag: bool = False) -> AppState:
