@@ -7,15 +7,17 @@ inside the store, so reading commands leave the store untouched), and on each
 manifest of a million rows then costs a stat, two short reads and a few index
 lookups instead of a fold of the whole log.
 
-Validation. A ``meta`` row records the manifest's ``st_dev``/``st_ino``, the
-byte offset consumed (complete ``\\n``-terminated lines only), the number of
-lines consumed (for line numbers in errors), the size and ``st_mtime_ns`` seen
-at the last refresh, and the length and sha256 of the first and of the last
-consumed line. The index is reused only when the file is the same inode, is
-not shorter than the offset, still has the same first and last consumed lines
-(the last one at the same place, right after a ``\\n``), and is not the same
-size with a different mtime (an in-place rewrite). Anything else drops the
-index and folds the manifest again from byte 0.
+Validation. A ``meta`` row records the manifest's stat at the last refresh
+(``st_dev``, ``st_ino``, size, ``st_mtime_ns``, ``st_ctime_ns``), the byte
+offset consumed (complete ``\\n``-terminated lines only), the number of lines
+consumed (for line numbers in errors), and the length and sha256 of the first
+and of the last consumed line. The index is extended from the offset only when
+the manifest's stat is the recorded one, or when lashctl's own journalled
+appends lead from it to the current stat (``lashctl.cachedir``); any change
+lashctl did not make itself (an edit in place, a ``touch``, another writer's
+append, a compaction) makes it fold the manifest again from byte 0. The inode,
+the size and the first and last consumed lines are still checked as a second
+guard.
 
 Lines are parsed with ``lashctl.manifest.parse_line`` (the same BOM, CRLF,
 blank-line handling and validation as ``Manifest.iter_events``); a bad line
@@ -29,10 +31,12 @@ never block a refreshing writer or the other way round, and a power loss can
 at worst lose the last refreshes, never leave a half-applied one (the meta row
 is in the same transaction as the rows it describes). ``BEGIN IMMEDIATE``
 serialises two processes refreshing at once; meta is re-read inside the
-transaction. The cache must never fail a command: if the ``.idx`` cannot be
-opened or written (read-only directory, a lock held too long), the index
-answers from an in-memory fold (``Manifest.read_state()``) behind the same
-API; a file SQLite reports as corrupt is deleted and rebuilt.
+transaction. The cache must never fail a command, nor hold one up: if the
+``.idx`` cannot be used (a directory others can write, a symlink, a read-only
+directory, another process's transaction: waited on for at most 0.5 s under
+the manifest lock, a few seconds otherwise), the index answers from an
+in-memory fold (``Manifest.read_state()``) behind the same API; a file SQLite
+reports as corrupt is deleted and rebuilt.
 """
 
 from __future__ import annotations
@@ -41,23 +45,30 @@ import hashlib
 import os
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
+from lashctl import cachedir
+from lashctl.cachedir import ENV_CACHE_DIR, index_path  # noqa: F401  (part of this module's API)
 from lashctl.errors import Corrupt, StoreIOError
 from lashctl.ids import URI_SCHEME, canonical_uri
 from lashctl.manifest import ManifestState, Row, _parses, _strip_bom, parse_line
 from lashctl.manifest import VERSION as MANIFEST_VERSION
+from lashctl.store import NotARegularFile, open_regular
 
 if TYPE_CHECKING:  # pragma: no cover
     from lashctl.manifest import Manifest
 
 # Bump when the tables, the fold or the validation change: an index of
 # another format is dropped and rebuilt.
-FORMAT = f"lashctl-index/1 manifest/{MANIFEST_VERSION}"
+FORMAT = f"lashctl-index/2 manifest/{MANIFEST_VERSION}"
 
 _CHUNK = 8 * 1024 * 1024  # bytes read at a time
 _BATCH_LINES = 50_000  # lines folded in Python before they are written
-_BUSY_TIMEOUT_S = 120.0  # wait for another process's refresh (a first build can take seconds)
+# How long to wait for another process's transaction on the cache before
+# answering from an in-memory fold instead. Under the manifest lock every other
+# writer waits for us, so only a moment; a reader may wait a little longer.
+_LOCKED_BUSY_TIMEOUT_S = 0.5
+_BUSY_TIMEOUT_S = 5.0
 _CACHE_KIB = 64 * 1024  # SQLite page cache, allocated only as used
 
 _SCHEMA = (
@@ -65,7 +76,7 @@ _SCHEMA = (
     " k INTEGER PRIMARY KEY CHECK (k = 0), format TEXT NOT NULL,"
     " dev TEXT NOT NULL, ino TEXT NOT NULL,"
     " offset INTEGER NOT NULL, lines INTEGER NOT NULL,"
-    " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
+    " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
     " first_len INTEGER NOT NULL, first_sha BLOB, last_len INTEGER NOT NULL, last_sha BLOB)",
     "CREATE TABLE IF NOT EXISTS rows ("
     " session_id TEXT NOT NULL, attachment_id TEXT NOT NULL,"
@@ -81,7 +92,8 @@ _INDEXES = (
     " (intent_at, attachment_id, session_id, canonical_uri, committed_at) WHERE committed_at IS NULL",
 )
 _DROP_INDEXES = ("DROP INDEX IF EXISTS rows_by_id", "DROP INDEX IF EXISTS rows_uncommitted")
-_META_COLS = "format, dev, ino, offset, lines, size, mtime_ns, first_len, first_sha, last_len, last_sha"
+_META_COLS = ("format, dev, ino, offset, lines, size, mtime_ns, ctime_ns,"
+              " first_len, first_sha, last_len, last_sha")
 
 _SQL_DELETE = "DELETE FROM rows WHERE session_id = ? AND attachment_id = ?"
 _SQL_REPLACE = "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)"
@@ -98,24 +110,6 @@ _SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, commi
 
 # Pending change of one key within a batch (see _Batch).
 _MERGE, _REPLACE = 0, 1
-
-
-ENV_CACHE_DIR = "LASHCTL_CACHE_DIR"
-
-
-def index_path(manifest_path: Path) -> Path:
-    """Where the index of a manifest lives: in the user's cache, never in the store.
-
-    Reading commands leave the store exactly as they found it; the cache is
-    keyed by the manifest's real path (and checked against its inode).
-    """
-    root = os.environ.get(ENV_CACHE_DIR)
-    if not root:
-        import platformdirs
-
-        root = platformdirs.user_cache_dir("lashctl")
-    key = hashlib.sha256(os.fsencode(os.path.realpath(manifest_path))).hexdigest()[:32]
-    return Path(root) / "index" / f"{key}.idx"
 
 
 def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, committed_at: int | None) -> Row:
@@ -151,7 +145,7 @@ def _pread_exact(fd: int, length: int, offset: int) -> bytes:
 
 
 class _Meta:
-    __slots__ = ("format", "dev", "ino", "offset", "lines", "size", "mtime_ns",
+    __slots__ = ("format", "dev", "ino", "offset", "lines", "size", "mtime_ns", "ctime_ns",
                  "first_len", "first_sha", "last_len", "last_sha")
 
     def __init__(self, values: tuple) -> None:
@@ -160,6 +154,10 @@ class _Meta:
 
     def values(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)
+
+    def stat_key(self) -> cachedir.StatKey:
+        """The manifest's stat when this meta was written, as ``cachedir.stat_key`` gives it."""
+        return (int(self.dev), int(self.ino), self.size, self.mtime_ns, self.ctime_ns)
 
 
 class _Batch:
@@ -241,9 +239,14 @@ class ManifestIndex:
     session id; ``uncommitted`` streams, oldest intent first.
     """
 
-    def __init__(self, manifest: "Manifest") -> None:
+    def __init__(self, manifest: "Manifest", note: Callable[[str], None] | None = None) -> None:
         self.manifest = manifest
         self.path = index_path(manifest.path)
+        # Says why the cache is not used (a verbose-only message in the CLI).
+        self._note = note
+        # Under the manifest lock no other lashctl writes: wait on the cache only a moment.
+        self._under_lock = getattr(manifest, "_lock_fd", None) is not None
+        self._seen: cachedir.StatKey | None = None  # the manifest stat the stored meta describes
         self._conn: sqlite3.Connection | None = None
         self._memory: ManifestState | None = None  # fallback: the in-memory fold
         self._fallback = False
@@ -284,18 +287,22 @@ class ManifestIndex:
             self._refresh_memory()
             return
         try:
-            fd = os.open(self.manifest.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(self.manifest.path)  # a FIFO here must not hang the command
         except FileNotFoundError:
             self._empty = True
             return
+        except NotARegularFile as exc:
+            raise Corrupt(f"manifest {self.manifest.path} is {exc.strerror}, not a regular file") from exc
         except OSError:
             self._fall_back()
             return
         self._empty = False
+        self._seen = None
         try:
             for attempt in range(2):
                 try:
                     self._refresh_sqlite(fd)
+                    self._trim_journal()
                     return
                 except OSError as exc:  # reading the manifest (the .idx is SQLite's business)
                     raise StoreIOError.wrap("read", self.manifest.path, exc) from exc
@@ -428,10 +435,14 @@ class ManifestIndex:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as exc:
-                raise sqlite3.OperationalError(f"cannot create {self.path.parent}: {exc}") from exc
-            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+                # Only in private directories, never through a link (the path is predictable).
+                cachedir.private_index_dir(self.path)
+                cachedir.prepare_files(self.path)
+            except cachedir.Unusable as exc:
+                self._say_unusable(str(exc))
+                raise sqlite3.OperationalError(str(exc)) from exc
+            timeout = _LOCKED_BUSY_TIMEOUT_S if self._under_lock else _BUSY_TIMEOUT_S
+            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             try:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
@@ -450,17 +461,25 @@ class ManifestIndex:
         try:
             values = conn.execute(f"SELECT {_META_COLS} FROM meta WHERE k = 0").fetchone()
         except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return None
+            if "no such table" in str(exc) or "no such column" in str(exc):
+                return None  # empty, or an older format: rebuilt
             raise
         if values is None or values[0] != FORMAT:
             return None
         return _Meta(values)
 
     def _reusable(self, meta: _Meta | None, fd: int, st: os.stat_result) -> bool:
-        """May the stored state be extended, or must it be rebuilt from byte 0?"""
+        """May the stored state be extended, or must it be rebuilt from byte 0?
+
+        Only when the manifest is as the stored meta saw it, or lashctl's own
+        journalled appends took it from there to here (lashctl.cachedir): any
+        other change, however it looks, is folded again from byte 0.
+        """
         if meta is None or meta.dev != str(st.st_dev) or meta.ino != str(st.st_ino):
             return False
+        if not cachedir.own_writes_lead(self.path, meta.stat_key(), cachedir.stat_key(st)):
+            return False
+        # Kept as a second guard: cheap, and they catch an edit within the same clock tick.
         if st.st_size < meta.offset:
             return False  # truncated below what was consumed
         if st.st_size == meta.size and st.st_mtime_ns != meta.mtime_ns:
@@ -485,6 +504,7 @@ class ManifestIndex:
             tail = self._read_tail_if_no_newline(fd, meta.offset, st.st_size)
             if tail is not None:
                 self._tail(conn, tail, meta.lines + 1)
+                self._seen = meta.stat_key()
                 return
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -508,11 +528,14 @@ class ManifestIndex:
         # Reopen: another process may have indexed a newer inode (after a compaction)
         # than the descriptor this refresh started with.
         try:
-            fd = os.open(self.manifest.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(self.manifest.path)
         except FileNotFoundError:
             conn.execute("ROLLBACK")
             self._empty = True
             return
+        except NotARegularFile as exc:
+            conn.execute("ROLLBACK")
+            raise Corrupt(f"manifest {self.manifest.path} is {exc.strerror}, not a regular file") from exc
         try:
             st = os.fstat(fd)
             meta = self._read_meta(conn)
@@ -531,10 +554,11 @@ class ManifestIndex:
                 error = exc  # keep what precedes the bad line; the next refresh stops there again
             for sql in _INDEXES:
                 conn.execute(sql)
-            meta.size, meta.mtime_ns = st.st_size, st.st_mtime_ns
-            conn.execute(f"INSERT OR REPLACE INTO meta (k, {_META_COLS}) VALUES (0, {','.join('?' * 11)})",
+            meta.size, meta.mtime_ns, meta.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+            conn.execute(f"INSERT OR REPLACE INTO meta (k, {_META_COLS}) VALUES (0, {','.join('?' * 12)})",
                          meta.values())
             conn.execute("COMMIT")
+            self._seen = meta.stat_key()
             if error is not None:
                 raise error
             self._tail(conn, tail, meta.lines + 1)
@@ -547,7 +571,7 @@ class ManifestIndex:
         for sql in _SCHEMA:
             conn.execute(sql)
         return _Meta((FORMAT, str(st.st_dev), str(st.st_ino), 0, 0, st.st_size, st.st_mtime_ns,
-                      0, None, 0, None))
+                      st.st_ctime_ns, 0, None, 0, None))
 
     def _consume(self, conn: sqlite3.Connection, fd: int, meta: _Meta, size: int) -> bytes:
         """Fold complete lines from ``meta.offset`` to ``size``; return the unterminated tail.
@@ -703,7 +727,24 @@ class ManifestIndex:
             if last is None or (row.intent_at_epoch_ms, row.attachment_id, row.session_id) > last:
                 yield row
 
+    # -- the append journal --------------------------------------------------------
+    def _trim_journal(self) -> None:
+        """Empty the append journal once the stored meta describes the manifest as it is.
+
+        Only under the manifest lock: no lashctl append can be journalled between
+        the check and the truncation, so no entry a later refresh needs is lost.
+        """
+        if not self._under_lock or self._seen is None:
+            return
+        current = cachedir.stat_or_none(self.manifest.path)
+        if current is not None and cachedir.stat_key(current) == self._seen:
+            cachedir.clear_journal(self.path)
+
     # -- fallback ----------------------------------------------------------------
+    def _say_unusable(self, reason: str) -> None:
+        if self._note is not None:
+            self._note(f"not using the state cache: {reason}; folding the manifest in memory")
+
     def _discard_file(self) -> None:
         """Delete a .idx SQLite calls corrupt (and its journals) so it is rebuilt."""
         self._close_connection()

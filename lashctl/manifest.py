@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from lashctl import cachedir
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError, UnsafePath
 from lashctl.fsutil import NotARegularFile, describe_mode, fsync_dir, open_regular, write_all, write_file_atomic
 from lashctl.ids import canonical_uri, is_utf8_text, is_valid_id
@@ -437,7 +438,8 @@ class Manifest:
             raise StoreIOError.wrap("open", self.path, exc) from exc
         created = False
         try:
-            size = os.fstat(fd).st_size
+            before = os.fstat(fd)
+            size = before.st_size
             prefix = b""
             if size == 0:
                 prefix = encode_events([HEADER])
@@ -449,6 +451,8 @@ class Manifest:
             os.lseek(fd, size, os.SEEK_SET)
             write_all(fd, payload)
             os.fsync(fd)
+            # Lets the state cache tell this append from an edit (lashctl.cachedir).
+            cachedir.record_own_write(self.path, before, os.fstat(fd))
         except OSError as exc:
             raise StoreIOError.wrap("append to", self.path, exc) from exc
         finally:
@@ -532,9 +536,11 @@ class Manifest:
                 events.append(
                     commit_event(row.attachment_id, row.session_id, row.committed_at_epoch_ms)
                 )
+        before = cachedir.stat_or_none(self.path)
         # Staged beside the real file (never the link): the rename must not
         # cross file systems, and a symlinked manifest stays a symlink.
         write_file_atomic(self.path, encode_events(events))
+        cachedir.record_own_write(self.path, before, None, cachedir.REWRITE)
         return len(events)
 
     # -- litter ------------------------------------------------------------------

@@ -48,8 +48,11 @@ class Store:
         manifest_path: Path | None = None,
         lock_timeout: float = 30.0,
         warn: Warn | None = None,
+        note: Warn | None = None,
     ) -> None:
         self.root = Path(root)
+        # Detail for -v only (why the state cache was not used), said once per command.
+        self.note = _once(note) if note is not None else None
         self.blobs = BlobStore(self.root)
         kwargs = {} if warn is None else {"warn": warn}
         self.manifest = Manifest(
@@ -65,9 +68,20 @@ class Store:
         """The manifest's state index (a rebuildable cache of the fold), refreshed."""
         from lashctl.index import ManifestIndex
 
-        index = ManifestIndex(self.manifest)
+        index = ManifestIndex(self.manifest, note=self.note)
         index.refresh()
         return index
+
+
+def _once(say: Warn) -> Warn:
+    said: set[str] = set()
+
+    def once(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            say(message)
+
+    return once
 
 
 def validate_session(session: str | None) -> str:
@@ -541,7 +555,10 @@ def commit(store: Store, session: str, queries: list[IdQuery]) -> list[CommitRes
     precheck_prefixes(store, queries)
     with store.manifest.locked(), store.index() as index:
         # The index reads only what was appended since its last use: a commit
-        # costs the same on a million-row manifest as on an empty one.
+        # costs the same on a million-row manifest as on an empty one. It is
+        # never trusted to skip a write, though: every row it knows gets a
+        # commit event (on a committed row the fold ignores it), and a row it
+        # does not know is looked up in the log before "no intent" is said.
         at = now_ms()
         resolved: list[str | None] = []
         for query in queries:
@@ -550,17 +567,29 @@ def commit(store: Store, session: str, queries: list[IdQuery]) -> list[CommitRes
             except NotFound:
                 resolved.append(None)
         rows = index.rows_for_keys([(session, i) for i in resolved if i is not None])
+        unknown = [n for n, i in enumerate(resolved) if i is None or (session, i) not in rows]
+        if unknown and not index.using_fallback:
+            log = store.manifest.read_state()
+            for n in unknown:
+                if resolved[n] is None:
+                    try:
+                        resolved[n] = resolve_id(store, queries[n], log)
+                    except NotFound:
+                        continue
+                key = (session, resolved[n])
+                if key in log.rows:
+                    rows[key] = log.rows[key]  # type: ignore[index]
         results, events, done = [], [], set()
         for query, attachment_id in zip(queries, resolved):
             row = rows.get((session, attachment_id)) if attachment_id is not None else None
             if row is None:
                 status = NO_INTENT
-            elif row.committed or attachment_id in done:
+            elif attachment_id in done:
                 status = ALREADY_COMMITTED
             else:
                 events.append(commit_event(attachment_id, session, at))
                 done.add(attachment_id)
-                status = COMMITTED
+                status = ALREADY_COMMITTED if row.committed else COMMITTED
             results.append(CommitResult(attachment_id or query.hex, session, status))
         store.manifest.append(events)
     return results

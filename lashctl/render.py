@@ -107,6 +107,11 @@ class UI:
         if not self.quiet:
             print(f"lashctl: warning: {escape_text(message)}", file=sys.stderr)
 
+    def note(self, message: str) -> None:
+        """Detail only a -v run shows."""
+        if self.verbose:
+            print(f"lashctl: note: {message}", file=sys.stderr)
+
     @staticmethod
     def error(message: str) -> None:
         print(f"lashctl: error: {escape_text(message)}", file=sys.stderr)

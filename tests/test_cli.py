@@ -634,8 +634,11 @@ def test_commit_reports_each_status_and_exit_3_for_no_intent(cli, store, tmp_pat
     assert_ok(result)
     assert result.stdout == f"{d}\ts1\tcommitted\n"
 
+    # "already committed" still writes its commit event (a no-op in the fold): the
+    # state cache is never trusted to skip one. "no intent" writes nothing.
     commits = [e for e in read_events(store) if e["op"] == "commit"]
-    assert [(e["attachment_id"], e["session_id"]) for e in commits] == [(a, "s1"), (b, "s1"), (c, "s1"), (d, "s1")]
+    assert [(e["attachment_id"], e["session_id"]) for e in commits] == [
+        (a, "s1"), (a, "s1"), (b, "s1"), (c, "s1"), (c, "s1"), (d, "s1")]
     listed = cli("list-uncommitted", "--json")
     assert_ok(listed)
     assert json.loads(listed.stdout) == []
@@ -1268,3 +1271,19 @@ def test_a_non_finite_or_negative_lock_timeout_is_a_usage_error(cli, store, valu
         assert_error(result, 2, "--lock-timeout")
         assert result.stderr.count("\n") == 1, result.stderr
     assert files_under(store / "sha256") == []
+
+
+def test_unusable_cache_directory_is_noted_once_only_with_verbose(cli, store, tmp_path):
+    cache = Path(os.environ["LASHCTL_CACHE_DIR"])
+    os.chmod(cache, 0o777)  # others could plant files there: the cache is not used
+    sources = write_inputs(tmp_path / "in", {"a": b"note me", "b": b"and me"})
+    a, b = ids_out(cli("put", "-s", "s1", *map(str, sources)))
+    quiet = cli("commit", "-s", "s1", a[:8])  # a prefix: two lookups open the cache
+    assert_ok(quiet)
+    assert "note" not in quiet.stderr
+    loud = cli("-v", "commit", "-s", "s1", b[:8])
+    assert_ok(loud)
+    notes = [line for line in loud.stderr.splitlines() if line.startswith("lashctl: note:")]
+    assert len(notes) == 1 and "writable by others" in notes[0], loud.stderr
+    assert not (cache / "index").exists()
+    assert store.joinpath("manifest.jsonl").read_text().count('"op":"commit"') == 2

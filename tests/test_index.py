@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lashctl import index as index_mod
-from lashctl.errors import Corrupt
+from lashctl.errors import Corrupt, StoreIOError
 from lashctl.index import ManifestIndex, index_path
 from lashctl.manifest import Manifest, Row, commit_event, forget_event, intent_event
 
@@ -543,7 +543,8 @@ def test_read_only_falls_back(big, mpath: Path, monkeypatch) -> None:
         append(m, [intent_event(aid(5), "late", T0)])
         ix.refresh()
         assert ix.rows_for_keys([("late", aid(5))])
-    assert not index_path(mpath).exists()
+    # lashctl creates the (empty) file itself before SQLite opens it; nothing was written to it
+    assert not index_path(mpath).exists() or index_path(mpath).stat().st_size == 0
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
@@ -726,3 +727,270 @@ def test_print_timings(big, mpath: Path) -> None:
     print(f"\nindex timings at {ROWS} rows: build {build * 1e3:.0f} ms (read_state {fold * 1e3:.0f} ms), "
           f"steady refresh {steady * 1e6:.0f} us, one-key lookup {lookup * 1e6:.1f} us, "
           f"uncommitted() {count} rows in {scan * 1e3:.1f} ms")
+
+
+# -- the cache never decides what a write writes ------------------------------------------
+def _store_with(tmp_path: Path, lines: list[bytes]):
+    from lashctl.ops import Store
+
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "manifest.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+    return Store(root, warn=Recorder())
+
+
+def _commit(store, session: str, attachment_id: str) -> str:
+    from lashctl import ops
+    from lashctl.ids import parse_id
+
+    [result] = ops.commit(store, session, [parse_id(attachment_id)])
+    return result.status
+
+
+def _commit_lines(store, session: str, attachment_id: str) -> int:
+    return sum(1 for line in store.manifest.path.read_bytes().splitlines()
+               if json.loads(line).get("op") == "commit"
+               and json.loads(line)["session_id"] == session and json.loads(line)["attachment_id"] == attachment_id)
+
+
+@pytest.mark.parametrize("edit", ["uncommit", "unforget"])
+def test_same_length_edit_before_the_end_then_an_append_is_seen(tmp_path: Path, edit: str) -> None:
+    """An in-place edit of the same length before the last line (first and last
+    lines unchanged), then an append that changes the size: the cache must not
+    be extended as if only the append had happened."""
+    x, y = aid(0xA), aid(0xB)
+    hidden = commit_event(x, "s1", T0 + 1) if edit == "uncommit" else forget_event(x, "s1")
+    store = _store_with(tmp_path, [HEADER, enc(intent_event(x, "s1", T0)), enc(hidden),
+                                   enc(intent_event(y, "s1", T0 + 2))])
+    with store.index() as ix:
+        assert bool(ix.rows_for_keys([("s1", x)])) == (edit == "uncommit")
+    path = store.manifest.path
+    other = dict(hidden, session_id="s9")  # same length: the event now names another session
+    data = path.read_bytes().replace(enc(hidden), enc(other))
+    with open(path, "r+b") as handle:  # in place, as `cp edited manifest.jsonl` writes it
+        handle.write(data)
+    append(store.manifest, [intent_event(aid(0xC), "s2", T0 + 3)])
+    with store.index() as ix:
+        assert_same(ix, store.manifest, [("s1", x), ("s9", x)])
+    assert _commit(store, "s1", x) == "committed"
+    assert store.manifest.read_state().rows[("s1", x)].committed
+    assert _commit_lines(store, "s1", x) == 1
+
+
+@pytest.mark.parametrize("lie", ["committed", "absent"])
+def test_commit_writes_through_a_cache_whose_rows_were_edited(tmp_path: Path, lie: str) -> None:
+    """Someone edits the cache's rows (sqlite3 CLI): commit must still record the
+    commit the log needs, and must not answer "no intent" for a row the log has."""
+    x = aid(0xA)
+    store = _store_with(tmp_path, [HEADER, enc(intent_event(x, "s1", T0))])
+    with store.index() as ix:
+        assert not ix.using_fallback
+    conn = sqlite3.connect(index_path(store.manifest.path))
+    with conn:
+        if lie == "committed":
+            conn.execute("UPDATE rows SET committed_at = ? WHERE session_id = 's1'", (T0 + 1,))
+        else:
+            conn.execute("DELETE FROM rows WHERE session_id = 's1'")
+    conn.close()
+    assert _commit(store, "s1", x) != "no intent"
+    assert store.manifest.read_state().rows[("s1", x)].committed
+    assert _commit_lines(store, "s1", x) == 1
+
+
+def test_commit_does_not_wait_on_a_locked_cache(tmp_path: Path) -> None:
+    """Another process holds a write transaction on the cache: commit (under the
+    manifest lock) falls back to the log instead of waiting for it."""
+    import threading
+
+    x = aid(0xA)
+    store = _store_with(tmp_path, [HEADER, enc(intent_event(x, "s1", T0))])
+    with store.index():
+        pass
+    append(store.manifest, [intent_event(aid(0xB), "s1", T0 + 1)])  # the cache must catch up
+    blocker = sqlite3.connect(index_path(store.manifest.path), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(_commit(store, "s1", x)), daemon=True)
+    try:
+        worker.start()
+        worker.join(timeout=30)
+        finished = not worker.is_alive()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        worker.join()
+    assert finished, "commit waited on the cache while holding the manifest lock"
+    assert outcome == ["committed"]
+    assert store.manifest.read_state().rows[("s1", x)].committed
+
+
+def test_a_reader_does_not_wait_long_on_a_locked_cache(mpath: Path) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
+    m = Manifest(mpath, warn=Recorder())
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+    append(m, [intent_event(aid(2), "s", T0)])
+    blocker = sqlite3.connect(index_path(mpath), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        start = time.monotonic()
+        with ManifestIndex(m) as ix:
+            ix.refresh()
+            assert ix.using_fallback
+            assert_same(ix, m)
+        assert time.monotonic() - start < 30
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+# -- where the cache lives: never through a symlink, never in a directory others can write --
+def _cache_root() -> Path:
+    return Path(os.environ["LASHCTL_CACHE_DIR"])
+
+
+def _plant_database(path: Path) -> bytes:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE rows (precious TEXT)")
+        conn.execute("INSERT INTO rows VALUES ('keep me')")
+    conn.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("target", ["absent", "database"])
+def test_cache_file_symlink_is_never_followed(tmp_path: Path, mpath: Path, target: str) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
+    idx = index_path(mpath)
+    idx.parent.mkdir(parents=True, mode=0o700)
+    elsewhere = tmp_path / "elsewhere" / "victim.db"
+    elsewhere.parent.mkdir()
+    before = _plant_database(elsewhere) if target == "database" else None
+    idx.symlink_to(elsewhere)
+    m = Manifest(mpath, warn=Recorder())
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert ix.using_fallback
+        assert_same(ix, m)
+    append(m, [intent_event(aid(2), "s", T0)])
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert_same(ix, m)
+    if before is None:
+        assert sorted(os.listdir(elsewhere.parent)) == []
+    else:
+        assert elsewhere.read_bytes() == before
+        assert sorted(os.listdir(elsewhere.parent)) == ["victim.db"]
+    assert idx.is_symlink()
+
+
+@pytest.mark.parametrize("where", ["index", "root"])
+def test_cache_directory_symlink_is_never_followed(tmp_path: Path, mpath: Path, where: str) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    root = _cache_root()
+    if where == "index":
+        (root / "index").symlink_to(elsewhere)
+    else:
+        os.rmdir(root)
+        root.symlink_to(elsewhere)
+    m = Manifest(mpath, warn=Recorder())
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert ix.using_fallback
+        assert_same(ix, m)
+    append(m, [intent_event(aid(2), "s", T0)])  # the append journal is not written there either
+    assert sorted(os.listdir(elsewhere)) == []
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o707, 0o1777])
+@pytest.mark.parametrize("level", ["root", "index"])
+def test_cache_directory_writable_by_others_is_not_used(mpath: Path, mode: int, level: str) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
+    directory = _cache_root() if level == "root" else _cache_root() / "index"
+    directory.mkdir(exist_ok=True)
+    os.chmod(directory, mode)
+    m = Manifest(mpath, warn=Recorder())
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert ix.using_fallback
+        assert_same(ix, m)
+    assert not index_path(mpath).exists() and not index_path(mpath).is_symlink()
+
+
+def test_cache_directory_of_another_user_is_not_used(mpath: Path, monkeypatch) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
+    m = Manifest(mpath, warn=Recorder())
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(_cache_root()).st_uid + 1)
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert ix.using_fallback
+        assert_same(ix, m)
+    assert not index_path(mpath).exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "foreign"])
+def test_cache_file_that_is_not_a_regular_file_of_ours_is_not_used(mpath: Path, kind: str) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
+    idx = index_path(mpath)
+    idx.parent.mkdir(parents=True, mode=0o700)
+    if kind == "fifo":
+        os.mkfifo(idx)
+    elif kind == "directory":
+        idx.mkdir()
+    else:  # someone else's database, planted while the directory was not private
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give a file away")
+        before = _plant_database(idx)
+        os.chown(idx, 65534, 65534)
+    m = Manifest(mpath, warn=Recorder())
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert ix.using_fallback
+        assert_same(ix, m)
+    if kind == "foreign":
+        assert idx.read_bytes() == before
+
+
+def test_private_cache_directory_is_used(tmp_path: Path) -> None:
+    """The permission rule must not make every command fold in memory."""
+    os.rmdir(_cache_root())
+    x = aid(0xA)
+    store = _store_with(tmp_path, [HEADER, enc(intent_event(x, "s1", T0))])
+    assert _commit(store, "s1", x) == "committed"
+    idx = index_path(store.manifest.path)
+    assert idx.is_file()
+    for directory in (_cache_root(), idx.parent):  # created private
+        assert os.stat(directory).st_mode & 0o777 == 0o700
+    with store.index() as ix:
+        assert not ix.using_fallback
+
+
+def test_own_appends_are_read_incrementally_and_foreign_ones_rebuild(mpath: Path, monkeypatch) -> None:
+    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
+    m = Manifest(mpath, warn=Recorder())
+    resets = []
+    real_reset = ManifestIndex._reset
+    monkeypatch.setattr(ManifestIndex, "_reset", lambda self, *a: resets.append(1) or real_reset(self, *a))
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert len(resets) == 1
+        for n in range(3):  # lashctl's own appends, with and without refreshes between
+            append(m, [intent_event(aid(10 + n), "s", T0)])
+        append(m, [commit_event(aid(1), "s", T0 + 1)])
+        ix.refresh()
+        assert len(resets) == 1
+        assert_same(ix, m)
+        add_bytes(mpath, enc(intent_event(aid(99), "foreign", T0)) + b"\n")  # not lashctl's
+        ix.refresh()
+        assert len(resets) == 2
+        assert_same(ix, m, [("foreign", aid(99))])
+
+
+def test_fifo_at_the_manifest_path_is_an_error_not_a_hang(mpath: Path) -> None:
+    os.mkfifo(mpath)
+    m = Manifest(mpath, warn=Recorder())
+    with ManifestIndex(m) as ix:
+        with pytest.raises(Corrupt, match="not a regular file"):
+            ix.refresh()

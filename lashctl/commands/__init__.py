@@ -73,7 +73,8 @@ class AppState:
                 raise UsageError(f"store {self.store_root} does not exist (check --store / {ENV_STORE})")
             if self.manifest_named and self.manifest_path is not None and not os.path.lexists(self.manifest_path):
                 raise UsageError(f"manifest {self.manifest_path} does not exist (check --manifest / {ENV_MANIFEST})")
-        return Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn)
+        return Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn,
+                     note=self.ui.note)
 
 
 def app_state(ctx: typer.Context, json_flag: bool = False) -> AppState:
