@@ -101,6 +101,7 @@ def _accept_global_options(command: Any) -> Any:
         (["--quiet", "-q"], "quiet", None, True),
         (["--verbose", "-v"], "verbose", None, True),
         (["--lock-timeout"], "lock_timeout", float, False),
+        (["--full-ids"], "full_ids", None, True),
     ]
     for decls, name, kind, is_flag in specs:
         decls = [d for d in decls if d not in taken]
@@ -222,6 +223,9 @@ def main_options(
     json_output: Annotated[bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summaries or warnings on stderr.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks on errors.")] = False,
+    full_ids: Annotated[
+        bool, typer.Option("--full-ids", help="Tables on a terminal show whole ids, never a shortened prefix.")
+    ] = False,
     lock_timeout: Annotated[
         float,
         typer.Option("--lock-timeout", envvar=ENV_LOCK_TIMEOUT, min=0, metavar="SECONDS", callback=_lock_timeout,
@@ -246,7 +250,7 @@ def main_options(
         store_root=store,
         manifest_path=manifest,
         lock_timeout=lock_timeout,
-        ui=UI(json_output=json_output, quiet=quiet, verbose=verbose),
+        ui=UI(json_output=json_output, quiet=quiet, verbose=verbose, full_ids=full_ids),
         store_named=store_named,
         manifest_named=manifest is not None,
     )

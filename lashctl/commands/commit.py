@@ -6,6 +6,7 @@ import typer
 
 from lashctl.commands import JsonFlag, SessionOption, app_state, parse_ids, read_stdin_words
 from lashctl.errors import NotFound, UsageError
+from lashctl.render import Col
 
 
 def commit(
@@ -38,7 +39,7 @@ def commit(
     queries = parse_ids(attachments)
     results = ops.commit(state.store(), session, queries)
     state.ui.records(
-        ["id", "session", "status"],
+        [Col("id", "id"), Col("session"), Col("status", "fixed")],
         [[r.attachment_id, r.session_id, r.status] for r in results],
         [{"id": r.attachment_id, "session_id": r.session_id, "status": r.status} for r in results],
     )

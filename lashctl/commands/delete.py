@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from lashctl.commands import DryRunFlag, JsonFlag, app_state, parse_ids
-from lashctl.render import human_bytes
+from lashctl.render import Col, human_bytes
 
 
 def delete(
@@ -27,9 +27,9 @@ def delete(
     results = ops.delete(state.store(), queries, force=force, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     state.ui.records(
-        ["id", "action", "size", "referenced by"],
+        [Col("id", "id"), Col("action", "fixed"), Col("size", "bytes", drop=2), Col("referenced by", drop=1)],
         [
-            [r.attachment_id, verb if r.existed else "absent", human_bytes(r.byte_len) if r.existed else None,
+            [r.attachment_id, verb if r.existed else "absent", r.byte_len if r.existed else None,
              ", ".join(r.sessions) or None]
             for r in results
         ],
@@ -45,4 +45,4 @@ def delete(
         ],
     )
     gone = sum(r.existed for r in results)
-    state.ui.info(f"{verb} {gone} blob(s), {sum(r.byte_len for r in results)} bytes")
+    state.ui.info(f"{verb} {gone} blob(s), {human_bytes(sum(r.byte_len for r in results))}")

@@ -9,6 +9,7 @@ import typer
 from lashctl.commands import JsonFlag, app_state
 from lashctl.errors import UsageError
 from lashctl.ids import parse_id
+from lashctl.render import human_bytes
 
 
 def get(
@@ -45,4 +46,4 @@ def get(
     written = ops.get_to_file(store, attachment_id, Path(output))
     if state.ui.json:
         state.ui.emit_json({"id": attachment_id, "path": output, "byte_len": written})
-    state.ui.info(f"wrote {written} bytes of {attachment_id} to {output}")
+    state.ui.info(f"wrote {human_bytes(written)} of {attachment_id} to {output}")

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from lashctl.commands import JsonFlag, app_state
-from lashctl.render import human_bytes
+from lashctl.render import Col, human_bytes
 from lashctl.timefmt import iso_ms
 
 
@@ -70,8 +70,9 @@ def ls(
     }
     entries.sort(key=keys[sort], reverse=reverse)
     state.ui.records(
-        ["id", "size", "media type", "label", "state", "modified"],
-        [[e.attachment_id, human_bytes(e.byte_len), e.media_type, e.label, e.state, iso_ms(e.mtime_ms)] for e in entries],
+        [Col("id", "id"), Col("size", "bytes"), Col("media type", drop=2, min_width=10), Col("label", drop=1),
+         Col("state", "fixed"), Col("modified", "fixed", drop=3)],
+        [[e.attachment_id, e.byte_len, e.media_type, e.label, e.state, iso_ms(e.mtime_ms)] for e in entries],
         [
             {
                 "id": e.attachment_id,
@@ -86,4 +87,7 @@ def ls(
             for e in entries
         ],
     )
-    state.ui.info(f"{len(entries)} blob(s), {sum(e.byte_len for e in entries)} bytes")
+    if entries:
+        state.ui.info(f"{len(entries)} blob(s), {human_bytes(sum(e.byte_len for e in entries))}")
+    else:
+        state.ui.info("no blobs" + (" match" if session or ref_state or media_type else " in the store"))

@@ -7,6 +7,7 @@ import typer
 
 from lashctl.commands import DryRunFlag, JsonFlag, app_state
 from lashctl.errors import Corrupt, UsageError
+from lashctl.render import Col
 
 app = typer.Typer(
     name="manifest",
@@ -42,7 +43,7 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
         "problems": report.problems,
     }
     state.ui.records(
-        ["what", "value"],
+        [Col("what"), Col("value", "path", min_width=20)],
         [["path", report.path], ["lines", report.lines],
          *[[f"  {op}", n] for op, n in report.events_by_op.items()],
          ["header", "yes" if report.has_header else "no (read as version 1)"],

@@ -7,6 +7,7 @@ import typer
 
 from lashctl.commands import JsonFlag, SessionOption, app_state
 from lashctl.errors import StoreIOError, UsageError
+from lashctl.render import human_bytes
 
 # Below these a put is over before a progress bar would be read.
 PROGRESS_MIN_INPUTS = 20
@@ -101,7 +102,7 @@ def put(
         ui.emit_json(records)
     else:
         sys.stdout.flush()
-    ui.info(f"stored {stored} blob(s), {total} bytes ({deduplicated} already present) for session {session}")
+    ui.info(f"stored {stored} blob(s), {human_bytes(total)} ({deduplicated} already present) for session {session}")
 
 
 def _known_size(paths: list[str]) -> int:

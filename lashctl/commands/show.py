@@ -63,7 +63,7 @@ def show(
         )
         return
     blob = (
-        f"present, {report.byte_len} bytes, {human_bytes(report.size_on_disk)} on disk, "
+        f"present, {human_bytes(report.byte_len)}, {human_bytes(report.size_on_disk)} on disk, "
         f"modified {iso_ms(report.mtime_ms)}"
         if report.bytes_present else "MISSING"
     )
