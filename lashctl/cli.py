@@ -56,13 +56,13 @@ def _build_command(name: str) -> Any:
         group = get_group(target)
         group.name = name
         for sub in group.commands.values():
-            _accept_global_options(sub)
+            _accept_global_options(_named_placeholders(sub))
         return group
-    return _accept_global_options(get_command_from_info(
-        CommandInfo(name=name, callback=target),
+    return _accept_global_options(_named_placeholders(get_command_from_info(
+        CommandInfo(name=name, callback=target, epilog=getattr(module, "EPILOG", None)),
         pretty_exceptions_short=app.pretty_exceptions_short,
         rich_markup_mode=app.rich_markup_mode,
-    ))
+    )))
 
 
 def _late_global(name: str) -> Any:
@@ -82,6 +82,32 @@ def _late_global(name: str) -> Any:
             setattr(state.ui, name, True)
 
     return apply
+
+
+def _named_placeholders(command: Any) -> Any:
+    """Arguments show only the placeholder they name (ID, PATH... | -).
+
+    Typer would add a type (``<str>``) beside it in --help and brace a
+    required one in the usage line (``{ID}``); neither tells a user more.
+    """
+    from typer._click.types import StringParamType
+    from typer.core import TyperArgument
+
+    class Placeholder(StringParamType):
+        def get_metavar(self, param: Any, ctx: Any) -> str:
+            return ""
+
+    class NamedArgument(TyperArgument):
+        def make_metavar(self, ctx: Any, *, usage: bool = False) -> str:
+            var = self.metavar or (self.name or "").upper()
+            return f"[{var}]" if usage and not self.required else var
+
+    for param in command.params:
+        if type(param) is TyperArgument and param.metavar is not None:
+            param.__class__ = NamedArgument
+            if isinstance(param.type, StringParamType):
+                param.type = Placeholder()
+    return command
 
 
 def _accept_global_options(command: Any) -> Any:
@@ -228,7 +254,7 @@ def main_options(
     ] = False,
     lock_timeout: Annotated[
         float,
-        typer.Option("--lock-timeout", envvar=ENV_LOCK_TIMEOUT, min=0, metavar="SECONDS", callback=_lock_timeout,
+        typer.Option("--lock-timeout", envvar=ENV_LOCK_TIMEOUT, metavar="SECONDS", callback=_lock_timeout,
                      help="How long to wait for the manifest lock before exit 75."),
     ] = 30.0,
     version: Annotated[

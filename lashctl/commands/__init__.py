@@ -24,7 +24,7 @@ JsonFlag = Annotated[
 ]
 SessionOption = Annotated[
     Optional[str],
-    typer.Option("--session", "-s", envvar=ENV_SESSION, help="Session id the rows belong to."),
+    typer.Option("--session", "-s", envvar=ENV_SESSION, metavar="SESSION", help="Session id the rows belong to."),
 ]
 OlderThanOption = Annotated[
     Optional[str],

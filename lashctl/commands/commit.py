@@ -8,6 +8,13 @@ from lashctl.commands import JsonFlag, SessionOption, app_state, parse_ids, read
 from lashctl.errors import NotFound, UsageError
 from lashctl.render import Col
 
+EPILOG = """Examples:
+
+    lashctl commit -s s-42 5f5d584c5857 9a0b1c2d3e4f
+    lashctl put -s s-42 photo.png | lashctl commit -s s-42 -
+
+Exit codes: 0 committed; 2 usage error; 3 an id has no intent for the session (the others are still committed); 65 corrupt manifest; 75 manifest locked."""
+
 
 def commit(
     ctx: typer.Context,

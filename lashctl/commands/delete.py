@@ -7,6 +7,13 @@ import typer
 from lashctl.commands import DryRunFlag, JsonFlag, app_state, parse_ids
 from lashctl.render import Col, human_bytes
 
+EPILOG = """Examples:
+
+    lashctl delete -n 5f5d584c5857
+    lashctl delete --force 5f5d584c5857 9a0b1c2d3e4f
+
+Exit codes: 0 deleted (or absent); 2 usage error; 4 refused: a manifest row references the id; 65 corrupt manifest; 75 manifest locked."""
+
 
 def delete(
     ctx: typer.Context,

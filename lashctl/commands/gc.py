@@ -9,6 +9,13 @@ from lashctl.errors import Partial
 from lashctl.render import Col, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
 
+EPILOG = """Examples:
+
+    lashctl gc --dry-run
+    lashctl gc --older-than 7d
+
+Exit codes: 0 swept; 2 usage error; 4 refused: cutoff under 1 minute, or an empty manifest, without --force; 5 partial: some deletes failed; 65 corrupt manifest; 75 manifest locked."""
+
 
 def gc(
     ctx: typer.Context,

@@ -11,6 +11,13 @@ from lashctl.errors import UsageError
 from lashctl.ids import parse_id
 from lashctl.render import human_bytes
 
+EPILOG = """Examples:
+
+    lashctl get 5f5d584c5857 -o photo.png
+    lashctl get 5f5d584c5857 | sha256sum
+
+Exit codes: 0 written; 2 usage error (bad or ambiguous id, binary data to a terminal); 3 not found; 65 hash mismatch or undecodable sidecar (no output file left)."""
+
 
 def get(
     ctx: typer.Context,

@@ -8,12 +8,19 @@ from lashctl.commands import BeforeOption, JsonFlag, OlderThanOption, app_state
 from lashctl.render import Col
 from lashctl.timefmt import age_text, cutoff_ms, iso_ms, now_ms
 
+EPILOG = """Examples:
+
+    lashctl list-uncommitted --older-than 24h
+    lashctl --json list-uncommitted -s s-42
+
+Exit codes: 0 listed (also when there is nothing to list); 2 usage error (bad DURATION or TIMESTAMP); 65 corrupt manifest."""
+
 
 def list_uncommitted(
     ctx: typer.Context,
     older_than: OlderThanOption = None,
     before: BeforeOption = None,
-    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Only this session's rows.")] = None,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only this session's rows.")] = None,
     json_flag: JsonFlag = False,
 ) -> None:
     """List uncommitted rows, oldest first (all of them unless a cutoff is given).

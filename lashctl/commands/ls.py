@@ -9,6 +9,13 @@ from lashctl.commands import JsonFlag, app_state
 from lashctl.render import Col, human_bytes
 from lashctl.timefmt import iso_ms
 
+EPILOG = """Examples:
+
+    lashctl ls --state unmanaged --sort size -r
+    lashctl ls --media-type 'image/*' | cut -f1,2
+
+Exit codes: 0 listed; 2 usage error; 65 corrupt manifest."""
+
 
 class RefState(str, Enum):
     committed = "committed"
@@ -27,10 +34,10 @@ class SortKey(str, Enum):
 
 def ls(
     ctx: typer.Context,
-    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Only blobs this session has a row for.")] = None,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only blobs this session has a row for.")] = None,
     ref_state: Annotated[Optional[RefState], typer.Option("--state", help="Only blobs in this reference state.")] = None,
     media_type: Annotated[
-        Optional[str], typer.Option("--media-type", help="Only this MIME type; image/* matches a whole type.")
+        Optional[str], typer.Option("--media-type", metavar="TYPE", help="Only this MIME type; image/* matches a whole type.")
     ] = None,
     sort: Annotated[SortKey, typer.Option("--sort", help="Sort key.")] = SortKey.id,
     reverse: Annotated[bool, typer.Option("--reverse", "-r", help="Reverse the order.")] = False,

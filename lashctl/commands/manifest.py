@@ -16,7 +16,12 @@ app = typer.Typer(
 )
 
 
-@app.command("check")
+@app.command("check", epilog="""Examples:
+
+    lashctl manifest check
+    lashctl --manifest /data/manifest.jsonl manifest check
+
+Exit codes: 0 every line is valid; 2 usage error; 65 malformed lines (each is listed).""")
 def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     """Validate every line of the manifest and count its events and rows.
 
@@ -61,14 +66,19 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
         raise Corrupt(f"{len(report.problems)} malformed line(s) in {report.path}")
 
 
-@app.command("log")
+@app.command("log", epilog="""Examples:
+
+    lashctl manifest log --id 5f5d584c5857
+    lashctl manifest log -s s-42 --op commit --since 2026-11-01 | jq .
+
+Exit codes: 0 printed (also when nothing matched); 2 usage error (bad ID, OP or TIMESTAMP); 65 corrupt manifest.""")
 def log(
     ctx: typer.Context,
     attachment: Annotated[
         Optional[str], typer.Option("--id", metavar="ID", help="Only events for this id (or unique-length prefix).")
     ] = None,
-    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Only events of this session.")] = None,
-    op: Annotated[Optional[str], typer.Option("--op", help="Only events with this op (intent, commit, forget, header).")] = None,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only events of this session.")] = None,
+    op: Annotated[Optional[str], typer.Option("--op", metavar="OP", help="Only events with this op (intent, commit, forget, header).")] = None,
     since: Annotated[
         Optional[str], typer.Option("--since", metavar="TIMESTAMP", help="Only timed events at or after this (ISO-8601, @EPOCH_SECONDS or EPOCH_MSms).")
     ] = None,
@@ -112,7 +122,12 @@ def log(
         state.ui.emit_json(matched)
 
 
-@app.command("compact")
+@app.command("compact", epilog="""Examples:
+
+    lashctl manifest compact --dry-run
+    lashctl manifest compact
+
+Exit codes: 0 compacted; 2 usage error; 65 corrupt manifest (left untouched); 75 manifest locked.""")
 def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag = False) -> None:
     """Rewrite the manifest as its folded state, atomically, under the lock.
 

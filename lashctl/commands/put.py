@@ -9,6 +9,19 @@ from lashctl.commands import JsonFlag, SessionOption, app_state
 from lashctl.errors import StoreIOError, UsageError
 from lashctl.render import human_bytes
 
+EPILOG = """Examples:
+
+    lashctl put -s s-42 photo.png notes.pdf
+    find outbox -type f -print0 | lashctl put -s s-42 --files-from - -0
+
+Exit codes: 0 stored; 1 I/O error; 2 usage error (bad option, missing or unreadable input); 65 corrupt manifest; 75 manifest locked; 130 interrupted."""
+
+def _not_negative(value: Optional[int]) -> Optional[int]:
+    if value is not None and value < 0:
+        raise typer.BadParameter(f"{value} is negative; give a number of pixels, 0 or more")
+    return value
+
+
 # Below these a put is over before a progress bar would be read.
 PROGRESS_MIN_INPUTS = 20
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
@@ -23,13 +36,15 @@ def put(
     session: SessionOption = None,
     media_type: Annotated[
         Optional[str],
-        typer.Option("--media-type", help="MIME type (default: sniffed, then from the file name)."),
+        typer.Option("--media-type", metavar="TYPE", help="MIME type (default: sniffed, then from the file name)."),
     ] = None,
     label: Annotated[
-        Optional[str], typer.Option("--label", help="Label (default: the file's base name).")
+        Optional[str], typer.Option("--label", metavar="LABEL", help="Label (default: the file's base name).")
     ] = None,
-    width: Annotated[Optional[int], typer.Option("--width", min=0, help="Image width (default: read from the header).")] = None,
-    height: Annotated[Optional[int], typer.Option("--height", min=0, help="Image height (default: read from the header).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", metavar="N", callback=_not_negative,
+                                                 help="Image width in pixels (default: read from the header).")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", metavar="N", callback=_not_negative,
+                                                  help="Image height in pixels (default: read from the header).")] = None,
     files_from: Annotated[
         Optional[str],
         typer.Option("--files-from", metavar="FILE|-", help="Read input paths from FILE (- for stdin), one per line."),

@@ -9,6 +9,13 @@ from lashctl.errors import Partial
 from lashctl.render import Col, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
 
+EPILOG = """Examples:
+
+    lashctl reclaim --dry-run
+    lashctl -q --json reclaim --older-than 7d
+
+Exit codes: 0 swept; 2 usage error; 4 refused: cutoff under 1 minute without --force; 5 partial: some deletes failed, their rows kept; 65 corrupt manifest (nothing deleted); 75 manifest locked."""
+
 
 def reclaim(
     ctx: typer.Context,

@@ -9,6 +9,13 @@ from lashctl.ids import parse_id
 from lashctl.render import human_bytes
 from lashctl.timefmt import age_text, iso_ms, now_ms
 
+EPILOG = """Examples:
+
+    lashctl show 5f5d584c5857
+    lashctl --json show sha256:5f5d584c5857
+
+Exit codes: 0 shown; 2 usage error (bad or ambiguous id); 3 not found; 65 corrupt manifest."""
+
 
 def show(
     ctx: typer.Context,

@@ -6,6 +6,13 @@ from lashctl.commands import JsonFlag, app_state
 from lashctl.render import Col
 from lashctl.timefmt import now_ms
 
+EPILOG = """Examples:
+
+    lashctl stats
+    lashctl --json stats
+
+Exit codes: 0 shown; 2 usage error; 65 corrupt manifest."""
+
 
 def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     """Summarise the store: where the space goes and what a sweep would free.

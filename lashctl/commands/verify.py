@@ -9,6 +9,13 @@ from lashctl.errors import Corrupt
 from lashctl.render import Col, human_bytes
 from lashctl.timefmt import now_ms, parse_duration
 
+EPILOG = """Examples:
+
+    lashctl verify
+    lashctl verify --fix --grace 2h
+
+Exit codes: 0 no errors (warnings allowed); 2 usage error; 4 refused: --grace under 1 minute without --force; 65 errors remain; 75 manifest locked (--fix)."""
+
 
 def verify(
     ctx: typer.Context,
