@@ -155,8 +155,15 @@ class LashctlGroup(TyperGroup):
 
         try:
             return super().invoke(ctx)
-        except (ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (ClickException, typer.Exit, typer.Abort):
             raise  # usage errors are formatted in main()
+        except KeyboardInterrupt as exc:
+            # Ctrl-C: one line saying what was kept, exit 130 (128 + SIGINT).
+            # Every write stages and renames, and staging files are removed on
+            # the way out, so no file is left half-written; put says more.
+            print(f"lashctl: {exc.args[0] if exc.args else 'interrupted; nothing half-written was left'}",
+                  file=sys.stderr)
+            raise typer.Exit(130)
         except LashctlError as exc:
             self._fail(ctx, exc.message, exc.exit_code, exc)
         except BrokenPipeError:

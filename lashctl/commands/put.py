@@ -81,43 +81,81 @@ def put(
         ui.info(f"nothing to store: --files-from {files_from} listed no paths")
         return
     ops.check_put_sources(inputs)
-    sources = [ops.PutSource.from_path(p, lambda: sys.stdin.buffer) for p in inputs]
+    # A terminal reports its end once per Ctrl-D; the buffered reader reads
+    # on after a short read and would swallow it, waiting for a second one.
+    stdin = sys.stdin.buffer.raw if "-" in inputs and sys.stdin.isatty() else sys.stdin.buffer
+    sources = [ops.PutSource.from_path(p, lambda: stdin) for p in inputs]
     options = ops.PutOptions(session, media_type, label, width, height)
     store = state.store(create=True)
-    records, stored, deduplicated, total = [], 0, 0, 0
+    stored, deduplicated, total = 0, 0, 0
     show_bar = ui.wants_progress() and (
         len(inputs) >= PROGRESS_MIN_INPUTS or _known_size(inputs) >= PROGRESS_MIN_BYTES
     )
-    if show_bar:
-        # Ids are printed after the bar is gone, so stdout and the bar never mix.
-        with ui.progress("storing", _known_size(inputs) or None) as bar:
-            results = list(ops.put(store, sources, options, progress=bar.advance))
+    if "-" in inputs and sys.stdin.isatty():
+        ui.info("reading standard input (end it with Ctrl-D)")
+    landed: list = []
+    try:
+        if show_bar:
+            # Ids are printed after the bar is gone, so stdout and the bar never mix.
+            with ui.progress("storing", _known_size(inputs) or None) as bar:
+                for result in ops.put(store, sources, options, progress=bar.advance):
+                    landed.append(result)
+        else:
+            for result in ops.put(store, sources, options):
+                landed.append(result)
+                if not ui.json:
+                    ui.line(result.attachment_id)
+    except KeyboardInterrupt:
+        # What landed is stored and recorded: its ids are what a script needs
+        # to commit. ops.put removed the staged copies of the rest.
+        if show_bar or ui.json:
+            _print_results(ui, landed)
+        sys.stdout.flush()
+        raise KeyboardInterrupt(_interrupted(len(landed), len(inputs))) from None
+    if not show_bar and not ui.json:
+        sys.stdout.flush()
     else:
-        results = ops.put(store, sources, options)
-    for result in results:
+        _print_results(ui, landed)
+    for result in landed:
         stored += 1
         deduplicated += result.deduplicated
         total += result.byte_len
-        if ui.json:
-            records.append(
-                {
-                    "id": result.attachment_id,
-                    "path": result.path,
-                    "byte_len": result.byte_len,
-                    "media_type": result.media_type,
-                    "label": result.label,
-                    "width": result.width,
-                    "height": result.height,
-                    "deduplicated": result.deduplicated,
-                }
-            )
-        else:
-            ui.line(result.attachment_id)
-    if ui.json:
-        ui.emit_json(records)
-    else:
-        sys.stdout.flush()
     ui.info(f"stored {stored} blob(s), {human_bytes(total)} ({deduplicated} already present) for session {session}")
+
+
+def _interrupted(stored: int, inputs: int) -> str:
+    """The one line Ctrl-C leaves: what is kept, and that nothing staged stays behind.
+
+    Inputs are stored batch by batch, and ids are printed only for a batch
+    that landed whole; an interrupt while a batch lands may leave intents
+    (and bytes) for inputs that were not reported, which reclaim sweeps.
+    """
+    of = f"{stored} of {inputs} input{'s' if inputs != 1 else ''}"
+    ids = " (their ids are on stdout)" if stored else ""
+    return (f"interrupted: {of} stored and recorded{ids}; staged copies of the rest were removed, "
+            "and reclaim sweeps anything else they left")
+
+
+def _print_results(ui, results: list) -> None:
+    """The ids (or the --json array) of the inputs that were stored, in input order."""
+    if not ui.json:
+        for result in results:
+            ui.line(result.attachment_id)
+        sys.stdout.flush()
+        return
+    ui.emit_json([
+        {
+            "id": result.attachment_id,
+            "path": result.path,
+            "byte_len": result.byte_len,
+            "media_type": result.media_type,
+            "label": result.label,
+            "width": result.width,
+            "height": result.height,
+            "deduplicated": result.deduplicated,
+        }
+        for result in results
+    ])
 
 
 def _known_size(paths: list[str]) -> int:
