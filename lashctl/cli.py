@@ -70,7 +70,12 @@ def _late_global(name: str) -> Any:
 
     def apply(ctx: Any, _param: Any, value: Any) -> None:
         state = ctx.find_object(AppState)
-        if state is None or value is None or value is False:
+        if value is None or value is False:
+            return
+        if state is None:
+            # Completing (the group callback has not run): completion of ids
+            # still reads the store named on the line.
+            ctx.meta[f"lashctl.late.{name}"] = value
             return
         if name == "store":
             state.store_root, state.store_named = Path(value), True
@@ -192,6 +197,10 @@ class LashctlGroup(TyperGroup):
         """Click's usage errors become one line too (plus where to find help)."""
         from typer._click import exceptions as click_exceptions
 
+        if os.environ.get("_LASHCTL_COMPLETE") or any(a.endswith("-completion") for a in sys.argv[1:]):
+            from lashctl.completion import register
+
+            register()
         try:
             code = super().main(args=args, prog_name=prog_name or "lashctl", complete_var=complete_var,
                                 standalone_mode=False, **extra)

@@ -160,3 +160,78 @@ def test_every_test_the_guarantees_name_exists():
             assert re.search(rf"^(def|class) {name}\b|^{name} = ", path.read_text(), re.MULTILINE), (
                 f"README names {filename}::{name}, which does not exist"
             )
+
+
+# -- completion ------------------------------------------------------------------------
+def _complete(words: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """What the bash completion function receives from lashctl for ``words`` (the last one incomplete)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
+    environ.update(env or {})
+    environ.update(_LASHCTL_COMPLETE="complete_bash", COMP_WORDS=" ".join(words), COMP_CWORD=str(len(words) - 1),
+                   PYTHONPROFILEIMPORTTIME="1")
+    script = [sys.executable, "-c", "from lashctl.cli import main; main()"]
+    return subprocess.run(script, capture_output=True, text=True, env=environ)
+
+
+@pytest.fixture
+def two_blob_store(tmp_path):
+    store = tmp_path / "store"
+    ids = []
+    for data in (b"first", b"second"):
+        path = tmp_path / "in"
+        path.write_bytes(data)
+        result = subprocess.run([sys.executable, "-c", "from lashctl.cli import main; main()", "--store", str(store),
+                                 "put", "-s", "s", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        ids.append(result.stdout.strip())
+    return store, ids
+
+
+@pytest.mark.parametrize("command", [["get"], ["delete"], ["show"], ["commit", "-s", "s"], ["manifest", "log", "--id"]])
+def test_completion_offers_ids_from_the_store(two_blob_store, command):
+    store, ids = two_blob_store
+    for words, env in [
+        (["lashctl", "--store", str(store), *command, ids[0][:3]], {}),
+        (["lashctl", *command, ids[0][:3]], {"LASHCTL_STORE": str(store)}),
+        (["lashctl", *[w for w in command if w != "--id"], "--store", str(store),
+          *[w for w in command if w == "--id"], ids[0][:3]], {}),
+    ]:
+        result = _complete(words, env)
+        assert result.stdout.split() == [ids[0]], (words, result.stdout, result.stderr[-2000:])
+    everything = _complete(["lashctl", "--store", str(store), *command, ""])
+    assert sorted(everything.stdout.split()) == sorted(ids)
+
+
+def test_completion_of_an_id_reads_no_manifest_and_imports_no_rich(two_blob_store):
+    store, ids = two_blob_store
+    (store / "manifest.jsonl").write_text("this is not a manifest\n")  # reading it would fail
+    result = _complete(["lashctl", "--store", str(store), "show", ids[1][:2]])
+    assert result.stdout.split() == [ids[1]]
+    imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    assert not [m for m in imported if m == "rich" or m.startswith("rich.")]
+
+
+@pytest.mark.parametrize("words", [["reclaim", "--older-than"], ["reclaim", "--before"], ["gc", "--older-than"],
+                                   ["list-uncommitted", "--before"], ["verify", "--grace"],
+                                   ["manifest", "log", "--since"], ["commit", "-s"]])
+def test_completion_offers_no_file_names_for_durations_times_and_sessions(tmp_path, words):
+    (tmp_path / "some-file").write_text("x")
+    bash = (
+        f"source {ROOT / 'completions' / 'lashctl.bash'}\n"
+        f"cd {tmp_path}\n"
+        f"COMP_WORDS=(lashctl {' '.join(words)} ''); COMP_CWORD={len(words) + 1}\n"
+        "_lashctl_completion lashctl\n"
+        "printf '<%s>\\n' \"${COMPREPLY[@]}\"\n"
+        "complete -p lashctl\n"
+    )
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(["bash", "--norc", "-c", bash], capture_output=True, text=True, env=env)
+    lines = result.stdout.splitlines()
+    assert lines[:-1] in ([], ["<>"]), result.stdout
+    assert "-o default" not in lines[-1], "bash would fall back to file names"
+
+
+def test_completion_still_offers_file_names_for_paths():
+    for words in (["lashctl", "put", "-s", "s", ""], ["lashctl", "--store", ""], ["lashctl", "get", "abcd", "-o", ""],
+                  ["lashctl", "put", "--files-from", ""]):
+        assert _complete(words).stdout.strip() == "::files", words

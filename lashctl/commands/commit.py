@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import JsonFlag, SessionOption, app_state, parse_ids, read_stdin_words
+from lashctl.commands import JsonFlag, SessionOption, app_state, complete_id, parse_ids, read_stdin_words
 from lashctl.errors import NotFound, UsageError
 from lashctl.render import Col
 
@@ -19,7 +19,8 @@ Exit codes: 0 committed; 2 usage error; 3 an id has no intent for the session (t
 def commit(
     ctx: typer.Context,
     attachments: Annotated[
-        list[str], typer.Argument(metavar="ID... | -", help="Ids or unique prefixes; - reads them from stdin.")
+        list[str], typer.Argument(metavar="ID... | -", help="Ids or unique prefixes; - reads them from stdin.",
+                                  autocompletion=complete_id)
     ],
     session: SessionOption = None,
     json_flag: JsonFlag = False,

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import DryRunFlag, JsonFlag, app_state, parse_ids
+from lashctl.commands import DryRunFlag, JsonFlag, app_state, complete_id, parse_ids
 from lashctl.render import Col, human_bytes
 
 EPILOG = """Examples:
@@ -17,7 +17,8 @@ Exit codes: 0 deleted (or absent); 2 usage error; 4 refused: a manifest row refe
 
 def delete(
     ctx: typer.Context,
-    attachments: Annotated[list[str], typer.Argument(metavar="ID...", help="Ids or unique prefixes.")],
+    attachments: Annotated[list[str], typer.Argument(metavar="ID...", help="Ids or unique prefixes.",
+                                                                 autocompletion=complete_id)],
     force: Annotated[bool, typer.Option("--force", help="Delete even if manifest rows reference the id.")] = False,
     dry_run: DryRunFlag = False,
     json_flag: JsonFlag = False,

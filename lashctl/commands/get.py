@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lashctl.commands import JsonFlag, app_state
+from lashctl.commands import JsonFlag, app_state, complete_id
 from lashctl.errors import UsageError
 from lashctl.ids import parse_id
 from lashctl.render import human_bytes
@@ -21,7 +21,8 @@ Exit codes: 0 written; 2 usage error (bad or ambiguous id, binary data to a term
 
 def get(
     ctx: typer.Context,
-    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).")],
+    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).",
+                                       autocompletion=complete_id)],
     output: Annotated[
         Optional[str],
         typer.Option("--output", "-o", metavar="PATH|-", help="Write to PATH (atomically) or - for stdout."),

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lashctl.commands import DryRunFlag, JsonFlag, app_state
+from lashctl.commands import DryRunFlag, JsonFlag, app_state, complete_id
 from lashctl.errors import Corrupt, UsageError
 from lashctl.render import Col
 
@@ -75,7 +75,8 @@ Exit codes: 0 printed (also when nothing matched); 2 usage error (bad ID, OP or 
 def log(
     ctx: typer.Context,
     attachment: Annotated[
-        Optional[str], typer.Option("--id", metavar="ID", help="Only events for this id (or unique-length prefix).")
+        Optional[str], typer.Option("--id", metavar="ID", help="Only events for this id (or unique-length prefix).",
+                                    autocompletion=complete_id)
     ] = None,
     session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only events of this session.")] = None,
     op: Annotated[Optional[str], typer.Option("--op", metavar="OP", help="Only events with this op (intent, commit, forget, header).")] = None,

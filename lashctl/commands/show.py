@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import JsonFlag, app_state
+from lashctl.commands import JsonFlag, app_state, complete_id
 from lashctl.ids import parse_id
 from lashctl.render import human_bytes
 from lashctl.timefmt import age_text, iso_ms, now_ms
@@ -19,7 +19,8 @@ Exit codes: 0 shown; 2 usage error (bad or ambiguous id); 3 not found; 65 corrup
 
 def show(
     ctx: typer.Context,
-    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).")],
+    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).",
+                                       autocompletion=complete_id)],
     json_flag: JsonFlag = False,
 ) -> None:
     """Show one blob: metadata, paths, size on disk, every manifest row, and a verdict.
