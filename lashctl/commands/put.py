@@ -66,6 +66,8 @@ def put(
     ui = state.ui
     inputs = list(paths or [])
     if files_from is not None:
+        if files_from == "-" and sys.stdin.isatty():
+            ui.info("reading paths from standard input (end it with Ctrl-D)")
         inputs.extend(_read_path_list(files_from, null))
         if files_from == "-" and "-" in (paths or []):
             raise UsageError("--files-from - already reads standard input; '-' cannot also be an input")
