@@ -1,10 +1,17 @@
 _lashctl_completion() {
-    local IFS=$'
-'
-    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
+    local IFS=$'\n'
+    local reply
+    reply=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
                    COMP_CWORD=$COMP_CWORD \
                    _LASHCTL_COMPLETE=complete_bash $1 ) )
+    if [[ "${reply[0]}" == "::files" ]]; then
+        # A path goes here: let bash complete file names.
+        compopt -o default
+        COMPREPLY=()
+    else
+        COMPREPLY=( "${reply[@]}" )
+    fi
     return 0
 }
 
-complete -o default -F _lashctl_completion lashctl
+complete -F _lashctl_completion lashctl

@@ -56,13 +56,13 @@ def _build_command(name: str) -> Any:
         group = get_group(target)
         group.name = name
         for sub in group.commands.values():
-            _accept_global_options(sub)
+            _accept_global_options(_named_placeholders(sub))
         return group
-    return _accept_global_options(get_command_from_info(
-        CommandInfo(name=name, callback=target),
+    return _accept_global_options(_named_placeholders(get_command_from_info(
+        CommandInfo(name=name, callback=target, epilog=getattr(module, "EPILOG", None)),
         pretty_exceptions_short=app.pretty_exceptions_short,
         rich_markup_mode=app.rich_markup_mode,
-    ))
+    )))
 
 
 def _late_global(name: str) -> Any:
@@ -70,7 +70,12 @@ def _late_global(name: str) -> Any:
 
     def apply(ctx: Any, _param: Any, value: Any) -> None:
         state = ctx.find_object(AppState)
-        if state is None or value is None or value is False:
+        if value is None or value is False:
+            return
+        if state is None:
+            # Completing (the group callback has not run): completion of ids
+            # still reads the store named on the line.
+            ctx.meta[f"lashctl.late.{name}"] = value
             return
         if name == "store":
             state.store_root, state.store_named = Path(value), True
@@ -82,6 +87,32 @@ def _late_global(name: str) -> Any:
             setattr(state.ui, name, True)
 
     return apply
+
+
+def _named_placeholders(command: Any) -> Any:
+    """Arguments show only the placeholder they name (ID, PATH... | -).
+
+    Typer would add a type (``<str>``) beside it in --help and brace a
+    required one in the usage line (``{ID}``); neither tells a user more.
+    """
+    from typer._click.types import StringParamType
+    from typer.core import TyperArgument
+
+    class Placeholder(StringParamType):
+        def get_metavar(self, param: Any, ctx: Any) -> str:
+            return ""
+
+    class NamedArgument(TyperArgument):
+        def make_metavar(self, ctx: Any, *, usage: bool = False) -> str:
+            var = self.metavar or (self.name or "").upper()
+            return f"[{var}]" if usage and not self.required else var
+
+    for param in command.params:
+        if type(param) is TyperArgument and param.metavar is not None:
+            param.__class__ = NamedArgument
+            if isinstance(param.type, StringParamType):
+                param.type = Placeholder()
+    return command
 
 
 def _accept_global_options(command: Any) -> Any:
@@ -101,6 +132,7 @@ def _accept_global_options(command: Any) -> Any:
         (["--quiet", "-q"], "quiet", None, True),
         (["--verbose", "-v"], "verbose", None, True),
         (["--lock-timeout"], "lock_timeout", float, False),
+        (["--full-ids"], "full_ids", None, True),
     ]
     for decls, name, kind, is_flag in specs:
         decls = [d for d in decls if d not in taken]
@@ -128,8 +160,15 @@ class LashctlGroup(TyperGroup):
 
         try:
             return super().invoke(ctx)
-        except (ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (ClickException, typer.Exit, typer.Abort):
             raise  # usage errors are formatted in main()
+        except KeyboardInterrupt as exc:
+            # Ctrl-C: one line saying what was kept, exit 130 (128 + SIGINT).
+            # Every write stages and renames, and staging files are removed on
+            # the way out, so no file is left half-written; put says more.
+            print(f"lashctl: {exc.args[0] if exc.args else 'interrupted; nothing half-written was left'}",
+                  file=sys.stderr)
+            raise typer.Exit(130)
         except LashctlError as exc:
             self._fail(ctx, exc.message, exc.exit_code, exc)
         except BrokenPipeError:
@@ -161,6 +200,10 @@ class LashctlGroup(TyperGroup):
         """Click's usage errors become one line too (plus where to find help)."""
         from typer._click import exceptions as click_exceptions
 
+        if os.environ.get("_LASHCTL_COMPLETE") or any(a.endswith("-completion") for a in sys.argv[1:]):
+            from lashctl.completion import register
+
+            register()
         try:
             code = super().main(args=args, prog_name=prog_name or "lashctl", complete_var=complete_var,
                                 standalone_mode=False, **extra)
@@ -225,9 +268,12 @@ def main_options(
     json_output: Annotated[bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summaries or warnings on stderr.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks on errors.")] = False,
+    full_ids: Annotated[
+        bool, typer.Option("--full-ids", help="Tables on a terminal show whole ids, never a shortened prefix.")
+    ] = False,
     lock_timeout: Annotated[
         float,
-        typer.Option("--lock-timeout", envvar=ENV_LOCK_TIMEOUT, min=0, metavar="SECONDS", callback=_lock_timeout,
+        typer.Option("--lock-timeout", envvar=ENV_LOCK_TIMEOUT, metavar="SECONDS", callback=_lock_timeout,
                      help="How long to wait for the manifest lock before exit 75."),
     ] = 30.0,
     version: Annotated[
@@ -249,7 +295,7 @@ def main_options(
         store_root=store,
         manifest_path=manifest,
         lock_timeout=lock_timeout,
-        ui=UI(json_output=json_output, quiet=quiet, verbose=verbose),
+        ui=UI(json_output=json_output, quiet=quiet, verbose=verbose, full_ids=full_ids),
         store_named=store_named,
         manifest_named=manifest is not None,
     )

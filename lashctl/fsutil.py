@@ -157,6 +157,10 @@ def write_file_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
         except OSError as exc:
             unlink_quietly(tmp, dir_fd)
             raise StoreIOError.wrap("write", path, exc) from exc
+        except KeyboardInterrupt:
+            # Ctrl-C leaves no staging file behind either.
+            unlink_quietly(tmp, dir_fd)
+            raise
         if sync_dir:
             os.fsync(dir_fd)
     finally:

@@ -16,6 +16,8 @@ from lashctl.errors import UsageError
 ID_LEN = 64
 MIN_PREFIX = 4
 URI_SCHEME = "sha256:"
+# Tables on a terminal end a shortened id with this (lashctl.render).
+SHORT_ID_MARK = "\u2026"
 
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -54,6 +56,9 @@ class IdQuery:
 def parse_id(text: str) -> IdQuery:
     """Parse one id argument, or raise UsageError (exit 2) naming it."""
     value = text.strip().lower()
+    if value.endswith(SHORT_ID_MARK):
+        # A shortened id copied out of a table: the prefix it shows.
+        value = value[: -len(SHORT_ID_MARK)]
     if value.startswith(URI_SCHEME):
         value = value[len(URI_SCHEME):]
     shown = _shown(text)

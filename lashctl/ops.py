@@ -673,24 +673,30 @@ def plan_reclaim(state: ManifestState, cutoff: int) -> tuple[int, list[tuple[str
 
 
 def reclaim(
-    store: Store, cutoff: int, dry_run: bool = False, progress: Callable[[int], None] | None = None
+    store: Store, cutoff: int, dry_run: bool = False, progress: Callable[[int], None] | None = None,
+    planned: Callable[[int], None] | None = None,
 ) -> ReclaimReport:
     """Sweep orphans: delete bytes no live row needs; forget the aged rows.
 
     A dry run takes no lock and reads a snapshot; it reports exactly the items
-    a real run on the same state acts on.
+    a real run on the same state acts on. ``planned`` is told how many blobs
+    the sweep will handle (``progress`` is then called once per blob): the
+    plan is made under the lock, so only the sweep itself knows it.
     """
     if dry_run:
         with store.blobs.opened():
-            return _reclaim(store, cutoff, True, progress)
+            return _reclaim(store, cutoff, True, progress, planned)
     with store.manifest.locked(), store.blobs.opened():
-        return _reclaim(store, cutoff, False, progress)
+        return _reclaim(store, cutoff, False, progress, planned)
 
 
-def _reclaim(store: Store, cutoff: int, dry_run: bool, progress: Callable[[int], None] | None) -> ReclaimReport:
+def _reclaim(store: Store, cutoff: int, dry_run: bool, progress: Callable[[int], None] | None,
+             planned: Callable[[int], None] | None = None) -> ReclaimReport:
     store.blobs.check_layout()
     state = store.manifest.read_state()
     scanned, plan = plan_reclaim(state, cutoff)
+    if planned is not None:
+        planned(len(plan))
     report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned)
     forgets: list[dict] = []
     touched: list[str] = []

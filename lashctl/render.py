@@ -15,20 +15,24 @@ from other writers, and a control character in them is shown, never obeyed.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
+from lashctl.ids import SHORT_ID_MARK
 from lashctl.text import escape_text
 
 
 class UI:
     """Where and how a command reports: machine or human, quiet or verbose."""
 
-    def __init__(self, json_output: bool = False, quiet: bool = False, verbose: bool = False) -> None:
+    def __init__(self, json_output: bool = False, quiet: bool = False, verbose: bool = False,
+                 full_ids: bool = False) -> None:
         self.json = json_output
         self.quiet = quiet
         self.verbose = verbose
         self.wrote_data = False  # something reached stdout: an error adds no JSON document of its own
+        self.full_ids = full_ids  # tables on a terminal show ids whole, however narrow
 
     # -- stdout: data ------------------------------------------------------------
     def emit_json(self, document: Any) -> None:
@@ -74,7 +78,7 @@ class UI:
 
     def records(
         self,
-        columns: Sequence[str],
+        columns: Sequence["str | Col"],
         rows: Sequence[Sequence[object]] | Callable[[], Sequence[Sequence[object]]],
         document: Any,
         title: str | None = None,
@@ -82,7 +86,10 @@ class UI:
         """One listing in its machine form (``document``) or its human form.
 
         ``rows`` and ``document`` may be given as zero-argument callables so
-        that only the form printed is built.
+        that only the form printed is built. Rows hold raw values (full ids,
+        byte counts as integers): a table on a terminal shortens and formats
+        them, a pipe gets them exactly. No rows print nothing at all (the
+        command's summary on stderr says so), never a header alone.
         """
         self.wrote_data = True
         if self.json:
@@ -90,8 +97,11 @@ class UI:
             return
         if callable(rows):
             rows = rows()
+        cols = [c if isinstance(c, Col) else Col(c) for c in columns]
+        if not rows:
+            return
         if sys.stdout.isatty():
-            _rich_table(columns, rows, title)
+            _print_table(cols, rows, title, self.full_ids)
         else:
             out = sys.stdout
             for row in rows:
@@ -141,21 +151,17 @@ class ProgressBar:
     def advance(self, amount: int = 1) -> None:
         return None
 
+    def set_total(self, total: int | None) -> None:
+        """The total, once the work is planned (a bar started without one counts up)."""
+        return None
+
 
 class _RichProgressBar(ProgressBar):
     def __init__(self, description: str, total: int | None, unit: str) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        amount = [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
+        amount = _iec_columns() if unit == "bytes" else [MofNCompleteColumn()]
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), *amount, TimeRemainingColumn(),
             console=Console(stderr=True), transient=True, redirect_stdout=False, redirect_stderr=False,
@@ -171,6 +177,30 @@ class _RichProgressBar(ProgressBar):
 
     def advance(self, amount: int = 1) -> None:
         self._progress.advance(self._task, amount)
+
+    def set_total(self, total: int | None) -> None:
+        self._progress.update(self._task, total=total)
+
+
+def _iec_columns() -> list:
+    """Amount and speed in IEC units (Rich's own columns say MB, ls says MiB)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class IecAmount(ProgressColumn):
+        """``12.0 MiB/400.0 MiB``: the units ``ls`` and the summaries use."""
+
+        def render(self, task):  # type: ignore[no-untyped-def]
+            done = human_bytes(int(task.completed))
+            total = f"/{human_bytes(int(task.total))}" if task.total is not None else ""
+            return Text(done + total, style="progress.download")
+
+    class IecSpeed(ProgressColumn):
+        def render(self, task):  # type: ignore[no-untyped-def]
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{human_bytes(int(speed))}/s", style="progress.data.speed")
+
+    return [IecAmount(), IecSpeed()]
 
 
 def _dumps(document: Any, indent: int | None) -> str:
@@ -193,24 +223,208 @@ def _plain(cell: object) -> str:
     return escape_text(str(cell))
 
 
-def _rich_table(columns: Sequence[str], rows: Sequence[Sequence[object]], title: str | None) -> None:
+class Col:
+    """A column of a listing: its header, what its values are, how it gives way.
+
+    ``kind`` says how a terminal shows a value: ``id`` (shortened to a unique
+    prefix when the table would not fit), ``bytes`` (an integer: IEC units on a
+    terminal, the exact count on a pipe), ``count`` (right-aligned), ``path``
+    (shown relative to ``base``, cut in the middle), ``text`` (cut at the end with an ellipsis) or
+    ``fixed`` (never cut: times, states, counts). ``drop`` > 0 lets the column
+    go on a narrow terminal; the highest goes first.
+    """
+
+    __slots__ = ("name", "kind", "drop", "min_width", "base")
+
+    def __init__(self, name: str, kind: str = "text", drop: int = 0, min_width: int = 8,
+                 base: str | None = None) -> None:
+        self.name, self.kind, self.drop, self.min_width, self.base = name, kind, drop, min_width, base
+
+
+# A shortened id is at least this long (as git abbreviates), longer where
+# needed to be unique among the ids shown, and ends in this marker. lashctl
+# reads a pasted short id with the marker as the prefix it is.
+SHORT_ID_MIN = 12
+ELLIPSIS = "\u2026"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def unique_prefix_length(ids: Iterable[str], minimum: int = SHORT_ID_MIN) -> int:
+    """The shortest prefix length (at least ``minimum``) that tells ``ids`` apart."""
+    ordered = sorted(set(ids))
+    length = minimum
+    for a, b in zip(ordered, ordered[1:]):
+        common = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            common += 1
+        length = max(length, common + 1)
+    return length
+
+
+def render_table(columns: Sequence["str | Col"], rows: Sequence[Sequence[object]], width: int,
+                 full_ids: bool = False, title: str | None = None) -> str:
+    """The table a terminal ``width`` columns wide shows, as text (for tests and previews)."""
+    import io
+
     from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), force_terminal=False, highlight=False,
+                      color_system=None)
+    cols = [c if isinstance(c, Col) else Col(c) for c in columns]
+    console.print(_table(cols, rows, width, full_ids, title))
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def _print_table(cols: Sequence[Col], rows: Sequence[Sequence[object]], title: str | None, full_ids: bool) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    console.print(_table(cols, rows, console.width, full_ids, title))
+
+
+def _table(cols: Sequence[Col], rows: Sequence[Sequence[object]], width: int, full_ids: bool, title: str | None):
     from rich.table import Table
     from rich.text import Text
 
+    texts, fitted = _fit(list(cols), rows, width, full_ids)
     # Cells are Text, not strings: Rich parses neither markup nor :emoji: codes
     # in them, so a label shows as the characters it is.
     table = Table(title=Text(escape_text(title)) if title else None, show_edge=False, header_style="bold")
-    for name in columns:
-        # Every column keeps room for its header; on a narrow terminal long
-        # values (ids included) fold onto more lines rather than vanish.
-        table.add_column(name, overflow="fold", min_width=min(len(name), 12))
-    for row in rows:
-        table.add_row(*(Text(_plain(cell)) for cell in row))
-    Console(highlight=False).print(table)
+    for col, w in fitted:
+        # Whole ids asked for on a terminal too narrow for them fold onto a
+        # second line rather than lose characters.
+        fold = full_ids and col.kind == "id"
+        table.add_column(Text(_cut(col.name, w, "text")), width=None if fold else w, no_wrap=not fold,
+                         overflow="fold" if fold else "ellipsis",
+                         justify="right" if col.kind in ("bytes", "count") else "left")
+    for row in texts:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def _fit(cols: list[Col], rows: Sequence[Sequence[object]], width: int,
+         full_ids: bool) -> tuple[list[list[str]], list[tuple[Col, int]]]:
+    """Lay a table out in ``width`` cells: each row on one line.
+
+    Ids stay whole when every column fits with text and paths cut to their
+    minimum; otherwise they are shortened to a unique prefix. Then, until it
+    fits: text and paths cut (widest first, down to each column's minimum);
+    the least important column dropped and the cutting tried again. The
+    cells come back cut to their column's width.
+    """
+    cells = [[_terminal_cell(col, value) for col, value in zip(cols, row)] for row in rows]
+    if not full_ids:
+        natural = _widths(cols, cells)
+        floors = _floors(cols, natural, range(len(cols)))
+        if sum(floors.values()) + 3 * len(cols) - 1 > width:
+            cells = _shorten_ids(cols, cells)
+    keep = list(range(len(cols)))
+    while True:
+        natural = _widths(cols, cells)
+        widths = {i: natural[i] for i in keep}
+        excess = sum(widths.values()) + 3 * len(keep) - 1 - width
+        floors = _floors(cols, natural, keep)
+        # Take the excess from the widest cuttable columns first.
+        while excess > 0:
+            room = [i for i in keep if widths[i] > floors[i]]
+            if not room:
+                break
+            widest = max(room, key=lambda i: (widths[i] - floors[i], i))
+            widths[widest] -= 1
+            excess -= 1
+        droppable = [i for i in keep if cols[i].drop > 0]
+        if excess <= 0 or not droppable:
+            break
+        keep.remove(max(droppable, key=lambda i: (cols[i].drop, i)))
+    out_cols = [(cols[i], widths[i]) for i in keep]
+    out_cells = [[row[i] if full_ids and cols[i].kind == "id" else _cut(row[i], widths[i], cols[i].kind)
+                  for i in keep] for row in cells]
+    return out_cells, out_cols
+
+
+def _floors(cols: Sequence[Col], natural: Sequence[int], keep: Iterable[int]) -> dict[int, int]:
+    """How narrow each column may be cut: text and paths to their minimum, nothing else."""
+    from rich.cells import cell_len
+
+    return {i: max(min(cols[i].min_width, natural[i]), cell_len(cols[i].name))
+            if cols[i].kind in ("text", "path") else natural[i] for i in keep}
+
+
+def _widths(cols: Sequence[Col], cells: Sequence[Sequence[str]]) -> list[int]:
+    from rich.cells import cell_len
+
+    widths = [cell_len(c.name) for c in cols]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], cell_len(cell))
+    return widths
+
+
+def _shorten_ids(cols: Sequence[Col], cells: list[list[str]]) -> list[list[str]]:
+    for i, col in enumerate(cols):
+        if col.kind != "id":
+            continue
+        ids = [row[i] for row in cells if _HEX64.fullmatch(row[i])]
+        if not ids:
+            continue
+        n = unique_prefix_length(ids)
+        if n >= 64:
+            continue
+        for row in cells:
+            if _HEX64.fullmatch(row[i]):
+                row[i] = row[i][:n] + SHORT_ID_MARK
+    return cells
+
+
+def _terminal_cell(col: Col, value: object) -> str:
+    if value is None:
+        return "-"
+    if col.kind == "bytes" and isinstance(value, int):
+        return human_bytes(value)
+    text = str(value)
+    if col.kind == "path" and col.base:
+        import os
+
+        base = col.base.rstrip(os.sep) + os.sep
+        if text.startswith(base):
+            text = text[len(base):]
+    return escape_text(text)
+
+
+def _cut(text: str, width: int, kind: str) -> str:
+    """``text`` in at most ``width`` cells: cut at the end, or in the middle for a path."""
+    from rich.cells import cell_len
+
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[:width]
+    if kind == "path":
+        # Keep more of the start (where the shard and id begin) than of the end.
+        head = _take(text, (width - 1) * 2 // 3)
+        tail = _take(text[::-1], width - 1 - cell_len(head))[::-1]
+        return head + ELLIPSIS + tail
+    return _take(text, width - 1) + ELLIPSIS
+
+
+def _take(text: str, width: int) -> str:
+    """The longest start of ``text`` that fits in ``width`` cells."""
+    from rich.cells import cell_len
+
+    out, used = [], 0
+    for char in text:
+        w = cell_len(char)
+        if used + w > width:
+            break
+        out.append(char)
+        used += w
+    return "".join(out)
 
 
 def human_bytes(n: int | None) -> str:
+    """A size in IEC units, as every terminal output of lashctl shows one."""
     if n is None:
         return "-"
     value = float(n)

@@ -376,6 +376,10 @@ class BlobStore:
         except OSError as exc:
             unlink_quietly(staging, tmp)
             raise StoreIOError.wrap("write", shown, exc) from exc
+        except KeyboardInterrupt:
+            # Ctrl-C leaves no staging file behind either.
+            unlink_quietly(staging, tmp)
+            raise
 
     # -- writing ---------------------------------------------------------------------
     def ensure_writable_layout(self) -> None:

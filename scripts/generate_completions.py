@@ -13,6 +13,10 @@ from pathlib import Path
 from typer._completion_shared import get_completion_script
 
 from lashctl.cli import app
+from lashctl.completion import register
+
+# lashctl's own scripts: file names only where a path goes (lashctl/completion.py).
+register()
 
 SHELLS = {"bash": "lashctl.bash", "zsh": "_lashctl", "fish": "lashctl.fish", "powershell": "lashctl.ps1"}
 OUT_DIR = Path(__file__).resolve().parent.parent / "completions"

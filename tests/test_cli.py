@@ -480,6 +480,28 @@ def _reclaim_fixture(cli, store, put_blobs) -> dict[str, str]:
             "fresh": fresh, "kept": kept}
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_reclaim_progress_bar_is_given_the_plan_size_before_it_advances(cli, store, put_blobs, monkeypatch, dry_run):
+    from lashctl import render
+
+    x, y, z = put_blobs({"x": b"x bytes", "y": b"y bytes", "z": b"z bytes"})
+    now = now_ms()
+    write_manifest(store, [intent(x, "A", now - 2 * DAY), intent(y, "A", now - 2 * DAY),
+                           intent(z, "A", now - 2 * DAY), intent(z, "B", now - 2 * DAY)])
+    seen = []
+
+    class RecordingBar(render.ProgressBar):
+        def set_total(self, total):
+            seen.append(("total", total))
+
+        def advance(self, amount=1):
+            seen.append(("advance", amount))
+
+    monkeypatch.setattr(render.UI, "progress", lambda self, description, total, unit="bytes": RecordingBar())
+    assert_ok(cli("reclaim", "--older-than", "1h", *(["-n"] if dry_run else [])))
+    assert seen == [("total", 3)] + [("advance", 1)] * 3
+
+
 def test_reclaim_dry_run_reports_exactly_what_the_real_run_does(cli, store, put_blobs):
     ids = _reclaim_fixture(cli, store, put_blobs)
     before = snapshot(store)

@@ -264,3 +264,102 @@ def test_destructive_commands_still_refuse_a_malformed_manifest(tmp_path, comman
     result = run(["--store", store, *command])
     assert result.returncode == 65
     assert sorted(p.name for p in (store / "sha256").glob("*/*")) == before
+
+
+# -- standard input on a terminal, and Ctrl-C ---------------------------------------
+def _lashctl_with_terminal_stdin(args: list, typed: bytes) -> tuple[int, bytes, bytes]:
+    import os
+    import pty
+    import subprocess
+    import time
+
+    from reliability_helpers import find_lashctl
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([find_lashctl(), *map(str, args)], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=base_env())
+    os.close(slave)
+    time.sleep(0.5)  # the hint comes before the first read
+    os.write(master, typed)
+    out, err = proc.communicate(timeout=30)
+    os.close(master)
+    return proc.returncode, out, err
+
+
+def test_put_dash_on_a_terminal_says_it_reads_standard_input(tmp_path):
+    code, out, err = _lashctl_with_terminal_stdin(
+        ["--store", tmp_path / "store", "put", "-s", "s", "-"], b"typed by hand\n\x04")
+    assert code == 0, err
+    assert len(out.split()) == 1
+    assert b"standard input" in err and b"Ctrl-D" in err
+
+
+def test_put_dash_from_a_pipe_gives_no_hint(tmp_path):
+    result = run(["--store", tmp_path / "store", "put", "-s", "s", "-"], input=b"piped")
+    assert result.returncode == 0
+    assert b"Ctrl-D" not in result.stderr
+
+
+def _interrupt(args: list, cwd=None, lines_first: int = 0, feed: bytes = b"partial input") -> tuple[int, bytes, bytes]:
+    """Start lashctl with its standard input held open; once it has printed
+    ``lines_first`` lines (and is waiting on its input), send SIGINT as Ctrl-C does."""
+    import signal
+    import subprocess
+    import time
+
+    from reliability_helpers import find_lashctl
+
+    proc = subprocess.Popen([find_lashctl(), *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=base_env(), cwd=cwd)
+    proc.stdin.write(feed)
+    proc.stdin.flush()
+    early = b"".join(proc.stdout.readline() for _ in range(lines_first))
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, early + out, err
+
+
+def test_ctrl_c_in_put_says_what_was_kept_and_leaves_no_staging_file(tmp_path):
+    from lashctl.ops import PUT_BATCH_FILES
+
+    from reliability_helpers import read_log
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    names = []
+    for i in range(PUT_BATCH_FILES + 1):  # one full batch lands before standard input is read
+        (inputs / f"{i}.txt").write_bytes(b"file %d\n" % i)
+        names.append(f"{i}.txt")
+    store = tmp_path / "store"
+    code, out, err = _interrupt(["--store", store, "put", "-s", "s", *names, "-"], cwd=inputs,
+                                lines_first=PUT_BATCH_FILES)
+    assert code == 130, err
+    lines = err.decode().strip().splitlines()
+    assert lines and "Traceback" not in err.decode()
+    assert lines[-1] == (f"lashctl: interrupted: {PUT_BATCH_FILES} of {PUT_BATCH_FILES + 2} inputs stored and "
+                         "recorded (their ids are on stdout); staged copies of the rest were removed, and reclaim "
+                         "sweeps anything else they left")
+    assert len(out.split()) == PUT_BATCH_FILES
+    intents = [e for e in read_log(store / "manifest.jsonl").events if e["op"] == "intent"]
+    assert len(intents) == PUT_BATCH_FILES
+    assert list((store / "tmp").iterdir()) == []
+
+
+def test_ctrl_c_before_anything_was_stored_says_so(tmp_path):
+    store = tmp_path / "store"
+    code, out, err = _interrupt(["--store", store, "put", "-s", "s", "-"])
+    assert code == 130
+    assert err.decode().strip() == ("lashctl: interrupted: 0 of 1 input stored and recorded; staged copies "
+                                    "of the rest were removed, and reclaim sweeps anything else they left")
+    assert out == b""
+    assert list((store / "tmp").iterdir()) == []
+
+
+def test_ctrl_c_elsewhere_is_one_line(tmp_path):
+    store = tmp_path / "store"
+    (tmp_path / "a").write_bytes(b"a")
+    assert run(["--store", store, "put", "-s", "s", tmp_path / "a"]).returncode == 0
+    code, out, err = _interrupt(["--store", store, "commit", "-s", "s", "-"], feed=b"")
+    assert code == 130
+    assert err.decode().strip() == "lashctl: interrupted; nothing half-written was left"

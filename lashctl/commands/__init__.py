@@ -20,12 +20,19 @@ ENV_SESSION = "LASHCTL_SESSION"
 ENV_LOCK_TIMEOUT = "LASHCTL_LOCK_TIMEOUT"
 ENV_DEBUG = "LASHCTL_DEBUG"
 
+def complete_id(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of an id argument (loaded only when completing)."""
+    from lashctl.completion import complete_id as from_store
+
+    return from_store(ctx, incomplete)
+
+
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")
 ]
 SessionOption = Annotated[
     Optional[str],
-    typer.Option("--session", "-s", envvar=ENV_SESSION, help="Session id the rows belong to."),
+    typer.Option("--session", "-s", envvar=ENV_SESSION, metavar="SESSION", help="Session id the rows belong to."),
 ]
 OlderThanOption = Annotated[
     Optional[str],

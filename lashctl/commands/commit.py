@@ -4,14 +4,23 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import JsonFlag, SessionOption, app_state, parse_ids, read_stdin_words
+from lashctl.commands import JsonFlag, SessionOption, app_state, complete_id, parse_ids, read_stdin_words
 from lashctl.errors import NotFound, UsageError
+from lashctl.render import Col
+
+EPILOG = """Examples:
+
+    lashctl commit -s s-42 5f5d584c5857 9a0b1c2d3e4f
+    lashctl put -s s-42 photo.png | lashctl commit -s s-42 -
+
+Exit codes: 0 committed; 2 usage error; 3 an id has no intent for the session (the others are still committed); 65 corrupt manifest; 75 manifest locked."""
 
 
 def commit(
     ctx: typer.Context,
     attachments: Annotated[
-        list[str], typer.Argument(metavar="ID... | -", help="Ids or unique prefixes; - reads them from stdin.")
+        list[str], typer.Argument(metavar="ID... | -", help="Ids or unique prefixes; - reads them from stdin.",
+                                  autocompletion=complete_id)
     ],
     session: SessionOption = None,
     json_flag: JsonFlag = False,
@@ -38,7 +47,7 @@ def commit(
     queries = parse_ids(attachments)
     results = ops.commit(state.store(), session, queries)
     state.ui.records(
-        ["id", "session", "status"],
+        [Col("id", "id"), Col("session"), Col("status", "fixed")],
         [[r.attachment_id, r.session_id, r.status] for r in results],
         [{"id": r.attachment_id, "session_id": r.session_id, "status": r.status} for r in results],
     )

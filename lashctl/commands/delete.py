@@ -4,13 +4,21 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import DryRunFlag, JsonFlag, app_state, parse_ids
-from lashctl.render import human_bytes
+from lashctl.commands import DryRunFlag, JsonFlag, app_state, complete_id, parse_ids
+from lashctl.render import Col, human_bytes
+
+EPILOG = """Examples:
+
+    lashctl delete -n 5f5d584c5857
+    lashctl delete --force 5f5d584c5857 9a0b1c2d3e4f
+
+Exit codes: 0 deleted (or absent); 2 usage error; 4 refused: a manifest row references the id; 65 corrupt manifest; 75 manifest locked."""
 
 
 def delete(
     ctx: typer.Context,
-    attachments: Annotated[list[str], typer.Argument(metavar="ID...", help="Ids or unique prefixes.")],
+    attachments: Annotated[list[str], typer.Argument(metavar="ID...", help="Ids or unique prefixes.",
+                                                                 autocompletion=complete_id)],
     force: Annotated[bool, typer.Option("--force", help="Delete even if manifest rows reference the id.")] = False,
     dry_run: DryRunFlag = False,
     json_flag: JsonFlag = False,
@@ -27,9 +35,9 @@ def delete(
     results = ops.delete(state.store(), queries, force=force, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     state.ui.records(
-        ["id", "action", "size", "referenced by"],
+        [Col("id", "id"), Col("action", "fixed"), Col("size", "bytes", drop=2), Col("referenced by", drop=1)],
         [
-            [r.attachment_id, verb if r.existed else "absent", human_bytes(r.byte_len) if r.existed else None,
+            [r.attachment_id, verb if r.existed else "absent", r.byte_len if r.existed else None,
              ", ".join(r.sessions) or None]
             for r in results
         ],
@@ -50,4 +58,4 @@ def delete(
         },
     )
     gone = sum(r.existed for r in results)
-    state.ui.info(f"{verb} {gone} blob(s), {sum(r.byte_len for r in results)} bytes")
+    state.ui.info(f"{verb} {gone} blob(s), {human_bytes(sum(r.byte_len for r in results))}")

@@ -6,8 +6,15 @@ import typer
 
 from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, OlderThanOption, app_state
 from lashctl.errors import Partial
-from lashctl.render import human_bytes
+from lashctl.render import Col, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
+
+EPILOG = """Examples:
+
+    lashctl gc --dry-run
+    lashctl gc --older-than 7d
+
+Exit codes: 0 swept; 2 usage error; 4 refused: cutoff under 1 minute, or an empty manifest, without --force; 5 partial: some deletes failed; 65 corrupt manifest; 75 manifest locked."""
 
 
 def gc(
@@ -37,8 +44,9 @@ def gc(
     with state.ui.progress("gc", total, unit="blobs") as bar:
         report = audit.gc(store, cutoff, dry_run=dry_run, progress=bar.advance, force=force)
     state.ui.records(
-        ["path", "kind", "action", "size", "reason"],
-        [[i.path, i.kind, i.action, human_bytes(i.byte_len), i.error or i.reason] for i in report.items],
+        [Col("path", "path", min_width=20, base=str(store.root)), Col("kind", "fixed"), Col("action", "fixed"),
+         Col("size", "bytes", drop=2), Col("reason", drop=1, min_width=12)],
+        [[i.path, i.kind, i.action, i.byte_len, i.error or i.reason] for i in report.items],
         {
             **state.run_fields(),
             "dry_run": report.dry_run,
@@ -58,10 +66,14 @@ def gc(
     )
     verb = "dry run: would delete" if dry_run else "deleted"
     deleted = [i for i in report.items if i.action == "delete"]
-    state.ui.info(
-        f"{verb} {len(deleted)} file(s), {human_bytes(report.bytes_freed)}; scanned {report.blobs_scanned} blob(s) "
-        f"older than {iso_ms(cutoff)}; {len(report.failures)} failure(s)"
-    )
+    if not report.items:
+        state.ui.info(f"{'dry run: ' if dry_run else ''}nothing to delete: scanned {report.blobs_scanned} blob(s), "
+                      f"none unreferenced and older than {iso_ms(cutoff)}")
+    else:
+        state.ui.info(
+            f"{verb} {len(deleted)} file(s), {human_bytes(report.bytes_freed)}; scanned {report.blobs_scanned} "
+            f"blob(s) older than {iso_ms(cutoff)}; {len(report.failures)} failure(s)"
+        )
     if report.failures:
         raise Partial(f"gc finished with {len(report.failures)} failure(s): "
                       + ", ".join(i.path for i in report.failures))

@@ -6,14 +6,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from lashctl.commands import JsonFlag, app_state
+from lashctl.commands import JsonFlag, app_state, complete_id
 from lashctl.errors import UsageError
 from lashctl.ids import parse_id
+from lashctl.render import human_bytes
+
+EPILOG = """Examples:
+
+    lashctl get 5f5d584c5857 -o photo.png
+    lashctl get 5f5d584c5857 | sha256sum
+
+Exit codes: 0 written; 2 usage error (bad or ambiguous id, binary data to a terminal); 3 not found; 65 hash mismatch or undecodable sidecar (no output file left)."""
 
 
 def get(
     ctx: typer.Context,
-    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).")],
+    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).",
+                                       autocompletion=complete_id)],
     output: Annotated[
         Optional[str],
         typer.Option("--output", "-o", metavar="PATH|-", help="Write to PATH (atomically) or - for stdout."),
@@ -45,4 +54,4 @@ def get(
     written = ops.get_to_file(store, attachment_id, Path(output))
     if state.ui.json:
         state.ui.emit_json({"id": attachment_id, "path": output, "byte_len": written})
-    state.ui.info(f"wrote {written} bytes of {attachment_id} to {output}")
+    state.ui.info(f"wrote {human_bytes(written)} of {attachment_id} to {output}")

@@ -5,15 +5,22 @@ from typing import Annotated, Optional
 import typer
 
 from lashctl.commands import BeforeOption, JsonFlag, OlderThanOption, app_state, end_inspection
-from lashctl.render import human_bytes
+from lashctl.render import Col
 from lashctl.timefmt import age_text, cutoff_ms, iso_ms, now_ms
+
+EPILOG = """Examples:
+
+    lashctl list-uncommitted --older-than 24h
+    lashctl --json list-uncommitted -s s-42
+
+Exit codes: 0 listed (also when there is nothing to list); 2 usage error (bad DURATION or TIMESTAMP); 65 corrupt manifest."""
 
 
 def list_uncommitted(
     ctx: typer.Context,
     older_than: OlderThanOption = None,
     before: BeforeOption = None,
-    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Only this session's rows.")] = None,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only this session's rows.")] = None,
     json_flag: JsonFlag = False,
 ) -> None:
     """List uncommitted rows, oldest first (all of them unless a cutoff is given).
@@ -48,14 +55,16 @@ def list_uncommitted(
         rows = ops.list_uncommitted(store, cutoff, session, malformed)
         count = len(rows)
         state.ui.records(
-            ["id", "session", "intent at", "age", "size", "media type", "label", "bytes"],
+            [Col("id", "id"), Col("session"), Col("intent at", "fixed", drop=7), Col("age", "fixed", drop=2),
+             Col("size", "bytes", drop=4), Col("media type", drop=6, min_width=10), Col("label", drop=5),
+             Col("bytes", "fixed", drop=3)],
             [
                 [
                     r.row.attachment_id,
                     r.row.session_id,
                     iso_ms(r.row.intent_at_epoch_ms),
                     age_text(now - r.row.intent_at_epoch_ms),
-                    human_bytes(r.byte_len),
+                    r.byte_len,
                     r.media_type,
                     r.label,
                     "present" if r.bytes_present else "missing",
@@ -65,7 +74,7 @@ def list_uncommitted(
             None,
         )
     suffix = f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""
-    state.ui.info(f"{count} uncommitted row(s){suffix}")
+    state.ui.info(f"{count} uncommitted row(s){suffix}" if count else f"no uncommitted rows{suffix}")
     if malformed:
         from lashctl.manifest import ManifestState
 

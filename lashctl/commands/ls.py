@@ -6,8 +6,15 @@ from typing import Annotated, Optional
 import typer
 
 from lashctl.commands import JsonFlag, app_state, end_inspection, inspect_state
-from lashctl.render import human_bytes
+from lashctl.render import Col, human_bytes
 from lashctl.timefmt import iso_ms
+
+EPILOG = """Examples:
+
+    lashctl ls --state unmanaged --sort size -r
+    lashctl ls --media-type 'image/*' | cut -f1,2
+
+Exit codes: 0 listed; 2 usage error; 65 corrupt manifest."""
 
 
 class RefState(str, Enum):
@@ -27,10 +34,10 @@ class SortKey(str, Enum):
 
 def ls(
     ctx: typer.Context,
-    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Only blobs this session has a row for.")] = None,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only blobs this session has a row for.")] = None,
     ref_state: Annotated[Optional[RefState], typer.Option("--state", help="Only blobs in this reference state.")] = None,
     media_type: Annotated[
-        Optional[str], typer.Option("--media-type", help="Only this MIME type; image/* matches a whole type.")
+        Optional[str], typer.Option("--media-type", metavar="TYPE", help="Only this MIME type; image/* matches a whole type.")
     ] = None,
     sort: Annotated[SortKey, typer.Option("--sort", help="Sort key.")] = SortKey.id,
     reverse: Annotated[bool, typer.Option("--reverse", "-r", help="Reverse the order.")] = False,
@@ -71,8 +78,9 @@ def ls(
     }
     entries.sort(key=keys[sort], reverse=reverse)
     state.ui.records(
-        ["id", "size", "media type", "label", "state", "modified"],
-        [[e.attachment_id, human_bytes(e.byte_len), e.media_type, e.label, e.state, iso_ms(e.mtime_ms)] for e in entries],
+        [Col("id", "id"), Col("size", "bytes"), Col("media type", drop=2, min_width=10), Col("label", drop=1),
+         Col("state", "fixed"), Col("modified", "fixed", drop=3)],
+        [[e.attachment_id, e.byte_len, e.media_type, e.label, e.state, iso_ms(e.mtime_ms)] for e in entries],
         [
             {
                 "id": e.attachment_id,
@@ -87,5 +95,8 @@ def ls(
             for e in entries
         ],
     )
-    state.ui.info(f"{len(entries)} blob(s), {sum(e.byte_len for e in entries)} bytes")
+    if entries:
+        state.ui.info(f"{len(entries)} blob(s), {human_bytes(sum(e.byte_len for e in entries))}")
+    else:
+        state.ui.info("no blobs" + (" match" if session or ref_state or media_type else " in the store"))
     end_inspection(state, store, manifest_state)

@@ -5,8 +5,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lashctl.commands import DryRunFlag, JsonFlag, app_state
+from lashctl.commands import DryRunFlag, JsonFlag, app_state, complete_id
 from lashctl.errors import Corrupt, UsageError
+from lashctl.render import Col
 
 app = typer.Typer(
     name="manifest",
@@ -15,7 +16,12 @@ app = typer.Typer(
 )
 
 
-@app.command("check")
+@app.command("check", epilog="""Examples:
+
+    lashctl manifest check
+    lashctl --manifest /data/manifest.jsonl manifest check
+
+Exit codes: 0 every line is valid; 2 usage error; 65 malformed lines (each is listed).""")
 def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     """Validate every line of the manifest and count its events and rows.
 
@@ -42,7 +48,7 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
         "problems": report.problems,
     }
     state.ui.records(
-        ["what", "value"],
+        [Col("what"), Col("value", "path", min_width=20)],
         [["path", report.path], ["lines", report.lines],
          *[[f"  {op}", n] for op, n in report.events_by_op.items()],
          ["header", "yes" if report.has_header else "no (read as version 1)"],
@@ -60,14 +66,20 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
         raise Corrupt(f"{len(report.problems)} malformed line(s) in {report.path}")
 
 
-@app.command("log")
+@app.command("log", epilog="""Examples:
+
+    lashctl manifest log --id 5f5d584c5857
+    lashctl manifest log -s s-42 --op commit --since 2026-11-01 | jq .
+
+Exit codes: 0 printed (also when nothing matched); 2 usage error (bad ID, OP or TIMESTAMP); 65 corrupt manifest.""")
 def log(
     ctx: typer.Context,
     attachment: Annotated[
-        Optional[str], typer.Option("--id", metavar="ID", help="Only events for this id (or unique-length prefix).")
+        Optional[str], typer.Option("--id", metavar="ID", help="Only events for this id (or unique-length prefix).",
+                                    autocompletion=complete_id)
     ] = None,
-    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Only events of this session.")] = None,
-    op: Annotated[Optional[str], typer.Option("--op", help="Only events with this op (intent, commit, forget, header).")] = None,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only events of this session.")] = None,
+    op: Annotated[Optional[str], typer.Option("--op", metavar="OP", help="Only events with this op (intent, commit, forget, header).")] = None,
     since: Annotated[
         Optional[str], typer.Option("--since", metavar="TIMESTAMP", help="Only timed events at or after this (ISO-8601, @EPOCH_SECONDS or EPOCH_MSms).")
     ] = None,
@@ -125,7 +137,12 @@ def log(
         raise Corrupt(f"{len(malformed)} malformed line(s) in manifest {manifest.path}")
 
 
-@app.command("compact")
+@app.command("compact", epilog="""Examples:
+
+    lashctl manifest compact --dry-run
+    lashctl manifest compact
+
+Exit codes: 0 compacted; 2 usage error; 65 corrupt manifest (left untouched); 75 manifest locked.""")
 def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag = False) -> None:
     """Rewrite the manifest as its folded state, atomically, under the lock.
 

@@ -7,6 +7,20 @@ import typer
 
 from lashctl.commands import JsonFlag, SessionOption, app_state
 from lashctl.errors import StoreIOError, UsageError
+from lashctl.render import human_bytes
+
+EPILOG = """Examples:
+
+    lashctl put -s s-42 photo.png notes.pdf
+    find outbox -type f -print0 | lashctl put -s s-42 --files-from - -0
+
+Exit codes: 0 stored; 1 I/O error; 2 usage error (bad option, missing or unreadable input); 65 corrupt manifest; 75 manifest locked; 130 interrupted."""
+
+def _not_negative(value: Optional[int]) -> Optional[int]:
+    if value is not None and value < 0:
+        raise typer.BadParameter(f"{value} is negative; give a number of pixels, 0 or more")
+    return value
+
 
 # Below these a put is over before a progress bar would be read.
 PROGRESS_MIN_INPUTS = 20
@@ -22,13 +36,15 @@ def put(
     session: SessionOption = None,
     media_type: Annotated[
         Optional[str],
-        typer.Option("--media-type", help="MIME type (default: sniffed, then from the file name)."),
+        typer.Option("--media-type", metavar="TYPE", help="MIME type (default: sniffed, then from the file name)."),
     ] = None,
     label: Annotated[
-        Optional[str], typer.Option("--label", help="Label (default: the file's base name).")
+        Optional[str], typer.Option("--label", metavar="LABEL", help="Label (default: the file's base name).")
     ] = None,
-    width: Annotated[Optional[int], typer.Option("--width", min=0, help="Image width (default: read from the header).")] = None,
-    height: Annotated[Optional[int], typer.Option("--height", min=0, help="Image height (default: read from the header).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", metavar="N", callback=_not_negative,
+                                                 help="Image width in pixels (default: read from the header).")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", metavar="N", callback=_not_negative,
+                                                  help="Image height in pixels (default: read from the header).")] = None,
     files_from: Annotated[
         Optional[str],
         typer.Option("--files-from", metavar="FILE|-", help="Read input paths from FILE (- for stdin), one per line."),
@@ -50,6 +66,8 @@ def put(
     ui = state.ui
     inputs = list(paths or [])
     if files_from is not None:
+        if files_from == "-" and sys.stdin.isatty():
+            ui.info("reading paths from standard input (end it with Ctrl-D)")
         inputs.extend(_read_path_list(files_from, null))
         if files_from == "-" and "-" in (paths or []):
             raise UsageError("--files-from - already reads standard input; '-' cannot also be an input")
@@ -65,43 +83,81 @@ def put(
         ui.info(f"nothing to store: --files-from {files_from} listed no paths")
         return
     ops.check_put_sources(inputs)
-    sources = [ops.PutSource.from_path(p, lambda: sys.stdin.buffer) for p in inputs]
+    # A terminal reports its end once per Ctrl-D; the buffered reader reads
+    # on after a short read and would swallow it, waiting for a second one.
+    stdin = sys.stdin.buffer.raw if "-" in inputs and sys.stdin.isatty() else sys.stdin.buffer
+    sources = [ops.PutSource.from_path(p, lambda: stdin) for p in inputs]
     options = ops.PutOptions(session, media_type, label, width, height)
     store = state.store(create=True)
-    records, stored, deduplicated, total = [], 0, 0, 0
+    stored, deduplicated, total = 0, 0, 0
     show_bar = ui.wants_progress() and (
         len(inputs) >= PROGRESS_MIN_INPUTS or _known_size(inputs) >= PROGRESS_MIN_BYTES
     )
-    if show_bar:
-        # Ids are printed after the bar is gone, so stdout and the bar never mix.
-        with ui.progress("storing", _known_size(inputs) or None) as bar:
-            results = list(ops.put(store, sources, options, progress=bar.advance))
+    if "-" in inputs and sys.stdin.isatty():
+        ui.info("reading standard input (end it with Ctrl-D)")
+    landed: list = []
+    try:
+        if show_bar:
+            # Ids are printed after the bar is gone, so stdout and the bar never mix.
+            with ui.progress("storing", _known_size(inputs) or None) as bar:
+                for result in ops.put(store, sources, options, progress=bar.advance):
+                    landed.append(result)
+        else:
+            for result in ops.put(store, sources, options):
+                landed.append(result)
+                if not ui.json:
+                    ui.line(result.attachment_id)
+    except KeyboardInterrupt:
+        # What landed is stored and recorded: its ids are what a script needs
+        # to commit. ops.put removed the staged copies of the rest.
+        if show_bar or ui.json:
+            _print_results(ui, landed)
+        sys.stdout.flush()
+        raise KeyboardInterrupt(_interrupted(len(landed), len(inputs))) from None
+    if not show_bar and not ui.json:
+        sys.stdout.flush()
     else:
-        results = ops.put(store, sources, options)
-    for result in results:
+        _print_results(ui, landed)
+    for result in landed:
         stored += 1
         deduplicated += result.deduplicated
         total += result.byte_len
-        if ui.json:
-            records.append(
-                {
-                    "id": result.attachment_id,
-                    "path": result.path,
-                    "byte_len": result.byte_len,
-                    "media_type": result.media_type,
-                    "label": result.label,
-                    "width": result.width,
-                    "height": result.height,
-                    "deduplicated": result.deduplicated,
-                }
-            )
-        else:
+    ui.info(f"stored {stored} blob(s), {human_bytes(total)} ({deduplicated} already present) for session {session}")
+
+
+def _interrupted(stored: int, inputs: int) -> str:
+    """The one line Ctrl-C leaves: what is kept, and that nothing staged stays behind.
+
+    Inputs are stored batch by batch, and ids are printed only for a batch
+    that landed whole; an interrupt while a batch lands may leave intents
+    (and bytes) for inputs that were not reported, which reclaim sweeps.
+    """
+    of = f"{stored} of {inputs} input{'s' if inputs != 1 else ''}"
+    ids = " (their ids are on stdout)" if stored else ""
+    return (f"interrupted: {of} stored and recorded{ids}; staged copies of the rest were removed, "
+            "and reclaim sweeps anything else they left")
+
+
+def _print_results(ui, results: list) -> None:
+    """The ids (or the --json array) of the inputs that were stored, in input order."""
+    if not ui.json:
+        for result in results:
             ui.line(result.attachment_id)
-    if ui.json:
-        ui.emit_json(records)
-    else:
         sys.stdout.flush()
-    ui.info(f"stored {stored} blob(s), {total} bytes ({deduplicated} already present) for session {session}")
+        return
+    ui.emit_json([
+        {
+            "id": result.attachment_id,
+            "path": result.path,
+            "byte_len": result.byte_len,
+            "media_type": result.media_type,
+            "label": result.label,
+            "width": result.width,
+            "height": result.height,
+            "deduplicated": result.deduplicated,
+        }
+        for result in results
+    ])
 
 
 def _known_size(paths: list[str]) -> int:

@@ -6,8 +6,15 @@ import typer
 
 from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, OlderThanOption, app_state
 from lashctl.errors import Partial
-from lashctl.render import human_bytes
+from lashctl.render import Col, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
+
+EPILOG = """Examples:
+
+    lashctl reclaim --dry-run
+    lashctl -q --json reclaim --older-than 7d
+
+Exit codes: 0 swept; 2 usage error; 4 refused: cutoff under 1 minute without --force; 5 partial: some deletes failed, their rows kept; 65 corrupt manifest (nothing deleted); 75 manifest locked."""
 
 
 def reclaim(
@@ -36,11 +43,12 @@ def reclaim(
     ops.check_grace(cutoff, now, force)
     store = state.store()
     with state.ui.progress("reclaiming", None, unit="blobs") as bar:
-        report = ops.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance)
+        report = ops.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance, planned=bar.set_total)
     state.ui.records(
-        ["id", "action", "size", "sessions", "reason"],
+        [Col("id", "id"), Col("action", "fixed"), Col("size", "bytes", drop=2), Col("sessions", drop=3),
+         Col("reason", drop=4, min_width=12)],
         [
-            [i.attachment_id, i.action, human_bytes(i.byte_len) if i.action == ops.RECLAIM else None,
+            [i.attachment_id, i.action, i.byte_len if i.action == ops.RECLAIM else None,
              ", ".join(i.sessions), i.error or i.reason]
             for i in report.items
         ],
@@ -68,13 +76,16 @@ def reclaim(
             ],
         },
     )
-    prefix = "dry run: would reclaim" if dry_run else "reclaimed"
-    state.ui.info(
-        f"{prefix} {report.blobs_reclaimed} blob(s), {human_bytes(report.bytes_freed)} "
-        f"({report.bytes_freed} bytes); released {report.rows_released} row(s); "
-        f"scanned {report.scanned_intents} uncommitted intent(s) at or before {iso_ms(cutoff)}; "
-        f"{len(report.failures)} failure(s)"
-    )
+    prefix = "dry run: " if dry_run else ""
+    if not report.items:
+        state.ui.info(f"{prefix}nothing to reclaim: no uncommitted intent at or before {iso_ms(cutoff)}")
+    else:
+        state.ui.info(
+            f"{prefix}{'would reclaim' if dry_run else 'reclaimed'} {report.blobs_reclaimed} blob(s), "
+            f"{human_bytes(report.bytes_freed)}; released {report.rows_released} row(s); "
+            f"scanned {report.scanned_intents} uncommitted intent(s) at or before {iso_ms(cutoff)}; "
+            f"{len(report.failures)} failure(s)"
+        )
     if report.failures:
         failed = ", ".join(i.attachment_id for i in report.failures)
         raise Partial(f"sweep finished with {len(report.failures)} failure(s); rows kept for the next sweep: {failed}")

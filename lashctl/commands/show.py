@@ -4,15 +4,23 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import JsonFlag, app_state, end_inspection, inspect_state
+from lashctl.commands import JsonFlag, app_state, complete_id, end_inspection, inspect_state
 from lashctl.ids import parse_id
 from lashctl.render import human_bytes
 from lashctl.timefmt import age_text, iso_ms, now_ms
 
+EPILOG = """Examples:
+
+    lashctl show 5f5d584c5857
+    lashctl --json show sha256:5f5d584c5857
+
+Exit codes: 0 shown; 2 usage error (bad or ambiguous id); 3 not found; 65 corrupt manifest."""
+
 
 def show(
     ctx: typer.Context,
-    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).")],
+    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).",
+                                       autocompletion=complete_id)],
     json_flag: JsonFlag = False,
 ) -> None:
     """Show one blob: metadata, paths, size on disk, every manifest row, and a verdict.
@@ -63,7 +71,7 @@ def show(
         )
         return
     blob = (
-        f"present, {report.byte_len} bytes, {human_bytes(report.size_on_disk)} on disk, "
+        f"present, {human_bytes(report.byte_len)}, {human_bytes(report.size_on_disk)} on disk, "
         f"modified {iso_ms(report.mtime_ms)}"
         if report.bytes_present else "MISSING"
     )

@@ -3,8 +3,15 @@
 import typer
 
 from lashctl.commands import JsonFlag, app_state, end_inspection, inspect_state
-from lashctl.render import human_bytes
+from lashctl.render import Col
 from lashctl.timefmt import now_ms
+
+EPILOG = """Examples:
+
+    lashctl stats
+    lashctl --json stats
+
+Exit codes: 0 shown; 2 usage error; 65 corrupt manifest."""
 
 
 def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
@@ -43,18 +50,18 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
         "manifest_torn_tail": s.torn_tail,
     }
     rows = [
-        ["blobs", s.blobs, human_bytes(s.blob_bytes)],
-        *[[f"  {k}", s.blobs_by_state[k], human_bytes(s.bytes_by_state[k])] for k in audit.STATES],
+        ["blobs", s.blobs, s.blob_bytes],
+        *[[f"  {k}", s.blobs_by_state[k], s.bytes_by_state[k]] for k in audit.STATES],
         ["rows committed", s.rows_committed, None],
         ["rows uncommitted", s.rows_uncommitted, None],
         ["committed rows missing bytes", s.committed_rows_missing_bytes, None],
         ["uncommitted rows missing bytes", s.uncommitted_rows_missing_bytes, None],
-        ["orphans reclaimable now (24h grace)", s.orphans_reclaimable, human_bytes(s.orphan_bytes_reclaimable)],
-        ["staging litter", s.staging_files, human_bytes(s.staging_bytes)],
+        ["orphans reclaimable now (24h grace)", s.orphans_reclaimable, s.orphan_bytes_reclaimable],
+        ["staging litter", s.staging_files, s.staging_bytes],
         ["stray files", s.stray_files, None],
         ["sidecars without a blob", s.orphan_sidecars, None],
         ["manifest lines", s.manifest_lines, None],
         ["  after compaction", s.compacted_lines, None],
     ]
-    state.ui.records(["what", "count", "bytes"], rows, document)
+    state.ui.records([Col("what"), Col("count", "count"), Col("bytes", "bytes")], rows, document)
     end_inspection(state, store, manifest_state)

@@ -6,7 +6,15 @@ import typer
 
 from lashctl.commands import JsonFlag, app_state
 from lashctl.errors import Corrupt
+from lashctl.render import Col, human_bytes
 from lashctl.timefmt import now_ms, parse_duration
+
+EPILOG = """Examples:
+
+    lashctl verify
+    lashctl verify --fix --grace 2h
+
+Exit codes: 0 no errors (warnings allowed); 2 usage error; 4 refused: --grace under 1 minute without --force; 65 errors remain; 75 manifest locked (--fix)."""
 
 
 def verify(
@@ -58,7 +66,8 @@ def verify(
         else:
             report = audit.verify(store, manifest_state, problem, now, False, grace_ms, bar.advance)
     state.ui.records(
-        ["severity", "kind", "path", "problem", "repair"],
+        [Col("severity", "fixed"), Col("kind", "fixed"), Col("path", "path", min_width=20, base=str(store.root)),
+         Col("problem", drop=1, min_width=16), Col("repair", drop=2)],
         [[f.severity, f.kind, f.path, f.message, f.repair] for f in report.findings],
         {
             **state.run_fields(),
@@ -79,9 +88,11 @@ def verify(
     for f in report.repairs:
         state.ui.info(f"repaired {f.path}: {f.repair}")
     warnings = sum(1 for f in report.findings if f.severity == audit.WARNING)
-    state.ui.info(
-        f"checked {report.blobs_checked} blob(s), {report.bytes_checked} bytes: "
-        f"{len(report.errors)} error(s), {warnings} warning(s), {len(report.repairs)} repair(s)"
-    )
+    checked = f"checked {report.blobs_checked} blob(s), {human_bytes(report.bytes_checked)}"
+    if not report.findings:
+        state.ui.info(f"{checked}: no problems found")
+    else:
+        state.ui.info(f"{checked}: {len(report.errors)} error(s), {warnings} warning(s), "
+                      f"{len(report.repairs)} repair(s)")
     if report.errors:
         raise Corrupt(f"verify found {len(report.errors)} error(s) in store {store.root}")
