@@ -215,7 +215,9 @@ def test_racing_puts_commits_sweeps_and_reads(shm_path: Path) -> None:
     per_session = Counter((e["op"], e.get("session_id")) for e in log.events)
     for worker in workers:
         assert per_session[("intent", worker.session)] == worker.intents, worker.session
-        assert per_session[("commit", worker.session)] == worker.commits_reported, worker.session
+        # commit never lets its state cache skip a line: an id reported as already
+        # committed gets a no-op commit line too, so there may be more lines than commits.
+        assert per_session[("commit", worker.session)] >= worker.commits_reported, worker.session
     assert ops["forget"] == sweeper.forgets
     assert set(ops) <= {"header", "intent", "commit", "forget"}
 
