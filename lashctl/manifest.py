@@ -20,6 +20,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import stat
 import sys
 import time
@@ -363,7 +364,12 @@ class Manifest:
         fd = self.open_for_reading()
         if fd is not None:
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                if st.st_nlink > 1:
+                    # Another name for the same file may sit outside the store: never write through it.
+                    raise UnsafePath(f"manifest {self.path} has {st.st_nlink} hard links: refusing to write "
+                                     "through a file shared with another path (copy it instead)")
+                size = st.st_size
                 if size:
                     self._check_reads_as_manifest(fd, size)
             finally:
@@ -546,9 +552,10 @@ class Manifest:
     # -- litter ------------------------------------------------------------------
     def litter(self) -> list[tuple[str, os.stat_result]]:
         """Staging files a killed compaction left beside the manifest (``.<name>.<random>.part``)."""
-        prefix, parent = f".{self.path.name}.", self.path.parent
+        parent = self.path.parent
+        ours = re.compile(re.escape(f".{self.path.name}.") + r"[0-9a-f]{12}\.part")
         try:
-            names = [n for n in os.listdir(parent) if n.startswith(prefix) and n.endswith(".part")]
+            names = [n for n in os.listdir(parent) if ours.fullmatch(n)]
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:

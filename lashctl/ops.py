@@ -54,6 +54,10 @@ class Store:
         # Detail for -v only (why the state cache was not used), said once per command.
         self.note = _once(note) if note is not None else None
         self.blobs = BlobStore(self.root)
+        if manifest_path is None:
+            # The manifest lives in the root: a symlinked or foreign root stops
+            # the manifest commands too, not only those that touch blobs.
+            self.blobs.check_root()
         kwargs = {} if warn is None else {"warn": warn}
         self.manifest = Manifest(
             Path(manifest_path) if manifest_path else self.root / "manifest.jsonl",
@@ -328,7 +332,7 @@ def _metadata_for(
         if size is not None:
             width = size[0] if width is None else width
             height = size[1] if height is None else height
-    label = options.label if options.label is not None else source.label
+    label = utf8_label(options.label) if options.label is not None else source.label
     return sidecar.Metadata(
         staged.attachment_id, media_type, staged.byte_len, width, height, label
     )

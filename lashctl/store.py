@@ -256,6 +256,11 @@ class BlobStore:
             raise ValueError(f"not a valid attachment id: {attachment_id!r}")
         return f"{OBJECTS}/{attachment_id[:2]}"
 
+    def check_root(self) -> None:
+        """Refuse now (UnsafePath) a root that is a symlink or not ours; absent is fine."""
+        with self.opened():
+            self._dir(ROOT)
+
     def check_layout(self) -> None:
         """Refuse now (UnsafePath) a root, ``sha256/`` or ``tmp/`` that is a symlink or not ours."""
         with self.opened():

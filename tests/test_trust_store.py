@@ -404,3 +404,54 @@ def test_a_fifo_at_the_manifest_path_answers_at_once(world: Store, command: list
     result = world.lashctl(*command, timeout=20)
     assert result.returncode == 65, (result.returncode, result.stderr)
     assert "not a regular file" in one_line_error(result.stderr)
+
+
+# -- found by attacking the installed tool ---------------------------------------------
+@pytest.mark.parametrize("command", [["commit", "-s", "s2", "B"], ["manifest", "compact"], ["list-uncommitted"],
+                                     ["manifest", "log"]])
+def test_a_symlinked_store_root_stops_manifest_commands_too(tmp_path: Path, command: list[str]) -> None:
+    world = Store(tmp_path)
+    real = world.outside / "realstore"
+    world.root.rename(real)
+    world.root.symlink_to(real)
+    before = world.outside_snapshot()
+    result = world.lashctl(*[world.b if c == "B" else c for c in command])
+    assert result.returncode == 65, result.stderr
+    one_line_error(result.stderr)
+    assert world.outside_snapshot() == before
+
+
+def test_only_litter_of_lashctls_own_name_format_is_swept_beside_a_manifest(world: Store) -> None:
+    real = _symlinked_manifest(world)
+    foreign = [real.parent / ".manifest.jsonl.zz.part", real.parent / ".manifest.jsonl.abcd1234.part"]
+    ours = real.parent / ".manifest.jsonl.0123456789ab.part"
+    for path in (*foreign, ours):
+        path.write_bytes(b"x")
+        _age(path)
+    assert world.lashctl("verify", "--fix").returncode == 0
+    assert all(p.exists() for p in foreign)
+    assert not ours.exists()
+
+
+def test_a_hard_linked_manifest_is_not_written_through(world: Store) -> None:
+    copy = world.outside / "copy.jsonl"
+    os.link(world.manifest, copy)
+    before = copy.read_bytes()
+    result = world.lashctl("commit", "-s", "s2", world.b)
+    assert result.returncode == 65, result.stderr
+    assert "hard link" in one_line_error(result.stderr)
+    assert copy.read_bytes() == before
+
+
+def test_a_label_that_is_not_utf8_is_stored_with_replacement_characters(world: Store, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"labelled\n")
+    result = run(["--store", world.root, "--json", "put", "-s", "s9", "--label", b"a\x9bb", source])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["label"] == "a\ufffdb"
+
+
+def test_a_missing_files_from_list_is_a_usage_error(world: Store, tmp_path: Path) -> None:
+    result = world.lashctl("put", "-s", "s9", "--files-from", str(tmp_path / "no-such-list"))
+    assert result.returncode == 2, result.stderr
+    one_line_error(result.stderr)

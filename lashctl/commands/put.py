@@ -182,7 +182,8 @@ def _read_path_list(source: str, null: bool) -> list[str]:
             with open(source, "rb") as handle:
                 data = handle.read()
     except OSError as exc:
-        raise StoreIOError.wrap("read --files-from", source, exc) from exc
+        # Like a missing input path: a usage error, before anything is written.
+        raise UsageError(f"cannot read --files-from {source}: {exc.strerror or exc}") from exc
     separator = b"\0" if null else b"\n"
     names = []
     for raw in data.split(separator):
