@@ -108,17 +108,19 @@ def _is_uint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def read(path: Path) -> Metadata | None:
-    """Read a sidecar; None if there is none; Corrupt if it cannot be decoded."""
-    from lashctl.store import NotARegularFile, open_regular
+def read(path: Path | str, dir_fd: int | None = None, shown: Path | None = None) -> Metadata | None:
+    """Read a sidecar (``path`` relative to ``dir_fd`` when given); None if there
+    is none; Corrupt if it cannot be decoded. ``shown`` names it in messages."""
+    from lashctl.fsutil import NotARegularFile, open_regular
 
+    path = shown if shown is not None else path
     try:
         # Never read through a symlink, never block on a FIFO planted here.
-        fd = open_regular(path)
+        fd = open_regular(path if dir_fd is None else path.name, dir_fd=dir_fd)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except NotARegularFile as exc:
-        raise Corrupt(f"undecodable sidecar {path}: not a regular file") from exc
+        raise Corrupt(f"undecodable sidecar {path}: {exc.strerror}, not a regular file") from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise Corrupt(f"undecodable sidecar {path}: it is a symlink") from exc

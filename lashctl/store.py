@@ -46,7 +46,6 @@ CHUNK = 1024 * 1024
 HEAD_BYTES = 64 * 1024  # kept from the start of a staged blob for sniffing
 LASH_STAGING_SUFFIX = ".tmp"  # lash-core stages a write in a sibling <final>.tmp
 SIDECAR_SUFFIX = ".json"
-MAX_SIDECAR_BYTES = 1024 * 1024
 
 ROOT, OBJECTS, TMP, QUARANTINE = "", "sha256", "tmp", "quarantine"
 
@@ -326,24 +325,7 @@ class BlobStore:
             shard = self._dir(self._shard_key(attachment_id))
             if shard is None:
                 return None
-            try:
-                fd = open_regular(attachment_id + SIDECAR_SUFFIX, dir_fd=shard)
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-            except NotARegularFile as exc:
-                raise Corrupt(f"undecodable sidecar {path}: {exc.strerror}, not a regular file") from exc
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise Corrupt(f"undecodable sidecar {path}: it is a symlink") from exc
-                raise StoreIOError.wrap("read", path, exc) from exc
-        try:
-            with os.fdopen(fd, "rb") as handle:
-                data = handle.read(MAX_SIDECAR_BYTES + 1)
-        except OSError as exc:
-            raise StoreIOError.wrap("read", path, exc) from exc
-        if len(data) > MAX_SIDECAR_BYTES:
-            raise Corrupt(f"undecodable sidecar {path}: larger than {MAX_SIDECAR_BYTES} bytes")
-        return sidecar.decode(data, path)
+            return sidecar.read(path, dir_fd=shard, shown=path)
 
     def write_sidecar(self, meta, sync_dir: bool = True) -> bool:
         """Write a sidecar atomically beside its blob, unless it already says
