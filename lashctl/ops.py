@@ -542,8 +542,8 @@ def _describe_row(store: Store, row: Row, shards: dict[str, bool]) -> Uncommitte
 
 # -- commit --------------------------------------------------------------------
 COMMITTED = "committed"
-ALREADY_COMMITTED = "already committed"
-NO_INTENT = "no intent"
+ALREADY_COMMITTED = "already_committed"
+NO_INTENT = "no_intent"
 
 
 @dataclass

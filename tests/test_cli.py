@@ -630,25 +630,25 @@ def test_commit_reports_each_status_and_exit_3_for_no_intent(cli, store, tmp_pat
 
     result = cli("commit", "-s", "s1", a, b)
     assert_ok(result)
-    assert result.stdout == f"{a}\ts1\talready committed\n{b}\ts1\tcommitted\n"
+    assert result.stdout == f"{a}\ts1\talready_committed\n{b}\ts1\tcommitted\n"
 
     unknown = sha(b"no such upload")
     result = cli("--json", "commit", "-s", "s1", c, unknown)
     assert_error(result, 3, unknown)
     assert json.loads(result.stdout) == [
         {"id": c, "session_id": "s1", "status": "committed"},
-        {"id": unknown, "session_id": "s1", "status": "no intent"},
+        {"id": unknown, "session_id": "s1", "status": "no_intent"},
     ]
     # c was committed despite the exit 3.
     result = cli("commit", "-s", "s1", "--json", c)
     assert_ok(result)
-    assert json.loads(result.stdout)[0]["status"] == "already committed"
+    assert json.loads(result.stdout)[0]["status"] == "already_committed"
 
     # The row belongs to s1: s2 has no intent for it, and nothing is written.
     lines = manifest_file(store).read_bytes()
     result = cli("commit", "-s", "s2", a)
     assert_error(result, 3)
-    assert result.stdout == f"{a}\ts2\tno intent\n"
+    assert result.stdout == f"{a}\ts2\tno_intent\n"
     assert manifest_file(store).read_bytes() == lines
 
     # From stdin, with the session from the environment.

@@ -115,10 +115,10 @@ class Worker(threading.Thread):
                     path = blob_path(self.store, record["id"])
                     assert path.is_file() and file_sha(path) == record["id"], f"committed {key} but its blob is missing or torn"
                     self.committed_log.append(record["id"])
-                elif record["status"] == "already committed":
+                elif record["status"] == "already_committed":
                     self.already += 1
                 else:
-                    assert record["status"] == "no intent", record
+                    assert record["status"] == "no_intent", record
                     self.no_intent += 1
 
 

@@ -330,7 +330,7 @@ def test_sigkill_during_commit(shm_path: Path, commit_template) -> None:
 
         second = run(args(store), input=stdin)
         assert second.returncode == 0
-        assert {r["status"] for r in json.loads(second.stdout)} == {"already committed"}
+        assert {r["status"] for r in json.loads(second.stdout)} == {"already_committed"}
         assert (blob_inodes(store), fold_file(store / "manifest.jsonl")) == snapshot
         shutil.rmtree(store)
     report(f"crash/commit: {trials} trials, {landed} kills landed before exit "

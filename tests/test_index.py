@@ -792,7 +792,7 @@ def test_commit_writes_through_a_cache_whose_rows_were_edited(tmp_path: Path, li
         else:
             conn.execute("DELETE FROM rows WHERE session_id = 's1'")
     conn.close()
-    assert _commit(store, "s1", x) != "no intent"
+    assert _commit(store, "s1", x) != "no_intent"
     assert store.manifest.read_state().rows[("s1", x)].committed
     assert _commit_lines(store, "s1", x) == 1
 

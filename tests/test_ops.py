@@ -323,12 +323,12 @@ def test_commit_statuses(store):
     results = ops.commit(store, "s-1", [parse_id(aid)])
     assert [(r.attachment_id, r.session_id, r.status) for r in results] == [(aid, "s-1", "committed")]
     results = ops.commit(store, "s-1", [parse_id(aid[:6]), parse_id("sha256:" + aid)])
-    assert [r.status for r in results] == ["already committed", "already committed"]
+    assert [r.status for r in results] == ["already_committed", "already_committed"]
     results = ops.commit(store, "s-2", [parse_id(aid)])
-    assert [r.status for r in results] == ["no intent"]
+    assert [r.status for r in results] == ["no_intent"]
     unknown = "0" * 64 if not aid.startswith("0") else "f" * 64
     results = ops.commit(store, "s-1", [parse_id(unknown), parse_id(unknown[:5])])
-    assert [(r.attachment_id, r.status) for r in results] == [(unknown, "no intent"), (unknown[:5], "no intent")]
+    assert [(r.attachment_id, r.status) for r in results] == [(unknown, "no_intent"), (unknown[:5], "no_intent")]
     state = store.manifest.read_state()
     assert state.rows[("s-1", aid)].committed
     assert ("s-2", aid) not in state.rows
@@ -341,7 +341,7 @@ def test_commit_statuses(store):
 def test_commit_same_id_twice_in_one_call(store):
     [a] = list(ops.put(store, [source("a", b"twice")], ops.PutOptions(session="s-1")))
     results = ops.commit(store, "s-1", [parse_id(a.attachment_id), parse_id(a.attachment_id)])
-    assert [r.status for r in results] == ["committed", "already committed"]
+    assert [r.status for r in results] == ["committed", "already_committed"]
     assert len([e for e in manifest_events(store) if e["op"] == "commit"]) == 1
 
 

@@ -27,7 +27,7 @@ def commit(
 ) -> None:
     """Commit the session's rows for the given ids.
 
-    Reports each id as committed, already committed, or no intent; any id with
+    Reports each id as committed, already_committed or no_intent; any id with
     no intent for the session gives exit 3 (the others are still committed).
     """
     from lashctl import ops
