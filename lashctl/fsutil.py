@@ -134,33 +134,36 @@ def unlink_quietly(name: str | Path, dir_fd: int | None = None) -> None:
         pass
 
 
-def write_file_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``path`` crash-atomically: stage beside it, fsync, rename, fsync the directory.
+def install_bytes(data: bytes, stage_dir_fd: int, dest_dir_fd: int, name: str, shown: Path | str) -> None:
+    """Stage ``data`` as ``.<name>.<random>.part`` under ``stage_dir_fd``, fsync it,
+    and rename it to ``name`` under ``dest_dir_fd`` (same file system).
 
-    The staging file is ``.<name>.<random>.part`` in the same directory, so the
-    rename never crosses file systems; a crash leaves at most that file.
+    A failure or Ctrl-C removes the staging file; a crash leaves at most it.
     """
-    path = Path(path)
-    parent = path.parent
-    dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    tmp = f".{path.name}.{unique_suffix()}{STAGING_SUFFIX}"
+    staging = f".{name}.{unique_suffix()}{STAGING_SUFFIX}"
     try:
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=stage_dir_fd)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                         dir_fd=dir_fd)
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError as exc:
-            unlink_quietly(tmp, dir_fd)
-            raise StoreIOError.wrap("write", path, exc) from exc
-        except KeyboardInterrupt:
-            # Ctrl-C leaves no staging file behind either.
-            unlink_quietly(tmp, dir_fd)
-            raise
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staging, name, src_dir_fd=stage_dir_fd, dst_dir_fd=dest_dir_fd)
+    except OSError as exc:
+        unlink_quietly(staging, stage_dir_fd)
+        raise StoreIOError.wrap("write", shown, exc) from exc
+    except KeyboardInterrupt:
+        unlink_quietly(staging, stage_dir_fd)
+        raise
+
+
+def write_file_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` crash-atomically: stage beside it, fsync, rename, fsync the directory."""
+    path = Path(path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        install_bytes(data, dir_fd, dir_fd, path.name, path)
         if sync_dir:
             os.fsync(dir_fd)
     finally:

@@ -33,6 +33,7 @@ from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store
     NotARegularFile,
     describe_mode,
     fsync_dir,
+    install_bytes,
     make_dir,
     open_dir,
     open_regular,
@@ -349,24 +350,7 @@ class BlobStore:
 
     def _install_bytes(self, data: bytes, dir_fd: int, name: str, shown: Path) -> None:
         """Stage ``data`` in tmp/, fsync it, rename it to ``name`` under ``dir_fd``."""
-        tmp = self._dir(TMP, create=True)
-        staging = f".{name}.{unique_suffix()}{STAGING_SUFFIX}"
-        try:
-            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                         dir_fd=tmp)
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(staging, name, src_dir_fd=tmp, dst_dir_fd=dir_fd)
-        except OSError as exc:
-            unlink_quietly(staging, tmp)
-            raise StoreIOError.wrap("write", shown, exc) from exc
-        except KeyboardInterrupt:
-            # Ctrl-C leaves no staging file behind either.
-            unlink_quietly(staging, tmp)
-            raise
+        install_bytes(data, self._dir(TMP, create=True), dir_fd, name, shown)
 
     # -- writing ---------------------------------------------------------------------
     def ensure_writable_layout(self) -> None:
