@@ -1,7 +1,7 @@
 """The Typer app: global options, command registration and the error funnel.
 
 Every expected failure surfaces as a ``LashctlError`` and leaves here as one
-line on stderr and its documented exit code (DESIGN §5); a traceback is shown
+line on stderr and its documented exit code (README, "Exit codes"); a traceback is shown
 only with ``-v`` or ``LASHCTL_DEBUG=1``.
 """
 

@@ -1,6 +1,6 @@
 """A persistent, derived, rebuildable cache of the manifest's folded state.
 
-The manifest (DESIGN §3) stays the only source of truth. ``ManifestIndex``
+The manifest (README, "The manifest") stays the only source of truth. ``ManifestIndex``
 keeps its fold in SQLite in the user's cache directory (``index_path``; never
 inside the store, so reading commands leave the store untouched), and on each
 ``refresh()`` reads only the bytes appended since the last one: a command on a

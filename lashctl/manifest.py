@@ -95,7 +95,7 @@ class ManifestState:
         return self._by_id.keys()
 
     def apply(self, event: dict) -> None:
-        """Fold one validated event into the state (DESIGN §3)."""
+        """Fold one validated event into the state (README, "The manifest")."""
         op = event["op"]
         if op == "header":
             self.has_header = True

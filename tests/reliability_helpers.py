@@ -4,7 +4,7 @@
 
 Everything here reads the store and the manifest *independently* of lashctl's
 own reader where that matters (a tolerant JSON-lines parser and a reference
-fold of DESIGN §3), so that a bug in lashctl's reader cannot hide a bug in
+fold of the README's manifest rules), so that a bug in lashctl's reader cannot hide a bug in
 its writers.
 
 ``LASHCTL_LONG_TESTS=1`` turns on the long variants (more trials, longer
@@ -163,7 +163,7 @@ def read_log(path: Path, strict: bool = False) -> RawLog:
 
 
 def fold(events: list[dict]) -> dict[tuple[str, str], dict]:
-    """The reference fold of DESIGN §3: (session, id) -> row."""
+    """The reference fold of the README's manifest rules: (session, id) -> row."""
     rows: dict[tuple[str, str], dict] = {}
     for event in events:
         op = event.get("op")

@@ -566,7 +566,7 @@ def test_ls_filters(store, listing):
 
 
 def test_ls_media_type_filter_normalises_like_every_mime_input(store, listing):
-    """DESIGN §2: MIME types are lower-cased and trimmed, and image/jpg normalises to image/jpeg."""
+    """the README's store format: MIME types are lower-cased and trimmed, and image/jpg normalises to image/jpeg."""
     assert [e["id"] for e in ls_json(store, "--media-type", " Image/PNG ")] == [listing["png"]]
     assert [e["id"] for e in ls_json(store, "--media-type", "image/jpg")] == [listing["jpeg"]]
 

@@ -1,4 +1,4 @@
-"""CLI tests through Typer's CliRunner against ``lashctl.cli.app`` (DESIGN §2-§5).
+"""CLI tests through Typer's CliRunner against ``lashctl.cli.app`` (the README's store format-§5).
 
 Each test drives the commands as an operator would and asserts what a user
 notices: exact stdout, exit codes, stderr messages, and the files on disk.

@@ -5,7 +5,7 @@ app in-process) against a store planted with the hostile thing next to a
 committed blob A and an aged orphan B, with sentinels outside the store (a
 regular file, a FIFO, a directory). Every case checks:
 
-- the documented exit code (DESIGN §5);
+- the documented exit code (the README's exit codes);
 - on failure, exactly one clear error line on stderr, no traceback, and not
   the "unexpected <Exception>" funnel that marks a bug;
 - the sentinels outside the store are exactly as they were (a FIFO would hang

@@ -1,4 +1,4 @@
-"""Ids, durations and timestamps as operators type them (DESIGN §4)."""
+"""Ids, durations and timestamps as operators type them (the README)."""
 
 from __future__ import annotations
 

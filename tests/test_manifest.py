@@ -1,4 +1,4 @@
-"""The write-ahead manifest: fold rules, format, torn tails, locking, compaction (DESIGN §3)."""
+"""The write-ahead manifest: fold rules, format, torn tails, locking, compaction (the README's manifest rules)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model-based tests: random operation sequences against a reference model of DESIGN §3.
+"""Model-based tests: random operation sequences against a reference model of the README's manifest rules.
 
 The core API (``lashctl.ops``) is driven by hypothesis with a controllable
 clock (``lashctl.ops.now_ms`` patched; the clock may even go backwards) and
@@ -184,7 +184,7 @@ class StoreModel(RuleBasedStateMachine):
                  for k, v in self.rows.items()}
         assert state_rows(self.store.manifest.read_state()) == model, "lashctl's fold differs from the model"
         assert fold(read_log(self.store.manifest.path, strict=True).events) == model, \
-            "the raw log folds (by DESIGN §3) to something else than the model"
+            "the raw log folds (by the README's manifest rules) to something else than the model"
 
     @invariant()
     def blobs_match(self) -> None:
@@ -232,7 +232,7 @@ def test_fold_and_compaction_of_arbitrary_logs(shm_path: Path, events, header: b
     warnings: list[str] = []
     manifest = Manifest(path, warn=warnings.append)
     state = manifest.read_state()
-    assert state_rows(state) == fold(events), "lashctl's fold is not DESIGN §3's"
+    assert state_rows(state) == fold(events), "lashctl's fold is not the README's manifest rules's"
     with manifest.locked():
         manifest.compact(state)
         # An append after compaction lands on a clean line boundary.

@@ -1,4 +1,4 @@
-"""Operations over store + manifest: put, commit, delete, reclaim, resolve (DESIGN §3-4)."""
+"""Operations over store + manifest: put, commit, delete, reclaim, resolve (the README's manifest rules-4)."""
 
 from __future__ import annotations
 

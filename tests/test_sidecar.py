@@ -1,4 +1,4 @@
-"""Sidecar schema (DESIGN §2) and media types: write lash's form, read every form."""
+"""Sidecar schema (the README's store format) and media types: write lash's form, read every form."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""BlobStore: staging, installs, iteration, deletes, symlink refusal (DESIGN §2)."""
+"""BlobStore: staging, installs, iteration, deletes, symlink refusal (the README's store format)."""
 
 from __future__ import annotations
 
