@@ -33,6 +33,8 @@ from pathlib import Path
 
 ENV_CACHE_DIR = "LASHCTL_CACHE_DIR"
 JOURNAL_SUFFIX = ".appends"
+PATH_SUFFIX = ".path"  # which manifest a cache belongs to, so caches of deleted stores can go
+PRUNE_CHECKS = 8  # caches of other manifests looked at per open: bounded work
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 APPEND = "A"  # bytes added at the end (a torn tail may have been cut first)
 REWRITE = "R"  # the file replaced (compaction): a cache must fold it again
@@ -143,6 +145,57 @@ def prepare_files(index_file: Path) -> None:
             check_file(path)  # another process created it first
         except OSError as exc:
             raise Unusable(f"cannot create cache file {path}: {exc.strerror or exc}") from exc
+
+
+def remember_manifest(index_file: Path, manifest_path: Path) -> None:
+    """Write ``<key>.path`` (once): the manifest this cache folds."""
+    path = Path(str(index_file.with_suffix("")) + PATH_SUFFIX)
+    if check_file(path):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise Unusable(f"cannot create cache file {path}: {exc.strerror or exc}") from exc
+    try:
+        os.write(fd, os.fsencode(manifest_path))
+    finally:
+        os.close(fd)
+
+
+def prune(index_file: Path) -> None:
+    """Drop the caches of a few other manifests that no longer exist (deleted stores).
+
+    Looks at no more than PRUNE_CHECKS other caches per call, starting at a
+    random one, so a cache directory full of old entries empties over a few
+    commands without slowing any of them down. Never fails the command.
+    """
+    directory = index_file.parent
+    own = index_file.with_suffix("").name
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(PATH_SUFFIX) and not n.startswith(own))
+    except OSError:
+        return
+    if not names:
+        return
+    start = int.from_bytes(os.urandom(2), "big") % len(names)
+    for name in (names[start:] + names[:start])[:PRUNE_CHECKS]:
+        key = name[: -len(PATH_SUFFIX)]
+        try:
+            fd = _open_own(directory / name, os.O_RDONLY)
+            with os.fdopen(fd, "rb") as handle:
+                manifest = os.fsdecode(handle.read(4096))
+        except OSError:
+            continue
+        if not manifest or os.path.lexists(manifest):
+            continue
+        for suffix in (".idx", *(".idx" + s for s in SQLITE_SIDE_FILES),
+                       JOURNAL_SUFFIX, PATH_SUFFIX):
+            try:
+                os.unlink(directory / (key + suffix))
+            except OSError:
+                pass
 
 
 def _open_own(path: Path, flags: int) -> int:

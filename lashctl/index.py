@@ -438,6 +438,8 @@ class ManifestIndex:
                 # Only in private directories, never through a link (the path is predictable).
                 cachedir.private_index_dir(self.path)
                 cachedir.prepare_files(self.path)
+                cachedir.remember_manifest(self.path, self.manifest.path)
+                cachedir.prune(self.path)
             except cachedir.Unusable as exc:
                 self._say_unusable(str(exc))
                 raise sqlite3.OperationalError(str(exc)) from exc

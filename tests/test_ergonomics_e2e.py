@@ -363,3 +363,22 @@ def test_ctrl_c_elsewhere_is_one_line(tmp_path):
     code, out, err = _interrupt(["--store", store, "commit", "-s", "s", "-"], feed=b"")
     assert code == 130
     assert err.decode().strip() == "lashctl: interrupted; nothing half-written was left"
+
+
+def test_cache_files_of_deleted_stores_are_dropped_when_a_cache_is_next_opened(tmp_path):
+    import os
+    import shutil
+
+    cache = tmp_path / "cache"
+    env = {**base_env(), "LASHCTL_CACHE_DIR": str(cache)}
+    (tmp_path / "in.txt").write_bytes(b"x")
+    stores = [tmp_path / f"store{n}" for n in range(3)]
+    for store in stores:
+        assert run(["--store", store, "put", "-s", "s", tmp_path / "in.txt"], env=env).returncode == 0
+        assert run(["--store", store, "list-uncommitted"], env=env).returncode == 0
+    assert len(list((cache / "index").glob("*.idx"))) == 3
+    shutil.rmtree(stores[0])
+    shutil.rmtree(stores[1])
+    assert run(["--store", stores[2], "list-uncommitted"], env=env).returncode == 0
+    left = sorted(p.name for p in (cache / "index").iterdir())
+    assert len([n for n in left if n.endswith(".idx")]) == 1, left
