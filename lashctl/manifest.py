@@ -31,7 +31,15 @@ from typing import Callable, Iterable, Iterator
 
 from lashctl import cachedir
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError, UnsafePath
-from lashctl.fsutil import NotARegularFile, describe_mode, fsync_dir, open_regular, write_all, write_file_atomic
+from lashctl.fsutil import (
+    READ_FLAGS,
+    NotARegularFile,
+    describe_mode,
+    fsync_dir,
+    open_regular,
+    write_all,
+    write_file_atomic,
+)
 from lashctl.ids import canonical_uri, is_utf8_text, is_valid_id
 from lashctl.text import escape_text
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
@@ -326,15 +334,22 @@ class Manifest:
         never blocks on a FIFO: anything but a regular file is refused at once.
         """
         try:
-            return open_regular(self.path)
+            return self._open(READ_FLAGS, "read")
         except FileNotFoundError:
             return None
+
+    def _open(self, flags: int, action: str) -> int:
+        """Open the real manifest file: never through a symlink, never blocking on a FIFO."""
+        try:
+            return open_regular(self.path, flags=flags)
+        except FileNotFoundError:
+            raise
         except NotARegularFile as exc:
             raise Corrupt(f"manifest {self.path} is {exc.strerror}, not a regular file") from exc
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafePath(f"manifest {self.path} became a symlink: refusing to follow it") from exc
-            raise StoreIOError.wrap("read", self.path, exc) from exc
+            raise StoreIOError.wrap(action, self.path, exc) from exc
 
     def check_regular(self) -> bool:
         """Whether the manifest exists; Corrupt if something other than a regular file is there."""
@@ -434,14 +449,7 @@ class Manifest:
         if not events:
             return
         self.check_writable()
-        try:
-            fd = open_regular(self.path, flags=os.O_RDWR | os.O_CREAT)
-        except NotARegularFile as exc:
-            raise Corrupt(f"manifest {self.path} is {exc.strerror}, not a regular file") from exc
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePath(f"manifest {self.path} became a symlink: refusing to follow it") from exc
-            raise StoreIOError.wrap("open", self.path, exc) from exc
+        fd = self._open(os.O_RDWR | os.O_CREAT, "open")
         created = False
         try:
             before = os.fstat(fd)
