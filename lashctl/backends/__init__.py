@@ -1,0 +1,37 @@
+"""Storage backends, chosen by the form of ``--store`` and ``--manifest``.
+
+A plain path is the local file system (blobs) or a JSON-lines log (manifest);
+``s3://BUCKET/PREFIX`` is an S3-compatible object store; ``postgresql://…``
+(or ``postgres://…``) is lash's PostgreSQL manifest table. The modules of the
+remote backends, and the libraries they need, are imported only when a URL
+names them: local commands start as fast as before.
+"""
+
+from __future__ import annotations
+
+from lashctl.errors import UsageError
+
+S3_SCHEMES = ("s3://",)
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_s3_url(text: str) -> bool:
+    return text.startswith(S3_SCHEMES)
+
+
+def is_postgres_url(text: str) -> bool:
+    return text.startswith(POSTGRES_SCHEMES)
+
+
+def is_url(text: str) -> bool:
+    """Anything with a scheme: local paths never have one (``./s3:`` does not count)."""
+    head, sep, _ = text.partition("://")
+    return bool(sep) and head.isalnum()
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """One line naming what to install when an optional library is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} needs the '{extra}' extra: pip install 'lashctl[{extra}]'")

@@ -1,0 +1,206 @@
+"""The two storage seams: where blob bytes live and where the manifest lives.
+
+The core (``lashctl.core``, ``lashctl.sweep``, ``lashctl.inspect``) talks to a
+store only through these interfaces; a backend is the only code that touches
+its medium (the file system, an object store, a database). The format each
+backend keeps is the README's "The store format" section.
+
+Every id passed in has been validated (``lashctl.ids.is_valid_id``); a backend
+builds object names from such ids only and checks again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, Callable, ContextManager, Iterable, Iterator, Protocol
+
+from lashctl.fold import Event, Row
+
+if TYPE_CHECKING:
+    from lashctl.sidecar import Metadata
+
+Progress = Callable[[int], None]
+
+# Kinds of object a listing can find (BlobStat.kind).
+FILE, SYMLINK, DIRECTORY, OTHER = "file", "symlink", "directory", "other"
+
+# Layouts (README, "Two layouts"): lash-core 0.1.0-alpha.85 writes a sidecar
+# beside every blob; later lash releases keep no sidecars.
+LAYOUT_SIDECARS, LAYOUT_BARE = "sidecars", "bare"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStat:
+    """What a backend knows of one stored object, in neutral terms."""
+
+    size: int
+    mtime_ms: int  # last modification (LastModified on an object store)
+    kind: str = FILE  # FILE | SYMLINK | DIRECTORY | OTHER
+    links: int = 1  # hard links (1 where the medium has none)
+    size_on_disk: int | None = None  # allocated bytes, where the medium says
+    token: object = None  # identity for compare-and-move: (dev, ino, size, mtime) or an ETag
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind == FILE
+
+
+@dataclass(slots=True)
+class Staged:
+    """Bytes received and hashed, not yet visible under their id."""
+
+    attachment_id: str
+    byte_len: int
+    head: bytes  # the first bytes, for sniffing the media type
+    handle: object  # the backend's own (a temp file, a spool)
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One object a sweep listing found that is not simply a blob by its id.
+
+    ``area`` is ``"blobs"`` (under ``sha256/``) or ``"staging"`` (litter of an
+    interrupted write: ``tmp/``, an unfinished multipart upload, a
+    compaction's leftover beside the manifest). ``name`` is relative to the
+    area (``ab/abcd….json``); ``where`` is how to show it to a person.
+    """
+
+    area: str
+    name: str
+    where: str
+    stat: BlobStat
+    handle: object = None  # what the backend needs to remove exactly this
+
+
+class BlobBackend(Protocol):
+    """Content-addressed bytes and their metadata sidecars."""
+
+    name: str  # the root as a person would write it (a path, s3://bucket/prefix)
+    layout: str  # LAYOUT_SIDECARS or LAYOUT_BARE
+
+    def opened(self) -> ContextManager[object]:
+        """Hold connections / directory descriptors for a batch of calls."""
+
+    def check_root(self) -> None:
+        """Refuse (UnsafePath) a root that is unsafe to use; an absent root is fine."""
+
+    def check_layout(self) -> None:
+        """Refuse (UnsafePath) an unsafe layout before a sweep touches anything."""
+
+    def exists(self) -> bool:
+        """Whether the root exists (a named root that does not is a usage error)."""
+
+    def where(self, attachment_id: str, sidecar: bool = False) -> str:
+        """How to show a blob (or its sidecar) to a person."""
+
+    def stat(self, attachment_id: str, sidecar: bool = False) -> BlobStat | None:
+        """The blob (or sidecar) object, None if absent; never follows a link."""
+
+    def read_sidecar(self, attachment_id: str) -> "Metadata | None":
+        """The sidecar, None if absent; Corrupt if it is not one."""
+
+    def write_sidecar(self, meta: "Metadata", durable: bool = True) -> bool:
+        """Write (replace) a sidecar atomically; whether anything changed.
+        With ``durable=False`` a later ``sync`` makes it durable."""
+
+    def stage(self, source: BinaryIO, source_name: str, progress: Progress | None = None) -> Staged:
+        """Receive bytes durably where no reader sees them, hashing as they flow."""
+
+    def open_staged(self, staged: Staged) -> BinaryIO:
+        """Read staged bytes back (to read image dimensions)."""
+
+    def discard(self, staged: Staged) -> None:
+        """Drop staged bytes."""
+
+    def install(self, staged: Staged) -> bool:
+        """Make staged bytes visible under their id; True if they were already
+        there intact (a dedup hit, which refreshes the object's modification
+        time). Bytes already there that do not hash to the id are replaced."""
+
+    def sync(self, attachment_ids: Iterable[str]) -> None:
+        """Make the installs and deletes of these ids durable (one call per batch)."""
+
+    def open(self, attachment_id: str) -> BinaryIO:
+        """A stream of the blob's bytes; NotFound if absent, Corrupt if not a file."""
+
+    def hash(self, attachment_id: str, progress: Progress | None = None) -> tuple[str, BlobStat]:
+        """Re-hash a blob: (hex digest, the stat of exactly what was hashed)."""
+
+    def iter_ids(self, prefix: str = "") -> Iterator[str]:
+        """Ids of the blobs present, in id order (a sweep merges on it)."""
+
+    def walk(self) -> Iterator[Found]:
+        """Everything under the store that is not a well-formed blob or its
+        sidecar beside it: strays, sidecars, staging litter. Sidecars whose blob
+        exists are not listed."""
+
+    def remove(self, found: Found) -> None:
+        """Delete exactly what ``walk`` found (never a directory, never via a link)."""
+
+    def delete_problem(self, attachment_id: str) -> str | None:
+        """Why ``delete`` would fail (said by a dry run), or None."""
+
+    def delete(self, attachment_id: str) -> int:
+        """Delete a blob and its sidecar; the bytes freed (0 if absent)."""
+
+    def delete_many(self, attachment_ids: list[str]) -> dict[str, int | str]:
+        """Delete many blobs: per id the bytes freed or the reason it failed."""
+
+    def quarantine(self, attachment_id: str, hashed: BlobStat, stamp: str) -> str | None:
+        """Move a corrupt blob (and sidecar) aside if it is still ``hashed``;
+        where it went, or None if it changed meanwhile."""
+
+
+class ManifestView(Protocol):
+    """Queries on a manifest's folded state (README, "The manifest")."""
+
+    def rows_for_keys(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row]:
+        """The rows for (session_id, attachment_id) keys that exist."""
+
+    def rows_for_id(self, attachment_id: str) -> list[Row]:
+        """Every row of one id, by session."""
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        """Ids with a row whose id starts with ``prefix``, sorted."""
+
+    def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
+        """Uncommitted rows with intent at or before the cutoff, oldest first (streamed)."""
+
+    def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
+        """Reclaim candidates in id order: for each id with an uncommitted row
+        at or before the cutoff, every row of that id (streamed)."""
+
+    def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
+        """Every row grouped by id, in id order (streamed; sweeps merge on it)."""
+
+    def row_count(self) -> int:
+        """How many rows there are."""
+
+    def keep_reason(self, row: Row) -> str | None:
+        """Why an aged uncommitted row must be kept although no session
+        committed it (its owner is not proven dead), or None."""
+
+
+class ManifestWriter(ManifestView, Protocol):
+    def append(self, events: list[Event]) -> None:
+        """Apply events durably, in order (the fold decides what each does)."""
+
+
+class ManifestBackend(Protocol):
+    name: str  # as a person would write it (a path, a URL without the password)
+
+    def exists(self) -> bool:
+        """Whether the manifest exists (a named one that does not is a usage error)."""
+
+    def check_writable(self) -> None:
+        """Refuse (Corrupt/UnsafePath) a manifest a writer must not touch."""
+
+    def reading(self) -> ContextManager[ManifestView]:
+        """A consistent view for a read-only command; takes no writer lock."""
+
+    def writing(self) -> ContextManager[ManifestWriter]:
+        """The writer lock held (flock, a transaction): view and append."""
+
+    def sweeping(self) -> ContextManager[ManifestWriter]:
+        """The lock a sweep holds: one sweep at a time, writers never blocked
+        for longer than one statement where the backend can arrange it."""

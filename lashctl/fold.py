@@ -1,0 +1,149 @@
+"""The manifest's fold, written once (README, "The manifest").
+
+A manifest is a sequence of events; its state is one row per
+(session_id, attachment_id) key, computed by ``step``:
+
+- ``intent`` inserts an uncommitted row, or refreshes the intent time of an
+  uncommitted row (the later time wins); a committed row is left unchanged;
+- ``commit`` stamps an uncommitted row (the first commit wins) and never
+  inserts one;
+- ``forget`` deletes the row.
+
+The in-memory state, the JSON-lines state cache, the PostgreSQL statements and
+the reference model in the tests all follow this one function.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+INTENT, COMMIT, FORGET = "intent", "commit", "forget"
+OPS = (INTENT, COMMIT, FORGET)
+URI_SCHEME = "lash-attachment://sha256/"
+
+
+def canonical_uri(attachment_id: str) -> str:
+    return URI_SCHEME + attachment_id
+
+
+@dataclass(slots=True)
+class Row:
+    """One (session, attachment) reference and where it stands."""
+
+    session_id: str
+    attachment_id: str
+    canonical_uri: str
+    intent_at_epoch_ms: int
+    committed_at_epoch_ms: int | None = None
+    # Set on rows lash itself wrote to a PostgreSQL manifest: the turn or
+    # process that owns an uncommitted intent ("turn" | "process", its id).
+    owner_kind: str | None = None
+    owner_id: str | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.committed_at_epoch_ms is not None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.session_id, self.attachment_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One manifest event. ``at_ms`` is the intent or commit time (None for forget)."""
+
+    op: str
+    attachment_id: str
+    session_id: str
+    at_ms: int | None = None
+    canonical_uri: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.session_id, self.attachment_id)
+
+    @classmethod
+    def intent(cls, attachment_id: str, session_id: str, at_ms: int) -> "Event":
+        return cls(INTENT, attachment_id, session_id, at_ms, canonical_uri(attachment_id))
+
+    @classmethod
+    def commit(cls, attachment_id: str, session_id: str, at_ms: int) -> "Event":
+        return cls(COMMIT, attachment_id, session_id, at_ms)
+
+    @classmethod
+    def forget(cls, attachment_id: str, session_id: str) -> "Event":
+        return cls(FORGET, attachment_id, session_id)
+
+
+def step(row: Row | None, event: Event) -> Row | None:
+    """The row a key has after ``event``, given the row it had (None: none).
+
+    Returns ``row`` itself, updated in place, when the row stays.
+    """
+    op = event.op
+    if op == INTENT:
+        if row is None:
+            return Row(sys.intern(event.session_id), event.attachment_id,
+                       event.canonical_uri or canonical_uri(event.attachment_id), event.at_ms)
+        if row.committed_at_epoch_ms is None and event.at_ms > row.intent_at_epoch_ms:
+            row.intent_at_epoch_ms = event.at_ms
+        return row
+    if op == COMMIT:
+        if row is not None and row.committed_at_epoch_ms is None:
+            row.committed_at_epoch_ms = event.at_ms
+        return row
+    return None  # forget
+
+
+class Effect:
+    """The net effect of a run of events on one key whose stored row is not
+    known (a batch written to a database with one statement per key).
+
+    ``from_absent`` is what the events make of a missing row. Unless a forget
+    was seen (then the stored row no longer matters), ``from_uncommitted`` is
+    what they make of a stored *uncommitted* row, tracked as a placeholder row
+    whose intent time is lower than any real one; a stored committed row is
+    left as it is by every event but forget. Both are computed with ``step``.
+    """
+
+    __slots__ = ("from_absent", "from_uncommitted", "replaces")
+    _NEVER = -(1 << 63)
+
+    def __init__(self, session_id: str, attachment_id: str) -> None:
+        self.from_absent: Row | None = None
+        self.from_uncommitted: Row | None = Row(session_id, attachment_id, "", self._NEVER)
+        self.replaces = False
+
+    def add(self, event: Event) -> None:
+        self.from_absent = step(self.from_absent, event)
+        if not self.replaces:
+            if event.op == FORGET:
+                self.replaces, self.from_uncommitted = True, None
+            else:
+                self.from_uncommitted = step(self.from_uncommitted, event)
+
+    @property
+    def refreshed_intent(self) -> int | None:
+        """The intent time to raise a stored uncommitted row to (None: no intent)."""
+        at = self.from_uncommitted.intent_at_epoch_ms if self.from_uncommitted else self._NEVER
+        return None if at == self._NEVER else at
+
+    @property
+    def commit_at(self) -> int | None:
+        """The commit time to stamp on a stored uncommitted row (None: no commit)."""
+        return self.from_uncommitted.committed_at_epoch_ms if self.from_uncommitted else None
+
+
+def fold(events, rows: dict[tuple[str, str], Row] | None = None) -> dict[tuple[str, str], Row]:
+    """Fold events into ``rows`` (a new dict if None)."""
+    rows = {} if rows is None else rows
+    for event in events:
+        key = event.key
+        new = step(rows.get(key), event)
+        if new is None:
+            rows.pop(key, None)
+        else:
+            rows[key] = new
+    return rows
