@@ -14,7 +14,9 @@ EXIT_NOT_FOUND = 3
 EXIT_REFUSED = 4
 EXIT_PARTIAL = 5
 EXIT_CORRUPT = 65
+EXIT_UNAVAILABLE = 69
 EXIT_LOCKED = 75
+EXIT_DENIED = 77
 
 
 class LashctlError(Exception):
@@ -79,3 +81,15 @@ class StoreIOError(LashctlError):
     def wrap(cls, action: str, path: object, exc: OSError) -> "StoreIOError":
         reason = exc.strerror or str(exc)
         return cls(f"cannot {action} {path}: {reason}")
+
+
+class Unavailable(LashctlError):
+    """A server (object store, database) could not be reached or failed mid-way."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class Denied(LashctlError):
+    """A server refused the credentials or the access."""
+
+    exit_code = EXIT_DENIED
