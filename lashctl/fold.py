@@ -18,13 +18,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from lashctl.ids import canonical_uri
+
 INTENT, COMMIT, FORGET = "intent", "commit", "forget"
 OPS = (INTENT, COMMIT, FORGET)
-URI_SCHEME = "lash-attachment://sha256/"
-
-
-def canonical_uri(attachment_id: str) -> str:
-    return URI_SCHEME + attachment_id
 
 
 @dataclass(slots=True)
@@ -76,6 +73,24 @@ class Event:
     def forget(cls, attachment_id: str, session_id: str) -> "Event":
         return cls(FORGET, attachment_id, session_id)
 
+    @classmethod
+    def from_json(cls, obj: dict) -> "Event":
+        """From a validated JSON-lines event object (not the header)."""
+        op = obj["op"]
+        at = obj.get("intent_at_epoch_ms") if op == INTENT else obj.get("committed_at_epoch_ms")
+        return cls(op, obj["attachment_id"], obj["session_id"], at, obj.get("canonical_uri"))
+
+    def to_json(self) -> dict:
+        """The JSON-lines form, keys in the order the README gives."""
+        out = {"op": self.op, "attachment_id": self.attachment_id, "session_id": self.session_id}
+        if self.op == INTENT:
+            out["canonical_uri"] = (self.canonical_uri if self.canonical_uri is not None
+                                    else canonical_uri(self.attachment_id))
+            out["intent_at_epoch_ms"] = self.at_ms
+        elif self.op == COMMIT:
+            out["committed_at_epoch_ms"] = self.at_ms
+        return out
+
 
 def step(row: Row | None, event: Event) -> Row | None:
     """The row a key has after ``event``, given the row it had (None: none).
@@ -86,7 +101,7 @@ def step(row: Row | None, event: Event) -> Row | None:
     if op == INTENT:
         if row is None:
             return Row(sys.intern(event.session_id), event.attachment_id,
-                       event.canonical_uri or canonical_uri(event.attachment_id), event.at_ms)
+                       event.canonical_uri if event.canonical_uri is not None else canonical_uri(event.attachment_id), event.at_ms)
         if row.committed_at_epoch_ms is None and event.at_ms > row.intent_at_epoch_ms:
             row.intent_at_epoch_ms = event.at_ms
         return row

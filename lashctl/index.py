@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from lashctl import cachedir
 from lashctl.cachedir import ENV_CACHE_DIR, index_path  # noqa: F401  (part of this module's API)
 from lashctl.errors import Corrupt, StoreIOError
+from lashctl.fold import Effect, Event
 from lashctl.ids import URI_SCHEME, canonical_uri
 from lashctl.manifest import ManifestState, Row, _parses, _strip_bom, parse_line
 from lashctl.manifest import VERSION as MANIFEST_VERSION
@@ -108,10 +109,6 @@ _SQL_COMMIT = (
 )
 _SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, committed_at FROM rows"
 
-# Pending change of one key within a batch (see _Batch).
-_MERGE, _REPLACE = 0, 1
-
-
 def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, committed_at: int | None) -> Row:
     return Row(session_id, attachment_id, canonical_uri(attachment_id) if uri is None else uri, intent_at, committed_at)
 
@@ -161,65 +158,42 @@ class _Meta:
 
 
 class _Batch:
-    """The net effect of a run of events on the stored rows, folded in Python.
-
-    Per key, either ``[_REPLACE, row]``: a ``forget`` was seen, so the prior
-    state no longer matters and the row ends as ``row`` (``[uri, intent,
-    committed]``) or absent (None); or ``[_MERGE, row, upd_intent, upd_commit]``:
-    no forget, so the result depends on the stored row — ``row`` is what the
-    events make of an absent key, and ``upd_intent``/``upd_commit`` what they do
-    to a stored uncommitted row (a committed one they leave alone). Both follow
-    ``ManifestState.apply`` exactly; the composition is associative, so a batch
-    is written with one statement per key.
-    """
+    """The net effect of a run of events on the stored rows (``fold.Effect``
+    per key), written with one statement per key."""
 
     __slots__ = ("pending",)
 
     def __init__(self) -> None:
-        self.pending: dict[tuple[str, str], list] = {}
+        self.pending: dict[tuple[str, str], Effect] = {}
 
     def __len__(self) -> int:
         return len(self.pending)
 
     def add(self, event: dict) -> None:
-        op = event["op"]
-        if op == "header":
+        if event["op"] == "header":
             return
-        key = (event["session_id"], event["attachment_id"])
-        p = self.pending.get(key)
-        if p is None:
-            p = self.pending[key] = [_MERGE, None, None, None]
-        if op == "intent":
-            at = event["intent_at_epoch_ms"]
-            row = p[1]
-            if row is None:
-                p[1] = [event["canonical_uri"], at, None]
-            elif row[2] is None and at > row[1]:
-                row[1] = at
-            if p[0] == _MERGE and p[3] is None and (p[2] is None or at > p[2]):
-                p[2] = at
-        elif op == "commit":
-            at = event["committed_at_epoch_ms"]
-            row = p[1]
-            if row is not None and row[2] is None:
-                row[2] = at
-            if p[0] == _MERGE and p[3] is None:
-                p[3] = at
-        else:  # forget
-            p[0], p[1], p[2], p[3] = _REPLACE, None, None, None
+        change = Event.from_json(event)
+        key = change.key
+        effect = self.pending.get(key)
+        if effect is None:
+            effect = self.pending[key] = Effect(*key)
+        effect.add(change)
 
     def write(self, conn: sqlite3.Connection) -> None:
         deletes, replaces, merges, commits = [], [], [], []
-        for (session, aid), (mode, row, upd_intent, upd_commit) in self.pending.items():
-            if mode == _REPLACE:
+        for (session, aid), effect in self.pending.items():
+            row = effect.from_absent
+            if effect.replaces:
                 if row is None:
                     deletes.append((session, aid))
                 else:
-                    replaces.append((session, aid, _stored_uri(aid, row[0]), row[1], row[2]))
+                    replaces.append((session, aid, _stored_uri(aid, row.canonical_uri),
+                                     row.intent_at_epoch_ms, row.committed_at_epoch_ms))
             elif row is not None:
-                merges.append((session, aid, _stored_uri(aid, row[0]), row[1], row[2], upd_intent, upd_commit))
-            elif upd_commit is not None:
-                commits.append((upd_commit, session, aid))
+                merges.append((session, aid, _stored_uri(aid, row.canonical_uri), row.intent_at_epoch_ms,
+                               row.committed_at_epoch_ms, effect.refreshed_intent, effect.commit_at))
+            elif effect.commit_at is not None:
+                commits.append((effect.commit_at, session, aid))
         if deletes:
             conn.executemany(_SQL_DELETE, deletes)
         if replaces:

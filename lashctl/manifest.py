@@ -40,6 +40,7 @@ from lashctl.fsutil import (
     write_all,
     write_file_atomic,
 )
+from lashctl.fold import INTENT, Event, Row, step  # noqa: F401  (Row is part of this module's API)
 from lashctl.ids import canonical_uri, is_utf8_text, is_valid_id
 from lashctl.text import escape_text
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
@@ -58,21 +59,6 @@ Warn = Callable[[str], None]
 
 def _stderr_warn(message: str) -> None:
     print(f"lashctl: warning: {escape_text(message)}", file=sys.stderr)
-
-
-@dataclass(slots=True)
-class Row:
-    """One (session, attachment) reference and where it stands."""
-
-    session_id: str
-    attachment_id: str
-    canonical_uri: str
-    intent_at_epoch_ms: int
-    committed_at_epoch_ms: int | None = None
-
-    @property
-    def committed(self) -> bool:
-        return self.committed_at_epoch_ms is not None
 
 
 @dataclass
@@ -102,61 +88,43 @@ class ManifestState:
         assert self._by_id is not None
         return self._by_id.keys()
 
-    def apply(self, event: dict) -> None:
-        """Fold one validated event into the state (README, "The manifest")."""
-        op = event["op"]
-        if op == "header":
-            self.has_header = True
-            return
-        key = (event["session_id"], event["attachment_id"])
-        row = self.rows.get(key)
-        if op == "intent":
-            at = event["intent_at_epoch_ms"]
-            if row is None:
-                self.rows[key] = Row(
-                    sys.intern(event["session_id"]),
-                    event["attachment_id"],
-                    event["canonical_uri"],
-                    at,
-                )
+    def apply(self, event: "dict | Event") -> None:
+        """Fold one validated event into the state (``lashctl.fold.step``)."""
+        if isinstance(event, dict):
+            if event["op"] == "header":
+                self.has_header = True
+                return
+            event = Event.from_json(event)
+        key = event.key
+        before = self.rows.get(key)
+        after = step(before, event)
+        if after is None:
+            if before is not None:
+                del self.rows[key]
                 self._by_id = None
-            elif row.committed_at_epoch_ms is None and at > row.intent_at_epoch_ms:
-                row.intent_at_epoch_ms = at
-        elif op == "commit":
-            if row is not None and row.committed_at_epoch_ms is None:
-                row.committed_at_epoch_ms = event["committed_at_epoch_ms"]
-        elif op == "forget":
-            if self.rows.pop(key, None) is not None:
-                self._by_id = None
+        elif before is None:
+            self.rows[key] = after
+            self._by_id = None
 
 
 # -- events --------------------------------------------------------------------
-def intent_event(attachment_id: str, session_id: str, at_ms: int) -> dict:
-    return {
-        "op": "intent",
-        "attachment_id": attachment_id,
-        "session_id": session_id,
-        "canonical_uri": canonical_uri(attachment_id),
-        "intent_at_epoch_ms": at_ms,
-    }
+def intent_event(attachment_id: str, session_id: str, at_ms: int) -> Event:
+    return Event.intent(attachment_id, session_id, at_ms)
 
 
-def commit_event(attachment_id: str, session_id: str, at_ms: int) -> dict:
-    return {
-        "op": "commit",
-        "attachment_id": attachment_id,
-        "session_id": session_id,
-        "committed_at_epoch_ms": at_ms,
-    }
+def commit_event(attachment_id: str, session_id: str, at_ms: int) -> Event:
+    return Event.commit(attachment_id, session_id, at_ms)
 
 
-def forget_event(attachment_id: str, session_id: str) -> dict:
-    return {"op": "forget", "attachment_id": attachment_id, "session_id": session_id}
+def forget_event(attachment_id: str, session_id: str) -> Event:
+    return Event.forget(attachment_id, session_id)
 
 
-def encode_events(events: Iterable[dict]) -> bytes:
+def encode_events(events: Iterable["dict | Event"]) -> bytes:
+    dumps = json.dumps
     return b"".join(
-        json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+        dumps(e if isinstance(e, dict) else e.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        + b"\n"
         for e in events
     )
 
@@ -542,10 +510,10 @@ class Manifest:
         """
         if self._lock_fd is None:
             raise RuntimeError("Manifest.compact called without holding the lock")
-        events: list[dict] = [HEADER]
+        events: list = [HEADER]
         for row in state.rows.values():
-            events.append(intent_event(row.attachment_id, row.session_id, row.intent_at_epoch_ms))
-            events[-1]["canonical_uri"] = row.canonical_uri
+            events.append(Event(INTENT, row.attachment_id, row.session_id, row.intent_at_epoch_ms,
+                                row.canonical_uri))
             if row.committed_at_epoch_ms is not None:
                 events.append(
                     commit_event(row.attachment_id, row.session_id, row.committed_at_epoch_ms)

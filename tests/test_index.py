@@ -35,8 +35,9 @@ class Recorder:
         self.messages.append(message)
 
 
-def enc(event: dict) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode("utf-8")
+def enc(event) -> bytes:
+    obj = event if isinstance(event, dict) else event.to_json()
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
 def aid(n: int) -> str:
@@ -765,7 +766,7 @@ def test_same_length_edit_before_the_end_then_an_append_is_seen(tmp_path: Path, 
     with store.index() as ix:
         assert bool(ix.rows_for_keys([("s1", x)])) == (edit == "uncommit")
     path = store.manifest.path
-    other = dict(hidden, session_id="s9")  # same length: the event now names another session
+    other = dict(hidden.to_json(), session_id="s9")  # same length: the event now names another session
     data = path.read_bytes().replace(enc(hidden), enc(other))
     with open(path, "r+b") as handle:  # in place, as `cp edited manifest.jsonl` writes it
         handle.write(data)

@@ -28,8 +28,9 @@ HEADER_LINE = b'{"op":"header","format":"lashctl-manifest","version":1}'
 T0 = 1_764_150_000_000
 
 
-def line(event: dict) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode("utf-8")
+def line(event) -> bytes:
+    obj = event if isinstance(event, dict) else event.to_json()
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
 def write_lines(path: Path, *lines: bytes, end: bytes = b"\n") -> None:
@@ -215,7 +216,7 @@ def test_manifest_without_header_reads_as_v1(mpath):
 
 
 def _intent(**overrides) -> bytes:
-    event = intent_event(A, "s-1", T0)
+    event = intent_event(A, "s-1", T0).to_json()
     event.update(overrides)
     return line(event)
 
@@ -236,7 +237,7 @@ def _intent(**overrides) -> bytes:
         pytest.param(_intent(attachment_id="../" + A[:61]), id="path-id"),
         pytest.param(_intent(session_id=""), id="empty-session"),
         pytest.param(_intent(session_id=7), id="int-session"),
-        pytest.param(line({**commit_event(A, "s", T0), "committed_at_epoch_ms": "x"}), id="commit-string-time"),
+        pytest.param(line({**commit_event(A, "s", T0).to_json(), "committed_at_epoch_ms": "x"}), id="commit-string-time"),
         pytest.param(line({"op": "commit", "attachment_id": A, "session_id": "s"}), id="commit-no-time"),
         pytest.param(b"[1,2,3]", id="array"),
         pytest.param(b"not json at all", id="not-json"),
@@ -650,7 +651,7 @@ def test_compact_failure_leaves_original_untouched(mpath, monkeypatch):
 
 
 def test_compact_keeps_canonical_uri(mpath):
-    odd = intent_event(A, "s-1", T0)
+    odd = intent_event(A, "s-1", T0).to_json()
     odd["canonical_uri"] = "sha256:" + A + "?legacy"
     write_lines(mpath, HEADER_LINE, line(odd))
     m = Manifest(mpath, warn=Recorder())

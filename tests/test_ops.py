@@ -233,7 +233,7 @@ def test_put_intent_is_durable_before_blob_lands(store, monkeypatch):
     real_append = Manifest.append
 
     def checking_append(self, events):
-        seen.extend(store.blobs.blob_path(e["attachment_id"]).exists() for e in events)
+        seen.extend(store.blobs.blob_path(e.attachment_id).exists() for e in events)
         real_append(self, events)
 
     monkeypatch.setattr(Manifest, "append", checking_append)
