@@ -18,9 +18,9 @@ from typing import Callable, Iterator
 from lashctl import media, sidecar
 from lashctl.errors import LashctlError, NotFound, Refused, StoreIOError
 from lashctl.ids import is_valid_id
-from lashctl.manifest import ManifestState, Row
+from lashctl.backends.jsonl_log import ManifestState, Row
 from lashctl.ops import DEFAULT_GRACE, Store, plan_reclaim
-from lashctl.store import LASH_STAGING_SUFFIX, SIDECAR_SUFFIX, Entry, FileIdentity
+from lashctl.backends.localfs import LASH_STAGING_SUFFIX, SIDECAR_SUFFIX, Entry, FileIdentity
 from lashctl.timefmt import parse_duration
 
 COMMITTED = "committed"

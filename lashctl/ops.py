@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 from lashctl import media, sidecar
 from lashctl.errors import Corrupt, LashctlError, NotFound, Refused, StoreIOError, UsageError
 from lashctl.ids import IdQuery, is_utf8_text
-from lashctl.manifest import (
+from lashctl.backends.jsonl_log import (
     Manifest,
     ManifestState,
     Row,
@@ -26,7 +26,7 @@ from lashctl.manifest import (
     forget_event,
     intent_event,
 )
-from lashctl.store import CHUNK, BlobStore, StagedBlob, unique_suffix
+from lashctl.backends.localfs import CHUNK, BlobStore, StagedBlob, unique_suffix
 from lashctl.text import has_control
 from lashctl.timefmt import now_ms
 
@@ -70,7 +70,7 @@ class Store:
 
     def index(self):
         """The manifest's state index (a rebuildable cache of the fold), refreshed."""
-        from lashctl.index import ManifestIndex
+        from lashctl.backends.jsonl_cache import ManifestIndex
 
         index = ManifestIndex(self.manifest, note=self.note)
         index.refresh()

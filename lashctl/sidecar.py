@@ -10,15 +10,13 @@ string, the form later lash releases use. Readers also accept width/height in
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lashctl.errors import Corrupt, StoreIOError, UsageError
+from lashctl.errors import Corrupt, UsageError
 from lashctl.ids import is_utf8_text, is_valid_id
-from lashctl.manifest import loads_strict
+from lashctl.text import loads_strict
 from lashctl.media import LASH_IMAGE_TYPES, lash_image_type, normalize_mime
 
 MAX_SIDECAR_BYTES = 1024 * 1024
@@ -106,30 +104,3 @@ def _read_media_type(value: object, bad) -> str:
 
 def _is_uint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def read(path: Path | str, dir_fd: int | None = None, shown: Path | None = None) -> Metadata | None:
-    """Read a sidecar (``path`` relative to ``dir_fd`` when given); None if there
-    is none; Corrupt if it cannot be decoded. ``shown`` names it in messages."""
-    from lashctl.fsutil import NotARegularFile, open_regular
-
-    path = shown if shown is not None else path
-    try:
-        # Never read through a symlink, never block on a FIFO planted here.
-        fd = open_regular(path if dir_fd is None else path.name, dir_fd=dir_fd)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except NotARegularFile as exc:
-        raise Corrupt(f"undecodable sidecar {path}: {exc.strerror}, not a regular file") from exc
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise Corrupt(f"undecodable sidecar {path}: it is a symlink") from exc
-        raise StoreIOError.wrap("read", path, exc) from exc
-    try:
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read(MAX_SIDECAR_BYTES + 1)
-    except OSError as exc:
-        raise StoreIOError.wrap("read", path, exc) from exc
-    if len(data) > MAX_SIDECAR_BYTES:
-        raise Corrupt(f"undecodable sidecar {path}: larger than {MAX_SIDECAR_BYTES} bytes")
-    return decode(data, path)

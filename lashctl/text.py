@@ -11,6 +11,8 @@ lashctl's own.
 
 from __future__ import annotations
 
+import json
+
 import re
 
 _CONTROL_RANGES = (
@@ -51,3 +53,16 @@ def _escape_one(match: re.Match[str]) -> str:
         return short
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def loads_strict(text: str) -> object:
+    """``json.loads`` without Python's extensions: NaN and +-Infinity raise ValueError.
+
+    They are not JSON; a line holding one is malformed, not re-emitted by
+    ``manifest log`` to readers that would refuse it.
+    """
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON value")

@@ -1,5 +1,5 @@
 """Core tests of the operator tooling: lashctl.audit (show, ls, stats, verify, gc)
-and lashctl.manifest (check, iter_events, compact), on real stores built with
+and lashctl.backends.jsonl_log (check, iter_events, compact), on real stores built with
 ``ops.put`` and then damaged by hand.
 """
 
@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import png_bytes
+from lashctl.backends.localfs import read_sidecar_file
 from lashctl import audit, ops, sidecar
 from lashctl.errors import Corrupt, NotFound, Refused
 from lashctl.ids import parse_id
-from lashctl.manifest import check as check_manifest
+from lashctl.backends.jsonl_log import check as check_manifest
 from lashctl.timefmt import now_ms
 
 HOUR = 3_600_000
@@ -289,7 +290,7 @@ def test_verify_fix_makes_only_safe_repairs_and_never_deletes_bytes(damaged):
     assert not d.tmp_litter.exists()
     assert not d.lash_tmp.exists()
     # the missing sidecar is rebuilt from the content
-    rebuilt = sidecar.read(side(r, d.nosidecar))
+    rebuilt = read_sidecar_file(side(r, d.nosidecar))
     assert rebuilt is not None
     assert (rebuilt.attachment_id, rebuilt.media_type, rebuilt.byte_len, rebuilt.width, rebuilt.height) == (
         d.nosidecar, "image/png", len(d.nosidecar_png), 7, 11)
@@ -411,7 +412,7 @@ def test_rebuild_sidecar_for_a_non_image_is_octet_stream(store):
     side(store, a).unlink()
     meta = audit.rebuild_sidecar(s, a, len(b"plain bytes"))
     assert (meta.media_type, meta.byte_len, meta.width, meta.height) == ("application/octet-stream", 11, None, None)
-    assert sidecar.read(side(store, a)) == meta
+    assert read_sidecar_file(side(store, a)) == meta
 
 
 def test_quarantine_moves_blob_and_sidecar_and_keeps_bytes(store):

@@ -405,7 +405,7 @@ def test_reclaim_deletes_bytes_when_no_row_is_live(cli, store, put_blobs):
 @pytest.mark.parametrize("failure", ["store-io-error", "os-error"])
 def test_put_lands_no_blob_when_the_intent_cannot_be_recorded(cli, store, tmp_path, monkeypatch, failure):
     from lashctl.errors import StoreIOError
-    from lashctl.manifest import Manifest
+    from lashctl.backends.jsonl_log import Manifest
 
     def failing_append(self, events):
         if failure == "os-error":
@@ -423,7 +423,7 @@ def test_put_lands_no_blob_when_the_intent_cannot_be_recorded(cli, store, tmp_pa
 
 
 def test_a_batch_put_takes_the_lock_once_and_appends_once(cli, store, tmp_path, monkeypatch):
-    from lashctl.manifest import Manifest
+    from lashctl.backends.jsonl_log import Manifest
 
     calls = {"locked": 0, "append": 0, "events": 0}
     original_locked, original_append = Manifest.locked, Manifest.append
@@ -588,7 +588,7 @@ def test_reclaim_failed_delete_gives_exit_5_keeps_rows_and_goes_on(cli, store, p
         intent(last, "A", now - 1 * DAY),
     ])
     from lashctl.errors import StoreIOError
-    from lashctl.store import BlobStore
+    from lashctl.backends.localfs import BlobStore
 
     original = BlobStore.delete
 

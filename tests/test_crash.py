@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from lashctl.backends.localfs import read_sidecar_file
 from lashctl import sidecar
 from reliability_helpers import (
     base_env,
@@ -180,7 +181,7 @@ def test_sigkill_during_batch_put(shm_path: Path, put_inputs) -> None:
             assert ("crash-put", attachment_id) in rows
             side = sidecar_path(store, attachment_id)
             assert side.is_file(), f"trial {trial}: sidecar {side} missing after rerun"
-            assert sidecar.read(side).attachment_id == attachment_id
+            assert read_sidecar_file(side).attachment_id == attachment_id
         before_blobs, before_rows = blob_inodes(store), keys_and_commits(rows)
 
         second = run(args(store))

@@ -1,4 +1,4 @@
-"""The SQLite cache of the manifest's fold (lashctl.index): it must always answer
+"""The SQLite cache of the manifest's fold (lashctl.backends.jsonl_cache): it must always answer
 exactly what ``Manifest.read_state()`` answers, whatever happened to the file."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lashctl import index as index_mod
+from lashctl.backends import jsonl_cache as index_mod
 from lashctl.errors import Corrupt, StoreIOError
-from lashctl.index import ManifestIndex, index_path
-from lashctl.manifest import Manifest, Row, commit_event, forget_event, intent_event
+from lashctl.backends.jsonl_cache import ManifestIndex, index_path
+from lashctl.backends.jsonl_log import Manifest, Row, commit_event, forget_event, intent_event
 
 HEADER = b'{"op":"header","format":"lashctl-manifest","version":1}'
 T0 = 1_764_150_000_000
@@ -584,8 +584,8 @@ def test_locked_index_falls_back(mpath: Path, monkeypatch) -> None:
 _WORKER = """
 import sys
 from pathlib import Path
-from lashctl.manifest import Manifest
-from lashctl.index import ManifestIndex
+from lashctl.backends.jsonl_log import Manifest
+from lashctl.backends.jsonl_cache import ManifestIndex
 m = Manifest(Path(sys.argv[1]), warn=lambda s: None)
 ix = ManifestIndex(m)
 ix.refresh()

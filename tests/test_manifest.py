@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lashctl import manifest as manifest_mod
+from lashctl.backends import jsonl_log as manifest_mod
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError
-from lashctl.manifest import (
+from lashctl.backends.jsonl_log import (
     Manifest,
     Row,
     commit_event,

@@ -29,7 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from lashctl import ops
 from lashctl.ids import parse_id
-from lashctl.manifest import Manifest, encode_events, forget_event
+from lashctl.backends.jsonl_log import Manifest, encode_events, forget_event
 from reliability_helpers import (
     LONG,
     blob_path,

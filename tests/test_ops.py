@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from lashctl.backends.localfs import read_sidecar_file
 from lashctl import ops, sidecar
 from lashctl.errors import Corrupt, NotFound, Refused, StoreIOError, UsageError
 from lashctl.ids import parse_id
-from lashctl.manifest import Manifest, commit_event, intent_event
+from lashctl.backends.jsonl_log import Manifest, commit_event, intent_event
 from lashctl.sidecar import Metadata
-from lashctl.store import BlobStore
+from lashctl.backends.localfs import BlobStore
 from lashctl.timefmt import now_ms
 
 DAY = 86_400_000
@@ -195,7 +196,7 @@ def test_put_explicit_options_win(store):
     opts = ops.PutOptions(session="s-1", media_type=" IMAGE/JPG ", label="given", width=3, height=4)
     [result] = list(ops.put(store, [source("x.png", png(7, 11), label="x.png")], opts))
     assert (result.media_type, result.label, result.width, result.height) == ("image/jpeg", "given", 3, 4)
-    meta = sidecar.read(store.blobs.sidecar_path(result.attachment_id))
+    meta = read_sidecar_file(store.blobs.sidecar_path(result.attachment_id))
     assert meta == Metadata(result.attachment_id, "image/jpeg", len(png(7, 11)), 3, 4, "given")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lashctl.backends.localfs import read_sidecar_file
 from lashctl import media, sidecar
 from lashctl.errors import Corrupt, UsageError
 from lashctl.sidecar import Metadata
@@ -170,20 +171,20 @@ def test_decode_rejects(data):
 
 
 def test_read_missing_is_none(tmp_path):
-    assert sidecar.read(tmp_path / "absent.json") is None
+    assert read_sidecar_file(tmp_path / "absent.json") is None
 
 
 def test_read_file(tmp_path):
     path = tmp_path / (ID + ".json")
     path.write_bytes(Metadata(ID, "image/png", 5, 7, 11, "pixel").encode())
-    assert sidecar.read(path) == Metadata(ID, "image/png", 5, 7, 11, "pixel")
+    assert read_sidecar_file(path) == Metadata(ID, "image/png", 5, 7, 11, "pixel")
 
 
 def test_read_corrupt_names_path(tmp_path):
     path = tmp_path / (ID + ".json")
     path.write_bytes(b"{truncated")
     with pytest.raises(Corrupt, match=str(path)):
-        sidecar.read(path)
+        read_sidecar_file(path)
 
 
 def test_read_refuses_symlink(tmp_path):
@@ -192,7 +193,7 @@ def test_read_refuses_symlink(tmp_path):
     link = tmp_path / (ID + ".json")
     link.symlink_to(target)
     with pytest.raises(Corrupt, match=str(link)):
-        sidecar.read(link)
+        read_sidecar_file(link)
 
 
 # -- media -----------------------------------------------------------------------

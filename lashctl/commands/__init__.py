@@ -112,7 +112,7 @@ def end_inspection(state: AppState, store, manifest_state) -> None:
     """After the output: mark each malformed line on stderr, then exit 65."""
     if not manifest_state.malformed:
         return
-    from lashctl.manifest import describe_malformed, malformed_error
+    from lashctl.backends.jsonl_log import describe_malformed, malformed_error
 
     for exc in manifest_state.malformed:
         state.ui.warn(describe_malformed(exc))

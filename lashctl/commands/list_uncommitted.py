@@ -76,6 +76,6 @@ def list_uncommitted(
     suffix = f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""
     state.ui.info(f"{count} uncommitted row(s){suffix}" if count else f"no uncommitted rows{suffix}")
     if malformed:
-        from lashctl.manifest import ManifestState
+        from lashctl.backends.jsonl_log import ManifestState
 
         end_inspection(state, store, ManifestState(malformed=malformed))

@@ -29,7 +29,7 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     line, and how many lines compaction would leave. Exit 65 if any line is
     malformed.
     """
-    from lashctl.manifest import check as check_manifest
+    from lashctl.backends.jsonl_log import check as check_manifest
 
     state = app_state(ctx, json_flag)
     report = check_manifest(state.store().manifest)
@@ -94,7 +94,7 @@ def log(
     (intent and commit). With --json: one array of {line, event} objects.
     """
     from lashctl.ids import parse_id
-    from lashctl.manifest import OPS, describe_malformed, event_time
+    from lashctl.backends.jsonl_log import OPS, describe_malformed, event_time
     from lashctl.timefmt import parse_timestamp
 
     prefix = parse_id(attachment).hex if attachment is not None else None

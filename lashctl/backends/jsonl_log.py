@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from lashctl import cachedir
+from lashctl.backends import cachedir
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError, UnsafePath
 from lashctl.fsutil import (
     READ_FLAGS,
@@ -41,8 +41,8 @@ from lashctl.fsutil import (
     write_file_atomic,
 )
 from lashctl.fold import INTENT, Event, Row, step  # noqa: F401  (Row is part of this module's API)
-from lashctl.ids import canonical_uri, is_utf8_text, is_valid_id
-from lashctl.text import escape_text
+from lashctl.ids import is_utf8_text, is_valid_id
+from lashctl.text import escape_text, loads_strict  # noqa: F401  (loads_strict: part of this module's API)
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
 
 FORMAT = "lashctl-manifest"
@@ -196,19 +196,6 @@ def parse_line(raw: bytes, lineno: int, path: Path) -> dict:
 def _strip_bom(raw: bytes) -> bytes:
     """Drop the UTF-8 byte-order mark some editors put at the start of a file."""
     return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
-
-
-def loads_strict(text: str) -> object:
-    """``json.loads`` without Python's extensions: NaN and +-Infinity raise ValueError.
-
-    They are not JSON; a line holding one is malformed, not re-emitted by
-    ``manifest log`` to readers that would refuse it.
-    """
-    return json.loads(text, parse_constant=_reject_constant)
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def _parses(raw: bytes) -> bool:
@@ -433,7 +420,7 @@ class Manifest:
             os.lseek(fd, size, os.SEEK_SET)
             write_all(fd, payload)
             os.fsync(fd)
-            # Lets the state cache tell this append from an edit (lashctl.cachedir).
+            # Lets the state cache tell this append from an edit (lashctl.backends.cachedir).
             cachedir.record_own_write(self.path, before, os.fstat(fd))
         except OSError as exc:
             raise StoreIOError.wrap("append to", self.path, exc) from exc

@@ -319,14 +319,13 @@ class BlobStore:
     # -- sidecars --------------------------------------------------------------------
     def read_sidecar(self, attachment_id: str):
         """The blob's sidecar metadata, or None if there is none (Corrupt if bad)."""
-        from lashctl import sidecar
 
         path = self.sidecar_path(attachment_id)
         with self.opened():
             shard = self._dir(self._shard_key(attachment_id))
             if shard is None:
                 return None
-            return sidecar.read(path, dir_fd=shard, shown=path)
+            return read_sidecar_file(path, dir_fd=shard, shown=path)
 
     def write_sidecar(self, meta, sync_dir: bool = True) -> bool:
         """Write a sidecar atomically beside its blob, unless it already says
@@ -701,3 +700,30 @@ def _hash_stream(handle: BinaryIO, progress: Callable[[int], None] | None = None
         if progress is not None:
             progress(n)
     return digest.hexdigest()
+
+
+def read_sidecar_file(path: Path | str, dir_fd: int | None = None, shown: Path | None = None):
+    """Read a sidecar (``path`` relative to ``dir_fd`` when given); None if there
+    is none; Corrupt if it cannot be decoded. ``shown`` names it in messages."""
+    from lashctl import sidecar
+
+    path = shown if shown is not None else path
+    try:
+        # Never read through a symlink, never block on a FIFO planted here.
+        fd = open_regular(path if dir_fd is None else path.name, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except NotARegularFile as exc:
+        raise Corrupt(f"undecodable sidecar {path}: {exc.strerror}, not a regular file") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Corrupt(f"undecodable sidecar {path}: it is a symlink") from exc
+        raise StoreIOError.wrap("read", path, exc) from exc
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(sidecar.MAX_SIDECAR_BYTES + 1)
+    except OSError as exc:
+        raise StoreIOError.wrap("read", path, exc) from exc
+    if len(data) > sidecar.MAX_SIDECAR_BYTES:
+        raise Corrupt(f"undecodable sidecar {path}: larger than {sidecar.MAX_SIDECAR_BYTES} bytes")
+    return sidecar.decode(data, path)
