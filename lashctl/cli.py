@@ -78,9 +78,9 @@ def _late_global(name: str) -> Any:
             ctx.meta[f"lashctl.late.{name}"] = value
             return
         if name == "store":
-            state.store_root, state.store_named = Path(value), True
+            state.store_root, state.store_named = _location(value), True
         elif name == "manifest":
-            state.manifest_path, state.manifest_named = Path(value), True
+            state.manifest_path, state.manifest_named = _location(value), True
         elif name == "lock_timeout":
             state.lock_timeout = _lock_timeout(value)
         else:
@@ -236,6 +236,15 @@ app = typer.Typer(
 )
 
 
+def _location(value: str | Path) -> Path | str:
+    """A store or manifest location: a URL (``s3://``, ``postgresql://``) stays
+    text, anything else is a local path."""
+    from lashctl.backends import is_url
+
+    text = str(value)
+    return text if is_url(text) else Path(text)
+
+
 def _lock_timeout(value: float) -> float:
     # Click's range check lets NaN through (every comparison with it is
     # false), and NaN or inf would make the lock deadline unreachable: a wait
@@ -255,15 +264,15 @@ def _version(value: bool) -> None:
 def main_options(
     ctx: typer.Context,
     store: Annotated[
-        Optional[Path],
-        typer.Option("--store", envvar=ENV_STORE, metavar="PATH",
-                     help="Store root (default: the platform's user data dir for lashctl).",
+        Optional[str],
+        typer.Option("--store", envvar=ENV_STORE, metavar="PATH|URL",
+                     help="Store root: a directory or s3://BUCKET/PREFIX (default: the platform's user data dir for lashctl).",
                      show_default=False),
     ] = None,
     manifest: Annotated[
-        Optional[Path],
-        typer.Option("--manifest", envvar=ENV_MANIFEST, metavar="PATH",
-                     help="Manifest file (default: <store>/manifest.jsonl)."),
+        Optional[str],
+        typer.Option("--manifest", envvar=ENV_MANIFEST, metavar="PATH|URL",
+                     help="Manifest: a JSON-lines file or a postgresql:// URL (default: <store>/manifest.jsonl)."),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summaries or warnings on stderr.")] = False,
@@ -287,6 +296,8 @@ def main_options(
     65 corrupt data, 75 manifest locked.
     """
     store_named = store is not None
+    store = _location(store) if store is not None else None
+    manifest = _location(manifest) if manifest is not None else None
     if store is None:
         import platformdirs
 

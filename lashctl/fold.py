@@ -7,7 +7,9 @@ A manifest is a sequence of events; its state is one row per
   uncommitted row (the later time wins); a committed row is left unchanged;
 - ``commit`` stamps an uncommitted row (the first commit wins) and never
   inserts one;
-- ``forget`` deletes the row.
+- ``forget`` deletes the row (a sweep's forget carries its cutoff and
+  deletes only a row that is still an uncommitted intent from before it; the
+  JSON-lines log, whose sweeps exclude every writer, records no cutoff).
 
 The in-memory state, the JSON-lines state cache, the PostgreSQL statements and
 the reference model in the tests all follow this one function.
@@ -70,8 +72,10 @@ class Event:
         return cls(COMMIT, attachment_id, session_id, at_ms)
 
     @classmethod
-    def forget(cls, attachment_id: str, session_id: str) -> "Event":
-        return cls(FORGET, attachment_id, session_id)
+    def forget(cls, attachment_id: str, session_id: str, until_ms: int | None = None) -> "Event":
+        """Delete the row; with ``until_ms`` (a sweep's cutoff), only while it
+        is still an uncommitted intent from at or before that time."""
+        return cls(FORGET, attachment_id, session_id, until_ms)
 
     @classmethod
     def from_json(cls, obj: dict) -> "Event":
@@ -109,7 +113,11 @@ def step(row: Row | None, event: Event) -> Row | None:
         if row is not None and row.committed_at_epoch_ms is None:
             row.committed_at_epoch_ms = event.at_ms
         return row
-    return None  # forget
+    # forget
+    if event.at_ms is not None and row is not None and (
+            row.committed_at_epoch_ms is not None or row.intent_at_epoch_ms > event.at_ms):
+        return row  # a guarded forget of a row that came back to life
+    return None
 
 
 class Effect:

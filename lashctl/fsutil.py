@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 from lashctl.errors import StoreIOError, UnsafePath
@@ -168,3 +169,33 @@ def write_file_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
             os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextmanager
+def atomic_output(dest: Path | str):
+    """A new file that appears at ``dest`` only whole: written beside it,
+    fsynced, renamed into place; removed if the block fails."""
+    from lashctl.errors import UsageError
+
+    dest = Path(dest)
+    if dest.is_dir():
+        raise UsageError(f"-o {dest} is a directory; give a file path")
+    tmp = dest.parent / f".{dest.name}.{unique_suffix()}.part"
+    try:
+        handle = open(tmp, "xb")
+    except OSError as exc:
+        raise StoreIOError.wrap("create", tmp, exc) from exc
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise StoreIOError.wrap("write", dest, exc) from exc
+        raise

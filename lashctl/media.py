@@ -74,6 +74,19 @@ def image_size(stream: BinaryIO) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
+def image_size_of(head: bytes, stream: BinaryIO | None = None) -> tuple[int, int] | None:
+    """Width and height from the first bytes of an image; if the header lies
+    further in (a JPEG's frame after large metadata), from the whole stream
+    when it can seek."""
+    import io
+
+    size = image_size(io.BytesIO(head))
+    if size is None and stream is not None and getattr(stream, "seekable", lambda: False)():
+        stream.seek(0)
+        size = image_size(stream)
+    return size
+
+
 def lash_image_type(mime: str) -> str | None:
     """``png`` for ``image/png`` etc. when lash-core has a tagged variant for it."""
     kind, _, subtype = mime.partition("/")

@@ -1,6 +1,6 @@
 """Core tests of the operator tooling: lashctl.audit (show, ls, stats, verify, gc)
 and lashctl.backends.jsonl_log (check, iter_events, compact), on real stores built with
-``ops.put`` and then damaged by hand.
+``transfer.put`` and then damaged by hand.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from conftest import png_bytes
 from lashctl.backends.localfs import read_sidecar_file
-from lashctl import audit, ops, sidecar
+from lashctl import core, inspect, sidecar, sweep, transfer
 from lashctl.errors import Corrupt, NotFound, Refused
 from lashctl.ids import parse_id
 from lashctl.backends.jsonl_log import check as check_manifest
@@ -44,25 +44,25 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def put(store: ops.Store, data: bytes, session: str, name: str | None = None) -> str:
+def put(store: core.Store, data: bytes, session: str, name: str | None = None) -> str:
     """Store one in-memory source (like ``put FILE`` when ``name`` is given)."""
-    source = ops.PutSource(name or "-", lambda: io.BytesIO(data), name)
-    [result] = list(ops.put(store, [source], ops.PutOptions(session)))
+    source = transfer.PutSource(name or "-", lambda: io.BytesIO(data), name)
+    [result] = list(transfer.put(store, [source], transfer.PutOptions(session)))
     assert result.attachment_id == sha(data)
     return result.attachment_id
 
 
-def put_many(store: ops.Store, items: list[tuple[bytes, str]], session: str) -> list[str]:
-    sources = [ops.PutSource(n, (lambda d=d: io.BytesIO(d)), n) for d, n in items]
-    return [r.attachment_id for r in ops.put(store, sources, ops.PutOptions(session))]
+def put_many(store: core.Store, items: list[tuple[bytes, str]], session: str) -> list[str]:
+    sources = [transfer.PutSource(n, (lambda d=d: io.BytesIO(d)), n) for d, n in items]
+    return [r.attachment_id for r in transfer.put(store, sources, transfer.PutOptions(session))]
 
 
-def commit(store: ops.Store, session: str, *ids: str) -> None:
-    results = ops.commit(store, session, [parse_id(i) for i in ids])
-    assert [r.status for r in results] == [ops.COMMITTED] * len(ids)
+def commit(store: core.Store, session: str, *ids: str) -> None:
+    results = transfer.commit(store, session, [parse_id(i) for i in ids])
+    assert [r.status for r in results] == [transfer.COMMITTED] * len(ids)
 
 
-def append_events(store: ops.Store, *events: dict) -> None:
+def append_events(store: core.Store, *events: dict) -> None:
     """Append hand-written lines to the manifest (as an operator with an editor would)."""
     path = store.manifest.path
     existing = path.read_bytes() if path.exists() else b""
@@ -106,7 +106,7 @@ def age(path: Path, ms: int) -> None:
     os.utime(path, (t, t), follow_symlinks=False)
 
 
-def read_state(store: ops.Store):
+def read_state(store: core.Store):
     return store.manifest.read_state()
 
 
@@ -130,7 +130,7 @@ def tree(root: Path) -> dict[str, tuple]:
 @dataclass
 class Damaged:
     root: Path
-    store: ops.Store
+    store: core.Store
     good: str
     corrupt: str
     corrupt_bytes: bytes
@@ -151,7 +151,7 @@ class Damaged:
 
 def build_damaged(root: Path) -> Damaged:
     """A store with one of every problem verify reports (manifest itself valid)."""
-    store = ops.Store(root)
+    store = core.Store(root)
     good_png = png_bytes(5, 3)
     nosidecar_png = png_bytes(7, 11)
     corrupt_data = b"this blob will have a byte flipped"
@@ -236,7 +236,7 @@ def expected_findings(d: Damaged) -> list[tuple[str, str, str]]:
     ])
 
 
-def triples(report: audit.VerifyReport) -> list[tuple[str, str, str]]:
+def triples(report: inspect.VerifyReport) -> list[tuple[str, str, str]]:
     return sorted((f.kind, f.severity, f.path) for f in report.findings)
 
 
@@ -248,7 +248,7 @@ def damaged(store: Path) -> Damaged:
 # -- verify ----------------------------------------------------------------------------
 def test_verify_reports_every_kind_of_damage_with_its_severity_and_path(damaged):
     d = damaged
-    report = audit.verify(d.store, read_state(d.store), None, now_ms())
+    report = inspect.verify(d.store, now_ms())
     assert triples(report) == expected_findings(d)
     by_kind = {f.kind: f for f in report.findings}
     assert by_kind["hash-mismatch"].attachment_id == d.corrupt
@@ -268,7 +268,7 @@ def test_verify_reports_every_kind_of_damage_with_its_severity_and_path(damaged)
 
 def test_verify_without_fix_changes_nothing(damaged):
     before = tree(damaged.root)
-    audit.verify(damaged.store, read_state(damaged.store), None, now_ms())
+    inspect.verify(damaged.store, now_ms())
     assert tree(damaged.root) == before
 
 
@@ -278,7 +278,7 @@ def test_verify_fix_makes_only_safe_repairs_and_never_deletes_bytes(damaged):
     blobs_before = {p: p.read_bytes() for p in (r / "sha256").rglob("*") if p.is_file() and not p.is_symlink()
                     and not p.name.endswith((".json", ".tmp"))}
     with d.store.manifest.locked():
-        report = audit.verify(d.store, read_state(d.store), None, now_ms(), fix=True, grace_ms=0)
+        report = inspect.verify(d.store, now_ms(), fix=True, grace_ms=0)
     repaired = {(f.kind, f.path) for f in report.repairs}
     assert repaired == {
         ("staging-litter", str(d.tmp_litter)),
@@ -325,40 +325,40 @@ def test_verify_fix_makes_only_safe_repairs_and_never_deletes_bytes(damaged):
 def test_verify_fix_with_default_grace_keeps_fresh_litter(damaged):
     d = damaged
     with d.store.manifest.locked():
-        report = audit.verify(d.store, read_state(d.store), None, now_ms(), fix=True)
+        report = inspect.verify(d.store, now_ms(), fix=True)
     assert d.tmp_litter.exists() and d.lash_tmp.exists()
     assert {f.kind for f in report.repairs} == {"sidecar-missing", "hash-mismatch"}
     # old litter does go with the default grace
     age(d.tmp_litter, 2 * DAY)
     with d.store.manifest.locked():
-        report = audit.verify(d.store, read_state(d.store), None, now_ms(), fix=True)
+        report = inspect.verify(d.store, now_ms(), fix=True)
     assert not d.tmp_litter.exists()
     assert d.lash_tmp.exists()
     assert [(f.kind, f.path) for f in report.repairs] == [("staging-litter", str(d.tmp_litter))]
 
 
 def test_verify_on_a_clean_store_finds_nothing(store):
-    s = ops.Store(store)
+    s = core.Store(store)
     a = put(s, png_bytes(2, 2), "s", "a.png")
     commit(s, "s", a)
     put(s, b"uncommitted but fine", "s", "b.txt")
-    report = audit.verify(s, read_state(s), None, now_ms())
+    report = inspect.verify(s, now_ms())
     assert report.findings == []
     assert report.errors == []
     assert report.blobs_checked == 2
 
 
 def test_verify_with_only_warnings_has_no_errors(store):
-    s = ops.Store(store)
+    s = core.Store(store)
     put(s, b"fine", "s", "fine.txt")
     gone = put(s, b"interrupted", "s", "gone.txt")
     blob(store, gone).unlink()
     side(store, gone).unlink()
     plant(store, b"nobody wrote an intent")
     (store / "tmp" / "put-aaaa.part").write_bytes(b"xx")
-    report = audit.verify(s, read_state(s), None, now_ms())
+    report = inspect.verify(s, now_ms())
     assert sorted(f.kind for f in report.findings) == ["staging-litter", "uncommitted-bytes-missing", "unmanaged"]
-    assert all(f.severity == audit.WARNING for f in report.findings)
+    assert all(f.severity == inspect.WARNING for f in report.findings)
     assert report.errors == []
 
 
@@ -371,7 +371,7 @@ def test_verify_with_a_corrupt_manifest_still_checks_blobs(damaged):
     with pytest.raises(Corrupt) as err:
         read_state(d.store)
     assert ":3:" in err.value.message
-    report = audit.verify(d.store, None, err.value.message, now_ms())
+    report = inspect.verify(d.store, now_ms())
     kinds = [f.kind for f in report.findings]
     manifest_findings = [f for f in report.findings if f.kind == "manifest-corrupt"]
     assert len(manifest_findings) == 1
@@ -387,52 +387,52 @@ def test_verify_with_a_corrupt_manifest_still_checks_blobs(damaged):
 
 
 def test_verify_reports_a_torn_tail_as_a_warning(store):
-    s = ops.Store(store)
+    s = core.Store(store)
     put(s, b"x", "s", "x.txt")
     with open(s.manifest.path, "ab") as handle:
         handle.write(b'{"op":"intent","attachm')
     state = s.manifest.read_state()
-    report = audit.verify(s, state, None, now_ms())
+    report = inspect.verify(s, now_ms())
     assert [(f.kind, f.severity) for f in report.findings] == [("manifest-torn-tail", "warning")]
 
 
 def test_verify_reports_a_sidecar_whose_id_disagrees_as_sidecar_mismatch(store):
     """README: sidecar-mismatch is 'one whose id/byte_len disagrees with the blob'."""
-    s = ops.Store(store)
+    s = core.Store(store)
     a = put(s, b"first blob", "s", "a.txt")
     b = put(s, b"second blob", "s", "b.txt")
     side(store, a).write_bytes(side(store, b).read_bytes())  # a valid sidecar, for the other blob
-    report = audit.verify(s, read_state(s), None, now_ms())
+    report = inspect.verify(s, now_ms())
     assert [(f.kind, f.path) for f in report.findings] == [("sidecar-mismatch", str(side(store, a)))]
 
 
 def test_rebuild_sidecar_for_a_non_image_is_octet_stream(store):
-    s = ops.Store(store)
+    s = core.Store(store)
     a = put(s, b"plain bytes", "s", "plain.txt")
     side(store, a).unlink()
-    meta = audit.rebuild_sidecar(s, a, len(b"plain bytes"))
+    meta = inspect.rebuild_sidecar(s, a, len(b"plain bytes"))
     assert (meta.media_type, meta.byte_len, meta.width, meta.height) == ("application/octet-stream", 11, None, None)
     assert read_sidecar_file(side(store, a)) == meta
 
 
 def test_quarantine_moves_blob_and_sidecar_and_keeps_bytes(store):
-    s = ops.Store(store)
+    s = core.Store(store)
     a = put(s, b"move me", "s", "m.txt")
     sidecar_bytes = side(store, a).read_bytes()
-    target = audit.quarantine(s, a, s.blobs.hash_blob(a)[1])
+    target = inspect.quarantine(s, a, s.blobs.hash_blob(a)[1])
     assert target.parent == store / "quarantine"
     assert target.read_bytes() == b"move me"
     assert Path(str(target) + ".json").read_bytes() == sidecar_bytes
     assert not blob(store, a).exists() and not side(store, a).exists()
     second = put(s, b"move me", "s", "m.txt")
-    assert audit.quarantine(s, second, s.blobs.hash_blob(second)[1]) != target  # names never collide
+    assert inspect.quarantine(s, second, s.blobs.hash_blob(second)[1]) != target  # names never collide
     assert target.read_bytes() == b"move me"
 
 
 # -- scan_strays -----------------------------------------------------------------------
 def test_scan_strays_classifies_litter(damaged):
     d = damaged
-    found = {(str(x.path), x.kind, x.reason) for x in audit.scan_strays(d.store)}
+    found = {(str(x.path), x.kind, x.reason) for x in inspect.scan_strays(d.store)}
     assert found == {
         (str(d.tmp_litter), "staging", "staging litter in tmp/"),
         (str(d.lash_tmp), "staging", "lash-core staging litter"),
@@ -445,7 +445,7 @@ def test_scan_strays_classifies_litter(damaged):
 
 
 def test_scan_strays_finds_directories_and_files_outside_shards(store):
-    s = ops.Store(store)
+    s = core.Store(store)
     a = put(s, b"a real blob", "s", "a.txt")
     shard = blob(store, a).parent
     id_dir = sha(b"a directory named like a blob")
@@ -454,14 +454,14 @@ def test_scan_strays_finds_directories_and_files_outside_shards(store):
     (store / "sha256" / "loose-file").write_bytes(b"x")
     (store / "sha256" / "zz").mkdir()
     (store / "sha256" / "zz" / a).write_bytes(b"a real blob")
-    found = {(str(x.path), x.kind) for x in audit.scan_strays(s)}
+    found = {(str(x.path), x.kind) for x in inspect.scan_strays(s)}
     assert found == {
         (str(store / "sha256" / id_dir[:2] / id_dir), "stray"),
         (str(shard / "subdir"), "stray"),
         (str(store / "sha256" / "loose-file"), "stray"),
         (str(store / "sha256" / "zz" / a), "stray"),
     }
-    report = audit.verify(s, read_state(s), None, now_ms())
+    report = inspect.verify(s, now_ms())
     assert sorted(f.kind for f in report.findings) == ["stray-file"] * 4
     assert report.blobs_checked == 1
 
@@ -469,7 +469,7 @@ def test_scan_strays_finds_directories_and_files_outside_shards(store):
 def test_gc_never_deletes_through_a_symlinked_shard_directory(store, tmp_path):
     """A symlink under sha256/ is a stray file (README, verify), not a way into another directory:
     gc must not delete a file outside the store because a shard directory links to it."""
-    s = ops.Store(store)
+    s = core.Store(store)
     put(s, b"keep the store non-empty", "s", "k.txt")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -480,9 +480,9 @@ def test_gc_never_deletes_through_a_symlinked_shard_directory(store, tmp_path):
     shard = store / "sha256" / sha(data)[:2]
     assert not shard.exists()
     os.symlink(outside, shard)
-    report = audit.verify(s, read_state(s), None, now_ms())
+    report = inspect.verify(s, now_ms())
     assert ("stray-file", str(shard)) in [(f.kind, f.path) for f in report.findings]
-    audit.gc(s, now_ms() - DAY)
+    sweep.gc(s, now_ms() - DAY)
     assert victim.read_bytes() == data
 
 
@@ -490,7 +490,7 @@ def test_gc_never_deletes_through_a_symlinked_shard_directory(store, tmp_path):
 @pytest.fixture
 def verdict_store(store: Path):
     """Blobs in each of the states show explains."""
-    s = ops.Store(store)
+    s = core.Store(store)
     now = now_ms()
     ids = {}
     ids["committed"] = put(s, png_bytes(4, 6), "alpha", "four.png")
@@ -518,7 +518,7 @@ def test_show_verdicts(verdict_store):
     now = now_ms()
 
     def verdict(key):
-        return audit.show(s, ids[key], state, now).verdict
+        return inspect.show(s, ids[key], state, now).verdict
 
     committed_row = state.rows[("alpha", ids["committed"])]
     v = verdict("committed")
@@ -548,7 +548,7 @@ def test_show_verdicts(verdict_store):
 def test_show_report_fields(verdict_store, store):
     s, ids = verdict_store
     state = read_state(s)
-    report = audit.show(s, ids["committed"], state, now_ms())
+    report = inspect.show(s, ids["committed"], state, now_ms())
     st = os.stat(blob(store, ids["committed"]))
     assert report.blob_path == blob(store, ids["committed"])
     assert report.sidecar_path == side(store, ids["committed"])
@@ -561,21 +561,21 @@ def test_show_report_fields(verdict_store, store):
     assert report.sidecar_problem is None
     assert [(r.session_id, r.committed) for r in report.rows] == [("alpha", True)]
 
-    shared = audit.show(s, ids["shared"], state, now_ms())
+    shared = inspect.show(s, ids["shared"], state, now_ms())
     assert [(r.session_id, r.committed) for r in shared.rows] == [("crashed", False), ("beta", True)]
 
-    lost = audit.show(s, ids["lost"], state, now_ms())
+    lost = inspect.show(s, ids["lost"], state, now_ms())
     assert (lost.bytes_present, lost.byte_len, lost.size_on_disk, lost.mtime_ms) == (False, None, None, None)
     assert lost.metadata is not None and lost.metadata.label == "lost.txt"
 
 
 def test_show_reports_sidecar_problems(store):
-    s = ops.Store(store)
+    s = core.Store(store)
     a = put(s, b"abc", "s", "abc.txt")
     side(store, a).unlink()
-    assert audit.show(s, a, read_state(s), now_ms()).sidecar_problem == "missing"
+    assert inspect.show(s, a, read_state(s), now_ms()).sidecar_problem == "missing"
     side(store, a).write_bytes(b"[]")
-    report = audit.show(s, a, read_state(s), now_ms())
+    report = inspect.show(s, a, read_state(s), now_ms())
     assert report.metadata is None
     assert "undecodable" in report.sidecar_problem
 
@@ -584,16 +584,16 @@ def test_show_unknown_id_is_not_found_and_prefix_resolves(verdict_store):
     s, ids = verdict_store
     state = read_state(s)
     with pytest.raises(NotFound):
-        audit.show(s, sha(b"never stored"), state, now_ms())
-    assert ops.resolve_id(s, parse_id(ids["orphan"][:8]), state) == ids["orphan"]
+        inspect.show(s, sha(b"never stored"), state, now_ms())
+    assert core.resolve_id(s, parse_id(ids["orphan"][:8]), state) == ids["orphan"]
     # a prefix of an id known only from a row (bytes gone) resolves too
-    assert ops.resolve_id(s, parse_id(ids["lost"][:8].upper()), state) == ids["lost"]
+    assert core.resolve_id(s, parse_id(ids["lost"][:8].upper()), state) == ids["lost"]
 
 
 # -- ls ------------------------------------------------------------------------------
 def test_list_blobs_gives_every_blob_with_its_state(verdict_store, store):
     s, ids = verdict_store
-    entries = {e.attachment_id: e for e in audit.list_blobs(s, read_state(s))}
+    entries = {e.attachment_id: e for e in inspect.list_blobs(s, read_state(s))}
     assert set(entries) == {ids[k] for k in ("committed", "fresh", "orphan", "shared", "shared_fresh", "unmanaged")}
     assert {k: entries[ids[k]].state for k in ("committed", "fresh", "orphan", "shared", "shared_fresh", "unmanaged")} == {
         "committed": "committed", "fresh": "uncommitted", "orphan": "uncommitted", "shared": "committed",
@@ -607,11 +607,11 @@ def test_list_blobs_gives_every_blob_with_its_state(verdict_store, store):
 
 
 def test_list_blobs_warns_about_a_bad_sidecar_and_still_lists(store):
-    s = ops.Store(store)
+    s = core.Store(store)
     a = put(s, b"abc", "s", "abc.txt")
     side(store, a).write_bytes(b"nope")
     warnings = []
-    [entry] = audit.list_blobs(s, read_state(s), warn=warnings.append)
+    [entry] = inspect.list_blobs(s, read_state(s), warn=warnings.append)
     assert entry.attachment_id == a and entry.media_type is None
     assert len(warnings) == 1 and str(side(store, a)) in warnings[0]
 
@@ -619,14 +619,14 @@ def test_list_blobs_warns_about_a_bad_sidecar_and_still_lists(store):
 # -- stats ---------------------------------------------------------------------------
 @dataclass
 class Known:
-    store: ops.Store
+    store: core.Store
     ids: dict
     sizes: dict
 
 
 def build_known(root: Path) -> Known:
     """A store with exactly known numbers for stats."""
-    s = ops.Store(root)
+    s = core.Store(root)
     now = now_ms()
     data = {
         "committed": b"committed by alpha",      # 18
@@ -665,7 +665,7 @@ def build_known(root: Path) -> Known:
 def test_stats_exact_counts(store):
     k = build_known(store)
     assert len(k.store.manifest.path.read_bytes().splitlines()) == 14
-    s = audit.stats(k.store, read_state(k.store), now_ms())
+    s = inspect.stats(k.store, read_state(k.store), now_ms())
     z = k.sizes
     assert s.blobs == 5
     assert s.blob_bytes == z["committed"] + z["uncommitted"] + z["orphan"] + z["shared"] + z["unmanaged"]
@@ -689,7 +689,7 @@ def test_stats_exact_counts(store):
 
 def test_stats_compacted_lines_match_a_real_compaction(store):
     k = build_known(store)
-    expected = audit.stats(k.store, read_state(k.store), now_ms()).compacted_lines
+    expected = inspect.stats(k.store, read_state(k.store), now_ms()).compacted_lines
     with k.store.manifest.locked():
         written = k.store.manifest.compact(read_state(k.store))
     assert written == expected == len(k.store.manifest.path.read_bytes().splitlines())
@@ -697,7 +697,7 @@ def test_stats_compacted_lines_match_a_real_compaction(store):
 
 def test_stats_on_the_damaged_store(damaged):
     d = damaged
-    s = audit.stats(d.store, read_state(d.store), now_ms())
+    s = inspect.stats(d.store, read_state(d.store), now_ms())
     assert s.blobs == 6
     assert s.blobs_by_state == {"committed": 5, "uncommitted": 0, "unmanaged": 1}
     assert (s.rows_committed, s.rows_uncommitted) == (6, 1)
@@ -706,14 +706,14 @@ def test_stats_on_the_damaged_store(damaged):
     assert (s.staging_files, s.staging_bytes) == (2, len(b"partial") + len(b"lash"))
     # stray files as verify defines them: bad name, wrong prefix, symlink. A sidecar
     # without its blob is a sidecar (verify: orphan-sidecar-file), not a stray file.
-    verify_strays = [f for f in audit.verify(d.store, read_state(d.store), None, now_ms()).findings
+    verify_strays = [f for f in inspect.verify(d.store, now_ms()).findings
                      if f.kind == "stray-file"]
     assert len(verify_strays) == 3
     assert s.stray_files == 3
 
 
 def test_stats_on_an_empty_store(store):
-    s = audit.stats(ops.Store(store), read_state(ops.Store(store)), now_ms())
+    s = inspect.stats(core.Store(store), read_state(core.Store(store)), now_ms())
     assert (s.blobs, s.blob_bytes, s.rows_committed, s.rows_uncommitted, s.orphans_reclaimable,
             s.staging_files, s.manifest_lines) == (0, 0, 0, 0, 0, 0, 0)
     assert not store.exists()  # reading never creates the store
@@ -722,7 +722,7 @@ def test_stats_on_an_empty_store(store):
 # -- gc ------------------------------------------------------------------------------
 @dataclass
 class GcStore:
-    store: ops.Store
+    store: core.Store
     old_unreferenced: str
     fresh_unreferenced: str
     old_referenced: str
@@ -736,7 +736,7 @@ class GcStore:
 
 
 def build_gc(root: Path) -> GcStore:
-    s = ops.Store(root)
+    s = core.Store(root)
     now = now_ms()
     old_unreferenced = plant(root, b"old and unreferenced", "text/plain", "old.txt")
     fresh_unreferenced = plant(root, b"fresh and unreferenced")
@@ -769,7 +769,7 @@ def build_gc(root: Path) -> GcStore:
 def test_gc_deletes_only_old_unreferenced_blobs_and_old_litter(store):
     g = build_gc(store)
     sidecar_size = g.dropped_sidecar.stat().st_size
-    report = audit.gc(g.store, now_ms() - DAY)
+    report = sweep.gc(g.store, now_ms() - DAY)
     assert sorted((i.kind, i.path, i.action) for i in report.items) == sorted([
         ("blob", str(blob(store, g.old_unreferenced)), "delete"),
         ("staging", str(g.old_litter), "delete"),
@@ -792,10 +792,10 @@ def test_gc_dry_run_changes_nothing_and_lists_what_a_real_run_deletes(store):
     g = build_gc(store)
     before = tree(store)
     cutoff = now_ms() - DAY
-    dry = audit.gc(g.store, cutoff, dry_run=True)
+    dry = sweep.gc(g.store, cutoff, dry_run=True)
     assert tree(store) == before
     assert dry.dry_run is True
-    real = audit.gc(g.store, cutoff)
+    real = sweep.gc(g.store, cutoff)
     assert [(i.kind, i.path, i.byte_len) for i in dry.items] == [(i.kind, i.path, i.byte_len) for i in real.items]
     assert len(real.items) == 4
     assert dry.bytes_freed == real.bytes_freed == (
@@ -808,17 +808,17 @@ def test_gc_refuses_on_a_corrupt_manifest(store):
         handle.write(b"garbage\n")
     before = tree(store)
     with pytest.raises(Corrupt):
-        audit.gc(g.store, now_ms() - DAY)
+        sweep.gc(g.store, now_ms() - DAY)
     assert tree(store) == before
 
 
 def test_gc_grace_guard_is_enforced_by_check_grace():
     now = now_ms()
     with pytest.raises(Refused) as err:
-        ops.check_grace(now - 30_000, now, force=False)
+        core.check_grace(now - 30_000, now, force=False)
     assert err.value.exit_code == 4
-    ops.check_grace(now - 30_000, now, force=True)
-    ops.check_grace(now - 60_000, now, force=False)
+    core.check_grace(now - 30_000, now, force=True)
+    core.check_grace(now - 60_000, now, force=False)
 
 
 # -- manifest: check, iter_events, compact ---------------------------------------------
@@ -836,7 +836,7 @@ def test_manifest_check_counts_ops_and_rows(store):
 
 
 def test_manifest_check_lists_every_malformed_line(store):
-    s = ops.Store(store)
+    s = core.Store(store)
     a = put(s, b"a", "s", "a.txt")
     with open(s.manifest.path, "ab") as handle:
         handle.write(b"{not json\n")                                         # line 3
@@ -855,7 +855,7 @@ def test_manifest_check_lists_every_malformed_line(store):
 
 def test_manifest_check_flags_a_torn_tail(store):
     warnings = []
-    s = ops.Store(store, warn=warnings.append)
+    s = core.Store(store, warn=warnings.append)
     put(s, b"a", "s", "a.txt")
     with open(s.manifest.path, "ab") as handle:
         handle.write(b'{"op":"commit","attachment_id":"ab')
@@ -867,12 +867,12 @@ def test_manifest_check_flags_a_torn_tail(store):
 
 
 def test_manifest_check_of_a_missing_manifest(store):
-    report = check_manifest(ops.Store(store).manifest)
+    report = check_manifest(core.Store(store).manifest)
     assert (report.exists, report.lines, report.rows, report.problems) == (False, 0, 0, [])
 
 
 def test_iter_events_gives_line_numbers_and_skips_blank_lines(store):
-    s = ops.Store(store)
+    s = core.Store(store)
     a = put(s, b"a", "s", "a.txt")
     with open(s.manifest.path, "ab") as handle:
         handle.write(b"\n")

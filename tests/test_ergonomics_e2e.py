@@ -321,7 +321,7 @@ def _interrupt(args: list, cwd=None, lines_first: int = 0, feed: bytes = b"parti
 
 
 def test_ctrl_c_in_put_says_what_was_kept_and_leaves_no_staging_file(tmp_path):
-    from lashctl.ops import PUT_BATCH_FILES
+    from lashctl.transfer import PUT_BATCH_FILES
 
     from reliability_helpers import read_log
 

@@ -732,7 +732,7 @@ def test_print_timings(big, mpath: Path) -> None:
 
 # -- the cache never decides what a write writes ------------------------------------------
 def _store_with(tmp_path: Path, lines: list[bytes]):
-    from lashctl.ops import Store
+    from lashctl.core import Store
 
     root = tmp_path / "store"
     root.mkdir()
@@ -741,10 +741,10 @@ def _store_with(tmp_path: Path, lines: list[bytes]):
 
 
 def _commit(store, session: str, attachment_id: str) -> str:
-    from lashctl import ops
+    from lashctl import core, sweep, transfer
     from lashctl.ids import parse_id
 
-    [result] = ops.commit(store, session, [parse_id(attachment_id)])
+    [result] = transfer.commit(store, session, [parse_id(attachment_id)])
     return result.status
 
 

@@ -1,7 +1,7 @@
 """Model-based tests: random operation sequences against a reference model of the README's manifest rules.
 
 The core API (``lashctl.ops``) is driven by hypothesis with a controllable
-clock (``lashctl.ops.now_ms`` patched; the clock may even go backwards) and
+clock (``lashctl.transfer.now_ms`` patched; the clock may even go backwards) and
 explicit reclaim cutoffs. A small reference model holds the rows keyed by
 (session, id) and the set of blobs that must exist. After every step:
 
@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from lashctl import ops
+from lashctl import core, sweep, transfer
 from lashctl.ids import parse_id
 from lashctl.backends.jsonl_log import Manifest, encode_events, forget_event
 from reliability_helpers import (
@@ -66,16 +66,16 @@ class StoreModel(RuleBasedStateMachine):
         self.dir = fast_tmpdir("lashctl-model-")
         self.root = self.dir / "store"
         self.warnings: list[str] = []
-        self.store = ops.Store(self.root, warn=self.warnings.append)
+        self.store = core.Store(self.root, warn=self.warnings.append)
         self.clock = 1_000_000
-        self._real_now = ops.now_ms
-        ops.now_ms = lambda: self.clock
+        self._real_now = transfer.now_ms
+        transfer.now_ms = lambda: self.clock
         self.rows: dict[tuple[str, str], list] = {}  # key -> [uri, intent_at, committed_at]
         self.blobs: set[str] = set()
         COUNTS["machines"] += 1
 
     def teardown(self) -> None:
-        ops.now_ms = self._real_now
+        transfer.now_ms = self._real_now
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- rules ---------------------------------------------------------------------
@@ -86,9 +86,9 @@ class StoreModel(RuleBasedStateMachine):
     @rule(session=st.sampled_from(SESSIONS), picks=st.lists(st.integers(0, len(CONTENTS) - 1), min_size=1, max_size=4))
     def put(self, session: str, picks: list[int]) -> None:
         COUNTS["steps"] += 1
-        sources = [ops.PutSource(name=f"input-{i}.bin", opener=(lambda b=CONTENTS[i]: io.BytesIO(b)), label=None)
+        sources = [transfer.PutSource(name=f"input-{i}.bin", opener=(lambda b=CONTENTS[i]: io.BytesIO(b)), label=None)
                    for i in picks]
-        results = list(ops.put(self.store, sources, ops.PutOptions(session)))
+        results = list(transfer.put(self.store, sources, transfer.PutOptions(session)))
         assert [r.attachment_id for r in results] == [IDS[i] for i in picks]
         assert [r.byte_len for r in results] == [len(CONTENTS[i]) for i in picks]
         for i in picks:
@@ -105,17 +105,17 @@ class StoreModel(RuleBasedStateMachine):
     def commit(self, session: str, picks: list[int]) -> None:
         COUNTS["steps"] += 1
         ids = [IDS[i] if i < len(CONTENTS) else UNKNOWN for i in picks]
-        results = ops.commit(self.store, session, [parse_id(i) for i in ids])
+        results = transfer.commit(self.store, session, [parse_id(i) for i in ids])
         expected = []
         for attachment_id in ids:
             row = self.rows.get((session, attachment_id))
             if row is None:
-                expected.append(ops.NO_INTENT)
+                expected.append(transfer.NO_INTENT)
             elif row[2] is not None:
-                expected.append(ops.ALREADY_COMMITTED)
+                expected.append(transfer.ALREADY_COMMITTED)
             else:
                 row[2] = self.clock
-                expected.append(ops.COMMITTED)
+                expected.append(transfer.COMMITTED)
         assert [r.status for r in results] == expected
         assert [r.attachment_id for r in results] == ids
 
@@ -139,7 +139,7 @@ class StoreModel(RuleBasedStateMachine):
     @rule(cutoff=st.one_of(TIMES, st.just(-1)), dry_run=st.booleans())
     def reclaim(self, cutoff: int, dry_run: bool) -> None:
         COUNTS["steps"] += 1
-        report_ = ops.reclaim(self.store, cutoff, dry_run=dry_run)
+        report_ = sweep.reclaim(self.store, cutoff, dry_run=dry_run)
         aged: dict[str, list[str]] = {}
         for (session, attachment_id), (_uri, at, committed) in self.rows.items():
             if committed is None and at <= cutoff:

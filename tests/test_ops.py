@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lashctl.backends.localfs import read_sidecar_file
-from lashctl import ops, sidecar
+from lashctl import core, sidecar, sweep, transfer
 from lashctl.errors import Corrupt, NotFound, Refused, StoreIOError, UsageError
 from lashctl.ids import parse_id
 from lashctl.backends.jsonl_log import Manifest, commit_event, intent_event
@@ -36,8 +36,8 @@ class Recorder:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ops.Store:
-    return ops.Store(tmp_path / "root", lock_timeout=2.0, warn=Recorder())
+def store(tmp_path: Path) -> core.Store:
+    return core.Store(tmp_path / "root", lock_timeout=2.0, warn=Recorder())
 
 
 def png(width: int, height: int) -> bytes:
@@ -48,19 +48,19 @@ def png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
-def source(name: str, data: bytes, label: str | None = None) -> ops.PutSource:
-    return ops.PutSource(name=name, opener=lambda: io.BytesIO(data), label=label)
+def source(name: str, data: bytes, label: str | None = None) -> transfer.PutSource:
+    return transfer.PutSource(name=name, opener=lambda: io.BytesIO(data), label=label)
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def manifest_events(store: ops.Store) -> list[dict]:
+def manifest_events(store: core.Store) -> list[dict]:
     return [json.loads(raw) for raw in store.manifest.path.read_bytes().splitlines() if raw.strip()]
 
 
-def add_blob(store: ops.Store, data: bytes, label: str | None = None) -> str:
+def add_blob(store: core.Store, data: bytes, label: str | None = None) -> str:
     """Bytes and sidecar in the store, no manifest events."""
     store.blobs.ensure_writable_layout()
     staged = store.blobs.stage(io.BytesIO(data), "<test>")
@@ -70,7 +70,7 @@ def add_blob(store: ops.Store, data: bytes, label: str | None = None) -> str:
     return staged.attachment_id
 
 
-def record(store: ops.Store, *events: dict) -> None:
+def record(store: core.Store, *events: dict) -> None:
     with store.manifest.locked():
         store.manifest.append(list(events))
 
@@ -89,7 +89,7 @@ def tree(root: Path) -> dict[str, object]:
     return out
 
 
-def staging_litter(store: ops.Store) -> list[str]:
+def staging_litter(store: core.Store) -> list[str]:
     if not store.blobs.tmp.exists():
         return []
     return sorted(p.name for p in store.blobs.tmp.iterdir())
@@ -99,10 +99,10 @@ def staging_litter(store: ops.Store) -> list[str]:
 def test_put_stores_blob_sidecar_and_intent(store):
     data = png(7, 11)
     before = now_ms()
-    [result] = list(ops.put(store, [source("pixel.png", data, label="pixel")], ops.PutOptions(session="s-1")))
+    [result] = list(transfer.put(store, [source("pixel.png", data, label="pixel")], transfer.PutOptions(session="s-1")))
     after = now_ms()
     aid = sha(data)
-    assert result == ops.PutResult(aid, "pixel.png", len(data), "image/png", "pixel", 7, 11, False)
+    assert result == transfer.PutResult(aid, "pixel.png", len(data), "image/png", "pixel", 7, 11, False)
     assert store.blobs.blob_path(aid).read_bytes() == data
     assert store.blobs.sidecar_path(aid).read_bytes() == (
         "{\n"
@@ -132,7 +132,7 @@ def test_put_stores_blob_sidecar_and_intent(store):
 def test_put_batch_one_intent_per_input_same_time(store):
     inputs = [source(f"f{i}.bin", f"content {i}".encode()) for i in range(3)]
     inputs.append(source("again.bin", b"content 0"))  # the same bytes again
-    results = list(ops.put(store, inputs, ops.PutOptions(session="batch")))
+    results = list(transfer.put(store, inputs, transfer.PutOptions(session="batch")))
     ids = [sha(f"content {i}".encode()) for i in range(3)] + [sha(b"content 0")]
     assert [r.attachment_id for r in results] == ids
     assert [r.path for r in results] == ["f0.bin", "f1.bin", "f2.bin", "again.bin"]
@@ -151,10 +151,10 @@ def test_put_batch_one_intent_per_input_same_time(store):
 
 
 def test_put_dedup_across_invocations(store):
-    first = list(ops.put(store, [source("a.txt", b"same bytes")], ops.PutOptions(session="s-1")))
+    first = list(transfer.put(store, [source("a.txt", b"same bytes")], transfer.PutOptions(session="s-1")))
     blob = store.blobs.blob_path(sha(b"same bytes"))
     os.utime(blob, (1_000_000, 1_000_000))
-    second = list(ops.put(store, [source("b.txt", b"same bytes")], ops.PutOptions(session="s-2")))
+    second = list(transfer.put(store, [source("b.txt", b"same bytes")], transfer.PutOptions(session="s-2")))
     assert [r.deduplicated for r in first + second] == [False, True]
     assert os.stat(blob).st_mtime > 1_000_000 + 10  # refreshed for the grace period
     state = store.manifest.read_state()
@@ -165,8 +165,8 @@ def test_put_dedup_across_invocations(store):
 def test_put_from_path_label_and_guessed_type(store, tmp_path):
     path = tmp_path / "report.pdf"
     path.write_bytes(b"%PDF-1.7 not really")
-    src = ops.PutSource.from_path(str(path), stdin=lambda: pytest.fail("stdin read"))
-    [result] = list(ops.put(store, [src], ops.PutOptions(session="s-1")))
+    src = transfer.PutSource.from_path(str(path), stdin=lambda: pytest.fail("stdin read"))
+    [result] = list(transfer.put(store, [src], transfer.PutOptions(session="s-1")))
     aid = sha(b"%PDF-1.7 not really")
     assert (result.media_type, result.label, result.width, result.height) == (
         "application/pdf", "report.pdf", None, None,
@@ -181,8 +181,8 @@ def test_put_from_path_label_and_guessed_type(store, tmp_path):
 
 def test_put_from_stdin_no_label_octet_stream(store):
     stdin = io.BytesIO(b"\x00\x01 piped")
-    src = ops.PutSource.from_path("-", stdin=lambda: stdin)
-    [result] = list(ops.put(store, [src], ops.PutOptions(session="s-1")))
+    src = transfer.PutSource.from_path("-", stdin=lambda: stdin)
+    [result] = list(transfer.put(store, [src], transfer.PutOptions(session="s-1")))
     assert result.label is None
     assert result.media_type == "application/octet-stream"
     assert json.loads(store.blobs.sidecar_path(result.attachment_id).read_bytes()) == {
@@ -193,8 +193,8 @@ def test_put_from_stdin_no_label_octet_stream(store):
 
 
 def test_put_explicit_options_win(store):
-    opts = ops.PutOptions(session="s-1", media_type=" IMAGE/JPG ", label="given", width=3, height=4)
-    [result] = list(ops.put(store, [source("x.png", png(7, 11), label="x.png")], opts))
+    opts = transfer.PutOptions(session="s-1", media_type=" IMAGE/JPG ", label="given", width=3, height=4)
+    [result] = list(transfer.put(store, [source("x.png", png(7, 11), label="x.png")], opts))
     assert (result.media_type, result.label, result.width, result.height) == ("image/jpeg", "given", 3, 4)
     meta = read_sidecar_file(store.blobs.sidecar_path(result.attachment_id))
     assert meta == Metadata(result.attachment_id, "image/jpeg", len(png(7, 11)), 3, 4, "given")
@@ -203,14 +203,14 @@ def test_put_explicit_options_win(store):
 @pytest.mark.parametrize("session", ["", "   ", "bad\nsession", "x" * 1025])
 def test_put_rejects_bad_session_before_writing(store, session):
     with pytest.raises(UsageError):
-        list(ops.put(store, [source("a", b"a")], ops.PutOptions(session=session)))
+        list(transfer.put(store, [source("a", b"a")], transfer.PutOptions(session=session)))
     assert not store.manifest.path.exists()
     assert list(store.blobs.iter_ids()) == []
 
 
 def test_put_rejects_media_type_with_parameters(store):
     with pytest.raises(UsageError):
-        list(ops.put(store, [source("a", b"a")], ops.PutOptions(session="s", media_type="text/plain; charset=utf-8")))
+        list(transfer.put(store, [source("a", b"a")], transfer.PutOptions(session="s", media_type="text/plain; charset=utf-8")))
     assert not store.manifest.path.exists()
 
 
@@ -221,7 +221,7 @@ def test_put_manifest_failure_lands_no_blob(store, monkeypatch):
     monkeypatch.setattr(Manifest, "append", failing_append)
     data = [b"first", b"second"]
     with pytest.raises(StoreIOError):
-        list(ops.put(store, [source("a", data[0]), source("b", data[1])], ops.PutOptions(session="s-1")))
+        list(transfer.put(store, [source("a", data[0]), source("b", data[1])], transfer.PutOptions(session="s-1")))
     for d in data:
         assert not store.blobs.blob_path(sha(d)).exists()
         assert not store.blobs.sidecar_path(sha(d)).exists()
@@ -238,7 +238,7 @@ def test_put_intent_is_durable_before_blob_lands(store, monkeypatch):
         real_append(self, events)
 
     monkeypatch.setattr(Manifest, "append", checking_append)
-    list(ops.put(store, [source("a", b"one"), source("b", b"two")], ops.PutOptions(session="s-1")))
+    list(transfer.put(store, [source("a", b"one"), source("b", b"two")], transfer.PutOptions(session="s-1")))
     assert seen == [False, False]
     assert store.blobs.has_blob(sha(b"one")) and store.blobs.has_blob(sha(b"two"))
 
@@ -247,9 +247,9 @@ def test_put_source_read_error_leaves_nothing(store):
     def broken_open():
         raise OSError(13, "Permission denied")
 
-    srcs = [source("ok", b"fine"), ops.PutSource(name="locked.bin", opener=broken_open, label=None)]
+    srcs = [source("ok", b"fine"), transfer.PutSource(name="locked.bin", opener=broken_open, label=None)]
     with pytest.raises(StoreIOError, match="locked.bin"):
-        list(ops.put(store, srcs, ops.PutOptions(session="s-1")))
+        list(transfer.put(store, srcs, transfer.PutOptions(session="s-1")))
     assert not store.manifest.path.exists()
     assert list(store.blobs.iter_ids()) == []
     assert staging_litter(store) == []
@@ -269,31 +269,31 @@ def _two_with_common_prefix() -> tuple[bytes, bytes]:
 
 def test_resolve_unique_prefix(store):
     aid = add_blob(store, b"resolve me")
-    assert ops.resolve_id(store, parse_id(aid[:6])) == aid
-    assert ops.resolve_id(store, parse_id(aid[:4].upper())) == aid
-    assert ops.resolve_id(store, parse_id("sha256:" + aid[:8])) == aid
+    assert core.resolve_id(store, parse_id(aid[:6])) == aid
+    assert core.resolve_id(store, parse_id(aid[:4].upper())) == aid
+    assert core.resolve_id(store, parse_id("sha256:" + aid[:8])) == aid
 
 
 def test_resolve_prefix_from_manifest_rows(store):
     ghost = "abcd" + "0" * 60  # a row whose bytes are gone
     record(store, intent_event(ghost, "s-1", 1000))
     state = store.manifest.read_state()
-    assert ops.resolve_id(store, parse_id("abcd0"), state) == ghost
-    assert ops.resolve_id(store, parse_id("abcd0"), store.manifest.read_state) == ghost
+    assert core.resolve_id(store, parse_id("abcd0"), state) == ghost
+    assert core.resolve_id(store, parse_id("abcd0"), store.manifest.read_state) == ghost
     with pytest.raises(NotFound):
-        ops.resolve_id(store, parse_id("abcd0"))  # blobs only
+        core.resolve_id(store, parse_id("abcd0"))  # blobs only
 
 
 def test_resolve_ambiguous_prefix(store):
     one, two = _two_with_common_prefix()
     a, b = add_blob(store, one), add_blob(store, two)
     with pytest.raises(UsageError) as info:
-        ops.resolve_id(store, parse_id(a[:4]))
+        core.resolve_id(store, parse_id(a[:4]))
     assert info.value.exit_code == 2
     assert a in info.value.message and b in info.value.message
     # a longer prefix disambiguates
     longer = next(n for n in range(5, 65) if a[:n] != b[:n])
-    assert ops.resolve_id(store, parse_id(a[:longer])) == a
+    assert core.resolve_id(store, parse_id(a[:longer])) == a
 
 
 def test_resolve_ambiguous_between_blob_and_row(store):
@@ -301,34 +301,34 @@ def test_resolve_ambiguous_between_blob_and_row(store):
     other = aid[:4] + ("0" * 60 if aid[4:] != "0" * 60 else "1" * 60)
     record(store, intent_event(other, "s-1", 1000))
     with pytest.raises(UsageError):
-        ops.resolve_id(store, parse_id(aid[:4]), store.manifest.read_state())
+        core.resolve_id(store, parse_id(aid[:4]), store.manifest.read_state())
 
 
 def test_resolve_no_match(store):
     aid = add_blob(store, b"something")
     missing = ("0000" if not aid.startswith("0000") else "ffff")
     with pytest.raises(NotFound) as info:
-        ops.resolve_id(store, parse_id(missing), store.manifest.read_state())
+        core.resolve_id(store, parse_id(missing), store.manifest.read_state())
     assert info.value.exit_code == 3
 
 
 def test_resolve_full_id_is_itself(store):
     full = "e" * 64
-    assert ops.resolve_id(store, parse_id(full)) == full
+    assert core.resolve_id(store, parse_id(full)) == full
 
 
 # -- commit --------------------------------------------------------------------------
 def test_commit_statuses(store):
-    [a] = list(ops.put(store, [source("a", b"commit me")], ops.PutOptions(session="s-1")))
+    [a] = list(transfer.put(store, [source("a", b"commit me")], transfer.PutOptions(session="s-1")))
     aid = a.attachment_id
-    results = ops.commit(store, "s-1", [parse_id(aid)])
+    results = transfer.commit(store, "s-1", [parse_id(aid)])
     assert [(r.attachment_id, r.session_id, r.status) for r in results] == [(aid, "s-1", "committed")]
-    results = ops.commit(store, "s-1", [parse_id(aid[:6]), parse_id("sha256:" + aid)])
+    results = transfer.commit(store, "s-1", [parse_id(aid[:6]), parse_id("sha256:" + aid)])
     assert [r.status for r in results] == ["already_committed", "already_committed"]
-    results = ops.commit(store, "s-2", [parse_id(aid)])
+    results = transfer.commit(store, "s-2", [parse_id(aid)])
     assert [r.status for r in results] == ["no_intent"]
     unknown = "0" * 64 if not aid.startswith("0") else "f" * 64
-    results = ops.commit(store, "s-1", [parse_id(unknown), parse_id(unknown[:5])])
+    results = transfer.commit(store, "s-1", [parse_id(unknown), parse_id(unknown[:5])])
     assert [(r.attachment_id, r.status) for r in results] == [(unknown, "no_intent"), (unknown[:5], "no_intent")]
     state = store.manifest.read_state()
     assert state.rows[("s-1", aid)].committed
@@ -340,15 +340,15 @@ def test_commit_statuses(store):
 
 
 def test_commit_same_id_twice_in_one_call(store):
-    [a] = list(ops.put(store, [source("a", b"twice")], ops.PutOptions(session="s-1")))
-    results = ops.commit(store, "s-1", [parse_id(a.attachment_id), parse_id(a.attachment_id)])
+    [a] = list(transfer.put(store, [source("a", b"twice")], transfer.PutOptions(session="s-1")))
+    results = transfer.commit(store, "s-1", [parse_id(a.attachment_id), parse_id(a.attachment_id)])
     assert [r.status for r in results] == ["committed", "already_committed"]
     assert len([e for e in manifest_events(store) if e["op"] == "commit"]) == 1
 
 
 def test_commit_requires_session(store):
     with pytest.raises(UsageError):
-        ops.commit(store, "", [parse_id("a" * 64)])
+        transfer.commit(store, "", [parse_id("a" * 64)])
 
 
 # -- delete --------------------------------------------------------------------------
@@ -358,7 +358,7 @@ def test_delete_refuses_referenced_content(store):
     record(store, intent_event(aid, "sess-A", 1000), intent_event(aid, "sess-B", 2000), commit_event(aid, "sess-B", 3000))
     before = tree(store.root)
     with pytest.raises(Refused) as info:
-        ops.delete(store, [parse_id(aid)])
+        sweep.delete(store, [parse_id(aid)])
     assert info.value.exit_code == 4
     assert "sess-A" in info.value.message and "sess-B" in info.value.message
     assert aid in info.value.message
@@ -370,14 +370,14 @@ def test_delete_refusal_is_all_or_nothing(store):
     held = add_blob(store, b"referenced")
     record(store, intent_event(held, "s-1", 1000))
     with pytest.raises(Refused, match="s-1"):
-        ops.delete(store, [parse_id(free), parse_id(held)])
+        sweep.delete(store, [parse_id(free), parse_id(held)])
     assert store.blobs.has_blob(free) and store.blobs.has_blob(held)
 
 
 def test_delete_force(store):
     aid = add_blob(store, b"forced")
     record(store, intent_event(aid, "s-1", 1000))
-    [result] = ops.delete(store, [parse_id(aid[:6])], force=True)
+    [result] = sweep.delete(store, [parse_id(aid[:6])], force=True)
     assert (result.attachment_id, result.existed, result.byte_len, result.sessions, result.dry_run) == (
         aid, True, 6, ["s-1"], False,
     )
@@ -389,7 +389,7 @@ def test_delete_dry_run_deletes_nothing(store):
     aid = add_blob(store, b"dry")
     record(store, intent_event(aid, "s-1", 1000))
     before = tree(store.root)
-    [result] = ops.delete(store, [parse_id(aid)], force=True, dry_run=True)
+    [result] = sweep.delete(store, [parse_id(aid)], force=True, dry_run=True)
     assert (result.existed, result.byte_len, result.dry_run) == (True, 3, True)
     assert tree(store.root) == before
 
@@ -397,7 +397,7 @@ def test_delete_dry_run_deletes_nothing(store):
 def test_delete_unreferenced_and_absent(store):
     aid = add_blob(store, b"plain")
     absent = "0" * 64 if not aid.startswith("0") else "f" * 64
-    results = ops.delete(store, [parse_id(aid), parse_id(absent)])
+    results = sweep.delete(store, [parse_id(aid), parse_id(absent)])
     assert [(r.attachment_id, r.existed, r.byte_len) for r in results] == [(aid, True, 5), (absent, False, 0)]
     assert list(store.blobs.iter_ids()) == []
 
@@ -406,7 +406,7 @@ def test_delete_unknown_prefix_not_found(store):
     add_blob(store, b"x")
     prefix = "0000" if not sha(b"x").startswith("0000") else "ffff"
     with pytest.raises(NotFound):
-        ops.delete(store, [parse_id(prefix)])
+        sweep.delete(store, [parse_id(prefix)])
 
 
 # -- list-uncommitted ----------------------------------------------------------------
@@ -420,12 +420,12 @@ def test_list_uncommitted_cutoff_order_and_session(store):
         commit_event(c, "s-1", 2500),
         intent_event(c, "s-2", 5000),
     )
-    rows = ops.list_uncommitted(store)
+    rows = transfer.list_uncommitted(store)
     assert [(r.row.attachment_id, r.row.session_id) for r in rows] == [(b, "s-2"), (a, "s-1"), (c, "s-2")]
-    rows = ops.list_uncommitted(store, cutoff=3000)
+    rows = transfer.list_uncommitted(store, cutoff=3000)
     assert [r.row.attachment_id for r in rows] == [b, a]  # at the cutoff counts
     assert [(r.bytes_present, r.byte_len, r.label) for r in rows] == [(True, 2, "bb"), (True, 2, "aa")]
-    rows = ops.list_uncommitted(store, session="s-1")
+    rows = transfer.list_uncommitted(store, session="s-1")
     assert [r.row.attachment_id for r in rows] == [a]
 
 
@@ -465,7 +465,7 @@ def _items(report):
 
 def test_reclaim_rules(sweep_store):
     store, ids = sweep_store, sweep_store.ids
-    report = ops.reclaim(store, store.cutoff)
+    report = sweep.reclaim(store, store.cutoff)
     assert not report.dry_run
     assert report.cutoff_epoch_ms == store.cutoff
     assert _items(report) == [
@@ -496,9 +496,9 @@ def test_reclaim_rules(sweep_store):
 
 def test_reclaim_again_is_noop(sweep_store):
     store = sweep_store
-    ops.reclaim(store, store.cutoff)
+    sweep.reclaim(store, store.cutoff)
     before = tree(store.root)
-    report = ops.reclaim(store, store.cutoff)
+    report = sweep.reclaim(store, store.cutoff)
     assert report.items == []
     assert tree(store.root) == before
 
@@ -506,10 +506,10 @@ def test_reclaim_again_is_noop(sweep_store):
 def test_reclaim_dry_run_matches_real_run_and_changes_nothing(sweep_store):
     store = sweep_store
     before = tree(store.root)
-    dry = ops.reclaim(store, store.cutoff, dry_run=True)
+    dry = sweep.reclaim(store, store.cutoff, dry_run=True)
     assert dry.dry_run
     assert tree(store.root) == before
-    real = ops.reclaim(store, store.cutoff)
+    real = sweep.reclaim(store, store.cutoff)
     assert _items(dry) == _items(real)
     assert [i.reason for i in dry.items] == [i.reason for i in real.items]
     assert (dry.scanned_intents, dry.blobs_reclaimed, dry.bytes_freed, dry.rows_released) == (
@@ -523,7 +523,7 @@ def test_reclaim_dry_run_takes_no_lock(sweep_store):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         store.manifest.lock_timeout = 0.05
-        report = ops.reclaim(store, store.cutoff, dry_run=True)
+        report = sweep.reclaim(store, store.cutoff, dry_run=True)
         assert report.blobs_reclaimed == 1
     finally:
         os.close(fd)
@@ -533,7 +533,7 @@ def test_reclaim_missing_bytes_still_forgets_rows(store):
     ghost = "ab" * 32
     now = now_ms()
     record(store, intent_event(ghost, "s-1", now - 2 * DAY))
-    report = ops.reclaim(store, now - DAY)
+    report = sweep.reclaim(store, now - DAY)
     assert _items(report) == [(ghost, "reclaim", ["s-1"], 0, False)]
     assert store.manifest.read_state().rows == {}
 
@@ -550,7 +550,7 @@ def test_reclaim_failed_delete_keeps_rows_and_goes_on(sweep_store, monkeypatch):
         return real_delete(self, attachment_id)
 
     monkeypatch.setattr(BlobStore, "delete", flaky_delete)
-    report = ops.reclaim(store, store.cutoff)
+    report = sweep.reclaim(store, store.cutoff)
     by_id = {i.attachment_id: i for i in report.items}
     failed = by_id[ids["orphan"]]
     assert failed.action == "failed"
@@ -568,7 +568,7 @@ def test_reclaim_failed_delete_keeps_rows_and_goes_on(sweep_store, monkeypatch):
     assert ("s-old", ids["committed"]) not in state.rows
     # The next sweep, with the fault gone, reclaims it.
     monkeypatch.undo()
-    report = ops.reclaim(store, store.cutoff)
+    report = sweep.reclaim(store, store.cutoff)
     assert _items(report) == [(ids["orphan"], "reclaim", ["s-old"], len(b"orphan bytes"), True)]
 
 
@@ -578,9 +578,9 @@ def test_reclaim_refuses_corrupt_manifest(sweep_store):
         handle.write(b'{"op":"mystery"}\n')
     before = tree(store.root)
     with pytest.raises(Corrupt):
-        ops.reclaim(store, store.cutoff)
+        sweep.reclaim(store, store.cutoff)
     with pytest.raises(Corrupt):
-        ops.reclaim(store, store.cutoff, dry_run=True)
+        sweep.reclaim(store, store.cutoff, dry_run=True)
     assert tree(store.root) == before
 
 
@@ -588,8 +588,8 @@ def test_plan_reclaim_cutoff_inclusive(store):
     a = "a" * 64
     record(store, intent_event(a, "s-1", 5000))
     state = store.manifest.read_state()
-    assert ops.plan_reclaim(state, 4999) == (0, [])
-    scanned, plan = ops.plan_reclaim(state, 5000)
+    assert sweep.plan_reclaim(state, 4999) == (0, [])
+    scanned, plan = sweep.plan_reclaim(state, 5000)
     assert scanned == 1
     assert [(i, [r.session_id for r in rows], live) for i, rows, live in plan] == [(a, ["s-1"], None)]
 
@@ -597,7 +597,7 @@ def test_plan_reclaim_cutoff_inclusive(store):
 def test_plan_reclaim_every_aged_row_of_an_orphan(store):
     a = "a" * 64
     record(store, intent_event(a, "s-2", 1000), intent_event(a, "s-1", 2000))
-    scanned, plan = ops.plan_reclaim(store.manifest.read_state(), 3000)
+    scanned, plan = sweep.plan_reclaim(store.manifest.read_state(), 3000)
     assert scanned == 2
     [(aid, rows, live)] = plan
     assert (aid, [r.session_id for r in rows], live) == (a, ["s-1", "s-2"], None)
@@ -607,18 +607,18 @@ def test_check_grace():
     now = 1_764_150_000_000
     for cutoff in (now - 59_999, now, now + DAY):
         with pytest.raises(Refused) as info:
-            ops.check_grace(cutoff, now, force=False)
+            core.check_grace(cutoff, now, force=False)
         assert info.value.exit_code == 4
-        ops.check_grace(cutoff, now, force=True)  # forced: allowed
-    ops.check_grace(now - 60_000, now, force=False)
-    ops.check_grace(now - DAY, now, force=False)
+        core.check_grace(cutoff, now, force=True)  # forced: allowed
+    core.check_grace(now - 60_000, now, force=False)
+    core.check_grace(now - DAY, now, force=False)
 
 
 # -- get -----------------------------------------------------------------------------
 def test_get_to_file_verifies_hash(store, tmp_path):
     aid = add_blob(store, b"original")
     dest = tmp_path / "out.bin"
-    assert ops.get_to_file(store, aid, dest) == 8
+    assert transfer.get_to_file(store, aid, dest) == 8
     assert dest.read_bytes() == b"original"
     # Same size, different bytes: a mismatch is corruption, and no output is left.
     blob = store.blobs.blob_path(aid)
@@ -626,6 +626,6 @@ def test_get_to_file_verifies_hash(store, tmp_path):
     blob.write_bytes(b"ORIGINAL")
     dest2 = tmp_path / "out2.bin"
     with pytest.raises(Corrupt, match="hash mismatch"):
-        ops.get_to_file(store, aid, dest2)
+        transfer.get_to_file(store, aid, dest2)
     assert not dest2.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out2")) == []

@@ -269,8 +269,8 @@ def test_verify_reports_hard_linked_blobs_and_sidecars(world: Store) -> None:
 
 def test_verify_fix_quarantines_only_the_file_it_hashed(tmp_path: Path) -> None:
     """A put that heals the blob while verify hashes the rotten copy keeps its fresh bytes."""
-    from lashctl import audit
-    from lashctl.ops import Store as CoreStore
+    from lashctl import inspect
+    from lashctl.core import Store as CoreStore
 
     root = tmp_path / "store"
     data = b"good bytes " * 100_000  # more than one chunk: progress is reported mid-hash
@@ -288,7 +288,7 @@ def test_verify_fix_quarantines_only_the_file_it_hashed(tmp_path: Path) -> None:
             healed.append(True)
 
     store = CoreStore(root)
-    audit.verify(store, store.manifest.read_state(), None, int(time.time() * 1000), fix=True,
+    inspect.verify(store, int(time.time() * 1000), fix=True,
                  progress=heal_once)
     assert healed
     assert path.read_bytes() == data

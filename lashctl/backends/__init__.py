@@ -35,3 +35,19 @@ def require_extra(module: str, extra: str, what: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise UsageError(f"{what} needs the '{extra}' extra: pip install 'lashctl[{extra}]'")
+
+
+def strip_password(url: str) -> str:
+    """A URL as it may be shown: any password (in the user part or a
+    ``password=`` parameter) removed."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if not is_url(url):
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}@{host}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

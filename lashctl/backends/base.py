@@ -70,6 +70,7 @@ class Found:
     where: str
     stat: BlobStat
     handle: object = None  # what the backend needs to remove exactly this
+    reason: str | None = None  # for staging litter: what left it
 
 
 class BlobBackend(Protocol):
@@ -86,6 +87,9 @@ class BlobBackend(Protocol):
 
     def check_layout(self) -> None:
         """Refuse (UnsafePath) an unsafe layout before a sweep touches anything."""
+
+    def ensure_writable_layout(self) -> None:
+        """Create what writes need (directories, nothing on an object store); refuse an unsafe layout."""
 
     def exists(self) -> bool:
         """Whether the root exists (a named root that does not is a usage error)."""
@@ -204,3 +208,9 @@ class ManifestBackend(Protocol):
     def sweeping(self) -> ContextManager[ManifestWriter]:
         """The lock a sweep holds: one sweep at a time, writers never blocked
         for longer than one statement where the backend can arrange it."""
+
+    def litter(self) -> list[Found]:
+        """What an interrupted maintenance of the manifest left behind (area "staging")."""
+
+    def remove_litter(self, found: Found) -> None:
+        """Delete one item ``litter`` found."""

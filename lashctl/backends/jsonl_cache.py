@@ -227,6 +227,8 @@ class ManifestIndex:
         # A valid event on a final line without "\n": applied to this view only.
         self._overlay: dict[tuple[str, str], Row | None] = {}
         self._refreshed = False  # a query before any refresh() refreshes first
+        self.torn_tail = False  # a torn final line was seen by the last refresh
+        self._lines = 0  # complete lines consumed by the last refresh
 
     # -- lifecycle ---------------------------------------------------------------
     def close(self) -> None:
@@ -256,6 +258,7 @@ class ManifestIndex:
         """Bring the index up to date with the manifest file; O(new bytes)."""
         self._refreshed = True
         self._overlay = {}
+        self.torn_tail = False
         if self._fallback:
             self._refresh_memory()
             return
@@ -404,6 +407,78 @@ class ManifestIndex:
             return self.uncommitted(cutoff_ms, session)
         return self._stream_uncommitted(cursor, cutoff_ms, session)
 
+    def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
+        """For each id with an uncommitted row at or before ``cutoff_ms``, every
+        row of that id (by session), in id order; streamed."""
+        return self._grouped(
+            _SELECT_ROW + " WHERE attachment_id IN (SELECT attachment_id FROM rows INDEXED BY rows_uncommitted"
+            " WHERE committed_at IS NULL AND intent_at <= ?) ORDER BY attachment_id", (cutoff_ms,),
+            lambda memory: memory.aged(cutoff_ms))
+
+    def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
+        """Every row grouped by id (each group by session), in id order; streamed."""
+        if prefix:
+            upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            sql, params = _SELECT_ROW + " WHERE attachment_id >= ? AND attachment_id < ? ORDER BY attachment_id", \
+                (prefix, upper)
+        else:
+            sql, params = _SELECT_ROW + " INDEXED BY rows_by_id ORDER BY attachment_id", ()
+        return self._grouped(sql, params, lambda memory: memory.rows_by_id(prefix))
+
+    def row_count(self) -> int:
+        if not self._refreshed:
+            self.refresh()
+        if self._memory is not None or self._overlay:
+            return self._memory_view().row_count()
+        if self._empty:
+            return 0
+        try:
+            return self._conn.execute("SELECT count(*) FROM rows").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            self._query_failed(exc)
+            return self.row_count()
+
+    def log_lines(self) -> int:
+        """Complete lines of the log (header and blank lines included)."""
+        return self._lines
+
+    def _memory_view(self):
+        from lashctl.backends.jsonl import StateView
+
+        if self._memory is None:  # a valid unterminated final line: rare, answered in memory
+            self._memory = self.manifest.read_state()
+        return StateView(self._memory)
+
+    def _grouped(self, sql: str, params: tuple, from_memory) -> Iterator[list[Row]]:
+        if not self._refreshed:
+            self.refresh()
+        if self._memory is not None or self._overlay:
+            yield from from_memory(self._memory_view())
+            return
+        if self._empty:
+            return
+        try:
+            cursor = self._conn.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            self._query_failed(exc)
+            yield from from_memory(self._memory_view())
+            return
+        group: list[Row] = []
+        try:
+            while part := cursor.fetchmany(1000):
+                for found in part:
+                    row = _row(*found)
+                    if group and group[0].attachment_id != row.attachment_id:
+                        group.sort(key=lambda r: r.session_id)
+                        yield group
+                        group = []
+                    group.append(row)
+        finally:
+            cursor.close()
+        if group:
+            group.sort(key=lambda r: r.session_id)
+            yield group
+
     # -- SQLite ------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -476,6 +551,7 @@ class ManifestIndex:
         if self._reusable(meta, fd, st):
             assert meta is not None
             # Steady state: nothing to write unless a complete line follows the offset.
+            self._lines = meta.lines
             tail = self._read_tail_if_no_newline(fd, meta.offset, st.st_size)
             if tail is not None:
                 self._tail(conn, tail, meta.lines + 1)
@@ -617,9 +693,11 @@ class ManifestIndex:
     def _tail(self, conn: sqlite3.Connection, raw: bytes, lineno: int) -> None:
         """A final line without "\\n", as ``iter_events`` treats it; never consumed."""
         self._overlay = {}
+        self._lines = lineno - 1
         if not raw.strip():
             return
         if not _parses(_strip_bom(raw) if lineno == 1 else raw):
+            self.torn_tail = True
             self.manifest.warn(
                 f"{self.manifest.path}:{lineno}: ignoring a torn final line "
                 "(an append interrupted by a crash); the next write repairs it"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from lashctl.backends.base import DIRECTORY, FILE, LAYOUT_SIDECARS, OTHER, SYMLINK, BlobStat, Found
 from lashctl.errors import Corrupt, NotFound, StoreIOError, UnsafePath
 from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store)
     STAGING_SUFFIX,
@@ -172,6 +173,41 @@ class BlobStore:
         self._fds: dict[str, int | None] = {}
         self._depth = 0
         self._owners: frozenset[int] | None = None
+
+    # -- what the core knows of any blob backend (lashctl.backends.base) -----------
+    layout = LAYOUT_SIDECARS
+
+    @property
+    def name(self) -> str:
+        return str(self.root)
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.root)
+
+    def where(self, attachment_id: str, sidecar: bool = False) -> str:
+        return str(self.sidecar_path(attachment_id) if sidecar else self.blob_path(attachment_id))
+
+    def stat(self, attachment_id: str, sidecar: bool = False) -> BlobStat | None:
+        """The entry at the blob's (or sidecar's) path, never followed; None if absent.
+        UnsafePath for a shard that is a symlink or not a directory."""
+        st = self.entry_stat(attachment_id, SIDECAR_SUFFIX if sidecar else "")
+        return None if st is None else neutral_stat(st)
+
+    def open(self, attachment_id: str) -> BinaryIO:
+        return self.open_blob(attachment_id)
+
+    def sync(self, attachment_ids) -> None:
+        self.fsync_shards(attachment_ids)
+
+    def delete_many(self, attachment_ids: list[str]) -> dict[str, int | str]:
+        out: dict[str, int | str] = {}
+        with self.opened():
+            for attachment_id in attachment_ids:
+                try:
+                    out[attachment_id] = self.delete(attachment_id)
+                except (StoreIOError, Corrupt) as exc:
+                    out[attachment_id] = exc.message
+        return out
 
     # -- directory descriptors ---------------------------------------------------
     @contextmanager
@@ -327,7 +363,7 @@ class BlobStore:
                 return None
             return read_sidecar_file(path, dir_fd=shard, shown=path)
 
-    def write_sidecar(self, meta, sync_dir: bool = True) -> bool:
+    def write_sidecar(self, meta, durable: bool = True) -> bool:
         """Write a sidecar atomically beside its blob, unless it already says
         exactly this (no write, no fsync). True if it was written."""
         attachment_id = meta.attachment_id
@@ -343,7 +379,7 @@ class BlobStore:
             except OSError:
                 pass  # absent or unreadable: write it
             self._install_bytes(data, shard, name, self.sidecar_path(attachment_id))
-            if sync_dir:
+            if durable:
                 os.fsync(shard)
         return True
 
@@ -495,17 +531,15 @@ class BlobStore:
                 raise StoreIOError.wrap("open", path, exc) from exc
         return os.fdopen(fd, "rb", buffering=0)
 
-    def hash_blob(
-        self, attachment_id: str, progress: Callable[[int], None] | None = None
-    ) -> tuple[str, FileIdentity, int]:
-        """Re-hash a blob: its digest, the identity of the file hashed, and its link count."""
+    def hash(self, attachment_id: str, progress: Callable[[int], None] | None = None) -> tuple[str, BlobStat]:
+        """Re-hash a blob: its digest and the stat of the very file hashed."""
         with self.open_blob(attachment_id) as handle:
             st = os.fstat(handle.fileno())
             try:
                 digest = _hash_stream(handle, progress)
             except OSError as exc:
                 raise StoreIOError.wrap("read", self.blob_path(attachment_id), exc) from exc
-        return digest, FileIdentity.of(st), st.st_nlink
+        return digest, neutral_stat(st)
 
     def iter_ids(self, prefix: str = "") -> Iterator[str]:
         """Ids of the blobs present (regular files with valid names) under ``sha256/``, in id order.
@@ -543,28 +577,48 @@ class BlobStore:
         except OSError as exc:
             raise StoreIOError.wrap("list", where, exc) from exc
 
-    def walk(self) -> Iterator[Entry]:
-        """Every entry of ``tmp/``, ``sha256/`` and each real shard directory, in name order.
+    def walk(self) -> Iterator[Found]:
+        """Everything in ``tmp/`` and ``sha256/`` that is not a blob (a regular
+        file named by a valid id in its own shard) or the sidecar of a blob
+        beside it, in name order.
 
         Nothing is followed: symlinks are reported as what they are, and a
         shard directory that is a symlink is reported, not entered.
         """
         with self.opened():
-            for key in (TMP, OBJECTS):
-                fd = self._dir(key)
-                if fd is None:
+            tmp = self._dir(TMP)
+            if tmp is not None:
+                for entry in sorted(self._scan(tmp, self.tmp), key=lambda e: e.name):
+                    yield self._found("staging", TMP, entry.name, entry.stat(follow_symlinks=False),
+                                      "staging litter in tmp/")
+            objects = self._dir(OBJECTS)
+            if objects is None:
+                return
+            for entry in sorted(self._scan(objects, self.objects), key=lambda e: e.name):
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    yield self._found("blobs", OBJECTS, entry.name, st)
                     continue
-                for entry in sorted(self._scan(fd, self._where(key)), key=lambda e: e.name):
-                    st = entry.stat(follow_symlinks=False)
-                    yield Entry(key, entry.name, st, self._where(key) / entry.name)
-                    if key == OBJECTS and stat.S_ISDIR(st.st_mode):
-                        sub = f"{OBJECTS}/{entry.name}"
-                        shard = self._dir(sub)
-                        if shard is None:
-                            continue
-                        for item in sorted(self._scan(shard, self._where(sub)), key=lambda e: e.name):
-                            yield Entry(sub, item.name, item.stat(follow_symlinks=False),
-                                        self._where(sub) / item.name)
+                sub = f"{OBJECTS}/{entry.name}"
+                shard = self._dir(sub)
+                if shard is None:
+                    continue
+                items = sorted(self._scan(shard, self._where(sub)), key=lambda e: e.name)
+                names = {item.name for item in items}
+                for item in items:
+                    name = item.name
+                    if is_valid_id(name) and name[:2] == entry.name and item.is_file(follow_symlinks=False):
+                        continue  # a blob
+                    base = name[: -len(SIDECAR_SUFFIX)] if name.endswith(SIDECAR_SUFFIX) else None
+                    if (base is not None and base in names and is_valid_id(base) and base[:2] == entry.name
+                            and item.is_file(follow_symlinks=False)):
+                        continue  # the sidecar of an entry beside it
+                    yield self._found("blobs", sub, name, item.stat(follow_symlinks=False))
+
+    def _found(self, area: str, directory: str, name: str, st: os.stat_result, reason: str | None = None) -> Found:
+        relative = name if directory in (TMP, OBJECTS) else f"{directory.partition('/')[2]}/{name}"
+        return Found(area, relative, str(self._where(directory) / name), neutral_stat(st),
+                     handle=Entry(directory, name, st, self._where(directory) / name), reason=reason)
 
     def entry_exists(self, directory: str, name: str) -> bool:
         with self.opened():
@@ -577,8 +631,11 @@ class BlobStore:
                 return False
             return True
 
+    def remove(self, found: Found) -> None:
+        """Unlink what ``walk`` found (never a directory, never through a link)."""
+        self.remove_entry(found.handle)
+
     def remove_entry(self, entry: Entry) -> None:
-        """Unlink a file found by ``walk`` (never a directory, never through a link)."""
         with self.opened():
             fd = self._dir(entry.directory)
             if fd is None:
@@ -646,7 +703,7 @@ class BlobStore:
                     raise StoreIOError.wrap("sync", self._where(key), exc) from exc
 
     # -- quarantine ------------------------------------------------------------------
-    def quarantine(self, attachment_id: str, hashed: FileIdentity, stamp: str) -> Path | None:
+    def quarantine(self, attachment_id: str, hashed: BlobStat, stamp: str) -> str | None:
         """Move the blob that was hashed (and its sidecar) to ``quarantine/``; never delete bytes.
 
         Holds the shard's lock (which ``install`` takes too) and moves the file
@@ -665,7 +722,7 @@ class BlobStore:
                     st = os.stat(attachment_id, dir_fd=shard, follow_symlinks=False)
                 except FileNotFoundError:
                     return None
-                if not stat.S_ISREG(st.st_mode) or FileIdentity.of(st) != hashed:
+                if not stat.S_ISREG(st.st_mode) or FileIdentity.of(st) != hashed.token:
                     return None
                 try:
                     os.rename(attachment_id, target, src_dir_fd=shard, dst_dir_fd=quarantine)
@@ -678,7 +735,15 @@ class BlobStore:
                     os.fsync(shard)
                 except OSError as exc:
                     raise StoreIOError.wrap("quarantine", self.blob_path(attachment_id), exc) from exc
-        return self.quarantine_dir / target
+        return str(self.quarantine_dir / target)
+
+
+def neutral_stat(st: os.stat_result) -> BlobStat:
+    mode = st.st_mode
+    kind = (FILE if stat.S_ISREG(mode) else SYMLINK if stat.S_ISLNK(mode)
+            else DIRECTORY if stat.S_ISDIR(mode) else OTHER)
+    return BlobStat(st.st_size, st.st_mtime_ns // 1_000_000, kind, st.st_nlink,
+                    getattr(st, "st_blocks", 0) * 512, FileIdentity.of(st))
 
 
 @contextmanager

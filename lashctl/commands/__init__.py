@@ -49,12 +49,13 @@ DryRunFlag = Annotated[bool, typer.Option("--dry-run", "-n", help="Say what woul
 class AppState:
     """What the global options decided, kept in ``ctx.obj``."""
 
-    store_root: Path
-    manifest_path: Optional[Path]
+    store_root: Path | str  # a directory or an s3:// URL
+    manifest_path: Optional[Path | str]  # a file or a postgresql:// URL
     lock_timeout: float
     ui: UI
     store_named: bool = False  # --store or LASHCTL_STORE, not the platform default
     manifest_named: bool = False
+    inspection: object = None  # the open view of an inspection command
     started_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
 
     def run_fields(self) -> dict:
@@ -62,7 +63,10 @@ class AppState:
         from lashctl import __version__
         from lashctl.timefmt import iso_ms, now_ms
 
-        manifest = self.manifest_path if self.manifest_path is not None else self.store_root / "manifest.jsonl"
+        from lashctl.backends import strip_password
+
+        manifest = (strip_password(str(self.manifest_path)) if self.manifest_path is not None
+                    else f"{self.store_root}/manifest.jsonl")
         return {"lashctl_version": __version__, "store": str(self.store_root), "manifest": str(manifest),
                 "started_at": iso_ms(self.started_ms), "finished_at": iso_ms(now_ms())}
 
@@ -70,18 +74,17 @@ class AppState:
         """The store the options name. Unless ``create`` (put), a store root or
         manifest named explicitly must exist: a typo in a cron line is an error,
         not a clean sweep of an empty store (nothing is created)."""
-        import os
-
+        from lashctl.core import Store
         from lashctl.errors import UsageError
-        from lashctl.ops import Store
 
+        store = Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn,
+                      note=self.ui.note)
         if not create:
-            if self.store_named and not os.path.lexists(self.store_root):
-                raise UsageError(f"store {self.store_root} does not exist (check --store / {ENV_STORE})")
-            if self.manifest_named and self.manifest_path is not None and not os.path.lexists(self.manifest_path):
-                raise UsageError(f"manifest {self.manifest_path} does not exist (check --manifest / {ENV_MANIFEST})")
-        return Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn,
-                     note=self.ui.note)
+            if self.store_named and not store.blobs.exists():
+                raise UsageError(f"store {store.blobs.name} does not exist (check --store / {ENV_STORE})")
+            if self.manifest_named and self.manifest_path is not None and not store.manifest.exists():
+                raise UsageError(f"manifest {store.manifest.name} does not exist (check --manifest / {ENV_MANIFEST})")
+        return store
 
 
 def app_state(ctx: typer.Context, json_flag: bool = False) -> AppState:
@@ -103,17 +106,31 @@ def read_stdin_words() -> list[str]:
 
 
 def inspect_state(state: AppState, store):
-    """The manifest's state for a read-only command: malformed lines are
-    skipped (and listed) rather than stopping the inspection."""
-    return store.manifest.read_state(tolerant=True)
+    """A view of the manifest for a read-only command, open until
+    ``end_inspection``: malformed lines of a JSON-lines manifest are skipped
+    (and listed) rather than stopping the inspection."""
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    reading = store.manifest.reading(tolerant=True) if hasattr(store.manifest, "log") else store.manifest.reading()
+    view = stack.enter_context(reading)
+    stack.enter_context(store.blobs.opened())
+    state.inspection = stack
+    return view
 
 
-def end_inspection(state: AppState, store, manifest_state) -> None:
-    """After the output: mark each malformed line on stderr, then exit 65."""
-    if not manifest_state.malformed:
+def end_inspection(state: AppState, store, view) -> None:
+    """After the output: close the view; mark each malformed line on stderr, then exit 65."""
+    if state.inspection is not None:
+        state.inspection.close()
+        state.inspection = None
+    malformed = view if isinstance(view, list) else getattr(view, "malformed", [])
+    if not malformed:
         return
+    from types import SimpleNamespace
+
     from lashctl.backends.jsonl_log import describe_malformed, malformed_error
 
-    for exc in manifest_state.malformed:
+    for exc in malformed:
         state.ui.warn(describe_malformed(exc))
-    raise malformed_error(manifest_state, store.manifest.path)
+    raise malformed_error(SimpleNamespace(malformed=malformed), store.manifest.path)

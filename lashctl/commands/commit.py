@@ -30,10 +30,10 @@ def commit(
     Reports each id as committed, already_committed or no_intent; any id with
     no intent for the session gives exit 3 (the others are still committed).
     """
-    from lashctl import ops
+    from lashctl import core, transfer
 
     state = app_state(ctx, json_flag)
-    session = ops.validate_session(session)
+    session = core.validate_session(session)
     if attachments == ["-"]:
         attachments = read_stdin_words()
         if not attachments:
@@ -45,14 +45,14 @@ def commit(
     elif "-" in attachments:
         raise UsageError("'-' (read ids from stdin) must be the only id argument")
     queries = parse_ids(attachments)
-    results = ops.commit(state.store(), session, queries)
+    results = transfer.commit(state.store(), session, queries)
     state.ui.records(
         [Col("id", "id"), Col("session"), Col("status", "fixed")],
         [[r.attachment_id, r.session_id, r.status] for r in results],
         [{"id": r.attachment_id, "session_id": r.session_id, "status": r.status} for r in results],
     )
-    missing = [r.attachment_id for r in results if r.status == ops.NO_INTENT]
+    missing = [r.attachment_id for r in results if r.status == transfer.NO_INTENT]
     if missing:
         raise NotFound(f"{len(missing)} id(s) have no intent for session {session}: {', '.join(missing)}")
-    done = sum(r.status == ops.COMMITTED for r in results)
+    done = sum(r.status == transfer.COMMITTED for r in results)
     state.ui.info(f"committed {done} row(s) for session {session}")

@@ -28,11 +28,11 @@ def delete(
     Refuses (exit 4) while any manifest row references an id, naming the
     sessions, unless --force. Deleting an absent blob succeeds.
     """
-    from lashctl import ops
+    from lashctl import sweep
 
     queries = parse_ids(attachments)
     state = app_state(ctx, json_flag)
-    results = ops.delete(state.store(), queries, force=force, dry_run=dry_run)
+    results = sweep.delete(state.store(), queries, force=force, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     state.ui.records(
         [Col("id", "id"), Col("action", "fixed"), Col("size", "bytes", drop=2), Col("referenced by", drop=1)],

@@ -33,16 +33,16 @@ def gc(
     reclaim for the write-ahead sweep; use gc only on stores lashctl alone
     writes. Age is the blob's modification time (put refreshes it).
     """
-    from lashctl import audit, ops
+    from lashctl import core, sweep
 
     state = app_state(ctx, json_flag)
     now = now_ms()
-    cutoff = cutoff_ms(older_than, before, now, default=ops.DEFAULT_GRACE)
-    ops.check_grace(cutoff, now, force)
+    cutoff = cutoff_ms(older_than, before, now, default=core.DEFAULT_GRACE)
+    core.check_grace(cutoff, now, force=force)
     store = state.store()
     total = sum(1 for _ in store.blobs.iter_ids()) if state.ui.wants_progress() else None
     with state.ui.progress("gc", total, unit="blobs") as bar:
-        report = audit.gc(store, cutoff, dry_run=dry_run, progress=bar.advance, force=force)
+        report = sweep.gc(store, cutoff, dry_run=dry_run, progress=bar.advance, force=force)
     state.ui.records(
         [Col("path", "path", min_width=20, base=str(store.root)), Col("kind", "fixed"), Col("action", "fixed"),
          Col("size", "bytes", drop=2), Col("reason", drop=1, min_width=12)],

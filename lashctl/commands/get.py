@@ -34,13 +34,17 @@ def get(
     A hash mismatch is corruption (exit 65) and leaves no output file. Refuses
     to write binary data to a terminal unless -o - is given.
     """
-    from lashctl import ops
+    from lashctl import core, transfer
 
     query = parse_id(attachment)
     state = app_state(ctx, json_flag)
     store = state.store()
-    attachment_id = ops.resolve_id(store, query, store.manifest.read_state)
-    info = ops.blob_info(store, attachment_id)
+    if query.is_full:
+        attachment_id = query.hex
+    else:
+        with store.manifest.reading() as view:
+            attachment_id = core.resolve_id(store, query, view)
+    info = transfer.blob_info(store, attachment_id)
     if info.metadata is None:
         state.ui.warn(f"sidecar {info.sidecar_path} is missing; the bytes are still there")
     if output is None or output == "-":
@@ -48,10 +52,10 @@ def get(
         if output is None and sys.stdout.isatty() and not is_text:
             raise UsageError("refusing to write binary data to a terminal: use -o PATH, or -o - to force")
         sys.stdout.flush()
-        ops.copy_verified(store, attachment_id, sys.stdout.buffer)
+        transfer.copy_verified(store, attachment_id, sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return
-    written = ops.get_to_file(store, attachment_id, Path(output))
+    written = transfer.get_to_file(store, attachment_id, Path(output))
     if state.ui.json:
         state.ui.emit_json({"id": attachment_id, "path": output, "byte_len": written})
     state.ui.info(f"wrote {human_bytes(written)} of {attachment_id} to {output}")

@@ -28,7 +28,7 @@ def list_uncommitted(
     With --older-than or --before, only rows whose intent is at or before the
     cutoff: the candidates of a reclaim sweep with that cutoff.
     """
-    from lashctl import ops
+    from lashctl import transfer
 
     state = app_state(ctx, json_flag)
     now = now_ms()
@@ -49,10 +49,10 @@ def list_uncommitted(
                 "label": r.label,
                 "bytes_present": r.bytes_present,
             }
-            for r in ops.iter_uncommitted(store, cutoff, session, malformed)
+            for r in transfer.iter_uncommitted(store, cutoff, session, malformed)
         )
     else:
-        rows = ops.list_uncommitted(store, cutoff, session, malformed)
+        rows = transfer.list_uncommitted(store, cutoff, session, malformed)
         count = len(rows)
         state.ui.records(
             [Col("id", "id"), Col("session"), Col("intent at", "fixed", drop=7), Col("age", "fixed", drop=2),
@@ -76,6 +76,4 @@ def list_uncommitted(
     suffix = f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""
     state.ui.info(f"{count} uncommitted row(s){suffix}" if count else f"no uncommitted rows{suffix}")
     if malformed:
-        from lashctl.backends.jsonl_log import ManifestState
-
-        end_inspection(state, store, ManifestState(malformed=malformed))
+        end_inspection(state, store, malformed)

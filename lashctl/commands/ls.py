@@ -48,12 +48,12 @@ def ls(
     The state is committed (some session committed it), uncommitted (only
     intents reference it) or unmanaged (no manifest row).
     """
-    from lashctl import audit
+    from lashctl import inspect
 
     state = app_state(ctx, json_flag)
     store = state.store()
     manifest_state = inspect_state(state, store)
-    entries = audit.list_blobs(store, manifest_state, warn=state.ui.warn)
+    entries = list(inspect.list_blobs(store, manifest_state, warn=state.ui.warn))
     if session is not None:
         entries = [e for e in entries if session in e.sessions]
     if ref_state is not None:

@@ -60,7 +60,7 @@ def put(
     streams into the staging area; its intent is durable in the manifest before
     the blob is renamed into place. Many inputs share lock and fsync work.
     """
-    from lashctl import ops
+    from lashctl import core, transfer
 
     state = app_state(ctx, json_flag)
     ui = state.ui
@@ -73,7 +73,7 @@ def put(
             raise UsageError("--files-from - already reads standard input; '-' cannot also be an input")
     elif null:
         raise UsageError("-0/--null only applies to --files-from")
-    ops.validate_session(session)
+    core.validate_session(session)
     if not inputs:
         if files_from is None:
             raise UsageError("nothing to store: give PATH..., - for standard input, or --files-from FILE")
@@ -82,12 +82,12 @@ def put(
             ui.emit_json([])
         ui.info(f"nothing to store: --files-from {files_from} listed no paths")
         return
-    ops.check_put_sources(inputs)
+    transfer.check_put_sources(inputs)
     # A terminal reports its end once per Ctrl-D; the buffered reader reads
     # on after a short read and would swallow it, waiting for a second one.
     stdin = sys.stdin.buffer.raw if "-" in inputs and sys.stdin.isatty() else sys.stdin.buffer
-    sources = [ops.PutSource.from_path(p, lambda: stdin) for p in inputs]
-    options = ops.PutOptions(session, media_type, label, width, height)
+    sources = [transfer.PutSource.from_path(p, lambda: stdin) for p in inputs]
+    options = transfer.PutOptions(session, media_type, label, width, height)
     store = state.store(create=True)
     stored, deduplicated, total = 0, 0, 0
     show_bar = ui.wants_progress() and (
@@ -100,16 +100,16 @@ def put(
         if show_bar:
             # Ids are printed after the bar is gone, so stdout and the bar never mix.
             with ui.progress("storing", _known_size(inputs) or None) as bar:
-                for result in ops.put(store, sources, options, progress=bar.advance):
+                for result in transfer.put(store, sources, options, progress=bar.advance):
                     landed.append(result)
         else:
-            for result in ops.put(store, sources, options):
+            for result in transfer.put(store, sources, options):
                 landed.append(result)
                 if not ui.json:
                     ui.line(result.attachment_id)
     except KeyboardInterrupt:
         # What landed is stored and recorded: its ids are what a script needs
-        # to commit. ops.put removed the staged copies of the rest.
+        # to commit. transfer.put removed the staged copies of the rest.
         if show_bar or ui.json:
             _print_results(ui, landed)
         sys.stdout.flush()

@@ -35,20 +35,20 @@ def reclaim(
     for the next sweep and gives exit 5. --dry-run takes no lock and reports
     exactly what a real run would do.
     """
-    from lashctl import ops
+    from lashctl import core, sweep
 
     state = app_state(ctx, json_flag)
     now = now_ms()
-    cutoff = cutoff_ms(older_than, before, now, default=ops.DEFAULT_GRACE)
-    ops.check_grace(cutoff, now, force)
+    cutoff = cutoff_ms(older_than, before, now, default=core.DEFAULT_GRACE)
+    core.check_grace(cutoff, now, force=force)
     store = state.store()
     with state.ui.progress("reclaiming", None, unit="blobs") as bar:
-        report = ops.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance, planned=bar.set_total)
+        report = sweep.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance, planned=bar.set_total)
     state.ui.records(
         [Col("id", "id"), Col("action", "fixed"), Col("size", "bytes", drop=2), Col("sessions", drop=3),
          Col("reason", drop=4, min_width=12)],
         [
-            [i.attachment_id, i.action, i.byte_len if i.action == ops.RECLAIM else None,
+            [i.attachment_id, i.action, i.byte_len if i.action == sweep.RECLAIM else None,
              ", ".join(i.sessions), i.error or i.reason]
             for i in report.items
         ],

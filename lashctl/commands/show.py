@@ -29,15 +29,15 @@ def show(
     is within the grace period), or that it is an orphan a default sweep would
     reclaim, unmanaged (no manifest row), or missing its bytes.
     """
-    from lashctl import audit, ops
+    from lashctl import core, inspect
 
     query = parse_id(attachment)
     state = app_state(ctx, json_flag)
     store = state.store()
     manifest_state = inspect_state(state, store)
-    attachment_id = ops.resolve_id(store, query, manifest_state)
+    attachment_id = core.resolve_id(store, query, manifest_state)
     now = now_ms()
-    report = audit.show(store, attachment_id, manifest_state, now)
+    report = inspect.show(store, attachment_id, manifest_state, now)
     meta = report.metadata
     rows = [
         {

@@ -22,12 +22,12 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     unmanaged blobs; staging litter; manifest lines against what compaction
     would leave.
     """
-    from lashctl import audit
+    from lashctl import inspect
 
     state = app_state(ctx, json_flag)
     store = state.store()
     manifest_state = inspect_state(state, store)
-    s = audit.stats(store, manifest_state, now_ms())
+    s = inspect.stats(store, manifest_state, now_ms())
     document = {
         "blobs": s.blobs,
         "blob_bytes": s.blob_bytes,
@@ -39,8 +39,8 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
         "uncommitted_rows_missing_bytes": s.uncommitted_rows_missing_bytes,
         "orphans_reclaimable": s.orphans_reclaimable,
         "orphan_bytes_reclaimable": s.orphan_bytes_reclaimable,
-        "unmanaged_blobs": s.blobs_by_state[audit.UNMANAGED],
-        "unmanaged_bytes": s.bytes_by_state[audit.UNMANAGED],
+        "unmanaged_blobs": s.blobs_by_state[inspect.UNMANAGED],
+        "unmanaged_bytes": s.bytes_by_state[inspect.UNMANAGED],
         "staging_files": s.staging_files,
         "staging_bytes": s.staging_bytes,
         "stray_files": s.stray_files,
@@ -51,7 +51,7 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     }
     rows = [
         ["blobs", s.blobs, s.blob_bytes],
-        *[[f"  {k}", s.blobs_by_state[k], s.bytes_by_state[k]] for k in audit.STATES],
+        *[[f"  {k}", s.blobs_by_state[k], s.bytes_by_state[k]] for k in inspect.STATES],
         ["rows committed", s.rows_committed, None],
         ["rows uncommitted", s.rows_uncommitted, None],
         ["committed rows missing bytes", s.committed_rows_missing_bytes, None],

@@ -41,7 +41,7 @@ def verify(
     Exit 0 when no error is found (warnings, such as litter or unmanaged blobs,
     do not fail it), 65 when errors remain. --fix prints each repair.
     """
-    from lashctl import audit, ops
+    from lashctl import core, inspect
 
     state = app_state(ctx, json_flag)
     store = state.store()
@@ -49,22 +49,15 @@ def verify(
     grace_ms = parse_duration(grace, "--grace") if grace is not None else None
     if fix and grace_ms is not None:
         # A put in flight keeps its staging file in tmp/: the same floor as the sweeps.
-        ops.check_grace(now - grace_ms, now, force, option="--grace")
-    store.manifest.check_regular()  # a FIFO or a device there: one line now, not a hang
-    manifest_state, problem = None, None
-    try:
-        manifest_state = store.manifest.read_state()
-    except Corrupt as exc:
-        problem = exc.message
+        core.check_grace(now - grace_ms, now, force=force, option="--grace")
+    check = getattr(store.manifest, "check_readable", None)
+    if check is not None:
+        check()  # a FIFO or a device there: one line now, not a hang
     total = None  # the bar's total costs a walk of the store: only when a bar is drawn
     if state.ui.wants_progress():
-        total = sum(st.st_size for i in store.blobs.iter_ids() if (st := store.blobs.blob_stat(i)) is not None)
+        total = sum(st.size for i in store.blobs.iter_ids() if (st := store.blobs.stat(i)) is not None)
     with state.ui.progress("verifying", total) as bar:
-        if fix:
-            with store.manifest.locked():
-                report = audit.verify(store, manifest_state, problem, now, True, grace_ms, bar.advance)
-        else:
-            report = audit.verify(store, manifest_state, problem, now, False, grace_ms, bar.advance)
+        report = inspect.verify(store, now, fix=fix, grace_ms=grace_ms, progress=bar.advance)
     state.ui.records(
         [Col("severity", "fixed"), Col("kind", "fixed"), Col("path", "path", min_width=20, base=str(store.root)),
          Col("problem", drop=1, min_width=16), Col("repair", drop=2)],
@@ -76,7 +69,7 @@ def verify(
             "blobs_checked": report.blobs_checked,
             "bytes_checked": report.bytes_checked,
             "errors": len(report.errors),
-            "warnings": sum(1 for f in report.findings if f.severity == audit.WARNING),
+            "warnings": sum(1 for f in report.findings if f.severity == inspect.WARNING),
             "repairs": len(report.repairs),
             "findings": [
                 {"kind": f.kind, "severity": f.severity, "path": f.path, "id": f.attachment_id,
@@ -87,7 +80,7 @@ def verify(
     )
     for f in report.repairs:
         state.ui.info(f"repaired {f.path}: {f.repair}")
-    warnings = sum(1 for f in report.findings if f.severity == audit.WARNING)
+    warnings = sum(1 for f in report.findings if f.severity == inspect.WARNING)
     checked = f"checked {report.blobs_checked} blob(s), {human_bytes(report.bytes_checked)}"
     if not report.findings:
         state.ui.info(f"{checked}: no problems found")

@@ -1,0 +1,272 @@
+"""The JSON-lines manifest as a ``ManifestBackend`` (README, "The manifest").
+
+The log (``jsonl_log.Manifest``) is the only source of truth; its state cache
+(``jsonl_cache.ManifestIndex``, SQLite in the user's cache directory) answers
+the queries. A view is refreshed when it is opened (under the manifest lock
+for writers and sweeps), so a query never answers from a stale cache, and the
+cache is kept in lockstep by lashctl's own appends. When the cache cannot be
+used the same queries are answered from an in-memory fold (``StateView``).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from itertools import groupby
+from pathlib import Path
+from typing import Callable, Iterator
+
+from lashctl.backends.base import FILE, BlobStat, Found
+from lashctl.backends.jsonl_log import Manifest, ManifestState, Warn
+from lashctl.fold import Event, Row
+
+STAGING = "staging"
+
+
+class StateView:
+    """The queries of ``ManifestView`` answered from an in-memory fold."""
+
+    def __init__(self, state: ManifestState) -> None:
+        self.state = state
+
+    def rows_for_keys(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row]:
+        rows = self.state.rows
+        return {k: rows[k] for k in keys if k in rows}
+
+    def rows_for_id(self, attachment_id: str) -> list[Row]:
+        return sorted(self.state.rows_for(attachment_id), key=lambda r: r.session_id)
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        return self.state.ids_with_prefix(prefix)
+
+    def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
+        rows = [r for r in self.state.rows.values()
+                if r.committed_at_epoch_ms is None
+                and (cutoff_ms is None or r.intent_at_epoch_ms <= cutoff_ms)
+                and (session is None or r.session_id == session)]
+        rows.sort(key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id))
+        return iter(rows)
+
+    def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
+        ids = sorted({r.attachment_id for r in self.uncommitted(cutoff_ms, None)})
+        return (self.rows_for_id(i) for i in ids)
+
+    def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
+        return (self.rows_for_id(i) for i in self.state.ids_with_prefix(prefix))
+
+    def row_count(self) -> int:
+        return len(self.state.rows)
+
+    def keep_reason(self, row: Row) -> str | None:
+        return None
+
+    # What the log looked like (the JSON-lines backend only).
+    @property
+    def log_lines(self) -> int:
+        return self.state.lines
+
+    @property
+    def torn_tail(self) -> bool:
+        return self.state.torn_tail
+
+    @property
+    def malformed(self) -> list:
+        return self.state.malformed
+
+
+class CacheView:
+    """The queries of ``ManifestView`` answered by the state cache."""
+
+    def __init__(self, index, manifest: Manifest) -> None:
+        self.index = index
+        self.manifest = manifest
+        self.malformed: list = []
+
+    def rows_for_keys(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row]:
+        return self.index.rows_for_keys(keys)
+
+    def rows_for_id(self, attachment_id: str) -> list[Row]:
+        return self.index.rows_for_id(attachment_id)
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        return self.index.ids_with_prefix(prefix)
+
+    def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
+        return self.index.uncommitted(cutoff_ms, session)
+
+    def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
+        return self.index.aged(cutoff_ms)
+
+    def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
+        return self.index.rows_by_id(prefix)
+
+    def row_count(self) -> int:
+        return self.index.row_count()
+
+    def keep_reason(self, row: Row) -> str | None:
+        return None
+
+    @property
+    def log_lines(self) -> int:
+        return self.index.log_lines()
+
+    @property
+    def torn_tail(self) -> bool:
+        return self.index.torn_tail
+
+
+class Writer:
+    """A view with the manifest lock held: appends go to the log, then the cache.
+
+    The view is opened on the first query: ``put`` appends intents without
+    ever loading the cache. Under the lock the cache is never trusted to say
+    "no such row": a key or prefix it does not know is looked up in the log.
+    """
+
+    def __init__(self, manifest: "JsonlManifest") -> None:
+        self._manifest = manifest
+        self._view = None
+        self._log: ManifestState | None = None
+        self._stack = None
+
+    def _opened(self):
+        if self._view is None:
+            from contextlib import ExitStack
+
+            self._stack = ExitStack()
+            self._view = self._stack.enter_context(self._manifest.reading())
+        return self._view
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack, self._view = None, None
+
+    def __getattr__(self, name: str):
+        return getattr(self._opened(), name)
+
+    def _log_state(self) -> ManifestState:
+        if self._log is None:
+            self._log = self._manifest.log.read_state()
+        return self._log
+
+    def rows_for_keys(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row]:
+        view = self._opened()
+        found = view.rows_for_keys(keys)
+        missing = [k for k in keys if k not in found]
+        if missing and isinstance(view, CacheView):
+            rows = self._log_state().rows
+            found.update((k, rows[k]) for k in missing if k in rows)
+        return found
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        view = self._opened()
+        ids = view.ids_with_prefix(prefix)
+        if not ids and isinstance(view, CacheView):
+            ids = self._log_state().ids_with_prefix(prefix)
+        return ids
+
+    def append(self, events: list[Event]) -> None:
+        if not events:
+            return
+        self._manifest.log.append(events)
+        self._log = None
+        view = self._view
+        if isinstance(view, CacheView):
+            view.index.refresh()  # reads only the lines just appended
+        elif view is not None:
+            for event in events:
+                view.state.apply(event)
+
+
+class JsonlManifest:
+    """A JSON-lines manifest file, locked with ``flock`` (one machine only)."""
+
+    blocks_writers = True  # a sweep holds the one lock every writer takes
+
+    def __init__(self, path: Path, lock_timeout: float = 30.0, warn: Warn | None = None,
+                 note: Callable[[str], None] | None = None) -> None:
+        kwargs = {} if warn is None else {"warn": warn}
+        self.log = Manifest(Path(path), lock_timeout=lock_timeout, **kwargs)
+        self.note = note
+        self.name = str(self.log.given_path)
+
+    @property
+    def path(self) -> Path:
+        return self.log.path
+
+    def warn(self, message: str) -> None:
+        self.log.warn(message)
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.log.given_path)
+
+    def check_writable(self) -> None:
+        self.log.check_writable()
+
+    def check_readable(self) -> None:
+        """A FIFO or a device at the manifest's path: one line now, not a hang."""
+        self.log.check_regular()
+
+    def index(self):
+        """The state cache, refreshed."""
+        from lashctl.backends.jsonl_cache import ManifestIndex
+
+        index = ManifestIndex(self.log, note=self.note)
+        index.refresh()
+        return index
+
+    @contextmanager
+    def reading(self, tolerant: bool = False) -> Iterator[CacheView | StateView]:
+        """A view of the manifest as it is now. ``tolerant`` (inspection only):
+        a manifest with malformed lines is folded in memory, skipping them
+        (listed in ``view.malformed``), instead of stopping the command."""
+        from lashctl.errors import Corrupt
+
+        try:
+            index = self.index()
+        except Corrupt:
+            if not tolerant:
+                raise
+            yield StateView(self.log.read_state(tolerant=True))
+            return
+        with index:
+            yield CacheView(index, self.log) if not index.using_fallback else StateView(index._memory)
+
+    @contextmanager
+    def writing(self) -> Iterator[Writer]:
+        with self.log.locked():
+            writer = Writer(self)
+            try:
+                yield writer
+            finally:
+                writer.close()
+
+    sweeping = writing
+
+    def __getattr__(self, name: str):
+        # The log's own operations (locked, append, compact, iter_events, ...).
+        if name == "log":
+            raise AttributeError(name)
+        return getattr(self.log, name)
+
+    def read_state(self, tolerant: bool = False) -> ManifestState:
+        """The whole log folded in memory (``manifest compact`` and ``check`` need it)."""
+        return self.log.read_state(tolerant=tolerant)
+
+    # -- litter ------------------------------------------------------------------
+    def litter(self) -> list[Found]:
+        """Staging files a killed ``manifest compact`` left beside the manifest."""
+        parent = self.log.path.parent
+        return [Found(STAGING, name, str(parent / name),
+                      BlobStat(st.st_size, st.st_mtime_ns // 1_000_000, FILE), handle=name)
+                for name, st in self.log.litter()]
+
+    def remove_litter(self, found: Found) -> None:
+        self.log.remove_litter(found.handle)
+
+
+def group_by_id(rows: Iterator[Row]) -> Iterator[list[Row]]:
+    """Rows ordered by id -> one list per id, each sorted by session."""
+    for _aid, group in groupby(rows, key=lambda r: r.attachment_id):
+        yield sorted(group, key=lambda r: r.session_id)

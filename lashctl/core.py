@@ -1,0 +1,214 @@
+"""The store facade: a blob backend and a manifest backend, id resolution and
+the rules every command shares (sessions, grace periods, "lock unless dry run").
+
+The core (this module, ``transfer``, ``sweep``, ``inspect``) returns plain
+dataclasses for the CLI to render; it never imports typer or rich, and it
+reaches bytes and rows only through ``lashctl.backends.base``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from heapq import merge
+from pathlib import Path
+from typing import Iterator
+
+from lashctl.backends import is_postgres_url, is_s3_url, require_extra
+from lashctl.errors import NotFound, Refused, UsageError
+from lashctl.fold import Row
+from lashctl.ids import IdQuery, is_utf8_text
+from lashctl.text import has_control
+from lashctl.timefmt import parse_duration
+
+MIN_GRACE_MS = 60_000
+DEFAULT_GRACE = "24h"
+MAX_SESSION_LEN = 1024
+MANIFEST_NAME = "manifest.jsonl"
+
+
+def _stderr_warn(message: str) -> None:
+    import sys
+
+    from lashctl.text import escape_text
+
+    print(f"lashctl: warning: {escape_text(message)}", file=sys.stderr)
+
+
+class Store:
+    """A lash attachment store: ``blobs`` (a BlobBackend) and ``manifest`` (a ManifestBackend).
+
+    ``root`` is a directory or ``s3://BUCKET/PREFIX``; ``manifest`` a file (by
+    default ``<root>/manifest.jsonl``) or a ``postgresql://`` URL.
+    """
+
+    def __init__(self, root, manifest_path=None, lock_timeout: float = 30.0, warn=None, note=None,
+                 layout: str | None = None) -> None:
+        self.note = _once(note) if note is not None else None
+        self._warn = warn if warn is not None else _stderr_warn
+        root_text = str(root)
+        if is_s3_url(root_text):
+            require_extra("obstore", "s3", "an s3:// store")
+            from lashctl.backends.s3 import S3Blobs
+
+            self.blobs = S3Blobs(root_text)
+        else:
+            from lashctl.backends.localfs import BlobStore
+
+            self.blobs = BlobStore(Path(root))
+        if layout is not None:
+            self.blobs.layout = layout
+        self.root = root if not isinstance(root, str) or is_s3_url(root_text) else Path(root)
+        manifest_text = str(manifest_path) if manifest_path is not None else None
+        if manifest_text is not None and is_postgres_url(manifest_text):
+            require_extra("psycopg", "postgres", "a postgresql:// manifest")
+            from lashctl.backends.postgres import PostgresManifest
+
+            self.manifest = PostgresManifest(manifest_text, lock_timeout=lock_timeout)
+        else:
+            if manifest_text is None:
+                if is_s3_url(root_text):
+                    raise UsageError("an s3:// store keeps no manifest of its own: name one with --manifest "
+                                     "(a file or a postgresql:// URL)")
+                # The manifest lives in the root: a symlinked or foreign root stops
+                # the manifest commands too, not only those that touch blobs.
+                self.blobs.check_root()
+            from lashctl.backends.jsonl import JsonlManifest
+
+            path = Path(manifest_text) if manifest_text is not None else Path(root) / MANIFEST_NAME
+            self.manifest = JsonlManifest(path, lock_timeout=lock_timeout, warn=self._warn, note=self.note)
+
+    def warn(self, message: str) -> None:
+        self._warn(message)
+
+    def index(self):
+        """The JSON-lines manifest's state cache, refreshed (tests and completion)."""
+        return self.manifest.index()
+
+    @contextmanager
+    def exclusive(self, *, dry_run: bool, sweep: bool = True) -> Iterator[object]:
+        """The manifest view a destructive command works on: under the sweep
+        (or writer) lock, or, for a dry run, a snapshot taken without one.
+        The blob backend stays open for the whole block."""
+        if dry_run:
+            context = self.manifest.reading()
+        else:
+            context = self.manifest.sweeping() if sweep else self.manifest.writing()
+        with context as view, self.blobs.opened():
+            yield view
+
+
+def _once(say):
+    said: set[str] = set()
+
+    def once(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            say(message)
+
+    return once
+
+
+def validate_session(session: str | None) -> str:
+    if session is None or not session.strip():
+        raise UsageError("a session is required: pass --session/-s or set LASHCTL_SESSION")
+    if len(session) > MAX_SESSION_LEN:
+        raise UsageError(f"--session is longer than {MAX_SESSION_LEN} characters")
+    # The class the escaper shows escaped: such a session id could not be
+    # shown to a person as it is.
+    if has_control(session):
+        raise UsageError(f"--session '{session}' contains control, bidi or line separator characters")
+    if not is_utf8_text(session):
+        raise UsageError(f"--session '{session}' is not valid UTF-8")
+    return session
+
+
+def default_grace_ms() -> int:
+    return parse_duration(DEFAULT_GRACE)
+
+
+def check_grace(cutoff: int, now: int, *, force: bool, option: str = "cutoff") -> None:
+    if cutoff > now - MIN_GRACE_MS and not force:
+        what = "a cutoff less than 1 minute in the past" if option == "cutoff" else f"{option} under 1 minute"
+        raise Refused(
+            f"refusing {what}: puts in flight could be swept (use --force if no writer is running)"
+        )
+
+
+# -- ids -----------------------------------------------------------------------
+def resolve_id(store: Store, query: IdQuery, view=None) -> str:
+    """Resolve a full id or unique prefix against blobs and manifest rows.
+
+    A full id resolves to itself without touching anything. ``view`` is a
+    ManifestView (or None to match blobs only).
+    """
+    if query.is_full:
+        return query.hex
+    matches = set(store.blobs.iter_ids(query.hex))
+    if view is not None:
+        matches.update(view.ids_with_prefix(query.hex))
+    if not matches:
+        raise NotFound(f"no blob or manifest row matches id prefix {query.hex!r}")
+    if len(matches) > 1:
+        shown = ", ".join(sorted(matches)[:5]) + (", ..." if len(matches) > 5 else "")
+        raise UsageError(
+            f"id prefix {query.hex!r} is ambiguous: it matches {len(matches)} ids ({shown})"
+        )
+    return matches.pop()
+
+
+def resolve_ids(store: Store, queries: list[IdQuery], view) -> list[str]:
+    return [resolve_id(store, q, view) for q in queries]
+
+
+def precheck_prefixes(store: Store, queries: list[IdQuery]) -> None:
+    """Reject ambiguous prefixes before a command takes the lock or creates anything.
+
+    Resolution is repeated under the lock; this pass only makes a usage error
+    leave the store exactly as it was.
+    """
+    prefixes = [q for q in queries if not q.is_full]
+    if not prefixes:
+        return
+    with store.manifest.reading() as view, store.blobs.opened():
+        for query in prefixes:
+            try:
+                resolve_id(store, query, view)
+            except NotFound:
+                pass
+
+
+# -- merging the two id-ordered streams ----------------------------------------
+def as_view(state):
+    """A ManifestView for a folded in-memory state (tests, ``manifest`` tools);
+    a view is returned as it is."""
+    from lashctl.backends.jsonl_log import ManifestState
+
+    if isinstance(state, ManifestState):
+        from lashctl.backends.jsonl import StateView
+
+        return StateView(state)
+    return state
+
+
+def by_id(store: Store, view) -> Iterator[tuple[str, bool, list[Row]]]:
+    """Every id that has bytes or rows, in id order: ``(id, bytes present, rows)``.
+
+    A merge of the blob listing and the manifest's rows, both read in id
+    order: memory stays flat however large the store.
+    """
+    view = as_view(view)
+    blobs = ((i, True, None) for i in store.blobs.iter_ids())
+    rows = ((g[0].attachment_id, False, g) for g in view.rows_by_id()) if view is not None else iter(())
+    current: str | None = None
+    present, found = False, []
+    for attachment_id, is_blob, group in merge(blobs, rows, key=lambda t: t[0]):
+        if attachment_id != current:
+            if current is not None:
+                yield current, present, found
+            current, present, found = attachment_id, False, []
+        if is_blob:
+            present = True
+        else:
+            found = group
+    if current is not None:
+        yield current, present, found

@@ -1,0 +1,458 @@
+"""The commands that look: ``show``, ``ls``, ``stats`` and ``verify``.
+
+They read the blob listing and the manifest's rows, both in id order, and
+merge them (``core.by_id``): memory stays flat however large the store. Only
+``verify --fix`` changes anything (it quarantines corrupt blobs, rebuilds
+missing sidecars and removes old staging litter), and only under the lock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from lashctl import media, sidecar
+from lashctl.backends.base import FILE, SYMLINK, BlobStat, Found
+from lashctl.backends.localfs import LASH_STAGING_SUFFIX, SIDECAR_SUFFIX
+from lashctl.core import DEFAULT_GRACE, Store, as_view, by_id, default_grace_ms
+from lashctl.errors import Corrupt, LashctlError, NotFound
+from lashctl.fold import Row
+from lashctl.ids import is_valid_id
+from lashctl.sweep import aged_rows, live_reason
+
+COMMITTED = "committed"
+UNCOMMITTED = "uncommitted"
+UNMANAGED = "unmanaged"
+STATES = (COMMITTED, UNCOMMITTED, UNMANAGED)
+
+Progress = Callable[[int], None]  # called with bytes (or items) just done
+
+
+def reference_state(rows: list[Row]) -> str:
+    if any(r.committed for r in rows):
+        return COMMITTED
+    return UNCOMMITTED if rows else UNMANAGED
+
+
+def _read_sidecar(store: Store, attachment_id: str) -> tuple[sidecar.Metadata | None, str | None]:
+    try:
+        meta = store.blobs.read_sidecar(attachment_id)
+    except LashctlError as exc:
+        return None, exc.message
+    if meta is not None and meta.attachment_id != attachment_id:
+        return meta, f"its id is {meta.attachment_id}"
+    return meta, None
+
+
+def _file_stat(store: Store, attachment_id: str) -> BlobStat | None:
+    """The blob's stat if a regular file is at its name (in a real shard), else None."""
+    try:
+        st = store.blobs.stat(attachment_id)
+    except Corrupt:  # UnsafePath: a shard that is a symlink
+        return None
+    return st if st is not None and st.is_file else None
+
+
+# -- show ----------------------------------------------------------------------
+@dataclass
+class Verdict:
+    state: str  # kept | orphan | unmanaged | missing
+    reason: str
+
+
+@dataclass
+class BlobReport:
+    attachment_id: str
+    blob_path: str
+    sidecar_path: str
+    bytes_present: bool
+    byte_len: int | None
+    size_on_disk: int | None
+    mtime_ms: int | None
+    metadata: sidecar.Metadata | None
+    sidecar_problem: str | None
+    rows: list[Row]
+    verdict: Verdict
+
+
+def show(store: Store, attachment_id: str, view, now: int) -> BlobReport:
+    """Everything about one blob, and why it is kept or would go."""
+    view = as_view(view)
+    st = _file_stat(store, attachment_id)
+    rows = sorted(view.rows_for_id(attachment_id), key=lambda r: (r.intent_at_epoch_ms, r.session_id))
+    if st is None and not rows:
+        raise NotFound(f"no blob or manifest row for {attachment_id}")
+    meta, problem = _read_sidecar(store, attachment_id)
+    if st is not None and meta is None and problem is None and store.blobs.layout == "sidecars":
+        problem = "missing"
+    return BlobReport(
+        attachment_id=attachment_id,
+        blob_path=store.blobs.where(attachment_id),
+        sidecar_path=store.blobs.where(attachment_id, sidecar=True),
+        bytes_present=st is not None,
+        byte_len=st.size if st is not None else None,
+        size_on_disk=st.size_on_disk if st is not None else None,
+        mtime_ms=st.mtime_ms if st is not None else None,
+        metadata=meta,
+        sidecar_problem=problem,
+        rows=rows,
+        verdict=_verdict(st is not None, rows, view, now),
+    )
+
+
+def _verdict(present: bool, rows: list[Row], view, now: int) -> Verdict:
+    from lashctl.timefmt import iso_ms
+
+    committed = [r for r in rows if r.committed]
+    if not present:
+        if committed:
+            return Verdict("missing", f"missing bytes: session {committed[0].session_id} committed it, "
+                                      "but the blob is gone (data loss)")
+        return Verdict("missing", "missing bytes: only uncommitted rows reference it")
+    if committed:
+        first = min(committed, key=lambda r: r.committed_at_epoch_ms or 0)
+        return Verdict("kept", f"kept because session {first.session_id} committed it at "
+                               f"{iso_ms(first.committed_at_epoch_ms)}")
+    if not rows:
+        return Verdict("unmanaged", "unmanaged: no manifest row (gc deletes it once older than the grace period)")
+    cutoff = now - default_grace_ms()
+    if aged_rows(rows, cutoff):
+        live = live_reason(rows, cutoff, view)
+        if live is None:
+            return Verdict("orphan", f"orphan: would be reclaimed by a sweep with the default grace ({DEFAULT_GRACE})")
+        if not any(r.intent_at_epoch_ms > cutoff for r in rows):
+            return Verdict("kept", f"kept: {live}")
+    newest = max(rows, key=lambda r: r.intent_at_epoch_ms)
+    due = newest.intent_at_epoch_ms + default_grace_ms()
+    return Verdict("kept", f"kept for now: session {newest.session_id}'s intent is within the "
+                           f"{DEFAULT_GRACE} grace period (reclaimable after {iso_ms(due)})")
+
+
+# -- ls ------------------------------------------------------------------------
+@dataclass
+class BlobEntry:
+    attachment_id: str
+    byte_len: int
+    mtime_ms: int
+    media_type: str | None
+    label: str | None
+    state: str
+    sessions: list[str]
+
+
+def list_blobs(store: Store, view, warn: Callable[[str], None] | None = None) -> Iterator[BlobEntry]:
+    """Every blob present, with its metadata and reference state, in id order."""
+    with store.blobs.opened():
+        for attachment_id, present, rows in by_id(store, view):
+            if not present:
+                continue
+            st = _file_stat(store, attachment_id)
+            if st is None:
+                continue
+            meta, problem = _read_sidecar(store, attachment_id)
+            if problem is not None and warn is not None:
+                warn(problem if problem.startswith("undecodable") else
+                     f"sidecar {store.blobs.where(attachment_id, sidecar=True)}: {problem}")
+            yield BlobEntry(
+                attachment_id=attachment_id,
+                byte_len=st.size,
+                mtime_ms=st.mtime_ms,
+                media_type=meta.media_type if meta else None,
+                label=meta.label if meta else None,
+                state=reference_state(rows),
+                sessions=sorted({r.session_id for r in rows}),
+            )
+
+
+# -- litter --------------------------------------------------------------------
+@dataclass
+class StrayFile:
+    path: str
+    kind: str  # staging | stray | orphan-sidecar
+    byte_len: int
+    mtime_ms: int
+    reason: str
+    found: Found | None = None  # where it was found, for removal
+    in_manifest: bool = False  # litter beside the manifest, not in the blob store
+    attachment_id: str | None = None  # an orphan sidecar's id
+
+    @property
+    def entry(self):  # the local backend's directory entry (tests)
+        return self.found.handle if self.found is not None else None
+
+
+def classify(found: Found) -> tuple[str, str]:
+    """``(kind, reason)`` of something a blob listing found that is not a blob."""
+    st, name = found.stat, found.name
+    if found.area == "staging":
+        return "staging", found.reason or "staging litter"
+    shard_name, slash, base_name = name.partition("/")
+    if not slash:
+        return "stray", "not a shard directory"
+    base = base_name[: -len(SIDECAR_SUFFIX)] if base_name.endswith(SIDECAR_SUFFIX) else base_name
+    shard_ok = len(shard_name) == 2 and all(c in "0123456789abcdef" for c in shard_name)
+    if base_name.endswith(LASH_STAGING_SUFFIX) or ".staging." in base_name:
+        return "staging", "lash-core staging litter"
+    if not shard_ok or not is_valid_id(base):
+        return "stray", "name is not a blob id"
+    if base[:2] != shard_name:
+        return "stray", "in the wrong prefix directory"
+    if st.kind == SYMLINK:
+        return "stray", "a symlink, not a file"
+    if st.kind != FILE:
+        return "stray", "not a regular file"
+    if base_name.endswith(SIDECAR_SUFFIX):
+        return "orphan-sidecar", "a sidecar with no blob"
+    return "stray", "not a blob"
+
+
+def scan_strays(store: Store) -> Iterator[StrayFile]:
+    """What the blob store holds that is not a blob or its sidecar, and the
+    litter an interrupted manifest maintenance left."""
+    for found in store.blobs.walk():
+        kind, reason = classify(found)
+        size = found.stat.size if found.stat.is_file else 0
+        base = found.name.rpartition("/")[2]
+        yield StrayFile(found.where, kind, size, found.stat.mtime_ms, reason, found,
+                        attachment_id=base[: -len(SIDECAR_SUFFIX)] if kind == "orphan-sidecar" else None)
+    for found in store.manifest.litter():
+        yield StrayFile(found.where, "staging", found.stat.size, found.stat.mtime_ms,
+                        "left by an interrupted manifest compaction", found, in_manifest=True)
+
+
+def remove_stray(store: Store, stray: StrayFile) -> None:
+    """Delete a stray where it was found: never through a symlink, never a directory."""
+    if stray.in_manifest:
+        store.manifest.remove_litter(stray.found)
+    elif stray.found is not None:
+        store.blobs.remove(stray.found)
+
+
+# -- stats ---------------------------------------------------------------------
+@dataclass
+class Stats:
+    blobs: int = 0
+    blob_bytes: int = 0
+    rows_committed: int = 0
+    rows_uncommitted: int = 0
+    committed_rows_missing_bytes: int = 0
+    uncommitted_rows_missing_bytes: int = 0
+    blobs_by_state: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
+    bytes_by_state: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
+    orphans_reclaimable: int = 0
+    orphan_bytes_reclaimable: int = 0
+    staging_files: int = 0
+    staging_bytes: int = 0
+    stray_files: int = 0
+    orphan_sidecars: int = 0
+    manifest_lines: int = 0
+    compacted_lines: int = 0
+    torn_tail: bool = False
+
+
+def stats(store: Store, view, now: int) -> Stats:
+    out = Stats()
+    view = as_view(view)
+    cutoff = now - default_grace_ms()
+    with store.blobs.opened():
+        for attachment_id, present, rows in by_id(store, view):
+            st = _file_stat(store, attachment_id) if present else None
+            if st is not None:
+                kind = reference_state(rows)
+                out.blobs += 1
+                out.blob_bytes += st.size
+                out.blobs_by_state[kind] += 1
+                out.bytes_by_state[kind] += st.size
+                if aged_rows(rows, cutoff) and live_reason(rows, cutoff, view) is None:
+                    out.orphans_reclaimable += 1
+                    out.orphan_bytes_reclaimable += st.size
+            for row in rows:
+                if row.committed:
+                    out.rows_committed += 1
+                    out.committed_rows_missing_bytes += st is None
+                else:
+                    out.rows_uncommitted += 1
+                    out.uncommitted_rows_missing_bytes += st is None
+        for stray in scan_strays(store):
+            if stray.kind == "staging":
+                out.staging_files += 1
+                out.staging_bytes += stray.byte_len
+            elif stray.kind == "orphan-sidecar":
+                out.orphan_sidecars += 1
+            else:
+                out.stray_files += 1
+    out.manifest_lines = getattr(view, "log_lines", 0)
+    out.compacted_lines = 1 + out.rows_committed * 2 + out.rows_uncommitted
+    out.torn_tail = getattr(view, "torn_tail", False)
+    return out
+
+
+# -- verify --------------------------------------------------------------------
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass
+class Finding:
+    kind: str
+    severity: str
+    path: str | None
+    attachment_id: str | None
+    message: str
+    repair: str | None = None  # what --fix did about it
+
+
+@dataclass
+class VerifyReport:
+    findings: list[Finding] = field(default_factory=list)
+    blobs_checked: int = 0
+    bytes_checked: int = 0
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+    @property
+    def repairs(self) -> list[Finding]:
+        return [f for f in self.findings if f.repair is not None]
+
+
+def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = None,
+           progress: Progress | None = None) -> VerifyReport:
+    """Check every blob, sidecar, stray file and manifest row; repair safely with ``fix``.
+
+    With ``fix`` the manifest lock is held throughout. A manifest that cannot
+    be read is one finding: the blob checks still run, the row checks do not.
+    """
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        view, problem = None, None
+        try:
+            view = stack.enter_context(store.manifest.writing() if fix else store.manifest.reading())
+        except Corrupt as exc:
+            problem = exc.message
+            if fix:
+                stack.enter_context(store.manifest.locked())
+        stack.enter_context(store.blobs.opened())
+        return _verify(store, view, problem, now, fix=fix, grace_ms=grace_ms, progress=progress)
+
+
+def _verify(store: Store, view, manifest_problem: str | None, now: int, *, fix: bool,
+            grace_ms: int | None, progress: Progress | None) -> VerifyReport:
+    report = VerifyReport()
+    grace = default_grace_ms() if grace_ms is None else grace_ms
+    name = store.manifest.name
+    if manifest_problem is not None:
+        report.findings.append(Finding("manifest-corrupt", ERROR, name, None, manifest_problem))
+    elif getattr(view, "torn_tail", False):
+        report.findings.append(Finding("manifest-torn-tail", WARNING, name, None,
+                                       "torn final line (a crashed append); the next write repairs it"))
+    for attachment_id, present, rows in by_id(store, view):
+        if present and _verify_blob(store, attachment_id, view, rows, report, fix=fix, progress=progress):
+            continue  # a blob quarantined by --fix is no longer present
+        for row in rows:
+            path = store.blobs.where(row.attachment_id)
+            if row.committed:
+                report.findings.append(Finding(
+                    "committed-bytes-missing", ERROR, path, row.attachment_id,
+                    f"session {row.session_id} committed this blob but its bytes are missing"))
+            else:
+                report.findings.append(Finding(
+                    "uncommitted-bytes-missing", WARNING, path, row.attachment_id,
+                    f"session {row.session_id}'s uncommitted intent has no bytes (an interrupted put; reclaim forgets it)"))
+    for stray in scan_strays(store):
+        _verify_stray(store, stray, report, fix=fix, now=now, grace=grace)
+    return report
+
+
+def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report: VerifyReport, *,
+                 fix: bool, progress: Progress | None) -> bool:
+    """Check one blob (repairing with ``fix``); whether it is still in place afterwards."""
+    path = store.blobs.where(attachment_id)
+    side = store.blobs.where(attachment_id, sidecar=True)
+    try:
+        actual, hashed = store.blobs.hash(attachment_id, progress)
+    except LashctlError as exc:
+        report.findings.append(Finding("unreadable", ERROR, path, attachment_id, exc.message))
+        return True
+    report.blobs_checked += 1
+    size = hashed.size
+    report.bytes_checked += size
+    if hashed.links > 1:
+        report.findings.append(Finding(
+            "hard-linked", ERROR, path, attachment_id,
+            f"the blob has {hashed.links} hard links: it may be shared with a file outside the store"))
+    side_st = store.blobs.stat(attachment_id, sidecar=True)
+    if side_st is not None and side_st.is_file and side_st.links > 1:
+        report.findings.append(Finding(
+            "hard-linked", ERROR, side, attachment_id,
+            f"the sidecar has {side_st.links} hard links: it may be shared with a file outside the store"))
+    if actual != attachment_id:
+        finding = Finding("hash-mismatch", ERROR, path, attachment_id, f"content hashes to {actual}")
+        if fix:
+            moved = quarantine(store, attachment_id, hashed)
+            if moved is not None:
+                finding.repair = f"moved to {moved}"
+            else:
+                finding.message += "; not quarantined: the file changed after it was hashed (re-run verify)"
+        report.findings.append(finding)
+        return finding.repair is None
+    meta, problem = _read_sidecar(store, attachment_id)
+    if meta is None and problem is None:
+        if store.blobs.layout == "sidecars":
+            finding = Finding("sidecar-missing", ERROR, side, attachment_id, "no sidecar for this blob")
+            if fix:
+                rebuilt = rebuild_sidecar(store, attachment_id, size)
+                finding.repair = f"rebuilt the sidecar from the content ({rebuilt.media_type})"
+            report.findings.append(finding)
+    elif problem is not None and meta is not None:
+        report.findings.append(Finding("sidecar-mismatch", ERROR, side, attachment_id,
+                                       f"sidecar disagrees with the blob: {problem}"))
+    elif problem is not None:
+        report.findings.append(Finding("sidecar-undecodable", ERROR, side, attachment_id, problem))
+    elif meta is not None and meta.byte_len != size:
+        report.findings.append(Finding("sidecar-mismatch", ERROR, side, attachment_id,
+                                       f"sidecar says byte_len {meta.byte_len}, the blob has {size}"))
+    if view is not None and not rows:
+        report.findings.append(Finding("unmanaged", WARNING, path, attachment_id,
+                                       "no manifest row references this blob"))
+    return True
+
+
+def _verify_stray(store: Store, stray: StrayFile, report: VerifyReport, *, fix: bool, now: int, grace: int) -> None:
+    severity = WARNING if stray.kind in ("staging", "orphan-sidecar") else ERROR
+    finding = Finding(f"{stray.kind}-file" if stray.kind != "staging" else "staging-litter", severity,
+                      stray.path, None, stray.reason)
+    if fix and stray.kind == "staging" and stray.mtime_ms <= now - grace:
+        try:
+            remove_stray(store, stray)
+            finding.repair = "removed (older than the grace period)"
+        except (LashctlError, OSError) as exc:
+            reason = exc.message if isinstance(exc, LashctlError) else exc.strerror
+            finding.message += f"; could not remove: {reason}"
+    report.findings.append(finding)
+
+
+def quarantine(store: Store, attachment_id: str, hashed: BlobStat) -> str | None:
+    """Move the corrupt blob that was hashed (and its sidecar) aside, to ``quarantine/``.
+
+    Never deletes bytes; leaves the blob alone (None) if it is no longer the
+    file that was hashed (a put healed it meanwhile).
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return store.blobs.quarantine(attachment_id, hashed, stamp)
+
+
+def rebuild_sidecar(store: Store, attachment_id: str, size: int) -> sidecar.Metadata:
+    with store.blobs.open(attachment_id) as handle:
+        head = handle.read(64 * 1024)
+        sniffed = media.sniff(head)
+        dims = media.image_size_of(head, handle) if sniffed else None
+    media_type = sniffed or media.OCTET_STREAM
+    meta = sidecar.Metadata(attachment_id, media_type, size,
+                            dims[0] if dims else None, dims[1] if dims else None, None)
+    store.blobs.ensure_writable_layout()
+    store.blobs.write_sidecar(meta)
+    return meta

@@ -1,0 +1,339 @@
+"""The commands that delete: ``delete``, ``reclaim`` and ``gc``.
+
+Each holds the manifest's sweep lock (a dry run reads a snapshot without it),
+derives every object name from a validated id, works in id order, and
+records a failed delete as a failed item rather than stopping: the report
+says what was done and the command exits 5 if anything failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lashctl.core import Store, as_view, by_id, precheck_prefixes, resolve_ids
+from lashctl.errors import LashctlError, Refused, UnsafePath
+from lashctl.fold import Event, Row
+from lashctl.ids import IdQuery
+
+Progress = Callable[[int], None]
+
+# Item actions.
+RECLAIM, RELEASE, FAILED = "reclaim", "release", "failed"
+DELETE = "delete"
+SPARED = "spared"  # a shared store's object turned out newer than the cutoff
+DELETED_WHILE_REFERENCED = "deleted_while_referenced"  # a row appeared during the delete
+
+
+@dataclass
+class Deletion:
+    """What deleting one blob did: bytes freed, or why it failed."""
+
+    byte_len: int = 0
+    error: str | None = None
+
+
+def delete_blob(store: Store, attachment_id: str, *, dry_run: bool) -> Deletion:
+    """The one way a sweep deletes a blob: a dry run reports the failure a
+    real run would meet; a failure is recorded, never raised."""
+    problem = store.blobs.delete_problem(attachment_id)
+    if problem is not None:
+        return Deletion(error=problem)
+    if dry_run:
+        return Deletion()
+    try:
+        return Deletion(byte_len=store.blobs.delete(attachment_id))
+    except LashctlError as exc:
+        return Deletion(error=exc.message)
+
+
+# -- delete --------------------------------------------------------------------
+@dataclass
+class DeleteResult:
+    attachment_id: str
+    existed: bool
+    byte_len: int
+    sessions: list[str]
+    dry_run: bool
+
+
+def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run: bool = False) -> list[DeleteResult]:
+    """Content-addressed delete of blobs and sidecars, refused while rows reference them.
+
+    Refuses (Refused, exit 4, nothing deleted) if any id is referenced by a
+    manifest row, naming the sessions, unless ``force``. Absent blobs succeed.
+    """
+    if not dry_run:
+        precheck_prefixes(store, queries)
+    with store.exclusive(dry_run=dry_run) as view:
+        store.blobs.check_layout()
+        ids = list(dict.fromkeys(resolve_ids(store, queries, view)))
+        referenced = {i: sorted({r.session_id for r in view.rows_for_id(i)}) for i in ids}
+        if not force:
+            blocked = [(i, s) for i, s in referenced.items() if s]
+            if blocked:
+                detail = "; ".join(f"{i} by session(s) {', '.join(s)}" for i, s in blocked)
+                raise Refused(
+                    f"refusing to delete content that manifest rows reference: {detail} "
+                    "(it would vanish for every session; use --force to delete anyway)"
+                )
+        results = []
+        for attachment_id in ids:
+            st = store.blobs.stat(attachment_id)
+            size = st.size if st is not None and st.is_file else 0
+            if not dry_run:
+                store.blobs.delete(attachment_id)
+            results.append(DeleteResult(attachment_id, st is not None, size, referenced[attachment_id], dry_run))
+        if not dry_run:
+            store.blobs.sync(ids)
+    return results
+
+
+# -- reclaim -------------------------------------------------------------------
+@dataclass
+class ReclaimItem:
+    attachment_id: str
+    action: str  # reclaim | release | failed | spared | deleted_while_referenced
+    sessions: list[str]  # the sessions whose aged rows this item forgets
+    byte_len: int  # the blob's size (0 when absent); freed only when action is reclaim
+    bytes_present: bool
+    reason: str
+    error: str | None = None
+
+
+@dataclass
+class ReclaimReport:
+    cutoff_epoch_ms: int
+    dry_run: bool
+    scanned_intents: int = 0
+    items: list[ReclaimItem] = field(default_factory=list)
+
+    @property
+    def blobs_reclaimed(self) -> int:
+        return sum(1 for i in self.items if i.action == RECLAIM)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(i.byte_len for i in self.items if i.action in (RECLAIM, DELETED_WHILE_REFERENCED))
+
+    @property
+    def rows_released(self) -> int:
+        return sum(len(i.sessions) for i in self.items if i.action == RELEASE)
+
+    @property
+    def failures(self) -> list[ReclaimItem]:
+        return [i for i in self.items if i.action in (FAILED, DELETED_WHILE_REFERENCED)]
+
+
+def aged_rows(rows: list[Row], cutoff: int) -> list[Row]:
+    """The rows a sweep at ``cutoff`` forgets: uncommitted, intent at or before it (by session)."""
+    aged = [r for r in rows if r.committed_at_epoch_ms is None and r.intent_at_epoch_ms <= cutoff]
+    aged.sort(key=lambda r: r.session_id)
+    return aged
+
+
+def live_reason(rows: list[Row], cutoff: int, view) -> str | None:
+    """Why an id's bytes must stay although some of its rows aged, or None."""
+    live = None
+    for row in rows:
+        if row.committed:
+            return f"session {row.session_id} committed it"
+        if row.intent_at_epoch_ms > cutoff:
+            live = f"session {row.session_id} has a recent intent"
+        elif live is None:
+            live = view.keep_reason(row)
+    return live
+
+
+Plan = list[tuple[str, list[Row], str | None]]
+
+
+def plan_reclaim(view, cutoff: int) -> tuple[int, Plan]:
+    """Which blobs a sweep at ``cutoff`` reclaims or releases.
+
+    Returns the number of aged rows (uncommitted, intent at or before the
+    cutoff) and, per blob id with aged rows, ``(id, aged rows, live reason)``
+    in id order: a live reason means release.
+    """
+    view = as_view(view)
+    scanned, plan = 0, []
+    for rows in view.aged(cutoff):
+        aged = aged_rows(rows, cutoff)
+        scanned += len(aged)
+        plan.append((rows[0].attachment_id, aged, live_reason(rows, cutoff, view)))
+    return scanned, plan
+
+
+def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress | None = None,
+            planned: Callable[[int], None] | None = None) -> ReclaimReport:
+    """Sweep orphans: delete bytes no live row needs; forget the aged rows.
+
+    Candidates come from the manifest's uncommitted rows (indexed), grouped by
+    id in id order: the cost grows with the orphans, not with the store. A dry
+    run takes no lock and reports exactly the items a real run on the same
+    state acts on. ``planned`` is told how many blobs the sweep will handle
+    (``progress`` is then called once per blob). The report lists the items
+    oldest aged intent first.
+
+    When the manifest does not stop writers during a sweep (PostgreSQL), each
+    candidate is re-checked just before its delete (a live row, or an object
+    newer than the cutoff, spares it) and after it (a row that appeared
+    meanwhile is reported as ``deleted_while_referenced``, exit 5).
+    """
+    with store.exclusive(dry_run=dry_run) as view:
+        store.blobs.check_layout()
+        scanned, plan = plan_reclaim(view, cutoff)
+        if planned is not None:
+            planned(len(plan))
+        shared = not getattr(store.manifest, "blocks_writers", True)
+        report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned)
+        forgets: list[Event] = []
+        touched: list[str] = []
+        for attachment_id, aged, live in plan:
+            item = _reclaim_one(store, view, attachment_id, aged, live, cutoff, dry_run=dry_run, shared=shared)
+            if item.action == RECLAIM and not dry_run:
+                touched.append(attachment_id)
+            if item.action in (RECLAIM, RELEASE):
+                # Guarded by the cutoff: a row refreshed since it was read is not forgotten.
+                forgets.extend(Event.forget(attachment_id, s, until_ms=cutoff) for s in item.sessions)
+            report.items.append(item)
+            if progress is not None:
+                progress(1)
+        order = {attachment_id: min(r.intent_at_epoch_ms for r in aged) for attachment_id, aged, _ in plan}
+        report.items.sort(key=lambda i: (order[i.attachment_id], i.attachment_id))
+        if not dry_run:
+            store.blobs.sync(touched)
+            view.append(forgets)
+    return report
+
+
+def _reclaim_one(store: Store, view, attachment_id: str, aged: list[Row], live: str | None, cutoff: int,
+                 *, dry_run: bool, shared: bool) -> ReclaimItem:
+    sessions = [r.session_id for r in aged]
+    try:
+        st = store.blobs.stat(attachment_id)
+    except UnsafePath:
+        st = None  # a shard that is a symlink: delete_problem says so below
+    present = st is not None and st.is_file
+    size = st.size if present else 0
+    if live is not None:
+        return ReclaimItem(attachment_id, RELEASE, sessions, size, present, f"kept: {live}")
+    item = ReclaimItem(attachment_id, RECLAIM, sessions, size, present,
+                       "orphan: no live row" + ("" if present else "; bytes already gone"))
+    if shared and not dry_run:
+        again = live_reason(view.rows_for_id(attachment_id), cutoff, view)
+        if again is not None:  # a writer came back for it since the candidates were read
+            item.action, item.reason = RELEASE, f"kept: {again}"
+            return item
+        if st is not None and st.mtime_ms > cutoff:
+            item.action, item.reason = SPARED, "spared: the object was written after the cutoff"
+            item.sessions = []
+            return item
+    done = delete_blob(store, attachment_id, dry_run=dry_run)
+    if done.error is not None:
+        item.action, item.error = FAILED, done.error
+        return item
+    if not dry_run:
+        item.byte_len = done.byte_len
+        if shared and live_reason(view.rows_for_id(attachment_id), cutoff, view) is not None:
+            item.action = DELETED_WHILE_REFERENCED
+            item.error = "a live row for it appeared while it was being deleted: re-upload it"
+    return item
+
+
+# -- gc ------------------------------------------------------------------------
+@dataclass
+class GcItem:
+    path: str
+    attachment_id: str | None
+    kind: str  # blob | staging | orphan-sidecar
+    byte_len: int
+    action: str  # delete | failed
+    reason: str
+    error: str | None = None
+
+
+@dataclass
+class GcReport:
+    cutoff_epoch_ms: int
+    dry_run: bool
+    blobs_scanned: int = 0
+    items: list[GcItem] = field(default_factory=list)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(i.byte_len for i in self.items if i.action == DELETE)
+
+    @property
+    def failures(self) -> list[GcItem]:
+        return [i for i in self.items if i.action == FAILED]
+
+
+def gc(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress | None = None,
+       force: bool = False) -> GcReport:
+    """Mark and sweep: delete unreferenced blobs and staging litter older than ``cutoff``.
+
+    Assumes every writer of this store records intents in this manifest: a
+    blob another writer placed without an intent here looks unreferenced.
+    ``force`` sweeps even when the manifest holds no rows (or none for any
+    blob present), which otherwise looks like the wrong manifest. The blob
+    listing and the rows are merged in id order: memory stays flat.
+    """
+    from lashctl.inspect import scan_strays, remove_stray
+
+    store.manifest.check_writable()  # a FIFO or /dev/null is refused before anything else
+    with store.exclusive(dry_run=dry_run) as view:
+        first_blob = next(store.blobs.iter_ids(), None)
+        name = store.manifest.name
+        if first_blob is not None and not store.manifest.exists():
+            # A mistyped --manifest would make every blob look unreferenced.
+            raise Refused(
+                f"refusing gc: manifest {name} does not exist, so every blob would look "
+                "unreferenced (check --manifest; create an empty manifest to really sweep them all)"
+            )
+        if first_blob is not None and not force and not any(p and r for _i, p, r in by_id(store, view)):
+            # An empty, truncated or foreign manifest: every blob would look unreferenced.
+            what = "holds no rows" if not view.row_count() else "references none of the blobs present"
+            raise Refused(
+                f"refusing gc: manifest {name} {what}, so every blob would look unreferenced "
+                "(check --manifest; use --force to sweep them all)"
+            )
+        report = GcReport(cutoff_epoch_ms=cutoff, dry_run=dry_run)
+        touched = []
+        for attachment_id, present, rows in by_id(store, view):
+            if not present:
+                continue
+            report.blobs_scanned += 1
+            if progress is not None:
+                progress(1)
+            if rows:
+                continue
+            st = store.blobs.stat(attachment_id)
+            if st is None or not st.is_file or st.mtime_ms > cutoff:
+                continue
+            item = GcItem(store.blobs.where(attachment_id), attachment_id, "blob", st.size,
+                          DELETE, "unreferenced: no manifest row")
+            done = delete_blob(store, attachment_id, dry_run=dry_run)
+            if done.error is not None:
+                item.action, item.error = FAILED, done.error
+            elif not dry_run:
+                item.byte_len = done.byte_len
+                touched.append(attachment_id)
+            report.items.append(item)
+        for stray in scan_strays(store):
+            if stray.kind not in ("staging", "orphan-sidecar") or stray.mtime_ms > cutoff:
+                continue
+            if stray.kind == "orphan-sidecar" and view.rows_for_id(stray.attachment_id):
+                continue  # the last metadata of a row whose bytes are missing: keep it for the operator
+            item = GcItem(stray.path, None, stray.kind, stray.byte_len, DELETE, stray.reason)
+            if not dry_run:
+                try:
+                    remove_stray(store, stray)
+                except LashctlError as exc:
+                    item.action, item.error = FAILED, exc.message
+                except OSError as exc:
+                    item.action, item.error = FAILED, f"cannot delete: {exc.strerror}"
+            report.items.append(item)
+        if not dry_run:
+            store.blobs.sync(touched)
+    return report

@@ -1,0 +1,378 @@
+"""Moving bytes and rows in and out: ``put``, ``get``, ``commit`` and ``list-uncommitted``.
+
+Each returns plain dataclasses for the CLI to render; none imports typer or
+rich. ``put`` keeps the write-ahead order (README, "Invariants"): the intent
+is durable before the bytes are visible under their id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from lashctl import media, sidecar
+from lashctl.backends.base import Staged
+from lashctl.core import Store, precheck_prefixes, resolve_id, validate_session
+from lashctl.errors import Corrupt, LashctlError, NotFound, StoreIOError, UsageError
+from lashctl.fold import Event, Row
+from lashctl.fsutil import atomic_output
+from lashctl.ids import IdQuery
+from lashctl.timefmt import now_ms
+
+CHUNK = 1024 * 1024
+# A put batch shares one lock acquisition, one manifest fsync and one fsync
+# per shard directory; batches bound the staging space held at once.
+PUT_BATCH_FILES = 2048
+PUT_BATCH_BYTES = 512 * 1024 * 1024
+
+
+# -- put -----------------------------------------------------------------------
+@dataclass
+class PutSource:
+    """One input to ``put``: a file path, or ``-`` for standard input."""
+
+    name: str
+    opener: Callable[[], BinaryIO]
+    label: str | None
+
+    @classmethod
+    def from_path(cls, path: str, stdin: Callable[[], BinaryIO]) -> "PutSource":
+        if path == "-":
+            return cls(name="-", opener=stdin, label=None)
+        return cls(name=path, opener=lambda: open(path, "rb"), label=utf8_label(os.path.basename(path)))
+
+
+def utf8_label(name: str) -> str | None:
+    """A file name as a sidecar label: undecodable bytes become U+FFFD."""
+    if not name:
+        return None
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+@dataclass
+class PutOptions:
+    session: str
+    media_type: str | None = None
+    label: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class PutResult:
+    attachment_id: str
+    path: str
+    byte_len: int
+    media_type: str
+    label: str | None
+    width: int | None
+    height: int | None
+    deduplicated: bool
+
+
+def check_put_sources(paths: list[str]) -> None:
+    """Fail fast (exit 2) on inputs that cannot be read, before anything is written."""
+    if paths.count("-") > 1:
+        raise UsageError("'-' (standard input) can be given only once")
+    for path in paths:
+        if path == "-":
+            continue
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise UsageError(f"cannot read input {path}: {exc.strerror}") from exc
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"input {path} is a directory")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"cannot read input {path}: permission denied")
+
+
+def put(
+    store: Store,
+    sources: Iterable[PutSource],
+    options: PutOptions,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[PutResult]:
+    """Store each source; yield results in input order, batch by batch.
+
+    Per batch, the write-ahead order is: stream every input into ``tmp/``
+    while hashing (fsync each) -> append all intents durably (one lock, one
+    write, one fsync) -> rename each blob into place -> fsync the shard
+    directories -> write the sidecars. A crash at any point leaves blobs only
+    where an intent already records them.
+    """
+    validate_session(options.session)
+    explicit_type = (
+        media.normalize_mime(options.media_type) if options.media_type is not None else None
+    )
+    batch: list[tuple[PutSource, Staged]] = []
+    batch_bytes = 0
+    with store.blobs.opened():
+        store.blobs.ensure_writable_layout()
+        try:
+            for source in sources:
+                staged = _stage_source(store, source, progress)
+                batch.append((source, staged))
+                batch_bytes += staged.byte_len
+                if len(batch) >= PUT_BATCH_FILES or batch_bytes >= PUT_BATCH_BYTES:
+                    yield from _land_batch(store, batch, options, explicit_type)
+                    batch, batch_bytes = [], 0
+            if batch:
+                yield from _land_batch(store, batch, options, explicit_type)
+                batch = []
+        finally:
+            for _source, staged in batch:
+                store.blobs.discard(staged)
+
+
+def _stage_source(store: Store, source: PutSource, progress: Callable[[int], None] | None) -> Staged:
+    try:
+        handle = source.opener()
+    except OSError as exc:
+        raise StoreIOError.wrap("read input", source.name, exc) from exc
+    try:
+        return store.blobs.stage(handle, source.name, progress)
+    finally:
+        if source.name != "-":
+            handle.close()
+
+
+def _land_batch(
+    store: Store,
+    batch: list[tuple[PutSource, Staged]],
+    options: PutOptions,
+    explicit_type: str | None,
+) -> Iterator[PutResult]:
+    with store.manifest.writing() as manifest:
+        # Stamped once the lock is held: time spent waiting for it must not
+        # come out of the intent's grace period.
+        at = now_ms()
+        manifest.append([Event.intent(s.attachment_id, options.session, at) for _, s in batch])
+    results: list[PutResult] = []
+    metas: list[sidecar.Metadata] = []
+    landed: set[str] = set()
+    renamed: set[str] = set()  # shards whose entries changed and need an fsync
+    for source, staged in batch:
+        meta = _metadata_for(store, source, staged, options, explicit_type)
+        if staged.attachment_id in landed:
+            store.blobs.discard(staged)  # the same bytes twice in one batch
+            deduplicated = True
+        else:
+            deduplicated = store.blobs.install(staged)
+            landed.add(staged.attachment_id)
+            if not deduplicated:
+                renamed.add(staged.attachment_id)
+        metas.append(meta)
+        results.append(
+            PutResult(
+                attachment_id=staged.attachment_id,
+                path=source.name,
+                byte_len=staged.byte_len,
+                media_type=meta.media_type,
+                label=meta.label,
+                width=meta.width,
+                height=meta.height,
+                deduplicated=deduplicated,
+            )
+        )
+    for meta in metas:
+        if store.blobs.layout == "sidecars" and store.blobs.write_sidecar(meta, durable=False):
+            renamed.add(meta.attachment_id)
+    # One directory fsync per shard makes both the blob and sidecar renames durable.
+    store.blobs.sync(renamed)
+    yield from results
+
+
+def _metadata_for(
+    store: Store,
+    source: PutSource,
+    staged: Staged,
+    options: PutOptions,
+    explicit_type: str | None,
+) -> sidecar.Metadata:
+    media_type = (
+        explicit_type
+        or media.sniff(staged.head)
+        or (media.guess_from_name(source.name) if source.name != "-" else None)
+        or media.OCTET_STREAM
+    )
+    width, height = options.width, options.height
+    if (width is None or height is None) and media.sniff(staged.head) is not None:
+        with store.blobs.open_staged(staged) as stream:
+            size = media.image_size_of(staged.head, stream)
+        if size is not None:
+            width = size[0] if width is None else width
+            height = size[1] if height is None else height
+    label = utf8_label(options.label) if options.label is not None else source.label
+    return sidecar.Metadata(
+        staged.attachment_id, media_type, staged.byte_len, width, height, label
+    )
+
+
+# -- get -----------------------------------------------------------------------
+@dataclass
+class BlobInfo:
+    attachment_id: str
+    path: str
+    sidecar_path: str
+    metadata: sidecar.Metadata | None
+    byte_len: int
+
+
+def blob_info(store: Store, attachment_id: str) -> BlobInfo:
+    """Stat a blob and read its sidecar. NotFound if absent; Corrupt if the sidecar is bad.
+
+    A missing sidecar is not an error: ``metadata`` is None (the bytes are there).
+    """
+    path = store.blobs.where(attachment_id)
+    st = store.blobs.stat(attachment_id)  # UnsafePath for a shard that is a symlink
+    if st is None:
+        raise NotFound(f"no blob {attachment_id} in store {store.blobs.name}")
+    if not st.is_file:
+        what = "a symlink" if st.kind == "symlink" else "not a regular file"
+        raise Corrupt(f"{path} is {what}, not a blob: refusing to follow it")
+    side_path = store.blobs.where(attachment_id, sidecar=True)
+    meta = store.blobs.read_sidecar(attachment_id)
+    if meta is not None and meta.attachment_id != attachment_id:
+        raise Corrupt(f"undecodable sidecar {side_path}: its id is {meta.attachment_id}")
+    return BlobInfo(attachment_id, path, side_path, meta, st.size)
+
+
+def copy_verified(store: Store, attachment_id: str, out: BinaryIO) -> int:
+    """Stream a blob to ``out``, re-hashing as it flows. Corrupt on a mismatch."""
+    digest = hashlib.sha256()
+    total = 0
+    with store.blobs.open(attachment_id) as handle:
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        while True:
+            try:
+                n = handle.readinto(buffer)
+            except OSError as exc:
+                raise StoreIOError.wrap("read", store.blobs.where(attachment_id), exc) from exc
+            if not n:
+                break
+            digest.update(view[:n])
+            out.write(view[:n])
+            total += n
+    if digest.hexdigest() != attachment_id:
+        raise Corrupt(
+            f"hash mismatch: {store.blobs.where(attachment_id)} hashes to "
+            f"{digest.hexdigest()}, not its name"
+        )
+    return total
+
+
+def get_to_file(store: Store, attachment_id: str, dest: Path) -> int:
+    """Write a verified copy to ``dest`` via a temp file; no partial file on failure."""
+    with atomic_output(dest) as handle:
+        return copy_verified(store, attachment_id, handle)
+
+
+# -- list-uncommitted ------------------------------------------------------------
+@dataclass
+class UncommittedRow:
+    row: Row
+    bytes_present: bool
+    byte_len: int | None
+    media_type: str | None
+    label: str | None
+
+
+def list_uncommitted(
+    store: Store, cutoff: int | None = None, session: str | None = None,
+    malformed: list[Corrupt] | None = None,
+) -> list[UncommittedRow]:
+    """Uncommitted rows with intent at or before ``cutoff`` (all if None), oldest first."""
+    return list(iter_uncommitted(store, cutoff, session, malformed))
+
+
+def iter_uncommitted(
+    store: Store, cutoff: int | None = None, session: str | None = None,
+    malformed: list[Corrupt] | None = None,
+) -> Iterator[UncommittedRow]:
+    """``list_uncommitted`` as a stream from the manifest's uncommitted index:
+    memory does not grow with the manifest.
+
+    With a ``malformed`` list, a JSON-lines manifest with malformed lines is
+    folded in memory, skipping them (listed there), instead of stopping the listing.
+    """
+    tolerant = {"tolerant": True} if malformed is not None else {}
+    with store.manifest.reading(**tolerant) as view, store.blobs.opened():
+        if malformed is not None:
+            malformed.extend(getattr(view, "malformed", ()))
+        for row in view.uncommitted(cutoff, session):
+            yield _describe_row(store, row)
+
+
+def _describe_row(store: Store, row: Row) -> UncommittedRow:
+    try:
+        st = store.blobs.stat(row.attachment_id)
+    except Corrupt:  # a shard that is a symlink: neither bytes nor sidecar
+        return UncommittedRow(row, False, None, None, None)
+    present = st is not None and st.is_file
+    meta = None
+    if st is not None or store.blobs.layout == "sidecars":
+        try:
+            meta = store.blobs.read_sidecar(row.attachment_id)
+        except LashctlError as exc:
+            store.warn(exc.message)
+    return UncommittedRow(
+        row=row,
+        bytes_present=present,
+        byte_len=st.size if present else (meta.byte_len if meta else None),
+        media_type=meta.media_type if meta else None,
+        label=meta.label if meta else None,
+    )
+
+
+# -- commit --------------------------------------------------------------------
+COMMITTED = "committed"
+ALREADY_COMMITTED = "already_committed"
+NO_INTENT = "no_intent"
+
+
+@dataclass
+class CommitResult:
+    attachment_id: str
+    session_id: str
+    status: str
+
+
+def commit(store: Store, session: str, queries: list[IdQuery]) -> list[CommitResult]:
+    """Stamp the session's rows committed; report each id's status.
+
+    A commit costs the same on a million-row manifest as on an empty one (the
+    view answers from an index). The view is never trusted to skip a write,
+    though: every row it knows gets a commit event (on a committed row the
+    fold ignores it).
+    """
+    validate_session(session)
+    precheck_prefixes(store, queries)
+    with store.manifest.writing() as manifest, store.blobs.opened():
+        at = now_ms()
+        resolved: list[str | None] = []
+        for query in queries:
+            try:
+                resolved.append(resolve_id(store, query, manifest))
+            except NotFound:
+                resolved.append(None)
+        rows = manifest.rows_for_keys([(session, i) for i in resolved if i is not None])
+        results, events, done = [], [], set()
+        for query, attachment_id in zip(queries, resolved):
+            row = rows.get((session, attachment_id)) if attachment_id is not None else None
+            if row is None:
+                status = NO_INTENT
+            elif attachment_id in done:
+                status = ALREADY_COMMITTED
+            else:
+                events.append(Event.commit(attachment_id, session, at))
+                done.add(attachment_id)
+                status = ALREADY_COMMITTED if row.committed else COMMITTED
+            results.append(CommitResult(attachment_id or query.hex, session, status))
+        manifest.append(events)
+    return results
