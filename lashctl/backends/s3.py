@@ -554,6 +554,7 @@ class S3Blobs:
         for attachment_id in attachment_ids:
             self._key(attachment_id)  # refuse a bad id before touching anything
         ids = list(dict.fromkeys(attachment_ids))
+        self._store  # made once here, not raced for by the threads below
         results: dict[str, int | str] = {}
         step = DELETE_BATCH // 2  # two keys per id
         for start in range(0, len(ids), step):
