@@ -444,3 +444,64 @@ def test_big_object_multipart_with_flat_memory(backend, s3_bucket, client):
         while chunk := stream.read(1 << 20):
             read.update(chunk)
     assert read.hexdigest() == digest
+
+
+_RSS_SCRIPT = r"""
+import io, os, resource, sys
+from lashctl.backends import s3
+s3.PART_SIZE, s3.PART_CONCURRENCY = 5 * 1024 * 1024, 2
+
+class Generated(io.RawIOBase):
+    def __init__(self, n):
+        self.left, self.block = n, os.urandom(1 << 20)
+    def readable(self):
+        return True
+    def readinto(self, buf):
+        n = min(len(buf), self.left, len(self.block))
+        buf[:n] = self.block[:n]
+        self.left -= n
+        return n
+
+def status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) // 1024
+
+b = s3.S3Blobs(sys.argv[1])
+b.check_root()
+size = int(sys.argv[2])
+staged = b.stage(Generated(size), "big")
+before = status_mib("VmRSS")  # now; VmHWM is the peak since start
+b.install(staged)
+digest, hashed = b.hash(staged.attachment_id)
+assert digest == staged.attachment_id and hashed.size == size
+print(status_mib("VmHWM") - before)
+"""
+
+
+def test_big_upload_and_hash_keep_resident_memory_flat(s3_bucket, tmp_path):
+    """Resident memory (obstore's buffers included) grows by the parts in
+    flight, not by the object's size (Linux: /proc/self/status)."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc/self/status")
+    import subprocess
+    import sys
+
+    size = 48 * 1024 * 1024
+    script = tmp_path / "rss.py"
+    script.write_text(_RSS_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), f"s3://{s3_bucket}/rss", str(size)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown_mib = int(done.stdout.split()[-1])
+    assert grown_mib < 28, f"resident memory grew by {grown_mib} MiB for a 48 MiB object"
+
+
+def test_missing_server_package_skips_or_fails(monkeypatch):
+    monkeypatch.delenv(servers.REQUIRE_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        servers.need("no_such_module_for_lashctl", "this test")
+    monkeypatch.setenv(servers.REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception):
+        servers.need("no_such_module_for_lashctl", "this test")
