@@ -35,15 +35,31 @@ import os
 import re
 import tempfile
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from lashctl.backends import require_extra
-from lashctl.backends.base import FILE, LAYOUT_SIDECARS, BlobStat, Found, Progress, Staged
-from lashctl.errors import Corrupt, Denied, LashctlError, NotFound, StoreIOError, Unavailable, UsageError
+from lashctl.backends.base import (
+    FILE,
+    LAYOUT_SIDECARS,
+    BlobStat,
+    Found,
+    Progress,
+    Staged,
+)
+from lashctl.errors import (
+    Corrupt,
+    Denied,
+    LashctlError,
+    NotFound,
+    StoreIOError,
+    Unavailable,
+    UsageError,
+)
 from lashctl.ids import is_valid_id
 
 if TYPE_CHECKING:
@@ -198,7 +214,7 @@ class S3Blobs:
         return self._store_obj
 
     @contextmanager
-    def opened(self) -> Iterator["S3Blobs"]:
+    def opened(self) -> Iterator[S3Blobs]:
         """Batches wrap themselves in this; the client (and its connection pool)
         lives as long as the backend, so nesting costs nothing."""
         self._depth += 1
@@ -328,7 +344,7 @@ class S3Blobs:
         meta = self._head(self._key(attachment_id, sidecar))
         return None if meta is None else _stat_of(meta)
 
-    def read_sidecar(self, attachment_id: str) -> "Metadata | None":
+    def read_sidecar(self, attachment_id: str) -> Metadata | None:
         import obstore
 
         from lashctl.sidecar import MAX_SIDECAR_BYTES, decode
@@ -346,7 +362,7 @@ class S3Blobs:
             data = bytes(result.bytes())
         return decode(data, where)
 
-    def write_sidecar(self, meta: "Metadata", durable: bool = True) -> bool:
+    def write_sidecar(self, meta: Metadata, durable: bool = True) -> bool:
         """PUT the sidecar unless it already holds exactly these bytes. A PUT is
         atomic and durable once it returns, whatever ``durable`` says."""
         import obstore
@@ -554,7 +570,7 @@ class S3Blobs:
         for attachment_id in attachment_ids:
             self._key(attachment_id)  # refuse a bad id before touching anything
         ids = list(dict.fromkeys(attachment_ids))
-        self._store  # made once here, not raced for by the threads below
+        _ = self._store  # made once here, not raced for by the threads below
         results: dict[str, int | str] = {}
         step = DELETE_BATCH // 2  # two keys per id
         for start in range(0, len(ids), step):

@@ -17,13 +17,21 @@ import time
 import tracemalloc
 
 import pytest
-
 import servers
-from lashctl.backends.base import LAYOUT_SIDECARS, BlobBackend, BlobStat
-from lashctl.errors import EXIT_DENIED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, Corrupt, Denied, NotFound
-from lashctl.errors import Unavailable, UsageError
-from lashctl.sidecar import Metadata
 
+from lashctl.backends.base import LAYOUT_SIDECARS, BlobBackend, BlobStat
+from lashctl.errors import (
+    EXIT_DENIED,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Corrupt,
+    Denied,
+    NotFound,
+    Unavailable,
+    UsageError,
+)
+from lashctl.sidecar import Metadata
 
 
 def _mod():
@@ -91,7 +99,6 @@ def test_url_normalised_and_keys_exactly_as_lash_writes_them(s3_bucket, client):
 
 
 def test_satisfies_the_protocol(backend):
-    assert isinstance(backend, object)
     protocol_methods = [n for n in vars(BlobBackend) if not n.startswith("_") and callable(getattr(BlobBackend, n))]
     for name in protocol_methods:
         assert callable(getattr(backend, name)), name
@@ -492,7 +499,7 @@ def test_big_upload_and_hash_keep_resident_memory_flat(s3_bucket, tmp_path):
     script = tmp_path / "rss.py"
     script.write_text(_RSS_SCRIPT)
     done = subprocess.run([sys.executable, str(script), f"s3://{s3_bucket}/rss", str(size)],
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     grown_mib = int(done.stdout.split()[-1])
     assert grown_mib < 28, f"resident memory grew by {grown_mib} MiB for a 48 MiB object"
