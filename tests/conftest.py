@@ -56,3 +56,23 @@ def cli(store: Path):
         return runner.invoke(app, ["--store", str(store), *args], input=input, env=env)
 
     return run
+
+
+# -- S3 (moto in server mode): tests/servers.py ---------------------------------------
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """The endpoint URL of a moto S3 server shared by the session."""
+    import servers
+
+    servers.need("moto", "the S3 backend tests")
+    with servers.moto_server(tmp_path_factory.mktemp("moto")) as url:
+        yield url
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch) -> str:
+    """A fresh bucket, with AWS_* set so that obstore finds the server."""
+    import servers
+
+    servers.s3_env(monkeypatch, s3_server)
+    return servers.new_bucket(s3_server)
