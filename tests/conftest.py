@@ -56,3 +56,23 @@ def cli(store: Path):
         return runner.invoke(app, ["--store", str(store), *args], input=input, env=env)
 
     return run
+
+
+# -- PostgreSQL (tests/pgserver.py) ----------------------------------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server for the whole session (skipped if none can start)."""
+    pytest.importorskip("psycopg")
+    from pgserver import start
+
+    server, stop = start()
+    yield server
+    stop()
+
+
+@pytest.fixture
+def pg_url(pg_server, request):
+    """A URL of a fresh, empty database on ``pg_server``."""
+    from pgserver import fresh_database
+
+    return fresh_database(pg_server, f"t_{abs(hash(request.node.nodeid)):x}"[:60])
