@@ -656,7 +656,8 @@ class PostgresView:
 
     # -- ManifestWriter ----------------------------------------------------------------
     def append(self, events: list[Event]) -> None:
-        """Apply events, in order, in one transaction (one statement per key, pipelined)."""
+        """Apply events, in order, in one transaction: per key the net effect
+        (``fold.Effect``), one or two statements, all pipelined."""
         if not events:
             return
         effects: dict[tuple[str, str], Effect] = {}
@@ -667,32 +668,36 @@ class PostgresView:
             if effect is None:
                 effect = effects[event.key] = Effect(event.session_id, event.attachment_id)
             effect.add(event)
-        deletes, replaces, upserts, commits = [], [], [], []
-        for (session, aid), effect in effects.items():
+        # Keys in one order: two lashctl writers lock rows in the same order, never deadlock.
+        statements: list[tuple[str, tuple]] = []
+        for (session, aid) in sorted(effects):
+            effect = effects[(session, aid)]
             row = effect.from_absent
             if effect.replaces:
-                deletes.append((session, aid))
+                statements.append((_SQL_DELETE, (session, aid)))
                 if row is not None:
-                    replaces.append((session, aid, row.canonical_uri, row.intent_at_epoch_ms,
-                                     row.committed_at_epoch_ms))
+                    statements.append((_SQL_REPLACE, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
+                                                      row.committed_at_epoch_ms)))
             elif row is not None:
-                upserts.append((session, aid, row.canonical_uri, row.intent_at_epoch_ms,
-                                row.committed_at_epoch_ms, effect.refreshed_intent, effect.commit_at))
+                statements.append((_SQL_UPSERT, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
+                                                 row.committed_at_epoch_ms, effect.refreshed_intent,
+                                                 effect.commit_at)))
             elif effect.commit_at is not None:
-                commits.append((effect.commit_at, session, aid))
+                statements.append((_SQL_COMMIT, (effect.commit_at, session, aid)))
+        if not statements:
+            return
         with self.backend._errors():
             if self.autocommit:
                 with self.conn.transaction():
-                    self._write(deletes, replaces, upserts, commits)
+                    self._write(statements)
             else:
-                self._write(deletes, replaces, upserts, commits)
+                self._write(statements)
 
-    def _write(self, deletes: list, replaces: list, upserts: list, commits: list) -> None:
-        with self.conn.cursor() as cur:
-            for sql, params in ((_SQL_DELETE, deletes), (_SQL_REPLACE, replaces),
-                                (_SQL_UPSERT, upserts), (_SQL_COMMIT, commits)):
-                if params:
-                    cur.executemany(sql, params)
+    def _write(self, statements: list[tuple[str, tuple]]) -> None:
+        """Send the statements pipelined: one round trip per batch, not per key."""
+        with self.conn.pipeline(), self.conn.cursor() as cur:
+            for sql, params in statements:
+                cur.execute(sql, params)
 
 
 def sweep_recheck(view: PostgresView, attachment_id: str, cutoff_ms: int) -> bool:
