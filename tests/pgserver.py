@@ -12,6 +12,7 @@ If the binaries are missing the tests that need the server are skipped, unless
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -106,7 +107,12 @@ def start() -> tuple[PgServer, callable]:
     ]), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     server = PgServer(root, port)
 
+    stopped = []
+
     def stop() -> None:
+        if stopped:
+            return
+        stopped.append(True)
         subprocess.run(_as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
@@ -115,6 +121,7 @@ def start() -> tuple[PgServer, callable]:
         tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
         stop()
         pytest.fail(f"pg_ctl start failed: {tail}")
+    atexit.register(stop)  # also when the session ends without its teardown
     _bootstrap(server)
     return server, stop
 

@@ -368,9 +368,11 @@ class PostgresManifest:
             try:
                 yield PostgresView(self, conn, autocommit=False)
             finally:
-                with self._errors():
-                    if not conn.closed:
-                        conn.rollback()
+                if not conn.closed:
+                    try:
+                        conn.rollback()  # nothing was written; closing would end it too
+                    except Exception:  # noqa: BLE001 - never hide the command's own error
+                        pass
 
     @contextmanager
     def writing(self) -> Iterator["PostgresView"]:
