@@ -207,7 +207,7 @@ class PostgresManifest:
         text = " ".join(str(exc).split()) or type(exc).__name__
         text = text.replace("connection failed: ", "", 1)
         password = self._password()
-        if password:
+        if password and len(password) >= 4:  # libpq never says it; a short one would mangle the text
             text = text.replace(password, "***")
         low = text.lower()
         if isinstance(exc, e.InsufficientPrivilege) or (
