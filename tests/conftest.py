@@ -76,3 +76,22 @@ def s3_bucket(s3_server, monkeypatch) -> str:
 
     servers.s3_env(monkeypatch, s3_server)
     return servers.new_bucket(s3_server)
+
+# -- PostgreSQL (tests/pgserver.py) ----------------------------------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server for the whole session (skipped if none can start)."""
+    pytest.importorskip("psycopg")
+    from pgserver import start
+
+    server, stop = start()
+    yield server
+    stop()
+
+
+@pytest.fixture
+def pg_url(pg_server, request):
+    """A URL of a fresh, empty database on ``pg_server``."""
+    from pgserver import fresh_database
+
+    return fresh_database(pg_server, f"t_{abs(hash(request.node.nodeid)):x}"[:60])

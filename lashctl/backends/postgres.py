@@ -1,0 +1,707 @@
+"""lash's PostgreSQL manifest table as a manifest backend (psycopg 3).
+
+The table is lash's own ``lash_attachment_manifest``: one row per (session,
+attachment) reference, the fold's state kept directly (there is no event log).
+Every write follows ``lashctl.fold.step``: a batch of events is reduced per
+key with ``lashctl.fold.Effect`` and written with one statement per key:
+
+- an intent inserts an uncommitted row or raises the intent time of an
+  uncommitted one (``INSERT … ON CONFLICT … DO UPDATE SET intent_at_ms =
+  GREATEST(…) WHERE committed_at_ms IS NULL``); a committed row is unchanged;
+- a commit stamps only an uncommitted row (the first commit wins), never inserts;
+- a forget deletes the row (what follows it in the batch starts from nothing).
+
+Connections. ``reading()`` is a REPEATABLE READ, READ ONLY transaction;
+``writing()`` one READ COMMITTED transaction, committed on exit and rolled back
+on an exception; ``sweeping()`` holds a session-level advisory lock (one sweep
+per database and table) on an autocommit connection: each ``append`` is its own
+short transaction, so a sweep never holds a row lock a writer waits on for
+longer than one batch. The streams (``uncommitted``, ``aged``, ``rows_by_id``)
+use server-side cursors fetched ``ITERSIZE`` rows at a time (``WITH HOLD``
+under autocommit), so memory stays flat whatever the table's size.
+
+Indexes. lash's own indexes serve lash; lashctl's queries need two more, in
+byte order (``COLLATE "C"``, the order of the blob listing a sweep merges with):
+``lashctl_attachment_manifest_by_id`` (attachment_id, session_id) and
+``lashctl_attachment_manifest_uncommitted_order`` (intent_at_ms, attachment_id,
+session_id) WHERE committed_at_ms IS NULL. ``init()`` creates the table (lash's
+definition) and lash's indexes if missing, and lashctl's indexes
+(``CONCURRENTLY``, so it is safe on a live lash database).
+
+Owners. A row lash wrote for a turn or a process stays, when aged and
+uncommitted, until lash's own rule proves its owner dead (lash-postgres-store,
+``live_attachment_refs``): a turn is dead once another turn of the same session
+committed after the row's intent (``lash_runtime_turn_commits``); a process
+once it has no row in ``lash_processes``. Where those tables do not exist
+nothing proves an owner dead and the row is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterable, Iterator
+from urllib.parse import parse_qsl, urlencode
+
+from lashctl.backends import POSTGRES_SCHEMES, is_postgres_url, require_extra
+from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Unavailable, UsageError
+from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
+
+if TYPE_CHECKING:  # pragma: no cover
+    import psycopg
+
+TABLE = "lash_attachment_manifest"
+TURN_COMMITS = "lash_runtime_turn_commits"
+PROCESSES = "lash_processes"
+
+ITERSIZE = 2000  # rows fetched per round trip by the streams
+_KEEP_BATCH = 500  # aged groups whose owners are checked with one query
+_LOCK_POLL_S = 0.1
+_CONNECT_TIMEOUT_S = 10
+
+# The shape lashctl relies on: column -> type (format_type), and the primary key.
+EXPECTED_COLUMNS = {
+    "attachment_id": "text",
+    "session_id": "text",
+    "canonical_uri": "text",
+    "intent_at_ms": "bigint",
+    "committed_at_ms": "bigint",
+    "owner_kind": "text",
+    "owner_id": "text",
+}
+EXPECTED_PRIMARY_KEY = ("session_id", "attachment_id")
+
+# lash's table and indexes (lash-postgres-store schema.sql), created only by init().
+CREATE_TABLE = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    attachment_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    canonical_uri TEXT NOT NULL,
+    intent_at_ms BIGINT NOT NULL,
+    committed_at_ms BIGINT,
+    owner_kind TEXT CHECK (owner_kind IN ('turn', 'process')),
+    owner_id TEXT,
+    CHECK ((owner_kind IS NULL) = (owner_id IS NULL)),
+    PRIMARY KEY (session_id, attachment_id)
+)"""
+LASH_INDEXES = (
+    f"CREATE INDEX IF NOT EXISTS idx_lash_attachment_manifest_uncommitted"
+    f" ON {TABLE}(committed_at_ms) WHERE committed_at_ms IS NULL",
+    f"CREATE INDEX IF NOT EXISTS idx_lash_attachment_manifest_owner"
+    f" ON {TABLE}(session_id, owner_kind, owner_id, committed_at_ms)",
+)
+# lashctl's own: name -> definition (after "ON <table>").
+LASHCTL_INDEXES = {
+    "lashctl_attachment_manifest_by_id":
+        '(attachment_id COLLATE "C", session_id COLLATE "C")',
+    "lashctl_attachment_manifest_uncommitted_order":
+        '(intent_at_ms, attachment_id COLLATE "C", session_id COLLATE "C") WHERE committed_at_ms IS NULL',
+}
+
+_COLS = "session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms, owner_kind, owner_id"
+_M_COLS = ", ".join(f"m.{c.strip()}" for c in _COLS.split(","))
+_ID = 'attachment_id COLLATE "C"'
+_SESSION = 'session_id COLLATE "C"'
+_BY_ID_ORDER = f"ORDER BY {_ID}, {_SESSION}"
+
+_SQL_UPSERT = (
+    f"INSERT INTO {TABLE} AS m (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
+    " VALUES (%s, %s, %s, %s, %s)"
+    " ON CONFLICT (session_id, attachment_id) DO UPDATE"
+    " SET intent_at_ms = GREATEST(m.intent_at_ms, %s::bigint),"
+    " committed_at_ms = %s::bigint"
+    " WHERE m.committed_at_ms IS NULL"
+)
+_SQL_COMMIT = (
+    f"UPDATE {TABLE} SET committed_at_ms = %s"
+    " WHERE session_id = %s AND attachment_id = %s AND committed_at_ms IS NULL"
+)
+_SQL_DELETE = f"DELETE FROM {TABLE} WHERE session_id = %s AND attachment_id = %s"
+# After a forget the row is new: owner and any other column back to their defaults.
+# ON CONFLICT only covers a concurrent writer inserting the key after our delete.
+_SQL_REPLACE = (
+    f"INSERT INTO {TABLE} AS m (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
+    " VALUES (%s, %s, %s, %s, %s)"
+    " ON CONFLICT (session_id, attachment_id) DO UPDATE"
+    " SET canonical_uri = EXCLUDED.canonical_uri, intent_at_ms = EXCLUDED.intent_at_ms,"
+    " committed_at_ms = EXCLUDED.committed_at_ms, owner_kind = NULL, owner_id = NULL"
+)
+
+# Patterns of libpq's connection failures (they carry no SQLSTATE).
+_DENIED_MARKS = (
+    "authentication failed", "no password supplied", "password is required",
+    "pg_hba.conf", "permission denied", "does not have connect privilege",
+    "server requested", "role \"",  # role "x" does not exist
+)
+
+
+def strip_password(url: str) -> str:
+    """The URL as a person may see it: no password in the user info or the query."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc_end = len(rest)
+    for mark in "/?#":
+        at = rest.find(mark)
+        if at != -1:
+            netloc_end = min(netloc_end, at)
+    netloc, tail = rest[:netloc_end], rest[netloc_end:]
+    userinfo, at_sign, hosts = netloc.rpartition("@")
+    if at_sign:
+        netloc = userinfo.partition(":")[0] + "@" + hosts
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query, hash_, fragment = query.partition("#")
+        pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "password"]
+        tail = path + ("?" + urlencode(pairs, safe="/:,") if pairs else "") + hash_ + fragment
+    return f"{scheme}{sep}{netloc}{tail}"
+
+
+def _row(values: tuple) -> Row:
+    session_id, attachment_id, uri, intent_at, committed_at, owner_kind, owner_id = values
+    return Row(session_id, attachment_id, uri if uri is not None else canonical_uri(attachment_id),
+               intent_at, committed_at, owner_kind, owner_id)
+
+
+def _prefix_upper(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix`` (byte order)."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(last + 1)
+        prefix = prefix[:-1]
+    return None
+
+
+def lock_key(qualified_table: str) -> int:
+    """The advisory-lock key of sweeps on one table: a fixed signed 64-bit number."""
+    digest = hashlib.sha256(f"lashctl sweep {qualified_table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class PostgresManifest:
+    """``ManifestBackend`` on lash's ``lash_attachment_manifest`` table."""
+
+    def __init__(self, url: str, lock_timeout: float = 30.0) -> None:
+        if not is_postgres_url(url):
+            raise UsageError(f"not a PostgreSQL URL: {strip_password(url)} (expected one of {', '.join(POSTGRES_SCHEMES)})")
+        if not math.isfinite(lock_timeout) or lock_timeout < 0:
+            raise ValueError(f"lock timeout {lock_timeout} is not a finite, non-negative number of seconds")
+        require_extra("psycopg", "postgres", "a PostgreSQL manifest")
+        self.url = url
+        self.name = strip_password(url)
+        self.lock_timeout = lock_timeout
+        self._shape_checked = False
+
+    def __repr__(self) -> str:
+        return f"PostgresManifest({self.name!r})"
+
+    # -- connections and errors ----------------------------------------------------
+    def _fail(self, exc: Exception) -> LashctlError:
+        """The lashctl error for a psycopg error: one line, never the password."""
+        import psycopg
+        from psycopg import errors as e
+
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = text.replace("connection failed: ", "", 1)
+        password = self._password()
+        if password and len(password) >= 4:  # libpq never says it; a short one would mangle the text
+            text = text.replace(password, "***")
+        low = text.lower()
+        if isinstance(exc, e.InsufficientPrivilege) or (
+                getattr(exc, "sqlstate", None) or "").startswith("28") or (
+                exc.__class__ is psycopg.OperationalError and any(m in low for m in _DENIED_MARKS)):
+            return Denied(f"PostgreSQL manifest {self.name}: access denied: {text}")
+        if isinstance(exc, e.InvalidCatalogName) or (
+                exc.__class__ is psycopg.OperationalError and "database" in low and "does not exist" in low):
+            return UsageError(f"PostgreSQL manifest {self.name}: {text}")
+        if isinstance(exc, e.UndefinedTable):
+            return UsageError(f"no table {TABLE} in {self.name} (create it with `lashctl manifest init`): {text}")
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return Unavailable(f"PostgreSQL manifest {self.name} unavailable: {text}")
+        if isinstance(exc, (e.UndefinedColumn, e.DatatypeMismatch, e.CheckViolation, e.NotNullViolation)):
+            return Corrupt(f"PostgreSQL manifest {self.name}: table {TABLE} is not as lashctl expects: {text}")
+        return Unavailable(f"PostgreSQL manifest {self.name} failed: {text}")
+
+    def _password(self) -> str | None:
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+
+            return conninfo_to_dict(self.url).get("password") or os.environ.get("PGPASSWORD") or None
+        except Exception:  # noqa: BLE001 - a malformed URL: connect() will say so
+            return None
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        import psycopg
+
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise self._fail(exc) from exc
+
+    def _connect(self, autocommit: bool = False) -> "psycopg.Connection":
+        import psycopg
+
+        kwargs: dict = {"autocommit": autocommit}
+        if "connect_timeout" not in self.url and "PGCONNECT_TIMEOUT" not in os.environ:
+            kwargs["connect_timeout"] = _CONNECT_TIMEOUT_S
+        if "application_name" not in self.url and "PGAPPNAME" not in os.environ:
+            kwargs["application_name"] = "lashctl"
+        try:
+            return psycopg.connect(self.url, **kwargs)
+        except psycopg.ProgrammingError as exc:  # a malformed URL
+            raise UsageError(f"bad PostgreSQL URL {self.name}: {' '.join(str(exc).split())}") from exc
+        except psycopg.Error as exc:
+            raise self._fail(exc) from exc
+
+    @contextmanager
+    def _connection(self, autocommit: bool = False) -> Iterator["psycopg.Connection"]:
+        conn = self._connect(autocommit)
+        try:
+            yield conn
+        finally:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+    # -- the table -----------------------------------------------------------------
+    def _table_oid(self, conn: "psycopg.Connection") -> int | None:
+        return conn.execute("SELECT to_regclass(%s)::oid", (TABLE,)).fetchone()[0]
+
+    def _check_shape(self, conn: "psycopg.Connection") -> None:
+        """UsageError if the table is missing, Corrupt naming what differs if misshapen."""
+        oid = self._table_oid(conn)
+        if oid is None:
+            raise UsageError(
+                f"no table {TABLE} in {conn.info.dbname} at {self.name} "
+                "(create it with `lashctl manifest init`)")
+        if self._shape_checked:
+            return
+        relkind = conn.execute("SELECT relkind FROM pg_class WHERE oid = %s", (oid,)).fetchone()[0]
+        if relkind not in ("r", "p"):
+            raise Corrupt(f"{TABLE} in {conn.info.dbname} is not a table (relkind {relkind!r})")
+        columns = dict(conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall())
+        problems = []
+        for column, expected in EXPECTED_COLUMNS.items():
+            found = columns.get(column)
+            if found is None:
+                problems.append(f"no column {column} ({expected})")
+            elif found != expected:
+                problems.append(f"column {column} is {found}, expected {expected}")
+        pk = conn.execute(
+            "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i"
+            " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indrelid = %s AND i.indisprimary", (oid,)).fetchone()[0]
+        if pk is None:
+            problems.append(f"no primary key, expected ({', '.join(EXPECTED_PRIMARY_KEY)})")
+        elif sorted(pk) != sorted(EXPECTED_PRIMARY_KEY):
+            problems.append(f"primary key is ({', '.join(pk)}), expected ({', '.join(EXPECTED_PRIMARY_KEY)})")
+        if problems:
+            raise Corrupt(f"table {TABLE} in {conn.info.dbname} at {self.name} is not lash's attachment "
+                          f"manifest: {'; '.join(problems)}")
+        self._shape_checked = True
+
+    def init(self) -> list[str]:
+        """Create the table and its indexes where missing (``lashctl manifest init``).
+
+        lash's table and indexes in one transaction, then lashctl's indexes
+        concurrently (writers are not blocked on a live table). Never creates
+        lash's other tables. Returns what was created.
+        """
+        created: list[str] = []
+        with self._connection(autocommit=True) as conn, self._errors():
+            with conn.transaction():
+                if self._table_oid(conn) is None:
+                    created.append(f"table {TABLE}")
+                conn.execute(CREATE_TABLE)
+                existing = self._index_names(conn)
+                for sql in LASH_INDEXES:
+                    name = sql.split(" EXISTS ", 1)[1].split()[0]
+                    if name not in existing:
+                        created.append(f"index {name}")
+                    conn.execute(sql)
+            self._shape_checked = False
+            self._check_shape(conn)
+            for name, definition in LASHCTL_INDEXES.items():
+                valid = self._index_names(conn).get(name)
+                if valid:
+                    continue
+                if valid is False:  # an earlier CONCURRENTLY build was interrupted
+                    conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                conn.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {TABLE} {definition}")
+                created.append(f"index {name}")
+        return created
+
+    def _index_names(self, conn: "psycopg.Connection") -> dict[str, bool]:
+        """Index name -> whether it is valid, for the table's indexes."""
+        return dict(conn.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = to_regclass(%s)", (TABLE,)).fetchall())
+
+    def exists(self) -> bool:
+        """The server answers and the table exists (Unavailable/Denied if it does not answer)."""
+        with self._connection(autocommit=True) as conn, self._errors():
+            return self._table_oid(conn) is not None
+
+    def check_writable(self) -> None:
+        """Refuse a missing (UsageError) or misshapen (Corrupt) table."""
+        with self._connection(autocommit=True) as conn, self._errors():
+            self._check_shape(conn)
+
+    # -- the three ways in ---------------------------------------------------------
+    @contextmanager
+    def reading(self) -> Iterator["PostgresView"]:
+        from psycopg import IsolationLevel
+
+        with self._connection() as conn:
+            with self._errors():
+                conn.isolation_level = IsolationLevel.REPEATABLE_READ
+                conn.read_only = True
+                self._check_shape(conn)
+            try:
+                yield PostgresView(self, conn, autocommit=False)
+            finally:
+                if not conn.closed:
+                    try:
+                        conn.rollback()  # nothing was written; closing would end it too
+                    except Exception:  # noqa: BLE001 - never hide the command's own error
+                        pass
+
+    @contextmanager
+    def writing(self) -> Iterator["PostgresView"]:
+        with self._connection() as conn:
+            with self._errors():
+                self._check_shape(conn)
+            try:
+                yield PostgresView(self, conn, autocommit=False)
+            except BaseException:
+                if not conn.closed:
+                    try:
+                        conn.rollback()
+                    except Exception:  # noqa: BLE001 - the original error matters
+                        pass
+                raise
+            with self._errors():
+                conn.commit()
+
+    @contextmanager
+    def sweeping(self) -> Iterator["PostgresView"]:
+        with self._connection(autocommit=True) as conn:
+            with self._errors():
+                self._check_shape(conn)
+                qualified = conn.execute("SELECT to_regclass(%s)::regclass::text, current_database()",
+                                         (TABLE,)).fetchone()
+                key = lock_key(f"{qualified[1]}.{qualified[0]}")
+                deadline = time.monotonic() + self.lock_timeout
+                while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(
+                            f"could not take the sweep lock on {TABLE} at {self.name} within "
+                            f"{self.lock_timeout:g}s: another sweep holds it; retry later")
+                    time.sleep(_LOCK_POLL_S)
+            try:
+                yield PostgresView(self, conn, autocommit=True)
+            finally:
+                if not conn.closed:
+                    try:
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    except Exception:  # noqa: BLE001 - closing the session releases it anyway
+                        pass
+
+
+class PostgresView:
+    """``ManifestView`` and ``ManifestWriter`` on one connection."""
+
+    def __init__(self, backend: PostgresManifest, conn: "psycopg.Connection", autocommit: bool) -> None:
+        self.backend = backend
+        self.conn = conn
+        self.autocommit = autocommit
+        self._owner_tables: tuple[bool, bool] | None = None  # (turn commits, processes) exist
+        self._keep_cache: dict[tuple, str | None] = {}
+        self._cursors = 0
+
+    # -- helpers -------------------------------------------------------------------
+    def _stream(self, sql: str, params: tuple = ()) -> Iterator[tuple]:
+        """Rows of ``sql`` through a server-side cursor, ``ITERSIZE`` at a time."""
+        self._cursors += 1
+        name = f"lashctl_stream_{self._cursors}"
+        with self.backend._errors():
+            cur = self.conn.cursor(name, withhold=self.autocommit)
+            cur.itersize = ITERSIZE
+        try:
+            with self.backend._errors():
+                cur.execute(sql, params)
+                while True:
+                    chunk = cur.fetchmany(ITERSIZE)
+                    if not chunk:
+                        break
+                    yield from chunk
+        finally:
+            if not self.conn.closed:
+                try:
+                    cur.close()
+                except Exception:  # noqa: BLE001 - a broken connection: the error is raised elsewhere
+                    pass
+
+    def _grouped(self, rows: Iterable[tuple]) -> Iterator[list[Row]]:
+        group: list[Row] = []
+        for values in rows:
+            row = _row(values)
+            if group and group[0].attachment_id != row.attachment_id:
+                yield group
+                group = []
+            group.append(row)
+        if group:
+            yield group
+
+    def owner_tables(self) -> tuple[bool, bool]:
+        """Whether lash's ``lash_runtime_turn_commits`` and ``lash_processes`` exist (once per connection)."""
+        if self._owner_tables is None:
+            with self.backend._errors():
+                turns, processes = self.conn.execute(
+                    "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+                    (TURN_COMMITS, PROCESSES)).fetchone()
+            self._owner_tables = (turns, processes)
+        return self._owner_tables
+
+    def _dead_owner_sql(self, alias: str = "m") -> str:
+        """SQL true when the uncommitted row ``alias`` has no owner or lash proves its owner dead."""
+        turns, processes = self.owner_tables()
+        parts = [f"{alias}.owner_kind IS NULL"]
+        if turns:
+            parts.append(
+                f"({alias}.owner_kind = 'turn' AND EXISTS (SELECT 1 FROM {TURN_COMMITS} AS tc"
+                f" WHERE tc.session_id = {alias}.session_id AND tc.turn_id <> {alias}.owner_id"
+                f" AND tc.committed_at_ms > {alias}.intent_at_ms))")
+        if processes:
+            parts.append(
+                f"({alias}.owner_kind = 'process' AND NOT EXISTS (SELECT 1 FROM {PROCESSES} AS p"
+                f" WHERE p.process_id = {alias}.owner_id))")
+        return "(" + " OR ".join(parts) + ")"
+
+    # -- ManifestView ----------------------------------------------------------------
+    def rows_for_keys(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row]:
+        if not keys:
+            return {}
+        sessions = [k[0] for k in keys]
+        ids = [k[1] for k in keys]
+        with self.backend._errors():
+            found = self.conn.execute(
+                f"SELECT {_M_COLS} FROM unnest(%s::text[], %s::text[]) AS k(session_id, attachment_id)"
+                f" JOIN {TABLE} AS m ON m.session_id = k.session_id AND m.attachment_id = k.attachment_id",
+                (sessions, ids)).fetchall()
+        return {(r[0], r[1]): _row(r) for r in found}
+
+    def rows_for_id(self, attachment_id: str) -> list[Row]:
+        with self.backend._errors():
+            found = self.conn.execute(
+                f"SELECT {_COLS} FROM {TABLE} WHERE {_ID} = %s {_BY_ID_ORDER}", (attachment_id,)).fetchall()
+        return [_row(r) for r in found]
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        where, params = self._prefix_where(prefix)
+        with self.backend._errors():
+            found = self.conn.execute(
+                f"SELECT DISTINCT {_ID} FROM {TABLE} {where} ORDER BY {_ID}", params).fetchall()
+        return [r[0] for r in found]
+
+    @staticmethod
+    def _prefix_where(prefix: str) -> tuple[str, tuple]:
+        if not prefix:
+            return "", ()
+        upper = _prefix_upper(prefix)
+        if upper is None:
+            return f"WHERE {_ID} >= %s", (prefix,)
+        return f"WHERE {_ID} >= %s AND {_ID} < %s", (prefix, upper)
+
+    def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
+        """Uncommitted rows with intent at or before the cutoff: oldest first, then by id, then session."""
+        conds, params = ["committed_at_ms IS NULL"], []
+        if cutoff_ms is not None:
+            conds.append("intent_at_ms <= %s")
+            params.append(cutoff_ms)
+        if session is not None:
+            conds.append("session_id = %s")
+            params.append(session)
+        sql = (f"SELECT {_COLS} FROM {TABLE} WHERE {' AND '.join(conds)}"
+               f" ORDER BY intent_at_ms, {_ID}, {_SESSION}")
+        for values in self._stream(sql, tuple(params)):
+            yield _row(values)
+
+    def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
+        """For each id with an uncommitted row at or before the cutoff, every row of it, in id order."""
+        sql = (
+            f"SELECT {_M_COLS} FROM ("
+            f"  SELECT DISTINCT {_ID} AS aid FROM {TABLE}"
+            f"  WHERE committed_at_ms IS NULL AND intent_at_ms <= %s) AS c"
+            f" JOIN {TABLE} AS m ON m.{_ID} = c.aid"
+            f" ORDER BY c.aid, m.{_SESSION}")
+        batch: list[list[Row]] = []
+        for group in self._grouped(self._stream(sql, (cutoff_ms,))):
+            batch.append(group)
+            if len(batch) >= _KEEP_BATCH:
+                self._prefetch_keep(batch, cutoff_ms)
+                yield from batch
+                batch = []
+        if batch:
+            self._prefetch_keep(batch, cutoff_ms)
+            yield from batch
+
+    def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
+        where, params = self._prefix_where(prefix)
+        yield from self._grouped(self._stream(f"SELECT {_COLS} FROM {TABLE} {where} {_BY_ID_ORDER}", params))
+
+    def row_count(self) -> int:
+        with self.backend._errors():
+            return self.conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+
+    # -- owners ----------------------------------------------------------------------
+    @staticmethod
+    def _keep_key(row: Row) -> tuple:
+        return (row.session_id, row.attachment_id, row.intent_at_epoch_ms, row.owner_kind, row.owner_id)
+
+    def keep_reason(self, row: Row) -> str | None:
+        """Why an aged uncommitted row must stay although no session committed it, or None.
+
+        None for a row without an owner. A turn-owned row stays until another
+        turn of its session committed after the row's intent; a process-owned
+        row while the process has a row in ``lash_processes``; either stays
+        when lash's table that would prove its owner dead does not exist.
+        """
+        if row.committed or row.owner_kind is None:
+            return None
+        key = self._keep_key(row)
+        if key not in self._keep_cache:
+            self._check_owners([row])
+        return self._keep_cache[key]
+
+    def keep_reasons(self, rows: Iterable[Row]) -> dict[tuple[str, str], str]:
+        """``keep_reason`` for many rows with one query per owner kind: key -> reason (kept rows only)."""
+        rows = [r for r in rows if not r.committed and r.owner_kind is not None]
+        self._check_owners([r for r in rows if self._keep_key(r) not in self._keep_cache])
+        out = {}
+        for row in rows:
+            reason = self._keep_cache[self._keep_key(row)]
+            if reason is not None:
+                out[row.key] = reason
+        return out
+
+    def _prefetch_keep(self, groups: list[list[Row]], cutoff_ms: int) -> None:
+        if len(self._keep_cache) > 100_000:
+            self._keep_cache.clear()
+        self._check_owners([r for g in groups for r in g
+                            if not r.committed and r.owner_kind is not None
+                            and r.intent_at_epoch_ms <= cutoff_ms and self._keep_key(r) not in self._keep_cache])
+
+    def _check_owners(self, rows: list[Row]) -> None:
+        """Decide and cache the keep reason of owned uncommitted rows, batched."""
+        if not rows:
+            return
+        turns_table, processes_table = self.owner_tables()
+        turn_rows = [r for r in rows if r.owner_kind == "turn"]
+        process_rows = [r for r in rows if r.owner_kind == "process"]
+        other_rows = [r for r in rows if r.owner_kind not in ("turn", "process")]
+        for row in other_rows:
+            self._keep_cache[self._keep_key(row)] = f"owner {row.owner_kind} {row.owner_id} is of an unknown kind"
+        if turn_rows:
+            dead: set[int] = set()
+            if turns_table:
+                with self.backend._errors():
+                    dead = {i - 1 for (i,) in self.conn.execute(
+                        f"SELECT k.i FROM unnest(%s::text[], %s::text[], %s::bigint[]) WITH ORDINALITY"
+                        f" AS k(session_id, owner_id, intent_at_ms, i)"
+                        f" WHERE EXISTS (SELECT 1 FROM {TURN_COMMITS} AS tc WHERE tc.session_id = k.session_id"
+                        f" AND tc.turn_id <> k.owner_id AND tc.committed_at_ms > k.intent_at_ms)",
+                        ([r.session_id for r in turn_rows], [r.owner_id for r in turn_rows],
+                         [r.intent_at_epoch_ms for r in turn_rows])).fetchall()}
+            for i, row in enumerate(turn_rows):
+                if i in dead:
+                    reason = None
+                elif turns_table:
+                    reason = (f"owner turn {row.owner_id} not proven dead: no later commit of another turn "
+                              f"of session {row.session_id}")
+                else:
+                    reason = f"owner turn {row.owner_id} not proven dead (no {TURN_COMMITS} table)"
+                self._keep_cache[self._keep_key(row)] = reason
+        if process_rows:
+            alive: set[str] = set()
+            if processes_table:
+                with self.backend._errors():
+                    alive = {p for (p,) in self.conn.execute(
+                        f"SELECT process_id FROM {PROCESSES} WHERE process_id = ANY(%s::text[])",
+                        (sorted({r.owner_id for r in process_rows}),)).fetchall()}
+            for row in process_rows:
+                if not processes_table:
+                    reason = f"owner process {row.owner_id} not proven dead (no {PROCESSES} table)"
+                elif row.owner_id in alive:
+                    reason = f"owner process {row.owner_id} is still registered in {PROCESSES}"
+                else:
+                    reason = None
+                self._keep_cache[self._keep_key(row)] = reason
+
+    def has_live_row(self, attachment_id: str, cutoff_ms: int) -> bool:
+        """Whether the id has a row a sweep must respect: committed, uncommitted
+        with intent after ``cutoff_ms``, or uncommitted with an owner not proven
+        dead (lash's root predicate). One indexed query; re-checked by a sweep
+        before and after deleting the object."""
+        sql = (f"SELECT EXISTS (SELECT 1 FROM {TABLE} AS m WHERE m.{_ID} = %s"
+               f" AND NOT (m.committed_at_ms IS NULL AND m.intent_at_ms <= %s AND {self._dead_owner_sql('m')}))")
+        with self.backend._errors():
+            return self.conn.execute(sql, (attachment_id, cutoff_ms)).fetchone()[0]
+
+    # -- ManifestWriter ----------------------------------------------------------------
+    def append(self, events: list[Event]) -> None:
+        """Apply events, in order, in one transaction: per key the net effect
+        (``fold.Effect``), one or two statements, all pipelined."""
+        if not events:
+            return
+        effects: dict[tuple[str, str], Effect] = {}
+        for event in events:
+            if event.op not in (INTENT, COMMIT, FORGET):
+                raise Corrupt(f"unknown manifest op {event.op!r}")
+            effect = effects.get(event.key)
+            if effect is None:
+                effect = effects[event.key] = Effect(event.session_id, event.attachment_id)
+            effect.add(event)
+        # Keys in one order: two lashctl writers lock rows in the same order, never deadlock.
+        statements: list[tuple[str, tuple]] = []
+        for (session, aid) in sorted(effects):
+            effect = effects[(session, aid)]
+            row = effect.from_absent
+            if effect.replaces:
+                statements.append((_SQL_DELETE, (session, aid)))
+                if row is not None:
+                    statements.append((_SQL_REPLACE, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
+                                                      row.committed_at_epoch_ms)))
+            elif row is not None:
+                statements.append((_SQL_UPSERT, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
+                                                 row.committed_at_epoch_ms, effect.refreshed_intent,
+                                                 effect.commit_at)))
+            elif effect.commit_at is not None:
+                statements.append((_SQL_COMMIT, (effect.commit_at, session, aid)))
+        if not statements:
+            return
+        with self.backend._errors():
+            if self.autocommit:
+                with self.conn.transaction():
+                    self._write(statements)
+            else:
+                self._write(statements)
+
+    def _write(self, statements: list[tuple[str, tuple]]) -> None:
+        """Send the statements pipelined: one round trip per batch, not per key."""
+        with self.conn.pipeline(), self.conn.cursor() as cur:
+            for sql, params in statements:
+                cur.execute(sql, params)
+
+
+def sweep_recheck(view: PostgresView, attachment_id: str, cutoff_ms: int) -> bool:
+    """Whether a sweep must keep ``attachment_id`` (see ``PostgresView.has_live_row``)."""
+    return view.has_live_row(attachment_id, cutoff_ms)

@@ -1,0 +1,482 @@
+"""The PostgreSQL manifest backend against a real server (tests/pgserver.py).
+
+The fold (``lashctl.fold.fold``) is the reference: whatever events are
+appended, in whatever batches, the table must hold exactly the rows the fold
+computes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+psycopg = pytest.importorskip("psycopg")
+
+from lashctl.backends.postgres import (  # noqa: E402
+    TABLE,
+    PostgresManifest,
+    lock_key,
+    strip_password,
+    sweep_recheck,
+)
+from lashctl.errors import Corrupt, Denied, LockTimeout, Unavailable, UsageError  # noqa: E402
+from lashctl.fold import COMMIT, FORGET, INTENT, Event, Row, canonical_uri, fold  # noqa: E402
+
+IDS = [c * 64 for c in "0a9f"] + ["ab" * 32, "abc" + "0" * 61]
+SESSIONS = ["s1", "s2", "S", "é"]
+
+
+def aid(n: int) -> str:
+    return f"{n:064x}"
+
+
+@pytest.fixture
+def manifest(pg_url) -> PostgresManifest:
+    m = PostgresManifest(pg_url, lock_timeout=0.3)
+    m.init()
+    return m
+
+
+def all_rows(m: PostgresManifest) -> dict[tuple[str, str], Row]:
+    with m.reading() as view:
+        return {r.key: r for group in view.rows_by_id() for r in group}
+
+
+def exec_sql(url: str, *statements: str, params: tuple | None = None) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for sql in statements:
+            conn.execute(sql, params)
+
+
+# -- the fold ------------------------------------------------------------------------------
+events_st = st.lists(
+    st.builds(
+        lambda op, i, s, at, uri_tag: Event(
+            op, IDS[i], SESSIONS[s], None if op == FORGET else at,
+            (canonical_uri(IDS[i]) if uri_tag == 0 else f"lash-attachment://other/{uri_tag}") if op == INTENT else None),
+        st.sampled_from([INTENT, INTENT, COMMIT, FORGET]),
+        st.integers(0, len(IDS) - 1), st.integers(0, len(SESSIONS) - 1),
+        st.integers(0, 20), st.integers(0, 2)),
+    max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=events_st, cuts=st.lists(st.integers(0, 40), max_size=6), sweep=st.booleans())
+def test_append_in_any_batches_equals_the_fold(manifest, events, cuts, sweep):
+    exec_sql(manifest.url, f"TRUNCATE {TABLE}")
+    bounds = sorted({0, len(events), *[c for c in cuts if c < len(events)]})
+    batches = [events[a:b] for a, b in zip(bounds, bounds[1:])]
+    if sweep:
+        with manifest.sweeping() as view:
+            for batch in batches:
+                view.append(batch)
+    else:
+        for batch in batches:
+            with manifest.writing() as view:
+                view.append(batch)
+    expected = fold(events)
+    assert all_rows(manifest) == expected
+    with manifest.reading() as view:
+        assert view.row_count() == len(expected)
+        want = sorted((r for r in expected.values() if not r.committed),
+                      key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id))
+        assert list(view.uncommitted(None, None)) == want
+        assert list(view.uncommitted(10, "s1")) == [r for r in want if r.intent_at_epoch_ms <= 10
+                                                    and r.session_id == "s1"]
+
+
+def test_intent_later_time_wins_commit_first_wins_forget_deletes(manifest):
+    a = IDS[0]
+    with manifest.writing() as w:
+        w.append([Event.intent(a, "s1", 10)])
+        w.append([Event.intent(a, "s1", 5)])  # earlier: ignored
+    assert all_rows(manifest)[("s1", a)].intent_at_epoch_ms == 10
+    with manifest.writing() as w:
+        w.append([Event.intent(a, "s1", 20), Event.commit(a, "s1", 30), Event.commit(a, "s1", 40),
+                  Event.intent(a, "s1", 50), Event.commit(a, "s2", 60)])  # no row for s2: commit never inserts
+    rows = all_rows(manifest)
+    assert list(rows) == [("s1", a)]
+    assert (rows[("s1", a)].intent_at_epoch_ms, rows[("s1", a)].committed_at_epoch_ms) == (20, 30)
+    with manifest.writing() as w:
+        w.append([Event.forget(a, "s1"), Event.intent(a, "s1", 1)])
+    assert all_rows(manifest)[("s1", a)] == Row("s1", a, canonical_uri(a), 1, None)
+
+
+def test_writing_rolls_back_on_an_exception(manifest):
+    with pytest.raises(RuntimeError):
+        with manifest.writing() as w:
+            w.append([Event.intent(IDS[0], "s1", 1)])
+            raise RuntimeError("boom")
+    assert all_rows(manifest) == {}
+
+
+def test_an_intent_keeps_lashs_owner_until_a_forget(manifest):
+    a = IDS[0]
+    exec_sql(manifest.url, f"INSERT INTO {TABLE} VALUES (%s, 's1', 'u', 5, NULL, 'turn', 't1')", params=(a,))
+    with manifest.writing() as w:
+        w.append([Event.intent(a, "s1", 9)])
+    assert all_rows(manifest)[("s1", a)] == Row("s1", a, "u", 9, None, "turn", "t1")
+    with manifest.writing() as w:
+        w.append([Event.forget(a, "s1"), Event.intent(a, "s1", 3)])
+    assert all_rows(manifest)[("s1", a)] == Row("s1", a, canonical_uri(a), 3, None, None, None)
+
+
+# -- queries ---------------------------------------------------------------------------------
+@pytest.fixture
+def filled(manifest):
+    events = []
+    for n in range(30):
+        for s in ("s2", "s1"):
+            events.append(Event.intent(aid(n), s, 1000 - n * 10))
+        if n % 3 == 0:
+            events.append(Event.commit(aid(n), "s1", 2000))
+    with manifest.writing() as w:
+        w.append(events)
+    return manifest, fold(events)
+
+
+def test_point_queries(filled):
+    m, rows = filled
+    with m.reading() as v:
+        keys = [("s1", aid(1)), ("s2", aid(1)), ("nope", aid(1)), ("s1", "f" * 64)]
+        assert v.rows_for_keys(keys) == {k: rows[k] for k in keys if k in rows}
+        assert v.rows_for_keys([]) == {}
+        assert v.rows_for_id(aid(3)) == [rows[("s1", aid(3))], rows[("s2", aid(3))]]
+        assert v.rows_for_id("f" * 64) == []
+        assert v.ids_with_prefix("0" * 62 + "1") == [aid(n) for n in range(16, 30)]
+        assert v.ids_with_prefix("") == [aid(n) for n in range(30)]
+        assert v.ids_with_prefix("f") == []
+        assert v.row_count() == 60
+
+
+def test_streams_order_and_grouping(filled):
+    m, rows = filled
+    with m.reading() as v:
+        groups = list(v.rows_by_id())
+        assert [g[0].attachment_id for g in groups] == [aid(n) for n in range(30)]
+        assert all([r.session_id for r in g] == ["s1", "s2"] for g in groups)
+        assert [g[0].attachment_id for g in v.rows_by_id("0" * 62 + "1")] == [aid(n) for n in range(16, 30)]
+        unc = list(v.uncommitted(None, None))
+        assert [(r.intent_at_epoch_ms, r.attachment_id, r.session_id) for r in unc] == sorted(
+            (r.intent_at_epoch_ms, r.attachment_id, r.session_id) for r in rows.values() if not r.committed)
+        assert [r.attachment_id for r in v.uncommitted(800, "s2")] == [aid(n) for n in range(29, 19, -1)]
+        aged = list(v.aged(850))  # ids 15..29 have an uncommitted row at or before 850
+        assert [g[0].attachment_id for g in aged] == [aid(n) for n in range(15, 30)]
+        assert aged[0] == [rows[("s1", aid(15))], rows[("s2", aid(15))]]  # every row, committed too
+
+
+def test_streams_fetch_in_chunks(manifest, monkeypatch):
+    import lashctl.backends.postgres as pg
+
+    monkeypatch.setattr(pg, "ITERSIZE", 7)
+    monkeypatch.setattr(pg, "_KEEP_BATCH", 3)
+    events = [Event.intent(aid(n), s, n) for n in range(50) for s in ("a", "b")]
+    with manifest.writing() as w:
+        w.append(events)
+    for mode in ("reading", "writing", "sweeping"):
+        with getattr(manifest, mode)() as v:
+            assert [g[0].attachment_id for g in v.rows_by_id()] == [aid(n) for n in range(50)]
+            assert len(list(v.uncommitted(None, None))) == 100
+            assert [len(g) for g in v.aged(10**6)] == [2] * 50
+
+
+def test_queries_use_indexes(manifest):
+    """EXPLAIN of the streams as declared (server-side cursors plan for the first rows)
+    and of the lookups, on a table big enough for the planner to care."""
+    exec_sql(manifest.url,
+             f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
+             " SELECT 's' || (g % 7), lpad(to_hex(g), 64, '0'), 'u', g, CASE WHEN g % 3 = 0 THEN NULL ELSE g END"
+             " FROM generate_series(1, 60000) AS g",
+             f"ANALYZE {TABLE}")
+    import lashctl.backends.postgres as pg
+
+    plans = {}
+    with psycopg.connect(manifest.url) as conn:
+        queries = {
+            "rows_by_id": (f"SELECT {pg._COLS} FROM {TABLE} {pg._BY_ID_ORDER}", ()),
+            "rows_by_id prefix": (f"SELECT {pg._COLS} FROM {TABLE} WHERE {pg._ID} >= %s AND {pg._ID} < %s"
+                                  f" {pg._BY_ID_ORDER}", ("00a", "00b")),
+            "rows_for_id": (f"SELECT {pg._COLS} FROM {TABLE} WHERE {pg._ID} = %s {pg._BY_ID_ORDER}", ("0" * 64,)),
+            "uncommitted": (f"SELECT {pg._COLS} FROM {TABLE} WHERE committed_at_ms IS NULL AND intent_at_ms <= %s"
+                            f" ORDER BY intent_at_ms, {pg._ID}, {pg._SESSION}", (100000,)),
+        }
+        for name, (sql, params) in queries.items():
+            plans[name] = "\n".join(r[0] for r in conn.execute("EXPLAIN DECLARE c CURSOR FOR " + sql, params))
+    for name, plan in plans.items():
+        assert "Seq Scan" not in plan and "Sort" not in plan.split("->")[0], f"{name}:\n{plan}"
+        assert "Index" in plan, f"{name}:\n{plan}"
+    # aged: the candidate ids come from a partial index of uncommitted rows (sorted on the
+    # server when the planner prefers), their rows stream in order from the by-id index.
+    with psycopg.connect(manifest.url) as conn:
+        sql = (f"SELECT {pg._M_COLS} FROM (SELECT DISTINCT {pg._ID} AS aid FROM {TABLE}"
+               f" WHERE committed_at_ms IS NULL AND intent_at_ms <= %s) AS c"
+               f" JOIN {TABLE} AS m ON m.{pg._ID} = c.aid ORDER BY c.aid, m.{pg._SESSION}")
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN DECLARE c CURSOR FOR " + sql, (100000,)))
+    assert "lashctl_attachment_manifest_by_id" in plan and "uncommitted" in plan, plan
+    assert "Seq Scan" not in plan and "Sort" not in plan.split("->")[0], plan
+    print("\n".join(f"-- {k}\n{v}" for k, v in {**plans, "aged": plan}.items()))
+
+
+# -- locks -----------------------------------------------------------------------------------
+def test_a_second_sweeper_times_out(manifest):
+    with manifest.sweeping():
+        started = time.monotonic()
+        with pytest.raises(LockTimeout) as info:
+            with PostgresManifest(manifest.url, lock_timeout=0.3).sweeping():
+                pass
+        assert time.monotonic() - started >= 0.3
+        assert info.value.exit_code == 75
+    with PostgresManifest(manifest.url, lock_timeout=0).sweeping():  # released
+        pass
+
+
+def test_lock_key_is_fixed_per_table():
+    assert lock_key("db.public.lash_attachment_manifest") == lock_key("db.public.lash_attachment_manifest")
+    assert lock_key("db.a.lash_attachment_manifest") != lock_key("db.b.lash_attachment_manifest")
+
+
+def test_a_writer_is_not_blocked_by_a_sweeper(manifest):
+    a, b = IDS[0], IDS[1]
+    with manifest.writing() as w:
+        w.append([Event.intent(a, "s1", 1), Event.intent(b, "s1", 1)])
+    with manifest.sweeping() as sweep:
+        stream = sweep.aged(10)
+        first = next(stream)  # a stream is open
+        sweep.append([Event.forget(first[0].attachment_id, "s1")])  # a sweep's write, committed at once
+        done = threading.Event()
+
+        def write():
+            with manifest.writing() as w:
+                w.append([Event.intent(a, "s1", 5), Event.intent(b, "s1", 5), Event.commit(b, "s1", 6)])
+            done.set()
+
+        t = threading.Thread(target=write)
+        t.start()
+        assert done.wait(5), "a writer waited on the sweep"
+        t.join()
+        assert [g[0].attachment_id for g in stream] == [b]  # the stream carries on
+        assert sweep.rows_for_id(b)[0].committed_at_epoch_ms == 6  # and sees the writer's commit
+    rows = all_rows(manifest)
+    assert rows[("s1", a)].intent_at_epoch_ms == 5 and rows[("s1", b)].committed
+
+
+# -- owners ----------------------------------------------------------------------------------
+def _owned(manifest):
+    rows = [("t_dead", "s1", "turn", "t1", 100), ("t_live", "s1", "turn", "t2", 300),
+            ("t_other", "s2", "turn", "t9", 100), ("p_dead", "s1", "process", "p1", 100),
+            ("p_live", "s1", "process", "p2", 100), ("none", "s1", None, None, 100)]
+    names = {}
+    for n, (name, session, kind, owner, at) in enumerate(rows):
+        names[name] = aid(n + 1)
+        exec_sql(manifest.url, f"INSERT INTO {TABLE} VALUES (%s, %s, 'u', %s, NULL, %s, %s)",
+                 params=(aid(n + 1), session, at, kind, owner))
+    return names
+
+
+def _lash_owner_tables(url):
+    exec_sql(url,
+             "CREATE TABLE lash_runtime_turn_commits (session_id TEXT NOT NULL, turn_id TEXT NOT NULL,"
+             " turn_commit_hash TEXT NOT NULL, result_json TEXT NOT NULL, committed_at_ms BIGINT NOT NULL,"
+             " PRIMARY KEY (session_id, turn_id))",
+             "CREATE TABLE lash_processes (process_id TEXT PRIMARY KEY, status TEXT NOT NULL)",
+             # t1 (intent 100) is superseded by t3 committing at 200; t2's intent (300) is later.
+             "INSERT INTO lash_runtime_turn_commits VALUES ('s1', 't1', 'h', '{}', 150),"
+             " ('s1', 't3', 'h', '{}', 200), ('s2', 't9', 'h', '{}', 500)",
+             "INSERT INTO lash_processes VALUES ('p2', 'running')")
+
+
+def test_owner_rules_with_lash_tables(manifest):
+    names = _owned(manifest)
+    _lash_owner_tables(manifest.url)
+    with manifest.sweeping() as v:
+        aged = {g[0].attachment_id: g[0] for g in v.aged(1000)}
+        reasons = {name: v.keep_reason(aged[i]) for name, i in names.items()}
+        assert reasons["t_dead"] is None and reasons["p_dead"] is None and reasons["none"] is None
+        assert "t2" in reasons["t_live"] and "not proven dead" in reasons["t_live"]
+        assert "t9" in reasons["t_other"]  # only its own turn committed in s2: not superseded
+        assert "p2" in reasons["p_live"] and "registered" in reasons["p_live"]
+        batch = v.keep_reasons(aged.values())
+        assert set(batch) == {("s1", names["t_live"]), ("s2", names["t_other"]), ("s1", names["p_live"])}
+        live = {name: sweep_recheck(v, i, 1000) for name, i in names.items()}
+        assert live == {"t_dead": False, "t_live": True, "t_other": True, "p_dead": False,
+                        "p_live": True, "none": False}
+        assert sweep_recheck(v, names["none"], 99)  # newer than the cutoff
+
+
+def test_owner_rules_without_lash_tables(manifest):
+    names = _owned(manifest)
+    with manifest.reading() as v:
+        aged = {g[0].attachment_id: g[0] for g in v.aged(1000)}
+        for name in ("t_dead", "t_live", "t_other"):
+            assert v.keep_reason(aged[names[name]]).startswith(f"owner turn t")
+            assert "not proven dead" in v.keep_reason(aged[names[name]])
+        for name in ("p_dead", "p_live"):
+            assert "not proven dead" in v.keep_reason(aged[names[name]])
+        assert v.keep_reason(aged[names["none"]]) is None
+        assert [v.has_live_row(names[n], 1000) for n in ("t_dead", "p_dead", "none")] == [True, True, False]
+
+
+def test_has_live_row_for_committed_and_recent_rows(manifest):
+    with manifest.writing() as w:
+        w.append([Event.intent(IDS[0], "s1", 5), Event.commit(IDS[0], "s1", 6),
+                  Event.intent(IDS[1], "s1", 50), Event.intent(IDS[2], "s1", 5)])
+        assert w.has_live_row(IDS[0], 100) and w.has_live_row(IDS[1], 10)
+        assert not w.has_live_row(IDS[2], 10) and not w.has_live_row(IDS[3], 10)
+
+
+# -- the table ---------------------------------------------------------------------------------
+def test_init_creates_lashs_table_and_indexes_once(pg_url):
+    m = PostgresManifest(pg_url)
+    assert not m.exists()
+    created = m.init()
+    assert created[0] == f"table {TABLE}" and len(created) == 5
+    assert m.exists() and m.init() == []
+    with psycopg.connect(pg_url) as conn:
+        names = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (TABLE,))}
+        tables = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"idx_lash_attachment_manifest_uncommitted", "idx_lash_attachment_manifest_owner",
+            "lashctl_attachment_manifest_by_id", "lashctl_attachment_manifest_uncommitted_order"} <= names
+    assert tables == {TABLE}
+
+
+def test_init_adds_only_lashctls_indexes_to_lashs_newer_table(pg_url):
+    exec_sql(pg_url, f"""CREATE TABLE {TABLE} (attachment_id TEXT NOT NULL, session_id TEXT NOT NULL,
+        canonical_uri TEXT NOT NULL, intent_at_ms BIGINT NOT NULL, write_id TEXT, written_at_ms BIGINT,
+        committed_at_ms BIGINT, owner_kind TEXT, owner_id TEXT, owner_incarnation BIGINT,
+        PRIMARY KEY (session_id, attachment_id))""",
+             f"CREATE INDEX idx_lash_attachment_manifest_uncommitted ON {TABLE}(committed_at_ms)"
+             " WHERE committed_at_ms IS NULL",
+             f"CREATE INDEX idx_lash_attachment_manifest_owner ON {TABLE}(session_id, owner_kind, owner_id,"
+             " owner_incarnation, committed_at_ms)")
+    m = PostgresManifest(pg_url)
+    m.check_writable()  # extra columns are fine
+    assert m.init() == ["index lashctl_attachment_manifest_by_id", "index lashctl_attachment_manifest_uncommitted_order"]
+    with m.writing() as w:
+        w.append([Event.intent(IDS[0], "s", 1)])
+    assert list(all_rows(m)) == [("s", IDS[0])]
+
+
+def test_missing_table_is_a_usage_error(pg_url):
+    m = PostgresManifest(pg_url)
+    for attempt in (m.check_writable, lambda: m.reading().__enter__(), lambda: m.writing().__enter__(),
+                    lambda: m.sweeping().__enter__()):
+        with pytest.raises(UsageError) as info:
+            attempt()
+        assert info.value.exit_code == 2
+        assert f"no table {TABLE} in t_" in info.value.message and "lashctl manifest init" in info.value.message
+
+
+@pytest.mark.parametrize("ddl, says", [
+    (f"CREATE TABLE {TABLE} (attachment_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, canonical_uri TEXT NOT NULL,"
+     " intent_at_ms BIGINT NOT NULL, committed_at_ms BIGINT)",
+     ["no column owner_kind", "no column owner_id", "primary key is (attachment_id)"]),
+    (f"CREATE TABLE {TABLE} (attachment_id TEXT, session_id TEXT, canonical_uri TEXT, intent_at_ms INTEGER NOT NULL,"
+     " committed_at_ms TIMESTAMPTZ, owner_kind TEXT, owner_id TEXT, PRIMARY KEY (session_id, attachment_id))",
+     ["column intent_at_ms is integer, expected bigint", "column committed_at_ms is timestamp with time zone"]),
+    (f"CREATE TABLE {TABLE} (attachment_id TEXT, session_id TEXT, canonical_uri TEXT, intent_at_ms BIGINT,"
+     " committed_at_ms BIGINT, owner_kind TEXT, owner_id TEXT)", ["no primary key"]),
+    (f"CREATE VIEW {TABLE} AS SELECT 1 AS x", ["is not a table"]),
+])
+def test_a_misshapen_table_is_corrupt(pg_url, ddl, says):
+    exec_sql(pg_url, ddl)
+    with pytest.raises(Corrupt) as info:
+        PostgresManifest(pg_url).check_writable()
+    assert info.value.exit_code == 65
+    for text in says:
+        assert text in info.value.message
+
+
+# -- the server --------------------------------------------------------------------------------
+def test_an_unreachable_server_is_unavailable(pg_server):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    m = PostgresManifest(f"postgresql://u:topsecret@127.0.0.1:{port}/db")
+    for attempt in (m.exists, m.check_writable, lambda: m.reading().__enter__()):
+        with pytest.raises(Unavailable) as info:
+            attempt()
+        assert info.value.exit_code == 69
+        assert "\n" not in info.value.message and "topsecret" not in info.value.message
+        assert m.name in info.value.message
+
+
+def test_a_server_gone_mid_command_is_unavailable(manifest):
+    with manifest.writing() as w:
+        w.append([Event.intent(aid(n), "s", n) for n in range(10)])
+    with pytest.raises(Unavailable) as info:
+        with manifest.reading() as v:
+            stream = v.rows_by_id()
+            next(stream)
+            exec_sql(manifest.url, "SELECT pg_terminate_backend(%s)", params=(v.conn.info.backend_pid,))
+            v.row_count()
+    assert info.value.exit_code == 69 and "\n" not in info.value.message
+
+
+def test_a_wrong_password_is_denied(pg_server):
+    from pgserver import PASSWORD
+
+    m = PostgresManifest(pg_server.tcp_url(password="not-the-password"))
+    with pytest.raises(Denied) as info:
+        m.exists()
+    assert info.value.exit_code == 77
+    assert "not-the-password" not in info.value.message and PASSWORD not in info.value.message
+    assert "not-the-password" not in m.name
+    assert PostgresManifest(pg_server.tcp_url()).exists() is False  # the right one gets in
+
+
+def test_a_missing_database_is_a_usage_error(pg_server):
+    with pytest.raises(UsageError) as info:
+        PostgresManifest(pg_server.url("no_such_db")).exists()
+    assert "does not exist" in info.value.message
+
+
+def test_libpq_environment_applies(manifest, monkeypatch, pg_server):
+    from urllib.parse import quote
+
+    monkeypatch.setenv("PGHOST", str(pg_server.socket_dir))
+    monkeypatch.setenv("PGPORT", str(pg_server.port))
+    monkeypatch.setenv("PGUSER", "postgres")
+    dbname = manifest.url.split("/")[3].split("?")[0]
+    assert PostgresManifest(f"postgresql:///{quote(dbname)}").exists()
+
+
+def test_name_has_no_password():
+    assert strip_password("postgresql://u:pw@h:5432/db") == "postgresql://u@h:5432/db"
+    assert strip_password("postgres://u:p%40w@h1:1,h2:2/db?password=x&sslmode=require") == \
+        "postgres://u@h1:1,h2:2/db?sslmode=require"
+    assert strip_password("postgresql:///db?password=x") == "postgresql:///db"
+    assert strip_password("postgresql://h/db") == "postgresql://h/db"
+    assert PostgresManifest("postgresql://u:pw@h/db").name == "postgresql://u@h/db"
+
+
+def test_not_a_postgres_url():
+    with pytest.raises(UsageError):
+        PostgresManifest("s3://bucket/x")
+
+
+def test_streams_keep_memory_flat(manifest):
+    """100,000 rows stream through in a few MB: a list of them all would take tens."""
+    import tracemalloc
+
+    exec_sql(manifest.url,
+             f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
+             " SELECT 'session-' || (g % 3), lpad(to_hex(g / 3), 64, '0'), 'u', g, NULL"
+             " FROM generate_series(0, 99999) AS g", f"ANALYZE {TABLE}")
+    with manifest.reading() as v:
+        tracemalloc.start()
+        try:
+            groups = sum(1 for _ in v.rows_by_id())
+            rows = sum(1 for _ in v.uncommitted(None, None))
+            aged = sum(len(g) for g in v.aged(10**6))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert (groups, rows, aged) == (33334, 100000, 100000)
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
