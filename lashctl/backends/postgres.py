@@ -184,6 +184,10 @@ def lock_key(qualified_table: str) -> int:
 class PostgresManifest:
     """``ManifestBackend`` on lash's ``lash_attachment_manifest`` table."""
 
+    # A sweep holds an advisory lock that writers do not take: it re-checks
+    # each candidate before and after deleting it (lashctl.sweep).
+    blocks_writers = False
+
     def __init__(self, url: str, lock_timeout: float = 30.0) -> None:
         if not is_postgres_url(url):
             raise UsageError(f"not a PostgreSQL URL: {strip_password(url)} (expected one of {', '.join(POSTGRES_SCHEMES)})")
@@ -357,7 +361,14 @@ class PostgresManifest:
 
     # -- the three ways in ---------------------------------------------------------
     @contextmanager
-    def reading(self) -> Iterator["PostgresView"]:
+    def litter(self) -> list:
+        """A table leaves no litter behind (the interface of lashctl.backends.base)."""
+        return []
+
+    def remove_litter(self, found) -> None:
+        raise ValueError("a PostgreSQL manifest has no litter")
+
+    def reading(self, tolerant: bool = False) -> Iterator["PostgresView"]:
         from psycopg import IsolationLevel
 
         with self._connection() as conn:

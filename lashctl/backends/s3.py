@@ -329,6 +329,10 @@ class S3Blobs:
         There are no symlinks or owners to refuse in a bucket."""
         self._probe()
 
+    def ensure_writable_layout(self) -> None:
+        """An object store has no directories to create: the bucket must exist."""
+        self.check_root()
+
     def check_layout(self) -> None:
         self._probe()
 

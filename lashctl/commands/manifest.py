@@ -1,4 +1,4 @@
-"""``lashctl manifest check|log|compact``: the write-ahead log itself."""
+"""``lashctl manifest check|log|compact|init``: the write-ahead log itself."""
 
 import json
 from typing import Annotated, Optional
@@ -11,7 +11,7 @@ from lashctl.render import Col
 
 app = typer.Typer(
     name="manifest",
-    help="Inspect and maintain the manifest: check, log, compact.",
+    help="Inspect and maintain the manifest: check, log, compact (a JSON-lines file); init (a PostgreSQL table).",
     no_args_is_help=True,
 )
 
@@ -32,7 +32,7 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     from lashctl.backends.jsonl_log import check as check_manifest
 
     state = app_state(ctx, json_flag)
-    report = check_manifest(state.store().manifest)
+    report = check_manifest(jsonl_only(state, "check").log)
     document = {
         "path": str(report.path),
         "exists": report.exists,
@@ -115,7 +115,7 @@ def log(
         else:
             state.ui.warn(describe_malformed(exc))
 
-    manifest = state.store().manifest
+    manifest = jsonl_only(state, "log").log
     for lineno, event in manifest.iter_events(on_error=mark):
         if prefix is not None and not str(event.get("attachment_id", "")).startswith(prefix):
             continue
@@ -150,7 +150,7 @@ def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag
     committed) per row: the same state in fewer lines.
     """
     state = app_state(ctx, json_flag)
-    manifest = state.store().manifest
+    manifest = jsonl_only(state, "compact").log
     if dry_run:
         folded = manifest.read_state()
         before, after = folded.lines, 1 + len(folded.rows) + sum(1 for r in folded.rows.values() if r.committed)
@@ -163,3 +163,38 @@ def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag
                 "rows": len(folded.rows)}
     state.ui.records(["what", "value"], [["lines before", before], ["lines after", after], ["rows", len(folded.rows)]], document)
     state.ui.info(f"{'would compact' if dry_run else 'compacted'} {manifest.path}: {before} -> {after} lines")
+
+
+def jsonl_only(state, what: str):
+    """The store's manifest, refused (exit 2) unless it is a JSON-lines file."""
+    store = state.store()
+    if not hasattr(store.manifest, "log"):
+        raise UsageError(f"manifest {what} works on a JSON-lines manifest; {store.manifest.name} is a "
+                         "PostgreSQL table (query it with psql)")
+    return store.manifest
+
+
+@app.command("init", epilog="""Examples:
+
+    lashctl --manifest postgresql://lash@db/lash manifest init
+
+Exit codes: 0 created (or already there); 2 usage error (not a PostgreSQL manifest);
+65 a table of that name with another shape; 69 server unreachable; 77 access denied.""")
+def init(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
+    """Create lash's manifest table and the indexes lashctl's queries use.
+
+    For a PostgreSQL manifest: creates ``lash_attachment_manifest`` (as lash
+    does) when it is missing, and the two indexes lashctl needs (built
+    concurrently: lash's writers are not blocked). Never creates lash's
+    other tables. A JSON-lines manifest needs no init.
+    """
+    state = app_state(ctx, json_flag)
+    store = state.store(create=True)
+    if not hasattr(store.manifest, "init"):
+        raise UsageError(f"manifest init creates a PostgreSQL table; {store.manifest.name} is a "
+                         "JSON-lines file, created by the first put")
+    created = store.manifest.init()
+    state.ui.records(["created"], [[name] for name in created],
+                     {**state.run_fields(), "manifest": store.manifest.name, "created": created})
+    state.ui.info(f"{store.manifest.name}: created {', '.join(created)}" if created
+                  else f"{store.manifest.name}: already initialised")
