@@ -83,6 +83,8 @@ def _late_global(name: str) -> Any:
             state.manifest_path, state.manifest_named = _location(value), True
         elif name == "lock_timeout":
             state.lock_timeout = _lock_timeout(value)
+        elif name == "layout":
+            state.layout = _layout(value)
         else:
             setattr(state.ui, name, True)
 
@@ -133,6 +135,7 @@ def _accept_global_options(command: Any) -> Any:
         (["--verbose", "-v"], "verbose", None, True),
         (["--lock-timeout"], "lock_timeout", float, False),
         (["--full-ids"], "full_ids", None, True),
+        (["--layout"], "layout", str, False),
     ]
     for decls, name, kind, is_flag in specs:
         decls = [d for d in decls if d not in taken]
@@ -245,6 +248,17 @@ def _location(value: str | Path) -> Path | str:
     return text if is_url(text) else Path(text)
 
 
+LAYOUTS = ("auto", "sidecars", "bare")
+
+
+def _layout(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value not in LAYOUTS:
+        raise typer.BadParameter(f"'{value}' is not one of {', '.join(LAYOUTS)}", param_hint="--layout")
+    return value
+
+
 def _lock_timeout(value: float) -> float:
     # Click's range check lets NaN through (every comparison with it is
     # false), and NaN or inf would make the lock deadline unreachable: a wait
@@ -285,6 +299,11 @@ def main_options(
         typer.Option("--lock-timeout", envvar=ENV_LOCK_TIMEOUT, metavar="SECONDS", callback=_lock_timeout,
                      help="How long to wait for the manifest lock before exit 75."),
     ] = 30.0,
+    layout: Annotated[
+        Optional[str],
+        typer.Option("--layout", envvar="LASHCTL_LAYOUT", metavar="auto|sidecars|bare", callback=_layout,
+                     help="Blob layout: sidecars beside blobs (lash-core 0.1), bare (later lash), or auto-detect."),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -306,6 +325,7 @@ def main_options(
         store_root=store,
         manifest_path=manifest,
         lock_timeout=lock_timeout,
+        layout=layout,
         ui=UI(json_output=json_output, quiet=quiet, verbose=verbose, full_ids=full_ids),
         store_named=store_named,
         manifest_named=manifest is not None,

@@ -55,8 +55,7 @@ class Store:
             from lashctl.backends.localfs import BlobStore
 
             self.blobs = BlobStore(Path(root))
-        if layout is not None:
-            self.blobs.layout = layout
+        self._layout = layout  # None: detected on first use (README, "Two layouts")
         self.root = root if not isinstance(root, str) or is_s3_url(root_text) else Path(root)
         manifest_text = str(manifest_path) if manifest_path is not None else None
         if manifest_text is not None and is_postgres_url(manifest_text):
@@ -80,6 +79,14 @@ class Store:
     def warn(self, message: str) -> None:
         self._warn(message)
 
+    @property
+    def layout(self) -> str:
+        """``sidecars`` (lash-core 0.1.0-alpha.85 and lashctl write a sidecar
+        beside every blob) or ``bare`` (later lash releases keep none)."""
+        if self._layout is None:
+            self._layout = detect_layout(self.blobs)
+        return self._layout
+
     def index(self):
         """The JSON-lines manifest's state cache, refreshed (tests and completion)."""
         return self.manifest.index()
@@ -95,6 +102,23 @@ class Store:
             context = self.manifest.sweeping() if sweep else self.manifest.writing()
         with context as view, self.blobs.opened():
             yield view
+
+
+LAYOUT_PROBE = 8  # blobs looked at to tell a bare store from one with sidecars
+
+
+def detect_layout(blobs) -> str:
+    """A store whose first blobs (in id order) have no sidecar at all is
+    bare; anything else, an empty store included, keeps sidecars."""
+    from itertools import islice
+
+    from lashctl.backends.base import LAYOUT_BARE, LAYOUT_SIDECARS
+
+    with blobs.opened():
+        probe = list(islice(blobs.iter_ids(), LAYOUT_PROBE))
+        if len(probe) == LAYOUT_PROBE and all(blobs.stat(i, sidecar=True) is None for i in probe):
+            return LAYOUT_BARE
+    return LAYOUT_SIDECARS
 
 
 def _once(say):

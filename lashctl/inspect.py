@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from lashctl import media, sidecar
-from lashctl.backends.base import FILE, SYMLINK, BlobStat, Found
+from lashctl.backends.base import FILE, LAYOUT_SIDECARS, SYMLINK, BlobStat, Found
 from lashctl.backends.localfs import LASH_STAGING_SUFFIX, SIDECAR_SUFFIX
 from lashctl.core import DEFAULT_GRACE, Store, as_view, by_id, default_grace_ms
 from lashctl.errors import Corrupt, LashctlError, NotFound
@@ -84,7 +84,7 @@ def show(store: Store, attachment_id: str, view, now: int) -> BlobReport:
     if st is None and not rows:
         raise NotFound(f"no blob or manifest row for {attachment_id}")
     meta, problem = _read_sidecar(store, attachment_id)
-    if st is not None and meta is None and problem is None and store.blobs.layout == "sidecars":
+    if st is not None and meta is None and problem is None and store.layout == LAYOUT_SIDECARS:
         problem = "missing"
     return BlobReport(
         attachment_id=attachment_id,
@@ -305,17 +305,18 @@ class Finding:
 
 @dataclass
 class VerifyReport:
-    findings: list[Finding] = field(default_factory=list)
     blobs_checked: int = 0
     bytes_checked: int = 0
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == ERROR]
+        """What is still wrong: errors --fix did not repair."""
+        return [f for f in self.findings if f.severity == ERROR and not f.repair]
 
     @property
     def repairs(self) -> list[Finding]:
-        return [f for f in self.findings if f.repair is not None]
+        return [f for f in self.findings if f.repair]
 
 
 def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = None,
@@ -401,7 +402,7 @@ def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report
         return finding.repair is None
     meta, problem = _read_sidecar(store, attachment_id)
     if meta is None and problem is None:
-        if store.blobs.layout == "sidecars":
+        if store.layout == LAYOUT_SIDECARS:
             finding = Finding("sidecar-missing", ERROR, side, attachment_id, "no sidecar for this blob")
             if fix:
                 rebuilt = rebuild_sidecar(store, attachment_id, size)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from lashctl import media, sidecar
-from lashctl.backends.base import Staged
+from lashctl.backends.base import LAYOUT_SIDECARS, Staged
 from lashctl.core import Store, precheck_prefixes, resolve_id, validate_session
 from lashctl.errors import Corrupt, LashctlError, NotFound, StoreIOError, UsageError
 from lashctl.fold import Event, Row
@@ -180,7 +180,7 @@ def _land_batch(
             )
         )
     for meta in metas:
-        if store.blobs.layout == "sidecars" and store.blobs.write_sidecar(meta, durable=False):
+        if store.layout == LAYOUT_SIDECARS and store.blobs.write_sidecar(meta, durable=False):
             renamed.add(meta.attachment_id)
     # One directory fsync per shard makes both the blob and sidecar renames durable.
     store.blobs.sync(renamed)
@@ -316,7 +316,7 @@ def _describe_row(store: Store, row: Row) -> UncommittedRow:
         return UncommittedRow(row, False, None, None, None)
     present = st is not None and st.is_file
     meta = None
-    if st is not None or store.blobs.layout == "sidecars":
+    if st is not None or store.layout == LAYOUT_SIDECARS:
         try:
             meta = store.blobs.read_sidecar(row.attachment_id)
         except LashctlError as exc:

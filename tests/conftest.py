@@ -77,11 +77,14 @@ def s3_bucket(s3_server, monkeypatch) -> str:
     servers.s3_env(monkeypatch, s3_server)
     return servers.new_bucket(s3_server)
 
+
 # -- PostgreSQL (tests/pgserver.py) ----------------------------------------------
 @pytest.fixture(scope="session")
 def pg_server():
     """A throwaway PostgreSQL server for the whole session (skipped if none can start)."""
-    pytest.importorskip("psycopg")
+    import servers
+
+    servers.need("psycopg", "the PostgreSQL backend tests")
     from pgserver import start
 
     server, stop = start()

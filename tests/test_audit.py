@@ -419,13 +419,13 @@ def test_quarantine_moves_blob_and_sidecar_and_keeps_bytes(store):
     s = core.Store(store)
     a = put(s, b"move me", "s", "m.txt")
     sidecar_bytes = side(store, a).read_bytes()
-    target = inspect.quarantine(s, a, s.blobs.hash_blob(a)[1])
+    target = Path(inspect.quarantine(s, a, s.blobs.hash(a)[1]))
     assert target.parent == store / "quarantine"
     assert target.read_bytes() == b"move me"
     assert Path(str(target) + ".json").read_bytes() == sidecar_bytes
     assert not blob(store, a).exists() and not side(store, a).exists()
     second = put(s, b"move me", "s", "m.txt")
-    assert inspect.quarantine(s, second, s.blobs.hash_blob(second)[1]) != target  # names never collide
+    assert Path(inspect.quarantine(s, second, s.blobs.hash(second)[1])) != target  # names never collide
     assert target.read_bytes() == b"move me"
 
 
@@ -550,8 +550,8 @@ def test_show_report_fields(verdict_store, store):
     state = read_state(s)
     report = inspect.show(s, ids["committed"], state, now_ms())
     st = os.stat(blob(store, ids["committed"]))
-    assert report.blob_path == blob(store, ids["committed"])
-    assert report.sidecar_path == side(store, ids["committed"])
+    assert report.blob_path == str(blob(store, ids["committed"]))
+    assert report.sidecar_path == str(side(store, ids["committed"]))
     assert report.bytes_present is True
     assert report.byte_len == len(png_bytes(4, 6))
     assert report.size_on_disk == st.st_blocks * 512

@@ -56,6 +56,7 @@ class AppState:
     store_named: bool = False  # --store or LASHCTL_STORE, not the platform default
     manifest_named: bool = False
     inspection: object = None  # the open view of an inspection command
+    layout: Optional[str] = None  # --layout: auto (None), sidecars or bare
     started_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
 
     def run_fields(self) -> dict:
@@ -77,8 +78,9 @@ class AppState:
         from lashctl.core import Store
         from lashctl.errors import UsageError
 
+        layout = None if self.layout in (None, "auto") else self.layout
         store = Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn,
-                      note=self.ui.note)
+                      note=self.ui.note, layout=layout)
         if not create:
             if self.store_named and not store.blobs.exists():
                 raise UsageError(f"store {store.blobs.name} does not exist (check --store / {ENV_STORE})")
