@@ -158,6 +158,27 @@ def check_grace(cutoff: int, now: int, *, force: bool, option: str = "cutoff") -
         )
 
 
+# -- the sweep's rules ---------------------------------------------------------
+def aged_rows(rows: list[Row], cutoff: int) -> list[Row]:
+    """The rows a sweep at ``cutoff`` forgets: uncommitted, intent at or before it (by session)."""
+    aged = [r for r in rows if r.committed_at_epoch_ms is None and r.intent_at_epoch_ms <= cutoff]
+    aged.sort(key=lambda r: r.session_id)
+    return aged
+
+
+def live_reason(rows: list[Row], cutoff: int, view) -> str | None:
+    """Why an id's bytes must stay although some of its rows aged, or None."""
+    live = None
+    for row in rows:
+        if row.committed:
+            return f"session {row.session_id} committed it"
+        if row.intent_at_epoch_ms > cutoff:
+            live = f"session {row.session_id} has a recent intent"
+        elif live is None:
+            live = view.keep_reason(row)
+    return live
+
+
 # -- ids -----------------------------------------------------------------------
 def resolve_id(store: Store, query: IdQuery, view=None) -> str:
     """Resolve a full id or unique prefix against blobs and manifest rows.
@@ -208,7 +229,7 @@ def as_view(state):
     from lashctl.backends.jsonl_log import ManifestState
 
     if isinstance(state, ManifestState):
-        from lashctl.backends.jsonl import StateView
+        from lashctl.backends.jsonl_log import StateView
 
         return StateView(state)
     return state

@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lashctl.core import Store, as_view, by_id, precheck_prefixes, resolve_ids
+from lashctl.core import Store, aged_rows, as_view, by_id, live_reason, precheck_prefixes, resolve_ids
 from lashctl.errors import LashctlError, Refused, UnsafePath
 from lashctl.fold import Event, Row
 from lashctl.ids import IdQuery
+from lashctl.strays import remove_stray, scan_strays
 
 Progress = Callable[[int], None]
 
@@ -123,26 +124,6 @@ class ReclaimReport:
     @property
     def failures(self) -> list[ReclaimItem]:
         return [i for i in self.items if i.action in (FAILED, DELETED_WHILE_REFERENCED)]
-
-
-def aged_rows(rows: list[Row], cutoff: int) -> list[Row]:
-    """The rows a sweep at ``cutoff`` forgets: uncommitted, intent at or before it (by session)."""
-    aged = [r for r in rows if r.committed_at_epoch_ms is None and r.intent_at_epoch_ms <= cutoff]
-    aged.sort(key=lambda r: r.session_id)
-    return aged
-
-
-def live_reason(rows: list[Row], cutoff: int, view) -> str | None:
-    """Why an id's bytes must stay although some of its rows aged, or None."""
-    live = None
-    for row in rows:
-        if row.committed:
-            return f"session {row.session_id} committed it"
-        if row.intent_at_epoch_ms > cutoff:
-            live = f"session {row.session_id} has a recent intent"
-        elif live is None:
-            live = view.keep_reason(row)
-    return live
 
 
 Plan = list[tuple[str, list[Row], str | None]]
@@ -279,8 +260,6 @@ def gc(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress |
     blob present), which otherwise looks like the wrong manifest. The blob
     listing and the rows are merged in id order: memory stays flat.
     """
-    from lashctl.inspect import scan_strays, remove_stray
-
     store.manifest.check_writable()  # a FIFO or /dev/null is refused before anything else
     with store.exclusive(dry_run=dry_run) as view:
         first_blob = next(store.blobs.iter_ids(), None)

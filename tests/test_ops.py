@@ -279,7 +279,6 @@ def test_resolve_prefix_from_manifest_rows(store):
     record(store, intent_event(ghost, "s-1", 1000))
     state = store.manifest.read_state()
     assert core.resolve_id(store, parse_id("abcd0"), state) == ghost
-    assert core.resolve_id(store, parse_id("abcd0"), store.manifest.read_state) == ghost
     with pytest.raises(NotFound):
         core.resolve_id(store, parse_id("abcd0"))  # blobs only
 

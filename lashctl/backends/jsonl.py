@@ -17,61 +17,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lashctl.backends.base import FILE, BlobStat, Found
-from lashctl.backends.jsonl_log import Manifest, ManifestState, Warn
+from lashctl.backends.jsonl_log import Manifest, ManifestState, StateView, Warn  # noqa: F401  (StateView: part of this API)
 from lashctl.fold import Event, Row
 
 STAGING = "staging"
-
-
-class StateView:
-    """The queries of ``ManifestView`` answered from an in-memory fold."""
-
-    def __init__(self, state: ManifestState) -> None:
-        self.state = state
-
-    def rows_for_keys(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row]:
-        rows = self.state.rows
-        return {k: rows[k] for k in keys if k in rows}
-
-    def rows_for_id(self, attachment_id: str) -> list[Row]:
-        return sorted(self.state.rows_for(attachment_id), key=lambda r: r.session_id)
-
-    def ids_with_prefix(self, prefix: str) -> list[str]:
-        return self.state.ids_with_prefix(prefix)
-
-    def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
-        rows = [r for r in self.state.rows.values()
-                if r.committed_at_epoch_ms is None
-                and (cutoff_ms is None or r.intent_at_epoch_ms <= cutoff_ms)
-                and (session is None or r.session_id == session)]
-        rows.sort(key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id))
-        return iter(rows)
-
-    def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
-        ids = sorted({r.attachment_id for r in self.uncommitted(cutoff_ms, None)})
-        return (self.rows_for_id(i) for i in ids)
-
-    def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
-        return (self.rows_for_id(i) for i in self.state.ids_with_prefix(prefix))
-
-    def row_count(self) -> int:
-        return len(self.state.rows)
-
-    def keep_reason(self, row: Row) -> str | None:
-        return None
-
-    # What the log looked like (the JSON-lines backend only).
-    @property
-    def log_lines(self) -> int:
-        return self.state.lines
-
-    @property
-    def torn_tail(self) -> bool:
-        return self.state.torn_tail
-
-    @property
-    def malformed(self) -> list:
-        return self.state.malformed
 
 
 class CacheView:

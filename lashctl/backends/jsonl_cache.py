@@ -443,7 +443,7 @@ class ManifestIndex:
         return self._lines
 
     def _memory_view(self):
-        from lashctl.backends.jsonl import StateView
+        from lashctl.backends.jsonl_log import StateView
 
         if self._memory is None:  # a valid unterminated final line: rare, answered in memory
             self._memory = self.manifest.read_state()

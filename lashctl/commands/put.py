@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from lashctl.commands import JsonFlag, SessionOption, app_state
-from lashctl.errors import StoreIOError, UsageError
+from lashctl.errors import UsageError
 from lashctl.render import human_bytes
 
 EPILOG = """Examples:
