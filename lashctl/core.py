@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from heapq import merge
-from pathlib import Path
 from typing import Iterator
 
-from lashctl.backends import is_postgres_url, is_s3_url, require_extra
 from lashctl.errors import NotFound, Refused, UsageError
 from lashctl.fold import Row
 from lashctl.ids import IdQuery, is_utf8_text
@@ -23,7 +21,6 @@ from lashctl.timefmt import parse_duration
 MIN_GRACE_MS = 60_000
 DEFAULT_GRACE = "24h"
 MAX_SESSION_LEN = 1024
-MANIFEST_NAME = "manifest.jsonl"
 
 
 def _stderr_warn(message: str) -> None:
@@ -45,36 +42,13 @@ class Store:
                  layout: str | None = None) -> None:
         self.note = _once(note) if note is not None else None
         self._warn = warn if warn is not None else _stderr_warn
-        root_text = str(root)
-        if is_s3_url(root_text):
-            require_extra("obstore", "s3", "an s3:// store")
-            from lashctl.backends.s3 import S3Blobs
+        from lashctl.backends import open_blobs, open_manifest
 
-            self.blobs = S3Blobs(root_text)
-        else:
-            from lashctl.backends.localfs import BlobStore
-
-            self.blobs = BlobStore(Path(root))
+        self.blobs = open_blobs(root)
+        self.root = root
         self._layout = layout  # None: detected on first use (README, "Two layouts")
-        self.root = root if not isinstance(root, str) or is_s3_url(root_text) else Path(root)
-        manifest_text = str(manifest_path) if manifest_path is not None else None
-        if manifest_text is not None and is_postgres_url(manifest_text):
-            require_extra("psycopg", "postgres", "a postgresql:// manifest")
-            from lashctl.backends.postgres import PostgresManifest
-
-            self.manifest = PostgresManifest(manifest_text, lock_timeout=lock_timeout)
-        else:
-            if manifest_text is None:
-                if is_s3_url(root_text):
-                    raise UsageError("an s3:// store keeps no manifest of its own: name one with --manifest "
-                                     "(a file or a postgresql:// URL)")
-                # The manifest lives in the root: a symlinked or foreign root stops
-                # the manifest commands too, not only those that touch blobs.
-                self.blobs.check_root()
-            from lashctl.backends.jsonl import JsonlManifest
-
-            path = Path(manifest_text) if manifest_text is not None else Path(root) / MANIFEST_NAME
-            self.manifest = JsonlManifest(path, lock_timeout=lock_timeout, warn=self._warn, note=self.note)
+        self.manifest = open_manifest(manifest_path, self.blobs, lock_timeout=lock_timeout, warn=self._warn,
+                                      note=self.note)
 
     def warn(self, message: str) -> None:
         self._warn(message)

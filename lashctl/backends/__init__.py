@@ -51,3 +51,45 @@ def strip_password(url: str) -> str:
         netloc = f"{user.partition(':')[0]}@{host}"
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"])
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+MANIFEST_NAME = "manifest.jsonl"  # a local store's manifest, in its root
+
+
+def open_blobs(location):
+    """The blob backend for a directory or an ``s3://`` URL."""
+    text = str(location)
+    if is_s3_url(text):
+        require_extra("obstore", "s3", "an s3:// store")
+        from lashctl.backends.s3 import S3Blobs
+
+        return S3Blobs(text)
+    from pathlib import Path
+
+    from lashctl.backends.localfs import BlobStore
+
+    return BlobStore(Path(location))
+
+
+def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, note=None):
+    """The manifest backend for a file or a ``postgresql://`` URL; None means
+    ``manifest.jsonl`` in a local store's root."""
+    from pathlib import Path
+
+    text = str(location) if location is not None else None
+    if text is not None and is_postgres_url(text):
+        require_extra("psycopg", "postgres", "a postgresql:// manifest")
+        from lashctl.backends.postgres import PostgresManifest
+
+        return PostgresManifest(text, lock_timeout=lock_timeout)
+    if text is None:
+        if is_s3_url(blobs.name):
+            raise UsageError("an s3:// store keeps no manifest of its own: name one with --manifest "
+                             "(a file or a postgresql:// URL)")
+        # The manifest lives in the root: a symlinked or foreign root stops
+        # the manifest commands too, not only those that touch blobs.
+        blobs.check_root()
+    from lashctl.backends.jsonl import JsonlManifest
+
+    path = Path(text) if text is not None else Path(blobs.name) / MANIFEST_NAME
+    return JsonlManifest(path, lock_timeout=lock_timeout, warn=warn, note=note)
