@@ -13,6 +13,7 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from lashctl.errors import StoreIOError, UnsafePath
 
@@ -199,3 +200,16 @@ def atomic_output(dest: Path | str):
         if isinstance(exc, OSError):
             raise StoreIOError.wrap("write", dest, exc) from exc
         raise
+
+
+def read_into(source: BinaryIO, buffer: bytearray, source_name: str) -> int:
+    """Read the next chunk of ``source`` into ``buffer``; how many bytes (0 at the end)."""
+    try:
+        readinto = getattr(source, "readinto", None)
+        if readinto is not None:
+            return readinto(buffer) or 0
+        data = source.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+    except OSError as exc:
+        raise StoreIOError.wrap("read", source_name, exc) from exc

@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from lashctl.backends.base import DIRECTORY, FILE, LAYOUT_SIDECARS, OTHER, SYMLINK, BlobStat, Found
+from lashctl.backends.base import (
+    DIRECTORY,
+    FILE,
+    LAYOUT_SIDECARS,
+    OTHER,
+    SYMLINK,
+    BlobStat,
+    Found,
+)
 from lashctl.errors import Corrupt, NotFound, StoreIOError, UnsafePath
 from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store)
     STAGING_SUFFIX,
@@ -38,6 +46,7 @@ from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store
     make_dir,
     open_dir,
     open_regular,
+    read_into,
     unique_suffix,
     unlink_quietly,
     write_all,
@@ -90,18 +99,6 @@ class Entry:
     name: str
     st: os.stat_result
     path: Path
-
-
-def _read_into(source: BinaryIO, buffer: bytearray, source_name: str) -> int:
-    try:
-        readinto = getattr(source, "readinto", None)
-        if readinto is not None:
-            return readinto(buffer) or 0
-        data = source.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-    except OSError as exc:
-        raise StoreIOError.wrap("read", source_name, exc) from exc
 
 
 def _write_all(fd: int, chunk: memoryview, path: Path) -> None:
@@ -417,7 +414,7 @@ class BlobStore:
             try:
                 buffer = bytearray(CHUNK)
                 while True:
-                    n = _read_into(source, buffer, source_name)
+                    n = read_into(source, buffer, source_name)
                     if not n:
                         break
                     chunk = memoryview(buffer)[:n]

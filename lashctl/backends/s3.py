@@ -60,6 +60,7 @@ from lashctl.errors import (
     Unavailable,
     UsageError,
 )
+from lashctl.fsutil import read_into
 from lashctl.ids import is_valid_id
 
 if TYPE_CHECKING:
@@ -405,7 +406,7 @@ class S3Blobs:
         try:
             with open(fd, "wb", buffering=0, closefd=True) as out:
                 while True:
-                    n = _read_into(source, buffer, source_name)
+                    n = read_into(source, buffer, source_name)
                     if not n:
                         break
                     chunk = view[:n]
@@ -656,18 +657,6 @@ class S3Blobs:
                 return None
             obstore.delete(self._store, [blob, sidecar] if has_sidecar else [blob])
         return self._url(target)
-
-
-def _read_into(source: BinaryIO, buffer: bytearray, source_name: str) -> int:
-    try:
-        readinto = getattr(source, "readinto", None)
-        if readinto is not None:
-            return readinto(buffer) or 0
-        data = source.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-    except OSError as exc:
-        raise StoreIOError.wrap("read", source_name, exc) from exc
 
 
 def _unlink_quietly(path: object) -> None:
