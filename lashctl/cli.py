@@ -40,6 +40,7 @@ COMMANDS = {
     "verify": "verify",
     "gc": "gc",
     "manifest": "manifest",
+    "migrate": "migrate",
 }
 
 

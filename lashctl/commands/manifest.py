@@ -176,7 +176,7 @@ def jsonl_only(state, what: str):
 
 @app.command("init", epilog="""Examples:
 
-    lashctl --manifest postgresql://lash@db/lash manifest init
+    lashctl manifest init --manifest postgresql://lash@db/lash
 
 Exit codes: 0 created (or already there); 2 usage error (not a PostgreSQL manifest);
 65 a table of that name with another shape; 69 server unreachable; 77 access denied.""")
