@@ -9,7 +9,10 @@ key with ``lashctl.fold.Effect`` and written with one statement per key:
   uncommitted one (``INSERT … ON CONFLICT … DO UPDATE SET intent_at_ms =
   GREATEST(…) WHERE committed_at_ms IS NULL``); a committed row is unchanged;
 - a commit stamps only an uncommitted row (the first commit wins), never inserts;
-- a forget deletes the row (what follows it in the batch starts from nothing).
+- a forget deletes the row (what follows it in the batch starts from nothing);
+  a sweep's guarded forget only while the row is still an uncommitted intent
+  from at or before its cutoff (``DELETE … WHERE committed_at_ms IS NULL AND
+  intent_at_ms <= cutoff``): a row a writer refreshed or committed meanwhile stays.
 
 Connections. ``reading()`` is a REPEATABLE READ, READ ONLY transaction;
 ``writing()`` one READ COMMITTED transaction, committed on exit and rolled back
@@ -119,6 +122,12 @@ _SQL_COMMIT = (
     " WHERE session_id = %s AND attachment_id = %s AND committed_at_ms IS NULL"
 )
 _SQL_DELETE = f"DELETE FROM {TABLE} WHERE session_id = %s AND attachment_id = %s"
+# A sweep's guarded forget (``Event.forget(..., until_ms=cutoff)``, ``fold.step``):
+# only a row that is still an uncommitted intent from at or before the cutoff.
+_SQL_DELETE_AGED = (
+    f"DELETE FROM {TABLE} WHERE session_id = %s AND attachment_id = %s"
+    " AND committed_at_ms IS NULL AND intent_at_ms <= %s"
+)
 # After a forget the row is new: owner and any other column back to their defaults.
 # ON CONFLICT only covers a concurrent writer inserting the key after our delete.
 _SQL_REPLACE = (
@@ -670,33 +679,33 @@ class PostgresView:
     # -- ManifestWriter ----------------------------------------------------------------
     def append(self, events: list[Event]) -> None:
         """Apply events, in order, in one transaction: per key the net effect
-        (``fold.Effect``), one or two statements, all pipelined."""
+        (``fold.Effect``), one or two statements, all pipelined.
+
+        A guarded forget (a sweep's, with its cutoff) is a conditional delete:
+        whether it deletes depends on the stored row, so it ends the key's run
+        of events and what follows it starts a new run on whatever is left.
+        """
         if not events:
             return
-        effects: dict[tuple[str, str], Effect] = {}
+        runs: dict[tuple[str, str], list[Effect | int]] = {}  # per key: Effects and guarded forgets' cutoffs
         for event in events:
             if event.op not in (INTENT, COMMIT, FORGET):
                 raise Corrupt(f"unknown manifest op {event.op!r}")
-            effect = effects.get(event.key)
-            if effect is None:
-                effect = effects[event.key] = Effect(event.session_id, event.attachment_id)
-            effect.add(event)
+            run = runs.setdefault(event.key, [])
+            if event.op == FORGET and event.at_ms is not None:
+                run.append(event.at_ms)
+                continue
+            if not run or not isinstance(run[-1], Effect):
+                run.append(Effect(event.session_id, event.attachment_id))
+            run[-1].add(event)
         # Keys in one order: two lashctl writers lock rows in the same order, never deadlock.
         statements: list[tuple[str, tuple]] = []
-        for (session, aid) in sorted(effects):
-            effect = effects[(session, aid)]
-            row = effect.from_absent
-            if effect.replaces:
-                statements.append((_SQL_DELETE, (session, aid)))
-                if row is not None:
-                    statements.append((_SQL_REPLACE, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
-                                                      row.committed_at_epoch_ms)))
-            elif row is not None:
-                statements.append((_SQL_UPSERT, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
-                                                 row.committed_at_epoch_ms, effect.refreshed_intent,
-                                                 effect.commit_at)))
-            elif effect.commit_at is not None:
-                statements.append((_SQL_COMMIT, (effect.commit_at, session, aid)))
+        for (session, aid) in sorted(runs):
+            for effect in runs[(session, aid)]:
+                if isinstance(effect, Effect):
+                    statements += self._effect_statements(session, aid, effect)
+                else:
+                    statements.append((_SQL_DELETE_AGED, (session, aid, effect)))
         if not statements:
             return
         with self.backend._errors():
@@ -705,6 +714,22 @@ class PostgresView:
                     self._write(statements)
             else:
                 self._write(statements)
+
+    @staticmethod
+    def _effect_statements(session: str, aid: str, effect: Effect) -> list[tuple[str, tuple]]:
+        row = effect.from_absent
+        if effect.replaces:
+            out = [(_SQL_DELETE, (session, aid))]
+            if row is not None:
+                out.append((_SQL_REPLACE, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
+                                           row.committed_at_epoch_ms)))
+            return out
+        if row is not None:
+            return [(_SQL_UPSERT, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
+                                   row.committed_at_epoch_ms, effect.refreshed_intent, effect.commit_at))]
+        if effect.commit_at is not None:
+            return [(_SQL_COMMIT, (effect.commit_at, session, aid))]
+        return []
 
     def _write(self, statements: list[tuple[str, tuple]]) -> None:
         """Send the statements pipelined: one round trip per batch, not per key."""
