@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 from itertools import groupby
 from pathlib import Path
 from typing import Callable, Iterator
 
 from lashctl.backends.base import FILE, BlobStat, Found
 from lashctl.backends.jsonl_log import Manifest, ManifestState, StateView, Warn  # noqa: F401  (StateView: part of this API)
-from lashctl.fold import Event, Row
+from lashctl.fold import FORGET, Event, Row, step
 
 STAGING = "staging"
 
@@ -116,6 +117,7 @@ class Writer:
         return ids
 
     def append(self, events: list[Event]) -> None:
+        events = self._resolve_guards(events)
         if not events:
             return
         self._manifest.log.append(events)
@@ -126,6 +128,28 @@ class Writer:
         elif view is not None:
             for event in events:
                 view.state.apply(event)
+
+
+    def _resolve_guards(self, events: list[Event]) -> list[Event]:
+        """The log records no cutoff on a forget: decide each guarded forget
+        here, under the lock, against the rows as they stand (``fold.step``),
+        and record only those that delete."""
+        if not any(e.op == FORGET and e.at_ms is not None for e in events):
+            return events
+        rows = {k: replace(r) for k, r in self.rows_for_keys(list({e.key for e in events})).items()}
+        out = []
+        for event in events:
+            after = step(rows.get(event.key), event)
+            if event.op == FORGET and event.at_ms is not None:
+                if after is not None:
+                    continue  # the guard keeps the row: nothing to record
+                event = Event.forget(event.attachment_id, event.session_id)
+            if after is None:
+                rows.pop(event.key, None)
+            else:
+                rows[event.key] = after
+            out.append(event)
+        return out
 
 
 class JsonlManifest:

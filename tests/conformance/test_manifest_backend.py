@@ -142,8 +142,6 @@ def test_queries_agree_with_the_fold(fresh, batches):
 @settings(settings.get_profile("conformance"))
 @given(batches=batches_strategy(guarded=True))
 def test_guarded_forgets_agree_with_the_fold(fresh, manifest_kind, batches, request):
-    if manifest_kind == "jsonl":
-        request.applymarker(JSONL_GUARD_XFAIL)
     manifest = fresh()
     write(manifest, batches)
     with manifest.reading() as view:
@@ -166,17 +164,8 @@ def test_several_appends_in_one_block_and_one_batch(manifest):
 
 
 # -- guarded forgets ---------------------------------------------------------------
-JSONL_GUARD_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="the JSON-lines log has no field for a forget's cutoff: a guarded forget is recorded (and "
-           "replayed) as an unguarded one. Its sweeps exclude every writer, so the rows a sweep forgets "
-           "cannot change under it, but the backend does not honour the guard as fold.step defines it.")
-
-
 @pytest.fixture
 def guard_case(manifest, manifest_kind, request):
-    if manifest_kind == "jsonl":
-        request.applymarker(JSONL_GUARD_XFAIL)
     return manifest
 
 
