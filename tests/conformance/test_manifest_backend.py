@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_manifest
+from conformance.conftest import make_manifest
 from lashctl.errors import EXIT_LOCKED, LockTimeout
 from lashctl.fold import Event, Row, fold
 
