@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from lashctl.ids import SHORT_ID_MARK
@@ -107,6 +108,38 @@ class UI:
             for row in rows:
                 out.write("\t".join(_plain(cell) for cell in row) + "\n")
             out.flush()
+
+    def listing(
+        self,
+        fields: Sequence["Field"],
+        records: Iterable[Any],
+        document: Any = None,
+        items: str = "items",
+        title: str | None = None,
+        base: str | None = None,
+    ) -> int:
+        """A listing of ``records``, each read through ``fields``; the number of records.
+
+        With --json: ``document`` (the fields of the run; a zero-argument
+        callable builds it only then) with the items last under ``items``, or
+        without a document the array of items alone, streamed when
+        ``records`` is an iterator rather than a list. Otherwise the table (or
+        TSV) of the fields that have a column, as ``records`` draws it; a
+        terminal shows paths relative to ``base``.
+        """
+        if self.json and document is None and not isinstance(records, (list, tuple)):
+            return self.emit_json_array(item(fields, r) for r in records)
+        records = list(records)
+        if self.json:
+            entries = [item(fields, r) for r in records]
+            document = document() if callable(document) else document
+            self.emit_json(entries if document is None else {**document, items: entries})
+        else:
+            shown = [f for f in fields if f.col is not None]
+            cols = [Col(f.col.name, f.col.kind, f.col.drop, f.col.min_width, base)
+                    if base is not None and f.col.kind == "path" else f.col for f in shown]
+            self.records(cols, [[f.cell_of(r) for f in shown] for r in records], None, title)
+        return len(records)
 
     # -- stderr: people ------------------------------------------------------------
     def info(self, message: str) -> None:
@@ -239,6 +272,30 @@ class Col:
     def __init__(self, name: str, kind: str = "text", drop: int = 0, min_width: int = 8,
                  base: str | None = None) -> None:
         self.name, self.kind, self.drop, self.min_width, self.base = name, kind, drop, min_width, base
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a record, declared once for the --json item and the table.
+
+    ``key`` names it in the item; ``get`` reads its value from the record
+    object; ``col`` is its table column (None: the field is in --json only);
+    ``cell`` reads what the table shows from the record, when that is not
+    the value itself.
+    """
+
+    key: str
+    get: Callable[[Any], Any]
+    col: Col | None = None
+    cell: Callable[[Any], Any] | None = None
+
+    def cell_of(self, record: Any) -> Any:
+        return self.get(record) if self.cell is None else self.cell(record)
+
+
+def item(fields: Iterable[Field], record: Any) -> dict:
+    """A record as its --json item: every field under its key, in declaration order."""
+    return {f.key: f.get(record) for f in fields}
 
 
 # A shortened id is at least this long (as git abbreviates), longer where

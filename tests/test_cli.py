@@ -1309,3 +1309,405 @@ def test_unusable_cache_directory_is_noted_once_only_with_verbose(cli, store, tm
     assert len(notes) == 1 and "writable by others" in notes[0], loud.stderr
     assert not (cache / "index").exists()
     assert store.joinpath("manifest.jsonl").read_text().count('"op":"commit"') == 2
+
+
+# -- every record whole: its --json item, its line on a pipe, its table ------------------
+# Each listing command's record is pinned here in all three forms, so that the
+# declaration behind them can change without the output changing.
+OLD_MS = 1_700_000_000_000  # 2023-11-14T22:13:20.000Z, a blob's pinned modification time
+
+
+class _Terminal:
+    """A stream that says it is a terminal and is otherwise the stream."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def drawn(cli, monkeypatch, *args):
+    """Run ``args`` with stdout a terminal; the result and each table handed to Rich,
+    as its columns (name, kind, drop, min_width, base) and raw rows."""
+    import sys
+
+    from lashctl import render
+
+    tables = []
+
+    class TerminalStdout:
+        def __getattr__(self, name):
+            value = getattr(sys, name)
+            return _Terminal(value) if name == "stdout" else value
+
+    def capture(cols, rows, title, full_ids):
+        tables.append(([(c.name, c.kind, c.drop, c.min_width, c.base) for c in cols], [list(r) for r in rows]))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(render, "sys", TerminalStdout())
+        patch.setattr(render, "_print_table", capture)
+        result = cli(*args)
+    return result, tables
+
+
+def tsv(result) -> list[list[str]]:
+    return [line.split("\t") for line in result.stdout.splitlines()]
+
+
+def pin_mtime(store: Path, attachment_id: str, epoch_ms: int = OLD_MS) -> None:
+    os.utime(blob_path(store, attachment_id), ns=(epoch_ms * 1_000_000, epoch_ms * 1_000_000))
+
+
+RUN_FIELDS = ["lashctl_version", "store", "manifest", "started_at", "finished_at"]
+
+
+def test_reclaim_record_whole(cli, store, put_blobs, monkeypatch):
+    orphan, shared, broken = put_blobs({"o.bin": b"orphan bytes", "s.bin": b"shared", "b.bin": b"broken!"})
+    missing = sha(b"never landed")
+    now = now_ms()
+    write_manifest(store, [
+        intent(orphan, "A", now - 3 * DAY), intent(orphan, "B", now - 3 * DAY),
+        intent(shared, "A", now - 2 * DAY), intent(shared, "B", now - 2 * DAY), commit_ev(shared, "B", now - 2 * DAY),
+        intent(broken, "A", now - 2 * DAY),
+        intent(missing, "A", now - DAY),
+    ])
+    from lashctl.backends.localfs import BlobStore
+    from lashctl.errors import StoreIOError
+
+    original = BlobStore.delete
+
+    def flaky_delete(self, attachment_id):
+        if attachment_id == broken:
+            raise StoreIOError("cannot delete it: Permission denied")
+        return original(self, attachment_id)
+
+    monkeypatch.setattr(BlobStore, "delete", flaky_delete)
+    expected = {
+        orphan: {"id": orphan, "action": "reclaim", "sessions": ["A", "B"], "byte_len": 12, "bytes_present": True,
+                 "reason": "orphan: no live row", "error": None},
+        shared: {"id": shared, "action": "release", "sessions": ["A"], "byte_len": 6, "bytes_present": True,
+                 "reason": "kept: session B committed it", "error": None},
+        broken: {"id": broken, "action": "reclaim", "sessions": ["A"], "byte_len": 7, "bytes_present": True,
+                 "reason": "orphan: no live row", "error": None},
+        missing: {"id": missing, "action": "reclaim", "sessions": ["A"], "byte_len": 0, "bytes_present": False,
+                  "reason": "orphan: no live row; bytes already gone", "error": None},
+    }
+    dry = cli("reclaim", "-n", "--older-than", "1h", "--json")
+    assert_ok(dry)
+    document = json.loads(dry.stdout)
+    assert list(document) == RUN_FIELDS + ["dry_run", "cutoff_epoch_ms", "cutoff", "scanned_intents",
+                                           "blobs_reclaimed", "bytes_freed", "rows_released", "failures", "items"]
+    order = [i["id"] for i in document["items"]]
+    assert document["items"] == [expected[i] for i in order] and sorted(order) == sorted(expected)
+    assert dry.stderr.startswith("dry run: would reclaim 3 blob(s), 19 B; released 1 row(s); scanned ")
+
+    piped = cli("reclaim", "-n", "--older-than", "1h")
+    assert tsv(piped) == [[i, e["action"], str(e["byte_len"]) if e["action"] == "reclaim" else "-",
+                           ", ".join(e["sessions"]), e["reason"]] for i, e in ((i, expected[i]) for i in order)]
+
+    result, tables = drawn(cli, monkeypatch, "reclaim", "--older-than", "1h")
+    assert result.exit_code == 5, result.stderr
+    expected[broken].update(action="failed", error="cannot delete it: Permission denied")
+    ((columns, rows),) = tables
+    assert columns == [("id", "id", 0, 8, None), ("action", "fixed", 0, 8, None), ("size", "bytes", 2, 8, None),
+                       ("sessions", "text", 3, 8, None), ("reason", "text", 4, 12, None)]
+    assert rows == [[i, e["action"], e["byte_len"] if e["action"] == "reclaim" else None, ", ".join(e["sessions"]),
+                     e["error"] or e["reason"]] for i, e in ((i, expected[i]) for i in order)]
+    assert "lashctl: error: sweep finished with 1 failure(s); rows kept for the next sweep: " + broken in result.stderr
+
+
+def test_gc_record_whole(cli, store, put_blobs, monkeypatch):
+    kept, loose, broken = put_blobs({"k.bin": b"kept", "l.bin": b"loose bytes", "b.bin": b"broken"})
+    for attachment_id in (kept, loose, broken):
+        pin_mtime(store, attachment_id)
+    write_manifest(store, [intent(kept, "A", now_ms() - DAY)])
+    litter = store / "tmp" / "put-abandoned.tmp"
+    litter.parent.mkdir(parents=True, exist_ok=True)
+    litter.write_bytes(b"half")
+    os.utime(litter, ns=(OLD_MS * 1_000_000,) * 2)
+    from lashctl.backends.localfs import BlobStore
+    from lashctl.errors import StoreIOError
+
+    original = BlobStore.delete
+
+    def flaky_delete(self, attachment_id):
+        if attachment_id == broken:
+            raise StoreIOError("cannot delete it: Permission denied")
+        return original(self, attachment_id)
+
+    monkeypatch.setattr(BlobStore, "delete", flaky_delete)
+    dry = cli("gc", "-n", "--json")
+    assert_ok(dry)
+    document = json.loads(dry.stdout)
+    assert list(document) == RUN_FIELDS + ["dry_run", "cutoff_epoch_ms", "cutoff", "blobs_scanned", "blobs_deleted",
+                                           "litter_deleted", "bytes_freed", "failures", "items"]
+    blobs = sorted([(loose, 11), (broken, 6)])
+    expected = [{"path": str(blob_path(store, i)), "id": i, "kind": "blob", "action": "delete", "byte_len": n,
+                 "reason": "unreferenced: no manifest row", "error": None} for i, n in blobs]
+    expected.append({"path": str(litter), "id": None, "kind": "staging", "action": "delete", "byte_len": 4,
+                     "reason": document["items"][-1]["reason"], "error": None})
+    assert document["items"] == expected
+    assert (document["blobs_scanned"], document["blobs_deleted"], document["litter_deleted"]) == (3, 2, 1)
+
+    piped = cli("gc", "-n")
+    assert tsv(piped) == [[e["path"], e["kind"], e["action"], str(e["byte_len"]), e["reason"]] for e in expected]
+
+    result, tables = drawn(cli, monkeypatch, "gc")
+    assert result.exit_code == 5, result.stderr
+    ((columns, rows),) = tables
+    assert columns == [("path", "path", 0, 20, str(store)), ("kind", "fixed", 0, 8, None),
+                       ("action", "fixed", 0, 8, None), ("size", "bytes", 2, 8, None), ("reason", "text", 1, 12, None)]
+    failed = {str(blob_path(store, broken)): "cannot delete it: Permission denied"}
+    assert rows == [[e["path"], e["kind"], "failed" if e["path"] in failed else "delete", e["byte_len"],
+                     failed.get(e["path"], e["reason"])] for e in expected]
+    assert "lashctl: error: gc finished with 1 failure(s): " + str(blob_path(store, broken)) in result.stderr
+
+
+def test_delete_record_whole(cli, store, put_blobs, monkeypatch):
+    (present,) = put_blobs({"p.bin": b"present"})
+    absent = sha(b"absent")
+    write_manifest(store, [intent(present, "s2", now_ms()), intent(present, "s1", now_ms())])
+    dry = cli("delete", "-n", "--force", "--json", present, absent)
+    assert_ok(dry)
+    document = json.loads(dry.stdout)
+    assert list(document) == RUN_FIELDS + ["dry_run", "blobs_deleted", "bytes_freed", "items"]
+    assert (document["dry_run"], document["blobs_deleted"], document["bytes_freed"]) == (True, 1, 7)
+    assert document["items"] == [
+        {"id": present, "existed": True, "byte_len": 7, "sessions": ["s1", "s2"]},
+        {"id": absent, "existed": False, "byte_len": 0, "sessions": []},
+    ]
+    piped = cli("delete", "-n", "--force", present, absent)
+    assert tsv(piped) == [[present, "would delete", "7", "s1, s2"], [absent, "absent", "-", "-"]]
+    assert piped.stderr == "would delete 1 blob(s), 7 B\n"
+    result, tables = drawn(cli, monkeypatch, "delete", "--force", present, absent)
+    assert_ok(result)
+    assert tables == [(
+        [("id", "id", 0, 8, None), ("action", "fixed", 0, 8, None), ("size", "bytes", 2, 8, None),
+         ("referenced by", "text", 1, 8, None)],
+        [[present, "deleted", 7, "s1, s2"], [absent, "absent", None, None]],
+    )]
+    assert result.stderr == "deleted 1 blob(s), 7 B\n"
+
+
+def test_commit_record_whole(cli, store, tmp_path, monkeypatch):
+    a, b = ids_out(cli("put", "-s", "s1", "-", input=b"aaa")) + ids_out(cli("put", "-s", "s1", "-", input=b"bbb"))
+    nobody = sha(b"nobody")
+    assert_ok(cli("commit", "-s", "s1", b))
+    result = cli("commit", "-s", "s1", "--json", a, b, nobody)
+    assert result.exit_code == 3
+    assert json.loads(result.stdout) == [
+        {"id": a, "session_id": "s1", "status": "committed"},
+        {"id": b, "session_id": "s1", "status": "already_committed"},
+        {"id": nobody, "session_id": "s1", "status": "no_intent"},
+    ]
+    piped = cli("commit", "-s", "s1", a, b)
+    assert_ok(piped)
+    assert tsv(piped) == [[a, "s1", "already_committed"], [b, "s1", "already_committed"]]
+    assert piped.stderr == "committed 0 row(s) for session s1\n"
+    result, tables = drawn(cli, monkeypatch, "commit", "-s", "s1", nobody)
+    assert result.exit_code == 3
+    assert tables == [([("id", "id", 0, 8, None), ("session", "text", 0, 8, None), ("status", "fixed", 0, 8, None)],
+                       [[nobody, "s1", "no_intent"]])]
+
+
+def test_ls_record_whole(cli, store, tmp_path, monkeypatch):
+    (png,) = ids_out(cli("put", "-s", "s1", "-s", "s1", str(write_inputs(tmp_path / "in", {"p.png": png_bytes(2, 3)})[0])))
+    (raw,) = ids_out(cli("put", "-s", "s2", "-", input=b"raw"))
+    assert_ok(cli("commit", "-s", "s1", png))
+    pin_mtime(store, png)
+    pin_mtime(store, raw, OLD_MS + 1)
+    result = cli("ls", "--json")
+    assert_ok(result)
+    expected = sorted([
+        {"id": png, "byte_len": len(png_bytes(2, 3)), "media_type": "image/png", "label": "p.png",
+         "state": "committed", "sessions": ["s1"], "mtime_epoch_ms": OLD_MS, "mtime": "2023-11-14T22:13:20.000Z"},
+        {"id": raw, "byte_len": 3, "media_type": "application/octet-stream", "label": None,
+         "state": "uncommitted", "sessions": ["s2"], "mtime_epoch_ms": OLD_MS + 1, "mtime": "2023-11-14T22:13:20.001Z"},
+    ], key=lambda e: e["id"])
+    assert json.loads(result.stdout) == expected
+    piped = cli("ls")
+    assert tsv(piped) == [[e["id"], str(e["byte_len"]), e["media_type"], e["label"] or "-", e["state"], e["mtime"]]
+                          for e in expected]
+    result, tables = drawn(cli, monkeypatch, "ls")
+    assert_ok(result)
+    assert tables == [(
+        [("id", "id", 0, 8, None), ("size", "bytes", 0, 8, None), ("media type", "text", 2, 10, None),
+         ("label", "text", 1, 8, None), ("state", "fixed", 0, 8, None), ("modified", "fixed", 3, 8, None)],
+        [[e["id"], e["byte_len"], e["media_type"], e["label"], e["state"], e["mtime"]] for e in expected],
+    )]
+    assert result.stderr == f"2 blob(s), {len(png_bytes(2, 3)) + 3} B\n"
+
+
+def test_list_uncommitted_record_whole(cli, store, put_blobs, monkeypatch):
+    (a,) = put_blobs({"a.png": png_bytes(5, 6)})
+    gone = sha(b"gone")
+    now = now_ms()
+    write_manifest(store, [intent(a, "s1", now - 3 * DAY), intent(gone, "s2", now - 2 * HOUR - 5 * MINUTE)])
+    result = cli("list-uncommitted", "--json")
+    assert_ok(result)
+    items = json.loads(result.stdout)
+    ages = [item.pop("age_ms") for item in items]
+    assert 3 * DAY <= ages[0] < 3 * DAY + MINUTE and 125 * MINUTE <= ages[1] < 126 * MINUTE
+    expected = [
+        {"id": a, "session_id": "s1", "canonical_uri": "sha256:" + a, "intent_at_epoch_ms": now - 3 * DAY,
+         "intent_at": iso(now - 3 * DAY), "byte_len": len(png_bytes(5, 6)), "media_type": "image/png",
+         "label": "a.png", "bytes_present": True},
+        {"id": gone, "session_id": "s2", "canonical_uri": "sha256:" + gone,
+         "intent_at_epoch_ms": now - 125 * MINUTE, "intent_at": iso(now - 125 * MINUTE), "byte_len": None,
+         "media_type": None, "label": None, "bytes_present": False},
+    ]
+    assert items == expected
+    piped = cli("list-uncommitted")
+    assert tsv(piped) == [
+        [a, "s1", iso(now - 3 * DAY), "3d", str(len(png_bytes(5, 6))), "image/png", "a.png", "present"],
+        [gone, "s2", iso(now - 125 * MINUTE), "2h5m", "-", "-", "-", "missing"],
+    ]
+    assert piped.stderr == "2 uncommitted row(s)\n"
+    result, tables = drawn(cli, monkeypatch, "list-uncommitted", "--older-than", "1h")
+    assert_ok(result)
+    assert tables == [(
+        [("id", "id", 0, 8, None), ("session", "text", 0, 8, None), ("intent at", "fixed", 7, 8, None),
+         ("age", "fixed", 2, 8, None), ("size", "bytes", 4, 8, None), ("media type", "text", 6, 10, None),
+         ("label", "text", 5, 8, None), ("bytes", "fixed", 3, 8, None)],
+        [[a, "s1", iso(now - 3 * DAY), "3d", len(png_bytes(5, 6)), "image/png", "a.png", "present"],
+         [gone, "s2", iso(now - 125 * MINUTE), "2h5m", None, None, None, "missing"]],
+    )]
+    assert result.stderr.startswith("2 uncommitted row(s) with intent at or before ")
+
+
+def test_verify_record_whole(cli, store, put_blobs, monkeypatch):
+    good, bare = put_blobs({"g.bin": b"good", "b.bin": b"bare"})
+    sidecar_path(store, bare).unlink()
+    stray = store / "sha256" / "zz"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"stray")
+    write_manifest(store, [intent(good, "s", now_ms()), commit_ev(good, "s", now_ms()),
+                           intent(bare, "s", now_ms())])
+    result = cli("verify", "--json")
+    assert result.exit_code in (0, 65)
+    document = json.loads(result.stdout)
+    assert list(document) == RUN_FIELDS + ["fix", "clean", "blobs_checked", "bytes_checked", "errors", "warnings",
+                                           "repairs", "findings"]
+    findings = document["findings"]
+    assert findings and all(sorted(f) == ["id", "kind", "message", "path", "repair", "severity"] for f in findings)
+    assert {(f["path"], f["id"]) for f in findings} >= {(str(sidecar_path(store, bare)), bare)}
+    piped = cli("verify")
+    assert tsv(piped) == [[f["severity"], f["kind"], f["path"] or "-", f["message"], f["repair"] or "-"]
+                          for f in findings]
+    result, tables = drawn(cli, monkeypatch, "verify", "--fix")
+    assert tables and tables[0][0] == [
+        ("severity", "fixed", 0, 8, None), ("kind", "fixed", 0, 8, None), ("path", "path", 0, 20, str(store)),
+        ("problem", "text", 1, 16, None), ("repair", "text", 2, 8, None)]
+    repaired = [row for row in tables[0][1] if row[4] is not None]
+    assert repaired and all(f"repaired {row[2]}: {row[4]}" in result.stderr for row in repaired)
+    assert [row[:4] for row in tables[0][1]] == [[f["severity"], f["kind"], f["path"], f["message"]]
+                                                 for f in findings]
+
+
+def test_put_record_whole(cli, store, tmp_path, monkeypatch):
+    png, text = write_inputs(tmp_path / "in", {"p.png": png_bytes(4, 5), "t.txt": b"text"})
+    result = cli("put", "-s", "s", "--json", str(png), str(text), "-", input=b"text")
+    assert_ok(result)
+    p, t = sha(png_bytes(4, 5)), sha(b"text")
+    assert json.loads(result.stdout) == [
+        {"id": p, "path": str(png), "byte_len": len(png_bytes(4, 5)), "media_type": "image/png", "label": "p.png",
+         "width": 4, "height": 5, "deduplicated": False},
+        {"id": t, "path": str(text), "byte_len": 4, "media_type": "text/plain", "label": "t.txt",
+         "width": None, "height": None, "deduplicated": False},
+        {"id": t, "path": "-", "byte_len": 4, "media_type": "application/octet-stream", "label": None,
+         "width": None, "height": None, "deduplicated": True},
+    ]
+    result, tables = drawn(cli, monkeypatch, "put", "-s", "s", str(png), str(text))
+    assert_ok(result)
+    assert tables == [] and result.stdout == f"{p}\n{t}\n"
+    assert result.stderr == f"stored 2 blob(s), {len(png_bytes(4, 5)) + 4} B (2 already present) for session s\n"
+
+
+def test_show_record_whole(cli, store, put_blobs, monkeypatch):
+    (p,) = put_blobs({"p.png": png_bytes(4, 5)})
+    pin_mtime(store, p)
+    now = now_ms()
+    write_manifest(store, [intent(p, "s1", now - 2 * DAY), intent(p, "s2", now - DAY), commit_ev(p, "s2", now - HOUR)])
+    result = cli("show", "--json", p[:8])
+    assert_ok(result)
+    document = json.loads(result.stdout)
+    ages = [row.pop("age_ms") for row in document["rows"]]
+    assert 2 * DAY <= ages[0] < 2 * DAY + MINUTE and DAY <= ages[1] < DAY + MINUTE
+    size = len(png_bytes(4, 5))
+    meta = json.loads(sidecar_path(store, p).read_text("utf-8"))
+    assert document == {
+        "id": p, "blob_path": str(blob_path(store, p)), "sidecar_path": str(sidecar_path(store, p)),
+        "bytes_present": True, "byte_len": size, "size_on_disk": document["size_on_disk"],
+        "mtime_epoch_ms": OLD_MS, "mtime": "2023-11-14T22:13:20.000Z", "metadata": meta,
+        "media_type": "image/png", "sidecar_problem": None,
+        "rows": [
+            {"session_id": "s1", "canonical_uri": "sha256:" + p, "intent_at_epoch_ms": now - 2 * DAY,
+             "intent_at": iso(now - 2 * DAY), "committed_at_epoch_ms": None, "committed_at": None},
+            {"session_id": "s2", "canonical_uri": "sha256:" + p, "intent_at_epoch_ms": now - DAY,
+             "intent_at": iso(now - DAY), "committed_at_epoch_ms": now - HOUR, "committed_at": iso(now - HOUR)},
+        ],
+        "verdict": {"state": "kept", "reason": f"kept because session s2 committed it at {iso(now - HOUR)}"},
+    }
+    assert list(document) == ["id", "blob_path", "sidecar_path", "bytes_present", "byte_len", "size_on_disk",
+                              "mtime_epoch_ms", "mtime", "metadata", "media_type", "sidecar_problem", "rows", "verdict"]
+    from lashctl.render import human_bytes
+
+    plain = cli("show", p)
+    assert_ok(plain)
+    assert plain.stdout.splitlines() == [
+        f"id:         {p}",
+        f"blob:       {blob_path(store, p)} (present, {size} B, {human_bytes(document['size_on_disk'])} on disk, "
+        "modified 2023-11-14T22:13:20.000Z)",
+        f"sidecar:    {sidecar_path(store, p)}",
+        "media type: image/png",
+        f"byte_len:   {size}",
+        "dimensions: 4x5",
+        "label:      p.png",
+        f"verdict:    kept because session s2 committed it at {iso(now - HOUR)}",
+        "rows:       2",
+        f"  session s1: intent {iso(now - 2 * DAY)} (2d ago), uncommitted",
+        f"  session s2: intent {iso(now - DAY)} (1d ago), committed {iso(now - HOUR)}",
+    ]
+
+
+def test_stats_record_whole(cli, store, put_blobs, monkeypatch):
+    kept, orphan, loose = put_blobs({"k.bin": b"kept", "o.bin": b"orphan", "l.bin": b"loose!!"})
+    now = now_ms()
+    write_manifest(store, [intent(kept, "s", now - 2 * DAY), commit_ev(kept, "s", now - DAY),
+                           intent(orphan, "s", now - 2 * DAY), intent(sha(b"gone"), "s", now - 2 * DAY)])
+    result = cli("stats", "--json")
+    assert_ok(result)
+    document = json.loads(result.stdout)
+    assert document == {
+        "blobs": 3, "blob_bytes": 17,
+        "blobs_by_state": {"committed": 1, "uncommitted": 1, "unmanaged": 1},
+        "bytes_by_state": {"committed": 4, "uncommitted": 6, "unmanaged": 7},
+        "rows_committed": 1, "rows_uncommitted": 2, "committed_rows_missing_bytes": 0,
+        "uncommitted_rows_missing_bytes": 1, "orphans_reclaimable": 1, "orphan_bytes_reclaimable": 6,
+        "unmanaged_blobs": 1, "unmanaged_bytes": 7, "staging_files": 0, "staging_bytes": 0, "stray_files": 0,
+        "orphan_sidecars": 0, "manifest_lines": document["manifest_lines"],
+        "manifest_lines_after_compaction": document["manifest_lines_after_compaction"], "manifest_torn_tail": False,
+    }
+    assert list(document) == [
+        "blobs", "blob_bytes", "blobs_by_state", "bytes_by_state", "rows_committed", "rows_uncommitted",
+        "committed_rows_missing_bytes", "uncommitted_rows_missing_bytes", "orphans_reclaimable",
+        "orphan_bytes_reclaimable", "unmanaged_blobs", "unmanaged_bytes", "staging_files", "staging_bytes",
+        "stray_files", "orphan_sidecars", "manifest_lines", "manifest_lines_after_compaction", "manifest_torn_tail"]
+    lines, compacted = str(document["manifest_lines"]), str(document["manifest_lines_after_compaction"])
+    rows = [
+        ["blobs", "3", "17"], ["  committed", "1", "4"], ["  uncommitted", "1", "6"], ["  unmanaged", "1", "7"],
+        ["rows committed", "1", "-"], ["rows uncommitted", "2", "-"], ["committed rows missing bytes", "0", "-"],
+        ["uncommitted rows missing bytes", "1", "-"], ["orphans reclaimable now (24h grace)", "1", "6"],
+        ["staging litter", "0", "0"], ["stray files", "0", "-"], ["sidecars without a blob", "0", "-"],
+        ["manifest lines", lines, "-"], ["  after compaction", compacted, "-"],
+    ]
+    piped = cli("stats")
+    assert tsv(piped) == rows
+    result, tables = drawn(cli, monkeypatch, "stats")
+    assert_ok(result)
+    assert tables == [([("what", "text", 0, 8, None), ("count", "count", 0, 8, None), ("bytes", "bytes", 0, 8, None)],
+                       [[w, int(c), None if b == "-" else int(b)] for w, c, b in rows])]

@@ -6,7 +6,7 @@ import typer
 
 from lashctl.commands import JsonFlag, SessionOption, app_state, complete_id, parse_ids, read_stdin_words
 from lashctl.errors import NotFound, UsageError
-from lashctl.render import Col
+from lashctl.render import Col, Field
 
 EPILOG = """Examples:
 
@@ -14,6 +14,13 @@ EPILOG = """Examples:
     lashctl put -s s-42 photo.png | lashctl commit -s s-42 -
 
 Exit codes: 0 committed; 2 usage error; 3 an id has no intent for the session (the others are still committed); 65 corrupt manifest; 75 manifest locked."""
+
+# One id's outcome (a transfer.CommitResult): committed, already_committed or no_intent.
+ITEM = (
+    Field("id", lambda r: r.attachment_id, Col("id", "id")),
+    Field("session_id", lambda r: r.session_id, Col("session")),
+    Field("status", lambda r: r.status, Col("status", "fixed")),
+)
 
 
 def commit(
@@ -46,11 +53,7 @@ def commit(
         raise UsageError("'-' (read ids from stdin) must be the only id argument")
     queries = parse_ids(attachments)
     results = transfer.commit(state.store(), session, queries)
-    state.ui.records(
-        [Col("id", "id"), Col("session"), Col("status", "fixed")],
-        [[r.attachment_id, r.session_id, r.status] for r in results],
-        [{"id": r.attachment_id, "session_id": r.session_id, "status": r.status} for r in results],
-    )
+    state.ui.listing(ITEM, results)
     missing = [r.attachment_id for r in results if r.status == transfer.NO_INTENT]
     if missing:
         raise NotFound(f"{len(missing)} id(s) have no intent for session {session}: {', '.join(missing)}")

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from lashctl.commands import DryRunFlag, JsonFlag, app_state, complete_id, parse_ids
-from lashctl.render import Col, human_bytes
+from lashctl.render import Col, Field, human_bytes
 
 EPILOG = """Examples:
 
@@ -13,6 +13,15 @@ EPILOG = """Examples:
     lashctl delete --force 5f5d584c5857 9a0b1c2d3e4f
 
 Exit codes: 0 deleted (or absent); 2 usage error; 4 refused: a manifest row references the id; 65 corrupt manifest; 75 manifest locked."""
+
+# One id asked for (a sweep.DeleteResult): deleted, or absent already.
+ITEM = (
+    Field("id", lambda r: r.attachment_id, Col("id", "id")),
+    Field("existed", lambda r: r.existed, Col("action", "fixed"),
+          cell=lambda r: ("would delete" if r.dry_run else "deleted") if r.existed else "absent"),
+    Field("byte_len", lambda r: r.byte_len, Col("size", "bytes", drop=2), cell=lambda r: r.byte_len if r.existed else None),
+    Field("sessions", lambda r: r.sessions, Col("referenced by", drop=1), cell=lambda r: ", ".join(r.sessions) or None),
+)
 
 
 def delete(
@@ -33,29 +42,12 @@ def delete(
     queries = parse_ids(attachments)
     state = app_state(ctx, json_flag)
     results = sweep.delete(state.store(), queries, force=force, dry_run=dry_run)
-    verb = "would delete" if dry_run else "deleted"
-    state.ui.records(
-        [Col("id", "id"), Col("action", "fixed"), Col("size", "bytes", drop=2), Col("referenced by", drop=1)],
-        [
-            [r.attachment_id, verb if r.existed else "absent", r.byte_len if r.existed else None,
-             ", ".join(r.sessions) or None]
-            for r in results
-        ],
-        {
-            **state.run_fields(),
-            "dry_run": dry_run,
-            "blobs_deleted": sum(r.existed for r in results),
-            "bytes_freed": sum(r.byte_len for r in results),
-            "items": [
-                {
-                    "id": r.attachment_id,
-                    "existed": r.existed,
-                    "byte_len": r.byte_len,
-                    "sessions": r.sessions,
-                }
-                for r in results
-            ],
-        },
-    )
+    state.ui.listing(ITEM, results, lambda: {
+        **state.run_fields(),
+        "dry_run": dry_run,
+        "blobs_deleted": sum(r.existed for r in results),
+        "bytes_freed": sum(r.byte_len for r in results),
+    })
     gone = sum(r.existed for r in results)
+    verb = "would delete" if dry_run else "deleted"
     state.ui.info(f"{verb} {gone} blob(s), {human_bytes(sum(r.byte_len for r in results))}")

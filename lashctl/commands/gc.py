@@ -6,7 +6,7 @@ import typer
 
 from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, OlderThanOption, app_state
 from lashctl.errors import Partial
-from lashctl.render import Col, human_bytes
+from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
 
 EPILOG = """Examples:
@@ -15,6 +15,18 @@ EPILOG = """Examples:
     lashctl gc --older-than 7d
 
 Exit codes: 0 swept; 2 usage error; 4 refused: cutoff under 1 minute, or an empty manifest, without --force; 5 partial: some deletes failed; 65 corrupt manifest; 75 manifest locked."""
+
+# One file the sweep acted on (a sweep.GcItem): a blob or litter. The table
+# shows an error in place of the reason.
+ITEM = (
+    Field("path", lambda i: i.path, Col("path", "path", min_width=20)),
+    Field("id", lambda i: i.attachment_id),
+    Field("kind", lambda i: i.kind, Col("kind", "fixed")),
+    Field("action", lambda i: i.action, Col("action", "fixed")),
+    Field("byte_len", lambda i: i.byte_len, Col("size", "bytes", drop=2)),
+    Field("reason", lambda i: i.reason, Col("reason", drop=1, min_width=12), cell=lambda i: i.error or i.reason),
+    Field("error", lambda i: i.error),
+)
 
 
 def gc(
@@ -43,27 +55,17 @@ def gc(
     total = sum(1 for _ in store.blobs.iter_ids()) if state.ui.wants_progress() else None
     with state.ui.progress("gc", total, unit="blobs") as bar:
         report = sweep.gc(store, cutoff, dry_run=dry_run, progress=bar.advance, force=force)
-    state.ui.records(
-        [Col("path", "path", min_width=20, base=str(store.root)), Col("kind", "fixed"), Col("action", "fixed"),
-         Col("size", "bytes", drop=2), Col("reason", drop=1, min_width=12)],
-        [[i.path, i.kind, i.action, i.byte_len, i.error or i.reason] for i in report.items],
-        {
-            **state.run_fields(),
-            "dry_run": report.dry_run,
-            "cutoff_epoch_ms": report.cutoff_epoch_ms,
-            "cutoff": iso_ms(report.cutoff_epoch_ms),
-            "blobs_scanned": report.blobs_scanned,
-            "blobs_deleted": sum(1 for i in report.items if i.kind == "blob" and i.action == "delete"),
-            "litter_deleted": sum(1 for i in report.items if i.kind != "blob" and i.action == "delete"),
-            "bytes_freed": report.bytes_freed,
-            "failures": len(report.failures),
-            "items": [
-                {"path": i.path, "id": i.attachment_id, "kind": i.kind, "action": i.action,
-                 "byte_len": i.byte_len, "reason": i.reason, "error": i.error}
-                for i in report.items
-            ],
-        },
-    )
+    state.ui.listing(ITEM, report.items, lambda: {
+        **state.run_fields(),
+        "dry_run": report.dry_run,
+        "cutoff_epoch_ms": report.cutoff_epoch_ms,
+        "cutoff": iso_ms(report.cutoff_epoch_ms),
+        "blobs_scanned": report.blobs_scanned,
+        "blobs_deleted": sum(1 for i in report.items if i.kind == "blob" and i.action == "delete"),
+        "litter_deleted": sum(1 for i in report.items if i.kind != "blob" and i.action == "delete"),
+        "bytes_freed": report.bytes_freed,
+        "failures": len(report.failures),
+    }, base=str(store.root))
     verb = "dry run: would delete" if dry_run else "deleted"
     deleted = [i for i in report.items if i.action == "delete"]
     if not report.items:

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from lashctl.commands import BeforeOption, JsonFlag, OlderThanOption, app_state, end_inspection
-from lashctl.render import Col
+from lashctl.render import Col, Field
 from lashctl.timefmt import age_text, cutoff_ms, iso_ms, now_ms
 
 EPILOG = """Examples:
@@ -14,6 +14,24 @@ EPILOG = """Examples:
     lashctl --json list-uncommitted -s s-42
 
 Exit codes: 0 listed (also when there is nothing to list); 2 usage error (bad DURATION or TIMESTAMP); 65 corrupt manifest."""
+
+
+def uncommitted_row(now: int) -> tuple[Field, ...]:
+    """One uncommitted row (a transfer.UncommittedRow), with its age at ``now``."""
+    return (
+        Field("id", lambda r: r.row.attachment_id, Col("id", "id")),
+        Field("session_id", lambda r: r.row.session_id, Col("session")),
+        Field("canonical_uri", lambda r: r.row.canonical_uri),
+        Field("intent_at_epoch_ms", lambda r: r.row.intent_at_epoch_ms),
+        Field("intent_at", lambda r: iso_ms(r.row.intent_at_epoch_ms), Col("intent at", "fixed", drop=7)),
+        Field("age_ms", lambda r: now - r.row.intent_at_epoch_ms, Col("age", "fixed", drop=2),
+              cell=lambda r: age_text(now - r.row.intent_at_epoch_ms)),
+        Field("byte_len", lambda r: r.byte_len, Col("size", "bytes", drop=4)),
+        Field("media_type", lambda r: r.media_type, Col("media type", drop=6, min_width=10)),
+        Field("label", lambda r: r.label, Col("label", drop=5)),
+        Field("bytes_present", lambda r: r.bytes_present, Col("bytes", "fixed", drop=3),
+              cell=lambda r: "present" if r.bytes_present else "missing"),
+    )
 
 
 def list_uncommitted(
@@ -35,44 +53,7 @@ def list_uncommitted(
     cutoff = cutoff_ms(older_than, before, now)
     store = state.store()
     malformed: list = []  # lines a damaged manifest holds, shown after the listing
-    if state.ui.json:
-        count = state.ui.emit_json_array(
-            {
-                "id": r.row.attachment_id,
-                "session_id": r.row.session_id,
-                "canonical_uri": r.row.canonical_uri,
-                "intent_at_epoch_ms": r.row.intent_at_epoch_ms,
-                "intent_at": iso_ms(r.row.intent_at_epoch_ms),
-                "age_ms": now - r.row.intent_at_epoch_ms,
-                "byte_len": r.byte_len,
-                "media_type": r.media_type,
-                "label": r.label,
-                "bytes_present": r.bytes_present,
-            }
-            for r in transfer.iter_uncommitted(store, cutoff, session, malformed)
-        )
-    else:
-        rows = transfer.list_uncommitted(store, cutoff, session, malformed)
-        count = len(rows)
-        state.ui.records(
-            [Col("id", "id"), Col("session"), Col("intent at", "fixed", drop=7), Col("age", "fixed", drop=2),
-             Col("size", "bytes", drop=4), Col("media type", drop=6, min_width=10), Col("label", drop=5),
-             Col("bytes", "fixed", drop=3)],
-            [
-                [
-                    r.row.attachment_id,
-                    r.row.session_id,
-                    iso_ms(r.row.intent_at_epoch_ms),
-                    age_text(now - r.row.intent_at_epoch_ms),
-                    r.byte_len,
-                    r.media_type,
-                    r.label,
-                    "present" if r.bytes_present else "missing",
-                ]
-                for r in rows
-            ],
-            None,
-        )
+    count = state.ui.listing(uncommitted_row(now), transfer.iter_uncommitted(store, cutoff, session, malformed))
     suffix = f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""
     state.ui.info(f"{count} uncommitted row(s){suffix}" if count else f"no uncommitted rows{suffix}")
     if malformed:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from lashctl.commands import JsonFlag, app_state, end_inspection, inspect_state
-from lashctl.render import Col, human_bytes
+from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import iso_ms
 
 EPILOG = """Examples:
@@ -32,6 +32,29 @@ class SortKey(str, Enum):
     state = "state"
 
 
+# One blob (an inspect.BlobEntry).
+ENTRY = (
+    Field("id", lambda e: e.attachment_id, Col("id", "id")),
+    Field("byte_len", lambda e: e.byte_len, Col("size", "bytes")),
+    Field("media_type", lambda e: e.media_type, Col("media type", drop=2, min_width=10)),
+    Field("label", lambda e: e.label, Col("label", drop=1)),
+    Field("state", lambda e: e.state, Col("state", "fixed")),
+    Field("sessions", lambda e: e.sessions),
+    Field("mtime_epoch_ms", lambda e: e.mtime_ms),
+    Field("mtime", lambda e: iso_ms(e.mtime_ms), Col("modified", "fixed", drop=3)),
+)
+
+# --sort: each key, then the id between equals.
+SORT_KEYS = {
+    SortKey.id: lambda e: e.attachment_id,
+    SortKey.size: lambda e: (e.byte_len, e.attachment_id),
+    SortKey.mtime: lambda e: (e.mtime_ms, e.attachment_id),
+    SortKey.media_type: lambda e: (e.media_type or "", e.attachment_id),
+    SortKey.label: lambda e: (e.label or "", e.attachment_id),
+    SortKey.state: lambda e: (e.state, e.attachment_id),
+}
+
+
 def ls(
     ctx: typer.Context,
     session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only blobs this session has a row for.")] = None,
@@ -53,7 +76,19 @@ def ls(
     state = app_state(ctx, json_flag)
     store = state.store()
     manifest_state = inspect_state(state, store)
-    entries = list(inspect.list_blobs(store, manifest_state, warn=state.ui.warn))
+    entries = _matching(inspect.list_blobs(store, manifest_state, warn=state.ui.warn), session, ref_state, media_type)
+    entries.sort(key=SORT_KEYS[sort], reverse=reverse)
+    state.ui.listing(ENTRY, entries)
+    if entries:
+        state.ui.info(f"{len(entries)} blob(s), {human_bytes(sum(e.byte_len for e in entries))}")
+    else:
+        state.ui.info("no blobs" + (" match" if session or ref_state or media_type else " in the store"))
+    end_inspection(state, store, manifest_state)
+
+
+def _matching(entries, session: Optional[str], ref_state: Optional[RefState], media_type: Optional[str]) -> list:
+    """The blobs the filters keep: --session, --state, --media-type."""
+    entries = list(entries)
     if session is not None:
         entries = [e for e in entries if session in e.sessions]
     if ref_state is not None:
@@ -68,35 +103,4 @@ def ls(
         else:
             wanted = normalize_mime(media_type, "--media-type")
             entries = [e for e in entries if e.media_type == wanted]
-    keys = {
-        SortKey.id: lambda e: e.attachment_id,
-        SortKey.size: lambda e: (e.byte_len, e.attachment_id),
-        SortKey.mtime: lambda e: (e.mtime_ms, e.attachment_id),
-        SortKey.media_type: lambda e: (e.media_type or "", e.attachment_id),
-        SortKey.label: lambda e: (e.label or "", e.attachment_id),
-        SortKey.state: lambda e: (e.state, e.attachment_id),
-    }
-    entries.sort(key=keys[sort], reverse=reverse)
-    state.ui.records(
-        [Col("id", "id"), Col("size", "bytes"), Col("media type", drop=2, min_width=10), Col("label", drop=1),
-         Col("state", "fixed"), Col("modified", "fixed", drop=3)],
-        [[e.attachment_id, e.byte_len, e.media_type, e.label, e.state, iso_ms(e.mtime_ms)] for e in entries],
-        [
-            {
-                "id": e.attachment_id,
-                "byte_len": e.byte_len,
-                "media_type": e.media_type,
-                "label": e.label,
-                "state": e.state,
-                "sessions": e.sessions,
-                "mtime_epoch_ms": e.mtime_ms,
-                "mtime": iso_ms(e.mtime_ms),
-            }
-            for e in entries
-        ],
-    )
-    if entries:
-        state.ui.info(f"{len(entries)} blob(s), {human_bytes(sum(e.byte_len for e in entries))}")
-    else:
-        state.ui.info("no blobs" + (" match" if session or ref_state or media_type else " in the store"))
-    end_inspection(state, store, manifest_state)
+    return entries

@@ -7,7 +7,7 @@ import typer
 
 from lashctl.commands import JsonFlag, SessionOption, app_state
 from lashctl.errors import UsageError
-from lashctl.render import human_bytes
+from lashctl.render import Field, human_bytes, item
 
 EPILOG = """Examples:
 
@@ -21,6 +21,19 @@ def _not_negative(value: Optional[int]) -> Optional[int]:
         raise typer.BadParameter(f"{value} is negative; give a number of pixels, 0 or more")
     return value
 
+
+# One input stored (a transfer.PutResult), as --json shows it; a person and a
+# pipe get the id alone.
+STORED = (
+    Field("id", lambda r: r.attachment_id),
+    Field("path", lambda r: r.path),
+    Field("byte_len", lambda r: r.byte_len),
+    Field("media_type", lambda r: r.media_type),
+    Field("label", lambda r: r.label),
+    Field("width", lambda r: r.width),
+    Field("height", lambda r: r.height),
+    Field("deduplicated", lambda r: r.deduplicated),
+)
 
 # Below these a put is over before a progress bar would be read.
 PROGRESS_MIN_INPUTS = 20
@@ -64,15 +77,7 @@ def put(
 
     state = app_state(ctx, json_flag)
     ui = state.ui
-    inputs = list(paths or [])
-    if files_from is not None:
-        if files_from == "-" and sys.stdin.isatty():
-            ui.info("reading paths from standard input (end it with Ctrl-D)")
-        inputs.extend(_read_path_list(files_from, null))
-        if files_from == "-" and "-" in (paths or []):
-            raise UsageError("--files-from - already reads standard input; '-' cannot also be an input")
-    elif null:
-        raise UsageError("-0/--null only applies to --files-from")
+    inputs = _inputs(ui, paths or [], files_from, null)
     core.validate_session(session)
     if not inputs:
         if files_from is None:
@@ -89,7 +94,6 @@ def put(
     sources = [transfer.PutSource.from_path(p, lambda: stdin) for p in inputs]
     options = transfer.PutOptions(session, media_type, label, width, height)
     store = state.store(create=True)
-    stored, deduplicated, total = 0, 0, 0
     show_bar = ui.wants_progress() and (
         len(inputs) >= PROGRESS_MIN_INPUTS or _known_size(inputs) >= PROGRESS_MIN_BYTES
     )
@@ -118,11 +122,23 @@ def put(
         sys.stdout.flush()
     else:
         _print_results(ui, landed)
-    for result in landed:
-        stored += 1
-        deduplicated += result.deduplicated
-        total += result.byte_len
-    ui.info(f"stored {stored} blob(s), {human_bytes(total)} ({deduplicated} already present) for session {session}")
+    total = human_bytes(sum(r.byte_len for r in landed))
+    deduplicated = sum(r.deduplicated for r in landed)
+    ui.info(f"stored {len(landed)} blob(s), {total} ({deduplicated} already present) for session {session}")
+
+
+def _inputs(ui, paths: list[str], files_from: Optional[str], null: bool) -> list[str]:
+    """The PATH arguments, then the paths --files-from lists."""
+    inputs = list(paths)
+    if files_from is not None:
+        if files_from == "-" and sys.stdin.isatty():
+            ui.info("reading paths from standard input (end it with Ctrl-D)")
+        inputs.extend(_read_path_list(files_from, null))
+        if files_from == "-" and "-" in paths:
+            raise UsageError("--files-from - already reads standard input; '-' cannot also be an input")
+    elif null:
+        raise UsageError("-0/--null only applies to --files-from")
+    return inputs
 
 
 def _interrupted(stored: int, inputs: int) -> str:
@@ -145,19 +161,7 @@ def _print_results(ui, results: list) -> None:
             ui.line(result.attachment_id)
         sys.stdout.flush()
         return
-    ui.emit_json([
-        {
-            "id": result.attachment_id,
-            "path": result.path,
-            "byte_len": result.byte_len,
-            "media_type": result.media_type,
-            "label": result.label,
-            "width": result.width,
-            "height": result.height,
-            "deduplicated": result.deduplicated,
-        }
-        for result in results
-    ])
+    ui.emit_json([item(STORED, result) for result in results])
 
 
 def _known_size(paths: list[str]) -> int:

@@ -6,7 +6,7 @@ import typer
 
 from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, OlderThanOption, app_state
 from lashctl.errors import Partial
-from lashctl.render import Col, human_bytes
+from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
 
 EPILOG = """Examples:
@@ -15,6 +15,19 @@ EPILOG = """Examples:
     lashctl -q --json reclaim --older-than 7d
 
 Exit codes: 0 swept; 2 usage error; 4 refused: cutoff under 1 minute without --force; 5 partial: some deletes failed, their rows kept; 65 corrupt manifest (nothing deleted); 75 manifest locked."""
+
+# One blob the sweep acted on (a sweep.ReclaimItem). The table shows a size
+# only for bytes that go, and an error in place of the reason.
+ITEM = (
+    Field("id", lambda i: i.attachment_id, Col("id", "id")),
+    Field("action", lambda i: i.action, Col("action", "fixed")),
+    Field("byte_len", lambda i: i.byte_len, Col("size", "bytes", drop=2),
+          cell=lambda i: i.byte_len if i.action == "reclaim" else None),
+    Field("sessions", lambda i: i.sessions, Col("sessions", drop=3), cell=lambda i: ", ".join(i.sessions)),
+    Field("bytes_present", lambda i: i.bytes_present),
+    Field("reason", lambda i: i.reason, Col("reason", drop=4, min_width=12), cell=lambda i: i.error or i.reason),
+    Field("error", lambda i: i.error),
+)
 
 
 def reclaim(
@@ -44,38 +57,17 @@ def reclaim(
     store = state.store()
     with state.ui.progress("reclaiming", None, unit="blobs") as bar:
         report = sweep.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance, planned=bar.set_total)
-    state.ui.records(
-        [Col("id", "id"), Col("action", "fixed"), Col("size", "bytes", drop=2), Col("sessions", drop=3),
-         Col("reason", drop=4, min_width=12)],
-        [
-            [i.attachment_id, i.action, i.byte_len if i.action == sweep.RECLAIM else None,
-             ", ".join(i.sessions), i.error or i.reason]
-            for i in report.items
-        ],
-        {
-            **state.run_fields(),
-            "dry_run": report.dry_run,
-            "cutoff_epoch_ms": report.cutoff_epoch_ms,
-            "cutoff": iso_ms(report.cutoff_epoch_ms),
-            "scanned_intents": report.scanned_intents,
-            "blobs_reclaimed": report.blobs_reclaimed,
-            "bytes_freed": report.bytes_freed,
-            "rows_released": report.rows_released,
-            "failures": len(report.failures),
-            "items": [
-                {
-                    "id": i.attachment_id,
-                    "action": i.action,
-                    "sessions": i.sessions,
-                    "byte_len": i.byte_len,
-                    "bytes_present": i.bytes_present,
-                    "reason": i.reason,
-                    "error": i.error,
-                }
-                for i in report.items
-            ],
-        },
-    )
+    state.ui.listing(ITEM, report.items, lambda: {
+        **state.run_fields(),
+        "dry_run": report.dry_run,
+        "cutoff_epoch_ms": report.cutoff_epoch_ms,
+        "cutoff": iso_ms(report.cutoff_epoch_ms),
+        "scanned_intents": report.scanned_intents,
+        "blobs_reclaimed": report.blobs_reclaimed,
+        "bytes_freed": report.bytes_freed,
+        "rows_released": report.rows_released,
+        "failures": len(report.failures),
+    })
     prefix = "dry run: " if dry_run else ""
     if not report.items:
         state.ui.info(f"{prefix}nothing to reclaim: no uncommitted intent at or before {iso_ms(cutoff)}")

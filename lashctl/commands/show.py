@@ -1,12 +1,12 @@
 """``lashctl show``: everything about one blob, and why it is kept."""
 
-from typing import Annotated
+from typing import Annotated, Iterator
 
 import typer
 
 from lashctl.commands import JsonFlag, app_state, complete_id, end_inspection, inspect_state
 from lashctl.ids import parse_id
-from lashctl.render import human_bytes
+from lashctl.render import Field, human_bytes, item
 from lashctl.timefmt import age_text, iso_ms, now_ms
 
 EPILOG = """Examples:
@@ -15,6 +15,34 @@ EPILOG = """Examples:
     lashctl --json show sha256:5f5d584c5857
 
 Exit codes: 0 shown; 2 usage error (bad or ambiguous id); 3 not found; 65 corrupt manifest."""
+
+# The blob (an inspect.BlobReport) as --json shows it; its rows and verdict follow.
+BLOB = (
+    Field("id", lambda b: b.attachment_id),
+    Field("blob_path", lambda b: str(b.blob_path)),
+    Field("sidecar_path", lambda b: str(b.sidecar_path)),
+    Field("bytes_present", lambda b: b.bytes_present),
+    Field("byte_len", lambda b: b.byte_len),
+    Field("size_on_disk", lambda b: b.size_on_disk),
+    Field("mtime_epoch_ms", lambda b: b.mtime_ms),
+    Field("mtime", lambda b: iso_ms(b.mtime_ms)),
+    Field("metadata", lambda b: b.metadata.to_json_dict() if b.metadata else None),
+    Field("media_type", lambda b: b.metadata.media_type if b.metadata else None),
+    Field("sidecar_problem", lambda b: b.sidecar_problem),
+)
+
+
+def manifest_row(now: int) -> tuple[Field, ...]:
+    """One manifest row of the blob (a fold.Row), with its age at ``now``."""
+    return (
+        Field("session_id", lambda r: r.session_id),
+        Field("canonical_uri", lambda r: r.canonical_uri),
+        Field("intent_at_epoch_ms", lambda r: r.intent_at_epoch_ms),
+        Field("intent_at", lambda r: iso_ms(r.intent_at_epoch_ms)),
+        Field("age_ms", lambda r: now - r.intent_at_epoch_ms),
+        Field("committed_at_epoch_ms", lambda r: r.committed_at_epoch_ms),
+        Field("committed_at", lambda r: iso_ms(r.committed_at_epoch_ms)),
+    )
 
 
 def show(
@@ -38,38 +66,19 @@ def show(
     attachment_id = core.resolve_id(store, query, manifest_state)
     now = now_ms()
     report = inspect.show(store, attachment_id, manifest_state, now)
-    meta = report.metadata
-    rows = [
-        {
-            "session_id": r.session_id,
-            "canonical_uri": r.canonical_uri,
-            "intent_at_epoch_ms": r.intent_at_epoch_ms,
-            "intent_at": iso_ms(r.intent_at_epoch_ms),
-            "age_ms": now - r.intent_at_epoch_ms,
-            "committed_at_epoch_ms": r.committed_at_epoch_ms,
-            "committed_at": iso_ms(r.committed_at_epoch_ms),
-        }
-        for r in report.rows
-    ]
     if state.ui.json:
-        state.ui.emit_json(
-            {
-                "id": report.attachment_id,
-                "blob_path": str(report.blob_path),
-                "sidecar_path": str(report.sidecar_path),
-                "bytes_present": report.bytes_present,
-                "byte_len": report.byte_len,
-                "size_on_disk": report.size_on_disk,
-                "mtime_epoch_ms": report.mtime_ms,
-                "mtime": iso_ms(report.mtime_ms),
-                "metadata": meta.to_json_dict() if meta else None,
-                "media_type": meta.media_type if meta else None,
-                "sidecar_problem": report.sidecar_problem,
-                "rows": rows,
-                "verdict": {"state": report.verdict.state, "reason": report.verdict.reason},
-            }
-        )
-        return
+        rows = [item(manifest_row(now), r) for r in report.rows]
+        verdict = {"state": report.verdict.state, "reason": report.verdict.reason}
+        state.ui.emit_json({**item(BLOB, report), "rows": rows, "verdict": verdict})
+        return  # (as before: a --json show does not report malformed manifest lines)
+    for line in _lines(report, now):
+        state.ui.line(line)
+    end_inspection(state, store, manifest_state)
+
+
+def _lines(report, now: int) -> Iterator[str]:
+    """What a person reads: the blob's key/value lines, then a line per manifest row."""
+    meta = report.metadata
     blob = (
         f"present, {human_bytes(report.byte_len)}, {human_bytes(report.size_on_disk)} on disk, "
         f"modified {iso_ms(report.mtime_ms)}"
@@ -84,14 +93,11 @@ def show(
         ("dimensions", f"{meta.width}x{meta.height}" if meta and meta.width is not None and meta.height is not None else "-"),
         ("label", meta.label if meta and meta.label is not None else "-"),
         ("verdict", report.verdict.reason),
-        ("rows", str(len(rows)) if rows else "none"),
+        ("rows", str(len(report.rows)) if report.rows else "none"),
     ]
     for key, value in lines:
-        state.ui.line(f"{key + ':':<12}{value}")
+        yield f"{key + ':':<12}{value}"
     for r in report.rows:
         committed = f"committed {iso_ms(r.committed_at_epoch_ms)}" if r.committed else "uncommitted"
-        state.ui.line(
-            f"  session {r.session_id}: intent {iso_ms(r.intent_at_epoch_ms)} "
-            f"({age_text(now - r.intent_at_epoch_ms)} ago), {committed}"
-        )
-    end_inspection(state, store, manifest_state)
+        yield (f"  session {r.session_id}: intent {iso_ms(r.intent_at_epoch_ms)} "
+               f"({age_text(now - r.intent_at_epoch_ms)} ago), {committed}")

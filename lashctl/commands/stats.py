@@ -3,7 +3,7 @@
 import typer
 
 from lashctl.commands import JsonFlag, app_state, end_inspection, inspect_state
-from lashctl.render import Col
+from lashctl.render import Col, Field, item
 from lashctl.timefmt import now_ms
 
 EPILOG = """Examples:
@@ -12,6 +12,47 @@ EPILOG = """Examples:
     lashctl --json stats
 
 Exit codes: 0 shown; 2 usage error; 65 corrupt manifest."""
+
+# What the store holds (an inspect.Stats), each under its --json key.
+STATS = (
+    Field("blobs", lambda s: s.blobs),
+    Field("blob_bytes", lambda s: s.blob_bytes),
+    Field("blobs_by_state", lambda s: s.blobs_by_state),
+    Field("bytes_by_state", lambda s: s.bytes_by_state),
+    Field("rows_committed", lambda s: s.rows_committed),
+    Field("rows_uncommitted", lambda s: s.rows_uncommitted),
+    Field("committed_rows_missing_bytes", lambda s: s.committed_rows_missing_bytes),
+    Field("uncommitted_rows_missing_bytes", lambda s: s.uncommitted_rows_missing_bytes),
+    Field("orphans_reclaimable", lambda s: s.orphans_reclaimable),
+    Field("orphan_bytes_reclaimable", lambda s: s.orphan_bytes_reclaimable),
+    Field("unmanaged_blobs", lambda s: s.blobs_by_state["unmanaged"]),
+    Field("unmanaged_bytes", lambda s: s.bytes_by_state["unmanaged"]),
+    Field("staging_files", lambda s: s.staging_files),
+    Field("staging_bytes", lambda s: s.staging_bytes),
+    Field("stray_files", lambda s: s.stray_files),
+    Field("orphan_sidecars", lambda s: s.orphan_sidecars),
+    Field("manifest_lines", lambda s: s.manifest_lines),
+    Field("manifest_lines_after_compaction", lambda s: s.compacted_lines),
+    Field("manifest_torn_tail", lambda s: s.torn_tail),
+)
+
+# The table: a line per quantity, its count and its bytes named by their
+# --json keys ("{state}": a line for each reference state).
+LINES = (
+    ("blobs", "blobs", "blob_bytes"),
+    ("  {state}", "blobs_by_state", "bytes_by_state"),
+    ("rows committed", "rows_committed", None),
+    ("rows uncommitted", "rows_uncommitted", None),
+    ("committed rows missing bytes", "committed_rows_missing_bytes", None),
+    ("uncommitted rows missing bytes", "uncommitted_rows_missing_bytes", None),
+    ("orphans reclaimable now (24h grace)", "orphans_reclaimable", "orphan_bytes_reclaimable"),
+    ("staging litter", "staging_files", "staging_bytes"),
+    ("stray files", "stray_files", None),
+    ("sidecars without a blob", "orphan_sidecars", None),
+    ("manifest lines", "manifest_lines", None),
+    ("  after compaction", "manifest_lines_after_compaction", None),
+)
+COLUMNS = (Col("what"), Col("count", "count"), Col("bytes", "bytes"))
 
 
 def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
@@ -28,40 +69,16 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     store = state.store()
     manifest_state = inspect_state(state, store)
     s = inspect.stats(store, manifest_state, now_ms())
-    document = {
-        "blobs": s.blobs,
-        "blob_bytes": s.blob_bytes,
-        "blobs_by_state": s.blobs_by_state,
-        "bytes_by_state": s.bytes_by_state,
-        "rows_committed": s.rows_committed,
-        "rows_uncommitted": s.rows_uncommitted,
-        "committed_rows_missing_bytes": s.committed_rows_missing_bytes,
-        "uncommitted_rows_missing_bytes": s.uncommitted_rows_missing_bytes,
-        "orphans_reclaimable": s.orphans_reclaimable,
-        "orphan_bytes_reclaimable": s.orphan_bytes_reclaimable,
-        "unmanaged_blobs": s.blobs_by_state[inspect.UNMANAGED],
-        "unmanaged_bytes": s.bytes_by_state[inspect.UNMANAGED],
-        "staging_files": s.staging_files,
-        "staging_bytes": s.staging_bytes,
-        "stray_files": s.stray_files,
-        "orphan_sidecars": s.orphan_sidecars,
-        "manifest_lines": s.manifest_lines,
-        "manifest_lines_after_compaction": s.compacted_lines,
-        "manifest_torn_tail": s.torn_tail,
-    }
-    rows = [
-        ["blobs", s.blobs, s.blob_bytes],
-        *[[f"  {k}", s.blobs_by_state[k], s.bytes_by_state[k]] for k in inspect.STATES],
-        ["rows committed", s.rows_committed, None],
-        ["rows uncommitted", s.rows_uncommitted, None],
-        ["committed rows missing bytes", s.committed_rows_missing_bytes, None],
-        ["uncommitted rows missing bytes", s.uncommitted_rows_missing_bytes, None],
-        ["orphans reclaimable now (24h grace)", s.orphans_reclaimable, s.orphan_bytes_reclaimable],
-        ["staging litter", s.staging_files, s.staging_bytes],
-        ["stray files", s.stray_files, None],
-        ["sidecars without a blob", s.orphan_sidecars, None],
-        ["manifest lines", s.manifest_lines, None],
-        ["  after compaction", s.compacted_lines, None],
-    ]
-    state.ui.records([Col("what"), Col("count", "count"), Col("bytes", "bytes")], rows, document)
+    document = item(STATS, s)
+    state.ui.records(COLUMNS, lambda: _lines(document), document)
     end_inspection(state, store, manifest_state)
+
+
+def _lines(document: dict) -> list[list]:
+    rows: list[list] = []
+    for what, count, size in LINES:
+        if "{state}" in what:
+            rows += [[what.format(state=k), n, document[size][k]] for k, n in document[count].items()]
+        else:
+            rows.append([what, document[count], document[size] if size else None])
+    return rows

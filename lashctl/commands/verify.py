@@ -6,7 +6,7 @@ import typer
 
 from lashctl.commands import JsonFlag, app_state
 from lashctl.errors import Corrupt
-from lashctl.render import Col, human_bytes
+from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import now_ms, parse_duration
 
 EPILOG = """Examples:
@@ -15,6 +15,16 @@ EPILOG = """Examples:
     lashctl verify --fix --grace 2h
 
 Exit codes: 0 no errors (warnings allowed); 2 usage error; 4 refused: --grace under 1 minute without --force; 65 errors remain; 75 manifest locked (--fix)."""
+
+# One problem found (an inspect.Finding), and the repair --fix made of it.
+FINDING = (
+    Field("severity", lambda f: f.severity, Col("severity", "fixed")),
+    Field("kind", lambda f: f.kind, Col("kind", "fixed")),
+    Field("path", lambda f: f.path, Col("path", "path", min_width=20)),
+    Field("id", lambda f: f.attachment_id),
+    Field("message", lambda f: f.message, Col("problem", drop=1, min_width=16)),
+    Field("repair", lambda f: f.repair, Col("repair", drop=2)),
+)
 
 
 def verify(
@@ -58,29 +68,19 @@ def verify(
         total = sum(st.size for i in store.blobs.iter_ids() if (st := store.blobs.stat(i)) is not None)
     with state.ui.progress("verifying", total) as bar:
         report = inspect.verify(store, now, fix=fix, grace_ms=grace_ms, progress=bar.advance)
-    state.ui.records(
-        [Col("severity", "fixed"), Col("kind", "fixed"), Col("path", "path", min_width=20, base=str(store.root)),
-         Col("problem", drop=1, min_width=16), Col("repair", drop=2)],
-        [[f.severity, f.kind, f.path, f.message, f.repair] for f in report.findings],
-        {
-            **state.run_fields(),
-            "fix": fix,
-            "clean": not report.errors,
-            "blobs_checked": report.blobs_checked,
-            "bytes_checked": report.bytes_checked,
-            "errors": len(report.errors),
-            "warnings": sum(1 for f in report.findings if f.severity == inspect.WARNING),
-            "repairs": len(report.repairs),
-            "findings": [
-                {"kind": f.kind, "severity": f.severity, "path": f.path, "id": f.attachment_id,
-                 "message": f.message, "repair": f.repair}
-                for f in report.findings
-            ],
-        },
-    )
+    warnings = sum(1 for f in report.findings if f.severity == inspect.WARNING)
+    state.ui.listing(FINDING, report.findings, lambda: {
+        **state.run_fields(),
+        "fix": fix,
+        "clean": not report.errors,
+        "blobs_checked": report.blobs_checked,
+        "bytes_checked": report.bytes_checked,
+        "errors": len(report.errors),
+        "warnings": warnings,
+        "repairs": len(report.repairs),
+    }, items="findings", base=str(store.root))
     for f in report.repairs:
         state.ui.info(f"repaired {f.path}: {f.repair}")
-    warnings = sum(1 for f in report.findings if f.severity == inspect.WARNING)
     checked = f"checked {report.blobs_checked} blob(s), {human_bytes(report.bytes_checked)}"
     if not report.findings:
         state.ui.info(f"{checked}: no problems found")
