@@ -81,7 +81,10 @@ class Event:
     def from_json(cls, obj: dict) -> "Event":
         """From a validated JSON-lines event object (not the header)."""
         op = obj["op"]
-        at = obj.get("intent_at_epoch_ms") if op == INTENT else obj.get("committed_at_epoch_ms")
+        # Only the time field of the line's own op is read: any other key is
+        # ignored (a forget line carries no cutoff, whatever else it holds).
+        at = (obj["intent_at_epoch_ms"] if op == INTENT
+              else obj["committed_at_epoch_ms"] if op == COMMIT else None)
         return cls(op, obj["attachment_id"], obj["session_id"], at, obj.get("canonical_uri"))
 
     def to_json(self) -> dict:

@@ -256,6 +256,16 @@ def test_show_goes_on_past_a_malformed_line(tmp_path):
     assert b"verdict:" in result.stdout
 
 
+@pytest.mark.parametrize("command", [["show", "ID"], ["ls"], ["stats"]])
+def test_json_inspections_go_on_past_a_malformed_line_and_still_exit_65(tmp_path, command):
+    store = _damaged(tmp_path)
+    attachment_id = next((store / "sha256").glob("*/*[0-9a-f]")).name
+    result = run(["--store", store, "--json", *[attachment_id if c == "ID" else c for c in command]])
+    assert result.returncode == 65
+    json.loads(result.stdout)  # the whole document was printed first
+    assert b"line 3" in result.stderr or b":3:" in result.stderr
+
+
 @pytest.mark.parametrize("command", [["reclaim", "--force", "--older-than", "0s"], ["gc", "--force", "--older-than", "0s"],
                                      ["manifest", "compact"]])
 def test_destructive_commands_still_refuse_a_malformed_manifest(tmp_path, command):

@@ -70,9 +70,9 @@ def show(
         rows = [item(manifest_row(now), r) for r in report.rows]
         verdict = {"state": report.verdict.state, "reason": report.verdict.reason}
         state.ui.emit_json({**item(BLOB, report), "rows": rows, "verdict": verdict})
-        return  # (as before: a --json show does not report malformed manifest lines)
-    for line in _lines(report, now):
-        state.ui.line(line)
+    else:
+        for line in _lines(report, now):
+            state.ui.line(line)
     end_inspection(state, store, manifest_state)
 
 
