@@ -360,7 +360,6 @@ class PostgresManifest:
             self._check_shape(conn)
 
     # -- the three ways in ---------------------------------------------------------
-    @contextmanager
     def litter(self) -> list:
         """A table leaves no litter behind (the interface of lashctl.backends.base)."""
         return []
@@ -368,6 +367,7 @@ class PostgresManifest:
     def remove_litter(self, found) -> None:
         raise ValueError("a PostgreSQL manifest has no litter")
 
+    @contextmanager
     def reading(self, tolerant: bool = False) -> Iterator["PostgresView"]:
         from psycopg import IsolationLevel
 
