@@ -339,6 +339,11 @@ def test_sigkill_at_random_instants(command, s3_server, s3_bucket, pg_url, put_s
     args, stdin = scenario.setup(calibrate, src)
     duration = timed(args, input=stdin)
     startup = startup_seconds(calibrate)
+    if command == "put":
+        # A fresh store keeps sidecars (README, "Two layouts"): the first batch writes them too.
+        objects = calibrate.objects()
+        for key in [k for k in objects if not k.endswith(".json")]:
+            assert key + ".json" in objects, f"put into an empty store wrote no sidecar for {key}"
 
     rng = random.Random(f"{SEED}-{command}")
     trials = 3
