@@ -580,6 +580,7 @@ MISCONFIGURED = {
     # name: (expected exit, what the one line must mention)
     "s3-credentials-refused": (77, "access denied"),
     "bucket-missing": (2, "does not exist"),
+    "table-missing": (2, "manifest init"),
     "password-wrong": (77, "access denied"),
     "s3-unreachable": (69, "cannot reach"),
     "postgres-unreachable": (69, "unavailable"),
