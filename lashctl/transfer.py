@@ -113,6 +113,10 @@ def put(
     batch_bytes = 0
     with store.blobs.opened():
         store.blobs.ensure_writable_layout()
+        # Decided before any blob lands: detected later, a first batch of 8 or
+        # more files would find its own blobs without sidecars and call an
+        # empty store bare (writing no sidecar, then or ever after).
+        _ = store.layout
         try:
             for source in sources:
                 staged = _stage_source(store, source, progress)

@@ -85,6 +85,11 @@ class AppState:
             if self.store_named and not store.blobs.exists():
                 raise UsageError(f"store {store.blobs.name} does not exist (check --store / {ENV_STORE})")
             if self.manifest_named and self.manifest_path is not None and not store.manifest.exists():
+                from lashctl.backends import is_postgres_url
+
+                if is_postgres_url(str(self.manifest_path)):
+                    # The database answers but has no table: say which, and how to create it.
+                    store.manifest.check_writable()
                 raise UsageError(f"manifest {store.manifest.name} does not exist (check --manifest / {ENV_MANIFEST})")
         return store
 
