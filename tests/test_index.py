@@ -995,3 +995,19 @@ def test_fifo_at_the_manifest_path_is_an_error_not_a_hang(mpath: Path) -> None:
     with ManifestIndex(m) as ix:
         with pytest.raises(Corrupt, match="not a regular file"):
             ix.refresh()
+
+
+@pytest.mark.parametrize("extra", [0, "x", None, 10**20])
+@pytest.mark.parametrize("padding", [0, 60_000])  # the forget in the first batch, or in a later one
+def test_a_forget_line_with_other_keys_forgets_in_the_cache_and_the_log(tmp_path: Path, extra, padding) -> None:
+    """Keys a line's op does not define are ignored: a forget holding a
+    committed_at_epoch_ms is a plain forget, never a guarded one."""
+    x = aid(0xC)
+    forget = dict(forget_event(x, "s1").to_json(), committed_at_epoch_ms=extra)
+    lines = [HEADER, enc(intent_event(x, "s1", T0)), enc(commit_event(x, "s1", T0 + 1))]
+    lines += [b""] * padding + [enc(forget)]
+    store = _store_with(tmp_path, lines)
+    assert ("s1", x) not in store.manifest.read_state().rows
+    with store.index() as ix:
+        assert ix.rows_for_id(x) == []
+        assert ix.row_count() == 0
