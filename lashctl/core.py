@@ -153,6 +153,16 @@ def live_reason(rows: list[Row], cutoff: int, view) -> str | None:
     return live
 
 
+def confirmed_rows(view, ids) -> dict[str, list[Row]]:
+    """The rows of a sweep's candidates from the manifest's source of truth:
+    a view answering from a cache confirms them against its log (``confirm``);
+    any other view is the truth already."""
+    confirm = getattr(view, "confirm", None)
+    if confirm is not None:
+        return confirm(ids)
+    return {i: view.rows_for_id(i) for i in ids}
+
+
 # -- ids -----------------------------------------------------------------------
 def resolve_id(store: Store, query: IdQuery, view=None) -> str:
     """Resolve a full id or unique prefix against blobs and manifest rows.

@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lashctl.core import Store, aged_rows, as_view, by_id, live_reason, precheck_prefixes, resolve_ids
+from lashctl.core import (
+    Store,
+    aged_rows,
+    as_view,
+    by_id,
+    confirmed_rows,
+    live_reason,
+    precheck_prefixes,
+    resolve_ids,
+)
+from lashctl.backends.base import BlobStat
 from lashctl.errors import LashctlError, Refused, UnsafePath
 from lashctl.fold import Event, Row
 from lashctl.ids import IdQuery
@@ -69,7 +79,8 @@ def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run
     with store.exclusive(dry_run=dry_run) as view:
         store.blobs.check_layout()
         ids = list(dict.fromkeys(resolve_ids(store, queries, view)))
-        referenced = {i: sorted({r.session_id for r in view.rows_for_id(i)}) for i in ids}
+        rows = confirmed_rows(view, ids)
+        referenced = {i: sorted({r.session_id for r in rows[i]}) for i in ids}
         if not force:
             blocked = [(i, s) for i, s in referenced.items() if s]
             if blocked:
@@ -137,11 +148,14 @@ def plan_reclaim(view, cutoff: int) -> tuple[int, Plan]:
     in id order: a live reason means release.
     """
     view = as_view(view)
+    candidates = [rows[0].attachment_id for rows in view.aged(cutoff)]
     scanned, plan = 0, []
-    for rows in view.aged(cutoff):
+    for attachment_id, rows in sorted(confirmed_rows(view, candidates).items()):
         aged = aged_rows(rows, cutoff)
+        if not aged:
+            continue
         scanned += len(aged)
-        plan.append((rows[0].attachment_id, aged, live_reason(rows, cutoff, view)))
+        plan.append((attachment_id, aged, live_reason(rows, cutoff, view)))
     return scanned, plan
 
 
@@ -279,6 +293,7 @@ def gc(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress |
             )
         report = GcReport(cutoff_epoch_ms=cutoff, dry_run=dry_run)
         touched = []
+        candidates: dict[str, BlobStat] = {}
         for attachment_id, present, rows in by_id(store, view):
             if not present:
                 continue
@@ -290,6 +305,11 @@ def gc(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress |
             st = store.blobs.stat(attachment_id)
             if st is None or not st.is_file or st.mtime_ms > cutoff:
                 continue
+            candidates[attachment_id] = st
+        confirmed = confirmed_rows(view, candidates)
+        for attachment_id, st in candidates.items():
+            if confirmed[attachment_id]:
+                continue  # the log references it: never deleted on a cache's word
             item = GcItem(store.blobs.where(attachment_id), attachment_id, "blob", st.size,
                           DELETE, "unreferenced: no manifest row")
             done = delete_blob(store, attachment_id, dry_run=dry_run)

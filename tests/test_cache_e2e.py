@@ -191,3 +191,40 @@ def test_fifo_manifest_is_an_error_not_a_hang(tmp_path):
     store.mkdir()
     os.mkfifo(store / "manifest.jsonl")
     assert_error(lashctl(store, "list-uncommitted"), 65, "not a regular file")
+
+
+# -- sweeps never delete on the cache's word ---------------------------------------
+def _age(store: Path) -> None:
+    old = 1_600_000_000
+    for path in (store / "sha256").rglob("*"):
+        os.utime(path, (old, old), follow_symlinks=False)
+
+
+def _lie(store: Path, sql: str, *params) -> None:
+    """Edit the cache behind lashctl's back, keeping it otherwise valid."""
+    lashctl(store, "ls")  # the cache exists and is current
+    with sqlite3.connect(idx_file(store)) as conn:
+        conn.execute(sql, params)
+
+
+@pytest.mark.parametrize("lie", ["drop the rows", "uncommit and age"])
+def test_an_edited_cache_never_makes_a_sweep_delete_a_committed_blob(tmp_path, lie):
+    store = tmp_path / "store"
+    x = put(store, tmp_path, "x.txt", b"committed bytes")
+    y = put(store, tmp_path, "y.txt", b"other committed bytes")
+    assert_ok(lashctl(store, "commit", "-s", "s1", x, y))
+    _age(store)
+    if lie == "drop the rows":
+        _lie(store, "DELETE FROM rows WHERE attachment_id = ?", x)
+    else:
+        _lie(store, "UPDATE rows SET committed_at = NULL, intent_at = 1 WHERE attachment_id = ?", x)
+    for command in (["gc", "--force", "--older-than", "1m"], ["reclaim", "--force", "--older-than", "1m"]):
+        dry = lashctl(store, "--json", *command, "--dry-run")
+        assert_ok(dry)
+        assert x.encode() not in dry.stdout
+        assert_ok(lashctl(store, *command))
+        assert blob_path(store, x).is_file(), command
+    refused = lashctl(store, "delete", x)
+    assert refused.returncode == 4
+    verify = lashctl(store, "verify")
+    assert_ok(verify)

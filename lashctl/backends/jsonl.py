@@ -56,6 +56,10 @@ class CacheView:
     def keep_reason(self, row: Row) -> str | None:
         return None
 
+    def confirm(self, ids) -> dict[str, list[Row]]:
+        """The rows of these ids as the log itself says (see ``confirm_rows``)."""
+        return confirm_rows(self, self.manifest, ids)
+
     @property
     def log_lines(self) -> int:
         return self.index.log_lines()
@@ -237,6 +241,22 @@ class JsonlManifest:
 
     def remove_litter(self, found: Found) -> None:
         self.log.remove_litter(found.handle)
+
+
+def confirm_rows(view, manifest: Manifest, ids) -> dict[str, list[Row]]:
+    """A sweep never deletes on the cache's word alone: the rows of its
+    candidates are folded from the log itself (one read, memory for these ids
+    only). If the cache disagreed, it is dropped so that the next command
+    rebuilds it, and the log's answer is used."""
+    ids = set(ids)
+    if not ids:
+        return {}
+    from_log = manifest.fold_ids(ids)
+    if any(view.rows_for_id(i) != rows for i, rows in from_log.items()):
+        manifest.warn(f"the state cache of {manifest.path} disagreed with the log; "
+                      "using the log (the cache is rebuilt on the next command)")
+        view.index.discard()
+    return from_log
 
 
 def group_by_id(rows: Iterator[Row]) -> Iterator[list[Row]]:

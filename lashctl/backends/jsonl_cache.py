@@ -798,6 +798,11 @@ class ManifestIndex:
         if self._note is not None:
             self._note(f"not using the state cache: {reason}; folding the manifest in memory")
 
+    def discard(self) -> None:
+        """Throw the cache away (it disagreed with the log): rebuilt on next use."""
+        self._discard_file()
+        self._fall_back()
+
     def _discard_file(self) -> None:
         """Delete a .idx SQLite calls corrupt (and its journals) so it is rebuilt."""
         self._close_connection()

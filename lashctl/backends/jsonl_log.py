@@ -53,6 +53,9 @@ _LOCK_POLL_S = 0.02
 _TAIL_PROBE = 64 * 1024
 _EVENT_START = b'{"op":'  # how every line lashctl writes begins
 _SHOWN_RAW = 200  # bytes of a malformed line quoted in its message
+# The id of a line as lashctl and lash write it; a line where this does not
+# match exactly once (escapes, odd spacing, a repeated key) is parsed whole.
+_ID_FIELD = re.compile(rb'"attachment_id"\s*:\s*"([0-9a-f]{64})"')
 
 Warn = Callable[[str], None]
 
@@ -279,6 +282,44 @@ class Manifest:
         self._lock_fd: int | None = None
 
     # -- reading ---------------------------------------------------------------
+    def fold_ids(self, ids: set[str]) -> dict[str, list[Row]]:
+        """The rows of just these ids, folded from the log itself: one
+        sequential read, memory for these ids only. What a sweep confirms its
+        candidates with, whatever the state cache says."""
+        rows: dict[tuple[str, str], Row] = {}
+        wanted = {i.encode("ascii") for i in ids}
+        fd = self.open_for_reading()
+        if fd is not None:
+            findall = _ID_FIELD.findall
+            with os.fdopen(fd, "rb") as handle:
+                lineno = 0
+                for raw in handle:
+                    lineno += 1
+                    found = findall(raw)
+                    if len(found) == 1 and found[0] not in wanted:
+                        continue
+                    if not raw.endswith(b"\n"):
+                        if not _parses(_strip_bom(raw) if lineno == 1 else raw):
+                            break  # a torn tail, as iter_events treats it
+                    line = raw.rstrip(b"\n")
+                    if not line.strip():
+                        continue
+                    event = parse_line(line, lineno, self.path)
+                    if event["op"] == "header" or event["attachment_id"] not in ids:
+                        continue
+                    change = Event.from_json(event)
+                    after = step(rows.get(change.key), change)
+                    if after is None:
+                        rows.pop(change.key, None)
+                    else:
+                        rows[change.key] = after
+        out: dict[str, list[Row]] = {i: [] for i in ids}
+        for row in rows.values():
+            out[row.attachment_id].append(row)
+        for group in out.values():
+            group.sort(key=lambda r: r.session_id)
+        return out
+
     def iter_events(
         self,
         state: ManifestState | None = None,
