@@ -104,8 +104,21 @@ def manifest_identity(store: Store) -> str:
 
 def check_distinct(src: Store, dest: Store) -> None:
     """UsageError (exit 2) when the destination is the source, or shares its manifest."""
-    if blob_identity(src) == blob_identity(dest):
+    mine, theirs = blob_identity(src), blob_identity(dest)
+    if mine == theirs:
         raise UsageError(f"the destination store {dest.blobs.name} is the source store: nothing to migrate")
+    if mine.startswith("file:") and theirs.startswith("file:"):
+        # A store inside the other would be seen, and swept, as the other's strays.
+        if theirs.startswith(mine.rstrip("/") + "/"):
+            raise UsageError(f"the destination store {dest.blobs.name} is inside the source store "
+                             f"{src.blobs.name}: choose a directory outside it")
+        if mine.startswith(theirs.rstrip("/") + "/"):
+            raise UsageError(f"the destination store {dest.blobs.name} contains the source store "
+                             f"{src.blobs.name}: choose a directory outside it")
+    elif mine.startswith("s3://") and theirs.startswith("s3://"):
+        if theirs.startswith(mine.rstrip("/") + "/") or mine.startswith(theirs.rstrip("/") + "/"):
+            raise UsageError(f"the destination store {dest.blobs.name} overlaps the source store "
+                             f"{src.blobs.name}: choose a prefix outside it")
     if manifest_identity(src) == manifest_identity(dest):
         raise UsageError(f"the destination manifest {dest.manifest.name} is the source's manifest: "
                          "name another with --to-manifest")

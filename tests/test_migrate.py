@@ -300,6 +300,21 @@ def test_refuses_the_same_store_or_the_same_manifest(tmp_path):
     assert snapshot(src) == before
 
 
+def test_refuses_a_destination_inside_the_source_or_around_it(tmp_path):
+    src = tmp_path / "src"
+    build_source(src, tmp_path, n=3)
+    before = snapshot(src)
+    shard = next((src / "sha256").iterdir())
+    for dest in (shard, src / "tmp" / "copy", src / "sub"):
+        result = lashctl("--store", src, "migrate", "--to-store", dest)
+        assert result.returncode == EXIT_USAGE, dest
+        assert "inside the source store" in one_line_error(result.stderr)
+    result = lashctl("--store", src, "migrate", "--to-store", tmp_path)
+    assert result.returncode == EXIT_USAGE
+    assert "contains the source store" in one_line_error(result.stderr)
+    assert snapshot(src) == before
+
+
 def test_refuses_the_same_postgres_manifest(tmp_path, pg_url):
     src = tmp_path / "src"
     Store(src, pg_url).manifest.init()
