@@ -52,6 +52,7 @@ from urllib.parse import parse_qsl, urlencode
 from lashctl.backends import POSTGRES_SCHEMES, is_postgres_url, require_extra
 from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Unavailable, UsageError
 from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
+from lashctl.ids import is_valid_id
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -170,6 +171,11 @@ def strip_password(url: str) -> str:
 
 def _row(values: tuple) -> Row:
     session_id, attachment_id, uri, intent_at, committed_at, owner_kind, owner_id = values
+    if not is_valid_id(attachment_id):
+        raise Corrupt(f"table {TABLE}: the row ({session_id!r}, {attachment_id!r}) has an attachment_id "
+                      "that is not a 64-character lowercase hex sha256; fix or delete that row")
+    if not session_id:
+        raise Corrupt(f"table {TABLE}: a row of attachment {attachment_id} has an empty session_id")
     return Row(session_id, attachment_id, uri if uri is not None else canonical_uri(attachment_id),
                intent_at, committed_at, owner_kind, owner_id)
 
@@ -223,6 +229,9 @@ class PostgresManifest:
         if password and len(password) >= 4:  # libpq never says it; a short one would mangle the text
             text = text.replace(password, "***")
         low = text.lower()
+        if isinstance(exc, e.LockNotAvailable):
+            return LockTimeout(f"PostgreSQL manifest {self.name}: a lock on {TABLE} was not granted within "
+                               f"{self.lock_timeout:g}s (another transaction holds it); retry later")
         if isinstance(exc, e.InsufficientPrivilege) or (
                 getattr(exc, "sqlstate", None) or "").startswith("28") or (
                 exc.__class__ is psycopg.OperationalError and any(m in low for m in _DENIED_MARKS)):
@@ -263,6 +272,12 @@ class PostgresManifest:
             kwargs["connect_timeout"] = _CONNECT_TIMEOUT_S
         if "application_name" not in self.url and "PGAPPNAME" not in os.environ:
             kwargs["application_name"] = "lashctl"
+        if "options" not in self.url and "PGOPTIONS" not in os.environ:
+            # A table or row lock held elsewhere (a migration, VACUUM FULL, a
+            # stuck transaction) stops a statement after --lock-timeout (exit
+            # 75) instead of hanging the command; 0 would mean "for ever" to
+            # PostgreSQL, so 1 ms is the least.
+            kwargs["options"] = f"-c lock_timeout={max(1, round(self.lock_timeout * 1000))}"
         try:
             return psycopg.connect(self.url, **kwargs)
         except psycopg.ProgrammingError as exc:  # a malformed URL
@@ -530,6 +545,10 @@ class PostgresView:
         with self.backend._errors():
             found = self.conn.execute(
                 f"SELECT DISTINCT {_ID} FROM {TABLE} {where} ORDER BY {_ID}", params).fetchall()
+        for (attachment_id,) in found:
+            if not is_valid_id(attachment_id):
+                raise Corrupt(f"table {TABLE}: attachment_id {attachment_id!r} is not a 64-character "
+                              "lowercase hex sha256; fix or delete its rows")
         return [r[0] for r in found]
 
     @staticmethod

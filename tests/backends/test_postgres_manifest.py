@@ -480,3 +480,31 @@ def test_streams_keep_memory_flat(manifest):
             tracemalloc.stop()
     assert (groups, rows, aged) == (33334, 100000, 100000)
     assert peak < 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_a_table_lock_held_elsewhere_is_a_lock_timeout_not_a_hang(manifest):
+    with psycopg.connect(manifest.url) as holder:
+        holder.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        for action in ("read", "write"):
+            with pytest.raises(LockTimeout) as info:
+                if action == "read":
+                    with manifest.reading() as view:
+                        view.row_count()
+                else:
+                    with manifest.writing() as writer:
+                        writer.append([Event.intent("a" * 64, "s", 1)])
+            assert info.value.exit_code == 75
+        assert time.monotonic() - started < 10
+        holder.rollback()
+
+
+@pytest.mark.parametrize("bad_id", ["../../p2/sha256/x", "A" * 64, "a" * 63])
+def test_a_row_with_an_invalid_id_is_corrupt_data(manifest, bad_id):
+    exec_sql(manifest.url, f"INSERT INTO {TABLE} VALUES (%s, 's', 'sha256:x', 1000, NULL, NULL, NULL)",
+             params=(bad_id,))
+    for query in (lambda v: list(v.rows_by_id()), lambda v: list(v.uncommitted(None, None)),
+                  lambda v: list(v.aged(2000)), lambda v: v.rows_for_id(bad_id)):
+        with pytest.raises(Corrupt) as info, manifest.reading() as view:
+            query(view)
+        assert info.value.exit_code == 65
