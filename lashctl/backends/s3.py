@@ -260,6 +260,10 @@ class S3Blobs:
             return NotFound(f"cannot {action} {where}: no such object")
         if isinstance(exc, (oe.UnknownConfigurationKeyError, ValueError)):
             return UsageError(f"cannot {action} {where}: {_first_line(exc)}")
+        if "invalid path" in text.lower() or "illegal character" in text.lower():
+            # Bad data in the bucket, not an outage: rerunning would not help.
+            return Corrupt(f"cannot {action} {where}: an object there has a key the object store "
+                           f"library refuses ({_first_line(exc)}); rename or delete that object")
         if isinstance(exc, oe.BaseError):
             endpoint = _endpoint_of(text)
             kind = _HTTP_KIND.search(text)
@@ -313,8 +317,12 @@ class S3Blobs:
             for meta in batch:
                 path = meta["path"]
                 if path <= previous:
-                    # Orphan detection and the sweep's merge depend on key order.
-                    raise Unavailable(f"cannot list {where}: the server did not list keys in order")
+                    # The listing comes in key order, and orphan detection and the
+                    # sweep's merge depend on it. A key that seems out of order is one
+                    # the object store library shortened (a "folder marker" ending in
+                    # "/" comes back without it, and sorts before its neighbours): it
+                    # is no blob, and it is skipped.
+                    continue
                 previous = path
                 yield meta
 

@@ -512,3 +512,22 @@ def test_missing_server_package_skips_or_fails(monkeypatch):
     monkeypatch.setenv(servers.REQUIRE_ENV, "1")
     with pytest.raises(pytest.fail.Exception):
         servers.need("no_such_module_for_lashctl", "this test")
+
+
+def test_a_folder_marker_beside_a_blob_is_skipped_not_an_outage(backend, s3_bucket, client):
+    a = put_blob(backend, b"marked blob")
+    b = put_blob(backend, b"another blob")
+    client.put_object(Bucket=s3_bucket, Key=f"team/lash/sha256/{a[:2]}/{a}/", Body=b"")
+    assert list(backend.iter_ids()) == sorted([a, b])
+    assert all(f.name != f"{a[:2]}/{a}" for f in backend.walk())
+
+
+def test_a_key_the_library_refuses_is_corrupt_data_not_an_outage(backend, s3_bucket, client):
+    put_blob(backend, b"a blob")
+    client.put_object(Bucket=s3_bucket, Key="team/lash/sha256/58/weird\ttab", Body=b"x")
+    from lashctl.errors import Corrupt
+
+    with pytest.raises(Corrupt) as info:
+        list(backend.walk())
+    assert info.value.exit_code == 65
+    assert "rename or delete" in info.value.message
