@@ -180,8 +180,8 @@ class Stats:
     staging_bytes: int = 0
     stray_files: int = 0
     orphan_sidecars: int = 0
-    manifest_lines: int = 0
-    compacted_lines: int = 0
+    manifest_lines: int | None = 0  # None: the manifest is not a log (PostgreSQL)
+    compacted_lines: int | None = 0
     torn_tail: bool = False
 
 
@@ -216,8 +216,11 @@ def stats(store: Store, view, now: int) -> Stats:
                 out.orphan_sidecars += 1
             else:
                 out.stray_files += 1
-    out.manifest_lines = getattr(view, "log_lines", 0)
-    out.compacted_lines = 1 + out.rows_committed * 2 + out.rows_uncommitted
+    out.manifest_lines = getattr(view, "log_lines", None)
+    if out.manifest_lines is not None:
+        out.compacted_lines = 1 + out.rows_committed * 2 + out.rows_uncommitted
+    else:
+        out.compacted_lines = None
     out.torn_tail = getattr(view, "torn_tail", False)
     return out
 

@@ -79,6 +79,6 @@ def _lines(document: dict) -> list[list]:
     for what, count, size in LINES:
         if "{state}" in what:
             rows += [[what.format(state=k), n, document[size][k]] for k, n in document[count].items()]
-        else:
+        elif document[count] is not None:  # (a PostgreSQL manifest has no lines)
             rows.append([what, document[count], document[size] if size else None])
     return rows
