@@ -243,7 +243,7 @@ class GcItem:
     attachment_id: str | None
     kind: str  # blob | staging | orphan-sidecar
     byte_len: int
-    action: str  # delete | failed
+    action: str  # delete | failed | deleted_while_referenced
     reason: str
     error: str | None = None
 
@@ -261,7 +261,7 @@ class GcReport:
 
     @property
     def failures(self) -> list[GcItem]:
-        return [i for i in self.items if i.action == FAILED]
+        return [i for i in self.items if i.action in (FAILED, DELETED_WHILE_REFERENCED)]
 
 
 def gc(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress | None = None,
@@ -307,9 +307,15 @@ def gc(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress |
                 continue
             candidates[attachment_id] = st
         confirmed = confirmed_rows(view, candidates)
+        shared = not getattr(store.manifest, "blocks_writers", True)
         for attachment_id, st in candidates.items():
             if confirmed[attachment_id]:
                 continue  # the log references it: never deleted on a cache's word
+            if shared and not dry_run:
+                # Writers go on during a sweep of a shared manifest: look again just before.
+                again = store.blobs.stat(attachment_id)
+                if view.rows_for_id(attachment_id) or again is None or again.mtime_ms > cutoff:
+                    continue
             item = GcItem(store.blobs.where(attachment_id), attachment_id, "blob", st.size,
                           DELETE, "unreferenced: no manifest row")
             done = delete_blob(store, attachment_id, dry_run=dry_run)
@@ -318,6 +324,9 @@ def gc(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress |
             elif not dry_run:
                 item.byte_len = done.byte_len
                 touched.append(attachment_id)
+                if shared and view.rows_for_id(attachment_id):
+                    item.action = DELETED_WHILE_REFERENCED
+                    item.error = "a row for it appeared while it was being deleted: re-upload it"
             report.items.append(item)
         for stray in scan_strays(store):
             if stray.kind not in ("staging", "orphan-sidecar") or stray.mtime_ms > cutoff:

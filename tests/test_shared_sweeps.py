@@ -1,0 +1,84 @@
+"""Sweeps of a store whose manifest is shared with writers that a sweep does
+not stop (lash's PostgreSQL table): each candidate is looked at again just
+before its delete, and once after (README, "Beyond one machine")."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+
+from lashctl import core, sweep
+from lashctl.fold import Event
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def shared(tmp_path, pg_url):
+    store = core.Store(tmp_path / "store", pg_url)
+    store.manifest.init()
+    return store
+
+
+def _blob(store, data: bytes, *, age_s: int = 3 * 86400) -> str:
+    with store.blobs.opened():
+        store.blobs.ensure_writable_layout()
+        staged = store.blobs.stage(io.BytesIO(data), "test")
+        store.blobs.install(staged)
+    old = 1_600_000_000
+    os.utime(store.blobs.blob_path(staged.attachment_id), (old, old))
+    return staged.attachment_id
+
+
+def _row(store, attachment_id: str, *, commit: bool) -> None:
+    with store.manifest.writing() as writer:
+        writer.append([Event.intent(attachment_id, "lash", 1_000)])
+        if commit:
+            writer.append([Event.commit(attachment_id, "lash", 2_000)])
+
+
+@pytest.mark.parametrize("command", ["gc", "reclaim"])
+def test_a_row_that_appears_during_the_delete_is_reported(shared, command, monkeypatch):
+    a = _blob(shared, b"raced bytes")
+    if command == "reclaim":
+        with shared.manifest.writing() as writer:
+            writer.append([Event.intent(a, "old", 500)])
+    real_delete = type(shared.blobs).delete
+
+    def racing_delete(blobs, attachment_id):
+        freed = real_delete(blobs, attachment_id)
+        _row(shared, attachment_id, commit=True)  # lash commits it meanwhile
+        return freed
+
+    monkeypatch.setattr(type(shared.blobs), "delete", racing_delete)
+    cutoff = 1_600_000_000_000 + 1  # after the blob's mtime and every intent
+    if command == "gc":
+        report = sweep.gc(shared, cutoff, force=True)
+    else:
+        report = sweep.reclaim(shared, cutoff)
+    assert [(i.attachment_id, i.action) for i in report.items] == [(a, sweep.DELETED_WHILE_REFERENCED)]
+    assert report.failures  # exit 5
+
+
+def test_gc_spares_an_object_written_again_before_its_delete(shared, monkeypatch):
+    a = _blob(shared, b"refreshed bytes")
+    real_stat = type(shared.blobs).stat
+    calls = {"n": 0}
+
+    def refreshed_stat(blobs, attachment_id, sidecar=False):
+        st = real_stat(blobs, attachment_id, sidecar)
+        calls["n"] += 1
+        if calls["n"] > 1 and not sidecar:  # the second look: lash re-PUT it
+            os.utime(blobs.blob_path(attachment_id))
+            st = real_stat(blobs, attachment_id, sidecar)
+        return st
+
+    monkeypatch.setattr(type(shared.blobs), "stat", refreshed_stat)
+    report = sweep.gc(shared, 1_600_000_000_000 + 1, force=True)
+    assert report.items == []
+    assert shared.blobs.stat(a) is not None
