@@ -163,6 +163,61 @@ def list_blobs(store: Store, view, warn: Callable[[str], None] | None = None) ->
             )
 
 
+@dataclass(frozen=True)
+class BlobFilter:
+    """Which blobs ``ls`` keeps: a session with a row, a reference state, a
+    media type (``image/*`` matches a whole type). None keeps all."""
+
+    session: str | None = None
+    state: str | None = None
+    media_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.media_type is not None:
+            from lashctl.media import normalize_mime
+
+            wanted = self.media_type.strip().lower()
+            if wanted.endswith("/*"):
+                kind = normalize_mime(wanted[:-2] + "/x", "--media-type").split("/")[0]
+                object.__setattr__(self, "media_type", kind + "/*")
+            else:
+                object.__setattr__(self, "media_type", normalize_mime(self.media_type, "--media-type"))
+
+    @property
+    def narrows(self) -> bool:
+        return any(v is not None for v in (self.session, self.state, self.media_type))
+
+    def keeps(self, entry: BlobEntry) -> bool:
+        if self.session is not None and self.session not in entry.sessions:
+            return False
+        if self.state is not None and entry.state != self.state:
+            return False
+        if self.media_type is not None:
+            if self.media_type.endswith("/*"):
+                return (entry.media_type or "").startswith(self.media_type[:-1])
+            return entry.media_type == self.media_type
+        return True
+
+
+# Sort keys: each, then the id between equals.
+SORT_KEYS = {
+    "id": lambda e: e.attachment_id,
+    "size": lambda e: (e.byte_len, e.attachment_id),
+    "mtime": lambda e: (e.mtime_ms, e.attachment_id),
+    "media-type": lambda e: (e.media_type or "", e.attachment_id),
+    "label": lambda e: (e.label or "", e.attachment_id),
+    "state": lambda e: (e.state, e.attachment_id),
+}
+
+
+def select_blobs(entries, wanted: BlobFilter, *, sort: str = "id", reverse: bool = False) -> list[BlobEntry]:
+    """The entries ``wanted`` keeps, sorted (id order needs no sort: the listing has it)."""
+    kept = [e for e in entries if wanted.keeps(e)]
+    if sort != "id" or reverse:
+        kept.sort(key=SORT_KEYS[sort], reverse=reverse)
+    return kept
+
+
 # -- stats ---------------------------------------------------------------------
 @dataclass
 class Stats:

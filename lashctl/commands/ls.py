@@ -44,17 +44,6 @@ ENTRY = (
     Field("mtime", lambda e: iso_ms(e.mtime_ms), Col("modified", "fixed", drop=3)),
 )
 
-# --sort: each key, then the id between equals.
-SORT_KEYS = {
-    SortKey.id: lambda e: e.attachment_id,
-    SortKey.size: lambda e: (e.byte_len, e.attachment_id),
-    SortKey.mtime: lambda e: (e.mtime_ms, e.attachment_id),
-    SortKey.media_type: lambda e: (e.media_type or "", e.attachment_id),
-    SortKey.label: lambda e: (e.label or "", e.attachment_id),
-    SortKey.state: lambda e: (e.state, e.attachment_id),
-}
-
-
 def ls(
     ctx: typer.Context,
     session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only blobs this session has a row for.")] = None,
@@ -76,31 +65,13 @@ def ls(
     state = app_state(ctx, json_flag)
     store = state.store()
     manifest_state = inspect_state(state, store)
-    entries = _matching(inspect.list_blobs(store, manifest_state, warn=state.ui.warn), session, ref_state, media_type)
-    entries.sort(key=SORT_KEYS[sort], reverse=reverse)
+    wanted = inspect.BlobFilter(session=session, state=ref_state.value if ref_state else None,
+                                media_type=media_type)
+    entries = inspect.select_blobs(inspect.list_blobs(store, manifest_state, warn=state.ui.warn), wanted,
+                                   sort=sort.value, reverse=reverse)
     state.ui.listing(ENTRY, entries)
     if entries:
         state.ui.info(f"{len(entries)} blob(s), {human_bytes(sum(e.byte_len for e in entries))}")
     else:
-        state.ui.info("no blobs" + (" match" if session or ref_state or media_type else " in the store"))
+        state.ui.info("no blobs" + (" match" if wanted.narrows else " in the store"))
     end_inspection(state, store, manifest_state)
-
-
-def _matching(entries, session: Optional[str], ref_state: Optional[RefState], media_type: Optional[str]) -> list:
-    """The blobs the filters keep: --session, --state, --media-type."""
-    entries = list(entries)
-    if session is not None:
-        entries = [e for e in entries if session in e.sessions]
-    if ref_state is not None:
-        entries = [e for e in entries if e.state == ref_state.value]
-    if media_type is not None:
-        from lashctl.media import normalize_mime
-
-        wanted = media_type.strip().lower()
-        if wanted.endswith("/*"):
-            kind = normalize_mime(wanted[:-2] + "/x", "--media-type").split("/")[0]
-            entries = [e for e in entries if (e.media_type or "").startswith(kind + "/")]
-        else:
-            wanted = normalize_mime(media_type, "--media-type")
-            entries = [e for e in entries if e.media_type == wanted]
-    return entries
