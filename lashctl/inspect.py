@@ -272,10 +272,12 @@ def stats(store: Store, view, now: int) -> Stats:
             else:
                 out.stray_files += 1
     out.manifest_lines = getattr(view, "log_lines", None)
+    out.compacted_lines = None
     if out.manifest_lines is not None:
-        out.compacted_lines = 1 + out.rows_committed * 2 + out.rows_uncommitted
-    else:
-        out.compacted_lines = None
+        from lashctl.backends.jsonl_log import compacted_lines
+
+        rows = out.rows_committed + out.rows_uncommitted
+        out.compacted_lines = compacted_lines(rows, out.rows_committed)
     out.torn_tail = getattr(view, "torn_tail", False)
     return out
 

@@ -227,6 +227,20 @@ class JsonlManifest:
             raise AttributeError(name)
         return getattr(self.log, name)
 
+    def compact_log(self, *, dry_run: bool = False) -> tuple[int, int, int]:
+        """Rewrite the log as its folded state under the lock (``manifest
+        compact``): lines before, lines after, rows. A dry run only counts."""
+        from lashctl.backends.jsonl_log import compacted_lines
+
+        if dry_run:
+            folded = self.log.read_state()
+            committed = sum(1 for r in folded.rows.values() if r.committed)
+            return folded.lines, compacted_lines(len(folded.rows), committed), len(folded.rows)
+        with self.log.locked():
+            folded = self.log.read_state()
+            after = self.log.compact(folded) if self.log.path.exists() else 0
+        return folded.lines, after, len(folded.rows)
+
     def read_state(self, tolerant: bool = False) -> ManifestState:
         """The whole log folded in memory (``manifest compact`` and ``check`` need it)."""
         return self.log.read_state(tolerant=tolerant)

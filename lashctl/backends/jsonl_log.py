@@ -651,7 +651,12 @@ class CheckReport:
 
     @property
     def compacted_lines(self) -> int:
-        return 1 + self.rows + self.rows_committed
+        return compacted_lines(self.rows, self.rows_committed)
+
+
+def compacted_lines(rows: int, committed: int) -> int:
+    """Lines a compaction leaves: the header, an intent per row, a commit per committed row."""
+    return 1 + rows + committed
 
 
 def check(manifest: Manifest) -> CheckReport:

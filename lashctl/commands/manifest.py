@@ -150,18 +150,11 @@ def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag
     committed) per row: the same state in fewer lines.
     """
     state = app_state(ctx, json_flag)
-    manifest = jsonl_only(state, "compact").log
-    if dry_run:
-        folded = manifest.read_state()
-        before, after = folded.lines, 1 + len(folded.rows) + sum(1 for r in folded.rows.values() if r.committed)
-    else:
-        with manifest.locked():
-            folded = manifest.read_state()
-            before = folded.lines
-            after = manifest.compact(folded) if manifest.path.exists() else 0
-    document = {**state.run_fields(), "path": str(manifest.path), "dry_run": dry_run, "lines_before": before, "lines_after": after,
-                "rows": len(folded.rows)}
-    state.ui.records(["what", "value"], [["lines before", before], ["lines after", after], ["rows", len(folded.rows)]], document)
+    manifest = jsonl_only(state, "compact")
+    before, after, rows = manifest.compact_log(dry_run=dry_run)
+    document = {**state.run_fields(), "path": str(manifest.path), "dry_run": dry_run, "lines_before": before,
+                "lines_after": after, "rows": rows}
+    state.ui.records(["what", "value"], [["lines before", before], ["lines after", after], ["rows", rows]], document)
     state.ui.info(f"{'would compact' if dry_run else 'compacted'} {manifest.path}: {before} -> {after} lines")
 
 
