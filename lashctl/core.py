@@ -163,6 +163,31 @@ def confirmed_rows(view, ids) -> dict[str, list[Row]]:
     return {i: view.rows_for_id(i) for i in ids}
 
 
+def rows_for_ids(view, ids) -> dict[str, list[Row]]:
+    """The rows of many ids: one query where the view can (``rows_for_ids``)."""
+    many = getattr(view, "rows_for_ids", None)
+    if many is not None:
+        return many(list(ids))
+    return {i: view.rows_for_id(i) for i in ids}
+
+
+def stat_many(blobs, ids) -> dict[str, object]:
+    """The stat of many blobs (concurrent requests where the backend can);
+    None for one absent or behind an unsafe shard (its delete says why)."""
+    from lashctl.errors import UnsafePath
+
+    many = getattr(blobs, "stat_many", None)
+    if many is not None:
+        return many(list(ids))
+    out = {}
+    for attachment_id in ids:
+        try:
+            out[attachment_id] = blobs.stat(attachment_id)
+        except UnsafePath:
+            out[attachment_id] = None
+    return out
+
+
 # -- ids -----------------------------------------------------------------------
 def resolve_id(store: Store, query: IdQuery, view=None) -> str:
     """Resolve a full id or unique prefix against blobs and manifest rows.

@@ -17,17 +17,20 @@ from lashctl.core import (
     as_view,
     by_id,
     confirmed_rows,
+    rows_for_ids,
+    stat_many,
     live_reason,
     precheck_prefixes,
     resolve_ids,
 )
 from lashctl.backends.base import BlobStat
-from lashctl.errors import LashctlError, Refused, UnsafePath
+from lashctl.errors import LashctlError, Refused
 from lashctl.fold import Event, Row
 from lashctl.ids import IdQuery
 from lashctl.strays import remove_stray, scan_strays
 
 Progress = Callable[[int], None]
+SWEEP_BATCH = 1000  # ids a sweep stats, re-checks and deletes together
 
 # Item actions.
 RECLAIM, RELEASE, FAILED = "reclaim", "release", "failed"
@@ -184,16 +187,17 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
         report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned)
         forgets: list[Event] = []
         touched: list[str] = []
-        for attachment_id, aged, live in plan:
-            item = _reclaim_one(store, view, attachment_id, aged, live, cutoff, dry_run=dry_run, shared=shared)
-            if item.action == RECLAIM and not dry_run:
-                touched.append(attachment_id)
-            if item.action in (RECLAIM, RELEASE):
-                # Guarded by the cutoff: a row refreshed since it was read is not forgotten.
-                forgets.extend(Event.forget(attachment_id, s, until_ms=cutoff) for s in item.sessions)
-            report.items.append(item)
-            if progress is not None:
-                progress(1)
+        for start in range(0, len(plan), SWEEP_BATCH):
+            for item in _reclaim_batch(store, view, plan[start:start + SWEEP_BATCH], cutoff,
+                                       dry_run=dry_run, shared=shared):
+                if item.action == RECLAIM and not dry_run:
+                    touched.append(item.attachment_id)
+                if item.action in (RECLAIM, RELEASE):
+                    # Guarded by the cutoff: a row refreshed since it was read is not forgotten.
+                    forgets.extend(Event.forget(item.attachment_id, s, until_ms=cutoff) for s in item.sessions)
+                report.items.append(item)
+                if progress is not None:
+                    progress(1)
         order = {attachment_id: min(r.intent_at_epoch_ms for r in aged) for attachment_id, aged, _ in plan}
         report.items.sort(key=lambda i: (order[i.attachment_id], i.attachment_id))
         if not dry_run:
@@ -202,38 +206,58 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
     return report
 
 
-def _reclaim_one(store: Store, view, attachment_id: str, aged: list[Row], live: str | None, cutoff: int,
-                 *, dry_run: bool, shared: bool) -> ReclaimItem:
-    sessions = [r.session_id for r in aged]
-    try:
-        st = store.blobs.stat(attachment_id)
-    except UnsafePath:
-        st = None  # a shard that is a symlink: delete_problem says so below
-    present = st is not None and st.is_file
-    size = st.size if present else 0
-    if live is not None:
-        return ReclaimItem(attachment_id, RELEASE, sessions, size, present, f"kept: {live}")
-    item = ReclaimItem(attachment_id, RECLAIM, sessions, size, present,
-                       "orphan: no live row" + ("" if present else "; bytes already gone"))
-    if shared and not dry_run:
-        again = live_reason(view.rows_for_id(attachment_id), cutoff, view)
-        if again is not None:  # a writer came back for it since the candidates were read
-            item.action, item.reason = RELEASE, f"kept: {again}"
-            return item
-        if st is not None and st.mtime_ms > cutoff:
-            item.action, item.reason = SPARED, "spared: the object was written after the cutoff"
-            item.sessions = []
-            return item
-    done = delete_blob(store, attachment_id, dry_run=dry_run)
-    if done.error is not None:
-        item.action, item.error = FAILED, done.error
-        return item
-    if not dry_run:
-        item.byte_len = done.byte_len
-        if shared and live_reason(view.rows_for_id(attachment_id), cutoff, view) is not None:
-            item.action = DELETED_WHILE_REFERENCED
-            item.error = "a live row for it appeared while it was being deleted: re-upload it"
-    return item
+def _reclaim_batch(store: Store, view, chunk: Plan, cutoff: int, *, dry_run: bool,
+                   shared: bool) -> list[ReclaimItem]:
+    """Reclaim or release a batch of the plan: one stat each (concurrent on an
+    object store), one batch delete, and on a shared manifest one query of the
+    batch's rows before the delete and one after."""
+    stats = stat_many(store.blobs, [attachment_id for attachment_id, _aged, _live in chunk])
+    items, orphans = [], []
+    for attachment_id, aged, live in chunk:
+        st = stats[attachment_id]
+        present = st is not None and st.is_file
+        sessions = [r.session_id for r in aged]
+        size = st.size if present else 0
+        if live is not None:
+            items.append(ReclaimItem(attachment_id, RELEASE, sessions, size, present, f"kept: {live}"))
+            continue
+        item = ReclaimItem(attachment_id, RECLAIM, sessions, size, present,
+                           "orphan: no live row" + ("" if present else "; bytes already gone"))
+        items.append(item)
+        orphans.append(item)
+    if shared and not dry_run and orphans:
+        again = rows_for_ids(view, [i.attachment_id for i in orphans])
+        for item in orphans:
+            reason = live_reason(again[item.attachment_id], cutoff, view)
+            st = stats[item.attachment_id]
+            if reason is not None:  # a writer came back for it since the candidates were read
+                item.action, item.reason = RELEASE, f"kept: {reason}"
+            elif st is not None and st.mtime_ms > cutoff:
+                item.action, item.reason = SPARED, "spared: the object was written after the cutoff"
+                item.sessions = []
+    for item in orphans:
+        if item.action == RECLAIM:
+            problem = store.blobs.delete_problem(item.attachment_id)
+            if problem is not None:  # the dry run says what the real run will meet
+                item.action, item.error = FAILED, problem
+    doomed = [i for i in orphans if i.action == RECLAIM]
+    if dry_run or not doomed:
+        return items
+    results = store.blobs.delete_many([i.attachment_id for i in doomed])
+    for item in doomed:
+        outcome = results[item.attachment_id]
+        if isinstance(outcome, str):
+            item.action, item.error = FAILED, outcome
+        else:
+            item.byte_len = outcome
+    if shared:
+        deleted = [i for i in doomed if i.action == RECLAIM]
+        after = rows_for_ids(view, [i.attachment_id for i in deleted])
+        for item in deleted:
+            if live_reason(after[item.attachment_id], cutoff, view) is not None:
+                item.action = DELETED_WHILE_REFERENCED
+                item.error = "a live row for it appeared while it was being deleted: re-upload it"
+    return items
 
 
 # -- gc ------------------------------------------------------------------------

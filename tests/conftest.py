@@ -13,6 +13,34 @@ from typer.testing import CliRunner
 LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_LOCK_TIMEOUT", "LASHCTL_DEBUG")
 
 
+def sha(data: bytes) -> str:
+    """A blob's id: the hex sha256 of its bytes."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob_path(root, attachment_id: str):
+    """Where the file backend keeps a blob (README, "The tree")."""
+    from lashctl.backends.localfs import BlobStore
+
+    return BlobStore(Path(root)).blob_path(attachment_id)
+
+
+def sidecar_path(root, attachment_id: str):
+    """Where the file backend keeps a blob's sidecar."""
+    from lashctl.backends.localfs import BlobStore
+
+    return BlobStore(Path(root)).sidecar_path(attachment_id)
+
+
+def objects_dir(root):
+    """The file backend's ``sha256/`` directory."""
+    from lashctl.backends.localfs import BlobStore
+
+    return BlobStore(Path(root)).objects
+
+
 def png_bytes(width: int, height: int) -> bytes:
     """A valid, minimal greyscale PNG of the given size."""
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import blob_path, sha, sidecar_path  # noqa: F401  (re-exported)
 
 LONG = os.environ.get("LASHCTL_LONG_TESTS", "").strip() not in ("", "0", "false", "no")
 
@@ -87,24 +88,12 @@ def run(args: list, input: bytes | None = None, timeout: float = 60, env: dict |
     )
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def file_sha(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def blob_path(root: Path, attachment_id: str) -> Path:
-    return Path(root) / "sha256" / attachment_id[:2] / attachment_id
-
-
-def sidecar_path(root: Path, attachment_id: str) -> Path:
-    return Path(root) / "sha256" / attachment_id[:2] / (attachment_id + ".json")
 
 
 def one_line_error(stderr: bytes) -> str:

@@ -534,6 +534,20 @@ class PostgresView:
                 (sessions, ids)).fetchall()
         return {(r[0], r[1]): _row(r) for r in found}
 
+    def rows_for_ids(self, attachment_ids: list[str]) -> dict[str, list[Row]]:
+        """The rows of many ids in one indexed query (a sweep's re-check of a batch)."""
+        out: dict[str, list[Row]] = {i: [] for i in attachment_ids}
+        if not attachment_ids:
+            return out
+        with self.backend._errors():
+            found = self.conn.execute(
+                f"SELECT {_COLS} FROM {TABLE} WHERE {_ID} = ANY(%s) ORDER BY {_ID}, {_SESSION}",
+                (list(attachment_ids),)).fetchall()
+        for values in found:
+            row = _row(values)
+            out[row.attachment_id].append(row)
+        return out
+
     def rows_for_id(self, attachment_id: str) -> list[Row]:
         with self.backend._errors():
             found = self.conn.execute(

@@ -357,6 +357,10 @@ class S3Blobs:
         meta = self._head(self._key(attachment_id, sidecar))
         return None if meta is None else _stat_of(meta)
 
+    def stat_many(self, attachment_ids: list[str]) -> dict[str, BlobStat | None]:
+        """``stat`` of many blobs, the HEAD requests in flight together (bounded)."""
+        return dict(zip(attachment_ids, map_bounded(self.stat, attachment_ids)))
+
     def read_sidecar(self, attachment_id: str) -> Metadata | None:
         import obstore
 

@@ -32,6 +32,7 @@ from lashctl.errors import (
     UsageError,
 )
 from lashctl.sidecar import Metadata
+from conftest import sha
 
 
 def _mod():
@@ -41,8 +42,6 @@ def _mod():
     return module
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

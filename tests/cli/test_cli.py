@@ -6,7 +6,6 @@ notices: exact stdout, exit codes, stderr messages, and the files on disk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import png_bytes
+from conftest import blob_path, png_bytes, sha, sidecar_path
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 HEADER = {"op": "header", "format": "lashctl-manifest", "version": 1}
@@ -26,20 +25,10 @@ DAY = 86_400_000
 
 
 # -- helpers --------------------------------------------------------------------
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def blob_path(store: Path, attachment_id: str) -> Path:
-    return store / "sha256" / attachment_id[:2] / attachment_id
-
-
-def sidecar_path(store: Path, attachment_id: str) -> Path:
-    return store / "sha256" / attachment_id[:2] / (attachment_id + ".json")
 
 
 def blob_files(store: Path) -> list[Path]:

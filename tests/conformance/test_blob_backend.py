@@ -6,7 +6,6 @@ few medium-specific helpers (rotting bytes, planting a stray object).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import time
 from functools import lru_cache
@@ -16,10 +15,9 @@ import pytest
 from lashctl.backends.base import FILE, BlobStat
 from lashctl.errors import NotFound
 from lashctl.sidecar import Metadata
+from conftest import sha
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def put(blobs, data: bytes) -> str:

@@ -7,7 +7,6 @@ in a subprocess, the way an operator runs it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import sha
 
 pytestmark = pytest.mark.e2e
 
@@ -22,8 +22,6 @@ LASHCTL = Path(sys.executable).with_name("lashctl")
 LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_LOCK_TIMEOUT", "LASHCTL_DEBUG")
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture(params=[("file", "jsonl"), ("file", "postgres"), ("s3", "jsonl"), ("s3", "postgres")],

@@ -5,7 +5,6 @@ on stores built with ``lashctl put``/``commit`` and then damaged by hand.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LASHCTL_ENV, png_bytes
+from conftest import LASHCTL_ENV, blob_path, png_bytes, sha, sidecar_path
 
 pytestmark = pytest.mark.e2e
 
@@ -58,16 +57,10 @@ def as_json(proc: subprocess.CompletedProcess):
     return json.loads(proc.stdout)
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+blob = blob_path
 
 
-def blob(root: Path, attachment_id: str) -> Path:
-    return root / "sha256" / attachment_id[:2] / attachment_id
-
-
-def side(root: Path, attachment_id: str) -> Path:
-    return root / "sha256" / attachment_id[:2] / (attachment_id + ".json")
+side = sidecar_path
 
 
 def iso(ms: int) -> str:

@@ -8,7 +8,6 @@ left on disk.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LASHCTL_ENV, png_bytes
+from conftest import LASHCTL_ENV, blob_path, png_bytes, sha
 
 pytestmark = pytest.mark.e2e
 
@@ -60,14 +59,6 @@ def run(*args: str, input: bytes | None = None, env: dict | None = None, cwd: Pa
         cwd=cwd,
         timeout=60,
     )
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def blob_path(store: Path, attachment_id: str) -> Path:
-    return store / "sha256" / attachment_id[:2] / attachment_id
 
 
 def files_under(directory: Path) -> list[Path]:

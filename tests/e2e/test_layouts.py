@@ -3,7 +3,6 @@ writes a sidecar beside every blob; later lash releases write none. A bare
 store is read without calling its blobs broken, and lashctl never adds
 sidecars to it unless told the store keeps them."""
 
-import hashlib
 import json
 import os
 import subprocess
@@ -11,14 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import sha
 
 pytestmark = pytest.mark.e2e
 
 LASHCTL = str(Path(sys.executable).with_name("lashctl"))
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def run(store: Path, *args: str) -> subprocess.CompletedProcess:

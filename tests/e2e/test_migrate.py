@@ -10,7 +10,6 @@ never changes it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import png_bytes
+from conftest import png_bytes, sha
 from reliability_helpers import base_env, find_lashctl, one_line_error, run
 
 from lashctl.core import Store
@@ -29,8 +28,6 @@ from lashctl.errors import EXIT_PARTIAL, EXIT_USAGE
 pytestmark = pytest.mark.e2e
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def lashctl(*args, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -31,7 +31,6 @@ The slowest cases carry the ``slow`` marker: CI runs them (no skips there);
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -47,6 +46,7 @@ import pytest
 
 import servers
 from reliability_helpers import LASHCTL_ENV, find_lashctl, one_line_error, report
+from conftest import sha
 
 pytestmark = pytest.mark.e2e
 
@@ -59,8 +59,6 @@ PREFIX = "lash"
 TOLERATED_WARNINGS = {"unmanaged", "uncommitted-bytes-missing", "staging", "orphan-sidecar", "stray"}
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def now_ms() -> int:

@@ -4,7 +4,6 @@ before its delete, and once after (README, "Beyond one machine")."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 
@@ -12,10 +11,9 @@ import pytest
 
 from lashctl import core, sweep
 from lashctl.fold import Event
+from conftest import sha
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ and lashctl.backends.jsonl_log (check, iter_events, compact), on real stores bui
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import png_bytes
+from conftest import blob_path, png_bytes, sha, sidecar_path
 from lashctl.backends.localfs import read_sidecar_file
 from lashctl import core, inspect, sidecar, sweep, transfer
 from lashctl.errors import Corrupt, NotFound, Refused
@@ -28,16 +27,12 @@ DAY = 24 * HOUR
 
 
 # -- helpers -------------------------------------------------------------------------
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
-def blob(root: Path, attachment_id: str) -> Path:
-    return root / "sha256" / attachment_id[:2] / attachment_id
+blob = blob_path
 
 
-def side(root: Path, attachment_id: str) -> Path:
-    return root / "sha256" / attachment_id[:2] / (attachment_id + ".json")
+side = sidecar_path
 
 
 def iso(ms: int) -> str:

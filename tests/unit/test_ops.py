@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import itertools
 import json
@@ -22,6 +21,7 @@ from lashctl.backends.jsonl_log import Manifest, commit_event, intent_event
 from lashctl.sidecar import Metadata
 from lashctl.backends.localfs import BlobStore
 from lashctl.timefmt import now_ms
+from conftest import sha
 
 DAY = 86_400_000
 HEADER_LINE = b'{"op":"header","format":"lashctl-manifest","version":1}'
@@ -52,8 +52,6 @@ def source(name: str, data: bytes, label: str | None = None) -> transfer.PutSour
     return transfer.PutSource(name=name, opener=lambda: io.BytesIO(data), label=label)
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def manifest_events(store: core.Store) -> list[dict]:
