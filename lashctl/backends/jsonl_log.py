@@ -54,7 +54,8 @@ _TAIL_PROBE = 64 * 1024
 _EVENT_START = b'{"op":'  # how every line lashctl writes begins
 _SHOWN_RAW = 200  # bytes of a malformed line quoted in its message
 # The id of a line as lashctl and lash write it; a line where this does not
-# match exactly once (escapes, odd spacing, a repeated key) is parsed whole.
+# match exactly once, or that holds any backslash (an escape could hide the
+# real key), is parsed whole.
 _ID_FIELD = re.compile(rb'"attachment_id"\s*:\s*"([0-9a-f]{64})"')
 
 Warn = Callable[[str], None]
@@ -295,8 +296,11 @@ class Manifest:
                 lineno = 0
                 for raw in handle:
                     lineno += 1
+                    # A line is skipped unparsed only when its one id is plain to
+                    # see: without a backslash no escape can hide another key and
+                    # no string can hold a quote, so the one match is the line's id.
                     found = findall(raw)
-                    if len(found) == 1 and found[0] not in wanted:
+                    if len(found) == 1 and found[0] not in wanted and b"\\" not in raw:
                         continue
                     if not raw.endswith(b"\n"):
                         if not _parses(_strip_bom(raw) if lineno == 1 else raw):

@@ -9,6 +9,7 @@ line must be in the manifest.
 from __future__ import annotations
 
 import json
+import re
 import os
 import sqlite3
 import subprocess
@@ -228,3 +229,33 @@ def test_an_edited_cache_never_makes_a_sweep_delete_a_committed_blob(tmp_path, l
     assert refused.returncode == 4
     verify = lashctl(store, "verify")
     assert_ok(verify)
+
+
+def _decoy(line: str, real: str, decoy: str) -> str:
+    """The same event, its id key written with an escape and a plain decoy id
+    in an extra key: a valid line that a key-spotting shortcut would misread."""
+    line = line.replace(f'"attachment_id":"{real}"', f'"attachment_\\u0069d":"{real}"')
+    return line[:-1] + f',"note":{{"attachment_id":"{decoy}"}}}}'
+
+
+def test_escaped_keys_and_decoy_ids_never_make_a_sweep_delete_a_committed_blob(tmp_path):
+    store = tmp_path / "store"
+    x = put(store, tmp_path, "x.txt", b"shared bytes")
+    put(store, tmp_path, "x2.txt", b"shared bytes", session="s2")
+    assert_ok(lashctl(store, "commit", "-s", "s2", x))
+    decoy = "b" * 64
+    path = store / "manifest.jsonl"
+    lines = path.read_text().splitlines()
+    lines = [(_decoy(line, x, decoy) if '"session_id":"s2"' in line else line) for line in lines]
+    # s1's intent is aged: x is a reclaim candidate, kept only by s2's commit.
+    lines = [re.sub(r'"intent_at_epoch_ms":\d+', '"intent_at_epoch_ms":1000000000000', line)
+             if '"session_id":"s1"' in line else line for line in lines]
+    path.write_text("\n".join(lines) + "\n")
+    assert b"committed" in lashctl(store, "show", x).stdout
+    assert lashctl(store, "delete", x).returncode == 4
+    assert_ok(lashctl(store, "reclaim"))
+    assert blob_path(store, x).is_file()
+    _age(store)
+    _lie(store, "DELETE FROM rows WHERE attachment_id = ?", x)
+    assert_ok(lashctl(store, "gc", "--force", "--older-than", "1m"))
+    assert blob_path(store, x).is_file()
