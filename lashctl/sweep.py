@@ -155,10 +155,11 @@ def plan_reclaim(view, cutoff: int) -> tuple[int, Plan]:
     scanned, plan = 0, []
     for attachment_id, rows in sorted(confirmed_rows(view, candidates).items()):
         aged = aged_rows(rows, cutoff)
-        if not aged:
-            continue
         scanned += len(aged)
-        plan.append((attachment_id, aged, live_reason(rows, cutoff, view)))
+        # An intent whose lash owner is not proven dead is neither swept nor forgotten.
+        aged = [r for r in aged if view.keep_reason(r) is None]
+        if aged:
+            plan.append((attachment_id, aged, live_reason(rows, cutoff, view)))
     return scanned, plan
 
 

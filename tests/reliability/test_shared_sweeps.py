@@ -80,3 +80,22 @@ def test_gc_spares_an_object_written_again_before_its_delete(shared, monkeypatch
     report = sweep.gc(shared, 1_600_000_000_000 + 1, force=True)
     assert report.items == []
     assert shared.blobs.stat(a) is not None
+
+
+def test_an_owner_held_intent_is_kept_not_forgotten(shared):
+    """lash's rule: an intent of a turn or process not proven dead stays, rows and bytes."""
+    import psycopg
+
+    a = _blob(shared, b"owned bytes")
+    b = _blob(shared, b"plain orphan")
+    with psycopg.connect(shared.manifest.url, autocommit=True) as conn:
+        conn.execute("INSERT INTO lash_attachment_manifest VALUES (%s, 'z', 'u', 1000, NULL, 'turn', 't1')", (a,))
+        conn.execute("INSERT INTO lash_attachment_manifest VALUES (%s, 'y', 'u', 1000, NULL, 'turn', 't2')", (b,))
+        conn.execute("INSERT INTO lash_attachment_manifest VALUES (%s, 'x', 'u', 1000, NULL, NULL, NULL)", (b,))
+    report = sweep.reclaim(shared, 1_600_000_000_000 + 1)
+    with shared.manifest.reading() as view:
+        assert [r.session_id for r in view.rows_for_id(a)] == ["z"]
+        # b: the plain row is forgotten, the owned one stays and keeps the bytes
+        assert [r.session_id for r in view.rows_for_id(b)] == ["y"]
+    assert shared.blobs.stat(a) is not None and shared.blobs.stat(b) is not None
+    assert [(i.attachment_id, i.action, i.sessions) for i in report.items] == [(b, sweep.RELEASE, ["x"])]
