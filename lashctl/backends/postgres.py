@@ -345,6 +345,10 @@ class PostgresManifest:
         """
         created: list[str] = []
         with self._connection(autocommit=True) as conn, self._errors():
+            if self._table_oid(conn) is not None:
+                # A table of that name that is not lash's is refused before anything is added to it.
+                self._shape_checked = False
+                self._check_shape(conn)
             with conn.transaction():
                 if self._table_oid(conn) is None:
                     created.append(f"table {TABLE}")

@@ -508,3 +508,12 @@ def test_a_row_with_an_invalid_id_is_corrupt_data(manifest, bad_id):
         with pytest.raises(Corrupt) as info, manifest.reading() as view:
             query(view)
         assert info.value.exit_code == 65
+
+
+def test_init_changes_nothing_on_a_table_it_refuses(pg_url):
+    exec_sql(pg_url, f"CREATE TABLE {TABLE} (attachment_id TEXT, session_id TEXT, canonical_uri TEXT, "
+                     "intent_at_ms BIGINT NOT NULL, committed_at_ms BIGINT, owner_kind TEXT, owner_id TEXT)")
+    with pytest.raises(Corrupt):
+        PostgresManifest(pg_url).init()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = %s", (TABLE,)).fetchone()[0] == 0
