@@ -24,7 +24,7 @@ from lashctl.core import (
     resolve_ids,
 )
 from lashctl.backends.base import BlobStat
-from lashctl.errors import LashctlError, Refused
+from lashctl.errors import LashctlError, Refused, StoreIOError
 from lashctl.fold import Event, Row
 from lashctl.ids import IdQuery
 from lashctl.strays import remove_stray, scan_strays
@@ -92,9 +92,16 @@ def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run
                     f"refusing to delete content that manifest rows reference: {detail} "
                     "(it would vanish for every session; use --force to delete anyway)"
                 )
+        # Every id is looked at before any is deleted: an unsafe shard or a
+        # directory at a blob's path stops the command with nothing deleted.
+        stats = {i: store.blobs.stat(i) for i in ids}
+        for attachment_id in ids:
+            problem = store.blobs.delete_problem(attachment_id)
+            if problem is not None:
+                raise StoreIOError(problem)
         results = []
         for attachment_id in ids:
-            st = store.blobs.stat(attachment_id)
+            st = stats[attachment_id]
             size = st.size if st is not None and st.is_file else 0
             if not dry_run:
                 store.blobs.delete(attachment_id)

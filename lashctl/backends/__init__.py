@@ -49,8 +49,12 @@ def strip_password(url: str) -> str:
     if "@" in netloc:
         user, _, host = netloc.rpartition("@")
         netloc = f"{user.partition(':')[0]}@{host}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"],
+                      safe="/")
+    shown = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if not netloc:  # postgresql:///db keeps its empty host (urlunsplit would drop the "//")
+        shown = shown.replace(f"{parts.scheme}:", f"{parts.scheme}://", 1)
+    return shown
 
 
 MANIFEST_NAME = "manifest.jsonl"  # a local store's manifest, in its root

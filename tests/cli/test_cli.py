@@ -1700,3 +1700,24 @@ def test_stats_record_whole(cli, store, put_blobs, monkeypatch):
     assert_ok(result)
     assert tables == [([("what", "text", 0, 8, None), ("count", "count", 0, 8, None), ("bytes", "bytes", 0, 8, None)],
                        [[w, int(c), None if b == "-" else int(b)] for w, c, b in rows])]
+
+
+def test_delete_of_several_ids_deletes_nothing_when_one_shard_is_unsafe(cli, store, tmp_path):
+    ids = []
+    for n in range(40):  # ids in at least two shards
+        (tmp_path / f"f{n}").write_bytes(f"unreferenced {n}".encode())
+        ids.append(sha(f"unreferenced {n}".encode()))
+        if len({i[:2] for i in ids}) >= 2:
+            break
+    first, last = sorted(ids)[0], sorted(ids)[-1]
+    for n in range(len(ids)):
+        assert cli("put", "-s", "s", str(tmp_path / f"f{n}")).exit_code == 0
+    (store / "manifest.jsonl").write_text('{"op":"header","format":"lashctl-manifest","version":1}\n')
+    shard = store / "sha256" / last[:2]
+    outside = tmp_path / "outside"
+    shard.rename(outside)
+    shard.symlink_to(outside)
+    result = cli("delete", first, last)
+    assert result.exit_code == 65
+    assert blob_path(store, first).is_file()  # nothing was deleted
+    assert (outside / last).is_file()
