@@ -66,6 +66,35 @@ class UI:
         out.flush()
         return count
 
+    def emit_rendered(self, items: Iterable[Any], render: Callable[[Any], Any]) -> int:
+        """A listing on a pipe whose items come either already written (str:
+        one JSON object, or one TSV line without its newline) or as objects
+        that ``render`` turns into a JSON document (with --json) or the cells
+        of a TSV line: the same bytes ``emit_json_array`` / ``records`` write.
+        Returns the number of items."""
+        out, count, pending = sys.stdout, 0, []
+        json_form = self.json
+        self.wrote_data = True
+        if json_form:
+            pending.append("[")
+        for item in items:
+            if json_form:
+                text = item if type(item) is str else _dumps(render(item), None)
+                pending.append("," + text if count else text)
+            else:
+                text = item if type(item) is str else "\t".join(_plain(cell) for cell in render(item))
+                pending.append(text + "\n")
+            count += 1
+            if len(pending) >= 2000:
+                out.write("".join(pending))
+                pending.clear()
+        if json_form:
+            pending.append("]\n")
+        if pending:
+            out.write("".join(pending))
+        out.flush()
+        return count
+
     @staticmethod
     def line(text: str) -> None:
         """One line of human text on stdout, control characters escaped."""

@@ -108,6 +108,33 @@ _SQL_COMMIT = (
 )
 _SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, committed_at FROM rows"
 
+# Rendering of list-uncommitted's rows by SQLite (``uncommitted_rendered``), for
+# rows without bytes or sidecar. Exact only for text that both encoders write
+# the same way: printable ASCII (JSON escapes '"' and '\\' alike; TSV also
+# escapes '\\', so it is excluded there). Other rows get NULL: rendered in Python.
+_ISO = ("strftime('%Y-%m-%dT%H:%M:%S', intent_at / 1000, 'unixepoch')"
+        " || printf('.%03dZ', intent_at % 1000)")
+_PRINTABLE = "session_id NOT GLOB '*[^ -~]*' AND uri NOT GLOB '*[^ -~]*'"
+_AGE_PARTS = ("(abs(age) / 86400000)", "(abs(age) / 3600000 % 24)", "(abs(age) / 60000 % 60)",
+              "(abs(age) / 1000 % 60)")
+_AGE_TEXT = (  # lashctl.timefmt.age_text
+    "(CASE WHEN age < 0 THEN '-' ELSE '' END || CASE"
+    " WHEN {d} > 0 THEN {d} || 'd' || CASE WHEN {h} > 0 THEN {h} || 'h' ELSE '' END"
+    " WHEN {h} > 0 THEN {h} || 'h' || CASE WHEN {m} > 0 THEN {m} || 'm' ELSE '' END"
+    " WHEN {m} > 0 THEN {m} || 'm' || CASE WHEN {s} > 0 THEN {s} || 's' ELSE '' END"
+    " ELSE {s} || 's' END)"
+).format(d=_AGE_PARTS[0], h=_AGE_PARTS[1], m=_AGE_PARTS[2], s=_AGE_PARTS[3])
+_RENDER = {
+    # The object lashctl.commands.list_uncommitted writes, keys in its order.
+    "json": (f"CASE WHEN {_PRINTABLE} THEN json_object('id', attachment_id, 'session_id', session_id,"
+             f" 'canonical_uri', uri, 'intent_at_epoch_ms', intent_at, 'intent_at', {_ISO}, 'age_ms', age,"
+             " 'byte_len', NULL, 'media_type', NULL, 'label', NULL, 'bytes_present', json('false')) END"),
+    "tsv": (f"CASE WHEN {_PRINTABLE} AND instr(session_id, '\\') = 0 THEN attachment_id || char(9) ||"
+            f" session_id || char(9) || {_ISO} || char(9) || {_AGE_TEXT} || char(9) || '-' || char(9) || '-'"
+            " || char(9) || '-' || char(9) || 'missing' END"),
+}
+
+
 def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, committed_at: int | None) -> Row:
     return Row(session_id, attachment_id, canonical_uri(attachment_id) if uri is None else uri, intent_at, committed_at)
 
@@ -406,6 +433,53 @@ class ManifestIndex:
             self._query_failed(exc)
             return self.uncommitted(cutoff_ms, session)
         return self._stream_uncommitted(cursor, cutoff_ms, session)
+
+    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
+                             form: str) -> Iterator[tuple[str, str, str | None]] | None:
+        """``uncommitted`` with each row already rendered by SQLite, for listings.
+
+        Yields ``(attachment_id, session_id, text)`` in ``uncommitted``'s order,
+        where ``text`` is the row exactly as ``list-uncommitted`` prints it on a
+        pipe (``form`` "json": its compact JSON object; "tsv": its line without
+        the newline) *for a row whose bytes and sidecar are absent*; ``text`` is
+        None when SQLite cannot be trusted to write that row byte for byte (a
+        session id or URI outside printable ASCII, or holding a backslash in
+        TSV): the caller renders such rows itself, as for rows with bytes.
+        Returns None when the answer does not come from the .idx alone (the
+        in-memory fallback, a valid unterminated final line): use ``uncommitted``.
+        """
+        if not self._refreshed:
+            self.refresh()
+        if self._memory is not None or self._overlay or self._empty:
+            return None if (self._memory is not None or self._overlay) else iter(())
+        where = ["committed_at IS NULL"]
+        params: list = [now]
+        if cutoff_ms is not None:
+            where.append("intent_at <= ?")
+            params.append(cutoff_ms)
+        source = "rows INDEXED BY rows_uncommitted"
+        if session is not None:
+            where.append("session_id = ?")
+            params.append(session)
+            source = "rows"
+        sql = (f"SELECT attachment_id, session_id, {_RENDER[form]} FROM"
+               f" (SELECT attachment_id, session_id, coalesce(canonical_uri, '{URI_SCHEME}' || attachment_id) AS uri,"
+               f" intent_at, ? - intent_at AS age FROM {source} WHERE {' AND '.join(where)})"
+               " ORDER BY intent_at, attachment_id, session_id")
+        try:
+            cursor = self._conn.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            self._query_failed(exc)
+            return None
+        return self._stream_rendered(cursor)
+
+    @staticmethod
+    def _stream_rendered(cursor: sqlite3.Cursor) -> Iterator[tuple[str, str, str | None]]:
+        try:
+            while part := cursor.fetchmany(2000):
+                yield from part
+        finally:
+            cursor.close()
 
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
         """For each id with an uncommitted row at or before ``cutoff_ms``, every

@@ -1,5 +1,6 @@
 """``lashctl list-uncommitted``: intents that no session has committed."""
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -35,45 +36,55 @@ def list_uncommitted(
     cutoff = cutoff_ms(older_than, before, now)
     store = state.store()
     malformed: list = []  # lines a damaged manifest holds, shown after the listing
-    if state.ui.json:
-        count = state.ui.emit_json_array(
-            {
-                "id": r.row.attachment_id,
-                "session_id": r.row.session_id,
-                "canonical_uri": r.row.canonical_uri,
-                "intent_at_epoch_ms": r.row.intent_at_epoch_ms,
-                "intent_at": iso_ms(r.row.intent_at_epoch_ms),
-                "age_ms": now - r.row.intent_at_epoch_ms,
-                "byte_len": r.byte_len,
-                "media_type": r.media_type,
-                "label": r.label,
-                "bytes_present": r.bytes_present,
-            }
-            for r in transfer.iter_uncommitted(store, cutoff, session, malformed)
+    if not sys.stdout.isatty():
+        # On a pipe the state cache's SQLite writes the rows without bytes
+        # (most of a big listing); the others are rendered here, the same way.
+        count = state.ui.emit_rendered(
+            transfer.iter_uncommitted_rendered(store, cutoff, session, malformed, now,
+                                               "json" if state.ui.json else "tsv"),
+            (lambda r: _json_item(r, now)) if state.ui.json else (lambda r: _tsv_cells(r, now)),
         )
+    elif state.ui.json:
+        count = state.ui.emit_json_array(
+            _json_item(r, now) for r in transfer.iter_uncommitted(store, cutoff, session, malformed))
     else:
         rows = transfer.list_uncommitted(store, cutoff, session, malformed)
         count = len(rows)
-        state.ui.records(
-            [Col("id", "id"), Col("session"), Col("intent at", "fixed", drop=7), Col("age", "fixed", drop=2),
-             Col("size", "bytes", drop=4), Col("media type", drop=6, min_width=10), Col("label", drop=5),
-             Col("bytes", "fixed", drop=3)],
-            [
-                [
-                    r.row.attachment_id,
-                    r.row.session_id,
-                    iso_ms(r.row.intent_at_epoch_ms),
-                    age_text(now - r.row.intent_at_epoch_ms),
-                    r.byte_len,
-                    r.media_type,
-                    r.label,
-                    "present" if r.bytes_present else "missing",
-                ]
-                for r in rows
-            ],
-            None,
-        )
+        state.ui.records(COLUMNS, [_tsv_cells(r, now) for r in rows], None)
     suffix = f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""
     state.ui.info(f"{count} uncommitted row(s){suffix}" if count else f"no uncommitted rows{suffix}")
     if malformed:
         end_inspection(state, store, malformed)
+
+
+COLUMNS = [Col("id", "id"), Col("session"), Col("intent at", "fixed", drop=7), Col("age", "fixed", drop=2),
+           Col("size", "bytes", drop=4), Col("media type", drop=6, min_width=10), Col("label", drop=5),
+           Col("bytes", "fixed", drop=3)]
+
+
+def _json_item(r, now: int) -> dict:
+    return {
+        "id": r.row.attachment_id,
+        "session_id": r.row.session_id,
+        "canonical_uri": r.row.canonical_uri,
+        "intent_at_epoch_ms": r.row.intent_at_epoch_ms,
+        "intent_at": iso_ms(r.row.intent_at_epoch_ms),
+        "age_ms": now - r.row.intent_at_epoch_ms,
+        "byte_len": r.byte_len,
+        "media_type": r.media_type,
+        "label": r.label,
+        "bytes_present": r.bytes_present,
+    }
+
+
+def _tsv_cells(r, now: int) -> list:
+    return [
+        r.row.attachment_id,
+        r.row.session_id,
+        iso_ms(r.row.intent_at_epoch_ms),
+        age_text(now - r.row.intent_at_epoch_ms),
+        r.byte_len,
+        r.media_type,
+        r.label,
+        "present" if r.bytes_present else "missing",
+    ]
