@@ -231,6 +231,56 @@ class _Batch:
         self.pending.clear()
 
 
+def store_compacted(manifest: "Manifest", rows: dict[tuple[str, str], Row], data: bytes, lines: int) -> None:
+    """After ``manifest.compact`` wrote ``data`` (``lines`` lines) as the
+    manifest, under its lock: store ``rows``, its folded state, as the
+    manifest's cache, validated as a refresh that had read the new file
+    would be (its stat, offset, line count, first and last lines). Never
+    fails the compaction: a cache that cannot be written is rebuilt later.
+    """
+    index = ManifestIndex(manifest)
+    try:
+        st = os.stat(manifest.path)
+        if st.st_size != len(data) or not data.endswith(b"\n"):
+            return  # not the file just written: let the next refresh fold it
+        conn = index._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            meta = index._reset(conn, st)
+            folded = {key: [row.canonical_uri, row.intent_at_epoch_ms, row.committed_at_epoch_ms]
+                      for key, row in rows.items()}
+            index._write_rows(conn, folded)
+            for sql in _INDEXES:
+                conn.execute(sql)
+            first = data[:data.index(b"\n") + 1]
+            last = data[data.rindex(b"\n", 0, len(data) - 1) + 1:] if data.count(b"\n") > 1 else first
+            meta.offset, meta.lines = len(data), lines
+            meta.first_len, meta.first_sha = len(first), _sha(first)
+            meta.last_len, meta.last_sha = len(last), _sha(last)
+            conn.execute(f"INSERT OR REPLACE INTO meta (k, {_META_COLS}) VALUES (0, {','.join('?' * 12)})",
+                         meta.values())
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        cachedir.clear_journal(index.path)
+    except (sqlite3.Error, OSError):
+        pass  # the next command rebuilds it
+    finally:
+        index.close()
+
+
+class _BadLine(Exception):
+    """A malformed line met by ``_build``: where it is, and the Corrupt to raise."""
+
+    def __init__(self, error: Corrupt, lines: list[bytes], index_in_block: int, lineno: int,
+                 data_offset: int) -> None:
+        super().__init__(error.message)
+        self.error, self.lines, self.index_in_block = error, lines, index_in_block
+        self.lineno, self.data_offset = lineno, data_offset
+
+
 class ManifestIndex:
     """The folded state of a manifest, cached in ``<manifest>.idx``.
 
@@ -673,8 +723,9 @@ class ManifestIndex:
                     conn.execute(sql)
             error: Corrupt | None = None
             tail = b""
+            consume = self._build if meta.offset == 0 else self._consume
             try:
-                tail = self._consume(conn, fd, meta, st.st_size)
+                tail = consume(conn, fd, meta, st.st_size)
             except Corrupt as exc:
                 error = exc  # keep what precedes the bad line; the next refresh stops there again
             for sql in _INDEXES:
@@ -754,6 +805,101 @@ class ManifestIndex:
         batch.write(conn)
         self._advance(meta, done_offset, lineno, first_len, first_sha, last_line)
         return carry
+
+    def _build(self, conn: sqlite3.Connection, fd: int, meta: _Meta, size: int) -> bytes:
+        """``_consume`` from byte 0 into the empty table: the whole log folded in
+        memory (``fold_rows``), then written once, in primary-key order.
+
+        Blocks of lines in the form every writer of this format uses are
+        decoded and validated in C (``_fast_events``); any other block is
+        parsed line by line by ``parse_line``, which names a bad line exactly.
+        """
+        import gc
+
+        from lashctl.fold import fold_rows
+
+        path = self.manifest.path
+        rows: dict = {}
+        from lashctl.backends.jsonl_fast import KINDS, decode_block
+
+        fold = fold_rows(rows, KINDS)
+        pos, carry, lineno, done_offset = 0, b"", 0, 0
+        first_len, first_sha = meta.first_len, meta.first_sha
+        last_line = b""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a million small containers, none of them cyclic: no collections while they grow
+        try:
+            while pos < size:
+                try:
+                    chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+                except OSError as exc:
+                    raise StoreIOError.wrap("read", path, exc) from exc
+                if not chunk:
+                    break
+                pos += len(chunk)
+                data = carry + chunk if carry else chunk
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data
+                    continue
+                carry = data[cut + 1:]
+                data_offset = pos - len(data)
+                block = data[:cut]
+                del data
+                if lineno == 0:
+                    first = block[:block.find(b"\n")] if b"\n" in block else block
+                    first_len, first_sha = len(first) + 1, _sha(first + b"\n")
+                count = block.count(b"\n") + 1
+                # (a byte-order mark before line 1 is parse_line's business)
+                bom = lineno == 0 and block.startswith(b"\xef\xbb\xbf")
+                events = None if bom else decode_block(block, count)
+                if events is not None:
+                    fold(events)
+                    lineno += count
+                else:
+                    lines = block.split(b"\n")
+                    slow = []
+                    for i, raw in enumerate(lines):
+                        lineno += 1
+                        if (raw and raw[0] == 123) or raw.strip():
+                            try:
+                                event = parse_line(raw, lineno, path)
+                            except Corrupt as exc:
+                                fold(slow)
+                                raise _BadLine(exc, lines, i, lineno, data_offset) from None
+                            if event["op"] != "header":
+                                slow.append(Event.from_json(event))
+                    fold(slow)
+                    del lines
+                done_offset = data_offset + cut + 1
+                last_line = block[block.rfind(b"\n") + 1:]
+                del block
+        except _BadLine as bad:
+            # Keep what precedes the bad line, as _consume does.
+            good = bad.lines[:bad.index_in_block]
+            if good:
+                done_offset = bad.data_offset + sum(map(len, good)) + len(good)
+                last_line = good[-1]
+            self._write_rows(conn, rows)
+            self._advance(meta, done_offset, bad.lineno - 1, first_len, first_sha, last_line)
+            raise bad.error
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        self._write_rows(conn, rows)
+        self._advance(meta, done_offset, lineno, first_len, first_sha, last_line)
+        return carry
+
+    @staticmethod
+    def _write_rows(conn: sqlite3.Connection, rows: dict) -> None:
+        """Insert folded rows ``{(session, id): [uri, intent_at, committed_at]}``
+        into the empty table, in primary-key order (appends to the b-tree)."""
+        prefix = URI_SCHEME
+        keys = sorted(rows)
+        conn.executemany(_SQL_REPLACE, [
+            (session, aid, None if value[0] == prefix + aid else value[0], value[1], value[2])
+            for session, aid in keys for value in (rows[session, aid],)])
+        rows.clear()
 
     @staticmethod
     def _advance(meta: _Meta, offset: int, lines: int, first_len: int, first_sha: bytes | None,
