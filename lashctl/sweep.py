@@ -9,7 +9,7 @@ says what was done and the command exits 5 if anything failed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from lashctl.core import Store, aged_rows, as_view, by_id, live_reason, precheck_prefixes, resolve_ids
 from lashctl.errors import LashctlError, Refused, UnsafePath
@@ -91,7 +91,7 @@ def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run
 
 
 # -- reclaim -------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class ReclaimItem:
     attachment_id: str
     action: str  # reclaim | release | failed | spared | deleted_while_referenced
@@ -126,7 +126,15 @@ class ReclaimReport:
         return [i for i in self.items if i.action in (FAILED, DELETED_WHILE_REFERENCED)]
 
 
-Plan = list[tuple[str, list[Row], str | None]]
+class AgedRow(NamedTuple):
+    """What a sweep keeps of an aged row until it is done (a big sweep holds a
+    hundred thousand of them): whose it is and when its intent was."""
+
+    session_id: str
+    intent_at_epoch_ms: int
+
+
+Plan = list[tuple[str, list[AgedRow], str | None]]
 
 
 def plan_reclaim(view, cutoff: int) -> tuple[int, Plan]:
@@ -139,7 +147,7 @@ def plan_reclaim(view, cutoff: int) -> tuple[int, Plan]:
     view = as_view(view)
     scanned, plan = 0, []
     for rows in view.aged(cutoff):
-        aged = aged_rows(rows, cutoff)
+        aged = [AgedRow(r.session_id, r.intent_at_epoch_ms) for r in aged_rows(rows, cutoff)]
         scanned += len(aged)
         plan.append((rows[0].attachment_id, aged, live_reason(rows, cutoff, view)))
     return scanned, plan
@@ -188,7 +196,7 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
     return report
 
 
-def _reclaim_one(store: Store, view, attachment_id: str, aged: list[Row], live: str | None, cutoff: int,
+def _reclaim_one(store: Store, view, attachment_id: str, aged: list[AgedRow], live: str | None, cutoff: int,
                  *, dry_run: bool, shared: bool) -> ReclaimItem:
     sessions = [r.session_id for r in aged]
     try:

@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
 FORMAT = f"lashctl-index/2 manifest/{MANIFEST_VERSION}"
 
 _CHUNK = 8 * 1024 * 1024  # bytes read at a time
-_BATCH_LINES = 50_000  # lines folded in Python before they are written
+_BATCH_LINES = 10_000  # lines folded in Python before they are written (bounds memory)
 # How long to wait for another process's transaction on the cache before
 # answering from an in-memory fold instead. Under the manifest lock every other
 # writer waits for us, so only a moment; a reader may wait a little longer.

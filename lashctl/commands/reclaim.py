@@ -44,15 +44,16 @@ def reclaim(
     store = state.store()
     with state.ui.progress("reclaiming", None, unit="blobs") as bar:
         report = sweep.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance, planned=bar.set_total)
+    # Only the form printed is built (a big sweep has a hundred thousand items).
     state.ui.records(
         [Col("id", "id"), Col("action", "fixed"), Col("size", "bytes", drop=2), Col("sessions", drop=3),
          Col("reason", drop=4, min_width=12)],
-        [
+        lambda: [
             [i.attachment_id, i.action, i.byte_len if i.action == sweep.RECLAIM else None,
              ", ".join(i.sessions), i.error or i.reason]
             for i in report.items
         ],
-        {
+        lambda: {
             **state.run_fields(),
             "dry_run": report.dry_run,
             "cutoff_epoch_ms": report.cutoff_epoch_ms,
