@@ -1127,4 +1127,5 @@ def test_fold_rows_is_step(script):
     fold_rows(rows)(events)
     expected = fold(events)
     assert {k: tuple(v) for k, v in rows.items()} == {
-        k: (r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms) for k, r in expected.items()}
+        k: (r.session_id, r.attachment_id, r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms)
+        for k, r in expected.items()}

@@ -97,6 +97,8 @@ _META_COLS = ("format, dev, ino, offset, lines, size, mtime_ns, ctime_ns,"
 
 _SQL_DELETE = "DELETE FROM rows WHERE session_id = ? AND attachment_id = ?"
 _SQL_REPLACE = "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)"
+# A folded row (session, id, uri, intent, commit); the URI is stored NULL when it is the canonical one.
+_SQL_INSERT_FOLDED = f"INSERT OR REPLACE INTO rows VALUES (?1, ?2, nullif(?3, '{URI_SCHEME}' || ?2), ?4, ?5)"
 _SQL_MERGE = (
     "INSERT INTO rows VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, attachment_id) DO UPDATE"
     " SET intent_at = max(intent_at, coalesce(?, intent_at)), committed_at = ?"
@@ -247,8 +249,8 @@ def store_compacted(manifest: "Manifest", rows: dict[tuple[str, str], Row], data
         conn.execute("BEGIN IMMEDIATE")
         try:
             meta = index._reset(conn, st)
-            folded = {key: [row.canonical_uri, row.intent_at_epoch_ms, row.committed_at_epoch_ms]
-                      for key, row in rows.items()}
+            folded = {key: [row.session_id, row.attachment_id, row.canonical_uri, row.intent_at_epoch_ms,
+                            row.committed_at_epoch_ms] for key, row in rows.items()}
             index._write_rows(conn, folded)
             for sql in _INDEXES:
                 conn.execute(sql)
@@ -892,13 +894,9 @@ class ManifestIndex:
 
     @staticmethod
     def _write_rows(conn: sqlite3.Connection, rows: dict) -> None:
-        """Insert folded rows ``{(session, id): [uri, intent_at, committed_at]}``
-        into the empty table, in primary-key order (appends to the b-tree)."""
-        prefix = URI_SCHEME
-        keys = sorted(rows)
-        conn.executemany(_SQL_REPLACE, [
-            (session, aid, None if value[0] == prefix + aid else value[0], value[1], value[2])
-            for session, aid in keys for value in (rows[session, aid],)])
+        """Insert rows folded by ``fold_rows`` into the empty table, in
+        primary-key order (appends to the b-tree); SQLite drops a canonical URI."""
+        conn.executemany(_SQL_INSERT_FOLDED, sorted(rows.values()))
         rows.clear()
 
     @staticmethod
