@@ -289,3 +289,24 @@ def make_orphan_store(root: Path, count: int, blob_size: int, seed: int = 4,
     with open(root / "manifest.jsonl", "w", encoding="utf-8", newline="\n") as out:
         out.writelines(lines)
     return count * blob_size
+
+
+def add_orphans(root: Path, count: int, blob_size: int, at_ms: int, seed: int = 6) -> list[str]:
+    """Add ``count`` orphans (blob + sidecar, an uncommitted intent at ``at_ms``)
+    to a store whose manifest exists; returns their ids."""
+    rng = random.Random(seed)
+    ids = []
+    lines = []
+    for i in range(count):
+        data = rng.randbytes(blob_size)
+        aid = hashlib.sha256(data).hexdigest()
+        shard = root / "sha256" / aid[:2]
+        shard.mkdir(parents=True, exist_ok=True)
+        (shard / aid).write_bytes(data)
+        (shard / (aid + ".json")).write_bytes(sidecar_bytes(aid, blob_size, f"orphan-{i:04d}.bin"))
+        lines.append(_intent(aid, f"orphans-{i // 10:03d}", at_ms + i))
+        ids.append(aid)
+    (root / "tmp").mkdir(exist_ok=True)
+    with open(root / "manifest.jsonl", "a", encoding="utf-8", newline="\n") as out:
+        out.writelines(lines)
+    return ids

@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "results": [r.to_json() for r in ctx.results],
         "manifest_growth": ctx.growth,
+        "command_growth": ctx.growth_commands,
         "notes": ctx.notes,
         "details": ctx.details,
     }
@@ -236,6 +237,14 @@ def render_text(report: dict, ctx: Context) -> str:
               f"{g['put_s'] * 1000:.1f} ms", f"{g['put_empty_manifest_s'] * 1000:.1f} ms",
               f"{g['commit_s']:.3f} s", f"{g['commit_small_manifest_s'] * 1000:.1f} ms"]
              for g in ctx.growth])]
+    if ctx.growth_commands:
+        from cases import GROWTH_COMMANDS
+
+        lines += ["", "growth of the commands that no longer fold the whole log (median s / peak RSS MiB):",
+                  render_grid(["rows", "manifest", *GROWTH_COMMANDS],
+                              [[f"{g['rows']:,}", f"{g['manifest_mib']} MiB",
+                                *(f"{g[c]['median_s']:.3f} s / {g[c]['peak_rss_mib']:.0f}" for c in GROWTH_COMMANDS)]
+                               for g in ctx.growth_commands])]
     if ctx.notes:
         lines += ["", "notes:"] + [f"- {n}" for n in ctx.notes]
     for r in ctx.results:

@@ -173,3 +173,48 @@ def fold(events, rows: dict[tuple[str, str], Row] | None = None) -> dict[tuple[s
         else:
             rows[key] = new
     return rows
+
+
+def fold_rows(rows: dict, kinds: dict | None = None):
+    """``fold`` for building a state from nothing, fast: returns a function
+    that folds a run of events into ``rows``, kept as
+    ``{(session_id, attachment_id): [session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms]}``
+    (a row's values in a table's column order, ready to insert).
+
+    Each event is anything with ``Event``'s attributes (``op``,
+    ``attachment_id``, ``session_id``, ``at_ms``, ``canonical_uri``), or of a
+    type ``kinds`` maps to its op; ops other than intent, commit and forget
+    (a header) are skipped. The same rules as ``step``, written out for lists
+    (tests/test_index.py checks they agree).
+    """
+    get, pop, intern = rows.get, rows.pop, sys.intern
+    op_of = (kinds or {}).get
+
+    def apply(events) -> None:
+        for event in events:
+            op = op_of(type(event)) or event.op
+            if op == INTENT:
+                key = (event.session_id, event.attachment_id)
+                row = get(key)
+                if row is None:
+                    uri = event.canonical_uri
+                    session = intern(key[0])
+                    rows[session, key[1]] = [session, key[1], uri if uri is not None else canonical_uri(key[1]),
+                                             event.at_ms, None]
+                elif row[4] is None and event.at_ms > row[3]:
+                    row[3] = event.at_ms
+            elif op == COMMIT:
+                row = get((event.session_id, event.attachment_id))
+                if row is not None and row[4] is None:
+                    row[4] = event.at_ms
+            elif op == FORGET:
+                key = (event.session_id, event.attachment_id)
+                until = event.at_ms
+                if until is None:
+                    pop(key, None)
+                else:  # a guarded forget: only a row still an uncommitted intent from at or before it
+                    row = get(key)
+                    if row is not None and row[4] is None and row[3] <= until:
+                        del rows[key]
+
+    return apply

@@ -44,6 +44,11 @@ class UI:
         sys.stdout.write(_dumps(document, indent) + "\n")
         sys.stdout.flush()
 
+    @staticmethod
+    def stdout_is_terminal() -> bool:
+        """Whether records print as a table (a terminal) or as data (a pipe)."""
+        return sys.stdout.isatty()
+
     def emit_json_array(self, items: Iterable[Any]) -> int:
         """Stream a JSON array item by item (flat memory for big listings).
 
@@ -64,6 +69,35 @@ class UI:
                 pending.clear()
         pending.append("]\n")
         out.write("".join(pending))
+        out.flush()
+        return count
+
+    def emit_rendered(self, items: Iterable[Any], render: Callable[[Any], Any]) -> int:
+        """A listing on a pipe whose items come either already written (str:
+        one JSON object, or one TSV line without its newline) or as objects
+        that ``render`` turns into a JSON document (with --json) or the cells
+        of a TSV line: the same bytes ``emit_json_array`` / ``records`` write.
+        Returns the number of items."""
+        out, count, pending = sys.stdout, 0, []
+        json_form = self.json
+        self.wrote_data = True
+        if json_form:
+            pending.append("[")
+        for item in items:
+            if json_form:
+                text = item if type(item) is str else _dumps(render(item), None)
+                pending.append("," + text if count else text)
+            else:
+                text = item if type(item) is str else "\t".join(_plain(cell) for cell in render(item))
+                pending.append(text + "\n")
+            count += 1
+            if len(pending) >= 2000:
+                out.write("".join(pending))
+                pending.clear()
+        if json_form:
+            pending.append("]\n")
+        if pending:
+            out.write("".join(pending))
         out.flush()
         return count
 
@@ -296,6 +330,11 @@ class Field:
 def item(fields: Iterable[Field], record: Any) -> dict:
     """A record as its --json item: every field under its key, in declaration order."""
     return {f.key: f.get(record) for f in fields}
+
+
+def cells(fields: Iterable[Field], record: Any) -> list:
+    """A record as its table (or TSV) row: the cells of the fields with a column."""
+    return [f.cell_of(record) for f in fields if f.col is not None]
 
 
 # A shortened id is at least this long (as git abbreviates), longer where

@@ -22,6 +22,7 @@ from lashctl.backends.jsonl_log import Manifest, ManifestState, StateView, Warn 
 from lashctl.fold import FORGET, Event, Row, step
 
 STAGING = "staging"
+_GUARD_CHUNK = 10_000  # guarded forgets decided per chunk of this many (distinct) keys
 
 
 class CacheView:
@@ -140,6 +141,13 @@ class Writer:
         and record only those that delete."""
         if not any(e.op == FORGET and e.at_ms is not None for e in events):
             return events
+        if len({e.key for e in events}) == len(events) and len(events) > _GUARD_CHUNK:
+            # One event per key (a big sweep's forgets): no event depends on
+            # another, so the rows are read a chunk at a time (flat memory).
+            out = []
+            for start in range(0, len(events), _GUARD_CHUNK):
+                out.extend(self._resolve_guards(events[start:start + _GUARD_CHUNK]))
+            return out
         rows = {k: replace(r) for k, r in self.rows_for_keys(list({e.key for e in events})).items()}
         out = []
         for event in events:

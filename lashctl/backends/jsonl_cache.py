@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
 FORMAT = f"lashctl-index/2 manifest/{MANIFEST_VERSION}"
 
 _CHUNK = 8 * 1024 * 1024  # bytes read at a time
-_BATCH_LINES = 50_000  # lines folded in Python before they are written
+_BATCH_LINES = 10_000  # lines folded in Python before they are written (bounds memory)
 # How long to wait for another process's transaction on the cache before
 # answering from an in-memory fold instead. Under the manifest lock every other
 # writer waits for us, so only a moment; a reader may wait a little longer.
@@ -97,6 +97,8 @@ _META_COLS = ("format, dev, ino, offset, lines, size, mtime_ns, ctime_ns,"
 
 _SQL_DELETE = "DELETE FROM rows WHERE session_id = ? AND attachment_id = ?"
 _SQL_REPLACE = "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)"
+# A folded row (session, id, uri, intent, commit); the URI is stored NULL when it is the canonical one.
+_SQL_INSERT_FOLDED = f"INSERT OR REPLACE INTO rows VALUES (?1, ?2, nullif(?3, '{URI_SCHEME}' || ?2), ?4, ?5)"
 _SQL_MERGE = (
     "INSERT INTO rows VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, attachment_id) DO UPDATE"
     " SET intent_at = max(intent_at, coalesce(?, intent_at)), committed_at = ?"
@@ -107,6 +109,33 @@ _SQL_COMMIT = (
     " AND committed_at IS NULL"
 )
 _SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, committed_at FROM rows"
+
+# Rendering of list-uncommitted's rows by SQLite (``uncommitted_rendered``), for
+# rows without bytes or sidecar. Exact only for text that both encoders write
+# the same way: printable ASCII (JSON escapes '"' and '\\' alike; TSV also
+# escapes '\\', so it is excluded there). Other rows get NULL: rendered in Python.
+_ISO = ("strftime('%Y-%m-%dT%H:%M:%S', intent_at / 1000, 'unixepoch')"
+        " || printf('.%03dZ', intent_at % 1000)")
+_PRINTABLE = "session_id NOT GLOB '*[^ -~]*' AND uri NOT GLOB '*[^ -~]*'"
+_AGE_PARTS = ("(abs(age) / 86400000)", "(abs(age) / 3600000 % 24)", "(abs(age) / 60000 % 60)",
+              "(abs(age) / 1000 % 60)")
+_AGE_TEXT = (  # lashctl.timefmt.age_text
+    "(CASE WHEN age < 0 THEN '-' ELSE '' END || CASE"
+    " WHEN {d} > 0 THEN {d} || 'd' || CASE WHEN {h} > 0 THEN {h} || 'h' ELSE '' END"
+    " WHEN {h} > 0 THEN {h} || 'h' || CASE WHEN {m} > 0 THEN {m} || 'm' ELSE '' END"
+    " WHEN {m} > 0 THEN {m} || 'm' || CASE WHEN {s} > 0 THEN {s} || 's' ELSE '' END"
+    " ELSE {s} || 's' END)"
+).format(d=_AGE_PARTS[0], h=_AGE_PARTS[1], m=_AGE_PARTS[2], s=_AGE_PARTS[3])
+_RENDER = {
+    # The object lashctl.commands.list_uncommitted writes, keys in its order.
+    "json": (f"CASE WHEN {_PRINTABLE} THEN json_object('id', attachment_id, 'session_id', session_id,"
+             f" 'canonical_uri', uri, 'intent_at_epoch_ms', intent_at, 'intent_at', {_ISO}, 'age_ms', age,"
+             " 'byte_len', NULL, 'media_type', NULL, 'label', NULL, 'bytes_present', json('false')) END"),
+    "tsv": (f"CASE WHEN {_PRINTABLE} AND instr(session_id, '\\') = 0 THEN attachment_id || char(9) ||"
+            f" session_id || char(9) || {_ISO} || char(9) || {_AGE_TEXT} || char(9) || '-' || char(9) || '-'"
+            " || char(9) || '-' || char(9) || 'missing' END"),
+}
+
 
 def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, committed_at: int | None) -> Row:
     return Row(session_id, attachment_id, canonical_uri(attachment_id) if uri is None else uri, intent_at, committed_at)
@@ -202,6 +231,56 @@ class _Batch:
         if commits:
             conn.executemany(_SQL_COMMIT, commits)
         self.pending.clear()
+
+
+def store_compacted(manifest: "Manifest", rows: dict[tuple[str, str], Row], data: bytes, lines: int) -> None:
+    """After ``manifest.compact`` wrote ``data`` (``lines`` lines) as the
+    manifest, under its lock: store ``rows``, its folded state, as the
+    manifest's cache, validated as a refresh that had read the new file
+    would be (its stat, offset, line count, first and last lines). Never
+    fails the compaction: a cache that cannot be written is rebuilt later.
+    """
+    index = ManifestIndex(manifest)
+    try:
+        st = os.stat(manifest.path)
+        if st.st_size != len(data) or not data.endswith(b"\n"):
+            return  # not the file just written: let the next refresh fold it
+        conn = index._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            meta = index._reset(conn, st)
+            folded = {key: [row.session_id, row.attachment_id, row.canonical_uri, row.intent_at_epoch_ms,
+                            row.committed_at_epoch_ms] for key, row in rows.items()}
+            index._write_rows(conn, folded)
+            for sql in _INDEXES:
+                conn.execute(sql)
+            first = data[:data.index(b"\n") + 1]
+            last = data[data.rindex(b"\n", 0, len(data) - 1) + 1:] if data.count(b"\n") > 1 else first
+            meta.offset, meta.lines = len(data), lines
+            meta.first_len, meta.first_sha = len(first), _sha(first)
+            meta.last_len, meta.last_sha = len(last), _sha(last)
+            conn.execute(f"INSERT OR REPLACE INTO meta (k, {_META_COLS}) VALUES (0, {','.join('?' * 12)})",
+                         meta.values())
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        cachedir.clear_journal(index.path)
+    except (sqlite3.Error, OSError):
+        pass  # the next command rebuilds it
+    finally:
+        index.close()
+
+
+class _BadLine(Exception):
+    """A malformed line met by ``_build``: where it is, and the Corrupt to raise."""
+
+    def __init__(self, error: Corrupt, lines: list[bytes], index_in_block: int, lineno: int,
+                 data_offset: int) -> None:
+        super().__init__(error.message)
+        self.error, self.lines, self.index_in_block = error, lines, index_in_block
+        self.lineno, self.data_offset = lineno, data_offset
 
 
 class ManifestIndex:
@@ -407,6 +486,53 @@ class ManifestIndex:
             return self.uncommitted(cutoff_ms, session)
         return self._stream_uncommitted(cursor, cutoff_ms, session)
 
+    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
+                             form: str) -> Iterator[tuple[str, str, str | None]] | None:
+        """``uncommitted`` with each row already rendered by SQLite, for listings.
+
+        Yields ``(attachment_id, session_id, text)`` in ``uncommitted``'s order,
+        where ``text`` is the row exactly as ``list-uncommitted`` prints it on a
+        pipe (``form`` "json": its compact JSON object; "tsv": its line without
+        the newline) *for a row whose bytes and sidecar are absent*; ``text`` is
+        None when SQLite cannot be trusted to write that row byte for byte (a
+        session id or URI outside printable ASCII, or holding a backslash in
+        TSV): the caller renders such rows itself, as for rows with bytes.
+        Returns None when the answer does not come from the .idx alone (the
+        in-memory fallback, a valid unterminated final line): use ``uncommitted``.
+        """
+        if not self._refreshed:
+            self.refresh()
+        if self._memory is not None or self._overlay or self._empty:
+            return None if (self._memory is not None or self._overlay) else iter(())
+        where = ["committed_at IS NULL"]
+        params: list = [now]
+        if cutoff_ms is not None:
+            where.append("intent_at <= ?")
+            params.append(cutoff_ms)
+        source = "rows INDEXED BY rows_uncommitted"
+        if session is not None:
+            where.append("session_id = ?")
+            params.append(session)
+            source = "rows"
+        sql = (f"SELECT attachment_id, session_id, {_RENDER[form]} FROM"
+               f" (SELECT attachment_id, session_id, coalesce(canonical_uri, '{URI_SCHEME}' || attachment_id) AS uri,"
+               f" intent_at, ? - intent_at AS age FROM {source} WHERE {' AND '.join(where)})"
+               " ORDER BY intent_at, attachment_id, session_id")
+        try:
+            cursor = self._conn.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            self._query_failed(exc)
+            return None
+        return self._stream_rendered(cursor)
+
+    @staticmethod
+    def _stream_rendered(cursor: sqlite3.Cursor) -> Iterator[tuple[str, str, str | None]]:
+        try:
+            while part := cursor.fetchmany(2000):
+                yield from part
+        finally:
+            cursor.close()
+
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
         """For each id with an uncommitted row at or before ``cutoff_ms``, every
         row of that id (by session), in id order; streamed."""
@@ -599,8 +725,9 @@ class ManifestIndex:
                     conn.execute(sql)
             error: Corrupt | None = None
             tail = b""
+            consume = self._build if meta.offset == 0 else self._consume
             try:
-                tail = self._consume(conn, fd, meta, st.st_size)
+                tail = consume(conn, fd, meta, st.st_size)
             except Corrupt as exc:
                 error = exc  # keep what precedes the bad line; the next refresh stops there again
             for sql in _INDEXES:
@@ -680,6 +807,97 @@ class ManifestIndex:
         batch.write(conn)
         self._advance(meta, done_offset, lineno, first_len, first_sha, last_line)
         return carry
+
+    def _build(self, conn: sqlite3.Connection, fd: int, meta: _Meta, size: int) -> bytes:
+        """``_consume`` from byte 0 into the empty table: the whole log folded in
+        memory (``fold_rows``), then written once, in primary-key order.
+
+        Blocks of lines in the form every writer of this format uses are
+        decoded and validated in C (``_fast_events``); any other block is
+        parsed line by line by ``parse_line``, which names a bad line exactly.
+        """
+        import gc
+
+        from lashctl.fold import fold_rows
+
+        path = self.manifest.path
+        rows: dict = {}
+        from lashctl.backends.jsonl_fast import KINDS, decode_block
+
+        fold = fold_rows(rows, KINDS)
+        pos, carry, lineno, done_offset = 0, b"", 0, 0
+        first_len, first_sha = meta.first_len, meta.first_sha
+        last_line = b""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a million small containers, none of them cyclic: no collections while they grow
+        try:
+            while pos < size:
+                try:
+                    chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+                except OSError as exc:
+                    raise StoreIOError.wrap("read", path, exc) from exc
+                if not chunk:
+                    break
+                pos += len(chunk)
+                data = carry + chunk if carry else chunk
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data
+                    continue
+                carry = data[cut + 1:]
+                data_offset = pos - len(data)
+                block = data[:cut]
+                del data
+                if lineno == 0:
+                    first = block[:block.find(b"\n")] if b"\n" in block else block
+                    first_len, first_sha = len(first) + 1, _sha(first + b"\n")
+                count = block.count(b"\n") + 1
+                # (a byte-order mark before line 1 is parse_line's business)
+                bom = lineno == 0 and block.startswith(b"\xef\xbb\xbf")
+                events = None if bom else decode_block(block, count)
+                if events is not None:
+                    fold(events)
+                    lineno += count
+                else:
+                    lines = block.split(b"\n")
+                    slow = []
+                    for i, raw in enumerate(lines):
+                        lineno += 1
+                        if (raw and raw[0] == 123) or raw.strip():
+                            try:
+                                event = parse_line(raw, lineno, path)
+                            except Corrupt as exc:
+                                fold(slow)
+                                raise _BadLine(exc, lines, i, lineno, data_offset) from None
+                            if event["op"] != "header":
+                                slow.append(Event.from_json(event))
+                    fold(slow)
+                    del lines
+                done_offset = data_offset + cut + 1
+                last_line = block[block.rfind(b"\n") + 1:]
+                del block
+        except _BadLine as bad:
+            # Keep what precedes the bad line, as _consume does.
+            good = bad.lines[:bad.index_in_block]
+            if good:
+                done_offset = bad.data_offset + sum(map(len, good)) + len(good)
+                last_line = good[-1]
+            self._write_rows(conn, rows)
+            self._advance(meta, done_offset, bad.lineno - 1, first_len, first_sha, last_line)
+            raise bad.error
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        self._write_rows(conn, rows)
+        self._advance(meta, done_offset, lineno, first_len, first_sha, last_line)
+        return carry
+
+    @staticmethod
+    def _write_rows(conn: sqlite3.Connection, rows: dict) -> None:
+        """Insert rows folded by ``fold_rows`` into the empty table, in
+        primary-key order (appends to the b-tree); SQLite drops a canonical URI."""
+        conn.executemany(_SQL_INSERT_FOLDED, sorted(rows.values()))
+        rows.clear()
 
     @staticmethod
     def _advance(meta: _Meta, offset: int, lines: int, first_len: int, first_sha: bytes | None,

@@ -603,10 +603,16 @@ class Manifest:
                     commit_event(row.attachment_id, row.session_id, row.committed_at_epoch_ms)
                 )
         before = cachedir.stat_or_none(self.path)
+        data = encode_events(events)
         # Staged beside the real file (never the link): the rename must not
         # cross file systems, and a symlinked manifest stays a symlink.
-        write_file_atomic(self.path, encode_events(events))
+        write_file_atomic(self.path, data)
         cachedir.record_own_write(self.path, before, None, cachedir.REWRITE)
+        # The state is at hand: store it as the new file's cache, so that the
+        # next command does not fold the new log again.
+        from lashctl.backends.jsonl_cache import store_compacted
+
+        store_compacted(self, state.rows, data, len(events))
         return len(events)
 
     # -- litter ------------------------------------------------------------------

@@ -323,6 +323,15 @@ class BlobStore:
             except UnsafePath:
                 return False
 
+    def known_absent(self, attachment_id: str) -> bool:
+        """True when neither the blob nor its sidecar can exist: its shard
+        directory does not (decided once per shard within ``opened()``)."""
+        with self.opened():
+            try:
+                return self._dir(self._shard_key(attachment_id)) is None
+            except (UnsafePath, StoreIOError, Corrupt):
+                return False
+
     # -- stat ------------------------------------------------------------------------
     def entry_stat(self, attachment_id: str, suffix: str = "") -> os.stat_result | None:
         """lstat of ``<id><suffix>`` in its shard; None if absent. UnsafePath for a bad shard."""

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from lashctl.commands import BeforeOption, JsonFlag, OlderThanOption, app_state, end_inspection
-from lashctl.render import Col, Field
+from lashctl.render import Col, Field, cells, item
 from lashctl.timefmt import age_text, cutoff_ms, iso_ms, now_ms
 
 EPILOG = """Examples:
@@ -53,8 +53,51 @@ def list_uncommitted(
     cutoff = cutoff_ms(older_than, before, now)
     store = state.store()
     malformed: list = []  # lines a damaged manifest holds, shown after the listing
-    count = state.ui.listing(uncommitted_row(now), transfer.iter_uncommitted(store, cutoff, session, malformed))
+    fields = uncommitted_row(now)
+    if not state.ui.stdout_is_terminal():
+        # On a pipe the state cache's SQLite writes the rows without bytes
+        # (most of a big listing); the others are rendered here, the same way.
+        count = state.ui.emit_rendered(
+            transfer.iter_uncommitted_rendered(store, cutoff, session, malformed, now,
+                                               "json" if state.ui.json else "tsv"),
+            (lambda r: item(fields, r)) if state.ui.json else (lambda r: cells(fields, r)),
+        )
+    else:
+        count = state.ui.listing(fields, transfer.iter_uncommitted(store, cutoff, session, malformed))
     suffix = f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""
     state.ui.info(f"{count} uncommitted row(s){suffix}" if count else f"no uncommitted rows{suffix}")
     if malformed:
         end_inspection(state, store, malformed)
+
+
+COLUMNS = [Col("id", "id"), Col("session"), Col("intent at", "fixed", drop=7), Col("age", "fixed", drop=2),
+           Col("size", "bytes", drop=4), Col("media type", drop=6, min_width=10), Col("label", drop=5),
+           Col("bytes", "fixed", drop=3)]
+
+
+def _json_item(r, now: int) -> dict:
+    return {
+        "id": r.row.attachment_id,
+        "session_id": r.row.session_id,
+        "canonical_uri": r.row.canonical_uri,
+        "intent_at_epoch_ms": r.row.intent_at_epoch_ms,
+        "intent_at": iso_ms(r.row.intent_at_epoch_ms),
+        "age_ms": now - r.row.intent_at_epoch_ms,
+        "byte_len": r.byte_len,
+        "media_type": r.media_type,
+        "label": r.label,
+        "bytes_present": r.bytes_present,
+    }
+
+
+def _tsv_cells(r, now: int) -> list:
+    return [
+        r.row.attachment_id,
+        r.row.session_id,
+        iso_ms(r.row.intent_at_epoch_ms),
+        age_text(now - r.row.intent_at_epoch_ms),
+        r.byte_len,
+        r.media_type,
+        r.label,
+        "present" if r.bytes_present else "missing",
+    ]

@@ -1045,6 +1045,75 @@ def test_list_uncommitted_reads_every_lash_sidecar_form(cli, store, put_blobs):
     assert result.stdout_bytes == b"later lash form"
 
 
+@pytest.mark.parametrize("json_flag", [True, False], ids=["json", "tsv"])
+def test_list_uncommitted_on_a_pipe_prints_what_the_row_by_row_rendering_prints(
+        cli, store, put_blobs, monkeypatch, json_flag):
+    """Rows without bytes are written by the state cache's SQLite: byte for
+    byte what rendering each row in Python prints, for every kind of text."""
+    import lashctl.commands.list_uncommitted as command
+    from lashctl.backends.jsonl_cache import ManifestIndex
+
+    (present,) = put_blobs({"here.txt": b"bytes here"})
+    now = now_ms()
+    monkeypatch.setattr(command, "now_ms", lambda: now)
+    sessions = ["plain", 'quote"s', "back\\slash", "tab\there", "caf\u00e9", "\u2028sep", "bidi\u202e",
+                "emoji \U0001f600", "del\x7f", "c1\x85", "ctl\x1b[31m", "new\nline", "~ !#$%&'()*+,-./:;<=>?@[]^_`{|}"]
+    events = []
+    for i, session in enumerate(sessions):
+        events.append(intent(sha(b"gone %d" % i), session, now - i * 7_777_777 - i))
+    # ages of every shape: days and hours, hours and minutes, seconds, a future intent (clock skew)
+    for i, at in enumerate([now - 86_400_000, now - 90_061_001, now - 3_600_000, now - 3_660_000, now - 60_000,
+                            now - 61_999, now - 999, now, now + 1, now + 2_500, 0, 253_402_300_799_999]):
+        events.append(intent(sha(b"age %d" % i), "ages", at))
+    odd = sha(b"own uri")
+    events.append({**intent(odd, "uris", now - 5), "canonical_uri": "s3://b/k \u00e9\"\\"})
+    events.append({**intent(sha(b"own uri 2"), "uris", now - 6), "canonical_uri": "x-lash:1"})
+    events.append(intent(present, "with-bytes", now - 123_456))
+    write_manifest(store, events)
+
+    args = ["list-uncommitted"] + (["--json"] if json_flag else [])
+    written_by_sqlite = []
+    real = ManifestIndex.uncommitted_rendered
+
+    def spy(self, *a):
+        rows = real(self, *a)
+        if rows is None:
+            return None
+
+        def watched():
+            for row in rows:
+                written_by_sqlite.append(row)
+                yield row
+
+        return watched()
+
+    monkeypatch.setattr(ManifestIndex, "uncommitted_rendered", spy)
+    fast = cli(*args)
+    assert_ok(fast)
+    # Most rows came rendered (printable ASCII, no bytes); the others did not.
+    texts = {r[1]: r[2] for r in written_by_sqlite}
+    assert texts["plain"] is not None and texts["ages"] is not None and texts["with-bytes"] is not None
+    assert texts["caf\u00e9"] is None and texts["new\nline"] is None and texts["del\x7f"] is None
+    assert (texts["back\\slash"] is None) == (not json_flag)
+    monkeypatch.undo()
+    monkeypatch.setattr(command, "now_ms", lambda: now)
+    monkeypatch.setattr(ManifestIndex, "uncommitted_rendered", lambda self, *a: None)
+    slow = cli(*args)
+    assert_ok(slow)
+    assert fast.stdout_bytes == slow.stdout_bytes
+    assert fast.stderr == slow.stderr
+    lines = slow.stdout.splitlines()
+    assert len(json.loads(slow.stdout) if json_flag else lines) == len(events)
+    for extra in (["--older-than", "1h"], ["-s", "caf\u00e9"], ["-s", "plain"], ["--before", "@1"]):
+        monkeypatch.undo()
+        monkeypatch.setattr(command, "now_ms", lambda: now)
+        fast = cli(*args, *extra)
+        monkeypatch.setattr(ManifestIndex, "uncommitted_rendered", lambda self, *a: None)
+        slow = cli(*args, *extra)
+        assert_ok(fast)
+        assert (fast.stdout_bytes, fast.stderr) == (slow.stdout_bytes, slow.stderr), extra
+
+
 # -- get -------------------------------------------------------------------------------
 def test_get_to_a_path_writes_the_file_atomically(cli, store, tmp_path):
     data = os.urandom(3 * 1024 * 1024 + 7)  # more than one read chunk

@@ -4,6 +4,7 @@ exactly what ``Manifest.read_state()`` answers, whatever happened to the file.""
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import os
 import random
@@ -356,6 +357,33 @@ def test_compaction_rebuilds(big, mpath: Path) -> None:
     assert info["offset"] == mpath.stat().st_size
     assert_same(ix, m, keys + [("after", aid(77))], sample=100)
     ix.close()
+
+
+def test_compaction_leaves_a_ready_cache(big, mpath: Path, monkeypatch) -> None:
+    """compact stores the state it wrote as the new file's cache: the next
+    refresh reads nothing, and appends after it are read from there on."""
+    keys = copy_big(big, mpath)
+    m = Manifest(mpath, warn=Recorder())
+    with m.locked():
+        m.compact(m.read_state())
+    info = meta(mpath)
+    assert info["ino"] == str(mpath.stat().st_ino)
+    assert info["offset"] == mpath.stat().st_size
+    lines = mpath.read_bytes().count(b"\n")
+    assert info["lines"] == lines
+
+    def no_fold(*_args, **_kwargs):
+        raise AssertionError("the cache was folded again")
+
+    monkeypatch.setattr(ManifestIndex, "_build", no_fold)
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert_same(ix, m, keys, sample=100)
+        assert ix.log_lines() == lines
+    append(m, [intent_event(aid(78), "after", T0)])
+    with ManifestIndex(m) as ix:
+        ix.refresh()
+        assert_same(ix, m, keys + [("after", aid(78))], sample=100)
 
 
 def test_in_place_rewrite_same_size_rebuilds(mpath: Path) -> None:
@@ -982,3 +1010,109 @@ def test_a_forget_line_with_other_keys_forgets_in_the_cache_and_the_log(tmp_path
     with store.index() as ix:
         assert ix.rows_for_id(x) == []
         assert ix.row_count() == 0
+
+
+# -- the C decoder of a cache build agrees with parse_line ------------------------------
+FAST_CASES = [
+    b'{"op":"header","format":"lashctl-manifest","version":1}',
+    b'{"op":"header","format":"lashctl-manifest","version":1.0}',
+    b'{"op":"header","format":"lashctl-manifest","version":true}',
+    b'{"op":"header","format":"other","version":1}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","canonical_uri":"sha256:%s","intent_at_epoch_ms":5}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","canonical_uri":"x","intent_at_epoch_ms":5,"extra":{"a":1}}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","canonical_uri":"x","intent_at_epoch_ms":5,"extra":[1]}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","canonical_uri":"x","intent_at_epoch_ms":true}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","canonical_uri":"x","intent_at_epoch_ms":5.0}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","canonical_uri":"x","intent_at_epoch_ms":-0}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","canonical_uri":"x","intent_at_epoch_ms":-1}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","canonical_uri":"x","intent_at_epoch_ms":253402300800000}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","canonical_uri":"x","intent_at_epoch_ms":NaN}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"","canonical_uri":"x","intent_at_epoch_ms":5}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"\\ud800","canonical_uri":"x","intent_at_epoch_ms":5}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"a\\u00e9","canonical_uri":"x","intent_at_epoch_ms":5}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"caf\xc3\xa9 \\"q\\" \\\\ \\n","canonical_uri":"x","intent_at_epoch_ms":5}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"bad \xff utf8","canonical_uri":"x","intent_at_epoch_ms":5}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"raw \x01 control","canonical_uri":"x","intent_at_epoch_ms":5}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","session_id":"t","canonical_uri":"x","intent_at_epoch_ms":5}',
+    b'{"op":"intent","op":"commit","attachment_id":"%s","session_id":"s","committed_at_epoch_ms":5}',
+    b'{"attachment_id":"%s","session_id":"s","op":"commit","committed_at_epoch_ms":7}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","intent_at_epoch_ms":5}',
+    b'{"op":"intent","attachment_id":"%s","session_id":"s","canonical_uri":null,"intent_at_epoch_ms":5}',
+    b'{"op":"commit","attachment_id":"%s","session_id":"s","committed_at_epoch_ms":9,"intent_at_epoch_ms":"x"}',
+    b'{"op":"forget","attachment_id":"%s","session_id":"s"}',
+    b'{"op":"forget","attachment_id":"%s","session_id":"s","committed_at_epoch_ms":12}',
+    b'{"op":"forget","attachment_id":"%s","session_id":"s","committed_at_epoch_ms":null}',
+    b'{"op":"forget","attachment_id":"%s","session_id":"s","committed_at_epoch_ms":"soon"}',
+    b'{"op":"forget","attachment_id":"%s","session_id":"s","committed_at_epoch_ms":1.5}',
+    b'{"op":"forget","attachment_id":"ABC","session_id":"s"}',
+    b'{"op":"forget","attachment_id":"%s0","session_id":"s"}',
+    b'{"op":"purge","attachment_id":"%s","session_id":"s"}',
+    b' {"op":"forget" , "attachment_id" : "%s","session_id":"s"}\r',
+    b'[{"op":"forget","attachment_id":"%s","session_id":"s"}]',
+    b'"just a string"',
+    b'',
+]
+
+
+@pytest.mark.parametrize("template", FAST_CASES)
+def test_the_c_decoder_of_a_build_agrees_with_parse_line(tmp_path, template):
+    """A line the C decoder takes is one parse_line accepts, read the same way;
+    anything else it leaves to parse_line (None)."""
+    from lashctl.backends.jsonl_fast import KINDS, decode_block
+    from lashctl.backends.jsonl_log import parse_line
+    from lashctl.errors import Corrupt
+    from lashctl.fold import Event
+
+    aid = hashlib.sha256(template).hexdigest()
+    line = template.replace(b"%s", aid.encode()) if b"%s" in template else template
+    try:
+        expected = parse_line(line, 2, tmp_path / "m.jsonl")
+    except Corrupt:
+        expected = None
+    got = decode_block(line, 1)
+    if got is None:
+        return  # parse_line decides
+    assert expected is not None, line
+    (event,) = got
+    assert KINDS[type(event)] == expected["op"]
+    if expected["op"] == "header":
+        return
+    want = Event.from_json(expected)
+    assert (event.attachment_id, event.session_id, event.at_ms, event.canonical_uri) == \
+        (want.attachment_id, want.session_id, want.at_ms, want.canonical_uri if want.op == "intent" else None)
+
+
+def test_the_c_decoder_takes_the_lines_writers_write():
+    from lashctl.backends.jsonl_fast import decode_block
+    from lashctl.backends.jsonl_log import HEADER, encode_events
+    from lashctl.fold import Event
+
+    aid = "ab" * 32
+    events = [HEADER, Event.intent(aid, "s-1", 5), Event.commit(aid, "s-1", 6), Event.forget(aid, "s-1")]
+    block = encode_events(events).rstrip(b"\n")
+    assert decode_block(block, 4) is not None
+    assert decode_block(block + b"\n", 5) is None  # a blank line: parse_line's business
+
+
+@given(st.lists(st.tuples(st.sampled_from(["intent", "commit", "forget", "guarded"]), st.integers(0, 2),
+                          st.sampled_from(["s1", "s2"]), st.integers(0, 20)), max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_fold_rows_is_step(script):
+    """fold.fold_rows, the fast fold of a cache build, is fold.fold (fold.step) written out."""
+    from lashctl.fold import Event, fold, fold_rows
+
+    ids = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(3)]
+    events = []
+    for op, i, session, at in script:
+        if op == "intent":
+            events.append(Event.intent(ids[i], session, at))
+        elif op == "commit":
+            events.append(Event.commit(ids[i], session, at))
+        else:
+            events.append(Event.forget(ids[i], session, at if op == "guarded" else None))
+    rows: dict = {}
+    fold_rows(rows)(events)
+    expected = fold(events)
+    assert {k: tuple(v) for k, v in rows.items()} == {
+        k: (r.session_id, r.attachment_id, r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms)
+        for k, r in expected.items()}
