@@ -101,8 +101,8 @@ def put(
 
     Per batch, the write-ahead order is: stream every input into ``tmp/``
     while hashing (fsync each) -> append all intents durably (one lock, one
-    write, one fsync) -> rename each blob into place -> fsync the shard
-    directories -> write the sidecars. A crash at any point leaves blobs only
+    write, one fsync) -> write the sidecars -> rename each blob into place ->
+    fsync the shard directories. A crash at any point leaves blobs only
     where an intent already records them.
     """
     validate_session(options.session)
@@ -156,12 +156,18 @@ def _land_batch(
         # come out of the intent's grace period.
         at = now_ms()
         manifest.append([Event.intent(s.attachment_id, options.session, at) for _, s in batch])
-    results: list[PutResult] = []
-    metas: list[sidecar.Metadata] = []
-    landed: set[str] = set()
+    metas = [_metadata_for(store, source, staged, options, explicit_type) for source, staged in batch]
     renamed: set[str] = set()  # shards whose entries changed and need an fsync
-    for source, staged in batch:
-        meta = _metadata_for(store, source, staged, options, explicit_type)
+    # Sidecars land before their blobs: a put killed in between leaves a
+    # sidecar without a blob (litter gc removes), never a blob without its
+    # sidecar, which could make a new store look like one that keeps none.
+    if store.layout == LAYOUT_SIDECARS:
+        for meta in metas:
+            if store.blobs.write_sidecar(meta, durable=False):
+                renamed.add(meta.attachment_id)
+    results: list[PutResult] = []
+    landed: set[str] = set()
+    for (source, staged), meta in zip(batch, metas):
         if staged.attachment_id in landed:
             store.blobs.discard(staged)  # the same bytes twice in one batch
             deduplicated = True
@@ -170,7 +176,6 @@ def _land_batch(
             landed.add(staged.attachment_id)
             if not deduplicated:
                 renamed.add(staged.attachment_id)
-        metas.append(meta)
         results.append(
             PutResult(
                 attachment_id=staged.attachment_id,
@@ -183,9 +188,6 @@ def _land_batch(
                 deduplicated=deduplicated,
             )
         )
-    for meta in metas:
-        if store.layout == LAYOUT_SIDECARS and store.blobs.write_sidecar(meta, durable=False):
-            renamed.add(meta.attachment_id)
     # One directory fsync per shard makes both the blob and sidecar renames durable.
     store.blobs.sync(renamed)
     yield from results
