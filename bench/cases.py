@@ -722,6 +722,8 @@ def bench_sweep(ctx: Context) -> None:
              "(os.sync() before timing).")
 
 
+from remote import bench_remote  # noqa: E402  (the S3 + PostgreSQL rows)
+
 GROUPS: dict[str, Callable[[Context], None]] = {
     "startup": bench_startup,
     "batch": bench_batch,
@@ -729,4 +731,5 @@ GROUPS: dict[str, Callable[[Context], None]] = {
     "manifest": bench_manifest,
     "growth": bench_growth,
     "sweep": bench_sweep,
+    "remote": bench_remote,
 }
