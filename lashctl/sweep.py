@@ -251,7 +251,7 @@ def _reclaim_batch(store: Store, view, chunk: Plan, cutoff: int, *, dry_run: boo
     doomed = [i for i in orphans if i.action == RECLAIM]
     if dry_run or not doomed:
         return items
-    results = store.blobs.delete_many([i.attachment_id for i in doomed])
+    results = store.blobs.delete_many([i.attachment_id for i in doomed], known=stats)
     for item in doomed:
         outcome = results[item.attachment_id]
         if isinstance(outcome, str):

@@ -147,8 +147,10 @@ class BlobBackend(Protocol):
     def delete(self, attachment_id: str) -> int:
         """Delete a blob and its sidecar; the bytes freed (0 if absent)."""
 
-    def delete_many(self, attachment_ids: list[str]) -> dict[str, int | str]:
-        """Delete many blobs: per id the bytes freed or the reason it failed."""
+    def delete_many(self, attachment_ids: list[str], known: "dict[str, BlobStat | None] | None" = None
+                    ) -> dict[str, int | str]:
+        """Delete many blobs: per id the bytes freed or the reason it failed.
+        ``known``: stats the caller just took, which spare the backend a look."""
 
     def quarantine(self, attachment_id: str, hashed: BlobStat, stamp: str) -> str | None:
         """Move a corrupt blob (and sidecar) aside if it is still ``hashed``;

@@ -196,7 +196,9 @@ class BlobStore:
     def sync(self, attachment_ids) -> None:
         self.fsync_shards(attachment_ids)
 
-    def delete_many(self, attachment_ids: list[str]) -> dict[str, int | str]:
+    def delete_many(self, attachment_ids: list[str], known: dict | None = None) -> dict[str, int | str]:
+        """Delete each blob; ``known`` (stats just taken) is not needed here:
+        an unlink tells the size freed."""
         out: dict[str, int | str] = {}
         with self.opened():
             for attachment_id in attachment_ids:

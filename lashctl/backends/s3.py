@@ -574,10 +574,12 @@ class S3Blobs:
             obstore.delete(self._store, [blob, sidecar])
         return 0 if meta is None else int(meta["size"])
 
-    def delete_many(self, attachment_ids: list[str]) -> dict[str, int | str]:
+    def delete_many(self, attachment_ids: list[str], known: dict[str, BlobStat | None] | None = None
+                    ) -> dict[str, int | str]:
         """Delete blobs and sidecars with batched DeleteObjects requests.
 
-        Sizes come from concurrent HEADs; the keys go ``DELETE_BATCH`` at a
+        Sizes come from ``known`` (stats the caller just took) or concurrent
+        HEADs; the keys go ``DELETE_BATCH`` at a
         time. A batch that fails is retried id by id, so each id gets the bytes
         freed or the reason it failed (a missing bucket, a refused access or an
         unreachable server stops the whole call instead).
@@ -592,7 +594,10 @@ class S3Blobs:
         step = DELETE_BATCH // 2  # two keys per id
         for start in range(0, len(ids), step):
             chunk = ids[start:start + step]
-            sizes = list(map_bounded(self._size_or_reason, chunk))
+            if known is not None and all(i in known for i in chunk):
+                sizes = [known[i].size if known[i] is not None else 0 for i in chunk]
+            else:
+                sizes = list(map_bounded(self._size_or_reason, chunk))
             keys: list[str] = []
             for attachment_id, size in zip(chunk, sizes):
                 if isinstance(size, str):

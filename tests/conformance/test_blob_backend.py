@@ -324,3 +324,13 @@ def test_exists(blob_harness):
     with blob_harness.backend.opened():
         with blob_harness.backend.opened():  # nesting is allowed
             assert blob_harness.backend.exists() is True
+
+
+def test_delete_many_with_the_stats_just_taken(blobs):
+    data = b"known size " * 7
+    staged = blobs.stage(io.BytesIO(data), "test")
+    blobs.install(staged)
+    attachment_id = staged.attachment_id
+    assert blobs.delete_many([attachment_id], known={attachment_id: blobs.stat(attachment_id)}) == {
+        attachment_id: len(data)}
+    assert blobs.stat(attachment_id) is None
