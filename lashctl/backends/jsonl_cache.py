@@ -760,29 +760,15 @@ class ManifestIndex:
         path = self.manifest.path
         batch = _Batch()
         add, parse, limit = batch.add, parse_line, _BATCH_LINES
-        pos = meta.offset  # file offset of the next unread byte
-        carry = b""  # an incomplete line carried into the next chunk
         lineno = meta.lines
         done_offset = meta.offset
         first_len, first_sha = meta.first_len, meta.first_sha
         last_line = b""
-        while pos < size:
-            try:
-                chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
-            except OSError as exc:
-                raise StoreIOError.wrap("read", path, exc) from exc
-            if not chunk:
-                break
-            pos += len(chunk)
-            data = carry + chunk if carry else chunk
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry = data
-                continue
-            carry = data[cut + 1:]
-            data_offset = pos - len(data)  # file offset of data[0]
-            lines = data[:cut].split(b"\n")
-            del data
+        tail: list[bytes] = []
+        for data_offset, block in self._blocks(fd, meta.offset, size, tail):
+            lines = block.split(b"\n")
+            end = data_offset + len(block) + 1
+            del block
             if lineno == 0:
                 first_len, first_sha = len(lines[0]) + 1, _sha(lines[0] + b"\n")
             base = lineno
@@ -801,12 +787,12 @@ class ManifestIndex:
                         raise
                 if lineno % limit == 0:
                     batch.write(conn)
-            done_offset = data_offset + cut + 1
+            done_offset = end
             last_line = lines[-1]
             del lines
         batch.write(conn)
         self._advance(meta, done_offset, lineno, first_len, first_sha, last_line)
-        return carry
+        return tail[0]
 
     def _build(self, conn: sqlite3.Connection, fd: int, meta: _Meta, size: int) -> bytes:
         """``_consume`` from byte 0 into the empty table: the whole log folded in
@@ -825,29 +811,14 @@ class ManifestIndex:
         from lashctl.backends.jsonl_fast import KINDS, decode_block
 
         fold = fold_rows(rows, KINDS)
-        pos, carry, lineno, done_offset = 0, b"", 0, 0
+        lineno, done_offset = 0, 0
         first_len, first_sha = meta.first_len, meta.first_sha
         last_line = b""
+        tail: list[bytes] = []
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a million small containers, none of them cyclic: no collections while they grow
         try:
-            while pos < size:
-                try:
-                    chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
-                except OSError as exc:
-                    raise StoreIOError.wrap("read", path, exc) from exc
-                if not chunk:
-                    break
-                pos += len(chunk)
-                data = carry + chunk if carry else chunk
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    carry = data
-                    continue
-                carry = data[cut + 1:]
-                data_offset = pos - len(data)
-                block = data[:cut]
-                del data
+            for data_offset, block in self._blocks(fd, 0, size, tail):
                 if lineno == 0:
                     first = block[:block.find(b"\n")] if b"\n" in block else block
                     first_len, first_sha = len(first) + 1, _sha(first + b"\n")
@@ -873,7 +844,7 @@ class ManifestIndex:
                                 slow.append(Event.from_json(event))
                     fold(slow)
                     del lines
-                done_offset = data_offset + cut + 1
+                done_offset = data_offset + len(block) + 1
                 last_line = block[block.rfind(b"\n") + 1:]
                 del block
         except _BadLine as bad:
@@ -890,7 +861,31 @@ class ManifestIndex:
                 gc.enable()
         self._write_rows(conn, rows)
         self._advance(meta, done_offset, lineno, first_len, first_sha, last_line)
-        return carry
+        return tail[0]
+
+    def _blocks(self, fd: int, pos: int, size: int, tail: list[bytes]) -> Iterator[tuple[int, bytes]]:
+        """The log from ``pos`` to ``size`` as blocks of complete lines: per
+        chunk read, ``(file offset, the lines without their last newline)``.
+        The unterminated rest is left in ``tail``."""
+        carry = b""  # an incomplete line carried into the next chunk
+        while pos < size:
+            try:
+                chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+            except OSError as exc:
+                raise StoreIOError.wrap("read", self.manifest.path, exc) from exc
+            if not chunk:
+                break
+            pos += len(chunk)
+            data = carry + chunk if carry else chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            carry = data[cut + 1:]
+            block = data[:cut]
+            del data
+            yield pos - len(carry) - cut - 1, block
+        tail.append(carry)
 
     @staticmethod
     def _write_rows(conn: sqlite3.Connection, rows: dict) -> None:
