@@ -65,12 +65,22 @@ def _put_rows(ctx, d: Path, env: dict, bucket: str) -> None:
         paths.append(str(path))
     listing = d / "files.list"
     listing.write_text("\n".join(paths) + "\n")
+    # The baseline puts the same objects lashctl does (each file's sidecar, then
+    # the file), 16 files in flight as in lashctl's batch (s3.CONCURRENCY).
     script = d / "obstore_put.py"
     script.write_text(
-        "import sys\nfrom obstore.store import S3Store\nimport obstore\n"
+        "import hashlib, json, os, sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
+        "from obstore.store import S3Store\nimport obstore\n"
         "store = S3Store(sys.argv[1])\n"
-        "for i, p in enumerate(open(sys.argv[3]).read().split()):\n"
-        "    obstore.put(store, f'{sys.argv[2]}/{i:06d}', open(p, 'rb').read())\n")
+        "def one(p):\n"
+        "    data = open(p, 'rb').read()\n"
+        "    i = hashlib.sha256(data).hexdigest()\n"
+        "    side = json.dumps({'attachment_id': i, 'media_type': 'application/octet-stream',"
+        " 'byte_len': len(data), 'label': os.path.basename(p)}).encode()\n"
+        "    obstore.put(store, f'{sys.argv[2]}/sha256/{i[:2]}/{i}.json', side)\n"
+        "    obstore.put(store, f'{sys.argv[2]}/sha256/{i[:2]}/{i}', data)\n"
+        "with ThreadPoolExecutor(16) as pool:\n"
+        "    list(pool.map(one, open(sys.argv[3]).read().split()))\n")
     count = {"lashctl": 0, "obstore": 0}
 
     def lashctl_put():
@@ -85,7 +95,7 @@ def _put_rows(ctx, d: Path, env: dict, bucket: str) -> None:
 
     log(f"remote: put of {n:,} x 4 KiB to S3, {reps} runs each")
     s = interleave(reps, [("lashctl", lashctl_put), ("obstore", obstore_put)])
-    ctx.add(Result("remote", f"batch put {n:,} x 4 KiB to S3 vs obstore (same concurrency: one at a time)",
+    ctx.add(Result("remote", f"batch put {n:,} x 4 KiB to S3 vs obstore (same objects, 16 in flight)",
                    "ratio", s["lashctl"].median, s["obstore"].median, 1.5, baseline_label="obstore put"))
 
 

@@ -157,25 +157,26 @@ def _land_batch(
         at = now_ms()
         manifest.append([Event.intent(s.attachment_id, options.session, at) for _, s in batch])
     metas = [_metadata_for(store, source, staged, options, explicit_type) for source, staged in batch]
-    renamed: set[str] = set()  # shards whose entries changed and need an fsync
-    # Sidecars land before their blobs: a put killed in between leaves a
+    # Each blob lands after its sidecar: a put killed in between leaves a
     # sidecar without a blob (litter gc removes), never a blob without its
     # sidecar, which could make a new store look like one that keeps none.
-    if store.layout == LAYOUT_SIDECARS:
-        for meta in metas:
-            if store.blobs.write_sidecar(meta, durable=False):
-                renamed.add(meta.attachment_id)
+    sidecars = store.layout == LAYOUT_SIDECARS
+    # The same bytes twice in one batch land once, with the sidecar of the
+    # last of them (as if they had been put one after the other).
+    first: dict[str, int] = {}
+    last_meta: dict[str, sidecar.Metadata] = {}
+    for n, ((_source, staged), meta) in enumerate(zip(batch, metas)):
+        first.setdefault(staged.attachment_id, n)
+        last_meta[staged.attachment_id] = meta
+    items = [(batch[n][1], last_meta[i] if sidecars else None) for i, n in first.items()]
+    landed = dict(zip(first, store.blobs.land(items)))
     results: list[PutResult] = []
-    landed: set[str] = set()
-    for (source, staged), meta in zip(batch, metas):
-        if staged.attachment_id in landed:
+    for n, ((source, staged), meta) in enumerate(zip(batch, metas)):
+        if first[staged.attachment_id] == n:
+            deduplicated = landed[staged.attachment_id]
+        else:
             store.blobs.discard(staged)  # the same bytes twice in one batch
             deduplicated = True
-        else:
-            deduplicated = store.blobs.install(staged)
-            landed.add(staged.attachment_id)
-            if not deduplicated:
-                renamed.add(staged.attachment_id)
         results.append(
             PutResult(
                 attachment_id=staged.attachment_id,
@@ -188,8 +189,6 @@ def _land_batch(
                 deduplicated=deduplicated,
             )
         )
-    # One directory fsync per shard makes both the blob and sidecar renames durable.
-    store.blobs.sync(renamed)
     yield from results
 
 

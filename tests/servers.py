@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -65,6 +66,27 @@ def _answers(url: str) -> bool:
         return False
 
 
+LOGS: dict[str, Path] = {}  # endpoint URL -> the server's log (one access line per request)
+_REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)?([A-Z]+) /([^ /?"]+)([^ "]*) HTTP/[0-9.]+(?:\x1b\[[0-9;]*m)?" (\d{3})')
+
+
+def requests_to(endpoint: str, bucket: str) -> list[tuple[str, str, int]]:
+    """(method, path after the bucket, status) of each request the moto server at
+    ``endpoint`` has logged for ``bucket`` so far, in order: what a command sent."""
+    # The server writes a request's line just after sending its answer: wait
+    # until the log has stopped growing for a moment.
+    size, deadline = -1, time.monotonic() + 5
+    while (now := LOGS[endpoint].stat().st_size) != size and time.monotonic() < deadline:
+        size = now
+        time.sleep(0.2)
+    found = []
+    for line in LOGS[endpoint].read_text(errors="replace").splitlines():
+        match = _REQUEST.search(line)
+        if match and match.group(2) == bucket:
+            found.append((match.group(1), match.group(3), int(match.group(4))))
+    return found
+
+
 @contextlib.contextmanager
 def moto_server(log_dir: Path, env: dict[str, str] | None = None, timeout: float = 30.0) -> Iterator[str]:
     """Run ``moto.server`` on a free port; yield its endpoint URL; stop it at the end.
@@ -75,6 +97,7 @@ def moto_server(log_dir: Path, env: dict[str, str] | None = None, timeout: float
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = log_dir / f"moto-{port}.log"
+    LOGS[url] = log_path
     server_env = {k: v for k, v in os.environ.items() if k not in AWS_ENV}
     server_env.update(env or {})
     with open(log_path, "wb") as log:

@@ -124,6 +124,11 @@ class BlobBackend(Protocol):
     def sync(self, attachment_ids: Iterable[str]) -> None:
         """Make the installs and deletes of these ids durable (one call per batch)."""
 
+    def land(self, items: "list[tuple[Staged, Metadata | None]]") -> list[bool]:
+        """Install a batch of staged blobs of distinct ids, each only after its
+        sidecar (None: no sidecar is written), all durable on return; per item,
+        what ``install`` returned. A crash leaves no blob without its sidecar."""
+
     def open(self, attachment_id: str) -> BinaryIO:
         """A stream of the blob's bytes; NotFound if absent, Corrupt if not a file."""
 
@@ -216,3 +221,20 @@ class ManifestBackend(Protocol):
 
     def remove_litter(self, found: Found) -> None:
         """Delete one item ``litter`` found."""
+
+
+def land_in_order(blobs: BlobBackend, items: "list[tuple[Staged, Metadata | None]]") -> list[bool]:
+    """``land`` one request at a time: every sidecar, then every blob, then
+    one ``sync`` of the ids whose entries changed."""
+    changed: set[str] = set()
+    for staged, meta in items:
+        if meta is not None and blobs.write_sidecar(meta, durable=False):
+            changed.add(staged.attachment_id)
+    landed = []
+    for staged, _meta in items:
+        deduplicated = blobs.install(staged)
+        if not deduplicated:
+            changed.add(staged.attachment_id)
+        landed.append(deduplicated)
+    blobs.sync(changed)
+    return landed

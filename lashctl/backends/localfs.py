@@ -35,6 +35,7 @@ from lashctl.backends.base import (
     SYMLINK,
     BlobStat,
     Found,
+    land_in_order,
 )
 from lashctl.errors import Corrupt, NotFound, StoreIOError, UnsafePath
 from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store)
@@ -195,6 +196,10 @@ class BlobStore:
 
     def sync(self, attachment_ids) -> None:
         self.fsync_shards(attachment_ids)
+
+    def land(self, items) -> list[bool]:
+        """Sidecars, then blob renames, then one fsync per shard that changed."""
+        return land_in_order(self, items)
 
     def delete_many(self, attachment_ids: list[str], known: dict | None = None) -> dict[str, int | str]:
         """Delete each blob; ``known`` (stats just taken) is not needed here:

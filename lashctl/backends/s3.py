@@ -76,6 +76,7 @@ PART_SIZE = 8 * 1024 * 1024
 PART_CONCURRENCY = 4  # parts in flight per upload: bounds memory to about 32 MiB
 DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 limit)
 LIST_PAGE = 1000
+LIST_MIN = 4  # ids of one shard from which stat_many lists the shard rather than HEAD each
 CONCURRENCY = 16  # requests in flight for a batch of HEADs or deletes
 
 # S3 error codes that mean "your credentials or your rights", not "try again".
@@ -198,6 +199,7 @@ class S3Blobs:
         self._retry = {"max_retries": max_retries, "retry_timeout": timedelta(seconds=retry_timeout_s)}
         self._store_obj = None
         self._depth = 0
+        self._conditional_put = True  # until the server says it has no If-None-Match
 
     # -- the client ------------------------------------------------------------------
     @property
@@ -358,8 +360,60 @@ class S3Blobs:
         return None if meta is None else _stat_of(meta)
 
     def stat_many(self, attachment_ids: list[str]) -> dict[str, BlobStat | None]:
-        """``stat`` of many blobs, the HEAD requests in flight together (bounded)."""
-        return dict(zip(attachment_ids, map_bounded(self.stat, attachment_ids)))
+        """``stat`` of many blobs, the same answers in fewer requests.
+
+        A shard holding ``LIST_MIN`` or more of the ids is read with listings
+        (up to ``LIST_PAGE`` keys an answer); the other ids get HEADs. All of
+        it in flight together, ``CONCURRENCY`` requests at a time.
+        """
+        by_shard: dict[str, list[str]] = {}
+        for attachment_id in dict.fromkeys(attachment_ids):
+            self._key(attachment_id)  # a bad id is refused before any request
+            by_shard.setdefault(attachment_id[:2], []).append(attachment_id)
+        work: list[list[str]] = []
+        for ids in by_shard.values():
+            work += [sorted(ids)] if len(ids) >= LIST_MIN else [[i] for i in ids]
+        _ = self._store  # made once here, not raced for by the threads below
+        out: dict[str, BlobStat | None] = {}
+        for part in map_bounded(self._stat_group, work):
+            out.update(part)
+        return {i: out[i] for i in attachment_ids}
+
+    def _stat_group(self, ids: list[str]) -> dict[str, BlobStat | None]:
+        """Stats of sorted ids of one shard: a HEAD for one id, else listings
+        in key order from just before the first unanswered id. A listing that
+        runs a page past the last answer without reaching the next id is left,
+        and a new one starts at that id (so sparse ids cost about one request
+        each, and dense ones a page of answers per request)."""
+        if len(ids) == 1:
+            return {ids[0]: self.stat(ids[0])}
+        keys = [self._key(i) for i in ids]
+        out: dict[str, BlobStat | None] = {}
+        pos = 0
+        while pos < len(keys):
+            shard = keys[pos].rsplit("/", 1)[0] + "/"
+            waste = 0
+            for meta in self._list(shard, offset=keys[pos][:-1]):
+                path = meta["path"]
+                while pos < len(keys) and keys[pos] < path:
+                    out[ids[pos]] = None  # the listing passed it: absent
+                    pos += 1
+                    waste = 0
+                if pos == len(keys):
+                    break
+                if keys[pos] == path:
+                    out[ids[pos]] = _stat_of(meta)
+                    pos += 1
+                    waste = 0
+                    continue
+                waste += 1
+                if waste > LIST_PAGE:
+                    break  # a page of other keys: start again nearer the next id
+            else:
+                for rest in ids[pos:]:
+                    out[rest] = None  # the listing ended before them
+                pos = len(keys)
+        return out
 
     def read_sidecar(self, attachment_id: str) -> Metadata | None:
         import obstore
@@ -454,21 +508,64 @@ class S3Blobs:
 
         The bytes are uploaded either way: a dedup hit refreshes LastModified
         (a grace-period sweep sees the blob as recent), and rotten bytes of the
-        same size are healed; there is no cheaper way to know them intact. Files
-        over ``MULTIPART_THRESHOLD`` go up as a multipart upload, ``PART_SIZE``
-        parts, ``PART_CONCURRENCY`` at a time. The temporary file is removed.
+        same size are healed; there is no cheaper way to know them intact.
+
+        A small file goes up in one PUT that only creates (``If-None-Match: *``):
+        one request when the id is new. When the server answers that the object
+        exists, a HEAD reads its size and a plain PUT refreshes it. A server
+        that does not implement the condition is asked with a HEAD first, then
+        for every later upload. Files over ``MULTIPART_THRESHOLD`` go up as a
+        multipart upload (``PART_SIZE`` parts, ``PART_CONCURRENCY`` at a time)
+        after a HEAD, since a conditional multipart upload would send every
+        part before learning the object was there. The temporary file is removed.
         """
         import obstore
+        from obstore.exceptions import AlreadyExistsError, NotSupportedError
 
         key = self._key(staged.attachment_id)
+        where = self._url(key)
+        multipart = staged.byte_len > MULTIPART_THRESHOLD
+        if not multipart and self._conditional_put:
+            try:
+                with self._errors("upload", where):
+                    try:
+                        obstore.put(self._store, key, Path(staged.handle), mode="create", use_multipart=False)
+                    except AlreadyExistsError:
+                        pass
+                    except NotSupportedError:
+                        self._conditional_put = False
+                    else:
+                        self.discard(staged)
+                        return False
+            except Unavailable as exc:
+                if "HTTP 501" not in exc.message:
+                    raise
+                self._conditional_put = False  # 501 Not Implemented: the server has no such condition
         existing = self._head(key)
         existed = existing is not None and int(existing["size"]) == staged.byte_len
-        multipart = staged.byte_len > MULTIPART_THRESHOLD
-        with self._errors("upload", self._url(key)):
+        with self._errors("upload", where):
             obstore.put(self._store, key, Path(staged.handle), use_multipart=multipart,
                         chunk_size=PART_SIZE, max_concurrency=PART_CONCURRENCY)
         self.discard(staged)
         return existed
+
+    def land(self, items: list[tuple[Staged, Metadata | None]]) -> list[bool]:
+        """Upload a batch, ``CONCURRENCY`` blobs in flight; each blob's sidecar
+        is PUT (unconditionally: one request) before the blob. Durable once
+        each PUT returns."""
+        import obstore
+
+        _ = self._store  # made once here, not raced for by the threads below
+
+        def one(item: tuple[Staged, Metadata | None]) -> bool:
+            staged, meta = item
+            if meta is not None:
+                key = self._key(meta.attachment_id, sidecar=True)
+                with self._errors("write", self._url(key)):
+                    obstore.put(self._store, key, meta.encode(), use_multipart=False)
+            return self.install(staged)
+
+        return list(map_bounded(one, items))
 
     def sync(self, attachment_ids: Iterable[str]) -> None:
         """Nothing to do: a PUT or DELETE is durable once it returns."""

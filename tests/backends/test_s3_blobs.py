@@ -530,3 +530,65 @@ def test_a_key_the_library_refuses_is_corrupt_data_not_an_outage(backend, s3_buc
         list(backend.walk())
     assert info.value.exit_code == 65
     assert "rename or delete" in info.value.message
+
+
+# -- landing a batch -------------------------------------------------------------------------
+def _staged_batch(backend, n: int, stem: bytes):
+    items = []
+    for k in range(n):
+        data = stem + b" %d" % k
+        staged = backend.stage(io.BytesIO(data), f"f{k}")
+        items.append((staged, Metadata(staged.attachment_id, "text/plain", len(data), label=f"f{k}")))
+    return items
+
+
+def test_land_sends_each_sidecar_then_its_blob_and_no_head_for_new_ids(backend, s3_server, s3_bucket):
+    items = _staged_batch(backend, 24, b"land")
+    before = len(servers.requests_to(s3_server, s3_bucket))
+    assert backend.land(items) == [False] * 24
+    sent = servers.requests_to(s3_server, s3_bucket)[before:]
+    assert sorted(method for method, _, _ in sent) == ["PUT"] * 48  # one request per object
+    order = [path for _, path, _ in sent]
+    for staged, meta in items:
+        blob = "/" + backend.where(staged.attachment_id).split("/", 3)[3]
+        assert order.index(blob + ".json") < order.index(blob)
+        assert backend.read_sidecar(staged.attachment_id) == meta
+    assert not any(os.path.exists(staged.handle) for staged, _ in items)
+
+
+def test_land_reports_dedup_hits_and_refreshes_them(backend, s3_server, s3_bucket, client):
+    first = _staged_batch(backend, 5, b"again")
+    backend.land(first[:3])
+    stamps = {s.attachment_id: backend.stat(s.attachment_id).mtime_ms for s, _ in first[:3]}
+    time.sleep(1.1)  # LastModified has one-second resolution
+    again = _staged_batch(backend, 5, b"again")
+    assert backend.land(again) == [True, True, True, False, False]
+    for i, before in stamps.items():
+        assert backend.stat(i).mtime_ms >= before + 1000
+    # bare layout: no sidecar at all
+    bare = _staged_batch(backend, 2, b"bare")
+    assert backend.land([(s, None) for s, _ in bare]) == [False, False]
+    assert all(backend.stat(s.attachment_id, sidecar=True) is None for s, _ in bare)
+
+
+def test_stat_many_of_a_big_batch_lists_instead_of_heads(backend, s3_server, s3_bucket, client, monkeypatch):
+    monkeypatch.setattr(_mod(), "LIST_PAGE", 10)  # small pages: the listing must page and jump
+    key = lambda i, suffix="": backend.where(i).split("/", 3)[3] + suffix  # noqa: E731
+    # ids clustered in two shards, as the orphans of a busy hour are not (but
+    # a sweep of many is): planted behind the backend's back
+    stored = [f"ab{n:062x}" for n in range(0, 240, 2)] + [f"cd{n:062x}" for n in range(30)]
+    for n, i in enumerate(stored):
+        client.put_object(Bucket=s3_bucket, Key=key(i), Body=b"x" * n)
+        if n % 3 == 0:
+            client.put_object(Bucket=s3_bucket, Key=key(i, ".json"), Body=b"{}")
+    absent = [f"ab{n:062x}" for n in range(1, 80, 2)] + [f"ef{n:062x}" for n in range(3)]
+    wanted = stored[:120:7] + absent + stored[5:9] + stored[-10:] + [stored[-1]]
+    before = len(servers.requests_to(s3_server, s3_bucket))
+    stats = backend.stat_many(wanted)
+    sent = servers.requests_to(s3_server, s3_bucket)[before:]
+    methods = [method for method, _, _ in sent]
+    assert methods.count("HEAD") == 3  # the lone shard's three ids
+    assert len(sent) < len(set(wanted)) // 3
+    assert stats == {i: backend.stat(i) for i in wanted}
+    assert all(stats[i] is not None and stats[i].size == stored.index(i) for i in set(wanted) - set(absent))
+    assert all(stats[i] is None for i in absent)
