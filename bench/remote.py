@@ -9,6 +9,7 @@ the reason. The servers are started with the helpers the tests use
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -99,12 +100,17 @@ def _put_rows(ctx, d: Path, env: dict, bucket: str) -> None:
                    "ratio", s["lashctl"].median, s["obstore"].median, 1.5, baseline_label="obstore put"))
 
 
+def bench_id(i: int) -> str:
+    """The i-th id: a sha256, spread over the 256 shards as real ids are."""
+    return hashlib.sha256(b"bench %d" % i).hexdigest()
+
+
 def _fill_table(url: str, psycopg, n: int, *, committed_every: int = 10) -> None:
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         with cur.copy("COPY lash_attachment_manifest (attachment_id, session_id, canonical_uri, intent_at_ms,"
                       " committed_at_ms) FROM STDIN") as copy:
             for i in range(n):
-                aid = f"{i:064x}"
+                aid = bench_id(i)
                 copy.write_row((aid, "s", "sha256:" + aid, 1_700_000_000_000 + i,
                                 None if i % committed_every else 1_700_000_000_001 + i))
 
@@ -136,7 +142,7 @@ def _table_rows(ctx, d: Path, env: dict, server, pgserver, psycopg) -> None:
         ctx.add(Result("remote", f"--json list-uncommitted, {n:,}-row table vs psql JSON", "ratio",
                        s["lashctl"].median, s["psql"].median, 1.5, baseline_label="psql json_agg"))
     # commit of one id (an uncommitted row of each table), big against empty
-    target = f"{1:064x}"
+    target = bench_id(1)
     with psycopg.connect(empty) as conn:
         conn.execute("INSERT INTO lash_attachment_manifest VALUES (%s, 's', 'u', 1, NULL, NULL, NULL)", (target,))
     commit = {"big": big, "empty": empty}
@@ -167,7 +173,7 @@ def _reclaim_rows(ctx, d: Path, env: dict, bucket: str, server, pgserver, psycop
             url = pgserver.fresh_database(server, f"benchr{rep}{which[0]}")
             run([*ctx.cfg.lashctl, "--manifest", url, "manifest", "init"], env=env)
             prefix = f"r{rep}{which[0]}"
-            keys = [f"{prefix}/sha256/{f'{i:064x}'[:2]}/{i:064x}" for i in range(n)]
+            keys = [f"{prefix}/sha256/{bench_id(i)[:2]}/{bench_id(i)}" for i in range(n)]
             log(f"remote: reclaim run {rep + 1} ({which}): uploading {n:,} orphans")
             from concurrent.futures import ThreadPoolExecutor
 
@@ -176,7 +182,7 @@ def _reclaim_rows(ctx, d: Path, env: dict, bucket: str, server, pgserver, psycop
             _fill_table(url, psycopg, n, committed_every=n + 1)
             started = time.perf_counter()
             if which == "lashctl":
-                run(_lashctl(ctx, f"s3://{bucket}/{prefix}", url, "reclaim", "-q", "--force", "--older-than", "1m"),
+                run(_lashctl(ctx, f"s3://{bucket}/{prefix}", url, "reclaim", "-q", "--force", "--before", "2999-01-01T00:00:00Z"),
                     env=env, stdout_path=os.devnull)
             else:
                 for start in range(0, n, 1000):
