@@ -319,33 +319,32 @@ def iter_uncommitted_rendered(
 ) -> Iterator[str | UncommittedRow]:
     """``iter_uncommitted`` for a listing on a pipe: a row without bytes or
     sidecar comes as the text the listing prints for it (``form`` "json" or
-    "tsv", rendered by the state cache's SQLite), any other row as an
-    ``UncommittedRow`` for the caller to render. Where the cache cannot
-    render rows (another manifest backend, the in-memory fold) every row
-    comes as an ``UncommittedRow``.
+    "tsv", rendered by the manifest's database: the state cache's SQLite or
+    PostgreSQL), any other row as an ``UncommittedRow`` for the caller to
+    render. Where the manifest cannot render rows (the in-memory fold) every
+    row comes as an ``UncommittedRow``.
     """
     with store.manifest.reading(tolerant=True) as view, store.blobs.opened():
         malformed.extend(getattr(view, "malformed", ()))
-        index = getattr(view, "index", None)
-        rendered = index.uncommitted_rendered(cutoff, session, now, form) if index is not None else None
+        render = getattr(view, "uncommitted_rendered", None)
+        rendered = render(cutoff, session, now, form) if render is not None else None
         if rendered is None:
             for row in view.uncommitted(cutoff, session):
                 yield _describe_row(store, row)
             return
         known_absent = getattr(store.blobs, "known_absent", None)
         absent: dict[str, bool] = {}  # per shard: neither a blob nor a sidecar can be there
-        for attachment_id, session_id, text in rendered:
+        for item in rendered:
+            text = item[2]
             if text is not None and known_absent is not None:
-                shard = attachment_id[:2]
+                shard = item[0][:2]
                 gone = absent.get(shard)
                 if gone is None:
-                    gone = absent[shard] = known_absent(attachment_id)
+                    gone = absent[shard] = known_absent(item[0])
                 if gone:
                     yield text
                     continue
-            key = (session_id, attachment_id)
-            row = view.rows_for_keys([key])[key]
-            yield _describe_row(store, row)
+            yield _describe_row(store, view.rendered_row(item))
 
 
 def _describe_row(store: Store, row: Row) -> UncommittedRow:

@@ -48,6 +48,16 @@ class CacheView:
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
         return self.index.aged(cutoff_ms)
 
+    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
+                             form: str) -> Iterator[tuple] | None:
+        """``(attachment_id, session_id, text)`` items rendered by the cache's
+        SQLite (``ManifestIndex.uncommitted_rendered``); None where it cannot."""
+        return self.index.uncommitted_rendered(cutoff_ms, session, now, form)
+
+    def rendered_row(self, item: tuple) -> Row:
+        key = (item[1], item[0])
+        return self.index.rows_for_keys([key])[key]
+
     def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
         return self.index.rows_by_id(prefix)
 

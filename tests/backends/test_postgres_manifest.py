@@ -7,6 +7,7 @@ computes.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -517,3 +518,68 @@ def test_init_changes_nothing_on_a_table_it_refuses(pg_url):
         PostgresManifest(pg_url).init()
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = %s", (TABLE,)).fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("json_flag", [True, False], ids=["json", "tsv"])
+def test_list_uncommitted_on_a_pipe_rendered_by_postgres_is_what_python_prints(
+        cli, store, manifest, monkeypatch, json_flag):
+    """Rows without bytes are written by PostgreSQL itself: byte for byte what
+    rendering each row in Python prints, for every kind of text and time."""
+    import hashlib
+
+    import lashctl.commands.list_uncommitted as command
+    from lashctl.backends.postgres import PostgresView
+    from lashctl.timefmt import now_ms
+
+    def h(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    assert cli("--manifest", manifest.url, "put", "-q", "-s", "with-bytes", "-", input=b"bytes here").exit_code == 0
+    now = now_ms()
+    monkeypatch.setattr(command, "now_ms", lambda: now)
+    sessions = ["plain", 'quote"s', "back\\slash", "tab\there", "caf\u00e9", "\u2028sep", "bidi\u202e",
+                "emoji \U0001f600", "del\x7f", "c1\x85", "ctl\x1b[31m", "new\nline", "~ !#$%&'()*+,-./:;<=>?@[]^_`{|}"]
+    rows = [(h(f"gone {i}"), s, None, now - i * 7_777_777 - i) for i, s in enumerate(sessions)]
+    for i, at in enumerate([now - 86_400_000, now - 90_061_001, now - 3_600_000, now - 3_660_000, now - 60_000,
+                            now - 61_999, now - 999, now, now + 1, now + 2_500, 0, -1, -86_400_001,
+                            253_402_300_799_999, 253_402_300_800_000]):
+        rows.append((h(f"age {i}"), "ages", None, at))
+    rows += [(h("own uri"), "uris", 's3://b/k \u00e9"\\', now - 5), (h("own uri 2"), "uris", "x-lash:1", now - 6),
+             (h("quoted uri"), "uris", 'a"b\\c', now - 7)]
+    with psycopg.connect(manifest.url, autocommit=True) as conn:
+        for aid_, session, uri, at in rows:
+            conn.execute(f"INSERT INTO {TABLE} (attachment_id, session_id, canonical_uri, intent_at_ms)"
+                         " VALUES (%s, %s, %s, %s)", (aid_, session, uri or canonical_uri(aid_), at))
+    args = ["--manifest", manifest.url, "list-uncommitted"] + (["--json"] if json_flag else [])
+    written_by_postgres = []
+    real = PostgresView.uncommitted_rendered
+
+    def spy(self, *a):
+        for item in real(self, *a):
+            written_by_postgres.append(item)
+            yield item
+
+    monkeypatch.setattr(PostgresView, "uncommitted_rendered", spy)
+    fast = cli(*args)
+    assert fast.exit_code == 0, fast.stderr
+    texts = {(r[1], r[0]): r[2] for r in written_by_postgres}
+    assert texts[("plain", h("gone 0"))] is not None and texts[("uris", h("own uri 2"))] is not None
+    assert texts[("caf\u00e9", h("gone 4"))] is None and texts[("new\nline", h("gone 11"))] is None
+    assert texts[("del\x7f", h("gone 8"))] is None
+    assert sum(t is not None for t in texts.values()) >= len(rows) - 14
+
+    def slow_args(*extra):
+        monkeypatch.setattr(PostgresView, "uncommitted_rendered", None)
+        return cli(*args, *extra)
+
+    slow = slow_args()
+    assert slow.exit_code == 0, slow.stderr
+    assert fast.stdout_bytes == slow.stdout_bytes
+    assert fast.stderr == slow.stderr
+    assert len(json.loads(slow.stdout) if json_flag else slow.stdout.splitlines()) == len(rows) + 1
+    for extra in (["--older-than", "1h"], ["-s", "caf\u00e9"], ["-s", "plain"], ["--before", "@1"]):
+        monkeypatch.setattr(PostgresView, "uncommitted_rendered", real)
+        fast = cli(*args, *extra)
+        slow = slow_args(*extra)
+        assert fast.exit_code == 0 and slow.exit_code == 0, (fast.stderr, slow.stderr)
+        assert (fast.stdout_bytes, fast.stderr) == (slow.stdout_bytes, slow.stderr), extra
