@@ -200,6 +200,7 @@ class S3Blobs:
         self._store_obj = None
         self._depth = 0
         self._conditional_put = True  # until the server says it has no If-None-Match
+        self._sidecars_seen: dict[str, bool] = {}  # id -> had a sidecar, as stat_many's listings saw
 
     # -- the client ------------------------------------------------------------------
     @property
@@ -363,8 +364,10 @@ class S3Blobs:
         """``stat`` of many blobs, the same answers in fewer requests.
 
         A shard holding ``LIST_MIN`` or more of the ids is read with listings
-        (up to ``LIST_PAGE`` keys an answer); the other ids get HEADs. All of
-        it in flight together, ``CONCURRENCY`` requests at a time.
+        (up to a page of answers a request); the other ids get HEADs. All of
+        it in flight together, ``CONCURRENCY`` requests at a time. A listing
+        also shows which of its ids have a sidecar: a ``delete_many`` given
+        these stats then deletes no sidecar key it knows to be absent.
         """
         by_shard: dict[str, list[str]] = {}
         for attachment_id in dict.fromkeys(attachment_ids):
@@ -375,45 +378,55 @@ class S3Blobs:
             work += [sorted(ids)] if len(ids) >= LIST_MIN else [[i] for i in ids]
         _ = self._store  # made once here, not raced for by the threads below
         out: dict[str, BlobStat | None] = {}
-        for part in map_bounded(self._stat_group, work):
-            out.update(part)
+        for stats, sidecars in map_bounded(self._stat_group, work):
+            out.update(stats)
+            self._sidecars_seen.update(sidecars)
         return {i: out[i] for i in attachment_ids}
 
-    def _stat_group(self, ids: list[str]) -> dict[str, BlobStat | None]:
-        """Stats of sorted ids of one shard: a HEAD for one id, else listings
-        in key order from just before the first unanswered id. A listing that
-        runs a page past the last answer without reaching the next id is left,
-        and a new one starts at that id (so sparse ids cost about one request
-        each, and dense ones a page of answers per request)."""
+    def _stat_group(self, ids: list[str]) -> tuple[dict[str, BlobStat | None], dict[str, bool]]:
+        """Stats of sorted ids of one shard, and (when listed) whether each has
+        a sidecar: a HEAD for one id, else listings in key order from just
+        before the first unanswered id. A blob's sidecar key comes right after
+        its own. A listing that runs a page past the last answer without
+        reaching the next id is left, and a new one starts at that id (so
+        sparse ids cost about one request each, dense ones a page of answers
+        per request)."""
         if len(ids) == 1:
-            return {ids[0]: self.stat(ids[0])}
+            return {ids[0]: self.stat(ids[0])}, {}
         keys = [self._key(i) for i in ids]
         out: dict[str, BlobStat | None] = {}
+        sidecars: dict[str, bool] = {}
         pos = 0
         while pos < len(keys):
             shard = keys[pos].rsplit("/", 1)[0] + "/"
             waste = 0
             for meta in self._list(shard, offset=keys[pos][:-1]):
                 path = meta["path"]
-                while pos < len(keys) and keys[pos] < path:
-                    out[ids[pos]] = None  # the listing passed it: absent
+                while pos < len(keys) and path > keys[pos] + SIDECAR_SUFFIX:
+                    out.setdefault(ids[pos], None)  # the listing passed both its keys
+                    sidecars.setdefault(ids[pos], False)
                     pos += 1
                     waste = 0
                 if pos == len(keys):
                     break
-                if keys[pos] == path:
+                if path == keys[pos]:
                     out[ids[pos]] = _stat_of(meta)
+                    waste = 0
+                elif path == keys[pos] + SIDECAR_SUFFIX:
+                    out.setdefault(ids[pos], None)
+                    sidecars[ids[pos]] = True
                     pos += 1
                     waste = 0
-                    continue
-                waste += 1
-                if waste > LIST_PAGE:
-                    break  # a page of other keys: start again nearer the next id
+                else:
+                    waste += 1
+                    if waste > LIST_PAGE:
+                        break  # a page of other keys: start again nearer the next id
             else:
-                for rest in ids[pos:]:
-                    out[rest] = None  # the listing ended before them
+                for rest in ids[pos:]:  # the listing ended before them
+                    out.setdefault(rest, None)
+                    sidecars.setdefault(rest, False)
                 pos = len(keys)
-        return out
+        return out, sidecars
 
     def read_sidecar(self, attachment_id: str) -> Metadata | None:
         import obstore
@@ -687,34 +700,45 @@ class S3Blobs:
             self._key(attachment_id)  # refuse a bad id before touching anything
         ids = list(dict.fromkeys(attachment_ids))
         _ = self._store  # made once here, not raced for by the threads below
+        if known is not None and all(i in known for i in ids):
+            sizes = [known[i].size if known[i] is not None else 0 for i in ids]
+        else:
+            sizes = list(map_bounded(self._size_or_reason, ids))
         results: dict[str, int | str] = {}
-        step = DELETE_BATCH // 2  # two keys per id
-        for start in range(0, len(ids), step):
-            chunk = ids[start:start + step]
-            if known is not None and all(i in known for i in chunk):
-                sizes = [known[i].size if known[i] is not None else 0 for i in chunk]
-            else:
-                sizes = list(map_bounded(self._size_or_reason, chunk))
-            keys: list[str] = []
-            for attachment_id, size in zip(chunk, sizes):
-                if isinstance(size, str):
-                    results[attachment_id] = size
-                else:
-                    keys += [self._key(attachment_id), self._key(attachment_id, sidecar=True)]
-            try:
-                with self._errors("delete", f"{len(keys)} objects in {self.name}"):
-                    if keys:
-                        obstore.delete(self._store, keys)
-            except (UsageError, Denied, Unavailable):
-                raise
-            except LashctlError:
-                for attachment_id, outcome in zip(chunk, map_bounded(self._delete_one, chunk)):
-                    if attachment_id not in results:
-                        results[attachment_id] = outcome
+        batch: list[str] = []  # ids whose keys go in the next request
+        batch_keys: list[str] = []
+        for attachment_id, size in zip(ids, sizes):
+            if isinstance(size, str):
+                results[attachment_id] = size
                 continue
-            for attachment_id, size in zip(chunk, sizes):
-                results.setdefault(attachment_id, size)
+            keys = [self._key(attachment_id)]
+            # A sidecar the caller's stats saw absent is not asked for (one
+            # written since is kept: litter that gc removes, never lost bytes).
+            if known is None or self._sidecars_seen.pop(attachment_id, True):
+                keys.append(self._key(attachment_id, sidecar=True))
+            if len(batch_keys) + len(keys) > DELETE_BATCH:
+                self._delete_batch(batch, batch_keys, results)
+                batch, batch_keys = [], []
+            batch.append(attachment_id)
+            batch_keys += keys
+        if batch:
+            self._delete_batch(batch, batch_keys, results)
+        for attachment_id, size in zip(ids, sizes):
+            results.setdefault(attachment_id, size)
         return results
+
+    def _delete_batch(self, ids: list[str], keys: list[str], results: dict[str, int | str]) -> None:
+        """One DeleteObjects request; if it fails, each id alone (its outcome in ``results``)."""
+        import obstore
+
+        try:
+            with self._errors("delete", f"{len(keys)} objects in {self.name}"):
+                obstore.delete(self._store, keys)
+        except (UsageError, Denied, Unavailable):
+            raise
+        except LashctlError:
+            for attachment_id, outcome in zip(ids, map_bounded(self._delete_one, ids)):
+                results[attachment_id] = outcome
 
     def _size_or_reason(self, attachment_id: str) -> int | str:
         try:

@@ -592,3 +592,39 @@ def test_stat_many_of_a_big_batch_lists_instead_of_heads(backend, s3_server, s3_
     assert stats == {i: backend.stat(i) for i in wanted}
     assert all(stats[i] is not None and stats[i].size == stored.index(i) for i in set(wanted) - set(absent))
     assert all(stats[i] is None for i in absent)
+
+
+def test_delete_many_after_listed_stats_asks_only_for_sidecars_that_exist(backend, s3_bucket, client,
+                                                                          monkeypatch):
+    import obstore
+
+    key = lambda i, suffix="": backend.where(i).split("/", 3)[3] + suffix  # noqa: E731
+    ids = [f"ab{n:062x}" for n in range(300)]
+    for n, i in enumerate(ids):
+        client.put_object(Bucket=s3_bucket, Key=key(i), Body=b"y" * n)
+        if n % 3 == 0:
+            client.put_object(Bucket=s3_bucket, Key=key(i, ".json"), Body=b"{}")
+    orphan_sidecar = f"ab{1000:062x}"  # a sidecar whose blob is gone
+    client.put_object(Bucket=s3_bucket, Key=key(orphan_sidecar, ".json"), Body=b"{}")
+    sent: list[list[str]] = []
+    real_delete = obstore.delete
+
+    def counting_delete(store, paths):
+        sent.append(list(paths) if isinstance(paths, list) else [paths])
+        return real_delete(store, paths)
+
+    monkeypatch.setattr(obstore, "delete", counting_delete)
+    wanted = ids + [orphan_sidecar]
+    stats = backend.stat_many(wanted)
+    assert stats[orphan_sidecar] is None
+    result = backend.delete_many(wanted, known=stats)
+    assert result == {**{i: n for n, i in enumerate(ids)}, orphan_sidecar: 0}
+    assert len(sent) == 1  # 301 blob keys, 101 sidecars: one request
+    assert sorted(sent[0]) == sorted([key(i) for i in wanted] + [key(i, ".json") for i in ids[::3]]
+                                     + [key(orphan_sidecar, ".json")])
+    assert list(backend.iter_ids()) == [] and list(backend.walk()) == []
+    # without known stats every sidecar key is asked for, as before
+    sent.clear()
+    again = [put_blob(backend, b"again %d" % n) for n in range(3)]
+    backend.delete_many(again)
+    assert sorted(sent[0]) == sorted([key(i) for i in again] + [key(i, ".json") for i in again])
