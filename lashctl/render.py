@@ -14,13 +14,11 @@ from other writers, and a control character in them is shown, never obeyed.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from lashctl.ids import SHORT_ID_MARK
 from lashctl.text import escape_text
 
 
@@ -273,6 +271,8 @@ def _iec_columns() -> list:
 def _dumps(document: Any, indent: int | None) -> str:
     # One style for every command: indented on a terminal, compact on a pipe.
     separators = (",", ": ") if indent is not None else (",", ":")
+    import json  # imported on the first document, not at start-up (completion needs none)
+
     text = json.dumps(document, indent=indent, ensure_ascii=False, separators=separators)
     try:
         text.encode("utf-8")
@@ -342,7 +342,7 @@ def cells(fields: Iterable[Field], record: Any) -> list:
 # reads a pasted short id with the marker as the prefix it is.
 SHORT_ID_MIN = 12
 ELLIPSIS = "\u2026"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX64 = r"[0-9a-f]{64}"  # re's own cache compiles it once, when a table first needs it
 
 
 def unique_prefix_length(ids: Iterable[str], minimum: int = SHORT_ID_MIN) -> int:
@@ -459,17 +459,19 @@ def _widths(cols: Sequence[Col], cells: Sequence[Sequence[str]]) -> list[int]:
 
 
 def _shorten_ids(cols: Sequence[Col], cells: list[list[str]]) -> list[list[str]]:
+    from lashctl.ids import SHORT_ID_MARK
+
     for i, col in enumerate(cols):
         if col.kind != "id":
             continue
-        ids = [row[i] for row in cells if _HEX64.fullmatch(row[i])]
+        ids = [row[i] for row in cells if re.fullmatch(_HEX64, row[i])]
         if not ids:
             continue
         n = unique_prefix_length(ids)
         if n >= 64:
             continue
         for row in cells:
-            if _HEX64.fullmatch(row[i]):
+            if re.fullmatch(_HEX64, row[i]):
                 row[i] = row[i][:n] + SHORT_ID_MARK
     return cells
 

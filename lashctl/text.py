@@ -11,8 +11,6 @@ lashctl's own.
 
 from __future__ import annotations
 
-import json
-
 import re
 
 _CONTROL_RANGES = (
@@ -23,16 +21,18 @@ _CONTROL_RANGES = (
     r"\u2066-\u2069"  # bidi isolates
     r"\u2028\u2029"  # line and paragraph separators
 )
-_CONTROL = re.compile(f"[{_CONTROL_RANGES}]")
 # The backslash is escaped too, so that a label spelling "\x1b" cannot pass
 # for an escaped control character.
-_ESCAPED = re.compile(f"[\\\\{_CONTROL_RANGES}]")
+_ESCAPED_CLASS = f"[\\\\{_CONTROL_RANGES}]"
 _SHORT = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+# Every character of the class is unprintable (str.isprintable), so printable
+# text, the common case, is decided in C and the patterns are compiled only
+# for text that needs them (a compile costs about a millisecond at start-up).
 
 
 def has_control(text: str) -> bool:
     """True if ``text`` holds a character no person should see raw."""
-    return _CONTROL.search(text) is not None
+    return not text.isprintable() and re.search(f"[{_CONTROL_RANGES}]", text) is not None
 
 
 def escape_text(text: str) -> str:
@@ -43,7 +43,7 @@ def escape_text(text: str) -> str:
     """
     if text.isprintable() and "\\" not in text:
         return text  # the common case, decided in C: every character escaped is unprintable
-    return _ESCAPED.sub(_escape_one, text)
+    return re.sub(_ESCAPED_CLASS, _escape_one, text)
 
 
 def _escape_one(match: re.Match[str]) -> str:
@@ -61,6 +61,8 @@ def loads_strict(text: str) -> object:
     They are not JSON; a line holding one is malformed, not re-emitted by
     ``manifest log`` to readers that would refuse it.
     """
+    import json  # not at start-up: completion and most commands never parse JSON here
+
     return json.loads(text, parse_constant=_reject_constant)
 
 

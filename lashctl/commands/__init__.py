@@ -7,11 +7,13 @@ Shared here: the state the global options leave in ``ctx.obj`` and the
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from lashctl.ids import IdQuery, parse_id
+if TYPE_CHECKING:
+    from lashctl.ids import IdQuery
+
 from lashctl.render import UI
 
 ENV_STORE = "LASHCTL_STORE"
@@ -101,7 +103,9 @@ def app_state(ctx: typer.Context, json_flag: bool = False) -> AppState:
     return state
 
 
-def parse_ids(texts: list[str]) -> list[IdQuery]:
+def parse_ids(texts: list[str]) -> list["IdQuery"]:
+    from lashctl.ids import parse_id
+
     """Parse every id argument before anything touches the file system."""
     return [parse_id(t) for t in texts]
 

@@ -174,6 +174,16 @@ def _complete(words: list[str], env: dict | None = None) -> subprocess.Completed
     return subprocess.run(script, capture_output=True, text=True, env=environ)
 
 
+def test_completion_of_a_command_name_imports_only_what_it_needs():
+    """Every TAB pays start-up: completing a command name compiles no pattern of
+    ids or control characters and loads no JSON, hashing or store code."""
+    result = _complete(["lashctl", "re"])
+    assert sorted(result.stdout.split()) == ["reclaim"], result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    needless = {"json", "hashlib", "lashctl.ids", "lashctl.core", "lashctl.backends", "lashctl.transfer", "rich"}
+    assert not imported & needless
+
+
 @pytest.fixture
 def two_blob_store(tmp_path):
     store = tmp_path / "store"
