@@ -689,13 +689,11 @@ class S3Blobs:
         """Delete blobs and sidecars with batched DeleteObjects requests.
 
         Sizes come from ``known`` (stats the caller just took) or concurrent
-        HEADs; the keys go ``DELETE_BATCH`` at a
-        time. A batch that fails is retried id by id, so each id gets the bytes
+        HEADs; the keys of several ids share a request, up to ``DELETE_BATCH``
+        keys. A batch that fails is retried id by id, so each id gets the bytes
         freed or the reason it failed (a missing bucket, a refused access or an
         unreachable server stops the whole call instead).
         """
-        import obstore
-
         for attachment_id in attachment_ids:
             self._key(attachment_id)  # refuse a bad id before touching anything
         ids = list(dict.fromkeys(attachment_ids))
