@@ -18,27 +18,34 @@ the reference model in the tests all follow this one function.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 from lashctl.ids import canonical_uri
+from lashctl.record import FrozenRecord, Record
 
 INTENT, COMMIT, FORGET = "intent", "commit", "forget"
 OPS = (INTENT, COMMIT, FORGET)
 
 
-@dataclass(slots=True)
-class Row:
-    """One (session, attachment) reference and where it stands."""
+class Row(Record):
+    """One (session, attachment) reference and where it stands.
 
-    session_id: str
-    attachment_id: str
-    canonical_uri: str
-    intent_at_epoch_ms: int
-    committed_at_epoch_ms: int | None = None
-    # Set on rows lash itself wrote to a PostgreSQL manifest: the turn or
-    # process that owns an uncommitted intent ("turn" | "process", its id).
-    owner_kind: str | None = None
-    owner_id: str | None = None
+    ``owner_kind`` and ``owner_id`` are set on rows lash itself wrote to a
+    PostgreSQL manifest: the turn or process that owns an uncommitted intent
+    ("turn" | "process", its id)."""
+
+    __slots__ = ("session_id", "attachment_id", "canonical_uri", "intent_at_epoch_ms", "committed_at_epoch_ms",
+                 "owner_kind", "owner_id")
+
+    def __init__(self, session_id: str, attachment_id: str, canonical_uri: str, intent_at_epoch_ms: int,
+                 committed_at_epoch_ms: int | None = None, owner_kind: str | None = None,
+                 owner_id: str | None = None) -> None:
+        self.session_id = session_id
+        self.attachment_id = attachment_id
+        self.canonical_uri = canonical_uri
+        self.intent_at_epoch_ms = intent_at_epoch_ms
+        self.committed_at_epoch_ms = committed_at_epoch_ms
+        self.owner_kind = owner_kind
+        self.owner_id = owner_id
 
     @property
     def committed(self) -> bool:
@@ -49,15 +56,19 @@ class Row:
         return (self.session_id, self.attachment_id)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(FrozenRecord):
     """One manifest event. ``at_ms`` is the intent or commit time (None for forget)."""
 
-    op: str
-    attachment_id: str
-    session_id: str
-    at_ms: int | None = None
-    canonical_uri: str | None = None
+    __slots__ = ("op", "attachment_id", "session_id", "at_ms", "canonical_uri")
+
+    def __init__(self, op: str, attachment_id: str, session_id: str, at_ms: int | None = None,
+                 canonical_uri: str | None = None) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "op", op)
+        setattr_(self, "attachment_id", attachment_id)
+        setattr_(self, "session_id", session_id)
+        setattr_(self, "at_ms", at_ms)
+        setattr_(self, "canonical_uri", canonical_uri)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -9,7 +9,7 @@ the file system: only a value that passes here may become part of a path.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from lashctl.record import FrozenRecord
 
 from lashctl.errors import UsageError
 
@@ -41,12 +41,16 @@ def canonical_uri(attachment_id: str) -> str:
     return URI_SCHEME + attachment_id
 
 
-@dataclass(frozen=True)
-class IdQuery:
-    """A parsed id argument: a full id, or a prefix still to be resolved."""
+class IdQuery(FrozenRecord):
+    """A parsed id argument: a full id, or a prefix still to be resolved.
+    ``text`` is what the user typed, for messages; ``hex`` its lower-cased
+    hex digits, 4 to 64 of them."""
 
-    text: str  # what the user typed, for messages
-    hex: str  # lower-cased hex digits, 4 to 64 of them
+    __slots__ = ("text", "hex")
+
+    def __init__(self, text: str, hex: str) -> None:
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "hex", hex)
 
     @property
     def is_full(self) -> bool:

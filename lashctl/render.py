@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+from lashctl.record import FrozenRecord
 from lashctl.text import escape_text
 
 
@@ -308,8 +308,7 @@ class Col:
         self.name, self.kind, self.drop, self.min_width, self.base = name, kind, drop, min_width, base
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(FrozenRecord):
     """One field of a record, declared once for the --json item and the table.
 
     ``key`` names it in the item; ``get`` reads its value from the record
@@ -318,10 +317,15 @@ class Field:
     the value itself.
     """
 
-    key: str
-    get: Callable[[Any], Any]
-    col: Col | None = None
-    cell: Callable[[Any], Any] | None = None
+    __slots__ = ("key", "get", "col", "cell")
+
+    def __init__(self, key: str, get: Callable[[Any], Any], col: Col | None = None,
+                 cell: Callable[[Any], Any] | None = None) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "key", key)
+        setattr_(self, "get", get)
+        setattr_(self, "col", col)
+        setattr_(self, "cell", cell)
 
     def cell_of(self, record: Any) -> Any:
         return self.get(record) if self.cell is None else self.cell(record)

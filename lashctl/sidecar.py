@@ -11,7 +11,7 @@ string, the form later lash releases use. Readers also accept width/height in
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from lashctl.record import FrozenRecord
 from pathlib import Path
 
 from lashctl.errors import Corrupt, UsageError
@@ -22,14 +22,21 @@ from lashctl.media import LASH_IMAGE_TYPES, lash_image_type, normalize_mime
 MAX_SIDECAR_BYTES = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Metadata:
-    attachment_id: str
-    media_type: str  # a normalised MIME string, whatever form it was stored in
-    byte_len: int
-    width: int | None = None
-    height: int | None = None
-    label: str | None = None
+class Metadata(FrozenRecord):
+    """A sidecar's content; ``media_type`` is a normalised MIME string,
+    whatever form it was stored in."""
+
+    __slots__ = ("attachment_id", "media_type", "byte_len", "width", "height", "label")
+
+    def __init__(self, attachment_id: str, media_type: str, byte_len: int, width: int | None = None,
+                 height: int | None = None, label: str | None = None) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "attachment_id", attachment_id)
+        setattr_(self, "media_type", media_type)
+        setattr_(self, "byte_len", byte_len)
+        setattr_(self, "width", width)
+        setattr_(self, "height", height)
+        setattr_(self, "label", label)
 
     def to_json_dict(self) -> dict:
         """The sidecar object, keys in lash-core's order, absent optionals omitted."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
@@ -21,6 +20,7 @@ from lashctl.errors import Corrupt, LashctlError, NotFound, StoreIOError, UsageE
 from lashctl.fold import Event, Row
 from lashctl.fsutil import atomic_output
 from lashctl.ids import IdQuery
+from lashctl.record import Record
 from lashctl.timefmt import now_ms
 
 CHUNK = 1024 * 1024
@@ -31,13 +31,15 @@ PUT_BATCH_BYTES = 512 * 1024 * 1024
 
 
 # -- put -----------------------------------------------------------------------
-@dataclass
-class PutSource:
+class PutSource(Record):
     """One input to ``put``: a file path, or ``-`` for standard input."""
 
-    name: str
-    opener: Callable[[], BinaryIO]
-    label: str | None
+    __slots__ = ("name", "opener", "label")
+
+    def __init__(self, name: str, opener: Callable[[], BinaryIO], label: str | None) -> None:
+        self.name = name
+        self.opener = opener
+        self.label = label
 
     @classmethod
     def from_path(cls, path: str, stdin: Callable[[], BinaryIO]) -> "PutSource":
@@ -53,25 +55,31 @@ def utf8_label(name: str) -> str | None:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-@dataclass
-class PutOptions:
-    session: str
-    media_type: str | None = None
-    label: str | None = None
-    width: int | None = None
-    height: int | None = None
+class PutOptions(Record):
+    __slots__ = ("session", "media_type", "label", "width", "height")
+
+    def __init__(self, session: str, media_type: str | None = None, label: str | None = None,
+                 width: int | None = None, height: int | None = None) -> None:
+        self.session = session
+        self.media_type = media_type
+        self.label = label
+        self.width = width
+        self.height = height
 
 
-@dataclass
-class PutResult:
-    attachment_id: str
-    path: str
-    byte_len: int
-    media_type: str
-    label: str | None
-    width: int | None
-    height: int | None
-    deduplicated: bool
+class PutResult(Record):
+    __slots__ = ("attachment_id", "path", "byte_len", "media_type", "label", "width", "height", "deduplicated")
+
+    def __init__(self, attachment_id: str, path: str, byte_len: int, media_type: str, label: str | None,
+                 width: int | None, height: int | None, deduplicated: bool) -> None:
+        self.attachment_id = attachment_id
+        self.path = path
+        self.byte_len = byte_len
+        self.media_type = media_type
+        self.label = label
+        self.width = width
+        self.height = height
+        self.deduplicated = deduplicated
 
 
 def check_put_sources(paths: list[str]) -> None:
@@ -219,13 +227,16 @@ def _metadata_for(
 
 
 # -- get -----------------------------------------------------------------------
-@dataclass
-class BlobInfo:
-    attachment_id: str
-    path: str
-    sidecar_path: str
-    metadata: sidecar.Metadata | None
-    byte_len: int
+class BlobInfo(Record):
+    __slots__ = ("attachment_id", "path", "sidecar_path", "metadata", "byte_len")
+
+    def __init__(self, attachment_id: str, path: str, sidecar_path: str, metadata: sidecar.Metadata | None,
+                 byte_len: int) -> None:
+        self.attachment_id = attachment_id
+        self.path = path
+        self.sidecar_path = sidecar_path
+        self.metadata = metadata
+        self.byte_len = byte_len
 
 
 def blob_info(store: Store, attachment_id: str) -> BlobInfo:
@@ -279,13 +290,16 @@ def get_to_file(store: Store, attachment_id: str, dest: Path) -> int:
 
 
 # -- list-uncommitted ------------------------------------------------------------
-@dataclass
-class UncommittedRow:
-    row: Row
-    bytes_present: bool
-    byte_len: int | None
-    media_type: str | None
-    label: str | None
+class UncommittedRow(Record):
+    __slots__ = ("row", "bytes_present", "byte_len", "media_type", "label")
+
+    def __init__(self, row: Row, bytes_present: bool, byte_len: int | None, media_type: str | None,
+                 label: str | None) -> None:
+        self.row = row
+        self.bytes_present = bytes_present
+        self.byte_len = byte_len
+        self.media_type = media_type
+        self.label = label
 
 
 def list_uncommitted(
@@ -374,11 +388,13 @@ ALREADY_COMMITTED = "already_committed"
 NO_INTENT = "no_intent"
 
 
-@dataclass
-class CommitResult:
-    attachment_id: str
-    session_id: str
-    status: str
+class CommitResult(Record):
+    __slots__ = ("attachment_id", "session_id", "status")
+
+    def __init__(self, attachment_id: str, session_id: str, status: str) -> None:
+        self.attachment_id = attachment_id
+        self.session_id = session_id
+        self.status = status
 
 
 def commit(store: Store, session: str, queries: list[IdQuery]) -> list[CommitResult]:

@@ -11,10 +11,10 @@ builds object names from such ids only and checks again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Callable, ContextManager, Iterable, Iterator, Protocol
 
 from lashctl.fold import Event, Row
+from lashctl.record import FrozenRecord, Record
 
 if TYPE_CHECKING:
     from lashctl.sidecar import Metadata
@@ -29,34 +29,48 @@ FILE, SYMLINK, DIRECTORY, OTHER = "file", "symlink", "directory", "other"
 LAYOUT_SIDECARS, LAYOUT_BARE = "sidecars", "bare"
 
 
-@dataclass(frozen=True, slots=True)
-class BlobStat:
-    """What a backend knows of one stored object, in neutral terms."""
+class BlobStat(FrozenRecord):
+    """What a backend knows of one stored object, in neutral terms.
 
-    size: int
-    mtime_ms: int  # last modification (LastModified on an object store)
-    kind: str = FILE  # FILE | SYMLINK | DIRECTORY | OTHER
-    links: int = 1  # hard links (1 where the medium has none)
-    size_on_disk: int | None = None  # allocated bytes, where the medium says
-    token: object = None  # identity for compare-and-move: (dev, ino, size, mtime) or an ETag
+    ``mtime_ms``: last modification (LastModified on an object store);
+    ``kind``: FILE | SYMLINK | DIRECTORY | OTHER; ``links``: hard links (1
+    where the medium has none); ``size_on_disk``: allocated bytes, where the
+    medium says; ``token``: identity for compare-and-move, (dev, ino, size,
+    mtime) or an ETag.
+    """
+
+    __slots__ = ("size", "mtime_ms", "kind", "links", "size_on_disk", "token")
+
+    def __init__(self, size: int, mtime_ms: int, kind: str = FILE, links: int = 1, size_on_disk: int | None = None,
+                 token: object = None) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "size", size)
+        setattr_(self, "mtime_ms", mtime_ms)
+        setattr_(self, "kind", kind)
+        setattr_(self, "links", links)
+        setattr_(self, "size_on_disk", size_on_disk)
+        setattr_(self, "token", token)
 
     @property
     def is_file(self) -> bool:
         return self.kind == FILE
 
 
-@dataclass(slots=True)
-class Staged:
-    """Bytes received and hashed, not yet visible under their id."""
+class Staged(Record):
+    """Bytes received and hashed, not yet visible under their id. ``head``:
+    the first bytes, for sniffing the media type; ``handle``: the backend's
+    own (a temp file, a spool)."""
 
-    attachment_id: str
-    byte_len: int
-    head: bytes  # the first bytes, for sniffing the media type
-    handle: object  # the backend's own (a temp file, a spool)
+    __slots__ = ("attachment_id", "byte_len", "head", "handle")
+
+    def __init__(self, attachment_id: str, byte_len: int, head: bytes, handle: object) -> None:
+        self.attachment_id = attachment_id
+        self.byte_len = byte_len
+        self.head = head
+        self.handle = handle
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
+class Found(FrozenRecord):
     """One object a sweep listing found that is not simply a blob by its id.
 
     ``area`` is ``"blobs"`` (under ``sha256/``) or ``"staging"`` (litter of an
@@ -65,12 +79,17 @@ class Found:
     area (``ab/abcd….json``); ``where`` is how to show it to a person.
     """
 
-    area: str
-    name: str
-    where: str
-    stat: BlobStat
-    handle: object = None  # what the backend needs to remove exactly this
-    reason: str | None = None  # for staging litter: what left it
+    __slots__ = ("area", "name", "where", "stat", "handle", "reason")
+
+    def __init__(self, area: str, name: str, where: str, stat: BlobStat, handle: object = None,
+                 reason: str | None = None) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "area", area)
+        setattr_(self, "name", name)
+        setattr_(self, "where", where)
+        setattr_(self, "stat", stat)
+        setattr_(self, "handle", handle)  # what the backend needs to remove exactly this
+        setattr_(self, "reason", reason)  # for staging litter: what left it
 
 
 class BlobBackend(Protocol):

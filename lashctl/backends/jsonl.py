@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import replace
 from itertools import groupby
 from pathlib import Path
 from typing import Callable, Iterator
@@ -158,7 +157,7 @@ class Writer:
             for start in range(0, len(events), _GUARD_CHUNK):
                 out.extend(self._resolve_guards(events[start:start + _GUARD_CHUNK]))
             return out
-        rows = {k: replace(r) for k, r in self.rows_for_keys(list({e.key for e in events})).items()}
+        rows = {k: r.replace() for k, r in self.rows_for_keys(list({e.key for e in events})).items()}
         out = []
         for event in events:
             after = step(rows.get(event.key), event)

@@ -25,7 +25,6 @@ import stat
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -42,6 +41,7 @@ from lashctl.fsutil import (
 )
 from lashctl.fold import INTENT, Event, Row, step  # noqa: F401  (Row is part of this module's API)
 from lashctl.ids import is_utf8_text, is_valid_id
+from lashctl.record import Record
 from lashctl.text import escape_text, loads_strict  # noqa: F401  (loads_strict: part of this module's API)
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
 
@@ -65,16 +65,18 @@ def _stderr_warn(message: str) -> None:
     print(f"lashctl: warning: {escape_text(message)}", file=sys.stderr)
 
 
-@dataclass
-class ManifestState:
+class ManifestState(Record):
     """The fold of a manifest's events, plus what reading it found."""
 
-    rows: dict[tuple[str, str], Row] = field(default_factory=dict)
-    lines: int = 0  # events read (header included), torn tail excluded
-    torn_tail: bool = False
-    has_header: bool = False
-    malformed: list[Corrupt] = field(default_factory=list)  # lines skipped by a tolerant read
-    _by_id: dict[str, list[Row]] | None = None
+    __slots__ = ("rows", "lines", "torn_tail", "has_header", "malformed", "_by_id")
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], Row] = {}
+        self.lines = 0  # events read (header included), torn tail excluded
+        self.torn_tail = False
+        self.has_header = False
+        self.malformed: list[Corrupt] = []  # lines skipped by a tolerant read
+        self._by_id: dict[str, list[Row]] | None = None
 
     def rows_for(self, attachment_id: str) -> list[Row]:
         if self._by_id is None:
@@ -645,19 +647,22 @@ class Manifest:
             pass
 
 
-@dataclass
-class CheckReport:
+class CheckReport(Record):
     """What ``manifest check`` found: counts, the torn tail, every malformed line."""
 
-    path: Path
-    exists: bool
-    lines: int = 0
-    events_by_op: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPS, 0))
-    rows: int = 0
-    rows_committed: int = 0
-    torn_tail: bool = False
-    has_header: bool = False
-    problems: list[str] = field(default_factory=list)
+    __slots__ = ("path", "exists", "lines", "events_by_op", "rows", "rows_committed", "torn_tail", "has_header",
+                 "problems")
+
+    def __init__(self, path: Path, exists: bool) -> None:
+        self.path = path
+        self.exists = exists
+        self.lines = 0
+        self.events_by_op: dict[str, int] = dict.fromkeys(OPS, 0)
+        self.rows = 0
+        self.rows_committed = 0
+        self.torn_tail = False
+        self.has_header = False
+        self.problems: list[str] = []
 
     @property
     def compacted_lines(self) -> int:

@@ -23,7 +23,6 @@ import hashlib
 import os
 import stat
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -53,6 +52,7 @@ from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store
     write_all,
 )
 from lashctl.ids import is_valid_id
+from lashctl.record import FrozenRecord, Record
 
 CHUNK = 1024 * 1024
 HEAD_BYTES = 64 * 1024  # kept from the start of a staged blob for sniffing
@@ -62,8 +62,7 @@ SIDECAR_SUFFIX = ".json"
 ROOT, OBJECTS, TMP, QUARANTINE = "", "sha256", "tmp", "quarantine"
 
 
-@dataclass
-class StagedBlob:
+class StagedBlob(Record):
     """Bytes written to a staging file in ``tmp/``, not yet at their final path.
 
     The staging file is fsynced only when it is about to be renamed into
@@ -71,35 +70,42 @@ class StagedBlob:
     for an fsync.
     """
 
-    path: Path  # for messages; the file is reached as ``name`` under tmp/
-    name: str
-    attachment_id: str
-    byte_len: int
-    head: bytes
+    __slots__ = ("path", "name", "attachment_id", "byte_len", "head")
+
+    def __init__(self, path: Path, name: str, attachment_id: str, byte_len: int, head: bytes) -> None:
+        self.path = path  # for messages; the file is reached as ``name`` under tmp/
+        self.name = name
+        self.attachment_id = attachment_id
+        self.byte_len = byte_len
+        self.head = head
 
 
-@dataclass(frozen=True)
-class FileIdentity:
+class FileIdentity(FrozenRecord):
     """What makes "the file that was hashed" the same file a moment later."""
 
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
+    __slots__ = ("dev", "ino", "size", "mtime_ns")
+
+    def __init__(self, dev: int, ino: int, size: int, mtime_ns: int) -> None:
+        object.__setattr__(self, "dev", dev)
+        object.__setattr__(self, "ino", ino)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "mtime_ns", mtime_ns)
 
     @classmethod
     def of(cls, st: os.stat_result) -> "FileIdentity":
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-@dataclass
-class Entry:
+class Entry(Record):
     """A directory entry found by a walk of ``tmp/`` or ``sha256/`` (never followed)."""
 
-    directory: str  # "tmp", "sha256" or "sha256/<shard>"
-    name: str
-    st: os.stat_result
-    path: Path
+    __slots__ = ("directory", "name", "st", "path")
+
+    def __init__(self, directory: str, name: str, st: os.stat_result, path: Path) -> None:
+        self.directory = directory  # "tmp", "sha256" or "sha256/<shard>"
+        self.name = name
+        self.st = st
+        self.path = path
 
 
 def _write_all(fd: int, chunk: memoryview, path: Path) -> None:

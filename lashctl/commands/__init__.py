@@ -5,7 +5,6 @@ Shared here: the state the global options leave in ``ctx.obj`` and the
 """
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -14,6 +13,7 @@ import typer
 if TYPE_CHECKING:
     from lashctl.ids import IdQuery
 
+from lashctl.record import Record
 from lashctl.render import UI
 
 ENV_STORE = "LASHCTL_STORE"
@@ -47,19 +47,24 @@ BeforeOption = Annotated[
 DryRunFlag = Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would happen; change nothing.")]
 
 
-@dataclass
-class AppState:
+class AppState(Record):
     """What the global options decided, kept in ``ctx.obj``."""
 
-    store_root: Path | str  # a directory or an s3:// URL
-    manifest_path: Optional[Path | str]  # a file or a postgresql:// URL
-    lock_timeout: float
-    ui: UI
-    store_named: bool = False  # --store or LASHCTL_STORE, not the platform default
-    manifest_named: bool = False
-    inspection: object = None  # the open view of an inspection command
-    layout: Optional[str] = None  # --layout: auto (None), sidecars or bare
-    started_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    __slots__ = ("store_root", "manifest_path", "lock_timeout", "ui", "store_named", "manifest_named",
+                 "inspection", "layout", "started_ms")
+
+    def __init__(self, store_root: Path | str, manifest_path: Optional[Path | str], lock_timeout: float, ui: UI,
+                 store_named: bool = False, manifest_named: bool = False, inspection: object = None,
+                 layout: Optional[str] = None, started_ms: int | None = None) -> None:
+        self.store_root = store_root  # a directory or an s3:// URL
+        self.manifest_path = manifest_path  # a file or a postgresql:// URL
+        self.lock_timeout = lock_timeout
+        self.ui = ui
+        self.store_named = store_named  # --store or LASHCTL_STORE, not the platform default
+        self.manifest_named = manifest_named
+        self.inspection = inspection  # the open view of an inspection command
+        self.layout = layout  # --layout: auto (None), sidecars or bare
+        self.started_ms = time.time_ns() // 1_000_000 if started_ms is None else started_ms
 
     def run_fields(self) -> dict:
         """What a log of a run needs beside its result: when, where, which lashctl."""

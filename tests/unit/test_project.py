@@ -174,6 +174,26 @@ def _complete(words: list[str], env: dict | None = None) -> subprocess.Completed
     return subprocess.run(script, capture_output=True, text=True, env=environ)
 
 
+def test_the_modules_every_command_loads_build_no_dataclass():
+    """A dataclass compiles its methods at import (about half a millisecond
+    each): the records on the start-up path are lashctl.record classes."""
+    code = (
+        "import dataclasses, sys\n"
+        "made = []\n"
+        "real = dataclasses.dataclass\n"
+        "def spy(cls=None, **kw):\n"
+        "    wrap = lambda c: (made.append(c.__module__ + '.' + c.__name__), real(c, **kw))[1]\n"
+        "    return wrap if cls is None else wrap(cls)\n"
+        "dataclasses.dataclass = spy\n"
+        "import lashctl.cli, lashctl.commands.put, lashctl.commands.get, lashctl.commands.commit\n"
+        "import lashctl.commands.list_uncommitted, lashctl.transfer, lashctl.core\n"
+        "import lashctl.backends.jsonl, lashctl.backends.localfs\n"
+        "print(' '.join(m for m in made if m.startswith('lashctl')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == []
+
+
 def test_completion_of_a_command_name_imports_only_what_it_needs():
     """Every TAB pays start-up: completing a command name compiles no pattern of
     ids or control characters and loads no JSON, hashing or store code."""
