@@ -9,9 +9,9 @@ the file system: only a value that passes here may become part of a path.
 from __future__ import annotations
 
 import re
-from lashctl.record import FrozenRecord
 
 from lashctl.errors import UsageError
+from lashctl.record import FrozenRecord
 
 ID_LEN = 64
 MIN_PREFIX = 4

@@ -11,13 +11,13 @@ string, the form later lash releases use. Readers also accept width/height in
 from __future__ import annotations
 
 import json
-from lashctl.record import FrozenRecord
 from pathlib import Path
 
 from lashctl.errors import Corrupt, UsageError
 from lashctl.ids import is_utf8_text, is_valid_id
 from lashctl.text import loads_strict
 from lashctl.media import LASH_IMAGE_TYPES, lash_image_type, normalize_mime
+from lashctl.record import FrozenRecord
 
 MAX_SIDECAR_BYTES = 1024 * 1024
 
