@@ -27,6 +27,7 @@ from lashctl.backends.base import BlobStat
 from lashctl.errors import LashctlError, Refused, StoreIOError
 from lashctl.fold import Event, Row
 from lashctl.ids import IdQuery
+from lashctl.record import Record
 from lashctl.strays import remove_stray, scan_strays
 
 Progress = Callable[[int], None]
@@ -112,15 +113,29 @@ def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run
 
 
 # -- reclaim -------------------------------------------------------------------
-@dataclass
-class ReclaimItem:
-    attachment_id: str
-    action: str  # reclaim | release | failed | spared | deleted_while_referenced
-    sessions: list[str]  # the sessions whose aged rows this item forgets
-    byte_len: int  # the blob's size (0 when absent); freed only when action is reclaim
-    bytes_present: bool
-    reason: str
-    error: str | None = None
+ORPHAN, ORPHAN_GONE = "orphan: no live row", "orphan: no live row; bytes already gone"  # one string each, shared
+
+
+class ReclaimItem(Record):
+    """One blob of a sweep. ``action``: reclaim | release | failed | spared |
+    deleted_while_referenced; ``sessions``: those whose aged rows this item
+    forgets; ``byte_len``: the blob's size (0 when absent), freed only when
+    the action is reclaim; ``first_intent_ms``: its oldest aged intent, the
+    report's order. Slotted: a sweep of 100,000 orphans keeps one each."""
+
+    __slots__ = ("attachment_id", "action", "sessions", "byte_len", "bytes_present", "reason", "error",
+                 "first_intent_ms")
+
+    def __init__(self, attachment_id: str, action: str, sessions: list[str], byte_len: int, bytes_present: bool,
+                 reason: str, error: str | None = None, first_intent_ms: int = 0) -> None:
+        self.attachment_id = attachment_id
+        self.action = action
+        self.sessions = sessions
+        self.byte_len = byte_len
+        self.bytes_present = bytes_present
+        self.reason = reason
+        self.error = error
+        self.first_intent_ms = first_intent_ms
 
 
 @dataclass
@@ -196,8 +211,9 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
         forgets: list[Event] = []
         touched: list[str] = []
         for start in range(0, len(plan), SWEEP_BATCH):
-            for item in _reclaim_batch(store, view, plan[start:start + SWEEP_BATCH], cutoff,
-                                       dry_run=dry_run, shared=shared):
+            chunk = plan[start:start + SWEEP_BATCH]
+            plan[start:start + SWEEP_BATCH] = [None] * len(chunk)  # type: ignore[list-item]  # its rows are freed
+            for item in _reclaim_batch(store, view, chunk, cutoff, dry_run=dry_run, shared=shared):
                 if item.action == RECLAIM and not dry_run:
                     touched.append(item.attachment_id)
                 if item.action in (RECLAIM, RELEASE):
@@ -206,8 +222,7 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
                 report.items.append(item)
                 if progress is not None:
                     progress(1)
-        order = {attachment_id: min(r.intent_at_epoch_ms for r in aged) for attachment_id, aged, _ in plan}
-        report.items.sort(key=lambda i: (order[i.attachment_id], i.attachment_id))
+        report.items.sort(key=lambda i: (i.first_intent_ms, i.attachment_id))
         if not dry_run:
             store.blobs.sync(touched)
             view.append(forgets)
@@ -226,11 +241,13 @@ def _reclaim_batch(store: Store, view, chunk: Plan, cutoff: int, *, dry_run: boo
         present = st is not None and st.is_file
         sessions = [r.session_id for r in aged]
         size = st.size if present else 0
+        first = min(r.intent_at_epoch_ms for r in aged)
         if live is not None:
-            items.append(ReclaimItem(attachment_id, RELEASE, sessions, size, present, f"kept: {live}"))
+            items.append(ReclaimItem(attachment_id, RELEASE, sessions, size, present, f"kept: {live}",
+                                     first_intent_ms=first))
             continue
         item = ReclaimItem(attachment_id, RECLAIM, sessions, size, present,
-                           "orphan: no live row" + ("" if present else "; bytes already gone"))
+                           ORPHAN if present else ORPHAN_GONE, first_intent_ms=first)
         items.append(item)
         orphans.append(item)
     if shared and not dry_run and orphans:
