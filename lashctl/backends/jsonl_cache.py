@@ -42,6 +42,7 @@ reports as corrupt is deleted and rebuilt.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -51,6 +52,7 @@ from lashctl.backends.cachedir import ENV_CACHE_DIR, index_path  # noqa: F401  (
 from lashctl.errors import Corrupt, StoreIOError
 from lashctl.fold import Effect, Event
 from lashctl.ids import URI_SCHEME, canonical_uri
+from lashctl.timefmt import age_text
 from lashctl.backends.jsonl_log import ManifestState, Row, _parses, _strip_bom, parse_line
 from lashctl.backends.jsonl_log import VERSION as MANIFEST_VERSION
 from lashctl.backends.localfs import NotARegularFile, open_regular
@@ -110,31 +112,42 @@ _SQL_COMMIT = (
 )
 _SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, committed_at FROM rows"
 
-# Rendering of list-uncommitted's rows by SQLite (``uncommitted_rendered``), for
-# rows without bytes or sidecar. Exact only for text that both encoders write
-# the same way: printable ASCII (JSON escapes '"' and '\\' alike; TSV also
-# escapes '\\', so it is excluded there). Other rows get NULL: rendered in Python.
+# list-uncommitted's rows without bytes or sidecar (``uncommitted_rendered``):
+# SQLite selects them in order and writes the time (strftime), Python writes
+# the rest of each line. Exact only for text that both encoders write the same
+# way: printable ASCII. Other rows get None: rendered like rows with bytes.
 _ISO = ("strftime('%Y-%m-%dT%H:%M:%S', intent_at / 1000, 'unixepoch')"
         " || printf('.%03dZ', intent_at % 1000)")
-_PRINTABLE = "session_id NOT GLOB '*[^ -~]*' AND uri NOT GLOB '*[^ -~]*'"
-_AGE_PARTS = ("(abs(age) / 86400000)", "(abs(age) / 3600000 % 24)", "(abs(age) / 60000 % 60)",
-              "(abs(age) / 1000 % 60)")
-_AGE_TEXT = (  # lashctl.timefmt.age_text
-    "(CASE WHEN age < 0 THEN '-' ELSE '' END || CASE"
-    " WHEN {d} > 0 THEN {d} || 'd' || CASE WHEN {h} > 0 THEN {h} || 'h' ELSE '' END"
-    " WHEN {h} > 0 THEN {h} || 'h' || CASE WHEN {m} > 0 THEN {m} || 'm' ELSE '' END"
-    " WHEN {m} > 0 THEN {m} || 'm' || CASE WHEN {s} > 0 THEN {s} || 's' ELSE '' END"
-    " ELSE {s} || 's' END)"
-).format(d=_AGE_PARTS[0], h=_AGE_PARTS[1], m=_AGE_PARTS[2], s=_AGE_PARTS[3])
-_RENDER = {
-    # The object lashctl.commands.list_uncommitted writes, keys in its order.
-    "json": (f"CASE WHEN {_PRINTABLE} THEN json_object('id', attachment_id, 'session_id', session_id,"
-             f" 'canonical_uri', uri, 'intent_at_epoch_ms', intent_at, 'intent_at', {_ISO}, 'age_ms', age,"
-             " 'byte_len', NULL, 'media_type', NULL, 'label', NULL, 'bytes_present', json('false')) END"),
-    "tsv": (f"CASE WHEN {_PRINTABLE} AND instr(session_id, '\\') = 0 THEN attachment_id || char(9) ||"
-            f" session_id || char(9) || {_ISO} || char(9) || {_AGE_TEXT} || char(9) || '-' || char(9) || '-'"
-            " || char(9) || '-' || char(9) || 'missing' END"),
-}
+
+
+def _json_rendered(rows: list[tuple]) -> Iterator[tuple[str, str, str | None]]:
+    """(id, session, the row's compact JSON object as list-uncommitted writes it, or None)."""
+    for attachment_id, session_id, uri, intent_at, iso, age in rows:
+        probe = session_id + uri
+        if not (probe.isascii() and probe.isprintable()):
+            yield attachment_id, session_id, None
+        elif '"' in probe or "\\" in probe:
+            yield attachment_id, session_id, json.dumps(
+                {"id": attachment_id, "session_id": session_id, "canonical_uri": uri, "intent_at_epoch_ms": intent_at,
+                 "intent_at": iso, "age_ms": age, "byte_len": None, "media_type": None, "label": None,
+                 "bytes_present": False}, separators=(",", ":"))
+        else:
+            yield attachment_id, session_id, (
+                f'{{"id":"{attachment_id}","session_id":"{session_id}","canonical_uri":"{uri}",'
+                f'"intent_at_epoch_ms":{intent_at},"intent_at":"{iso}","age_ms":{age},"byte_len":null,'
+                '"media_type":null,"label":null,"bytes_present":false}')
+
+
+def _tsv_rendered(rows: list[tuple]) -> Iterator[tuple[str, str, str | None]]:
+    """(id, session, the row's TSV line without its newline, or None)."""
+    for attachment_id, session_id, _uri, _intent_at, iso, age in rows:
+        if session_id.isascii() and session_id.isprintable() and "\\" not in session_id:
+            yield attachment_id, session_id, f"{attachment_id}\t{session_id}\t{iso}\t{age_text(age)}\t-\t-\t-\tmissing"
+        else:
+            yield attachment_id, session_id, None
+
+
+_RENDER = {"json": _json_rendered, "tsv": _tsv_rendered}
 
 
 def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, committed_at: int | None) -> Row:
@@ -514,7 +527,7 @@ class ManifestIndex:
             where.append("session_id = ?")
             params.append(session)
             source = "rows"
-        sql = (f"SELECT attachment_id, session_id, {_RENDER[form]} FROM"
+        sql = (f"SELECT attachment_id, session_id, uri, intent_at, {_ISO}, age FROM"
                f" (SELECT attachment_id, session_id, coalesce(canonical_uri, '{URI_SCHEME}' || attachment_id) AS uri,"
                f" intent_at, ? - intent_at AS age FROM {source} WHERE {' AND '.join(where)})"
                " ORDER BY intent_at, attachment_id, session_id")
@@ -523,13 +536,13 @@ class ManifestIndex:
         except sqlite3.DatabaseError as exc:
             self._query_failed(exc)
             return None
-        return self._stream_rendered(cursor)
+        return self._stream_rendered(cursor, _RENDER[form])
 
     @staticmethod
-    def _stream_rendered(cursor: sqlite3.Cursor) -> Iterator[tuple[str, str, str | None]]:
+    def _stream_rendered(cursor: sqlite3.Cursor, render) -> Iterator[tuple[str, str, str | None]]:
         try:
             while part := cursor.fetchmany(2000):
-                yield from part
+                yield from render(part)
         finally:
             cursor.close()
 
