@@ -344,8 +344,8 @@ def _verify(store: Store, view, manifest_problem: str | None, now: int, *, fix: 
     elif getattr(view, "torn_tail", False):
         report.findings.append(Finding("manifest-torn-tail", WARNING, name, None,
                                        "torn final line (a crashed append); the next write repairs it"))
-    for attachment_id, present, rows in by_id(store, view):
-        if present and _verify_blob(store, attachment_id, view, rows, report, fix=fix, progress=progress):
+    for attachment_id, present, rows, hashed in _hashed_ahead(store, by_id(store, view), progress):
+        if present and _verify_blob(store, attachment_id, view, rows, report, hashed, fix=fix):
             continue  # a blob quarantined by --fix is no longer present
         for row in rows:
             path = store.blobs.where(row.attachment_id)
@@ -362,13 +362,50 @@ def _verify(store: Store, view, manifest_problem: str | None, now: int, *, fix: 
     return report
 
 
-def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report: VerifyReport, *,
-                 fix: bool, progress: Progress | None) -> bool:
+def _hashed_ahead(store: Store, items: Iterator[tuple[str, bool, list[Row]]], progress: Progress | None
+                  ) -> Iterator[tuple[str, bool, list[Row], Callable[[], tuple[str, BlobStat]]]]:
+    """``by_id``'s items, each with a function giving its blob's hash.
+
+    A backend whose reads are requests (``parallel_reads`` > 1: an object
+    store) has that many hashes streaming ahead of the item in hand, in
+    order; memory stays bounded by that many read buffers. A file store
+    hashes each blob when it is asked for, one at a time."""
+    limit = getattr(store.blobs, "parallel_reads", 1)
+    if limit <= 1:
+        for attachment_id, present, rows in items:
+            yield attachment_id, present, rows, (lambda i=attachment_id: store.blobs.hash(i, progress))
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="lashctl-verify") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                attachment_id, present = item[0], item[1]
+                future = pool.submit(store.blobs.hash, attachment_id, progress) if present else None
+                pending.append((item, future))
+                while len(pending) > limit or (pending and pending[0][1] is None):
+                    yield _with_result(*pending.popleft())
+            while pending:
+                yield _with_result(*pending.popleft())
+        finally:
+            for _item, future in pending:
+                if future is not None:
+                    future.cancel()
+
+
+def _with_result(item: tuple[str, bool, list[Row]], future) -> tuple:
+    return (*item, (future.result if future is not None else None))
+
+
+def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report: VerifyReport,
+                 hashed_of: Callable[[], tuple[str, BlobStat]], *, fix: bool) -> bool:
     """Check one blob (repairing with ``fix``); whether it is still in place afterwards."""
     path = store.blobs.where(attachment_id)
     side = store.blobs.where(attachment_id, sidecar=True)
     try:
-        actual, hashed = store.blobs.hash(attachment_id, progress)
+        actual, hashed = hashed_of()
     except LashctlError as exc:
         report.findings.append(Finding("unreadable", ERROR, path, attachment_id, exc.message))
         return True

@@ -78,6 +78,7 @@ DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 limit)
 LIST_PAGE = 1000
 LIST_MIN = 4  # ids of one shard from which stat_many lists the shard rather than HEAD each
 CONCURRENCY = 16  # requests in flight for a batch of HEADs or deletes
+PARALLEL_READS = 8  # blobs verify re-hashes at once (a 1 MiB buffer each)
 
 # S3 error codes that mean "your credentials or your rights", not "try again".
 _DENIED_CODES = frozenset({
@@ -186,6 +187,8 @@ class S3Blobs:
     temporary file (mode 0600) in the system temp directory: the bytes are
     hashed as they arrive, and only ``install`` uploads them under their id.
     """
+
+    parallel_reads = PARALLEL_READS  # reads are requests: verify streams this many at once
 
     def __init__(self, url: str, layout: str = LAYOUT_SIDECARS, *, max_retries: int = 3,
                  retry_timeout_s: float = 30.0) -> None:

@@ -628,3 +628,48 @@ def test_delete_many_after_listed_stats_asks_only_for_sidecars_that_exist(backen
     again = [put_blob(backend, b"again %d" % n) for n in range(3)]
     backend.delete_many(again)
     assert sorted(sent[0]) == sorted([key(i) for i in again] + [key(i, ".json") for i in again])
+
+
+def test_verify_hashes_objects_of_an_s3_store_several_at_once(s3_bucket, client, tmp_path, monkeypatch):
+    """verify re-hashes an object store's blobs with bounded parallel requests;
+    what it reports is the same as one at a time."""
+    import threading as th
+
+    from lashctl.core import Store
+    from lashctl.inspect import verify
+
+    m = _mod()
+    store = Store(f"s3://{s3_bucket}/v", tmp_path / "manifest.jsonl", 5)
+    ids = []
+    for n in range(24):
+        data = b"verify me %d" % n
+        ids.append(put_blob(store.blobs, data))
+        store.blobs.write_sidecar(Metadata(ids[-1], "text/plain", len(data)))
+    rotten = ids[5]
+    client.put_object(Bucket=s3_bucket, Key=store.blobs.where(rotten).split("/", 3)[3], Body=b"rotten bytes")
+    lock, state = th.Lock(), {"now": 0, "max": 0}
+    real_hash = m.S3Blobs.hash
+
+    def watched(self, attachment_id, progress=None):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        try:
+            time.sleep(0.05)  # long enough for the others to start
+            return real_hash(self, attachment_id, progress)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(m.S3Blobs, "hash", watched)
+    report = verify(store, int(time.time() * 1000))
+    assert 1 < state["max"] <= m.S3Blobs.parallel_reads
+    assert report.blobs_checked == 24
+    mismatches = [f for f in report.findings if f.kind == "hash-mismatch"]
+    assert [f.attachment_id for f in mismatches] == [rotten]
+    monkeypatch.setattr(m.S3Blobs, "parallel_reads", 1)
+    state["max"] = 0
+    again = verify(store, int(time.time() * 1000))
+    assert state["max"] == 1
+    assert [(f.kind, f.attachment_id, f.message) for f in again.findings] == \
+        [(f.kind, f.attachment_id, f.message) for f in report.findings]
