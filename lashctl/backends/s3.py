@@ -76,6 +76,7 @@ PART_SIZE = 8 * 1024 * 1024
 PART_CONCURRENCY = 4  # parts in flight per upload: bounds memory to about 32 MiB
 DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 limit)
 LIST_PAGE = 1000
+EMPTY_ID = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of no bytes
 LIST_MIN = 4  # ids of one shard from which stat_many lists the shard rather than HEAD each
 CONCURRENCY = 16  # requests in flight for a batch of HEADs or deletes
 PARALLEL_READS = 8  # blobs verify re-hashes at once (a 1 MiB buffer each)
@@ -399,12 +400,12 @@ class S3Blobs:
         keys = [self._key(i) for i in ids]
         out: dict[str, BlobStat | None] = {}
         sidecars: dict[str, bool] = {}
-        pos = 0
+        pos, seen = 0, ""  # seen: the last key listed (a restart resumes after it)
         while pos < len(keys):
             shard = keys[pos].rsplit("/", 1)[0] + "/"
             waste = 0
-            for meta in self._list(shard, offset=keys[pos][:-1]):
-                path = meta["path"]
+            for meta in self._list(shard, offset=max(keys[pos][:-1], seen)):
+                path = seen = meta["path"]
                 while pos < len(keys) and path > keys[pos] + SIDECAR_SUFFIX:
                     out.setdefault(ids[pos], None)  # the listing passed both its keys
                     sidecars.setdefault(ids[pos], False)
@@ -413,7 +414,12 @@ class S3Blobs:
                 if pos == len(keys):
                     break
                 if path == keys[pos]:
-                    out[ids[pos]] = _stat_of(meta)
+                    if int(meta["size"]) == 0 and ids[pos] != EMPTY_ID:
+                        # Not these bytes: a folder marker "<id>/", which the
+                        # library lists without its slash. Ask the object itself.
+                        out[ids[pos]] = self.stat(ids[pos])
+                    else:
+                        out[ids[pos]] = _stat_of(meta)
                     waste = 0
                 elif path == keys[pos] + SIDECAR_SUFFIX:
                     out.setdefault(ids[pos], None)

@@ -578,7 +578,7 @@ def test_stat_many_of_a_big_batch_lists_instead_of_heads(backend, s3_server, s3_
     # a sweep of many is): planted behind the backend's back
     stored = [f"ab{n:062x}" for n in range(0, 240, 2)] + [f"cd{n:062x}" for n in range(30)]
     for n, i in enumerate(stored):
-        client.put_object(Bucket=s3_bucket, Key=key(i), Body=b"x" * n)
+        client.put_object(Bucket=s3_bucket, Key=key(i), Body=b"x" * (n + 1))
         if n % 3 == 0:
             client.put_object(Bucket=s3_bucket, Key=key(i, ".json"), Body=b"{}")
     absent = [f"ab{n:062x}" for n in range(1, 80, 2)] + [f"ef{n:062x}" for n in range(3)]
@@ -590,7 +590,7 @@ def test_stat_many_of_a_big_batch_lists_instead_of_heads(backend, s3_server, s3_
     assert methods.count("HEAD") == 3  # the lone shard's three ids
     assert len(sent) < len(set(wanted)) // 3
     assert stats == {i: backend.stat(i) for i in wanted}
-    assert all(stats[i] is not None and stats[i].size == stored.index(i) for i in set(wanted) - set(absent))
+    assert all(stats[i] is not None and stats[i].size == stored.index(i) + 1 for i in set(wanted) - set(absent))
     assert all(stats[i] is None for i in absent)
 
 
@@ -673,3 +673,28 @@ def test_verify_hashes_objects_of_an_s3_store_several_at_once(s3_bucket, client,
     assert state["max"] == 1
     assert [(f.kind, f.attachment_id, f.message) for f in again.findings] == \
         [(f.kind, f.attachment_id, f.message) for f in report.findings]
+
+
+def test_stat_many_listing_gets_past_many_odd_keys_and_folder_markers(backend, s3_bucket, client, monkeypatch):
+    """Keys that sort among the candidates' (``<id>-x``, ``<id[:-1]>0-x``, a
+    folder marker ``<id>/`` the library hands back as ``<id>``) never stop
+    the listing nor pass for a blob: the answers are what a HEAD says."""
+    monkeypatch.setattr(_mod(), "LIST_PAGE", 10)
+    key = lambda i, suffix="": backend.where(i).split("/", 3)[3] + suffix  # noqa: E731
+    ids = [f"cd{n:061x}1" for n in range(8)]
+    for n, i in enumerate(ids):
+        client.put_object(Bucket=s3_bucket, Key=key(i), Body=b"z" * (n + 1))
+    for k in range(25):  # more than a page of odd keys in two gaps
+        client.put_object(Bucket=s3_bucket, Key=key(ids[2], f"-{k:05d}"), Body=b"junk")
+        client.put_object(Bucket=s3_bucket, Key=key(ids[5][:-1] + "0", f"-{k:05d}"), Body=b"junk")
+    marker = f"cd{99:061x}1"  # only a folder marker, no blob
+    client.put_object(Bucket=s3_bucket, Key=key(marker, "/"), Body=b"")
+    wanted = ids + [marker]
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(stats=backend.stat_many(wanted)), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "stat_many did not finish"
+    assert done["stats"] == {i: backend.stat(i) for i in wanted}
+    assert done["stats"][marker] is None
+    assert [done["stats"][i].size for i in ids] == list(range(1, 9))
