@@ -216,12 +216,19 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
             for item in _reclaim_batch(store, view, chunk, cutoff, dry_run=dry_run, shared=shared):
                 if item.action == RECLAIM and not dry_run:
                     touched.append(item.attachment_id)
-                if item.action in (RECLAIM, RELEASE):
-                    # Guarded by the cutoff: a row refreshed since it was read is not forgotten.
+                if item.action == RELEASE or (item.action == RECLAIM and not shared):
+                    # Guarded by the cutoff: a row refreshed since it was read is not
+                    # forgotten. (A shared sweep forgot its deleted ones' rows already.)
                     forgets.extend(Event.forget(item.attachment_id, s, until_ms=cutoff) for s in item.sessions)
                 report.items.append(item)
                 if progress is not None:
                     progress(1)
+            if shared and not dry_run:
+                # Writers go on during a shared sweep: the batch's rows go as soon
+                # as its bytes did, so that a commit coming later finds no intent
+                # (exit 3) rather than stamping a row whose blob is gone.
+                view.append(forgets)
+                forgets = []
         report.items.sort(key=lambda i: (i.first_intent_ms, i.attachment_id))
         if not dry_run:
             store.blobs.sync(touched)
@@ -250,7 +257,7 @@ def _reclaim_batch(store: Store, view, chunk: Plan, cutoff: int, *, dry_run: boo
                            ORPHAN if present else ORPHAN_GONE, first_intent_ms=first)
         items.append(item)
         orphans.append(item)
-    if shared and not dry_run and orphans:
+    if shared and orphans:  # read-only: a dry run reports what the real run will do
         again = rows_for_ids(view, [i.attachment_id for i in orphans])
         for item in orphans:
             reason = live_reason(again[item.attachment_id], cutoff, view)
@@ -277,10 +284,22 @@ def _reclaim_batch(store: Store, view, chunk: Plan, cutoff: int, *, dry_run: boo
             item.byte_len = outcome
     if shared:
         deleted = [i for i in doomed if i.action == RECLAIM]
+        # The batch's own aged rows go first (guarded: a row committed or
+        # refreshed meanwhile stays), then whatever is left live is reported.
+        view.append([Event.forget(i.attachment_id, s, until_ms=cutoff) for i in deleted for s in i.sessions])
         after = rows_for_ids(view, [i.attachment_id for i in deleted])
-        for item in deleted:
-            if live_reason(after[item.attachment_id], cutoff, view) is not None:
-                item.action = DELETED_WHILE_REFERENCED
+        late = [i for i in deleted if live_reason(after[i.attachment_id], cutoff, view) is not None]
+        again = stat_many(store.blobs, [i.attachment_id for i in late]) if late else {}
+        for item in late:
+            item.action = DELETED_WHILE_REFERENCED
+            st = again[item.attachment_id]
+            if st is not None and st.is_file:
+                # A put wrote the bytes again after the delete: they are there,
+                # but the sidecar it wrote before them may have gone with the delete.
+                item.byte_len = 0
+                item.error = ("a live row for it appeared while it was being deleted; its bytes were put "
+                              "again since, but its sidecar may be gone: put it again")
+            else:
                 item.error = "a live row for it appeared while it was being deleted: re-upload it"
     return items
 

@@ -250,6 +250,12 @@ class PostgresManifest:
         if not math.isfinite(lock_timeout) or lock_timeout < 0:
             raise ValueError(f"lock timeout {lock_timeout} is not a finite, non-negative number of seconds")
         require_extra("psycopg", "postgres", "a PostgreSQL manifest")
+        # psycopg logs what it ignores while closing a broken connection (a
+        # warning Python would print to stderr): the failure itself is already
+        # reported as one lashctl error line.
+        import logging
+
+        logging.getLogger("psycopg").addHandler(logging.NullHandler())
         self.url = url
         self.name = strip_password(url)
         self.lock_timeout = lock_timeout
@@ -283,6 +289,9 @@ class PostgresManifest:
         if isinstance(exc, e.UndefinedTable):
             return UsageError(f"no table {TABLE} in {self.name} (create it with `lashctl manifest init`): {text}")
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            if "server closed the connection" in low or "terminating connection" in low:
+                # libpq's wording ("...unexpectedly. This probably means...") in plain words
+                text = "the server closed the connection (it stopped, restarted or ended this session)"
             return Unavailable(f"PostgreSQL manifest {self.name} unavailable: {text}")
         if isinstance(exc, (e.UndefinedColumn, e.DatatypeMismatch, e.CheckViolation, e.NotNullViolation)):
             return Corrupt(f"PostgreSQL manifest {self.name}: table {TABLE} is not as lashctl expects: {text}")

@@ -99,3 +99,41 @@ def test_an_owner_held_intent_is_kept_not_forgotten(shared):
         assert [r.session_id for r in view.rows_for_id(b)] == ["y"]
     assert shared.blobs.stat(a) is not None and shared.blobs.stat(b) is not None
     assert [(i.attachment_id, i.action, i.sessions) for i in report.items] == [(b, sweep.RELEASE, ["x"])]
+
+
+def test_a_dry_run_spares_what_the_real_run_spares(shared):
+    fresh = _blob(shared, b"written just now", age_s=0)
+    os.utime(shared.blobs.blob_path(fresh))  # LastModified: now
+    old = _blob(shared, b"written long ago")
+    with shared.manifest.writing() as writer:
+        writer.append([Event.intent(fresh, "s", 500), Event.intent(old, "s", 500)])
+    cutoff = 1_600_000_000_000 + 1  # after the intents and the old blob, before the fresh one
+    dry = sweep.reclaim(shared, cutoff, dry_run=True)
+    real = sweep.reclaim(shared, cutoff)
+    assert sorted((i.attachment_id, i.action, i.byte_len) for i in dry.items) == \
+        sorted((i.attachment_id, i.action, i.byte_len) for i in real.items)
+    assert {i.attachment_id: i.action for i in real.items} == {fresh: sweep.SPARED, old: sweep.RECLAIM}
+
+
+def test_a_commit_during_a_long_sweep_never_stamps_a_deleted_blobs_row_unreported(shared, monkeypatch):
+    """The rows of each batch are forgotten right after its delete: a commit
+    that comes later finds no intent (as with a JSON-lines manifest), and one
+    that comes in between is reported (deleted_while_referenced)."""
+    monkeypatch.setattr(sweep, "SWEEP_BATCH", 1)
+    a, b = sorted([_blob(shared, b"first orphan"), _blob(shared, b"second orphan")])
+    with shared.manifest.writing() as writer:
+        writer.append([Event.intent(a, "s", 500), Event.intent(b, "s", 500)])
+    real_delete_many = type(shared.blobs).delete_many
+
+    def committing_delete_many(blobs, ids, known=None):
+        if ids == [b]:  # the second batch: lash commits the first one's row meanwhile
+            with shared.manifest.writing() as writer:
+                writer.append([Event.commit(a, "s", 2_000)])
+        return real_delete_many(blobs, ids, known)
+
+    monkeypatch.setattr(type(shared.blobs), "delete_many", committing_delete_many)
+    report = sweep.reclaim(shared, 1_600_000_000_000 + 1)
+    with shared.manifest.reading() as view:
+        rows_a = view.rows_for_id(a)
+    actions = {i.attachment_id: i.action for i in report.items}
+    assert rows_a == [] or actions[a] == sweep.DELETED_WHILE_REFERENCED, (rows_a, actions)
