@@ -322,10 +322,10 @@ def iter_uncommitted(
     """
     tolerant = {"tolerant": True} if malformed is not None else {}
     with store.manifest.reading(**tolerant) as view, store.blobs.opened():
-        if malformed is not None:
-            malformed.extend(getattr(view, "malformed", ()))
         for row in view.uncommitted(cutoff, session):
             yield _describe_row(store, row)
+        if malformed is not None:  # known once every row was read (PostgreSQL finds them as it streams)
+            malformed.extend(getattr(view, "malformed", ()))
 
 
 def iter_uncommitted_rendered(
@@ -339,26 +339,33 @@ def iter_uncommitted_rendered(
     row comes as an ``UncommittedRow``.
     """
     with store.manifest.reading(tolerant=True) as view, store.blobs.opened():
-        malformed.extend(getattr(view, "malformed", ()))
-        render = getattr(view, "uncommitted_rendered", None)
-        rendered = render(cutoff, session, now, form) if render is not None else None
-        if rendered is None:
-            for row in view.uncommitted(cutoff, session):
-                yield _describe_row(store, row)
-            return
-        known_absent = getattr(store.blobs, "known_absent", None)
-        absent: dict[str, bool] = {}  # per shard: neither a blob nor a sidecar can be there
-        for item in rendered:
-            text = item[2]
-            if text is not None and known_absent is not None:
-                shard = item[0][:2]
-                gone = absent.get(shard)
-                if gone is None:
-                    gone = absent[shard] = known_absent(item[0])
-                if gone:
-                    yield text
-                    continue
-            yield _describe_row(store, view.rendered_row(item))
+        yield from _rendered_rows(store, view, cutoff, session, now, form)
+        malformed.extend(getattr(view, "malformed", ()))  # known once every row was read
+
+
+def _rendered_rows(store: Store, view, cutoff: int | None, session: str | None, now: int, form: str
+                   ) -> Iterator[str | UncommittedRow]:
+    render = getattr(view, "uncommitted_rendered", None)
+    rendered = render(cutoff, session, now, form) if render is not None else None
+    if rendered is None:
+        for row in view.uncommitted(cutoff, session):
+            yield _describe_row(store, row)
+        return
+    known_absent = getattr(store.blobs, "known_absent", None)
+    absent: dict[str, bool] = {}  # per shard: neither a blob nor a sidecar can be there
+    for item in rendered:
+        text = item[2]
+        if text is not None and known_absent is not None:
+            shard = item[0][:2]
+            gone = absent.get(shard)
+            if gone is None:
+                gone = absent[shard] = known_absent(item[0])
+            if gone:
+                yield text
+                continue
+        row = view.rendered_row(item)
+        if row is not None:  # None: a row a tolerant view skipped (and noted)
+            yield _describe_row(store, row)
 
 
 def _describe_row(store: Store, row: Row) -> UncommittedRow:

@@ -692,6 +692,8 @@ def check(manifest: Manifest) -> CheckReport:
 def describe_malformed(exc: Corrupt) -> str:
     """``<path>:<line>: <problem>: <the raw line>`` for a person (escaped when shown)."""
     raw = getattr(exc, "raw", b"")
+    if not raw:  # a row of a database, not a line: the message names it
+        return exc.message
     shown = raw[:_SHOWN_RAW].decode("utf-8", "replace") + ("..." if len(raw) > _SHOWN_RAW else "")
     return f"{exc.message}: {shown}"
 

@@ -53,6 +53,7 @@ from lashctl.backends import POSTGRES_SCHEMES, is_postgres_url, require_extra
 from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Unavailable, UsageError
 from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
 from lashctl.ids import URI_SCHEME, is_valid_id
+from lashctl.timefmt import MAX_EPOCH_MS
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -217,6 +218,10 @@ def _row(values: tuple) -> Row:
                       "that is not a 64-character lowercase hex sha256; fix or delete that row")
     if not session_id:
         raise Corrupt(f"table {TABLE}: a row of attachment {attachment_id} has an empty session_id")
+    for name, value in (("intent_at_ms", intent_at), ("committed_at_ms", committed_at)):
+        if value is not None and not 0 <= value <= MAX_EPOCH_MS:
+            raise Corrupt(f"table {TABLE}: the row ({session_id!r}, {attachment_id}) has {name} {value}, "
+                          "outside the years 1970-9999; fix or delete that row")
     return Row(session_id, attachment_id, uri if uri is not None else canonical_uri(attachment_id),
                intent_at, committed_at, owner_kind, owner_id)
 
@@ -455,7 +460,7 @@ class PostgresManifest:
                 conn.read_only = True
                 self._check_shape(conn)
             try:
-                yield PostgresView(self, conn, autocommit=False)
+                yield PostgresView(self, conn, autocommit=False, tolerant=tolerant)
             finally:
                 if not conn.closed:
                     try:
@@ -508,10 +513,15 @@ class PostgresManifest:
 class PostgresView:
     """``ManifestView`` and ``ManifestWriter`` on one connection."""
 
-    def __init__(self, backend: PostgresManifest, conn: "psycopg.Connection", autocommit: bool) -> None:
+    def __init__(self, backend: PostgresManifest, conn: "psycopg.Connection", autocommit: bool,
+                 tolerant: bool = False) -> None:
         self.backend = backend
         self.conn = conn
         self.autocommit = autocommit
+        # A tolerant view (a listing) skips rows it cannot trust, keeping why
+        # here, as a tolerant read of a JSON-lines log skips malformed lines.
+        self.tolerant = tolerant
+        self.malformed: list[Corrupt] = []
         self._owner_tables: tuple[bool, bool] | None = None  # (turn commits, processes) exist
         self._keep_cache: dict[tuple, str | None] = {}
         self._cursors = 0
@@ -640,7 +650,13 @@ class PostgresView:
         sql = (f"SELECT {_COLS} FROM {TABLE} WHERE {' AND '.join(conds)}"
                f" ORDER BY intent_at_ms, {_ID}, {_SESSION}")
         for values in self._stream(sql, tuple(params)):
-            yield _row(values)
+            if not self.tolerant:
+                yield _row(values)
+                continue
+            try:
+                yield _row(values)
+            except Corrupt as exc:
+                self.malformed.append(exc)
 
     def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
                              form: str) -> Iterator[tuple]:
@@ -677,11 +693,17 @@ class PostgresView:
                 item = (attachment_id, session_id, None, uri, intent_at)
             yield item
 
-    @staticmethod
-    def rendered_row(item: tuple) -> Row:
-        """The ``Row`` of an ``uncommitted_rendered`` item (uncommitted; owners are not listed)."""
+    def rendered_row(self, item: tuple) -> Row | None:
+        """The ``Row`` of an ``uncommitted_rendered`` item (uncommitted; owners
+        are not listed); None for a row a tolerant view skips."""
         attachment_id, session_id, _text, uri, intent_at = item
-        return _row((session_id, attachment_id, uri, intent_at, None, None, None))
+        try:
+            return _row((session_id, attachment_id, uri, intent_at, None, None, None))
+        except Corrupt as exc:
+            if not self.tolerant:
+                raise
+            self.malformed.append(exc)
+            return None
 
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
         """For each id with an uncommitted row at or before the cutoff, every row of it, in id order."""

@@ -149,4 +149,4 @@ def end_inspection(state: AppState, store, view) -> None:
 
     for exc in malformed:
         state.ui.warn(describe_malformed(exc))
-    raise malformed_error(SimpleNamespace(malformed=malformed), store.manifest.path)
+    raise malformed_error(SimpleNamespace(malformed=malformed), getattr(store.manifest, "path", store.manifest.name))
