@@ -33,6 +33,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -482,10 +483,11 @@ class S3Blobs:
 
         Memory stays flat: the bytes pass through one 1 MiB buffer.
         """
+        where = staging_dir()
         try:
-            fd, path = tempfile.mkstemp(prefix="lashctl-s3-", suffix=".part")  # mode 0600
+            fd, path = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=".part", dir=where)  # mode 0600
         except OSError as exc:
-            raise StoreIOError.wrap("create staging file in", tempfile.gettempdir(), exc) from exc
+            raise StoreIOError.wrap("create staging file in", where, exc) from exc
         digest = hashlib.sha256()
         byte_len = 0
         head = b""
@@ -802,6 +804,61 @@ class S3Blobs:
                 return None
             obstore.delete(self._store, [blob, sidecar] if has_sidecar else [blob])
         return self._url(target)
+
+
+_STAGING_SWEPT = False  # whether this process has cleared what dead ones left
+
+
+def staging_dir() -> Path:
+    """The private directory (mode 0700) where puts to an object store stage
+    their bytes: ``<temp dir>/lashctl-s3-staging-<uid>``, created on first use.
+
+    Files are named ``<pid>-<random>.part``. The first call of a process
+    removes the files of processes that no longer run (a put killed with
+    SIGKILL cannot remove its own); a directory that is not ours, or not a
+    directory, is refused (StoreIOError) rather than used.
+    """
+    global _STAGING_SWEPT
+    where = Path(tempfile.gettempdir()) / f"lashctl-s3-staging-{os.getuid()}"
+    try:
+        os.mkdir(where, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreIOError.wrap("create staging directory", where, exc) from exc
+    try:
+        st = os.lstat(where)
+    except OSError as exc:
+        raise StoreIOError.wrap("stat staging directory", where, exc) from exc
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise StoreIOError(f"staging directory {where} is not a private directory of this user: "
+                           "refusing to stage there (remove it, or set TMPDIR)")
+    if not _STAGING_SWEPT:
+        _STAGING_SWEPT = True
+        _remove_dead_staging(where)
+    return where
+
+
+def _remove_dead_staging(where: Path) -> None:
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return
+    for name in names:
+        pid, dash, _rest = name.partition("-")
+        if not (dash and name.endswith(".part") and pid.isdigit()) or _process_alive(int(pid)):
+            continue
+        _unlink_quietly(where / name)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's, say)
+    return True
 
 
 def _unlink_quietly(path: object) -> None:

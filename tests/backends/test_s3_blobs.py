@@ -121,7 +121,7 @@ def test_stage_hashes_into_a_private_temp_file(backend):
         assert staged.head == data[:64 * 1024]
         assert seen == [1024 * 1024] * 3 + [17]
         path = staged.handle
-        assert os.path.dirname(path) == tempfile.gettempdir()
+        assert os.path.dirname(path) == os.path.join(tempfile.gettempdir(), f"lashctl-s3-staging-{os.getuid()}")
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         with backend.open_staged(staged) as handle:
             assert handle.read() == data
@@ -698,3 +698,29 @@ def test_stat_many_listing_gets_past_many_odd_keys_and_folder_markers(backend, s
     assert done["stats"] == {i: backend.stat(i) for i in wanted}
     assert done["stats"][marker] is None
     assert [done["stats"][i].size for i in ids] == list(range(1, 9))
+
+
+def test_staging_files_of_a_killed_put_are_removed_by_the_next_one(backend, tmp_path, monkeypatch):
+    """An S3 put stages in a private directory, files named by their process:
+    the next put removes those of processes that are gone (a SIGKILLed put),
+    never those of one still running."""
+    import subprocess
+    import sys as _sys
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    m = _mod()
+    monkeypatch.setattr(m, "_STAGING_SWEPT", False)
+    staging = m.staging_dir()
+    assert staging.parent == tmp_path and stat.S_IMODE(staging.stat().st_mode) == 0o700
+    gone = subprocess.run([_sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dead = staging / f"{gone}-abcdef.part"
+    alive = staging / f"{os.getpid()}-123456.part"
+    other = staging / "notes.txt"
+    for path in (dead, alive, other):
+        path.write_bytes(b"left over")
+    monkeypatch.setattr(m, "_STAGING_SWEPT", False)  # a new process: its first stage sweeps
+    staged = backend.stage(io.BytesIO(b"new bytes"), "new")
+    assert staged.handle.startswith(str(staging)) and f"/{os.getpid()}-" in staged.handle
+    assert not dead.exists() and alive.exists() and other.exists()
+    backend.discard(staged)
