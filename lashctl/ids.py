@@ -49,8 +49,7 @@ class IdQuery(FrozenRecord):
     __slots__ = ("text", "hex")
 
     def __init__(self, text: str, hex: str) -> None:
-        object.__setattr__(self, "text", text)
-        object.__setattr__(self, "hex", hex)
+        self._set(text, hex)
 
     @property
     def is_full(self) -> bool:

@@ -43,9 +43,14 @@ class Record:
 class FrozenRecord(Record):
     """A ``Record`` whose fields cannot change once set; hashable by them.
 
-    ``__init__`` sets fields with ``object.__setattr__``."""
+    ``__init__`` sets the fields with ``_set`` (or ``object.__setattr__``)."""
 
     __slots__ = ()
+
+    def _set(self, *values: object) -> None:
+        """Set the fields, in ``__slots__`` order (for ``__init__``)."""
+        for name, value in zip(self.__slots__, values):
+            object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"cannot assign to field {name!r} of a frozen {type(self).__name__}")

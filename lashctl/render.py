@@ -321,11 +321,7 @@ class Field(FrozenRecord):
 
     def __init__(self, key: str, get: Callable[[Any], Any], col: Col | None = None,
                  cell: Callable[[Any], Any] | None = None) -> None:
-        setattr_ = object.__setattr__
-        setattr_(self, "key", key)
-        setattr_(self, "get", get)
-        setattr_(self, "col", col)
-        setattr_(self, "cell", cell)
+        self._set(key, get, col, cell)
 
     def cell_of(self, record: Any) -> Any:
         return self.get(record) if self.cell is None else self.cell(record)

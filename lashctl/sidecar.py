@@ -30,13 +30,7 @@ class Metadata(FrozenRecord):
 
     def __init__(self, attachment_id: str, media_type: str, byte_len: int, width: int | None = None,
                  height: int | None = None, label: str | None = None) -> None:
-        setattr_ = object.__setattr__
-        setattr_(self, "attachment_id", attachment_id)
-        setattr_(self, "media_type", media_type)
-        setattr_(self, "byte_len", byte_len)
-        setattr_(self, "width", width)
-        setattr_(self, "height", height)
-        setattr_(self, "label", label)
+        self._set(attachment_id, media_type, byte_len, width, height, label)
 
     def to_json_dict(self) -> dict:
         """The sidecar object, keys in lash-core's order, absent optionals omitted."""

@@ -43,13 +43,7 @@ class BlobStat(FrozenRecord):
 
     def __init__(self, size: int, mtime_ms: int, kind: str = FILE, links: int = 1, size_on_disk: int | None = None,
                  token: object = None) -> None:
-        setattr_ = object.__setattr__
-        setattr_(self, "size", size)
-        setattr_(self, "mtime_ms", mtime_ms)
-        setattr_(self, "kind", kind)
-        setattr_(self, "links", links)
-        setattr_(self, "size_on_disk", size_on_disk)
-        setattr_(self, "token", token)
+        self._set(size, mtime_ms, kind, links, size_on_disk, token)
 
     @property
     def is_file(self) -> bool:
@@ -76,20 +70,16 @@ class Found(FrozenRecord):
     ``area`` is ``"blobs"`` (under ``sha256/``) or ``"staging"`` (litter of an
     interrupted write: ``tmp/``, an unfinished multipart upload, a
     compaction's leftover beside the manifest). ``name`` is relative to the
-    area (``ab/abcd….json``); ``where`` is how to show it to a person.
+    area (``ab/abcd….json``); ``where`` is how to show it to a person;
+    ``handle`` is what the backend needs to remove exactly this; ``reason``,
+    for staging litter, what left it.
     """
 
     __slots__ = ("area", "name", "where", "stat", "handle", "reason")
 
     def __init__(self, area: str, name: str, where: str, stat: BlobStat, handle: object = None,
                  reason: str | None = None) -> None:
-        setattr_ = object.__setattr__
-        setattr_(self, "area", area)
-        setattr_(self, "name", name)
-        setattr_(self, "where", where)
-        setattr_(self, "stat", stat)
-        setattr_(self, "handle", handle)  # what the backend needs to remove exactly this
-        setattr_(self, "reason", reason)  # for staging litter: what left it
+        self._set(area, name, where, stat, handle, reason)
 
 
 class BlobBackend(Protocol):

@@ -86,10 +86,7 @@ class FileIdentity(FrozenRecord):
     __slots__ = ("dev", "ino", "size", "mtime_ns")
 
     def __init__(self, dev: int, ino: int, size: int, mtime_ns: int) -> None:
-        object.__setattr__(self, "dev", dev)
-        object.__setattr__(self, "ino", ino)
-        object.__setattr__(self, "size", size)
-        object.__setattr__(self, "mtime_ns", mtime_ns)
+        self._set(dev, ino, size, mtime_ns)
 
     @classmethod
     def of(cls, st: os.stat_result) -> "FileIdentity":

@@ -226,6 +226,18 @@ def _row(values: tuple) -> Row:
                intent_at, committed_at, owner_kind, owner_id)
 
 
+def _uncommitted_where(cutoff_ms: int | None, session: str | None) -> tuple[str, tuple]:
+    """The WHERE clause (and its parameters) of uncommitted rows at or before a cutoff, of a session."""
+    conds, params = ["committed_at_ms IS NULL"], []
+    if cutoff_ms is not None:
+        conds.append("intent_at_ms <= %s")
+        params.append(cutoff_ms)
+    if session is not None:
+        conds.append("session_id = %s")
+        params.append(session)
+    return " AND ".join(conds), tuple(params)
+
+
 def _prefix_upper(prefix: str) -> str | None:
     """The least string above every string that starts with ``prefix`` (byte order)."""
     while prefix:
@@ -640,23 +652,23 @@ class PostgresView:
 
     def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
         """Uncommitted rows with intent at or before the cutoff: oldest first, then by id, then session."""
-        conds, params = ["committed_at_ms IS NULL"], []
-        if cutoff_ms is not None:
-            conds.append("intent_at_ms <= %s")
-            params.append(cutoff_ms)
-        if session is not None:
-            conds.append("session_id = %s")
-            params.append(session)
-        sql = (f"SELECT {_COLS} FROM {TABLE} WHERE {' AND '.join(conds)}"
-               f" ORDER BY intent_at_ms, {_ID}, {_SESSION}")
-        for values in self._stream(sql, tuple(params)):
+        where, params = _uncommitted_where(cutoff_ms, session)
+        sql = f"SELECT {_COLS} FROM {TABLE} WHERE {where} ORDER BY intent_at_ms, {_ID}, {_SESSION}"
+        for values in self._stream(sql, params):
+            row = self._trusted(values)
+            if row is not None:
+                yield row
+
+    def _trusted(self, values: tuple) -> Row | None:
+        """The row of these column values; a tolerant view keeps why it cannot
+        trust one (and returns None) where another raises Corrupt."""
+        try:
+            return _row(values)
+        except Corrupt as exc:
             if not self.tolerant:
-                yield _row(values)
-                continue
-            try:
-                yield _row(values)
-            except Corrupt as exc:
-                self.malformed.append(exc)
+                raise
+            self.malformed.append(exc)
+            return None
 
     def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
                              form: str) -> Iterator[tuple]:
@@ -669,20 +681,14 @@ class PostgresView:
         PostgreSQL cannot be trusted to write it byte for byte;
         ``rendered_row`` turns an item into its ``Row``.
         """
-        conds, params = ["committed_at_ms IS NULL"], [now]
-        if cutoff_ms is not None:
-            conds.append("intent_at_ms <= %s")
-            params.append(cutoff_ms)
-        if session is not None:
-            conds.append("session_id = %s")
-            params.append(session)
+        where, params = _uncommitted_where(cutoff_ms, session)
         sql = (f"SELECT r.attachment_id, r.session_id, CASE WHEN r.intent_at_ms BETWEEN 0 AND {_LAST_MS}"
                f" THEN {_PG_RENDER[form]} END, r.canonical_uri, r.intent_at_ms"
                f" FROM (SELECT {_COLS}, coalesce(canonical_uri, '{URI_SCHEME}' || attachment_id) AS uri,"
-               f" %s - intent_at_ms AS age FROM {TABLE} WHERE {' AND '.join(conds)}) AS r"
+               f" %s - intent_at_ms AS age FROM {TABLE} WHERE {where}) AS r"
                f" ORDER BY r.intent_at_ms, r.{_ID}, r.{_SESSION}")
         tsv = form == "tsv"
-        for item in self._stream(sql, tuple(params)):
+        for item in self._stream(sql, (now, *params)):
             attachment_id, session_id, text, uri, intent_at = item
             # One pass over the text that must be printable ASCII (the id too:
             # then its length and hex digits make it a valid id).
@@ -697,13 +703,7 @@ class PostgresView:
         """The ``Row`` of an ``uncommitted_rendered`` item (uncommitted; owners
         are not listed); None for a row a tolerant view skips."""
         attachment_id, session_id, _text, uri, intent_at = item
-        try:
-            return _row((session_id, attachment_id, uri, intent_at, None, None, None))
-        except Corrupt as exc:
-            if not self.tolerant:
-                raise
-            self.malformed.append(exc)
-            return None
+        return self._trusted((session_id, attachment_id, uri, intent_at, None, None, None))
 
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
         """For each id with an uncommitted row at or before the cutoff, every row of it, in id order."""
