@@ -255,8 +255,14 @@ class JsonlManifest:
             return folded.lines, compacted_lines(len(folded.rows), committed), len(folded.rows)
         with self.log.locked():
             folded = self.log.read_state()
-            after = self.log.compact(folded) if self.log.path.exists() else 0
+            after = self.compact(folded) if self.log.path.exists() else 0
         return folded.lines, after, len(folded.rows)
+
+    def compact(self, state: ManifestState) -> int:
+        """Rewrite the log as ``state`` (under its lock) and keep that state as its cache."""
+        from lashctl.backends.jsonl_cache import compact
+
+        return compact(self.log, state)
 
     def read_state(self, tolerant: bool = False) -> ManifestState:
         """The whole log folded in memory (``manifest compact`` and ``check`` need it)."""

@@ -246,6 +246,12 @@ class _Batch:
         self.pending.clear()
 
 
+def compact(manifest: "Manifest", state: ManifestState) -> int:
+    """``manifest.compact(state)`` (under its lock), then the state it wrote
+    stored as the new file's cache: the next command folds nothing again."""
+    return manifest.compact(state, written=lambda data, lines: store_compacted(manifest, state.rows, data, lines))
+
+
 def store_compacted(manifest: "Manifest", rows: dict[tuple[str, str], Row], data: bytes, lines: int) -> None:
     """After ``manifest.compact`` wrote ``data`` (``lines`` lines) as the
     manifest, under its lock: store ``rows``, its folded state, as the

@@ -589,10 +589,12 @@ class Manifest:
         write_file_atomic(target, tail)
         return target
 
-    def compact(self, state: ManifestState) -> int:
+    def compact(self, state: ManifestState, written: Callable[[bytes, int], None] | None = None) -> int:
         """Rewrite the manifest as ``state`` atomically. Must hold the lock.
 
-        Returns the number of lines written.
+        Returns the number of lines written; ``written`` is told the bytes
+        and the line count once they are the manifest (``jsonl_cache.compact``
+        stores the state as the new file's cache there).
         """
         if self._lock_fd is None:
             raise RuntimeError("Manifest.compact called without holding the lock")
@@ -610,11 +612,8 @@ class Manifest:
         # cross file systems, and a symlinked manifest stays a symlink.
         write_file_atomic(self.path, data)
         cachedir.record_own_write(self.path, before, None, cachedir.REWRITE)
-        # The state is at hand: store it as the new file's cache, so that the
-        # next command does not fold the new log again.
-        from lashctl.backends.jsonl_cache import store_compacted
-
-        store_compacted(self, state.rows, data, len(events))
+        if written is not None:
+            written(data, len(events))
         return len(events)
 
     # -- litter ------------------------------------------------------------------

@@ -365,7 +365,7 @@ def test_compaction_leaves_a_ready_cache(big, mpath: Path, monkeypatch) -> None:
     keys = copy_big(big, mpath)
     m = Manifest(mpath, warn=Recorder())
     with m.locked():
-        m.compact(m.read_state())
+        index_mod.compact(m, m.read_state())
     info = meta(mpath)
     assert info["ino"] == str(mpath.stat().st_ino)
     assert info["offset"] == mpath.stat().st_size
