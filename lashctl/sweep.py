@@ -144,6 +144,7 @@ class ReclaimReport:
     dry_run: bool
     scanned_intents: int = 0
     items: list[ReclaimItem] = field(default_factory=list)
+    kept_for_owners: int = 0  # aged intents of lash owners not proven dead: neither swept nor forgotten
 
     @property
     def blobs_reclaimed(self) -> int:
@@ -207,7 +208,8 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
         if planned is not None:
             planned(len(plan))
         shared = not getattr(store.manifest, "blocks_writers", True)
-        report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned)
+        report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned,
+                               kept_for_owners=scanned - sum(len(aged) for _id, aged, _live in plan))
         forgets: list[Event] = []
         touched: list[str] = []
         for start in range(0, len(plan), SWEEP_BATCH):

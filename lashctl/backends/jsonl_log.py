@@ -697,11 +697,12 @@ def describe_malformed(exc: Corrupt) -> str:
     return f"{exc.message}: {shown}"
 
 
-def malformed_error(state: ManifestState, path: Path) -> Corrupt:
-    """The exit-65 error a tolerant reader raises once it has shown everything."""
+def malformed_error(state: ManifestState, path: Path | str, unit: str = "line") -> Corrupt:
+    """The exit-65 error a tolerant reader raises once it has shown everything
+    (``unit``: what the manifest is made of, "line" or a database's "row")."""
     first, more = state.malformed[0], len(state.malformed) - 1
-    also = f" (and {more} more malformed line(s))" if more else ""
-    return Corrupt(f"{first.message}{also}; the other lines were read: destructive commands refuse "
+    also = f" (and {more} more malformed {unit}(s))" if more else ""
+    return Corrupt(f"{first.message}{also}; the other {unit}s were read: destructive commands refuse "
                    f"manifest {path} until it is repaired")
 
 

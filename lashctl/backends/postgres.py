@@ -472,7 +472,7 @@ class PostgresManifest:
                 conn.read_only = True
                 self._check_shape(conn)
             try:
-                yield PostgresView(self, conn, autocommit=False, tolerant=tolerant)
+                yield PostgresView(self, conn, autocommit=False, tolerant=tolerant, read_only=True)
             finally:
                 if not conn.closed:
                     try:
@@ -526,10 +526,11 @@ class PostgresView:
     """``ManifestView`` and ``ManifestWriter`` on one connection."""
 
     def __init__(self, backend: PostgresManifest, conn: "psycopg.Connection", autocommit: bool,
-                 tolerant: bool = False) -> None:
+                 tolerant: bool = False, read_only: bool = False) -> None:
         self.backend = backend
         self.conn = conn
         self.autocommit = autocommit
+        self.read_only = read_only
         # A tolerant view (a listing) skips rows it cannot trust, keeping why
         # here, as a tolerant read of a JSON-lines log skips malformed lines.
         self.tolerant = tolerant
@@ -599,14 +600,18 @@ class PostgresView:
 
     # -- ManifestView ----------------------------------------------------------------
     def rows_for_keys(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row]:
+        """The rows of these keys. In a write transaction they are also locked
+        (in key order) until it ends: what a writer decides from them (commit's
+        status) stays true, since a sweep's forget of such a row waits for it."""
         if not keys:
             return {}
         sessions = [k[0] for k in keys]
         ids = [k[1] for k in keys]
+        lock = f" ORDER BY m.{_SESSION}, m.{_ID} FOR UPDATE OF m" if not self.autocommit and not self.read_only else ""
         with self.backend._errors():
             found = self.conn.execute(
                 f"SELECT {_M_COLS} FROM unnest(%s::text[], %s::text[]) AS k(session_id, attachment_id)"
-                f" JOIN {TABLE} AS m ON m.session_id = k.session_id AND m.attachment_id = k.attachment_id",
+                f" JOIN {TABLE} AS m ON m.session_id = k.session_id AND m.attachment_id = k.attachment_id{lock}",
                 (sessions, ids)).fetchall()
         return {(r[0], r[1]): _row(r) for r in found}
 

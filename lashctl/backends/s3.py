@@ -846,7 +846,7 @@ def _remove_dead_staging(where: Path) -> None:
         return
     for name in names:
         pid, dash, _rest = name.partition("-")
-        if not (dash and name.endswith(".part") and pid.isdigit()) or _process_alive(int(pid)):
+        if not (dash and name.endswith(".part") and pid.isascii() and pid.isdigit()) or _process_alive(int(pid)):
             continue
         _unlink_quietly(where / name)
 
@@ -854,7 +854,7 @@ def _remove_dead_staging(where: Path) -> None:
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
         return False
     except OSError:
         return True  # it exists (another user's, say)

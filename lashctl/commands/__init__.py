@@ -149,4 +149,6 @@ def end_inspection(state: AppState, store, view) -> None:
 
     for exc in malformed:
         state.ui.warn(describe_malformed(exc))
-    raise malformed_error(SimpleNamespace(malformed=malformed), getattr(store.manifest, "path", store.manifest.name))
+    path = getattr(store.manifest, "path", None)  # None: a database, made of rows
+    raise malformed_error(SimpleNamespace(malformed=malformed), path or store.manifest.name,
+                          "line" if path is not None else "row")

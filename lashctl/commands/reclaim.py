@@ -66,17 +66,20 @@ def reclaim(
         "blobs_reclaimed": report.blobs_reclaimed,
         "bytes_freed": report.bytes_freed,
         "rows_released": report.rows_released,
+        "intents_kept_for_owners": report.kept_for_owners,
         "failures": len(report.failures),
     })
     prefix = "dry run: " if dry_run else ""
+    kept = (f"{report.kept_for_owners} aged intent(s) kept: their lash owners are not proven dead "
+            "(`lashctl show ID` says which)") if report.kept_for_owners else ""
     if not report.items:
-        state.ui.info(f"{prefix}nothing to reclaim: no uncommitted intent at or before {iso_ms(cutoff)}")
+        state.ui.info(f"{prefix}nothing to reclaim: " + (kept or f"no uncommitted intent at or before {iso_ms(cutoff)}"))
     else:
         state.ui.info(
             f"{prefix}{'would reclaim' if dry_run else 'reclaimed'} {report.blobs_reclaimed} blob(s), "
             f"{human_bytes(report.bytes_freed)}; released {report.rows_released} row(s); "
             f"scanned {report.scanned_intents} uncommitted intent(s) at or before {iso_ms(cutoff)}; "
-            f"{len(report.failures)} failure(s)"
+            f"{len(report.failures)} failure(s)" + (f"; {kept}" if kept else "")
         )
     if report.failures:
         failed = ", ".join(i.attachment_id for i in report.failures)

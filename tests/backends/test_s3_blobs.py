@@ -717,10 +717,13 @@ def test_staging_files_of_a_killed_put_are_removed_by_the_next_one(backend, tmp_
     dead = staging / f"{gone}-abcdef.part"
     alive = staging / f"{os.getpid()}-123456.part"
     other = staging / "notes.txt"
-    for path in (dead, alive, other):
+    impossible = staging / "99999999999999999999-x.part"  # no process has such a pid
+    foreign_digits = staging / "\u0661\u0662\u0663-x.part"  # not ASCII digits: not a name lashctl gives
+    for path in (dead, alive, other, impossible, foreign_digits):
         path.write_bytes(b"left over")
     monkeypatch.setattr(m, "_STAGING_SWEPT", False)  # a new process: its first stage sweeps
     staged = backend.stage(io.BytesIO(b"new bytes"), "new")
     assert staged.handle.startswith(str(staging)) and f"/{os.getpid()}-" in staged.handle
-    assert not dead.exists() and alive.exists() and other.exists()
+    assert not dead.exists() and not impossible.exists()
+    assert alive.exists() and other.exists() and foreign_digits.exists()
     backend.discard(staged)

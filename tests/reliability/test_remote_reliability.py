@@ -635,7 +635,9 @@ def test_misconfiguration_is_one_line_and_creates_nothing(case, remote: Remote, 
         assert not result.stdout.strip(), f"{case}/{command}: output on stdout: {result.stdout!r}"
         # Nothing created: no object, no row, no table, no bucket, no temporary file.
         assert (r.rows(), {k: o["ETag"] for k, o in r.objects().items()}) == before, f"{case}/{command} changed the store"
-        assert not list(scratch.iterdir()), f"{case}/{command} left {list(scratch.iterdir())}"
+        # (the private staging directory of S3 puts may stay, empty: README, "Beyond one machine")
+        left = [p for p in scratch.rglob("*") if p.name != f"lashctl-s3-staging-{os.getuid()}"]
+        assert not left, f"{case}/{command} left {left}"
         if empty_db is not None:
             assert Remote(r.endpoint, r.bucket, empty_db).sql("SELECT to_regclass(%s)", (TABLE,)) == [(None,)]
         if case == "bucket-missing":

@@ -137,3 +137,72 @@ def test_a_commit_during_a_long_sweep_never_stamps_a_deleted_blobs_row_unreporte
         rows_a = view.rows_for_id(a)
     actions = {i.attachment_id: i.action for i in report.items}
     assert rows_a == [] or actions[a] == sweep.DELETED_WHILE_REFERENCED, (rows_a, actions)
+
+
+def test_a_commit_racing_a_sweeps_forget_is_never_reported_committed_for_a_row_that_went(shared, monkeypatch):
+    """commit reads its rows, then stamps them. A sweep that forgets the row
+    in between (after deleting the bytes) must not leave commit saying
+    "committed" for a row that is gone: commit's read locks the rows it will
+    stamp, so the sweep waits and then reports the loss, or commit finds no
+    intent."""
+    import threading
+
+    from lashctl import transfer
+    from lashctl.backends.postgres import PostgresView
+    from lashctl.ids import parse_id
+
+    a = _blob(shared, b"committed during the sweep")
+    with shared.manifest.writing() as writer:
+        writer.append([Event.intent(a, "s", 500)])
+    read_done, sweep_done = threading.Event(), threading.Event()
+    outcome: dict = {}
+    real_rows = PostgresView.rows_for_keys
+
+    def slow_rows(view, keys):
+        rows = real_rows(view, keys)
+        if keys == [("s", a)]:
+            read_done.set()
+            sweep_done.wait(3)  # the sweep runs now (or waits for this transaction)
+        return rows
+
+    monkeypatch.setattr(PostgresView, "rows_for_keys", slow_rows)
+
+    def committer():
+        outcome["commit"] = transfer.commit(shared, "s", [parse_id(a)])
+
+    worker = threading.Thread(target=committer)
+    worker.start()
+    assert read_done.wait(10)
+    sweeper = core.Store(shared.blobs.root, shared.manifest.url)
+    outcome["sweep"] = sweep.reclaim(sweeper, 1_600_000_000_000 + 1)
+    sweep_done.set()
+    worker.join(20)
+    (result,) = outcome["commit"]
+    actions = {i.attachment_id: i.action for i in outcome["sweep"].items}
+    with shared.manifest.reading() as view:
+        rows = view.rows_for_id(a)
+    if result.status == transfer.COMMITTED:
+        assert rows and rows[0].committed
+        assert actions.get(a) in (None, sweep.DELETED_WHILE_REFERENCED, sweep.RELEASE), actions
+    else:
+        assert result.status == transfer.NO_INTENT and rows == []
+
+
+def test_reclaim_says_how_many_aged_intents_it_kept_for_their_lash_owners(shared, cli, store):
+    import json
+
+    import psycopg
+
+    a = _blob(shared, b"only owned rows")
+    with psycopg.connect(shared.manifest.url, autocommit=True) as conn:
+        for session in ("z1", "z2"):
+            conn.execute("INSERT INTO lash_attachment_manifest VALUES (%s, %s, 'u', 1000, NULL, 'turn', 't1')",
+                         (a, session))
+    report = sweep.reclaim(shared, 1_600_000_000_000 + 1, dry_run=True)
+    assert report.items == [] and report.scanned_intents == 2 and report.kept_for_owners == 2
+    args = ["--store", str(shared.blobs.root), "--manifest", shared.manifest.url]
+    human = cli(*args[2:], "reclaim", "--dry-run", "--before", "2020-09-13T12:26:40Z")
+    assert human.exit_code == 0, human.stderr
+    assert "2 aged intent(s)" in human.stderr and "lash owner" in human.stderr
+    document = json.loads(cli(*args[2:], "--json", "reclaim", "--dry-run", "--before", "2020-09-13T12:26:40Z").stdout)
+    assert document["intents_kept_for_owners"] == 2
