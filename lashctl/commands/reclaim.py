@@ -66,7 +66,6 @@ def reclaim(
         "blobs_reclaimed": report.blobs_reclaimed,
         "bytes_freed": report.bytes_freed,
         "rows_released": report.rows_released,
-        "intents_kept_for_owners": report.kept_for_owners,
         "failures": len(report.failures),
     })
     prefix = "dry run: " if dry_run else ""
