@@ -650,6 +650,8 @@ class S3Blobs:
         sidecar's (only keys of the same blob id sort between them): keeping
         the last blob id seen detects orphan sidecars in O(1) memory.
         ``quarantine/`` holds no strays; keys outside ``sha256/`` are not lash's.
+        An empty folder marker (``<key>/``, which the library lists as
+        ``<key>``) is skipped: no object of that name exists to remove.
 
         Unfinished multipart uploads (the object-store form of staging litter)
         are not found: obstore exposes no ListMultipartUploads, and this
@@ -669,6 +671,8 @@ class S3Blobs:
                     blob_id = rest[: -len(SIDECAR_SUFFIX)]
                     if is_valid_id(blob_id) and blob_id == last_blob:
                         continue
+            if int(meta["size"]) == 0 and self._head(key) is None:
+                continue  # a folder marker "<key>/", listed without its slash: no object of that name
             yield Found(area="blobs", name=name, where=self._url(key), stat=_stat_of(meta), handle=key)
 
     def remove(self, found: Found) -> None:

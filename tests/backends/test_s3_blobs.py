@@ -727,3 +727,16 @@ def test_staging_files_of_a_killed_put_are_removed_by_the_next_one(backend, tmp_
     assert not dead.exists() and not impossible.exists()
     assert alive.exists() and other.exists() and foreign_digits.exists()
     backend.discard(staged)
+
+
+def test_a_folder_marker_alone_is_neither_a_blob_nor_a_sidecar(backend, s3_bucket, client):
+    """A folder marker ``<id>/`` or ``<id>.json/`` with no object of its own
+    (the library lists it without its slash) is no blob for iter_ids and no
+    orphan sidecar for walk: gc would "delete" a key that is not there, on
+    every run, and verify would call a blob it listed unreadable."""
+    real = put_blob(backend, b"a real blob")
+    ghost = sha(b"only a marker")
+    for key in (f"team/lash/sha256/{ghost[:2]}/{ghost}/", f"team/lash/sha256/{ghost[:2]}/{ghost}.json/"):
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"")
+    assert list(backend.iter_ids()) == [real]
+    assert [f.name for f in backend.walk()] == []
