@@ -49,13 +49,18 @@ class CacheView:
 
     def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
                              form: str) -> Iterator[tuple] | None:
-        """``(attachment_id, session_id, text)`` items rendered by the cache's
-        SQLite (``ManifestIndex.uncommitted_rendered``); None where it cannot."""
+        """``(attachment_id, session_id, text, uri, intent_at)`` items rendered
+        with the cache's SQLite (``ManifestIndex.uncommitted_rendered``); None
+        where it cannot."""
         return self.index.uncommitted_rendered(cutoff_ms, session, now, form)
 
-    def rendered_row(self, item: tuple) -> Row:
-        key = (item[1], item[0])
-        return self.index.rows_for_keys([key])[key]
+    @staticmethod
+    def rendered_row(item: tuple) -> Row:
+        """The uncommitted ``Row`` an ``uncommitted_rendered`` item stands for,
+        from the item itself (the snapshot the listing reads, whatever was
+        appended since)."""
+        attachment_id, session_id, _text, uri, intent_at = item
+        return Row(session_id, attachment_id, uri, intent_at)
 
     def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
         return self.index.rows_by_id(prefix)

@@ -120,31 +120,33 @@ _ISO = ("strftime('%Y-%m-%dT%H:%M:%S', intent_at / 1000, 'unixepoch')"
         " || printf('.%03dZ', intent_at % 1000)")
 
 
-def _json_rendered(rows: list[tuple]) -> Iterator[tuple[str, str, str | None]]:
-    """(id, session, the row's compact JSON object as list-uncommitted writes it, or None)."""
+def _json_rendered(rows: list[tuple]) -> Iterator[tuple]:
+    """(id, session, the row's compact JSON object as list-uncommitted writes it
+    or None, its URI, its intent time)."""
     for attachment_id, session_id, uri, intent_at, iso, age in rows:
         probe = session_id + uri
         if not (probe.isascii() and probe.isprintable()):
-            yield attachment_id, session_id, None
+            yield attachment_id, session_id, None, uri, intent_at
         elif '"' in probe or "\\" in probe:
             yield attachment_id, session_id, json.dumps(
                 {"id": attachment_id, "session_id": session_id, "canonical_uri": uri, "intent_at_epoch_ms": intent_at,
                  "intent_at": iso, "age_ms": age, "byte_len": None, "media_type": None, "label": None,
-                 "bytes_present": False}, separators=(",", ":"))
+                 "bytes_present": False}, separators=(",", ":")), uri, intent_at
         else:
             yield attachment_id, session_id, (
                 f'{{"id":"{attachment_id}","session_id":"{session_id}","canonical_uri":"{uri}",'
                 f'"intent_at_epoch_ms":{intent_at},"intent_at":"{iso}","age_ms":{age},"byte_len":null,'
-                '"media_type":null,"label":null,"bytes_present":false}')
+                '"media_type":null,"label":null,"bytes_present":false}'), uri, intent_at
 
 
-def _tsv_rendered(rows: list[tuple]) -> Iterator[tuple[str, str, str | None]]:
-    """(id, session, the row's TSV line without its newline, or None)."""
-    for attachment_id, session_id, _uri, _intent_at, iso, age in rows:
+def _tsv_rendered(rows: list[tuple]) -> Iterator[tuple]:
+    """(id, session, the row's TSV line without its newline or None, its URI, its intent time)."""
+    for attachment_id, session_id, uri, intent_at, iso, age in rows:
         if session_id.isascii() and session_id.isprintable() and "\\" not in session_id:
-            yield attachment_id, session_id, f"{attachment_id}\t{session_id}\t{iso}\t{age_text(age)}\t-\t-\t-\tmissing"
+            yield (attachment_id, session_id,
+                   f"{attachment_id}\t{session_id}\t{iso}\t{age_text(age)}\t-\t-\t-\tmissing", uri, intent_at)
         else:
-            yield attachment_id, session_id, None
+            yield attachment_id, session_id, None, uri, intent_at
 
 
 _RENDER = {"json": _json_rendered, "tsv": _tsv_rendered}
@@ -509,7 +511,7 @@ class ManifestIndex:
                              form: str) -> Iterator[tuple[str, str, str | None]] | None:
         """``uncommitted`` with each row already rendered by SQLite, for listings.
 
-        Yields ``(attachment_id, session_id, text)`` in ``uncommitted``'s order,
+        Yields ``(attachment_id, session_id, text, uri, intent_at)`` in ``uncommitted``'s order,
         where ``text`` is the row exactly as ``list-uncommitted`` prints it on a
         pipe (``form`` "json": its compact JSON object; "tsv": its line without
         the newline) *for a row whose bytes and sidecar are absent*; ``text`` is
@@ -550,7 +552,10 @@ class ManifestIndex:
             while part := cursor.fetchmany(2000):
                 yield from render(part)
         finally:
-            cursor.close()
+            try:
+                cursor.close()
+            except sqlite3.ProgrammingError:
+                pass  # the view closed the database first (its command is failing): nothing to close
 
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
         """For each id with an uncommitted row at or before ``cutoff_ms``, every
