@@ -232,6 +232,46 @@ class ManifestBackend(Protocol):
         """Delete one item ``litter`` found."""
 
 
+_HEX = "0123456789abcdef"
+
+
+def rendered_uncommitted(rows: Iterable[tuple], form: str) -> Iterator[tuple]:
+    """list-uncommitted's text for rows without bytes or sidecar, rendered as
+    ``lashctl.commands.list_uncommitted`` writes them on a pipe (``form``
+    "json": its compact object, keys in its order; "tsv": its line without
+    the newline), for manifests whose database selects the rows in order.
+
+    Takes ``(id, session, uri, intent_at, iso, age)`` (``iso``: the intent
+    time as the database wrote it, None when outside 1970-9999); yields
+    ``(id, session, text, uri, intent_at)``. ``text`` is None unless the
+    template is exact: a valid id, a non-empty session and (JSON) URI of
+    printable ASCII, no backslash in a TSV session. Such rows are rendered
+    like rows with bytes."""
+    from lashctl.timefmt import age_text
+
+    tsv = form == "tsv"
+    for attachment_id, session_id, uri, intent_at, iso, age in rows:
+        probe = attachment_id + session_id if tsv else attachment_id + session_id + uri
+        text = None
+        if (iso is not None and session_id and probe.isascii() and probe.isprintable()
+                and len(attachment_id) == 64 and not attachment_id.strip(_HEX)):
+            if tsv:
+                if "\\" not in session_id:
+                    text = f"{attachment_id}\t{session_id}\t{iso}\t{age_text(age)}\t-\t-\t-\tmissing"
+            elif '"' in probe or "\\" in probe:
+                import json
+
+                text = json.dumps({"id": attachment_id, "session_id": session_id, "canonical_uri": uri,
+                                   "intent_at_epoch_ms": intent_at, "intent_at": iso, "age_ms": age,
+                                   "byte_len": None, "media_type": None, "label": None, "bytes_present": False},
+                                  separators=(",", ":"))
+            else:
+                text = (f'{{"id":"{attachment_id}","session_id":"{session_id}","canonical_uri":"{uri}",'
+                        f'"intent_at_epoch_ms":{intent_at},"intent_at":"{iso}","age_ms":{age},"byte_len":null,'
+                        '"media_type":null,"label":null,"bytes_present":false}')
+        yield attachment_id, session_id, text, uri, intent_at
+
+
 def land_in_order(blobs: BlobBackend, items: "list[tuple[Staged, Metadata | None]]") -> list[bool]:
     """``land`` one request at a time: every sidecar, then every blob, then
     one ``sync`` of the ids whose entries changed."""

@@ -42,17 +42,16 @@ reports as corrupt is deleted and rebuilt.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from lashctl.backends import cachedir
+from lashctl.backends.base import rendered_uncommitted
 from lashctl.backends.cachedir import ENV_CACHE_DIR, index_path  # noqa: F401  (part of this module's API)
 from lashctl.errors import Corrupt, StoreIOError
 from lashctl.fold import Effect, Event
 from lashctl.ids import URI_SCHEME, canonical_uri
-from lashctl.timefmt import age_text
 from lashctl.backends.jsonl_log import ManifestState, Row, _parses, _strip_bom, parse_line
 from lashctl.backends.jsonl_log import VERSION as MANIFEST_VERSION
 from lashctl.backends.localfs import NotARegularFile, open_regular
@@ -120,36 +119,6 @@ _ISO = ("strftime('%Y-%m-%dT%H:%M:%S', intent_at / 1000, 'unixepoch')"
         " || printf('.%03dZ', intent_at % 1000)")
 
 
-def _json_rendered(rows: list[tuple]) -> Iterator[tuple]:
-    """(id, session, the row's compact JSON object as list-uncommitted writes it
-    or None, its URI, its intent time)."""
-    for attachment_id, session_id, uri, intent_at, iso, age in rows:
-        probe = session_id + uri
-        if not (probe.isascii() and probe.isprintable()):
-            yield attachment_id, session_id, None, uri, intent_at
-        elif '"' in probe or "\\" in probe:
-            yield attachment_id, session_id, json.dumps(
-                {"id": attachment_id, "session_id": session_id, "canonical_uri": uri, "intent_at_epoch_ms": intent_at,
-                 "intent_at": iso, "age_ms": age, "byte_len": None, "media_type": None, "label": None,
-                 "bytes_present": False}, separators=(",", ":")), uri, intent_at
-        else:
-            yield attachment_id, session_id, (
-                f'{{"id":"{attachment_id}","session_id":"{session_id}","canonical_uri":"{uri}",'
-                f'"intent_at_epoch_ms":{intent_at},"intent_at":"{iso}","age_ms":{age},"byte_len":null,'
-                '"media_type":null,"label":null,"bytes_present":false}'), uri, intent_at
-
-
-def _tsv_rendered(rows: list[tuple]) -> Iterator[tuple]:
-    """(id, session, the row's TSV line without its newline or None, its URI, its intent time)."""
-    for attachment_id, session_id, uri, intent_at, iso, age in rows:
-        if session_id.isascii() and session_id.isprintable() and "\\" not in session_id:
-            yield (attachment_id, session_id,
-                   f"{attachment_id}\t{session_id}\t{iso}\t{age_text(age)}\t-\t-\t-\tmissing", uri, intent_at)
-        else:
-            yield attachment_id, session_id, None, uri, intent_at
-
-
-_RENDER = {"json": _json_rendered, "tsv": _tsv_rendered}
 
 
 def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, committed_at: int | None) -> Row:
@@ -544,13 +513,13 @@ class ManifestIndex:
         except sqlite3.DatabaseError as exc:
             self._query_failed(exc)
             return None
-        return self._stream_rendered(cursor, _RENDER[form])
+        return self._stream_rendered(cursor, form)
 
     @staticmethod
-    def _stream_rendered(cursor: sqlite3.Cursor, render) -> Iterator[tuple[str, str, str | None]]:
+    def _stream_rendered(cursor: sqlite3.Cursor, form: str) -> Iterator[tuple]:
         try:
             while part := cursor.fetchmany(2000):
-                yield from render(part)
+                yield from rendered_uncommitted(part, form)
         finally:
             try:
                 cursor.close()

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from urllib.parse import parse_qsl, urlencode
 
 from lashctl.backends import POSTGRES_SCHEMES, is_postgres_url, require_extra
+from lashctl.backends.base import rendered_uncommitted
 from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Unavailable, UsageError
 from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
 from lashctl.ids import URI_SCHEME, is_valid_id
@@ -170,45 +171,11 @@ def strip_password(url: str) -> str:
     return f"{scheme}{sep}{netloc}{tail}"
 
 
-# list-uncommitted's rows without bytes, rendered by PostgreSQL
-# (``uncommitted_rendered``). Exact only where both encoders write the same
-# bytes: printable ASCII text (JSON escapes only '"' and '\' there; TSV
-# escapes '\', so such a session is excluded there), a valid id, a non-empty
-# session and an intent time in the years 1970-9999. ``_exact`` checks that in
-# Python (cheaper than PostgreSQL's regular expressions); any other row is
-# rendered in Python, as before.
+# list-uncommitted's rows without bytes (``uncommitted_rendered``): PostgreSQL
+# writes the time, ``rendered_uncommitted`` the rest of each line.
 _LAST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
-_HEX = "0123456789abcdef"
 _PG_ISO = (r"""to_char(to_timestamp(r.intent_at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')"""
            r" || '.' || lpad((r.intent_at_ms %% 1000)::text, 3, '0') || 'Z'")
-_PG_AGE_PARTS = ("(abs(r.age) / 86400000)", "(abs(r.age) / 3600000 %% 24)", "(abs(r.age) / 60000 %% 60)",
-                 "(abs(r.age) / 1000 %% 60)")  # '%%': these go into queries with parameters
-_PG_AGE_TEXT = (  # lashctl.timefmt.age_text
-    "(CASE WHEN r.age < 0 THEN '-' ELSE '' END || CASE"
-    " WHEN {d} > 0 THEN {d} || 'd' || CASE WHEN {h} > 0 THEN {h} || 'h' ELSE '' END"
-    " WHEN {h} > 0 THEN {h} || 'h' || CASE WHEN {m} > 0 THEN {m} || 'm' ELSE '' END"
-    " WHEN {m} > 0 THEN {m} || 'm' || CASE WHEN {s} > 0 THEN {s} || 's' ELSE '' END"
-    " ELSE {s} || 's' END)"
-).format(d=_PG_AGE_PARTS[0], h=_PG_AGE_PARTS[1], m=_PG_AGE_PARTS[2], s=_PG_AGE_PARTS[3])
-
-
-def _pg_json_string(column: str) -> str:
-    """A JSON string of printable ASCII text, as json.dumps writes it."""
-    one, two, quoted = "E'\\\\'", "E'\\\\\\\\'", "E'\\\\\"'"  # \ , \\ , \"
-    return f"'\"' || replace(replace({column}, {one}, {two}), '\"', {quoted}) || '\"'"
-
-
-_PG_RENDER = {
-    # The object lashctl.commands.list_uncommitted writes, keys in its order.
-    "json": (f"'{{\"id\":\"' || r.attachment_id || '\",\"session_id\":'"
-             f" || {_pg_json_string('r.session_id')} || ',\"canonical_uri\":' || {_pg_json_string('r.uri')}"
-             f" || ',\"intent_at_epoch_ms\":' || r.intent_at_ms || ',\"intent_at\":\"' || {_PG_ISO}"
-             " || '\",\"age_ms\":' || r.age || ',\"byte_len\":null,\"media_type\":null,\"label\":null,"
-             "\"bytes_present\":false}'"),
-    "tsv": (f"r.attachment_id"
-            f" || E'\\t' || r.session_id || E'\\t' || {_PG_ISO} || E'\\t' || {_PG_AGE_TEXT}"
-            " || E'\\t-\\t-\\t-\\tmissing'"),
-}
 
 
 def _row(values: tuple) -> Row:
@@ -677,32 +644,22 @@ class PostgresView:
 
     def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
                              form: str) -> Iterator[tuple]:
-        """``uncommitted`` with each row already rendered by PostgreSQL, for listings.
+        """``uncommitted`` with each row already rendered, for listings.
 
         Yields ``(attachment_id, session_id, text, uri, intent_at)`` in
         ``uncommitted``'s order: ``text`` is the row exactly as
         ``list-uncommitted`` prints it on a pipe (``form`` "json" or "tsv")
         *for a row whose bytes and sidecar are absent*, or None where
-        PostgreSQL cannot be trusted to write it byte for byte;
+        the template would not write it byte for byte;
         ``rendered_row`` turns an item into its ``Row``.
         """
         where, params = _uncommitted_where(cutoff_ms, session)
-        sql = (f"SELECT r.attachment_id, r.session_id, CASE WHEN r.intent_at_ms BETWEEN 0 AND {_LAST_MS}"
-               f" THEN {_PG_RENDER[form]} END, r.canonical_uri, r.intent_at_ms"
+        sql = (f"SELECT r.attachment_id, r.session_id, r.uri, r.intent_at_ms,"
+               f" CASE WHEN r.intent_at_ms BETWEEN 0 AND {_LAST_MS} THEN {_PG_ISO} END, r.age"
                f" FROM (SELECT {_COLS}, coalesce(canonical_uri, '{URI_SCHEME}' || attachment_id) AS uri,"
                f" %s - intent_at_ms AS age FROM {TABLE} WHERE {where}) AS r"
                f" ORDER BY r.intent_at_ms, r.{_ID}, r.{_SESSION}")
-        tsv = form == "tsv"
-        for item in self._stream(sql, (now, *params)):
-            attachment_id, session_id, text, uri, intent_at = item
-            # One pass over the text that must be printable ASCII (the id too:
-            # then its length and hex digits make it a valid id).
-            probe = attachment_id + session_id if tsv or uri is None else attachment_id + session_id + uri
-            if text is not None and not (
-                    probe.isascii() and probe.isprintable() and session_id and len(attachment_id) == 64
-                    and not attachment_id.strip(_HEX) and not (tsv and "\\" in session_id)):
-                item = (attachment_id, session_id, None, uri, intent_at)
-            yield item
+        return rendered_uncommitted(self._stream(sql, (now, *params)), form)
 
     def rendered_row(self, item: tuple) -> Row | None:
         """The ``Row`` of an ``uncommitted_rendered`` item (uncommitted; owners
