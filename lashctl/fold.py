@@ -189,8 +189,8 @@ def fold(events, rows: dict[tuple[str, str], Row] | None = None) -> dict[tuple[s
 def fold_rows(rows: dict, kinds: dict | None = None):
     """``fold`` for building a state from nothing, fast: returns a function
     that folds a run of events into ``rows``, kept as
-    ``{(session_id, attachment_id): [session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms]}``
-    (a row's values in a table's column order, ready to insert).
+    ``{(session_id, attachment_id): [attachment_id, session_id, canonical_uri, intent_at_ms, committed_at_ms]}``
+    (a row's values in the order of a table keyed by id, then session: sorted, they are in key order).
 
     Each event is anything with ``Event``'s attributes (``op``,
     ``attachment_id``, ``session_id``, ``at_ms``, ``canonical_uri``), or of a
@@ -210,7 +210,7 @@ def fold_rows(rows: dict, kinds: dict | None = None):
                 if row is None:
                     uri = event.canonical_uri
                     session = intern(key[0])
-                    rows[session, key[1]] = [session, key[1], uri if uri is not None else canonical_uri(key[1]),
+                    rows[session, key[1]] = [key[1], session, uri if uri is not None else canonical_uri(key[1]),
                                              event.at_ms, None]
                 elif row[4] is None and event.at_ms > row[3]:
                     row[3] = event.at_ms

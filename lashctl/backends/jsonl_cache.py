@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Bump when the tables, the fold or the validation change: an index of
 # another format is dropped and rebuilt.
-FORMAT = f"lashctl-index/2 manifest/{MANIFEST_VERSION}"
+FORMAT = f"lashctl-index/3 manifest/{MANIFEST_VERSION}"
 
 _CHUNK = 8 * 1024 * 1024  # bytes read at a time
 _BATCH_LINES = 10_000  # lines folded in Python before they are written (bounds memory)
@@ -83,23 +83,25 @@ _SCHEMA = (
     " session_id TEXT NOT NULL, attachment_id TEXT NOT NULL,"
     " canonical_uri TEXT,"  # NULL when it is "sha256:" + attachment_id
     " intent_at INTEGER NOT NULL, committed_at INTEGER,"
-    " PRIMARY KEY (session_id, attachment_id)) WITHOUT ROWID",
+    # Keyed by id first: lookups by key, by id and by prefix, and every
+    # id-ordered stream, read this one b-tree, with no second copy of the rows.
+    " PRIMARY KEY (attachment_id, session_id)) WITHOUT ROWID",
 )
 _INDEXES = (
-    "CREATE INDEX IF NOT EXISTS rows_by_id ON rows (attachment_id)",
     # list-uncommitted's order, covering: a scan of this index needs no sort
     # and no table lookups. Partial: committed rows (most of them) are not in it.
     "CREATE INDEX IF NOT EXISTS rows_uncommitted ON rows"
     " (intent_at, attachment_id, session_id, canonical_uri, committed_at) WHERE committed_at IS NULL",
 )
-_DROP_INDEXES = ("DROP INDEX IF EXISTS rows_by_id", "DROP INDEX IF EXISTS rows_uncommitted")
+_DROP_INDEXES = ("DROP INDEX IF EXISTS rows_uncommitted",)
 _META_COLS = ("format, dev, ino, offset, lines, size, mtime_ns, ctime_ns,"
               " first_len, first_sha, last_len, last_sha")
 
 _SQL_DELETE = "DELETE FROM rows WHERE session_id = ? AND attachment_id = ?"
 _SQL_REPLACE = "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)"
-# A folded row (session, id, uri, intent, commit); the URI is stored NULL when it is the canonical one.
-_SQL_INSERT_FOLDED = f"INSERT OR REPLACE INTO rows VALUES (?1, ?2, nullif(?3, '{URI_SCHEME}' || ?2), ?4, ?5)"
+# A folded row (id, session, uri, intent, commit); the URI is stored NULL when it is the canonical one.
+_SQL_INSERT_FOLDED = ("INSERT OR REPLACE INTO rows (attachment_id, session_id, canonical_uri, intent_at, committed_at)"
+                      f" VALUES (?1, ?2, nullif(?3, '{URI_SCHEME}' || ?1), ?4, ?5)")
 _SQL_MERGE = (
     "INSERT INTO rows VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, attachment_id) DO UPDATE"
     " SET intent_at = max(intent_at, coalesce(?, intent_at)), committed_at = ?"
@@ -239,7 +241,7 @@ def store_compacted(manifest: "Manifest", rows: dict[tuple[str, str], Row], data
         conn.execute("BEGIN IMMEDIATE")
         try:
             meta = index._reset(conn, st)
-            folded = {key: [row.session_id, row.attachment_id, row.canonical_uri, row.intent_at_epoch_ms,
+            folded = {key: [row.attachment_id, row.session_id, row.canonical_uri, row.intent_at_epoch_ms,
                             row.committed_at_epoch_ms] for key, row in rows.items()}
             index._write_rows(conn, folded)
             for sql in _INDEXES:
@@ -531,17 +533,17 @@ class ManifestIndex:
         row of that id (by session), in id order; streamed."""
         return self._grouped(
             _SELECT_ROW + " WHERE attachment_id IN (SELECT attachment_id FROM rows INDEXED BY rows_uncommitted"
-            " WHERE committed_at IS NULL AND intent_at <= ?) ORDER BY attachment_id", (cutoff_ms,),
+            " WHERE committed_at IS NULL AND intent_at <= ?) ORDER BY attachment_id, session_id", (cutoff_ms,),
             lambda memory: memory.aged(cutoff_ms))
 
     def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
         """Every row grouped by id (each group by session), in id order; streamed."""
         if prefix:
             upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-            sql, params = _SELECT_ROW + " WHERE attachment_id >= ? AND attachment_id < ? ORDER BY attachment_id", \
+            sql, params = _SELECT_ROW + " WHERE attachment_id >= ? AND attachment_id < ? ORDER BY attachment_id, session_id", \
                 (prefix, upper)
         else:
-            sql, params = _SELECT_ROW + " INDEXED BY rows_by_id ORDER BY attachment_id", ()
+            sql, params = _SELECT_ROW + " ORDER BY attachment_id, session_id", ()
         return self._grouped(sql, params, lambda memory: memory.rows_by_id(prefix))
 
     def row_count(self) -> int:
@@ -588,14 +590,12 @@ class ManifestIndex:
                 for found in part:
                     row = _row(*found)
                     if group and group[0].attachment_id != row.attachment_id:
-                        group.sort(key=lambda r: r.session_id)
                         yield group
                         group = []
                     group.append(row)
         finally:
             cursor.close()
         if group:
-            group.sort(key=lambda r: r.session_id)
             yield group
 
     # -- SQLite ------------------------------------------------------------------

@@ -1114,5 +1114,37 @@ def test_fold_rows_is_step(script):
     fold_rows(rows)(events)
     expected = fold(events)
     assert {k: tuple(v) for k, v in rows.items()} == {
-        k: (r.session_id, r.attachment_id, r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms)
+        k: (r.attachment_id, r.session_id, r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms)
         for k, r in expected.items()}
+
+
+def test_the_cache_keeps_its_rows_in_id_order_without_a_second_copy(big, mpath: Path) -> None:
+    """The rows table itself is keyed by (attachment id, session id): lookups
+    by key, by id and by prefix, and every id-ordered stream, are served by it
+    without a sort. The one secondary index is list-uncommitted's partial one,
+    so a cache build writes each row once (plus its uncommitted entry)."""
+    copy_big(big, mpath)
+    with ManifestIndex(Manifest(mpath)) as ix:
+        ix.refresh()
+        path = ix.path
+    conn = sqlite3.connect(path)
+    try:
+        indexes = sorted(name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'rows' AND sql IS NOT NULL"))
+        assert indexes == ["rows_uncommitted"]
+        select = index_mod._SELECT_ROW
+        queries = {
+            "key": (select + " WHERE session_id = ? AND attachment_id = ?", ("s", aid(1))),
+            "id": (select + " WHERE attachment_id = ? ORDER BY session_id", (aid(1),)),
+            "prefix": ("SELECT DISTINCT attachment_id FROM rows WHERE attachment_id >= ? AND attachment_id < ?"
+                       " ORDER BY attachment_id", ("0a", "0b")),
+            "all ids": ("SELECT DISTINCT attachment_id FROM rows ORDER BY attachment_id", ()),
+            "by id": (select + " ORDER BY attachment_id, session_id", ()),
+        }
+        for what, (sql, params) in queries.items():
+            plan = " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+            assert "TEMP B-TREE" not in plan, (what, plan)
+            if params:
+                assert "USING PRIMARY KEY" in plan, (what, plan)
+    finally:
+        conn.close()
