@@ -235,40 +235,42 @@ class ManifestBackend(Protocol):
 _HEX = "0123456789abcdef"
 
 
-def rendered_uncommitted(rows: Iterable[tuple], form: str) -> Iterator[tuple]:
+def rendered_uncommitted(rows: Iterable[tuple], form: str, now: int) -> Iterator[tuple]:
     """list-uncommitted's text for rows without bytes or sidecar, rendered as
     ``lashctl.commands.list_uncommitted`` writes them on a pipe (``form``
     "json": its compact object, keys in its order; "tsv": its line without
-    the newline), for manifests whose database selects the rows in order.
+    the newline; ``now``: the time ages count from), for manifests whose
+    database selects the rows in order.
 
-    Takes ``(id, session, uri, intent_at, iso, age)`` (``iso``: the intent
-    time as the database wrote it, None when outside 1970-9999); yields
+    Takes ``(id, session, uri, intent_at)``; yields
     ``(id, session, text, uri, intent_at)``. ``text`` is None unless the
     template is exact: a valid id, a non-empty session and (JSON) URI of
-    printable ASCII, no backslash in a TSV session. Such rows are rendered
-    like rows with bytes."""
-    from lashctl.timefmt import age_text
+    printable ASCII, no backslash in a TSV session, an intent time in
+    1970-9999. Such rows are rendered like rows with bytes."""
+    from lashctl.timefmt import MAX_EPOCH_MS, age_text, iso_clock
 
     tsv = form == "tsv"
-    for attachment_id, session_id, uri, intent_at, iso, age in rows:
+    clock = iso_clock()
+    for attachment_id, session_id, uri, intent_at in rows:
         probe = attachment_id + session_id if tsv else attachment_id + session_id + uri
         text = None
-        if (iso is not None and session_id and probe.isascii() and probe.isprintable()
+        if (0 <= intent_at <= MAX_EPOCH_MS and session_id and probe.isascii() and probe.isprintable()
                 and len(attachment_id) == 64 and not attachment_id.strip(_HEX)):
+            iso = clock(intent_at)
             if tsv:
                 if "\\" not in session_id:
-                    text = f"{attachment_id}\t{session_id}\t{iso}\t{age_text(age)}\t-\t-\t-\tmissing"
+                    text = f"{attachment_id}\t{session_id}\t{iso}\t{age_text(now - intent_at)}\t-\t-\t-\tmissing"
             elif '"' in probe or "\\" in probe:
                 import json
 
                 text = json.dumps({"id": attachment_id, "session_id": session_id, "canonical_uri": uri,
-                                   "intent_at_epoch_ms": intent_at, "intent_at": iso, "age_ms": age,
+                                   "intent_at_epoch_ms": intent_at, "intent_at": iso, "age_ms": now - intent_at,
                                    "byte_len": None, "media_type": None, "label": None, "bytes_present": False},
                                   separators=(",", ":"))
             else:
                 text = (f'{{"id":"{attachment_id}","session_id":"{session_id}","canonical_uri":"{uri}",'
-                        f'"intent_at_epoch_ms":{intent_at},"intent_at":"{iso}","age_ms":{age},"byte_len":null,'
-                        '"media_type":null,"label":null,"bytes_present":false}')
+                        f'"intent_at_epoch_ms":{intent_at},"intent_at":"{iso}","age_ms":{now - intent_at},'
+                        '"byte_len":null,"media_type":null,"label":null,"bytes_present":false}')
         yield attachment_id, session_id, text, uri, intent_at
 
 

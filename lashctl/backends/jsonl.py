@@ -49,9 +49,9 @@ class CacheView:
 
     def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
                              form: str) -> Iterator[tuple] | None:
-        """``(attachment_id, session_id, text, uri, intent_at)`` items rendered
-        with the cache's SQLite (``ManifestIndex.uncommitted_rendered``); None
-        where it cannot."""
+        """``(attachment_id, session_id, text, uri, intent_at)`` items, rendered
+        from the cache's index (``ManifestIndex.uncommitted_rendered``); None
+        where the cache cannot answer alone."""
         return self.index.uncommitted_rendered(cutoff_ms, session, now, form)
 
     @staticmethod

@@ -113,14 +113,19 @@ _SQL_COMMIT = (
 )
 _SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, committed_at FROM rows"
 
-# list-uncommitted's rows without bytes or sidecar (``uncommitted_rendered``):
-# SQLite selects them in order and writes the time (strftime), Python writes
-# the rest of each line. Exact only for text that both encoders write the same
-# way: printable ASCII. Other rows get None: rendered like rows with bytes.
-_ISO = ("strftime('%Y-%m-%dT%H:%M:%S', intent_at / 1000, 'unixepoch')"
-        " || printf('.%03dZ', intent_at % 1000)")
-
-
+def _uncommitted_sql(columns: str, cutoff_ms: int | None, session: str | None) -> tuple[str, list]:
+    """The query of uncommitted rows at or before a cutoff, of a session, in
+    list-uncommitted's order: a scan of the covering partial index, in order
+    (one session's rows filtered from it)."""
+    where, params = ["committed_at IS NULL"], []
+    if cutoff_ms is not None:
+        where.append("intent_at <= ?")
+        params.append(cutoff_ms)
+    if session is not None:
+        where.append("session_id = ?")
+        params.append(session)
+    return (f"SELECT {columns} FROM rows INDEXED BY rows_uncommitted WHERE {' AND '.join(where)}"
+            " ORDER BY intent_at, attachment_id, session_id", params)
 
 
 def _row(session_id: str, attachment_id: str, uri: str | None, intent_at: int, committed_at: int | None) -> Row:
@@ -480,15 +485,15 @@ class ManifestIndex:
 
     def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
                              form: str) -> Iterator[tuple[str, str, str | None]] | None:
-        """``uncommitted`` with each row already rendered by SQLite, for listings.
+        """``uncommitted`` with each row already rendered, for listings.
 
         Yields ``(attachment_id, session_id, text, uri, intent_at)`` in ``uncommitted``'s order,
         where ``text`` is the row exactly as ``list-uncommitted`` prints it on a
         pipe (``form`` "json": its compact JSON object; "tsv": its line without
-        the newline) *for a row whose bytes and sidecar are absent*; ``text`` is
-        None when SQLite cannot be trusted to write that row byte for byte (a
-        session id or URI outside printable ASCII, or holding a backslash in
-        TSV): the caller renders such rows itself, as for rows with bytes.
+        the newline) *for a row whose bytes and sidecar are absent*, written
+        by ``backends.base.rendered_uncommitted``; ``text`` is None where that
+        template would not write the row byte for byte: the caller renders
+        such rows itself, as for rows with bytes.
         Returns None when the answer does not come from the .idx alone (the
         in-memory fallback, a valid unterminated final line): use ``uncommitted``.
         """
@@ -496,32 +501,21 @@ class ManifestIndex:
             self.refresh()
         if self._memory is not None or self._overlay or self._empty:
             return None if (self._memory is not None or self._overlay) else iter(())
-        where = ["committed_at IS NULL"]
-        params: list = [now]
-        if cutoff_ms is not None:
-            where.append("intent_at <= ?")
-            params.append(cutoff_ms)
-        source = "rows INDEXED BY rows_uncommitted"
-        if session is not None:
-            where.append("session_id = ?")
-            params.append(session)
-            source = "rows"
-        sql = (f"SELECT attachment_id, session_id, uri, intent_at, {_ISO}, age FROM"
-               f" (SELECT attachment_id, session_id, coalesce(canonical_uri, '{URI_SCHEME}' || attachment_id) AS uri,"
-               f" intent_at, ? - intent_at AS age FROM {source} WHERE {' AND '.join(where)})"
-               " ORDER BY intent_at, attachment_id, session_id")
+        sql, params = _uncommitted_sql(
+            f"attachment_id, session_id, coalesce(canonical_uri, '{URI_SCHEME}' || attachment_id), intent_at",
+            cutoff_ms, session)
         try:
             cursor = self._conn.execute(sql, params)
         except sqlite3.DatabaseError as exc:
             self._query_failed(exc)
             return None
-        return self._stream_rendered(cursor, form)
+        return self._stream_rendered(cursor, form, now)
 
     @staticmethod
-    def _stream_rendered(cursor: sqlite3.Cursor, form: str) -> Iterator[tuple]:
+    def _stream_rendered(cursor: sqlite3.Cursor, form: str, now: int) -> Iterator[tuple]:
         try:
             while part := cursor.fetchmany(2000):
-                yield from rendered_uncommitted(part, form)
+                yield from rendered_uncommitted(part, form, now)
         finally:
             try:
                 cursor.close()
@@ -921,23 +915,9 @@ class ManifestIndex:
         self._overlay[key] = state.rows.get(key)
 
     def _uncommitted_cursor(self, cutoff_ms: int | None, session: str | None) -> sqlite3.Cursor:
-        conn = self._conn
-        assert conn is not None
-        where = ["committed_at IS NULL"]
-        params: list = []
-        if cutoff_ms is not None:
-            where.append("intent_at <= ?")
-            params.append(cutoff_ms)
-        # All sessions: scan the covering partial index in order. One session:
-        # its primary-key range, sorted (the planner picks).
-        source = "rows INDEXED BY rows_uncommitted"
-        if session is not None:
-            where.append("session_id = ?")
-            params.append(session)
-            source = "rows"
-        return conn.execute(
-            f"SELECT session_id, attachment_id, canonical_uri, intent_at FROM {source}"
-            f" WHERE {' AND '.join(where)} ORDER BY intent_at, attachment_id, session_id", params)
+        assert self._conn is not None
+        return self._conn.execute(*_uncommitted_sql("session_id, attachment_id, canonical_uri, intent_at",
+                                                    cutoff_ms, session))
 
     def _stream_uncommitted(self, cursor: sqlite3.Cursor, cutoff_ms: int | None,
                             session: str | None) -> Iterator[Row]:

@@ -171,13 +171,6 @@ def strip_password(url: str) -> str:
     return f"{scheme}{sep}{netloc}{tail}"
 
 
-# list-uncommitted's rows without bytes (``uncommitted_rendered``): PostgreSQL
-# writes the time, ``rendered_uncommitted`` the rest of each line.
-_LAST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
-_PG_ISO = (r"""to_char(to_timestamp(r.intent_at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')"""
-           r" || '.' || lpad((r.intent_at_ms %% 1000)::text, 3, '0') || 'Z'")
-
-
 def _row(values: tuple) -> Row:
     session_id, attachment_id, uri, intent_at, committed_at, owner_kind, owner_id = values
     if not is_valid_id(attachment_id):
@@ -654,12 +647,9 @@ class PostgresView:
         ``rendered_row`` turns an item into its ``Row``.
         """
         where, params = _uncommitted_where(cutoff_ms, session)
-        sql = (f"SELECT r.attachment_id, r.session_id, r.uri, r.intent_at_ms,"
-               f" CASE WHEN r.intent_at_ms BETWEEN 0 AND {_LAST_MS} THEN {_PG_ISO} END, r.age"
-               f" FROM (SELECT {_COLS}, coalesce(canonical_uri, '{URI_SCHEME}' || attachment_id) AS uri,"
-               f" %s - intent_at_ms AS age FROM {TABLE} WHERE {where}) AS r"
-               f" ORDER BY r.intent_at_ms, r.{_ID}, r.{_SESSION}")
-        return rendered_uncommitted(self._stream(sql, (now, *params)), form)
+        sql = (f"SELECT {_ID}, {_SESSION}, coalesce(canonical_uri, '{URI_SCHEME}' || {_ID}), intent_at_ms"
+               f" FROM {TABLE} WHERE {where} ORDER BY intent_at_ms, {_ID}, {_SESSION}")
+        return rendered_uncommitted(self._stream(sql, params), form, now)
 
     def rendered_row(self, item: tuple) -> Row | None:
         """The ``Row`` of an ``uncommitted_rendered`` item (uncommitted; owners

@@ -55,8 +55,8 @@ def list_uncommitted(
     malformed: list = []  # lines a damaged manifest holds, shown after the listing
     fields = uncommitted_row(now)
     if not state.ui.stdout_is_terminal():
-        # On a pipe the state cache's SQLite writes the rows without bytes
-        # (most of a big listing); the others are rendered here, the same way.
+        # On a pipe the rows without bytes (most of a big listing) come from the
+        # manifest's index through one template; the others are rendered here.
         count = state.ui.emit_rendered(
             transfer.iter_uncommitted_rendered(store, cutoff, session, malformed, now,
                                                "json" if state.ui.json else "tsv"),

@@ -162,6 +162,22 @@ def test_iso_ms():
     assert timefmt.iso_ms(None) is None
 
 
+def test_iso_clock_is_iso_ms_for_any_run_of_times():
+    """A listing's clock (the date kept between calls) writes what iso_ms writes,
+    in order, out of order, on day boundaries and at both ends of the range."""
+    import random
+
+    rng = random.Random(7)
+    edges = [0, 1, 999, 1000, 86_399_999, 86_400_000, 951_782_400_000, 1_795_694_400_250,
+             timefmt.MAX_EPOCH_MS - 1, timefmt.MAX_EPOCH_MS]
+    runs = [edges, edges[::-1], sorted(rng.randrange(timefmt.MAX_EPOCH_MS + 1) for _ in range(3000)),
+            [rng.randrange(timefmt.MAX_EPOCH_MS + 1) for _ in range(3000)],
+            sorted(1_795_694_400_000 + rng.randrange(3 * 86_400_000) for _ in range(3000))]
+    for times in runs:
+        clock = timefmt.iso_clock()
+        assert [clock(t) for t in times] == [timefmt.iso_ms(t) for t in times]
+
+
 @pytest.mark.parametrize(
     "ms, text",
     [(0, "0s"), (42_000, "42s"), (900_000, "15m"), (930_000, "15m30s"), (5_400_000, "1h30m"),

@@ -1124,9 +1124,15 @@ def test_the_cache_keeps_its_rows_in_id_order_without_a_second_copy(big, mpath: 
     without a sort. The one secondary index is list-uncommitted's partial one,
     so a cache build writes each row once (plus its uncommitted entry)."""
     copy_big(big, mpath)
+    listings = []
     with ManifestIndex(Manifest(mpath)) as ix:
         ix.refresh()
         path = ix.path
+        ix._conn.set_trace_callback(listings.append)
+        for session in (None, "s-1"):
+            list(ix.uncommitted(T0, session))
+            list(ix.uncommitted_rendered(T0, session, T0, "json"))
+    assert len(listings) == 4
     conn = sqlite3.connect(path)
     try:
         indexes = sorted(name for (name,) in conn.execute(
@@ -1141,6 +1147,9 @@ def test_the_cache_keeps_its_rows_in_id_order_without_a_second_copy(big, mpath: 
             "all ids": ("SELECT DISTINCT attachment_id FROM rows ORDER BY attachment_id", ()),
             "by id": (select + " ORDER BY attachment_id, session_id", ()),
         }
+        for i, sql in enumerate(listings):  # list-uncommitted, of every session or one: the partial index
+            plan = " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql))
+            assert "TEMP B-TREE" not in plan and "rows_uncommitted" in plan, (i, plan)
         for what, (sql, params) in queries.items():
             plan = " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
             assert "TEMP B-TREE" not in plan, (what, plan)
