@@ -57,16 +57,14 @@ class UI:
             gathered = list(items)
             self.emit_json(gathered)
             return len(gathered)
-        self.wrote_data = True
         out, count, pending = sys.stdout, 0, ["["]
         for item in items:
             pending.append(("," if count else "") + _dumps(item, None))
             count += 1
             if len(pending) >= 1000:
-                out.write("".join(pending))
-                pending.clear()
+                self._write(out, pending)
         pending.append("]\n")
-        out.write("".join(pending))
+        self._write(out, pending)
         out.flush()
         return count
 
@@ -78,7 +76,6 @@ class UI:
         Returns the number of items."""
         out, count, pending = sys.stdout, 0, []
         json_form = self.json
-        self.wrote_data = True
         if json_form:
             pending.append("[")
         for item in items:
@@ -90,14 +87,21 @@ class UI:
                 pending.append(text + "\n")
             count += 1
             if len(pending) >= 2000:
-                out.write("".join(pending))
-                pending.clear()
+                self._write(out, pending)
         if json_form:
             pending.append("]\n")
-        if pending:
-            out.write("".join(pending))
+        self._write(out, pending)
         out.flush()
         return count
+
+    def _write(self, out, pending: list[str]) -> None:
+        """Write a streamed listing's pending pieces. Until the first write a
+        failing listing still gets its error object (README, "For operators");
+        after it, a failure leaves the JSON array open: never a whole document."""
+        if pending:
+            self.wrote_data = True
+            out.write("".join(pending))
+            pending.clear()
 
     @staticmethod
     def line(text: str) -> None:

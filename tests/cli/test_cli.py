@@ -1114,6 +1114,43 @@ def test_list_uncommitted_on_a_pipe_prints_what_the_row_by_row_rendering_prints(
         assert (fast.stdout_bytes, fast.stderr) == (slow.stdout_bytes, slow.stderr), extra
 
 
+@pytest.mark.parametrize("rows_before_failure", [0, 1, 5_000])
+def test_a_json_listing_that_fails_is_never_a_whole_document_of_rows(cli, store, monkeypatch, rows_before_failure):
+    """A listing whose source fails (a server lost) before anything reached
+    stdout prints the one error object README promises; once rows were
+    written, the array is left open, so no parser takes the rows for a
+    complete listing. Either way: one line on stderr, the failure's exit code."""
+    from lashctl.backends.jsonl_cache import ManifestIndex
+    from lashctl.errors import Unavailable
+
+    now = int(time.time() * 1000)
+    write_manifest(store, [intent(sha(b"row %d" % i), "s", now - 1_000_000 + i) for i in range(6_000)])
+    real = ManifestIndex.uncommitted_rendered
+
+    def failing(self, *a):
+        rows = real(self, *a)
+
+        def cut():
+            for n, row in enumerate(rows):
+                if n == rows_before_failure:
+                    raise Unavailable("the database went away")
+                yield row
+
+        return cut()
+
+    monkeypatch.setattr(ManifestIndex, "uncommitted_rendered", failing)
+    result = cli("--json", "list-uncommitted")
+    assert result.exit_code == Unavailable.exit_code
+    assert result.stderr.strip().count("\n") == 0 and "the database went away" in result.stderr
+    if rows_before_failure < 2_000:  # nothing written yet: the error object alone
+        document = json.loads(result.stdout)
+        assert document["error"].endswith("the database went away") and document["exit_code"] == result.exit_code
+    else:
+        assert result.stdout.startswith("[{")
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(result.stdout)
+
+
 # -- get -------------------------------------------------------------------------------
 def test_get_to_a_path_writes_the_file_atomically(cli, store, tmp_path):
     data = os.urandom(3 * 1024 * 1024 + 7)  # more than one read chunk
