@@ -347,19 +347,64 @@ def _verify(store: Store, view, manifest_problem: str | None, now: int, *, fix: 
     for attachment_id, present, rows, hashed in _hashed_ahead(store, by_id(store, view), progress):
         if present and _verify_blob(store, attachment_id, view, rows, report, hashed, fix=fix):
             continue  # a blob quarantined by --fix is no longer present
-        for row in rows:
-            path = store.blobs.where(row.attachment_id)
-            if row.committed:
-                report.findings.append(Finding(
-                    "committed-bytes-missing", ERROR, path, row.attachment_id,
-                    f"session {row.session_id} committed this blob but its bytes are missing"))
-            else:
-                report.findings.append(Finding(
-                    "uncommitted-bytes-missing", WARNING, path, row.attachment_id,
-                    f"session {row.session_id}'s uncommitted intent has no bytes (an interrupted put; reclaim forgets it)"))
+        report.findings.extend(_bytes_missing(store, row) for row in rows)
     for stray in scan_strays(store):
         _verify_stray(store, stray, report, fix=fix, now=now, grace=grace)
+    if view is not None:
+        _settle(store, report)
     return report
+
+
+# What a writer running beside verify (which holds no lock without --fix)
+# can make verify see for a moment: a sweep deleting a blob, its sidecar and
+# then its rows; a put landing a sidecar, then the blob, after its intent.
+_PASSING = {"unreadable", "sidecar-missing", "orphan-sidecar-file",
+            "committed-bytes-missing", "uncommitted-bytes-missing"}
+
+
+def _settle(store: Store, report: VerifyReport) -> None:
+    """Check once more, against the store and a fresh read of the manifest,
+    every finding a concurrent writer can cause; keep only what is still
+    wrong. A blob that vanished while it was read is no finding if its rows
+    went with it (a sweep); rows that still reference it are reported as
+    their bytes missing."""
+    ids = sorted({f.attachment_id for f in report.findings
+                  if f.kind in _PASSING and f.repair is None and f.attachment_id is not None})
+    if not ids:
+        return
+    with store.manifest.reading() as fresh:
+        now_rows = {i: [r for group in fresh.rows_by_id(i) for r in group if r.attachment_id == i] for i in ids}
+    present = {i: _is_file(store.blobs.stat(i)) for i in ids}
+    sidecar = {i: _is_file(store.blobs.stat(i, sidecar=True)) for i in ids}
+    kept: list[Finding] = []
+    for f in report.findings:
+        i = f.attachment_id
+        if f.kind not in _PASSING or f.repair is not None or i is None:
+            kept.append(f)
+        elif f.kind == "unreadable" and present[i]:
+            kept.append(f)
+        elif f.kind == "sidecar-missing" and present[i] and not sidecar[i]:
+            kept.append(f)
+        elif f.kind == "orphan-sidecar-file" and sidecar[i] and not present[i]:
+            kept.append(f)
+    # Rows that reference bytes not there now, whatever verify saw before.
+    for i in ids:
+        if not present[i]:
+            kept.extend(_bytes_missing(store, row) for row in now_rows[i])
+    report.findings = kept
+
+
+def _bytes_missing(store: Store, row: Row) -> Finding:
+    path = store.blobs.where(row.attachment_id)
+    if row.committed:
+        return Finding("committed-bytes-missing", ERROR, path, row.attachment_id,
+                       f"session {row.session_id} committed this blob but its bytes are missing")
+    return Finding("uncommitted-bytes-missing", WARNING, path, row.attachment_id,
+                   f"session {row.session_id}'s uncommitted intent has no bytes (an interrupted put; reclaim forgets it)")
+
+
+def _is_file(st: BlobStat | None) -> bool:
+    return st is not None and st.is_file
 
 
 def _hashed_ahead(store: Store, items: Iterator[tuple[str, bool, list[Row]]], progress: Progress | None

@@ -57,6 +57,7 @@ def lashctl(request, tmp_path):
 
     if manifest == "postgres":
         run("manifest", "init")
+    run.store, run.manifest = store, (given[1] if given else None)  # for tests that open the store in-process
     return run
 
 
@@ -120,3 +121,39 @@ def test_put_commit_reclaim_and_inspect(lashctl, tmp_path, request):
     gc = as_json(lashctl("--json", "gc", "--dry-run"))
     assert gc["dry_run"] is True and gc["items"] == [] and gc["failures"] == 0
     assert lashctl("get", kept)[1] == kept_bytes  # still there
+
+
+def test_verify_beside_a_sweep_reports_only_what_is_still_wrong(lashctl, tmp_path, monkeypatch):
+    """verify holds no lock: a reclaim that runs while it reads deletes blobs,
+    sidecars and rows under it. What that sweep removed is no finding (a
+    cron verify overlapping the nightly reclaim raises no false alarm); a
+    committed blob whose bytes vanish meanwhile still is."""
+    from lashctl import inspect
+    from lashctl.core import Store
+    from lashctl.timefmt import now_ms
+
+    for n in range(12):
+        (tmp_path / f"orphan{n}.bin").write_bytes(b"orphan %d\n" % n)
+    (tmp_path / "kept.bin").write_bytes(b"kept and committed\n")
+    (tmp_path / "lost.bin").write_bytes(b"committed, then lost\n")
+    names = [f"orphan{n}.bin" for n in range(12)]
+    lashctl("-q", "put", "-s", "old", *names)
+    kept, lost = sha(b"kept and committed\n"), sha(b"committed, then lost\n")
+    lashctl("-q", "put", "-s", "live", "kept.bin", "lost.bin")
+    lashctl("-q", "commit", "-s", "live", kept, lost)
+    store = Store(lashctl.store, lashctl.manifest)
+    swept = []
+    real_hash = type(store.blobs).hash
+
+    def hash_beside_a_sweep(self, attachment_id, progress=None):
+        if not swept:  # the first blob verify reads: the nightly reclaim starts
+            swept.append(lashctl("reclaim", "--older-than", "0s", "--force"))
+            self.delete(lost)  # and a committed blob's bytes are lost meanwhile
+        return real_hash(self, attachment_id, progress)
+
+    monkeypatch.setattr(type(store.blobs), "hash", hash_beside_a_sweep)
+    with store.blobs.opened():
+        report = inspect.verify(store, now_ms())
+    assert swept[0][0] == 0
+    found = sorted((f.kind, f.attachment_id) for f in report.findings)
+    assert found == [("committed-bytes-missing", lost)], found
