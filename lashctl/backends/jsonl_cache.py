@@ -878,7 +878,9 @@ class ManifestIndex:
     def _write_rows(conn: sqlite3.Connection, rows: dict) -> None:
         """Insert rows folded by ``fold_rows`` into the empty table, in
         primary-key order (appends to the b-tree); SQLite drops a canonical URI."""
-        conn.executemany(_SQL_INSERT_FOLDED, sorted(rows.values()))
+        # Keyed by one string, id (64 characters) then session: list.sort
+        # compares strings in C, many times faster than lists element by element.
+        conn.executemany(_SQL_INSERT_FOLDED, sorted(rows.values(), key=lambda row: row[0] + row[1]))
         rows.clear()
 
     @staticmethod
