@@ -235,6 +235,22 @@ class ManifestBackend(Protocol):
 _HEX = "0123456789abcdef"
 
 
+def uncommitted_where(cutoff_ms: int | None, session: str | None, *, suffix: str = "",
+                      mark: str = "?") -> tuple[str, tuple]:
+    """The WHERE clause (and its parameters) of uncommitted rows at or before
+    a cutoff, of a session, for a table whose time columns are
+    ``committed_at<suffix>`` and ``intent_at<suffix>``, with ``mark`` the
+    driver's placeholder."""
+    conds, params = [f"committed_at{suffix} IS NULL"], []
+    if cutoff_ms is not None:
+        conds.append(f"intent_at{suffix} <= {mark}")
+        params.append(cutoff_ms)
+    if session is not None:
+        conds.append(f"session_id = {mark}")
+        params.append(session)
+    return " AND ".join(conds), tuple(params)
+
+
 def rendered_uncommitted(rows: Iterable[tuple], form: str, now: int) -> Iterator[tuple]:
     """list-uncommitted's text for rows without bytes or sidecar, rendered as
     ``lashctl.commands.list_uncommitted`` writes them on a pipe (``form``

@@ -47,7 +47,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from lashctl.backends import cachedir
-from lashctl.backends.base import rendered_uncommitted
+from lashctl.backends.base import rendered_uncommitted, uncommitted_where
 from lashctl.backends.cachedir import ENV_CACHE_DIR, index_path  # noqa: F401  (part of this module's API)
 from lashctl.errors import Corrupt, StoreIOError
 from lashctl.fold import Effect, Event
@@ -113,18 +113,12 @@ _SQL_COMMIT = (
 )
 _SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, committed_at FROM rows"
 
-def _uncommitted_sql(columns: str, cutoff_ms: int | None, session: str | None) -> tuple[str, list]:
+def _uncommitted_sql(columns: str, cutoff_ms: int | None, session: str | None) -> tuple[str, tuple]:
     """The query of uncommitted rows at or before a cutoff, of a session, in
     list-uncommitted's order: a scan of the covering partial index, in order
     (one session's rows filtered from it)."""
-    where, params = ["committed_at IS NULL"], []
-    if cutoff_ms is not None:
-        where.append("intent_at <= ?")
-        params.append(cutoff_ms)
-    if session is not None:
-        where.append("session_id = ?")
-        params.append(session)
-    return (f"SELECT {columns} FROM rows INDEXED BY rows_uncommitted WHERE {' AND '.join(where)}"
+    where, params = uncommitted_where(cutoff_ms, session)
+    return (f"SELECT {columns} FROM rows INDEXED BY rows_uncommitted WHERE {where}"
             " ORDER BY intent_at, attachment_id, session_id", params)
 
 

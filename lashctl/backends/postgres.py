@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from urllib.parse import parse_qsl, urlencode
 
 from lashctl.backends import POSTGRES_SCHEMES, is_postgres_url, require_extra
-from lashctl.backends.base import rendered_uncommitted
+from lashctl.backends.base import rendered_uncommitted, uncommitted_where
 from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Unavailable, UsageError
 from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
 from lashctl.ids import URI_SCHEME, is_valid_id
@@ -188,14 +188,7 @@ def _row(values: tuple) -> Row:
 
 def _uncommitted_where(cutoff_ms: int | None, session: str | None) -> tuple[str, tuple]:
     """The WHERE clause (and its parameters) of uncommitted rows at or before a cutoff, of a session."""
-    conds, params = ["committed_at_ms IS NULL"], []
-    if cutoff_ms is not None:
-        conds.append("intent_at_ms <= %s")
-        params.append(cutoff_ms)
-    if session is not None:
-        conds.append("session_id = %s")
-        params.append(session)
-    return " AND ".join(conds), tuple(params)
+    return uncommitted_where(cutoff_ms, session, suffix="_ms", mark="%s")
 
 
 def _prefix_upper(prefix: str) -> str | None:
