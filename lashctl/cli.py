@@ -337,6 +337,13 @@ def main_options(
 
 def main(prog_name: str = "lashctl") -> None:
     """Console-script entry point."""
+    if sys.stdout is None:
+        # Started with descriptor 1 closed (">&-"): data would have nowhere to
+        # go, and a file the command opens could take that descriptor.
+        if sys.stderr is not None:
+            sys.stderr.write("lashctl: error: standard output is closed: give it somewhere to go "
+                             "(>/dev/null to discard it)\n")
+        raise SystemExit(EXIT_FAILURE)
     for stream in (sys.stdout, sys.stderr):
         try:
             # File names that are not UTF-8 are written back as the bytes they were.

@@ -163,6 +163,16 @@ class _ChunkWriter:
         self._thread.join()
 
 
+def _lstat_entry(entry: os.DirEntry) -> os.stat_result | None:
+    """An entry's own stat; None when it is gone since the directory was
+    listed (a writer beside a reader that holds no lock: a put's staging
+    file renamed, a sweep's delete)."""
+    try:
+        return entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
 class BlobStore:
     """Staging, atomic installs, streaming reads, walks and deletes of blobs."""
 
@@ -605,13 +615,16 @@ class BlobStore:
             tmp = self._dir(TMP)
             if tmp is not None:
                 for entry in sorted(self._scan(tmp, self.tmp), key=lambda e: e.name):
-                    yield self._found("staging", TMP, entry.name, entry.stat(follow_symlinks=False),
-                                      "staging litter in tmp/")
+                    st = _lstat_entry(entry)
+                    if st is not None:
+                        yield self._found("staging", TMP, entry.name, st, "staging litter in tmp/")
             objects = self._dir(OBJECTS)
             if objects is None:
                 return
             for entry in sorted(self._scan(objects, self.objects), key=lambda e: e.name):
-                st = entry.stat(follow_symlinks=False)
+                st = _lstat_entry(entry)
+                if st is None:
+                    continue
                 if not stat.S_ISDIR(st.st_mode):
                     yield self._found("blobs", OBJECTS, entry.name, st)
                     continue
@@ -629,7 +642,9 @@ class BlobStore:
                     if (base is not None and base in names and is_valid_id(base) and base[:2] == entry.name
                             and item.is_file(follow_symlinks=False)):
                         continue  # the sidecar of an entry beside it
-                    yield self._found("blobs", sub, name, item.stat(follow_symlinks=False))
+                    st = _lstat_entry(item)
+                    if st is not None:
+                        yield self._found("blobs", sub, name, st)
 
     def _found(self, area: str, directory: str, name: str, st: os.stat_result, reason: str | None = None) -> Found:
         relative = name if directory in (TMP, OBJECTS) else f"{directory.partition('/')[2]}/{name}"

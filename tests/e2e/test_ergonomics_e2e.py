@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import json
+import os
 
 from reliability_helpers import base_env, one_line_error, run
 
@@ -392,3 +393,21 @@ def test_cache_files_of_deleted_stores_are_dropped_when_a_cache_is_next_opened(t
     assert run(["--store", stores[2], "list-uncommitted"], env=env).returncode == 0
     left = sorted(p.name for p in (cache / "index").iterdir())
     assert len([n for n in left if n.endswith(".idx")]) == 1, left
+
+
+@pytest.mark.parametrize("args", [["list-uncommitted"], ["--json", "list-uncommitted"], ["--json", "stats"]])
+def test_a_closed_standard_output_is_one_line_and_exit_1(tmp_path, args):
+    """Run with stdout closed (``>&-``): one error line, exit 1, never a
+    traceback, and nothing written through a descriptor the store reused."""
+    import subprocess
+
+    from reliability_helpers import find_lashctl
+
+    store = tmp_path / "store"
+    (tmp_path / "f").write_bytes(b"f")
+    assert run(["--store", store, "put", "-q", "-s", "s", tmp_path / "f"], env=base_env()).returncode == 0
+    proc = subprocess.run([find_lashctl(), "--store", str(store), *args], stdin=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env=base_env(), timeout=60, close_fds=True,
+                          preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 1
+    assert "standard output is closed" in one_line_error(proc.stderr)
