@@ -330,6 +330,10 @@ def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = 
             problem = exc.message
             if fix:
                 stack.enter_context(store.manifest.locked())
+        if hasattr(view, "tolerant"):
+            # A database manifest's bad row is one finding: the view skips it
+            # (naming it in view.malformed) and every other check still runs.
+            view.tolerant = True
         stack.enter_context(store.blobs.opened())
         return _verify(store, view, problem, now, fix=fix, grace_ms=grace_ms, progress=progress)
 
@@ -350,6 +354,8 @@ def _verify(store: Store, view, manifest_problem: str | None, now: int, *, fix: 
         report.findings.extend(_bytes_missing(store, row) for row in rows)
     for stray in scan_strays(store):
         _verify_stray(store, stray, report, fix=fix, now=now, grace=grace)
+    for bad in getattr(view, "malformed", ()):
+        report.findings.append(Finding("manifest-corrupt", ERROR, name, None, bad.message))
     if view is not None:
         _settle(store, report)
     return report
@@ -372,10 +378,14 @@ def _settle(store: Store, report: VerifyReport) -> None:
                   if f.kind in _PASSING and f.repair is None and f.attachment_id is not None})
     if not ids:
         return
-    with store.manifest.reading() as fresh:
-        now_rows = {i: [r for group in fresh.rows_by_id(i) for r in group if r.attachment_id == i] for i in ids}
-    present = {i: _is_file(store.blobs.stat(i)) for i in ids}
+    # The store first, then the manifest: a sweep deletes bytes before it
+    # forgets their rows, so rows read after a delete was seen are the sweep's after.
+    # Still there: readable, or still listed (a key listed that cannot be
+    # read, such as an object-store folder marker with content).
+    present = {i: _is_file(store.blobs.stat(i)) or i in store.blobs.iter_ids(i) for i in ids}
     sidecar = {i: _is_file(store.blobs.stat(i, sidecar=True)) for i in ids}
+    with store.manifest.reading(tolerant=True) as fresh:
+        now_rows = {i: [r for group in fresh.rows_by_id(i) for r in group if r.attachment_id == i] for i in ids}
     kept: list[Finding] = []
     for f in report.findings:
         i = f.attachment_id
@@ -501,7 +511,7 @@ def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report
 def _verify_stray(store: Store, stray: StrayFile, report: VerifyReport, *, fix: bool, now: int, grace: int) -> None:
     severity = WARNING if stray.kind in ("staging", "orphan-sidecar") else ERROR
     finding = Finding(f"{stray.kind}-file" if stray.kind != "staging" else "staging-litter", severity,
-                      stray.path, None, stray.reason)
+                      stray.path, stray.attachment_id, stray.reason)
     if fix and stray.kind == "staging" and stray.mtime_ms <= now - grace:
         try:
             remove_stray(store, stray)

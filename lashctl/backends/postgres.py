@@ -518,7 +518,9 @@ class PostgresView:
     def _grouped(self, rows: Iterable[tuple]) -> Iterator[list[Row]]:
         group: list[Row] = []
         for values in rows:
-            row = _row(values)
+            row = self._trusted(values)
+            if row is None:
+                continue  # a tolerant view skips it (and names it)
             if group and group[0].attachment_id != row.attachment_id:
                 yield group
                 group = []

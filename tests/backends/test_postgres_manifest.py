@@ -610,3 +610,26 @@ def test_list_uncommitted_lists_every_good_row_and_reports_bad_ones_as_json_line
     assert listed == good
     assert result.stderr.count("\n") >= 5 and "ABC" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("fix", [False, True], ids=["verify", "verify --fix"])
+def test_verify_reports_a_bad_row_and_checks_everything_else(cli, store, manifest, fix):
+    """A row lashctl cannot trust is one manifest-corrupt finding (exit 65);
+    the blobs and the other rows are still checked, as with a malformed line
+    of a JSON-lines manifest, never the whole report lost."""
+    store.mkdir()
+    (store / "kept.bin").write_bytes(b"kept and committed\n")
+    put = cli("--manifest", manifest.url, "-q", "put", "-s", "s", str(store / "kept.bin"))
+    assert put.exit_code == 0, put.stderr
+    lost = "b" * 64
+    exec_sql(manifest.url, f"INSERT INTO {TABLE} VALUES (%s, 's', 'u', 1000, 2000, NULL, NULL)", params=(lost,))
+    exec_sql(manifest.url, f"INSERT INTO {TABLE} VALUES ('NOTANID', 's', 'u', 1000, NULL, NULL, NULL)")
+    result = cli("--manifest", manifest.url, "--json", "verify", *(["--fix"] if fix else []))
+    assert result.exit_code == 65, result.stderr
+    document = json.loads(result.stdout)
+    assert "findings" in document, document
+    kinds = sorted((f["kind"], f["id"]) for f in document["findings"])
+    assert ("committed-bytes-missing", lost) in kinds
+    assert [k for k, _ in kinds].count("manifest-corrupt") == 1
+    assert document["blobs_checked"] == 1
+    assert "NOTANID" in result.stdout

@@ -740,3 +740,22 @@ def test_a_folder_marker_alone_is_neither_a_blob_nor_a_sidecar(backend, s3_bucke
         client.put_object(Bucket=s3_bucket, Key=key, Body=b"")
     assert list(backend.iter_ids()) == [real]
     assert [f.name for f in backend.walk()] == []
+
+
+def test_verify_keeps_a_folder_marker_with_content_unreadable(s3_bucket, client, tmp_path):
+    """A key ``<id>/`` with content is listed as ``<id>`` but cannot be read:
+    verify reports it as unreadable (README, "Beyond one machine"), and its
+    final re-check of passing findings (the key is still listed) keeps it."""
+    from lashctl import inspect
+    from lashctl.core import Store
+    from lashctl.timefmt import now_ms
+
+    store = Store(f"s3://{s3_bucket}/team/lash", tmp_path / "manifest.jsonl", layout="bare")
+    real = put_blob(store.blobs, b"a real blob")
+    ghost = sha(b"a marker with content")
+    client.put_object(Bucket=s3_bucket, Key=f"team/lash/sha256/{ghost[:2]}/{ghost}/", Body=b"not these bytes")
+    with store.blobs.opened():
+        report = inspect.verify(store, now_ms())
+    assert [(f.kind, f.attachment_id) for f in report.findings if f.severity == inspect.ERROR] == [
+        ("unreadable", ghost)], report.findings
+    assert real not in {f.attachment_id for f in report.findings if f.severity == inspect.ERROR}
