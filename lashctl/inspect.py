@@ -368,24 +368,32 @@ _PASSING = {"unreadable", "sidecar-missing", "orphan-sidecar-file",
             "committed-bytes-missing", "uncommitted-bytes-missing"}
 
 
+# More passing findings than this are not a moment's race (a store whose
+# rows lost their bytes long ago): they are reported as seen, unchecked.
+_SETTLE_LIMIT = 10_000
+
+
 def _settle(store: Store, report: VerifyReport) -> None:
     """Check once more, against the store and a fresh read of the manifest,
     every finding a concurrent writer can cause; keep only what is still
     wrong. A blob that vanished while it was read is no finding if its rows
     went with it (a sweep); rows that still reference it are reported as
-    their bytes missing."""
-    ids = sorted({f.attachment_id for f in report.findings
-                  if f.kind in _PASSING and f.repair is None and f.attachment_id is not None})
-    if not ids:
+    their bytes missing. Up to ``_SETTLE_LIMIT`` ids."""
+    passing = [f for f in report.findings if f.kind in _PASSING and f.repair is None and f.attachment_id is not None]
+    ids = sorted({f.attachment_id for f in passing})
+    if not ids or len(ids) > _SETTLE_LIMIT:
         return
     # The store first, then the manifest: a sweep deletes bytes before it
     # forgets their rows, so rows read after a delete was seen are the sweep's after.
-    # Still there: readable, or still listed (a key listed that cannot be
-    # read, such as an object-store folder marker with content).
-    present = {i: _is_file(store.blobs.stat(i)) or i in store.blobs.iter_ids(i) for i in ids}
-    sidecar = {i: _is_file(store.blobs.stat(i, sidecar=True)) for i in ids}
+    # Still there: readable, or (for a key verify could not read) still
+    # listed, such as an object-store folder marker with content.
+    unreadable = {f.attachment_id for f in passing if f.kind == "unreadable"}
+    present = {i: _is_file(store.blobs.stat(i)) or (i in unreadable and i in store.blobs.iter_ids(i)) for i in ids}
+    sidecar = {f.attachment_id: _is_file(store.blobs.stat(f.attachment_id, sidecar=True))
+               for f in passing if f.kind in ("sidecar-missing", "orphan-sidecar-file")}
     with store.manifest.reading(tolerant=True) as fresh:
-        now_rows = {i: [r for group in fresh.rows_by_id(i) for r in group if r.attachment_id == i] for i in ids}
+        now_rows = {i: [r for group in fresh.rows_by_id(i) for r in group if r.attachment_id == i]
+                    for i in ids if not present[i]}
     kept: list[Finding] = []
     for f in report.findings:
         i = f.attachment_id
@@ -398,9 +406,8 @@ def _settle(store: Store, report: VerifyReport) -> None:
         elif f.kind == "orphan-sidecar-file" and sidecar[i] and not present[i]:
             kept.append(f)
     # Rows that reference bytes not there now, whatever verify saw before.
-    for i in ids:
-        if not present[i]:
-            kept.extend(_bytes_missing(store, row) for row in now_rows[i])
+    for i, rows in now_rows.items():
+        kept.extend(_bytes_missing(store, row) for row in rows)
     report.findings = kept
 
 
