@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 
 from lashctl import __version__
 from lashctl.commands import ENV_DEBUG, ENV_LOCK_TIMEOUT, ENV_MANIFEST, ENV_STORE, AppState
-from lashctl.errors import EXIT_FAILURE, EXIT_USAGE, LashctlError
+from lashctl.errors import EXIT_FAILURE, EXIT_USAGE, LashctlError, UsageError
 from lashctl.render import UI
 
 
@@ -196,7 +196,10 @@ class LashctlGroup(TyperGroup):
             traceback.print_exception(exc, file=sys.stderr)
         if state is not None and state.ui.json and not state.ui.wrote_data:
             # A cron job logging --json still gets one document saying what went wrong.
-            state.ui.emit_json({"error": message, "exit_code": code, **state.run_fields()})
+            try:
+                state.ui.emit_json({"error": message, "exit_code": code, **state.run_fields()})
+            except OSError:
+                _quiet_stdout()  # stdout itself failed (a full device): the line below says why
         UI.error(message)
         raise typer.Exit(code)
 
@@ -344,10 +347,62 @@ def main(prog_name: str = "lashctl") -> None:
             sys.stderr.write("lashctl: error: standard output is closed: give it somewhere to go "
                              "(>/dev/null to discard it)\n")
         raise SystemExit(EXIT_FAILURE)
+    _guard_closed_streams()
     for stream in (sys.stdout, sys.stderr):
         try:
             # File names that are not UTF-8 are written back as the bytes they were.
             stream.reconfigure(errors="surrogateescape")
         except (AttributeError, ValueError):
             pass
-    app(prog_name=prog_name)
+    try:
+        app(prog_name=prog_name)
+    except OSError as exc:  # stdout refused a write (a full device) outside a command: --help, --version
+        _quiet_stdout()
+        UI.error(f"I/O error: cannot write to standard output: {exc.strerror or exc}")
+        raise SystemExit(EXIT_FAILURE) from None
+
+
+def _guard_closed_streams() -> None:
+    """Started with standard input or error closed (``<&-``, ``2>&-``): the
+    descriptor is reopened on /dev/null, so that no file the command opens
+    takes its number. Messages then go nowhere (never onto stdout, the data);
+    reading standard input is a usage error."""
+    closed = {fd for fd in (0, 2) if not _is_open(fd)}
+    for fd in sorted(closed):
+        got = os.open(os.devnull, os.O_RDWR)
+        if got != fd:
+            os.dup2(got, fd)
+            os.close(got)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+    if 0 in closed or sys.stdin is None:
+        sys.stdin = _ClosedInput()
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+class _ClosedInput:
+    """``sys.stdin`` when the command was started without one."""
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str):
+        raise UsageError("standard input is closed: give the input on a pipe or as a file")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a full or
+    closed output is dropped at exit, not reported a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, AttributeError, ValueError):
+        pass

@@ -411,3 +411,58 @@ def test_a_closed_standard_output_is_one_line_and_exit_1(tmp_path, args):
                           preexec_fn=lambda: os.close(1))
     assert proc.returncode == 1
     assert "standard output is closed" in one_line_error(proc.stderr)
+
+
+def _run_with(args, closed=(), stdout=None, stdin=None, env=None):
+    import subprocess
+
+    from reliability_helpers import find_lashctl
+
+    def close():
+        for fd in closed:
+            os.close(fd)
+
+    return subprocess.run([find_lashctl(), *map(str, args)], stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                          stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=env or base_env(), timeout=60, preexec_fn=close)
+
+
+@pytest.mark.parametrize("args", [["ls"], ["--json", "verify"], ["put", "-s", "s", "{f}"], ["reclaim", "-n"]])
+def test_a_closed_standard_error_silences_messages_and_keeps_data_clean(tmp_path, args):
+    """With stderr closed (2>&-) messages go nowhere: never onto stdout (the
+    data), and never a crash."""
+    store = tmp_path / "store"
+    (tmp_path / "f").write_bytes(b"f")
+    assert run(["--store", store, "put", "-q", "-s", "s", tmp_path / "f"], env=base_env()).returncode == 0
+    proc = _run_with(["--store", store, *[a.replace("{f}", str(tmp_path / "f")) for a in args]], closed=(2,))
+    assert proc.returncode == 0, proc.stdout
+    out = proc.stdout.decode()
+    if "--json" in args:
+        json.loads(out)
+    assert "blob(s)" not in out and "lashctl:" not in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("args", [["put", "-s", "s", "-"], ["put", "-s", "s", "--files-from", "-"],
+                                  ["commit", "-s", "s", "-"]])
+def test_a_closed_standard_input_is_a_usage_error(tmp_path, args):
+    store = tmp_path / "store"
+    (tmp_path / "f").write_bytes(b"f")
+    assert run(["--store", store, "put", "-q", "-s", "s", tmp_path / "f"], env=base_env()).returncode == 0
+    before = (store / "manifest.jsonl").read_bytes()
+    proc = _run_with(["--store", store, *args], closed=(0,))
+    assert proc.returncode == 2
+    assert "standard input is closed" in one_line_error(proc.stderr)
+    assert (store / "manifest.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["--json", "get", "{id}"], ["get", "{id}"],
+                                  ["--json", "ls"]])
+def test_a_full_standard_output_is_one_line_and_exit_1(tmp_path, args):
+    store = tmp_path / "store"
+    (tmp_path / "f").write_bytes(b"f" * 100_000)
+    put = run(["--store", store, "put", "-q", "-s", "s", tmp_path / "f"], env=base_env())
+    blob = put.stdout.decode().strip()
+    with open("/dev/full", "wb") as full:
+        proc = _run_with(["--store", store, *[a.replace("{id}", blob) for a in args]], stdout=full)
+    assert proc.returncode == 1
+    assert "No space left on device" in one_line_error(proc.stderr)
