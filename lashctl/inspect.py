@@ -383,21 +383,24 @@ def _settle(store: Store, report: VerifyReport) -> None:
     ids = sorted({f.attachment_id for f in passing})
     if not ids or len(ids) > _SETTLE_LIMIT:
         return
-    # The store first, then the manifest: a sweep deletes bytes before it
-    # forgets their rows, so rows read after a delete was seen are the sweep's after.
-    # Still there: readable, or (for a key verify could not read) still
-    # listed, such as an object-store folder marker with content.
+    # The store, the manifest, then the store again: a sweep deletes bytes
+    # before it forgets their rows; a put records its intent before its bytes
+    # land (and a commit may follow). Bytes seen either time are there.
     unreadable = {f.attachment_id for f in passing if f.kind == "unreadable"}
-    present = {i: _is_file(store.blobs.stat(i)) or (i in unreadable and i in store.blobs.iter_ids(i)) for i in ids}
-    sidecar = {f.attachment_id: _is_file(store.blobs.stat(f.attachment_id, sidecar=True))
+    present = {i: _still_there(store, i, i in unreadable) for i in ids}
+    sidecar = {f.attachment_id: _still_there(store, f.attachment_id, False, sidecar=True)
                for f in passing if f.kind in ("sidecar-missing", "orphan-sidecar-file")}
     with store.manifest.reading(tolerant=True) as fresh:
         now_rows = {i: [r for group in fresh.rows_by_id(i) for r in group if r.attachment_id == i]
-                    for i in ids if not present[i]}
+                    for i in ids if present[i] is False}
+    for i in now_rows:
+        present[i] = _still_there(store, i, i in unreadable)
+    # What the store would not say (a shard that is now a symlink): as seen.
+    unsure = {i for i in ids if present[i] is None or sidecar.get(i, False) is None}
     kept: list[Finding] = []
     for f in report.findings:
         i = f.attachment_id
-        if f.kind not in _PASSING or f.repair is not None or i is None:
+        if f.kind not in _PASSING or f.repair is not None or i is None or i in unsure:
             kept.append(f)
         elif f.kind == "unreadable" and present[i]:
             kept.append(f)
@@ -407,8 +410,22 @@ def _settle(store: Store, report: VerifyReport) -> None:
             kept.append(f)
     # Rows that reference bytes not there now, whatever verify saw before.
     for i, rows in now_rows.items():
-        kept.extend(_bytes_missing(store, row) for row in rows)
+        if present[i] is False:
+            kept.extend(_bytes_missing(store, row) for row in rows)
     report.findings = kept
+
+
+def _still_there(store: Store, attachment_id: str, listed_counts: bool, sidecar: bool = False) -> bool | None:
+    """Whether a blob (or its sidecar) is in the store now; with
+    ``listed_counts``, a key still listed counts too (an object-store folder
+    marker with content: listed, never readable). None when the store will
+    not say (a shard that is not a safe directory)."""
+    try:
+        if _is_file(store.blobs.stat(attachment_id, sidecar=sidecar)):
+            return True
+        return listed_counts and attachment_id in store.blobs.iter_ids(attachment_id)
+    except LashctlError:
+        return None
 
 
 def _bytes_missing(store: Store, row: Row) -> Finding:

@@ -1863,7 +1863,7 @@ def test_delete_of_several_ids_deletes_nothing_when_one_shard_is_unsafe(cli, sto
     assert (outside / last).is_file()
 
 
-@pytest.mark.parametrize("limit, stats", [(3, 3), (2, 0)])
+@pytest.mark.parametrize("limit, stats", [(3, 6), (2, 0)])  # under the bound: a look before and after the rows
 def test_verify_rechecks_a_bounded_number_of_passing_findings(cli, store, monkeypatch, limit, stats):
     """Rows whose bytes are missing are checked once more (a sweep beside
     verify) only up to a bound: a store of a million such rows is not a
@@ -1887,3 +1887,50 @@ def test_verify_rechecks_a_bounded_number_of_passing_findings(cli, store, monkey
     assert sorted((f["kind"], f["id"]) for f in document["findings"]) == sorted(
         ("committed-bytes-missing", i) for i in lost)
     assert len([c for c in calls if c in lost]) == stats
+
+
+def test_verify_keeps_its_report_when_a_shard_it_rechecks_is_unsafe(cli, store, put_blobs, tmp_path):
+    """A committed blob whose shard directory became a symlink: the report
+    names the stray shard and the missing bytes; the final re-check, which
+    may not look through the link, keeps what it cannot check."""
+    (kept,) = put_blobs({"k.bin": b"kept and committed"})
+    now = now_ms()
+    write_manifest(store, [intent(kept, "s", now - 5), commit_ev(kept, "s", now - 4)])
+    shard = store / "sha256" / kept[:2]
+    outside = tmp_path / "outside"
+    shard.rename(outside)
+    shard.symlink_to(outside)
+    result = cli("--json", "verify")
+    assert result.exit_code == 65, result.stderr
+    kinds = {(f["kind"], f["id"]) for f in json.loads(result.stdout)["findings"]}
+    assert ("committed-bytes-missing", kept) in kinds and ("stray-file", None) in kinds
+
+
+def test_verify_recheck_sees_bytes_a_put_lands_while_it_reads_the_manifest(cli, store, put_blobs, monkeypatch):
+    """A put writes its intent, then its bytes; a commit follows. When they
+    land while verify's re-check reads the manifest, the store is looked at
+    once more after that read: no committed-bytes-missing for bytes that are there."""
+    from lashctl.backends.jsonl import JsonlManifest
+
+    (late,) = put_blobs({"late.bin": b"landing late"})
+    blob = blob_path(store, late)
+    held = blob.read_bytes()
+    blob.unlink()  # a put in flight: its sidecar is there, its bytes not yet
+    now = now_ms()
+    write_manifest(store, [intent(late, "s", now - 5)])
+    real = JsonlManifest.reading
+    calls = []
+
+    def reading(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the re-check's fresh read: the put lands, and is committed
+            blob.write_bytes(held)
+            with open(store / "manifest.jsonl", "a") as log:
+                log.write(json.dumps(commit_ev(late, "s", now - 1)) + "\n")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(JsonlManifest, "reading", reading)
+    result = cli("--json", "verify")
+    assert len(calls) == 2
+    assert result.exit_code == 0, result.stdout
+    assert json.loads(result.stdout)["errors"] == 0
