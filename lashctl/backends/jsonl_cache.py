@@ -507,9 +507,11 @@ class ManifestIndex:
 
     @staticmethod
     def _stream_rendered(cursor: sqlite3.Cursor, form: str, now: int) -> Iterator[tuple]:
+        from itertools import chain
+
         try:
-            while part := cursor.fetchmany(2000):
-                yield from rendered_uncommitted(part, form, now)
+            # One template (and its clock) over the whole listing, fetched 2,000 rows at a time.
+            yield from rendered_uncommitted(chain.from_iterable(iter(lambda: cursor.fetchmany(2000), [])), form, now)
         finally:
             try:
                 cursor.close()
