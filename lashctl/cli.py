@@ -373,9 +373,9 @@ def _guard_closed_streams() -> None:
         if got != fd:
             os.dup2(got, fd)
             os.close(got)
-    if 2 in closed or sys.stderr is None:
+    if sys.stderr is None:
         sys.stderr = open(2, "w", closefd=False)
-    if 0 in closed or sys.stdin is None:
+    if sys.stdin is None:
         sys.stdin = _ClosedInput()
 
 
