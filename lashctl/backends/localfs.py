@@ -263,11 +263,9 @@ class BlobStore:
         Refuses (UnsafePath) a symlink, a non-directory or a foreign owner.
         """
         assert self._depth, "BlobStore directories are opened inside opened()"
-        fd = self._fds.get(key, -1)
-        if fd is not None and fd >= 0:
+        fd = self._fds.get(key)
+        if fd is not None:
             return fd
-        if fd is None and not create:
-            return None
         if key == ROOT:
             fd = self._open_root(create)
         else:
@@ -279,7 +277,8 @@ class BlobStore:
                 fd = make_dir(name, self._where(key), parent, self._owners)
             else:
                 fd = open_dir(name, self._where(key), parent, self._owners)
-        self._fds[key] = fd
+        if fd is not None:  # an absent directory is asked again: a writer beside a reader may create it
+            self._fds[key] = fd
         return fd
 
     def _open_root(self, create: bool) -> int | None:

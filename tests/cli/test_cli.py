@@ -1906,16 +1906,24 @@ def test_verify_keeps_its_report_when_a_shard_it_rechecks_is_unsafe(cli, store, 
     assert ("committed-bytes-missing", kept) in kinds and ("stray-file", None) in kinds
 
 
-def test_verify_recheck_sees_bytes_a_put_lands_while_it_reads_the_manifest(cli, store, put_blobs, monkeypatch):
+@pytest.mark.parametrize("new_shard", [False, True], ids=["shard there", "new shard"])
+def test_verify_recheck_sees_bytes_a_put_lands_while_it_reads_the_manifest(cli, store, put_blobs, monkeypatch,
+                                                                            new_shard):
     """A put writes its intent, then its bytes; a commit follows. When they
     land while verify's re-check reads the manifest, the store is looked at
-    once more after that read: no committed-bytes-missing for bytes that are there."""
+    once more after that read: no committed-bytes-missing for bytes that are
+    there, even in a shard directory that did not exist before."""
+    import shutil
+
     from lashctl.backends.jsonl import JsonlManifest
 
     (late,) = put_blobs({"late.bin": b"landing late"})
     blob = blob_path(store, late)
     held = blob.read_bytes()
+    held_sidecar = sidecar_path(store, late).read_bytes()
     blob.unlink()  # a put in flight: its sidecar is there, its bytes not yet
+    if new_shard:
+        shutil.rmtree(blob.parent)  # nothing of it yet: its shard is new
     now = now_ms()
     write_manifest(store, [intent(late, "s", now - 5)])
     real = JsonlManifest.reading
@@ -1924,6 +1932,8 @@ def test_verify_recheck_sees_bytes_a_put_lands_while_it_reads_the_manifest(cli, 
     def reading(self, *a, **k):
         calls.append(1)
         if len(calls) == 2:  # the re-check's fresh read: the put lands, and is committed
+            blob.parent.mkdir(exist_ok=True)
+            sidecar_path(store, late).write_bytes(held_sidecar)
             blob.write_bytes(held)
             with open(store / "manifest.jsonl", "a") as log:
                 log.write(json.dumps(commit_ev(late, "s", now - 1)) + "\n")
