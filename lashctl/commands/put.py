@@ -88,10 +88,7 @@ def put(
         ui.info(f"nothing to store: --files-from {files_from} listed no paths")
         return
     transfer.check_put_sources(inputs)
-    # A terminal reports its end once per Ctrl-D; the buffered reader reads
-    # on after a short read and would swallow it, waiting for a second one.
-    stdin = sys.stdin.buffer.raw if "-" in inputs and sys.stdin.isatty() else sys.stdin.buffer
-    sources = [transfer.PutSource.from_path(p, lambda: stdin) for p in inputs]
+    sources = [transfer.PutSource.from_path(p, _stdin) for p in inputs]
     options = transfer.PutOptions(session, media_type, label, width, height)
     store = state.store(create=True)
     show_bar = ui.wants_progress() and (
@@ -125,6 +122,13 @@ def put(
     total = human_bytes(sum(r.byte_len for r in landed))
     deduplicated = sum(r.deduplicated for r in landed)
     ui.info(f"stored {len(landed)} blob(s), {total} ({deduplicated} already present) for session {session}")
+
+
+def _stdin():
+    """Standard input as a put reads it, asked for only when an input is "-".
+    A terminal reports its end once per Ctrl-D; the buffered reader reads on
+    after a short read and would swallow it, waiting for a second one."""
+    return sys.stdin.buffer.raw if sys.stdin.isatty() else sys.stdin.buffer
 
 
 def _inputs(ui, paths: list[str], files_from: Optional[str], null: bool) -> list[str]:

@@ -466,3 +466,12 @@ def test_a_full_standard_output_is_one_line_and_exit_1(tmp_path, args):
         proc = _run_with(["--store", store, *[a.replace("{id}", blob) for a in args]], stdout=full)
     assert proc.returncode == 1
     assert "No space left on device" in one_line_error(proc.stderr)
+
+
+def test_a_closed_standard_input_does_not_stop_a_put_of_files(tmp_path):
+    """Only reading standard input needs it: put of a path works with stdin closed."""
+    store = tmp_path / "store"
+    (tmp_path / "f").write_bytes(b"f")
+    proc = _run_with(["--store", store, "put", "-q", "-s", "s", tmp_path / "f"], closed=(0,))
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.split()) == 1
