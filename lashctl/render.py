@@ -68,26 +68,33 @@ class UI:
         out.flush()
         return count
 
-    def emit_rendered(self, items: Iterable[Any], render: Callable[[Any], Any]) -> int:
-        """A listing on a pipe whose items come either already written (str:
-        one JSON object, or one TSV line without its newline) or as objects
-        that ``render`` turns into a JSON document (with --json) or the cells
-        of a TSV line: the same bytes ``emit_json_array`` / ``records`` write.
-        Returns the number of items."""
+    def emit_rendered(self, chunks: Iterable[list[Any]], render: Callable[[Any], Any]) -> int:
+        """A listing on a pipe whose items come in chunks (lists), each item
+        either already written (str: one JSON object, or one TSV line without
+        its newline), an object that ``render`` turns into a JSON document
+        (with --json) or the cells of a TSV line, or None (left out): the
+        same bytes ``emit_json_array`` / ``records`` write. Returns the
+        number of items written."""
         out, count, pending = sys.stdout, 0, []
         json_form = self.json
         if json_form:
             pending.append("[")
-        for item in items:
+
+        def written(item: Any) -> str:
             if json_form:
-                text = item if type(item) is str else _dumps(render(item), None)
-                pending.append("," + text if count else text)
+                return _dumps(render(item), None)
+            return "\t".join(_plain(cell) for cell in render(item))
+
+        for chunk in chunks:
+            texts = [item if type(item) is str else written(item) for item in chunk if item is not None]
+            if not texts:
+                continue
+            if json_form:
+                pending.append(("," if count else "") + ",".join(texts))
             else:
-                text = item if type(item) is str else "\t".join(_plain(cell) for cell in render(item))
-                pending.append(text + "\n")
-            count += 1
-            if len(pending) >= 2000:
-                self._write(out, pending)
+                pending.append("\n".join(texts) + "\n")
+            count += len(texts)
+            self._write(out, pending)
         if json_form:
             pending.append("]\n")
         self._write(out, pending)

@@ -122,22 +122,26 @@ def iso_ms(epoch_ms: int | None) -> str | None:
 def iso_clock():
     """``iso_ms`` for a run of times in 1970-9999, mostly in order (a
     listing's): the date is formatted once per day met in a row, the clock
-    from tables, several times cheaper than ``iso_ms`` per call."""
+    from tables once per second met in a row, several times cheaper than
+    ``iso_ms`` per call."""
     hours = [f"T{h:02d}:" for h in range(24)]
     minutes = [f"{m:02d}:" for m in range(60)]
     seconds = [f"{s:02d}" for s in range(60)]
     millis = [f".{ms:03d}Z" for ms in range(1000)]
     last_day, date = -1, ""
+    last_second, head = -1, ""
 
     def iso(epoch_ms: int) -> str:
-        nonlocal last_day, date
-        day, rest = divmod(epoch_ms, 86_400_000)
-        if day != last_day:
-            last_day, date = day, time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
-        rest, milli = divmod(rest, 1000)
-        rest, second = divmod(rest, 60)
-        hour, minute = divmod(rest, 60)
-        return date + hours[hour] + minutes[minute] + seconds[second] + millis[milli]
+        nonlocal last_day, date, last_second, head
+        second, milli = divmod(epoch_ms, 1000)
+        if second != last_second:
+            day, rest = divmod(second, 86_400)
+            if day != last_day:
+                last_day, date = day, time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+            rest, sec = divmod(rest, 60)
+            hour, minute = divmod(rest, 60)
+            last_second, head = second, date + hours[hour] + minutes[minute] + seconds[sec]
+        return head + millis[milli]
 
     return iso
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
@@ -330,13 +331,15 @@ def iter_uncommitted(
 
 def iter_uncommitted_rendered(
     store: Store, cutoff: int | None, session: str | None, malformed: list[Corrupt], now: int, form: str,
-) -> Iterator[str | UncommittedRow]:
-    """``iter_uncommitted`` for a listing on a pipe: a row without bytes or
-    sidecar comes as the text the listing prints for it (``form`` "json" or
-    "tsv", rendered by the manifest's database: the state cache's SQLite or
-    PostgreSQL), any other row as an ``UncommittedRow`` for the caller to
-    render. Where the manifest cannot render rows (the in-memory fold) every
-    row comes as an ``UncommittedRow``.
+) -> Iterator[list[str | UncommittedRow | None]]:
+    """``iter_uncommitted`` for a listing on a pipe, in chunks: a row
+    without bytes or sidecar comes as the text the listing prints for it
+    (``form`` "json" or "tsv", from the template of
+    ``backends.base.rendered_uncommitted`` over the rows the manifest's
+    database selects: the state cache's SQLite or PostgreSQL), any other
+    row as an ``UncommittedRow`` for the caller to render, and a row a
+    tolerant view skipped (and noted) as None. Where the manifest cannot
+    select rows so (the in-memory fold) every row comes as an ``UncommittedRow``.
     """
     with store.manifest.reading(tolerant=True) as view, store.blobs.opened():
         yield from _rendered_rows(store, view, cutoff, session, now, form)
@@ -344,28 +347,21 @@ def iter_uncommitted_rendered(
 
 
 def _rendered_rows(store: Store, view, cutoff: int | None, session: str | None, now: int, form: str
-                   ) -> Iterator[str | UncommittedRow]:
+                   ) -> Iterator[list[str | UncommittedRow | None]]:
     render = getattr(view, "uncommitted_rendered", None)
-    rendered = render(cutoff, session, now, form) if render is not None else None
-    if rendered is None:
-        for row in view.uncommitted(cutoff, session):
-            yield _describe_row(store, row)
+    chunks = render(cutoff, session, now, form, getattr(store.blobs, "known_absent", None)) if render else None
+    if chunks is None:
+        rows = view.uncommitted(cutoff, session)
+        while chunk := [_describe_row(store, row) for row in islice(rows, 2000)]:
+            yield chunk
         return
-    known_absent = getattr(store.blobs, "known_absent", None)
-    absent: dict[str, bool] = {}  # per shard: neither a blob nor a sidecar can be there
-    for item in rendered:
-        text = item[2]
-        if text is not None and known_absent is not None:
-            shard = item[0][:2]
-            gone = absent.get(shard)
-            if gone is None:
-                gone = absent[shard] = known_absent(item[0])
-            if gone:
-                yield text
-                continue
-        row = view.rendered_row(item)
-        if row is not None:  # None: a row a tolerant view skipped (and noted)
-            yield _describe_row(store, row)
+
+    def described(values: tuple) -> UncommittedRow | None:
+        row = view.rendered_row(values)
+        return None if row is None else _describe_row(store, row)
+
+    for chunk in chunks:
+        yield [item if type(item) is str else described(item) for item in chunk]
 
 
 def _describe_row(store: Store, row: Row) -> UncommittedRow:

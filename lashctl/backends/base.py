@@ -251,43 +251,91 @@ def uncommitted_where(cutoff_ms: int | None, session: str | None, *, suffix: str
     return " AND ".join(conds), tuple(params)
 
 
-def rendered_uncommitted(rows: Iterable[tuple], form: str, now: int) -> Iterator[tuple]:
-    """list-uncommitted's text for rows without bytes or sidecar, rendered as
-    ``lashctl.commands.list_uncommitted`` writes them on a pipe (``form``
-    "json": its compact object, keys in its order; "tsv": its line without
-    the newline; ``now``: the time ages count from), for manifests whose
-    database selects the rows in order.
+def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
+                         absent: Callable[[str], bool] | None) -> Iterator[list]:
+    """list-uncommitted's rows on a pipe, a chunk at a time, for manifests
+    whose database selects them in order: takes chunks of
+    ``(id, session, uri, intent_at)`` and yields, for each chunk, a list
+    with one item per row in order: the text ``lashctl.commands.list_uncommitted``
+    writes for the row (``form`` "json": its compact object, keys in its
+    order; "tsv": its line without the newline; ``now``: the time ages count
+    from), or the row itself where the caller must render it.
 
-    Takes ``(id, session, uri, intent_at)``; yields
-    ``(id, session, text, uri, intent_at)``. ``text`` is None unless the
-    template is exact: a valid id, a non-empty session and (JSON) URI of
-    printable ASCII, no backslash in a TSV session, an intent time in
-    1970-9999. Such rows are rendered like rows with bytes."""
+    A row is written here only where the template is exact (a valid id, a
+    non-empty session and, for JSON, URI of printable ASCII; no backslash
+    in a TSV session; an intent time in 1970-9999) and ``absent(id)`` says
+    neither its bytes nor its sidecar can exist (asked once per shard);
+    with ``absent`` None every row is the caller's. Whole chunks are
+    checked at once: row by row only where one of them fails."""
     from lashctl.timefmt import MAX_EPOCH_MS, age_text, iso_clock
 
+    if absent is None:
+        yield from chunks
+        return
     tsv = form == "tsv"
     clock = iso_clock()
-    for attachment_id, session_id, uri, intent_at in rows:
-        probe = attachment_id + session_id if tsv else attachment_id + session_id + uri
-        text = None
-        if (0 <= intent_at <= MAX_EPOCH_MS and session_id and probe.isascii() and probe.isprintable()
-                and len(attachment_id) == 64 and not attachment_id.strip(_HEX)):
-            iso = clock(intent_at)
-            if tsv:
-                if "\\" not in session_id:
-                    text = f"{attachment_id}\t{session_id}\t{iso}\t{age_text(now - intent_at)}\t-\t-\t-\tmissing"
-            elif '"' in probe or "\\" in probe:
-                import json
+    shards: dict[str, bool] = {}  # shard -> neither bytes nor sidecar can be there
 
-                text = json.dumps({"id": attachment_id, "session_id": session_id, "canonical_uri": uri,
-                                   "intent_at_epoch_ms": intent_at, "intent_at": iso, "age_ms": now - intent_at,
-                                   "byte_len": None, "media_type": None, "label": None, "bytes_present": False},
-                                  separators=(",", ":"))
-            else:
-                text = (f'{{"id":"{attachment_id}","session_id":"{session_id}","canonical_uri":"{uri}",'
-                        f'"intent_at_epoch_ms":{intent_at},"intent_at":"{iso}","age_ms":{now - intent_at},'
-                        '"byte_len":null,"media_type":null,"label":null,"bytes_present":false}')
-        yield attachment_id, session_id, text, uri, intent_at
+    if tsv:
+        def written(rows: Iterable[tuple]) -> list[str]:
+            return [f"{aid}\t{sid}\t{clock(at)}\t{age_text(now - at)}\t-\t-\t-\tmissing" for aid, sid, _, at in rows]
+    else:
+        def written(rows: Iterable[tuple]) -> list[str]:
+            return [f'{{"id":"{aid}","session_id":"{sid}","canonical_uri":"{uri}","intent_at_epoch_ms":{at},'
+                    f'"intent_at":"{clock(at)}","age_ms":{now - at},"byte_len":null,"media_type":null,'
+                    '"label":null,"bytes_present":false}' for aid, sid, uri, at in rows]
+
+    def one(row: tuple) -> str | tuple:
+        attachment_id, session_id, uri, intent_at = row
+        probe = attachment_id + session_id if tsv else attachment_id + session_id + uri
+        if not (0 <= intent_at <= MAX_EPOCH_MS and session_id and probe.isascii() and probe.isprintable()
+                and _is_id(attachment_id) and shards.get(attachment_id[:2])):
+            return row
+        if tsv:
+            return row if "\\" in session_id else written((row,))[0]
+        if '"' in probe or "\\" in probe:
+            import json
+
+            return json.dumps({"id": attachment_id, "session_id": session_id, "canonical_uri": uri,
+                               "intent_at_epoch_ms": intent_at, "intent_at": clock(intent_at),
+                               "age_ms": now - intent_at, "byte_len": None, "media_type": None, "label": None,
+                               "bytes_present": False}, separators=(",", ":"))
+        return written((row,))[0]
+
+    for chunk in chunks:
+        if not chunk:
+            continue
+        met = {row[0][:2] for row in chunk}
+        if not met.issubset(shards):
+            for row in chunk:  # ask the store once per shard, with an id of it
+                if row[0][:2] not in shards and _is_id(row[0]):
+                    shards[row[0][:2]] = absent(row[0])
+        if all(shards.get(shard) for shard in met) and _plain_chunk(chunk, tsv, MAX_EPOCH_MS):
+            yield written(chunk)
+        else:
+            yield [one(row) for row in chunk]
+
+
+_HEX_BYTES = _HEX.encode()
+
+
+def _is_id(text: str) -> bool:
+    return len(text) == 64 and not text.strip(_HEX)
+
+
+def _plain_chunk(chunk: list[tuple], tsv: bool, max_ms: int) -> bool:
+    """Whether every row of the chunk fits ``rendered_uncommitted``'s plain
+    template: ids of 64 lowercase hex digits, non-empty sessions, session
+    (and, for JSON, URI) text of printable ASCII without backslash or
+    (JSON) double quote, intent times from 0 to ``max_ms``."""
+    ids = [row[0] for row in chunk]
+    sessions = [row[1] for row in chunk]
+    times = [row[3] for row in chunk]
+    text = "".join(sessions) if tsv else "".join(sessions) + "".join([row[2] for row in chunk])
+    return (all(sessions) and set(map(len, ids)) == {64}
+            and not "".join(ids).encode("utf-8", "replace").translate(None, _HEX_BYTES)
+            and text.isascii() and text.isprintable() and "\\" not in text and (tsv or '"' not in text)
+            and 0 <= min(times) and max(times) <= max_ms)
 
 
 def land_in_order(blobs: BlobBackend, items: "list[tuple[Staged, Metadata | None]]") -> list[bool]:

@@ -47,19 +47,19 @@ class CacheView:
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
         return self.index.aged(cutoff_ms)
 
-    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
-                             form: str) -> Iterator[tuple] | None:
-        """``(attachment_id, session_id, text, uri, intent_at)`` items, rendered
+    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int, form: str,
+                             absent: Callable[[str], bool] | None) -> Iterator[list] | None:
+        """Chunks of rows written or left as ``(id, session, uri, intent_at)``,
         from the cache's index (``ManifestIndex.uncommitted_rendered``); None
         where the cache cannot answer alone."""
-        return self.index.uncommitted_rendered(cutoff_ms, session, now, form)
+        return self.index.uncommitted_rendered(cutoff_ms, session, now, form, absent)
 
     @staticmethod
-    def rendered_row(item: tuple) -> Row:
-        """The uncommitted ``Row`` an ``uncommitted_rendered`` item stands for,
-        from the item itself (the snapshot the listing reads, whatever was
-        appended since)."""
-        attachment_id, session_id, _text, uri, intent_at = item
+    def rendered_row(values: tuple) -> Row:
+        """The uncommitted ``Row`` of a row ``uncommitted_rendered`` left
+        unwritten, from the row itself (the snapshot the listing reads,
+        whatever was appended since)."""
+        attachment_id, session_id, uri, intent_at = values
         return Row(session_id, attachment_id, uri, intent_at)
 
     def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:

@@ -477,17 +477,12 @@ class ManifestIndex:
             return self.uncommitted(cutoff_ms, session)
         return self._stream_uncommitted(cursor, cutoff_ms, session)
 
-    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
-                             form: str) -> Iterator[tuple[str, str, str | None]] | None:
-        """``uncommitted`` with each row already rendered, for listings.
-
-        Yields ``(attachment_id, session_id, text, uri, intent_at)`` in ``uncommitted``'s order,
-        where ``text`` is the row exactly as ``list-uncommitted`` prints it on a
-        pipe (``form`` "json": its compact JSON object; "tsv": its line without
-        the newline) *for a row whose bytes and sidecar are absent*, written
-        by ``backends.base.rendered_uncommitted``; ``text`` is None where that
-        template would not write the row byte for byte: the caller renders
-        such rows itself, as for rows with bytes.
+    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int, form: str,
+                             absent: Callable[[str], bool] | None) -> Iterator[list] | None:
+        """``uncommitted`` for listings on a pipe, in chunks of 2,000 rows,
+        each row either written exactly as ``list-uncommitted`` prints it or
+        left as ``(id, session, uri, intent_at)``: see
+        ``backends.base.rendered_uncommitted``.
         Returns None when the answer does not come from the .idx alone (the
         in-memory fallback, a valid unterminated final line): use ``uncommitted``.
         """
@@ -503,15 +498,14 @@ class ManifestIndex:
         except sqlite3.DatabaseError as exc:
             self._query_failed(exc)
             return None
-        return self._stream_rendered(cursor, form, now)
+        return self._stream_rendered(cursor, form, now, absent)
 
     @staticmethod
-    def _stream_rendered(cursor: sqlite3.Cursor, form: str, now: int) -> Iterator[tuple]:
-        from itertools import chain
-
+    def _stream_rendered(cursor: sqlite3.Cursor, form: str, now: int,
+                         absent: Callable[[str], bool] | None) -> Iterator[list]:
         try:
             # One template (and its clock) over the whole listing, fetched 2,000 rows at a time.
-            yield from rendered_uncommitted(chain.from_iterable(iter(lambda: cursor.fetchmany(2000), [])), form, now)
+            yield from rendered_uncommitted(iter(lambda: cursor.fetchmany(2000), []), form, now, absent)
         finally:
             try:
                 cursor.close()

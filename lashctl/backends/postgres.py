@@ -46,7 +46,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, urlencode
 
 from lashctl.backends import POSTGRES_SCHEMES, is_postgres_url, require_extra
@@ -495,6 +495,11 @@ class PostgresView:
     # -- helpers -------------------------------------------------------------------
     def _stream(self, sql: str, params: tuple = ()) -> Iterator[tuple]:
         """Rows of ``sql`` through a server-side cursor, ``ITERSIZE`` at a time."""
+        for chunk in self._chunks(sql, params):
+            yield from chunk
+
+    def _chunks(self, sql: str, params: tuple = ()) -> Iterator[list[tuple]]:
+        """``_stream``'s rows as fetched: lists of up to ``ITERSIZE``."""
         self._cursors += 1
         name = f"lashctl_stream_{self._cursors}"
         with self.backend._errors():
@@ -507,7 +512,7 @@ class PostgresView:
                     chunk = cur.fetchmany(ITERSIZE)
                     if not chunk:
                         break
-                    yield from chunk
+                    yield chunk
         finally:
             if not self.conn.closed:
                 try:
@@ -630,26 +635,22 @@ class PostgresView:
             self.malformed.append(exc)
             return None
 
-    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int,
-                             form: str) -> Iterator[tuple]:
-        """``uncommitted`` with each row already rendered, for listings.
-
-        Yields ``(attachment_id, session_id, text, uri, intent_at)`` in
-        ``uncommitted``'s order: ``text`` is the row exactly as
-        ``list-uncommitted`` prints it on a pipe (``form`` "json" or "tsv")
-        *for a row whose bytes and sidecar are absent*, or None where
-        the template would not write it byte for byte;
-        ``rendered_row`` turns an item into its ``Row``.
-        """
+    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int, form: str,
+                             absent: Callable[[str], bool] | None) -> Iterator[list]:
+        """``uncommitted`` for listings on a pipe, in chunks as fetched, each
+        row either written or left as ``(id, session, uri, intent_at)``: see
+        ``backends.base.rendered_uncommitted``. ``rendered_row`` turns a row
+        left so into its ``Row``."""
         where, params = _uncommitted_where(cutoff_ms, session)
         sql = (f"SELECT {_ID}, {_SESSION}, coalesce(canonical_uri, '{URI_SCHEME}' || {_ID}), intent_at_ms"
                f" FROM {TABLE} WHERE {where} ORDER BY intent_at_ms, {_ID}, {_SESSION}")
-        return rendered_uncommitted(self._stream(sql, params), form, now)
+        return rendered_uncommitted(self._chunks(sql, params), form, now, absent)
 
-    def rendered_row(self, item: tuple) -> Row | None:
-        """The ``Row`` of an ``uncommitted_rendered`` item (uncommitted; owners
-        are not listed); None for a row a tolerant view skips."""
-        attachment_id, session_id, _text, uri, intent_at = item
+    def rendered_row(self, values: tuple) -> Row | None:
+        """The ``Row`` of a row ``uncommitted_rendered`` left unwritten
+        (uncommitted; owners are not listed); None for a row a tolerant view
+        skips."""
+        attachment_id, session_id, uri, intent_at = values
         return self._trusted((session_id, attachment_id, uri, intent_at, None, None, None))
 
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:

@@ -555,14 +555,20 @@ def test_list_uncommitted_on_a_pipe_rendered_by_postgres_is_what_python_prints(
     real = PostgresView.uncommitted_rendered
 
     def spy(self, *a):
-        for item in real(self, *a):
-            written_by_postgres.append(item)
-            yield item
+        for chunk in real(self, *a):
+            written_by_postgres.extend(chunk)
+            yield chunk
 
     monkeypatch.setattr(PostgresView, "uncommitted_rendered", spy)
     fast = cli(*args)
     assert fast.exit_code == 0, fast.stderr
-    texts = {(r[1], r[0]): r[2] for r in written_by_postgres}
+    texts = {}
+    for item in written_by_postgres:
+        if type(item) is str:
+            fields = json.loads(item) if json_flag else dict(zip(("id", "session_id"), item.split("\t")))
+            texts[(fields["session_id"], fields["id"])] = item
+        else:
+            texts[(item[1], item[0])] = None
     assert texts[("plain", h("gone 0"))] is not None and texts[("uris", h("own uri 2"))] is not None
     assert texts[("caf\u00e9", h("gone 4"))] is None and texts[("new\nline", h("gone 11"))] is None
     assert texts[("del\x7f", h("gone 8"))] is None

@@ -172,7 +172,9 @@ def test_iso_clock_is_iso_ms_for_any_run_of_times():
              timefmt.MAX_EPOCH_MS - 1, timefmt.MAX_EPOCH_MS]
     runs = [edges, edges[::-1], sorted(rng.randrange(timefmt.MAX_EPOCH_MS + 1) for _ in range(3000)),
             [rng.randrange(timefmt.MAX_EPOCH_MS + 1) for _ in range(3000)],
-            sorted(1_795_694_400_000 + rng.randrange(3 * 86_400_000) for _ in range(3000))]
+            sorted(1_795_694_400_000 + rng.randrange(3 * 86_400_000) for _ in range(3000)),
+            sorted(86_395_000 + rng.randrange(10_000) for _ in range(3000)),  # many rows a second, over midnight
+            [1_795_694_400_000 + rng.randrange(3000) for _ in range(3000)]]
     for times in runs:
         clock = timefmt.iso_clock()
         assert [clock(t) for t in times] == [timefmt.iso_ms(t) for t in times]

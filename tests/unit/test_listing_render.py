@@ -1,0 +1,101 @@
+"""list-uncommitted's template (``backends.base.rendered_uncommitted``): the
+bytes it writes for a row are the bytes the command's own rendering writes,
+chunk by chunk, and it writes only rows it can write exactly whose bytes and
+sidecar are known to be absent (README, "list-uncommitted")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from lashctl.backends.base import rendered_uncommitted
+from lashctl.commands.list_uncommitted import _tsv_cells
+from lashctl.render import _plain
+from lashctl.timefmt import MAX_EPOCH_MS, iso_ms
+from lashctl.transfer import UncommittedRow
+from lashctl.backends.jsonl_log import Row
+
+NOW = 1_795_694_400_250
+
+
+def h(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def expected(row: tuple, form: str) -> str:
+    """What the command writes for a row without bytes or sidecar, rendered the slow way."""
+    aid, session, uri, at = row
+    if form == "json":
+        return json.dumps({"id": aid, "session_id": session, "canonical_uri": uri, "intent_at_epoch_ms": at,
+                           "intent_at": iso_ms(at), "age_ms": NOW - at, "byte_len": None, "media_type": None,
+                           "label": None, "bytes_present": False}, separators=(",", ":"))
+    cells = _tsv_cells(UncommittedRow(Row(session, aid, uri, at), False, None, None, None), NOW)
+    return "\t".join(_plain(cell) for cell in cells)
+
+
+GOOD = [(h(f"good {i}"), f"s-{i % 3}", f"sha256:{h(f'good {i}')}", NOW - 1000 * i - i) for i in range(50)]
+ODD = [
+    (h("quote"), 'quo"te', "u", NOW - 1),          # JSON: escaped; TSV: written as is
+    (h("backslash"), "back\\slash", "u", NOW - 2),  # JSON: escaped; TSV: not the template's
+    (h("uri quote"), "s", 'a"b\\c', NOW - 3),
+    (h("cafe"), "caf\u00e9", "u", NOW - 4),
+    (h("newline"), "new\nline", "u", NOW - 5),
+    (h("del"), "del\x7f", "u", NOW - 6),
+    (h("empty"), "", "u", NOW - 7),
+    ("A" * 64, "s", "u", NOW - 8),
+    (h("short")[:63], "s", "u", NOW - 9),
+    (h("g") + "0", "s", "u", NOW - 10),
+    (h("negative"), "s", "u", -1),
+    (h("far"), "s", "u", MAX_EPOCH_MS + 1),
+    (h("edge"), "s", "u", MAX_EPOCH_MS),
+    (h("zero"), "s", "u", 0),
+    (h("uri control"), "s", "u\x1b[31m", NOW - 11),
+]
+
+
+def exact(row: tuple, form: str) -> bool:
+    aid, session, uri, at = row
+    probe = aid + session + (uri if form == "json" else "")
+    return (len(aid) == 64 and not aid.strip("0123456789abcdef") and bool(session) and probe.isascii()
+            and probe.isprintable() and 0 <= at <= MAX_EPOCH_MS and (form == "json" or "\\" not in session))
+
+
+@pytest.mark.parametrize("form", ["json", "tsv"])
+def test_each_chunk_comes_back_in_order_with_exact_rows_written_and_the_others_as_given(form):
+    chunks = [GOOD[:20], GOOD[20:35] + ODD[:8], ODD[8:] + GOOD[35:], []]
+    out = list(rendered_uncommitted(iter(chunks), form, NOW, lambda aid: True))
+    assert [len(c) for c in out] == [len(c) for c in chunks if c]
+    for chunk, items in zip([c for c in chunks if c], out):
+        for row, item in zip(chunk, items):
+            if exact(row, form):
+                assert item == expected(row, form), row
+            else:
+                assert item == row
+    written = sum(type(i) is str for c in out for i in c)
+    assert written == len(GOOD) + 5
+
+
+@pytest.mark.parametrize("form", ["json", "tsv"])
+def test_rows_whose_shard_may_hold_bytes_are_left_to_the_caller_and_each_shard_is_asked_once(form):
+    asked: list[str] = []
+    present = {GOOD[3][0][:2], GOOD[40][0][:2]}
+
+    def absent(aid: str) -> bool:
+        asked.append(aid[:2])
+        return aid[:2] not in present
+
+    rows = GOOD + ODD
+    out = [i for c in rendered_uncommitted(iter([rows[:30], rows[30:]]), form, NOW, absent) for i in c]
+    assert len(asked) == len(set(asked))
+    for row, item in zip(rows, out):
+        if row[0][:2] in present or not exact(row, form):
+            assert item == row
+        else:
+            assert item == expected(row, form)
+
+
+def test_without_a_store_answer_every_row_is_left_to_the_caller():
+    out = list(rendered_uncommitted(iter([GOOD[:10], GOOD[10:]]), "json", NOW, None))
+    assert out == [GOOD[:10], GOOD[10:]]
