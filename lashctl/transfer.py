@@ -349,7 +349,7 @@ def iter_uncommitted_rendered(
 def _rendered_rows(store: Store, view, cutoff: int | None, session: str | None, now: int, form: str
                    ) -> Iterator[list[str | UncommittedRow | None]]:
     render = getattr(view, "uncommitted_rendered", None)
-    chunks = render(cutoff, session, now, form, getattr(store.blobs, "known_absent", None)) if render else None
+    chunks = render(cutoff, session, now, form, getattr(store.blobs, "absent_shards", None)) if render else None
     if chunks is None:
         rows = view.uncommitted(cutoff, session)
         while chunk := [_describe_row(store, row) for row in islice(rows, 2000)]:

@@ -252,7 +252,7 @@ def uncommitted_where(cutoff_ms: int | None, session: str | None, *, suffix: str
 
 
 def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
-                         absent: Callable[[str], bool] | None) -> Iterator[list]:
+                         absent: Callable[[set[str]], set[str]] | None) -> Iterator[list]:
     """list-uncommitted's rows on a pipe, a chunk at a time, for manifests
     whose database selects them in order: takes chunks of
     ``(id, session, uri, intent_at)`` and yields, for each chunk, a list
@@ -263,10 +263,11 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
 
     A row is written here only where the template is exact (a valid id, a
     non-empty session and, for JSON, URI of printable ASCII; no backslash
-    in a TSV session; an intent time in 1970-9999) and ``absent(id)`` says
-    neither its bytes nor its sidecar can exist (asked once per shard);
-    with ``absent`` None every row is the caller's. Whole chunks are
-    checked at once: row by row only where one of them fails."""
+    in a TSV session; an intent time in 1970-9999) and its shard is among
+    those ``absent`` returns when given the shards the chunk meets (once
+    per chunk: neither bytes nor sidecar can be there); with ``absent``
+    None every row is the caller's. Whole chunks are checked at once: row
+    by row only where one of them fails."""
     from lashctl.timefmt import MAX_EPOCH_MS, age_text, iso_clock
 
     if absent is None:
@@ -274,7 +275,7 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
         return
     tsv = form == "tsv"
     clock = iso_clock()
-    shards: dict[str, bool] = {}  # shard -> neither bytes nor sidecar can be there
+    gone: set[str] = set()  # this chunk's shards where neither bytes nor sidecar can be
 
     if tsv:
         def written(rows: Iterable[tuple]) -> list[str]:
@@ -289,7 +290,7 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
         attachment_id, session_id, uri, intent_at = row
         probe = attachment_id + session_id if tsv else attachment_id + session_id + uri
         if not (0 <= intent_at <= MAX_EPOCH_MS and session_id and probe.isascii() and probe.isprintable()
-                and _is_id(attachment_id) and shards.get(attachment_id[:2])):
+                and _is_id(attachment_id) and attachment_id[:2] in gone):
             return row
         if tsv:
             return row if "\\" in session_id else written((row,))[0]
@@ -306,11 +307,8 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
         if not chunk:
             continue
         met = {row[0][:2] for row in chunk}
-        if not met.issubset(shards):
-            for row in chunk:  # ask the store once per shard, with an id of it
-                if row[0][:2] not in shards and _is_id(row[0]):
-                    shards[row[0][:2]] = absent(row[0])
-        if all(shards.get(shard) for shard in met) and _plain_chunk(chunk, tsv, MAX_EPOCH_MS):
+        gone = absent(met)  # asked again for each chunk: a put may create a shard meanwhile
+        if met <= gone and _plain_chunk(chunk, tsv, MAX_EPOCH_MS):
             yield written(chunk)
         else:
             yield [one(row) for row in chunk]

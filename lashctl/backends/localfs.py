@@ -342,14 +342,17 @@ class BlobStore:
             except UnsafePath:
                 return False
 
-    def known_absent(self, attachment_id: str) -> bool:
-        """True when neither the blob nor its sidecar can exist: its shard
-        directory does not (decided once per shard within ``opened()``)."""
+    def absent_shards(self, shards: set[str]) -> set[str]:
+        """Of these shard names, those the objects directory has no entry
+        for, from one listing of it: neither a blob nor a sidecar of an id
+        there can exist. Empty where the directory may not be used (a
+        symlink, not ours): nothing is known absent then."""
         with self.opened():
             try:
-                return self._dir(self._shard_key(attachment_id)) is None
-            except (UnsafePath, StoreIOError, Corrupt):
-                return False
+                objects = self._dir(OBJECTS)
+                return set(shards) if objects is None else set(shards).difference(os.listdir(objects))
+            except (UnsafePath, StoreIOError, Corrupt, OSError):
+                return set()
 
     # -- stat ------------------------------------------------------------------------
     def entry_stat(self, attachment_id: str, suffix: str = "") -> os.stat_result | None:

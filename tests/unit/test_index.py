@@ -1131,7 +1131,7 @@ def test_the_cache_keeps_its_rows_in_id_order_without_a_second_copy(big, mpath: 
         ix._conn.set_trace_callback(listings.append)
         for session in (None, "s-1"):
             list(ix.uncommitted(T0, session))
-            list(ix.uncommitted_rendered(T0, session, T0, "json", lambda aid: True))
+            list(ix.uncommitted_rendered(T0, session, T0, "json", lambda shards: shards))
     assert len(listings) == 4
     conn = sqlite3.connect(path)
     try:

@@ -281,3 +281,30 @@ def test_write_file_atomic(tmp_path):
     assert target.read_bytes() == b"new contents"
     assert os.stat(target).st_ino != inode
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_absent_shards_are_the_names_missing_from_one_listing_of_the_objects_directory(blobs, tmp_path):
+    """list-uncommitted writes a row from its template only where neither the
+    bytes nor the sidecar can exist: the shard's name is not in the objects
+    directory. Anything there under that name (a symlink, a file) does not
+    count as absent, and the answer is asked anew each time."""
+    root = tmp_path / "root"
+    with blobs.opened():
+        assert blobs.absent_shards({"ab", "cd"}) == {"ab", "cd"}  # no sha256/ yet
+    aid = put_blob(blobs, b"here")
+    (root / "sha256" / "cd").symlink_to(tmp_path)
+    (root / "sha256" / "ef").write_bytes(b"")
+    with blobs.opened():
+        assert blobs.absent_shards({aid[:2], "cd", "ef", "01"}) == {"01"} - {aid[:2]}
+        (root / "sha256" / "01").mkdir()
+        assert blobs.absent_shards({"01", "02"}) == {"02"}
+
+
+def test_absent_shards_knows_nothing_of_an_objects_directory_it_may_not_use(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (root / "sha256").symlink_to(tmp_path / "elsewhere")
+    blobs = BlobStore(root)
+    with blobs.opened():
+        assert blobs.absent_shards({"ab"}) == set()
