@@ -120,6 +120,14 @@ def validate_session(session: str | None) -> str:
     return session
 
 
+def session_filter(session: str | None) -> str | None:
+    """A ``--session`` filter as given (any text a row may hold), refused
+    (UsageError) where argv was not UTF-8: no row could match it."""
+    if session is not None and not is_utf8_text(session):
+        raise UsageError(f"--session '{session}' is not valid UTF-8")
+    return session
+
+
 def default_grace_ms() -> int:
     return parse_duration(DEFAULT_GRACE)
 

@@ -47,8 +47,10 @@ def list_uncommitted(
     cutoff: the candidates of a reclaim sweep with that cutoff.
     """
     from lashctl import transfer
+    from lashctl.core import session_filter
 
     state = app_state(ctx, json_flag)
+    session = session_filter(session)
     now = now_ms()
     cutoff = cutoff_ms(older_than, before, now)
     store = state.store()

@@ -61,8 +61,10 @@ def ls(
     intents reference it) or unmanaged (no manifest row).
     """
     from lashctl import inspect
+    from lashctl.core import session_filter
 
     state = app_state(ctx, json_flag)
+    session = session_filter(session)
     store = state.store()
     manifest_state = inspect_state(state, store)
     wanted = inspect.BlobFilter(session=session, state=ref_state.value if ref_state else None,

@@ -95,8 +95,10 @@ def log(
     """
     from lashctl.ids import parse_id
     from lashctl.backends.jsonl_log import OPS, describe_malformed, event_time
+    from lashctl.core import session_filter
     from lashctl.timefmt import parse_timestamp
 
+    session = session_filter(session)
     prefix = parse_id(attachment).hex if attachment is not None else None
     if op is not None and op not in OPS:
         raise UsageError(f"--op '{op}' is not one of {', '.join(OPS)}")

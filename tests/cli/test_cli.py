@@ -1952,3 +1952,16 @@ def test_verify_recheck_sees_bytes_a_put_lands_while_it_reads_the_manifest(cli, 
     assert len(calls) == 2
     assert result.exit_code == 0, result.stdout
     assert json.loads(result.stdout)["errors"] == 0
+
+
+@pytest.mark.parametrize("args", [["list-uncommitted"], ["--json", "list-uncommitted"], ["ls"],
+                                  ["manifest", "log"]], ids=["list-uncommitted", "json", "ls", "manifest log"])
+def test_a_session_filter_that_is_not_utf8_is_a_usage_error(cli, put_blobs, args):
+    """A session filter from argv bytes that are not UTF-8 (Python hands them
+    over as lone surrogates) can match no row: one line and exit 2, as for
+    commit's --session, never an unexpected error."""
+    put_blobs({"a.txt": b"a"})
+    result = cli(*args, "-s", "caf\udcff")
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert result.stderr.count("\n") == 1 and "not valid UTF-8" in result.stderr
+    assert "unexpected" not in result.stderr
