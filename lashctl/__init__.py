@@ -1,3 +1,18 @@
 """lashctl: the operator's tool for a lash attachment store."""
 
 __version__ = "0.1.0"
+
+
+def main(prog_name: str = "lashctl") -> None:
+    """Console-script entry point. The command-line app is loaded inside this
+    guard: Ctrl-C while it loads says the one line (and exit 130) it says
+    during a command, never a traceback."""
+    try:
+        from lashctl.cli import main as run
+    except KeyboardInterrupt:
+        import sys
+
+        if sys.stderr is not None:
+            sys.stderr.write("lashctl: interrupted; nothing half-written was left\n")
+        raise SystemExit(130) from None
+    run(prog_name)

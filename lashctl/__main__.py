@@ -1,6 +1,6 @@
 """``python -m lashctl``."""
 
-from lashctl.cli import main
+from lashctl import main
 
 if __name__ == "__main__":
     main(prog_name="lashctl")

@@ -1965,3 +1965,35 @@ def test_a_session_filter_that_is_not_utf8_is_a_usage_error(cli, put_blobs, args
     assert result.exit_code == 2, (result.exit_code, result.stderr)
     assert result.stderr.count("\n") == 1 and "not valid UTF-8" in result.stderr
     assert "unexpected" not in result.stderr
+
+
+def test_ctrl_c_while_the_tool_is_still_loading_is_one_line_and_exit_130(monkeypatch, capsys):
+    """The console script's entry point loads the command-line app inside its
+    own guard: an interrupt during those imports (a slow disk, a TAB pressed
+    twice) says the same one line as during a command, never a traceback."""
+    import sys
+
+    import lashctl
+
+    class Interrupting:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "lashctl.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "lashctl.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as info:
+        lashctl.main()
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    assert err == "lashctl: interrupted; nothing half-written was left\n"
+
+
+def test_the_console_script_enters_through_the_guard():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["lashctl"] == "lashctl:main"
