@@ -148,6 +148,9 @@ def _accept_global_options(command: Any) -> Any:
     return command
 
 
+INTERRUPTED = "interrupted; nothing half-written was left"
+
+
 class LashctlGroup(TyperGroup):
     """Loads commands lazily; funnels errors into one-line messages and exit codes."""
 
@@ -158,6 +161,16 @@ class LashctlGroup(TyperGroup):
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             self.commands[cmd_name] = _build_command(cmd_name)
         return self.commands.get(cmd_name)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        """Parsing, where eager options such as --help and --version answer:
+        Ctrl-C there is the one line and exit 130 too (Typer would exit
+        130 without a word)."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            print(f"lashctl: {INTERRUPTED}", file=sys.stderr)
+            raise typer.Exit(130) from None
 
     def invoke(self, ctx: Any) -> Any:
         from typer._click.exceptions import ClickException
@@ -170,8 +183,7 @@ class LashctlGroup(TyperGroup):
             # Ctrl-C: one line saying what was kept, exit 130 (128 + SIGINT).
             # Every write stages and renames, and staging files are removed on
             # the way out, so no file is left half-written; put says more.
-            print(f"lashctl: {exc.args[0] if exc.args else 'interrupted; nothing half-written was left'}",
-                  file=sys.stderr)
+            print(f"lashctl: {exc.args[0] if exc.args else INTERRUPTED}", file=sys.stderr)
             raise typer.Exit(130)
         except LashctlError as exc:
             self._fail(ctx, exc.message, exc.exit_code, exc)

@@ -53,7 +53,7 @@ from lashctl.backends import POSTGRES_SCHEMES, is_postgres_url, require_extra
 from lashctl.backends.base import rendered_uncommitted, uncommitted_where
 from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Unavailable, UsageError
 from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
-from lashctl.ids import URI_SCHEME, is_valid_id
+from lashctl.ids import URI_SCHEME, is_utf8_text, is_valid_id
 from lashctl.timefmt import MAX_EPOCH_MS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -217,6 +217,8 @@ class PostgresManifest:
     def __init__(self, url: str, lock_timeout: float = 30.0) -> None:
         if not is_postgres_url(url):
             raise UsageError(f"not a PostgreSQL URL: {strip_password(url)} (expected one of {', '.join(POSTGRES_SCHEMES)})")
+        if not is_utf8_text(url):  # argv bytes that are not UTF-8: libpq could never be given them
+            raise UsageError("the PostgreSQL URL is not valid UTF-8 (percent-encode such bytes: %FF)")
         if not math.isfinite(lock_timeout) or lock_timeout < 0:
             raise ValueError(f"lock timeout {lock_timeout} is not a finite, non-negative number of seconds")
         require_extra("psycopg", "postgres", "a PostgreSQL manifest")

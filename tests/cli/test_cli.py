@@ -1997,3 +1997,37 @@ def test_the_console_script_enters_through_the_guard():
 
     project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["lashctl"] == "lashctl:main"
+
+
+def test_ctrl_c_after_loading_but_before_the_command_runs_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Building the command line and parsing it (where --help and --version
+    answer) are guarded too: one line, exit 130, never a traceback or silence."""
+    import sys
+
+    import lashctl
+    import lashctl.cli
+    from typer.core import TyperGroup
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TyperGroup, "make_context", interrupted)
+    monkeypatch.setattr(sys, "argv", ["lashctl", "--help"])
+    with pytest.raises(SystemExit) as info:
+        lashctl.main()
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "lashctl: interrupted; nothing half-written was left\n"
+    monkeypatch.undo()
+    monkeypatch.setattr(lashctl.cli, "main", interrupted)
+    with pytest.raises(SystemExit) as info:
+        lashctl.main()
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "lashctl: interrupted; nothing half-written was left\n"
+
+
+@pytest.mark.parametrize("url", ["postgresql://\udcff", "postgresql://u:p\udcff@localhost/db"])
+def test_a_manifest_url_that_is_not_utf8_is_a_usage_error(cli, url):
+    result = cli("--manifest", url, "ls")
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert result.stderr.count("\n") == 1 and "not valid UTF-8" in result.stderr
+    assert "\udcff" not in result.stderr and "unexpected" not in result.stderr
