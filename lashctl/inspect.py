@@ -48,6 +48,7 @@ def _file_stat(store: Store, attachment_id: str) -> BlobStat | None:
     try:
         st = store.blobs.stat(attachment_id)
     except Corrupt:  # UnsafePath: a shard that is a symlink
+        store.blobs.check_layout()  # unless the root or sha256/ is one: that stops the command
         return None
     return st if st is not None and st.is_file else None
 

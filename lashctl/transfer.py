@@ -368,6 +368,7 @@ def _describe_row(store: Store, row: Row) -> UncommittedRow:
     try:
         st = store.blobs.stat(row.attachment_id)
     except Corrupt:  # a shard that is a symlink: neither bytes nor sidecar
+        store.blobs.check_layout()  # unless the root or sha256/ is one: that stops the command
         return UncommittedRow(row, False, None, None, None)
     present = st is not None and st.is_file
     meta = None

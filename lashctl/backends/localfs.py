@@ -345,13 +345,16 @@ class BlobStore:
     def absent_shards(self, shards: set[str]) -> set[str]:
         """Of these shard names, those the objects directory has no entry
         for, from one listing of it: neither a blob nor a sidecar of an id
-        there can exist. Empty where the directory may not be used (a
-        symlink, not ours): nothing is known absent then."""
+        there can exist. Empty where the directory cannot be read (nothing
+        is known absent then); a root or ``sha256/`` that is a symlink or not
+        ours stops the command (UnsafePath), as any path through it does."""
         with self.opened():
             try:
                 objects = self._dir(OBJECTS)
                 return set(shards) if objects is None else set(shards).difference(os.listdir(objects))
-            except (UnsafePath, StoreIOError, Corrupt, OSError):
+            except UnsafePath:
+                raise
+            except (StoreIOError, Corrupt, OSError):
                 return set()
 
     # -- stat ------------------------------------------------------------------------

@@ -455,3 +455,22 @@ def test_a_missing_files_from_list_is_a_usage_error(world: Store, tmp_path: Path
     result = world.lashctl("put", "-s", "s9", "--files-from", str(tmp_path / "no-such-list"))
     assert result.returncode == 2, result.stderr
     one_line_error(result.stderr)
+
+
+@pytest.mark.parametrize("command", [["list-uncommitted"], ["--json", "list-uncommitted"], ["show", "A"]],
+                         ids=["list-uncommitted", "json", "show"])
+def test_a_symlinked_sha256_directory_stops_the_commands_that_report_on_bytes(world: Store, command: list[str]
+                                                                              ) -> None:
+    """Whether bytes are present cannot be answered through a symlinked
+    sha256/: the command stops with one line (exit 65) instead of reporting
+    every blob missing, on a pipe and in the general rendering alike."""
+    real = world.root / "sha256"
+    target = world.outside / "objects"
+    real.rename(target)
+    real.symlink_to(target)
+    before = world.outside_snapshot()
+    result = world.lashctl(*[world.a if part == "A" else part for part in command])
+    assert result.returncode == 65, (result.stdout, result.stderr)
+    assert "sha256" in one_line_error(result.stderr)
+    assert b'"bytes_present":false' not in result.stdout and b"missing" not in result.stdout
+    assert world.outside_snapshot() == before
