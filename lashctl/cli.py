@@ -170,7 +170,7 @@ class LashctlGroup(TyperGroup):
             return super().make_context(*args, **kwargs)
         except KeyboardInterrupt:
             print(f"lashctl: {INTERRUPTED}", file=sys.stderr)
-            raise typer.Exit(130) from None
+            raise SystemExit(130) from None  # not typer.Exit: completion parses outside Typer's handler
 
     def invoke(self, ctx: Any) -> Any:
         from typer._click.exceptions import ClickException

@@ -24,9 +24,17 @@ def is_postgres_url(text: str) -> bool:
 
 
 def is_url(text: str) -> bool:
-    """Anything with a scheme: local paths never have one (``./s3:`` does not count)."""
+    """Anything with a scheme (RFC 3986: a letter, then letters, digits, ``+``,
+    ``-`` or ``.``): local paths never have one (``./s3:`` does not count)."""
     head, sep, _ = text.partition("://")
-    return bool(sep) and head.isalnum()
+    return (bool(sep) and head[:1].isascii() and head[:1].isalpha()
+            and all(c.isascii() and (c.isalnum() or c in "+-.") for c in head))
+
+
+def unknown_scheme(text: str, option: str, expected: str) -> UsageError:
+    """The refusal of a URL of a scheme lashctl does not speak: only the
+    scheme is shown (the rest may hold a password)."""
+    return UsageError(f"{option}: unknown URL scheme '{text.partition('://')[0]}://' (expected {expected})")
 
 
 def require_extra(module: str, extra: str, what: str) -> None:
@@ -39,22 +47,28 @@ def require_extra(module: str, extra: str, what: str) -> None:
 
 def strip_password(url: str) -> str:
     """A URL as it may be shown: any password (in the user part or a
-    ``password=`` parameter) removed."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    ``password=`` parameter) removed. Never fails, whatever the text: a URL
+    too broken to parse is still shown without its password."""
+    from urllib.parse import parse_qsl, urlencode
 
-    if not is_url(url):
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}@{host}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"],
-                      safe="/")
-    shown = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    if not netloc:  # postgresql:///db keeps its empty host (urlunsplit would drop the "//")
-        shown = shown.replace(f"{parts.scheme}:", f"{parts.scheme}://", 1)
-    return shown
+    netloc_end = len(rest)
+    for mark in "/?#":
+        at = rest.find(mark)
+        if at != -1:
+            netloc_end = min(netloc_end, at)
+    netloc, tail = rest[:netloc_end], rest[netloc_end:]
+    userinfo, at_sign, hosts = netloc.rpartition("@")
+    if at_sign:
+        netloc = userinfo.partition(":")[0] + "@" + hosts
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query, hash_, fragment = query.partition("#")
+        pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "password"]
+        tail = path + ("?" + urlencode(pairs, safe="/:,") if pairs else "") + hash_ + fragment
+    return f"{scheme}{sep}{netloc}{tail}"
 
 
 MANIFEST_NAME = "manifest.jsonl"  # a local store's manifest, in its root
@@ -68,6 +82,8 @@ def open_blobs(location):
         from lashctl.backends.s3 import S3Blobs
 
         return S3Blobs(text)
+    if is_url(text):
+        raise unknown_scheme(text, "--store", "s3://BUCKET/PREFIX or a directory")
     from pathlib import Path
 
     from lashctl.backends.localfs import BlobStore
@@ -86,6 +102,8 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
         from lashctl.backends.postgres import PostgresManifest
 
         return PostgresManifest(text, lock_timeout=lock_timeout)
+    if text is not None and is_url(text):
+        raise unknown_scheme(text, "--manifest", "a postgresql:// URL or a file path")
     if text is None:
         if is_s3_url(blobs.name):
             raise UsageError("an s3:// store keeps no manifest of its own: name one with --manifest "

@@ -44,12 +44,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
-from urllib.parse import parse_qsl, urlencode
 
-from lashctl.backends import POSTGRES_SCHEMES, is_postgres_url, require_extra
+from lashctl.backends import POSTGRES_SCHEMES, is_postgres_url, require_extra, strip_password
 from lashctl.backends.base import rendered_uncommitted, uncommitted_where
 from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Unavailable, UsageError
 from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
@@ -147,28 +147,6 @@ _DENIED_MARKS = (
     "pg_hba.conf", "permission denied", "does not have connect privilege",
     "server requested", "role \"",  # role "x" does not exist
 )
-
-
-def strip_password(url: str) -> str:
-    """The URL as a person may see it: no password in the user info or the query."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc_end = len(rest)
-    for mark in "/?#":
-        at = rest.find(mark)
-        if at != -1:
-            netloc_end = min(netloc_end, at)
-    netloc, tail = rest[:netloc_end], rest[netloc_end:]
-    userinfo, at_sign, hosts = netloc.rpartition("@")
-    if at_sign:
-        netloc = userinfo.partition(":")[0] + "@" + hosts
-    path, qmark, query = tail.partition("?")
-    if qmark:
-        query, hash_, fragment = query.partition("#")
-        pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "password"]
-        tail = path + ("?" + urlencode(pairs, safe="/:,") if pairs else "") + hash_ + fragment
-    return f"{scheme}{sep}{netloc}{tail}"
 
 
 def _row(values: tuple) -> Row:
@@ -303,7 +281,11 @@ class PostgresManifest:
         try:
             return psycopg.connect(self.url, **kwargs)
         except psycopg.ProgrammingError as exc:  # a malformed URL
-            raise UsageError(f"bad PostgreSQL URL {self.name}: {' '.join(str(exc).split())}") from exc
+            # libpq quotes the URI (or the token) it cannot parse: a password may be in it.
+            reason = re.sub(r'"[^"]*"', '"..."', " ".join(str(exc).split()))
+            raise UsageError(f"bad PostgreSQL URL {self.name}: {reason}") from exc
+        except UnicodeError as exc:  # percent-encoded bytes that are not UTF-8
+            raise UsageError(f"bad PostgreSQL URL {self.name}: a percent-encoded value is not valid UTF-8") from exc
         except psycopg.Error as exc:
             raise self._fail(exc) from exc
 

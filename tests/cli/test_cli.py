@@ -2031,3 +2031,47 @@ def test_a_manifest_url_that_is_not_utf8_is_a_usage_error(cli, url):
     assert result.exit_code == 2, (result.exit_code, result.stderr)
     assert result.stderr.count("\n") == 1 and "not valid UTF-8" in result.stderr
     assert "\udcff" not in result.stderr and "unexpected" not in result.stderr
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://postgres:s3crETpw@[::1/db",             # libpq quotes the URI it cannot parse
+    "postgresql://postgres:s3cr%zzETpw@/db",              # ... or the token
+    "postgresql://postgres@/db?password=s3crETpw%ZZ",
+    "postgresql://postgres:s3cr%FFETpw@/db?host=/tmp&port=1",  # percent-decodes to bytes that are not UTF-8
+    "postgresql://postgres@/db?host=/tmp&password=s3crETpw%FF",
+    "postgresql+psycopg://postgres:s3crETpw@/db",          # a scheme lashctl does not know
+    "mysql://root:s3crETpw@localhost/db",
+])
+def test_a_bad_manifest_url_is_a_usage_error_that_never_shows_its_password(cli, store, url):
+    """README: a password is never shown. A URL libpq cannot parse, one whose
+    percent-decoded bytes are not UTF-8 and one of an unknown scheme are each
+    one line, exit 2, with the password nowhere on stderr or stdout."""
+    (store / "sha256").mkdir(parents=True)
+    for args in (["--manifest", url, "ls"], ["--json", "--manifest", url, "list-uncommitted"]):
+        result = cli(*args)
+        assert result.exit_code == 2, (result.exit_code, result.stderr)
+        assert result.stderr.count("\n") == 1 and "unexpected" not in result.stderr, result.stderr
+        assert "s3crETpw" not in result.stderr and "s3crETpw" not in result.stdout
+        assert "s3cr%" not in result.stderr
+
+
+def test_ctrl_c_while_completing_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Completion parses the command line outside Typer's own error handling:
+    an interrupt there is still the one line and exit 130."""
+    import sys
+
+    import lashctl
+    from typer.core import TyperGroup
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TyperGroup, "make_context", interrupted)
+    monkeypatch.setattr(sys, "argv", ["lashctl"])
+    monkeypatch.setenv("_LASHCTL_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "lashctl l")
+    monkeypatch.setenv("COMP_CWORD", "1")
+    with pytest.raises(SystemExit) as info:
+        lashctl.main()
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "lashctl: interrupted; nothing half-written was left\n"
