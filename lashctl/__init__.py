@@ -1,6 +1,7 @@
 """lashctl: the operator's tool for a lash attachment store."""
 
 __version__ = "0.1.0"
+INTERRUPTED = "interrupted; nothing half-written was left"  # what Ctrl-C says where nothing else was kept
 
 
 def main(prog_name: str = "lashctl") -> None:
@@ -15,5 +16,5 @@ def main(prog_name: str = "lashctl") -> None:
         import sys
 
         if sys.stderr is not None:
-            sys.stderr.write("lashctl: interrupted; nothing half-written was left\n")
+            sys.stderr.write(f"lashctl: {INTERRUPTED}\n")
         raise SystemExit(130) from None

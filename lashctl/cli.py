@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from lashctl import __version__
+from lashctl import INTERRUPTED, __version__
 from lashctl.commands import ENV_DEBUG, ENV_LOCK_TIMEOUT, ENV_MANIFEST, ENV_STORE, AppState
 from lashctl.errors import EXIT_FAILURE, EXIT_USAGE, LashctlError, UsageError
 from lashctl.render import UI
@@ -146,9 +146,6 @@ def _accept_global_options(command: Any) -> Any:
             param_decls=[f"late_{name}", *decls], type=kind, is_flag=is_flag, default=False if is_flag else None,
             expose_value=False, hidden=True, callback=_late_global(name)))
     return command
-
-
-INTERRUPTED = "interrupted; nothing half-written was left"
 
 
 class LashctlGroup(TyperGroup):

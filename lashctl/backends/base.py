@@ -232,9 +232,6 @@ class ManifestBackend(Protocol):
         """Delete one item ``litter`` found."""
 
 
-_HEX = "0123456789abcdef"
-
-
 def uncommitted_where(cutoff_ms: int | None, session: str | None, *, suffix: str = "",
                       mark: str = "?") -> tuple[str, tuple]:
     """The WHERE clause (and its parameters) of uncommitted rows at or before
@@ -268,6 +265,7 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
     per chunk: neither bytes nor sidecar can be there); with ``absent``
     None every row is the caller's. Whole chunks are checked at once: row
     by row only where one of them fails."""
+    from lashctl.ids import is_valid_id
     from lashctl.timefmt import MAX_EPOCH_MS, age_text, iso_clock
 
     if absent is None:
@@ -290,7 +288,7 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
         attachment_id, session_id, uri, intent_at = row
         probe = attachment_id + session_id if tsv else attachment_id + session_id + uri
         if not (0 <= intent_at <= MAX_EPOCH_MS and session_id and probe.isascii() and probe.isprintable()
-                and _is_id(attachment_id) and attachment_id[:2] in gone):
+                and is_valid_id(attachment_id) and attachment_id[:2] in gone):
             return row
         if tsv:
             return row if "\\" in session_id else written((row,))[0]
@@ -314,11 +312,7 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
             yield [one(row) for row in chunk]
 
 
-_HEX_BYTES = _HEX.encode()
-
-
-def _is_id(text: str) -> bool:
-    return len(text) == 64 and not text.strip(_HEX)
+_HEX_BYTES = b"0123456789abcdef"
 
 
 def _plain_chunk(chunk: list[tuple], tsv: bool, max_ms: int) -> bool:

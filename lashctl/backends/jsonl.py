@@ -48,7 +48,7 @@ class CacheView:
         return self.index.aged(cutoff_ms)
 
     def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int, form: str,
-                             absent: Callable[[str], bool] | None) -> Iterator[list] | None:
+                             absent: Callable[[set[str]], set[str]] | None) -> Iterator[list] | None:
         """Chunks of rows written or left as ``(id, session, uri, intent_at)``,
         from the cache's index (``ManifestIndex.uncommitted_rendered``); None
         where the cache cannot answer alone."""

@@ -478,7 +478,7 @@ class ManifestIndex:
         return self._stream_uncommitted(cursor, cutoff_ms, session)
 
     def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int, form: str,
-                             absent: Callable[[str], bool] | None) -> Iterator[list] | None:
+                             absent: Callable[[set[str]], set[str]] | None) -> Iterator[list] | None:
         """``uncommitted`` for listings on a pipe, in chunks of 2,000 rows,
         each row either written exactly as ``list-uncommitted`` prints it or
         left as ``(id, session, uri, intent_at)``: see
@@ -502,7 +502,7 @@ class ManifestIndex:
 
     @staticmethod
     def _stream_rendered(cursor: sqlite3.Cursor, form: str, now: int,
-                         absent: Callable[[str], bool] | None) -> Iterator[list]:
+                         absent: Callable[[set[str]], set[str]] | None) -> Iterator[list]:
         try:
             # One template (and its clock) over the whole listing, fetched 2,000 rows at a time.
             yield from rendered_uncommitted(iter(lambda: cursor.fetchmany(2000), []), form, now, absent)

@@ -620,7 +620,7 @@ class PostgresView:
             return None
 
     def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int, form: str,
-                             absent: Callable[[str], bool] | None) -> Iterator[list]:
+                             absent: Callable[[set[str]], set[str]] | None) -> Iterator[list]:
         """``uncommitted`` for listings on a pipe, in chunks as fetched, each
         row either written or left as ``(id, session, uri, intent_at)``: see
         ``backends.base.rendered_uncommitted``. ``rendered_row`` turns a row
