@@ -49,28 +49,21 @@ def require_extra(module: str, extra: str, what: str) -> None:
 
 def strip_password(url: str) -> str:
     """A URL as it may be shown: any password (in the user part or a
-    ``password=`` parameter) removed. Never fails, whatever the text: a URL
-    too broken to parse is still shown without its password."""
-    from urllib.parse import parse_qsl, urlencode
+    ``password=`` parameter) removed. Never fails, whatever the text. Read
+    as libpq reads it: the user part ends at the last "@" before the first
+    "/" ("?" and "#" may be in a password), a parameter's value at the next
+    "&"; where unsure, more is hidden, never less."""
+    import re
 
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    netloc_end = len(rest)
-    for mark in "/?#":
-        at = rest.find(mark)
-        if at != -1:
-            netloc_end = min(netloc_end, at)
-    netloc, tail = rest[:netloc_end], rest[netloc_end:]
-    userinfo, at_sign, hosts = netloc.rpartition("@")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at_sign, hosts = authority.rpartition("@")
     if at_sign:
-        netloc = userinfo.partition(":")[0] + "@" + hosts
-    path, qmark, query = tail.partition("?")
-    if qmark:
-        query, hash_, fragment = query.partition("#")
-        pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "password"]
-        tail = path + ("?" + urlencode(pairs, safe="/:,") if pairs else "") + hash_ + fragment
-    return f"{scheme}{sep}{netloc}{tail}"
+        authority = userinfo.partition(":")[0] + "@" + hosts
+    shown = re.sub(r"(?i)(?<=[?&])password=[^&]*(&|$)", "", f"{scheme}{sep}{authority}{slash}{tail}")
+    return shown[:-1] if shown.endswith(("?", "&")) else shown
 
 
 MANIFEST_NAME = "manifest.jsonl"  # a local store's manifest, in its root

@@ -282,7 +282,7 @@ class PostgresManifest:
             return psycopg.connect(self.url, **kwargs)
         except psycopg.ProgrammingError as exc:  # a malformed URL
             # libpq quotes the URI (or the token) it cannot parse: a password may be in it.
-            reason = re.sub(r'"[^"]*"', '"..."', " ".join(str(exc).split()))
+            reason = re.sub(r'".*"', '"..."', " ".join(str(exc).split()))  # first to last quote
             raise UsageError(f"bad PostgreSQL URL {self.name}: {reason}") from exc
         except UnicodeError as exc:  # percent-encoded bytes that are not UTF-8
             raise UsageError(f"bad PostgreSQL URL {self.name}: a percent-encoded value is not valid UTF-8") from exc

@@ -43,7 +43,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-from lashctl.backends import require_extra
+from lashctl.backends import require_extra, strip_password
 from lashctl.backends.base import (
     FILE,
     LAYOUT_SIDECARS,
@@ -122,13 +122,13 @@ def map_bounded(fn: Callable[[T], R], items: Iterable[T], limit: int = CONCURREN
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://BUCKET/PREFIX`` -> (bucket, prefix without leading, trailing or doubled slashes)."""
     if not url.startswith("s3://"):
-        raise UsageError(f"not an s3:// URL: {url!r}")
+        raise UsageError(f"not an s3:// URL: {strip_password(url)!r}")
     bucket, _, rest = url[len("s3://"):].partition("/")
     if not _BUCKET.fullmatch(bucket):
-        raise UsageError(f"invalid S3 bucket name in {url!r}")
+        raise UsageError(f"invalid S3 bucket name in {strip_password(url)!r}")
     segments = [s for s in rest.split("/") if s]
     if any(s in (".", "..") for s in segments):
-        raise UsageError(f"invalid S3 prefix in {url!r}: '.' and '..' segments are not allowed")
+        raise UsageError(f"invalid S3 prefix in {strip_password(url)!r}: '.' and '..' segments are not allowed")
     return bucket, "/".join(segments)
 
 

@@ -455,6 +455,15 @@ def test_name_has_no_password():
     assert strip_password("postgresql:///db?password=x") == "postgresql:///db"
     assert strip_password("postgresql://h/db") == "postgresql://h/db"
     assert PostgresManifest("postgresql://u:pw@h/db").name == "postgresql://u@h/db"
+    # libpq ends the user part only at "/", and a query value only at "&":
+    # "#" and "?" may be in a password, "@" in a query value.
+    for url in ("postgresql://u:SE#CRET@127.0.0.1:1/db", "postgresql://u:SE?CRET@127.0.0.1:1/db",
+                "postgresql://127.0.0.1:1/db?application_name=x#&password=SECRET",
+                "postgresql://h?password=SECRET@x", "postgresql://u:p@SECRET@h/db",
+                "postgresql://h/db?Password=SECRET&sslmode=require"):
+        shown = strip_password(url)
+        assert "SECRET" not in shown and "CRET" not in shown, (url, shown)
+    assert strip_password("postgresql://u:SE#CRET@127.0.0.1:1/db") == "postgresql://u@127.0.0.1:1/db"
 
 
 def test_not_a_postgres_url():

@@ -2041,6 +2041,8 @@ def test_a_manifest_url_that_is_not_utf8_is_a_usage_error(cli, url):
     "postgresql://postgres@/db?host=/tmp&password=s3crETpw%FF",
     "postgresql+psycopg://postgres:s3crETpw@/db",          # a scheme lashctl does not know
     "mysql://root:s3crETpw@localhost/db",
+    'postgresql://u:s3crETpw@[::1]"/db',                  # quotes in the URL itself
+    'postgresql://u:s3"crETpw%zz@h/db',
 ])
 def test_a_bad_manifest_url_is_a_usage_error_that_never_shows_its_password(cli, store, url):
     """README: a password is never shown. A URL libpq cannot parse, one whose
@@ -2050,7 +2052,7 @@ def test_a_bad_manifest_url_is_a_usage_error_that_never_shows_its_password(cli, 
     for args in (["--manifest", url, "ls"], ["--json", "--manifest", url, "list-uncommitted"]):
         result = cli(*args)
         assert result.exit_code == 2, (result.exit_code, result.stderr)
-        assert result.stderr.count("\n") == 1 and "unexpected" not in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and "error: unexpected" not in result.stderr, result.stderr
         assert "s3crETpw" not in result.stderr and "s3crETpw" not in result.stdout
         assert "s3cr%" not in result.stderr
 
@@ -2075,3 +2077,9 @@ def test_ctrl_c_while_completing_is_one_line_and_exit_130(monkeypatch, capsys):
         lashctl.main()
     assert info.value.code == 130
     assert capsys.readouterr().err == "lashctl: interrupted; nothing half-written was left\n"
+
+
+def test_an_s3_store_url_with_a_password_in_it_is_never_shown_whole(cli, tmp_path):
+    result = cli("--json", "--store", "s3://u:s3crETpw@bucket/p", "--manifest", str(tmp_path / "m.jsonl"), "ls")
+    assert result.exit_code == 2, result.stderr
+    assert "s3crETpw" not in result.stderr and "s3crETpw" not in result.stdout
