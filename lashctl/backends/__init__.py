@@ -54,15 +54,24 @@ def strip_password(url: str) -> str:
     "/" ("?" and "#" may be in a password), a parameter's value at the next
     "&"; where unsure, more is hidden, never less."""
     import re
+    from urllib.parse import unquote
 
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
     authority, slash, tail = rest.partition("/")
-    userinfo, at_sign, hosts = authority.rpartition("@")
-    if at_sign:
-        authority = userinfo.partition(":")[0] + "@" + hosts
-    shown = re.sub(r"(?i)(?<=[?&])password=[^&]*(&|$)", "", f"{scheme}{sep}{authority}{slash}{tail}")
+    if "@" not in authority and ":" in authority and "@" in tail:
+        authority, slash, tail = rest.rpartition("@")[0], "", "@" + rest.rpartition("@")[2]  # a "/" in a password
+        authority = authority.partition(":")[0]
+    else:
+        userinfo, at_sign, hosts = authority.rpartition("@")
+        if at_sign:
+            authority = userinfo.partition(":")[0] + "@" + hosts
+
+    def kept(match: re.Match) -> str:  # a parameter, dropped if its key (percent-decoded) is password
+        return "" if unquote(match.group(1)).lower() == "password" else match.group(0)
+
+    shown = re.sub(r"(?<=[?&])([^=&]*)=[^&]*(?:&|$)", kept, f"{scheme}{sep}{authority}{slash}{tail}")
     return shown[:-1] if shown.endswith(("?", "&")) else shown
 
 

@@ -74,7 +74,7 @@ class AppState(Record):
         from lashctl.backends import strip_password
 
         manifest = (strip_password(str(self.manifest_path)) if self.manifest_path is not None
-                    else f"{self.store_root}/manifest.jsonl")
+                    else strip_password(f"{self.store_root}/manifest.jsonl"))
         return {"lashctl_version": __version__, "store": strip_password(str(self.store_root)), "manifest": str(manifest),
                 "started_at": iso_ms(self.started_ms), "finished_at": iso_ms(now_ms())}
 

@@ -460,7 +460,8 @@ def test_name_has_no_password():
     for url in ("postgresql://u:SE#CRET@127.0.0.1:1/db", "postgresql://u:SE?CRET@127.0.0.1:1/db",
                 "postgresql://127.0.0.1:1/db?application_name=x#&password=SECRET",
                 "postgresql://h?password=SECRET@x", "postgresql://u:p@SECRET@h/db",
-                "postgresql://h/db?Password=SECRET&sslmode=require"):
+                "postgresql://h/db?Password=SECRET&sslmode=require", "postgresql://h/db?pass%77ord=SECRET",
+                "postgresql://u:p/SECRET@h:1/db"):
         shown = strip_password(url)
         assert "SECRET" not in shown and "CRET" not in shown, (url, shown)
     assert strip_password("postgresql://u:SE#CRET@127.0.0.1:1/db") == "postgresql://u@127.0.0.1:1/db"
