@@ -21,6 +21,7 @@ ENV_MANIFEST = "LASHCTL_MANIFEST"
 ENV_SESSION = "LASHCTL_SESSION"
 ENV_LOCK_TIMEOUT = "LASHCTL_LOCK_TIMEOUT"
 ENV_DEBUG = "LASHCTL_DEBUG"
+ENV_PROCESS_REGISTRY = "LASHCTL_PROCESS_REGISTRY"
 
 def complete_id(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of an id argument (loaded only when completing)."""
@@ -51,11 +52,12 @@ class AppState(Record):
     """What the global options decided, kept in ``ctx.obj``."""
 
     __slots__ = ("store_root", "manifest_path", "lock_timeout", "ui", "store_named", "manifest_named",
-                 "inspection", "layout", "started_ms")
+                 "inspection", "layout", "started_ms", "process_registry")
 
     def __init__(self, store_root: Path | str, manifest_path: Optional[Path | str], lock_timeout: float, ui: UI,
                  store_named: bool = False, manifest_named: bool = False, inspection: object = None,
-                 layout: Optional[str] = None, started_ms: int | None = None) -> None:
+                 layout: Optional[str] = None, started_ms: int | None = None,
+                 process_registry: Optional[str] = None) -> None:
         self.store_root = store_root  # a directory or an s3:// URL
         self.manifest_path = manifest_path  # a file or a postgresql:// URL
         self.lock_timeout = lock_timeout
@@ -65,6 +67,7 @@ class AppState(Record):
         self.inspection = inspection  # the open view of an inspection command
         self.layout = layout  # --layout: auto (None), sidecars or bare
         self.started_ms = time.time_ns() // 1_000_000 if started_ms is None else started_ms
+        self.process_registry = process_registry  # --process-registry: a table name, None when not given
 
     def run_fields(self) -> dict:
         """What a log of a run needs beside its result: when, where, which lashctl."""
@@ -87,7 +90,7 @@ class AppState(Record):
 
         layout = None if self.layout in (None, "auto") else self.layout
         store = Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn,
-                      note=self.ui.note, layout=layout)
+                      note=self.ui.note, layout=layout, process_registry=self.process_registry)
         if not create:
             if self.store_named and not store.blobs.exists():
                 raise UsageError(f"store {store.blobs.name} does not exist (check --store / {ENV_STORE})")
@@ -116,9 +119,17 @@ def parse_ids(texts: list[str]) -> list["IdQuery"]:
 
 
 def read_stdin_words() -> list[str]:
+    """The whitespace-separated words on standard input (``commit -``), a
+    byte-order mark at its start ignored, as in every list lashctl reads."""
     import sys
 
-    return sys.stdin.read().split()
+    return strip_bom(sys.stdin.buffer.read()).decode("utf-8", "surrogateescape").split()
+
+
+def strip_bom(data: bytes) -> bytes:
+    """A list's bytes without the UTF-8 byte-order mark some editors and
+    Windows tools put at its start."""
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
 
 
 def inspect_state(state: AppState, store):

@@ -1,11 +1,12 @@
 """``lashctl put``: store files, recording each intent before its bytes land."""
 
+import os
 import sys
 from typing import Annotated, Optional
 
 import typer
 
-from lashctl.commands import JsonFlag, SessionOption, app_state
+from lashctl.commands import JsonFlag, SessionOption, app_state, strip_bom
 from lashctl.errors import UsageError
 from lashctl.render import Field, human_bytes, item
 
@@ -170,8 +171,6 @@ def _print_results(ui, results: list) -> None:
 
 def _known_size(paths: list[str]) -> int:
     """Total size of the inputs that are regular files (stdin counts as 0)."""
-    import os
-
     total = 0
     for path in paths:
         if path != "-":
@@ -183,6 +182,9 @@ def _known_size(paths: list[str]) -> int:
 
 
 def _read_path_list(source: str, null: bool) -> list[str]:
+    """The paths a list names (README, "Lists"): a byte-order mark at its
+    start is no part of the first path, and a line ``-`` is the file named
+    ``-`` in the current directory, never standard input."""
     try:
         if source == "-":
             data = sys.stdin.buffer.read()
@@ -194,9 +196,10 @@ def _read_path_list(source: str, null: bool) -> list[str]:
         raise UsageError(f"cannot read --files-from {source}: {exc.strerror or exc}") from exc
     separator = b"\0" if null else b"\n"
     names = []
-    for raw in data.split(separator):
+    for raw in strip_bom(data).split(separator):
         if not null and raw.endswith(b"\r"):
             raw = raw[:-1]
         if raw:
-            names.append(raw.decode(sys.getfilesystemencoding(), "surrogateescape"))
+            name = raw.decode(sys.getfilesystemencoding(), "surrogateescape")
+            names.append(os.path.join(os.curdir, name) if name == "-" else name)
     return names

@@ -1,0 +1,90 @@
+"""Input hygiene, end to end: lists read from files and standard input, the
+manifest every writer checks, what counts as a store, usage errors under
+--json, and intents stamped by a clock that runs ahead."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import sha
+from reliability_helpers import one_line_error, run
+
+pytestmark = pytest.mark.e2e
+
+BOM = b"\xef\xbb\xbf"
+
+
+def _ok(result) -> None:
+    assert result.returncode == 0, (result.returncode, result.stdout[:2000], result.stderr.decode())
+    assert b"Traceback" not in result.stderr
+
+
+# -- lists: a byte-order mark, and "-" inside a list ------------------------------------
+@pytest.mark.parametrize("null", [False, True])
+@pytest.mark.parametrize("from_stdin", [False, True])
+def test_a_bom_at_the_start_of_a_files_from_list_is_ignored(tmp_path, null, from_stdin):
+    (tmp_path / "a.txt").write_bytes(b"alpha")
+    (tmp_path / "b.txt").write_bytes(b"bravo")
+    sep = b"\0" if null else b"\n"
+    listing = BOM + bytes(tmp_path / "a.txt") + sep + bytes(tmp_path / "b.txt") + sep
+    args = ["--store", tmp_path / "store", "put", "-s", "s"] + (["-0"] if null else [])
+    if from_stdin:
+        result = run([*args, "--files-from", "-"], input=listing)
+    else:
+        (tmp_path / "list").write_bytes(listing)
+        result = run([*args, "--files-from", tmp_path / "list"])
+    _ok(result)
+    assert result.stdout.decode().split() == [sha(b"alpha"), sha(b"bravo")]
+
+
+def test_a_bom_at_the_start_of_commit_stdin_is_ignored(tmp_path):
+    store = tmp_path / "store"
+    (tmp_path / "a.txt").write_bytes(b"alpha")
+    (tmp_path / "b.txt").write_bytes(b"bravo")
+    put = run(["--store", store, "put", "-s", "s", tmp_path / "a.txt", tmp_path / "b.txt"])
+    _ok(put)
+    result = run(["--store", store, "--json", "commit", "-s", "s", "-"], input=BOM + put.stdout)
+    _ok(result)
+    assert [(r["id"], r["status"]) for r in json.loads(result.stdout)] == [
+        (sha(b"alpha"), "committed"), (sha(b"bravo"), "committed")]
+
+
+def test_a_bom_inside_a_list_is_still_part_of_a_path(tmp_path):
+    """Only the first bytes of the list are a byte-order mark; anywhere else it is a name's."""
+    (tmp_path / "a.txt").write_bytes(b"alpha")
+    listing = bytes(tmp_path / "a.txt") + b"\n" + BOM + bytes(tmp_path / "a.txt") + b"\n"
+    (tmp_path / "list").write_bytes(listing)
+    result = run(["--store", tmp_path / "store", "put", "-s", "s", "--files-from", tmp_path / "list"])
+    assert result.returncode == 2
+    assert "cannot read input" in one_line_error(result.stderr)
+
+
+@pytest.mark.parametrize("null", [False, True])
+def test_a_dash_in_a_files_from_list_is_a_file_named_dash(tmp_path, null):
+    (tmp_path / "-").write_bytes(b"a file named dash")
+    sep = b"\0" if null else b"\n"
+    (tmp_path / "list").write_bytes(b"-" + sep)
+    result = run(["--store", tmp_path / "store", "--json", "put", "-s", "s", "--files-from", tmp_path / "list",
+                  *(["-0"] if null else [])], input=b"standard input", cwd=tmp_path)
+    _ok(result)
+    [stored] = json.loads(result.stdout)
+    assert stored["id"] == sha(b"a file named dash")
+    assert stored["label"] == "-"
+
+
+def test_a_dash_in_a_list_that_names_no_file_is_a_missing_input(tmp_path):
+    (tmp_path / "list").write_bytes(b"-\n")
+    result = run(["--store", tmp_path / "store", "put", "-s", "s", "--files-from", tmp_path / "list"],
+                 input=b"standard input", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot read input ./-" in one_line_error(result.stderr)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_dash_in_a_list_read_from_stdin_is_a_file_too(tmp_path):
+    (tmp_path / "-").write_bytes(b"a file named dash")
+    result = run(["--store", tmp_path / "store", "put", "-s", "s", "--files-from", "-"], input=b"-\n", cwd=tmp_path)
+    _ok(result)
+    assert result.stdout.decode().split() == [sha(b"a file named dash")]
