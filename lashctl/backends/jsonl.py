@@ -87,9 +87,10 @@ class CacheView:
 class Writer:
     """A view with the manifest lock held: appends go to the log, then the cache.
 
-    The view is opened on the first query: ``put`` appends intents without
-    ever loading the cache. Under the lock the cache is never trusted to say
-    "no such row": a key or prefix it does not know is looked up in the log.
+    The view is opened on the first query or append (opening it validates
+    the log: a writer never appends to a corrupt one). Under the lock the
+    cache is never trusted to say "no such row": a key or prefix it does not
+    know is looked up in the log.
     """
 
     def __init__(self, manifest: "JsonlManifest") -> None:
@@ -139,6 +140,10 @@ class Writer:
         events = self._resolve_guards(events)
         if not events:
             return
+        # Writers never append to a corrupt log (Corrupt names the line). The
+        # view validates it: the state cache reads only the bytes added since
+        # it last did (any other change makes it read the log again).
+        self._opened()
         self._manifest.log.append(events)
         self._log = None
         view = self._view

@@ -88,3 +88,72 @@ def test_a_dash_in_a_list_read_from_stdin_is_a_file_too(tmp_path):
     result = run(["--store", tmp_path / "store", "put", "-s", "s", "--files-from", "-"], input=b"-\n", cwd=tmp_path)
     _ok(result)
     assert result.stdout.decode().split() == [sha(b"a file named dash")]
+
+
+# -- a corrupt manifest stops every writer -------------------------------------------------
+def _store_with_a_bad_line(tmp_path, *, warm_cache: bool):
+    """A store of 11 puts whose manifest's line 12 (the last) ends in a stray comma."""
+    store = tmp_path / "store"
+    for n in range(11):
+        (tmp_path / f"in{n}").write_bytes(b"input %d" % n)
+    _ok(run(["--store", store, "put", "-s", "s", *[tmp_path / f"in{n}" for n in range(11)]]))
+    if warm_cache:
+        _ok(run(["--store", store, "list-uncommitted"]))  # the state cache holds every line
+    manifest = store / "manifest.jsonl"
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 12
+    lines[11] = lines[11].rstrip(b"\n") + b",\n"
+    manifest.write_bytes(b"".join(lines))
+    return store, manifest
+
+
+def _blobs(store) -> list:
+    return sorted(p.name for p in (store / "sha256").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("warm_cache", [False, True])
+def test_put_refuses_a_manifest_with_a_malformed_line_and_lands_nothing(tmp_path, warm_cache):
+    store, manifest = _store_with_a_bad_line(tmp_path, warm_cache=warm_cache)
+    before, blobs = manifest.read_bytes(), _blobs(store)
+    (tmp_path / "new").write_bytes(b"a new input")
+    result = run(["--store", store, "put", "-s", "s", tmp_path / "new"])
+    assert result.returncode == 65, result.stderr
+    assert f"{manifest}:12" in one_line_error(result.stderr)
+    assert result.stdout == b""
+    assert manifest.read_bytes() == before
+    assert _blobs(store) == blobs
+    assert list((store / "tmp").iterdir()) == []
+
+
+def test_a_malformed_line_appended_after_the_cache_was_built_stops_put(tmp_path):
+    store = tmp_path / "store"
+    (tmp_path / "a").write_bytes(b"a")
+    _ok(run(["--store", store, "put", "-s", "s", tmp_path / "a"]))
+    _ok(run(["--store", store, "put", "-s", "s", tmp_path / "a"]))  # the cache now covers both lines
+    manifest = store / "manifest.jsonl"
+    with open(manifest, "ab") as handle:
+        handle.write(b'{"op":"intent"},\n')
+    before = manifest.read_bytes()
+    (tmp_path / "b").write_bytes(b"b")
+    result = run(["--store", store, "put", "-s", "s", tmp_path / "b"])
+    assert result.returncode == 65, result.stderr
+    assert f"{manifest}:4" in one_line_error(result.stderr)
+    assert manifest.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", [
+    ["commit", "-s", "s", sha(b"input 0")],
+    ["delete", "--force", sha(b"input 0")],
+    ["reclaim", "--older-than", "0s", "--force"],
+    ["gc", "--older-than", "0s", "--force"],
+    ["verify", "--fix"],
+    ["manifest", "compact"],
+])
+def test_every_writer_refuses_a_manifest_with_a_malformed_line(tmp_path, command):
+    store, manifest = _store_with_a_bad_line(tmp_path, warm_cache=True)
+    before, blobs = manifest.read_bytes(), _blobs(store)
+    result = run(["--store", store, *command])
+    assert result.returncode == 65, (command, result.stderr)
+    assert f"{manifest}:12" in result.stderr.decode()
+    assert manifest.read_bytes() == before
+    assert _blobs(store) == blobs
