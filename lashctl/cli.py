@@ -228,9 +228,13 @@ class LashctlGroup(TyperGroup):
             code = EXIT_USAGE
         except click_exceptions.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx is not None else "lashctl"
-            UI.error(f"{exc.format_message()} (see '{command} --help')")
+            message = f"{exc.format_message()} (see '{command} --help')"
             code = exc.exit_code if exc.exit_code else EXIT_USAGE
+            _click_failure_json(exc.ctx, message, code, sys.argv[1:] if args is None else list(args))
+            UI.error(message)
         except click_exceptions.ClickException as exc:
+            _click_failure_json(None, exc.format_message(), exc.exit_code,
+                                sys.argv[1:] if args is None else list(args))
             UI.error(exc.format_message())
             code = exc.exit_code
         except typer.Abort:
@@ -239,6 +243,66 @@ class LashctlGroup(TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_failure_json(ctx: Any, message: str, code: int, args: list[str]) -> None:
+    """Under --json, a failure click reports while it parses (an unknown
+    option, a bad value, a missing argument) prints the one JSON object every
+    other failure prints. Click may stop before it has read --json, so the
+    command line is read for it here."""
+    state = ctx.find_object(AppState) if ctx is not None else None
+    if state is not None and state.ui.wrote_data:
+        return
+    if not (state is not None and state.ui.json) and not _asks_for_json(ctx, args):
+        return
+    if state is None:
+        state = AppState(store_root=_argv_location(args, "--store", ENV_STORE) or _default_store(),
+                         manifest_path=_argv_location(args, "--manifest", ENV_MANIFEST), lock_timeout=0.0,
+                         ui=UI(json_output=True))
+    try:
+        UI(json_output=True).emit_json({"error": message, "exit_code": code, **state.run_fields()})
+    except OSError:
+        _quiet_stdout()  # stdout itself failed: the error line on stderr still says what went wrong
+
+
+def _asks_for_json(ctx: Any, args: list[str]) -> bool:
+    """Whether ``--json`` is on the command line as the option: before any
+    ``--``, and not the value of an option that takes one (``--label --json``)."""
+    takes_value = {"--store", "--manifest", "--lock-timeout", "--layout"}
+    while ctx is not None:
+        for param in ctx.command.params:
+            if getattr(param, "param_type_name", "") == "option" and not param.is_flag and not param.count:
+                takes_value.update(param.opts, param.secondary_opts)
+        ctx = ctx.parent
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            return False
+        if token == "--json":
+            return True
+        if token in takes_value:
+            next(tokens, None)
+    return False
+
+
+def _argv_location(args: list[str], option: str, env: str) -> Path | str | None:
+    """The last value an option takes on the command line (before ``--``), else its variable's."""
+    found = os.environ.get(env) or None
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            break
+        if token == option:
+            found = next(tokens, found)
+        elif token.startswith(option + "="):
+            found = token.partition("=")[2]
+    return _location(found) if found is not None else None
+
+
+def _default_store() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("lashctl"))
 
 
 app = typer.Typer(
@@ -331,9 +395,7 @@ def main_options(
     store = _location(store) if store is not None else None
     manifest = _location(manifest) if manifest is not None else None
     if store is None:
-        import platformdirs
-
-        store = Path(platformdirs.user_data_dir("lashctl"))
+        store = _default_store()
     ctx.obj = AppState(
         store_root=store,
         manifest_path=manifest,

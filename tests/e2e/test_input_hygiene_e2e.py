@@ -157,3 +157,50 @@ def test_every_writer_refuses_a_manifest_with_a_malformed_line(tmp_path, command
     assert f"{manifest}:12" in result.stderr.decode()
     assert manifest.read_bytes() == before
     assert _blobs(store) == blobs
+
+
+# -- usage errors under --json ---------------------------------------------------------------
+FAILURE_KEYS = ["error", "exit_code", "lashctl_version", "store", "manifest", "started_at", "finished_at"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--json", "reclaim", "--dryrun"], "No such option: --dryrun"),
+    (["reclaim", "--dryrun", "--json"], "No such option: --dryrun"),
+    (["--json", "--lock-timeout", "-1", "reclaim"], "--lock-timeout"),
+    (["reclaim", "--json", "--lock-timeout", "-1"], "--lock-timeout"),
+    (["--json", "get"], "Missing argument 'ID'"),
+    (["--json", "ls", "--sort", "bogus"], "bogus"),
+    (["--json", "manifest", "log", "--bogus"], "No such option: --bogus"),
+    (["--json", "frobnicate"], "No such command 'frobnicate'"),
+    (["--json"], "Missing command"),
+])
+def test_a_usage_error_under_json_prints_the_failure_object(tmp_path, args, needle):
+    result = run(["--store", tmp_path / "store", *args])
+    assert result.returncode == 2, result.stderr
+    line = one_line_error(result.stderr)
+    assert needle in line
+    document = json.loads(result.stdout)
+    assert list(document) == FAILURE_KEYS
+    assert document["exit_code"] == 2
+    assert needle in document["error"] and f"lashctl: error: {document['error']}" == line
+    assert document["store"] == str(tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_usage_error_under_json_has_the_shape_of_any_other_failure(tmp_path):
+    other = run(["--json", "--store", tmp_path / "missing", "reclaim"])
+    assert other.returncode == 2
+    usage = run(["--json", "--store", tmp_path / "missing", "reclaim", "--dryrun"])
+    assert list(json.loads(usage.stdout)) == list(json.loads(other.stdout)) == FAILURE_KEYS
+
+
+@pytest.mark.parametrize("args", [
+    ["put", "-s", "s", "--bogus", "--", "--json"],  # after --: a file named --json
+    ["put", "-s", "s", "--label", "--json", "--bogus"],  # a label, not the option
+    ["reclaim", "--dryrun"],
+])
+def test_a_usage_error_without_json_prints_nothing_on_stdout(tmp_path, args):
+    result = run(["--store", tmp_path / "store", *args])
+    assert result.returncode == 2, result.stderr
+    one_line_error(result.stderr)
+    assert result.stdout == b""
