@@ -1,20 +1,74 @@
 """lashctl: the operator's tool for a lash attachment store."""
 
 __version__ = "0.1.0"
-INTERRUPTED = "interrupted; nothing half-written was left"  # what Ctrl-C says where nothing else was kept
+NOTHING_LEFT = "nothing half-written was left"  # what an interrupt says where nothing else was kept
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a job runner stopping the command, a closed
+    terminal), raised in the main thread as Ctrl-C raises KeyboardInterrupt:
+    every path that cleans up after Ctrl-C (staging files removed, locks
+    released, put's report of what was stored) runs for these too."""
+
+    def __init__(self, signum: int, *args: object) -> None:
+        super().__init__(*args)
+        self.signum = signum
+
+
+def interruption(exc: KeyboardInterrupt) -> str:
+    """How the line an interrupt leaves begins: ``interrupted`` (Ctrl-C) or
+    ``interrupted by SIGTERM``."""
+    import signal
+
+    signum = getattr(exc, "signum", None)
+    return "interrupted" if signum is None else f"interrupted by {signal.Signals(signum).name}"
+
+
+def interrupted(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """The one line on stderr (what was kept) and the exit code, 128 + the
+    signal's number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), that
+    an interrupt ends a command with."""
+    import signal
+
+    message = exc.args[0] if exc.args else f"{interruption(exc)}; {NOTHING_LEFT}"
+    return f"lashctl: {message}", 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+_ending = False  # whether a SIGTERM or SIGHUP is already being handled
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    global _ending
+    if _ending:
+        return  # a second signal must not cut short the cleanup of the first
+    _ending = True
+    raise Terminated(signum)
+
+
+def _handle_job_signals() -> None:
+    """SIGTERM and SIGHUP end a command the way Ctrl-C does (``Terminated``).
+    A signal the caller set to be ignored (``nohup``) stays ignored."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _raise_terminated)
 
 
 def main(prog_name: str = "lashctl") -> None:
     """Console-script entry point. The command-line app is loaded and run
-    inside this guard: Ctrl-C while it loads or builds its commands says the
-    one line (and exit 130) it says during a command, never a traceback."""
+    inside this guard: Ctrl-C (or SIGTERM, SIGHUP) while it loads or builds
+    its commands says the one line (and exit code) it says during a
+    command, never a traceback."""
     try:
+        _handle_job_signals()
         from lashctl.cli import main as run
 
-        run(prog_name)  # a command's own Ctrl-C report ends in SystemExit(130), not here
-    except KeyboardInterrupt:
+        run(prog_name)  # a command's own interrupt report ends in SystemExit(128 + signal), not here
+    except KeyboardInterrupt as exc:
         import sys
 
+        line, code = interrupted(exc)
         if sys.stderr is not None:
-            sys.stderr.write(f"lashctl: {INTERRUPTED}\n")
-        raise SystemExit(130) from None
+            sys.stderr.write(f"{line}\n")
+        raise SystemExit(code) from None

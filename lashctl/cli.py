@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from lashctl import INTERRUPTED, __version__
+from lashctl import __version__, interrupted
 from lashctl.commands import ENV_DEBUG, ENV_LOCK_TIMEOUT, ENV_MANIFEST, ENV_STORE, AppState
 from lashctl.errors import EXIT_FAILURE, EXIT_USAGE, LashctlError, UsageError
 from lashctl.render import UI
@@ -165,9 +165,10 @@ class LashctlGroup(TyperGroup):
         130 without a word)."""
         try:
             return super().make_context(*args, **kwargs)
-        except KeyboardInterrupt:
-            print(f"lashctl: {INTERRUPTED}", file=sys.stderr)
-            raise SystemExit(130) from None  # not typer.Exit: completion parses outside Typer's handler
+        except KeyboardInterrupt as exc:
+            line, code = interrupted(exc)
+            print(line, file=sys.stderr)
+            raise SystemExit(code) from None  # not typer.Exit: completion parses outside Typer's handler
 
     def invoke(self, ctx: Any) -> Any:
         from typer._click.exceptions import ClickException
@@ -177,11 +178,13 @@ class LashctlGroup(TyperGroup):
         except (ClickException, typer.Exit, typer.Abort):
             raise  # usage errors are formatted in main()
         except KeyboardInterrupt as exc:
-            # Ctrl-C: one line saying what was kept, exit 130 (128 + SIGINT).
-            # Every write stages and renames, and staging files are removed on
-            # the way out, so no file is left half-written; put says more.
-            print(f"lashctl: {exc.args[0] if exc.args else INTERRUPTED}", file=sys.stderr)
-            raise typer.Exit(130)
+            # Ctrl-C, SIGTERM or SIGHUP (lashctl.Terminated): one line saying
+            # what was kept, exit 128 + the signal (130, 143, 129). Every write
+            # stages and renames, and staging files are removed on the way
+            # out, so no file is left half-written; put says more.
+            line, code = interrupted(exc)
+            print(line, file=sys.stderr)
+            raise typer.Exit(code)
         except LashctlError as exc:
             self._fail(ctx, exc.message, exc.exit_code, exc)
         except BrokenPipeError:

@@ -109,13 +109,16 @@ def put(
                 landed.append(result)
                 if not ui.json:
                     ui.line(result.attachment_id)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM or SIGHUP (lashctl.Terminated)
         # What landed is stored and recorded: its ids are what a script needs
         # to commit. transfer.put removed the staged copies of the rest.
         if show_bar or ui.json:
             _print_results(ui, landed)
         sys.stdout.flush()
-        raise KeyboardInterrupt(_interrupted(len(landed), len(inputs))) from None
+        from lashctl import interruption
+
+        exc.args = (_interrupted(interruption(exc), len(landed), len(inputs)),)
+        raise exc from None
     if not show_bar and not ui.json:
         sys.stdout.flush()
     else:
@@ -146,7 +149,7 @@ def _inputs(ui, paths: list[str], files_from: Optional[str], null: bool) -> list
     return inputs
 
 
-def _interrupted(stored: int, inputs: int) -> str:
+def _interrupted(how: str, stored: int, inputs: int) -> str:
     """The one line Ctrl-C leaves: what is kept, and that nothing staged stays behind.
 
     Inputs are stored batch by batch, and ids are printed only for a batch
@@ -155,7 +158,7 @@ def _interrupted(stored: int, inputs: int) -> str:
     """
     of = f"{stored} of {inputs} input{'s' if inputs != 1 else ''}"
     ids = " (their ids are on stdout)" if stored else ""
-    return (f"interrupted: {of} stored and recorded{ids}; staged copies of the rest were removed, "
+    return (f"{how}: {of} stored and recorded{ids}; staged copies of the rest were removed, "
             "and reclaim sweeps anything else they left")
 
 
