@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from lashctl import __version__, interrupted
-from lashctl.commands import ENV_DEBUG, ENV_LOCK_TIMEOUT, ENV_MANIFEST, ENV_STORE, AppState
+from lashctl.commands import ENV_DEBUG, ENV_LOCK_TIMEOUT, ENV_MANIFEST, ENV_PROCESS_REGISTRY, ENV_STORE, AppState
 from lashctl.errors import EXIT_FAILURE, EXIT_USAGE, LashctlError, UsageError
 from lashctl.render import UI
 
@@ -86,6 +86,8 @@ def _late_global(name: str) -> Any:
             state.lock_timeout = _lock_timeout(value)
         elif name == "layout":
             state.layout = _layout(value)
+        elif name == "process_registry":
+            state.process_registry = _process_registry(value)
         else:
             setattr(state.ui, name, True)
 
@@ -137,6 +139,7 @@ def _accept_global_options(command: Any) -> Any:
         (["--lock-timeout"], "lock_timeout", float, False),
         (["--full-ids"], "full_ids", None, True),
         (["--layout"], "layout", str, False),
+        (["--process-registry"], "process_registry", str, False),
     ]
     for decls, name, kind, is_flag in specs:
         decls = [d for d in decls if d not in taken]
@@ -339,6 +342,18 @@ def _layout(value: str | None) -> str | None:
     return value
 
 
+def _process_registry(value: str | None) -> str | None:
+    if value is None:
+        return None  # not given: nothing to import (completion pays start-up on every TAB)
+    from lashctl.backends import process_registry
+
+    try:
+        return process_registry(value)
+    except UsageError as exc:
+        raise typer.BadParameter(exc.message.removeprefix("--process-registry "),
+                                 param_hint="--process-registry") from None
+
+
 def _lock_timeout(value: float) -> float:
     # Click's range check lets NaN through (every comparison with it is
     # false), and NaN or inf would make the lock deadline unreachable: a wait
@@ -384,6 +399,13 @@ def main_options(
         typer.Option("--layout", envvar="LASHCTL_LAYOUT", metavar="auto|sidecars|bare", callback=_layout,
                      help="Blob layout: sidecars beside blobs (lash-core 0.1), bare (later lash), or auto-detect."),
     ] = None,
+    process_registry: Annotated[
+        Optional[str],
+        typer.Option("--process-registry", envvar=ENV_PROCESS_REGISTRY, metavar="SOURCE", callback=_process_registry,
+                     help="Where lash's process registry lives, so that intents of processes gone from it are "
+                          "reclaimed: table (lash_processes in the PostgreSQL manifest's database) or "
+                          "table:[SCHEMA.]NAME. Without it process-owned intents are kept, as lash keeps them."),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -407,6 +429,7 @@ def main_options(
         ui=UI(json_output=json_output, quiet=quiet, verbose=verbose, full_ids=full_ids),
         store_named=store_named,
         manifest_named=manifest is not None,
+        process_registry=process_registry,
     )
 
 

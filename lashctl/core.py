@@ -35,11 +35,13 @@ class Store:
     """A lash attachment store: ``blobs`` (a BlobBackend) and ``manifest`` (a ManifestBackend).
 
     ``root`` is a directory or ``s3://BUCKET/PREFIX``; ``manifest`` a file (by
-    default ``<root>/manifest.jsonl``) or a ``postgresql://`` URL.
+    default ``<root>/manifest.jsonl``) or a ``postgresql://`` URL;
+    ``process_registry`` the table of lash's process registry in that
+    database (``backends.process_registry``), None to keep process-owned intents.
     """
 
     def __init__(self, root, manifest_path=None, lock_timeout: float = 30.0, warn=None, note=None,
-                 layout: str | None = None) -> None:
+                 layout: str | None = None, process_registry: str | None = None) -> None:
         self.note = _once(note) if note is not None else None
         self._warn = warn if warn is not None else _stderr_warn
         from lashctl.backends import open_blobs, open_manifest
@@ -48,7 +50,7 @@ class Store:
         self.root = root
         self._layout = layout  # None: detected on first use (README, "Two layouts")
         self.manifest = open_manifest(manifest_path, self.blobs, lock_timeout=lock_timeout, warn=self._warn,
-                                      note=self.note)
+                                      note=self.note, process_registry=process_registry)
 
     def warn(self, message: str) -> None:
         self._warn(message)

@@ -30,7 +30,8 @@ from conftest import blob_path, sha, sidecar_path  # noqa: F401  (re-exported)
 LONG = os.environ.get("LASHCTL_LONG_TESTS", "").strip() not in ("", "0", "false", "no")
 
 # Environment variables that would leak an operator's settings into a test.
-LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_LOCK_TIMEOUT", "LASHCTL_DEBUG")
+LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_LOCK_TIMEOUT", "LASHCTL_DEBUG",
+               "LASHCTL_PROCESS_REGISTRY")
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_EPOCH_MS = 253_402_300_799_999

@@ -77,6 +77,37 @@ def strip_password(url: str) -> str:
 
 MANIFEST_NAME = "manifest.jsonl"  # a local store's manifest, in its root
 
+# --process-registry (README, "Beyond one machine"): where lash's process
+# registry lives. ``table`` is lash's own table in the manifest's database;
+# values with a "/" are kept for a SQLite registry file.
+PROCESS_REGISTRY_TABLE = "lash_processes"
+PROCESS_REGISTRY_FORMS = "table or table:[SCHEMA.]NAME (a table of the PostgreSQL manifest's database), or none"
+_REGISTRY_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?"
+
+
+def is_registry_table(name: str) -> bool:
+    """A ``[SCHEMA.]NAME`` of plain identifiers (compiled only when a registry is named)."""
+    import re
+
+    return re.fullmatch(_REGISTRY_NAME, name) is not None
+
+
+def process_registry(value: str | None) -> str | None:
+    """The table ``--process-registry`` names (``table`` is ``lash_processes``),
+    or None (``none``, or not given): lash's process-owner rule is not applied
+    and process-owned intents are kept, as an unwired lash keeps them.
+    UsageError for any other value."""
+    if value is None or value == "none":
+        return None
+    if value == "table":
+        return PROCESS_REGISTRY_TABLE
+    kind, _, name = value.partition(":")
+    if kind != "table" or not is_registry_table(name):
+        raise UsageError(f"--process-registry '{value}' is not a process registry lashctl can read: "
+                         f"give {PROCESS_REGISTRY_FORMS}")
+    return name
+
+
 
 def open_blobs(location):
     """The blob backend for a directory or an ``s3://`` URL."""
@@ -95,9 +126,11 @@ def open_blobs(location):
     return BlobStore(Path(location))
 
 
-def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, note=None):
+def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, note=None,
+                  process_registry: str | None = None):
     """The manifest backend for a file or a ``postgresql://`` URL; None means
-    ``manifest.jsonl`` in a local store's root."""
+    ``manifest.jsonl`` in a local store's root. ``process_registry`` is the
+    table ``process_registry()`` returned, for a PostgreSQL manifest only."""
     from pathlib import Path
 
     text = str(location) if location is not None else None
@@ -105,9 +138,14 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
         require_extra("psycopg", "postgres", "a postgresql:// manifest")
         from lashctl.backends.postgres import PostgresManifest
 
-        return PostgresManifest(text, lock_timeout=lock_timeout)
+        return PostgresManifest(text, lock_timeout=lock_timeout, process_registry=process_registry)
     if text is not None and is_url(text):
         raise unknown_scheme(text, "--manifest", "a postgresql:// URL or a file path")
+    if process_registry is not None:
+        # A JSON-lines manifest has no owners: a registry named for it is a mistaken line.
+        where = text if text is not None else f"{blobs.name}/{MANIFEST_NAME}"
+        raise UsageError(f"--process-registry names lash's process registry for a PostgreSQL manifest; "
+                         f"{where} is a JSON-lines file, whose rows have no process owners")
     if text is None:
         if is_s3_url(blobs.name):
             raise UsageError("an s3:// store keeps no manifest of its own: name one with --manifest "

@@ -34,9 +34,13 @@ definition) and lash's indexes if missing, and lashctl's indexes
 Owners. A row lash wrote for a turn or a process stays, when aged and
 uncommitted, until lash's own rule proves its owner dead (lash-postgres-store,
 ``live_attachment_refs``): a turn is dead once another turn of the same session
-committed after the row's intent (``lash_runtime_turn_commits``); a process
-once it has no row in ``lash_processes``. Where those tables do not exist
-nothing proves an owner dead and the row is kept.
+committed after the row's intent (``lash_runtime_turn_commits``; where that
+table does not exist nothing proves it). A process is dead once it has no row
+in the process registry, a rule lash applies only when its host says where the
+registry lives (``session_store_factory_with_shared_process_registry``); an
+unwired lash keeps process-owned rows for ever. So does lashctl, unless
+``--process-registry`` names the registry's table (``process_registry``).
+
 """
 
 from __future__ import annotations
@@ -49,7 +53,13 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from lashctl.backends import POSTGRES_SCHEMES, is_postgres_url, require_extra, strip_password
+from lashctl.backends import (
+    POSTGRES_SCHEMES,
+    is_postgres_url,
+    is_registry_table,
+    require_extra,
+    strip_password,
+)
 from lashctl.backends.base import rendered_uncommitted, uncommitted_where
 from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Unavailable, UsageError
 from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
@@ -61,7 +71,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TABLE = "lash_attachment_manifest"
 TURN_COMMITS = "lash_runtime_turn_commits"
-PROCESSES = "lash_processes"
 
 ITERSIZE = 2000  # rows fetched per round trip by the streams
 _KEEP_BATCH = 500  # aged groups whose owners are checked with one query
@@ -192,13 +201,15 @@ class PostgresManifest:
     # each candidate before and after deleting it (lashctl.sweep).
     blocks_writers = False
 
-    def __init__(self, url: str, lock_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, lock_timeout: float = 30.0, process_registry: str | None = None) -> None:
         if not is_postgres_url(url):
             raise UsageError(f"not a PostgreSQL URL: {strip_password(url)} (expected one of {', '.join(POSTGRES_SCHEMES)})")
         if not is_utf8_text(url):  # argv bytes that are not UTF-8: libpq could never be given them
             raise UsageError("the PostgreSQL URL is not valid UTF-8 (percent-encode such bytes: %FF)")
         if not math.isfinite(lock_timeout) or lock_timeout < 0:
             raise ValueError(f"lock timeout {lock_timeout} is not a finite, non-negative number of seconds")
+        if process_registry is not None and not is_registry_table(process_registry):
+            raise ValueError(f"process registry {process_registry!r} is not a [SCHEMA.]NAME of plain identifiers")
         require_extra("psycopg", "postgres", "a PostgreSQL manifest")
         # psycopg logs what it ignores while closing a broken connection (a
         # warning Python would print to stderr): the failure itself is already
@@ -209,6 +220,12 @@ class PostgresManifest:
         self.url = url
         self.name = strip_password(url)
         self.lock_timeout = lock_timeout
+        # The table of lash's process registry (``backends.process_registry``);
+        # None: process owners are never proven dead, as in an unwired lash.
+        self.process_registry = process_registry
+        # Quoted as PostgreSQL folds an unquoted name (lower case): a keyword is a name too.
+        self._registry_sql = (".".join(f'"{part.lower()}"' for part in process_registry.split("."))
+                              if process_registry is not None else None)
         self._shape_checked = False
 
     def __repr__(self) -> str:
@@ -304,8 +321,25 @@ class PostgresManifest:
     def _table_oid(self, conn: "psycopg.Connection") -> int | None:
         return conn.execute("SELECT to_regclass(%s)::oid", (TABLE,)).fetchone()[0]
 
+    def _check_process_registry(self, conn: "psycopg.Connection") -> None:
+        """UsageError unless the table ``--process-registry`` names exists with
+        lash's ``process_id`` column."""
+        table, quoted = self.process_registry, self._registry_sql
+        if table is None:
+            return
+        exists, has_id = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attname = 'process_id' AND attnum > 0 AND NOT attisdropped)", (quoted, quoted)).fetchone()
+        if not exists:
+            raise UsageError(f"--process-registry: no table {table} in {conn.info.dbname} at {self.name} "
+                             "(name the table lash's process registry lives in)")
+        if not has_id:
+            raise UsageError(f"--process-registry: table {table} in {conn.info.dbname} has no process_id column: "
+                             "it is not lash's process registry")
+
     def _check_shape(self, conn: "psycopg.Connection") -> None:
-        """UsageError if the table is missing, Corrupt naming what differs if misshapen."""
+        """UsageError if the table is missing, Corrupt naming what differs if
+        misshapen; UsageError if the process registry named is not there."""
         oid = self._table_oid(conn)
         if oid is None:
             raise UsageError(
@@ -338,6 +372,7 @@ class PostgresManifest:
         if problems:
             raise Corrupt(f"table {TABLE} in {conn.info.dbname} at {self.name} is not lash's attachment "
                           f"manifest: {'; '.join(problems)}")
+        self._check_process_registry(conn)
         self._shape_checked = True
 
     def init(self) -> list[str]:
@@ -472,7 +507,7 @@ class PostgresView:
         # here, as a tolerant read of a JSON-lines log skips malformed lines.
         self.tolerant = tolerant
         self.malformed: list[Corrupt] = []
-        self._owner_tables: tuple[bool, bool] | None = None  # (turn commits, processes) exist
+        self._owner_tables: tuple[bool, str | None] | None = None  # (turn commits exist, process registry)
         self._keep_cache: dict[tuple, str | None] = {}
         self._cursors = 0
 
@@ -517,28 +552,29 @@ class PostgresView:
         if group:
             yield group
 
-    def owner_tables(self) -> tuple[bool, bool]:
-        """Whether lash's ``lash_runtime_turn_commits`` and ``lash_processes`` exist (once per connection)."""
+    def owner_tables(self) -> tuple[bool, str | None]:
+        """Whether lash's ``lash_runtime_turn_commits`` exists (probed once per
+        connection), and the process registry's table: None where
+        ``--process-registry`` did not name one, and no process owner is ever
+        proven dead (lash's rule without a wired registry)."""
         if self._owner_tables is None:
             with self.backend._errors():
-                turns, processes = self.conn.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
-                    (TURN_COMMITS, PROCESSES)).fetchone()
-            self._owner_tables = (turns, processes)
+                turns = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TURN_COMMITS,)).fetchone()[0]
+            self._owner_tables = (turns, self.backend.process_registry)
         return self._owner_tables
 
     def _dead_owner_sql(self, alias: str = "m") -> str:
         """SQL true when the uncommitted row ``alias`` has no owner or lash proves its owner dead."""
-        turns, processes = self.owner_tables()
+        turns, registry = self.owner_tables()
         parts = [f"{alias}.owner_kind IS NULL"]
         if turns:
             parts.append(
                 f"({alias}.owner_kind = 'turn' AND EXISTS (SELECT 1 FROM {TURN_COMMITS} AS tc"
                 f" WHERE tc.session_id = {alias}.session_id AND tc.turn_id <> {alias}.owner_id"
                 f" AND tc.committed_at_ms > {alias}.intent_at_ms))")
-        if processes:
+        if registry is not None:
             parts.append(
-                f"({alias}.owner_kind = 'process' AND NOT EXISTS (SELECT 1 FROM {PROCESSES} AS p"
+                f"({alias}.owner_kind = 'process' AND NOT EXISTS (SELECT 1 FROM {self.backend._registry_sql} AS p"
                 f" WHERE p.process_id = {alias}.owner_id))")
         return "(" + " OR ".join(parts) + ")"
 
@@ -673,9 +709,10 @@ class PostgresView:
         """Why an aged uncommitted row must stay although no session committed it, or None.
 
         None for a row without an owner. A turn-owned row stays until another
-        turn of its session committed after the row's intent; a process-owned
-        row while the process has a row in ``lash_processes``; either stays
-        when lash's table that would prove its owner dead does not exist.
+        turn of its session committed after the row's intent (always, where
+        ``lash_runtime_turn_commits`` does not exist); a process-owned row
+        stays unless ``--process-registry`` named the registry's table and
+        the process has no row there.
         """
         if row.committed or row.owner_kind is None:
             return None
@@ -706,7 +743,7 @@ class PostgresView:
         """Decide and cache the keep reason of owned uncommitted rows, batched."""
         if not rows:
             return
-        turns_table, processes_table = self.owner_tables()
+        turns_table, _registry = self.owner_tables()
         turn_rows = [r for r in rows if r.owner_kind == "turn"]
         process_rows = [r for r in rows if r.owner_kind == "process"]
         other_rows = [r for r in rows if r.owner_kind not in ("turn", "process")]
@@ -733,20 +770,27 @@ class PostgresView:
                     reason = f"owner turn {row.owner_id} not proven dead (no {TURN_COMMITS} table)"
                 self._keep_cache[self._keep_key(row)] = reason
         if process_rows:
-            alive: set[str] = set()
-            if processes_table:
-                with self.backend._errors():
-                    alive = {p for (p,) in self.conn.execute(
-                        f"SELECT process_id FROM {PROCESSES} WHERE process_id = ANY(%s::text[])",
-                        (sorted({r.owner_id for r in process_rows}),)).fetchall()}
-            for row in process_rows:
-                if not processes_table:
-                    reason = f"owner process {row.owner_id} not proven dead (no {PROCESSES} table)"
-                elif row.owner_id in alive:
-                    reason = f"owner process {row.owner_id} is still registered in {PROCESSES}"
-                else:
-                    reason = None
-                self._keep_cache[self._keep_key(row)] = reason
+            self._check_process_owners(process_rows)
+
+    def _check_process_owners(self, rows: list[Row]) -> None:
+        """Cache the keep reason of process-owned rows: dead (None) only when
+        the registry is named and lacks the process, as lash decides."""
+        _turns, registry = self.owner_tables()
+        alive: set[str] = set()
+        if registry is not None:
+            with self.backend._errors():
+                alive = {p for (p,) in self.conn.execute(
+                    f"SELECT process_id FROM {self.backend._registry_sql} WHERE process_id = ANY(%s::text[])",
+                    (sorted({r.owner_id for r in rows}),)).fetchall()}
+        for row in rows:
+            if registry is None:
+                reason = (f"owned by process {row.owner_id} (lash keeps process-owned intents unless its "
+                          "process registry is named: --process-registry)")
+            elif row.owner_id in alive:
+                reason = f"owner process {row.owner_id} is still registered in {registry}"
+            else:
+                reason = None
+            self._keep_cache[self._keep_key(row)] = reason
 
     def has_live_row(self, attachment_id: str, cutoff_ms: int) -> bool:
         """Whether the id has a row a sweep must respect: committed, uncommitted

@@ -293,7 +293,8 @@ def _lash_owner_tables(url):
 def test_owner_rules_with_lash_tables(manifest):
     names = _owned(manifest)
     _lash_owner_tables(manifest.url)
-    with manifest.sweeping() as v:
+    wired = PostgresManifest(manifest.url, lock_timeout=0.3, process_registry="lash_processes")
+    with wired.sweeping() as v:
         aged = {g[0].attachment_id: g[0] for g in v.aged(1000)}
         reasons = {name: v.keep_reason(aged[i]) for name, i in names.items()}
         assert reasons["t_dead"] is None and reasons["p_dead"] is None and reasons["none"] is None
@@ -316,9 +317,32 @@ def test_owner_rules_without_lash_tables(manifest):
             assert v.keep_reason(aged[names[name]]).startswith(f"owner turn t")
             assert "not proven dead" in v.keep_reason(aged[names[name]])
         for name in ("p_dead", "p_live"):
-            assert "not proven dead" in v.keep_reason(aged[names[name]])
+            assert "unless its process registry is named" in v.keep_reason(aged[names[name]])
         assert v.keep_reason(aged[names["none"]]) is None
         assert [v.has_live_row(names[n], 1000) for n in ("t_dead", "p_dead", "none")] == [True, True, False]
+
+
+def test_process_owners_are_kept_while_the_registry_is_not_named(manifest):
+    """lash applies its process rule only where its host wires the registry:
+    lash_processes existing (lash always creates it) proves nothing."""
+    names = _owned(manifest)
+    _lash_owner_tables(manifest.url)
+    with manifest.reading() as v:
+        aged = {g[0].attachment_id: g[0] for g in v.aged(1000)}
+        assert v.keep_reason(aged[names["p_dead"]]) == (
+            "owned by process p1 (lash keeps process-owned intents unless its process registry is named: "
+            "--process-registry)")
+        assert v.keep_reason(aged[names["t_dead"]]) is None  # the turn rule stands as it was
+        assert [v.has_live_row(names[n], 1000) for n in ("p_dead", "p_live", "t_dead")] == [True, True, False]
+
+
+def test_a_named_process_registry_must_be_a_table_with_process_ids(manifest):
+    for table, problem in (("lash_processes", "no table lash_processes"),
+                           ("elsewhere.procs", "no table elsewhere.procs"),
+                           (TABLE, "has no process_id column")):
+        with pytest.raises(UsageError, match=problem):
+            with PostgresManifest(manifest.url, process_registry=table).reading():
+                pass
 
 
 def test_has_live_row_for_committed_and_recent_rows(manifest):
@@ -649,3 +673,4 @@ def test_verify_reports_a_bad_row_and_checks_everything_else(cli, store, manifes
     assert [k for k, _ in kinds].count("manifest-corrupt") == 1
     assert document["blobs_checked"] == 1
     assert "NOTANID" in result.stdout
+
