@@ -41,6 +41,12 @@ registry lives (``session_store_factory_with_shared_process_registry``); an
 unwired lash keeps process-owned rows for ever. So does lashctl, unless
 ``--process-registry`` names the registry's table (``process_registry``).
 
+Schema version. lash stamps its schema version in ``lash_schema_versions``
+(component ``lash-postgres-store``) and refuses a database of another version.
+Where the stamp exists, lashctl reads it once per connection and refuses
+(Corrupt) a version whose manifest and owner semantics it was not built for
+(``SUPPORTED_SCHEMA_VERSIONS``); a database without it (a table ``init()``
+made, an older lash) is read as before.
 """
 
 from __future__ import annotations
@@ -71,6 +77,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TABLE = "lash_attachment_manifest"
 TURN_COMMITS = "lash_runtime_turn_commits"
+SCHEMA_VERSIONS = "lash_schema_versions"
+SCHEMA_COMPONENT = "lash-postgres-store"
+# lash's versions whose lash_attachment_manifest, lash_runtime_turn_commits and
+# lash_processes mean what lashctl implements: 15 bound intents to turn and
+# process owners; 16 and 17 changed other tables only.
+SUPPORTED_SCHEMA_VERSIONS = (15, 16, 17)
 
 ITERSIZE = 2000  # rows fetched per round trip by the streams
 _KEEP_BATCH = 500  # aged groups whose owners are checked with one query
@@ -321,6 +333,38 @@ class PostgresManifest:
     def _table_oid(self, conn: "psycopg.Connection") -> int | None:
         return conn.execute("SELECT to_regclass(%s)::oid", (TABLE,)).fetchone()[0]
 
+    def _probe(self, conn: "psycopg.Connection") -> int | None:
+        """The table's oid (None: missing), once a lash schema version this
+        lashctl was not built for has been refused: one round trip, a second
+        only where lash stamped its version."""
+        oid, stamped = conn.execute("SELECT to_regclass(%s)::oid, to_regclass(%s) IS NOT NULL",
+                                    (TABLE, SCHEMA_VERSIONS)).fetchone()
+        if stamped:
+            self._check_schema_version(conn)
+        return oid
+
+    def _check_schema_version(self, conn: "psycopg.Connection") -> None:
+        """Corrupt unless lash's stamp in ``lash_schema_versions`` is a supported
+        version. A table without a row of lash's component is read as no stamp,
+        as lash reads it (it would stamp its version there)."""
+        from psycopg import errors as e
+
+        where = f"{SCHEMA_VERSIONS} in {conn.info.dbname} at {self.name}"
+        try:
+            found = conn.execute(f"SELECT version FROM {SCHEMA_VERSIONS} WHERE component = %s",
+                                 (SCHEMA_COMPONENT,)).fetchone()
+        except (e.UndefinedColumn, e.UndefinedFunction, e.DatatypeMismatch) as exc:
+            raise Corrupt(f"table {where} is not lash's schema version table: {' '.join(str(exc).split())}") from exc
+        if found is None:
+            return
+        supported = ", ".join(str(v) for v in SUPPORTED_SCHEMA_VERSIONS)
+        if not isinstance(found[0], int):
+            raise Corrupt(f"table {where} is not lash's schema version table: version {found[0]!r} is not a number")
+        if found[0] not in SUPPORTED_SCHEMA_VERSIONS:
+            raise Corrupt(f"PostgreSQL manifest {self.name}: lash schema version {found[0]} (in {SCHEMA_VERSIONS}) "
+                          f"is not one this lashctl was built for (it supports {supported}), and its rows may "
+                          "mean something else: nothing was read or changed")
+
     def _check_process_registry(self, conn: "psycopg.Connection") -> None:
         """UsageError unless the table ``--process-registry`` names exists with
         lash's ``process_id`` column."""
@@ -338,9 +382,10 @@ class PostgresManifest:
                              "it is not lash's process registry")
 
     def _check_shape(self, conn: "psycopg.Connection") -> None:
-        """UsageError if the table is missing, Corrupt naming what differs if
-        misshapen; UsageError if the process registry named is not there."""
-        oid = self._table_oid(conn)
+        """Corrupt for a lash schema version lashctl does not support, UsageError
+        if the table is missing, Corrupt naming what differs if misshapen;
+        UsageError if the process registry named is not there."""
+        oid = self._probe(conn)
         if oid is None:
             raise UsageError(
                 f"no table {TABLE} in {conn.info.dbname} at {self.name} "
@@ -384,7 +429,7 @@ class PostgresManifest:
         """
         created: list[str] = []
         with self._connection(autocommit=True) as conn, self._errors():
-            if self._table_oid(conn) is not None:
+            if self._probe(conn) is not None:
                 # A table of that name that is not lash's is refused before anything is added to it.
                 self._shape_checked = False
                 self._check_shape(conn)

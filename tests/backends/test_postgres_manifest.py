@@ -674,3 +674,42 @@ def test_verify_reports_a_bad_row_and_checks_everything_else(cli, store, manifes
     assert document["blobs_checked"] == 1
     assert "NOTANID" in result.stdout
 
+
+# -- lash's schema version -------------------------------------------------------------------
+def _versions(url, *rows, columns="component TEXT PRIMARY KEY, version INTEGER NOT NULL"):
+    exec_sql(url, f"CREATE TABLE lash_schema_versions ({columns})")
+    for row in rows:
+        exec_sql(url, "INSERT INTO lash_schema_versions VALUES (%s, %s)", params=row)
+
+
+def _open(m: PostgresManifest, way: str) -> None:
+    """One of the backend's ways to the table, opened and closed."""
+    if way in ("check_writable", "init"):
+        getattr(m, way)()
+        return
+    with getattr(m, way)():
+        pass
+
+
+@pytest.mark.parametrize("version, refused", [(14, True), (15, False), (16, False), (17, False), (18, True)])
+def test_every_way_in_reads_lashs_schema_version(manifest, version, refused):
+    _versions(manifest.url, ("lash-postgres-store", version))
+    fresh = PostgresManifest(manifest.url, lock_timeout=0.3)
+    for way in ("reading", "writing", "sweeping", "check_writable", "init"):
+        if refused:
+            with pytest.raises(Corrupt, match=f"lash schema version {version} .* supports 15, 16, 17"):
+                _open(fresh, way)
+        else:
+            _open(fresh, way)
+
+
+def test_a_version_table_without_lashs_row_is_read_as_no_stamp(manifest):
+    _versions(manifest.url, ("another-component", 99))
+    with manifest.reading() as view:
+        assert view.row_count() == 0
+
+
+def test_a_version_table_not_shaped_like_lashs_is_corrupt(manifest):
+    _versions(manifest.url, columns="name TEXT, v INTEGER")
+    with pytest.raises(Corrupt, match="lash_schema_versions .* is not lash's schema version table"):
+        _open(manifest, "reading")

@@ -4,6 +4,8 @@
   process registry is dead" only when its host names the registry; unnamed,
   lash keeps process-owned intents for ever. lashctl does the same unless
   ``--process-registry`` names it.
+- The schema version: lash stamps ``lash_schema_versions`` and refuses a
+  database of another version; lashctl refuses one it was not built for.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ LASH_PROCESSES = (
     "CREATE TABLE lash_processes (process_id TEXT PRIMARY KEY, registration_hash TEXT NOT NULL,"
     " owner_scope_id TEXT NOT NULL, created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL,"
     " change_seq BIGINT NOT NULL, status TEXT NOT NULL, record_json TEXT NOT NULL)")
+LASH_SCHEMA_VERSIONS = "CREATE TABLE lash_schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 
 
 def sql(url: str, *statements: str, params: tuple | None = None) -> list[tuple]:
@@ -172,3 +175,46 @@ def test_a_process_registry_with_a_json_lines_manifest_is_a_usage_error(tmp_path
     assert "--process-registry" in line and "PostgreSQL" in line, line
     assert not (tmp_path / "store").exists()
 
+
+# -- the schema version ---------------------------------------------------------------------
+def _stamp(url: str, version: int, component: str = "lash-postgres-store") -> None:
+    sql(url, f"CREATE TABLE IF NOT EXISTS {LASH_SCHEMA_VERSIONS[len('CREATE TABLE '):]}",
+        "INSERT INTO lash_schema_versions VALUES (%s, %s)", params=(component, version))
+
+
+@pytest.mark.parametrize("version", [14, 18])
+def test_a_lash_schema_version_lashctl_was_not_built_for_is_refused(lash, version):
+    attachment_id = lash.put(b"written before the stamp")
+    _stamp(lash.url, version)
+    (lash.inputs / "new").write_bytes(b"a new upload")
+    before = sql(lash.url, "SELECT * FROM lash_attachment_manifest")
+    for args in (("reclaim", "--older-than", "1m"), ("list-uncommitted",), ("commit", "-s", "s", attachment_id),
+                 ("put", "-s", "s", str(lash.inputs / "new"))):
+        result = lash.lashctl(*args)
+        assert result.returncode == 65, (args, result.stderr.decode())
+        line = one_line_error(result.stderr)
+        assert f"schema version {version}" in line and "supports 15, 16, 17" in line, line
+        assert result.stdout == b""
+    assert sql(lash.url, "SELECT * FROM lash_attachment_manifest") == before
+    assert sorted(p.name for p in blob_path(lash.root, attachment_id).parent.parent.rglob("*")
+                  if p.is_file() and len(p.name) == 64) == [attachment_id]  # the put landed nothing
+
+
+def test_an_unsupported_version_under_json_is_one_document_too(lash):
+    lash.put(b"an upload")
+    _stamp(lash.url, 18)
+    result = lash.lashctl("--json", "reclaim")
+    assert result.returncode == 65
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 65 and "schema version 18" in document["error"]
+
+
+@pytest.mark.parametrize("version", [15, 16, 17])
+def test_a_supported_lash_schema_version_works(lash, version):
+    _stamp(lash.url, version)
+    _stamp(lash.url, 99, component="another-component")  # not lash's manifest: not read
+    attachment_id = lash.put(b"under a supported version")
+    lash.ok("commit", "-s", "s", attachment_id)
+    lash.ok("list-uncommitted")
+    lash.ok("reclaim", "--older-than", "1m")
+    assert lash.rows(attachment_id) == [("s", None)]
