@@ -157,3 +157,92 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
 
     path = Path(text) if text is not None else Path(blobs.name) / MANIFEST_NAME
     return JsonlManifest(path, lock_timeout=lock_timeout, warn=warn, note=note)
+
+
+# -- what is a store (README, "What is a store") -------------------------------------
+OBJECTS_DIR = "sha256"  # a local store's blobs, in its root
+ABSENT = "absent"
+EMPTY = "empty"
+
+
+def not_a_store(location, manifest=None) -> str | None:
+    """Why a local store root holds no store, or None when it holds one.
+
+    A local store is a directory holding ``sha256/`` or its JSON-lines
+    manifest: ``manifest.jsonl``, or the file ``manifest`` names when that
+    lies in the root itself (a manifest kept elsewhere does not make a
+    directory a store). ``ABSENT``: nothing at the path; ``EMPTY``: a
+    directory holding neither; otherwise what is there instead of a
+    directory ("a regular file", "a FIFO"). Not judged (None): an ``s3://``
+    prefix (any prefix of a bucket that exists), and a root that is a
+    symlink or cannot be searched, which opening the store refuses itself.
+    """
+    import os
+    import stat
+
+    root = str(location)
+    if is_url(root):
+        return None
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return ABSENT
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        from lashctl.fsutil import describe_mode
+
+        return "a regular file" if stat.S_ISREG(st.st_mode) else describe_mode(st.st_mode)
+    if not os.access(root, os.X_OK):
+        return None
+    markers = [os.path.join(root, OBJECTS_DIR), os.path.join(root, MANIFEST_NAME)]
+    if manifest is not None and not is_url(str(manifest)) \
+            and os.path.dirname(os.path.abspath(manifest)) == os.path.abspath(root):
+        markers.append(str(manifest))
+    return None if any(os.path.lexists(m) for m in markers) else EMPTY
+
+
+class Unwritten:
+    """The JSON-lines manifest of the default store before anything was
+    stored there, for a command that creates no store: its writers and
+    sweeps see no rows, take no lock and write nothing, so neither a
+    directory nor a lock file appears. Reads go to the manifest as it is."""
+
+    def __init__(self, manifest) -> None:
+        self._manifest = manifest
+
+    def __getattr__(self, name: str):
+        return getattr(self._manifest, name)
+
+    def writing(self):
+        from contextlib import nullcontext
+
+        from lashctl.backends.jsonl_log import ManifestState, StateView
+
+        return nullcontext(_NothingWritten(StateView(ManifestState())))
+
+    sweeping = writing
+
+    def locked(self):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def compact_log(self, *, dry_run: bool = False) -> tuple[int, int, int]:
+        return self._manifest.compact_log(dry_run=True)
+
+
+class _NothingWritten:
+    """A view of no rows that a writer may append nothing to."""
+
+    def __init__(self, view) -> None:
+        self._view = view
+
+    def __getattr__(self, name: str):
+        return getattr(self._view, name)
+
+    def append(self, events) -> None:
+        if events:
+            raise RuntimeError("nothing may be written to a store that does not exist yet")

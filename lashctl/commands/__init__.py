@@ -81,13 +81,20 @@ class AppState(Record):
         return {"lashctl_version": __version__, "store": strip_password(str(self.store_root)), "manifest": str(manifest),
                 "started_at": iso_ms(self.started_ms), "finished_at": iso_ms(now_ms())}
 
-    def store(self, create: bool = False):
+    def store(self, create: bool = False, sweep: bool = False):
         """The store the options name. Unless ``create`` (put), a store root or
-        manifest named explicitly must exist: a typo in a cron line is an error,
-        not a clean sweep of an empty store (nothing is created)."""
+        manifest named explicitly must exist, and the root must hold a store
+        (``backends.not_a_store``): a typo in a cron line is an error, not a
+        clean sweep of an empty store (nothing is created). The default store
+        before its first put reads as empty and is written nothing. A
+        ``sweep`` names the default store it uses on stderr."""
+        from lashctl.backends import ABSENT, EMPTY, Unwritten, not_a_store
         from lashctl.core import Store
         from lashctl.errors import UsageError
 
+        why = not_a_store(self.store_root, self.manifest_path)
+        if why not in (None, ABSENT, EMPTY):
+            raise UsageError(f"not a lashctl store: {self.store_root} ({why})")
         layout = None if self.layout in (None, "auto") else self.layout
         store = Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn,
                       note=self.ui.note, layout=layout, process_registry=self.process_registry)
@@ -101,6 +108,13 @@ class AppState(Record):
                     # The database answers but has no table: say which, and how to create it.
                     store.manifest.check_writable()
                 raise UsageError(f"manifest {store.manifest.name} does not exist (check --manifest / {ENV_MANIFEST})")
+            if why is not None:
+                if self.store_named or self.manifest_named:
+                    raise UsageError(f"not a lashctl store: {self.store_root}")
+                store.manifest = Unwritten(store.manifest)
+        if sweep and not self.store_named:
+            self.ui.info(f"lashctl: using the default store {self.store_root}"
+                         + (" (nothing stored there yet)" if why is not None else ""))
         return store
 
 

@@ -41,7 +41,7 @@ def delete(
 
     queries = parse_ids(attachments)
     state = app_state(ctx, json_flag)
-    results = sweep.delete(state.store(), queries, force=force, dry_run=dry_run)
+    results = sweep.delete(state.store(sweep=True), queries, force=force, dry_run=dry_run)
     state.ui.listing(ITEM, results, lambda: {
         **state.run_fields(),
         "dry_run": dry_run,

@@ -51,7 +51,7 @@ def gc(
     now = now_ms()
     cutoff = cutoff_ms(older_than, before, now, default=core.DEFAULT_GRACE)
     core.check_grace(cutoff, now, force=force)
-    store = state.store()
+    store = state.store(sweep=True)
     total = sum(1 for _ in store.blobs.iter_ids()) if state.ui.wants_progress() else None
     with state.ui.progress("gc", total, unit="blobs") as bar:
         report = sweep.gc(store, cutoff, dry_run=dry_run, progress=bar.advance, force=force)

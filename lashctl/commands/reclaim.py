@@ -54,7 +54,7 @@ def reclaim(
     now = now_ms()
     cutoff = cutoff_ms(older_than, before, now, default=core.DEFAULT_GRACE)
     core.check_grace(cutoff, now, force=force)
-    store = state.store()
+    store = state.store(sweep=True)
     with state.ui.progress("reclaiming", None, unit="blobs") as bar:
         report = sweep.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance, planned=bar.set_total)
     state.ui.listing(ITEM, report.items, lambda: {

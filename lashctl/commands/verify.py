@@ -54,7 +54,7 @@ def verify(
     from lashctl import core, inspect
 
     state = app_state(ctx, json_flag)
-    store = state.store()
+    store = state.store(sweep=fix)
     now = now_ms()
     grace_ms = parse_duration(grace, "--grace") if grace is not None else None
     if fix and grace_ms is not None:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import sha
-from reliability_helpers import one_line_error, run
+from reliability_helpers import base_env, one_line_error, run
 
 pytestmark = pytest.mark.e2e
 
@@ -204,3 +204,134 @@ def test_a_usage_error_without_json_prints_nothing_on_stdout(tmp_path, args):
     assert result.returncode == 2, result.stderr
     one_line_error(result.stderr)
     assert result.stdout == b""
+
+
+# -- what is a store ----------------------------------------------------------------------
+ID = sha(b"anything")
+READERS_AND_WRITERS = [
+    ["reclaim", "--older-than", "1h"], ["reclaim", "--dry-run"], ["gc"], ["verify"], ["verify", "--fix"],
+    ["ls"], ["stats"], ["list-uncommitted"], ["show", ID], ["get", ID], ["delete", ID],
+    ["commit", "-s", "s", ID], ["manifest", "check"], ["manifest", "log"], ["manifest", "compact"],
+]
+
+
+def _tree(directory) -> list:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+@pytest.mark.parametrize("command", READERS_AND_WRITERS + [["migrate", "--to-store", "DEST"]])
+@pytest.mark.parametrize("contents", ["empty", "unrelated"])
+def test_a_directory_that_is_not_a_store_is_a_usage_error_and_nothing_is_created(tmp_path, command, contents):
+    root = tmp_path / "x"
+    root.mkdir()
+    if contents == "unrelated":
+        (root / "notes.txt").write_text("not a store")
+    command = [str(tmp_path / "dest") if a == "DEST" else a for a in command]
+    before = _tree(tmp_path)
+    for args, env in ((["--store", root], {}), ([], {"LASHCTL_STORE": str(root)})):
+        result = run([*args, *command], env={**base_env(), **env})
+        assert result.returncode == 2, (command, result.stderr)
+        assert one_line_error(result.stderr) == f"lashctl: error: not a lashctl store: {root}"
+        assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", READERS_AND_WRITERS + [["put", "-s", "s", "IN"]])
+def test_a_store_that_is_a_regular_file_is_a_usage_error(tmp_path, command):
+    root = tmp_path / "afile"
+    root.write_bytes(b"not a directory")
+    (tmp_path / "in").write_bytes(b"input")
+    command = [str(tmp_path / "in") if a == "IN" else a for a in command]
+    result = run(["--store", root, *command])
+    assert result.returncode == 2, (command, result.stderr)
+    assert one_line_error(result.stderr) == f"lashctl: error: not a lashctl store: {root} (a regular file)"
+    assert root.read_bytes() == b"not a directory"
+
+
+def test_the_path_in_not_a_store_is_escaped(tmp_path):
+    root = tmp_path / "x\x1b[31mred\nlashctl: forged"
+    root.mkdir()
+    result = run(["--store", root, "ls"])
+    assert result.returncode == 2
+    assert one_line_error(result.stderr) == (
+        f"lashctl: error: not a lashctl store: {tmp_path}/x\\x1b[31mred\\nlashctl: forged")
+
+
+@pytest.mark.parametrize("marker", ["sha256", "manifest.jsonl"])
+def test_a_directory_holding_sha256_or_the_manifest_is_a_store(tmp_path, marker):
+    root = tmp_path / "store"
+    root.mkdir()
+    if marker == "sha256":
+        (root / "sha256").mkdir()
+    else:
+        (root / "manifest.jsonl").write_bytes(b'{"op":"header","format":"lashctl-manifest","version":1}\n')
+    for command in (["reclaim", "--older-than", "1h"], ["ls"], ["verify"]):
+        _ok(run(["--store", root, *command]))
+
+
+def test_a_manifest_kept_elsewhere_does_not_make_a_directory_a_store(tmp_path):
+    real = tmp_path / "real"
+    (tmp_path / "in").write_bytes(b"input")
+    manifest = tmp_path / "m.jsonl"
+    _ok(run(["--store", real, "--manifest", manifest, "put", "-s", "s", tmp_path / "in"]))
+    typo = tmp_path / "typo"
+    typo.mkdir()
+    result = run(["--store", typo, "--manifest", manifest, "reclaim", "--older-than", "0s", "--force"])
+    assert result.returncode == 2
+    assert one_line_error(result.stderr) == f"lashctl: error: not a lashctl store: {typo}"
+    inside = typo / "custom.jsonl"
+    inside.write_bytes(manifest.read_bytes())
+    _ok(run(["--store", typo, "--manifest", inside, "ls"]))  # the manifest named lies in the root
+
+
+def test_put_makes_a_store_of_an_empty_directory(tmp_path):
+    root = tmp_path / "x"
+    root.mkdir()
+    (tmp_path / "in").write_bytes(b"input")
+    _ok(run(["--store", root, "put", "-s", "s", tmp_path / "in"]))
+    _ok(run(["--store", root, "reclaim", "--older-than", "1h"]))
+
+
+def _fresh_home(tmp_path) -> dict:
+    home = tmp_path / "home"
+    home.mkdir()
+    return {**base_env(), "HOME": str(home), "XDG_DATA_HOME": str(home / "data")}
+
+
+@pytest.mark.parametrize("command", [["reclaim", "--dry-run"], ["reclaim"], ["gc"], ["verify", "--fix"],
+                                     ["delete", ID], ["commit", "-s", "s", ID], ["manifest", "compact"], ["ls"]])
+def test_the_default_store_before_first_use_is_empty_and_nothing_is_created(tmp_path, command):
+    env = _fresh_home(tmp_path)
+    result = run(command, env=env)
+    assert result.returncode == (3 if command[0] == "commit" else 0), result.stderr
+    assert _tree(tmp_path / "home") == []
+    default = tmp_path / "home" / "data" / "lashctl"
+    stderr = result.stderr.decode()
+    if command[0] in ("reclaim", "gc", "verify", "delete"):
+        assert f"lashctl: using the default store {default} (nothing stored there yet)\n" in stderr
+    else:
+        assert "using the default store" not in stderr
+
+
+def test_the_default_store_is_named_by_every_sweep(tmp_path):
+    env = _fresh_home(tmp_path)
+    (tmp_path / "in").write_bytes(b"input")
+    _ok(run(["put", "-s", "s", tmp_path / "in"], env=env))
+    default = tmp_path / "home" / "data" / "lashctl"
+    for command in (["reclaim"], ["reclaim", "-n"], ["gc"], ["verify", "--fix"], ["delete", "-n", "--force", ID]):
+        result = run(command, env=env)
+        _ok(result)
+        assert result.stderr.decode().startswith(f"lashctl: using the default store {default}\n"), command
+        assert run(["-q", *command], env=env).stderr == b""
+    named = run(["--store", default, "reclaim"], env=env)
+    assert "using the default store" not in named.stderr.decode()
+
+
+def test_a_manifest_named_with_the_default_store_absent_is_not_a_store(tmp_path):
+    env = _fresh_home(tmp_path)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(b'{"op":"header","format":"lashctl-manifest","version":1}\n')
+    result = run(["--manifest", manifest, "reclaim"], env=env)
+    assert result.returncode == 2
+    default = tmp_path / "home" / "data" / "lashctl"
+    assert one_line_error(result.stderr) == f"lashctl: error: not a lashctl store: {default}"
+    assert _tree(tmp_path / "home") == []
