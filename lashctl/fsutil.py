@@ -20,6 +20,8 @@ from lashctl.errors import StoreIOError, UnsafePath
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 STAGING_SUFFIX = ".part"
+NAME_MAX = 255  # bytes in one path component (Linux, every common file system)
+_RANDOM_BYTES = 6  # the staging name's random part: 12 hex digits
 
 
 class NotARegularFile(OSError):
@@ -110,9 +112,29 @@ def make_dir(name: str, where: Path | str, dir_fd: int, owners: frozenset[int] |
     return fd
 
 
-def unique_suffix(nbytes: int = 6) -> str:
+def unique_suffix(nbytes: int = _RANDOM_BYTES) -> str:
     """Random hex for staging names (os.urandom: no import of ``secrets`` at start-up)."""
     return os.urandom(nbytes).hex()
+
+
+def staging_prefix(name: str) -> str:
+    """``.<name>.``, where ``name`` is cut (on a UTF-8 character boundary)
+    so that ``<prefix><12 hex>.part`` fits NAME_MAX whatever its length:
+    how a staging file beside ``name`` begins, and what a search for the
+    litter it leaves matches."""
+    raw = os.fsencode(name)
+    room = NAME_MAX - len(b"..") - 2 * _RANDOM_BYTES - len(STAGING_SUFFIX)
+    if len(raw) > room:
+        cut = room
+        while cut and raw[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: mid-character
+            cut -= 1
+        raw = raw[:cut]
+    return f".{os.fsdecode(raw)}."
+
+
+def staging_name(name: str) -> str:
+    """A fresh staging name for a file to be renamed to ``name``: ``.<name, cut>.<12 hex>.part``."""
+    return f"{staging_prefix(name)}{unique_suffix()}{STAGING_SUFFIX}"
 
 
 def fsync_dir(path: Path | str) -> None:
@@ -137,12 +159,12 @@ def unlink_quietly(name: str | Path, dir_fd: int | None = None) -> None:
 
 
 def install_bytes(data: bytes, stage_dir_fd: int, dest_dir_fd: int, name: str, shown: Path | str) -> None:
-    """Stage ``data`` as ``.<name>.<random>.part`` under ``stage_dir_fd``, fsync it,
+    """Stage ``data`` as ``staging_name(name)`` under ``stage_dir_fd``, fsync it,
     and rename it to ``name`` under ``dest_dir_fd`` (same file system).
 
     A failure or Ctrl-C removes the staging file; a crash leaves at most it.
     """
-    staging = f".{name}.{unique_suffix()}{STAGING_SUFFIX}"
+    staging = staging_name(name)
     try:
         fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                      dir_fd=stage_dir_fd)
@@ -181,7 +203,7 @@ def atomic_output(dest: Path | str):
     dest = Path(dest)
     if dest.is_dir():
         raise UsageError(f"-o {dest} is a directory; give a file path")
-    tmp = dest.parent / f".{dest.name}.{unique_suffix()}.part"
+    tmp = dest.parent / staging_name(dest.name)
     try:
         handle = open(tmp, "xb")
     except OSError as exc:

@@ -32,10 +32,12 @@ from lashctl.backends import cachedir
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError, UnsafePath
 from lashctl.fsutil import (
     READ_FLAGS,
+    STAGING_SUFFIX,
     NotARegularFile,
     describe_mode,
     fsync_dir,
     open_regular,
+    staging_prefix,
     write_all,
     write_file_atomic,
 )
@@ -618,9 +620,10 @@ class Manifest:
 
     # -- litter ------------------------------------------------------------------
     def litter(self) -> list[tuple[str, os.stat_result]]:
-        """Staging files a killed compaction left beside the manifest (``.<name>.<random>.part``)."""
+        """Staging files a killed compaction left beside the manifest
+        (``.<name>.<random>.part``, the name cut to fit: ``fsutil.staging_name``)."""
         parent = self.path.parent
-        ours = re.compile(re.escape(f".{self.path.name}.") + r"[0-9a-f]{12}\.part")
+        ours = re.compile(re.escape(staging_prefix(self.path.name)) + r"[0-9a-f]{12}" + re.escape(STAGING_SUFFIX))
         try:
             names = [n for n in os.listdir(parent) if ours.fullmatch(n)]
         except (FileNotFoundError, NotADirectoryError):
@@ -638,7 +641,7 @@ class Manifest:
         return found
 
     def remove_litter(self, name: str) -> None:
-        if not (name.startswith(f".{self.path.name}.") and name.endswith(".part")) or "/" in name:
+        if not (name.startswith(staging_prefix(self.path.name)) and name.endswith(STAGING_SUFFIX)) or "/" in name:
             raise ValueError(f"not compaction litter: {name!r}")
         try:
             os.unlink(self.path.parent / name)
