@@ -60,6 +60,26 @@ def open_regular(path: Path | str, dir_fd: int | None = None, flags: int = READ_
     return fd
 
 
+def open_or_create(path: Path | str, flags: int = os.O_RDWR) -> int:
+    """``open_regular`` of ``path``, creating it if missing; a file it
+    creates is given its place's owner (``fit_in``)."""
+    while True:
+        try:
+            return open_regular(path, flags=flags)
+        except FileNotFoundError:
+            pass
+        try:
+            fd = open_regular(path, flags=flags | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            continue  # a racing creator won: open what it made
+        try:
+            fit_in(fd, Path(path).parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
 def open_dir(
     name: Path | str,
     where: Path | str,
@@ -93,7 +113,8 @@ def open_dir(
 
 def make_dir(name: str, where: Path | str, dir_fd: int, owners: frozenset[int] | None = None,
              mode: int = 0o755) -> int:
-    """Open the directory ``name`` under ``dir_fd``, creating it if missing (then fsync the parent)."""
+    """Open the directory ``name`` under ``dir_fd``, creating it if missing
+    (given its place's owner, ``fit_in``; then the parent is fsynced)."""
     fd = open_dir(name, where, dir_fd, owners)
     if fd is not None:
         return fd
@@ -104,12 +125,97 @@ def make_dir(name: str, where: Path | str, dir_fd: int, owners: frozenset[int] |
         created = False  # a racing creator won, or something else is in the way: open_dir says which
     except OSError as exc:
         raise StoreIOError.wrap("create", where, exc) from exc
+    if created:
+        _fit_new_dir(name, where, dir_fd)
     fd = open_dir(name, where, dir_fd, owners)
     if fd is None:
         raise StoreIOError(f"cannot create {where}: it vanished while being created")
     if created:
         os.fsync(dir_fd)
     return fd
+
+
+def _fit_new_dir(name: str | Path, where: Path | str, dir_fd: int | None) -> None:
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return  # gone or swapped already: whoever opens it next checks what is there
+    try:
+        fit_in(fd, dir_fd if dir_fd is not None else Path(name).parent)
+    except OSError as exc:
+        raise StoreIOError.wrap("set the owner of", where, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path | str) -> None:
+    """``os.makedirs(path, exist_ok=True)``, each directory it creates given
+    its place's owner (``fit_in``)."""
+    path = Path(path)
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue  # a racing creator, or not a directory: the caller's open says which
+        _fit_new_dir(directory, directory, None)
+
+
+def fit_in(fd: int, directory: int | Path | str, replaced: os.stat_result | None = None,
+           widest: int | None = None) -> None:
+    """Give what lashctl has just created (``fd``, a file or directory about
+    to appear in ``directory``, a descriptor or path) the owner, group and
+    mode its place calls for. The one rule for every file and directory
+    lashctl writes (README, "Threat model"):
+
+    - one that replaces ``replaced`` (a compacted manifest, a re-put blob, a
+      rewritten sidecar, ``get -o`` onto a file) keeps that file's mode, and
+      its owner and group where the process may (as root; otherwise the group
+      when the process belongs to it);
+    - a new one, run as root, takes the owner and group of ``directory``:
+      root operating another user's store leaves nothing that user cannot
+      rewrite. Its mode is no wider than ``widest`` when given (a new
+      sidecar is no wider than its blob).
+    """
+    if replaced is not None:
+        _chown(fd, replaced.st_uid, replaced.st_gid)
+        os.fchmod(fd, stat.S_IMODE(replaced.st_mode))  # after the chown, which clears set-id bits
+        return
+    if os.geteuid() == 0:
+        place = os.stat(directory)
+        _chown(fd, place.st_uid, place.st_gid)
+    if widest is not None:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & ~widest:
+            os.fchmod(fd, mode & widest)
+
+
+def _chown(fd: int, uid: int, gid: int) -> None:
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) == (uid, gid):
+        return
+    if os.geteuid() == 0:
+        os.fchown(fd, uid, gid)
+    elif st.st_gid != gid:
+        try:
+            os.fchown(fd, -1, gid)
+        except PermissionError:
+            pass  # not a member of that group: the process's own group stays
+
+
+def replaced_file(name: str, dir_fd: int) -> os.stat_result | None:
+    """The stat of the private regular file (one hard link) at ``name`` under
+    ``dir_fd`` that a rename onto it would replace; None for anything else
+    (absent, a symlink, a hard link shared with another path), which the new
+    file does not take after."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 else None
 
 
 def unique_suffix(nbytes: int = _RANDOM_BYTES) -> str:
@@ -158,17 +264,22 @@ def unlink_quietly(name: str | Path, dir_fd: int | None = None) -> None:
         pass
 
 
-def install_bytes(data: bytes, stage_dir_fd: int, dest_dir_fd: int, name: str, shown: Path | str) -> None:
+def install_bytes(data: bytes, stage_dir_fd: int, dest_dir_fd: int, name: str, shown: Path | str,
+                  widest: int | None = None) -> None:
     """Stage ``data`` as ``staging_name(name)`` under ``stage_dir_fd``, fsync it,
-    and rename it to ``name`` under ``dest_dir_fd`` (same file system).
+    and rename it to ``name`` under ``dest_dir_fd`` (same file system). It
+    takes the owner and mode ``fit_in`` gives (after the file it replaces, or
+    its new place; no wider than ``widest``).
 
-    A failure or Ctrl-C removes the staging file; a crash leaves at most it.
+    A failure or an interrupt (Ctrl-C, SIGTERM, SIGHUP) removes the staging
+    file; a crash leaves at most it.
     """
     staging = staging_name(name)
     try:
         fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                      dir_fd=stage_dir_fd)
         try:
+            fit_in(fd, dest_dir_fd, replaced_file(name, dest_dir_fd), widest)
             write_all(fd, data)
             os.fsync(fd)
         finally:

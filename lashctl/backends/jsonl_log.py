@@ -35,7 +35,10 @@ from lashctl.fsutil import (
     STAGING_SUFFIX,
     NotARegularFile,
     describe_mode,
+    fit_in,
     fsync_dir,
+    make_dirs,
+    open_or_create,
     open_regular,
     staging_prefix,
     write_all,
@@ -456,7 +459,7 @@ class Manifest:
         self.check_writable()
         self._ensure_parent()
         try:
-            fd = open_regular(self.lock_path, flags=os.O_RDWR | os.O_CREAT)
+            fd = open_or_create(self.lock_path)
         except NotARegularFile as exc:
             raise UnsafePath(f"lock file {self.lock_path} is {exc.strerror}: refusing to use it") from exc
         except OSError as exc:
@@ -489,7 +492,7 @@ class Manifest:
 
     def _ensure_parent(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.path.parent)
         except OSError as exc:
             raise StoreIOError.wrap("create", self.path.parent, exc) from exc
 
@@ -514,6 +517,7 @@ class Manifest:
             if size == 0:
                 prefix = encode_events([HEADER])
                 created = True
+                fit_in(fd, self.path.parent)  # a new manifest: as root, owned like its directory
             else:
                 self._check_reads_as_manifest(fd, size)
                 size, prefix = self._repair_tail(fd, size)

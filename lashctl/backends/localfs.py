@@ -41,12 +41,15 @@ from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store
     STAGING_SUFFIX,
     NotARegularFile,
     describe_mode,
+    fit_in,
     fsync_dir,
     install_bytes,
     make_dir,
+    make_dirs,
     open_dir,
     open_regular,
     read_into,
+    replaced_file,
     unique_suffix,
     unlink_quietly,
     write_all,
@@ -285,7 +288,7 @@ class BlobStore:
         fd = open_dir(self.root, self.root)
         if fd is None and create:
             try:
-                os.makedirs(self.root, exist_ok=True)
+                make_dirs(self.root)
             except FileExistsError:
                 pass  # something that is not a directory: open_dir names it
             except OSError as exc:
@@ -409,14 +412,16 @@ class BlobStore:
                         return False
             except OSError:
                 pass  # absent or unreadable: write it
-            self._install_bytes(data, shard, name, self.sidecar_path(attachment_id))
+            blob = replaced_file(attachment_id, shard)  # a new sidecar is no wider than its blob
+            self._install_bytes(data, shard, name, self.sidecar_path(attachment_id),
+                                widest=None if blob is None else stat.S_IMODE(blob.st_mode))
             if durable:
                 os.fsync(shard)
         return True
 
-    def _install_bytes(self, data: bytes, dir_fd: int, name: str, shown: Path) -> None:
+    def _install_bytes(self, data: bytes, dir_fd: int, name: str, shown: Path, widest: int | None = None) -> None:
         """Stage ``data`` in tmp/, fsync it, rename it to ``name`` under ``dir_fd``."""
-        install_bytes(data, self._dir(TMP, create=True), dir_fd, name, shown)
+        install_bytes(data, self._dir(TMP, create=True), dir_fd, name, shown, widest)
 
     # -- writing ---------------------------------------------------------------------
     def ensure_writable_layout(self) -> None:
@@ -446,6 +451,7 @@ class BlobStore:
                 raise StoreIOError.wrap("create staging file", path, exc) from exc
             writer: _ChunkWriter | None = None
             try:
+                fit_in(fd, tmp)
                 buffer = bytearray(CHUNK)
                 while True:
                     n = read_into(source, buffer, source_name)
@@ -521,6 +527,7 @@ class BlobStore:
                         return True
                     fd = os.open(staged.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp)
                     try:
+                        fit_in(fd, shard, replaced_file(attachment_id, shard))
                         os.fsync(fd)  # the bytes are durable before the name is
                     finally:
                         os.close(fd)
