@@ -101,7 +101,7 @@ def show(store: Store, attachment_id: str, view, now: int) -> BlobReport:
 
 
 def _verdict(present: bool, rows: list[Row], view, now: int) -> Verdict:
-    from lashctl.timefmt import iso_ms
+    from lashctl.timefmt import in_future, iso_ms
 
     committed = [r for r in rows if r.committed]
     if not present:
@@ -124,6 +124,9 @@ def _verdict(present: bool, rows: list[Row], view, now: int) -> Verdict:
             return Verdict("kept", f"kept: {live}")
     newest = max(rows, key=lambda r: r.intent_at_epoch_ms)
     due = newest.intent_at_epoch_ms + default_grace_ms()
+    if in_future(newest.intent_at_epoch_ms, now):
+        return Verdict("kept", f"kept: session {newest.session_id}'s intent time {iso_ms(newest.intent_at_epoch_ms)} "
+                               f"is in the future (a clock ahead?): no sweep reclaims it before {iso_ms(due)}")
     return Verdict("kept", f"kept for now: session {newest.session_id}'s intent is within the "
                            f"{DEFAULT_GRACE} grace period (reclaimable after {iso_ms(due)})")
 
@@ -350,6 +353,7 @@ def _verify(store: Store, view, manifest_problem: str | None, now: int, *, fix: 
         report.findings.append(Finding("manifest-torn-tail", WARNING, name, None,
                                        "torn final line (a crashed append); the next write repairs it"))
     for attachment_id, present, rows, hashed in _hashed_ahead(store, by_id(store, view), progress):
+        report.findings.extend(_intents_in_future(store, rows, now))
         if present and _verify_blob(store, attachment_id, view, rows, report, hashed, fix=fix):
             continue  # a blob quarantined by --fix is no longer present
         report.findings.extend(_bytes_missing(store, row) for row in rows)
@@ -436,6 +440,17 @@ def _bytes_missing(store: Store, row: Row) -> Finding:
                        f"session {row.session_id} committed this blob but its bytes are missing")
     return Finding("uncommitted-bytes-missing", WARNING, path, row.attachment_id,
                    f"session {row.session_id}'s uncommitted intent has no bytes (an interrupted put; reclaim forgets it)")
+
+
+def _intents_in_future(store: Store, rows: list[Row], now: int) -> list[Finding]:
+    """Intents stamped by a clock that runs ahead: a sweep keeps their bytes until that time."""
+    from lashctl.timefmt import age_text, in_future, iso_ms
+
+    return [Finding("intent-in-future", WARNING, store.blobs.where(row.attachment_id), row.attachment_id,
+                    f"session {row.session_id}'s intent time {iso_ms(row.intent_at_epoch_ms)} is "
+                    f"{age_text(row.intent_at_epoch_ms - now)} ahead of this clock: no sweep reclaims "
+                    "these bytes before then")
+            for row in rows if not row.committed and in_future(row.intent_at_epoch_ms, now)]
 
 
 def _is_file(st: BlobStat | None) -> bool:

@@ -15,8 +15,19 @@ _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "
 _PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 
 
+# An intent stamped more than this past now was written by a clock that runs
+# ahead: show, verify and list-uncommitted say so (a sweep keeps it until then).
+FUTURE_SKEW_MS = 5 * 60_000
+FUTURE_SKEW = "5m"
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def in_future(at_ms: int, now: int) -> bool:
+    """Whether a time is further ahead of ``now`` than clocks drift apart."""
+    return at_ms > now + FUTURE_SKEW_MS
 
 
 def parse_duration(text: str, option: str = "--older-than") -> int:

@@ -260,14 +260,17 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
 
     A row is written here only where the template is exact (a valid id, a
     non-empty session and, for JSON, URI of printable ASCII; no backslash
-    in a TSV session; an intent time in 1970-9999) and its shard is among
+    in a TSV session; an intent time from 1970 to ``now`` plus
+    ``timefmt.FUTURE_SKEW_MS``) and its shard is among
     those ``absent`` returns when given the shards the chunk meets (once
     per chunk: neither bytes nor sidecar can be there); with ``absent``
     None every row is the caller's. Whole chunks are checked at once: row
     by row only where one of them fails."""
     from lashctl.ids import is_valid_id
-    from lashctl.timefmt import MAX_EPOCH_MS, age_text, iso_clock
+    from lashctl.timefmt import FUTURE_SKEW_MS, MAX_EPOCH_MS, age_text, iso_clock
 
+    # A row from a clock that runs ahead is the caller's: list-uncommitted counts it.
+    latest = min(MAX_EPOCH_MS, now + FUTURE_SKEW_MS)
     if absent is None:
         yield from chunks
         return
@@ -287,7 +290,7 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
     def one(row: tuple) -> str | tuple:
         attachment_id, session_id, uri, intent_at = row
         probe = attachment_id + session_id if tsv else attachment_id + session_id + uri
-        if not (0 <= intent_at <= MAX_EPOCH_MS and session_id and probe.isascii() and probe.isprintable()
+        if not (0 <= intent_at <= latest and session_id and probe.isascii() and probe.isprintable()
                 and is_valid_id(attachment_id) and attachment_id[:2] in gone):
             return row
         if tsv:
@@ -306,7 +309,7 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
             continue
         met = {row[0][:2] for row in chunk}
         gone = absent(met)  # asked again for each chunk: a put may create a shard meanwhile
-        if met <= gone and _plain_chunk(chunk, tsv, MAX_EPOCH_MS):
+        if met <= gone and _plain_chunk(chunk, tsv, latest):
             yield written(chunk)
         else:
             yield [one(row) for row in chunk]

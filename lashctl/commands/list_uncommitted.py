@@ -6,7 +6,7 @@ import typer
 
 from lashctl.commands import BeforeOption, JsonFlag, OlderThanOption, app_state, end_inspection
 from lashctl.render import Col, Field, cells, item
-from lashctl.timefmt import age_text, cutoff_ms, iso_ms, now_ms
+from lashctl.timefmt import FUTURE_SKEW, age_text, cutoff_ms, in_future, iso_ms, now_ms
 
 EPILOG = """Examples:
 
@@ -16,16 +16,18 @@ EPILOG = """Examples:
 Exit codes: 0 listed (also when there is nothing to list); 2 usage error (bad DURATION or TIMESTAMP); 65 corrupt manifest."""
 
 
-def uncommitted_row(now: int) -> tuple[Field, ...]:
-    """One uncommitted row (a transfer.UncommittedRow), with its age at ``now``."""
+def uncommitted_row(now: int, terminal: bool = False) -> tuple[Field, ...]:
+    """One uncommitted row (a transfer.UncommittedRow), with its age at
+    ``now``; a ``terminal`` table marks an intent time in the future."""
+    age = (lambda r: _age_shown(now, r.row.intent_at_epoch_ms)) if terminal else \
+        (lambda r: age_text(now - r.row.intent_at_epoch_ms))
     return (
         Field("id", lambda r: r.row.attachment_id, Col("id", "id")),
         Field("session_id", lambda r: r.row.session_id, Col("session")),
         Field("canonical_uri", lambda r: r.row.canonical_uri),
         Field("intent_at_epoch_ms", lambda r: r.row.intent_at_epoch_ms),
         Field("intent_at", lambda r: iso_ms(r.row.intent_at_epoch_ms), Col("intent at", "fixed", drop=7)),
-        Field("age_ms", lambda r: now - r.row.intent_at_epoch_ms, Col("age", "fixed", drop=2),
-              cell=lambda r: age_text(now - r.row.intent_at_epoch_ms)),
+        Field("age_ms", lambda r: now - r.row.intent_at_epoch_ms, Col("age", "fixed", drop=2), cell=age),
         Field("byte_len", lambda r: r.byte_len, Col("size", "bytes", drop=4)),
         Field("media_type", lambda r: r.media_type, Col("media type", drop=6, min_width=10)),
         Field("label", lambda r: r.label, Col("label", drop=5)),
@@ -55,21 +57,46 @@ def list_uncommitted(
     cutoff = cutoff_ms(older_than, before, now)
     store = state.store()
     malformed: list = []  # lines a damaged manifest holds, shown after the listing
-    fields = uncommitted_row(now)
+    future = _FutureCount(now)
     if not state.ui.stdout_is_terminal():
         # On a pipe the rows without bytes (most of a big listing) come from the
-        # manifest's index through one template; the others are rendered here.
+        # manifest's index through one template; the others (an intent time
+        # in the future among them) are rendered here.
+        fields = uncommitted_row(now)
         count = state.ui.emit_rendered(
             transfer.iter_uncommitted_rendered(store, cutoff, session, malformed, now,
                                                "json" if state.ui.json else "tsv"),
-            (lambda r: item(fields, r)) if state.ui.json else (lambda r: cells(fields, r)),
+            (lambda r: item(fields, future(r))) if state.ui.json else (lambda r: cells(fields, future(r))),
         )
     else:
-        count = state.ui.listing(fields, transfer.iter_uncommitted(store, cutoff, session, malformed))
+        rows = transfer.iter_uncommitted(store, cutoff, session, malformed)
+        count = state.ui.listing(uncommitted_row(now, terminal=True), (future(r) for r in rows))
     suffix = f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""
     state.ui.info(f"{count} uncommitted row(s){suffix}" if count else f"no uncommitted rows{suffix}")
+    if future.count:
+        state.ui.warn(f"{future.count} uncommitted row(s) have an intent time more than {FUTURE_SKEW} in the "
+                      "future (a clock ahead?): no sweep reclaims them before that time")
     if malformed:
         end_inspection(state, store, malformed)
+
+
+def _age_shown(now: int, intent_at: int) -> str:
+    """The age a person reads: an intent time in the future says so."""
+    if in_future(intent_at, now):
+        return f"in {age_text(intent_at - now)} (future)"
+    return age_text(now - intent_at)
+
+
+class _FutureCount:
+    """Passes rows through, counting those whose intent time is in the future."""
+
+    def __init__(self, now: int) -> None:
+        self.now, self.count = now, 0
+
+    def __call__(self, r):
+        if in_future(r.row.intent_at_epoch_ms, self.now):
+            self.count += 1
+        return r
 
 
 COLUMNS = [Col("id", "id"), Col("session"), Col("intent at", "fixed", drop=7), Col("age", "fixed", drop=2),

@@ -7,7 +7,7 @@ import typer
 from lashctl.commands import JsonFlag, app_state, complete_id, end_inspection, inspect_state
 from lashctl.ids import parse_id
 from lashctl.render import Field, human_bytes, item
-from lashctl.timefmt import age_text, iso_ms, now_ms
+from lashctl.timefmt import age_text, in_future, iso_ms, now_ms
 
 EPILOG = """Examples:
 
@@ -99,5 +99,6 @@ def _lines(report, now: int) -> Iterator[str]:
         yield f"{key + ':':<12}{value}"
     for r in report.rows:
         committed = f"committed {iso_ms(r.committed_at_epoch_ms)}" if r.committed else "uncommitted"
-        yield (f"  session {r.session_id}: intent {iso_ms(r.intent_at_epoch_ms)} "
-               f"({age_text(now - r.intent_at_epoch_ms)} ago), {committed}")
+        at = r.intent_at_epoch_ms
+        age = f"{age_text(at - now)} in the future" if in_future(at, now) else f"{age_text(now - at)} ago"
+        yield f"  session {r.session_id}: intent {iso_ms(at)} ({age}), {committed}"

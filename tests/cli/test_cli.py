@@ -1091,12 +1091,14 @@ def test_list_uncommitted_on_a_pipe_prints_what_the_row_by_row_rendering_prints(
     fast = cli(*args)
     assert_ok(fast)
     # Most rows came written (printable ASCII, no bytes); the others came as rows.
-    texts = {}
+    texts = {}  # per session, its oldest row: written (the text) or left to the command (None)
     for item in written_by_sqlite:
         if type(item) is str:
-            texts[json.loads(item)["session_id"] if json_flag else item.split("\t")[1]] = item
+            texts.setdefault(json.loads(item)["session_id"] if json_flag else item.split("\t")[1], item)
         else:
-            texts[item[1]] = None
+            texts.setdefault(item[1], None)
+    # Intents from a clock ahead (past now + 5m) are the command's: it counts them.
+    assert [type(i) for i in written_by_sqlite if type(i) is not str and i[1] == "ages"] == [tuple]
     assert texts["plain"] is not None and texts["ages"] is not None
     assert texts["with-bytes"] is None  # its bytes are there: rendered by the command
     assert texts["caf\u00e9"] is None and texts["new\nline"] is None and texts["del\x7f"] is None

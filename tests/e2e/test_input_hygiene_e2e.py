@@ -335,3 +335,133 @@ def test_a_manifest_named_with_the_default_store_absent_is_not_a_store(tmp_path)
     default = tmp_path / "home" / "data" / "lashctl"
     assert one_line_error(result.stderr) == f"lashctl: error: not a lashctl store: {default}"
     assert _tree(tmp_path / "home") == []
+
+
+# -- intents from a clock that runs ahead -------------------------------------------------
+YEAR_MS = 365 * 86_400_000
+
+
+def _store_with_a_future_intent(tmp_path):
+    """A put of "early" (now) and, by another writer whose clock is ten years
+    ahead, an intent of "early" by session "ahead"."""
+    import time
+
+    store = tmp_path / "store"
+    (tmp_path / "early").write_bytes(b"early")
+    _ok(run(["--store", store, "put", "-s", "now", tmp_path / "early"]))
+    at = int(time.time() * 1000) + 10 * YEAR_MS + 30 * 60_000  # shown as 3650d for a while
+    line = {"op": "intent", "attachment_id": sha(b"early"), "session_id": "ahead",
+            "canonical_uri": "sha256:" + sha(b"early"), "intent_at_epoch_ms": at}
+    with open(store / "manifest.jsonl", "a") as handle:
+        handle.write(json.dumps(line, separators=(",", ":")) + "\n")
+    return store, at
+
+
+def _iso(ms: int) -> str:
+    from lashctl.timefmt import iso_ms
+
+    return iso_ms(ms)
+
+
+def test_show_says_an_intent_in_the_future_keeps_the_blob_until_then(tmp_path):
+    store, at = _store_with_a_future_intent(tmp_path)
+    result = run(["--store", store, "show", sha(b"early")])
+    _ok(result)
+    lines = result.stdout.decode().splitlines()
+    verdict = next(line for line in lines if line.startswith("verdict:"))
+    assert verdict == (f"verdict:    kept: session ahead's intent time {_iso(at)} is in the future (a clock "
+                       f"ahead?): no sweep reclaims it before {_iso(at + 86_400_000)}")
+    row = next(line for line in lines if "session ahead:" in line)
+    assert f"intent {_iso(at)} (3650d in the future), uncommitted" in row
+    document = json.loads(run(["--store", store, "--json", "show", sha(b"early")]).stdout)
+    assert document["verdict"] == {"state": "kept", "reason": verdict.removeprefix("verdict:").strip()}
+
+
+def test_verify_warns_of_an_intent_in_the_future(tmp_path):
+    store, at = _store_with_a_future_intent(tmp_path)
+    result = run(["--store", store, "--json", "verify"])
+    _ok(result)  # a warning: exit 0
+    document = json.loads(result.stdout)
+    [finding] = document["findings"]
+    assert finding["kind"] == "intent-in-future" and finding["severity"] == "warning"
+    assert finding["id"] == sha(b"early")
+    assert f"session ahead's intent time {_iso(at)} is 3650d ahead of this clock" in finding["message"]
+    assert document["warnings"] == 1 and document["clean"] is True
+    tsv = run(["--store", store, "verify"])
+    _ok(tsv)
+    assert tsv.stdout.decode().split("\t")[:2] == ["warning", "intent-in-future"]
+
+
+def test_a_clock_a_few_seconds_ahead_is_no_finding(tmp_path):
+    import time
+
+    store = tmp_path / "store"
+    (tmp_path / "a").write_bytes(b"a")
+    _ok(run(["--store", store, "put", "-s", "s", tmp_path / "a"]))
+    line = {"op": "intent", "attachment_id": sha(b"a"), "session_id": "t", "canonical_uri": "sha256:" + sha(b"a"),
+            "intent_at_epoch_ms": int(time.time() * 1000) + 60_000}
+    with open(store / "manifest.jsonl", "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+    verified = run(["--store", store, "verify"])
+    _ok(verified)
+    assert verified.stdout == b""
+    listed = run(["--store", store, "list-uncommitted"])
+    _ok(listed)
+    assert b"future" not in listed.stderr
+
+
+@pytest.mark.parametrize("form", ["tsv", "json"])
+def test_list_uncommitted_warns_of_future_intents_and_keeps_its_output(tmp_path, form):
+    store, at = _store_with_a_future_intent(tmp_path)
+    args = ["--store", store, *(["--json"] if form == "json" else []), "list-uncommitted"]
+    result = run(args)
+    _ok(result)
+    assert (b"lashctl: warning: 1 uncommitted row(s) have an intent time more than 5m in the future "
+            b"(a clock ahead?): no sweep reclaims them before that time\n") in result.stderr
+    if form == "json":
+        rows = json.loads(result.stdout)
+        assert [list(r) for r in rows] == [["id", "session_id", "canonical_uri", "intent_at_epoch_ms", "intent_at",
+                                            "age_ms", "byte_len", "media_type", "label", "bytes_present"]] * 2
+        assert rows[1]["session_id"] == "ahead" and rows[1]["age_ms"] < -9 * YEAR_MS
+    else:
+        assert [line.split("\t")[1] for line in result.stdout.decode().splitlines()] == ["now", "ahead"]
+    assert run(["-q", *args]).stderr == b""
+
+
+def test_list_uncommitted_marks_a_future_intent_on_a_terminal(tmp_path):
+    from test_e2e_text import on_terminal
+
+    store, at = _store_with_a_future_intent(tmp_path)
+    code, shown, stderr = on_terminal("--store", str(store), "list-uncommitted")
+    assert code == 0, stderr
+    [row] = [line for line in shown.decode().splitlines() if "ahead" in line]
+    assert "in 3650d (future)" in row
+    assert b"1 uncommitted row(s) have an intent time more than 5m in the future" in stderr
+
+
+@pytest.mark.parametrize("form", ["tsv", "json"])
+def test_a_future_intent_among_rows_without_bytes_is_counted_on_a_pipe(tmp_path, form):
+    """Rows whose bytes are absent are written from a template, chunk by
+    chunk; a row from a clock ahead is left to the command, which counts it."""
+    import time
+
+    store = tmp_path / "store"
+    (store / "sha256").mkdir(parents=True)
+    now = int(time.time() * 1000)
+    ids = [sha(b"row %d" % i) for i in range(2500)]
+    times = [now - 3_600_000 - i for i in range(2500)]
+    times[1234] = now + 10 * YEAR_MS + 30 * 60_000
+    lines = [{"op": "header", "format": "lashctl-manifest", "version": 1}] + [
+        {"op": "intent", "attachment_id": i, "session_id": "s", "canonical_uri": "sha256:" + i,
+         "intent_at_epoch_ms": at} for i, at in zip(ids, times)]
+    (store / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    result = run(["--store", store, *(["--json"] if form == "json" else []), "list-uncommitted"])
+    _ok(result)
+    assert b"warning: 1 uncommitted row(s) have an intent time more than 5m in the future" in result.stderr
+    if form == "json":
+        rows = json.loads(result.stdout)
+        assert [r["id"] for r in rows][-1] == ids[1234] and rows[-1]["age_ms"] < -9 * YEAR_MS
+    else:
+        out = result.stdout.decode().splitlines()
+        assert len(out) == 2500
+        assert out[-1].split("\t")[:4] == [ids[1234], "s", _iso(times[1234]), "-3650d"]

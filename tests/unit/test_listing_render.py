@@ -13,7 +13,7 @@ import pytest
 from lashctl.backends.base import rendered_uncommitted
 from lashctl.commands.list_uncommitted import _tsv_cells
 from lashctl.render import _plain
-from lashctl.timefmt import MAX_EPOCH_MS, iso_ms
+from lashctl.timefmt import FUTURE_SKEW_MS, MAX_EPOCH_MS, iso_ms
 from lashctl.transfer import UncommittedRow
 from lashctl.backends.jsonl_log import Row
 
@@ -49,7 +49,9 @@ ODD = [
     (h("g") + "0", "s", "u", NOW - 10),
     (h("negative"), "s", "u", -1),
     (h("far"), "s", "u", MAX_EPOCH_MS + 1),
-    (h("edge"), "s", "u", MAX_EPOCH_MS),
+    (h("edge"), "s", "u", NOW + FUTURE_SKEW_MS),   # the latest time a clock may be ahead
+    (h("ahead"), "s", "u", NOW + FUTURE_SKEW_MS + 1),  # a clock ahead: the command counts it
+    (h("year 9999"), "s", "u", MAX_EPOCH_MS),
     (h("zero"), "s", "u", 0),
     (h("uri control"), "s", "u\x1b[31m", NOW - 11),
 ]
@@ -59,7 +61,7 @@ def exact(row: tuple, form: str) -> bool:
     aid, session, uri, at = row
     probe = aid + session + (uri if form == "json" else "")
     return (len(aid) == 64 and not aid.strip("0123456789abcdef") and bool(session) and probe.isascii()
-            and probe.isprintable() and 0 <= at <= MAX_EPOCH_MS and (form == "json" or "\\" not in session))
+            and probe.isprintable() and 0 <= at <= NOW + FUTURE_SKEW_MS and (form == "json" or "\\" not in session))
 
 
 @pytest.mark.parametrize("form", ["json", "tsv"])
