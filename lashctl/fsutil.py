@@ -13,7 +13,7 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from lashctl.errors import StoreIOError, UnsafePath
 
@@ -306,30 +306,112 @@ def write_file_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
 
 
 @contextmanager
-def atomic_output(dest: Path | str):
-    """A new file that appears at ``dest`` only whole: written beside it,
-    fsynced, renamed into place; removed if the block fails."""
+def output_to(dest: Path | str) -> Iterator[tuple[BinaryIO, str | None]]:
+    """Where ``get -o`` writes: yields the handle to write to, and what the
+    destination is when it is a stream (``"a FIFO"``), else None.
+
+    The destination is named by the user, so a symlink there is followed (as
+    ``cp`` and ``cat > PATH`` do). A regular file, or a new path, is replaced
+    whole: written beside it under ``staging_name``, fsynced and renamed into
+    place only when the block succeeds (removed otherwise), keeping the mode
+    (and, as root, the owner) of the file it replaces (``fit_in``). Anything
+    else (a FIFO, a device, a terminal) is opened and written into as
+    ``cat > PATH`` would: nothing is staged, renamed or removed there. A
+    directory is a usage error.
+    """
+    dest = Path(dest)
+    stream = _open_stream(dest)
+    if stream is not None:
+        fd, kind = stream
+        with _stream_errors(dest), open(fd, "wb", closefd=True) as handle:
+            yield handle, kind
+        return
+    with atomic_output(dest) as handle:
+        yield handle, None
+
+
+def _open_stream(dest: Path) -> tuple[int, str] | None:
+    """A descriptor to write into, and what it is, when ``dest`` (through any
+    symlink) is not a regular file to replace: a FIFO (the open waits for its
+    reader, as for ``cat``), a device, or the very file this command's
+    standard output or error already writes to (``-o /dev/stdout >> log``
+    appends there). None for a regular file or nothing; UsageError for a
+    directory."""
     from lashctl.errors import UsageError
 
-    dest = Path(dest)
-    if dest.is_dir():
+    try:
+        st = os.stat(dest)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreIOError.wrap("write to", dest, exc) from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"-o {dest} is a directory; give a file path")
+    if stat.S_ISREG(st.st_mode):
+        for std, name in ((1, "standard output"), (2, "standard error")):
+            if _is_file_of(std, st):
+                return os.dup(std), name
+        return None
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # gone: a new file is made the staged way
+    except OSError as exc:
+        raise StoreIOError.wrap("open", dest, exc) from exc
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):  # a regular file took its place meanwhile: replace that
+        os.close(fd)
+        return None
+    return fd, describe_mode(mode)
+
+
+def _is_file_of(fd: int, st: os.stat_result) -> bool:
+    try:
+        mine = os.fstat(fd)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino)
+
+
+@contextmanager
+def _stream_errors(dest: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:  # a reader that went away (EPIPE), a full device
+        raise StoreIOError.wrap("write to", dest, exc) from exc
+
+
+@contextmanager
+def atomic_output(dest: Path | str) -> Iterator[BinaryIO]:
+    """A file that appears at ``dest`` (through a symlink there: at the file
+    it names) only whole: written beside it, fsynced, renamed into place;
+    removed if the block fails. It keeps the mode (and, as root, the owner)
+    of the file it replaces (``fit_in``)."""
+    from lashctl.errors import UsageError
+
+    dest = Path(os.path.realpath(dest))  # the link stays; the file it names is replaced
+    try:
+        replaced = os.stat(dest)
+    except FileNotFoundError:
+        replaced = None
+    except OSError as exc:
+        raise StoreIOError.wrap("write to", dest, exc) from exc
+    if replaced is not None and stat.S_ISDIR(replaced.st_mode):
         raise UsageError(f"-o {dest} is a directory; give a file path")
     tmp = dest.parent / staging_name(dest.name)
     try:
-        handle = open(tmp, "xb")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         raise StoreIOError.wrap("create", tmp, exc) from exc
     try:
-        with handle:
+        with open(fd, "wb") as handle:
+            fit_in(fd, dest.parent, replaced)
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, dest)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        unlink_quietly(tmp)
         if isinstance(exc, OSError):
             raise StoreIOError.wrap("write", dest, exc) from exc
         raise

@@ -19,7 +19,7 @@ from lashctl.backends.base import LAYOUT_SIDECARS, Staged
 from lashctl.core import Store, precheck_prefixes, resolve_id, validate_session
 from lashctl.errors import Corrupt, LashctlError, NotFound, StoreIOError, UsageError
 from lashctl.fold import Event, Row
-from lashctl.fsutil import atomic_output
+from lashctl.fsutil import output_to
 from lashctl.ids import IdQuery
 from lashctl.record import Record
 from lashctl.timefmt import now_ms
@@ -285,9 +285,18 @@ def copy_verified(store: Store, attachment_id: str, out: BinaryIO) -> int:
 
 
 def get_to_file(store: Store, attachment_id: str, dest: Path) -> int:
-    """Write a verified copy to ``dest`` via a temp file; no partial file on failure."""
-    with atomic_output(dest) as handle:
-        return copy_verified(store, attachment_id, handle)
+    """Write a verified copy to ``dest`` (``fsutil.output_to``): a regular
+    file is replaced via a staging file, so a failure leaves it as it was; a
+    stream (a FIFO, a device) is written into, and a hash mismatch there
+    says that what went out cannot be taken back."""
+    with output_to(dest) as (handle, stream):
+        try:
+            return copy_verified(store, attachment_id, handle)
+        except Corrupt as exc:
+            if stream is None:
+                raise
+            raise Corrupt(f"{exc.message}; the bytes already written to {dest} ({stream}) "
+                          "cannot be taken back") from exc
 
 
 # -- list-uncommitted ------------------------------------------------------------

@@ -16,7 +16,7 @@ EPILOG = """Examples:
     lashctl get 5f5d584c5857 -o photo.png
     lashctl get 5f5d584c5857 | sha256sum
 
-Exit codes: 0 written; 2 usage error (bad or ambiguous id, binary data to a terminal); 3 not found; 65 hash mismatch or undecodable sidecar (no output file left)."""
+Exit codes: 0 written; 2 usage error (bad or ambiguous id, binary data to a terminal); 3 not found; 65 hash mismatch or undecodable sidecar (a file given with -o is left as it was)."""
 
 
 def get(
@@ -25,14 +25,15 @@ def get(
                                        autocompletion=complete_id)],
     output: Annotated[
         Optional[str],
-        typer.Option("--output", "-o", metavar="PATH|-", help="Write to PATH (atomically) or - for stdout."),
+        typer.Option("--output", "-o", metavar="PATH|-", help="Write to PATH (a file is replaced whole, a FIFO or device written into) or - for stdout."),
     ] = None,
     json_flag: JsonFlag = False,
 ) -> None:
     """Write a blob's bytes to stdout or a file, re-hashing them on the way.
 
-    A hash mismatch is corruption (exit 65) and leaves no output file. Refuses
-    to write binary data to a terminal unless -o - is given.
+    A hash mismatch is corruption (exit 65): a file given with -o is left as
+    it was; what a FIFO or device was sent cannot be taken back. Refuses to
+    write binary data to a terminal unless -o - is given.
     """
     from lashctl import core, transfer
 
