@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from reliability_helpers import blob_path, one_line_error, run
+from reliability_helpers import base_env, blob_path, find_lashctl, one_line_error, run
 
 pytestmark = pytest.mark.e2e
 
@@ -169,3 +170,17 @@ def test_get_as_root_onto_another_users_file_keeps_its_owner_and_group(tmp_path)
     assert result.returncode == 0, result.stderr
     st = os.stat(dest)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o640)
+
+
+def test_get_to_dev_stdout_appends_to_the_file_standard_output_already_writes(tmp_path):
+    """``-o /dev/stdout >> log``: the log is written into where the shell
+    left it, never replaced by a file holding the blob alone."""
+    store = tmp_path / "store"
+    attachment_id = _put(store)
+    log = tmp_path / "log"
+    log.write_bytes(b"before\n")
+    with open(log, "ab") as out:
+        result = subprocess.run([find_lashctl(), "--store", str(store), "get", attachment_id, "-o", "/dev/stdout"],
+                                stdout=out, stderr=subprocess.PIPE, env=base_env())
+    assert result.returncode == 0, result.stderr
+    assert log.read_bytes() == b"before\n" + DATA
