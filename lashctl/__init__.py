@@ -45,14 +45,27 @@ def _raise_terminated(signum: int, _frame: object) -> None:
     raise Terminated(signum)
 
 
-def _handle_job_signals() -> None:
+def _handle_job_signals() -> dict:
     """SIGTERM and SIGHUP end a command the way Ctrl-C does (``Terminated``).
-    A signal the caller set to be ignored (``nohup``) stays ignored."""
+    A signal the caller set to be ignored (``nohup``) stays ignored. Returns
+    the handlers replaced, for ``_restore_signals``."""
     import signal
 
+    replaced = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) is signal.SIG_DFL:
-            signal.signal(signum, _raise_terminated)
+            replaced[signum] = signal.signal(signum, _raise_terminated)
+    return replaced
+
+
+def _restore_signals(replaced: dict) -> None:
+    """Put back what ``_handle_job_signals`` replaced (for a caller that goes on after ``main``)."""
+    global _ending
+    import signal
+
+    for signum, handler in replaced.items():
+        signal.signal(signum, handler)
+    _ending = False
 
 
 def main(prog_name: str = "lashctl") -> None:
@@ -60,8 +73,9 @@ def main(prog_name: str = "lashctl") -> None:
     inside this guard: Ctrl-C (or SIGTERM, SIGHUP) while it loads or builds
     its commands says the one line (and exit code) it says during a
     command, never a traceback."""
+    replaced: dict = {}
     try:
-        _handle_job_signals()
+        replaced = _handle_job_signals()
         from lashctl.cli import main as run
 
         run(prog_name)  # a command's own interrupt report ends in SystemExit(128 + signal), not here
@@ -72,3 +86,5 @@ def main(prog_name: str = "lashctl") -> None:
         if sys.stderr is not None:
             sys.stderr.write(f"{line}\n")
         raise SystemExit(code) from None
+    finally:
+        _restore_signals(replaced)
