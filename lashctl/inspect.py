@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from lashctl import media, sidecar
+from lashctl import faults, media, sidecar
 from lashctl.backends.base import LAYOUT_SIDECARS, BlobStat
 from lashctl.core import DEFAULT_GRACE, Store, aged_rows, as_view, by_id, default_grace_ms, live_reason
 from lashctl.errors import Corrupt, LashctlError, NotFound
-from lashctl.fold import Row
+from lashctl.fold import Event, Row
 from lashctl.strays import StrayFile, remove_stray, scan_strays  # noqa: F401  (part of this API)
 
 COMMITTED = "committed"
@@ -329,7 +329,9 @@ def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = 
     with ExitStack() as stack:
         view, problem = None, None
         try:
-            view = stack.enter_context(store.manifest.writing() if fix else store.manifest.reading())
+            # --fix: the sweep lock, and on PostgreSQL each forget committed at once
+            # (a quarantined blob's intents are gone before it moves).
+            view = stack.enter_context(store.manifest.sweeping() if fix else store.manifest.reading())
         except Corrupt as exc:
             problem = exc.message
             if fix:
@@ -519,6 +521,7 @@ def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report
     if actual != attachment_id:
         finding = Finding("hash-mismatch", ERROR, path, attachment_id, f"content hashes to {actual}")
         if fix:
+            _forget_intents(view, rows)
             moved = quarantine(store, attachment_id, hashed)
             if moved is not None:
                 finding.repair = f"moved to {moved}"
@@ -560,6 +563,19 @@ def _verify_stray(store: Store, stray: StrayFile, report: VerifyReport, *, fix: 
             reason = exc.message if isinstance(exc, LashctlError) else exc.strerror
             finding.message += f"; could not remove: {reason}"
     report.findings.append(finding)
+
+
+def _forget_intents(view, rows: list[Row]) -> None:
+    """Before corrupt bytes move aside: forget their uncommitted intents
+    (guarded: only the intent as read), so that a later ``commit`` finds no
+    intent and the client uploads again, rather than stamping a row whose
+    bytes are gone. Committed rows stay: ``verify`` reports their bytes
+    missing, and a re-put heals them."""
+    if view is None:
+        return  # a corrupt manifest takes no write (nor any commit) until it is fixed
+    view.append([Event.forget(r.attachment_id, r.session_id, until_ms=r.intent_at_epoch_ms)
+                 for r in rows if not r.committed])
+    faults.point("verify.forgotten")
 
 
 def quarantine(store: Store, attachment_id: str, hashed: BlobStat) -> str | None:

@@ -23,9 +23,10 @@ from lashctl.core import (
     precheck_prefixes,
     resolve_ids,
 )
+from lashctl import faults
 from lashctl.backends.base import BlobStat
 from lashctl.errors import LashctlError, Refused, StoreIOError
-from lashctl.fold import Event, Row
+from lashctl.fold import INTENT, Event, Row
 from lashctl.ids import IdQuery
 from lashctl.record import Record
 from lashctl.strays import remove_stray, scan_strays
@@ -36,7 +37,9 @@ SWEEP_BATCH = 1000  # ids a sweep stats, re-checks and deletes together
 # Item actions.
 RECLAIM, RELEASE, FAILED = "reclaim", "release", "failed"
 DELETE = "delete"
-SPARED = "spared"  # a shared store's object turned out newer than the cutoff
+SPARED = "spared"  # its bytes were written after the cutoff, whatever its rows say
+LEFT_FOR_GC = " (its rows were forgotten first: gc removes the bytes later)"
+SPARED_REASON = "spared: its bytes were written after the cutoff (a writer's clock may be behind)"
 DELETED_WHILE_REFERENCED = "deleted_while_referenced"  # a row appeared during the delete
 
 
@@ -70,6 +73,7 @@ class DeleteResult:
     byte_len: int
     sessions: list[str]
     dry_run: bool
+    error: str | None = None  # a live row appeared while its bytes were deleted (shared manifests)
 
 
 def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run: bool = False) -> list[DeleteResult]:
@@ -77,6 +81,11 @@ def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run
 
     Refuses (Refused, exit 4, nothing deleted) if any id is referenced by a
     manifest row, naming the sessions, unless ``force``. Absent blobs succeed.
+    With ``force``, the uncommitted intents of the ids are forgotten before
+    their bytes go (a later ``commit`` finds no intent and the client uploads
+    again); committed rows stay, and ``show`` reports their bytes missing.
+    On a manifest that does not stop writers, the rows are read again after
+    the delete: an id that gained a live row meanwhile carries an ``error``.
     """
     if not dry_run:
         precheck_prefixes(store, queries)
@@ -100,16 +109,34 @@ def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run
             problem = store.blobs.delete_problem(attachment_id)
             if problem is not None:
                 raise StoreIOError(problem)
-        results = []
-        for attachment_id in ids:
-            st = stats[attachment_id]
-            size = st.size if st is not None and st.is_file else 0
-            if not dry_run:
-                store.blobs.delete(attachment_id)
-            results.append(DeleteResult(attachment_id, st is not None, size, referenced[attachment_id], dry_run))
+        results = [DeleteResult(i, stats[i] is not None, stats[i].size if _is_file(stats[i]) else 0,
+                                referenced[i], dry_run) for i in ids]
         if not dry_run:
-            store.blobs.sync(ids)
+            _delete_in_order(store, view, results, rows)
     return results
+
+
+def _is_file(st: BlobStat | None) -> bool:
+    return st is not None and st.is_file
+
+
+def _delete_in_order(store: Store, view, results: list[DeleteResult], rows: dict[str, list[Row]]) -> None:
+    """Forget the ids' uncommitted intents (guarded: only the intent as read),
+    then delete the bytes, then (shared manifests) look for rows that came."""
+    view.append([Event.forget(r.attachment_id, r.session_id, until_ms=r.intent_at_epoch_ms)
+                 for res in results for r in rows[res.attachment_id] if not r.committed])
+    faults.point("delete.forgotten")
+    for res in results:
+        store.blobs.delete(res.attachment_id)
+    store.blobs.sync([res.attachment_id for res in results])
+    faults.point("delete.deleted")
+    if getattr(store.manifest, "blocks_writers", True):
+        return
+    after = rows_for_ids(view, [res.attachment_id for res in results])
+    for res in results:
+        before = {(r.session_id, r.intent_at_epoch_ms) for r in rows[res.attachment_id]}
+        if any((r.session_id, r.intent_at_epoch_ms) not in before for r in after[res.attachment_id]):
+            res.error = "a row for it appeared while it was being deleted: re-upload it"
 
 
 # -- reclaim -------------------------------------------------------------------
@@ -188,7 +215,7 @@ def plan_reclaim(view, cutoff: int) -> tuple[int, Plan]:
 
 def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress | None = None,
             planned: Callable[[int], None] | None = None) -> ReclaimReport:
-    """Sweep orphans: delete bytes no live row needs; forget the aged rows.
+    """Sweep orphans: forget the aged rows, then delete bytes no live row needs.
 
     Candidates come from the manifest's uncommitted rows (indexed), grouped by
     id in id order: the cost grows with the orphans, not with the store. A dry
@@ -197,10 +224,15 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
     (``progress`` is then called once per blob). The report lists the items
     oldest aged intent first.
 
-    When the manifest does not stop writers during a sweep (PostgreSQL), each
-    candidate is re-checked just before its delete (a live row, or an object
-    newer than the cutoff, spares it) and after it (a row that appeared
-    meanwhile is reported as ``deleted_while_referenced``, exit 5).
+    Each batch makes its rows' fate durable before any of its bytes go (a
+    guarded forget: only an intent still uncommitted and aged is removed),
+    so a sweep that dies anywhere leaves at worst bytes without rows, which
+    ``gc`` removes; never a row whose bytes are gone. Bytes written after
+    the cutoff are spared whatever the rows' times say (a writer's clock may
+    be behind). When the manifest does not stop writers during a sweep
+    (PostgreSQL), the rows are read again after the forget (a live row
+    spares the bytes) and after the delete (a row that appeared meanwhile is
+    reported as ``deleted_while_referenced``, exit 5).
     """
     with store.exclusive(dry_run=dry_run) as view:
         store.blobs.check_layout()
@@ -210,73 +242,81 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
         shared = not getattr(store.manifest, "blocks_writers", True)
         report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned,
                                kept_for_owners=scanned - sum(len(aged) for _id, aged, _live in plan))
-        forgets: list[Event] = []
         touched: list[str] = []
         for start in range(0, len(plan), SWEEP_BATCH):
             chunk = plan[start:start + SWEEP_BATCH]
             plan[start:start + SWEEP_BATCH] = [None] * len(chunk)  # type: ignore[list-item]  # its rows are freed
-            for item in _reclaim_batch(store, view, chunk, cutoff, dry_run=dry_run, shared=shared):
-                if item.action == RECLAIM and not dry_run:
-                    touched.append(item.attachment_id)
-                if item.action == RELEASE or (item.action == RECLAIM and not shared):
-                    # Guarded by the cutoff: a row refreshed since it was read is not
-                    # forgotten. (A shared sweep forgot its deleted ones' rows already.)
-                    forgets.extend(Event.forget(item.attachment_id, s, until_ms=cutoff) for s in item.sessions)
-                report.items.append(item)
-                if progress is not None:
+            items, stats = _plan_batch(store, view, chunk, cutoff, shared=shared)
+            if not dry_run:
+                aged = {attachment_id: rows for attachment_id, rows, _live in chunk}
+                touched.extend(_sweep_batch(store, view, items, stats, aged, cutoff, shared=shared))
+            report.items.extend(items)
+            if progress is not None:
+                for _item in items:
                     progress(1)
-            if shared and not dry_run:
-                # Writers go on during a shared sweep: the batch's rows go as soon
-                # as its bytes did, so that a commit coming later finds no intent
-                # (exit 3) rather than stamping a row whose blob is gone.
-                view.append(forgets)
-                forgets = []
         report.items.sort(key=lambda i: (i.first_intent_ms, i.attachment_id))
         if not dry_run:
             store.blobs.sync(touched)
-            view.append(forgets)
     return report
 
 
-def _reclaim_batch(store: Store, view, chunk: Plan, cutoff: int, *, dry_run: bool,
-                   shared: bool) -> list[ReclaimItem]:
-    """Reclaim or release a batch of the plan: one stat each (concurrent on an
-    object store), one batch delete, and on a shared manifest one query of the
-    batch's rows before the delete and one after."""
+def _plan_batch(store: Store, view, chunk: Plan, cutoff: int, *,
+                shared: bool) -> tuple[list[ReclaimItem], dict[str, BlobStat | None]]:
+    """What a batch of the plan will do, read-only (a dry run stops here and
+    so reports what the real run does): one stat each (concurrent on an
+    object store), and on a shared manifest one query of the batch's rows."""
     stats = stat_many(store.blobs, [attachment_id for attachment_id, _aged, _live in chunk])
     items, orphans = [], []
     for attachment_id, aged, live in chunk:
         st = stats[attachment_id]
         present = st is not None and st.is_file
         sessions = [r.session_id for r in aged]
-        size = st.size if present else 0
         first = min(r.intent_at_epoch_ms for r in aged)
-        if live is not None:
-            items.append(ReclaimItem(attachment_id, RELEASE, sessions, size, present, f"kept: {live}",
-                                     first_intent_ms=first))
-            continue
-        item = ReclaimItem(attachment_id, RECLAIM, sessions, size, present,
+        item = ReclaimItem(attachment_id, RECLAIM, sessions, st.size if present else 0, present,
                            ORPHAN if present else ORPHAN_GONE, first_intent_ms=first)
+        if live is not None:
+            item.action, item.reason = RELEASE, f"kept: {live}"
+        else:
+            orphans.append(item)
         items.append(item)
-        orphans.append(item)
-    if shared and orphans:  # read-only: a dry run reports what the real run will do
-        again = rows_for_ids(view, [i.attachment_id for i in orphans])
-        for item in orphans:
-            reason = live_reason(again[item.attachment_id], cutoff, view)
-            st = stats[item.attachment_id]
-            if reason is not None:  # a writer came back for it since the candidates were read
-                item.action, item.reason = RELEASE, f"kept: {reason}"
-            elif st is not None and st.mtime_ms > cutoff:
-                item.action, item.reason = SPARED, "spared: the object was written after the cutoff"
-                item.sessions = []
+    again = rows_for_ids(view, [i.attachment_id for i in orphans]) if shared and orphans else {}
     for item in orphans:
-        if item.action == RECLAIM:
+        st = stats[item.attachment_id]
+        reason = live_reason(again[item.attachment_id], cutoff, view) if shared else None
+        if reason is not None:  # a writer came back for it since the candidates were read
+            item.action, item.reason = RELEASE, f"kept: {reason}"
+        elif st is not None and st.mtime_ms > cutoff:
+            # Its rows say aged, its bytes say recent: the writer's clock may be behind.
+            item.action, item.reason, item.sessions = SPARED, SPARED_REASON, []
+        else:
             problem = store.blobs.delete_problem(item.attachment_id)
             if problem is not None:  # the dry run says what the real run will meet
                 item.action, item.error = FAILED, problem
-    doomed = [i for i in orphans if i.action == RECLAIM]
-    if dry_run or not doomed:
-        return items
+    return items, stats
+
+
+def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, BlobStat | None],
+                 aged: dict[str, list[Row]], cutoff: int, *, shared: bool) -> list[str]:
+    """Carry out a planned batch: forget, re-check, delete, re-check. The ids deleted."""
+    # 1. The rows' fate first, durably: a commit that comes later finds no
+    #    intent (exit 3, upload again) rather than stamping a row for bytes
+    #    about to go. Guarded by the cutoff: a row committed or refreshed
+    #    since it was read stays.
+    view.append([Event.forget(i.attachment_id, s, until_ms=cutoff)
+                 for i in items if i.action in (RECLAIM, RELEASE) for s in i.sessions])
+    faults.point("reclaim.forgotten")
+    doomed = [i for i in items if i.action == RECLAIM]
+    if shared and doomed:
+        # 2. What the guard kept (a commit or a new intent since the plan) keeps the bytes.
+        after_forget = rows_for_ids(view, [i.attachment_id for i in doomed])
+        for item in doomed:
+            reason = live_reason(after_forget[item.attachment_id], cutoff, view)
+            if reason is not None:
+                item.action, item.reason = RELEASE, f"kept: {reason}"
+        doomed = [i for i in doomed if i.action == RECLAIM]
+    if not doomed:
+        return []
+    # 3. The bytes.
     results = store.blobs.delete_many([i.attachment_id for i in doomed], known=stats)
     for item in doomed:
         outcome = results[item.attachment_id]
@@ -284,26 +324,46 @@ def _reclaim_batch(store: Store, view, chunk: Plan, cutoff: int, *, dry_run: boo
             item.action, item.error = FAILED, outcome
         else:
             item.byte_len = outcome
-    if shared:
-        deleted = [i for i in doomed if i.action == RECLAIM]
-        # The batch's own aged rows go first (guarded: a row committed or
-        # refreshed meanwhile stays), then whatever is left live is reported.
-        view.append([Event.forget(i.attachment_id, s, until_ms=cutoff) for i in deleted for s in i.sessions])
-        after = rows_for_ids(view, [i.attachment_id for i in deleted])
-        late = [i for i in deleted if live_reason(after[i.attachment_id], cutoff, view) is not None]
-        again = stat_many(store.blobs, [i.attachment_id for i in late]) if late else {}
-        for item in late:
-            item.action = DELETED_WHILE_REFERENCED
-            st = again[item.attachment_id]
-            if st is not None and st.is_file:
-                # A put wrote the bytes again after the delete: they are there,
-                # but the sidecar it wrote before them may have gone with the delete.
-                item.byte_len = 0
-                item.error = ("a live row for it appeared while it was being deleted; its bytes were put "
-                              "again since, but its sidecar may be gone: put it again")
-            else:
-                item.error = "a live row for it appeared while it was being deleted: re-upload it"
-    return items
+    _restore_failed(store, view, [i for i in doomed if i.action == FAILED], aged)
+    deleted = [i for i in doomed if i.action == RECLAIM]
+    faults.point("reclaim.deleted")
+    if shared and deleted:
+        _report_late_rows(store, view, deleted, cutoff)  # 4.
+    return [i.attachment_id for i in deleted]
+
+
+def _restore_failed(store: Store, view, failed: list[ReclaimItem], aged: dict[str, list[Row]]) -> None:
+    """A blob whose delete failed keeps its rows for the next sweep: its
+    forgotten intents are recorded again, as they were, once a look shows
+    the bytes still there. Bytes that may be gone stay without rows (gc
+    removes what is left), so that no commit can stamp a row for them."""
+    if not failed:
+        return
+    again = stat_many(store.blobs, [i.attachment_id for i in failed])
+    back = [i for i in failed if _is_file(again[i.attachment_id])]
+    view.append([Event(INTENT, r.attachment_id, r.session_id, r.intent_at_epoch_ms, r.canonical_uri)
+                 for i in back for r in aged[i.attachment_id]])
+    for item in failed:
+        if item not in back:
+            item.error = f"{item.error}{LEFT_FOR_GC}"
+
+
+def _report_late_rows(store: Store, view, deleted: list[ReclaimItem], cutoff: int) -> None:
+    """A live row that appeared while its bytes were deleted: ``deleted_while_referenced``."""
+    after = rows_for_ids(view, [i.attachment_id for i in deleted])
+    late = [i for i in deleted if live_reason(after[i.attachment_id], cutoff, view) is not None]
+    again = stat_many(store.blobs, [i.attachment_id for i in late]) if late else {}
+    for item in late:
+        item.action = DELETED_WHILE_REFERENCED
+        st = again[item.attachment_id]
+        if st is not None and st.is_file:
+            # A put wrote the bytes again after the delete: they are there,
+            # but the sidecar it wrote before them may have gone with the delete.
+            item.byte_len = 0
+            item.error = ("a live row for it appeared while it was being deleted; its bytes were put "
+                          "again since, but its sidecar may be gone: put it again")
+        else:
+            item.error = "a live row for it appeared while it was being deleted: re-upload it"
 
 
 # -- gc ------------------------------------------------------------------------

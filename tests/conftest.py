@@ -35,6 +35,27 @@ def sidecar_path(root, attachment_id: str):
     return BlobStore(Path(root)).sidecar_path(attachment_id)
 
 
+def land_at_intents(root, events) -> None:
+    """Date each blob (and sidecar) under ``root`` at its earliest intent in
+    ``events``: bytes land when their intent is recorded, and a sweep spares
+    bytes written after its cutoff whatever the rows' times say."""
+    import os
+    from pathlib import Path
+
+    first: dict[str, int] = {}
+    for event in events:
+        if not isinstance(event, dict):  # a lashctl.fold.Event
+            event = {"op": event.op, "attachment_id": event.attachment_id, "intent_at_epoch_ms": event.at_ms}
+        if event.get("op") == "intent" and isinstance(event.get("intent_at_epoch_ms"), int):
+            aid = event.get("attachment_id")
+            if isinstance(aid, str) and len(aid) == 64:
+                first[aid] = min(first.get(aid, event["intent_at_epoch_ms"]), event["intent_at_epoch_ms"])
+    for aid, at_ms in first.items():
+        for path in (Path(blob_path(root, aid)), Path(sidecar_path(root, aid))):
+            if path.is_file() and not path.is_symlink():
+                os.utime(path, ns=(at_ms * 1_000_000, at_ms * 1_000_000), follow_symlinks=False)
+
+
 def objects_dir(root):
     """The file backend's ``sha256/`` directory."""
     from lashctl.backends.localfs import BlobStore

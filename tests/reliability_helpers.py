@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import blob_path, sha, sidecar_path  # noqa: F401  (re-exported)
+from conftest import blob_path, land_at_intents, sha, sidecar_path  # noqa: F401  (re-exported)
 
 LONG = os.environ.get("LASHCTL_LONG_TESTS", "").strip() not in ("", "0", "false", "no")
 
@@ -60,6 +60,9 @@ def fast_tmpdir(prefix: str) -> Path:
 
 # -- the installed console script ------------------------------------------------
 def find_lashctl() -> str:
+    # Another build of the command (e.g. an older one, to see a new test fail on it).
+    if os.environ.get("LASHCTL_TEST_BIN"):
+        return os.environ["LASHCTL_TEST_BIN"]
     beside = Path(sys.executable).parent / "lashctl"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
@@ -226,11 +229,13 @@ def staging_litter(root: Path) -> list[Path]:
     return sorted(tmp.iterdir()) if tmp.is_dir() else []
 
 
-def check_store(root: Path, manifest: Path | None = None) -> dict:
+def check_store(root: Path, manifest: Path | None = None, *, unreferenced_ok: bool = False) -> dict:
     """The invariants a crash or a race must never break. Returns the fold.
 
     - every file at a blob path is a regular file hashing to its name;
-    - every blob present has a row in the manifest (write-ahead);
+    - every blob present has a row in the manifest (write-ahead), unless
+      ``unreferenced_ok`` (a sweep forgets rows before it deletes bytes, so
+      one that dies between the two leaves bytes without rows, for gc);
     - every committed row's blob is present.
     """
     root = Path(root)
@@ -241,7 +246,7 @@ def check_store(root: Path, manifest: Path | None = None) -> dict:
         st = path.lstat()
         assert path.is_file() and not path.is_symlink(), f"{path} is not a regular file"
         assert file_sha(path) == attachment_id, f"{path} does not hash to its name (torn or foreign bytes)"
-        assert attachment_id in ids_with_rows, (
+        assert unreferenced_ok or attachment_id in ids_with_rows, (
             f"blob {attachment_id} ({st.st_size} bytes) is present with no manifest row: "
             "bytes landed before their intent was durable"
         )
@@ -282,6 +287,7 @@ def write_manifest(path: Path, events: list[dict], header: bool = True) -> None:
     Path(path).write_bytes(
         b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in lines)
     )
+    land_at_intents(Path(path).parent, events)
 
 
 def intent(attachment_id: str, session: str, at: int, uri: str | None = None) -> dict:

@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from lashctl.commands import DryRunFlag, JsonFlag, app_state, complete_id, parse_ids
+from lashctl.errors import Partial
 from lashctl.render import Col, Field, human_bytes
 
 EPILOG = """Examples:
@@ -12,7 +13,7 @@ EPILOG = """Examples:
     lashctl delete -n 5f5d584c5857
     lashctl delete --force 5f5d584c5857 9a0b1c2d3e4f
 
-Exit codes: 0 deleted (or absent); 2 usage error; 4 refused: a manifest row references the id; 65 corrupt manifest; 75 manifest locked."""
+Exit codes: 0 deleted (or absent); 2 usage error; 5 a row for an id appeared while it was deleted (PostgreSQL); 4 refused: a manifest row references the id; 65 corrupt manifest; 75 manifest locked."""
 
 # One id asked for (a sweep.DeleteResult): deleted, or absent already.
 ITEM = (
@@ -51,3 +52,6 @@ def delete(
     gone = sum(r.existed for r in results)
     verb = "would delete" if dry_run else "deleted"
     state.ui.info(f"{verb} {gone} blob(s), {human_bytes(sum(r.byte_len for r in results))}")
+    raced = [r.attachment_id for r in results if r.error is not None]
+    if raced:
+        raise Partial(f"deleted while referenced (a row for it appeared meanwhile: re-upload it): {', '.join(raced)}")

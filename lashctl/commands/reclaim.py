@@ -44,9 +44,12 @@ def reclaim(
 
     Per blob: if any row for it is live (committed, or an intent newer than the
     cutoff) the aged rows are released and the bytes kept; otherwise bytes and
-    sidecar are deleted and its rows forgotten. A failed delete keeps its rows
-    for the next sweep and gives exit 5. --dry-run takes no lock and reports
-    exactly what a real run would do.
+    sidecar are deleted, its rows forgotten first. Bytes written after the
+    cutoff are spared, whatever the rows say. A blob that cannot be deleted
+    gives exit 5: refused before anything happened, its rows stay for the next
+    sweep; failed in the delete itself, its rows are gone already and gc
+    removes the bytes later. --dry-run takes no lock and reports exactly what
+    a real run would do.
     """
     from lashctl import core, sweep
 
@@ -71,6 +74,8 @@ def reclaim(
     prefix = "dry run: " if dry_run else ""
     kept = (f"{report.kept_for_owners} aged intent(s) kept: their lash owners are not proven dead "
             "(`lashctl show ID` says which)") if report.kept_for_owners else ""
+    spared = sum(1 for i in report.items if i.action == sweep.SPARED)
+    spared = f"spared {spared} blob(s) written after the cutoff" if spared else ""
     if not report.items:
         state.ui.info(f"{prefix}nothing to reclaim: " + (kept or f"no uncommitted intent at or before {iso_ms(cutoff)}"))
     else:
@@ -78,8 +83,13 @@ def reclaim(
             f"{prefix}{'would reclaim' if dry_run else 'reclaimed'} {report.blobs_reclaimed} blob(s), "
             f"{human_bytes(report.bytes_freed)}; released {report.rows_released} row(s); "
             f"scanned {report.scanned_intents} uncommitted intent(s) at or before {iso_ms(cutoff)}; "
-            f"{len(report.failures)} failure(s)" + (f"; {kept}" if kept else "")
+            f"{len(report.failures)} failure(s)" + (f"; {spared}" if spared else "") + (f"; {kept}" if kept else "")
         )
     if report.failures:
-        failed = ", ".join(i.attachment_id for i in report.failures)
-        raise Partial(f"sweep finished with {len(report.failures)} failure(s); rows kept for the next sweep: {failed}")
+        later = [i.attachment_id for i in report.failures if (i.error or "").endswith(sweep.LEFT_FOR_GC)]
+        raced = [i.attachment_id for i in report.failures if i.action == sweep.DELETED_WHILE_REFERENCED]
+        kept = [i.attachment_id for i in report.failures if i.attachment_id not in {*later, *raced}]
+        what = [f"rows kept for the next sweep: {', '.join(kept)}"] if kept else []
+        what += [f"rows forgotten, bytes left for gc: {', '.join(later)}"] if later else []
+        what += [f"deleted while referenced: {', '.join(raced)}"] if raced else []
+        raise Partial(f"sweep finished with {len(report.failures)} failure(s); {'; '.join(what)}")

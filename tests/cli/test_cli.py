@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import blob_path, png_bytes, sha, sidecar_path
+from conftest import blob_path, land_at_intents, png_bytes, sha, sidecar_path
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 HEADER = {"op": "header", "format": "lashctl-manifest", "version": 1}
@@ -79,6 +79,7 @@ def write_manifest(store: Path, events: list[dict], header: bool = True) -> None
     store.mkdir(parents=True, exist_ok=True)
     lines = ([HEADER] if header else []) + events
     manifest_file(store).write_text("".join(event_line(e) + "\n" for e in lines), "utf-8")
+    land_at_intents(store, events)
 
 
 def snapshot(root: Path) -> dict[str, object]:

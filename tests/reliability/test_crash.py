@@ -5,12 +5,15 @@ orphans and a ``commit`` of many ids, many trials (seeded delays) kill the
 process somewhere between start-up and exit. After every kill:
 
 - every file at a blob path hashes to its name, and every blob present has a
-  manifest row (write-ahead: bytes never land before their intent is durable,
-  and a row is never forgotten before its bytes are gone);
+  manifest row (write-ahead: bytes never land before their intent is durable),
+  except after a killed ``reclaim``, which forgets rows before it deletes
+  bytes: there no intent outlives its bytes, and bytes left without rows are
+  ``gc``'s to remove;
 - no committed blob is missing;
 - the manifest still reads (``list-uncommitted`` exits 0, at most a torn-tail
   warning);
-- rerunning the command finishes the job, and a second rerun changes nothing.
+- rerunning the command (for ``reclaim``: then ``gc``) finishes the job, and a
+  second rerun changes nothing.
 
 Default: a few dozen trials (well under a minute). ``LASHCTL_LONG_TESTS=1``:
 hundreds.
@@ -110,7 +113,7 @@ def manifest_reads(store: Path) -> None:
 
 def startup_seconds(scratch: Path) -> float:
     """How long lashctl takes to start and read an empty store (the dead zone for kills)."""
-    (scratch / "startup-probe").mkdir(exist_ok=True)
+    (scratch / "startup-probe" / "sha256").mkdir(parents=True, exist_ok=True)  # an empty store
     best = min(timed(["--store", str(scratch / "startup-probe"), "list-uncommitted"]) for _ in range(3))
     return best
 
@@ -252,13 +255,20 @@ def test_sigkill_during_reclaim(shm_path: Path, reclaim_template) -> None:
         midway += killed and (0 < left < len(orphans) or (left == 0 and len(fold_file(store / "manifest.jsonl")) > len(committed)))
         if not killed:
             assert rc == 0
-        check_store(store)
+        rows = check_store(store, unreferenced_ok=True)
+        for (session, attachment_id), row in rows.items():
+            # Rows go before bytes: no row the sweep would forget outlives its bytes.
+            assert row["committed_at_epoch_ms"] is not None or blob_path(store, attachment_id).is_file(), (
+                f"trial {trial}: the intent of {attachment_id} ({session}) survived its bytes")
         for attachment_id in committed:
             assert file_sha(blob_path(store, attachment_id)) == attachment_id, "a committed blob was lost"
         manifest_reads(store)
 
         first = run(args(store))
         assert first.returncode == 0, f"trial {trial}: rerun failed: {first.stderr.decode()}"
+        # Bytes whose rows a killed run forgot are gc's to remove.
+        swept = run(["--store", str(store), "-q", "gc", "--force", "--older-than", "0s"])
+        assert swept.returncode == 0, swept.stderr.decode()
         rows = check_store(store)
         assert keys_and_commits(rows) == expected_rows, f"trial {trial}: rows left after the rerun"
         present = set(blob_files(store))

@@ -20,6 +20,7 @@ absent rows, times going backwards).
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -89,6 +90,10 @@ class StoreModel(RuleBasedStateMachine):
         sources = [transfer.PutSource(name=f"input-{i}.bin", opener=(lambda b=CONTENTS[i]: io.BytesIO(b)), label=None)
                    for i in picks]
         results = list(transfer.put(self.store, sources, transfer.PutOptions(session)))
+        for i in picks:  # bytes as old as can be: the model's clock alone decides (freshness: test_sweep_steps)
+            for path in (self.store.blobs.blob_path(IDS[i]), self.store.blobs.sidecar_path(IDS[i])):
+                if path.exists():
+                    os.utime(path, (0, 0))
         assert [r.attachment_id for r in results] == [IDS[i] for i in picks]
         assert [r.byte_len for r in results] == [len(CONTENTS[i]) for i in picks]
         for i in picks:

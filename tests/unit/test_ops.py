@@ -21,7 +21,7 @@ from lashctl.backends.jsonl_log import Manifest, commit_event, intent_event
 from lashctl.sidecar import Metadata
 from lashctl.backends.localfs import BlobStore
 from lashctl.timefmt import now_ms
-from conftest import sha
+from conftest import land_at_intents, sha
 
 DAY = 86_400_000
 HEADER_LINE = b'{"op":"header","format":"lashctl-manifest","version":1}'
@@ -71,6 +71,7 @@ def add_blob(store: core.Store, data: bytes, label: str | None = None) -> str:
 def record(store: core.Store, *events: dict) -> None:
     with store.manifest.locked():
         store.manifest.append(list(events))
+    land_at_intents(store.root, events)
 
 
 def tree(root: Path) -> dict[str, object]:

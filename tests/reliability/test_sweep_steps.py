@@ -1,0 +1,206 @@
+"""The steps of each destructive command, and a crash in every gap between two.
+
+README, "Guarantees", lists each destructive command's steps. Whatever the
+gap a process dies in (a fault point kills it there with SIGKILL: see
+``lashctl/faults.py``), no later ``commit`` may succeed for bytes that are
+gone: a row's fate is made durable before its bytes are deleted, so a crash
+leaves at worst bytes without rows, which ``gc`` removes.
+
+Every test runs the installed command on every backend pairing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import sha
+
+from reliability_helpers import find_lashctl
+
+pytestmark = pytest.mark.e2e
+
+LASHCTL = find_lashctl()
+PAIRINGS = [("file", "jsonl"), ("file", "postgres"), ("s3", "jsonl"), ("s3", "postgres")]
+KILLED = -signal.SIGKILL
+
+
+class Lashctl:
+    """``lashctl --store … [--manifest …] ARGS`` in a subprocess."""
+
+    def __init__(self, tmp_path: Path, store: str, manifest: list[str]) -> None:
+        self.tmp_path, self.store, self.manifest = tmp_path, store, manifest
+
+    def __call__(self, *args: str, input: bytes = b"", fault: str | None = None,
+                 manifest: list[str] | None = None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
+        env.update(COLUMNS="80", NO_COLOR="1")
+        if fault is not None:
+            env["LASHCTL_FAULT"] = fault
+        given = self.manifest if manifest is None else manifest
+        return subprocess.run([LASHCTL, "--store", self.store, *given, *args], input=input,
+                              capture_output=True, env=env, timeout=120, cwd=self.tmp_path)
+
+    def ok(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        done = self(*args, **kwargs)
+        assert done.returncode == 0, (args, done.returncode, done.stderr.decode(errors="replace"))
+        return done
+
+    def put(self, session: str, *contents: bytes) -> list[str]:
+        paths = []
+        for data in contents:
+            path = self.tmp_path / f"in-{sha(data)[:12]}"
+            path.write_bytes(data)
+            paths.append(str(path))
+        return self.ok("-q", "put", "-s", session, *paths).stdout.decode().split()
+
+    def commits(self, session: str, ids: list[str]) -> dict[str, str]:
+        """Each id's commit status (``committed`` or ``no_intent`` ...)."""
+        done = self("--json", "commit", "-s", session, *ids)
+        assert done.returncode in (0, 3), done.stderr.decode(errors="replace")
+        return {item["id"]: item["status"] for item in json.loads(done.stdout)}
+
+    def present(self, attachment_id: str) -> bool:
+        out = self.tmp_path / "out"
+        done = self("get", attachment_id, "-o", str(out))
+        assert done.returncode in (0, 3), done.stderr.decode(errors="replace")
+        return done.returncode == 0
+
+
+@pytest.fixture(params=PAIRINGS, ids=lambda p: f"{p[0]}+{p[1]}")
+def lashctl(request, tmp_path) -> Lashctl:
+    blobs, manifest = request.param
+    if blobs == "file":
+        store = str(tmp_path / "store")
+    else:
+        import servers
+
+        servers.need("obstore", "the S3 pairings")
+        store = f"s3://{request.getfixturevalue('s3_bucket')}/lash"
+    if manifest == "jsonl":
+        given = [] if blobs == "file" else ["--manifest", str(tmp_path / "manifest.jsonl")]
+    else:
+        given = ["--manifest", request.getfixturevalue("pg_url")]
+    run = Lashctl(tmp_path, store, given)
+    if manifest == "postgres":
+        run.ok("manifest", "init")
+    return run
+
+
+def aged(lashctl: Lashctl) -> None:
+    """Let a second pass: ``--older-than 0s`` then finds every intent and
+    every object written so far at or before its cutoff."""
+    time.sleep(1.1)
+
+
+def assert_no_commit_stamps_lost_bytes(lashctl: Lashctl, session: str, ids: list[str]) -> None:
+    statuses = lashctl.commits(session, ids)
+    for attachment_id in ids:
+        if statuses[attachment_id] != "no_intent":
+            assert lashctl.present(attachment_id), (
+                f"commit of {attachment_id} said {statuses[attachment_id]} but its bytes are gone")
+
+
+# -- reclaim ---------------------------------------------------------------------
+@pytest.mark.parametrize("point", ["reclaim.forgotten", "reclaim.deleted"])
+def test_a_reclaim_killed_between_two_steps_leaves_no_row_of_lost_bytes(lashctl, point):
+    orphans = lashctl.put("s-orphan", b"orphan one\n", b"orphan two\n", b"orphan three\n")
+    [kept] = lashctl.put("s-live", b"committed bytes\n")
+    lashctl.ok("commit", "-s", "s-live", kept)
+    aged(lashctl)
+    killed = lashctl("reclaim", "--force", "--older-than", "0s", fault=point)
+    assert killed.returncode == KILLED, killed.stderr.decode(errors="replace")
+
+    assert lashctl.commits("s-orphan", orphans) == {i: "no_intent" for i in orphans}
+    if point == "reclaim.forgotten":
+        # The rows went first: the bytes are left without rows, for gc.
+        assert all(lashctl.present(i) for i in orphans)
+        rerun = lashctl.ok("--json", "reclaim", "--force", "--older-than", "0s")
+        assert json.loads(rerun.stdout)["items"] == []
+        lashctl.ok("gc", "--force", "--older-than", "0s")
+    assert not any(lashctl.present(i) for i in orphans)
+    assert lashctl.present(kept)
+    assert lashctl.commits("s-live", [kept]) == {kept: "already_committed"}
+
+
+def test_a_reclaim_that_cannot_forget_deletes_nothing(tmp_path, pg_url):
+    """A read-only PostgreSQL (a replica): the forget fails before any delete,
+    so exit 69's "nothing was lost, rerun" is true."""
+    run = Lashctl(tmp_path, str(tmp_path / "store"), ["--manifest", pg_url])
+    run.ok("manifest", "init")
+    orphans = run.put("s", b"first orphan\n", b"second orphan\n")
+    aged(run)
+    sep = "&" if "?" in pg_url else "?"
+    read_only = pg_url + sep + "options=-c%20default_transaction_read_only%3Don"
+    done = run("reclaim", "--force", "--older-than", "0s", manifest=["--manifest", read_only])
+    assert done.returncode == 69, done.stderr.decode(errors="replace")
+    assert all(run.present(i) for i in orphans)
+    assert_no_commit_stamps_lost_bytes(run, "s", orphans)
+
+
+# -- clock behind ----------------------------------------------------------------
+def test_reclaim_spares_bytes_written_within_the_grace_whatever_the_intent_time(lashctl, tmp_path):
+    """A writer whose clock is days behind stamps an intent that looks aged:
+    its bytes, just written, are spared and its row kept for the commit."""
+    [attachment_id] = lashctl.put("s", b"bytes put just now\n")
+    _age_intent(lashctl, attachment_id, "s", days=3)
+    done = lashctl.ok("--json", "reclaim")
+    items = json.loads(done.stdout)["items"]
+    assert [(i["id"], i["action"]) for i in items] == [(attachment_id, "spared")]
+    assert "written after the cutoff" in done.stderr.decode()
+    assert lashctl.commits("s", [attachment_id]) == {attachment_id: "committed"}
+    assert lashctl.present(attachment_id)
+
+
+def _age_intent(lashctl: Lashctl, attachment_id: str, session: str, days: int) -> None:
+    """Move one intent's time back, as a writer with a slow clock would have written it."""
+    then = int(time.time() * 1000) - days * 86_400_000
+    if lashctl.manifest and lashctl.manifest[1].startswith("postgres"):
+        import psycopg
+
+        with psycopg.connect(lashctl.manifest[1], autocommit=True) as conn:
+            conn.execute("UPDATE lash_attachment_manifest SET intent_at_ms = %s "
+                         "WHERE attachment_id = %s AND session_id = %s", (then, attachment_id, session))
+        return
+    path = Path(lashctl.manifest[1]) if lashctl.manifest else Path(lashctl.store) / "manifest.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    out = []
+    for line in lines:
+        event = json.loads(line)
+        if event.get("op") == "intent" and event.get("attachment_id") == attachment_id:
+            event["intent_at_epoch_ms"] = then
+            line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+        out.append(line)
+    path.write_bytes(b"".join(out))
+
+
+# -- delete ----------------------------------------------------------------------
+@pytest.mark.parametrize("point", [None, "delete.forgotten", "delete.deleted"])
+def test_delete_force_forgets_the_intents_before_the_bytes(lashctl, point):
+    [attachment_id] = lashctl.put("s", b"abusive bytes\n")
+    done = lashctl("delete", "--force", attachment_id, fault=point)
+    assert done.returncode == (KILLED if point else 0), done.stderr.decode(errors="replace")
+    assert lashctl.commits("s", [attachment_id]) == {attachment_id: "no_intent"}
+    if point != "delete.forgotten":
+        assert not lashctl.present(attachment_id)
+
+
+# -- verify --fix ----------------------------------------------------------------
+@pytest.mark.parametrize("point", [None, "verify.forgotten"])
+def test_verify_fix_forgets_the_intents_of_what_it_quarantines(tmp_path, point):
+    run = Lashctl(tmp_path, str(tmp_path / "store"), [])
+    [attachment_id] = run.put("s", b"bytes that will rot\n")
+    path = tmp_path / "store" / "sha256" / attachment_id[:2] / attachment_id
+    path.chmod(0o644)
+    path.write_bytes(b"rotten\n")
+    done = run("verify", "--fix", fault=point)
+    assert done.returncode == (KILLED if point else 0), done.stderr.decode(errors="replace")
+    assert run.commits("s", [attachment_id]) == {attachment_id: "no_intent"}
+    if point:
+        assert run("verify", "--fix").returncode == 0
+    assert not path.exists()
