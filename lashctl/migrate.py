@@ -31,6 +31,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+from lashctl import faults
 from lashctl.backends.base import LAYOUT_SIDECARS
 from lashctl.core import Store, by_id
 from lashctl.errors import Corrupt, Denied, LashctlError, NotFound, Unavailable, UsageError
@@ -154,6 +155,7 @@ def migrate(
             if present:
                 report.blobs_seen += 1
                 ok = _migrate_blob(src, dest, attachment_id, dest_ids.has(attachment_id), report, dry_run=dry_run)
+                faults.point("migrate.copied")
                 if progress is not None:
                     progress(1)
                 if not ok:
@@ -313,6 +315,7 @@ def _flush_rows(dest: Store, rows: list[Row], report: MigrateReport, *, dry_run:
     events = [e for r in todo for e in row_events(r)]
     with dest.manifest.writing() as writer:
         writer.append(events)
+    faults.point("migrate.rows")
     report.rows_copied += len(todo)
     with dest.manifest.reading() as view:
         after = view.rows_for_keys([r.key for r in todo])
