@@ -179,7 +179,7 @@ class Reader(threading.Thread):
 
 def test_racing_puts_commits_sweeps_and_reads(shm_path: Path) -> None:
     store = shm_path / "store"
-    store.mkdir()  # the sweeper may start before the first put creates it
+    (store / "sha256").mkdir(parents=True)  # an empty store: the sweeper may start before the first put
     scratch = shm_path / "src"
     scratch.mkdir()
     rng = random.Random(SEED)
