@@ -108,7 +108,6 @@ def process_registry(value: str | None) -> str | None:
     return name
 
 
-
 def open_blobs(location):
     """The blob backend for a directory or an ``s3://`` URL."""
     text = str(location)

@@ -13,7 +13,7 @@ EPILOG = """Examples:
     lashctl delete -n 5f5d584c5857
     lashctl delete --force 5f5d584c5857 9a0b1c2d3e4f
 
-Exit codes: 0 deleted (or absent); 2 usage error; 5 a row for an id appeared while it was deleted (PostgreSQL); 4 refused: a manifest row references the id; 65 corrupt manifest; 75 manifest locked."""
+Exit codes: 0 deleted (or absent); 2 usage error; 4 refused: a manifest row references the id; 5 a row for an id appeared while it was deleted (PostgreSQL); 65 corrupt manifest; 75 manifest locked."""
 
 # One id asked for (a sweep.DeleteResult): deleted, or absent already.
 ITEM = (

@@ -46,10 +46,9 @@ def reclaim(
     cutoff) the aged rows are released and the bytes kept; otherwise bytes and
     sidecar are deleted, its rows forgotten first. Bytes written after the
     cutoff are spared, whatever the rows say. A blob that cannot be deleted
-    gives exit 5: refused before anything happened, its rows stay for the next
-    sweep; failed in the delete itself, its rows are gone already and gc
-    removes the bytes later. --dry-run takes no lock and reports exactly what
-    a real run would do.
+    gives exit 5 and keeps its rows for the next sweep (if its bytes may be
+    gone, its rows stay forgotten and gc removes what is left). --dry-run
+    takes no lock and reports exactly what a real run would do.
     """
     from lashctl import core, sweep
 
