@@ -148,9 +148,10 @@ def _fit_new_dir(name: str | Path, where: Path | str, dir_fd: int | None) -> Non
         os.close(fd)
 
 
-def make_dirs(path: Path | str) -> None:
-    """``os.makedirs(path, exist_ok=True)``, each directory it creates given
-    its place's owner (``fit_in``)."""
+def make_dirs(path: Path | str, mode: int = 0o755) -> None:
+    """``os.makedirs(path, mode, exist_ok=True)``, each directory it creates
+    (parents too) made with ``mode`` (the umask may narrow it, never widen
+    it) and given its place's owner (``fit_in``)."""
     path = Path(path)
     missing = []
     while not os.path.lexists(path) and path != path.parent:
@@ -158,7 +159,7 @@ def make_dirs(path: Path | str) -> None:
         path = path.parent
     for directory in reversed(missing):
         try:
-            os.mkdir(directory)
+            os.mkdir(directory, mode)
         except FileExistsError:
             continue  # a racing creator, or not a directory: the caller's open says which
         _fit_new_dir(directory, directory, None)

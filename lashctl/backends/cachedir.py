@@ -31,6 +31,8 @@ import os
 import stat
 from pathlib import Path
 
+from lashctl.fsutil import make_dirs
+
 ENV_CACHE_DIR = "LASHCTL_CACHE_DIR"
 JOURNAL_SUFFIX = ".appends"
 PATH_SUFFIX = ".path"  # which manifest a cache belongs to, so caches of deleted stores can go
@@ -107,7 +109,7 @@ def private_index_dir(index_file: Path) -> None:
     root = directory.parent
     if not os.path.lexists(root):
         try:
-            os.makedirs(root.parent, exist_ok=True)
+            make_dirs(root.parent)
         except OSError as exc:
             raise Unusable(f"cannot create cache directory {root}: {exc.strerror or exc}") from exc
         _mkdir_private(root)
