@@ -312,7 +312,8 @@ def output_to(dest: Path | str) -> Iterator[tuple[BinaryIO, str | None]]:
     destination is when it is a stream (``"a FIFO"``), else None.
 
     The destination is named by the user, so a symlink there is followed (as
-    ``cp`` and ``cat > PATH`` do). A regular file, or a new path, is replaced
+    ``cp`` and ``cat > PATH`` do), unless it dangles: that is refused, as
+    ``cp`` refuses it, rather than creating a file wherever it points. A regular file, or a new path, is replaced
     whole: written beside it under ``staging_name``, fsynced and renamed into
     place only when the block succeeds (removed otherwise), keeping the mode
     (and, as root, the owner) of the file it replaces (``fit_in``). Anything
@@ -387,14 +388,20 @@ def atomic_output(dest: Path | str) -> Iterator[BinaryIO]:
     """A file that appears at ``dest`` (through a symlink there: at the file
     it names) only whole: written beside it, fsynced, renamed into place;
     removed if the block fails. It keeps the mode (and, as root, the owner)
-    of the file it replaces (``fit_in``)."""
+    of the file it replaces (``fit_in``). A symlink that names nothing is
+    refused (UsageError): no file is created through one."""
     from lashctl.errors import UsageError
 
+    named = Path(dest)
     dest = Path(os.path.realpath(dest))  # the link stays; the file it names is replaced
     try:
         replaced = os.stat(dest)
     except FileNotFoundError:
         replaced = None
+        if os.path.islink(named):
+            # A link another user planted (in /tmp) would have the new file
+            # made wherever it points; cp refuses the same way.
+            raise UsageError(f"-o {named}: not writing through dangling symlink") from None
     except OSError as exc:
         raise StoreIOError.wrap("write to", dest, exc) from exc
     if replaced is not None and stat.S_ISDIR(replaced.st_mode):

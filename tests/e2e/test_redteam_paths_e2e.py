@@ -56,3 +56,32 @@ def test_migrate_under_umask_000_creates_no_writable_directory(tmp_path):
     made = [p for p in [tmp_path / "x", *(tmp_path / "x").rglob("*")] if p.is_dir()]
     assert dest in made
     assert [p for p in made if _wide(p)] == []
+
+
+# -- F2: a dangling symlink is not written through -------------------------------
+def test_get_onto_a_dangling_symlink_is_refused_and_creates_nothing(tmp_path):
+    store = tmp_path / "store"
+    attachment_id = _put(store)
+    (tmp_path / "elsewhere").mkdir()
+    target = tmp_path / "elsewhere" / "evil"
+    link = tmp_path / "report.txt"
+    link.symlink_to(target)
+    result = run(["--store", store, "get", attachment_id, "-o", link])
+    assert result.returncode == 2
+    assert one_line_error(result.stderr) == f"lashctl: error: -o {link}: not writing through dangling symlink"
+    assert not os.path.lexists(target)
+    assert os.readlink(link) == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "report.txt", "store"]
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_get_through_a_symlink_to_an_existing_file_still_writes_the_file(tmp_path):
+    store = tmp_path / "store"
+    attachment_id = _put(store)
+    target = tmp_path / "target"
+    target.write_bytes(b"old")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    result = run(["--store", store, "get", attachment_id, "-o", link])
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == DATA and os.readlink(link) == str(target)
