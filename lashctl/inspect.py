@@ -96,11 +96,11 @@ def show(store: Store, attachment_id: str, view, now: int) -> BlobReport:
         metadata=meta,
         sidecar_problem=problem,
         rows=rows,
-        verdict=_verdict(st is not None, rows, view, now),
+        verdict=_verdict(st is not None, rows, view, now, st.mtime_ms if st is not None else None),
     )
 
 
-def _verdict(present: bool, rows: list[Row], view, now: int) -> Verdict:
+def _verdict(present: bool, rows: list[Row], view, now: int, mtime_ms: int | None = None) -> Verdict:
     from lashctl.timefmt import in_future, iso_ms
 
     committed = [r for r in rows if r.committed]
@@ -118,6 +118,10 @@ def _verdict(present: bool, rows: list[Row], view, now: int) -> Verdict:
     cutoff = now - default_grace_ms()
     if aged_rows(rows, cutoff):
         live = live_reason(rows, cutoff, view)
+        if live is None and mtime_ms is not None and mtime_ms > cutoff:
+            return Verdict("kept", f"kept for now: its rows aged, but its bytes were written at {iso_ms(mtime_ms)}, "
+                                   f"within the {DEFAULT_GRACE} grace period (a writer's clock behind?); "
+                                   f"reclaimable after {iso_ms(mtime_ms + default_grace_ms())}")
         if live is None:
             return Verdict("orphan", f"orphan: would be reclaimed by a sweep with the default grace ({DEFAULT_GRACE})")
         if not any(r.intent_at_epoch_ms > cutoff for r in rows):
@@ -257,7 +261,8 @@ def stats(store: Store, view, now: int) -> Stats:
                 out.blob_bytes += st.size
                 out.blobs_by_state[kind] += 1
                 out.bytes_by_state[kind] += st.size
-                if aged_rows(rows, cutoff) and live_reason(rows, cutoff, view) is None:
+                if (aged_rows(rows, cutoff) and live_reason(rows, cutoff, view) is None
+                        and st.mtime_ms <= cutoff):  # bytes written since are spared, as reclaim does
                     out.orphans_reclaimable += 1
                     out.orphan_bytes_reclaimable += st.size
             for row in rows:

@@ -285,7 +285,7 @@ def _plan_batch(store: Store, view, chunk: Plan, cutoff: int, *,
         reason = live_reason(again[item.attachment_id], cutoff, view) if shared else None
         if reason is not None:  # a writer came back for it since the candidates were read
             item.action, item.reason = RELEASE, f"kept: {reason}"
-        elif st is not None and st.mtime_ms > cutoff:
+        elif _is_file(st) and st.mtime_ms > cutoff:
             # Its rows say aged, its bytes say recent: the writer's clock may be behind.
             item.action, item.reason, item.sessions = SPARED, SPARED_REASON, []
         else:

@@ -48,7 +48,7 @@ def land_at_intents(root, events) -> None:
             event = {"op": event.op, "attachment_id": event.attachment_id, "intent_at_epoch_ms": event.at_ms}
         if event.get("op") == "intent" and isinstance(event.get("intent_at_epoch_ms"), int):
             aid = event.get("attachment_id")
-            if isinstance(aid, str) and len(aid) == 64:
+            if isinstance(aid, str) and len(aid) == 64 and all(c in "0123456789abcdef" for c in aid):
                 first[aid] = min(first.get(aid, event["intent_at_epoch_ms"]), event["intent_at_epoch_ms"])
     for aid, at_ms in first.items():
         for path in (Path(blob_path(root, aid)), Path(sidecar_path(root, aid))):

@@ -23,7 +23,7 @@ ITEM = (
     Field("action", lambda i: i.action, Col("action", "fixed")),
     Field("byte_len", lambda i: i.byte_len, Col("size", "bytes", drop=2),
           cell=lambda i: i.byte_len if i.action == "reclaim" else None),
-    Field("sessions", lambda i: i.sessions, Col("sessions", drop=3), cell=lambda i: ", ".join(i.sessions)),
+    Field("sessions", lambda i: i.sessions, Col("sessions", drop=3), cell=lambda i: ", ".join(i.sessions) or None),
     Field("bytes_present", lambda i: i.bytes_present),
     Field("reason", lambda i: i.reason, Col("reason", drop=4, min_width=12), cell=lambda i: i.error or i.reason),
     Field("error", lambda i: i.error),

@@ -412,6 +412,8 @@ def verdicts(store: Path, inputs: Path) -> dict:
     [ids["lost_uncommitted"]] = put(store, inputs, "delta", {"lu.txt": b"uncommitted and lost"})
     blob(store, ids["lost_uncommitted"]).unlink()
     ids["orphan"] = plant(store, b"an old orphan", "text/plain", "old.txt")
+    landed = (now - 2 * DAY) / 1000  # its bytes landed with its intent
+    os.utime(blob(store, ids["orphan"]), (landed, landed))
     ids["unmanaged"] = plant(store, b"nobody's", "text/plain", "n.txt")
     append_lines(manifest,
                  event("intent", ids["orphan"], "ghost", now - 2 * DAY),
@@ -608,6 +610,8 @@ def build_known(store: Path, inputs: Path) -> dict:
     put(store, inputs, "epsilon", {"lu.txt": data["lost_uncommitted"]})             # 9
     plant(store, data["orphan"], "text/plain", "o.txt")
     plant(store, data["unmanaged"], "text/plain", "n.txt")
+    landed = (now - 2 * DAY) / 1000  # the orphan's bytes landed with its intent
+    os.utime(blob(store, ids["orphan"]), (landed, landed))
     extra = sha(b"forgotten")
     append_lines(manifest,
                  event("intent", ids["orphan"], "ghost", now - 2 * DAY),           # 10

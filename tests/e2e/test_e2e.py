@@ -380,6 +380,10 @@ def test_reclaim_sweeps_aged_orphans_and_keeps_committed_content(store, inputs):
             if key in event:
                 event[key] -= 2 * DAY
     manifest.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events), "utf-8")
+    then = time.time() - 2 * DAY / 1000  # and their bytes with them
+    for path in (store / "sha256").rglob("*"):
+        if path.is_file():
+            os.utime(path, (then, then))
 
     proc = run("--store", str(store), "reclaim")  # the default 24h grace period
     assert_ok(proc)

@@ -226,3 +226,17 @@ def test_a_migration_killed_between_two_steps_leaves_no_row_without_bytes(tmp_pa
     assert all(dest.present(i) for i in ids)
     after = dest.commits("s", ids)
     assert after[ids[0]] == "already_committed" and after[ids[1]] in ("committed", "already_committed")
+
+
+def test_show_and_stats_agree_with_reclaim_on_bytes_written_after_the_cutoff(tmp_path):
+    run = Lashctl(tmp_path, str(tmp_path / "store"), [])
+    [attachment_id] = run.put("s", b"put by a writer whose clock is behind\n")
+    _age_intent(run, attachment_id, "s", days=3)
+    shown = json.loads(run.ok("--json", "show", attachment_id).stdout)
+    assert shown["verdict"]["state"] == "kept", shown["verdict"]
+    assert "within the 24h grace period" in shown["verdict"]["reason"]
+    assert json.loads(run.ok("--json", "stats").stdout)["orphans_reclaimable"] == 0
+    dry = json.loads(run.ok("--json", "reclaim", "--dry-run").stdout)
+    assert dry["blobs_reclaimed"] == 0 and [i["action"] for i in dry["items"]] == ["spared"]
+    piped = run.ok("reclaim", "--dry-run").stdout.decode().rstrip("\n").split("\t")
+    assert piped[:4] == [attachment_id, "spared", "-", "-"]  # "-" for an empty field
