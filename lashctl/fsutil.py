@@ -20,6 +20,9 @@ from lashctl.errors import StoreIOError, UnsafePath
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 STAGING_SUFFIX = ".part"
+STANDARD_OUTPUT = "standard output"  # what output_to calls a destination that is fd 1's file
+STANDARD_ERROR = "standard error"
+_STANDARD_STREAMS = ((1, STANDARD_OUTPUT), (2, STANDARD_ERROR))
 NAME_MAX = 255  # bytes in one path component (Linux, every common file system)
 _RANDOM_BYTES = 6  # the staging name's random part: 12 hex digits
 
@@ -309,7 +312,9 @@ def write_file_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
 @contextmanager
 def output_to(dest: Path | str) -> Iterator[tuple[BinaryIO, str | None]]:
     """Where ``get -o`` writes: yields the handle to write to, and what the
-    destination is when it is a stream (``"a FIFO"``), else None.
+    destination is when it is a stream (``"a FIFO"``; ``STANDARD_OUTPUT`` or
+    ``STANDARD_ERROR`` when it is the file, pipe or terminal that this
+    process's fd 1 or 2 already writes to), else None.
 
     The destination is named by the user, so a symlink there is followed (as
     ``cp`` and ``cat > PATH`` do), unless it dangles: that is refused, as
@@ -350,7 +355,7 @@ def _open_stream(dest: Path) -> tuple[int, str] | None:
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"-o {dest} is a directory; give a file path")
     if stat.S_ISREG(st.st_mode):
-        for std, name in ((1, "standard output"), (2, "standard error")):
+        for std, name in _STANDARD_STREAMS:
             if _is_file_of(std, st):
                 return os.dup(std), name
         return None
@@ -360,11 +365,14 @@ def _open_stream(dest: Path) -> tuple[int, str] | None:
         return None  # gone: a new file is made the staged way
     except OSError as exc:
         raise StoreIOError.wrap("open", dest, exc) from exc
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):  # a regular file took its place meanwhile: replace that
+    opened = os.fstat(fd)
+    if stat.S_ISREG(opened.st_mode):  # a regular file took its place meanwhile: replace that
         os.close(fd)
         return None
-    return fd, describe_mode(mode)
+    for std, name in _STANDARD_STREAMS:  # /dev/stdout on a pipe or a terminal
+        if _is_file_of(std, opened):
+            return fd, name
+    return fd, describe_mode(opened.st_mode)
 
 
 def _is_file_of(fd: int, st: os.stat_result) -> bool:

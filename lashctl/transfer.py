@@ -284,14 +284,15 @@ def copy_verified(store: Store, attachment_id: str, out: BinaryIO) -> int:
     return total
 
 
-def get_to_file(store: Store, attachment_id: str, dest: Path) -> int:
+def get_to_file(store: Store, attachment_id: str, dest: Path) -> tuple[int, str | None]:
     """Write a verified copy to ``dest`` (``fsutil.output_to``): a regular
     file is replaced via a staging file, so a failure leaves it as it was; a
     stream (a FIFO, a device) is written into, and a hash mismatch there
-    says that what went out cannot be taken back."""
+    says that what went out cannot be taken back. Returns the bytes written
+    and what ``dest`` is when a stream (``fsutil.output_to``), else None."""
     with output_to(dest) as (handle, stream):
         try:
-            return copy_verified(store, attachment_id, handle)
+            return copy_verified(store, attachment_id, handle), stream
         except Corrupt as exc:
             if stream is None:
                 raise

@@ -36,6 +36,7 @@ def get(
     write binary data to a terminal unless -o - is given.
     """
     from lashctl import core, transfer
+    from lashctl.fsutil import STANDARD_ERROR, STANDARD_OUTPUT
 
     query = parse_id(attachment)
     state = app_state(ctx, json_flag)
@@ -56,7 +57,10 @@ def get(
         transfer.copy_verified(store, attachment_id, sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return
-    written = transfer.get_to_file(store, attachment_id, Path(output))
+    written, stream = transfer.get_to_file(store, attachment_id, Path(output))
+    if stream == STANDARD_OUTPUT:
+        return  # as for -o -: a report would land in the file the bytes went into
     if state.ui.json:
         state.ui.emit_json({"id": attachment_id, "path": output, "byte_len": written})
-    state.ui.info(f"wrote {human_bytes(written)} of {attachment_id} to {output}")
+    if stream != STANDARD_ERROR:
+        state.ui.info(f"wrote {human_bytes(written)} of {attachment_id} to {output}")

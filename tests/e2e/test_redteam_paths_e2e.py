@@ -85,3 +85,58 @@ def test_get_through_a_symlink_to_an_existing_file_still_writes_the_file(tmp_pat
     result = run(["--store", store, "get", attachment_id, "-o", link])
     assert result.returncode == 0, result.stderr
     assert target.read_bytes() == DATA and os.readlink(link) == str(target)
+
+
+# -- F9: the report never lands in the file the blob went into -------------------
+def test_json_get_to_dev_stdout_redirected_to_a_file_holds_the_blob_alone(tmp_path):
+    store = tmp_path / "store"
+    attachment_id = _put(store)
+    out = tmp_path / "out"
+    with open(out, "wb") as handle:
+        result = subprocess.run([find_lashctl(), "--json", "--store", str(store), "get", attachment_id,
+                                 "-o", "/dev/stdout"], stdout=handle, stderr=subprocess.PIPE, env=base_env())
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == DATA
+
+
+def test_json_get_to_the_file_stdout_appends_to_holds_the_blob_alone(tmp_path):
+    store = tmp_path / "store"
+    attachment_id = _put(store)
+    out = tmp_path / "out"
+    out.write_bytes(b"before\n")
+    with open(out, "ab") as handle:
+        result = subprocess.run([find_lashctl(), "--json", "--store", str(store), "get", attachment_id,
+                                 "-o", str(out)], stdout=handle, stderr=subprocess.PIPE, env=base_env())
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == b"before\n" + DATA
+
+
+def test_get_to_the_file_stderr_appends_to_holds_the_blob_alone(tmp_path):
+    """``-o log 2>> log``: the summary line would follow the bytes into the log."""
+    store = tmp_path / "store"
+    attachment_id = _put(store)
+    log = tmp_path / "log"
+    with open(log, "ab") as handle:
+        result = subprocess.run([find_lashctl(), "--store", str(store), "get", attachment_id, "-o", str(log)],
+                                stdout=subprocess.PIPE, stderr=handle, env=base_env())
+    assert (result.returncode, result.stdout) == (0, b"")
+    assert log.read_bytes() == DATA
+
+
+def test_json_get_to_dev_stdout_on_a_pipe_sends_the_blob_alone_as_dash_does(tmp_path):
+    store = tmp_path / "store"
+    attachment_id = _put(store)
+    dash = run(["--json", "--store", store, "get", attachment_id, "-o", "-"])
+    assert (dash.returncode, dash.stdout) == (0, DATA)
+    result = run(["--json", "--store", store, "get", attachment_id, "-o", "/dev/stdout"])
+    assert (result.returncode, result.stdout) == (0, DATA), result.stderr
+
+
+def test_json_get_to_another_file_still_reports(tmp_path):
+    store = tmp_path / "store"
+    attachment_id = _put(store)
+    dest = tmp_path / "dest"
+    result = run(["--json", "--store", store, "get", attachment_id, "-o", dest])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"id": attachment_id, "path": str(dest), "byte_len": len(DATA)}
+    assert dest.read_bytes() == DATA

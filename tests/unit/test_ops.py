@@ -616,7 +616,7 @@ def test_check_grace():
 def test_get_to_file_verifies_hash(store, tmp_path):
     aid = add_blob(store, b"original")
     dest = tmp_path / "out.bin"
-    assert transfer.get_to_file(store, aid, dest) == 8
+    assert transfer.get_to_file(store, aid, dest) == (8, None)
     assert dest.read_bytes() == b"original"
     # Same size, different bytes: a mismatch is corruption, and no output is left.
     blob = store.blobs.blob_path(aid)
