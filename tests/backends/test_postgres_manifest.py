@@ -633,7 +633,7 @@ def test_list_uncommitted_lists_every_good_row_and_reports_bad_ones_as_json_line
     complete (valid JSON) and the exit code 65, as for a malformed line of a
     JSON-lines manifest."""
     good = [f"{n:064x}" for n in range(2500)]
-    store.mkdir()
+    (store / "sha256").mkdir(parents=True)  # an empty store (a bare directory is not one)
     with psycopg.connect(manifest.url, autocommit=True) as conn:
         with conn.cursor().copy(f"COPY {TABLE} (attachment_id, session_id, canonical_uri, intent_at_ms)"
                                 " FROM STDIN") as copy:

@@ -248,7 +248,7 @@ def test_an_empty_listing_on_a_terminal_prints_no_table(tmp_path, args, words):
     run(["--store", store, "commit", "-s", "s", put.stdout.decode().strip()])
     if args == ["ls"]:
         store = tmp_path / "empty"
-        store.mkdir()
+        (store / "sha256").mkdir(parents=True)  # an empty store (a bare directory is not one)
     screen, err, code = run_tty(["--store", store, *args], 80)
     assert code == 0, err
     assert screen == "", f"a header-only table: {screen!r}"
