@@ -414,7 +414,8 @@ def main_options(
     write-ahead manifest of intents and commits.
 
     Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 refused, 5 partial,
-    65 corrupt data, 75 manifest locked.
+    65 corrupt data, 69 server unavailable, 75 manifest locked, 77 access
+    refused, 129/130/143 stopped by SIGHUP/Ctrl-C/SIGTERM.
     """
     store_named = store is not None
     store = _location(store) if store is not None else None

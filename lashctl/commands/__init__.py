@@ -1,4 +1,4 @@
-"""One module per command: parse, call the core (``lashctl.ops``), render.
+"""One module per command: parse, call the core (``transfer``, ``sweep``, ``inspect``, ``migrate``), render.
 
 Shared here: the state the global options leave in ``ctx.obj`` and the
 ``--json`` option every command also accepts after its name.
