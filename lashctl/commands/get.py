@@ -1,5 +1,6 @@
 """``lashctl get``: stream a blob out, verifying its hash as it flows."""
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -39,6 +40,9 @@ def get(
     from lashctl.fsutil import STANDARD_ERROR, STANDARD_OUTPUT
 
     query = parse_id(attachment)
+    if output is not None and output.endswith("/") and not os.path.isdir(output):
+        # Path() drops the slash: the blob would land in a file of that name.
+        raise UsageError(f"-o {output}: Not a directory")
     state = app_state(ctx, json_flag)
     store = state.store()
     if query.is_full:

@@ -140,3 +140,21 @@ def test_json_get_to_another_file_still_reports(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"id": attachment_id, "path": str(dest), "byte_len": len(DATA)}
     assert dest.read_bytes() == DATA
+
+
+# -- F14: a trailing slash names a directory -------------------------------------
+@pytest.mark.parametrize("existing", [False, True])
+def test_get_onto_a_path_with_a_trailing_slash_that_is_no_directory_is_a_usage_error(tmp_path, existing):
+    store = tmp_path / "store"
+    attachment_id = _put(store)
+    name = tmp_path / "newdir"
+    if existing:
+        name.write_bytes(b"keep")
+    result = run(["--store", store, "get", attachment_id, "-o", f"{name}/"])
+    assert result.returncode == 2
+    assert one_line_error(result.stderr) == f"lashctl: error: -o {name}/: Not a directory"
+    if existing:
+        assert name.read_bytes() == b"keep"
+    else:
+        assert not os.path.lexists(name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["store"] + (["newdir"] if existing else []))
