@@ -199,9 +199,12 @@ def _read_path_list(source: str, null: bool) -> list[str]:
         raise UsageError(f"cannot read --files-from {source}: {exc.strerror or exc}") from exc
     separator = b"\0" if null else b"\n"
     names = []
-    for raw in strip_bom(data).split(separator):
+    for line, raw in enumerate(strip_bom(data).split(separator), 1):
         if not null and raw.endswith(b"\r"):
             raw = raw[:-1]
+        if b"\0" in raw:  # no path holds one: most likely a -print0 list read without -0
+            raise UsageError(f"--files-from {source}, line {line}: a path holds a NUL byte "
+                             "(for a NUL-separated list, add -0)")
         if raw:
             name = raw.decode(sys.getfilesystemencoding(), "surrogateescape")
             names.append(os.path.join(os.curdir, name) if name == "-" else name)

@@ -158,3 +158,29 @@ def test_get_onto_a_path_with_a_trailing_slash_that_is_no_directory_is_a_usage_e
     else:
         assert not os.path.lexists(name)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["store"] + (["newdir"] if existing else []))
+
+
+# -- F10: a NUL byte in a newline-separated list -------------------------------
+@pytest.mark.parametrize("from_stdin", [False, True])
+def test_a_nul_byte_in_a_newline_separated_list_names_the_list_and_line(tmp_path, from_stdin):
+    store = tmp_path / "store"
+    (tmp_path / "a").write_bytes(b"a")
+    listing = b"a\na\0b\n"
+    source = "-"
+    if not from_stdin:
+        (tmp_path / "list").write_bytes(listing)
+        source = "list"
+    result = run(["--store", store, "put", "-s", "s", "--files-from", source],
+                 input=listing if from_stdin else None, cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line_error(result.stderr) == (
+        f"lashctl: error: --files-from {source}, line 2: a path holds a NUL byte "
+        "(for a NUL-separated list, add -0)")
+    assert not store.exists()
+
+
+def test_a_nul_byte_in_a_list_under_json_prints_the_failure_object(tmp_path):
+    (tmp_path / "list").write_bytes(b"a\0b\n")
+    result = run(["--json", "--store", tmp_path / "store", "put", "-s", "s", "--files-from", "list"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["exit_code"] == 2
