@@ -15,11 +15,26 @@ from other writers, and a control character in them is shown, never obeyed.
 from __future__ import annotations
 
 import re
+import os
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
 from lashctl.record import FrozenRecord
 from lashctl.text import escape_text
+
+
+def say(line: str) -> None:
+    """One line for people on stderr. A stderr that cannot take it (a full
+    disk under a cron log, a closed pipe) loses the line, never the exit
+    code: the data and the exit code are what scripts read."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        try:  # what is left in the buffer would fail again at exit
+            sys.stderr = open(os.devnull, "w")
+        except OSError:
+            pass
 
 
 class UI:
@@ -187,20 +202,20 @@ class UI:
     # -- stderr: people ------------------------------------------------------------
     def info(self, message: str) -> None:
         if not self.quiet:
-            print(escape_text(message), file=sys.stderr)
+            say(escape_text(message))
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            print(f"lashctl: warning: {escape_text(message)}", file=sys.stderr)
+            say(f"lashctl: warning: {escape_text(message)}")
 
     def note(self, message: str) -> None:
         """Detail only a -v run shows."""
         if self.verbose:
-            print(f"lashctl: note: {message}", file=sys.stderr)
+            say(f"lashctl: note: {message}")
 
     @staticmethod
     def error(message: str) -> None:
-        print(f"lashctl: error: {escape_text(message)}", file=sys.stderr)
+        say(f"lashctl: error: {escape_text(message)}")
 
     def progress(self, description: str, total: int | None, unit: str = "bytes") -> "ProgressBar":
         """A progress bar on stderr, only for a person watching a terminal.
