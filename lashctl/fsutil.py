@@ -232,14 +232,20 @@ def staging_prefix(name: str) -> str:
     so that ``<prefix><12 hex>.part`` fits NAME_MAX whatever its length:
     how a staging file beside ``name`` begins, and what a search for the
     litter it leaves matches."""
+    return f".{cut_name(name, NAME_MAX - len(b'..') - 2 * _RANDOM_BYTES - len(STAGING_SUFFIX))}."
+
+
+def cut_name(name: str, room: int) -> str:
+    """``name`` cut to at most ``room`` bytes, on a UTF-8 character boundary:
+    the part of a file name kept in a name built from it (a staging file, a
+    saved torn tail) so that the whole fits NAME_MAX."""
     raw = os.fsencode(name)
-    room = NAME_MAX - len(b"..") - 2 * _RANDOM_BYTES - len(STAGING_SUFFIX)
-    if len(raw) > room:
-        cut = room
-        while cut and raw[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: mid-character
-            cut -= 1
-        raw = raw[:cut]
-    return f".{os.fsdecode(raw)}."
+    if len(raw) <= room:
+        return name
+    cut = room
+    while cut and raw[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: mid-character
+        cut -= 1
+    return os.fsdecode(raw[:cut])
 
 
 def staging_name(name: str) -> str:
@@ -297,12 +303,13 @@ def install_bytes(data: bytes, stage_dir_fd: int, dest_dir_fd: int, name: str, s
         raise
 
 
-def write_file_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``path`` crash-atomically: stage beside it, fsync, rename, fsync the directory."""
+def write_file_atomic(path: Path, data: bytes, sync_dir: bool = True, widest: int | None = None) -> None:
+    """Write ``data`` to ``path`` crash-atomically: stage beside it, fsync, rename, fsync the directory.
+    The file is given the owner and mode ``install_bytes`` gives (no wider than ``widest``)."""
     path = Path(path)
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        install_bytes(data, dir_fd, dir_fd, path.name, path)
+        install_bytes(data, dir_fd, dir_fd, path.name, path, widest)
         if sync_dir:
             os.fsync(dir_fd)
     finally:

@@ -31,9 +31,11 @@ from typing import Callable, Iterable, Iterator
 from lashctl.backends import cachedir
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError, UnsafePath
 from lashctl.fsutil import (
+    NAME_MAX,
     READ_FLAGS,
     STAGING_SUFFIX,
     NotARegularFile,
+    cut_name,
     describe_mode,
     fit_in,
     fsync_dir,
@@ -67,7 +69,7 @@ Warn = Callable[[str], None]
 
 
 def _stderr_warn(message: str) -> None:
-    print(f"lashctl: warning: {escape_text(message)}", file=sys.stderr)
+    say(f"lashctl: warning: {escape_text(message)}")
 
 
 class ManifestState(Record):
@@ -580,19 +582,22 @@ class Manifest:
         tail = os.read(fd, size - line_start)
         if _parses(_strip_bom(tail) if line_start == 0 else tail):
             return size, b"\n"  # a complete event that only lacks its newline
-        saved = self._save_torn(tail)
+        saved = self._save_torn(tail, os.fstat(fd))
         self.warn(f"{self.path}: truncating a torn final line left by an interrupted append "
                   f"({len(tail)} bytes, saved to {saved})")
         os.ftruncate(fd, line_start)
         return line_start, b"" if line_start else encode_events([HEADER])
 
-    def _save_torn(self, tail: bytes) -> Path:
-        """Keep what a repair cuts, durably, beside the manifest: ``<manifest>.torn-<UTC time>``."""
+    def _save_torn(self, tail: bytes, manifest: os.stat_result) -> Path:
+        """Keep what a repair cuts, durably, beside the manifest and no wider
+        than it (it may hold what the manifest does): ``<manifest>.torn-<UTC
+        time>``, the manifest's name cut so that the whole fits NAME_MAX."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.path.with_name(f"{self.path.name}.torn-{stamp}")
+        name = cut_name(self.path.name, NAME_MAX - len(f".torn-{stamp}-{os.urandom(3).hex()}"))
+        target = self.path.with_name(f"{name}.torn-{stamp}")
         while os.path.lexists(target):  # two repairs within a second
-            target = self.path.with_name(f"{self.path.name}.torn-{stamp}-{os.urandom(3).hex()}")
-        write_file_atomic(target, tail)
+            target = self.path.with_name(f"{name}.torn-{stamp}-{os.urandom(3).hex()}")
+        write_file_atomic(target, tail, widest=stat.S_IMODE(manifest.st_mode))
         return target
 
     def compact(self, state: ManifestState, written: Callable[[bytes, int], None] | None = None) -> int:

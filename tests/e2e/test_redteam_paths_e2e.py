@@ -184,3 +184,39 @@ def test_a_nul_byte_in_a_list_under_json_prints_the_failure_object(tmp_path):
     result = run(["--json", "--store", tmp_path / "store", "put", "-s", "s", "--files-from", "list"], cwd=tmp_path)
     assert result.returncode == 2
     assert json.loads(result.stdout)["exit_code"] == 2
+
+
+# -- F7: the saved torn tail -------------------------------------------------------
+def _tear(manifest: Path) -> None:
+    with open(manifest, "ab") as handle:
+        handle.write(b'{"op":"intent","attachment_id":"secret')
+
+
+def test_a_saved_torn_tail_is_no_wider_than_its_manifest(tmp_path):
+    store = tmp_path / "store"
+    _put(store, b"a")
+    manifest = store / "manifest.jsonl"
+    os.chmod(manifest, 0o600)
+    _tear(manifest)
+    _put(store, b"b")
+    saved = sorted(store.glob("manifest.jsonl.torn-*"))
+    assert len(saved) == 1
+    assert saved[0].read_bytes() == b'{"op":"intent","attachment_id":"secret'
+    assert stat.S_IMODE(os.stat(saved[0]).st_mode) == 0o600
+
+
+def test_a_torn_tail_beside_a_manifest_with_a_long_name_is_saved_under_a_name_that_fits(tmp_path):
+    store = tmp_path / "store"
+    manifest = tmp_path / ("m" * 240)
+    args = ["--store", store, "--manifest", manifest]
+    result = run([*args, "put", "-s", "s", "-"], input=b"a")
+    assert result.returncode == 0, result.stderr
+    _tear(manifest)
+    result = run([*args, "put", "-s", "s", "-"], input=b"b")
+    assert result.returncode == 0, result.stderr
+    saved = [p for p in tmp_path.iterdir() if ".torn-" in p.name]
+    assert len(saved) == 1
+    assert len(os.fsencode(saved[0].name)) <= 255
+    assert saved[0].name.startswith("m" * 200) and saved[0].read_bytes().endswith(b"secret")
+    assert f"saved to {saved[0]}" in result.stderr.decode()
+    assert run([*args, "commit", "-s", "s", sha(b"a")]).returncode == 0
