@@ -84,7 +84,9 @@ def main(prog_name: str = "lashctl") -> None:
 
         line, code = interrupted(exc)
         if sys.stderr is not None:
-            sys.stderr.write(f"{line}\n")
+            from lashctl.text import say
+
+            say(line)
         raise SystemExit(code) from None
     finally:
         _restore_signals(replaced)

@@ -18,6 +18,7 @@ from lashctl import __version__, interrupted
 from lashctl.commands import ENV_DEBUG, ENV_LOCK_TIMEOUT, ENV_MANIFEST, ENV_PROCESS_REGISTRY, ENV_STORE, AppState
 from lashctl.errors import EXIT_FAILURE, EXIT_USAGE, LashctlError, UsageError
 from lashctl.render import UI
+from lashctl.text import say
 
 
 def _debugging(ctx_state: Optional[AppState]) -> bool:
@@ -170,7 +171,7 @@ class LashctlGroup(TyperGroup):
             return super().make_context(*args, **kwargs)
         except KeyboardInterrupt as exc:
             line, code = interrupted(exc)
-            print(line, file=sys.stderr)
+            say(line)
             raise SystemExit(code) from None  # not typer.Exit: completion parses outside Typer's handler
 
     def invoke(self, ctx: Any) -> Any:
@@ -186,7 +187,7 @@ class LashctlGroup(TyperGroup):
             # stages and renames, and staging files are removed on the way
             # out, so no file is left half-written; put says more.
             line, code = interrupted(exc)
-            print(line, file=sys.stderr)
+            say(line)
             raise typer.Exit(code)
         except LashctlError as exc:
             self._fail(ctx, exc.message, exc.exit_code, exc)

@@ -24,11 +24,9 @@ MAX_SESSION_LEN = 1024
 
 
 def _stderr_warn(message: str) -> None:
-    import sys
+    from lashctl.text import escape_text, say
 
-    from lashctl.text import escape_text
-
-    print(f"lashctl: warning: {escape_text(message)}", file=sys.stderr)
+    say(f"lashctl: warning: {escape_text(message)}")
 
 
 class Store:

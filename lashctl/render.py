@@ -15,26 +15,11 @@ from other writers, and a control character in them is shown, never obeyed.
 from __future__ import annotations
 
 import re
-import os
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
 from lashctl.record import FrozenRecord
-from lashctl.text import escape_text
-
-
-def say(line: str) -> None:
-    """One line for people on stderr. A stderr that cannot take it (a full
-    disk under a cron log, a closed pipe) loses the line, never the exit
-    code: the data and the exit code are what scripts read."""
-    try:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        try:  # what is left in the buffer would fail again at exit
-            sys.stderr = open(os.devnull, "w")
-        except OSError:
-            pass
+from lashctl.text import escape_text, say
 
 
 class UI:

@@ -22,8 +22,10 @@ _CONTROL_RANGES = (
     r"\u2028\u2029"  # line and paragraph separators
 )
 # The backslash is escaped too, so that a label spelling "\x1b" cannot pass
-# for an escaped control character.
-_ESCAPED_CLASS = f"[\\\\{_CONTROL_RANGES}]"
+# for an escaped control character. So are lone surrogates: the bytes 0x80-0xff
+# of a name that is not UTF-8 arrive as U+DC80-U+DCFF, and written out raw
+# 0x80-0x9f are C1 controls (0x9b a CSI) to a terminal.
+_ESCAPED_CLASS = f"[\\\\{_CONTROL_RANGES}\\ud800-\\udfff]"
 _SHORT = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 # Every character of the class is unprintable (str.isprintable), so printable
 # text, the common case, is decided in C and the patterns are compiled only
@@ -38,7 +40,8 @@ def has_control(text: str) -> bool:
 def escape_text(text: str) -> str:
     """``text`` with every control character (and the backslash) as a visible escape.
 
-    ``\\n``, ``\\t``, ``\\r``, ``\\\\``; ``\\xNN`` below U+0100; ``\\uNNNN`` above.
+    ``\\n``, ``\\t``, ``\\r``, ``\\\\``; ``\\xNN`` below U+0100 and for a byte
+    that was not UTF-8 (a lone surrogate U+DC80-U+DCFF); ``\\uNNNN`` above.
     Text without such characters comes back unchanged.
     """
     if text.isprintable() and "\\" not in text:
@@ -52,6 +55,8 @@ def _escape_one(match: re.Match[str]) -> str:
     if short is not None:
         return short
     code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape): shown as that byte
+        code -= 0xDC00
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
@@ -68,3 +73,21 @@ def loads_strict(text: str) -> object:
 
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON value")
+
+
+def say(line: str) -> None:
+    """One line for people on stderr. A stderr that cannot take it (a full
+    disk under a cron log, a closed pipe) loses the line, never the exit
+    code: the data and the exit code are what scripts read."""
+    import sys
+
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        import os
+
+        try:  # what is left in the buffer would fail again at exit
+            sys.stderr = open(os.devnull, "w")
+        except OSError:
+            pass
