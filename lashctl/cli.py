@@ -418,6 +418,7 @@ def main_options(
     65 corrupt data, 69 server unavailable, 75 manifest locked, 77 access
     refused, 129/130/143 stopped by SIGHUP/Ctrl-C/SIGTERM.
     """
+    empty_store, empty_manifest = store is not None and not store.strip(), manifest is not None and not manifest.strip()
     store_named = store is not None
     store = _location(store) if store is not None else None
     manifest = _location(manifest) if manifest is not None else None
@@ -433,6 +434,18 @@ def main_options(
         manifest_named=manifest is not None,
         process_registry=process_registry,
     )
+    _refuse_empty_locations(empty_store, empty_manifest)
+
+
+def _refuse_empty_locations(empty_store: bool, empty_manifest: bool) -> None:
+    """An empty location (``--store ''``, or ``LASHCTL_STORE=`` left unset in
+    a crontab) is a mistake, never the current directory or the default."""
+    for variable, option in ((ENV_STORE, "--store"), (ENV_MANIFEST, "--manifest")):
+        given = os.environ.get(variable)
+        if given is not None and not given.strip() and option not in sys.argv[1:]:
+            raise UsageError(f"{variable} is empty: name a store or manifest, or unset it")
+    if empty_store or empty_manifest:
+        raise UsageError(f"{'--store' if empty_store else '--manifest'} is empty: name a directory, file or URL")
 
 
 

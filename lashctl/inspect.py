@@ -339,7 +339,9 @@ def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = 
             view = stack.enter_context(store.manifest.sweeping() if fix else store.manifest.reading())
         except Corrupt as exc:
             problem = exc.message
-            if fix:
+            if fix and hasattr(store.manifest, "locked"):
+                # A JSON-lines log's lock still keeps writers off while blobs move;
+                # a database that cannot be read is only reported.
                 stack.enter_context(store.manifest.locked())
         if hasattr(view, "tolerant"):
             # A database manifest's bad row is one finding: the view skips it

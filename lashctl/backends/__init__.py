@@ -134,6 +134,10 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
 
     text = str(location) if location is not None else None
     if text is not None and is_postgres_url(text):
+        if text.partition("://")[2].partition("?")[0].count("@") > 1:
+            # libpq and lashctl would split it differently: part of the password could show.
+            raise UsageError("--manifest: the URL holds more than one '@' before its parameters: percent-encode "
+                             "an '@' in a user name or password as %40 (the URL is not shown: it may hold a password)")
         require_extra("psycopg", "postgres", "a postgresql:// manifest")
         from lashctl.backends.postgres import PostgresManifest
 

@@ -1,0 +1,68 @@
+"""Configuration and data faults a red team found: each one line and the
+documented exit code, never a traceback, a password or a guess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from reliability_helpers import base_env, find_lashctl
+
+pytestmark = pytest.mark.e2e
+
+
+def run(*args: str, cwd, input: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([find_lashctl(), *args], input=input, capture_output=True,
+                          env=env or base_env(), cwd=cwd, timeout=60)
+
+
+def test_a_raw_at_sign_in_a_postgresql_password_is_a_usage_error_showing_no_password(tmp_path):
+    (tmp_path / "store" / "sha256").mkdir(parents=True)
+    done = run("--store", "store", "--manifest", "postgresql://lash:se@cret@127.0.0.1:1/db", "ls", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.decode()
+    assert err.count("\n") == 1 and "%40" in err and "cret" not in err and "se@" not in err
+
+
+@pytest.mark.parametrize("option", ["--store", "--manifest"])
+def test_an_empty_location_is_a_usage_error(tmp_path, option):
+    done = run(option, "", "ls", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.decode().startswith(f"lashctl: error: {option} is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("variable", ["LASHCTL_STORE", "LASHCTL_MANIFEST"])
+def test_an_empty_location_variable_is_a_usage_error(tmp_path, variable):
+    done = run("reclaim", cwd=tmp_path, env=base_env(**{variable: ""}))
+    assert done.returncode == 2, done.stderr
+    assert f"{variable} is empty" in done.stderr.decode()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_commit_names_at_most_a_few_unknown_ids(tmp_path):
+    (tmp_path / "a").write_bytes(b"a\n")
+    assert run("--store", "s", "put", "-s", "s", "a", cwd=tmp_path).returncode == 0
+    ids = "\n".join(f"{n:064x}" for n in range(5000)).encode()
+    done = run("--store", "s", "commit", "-s", "s", "-", cwd=tmp_path, input=ids)
+    assert done.returncode == 3
+    err = done.stderr.decode()
+    assert err.count("\n") == 1 and len(err) < 2000, err[:300]
+    assert "5000 id(s) have no intent for session s" in err and "and 4990 more" in err
+    listed = json.loads(run("--store", "s", "--json", "commit", "-s", "s", "-", cwd=tmp_path, input=ids).stdout)
+    assert len(listed) == 5000  # the data keeps every id
+
+
+def test_verify_fix_on_a_postgresql_table_of_an_unsupported_version_is_exit_65(tmp_path, pg_url):
+    import psycopg
+
+    (tmp_path / "store" / "sha256").mkdir(parents=True)
+    assert run("--store", "store", "--manifest", pg_url, "manifest", "init", cwd=tmp_path).returncode == 0
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE lash_schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO lash_schema_versions VALUES ('lash-postgres-store', 99)")
+    done = run("--store", "store", "--manifest", pg_url, "verify", "--fix", cwd=tmp_path)
+    assert done.returncode == 65, done.stderr
+    assert b"Traceback" not in done.stderr and b"unexpected" not in done.stderr
