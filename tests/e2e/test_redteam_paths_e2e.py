@@ -220,3 +220,21 @@ def test_a_torn_tail_beside_a_manifest_with_a_long_name_is_saved_under_a_name_th
     assert saved[0].name.startswith("m" * 200) and saved[0].read_bytes().endswith(b"secret")
     assert f"saved to {saved[0]}" in result.stderr.decode()
     assert run([*args, "commit", "-s", "s", sha(b"a")]).returncode == 0
+
+
+# -- F13: raw bytes of a non-UTF-8 name never reach the terminal --------------------
+def test_bytes_0x80_to_0xff_of_a_file_name_are_shown_escaped(tmp_path):
+    store = tmp_path / "store"
+    attachment_id = _put(store)
+    shard = blob_path(store, attachment_id).parent
+    (shard / os.fsdecode(b"\x9b2J")).touch()
+    (shard / os.fsdecode(b"\xff\xa0x")).touch()
+    result = run(["--store", store, "verify"])
+    lines = result.stdout.splitlines()
+    assert any(line.endswith(rb"/\x9b2J") for line in (l.split(b"\t")[2] for l in lines)), result.stdout
+    assert any(line.endswith(rb"/\xff\xa0x") for line in (l.split(b"\t")[2] for l in lines)), result.stdout
+    assert not any(0x80 <= byte for byte in result.stdout + result.stderr)
+    dest = tmp_path / os.fsdecode(b"\x9b2J")
+    result = run(["--store", store, "get", attachment_id, "-o", dest])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode("ascii").endswith(f"to {tmp_path}/\\x9b2J\n")
