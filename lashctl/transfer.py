@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -22,7 +23,7 @@ from lashctl.fold import Event, Row
 from lashctl.fsutil import output_to
 from lashctl.ids import IdQuery
 from lashctl.record import Record
-from lashctl.timefmt import now_ms
+from lashctl.timefmt import MAX_EPOCH_MS, now_ms
 
 CHUNK = 1024 * 1024
 # A put batch shares one lock acquisition, one manifest fsync and one fsync
@@ -83,6 +84,24 @@ class PutResult(Record):
         self.deduplicated = deduplicated
 
 
+def clock_ms() -> int:
+    """Now, as a manifest row may record it: a clock before 1970 or past
+    9999 (a dead RTC battery, a faketime) is refused (exit 1), since every
+    reader refuses the row it would stamp as corrupt."""
+    now = now_ms()
+    if not 0 <= now <= MAX_EPOCH_MS:
+        raise LashctlError(f"the system clock reads {_clock_text(now)}, outside 1970-01-01..9999-12-31: "
+                           "refusing to stamp a manifest row with it")
+    return now
+
+
+def _clock_text(now: int) -> str:
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now // 1000))
+    except (OverflowError, OSError, ValueError):
+        return f"{now} ms from 1970"
+
+
 def check_put_sources(paths: list[str]) -> None:
     """Fail fast (exit 2) on inputs that cannot be read, before anything is written."""
     if paths.count("-") > 1:
@@ -115,6 +134,7 @@ def put(
     where an intent already records them.
     """
     validate_session(options.session)
+    clock_ms()
     explicit_type = (
         media.normalize_mime(options.media_type) if options.media_type is not None else None
     )
@@ -163,7 +183,7 @@ def _land_batch(
     with store.manifest.writing() as manifest:
         # Stamped once the lock is held: time spent waiting for it must not
         # come out of the intent's grace period.
-        at = now_ms()
+        at = clock_ms()
         manifest.append([Event.intent(s.attachment_id, options.session, at) for _, s in batch])
     metas = [_metadata_for(store, source, staged, options, explicit_type) for source, staged in batch]
     # Each blob lands after its sidecar: a put killed in between leaves a
@@ -420,9 +440,10 @@ def commit(store: Store, session: str, queries: list[IdQuery]) -> list[CommitRes
     fold ignores it).
     """
     validate_session(session)
+    clock_ms()
     precheck_prefixes(store, queries)
     with store.manifest.writing() as manifest, store.blobs.opened():
-        at = now_ms()
+        at = clock_ms()
         resolved: list[str | None] = []
         for query in queries:
             try:

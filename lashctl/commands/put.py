@@ -89,6 +89,7 @@ def put(
         ui.info(f"nothing to store: --files-from {files_from} listed no paths")
         return
     transfer.check_put_sources(inputs)
+    transfer.clock_ms()  # before the store is created
     sources = [transfer.PutSource.from_path(p, _stdin) for p in inputs]
     options = transfer.PutOptions(session, media_type, label, width, height)
     store = state.store(create=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -238,3 +239,38 @@ def test_bytes_0x80_to_0xff_of_a_file_name_are_shown_escaped(tmp_path):
     result = run(["--store", store, "get", attachment_id, "-o", dest])
     assert result.returncode == 0, result.stderr
     assert result.stderr.decode("ascii").endswith(f"to {tmp_path}/\\x9b2J\n")
+
+
+# -- F3: a clock outside 1970..9999 writes nothing ------------------------------------
+needs_faketime = pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime")
+CLOCK_ERROR = re.compile(r"lashctl: error: the system clock reads 1969-12-31T23:\d\d:\d\dZ, outside "
+                         r"1970-01-01\.\.9999-12-31: refusing to stamp a manifest row with it")
+
+
+def _before_1970(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(["faketime", "1969-12-31 23:00:00", find_lashctl(), *map(str, args)],
+                          input=b"b", capture_output=True, env=base_env(TZ="UTC"), timeout=60)
+
+
+@needs_faketime
+def test_put_and_commit_under_a_clock_before_1970_refuse_and_write_nothing(tmp_path):
+    store = tmp_path / "store"
+    attachment_id = _put(store, b"a")
+    manifest = store / "manifest.jsonl"
+    before = manifest.read_bytes()
+    blobs = sorted(p for p in store.rglob("*") if p.is_file() and p.name != "manifest.jsonl")
+    for args in (["put", "-s", "s", "-"], ["commit", "-s", "s", attachment_id]):
+        result = _before_1970("--store", store, *args)
+        assert result.returncode == 1
+        assert CLOCK_ERROR.fullmatch(one_line_error(result.stderr))
+        assert manifest.read_bytes() == before
+        assert sorted(p for p in store.rglob("*") if p.is_file() and p.name != "manifest.jsonl") == blobs
+    assert run(["--store", store, "commit", "-s", "s", attachment_id]).returncode == 0
+
+
+@needs_faketime
+def test_put_under_a_clock_before_1970_creates_no_store(tmp_path):
+    result = _before_1970("--store", tmp_path / "store", "put", "-s", "s", "-")
+    assert result.returncode == 1
+    assert CLOCK_ERROR.fullmatch(one_line_error(result.stderr))
+    assert list(tmp_path.iterdir()) == []
