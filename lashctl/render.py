@@ -290,7 +290,26 @@ def _dumps(document: Any, indent: int | None) -> str:
     except UnicodeEncodeError:
         # A file name that is not UTF-8: escape it rather than emit invalid JSON.
         text = json.dumps(document, indent=indent, ensure_ascii=True, separators=separators)
-    return text
+    return inert_json(text)
+
+
+# What a terminal obeys or hides inside a JSON string: DEL and C1 controls,
+# bidi marks and overrides, line and paragraph separators, zero-width and
+# other invisible format characters. JSON's own escapes keep the value exact.
+_OBEYED = "[\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]"
+_obeyed = None
+
+
+def inert_json(text: str) -> str:
+    """JSON text with every character a terminal would obey written as ``\\uXXXX``."""
+    global _obeyed
+    if text.isascii():
+        return text
+    if _obeyed is None:
+        import re
+
+        _obeyed = re.compile(_OBEYED)
+    return _obeyed.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _plain(cell: object) -> str:

@@ -7,7 +7,7 @@ import typer
 
 from lashctl.commands import DryRunFlag, JsonFlag, app_state, complete_id
 from lashctl.errors import Corrupt, UsageError
-from lashctl.render import Col
+from lashctl.render import Col, inert_json
 
 app = typer.Typer(
     name="manifest",
@@ -132,7 +132,7 @@ def log(
         if state.ui.json:
             matched.append({"line": lineno, "event": event})
         else:
-            state.ui.exact_line(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+            state.ui.exact_line(inert_json(json.dumps(event, separators=(",", ":"), ensure_ascii=False)))
     if state.ui.json:
         state.ui.emit_json(matched)
     if malformed:

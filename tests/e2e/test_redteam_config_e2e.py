@@ -66,3 +66,26 @@ def test_verify_fix_on_a_postgresql_table_of_an_unsupported_version_is_exit_65(t
     done = run("--store", "store", "--manifest", pg_url, "verify", "--fix", cwd=tmp_path)
     assert done.returncode == 65, done.stderr
     assert b"Traceback" not in done.stderr and b"unexpected" not in done.stderr
+
+
+def test_json_output_escapes_what_a_terminal_would_obey(tmp_path):
+    """C1 controls, bidi overrides, line separators and zero-width characters
+    from other writers reach stdout as \\uXXXX escapes: still the same JSON."""
+    (tmp_path / "a").write_bytes(b"a\n")
+    hostile = "s\u202eLIVE\u0085x\u2028y\u200bz"
+    done = run("--store", "s", "put", "-s", "s", "--label", "l\u202eabel", "a", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    attachment_id = done.stdout.decode().strip()
+    with open(tmp_path / "s" / "manifest.jsonl", "a", encoding="utf-8") as log:
+        log.write(json.dumps({"op": "intent", "attachment_id": attachment_id, "session_id": hostile,
+                              "canonical_uri": f"sha256:{attachment_id}", "intent_at_epoch_ms": 1_700_000_000_000},
+                             ensure_ascii=False) + "\n")
+    for args in (["--json", "show", attachment_id], ["--json", "list-uncommitted"], ["manifest", "log"],
+                 ["--json", "ls"]):
+        out = run("--store", "s", *args, cwd=tmp_path).stdout
+        text = out.decode("utf-8")
+        for char in ("\u202e", "\u0085", "\u2028", "\u200b"):
+            assert char not in text, (args, char)
+        assert "\\u202e" in text, args
+    shown = json.loads(run("--store", "s", "--json", "show", attachment_id, cwd=tmp_path).stdout)
+    assert hostile in json.dumps(shown, ensure_ascii=False)
