@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import land_at_intents
 
 from test_e2e import LASHCTL, assert_error, assert_ok, base_env, blob_path, id_lines, run, sha
 
@@ -76,6 +77,7 @@ def write_manifest(store: Path, events: list[dict]) -> None:
     (store / "manifest.jsonl").write_text(
         "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in [header, *events]), "utf-8"
     )
+    land_at_intents(store, events)
 
 
 def intent(attachment_id: str, session: str, at: int) -> dict:
