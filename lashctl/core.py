@@ -115,9 +115,24 @@ def validate_session(session: str | None) -> str:
     # shown to a person as it is.
     if has_control(session):
         raise UsageError(f"--session '{session}' contains control, bidi or line separator characters")
+    invisible = _format_character(session)
+    if invisible is not None:
+        # A byte-order mark or a zero-width space would make it another
+        # session that looks the same as one on every screen.
+        raise UsageError(f"--session contains an invisible format character (U+{ord(invisible):04X})")
     if not is_utf8_text(session):
         raise UsageError(f"--session '{session}' is not valid UTF-8")
     return session
+
+
+def _format_character(text: str) -> str | None:
+    """The first character of Unicode category Cf (format: zero-width, BOM,
+    bidi) in ``text``, or None."""
+    if text.isprintable():  # no Cf character is printable: the common case, decided in C
+        return None
+    import unicodedata
+
+    return next((char for char in text if unicodedata.category(char) == "Cf"), None)
 
 
 def session_filter(session: str | None) -> str | None:

@@ -274,3 +274,22 @@ def test_put_under_a_clock_before_1970_creates_no_store(tmp_path):
     assert result.returncode == 1
     assert CLOCK_ERROR.fullmatch(one_line_error(result.stderr))
     assert list(tmp_path.iterdir()) == []
+
+
+# -- F16: invisible format characters in a session id --------------------------------
+@pytest.mark.parametrize("session, shown", [("\ufeffs-1", "U+FEFF"), ("s\u200b1", "U+200B"),
+                                            ("s-1\u2060", "U+2060"), ("s\u200d1", "U+200D")])
+def test_a_session_id_with_an_invisible_format_character_is_refused(tmp_path, session, shown):
+    store = tmp_path / "store"
+    message = f"lashctl: error: --session contains an invisible format character ({shown})"
+    result = run(["--store", store, "put", "-s", session, "-"], input=b"a")
+    assert result.returncode == 2
+    assert one_line_error(result.stderr) == message
+    assert not store.exists()
+    result = run(["--store", store, "put", "-"], input=b"a", env=base_env(LASHCTL_SESSION=session))
+    assert result.returncode == 2
+    assert one_line_error(result.stderr) == message
+    attachment_id = _put(store, b"a")
+    result = run(["--store", store, "commit", "-s", session, attachment_id])
+    assert result.returncode == 2
+    assert one_line_error(result.stderr) == message
