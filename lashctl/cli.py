@@ -34,6 +34,7 @@ COMMANDS = {
     "delete": "delete",
     "list-uncommitted": "list_uncommitted",
     "commit": "commit",
+    "forget": "forget",
     "reclaim": "reclaim",
     "show": "show",
     "ls": "ls",

@@ -139,6 +139,46 @@ def _delete_in_order(store: Store, view, results: list[DeleteResult], rows: dict
             res.error = "a row for it appeared while it was being deleted: re-upload it"
 
 
+# -- forget --------------------------------------------------------------------
+@dataclass
+class ForgetItem:
+    """One row ``forget`` removed (or, in a dry run, would remove)."""
+
+    attachment_id: str
+    session_id: str
+    state: str  # committed | uncommitted
+    dry_run: bool
+
+
+def forget(store: Store, session: str, queries: list[IdQuery], *, dry_run: bool = False
+           ) -> tuple[list[ForgetItem], list[str]]:
+    """Remove one session's rows: every row of it, or those of the given ids.
+
+    Never touches bytes: a blob no row references any more is for ``reclaim``
+    (its other sessions' aged intents) or ``gc`` to judge. Returns the rows
+    forgotten, in id order, and the ids asked for that the session has no
+    row for. Held under the sweep lock, appended in batches.
+    """
+    if not dry_run:
+        precheck_prefixes(store, queries)
+    with store.exclusive(dry_run=dry_run) as view:
+        if queries:
+            ids = list(dict.fromkeys(resolve_ids(store, queries, view)))
+            found = confirmed_rows(view, ids)
+            rows = [r for i in ids for r in found[i] if r.session_id == session]
+            missing = [i for i in ids if not any(r.session_id == session for r in found[i])]
+        else:
+            rows = [r for group in view.rows_by_id() for r in group if r.session_id == session]
+            missing = []
+        rows.sort(key=lambda r: r.attachment_id)
+        items = [ForgetItem(r.attachment_id, session, "committed" if r.committed else "uncommitted", dry_run)
+                 for r in rows]
+        if not dry_run:
+            for start in range(0, len(rows), 10 * SWEEP_BATCH):
+                view.append([Event.forget(r.attachment_id, session) for r in rows[start:start + 10 * SWEEP_BATCH]])
+    return items, missing
+
+
 # -- reclaim -------------------------------------------------------------------
 ORPHAN, ORPHAN_GONE = "orphan: no live row", "orphan: no live row; bytes already gone"  # one string each, shared
 
