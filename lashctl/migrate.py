@@ -74,6 +74,7 @@ class MigrateReport:
     rows_without_bytes: int = 0  # copied, but the source has no bytes for them either
     rows_differing: int = 0  # after the copy the destination's row still differs (it had its own)
     owners_dropped: int = 0  # rows whose owner (PostgreSQL) a manifest event cannot carry
+    copies_undated: int = 0  # copies the destination dates now (an object store): sweeps see them as new
     items: list[MigrateItem] = field(default_factory=list)
 
     @property
@@ -232,6 +233,7 @@ def _migrate_blob(src: Store, dest: Store, attachment_id: str, at_dest: bool, re
             report.blobs_copied += 1
             report.bytes_copied += _size(src, attachment_id)
             return True
+        source = src.blobs.stat(attachment_id)
         with src.blobs.open(attachment_id) as handle:
             staged = dest.blobs.stage(handle, src.blobs.where(attachment_id))
         try:
@@ -244,6 +246,10 @@ def _migrate_blob(src: Store, dest: Store, attachment_id: str, at_dest: bool, re
             if staged is not None:
                 dest.blobs.discard(staged)
         _copy_sidecar(src, dest, attachment_id, report)
+        # The copy keeps the original's age where it can: a sweep of the
+        # destination spares bytes written within its grace period.
+        if source is None or not dest.blobs.date_blob(attachment_id, source.mtime_ms):
+            report.copies_undated += 1
         dest.blobs.sync([attachment_id])  # the blob and its sidecar durable before any row
         digest, hashed = dest.blobs.hash(attachment_id)
         if digest != attachment_id:

@@ -109,6 +109,11 @@ class BlobBackend(Protocol):
     def stat(self, attachment_id: str, sidecar: bool = False) -> BlobStat | None:
         """The blob (or sidecar) object, None if absent; never follows a link."""
 
+    def date_blob(self, attachment_id: str, mtime_ms: int) -> bool:
+        """Set the blob's modification time (a migration keeps its source's, so
+        that sweeps judge a copy's age as the original's); whether the backend
+        could (an object store cannot: its objects are as new as their copy)."""
+
     def read_sidecar(self, attachment_id: str) -> "Metadata | None":
         """The sidecar, None if absent; Corrupt if it is not one."""
 

@@ -207,6 +207,15 @@ class BlobStore:
         st = self.entry_stat(attachment_id, SIDECAR_SUFFIX if sidecar else "")
         return None if st is None else neutral_stat(st)
 
+    def date_blob(self, attachment_id: str, mtime_ms: int) -> bool:
+        with self.opened():
+            shard = self._dir(self._shard_key(attachment_id))
+            if shard is None:
+                return False
+            ns = mtime_ms * 1_000_000
+            os.utime(attachment_id, ns=(ns, ns), dir_fd=shard, follow_symlinks=False)
+        return True
+
     def open(self, attachment_id: str) -> BinaryIO:
         return self.open_blob(attachment_id)
 

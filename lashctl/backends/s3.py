@@ -361,6 +361,9 @@ class S3Blobs:
         return True
 
     # -- stat and sidecars -----------------------------------------------------------
+    def date_blob(self, attachment_id: str, mtime_ms: int) -> bool:
+        return False  # LastModified is the copy's: S3 has no way to set it
+
     def stat(self, attachment_id: str, sidecar: bool = False) -> BlobStat | None:
         meta = self._head(self._key(attachment_id, sidecar))
         return None if meta is None else _stat_of(meta)

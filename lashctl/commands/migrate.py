@@ -44,7 +44,9 @@ def migrate(
     source lacks are copied as they are and listed. Rerun after an
     interruption: what is already there is verified and skipped.
     """
+    from lashctl import core
     from lashctl import migrate as core_migrate
+    from lashctl.timefmt import iso_ms, now_ms
     from lashctl.backends import is_s3_url, is_url
     from lashctl.core import Store
     from lashctl.errors import UsageError
@@ -63,6 +65,9 @@ def migrate(
         total = sum(1 for _ in src.blobs.iter_ids())
     with state.ui.progress("migrating", total, unit="blobs") as bar:
         report = core_migrate.migrate(src, dest, dry_run=dry_run, progress=bar.advance)
+    # Copies an object store dates now look just written to the destination's
+    # sweeps, which spare such bytes for a grace period (default 24h).
+    fresh_until = now_ms() + core.default_grace_ms() if report.copies_undated else None
     state.ui.records(
         [Col("id", "id"), Col("what", "fixed"), Col("problem", min_width=16)],
         [[i.attachment_id, i.what, i.message] for i in report.items],
@@ -85,6 +90,8 @@ def migrate(
             "rows_without_bytes": report.rows_without_bytes,
             "rows_differing": report.rows_differing,
             "owners_dropped": report.owners_dropped,
+            "copies_undated": report.copies_undated,
+            "copies_sweepable_after": iso_ms(fresh_until) if fresh_until is not None else None,
             "failures": [{"id": i.attachment_id, "what": i.what, "error": i.message} for i in report.failures],
             "notes": [{"id": i.attachment_id, "what": i.what, "message": i.message}
                       for i in report.items if not i.failed],
@@ -93,6 +100,9 @@ def migrate(
     if report.rows_differing:
         state.ui.warn(f"{report.rows_differing} row(s) at the destination still differ from the source: "
                       "it had rows of its own for those keys (a commit there is never overwritten)")
+    if fresh_until is not None:
+        state.ui.warn(f"{report.copies_undated} copied blob(s) are dated now at the destination (an object store "
+                      f"keeps no source time): its sweeps spare them, orphans included, until {iso_ms(fresh_until)}")
     if report.owners_dropped:
         state.ui.warn(f"{report.owners_dropped} uncommitted row(s) had an owner (turn or process) that "
                       "manifest events cannot carry: the destination's sweeps judge them by age alone")

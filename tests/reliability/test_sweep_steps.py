@@ -173,3 +173,27 @@ def test_show_and_stats_agree_with_reclaim_on_bytes_written_after_the_cutoff(tmp
     assert dry["blobs_reclaimed"] == 0 and [i["action"] for i in dry["items"]] == ["spared"]
     piped = run.ok("reclaim", "--dry-run").stdout.decode().rstrip("\n").split("\t")
     assert piped[:4] == [attachment_id, "spared", "-", "-"]  # "-" for an empty field
+
+
+def test_a_migration_to_a_directory_keeps_ages_and_to_s3_says_when_sweeps_can_reclaim(tmp_path, s3_bucket):
+    """A copy is as old as its original where the destination allows it (a
+    directory); an object store dates it now, and the report says until when
+    the destination's sweeps spare the copies."""
+    src = Lashctl(tmp_path, str(tmp_path / "src"), [])
+    [orphan] = src.put("s", b"an old orphan\n")
+    _age_intent(src, orphan, "s", days=3)
+    old = time.time() - 3 * 86_400
+    os.utime(tmp_path / "src" / "sha256" / orphan[:2] / orphan, (old, old))
+
+    local = Lashctl(tmp_path, str(tmp_path / "copy"), [])
+    src.ok("migrate", "--to-store", local.store)
+    assert abs((tmp_path / "copy" / "sha256" / orphan[:2] / orphan).stat().st_mtime - old) < 1
+    report = json.loads(src.ok("--json", "migrate", "--to-store", str(tmp_path / "copy2")).stdout)
+    assert report["copies_undated"] == 0 and report["copies_sweepable_after"] is None
+    assert [i["action"] for i in json.loads(local.ok("--json", "reclaim").stdout)["items"]] == ["reclaim"]
+
+    remote = f"s3://{s3_bucket}/copy"
+    done = src.ok("--json", "migrate", "--to-store", remote, "--to-manifest", str(tmp_path / "remote.jsonl"))
+    report = json.loads(done.stdout)
+    assert report["copies_undated"] == 1 and report["copies_sweepable_after"] is not None
+    assert "spare them, orphans included, until" in done.stderr.decode()
