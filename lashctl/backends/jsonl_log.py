@@ -22,7 +22,6 @@ import math
 import os
 import re
 import stat
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,7 +48,7 @@ from lashctl.fsutil import (
 from lashctl.fold import INTENT, Event, Row, step  # noqa: F401  (Row is part of this module's API)
 from lashctl.ids import is_utf8_text, is_valid_id
 from lashctl.record import Record
-from lashctl.text import escape_text, loads_strict  # noqa: F401  (loads_strict: part of this module's API)
+from lashctl.text import escape_text, loads_strict, say  # noqa: F401  (loads_strict: part of this module's API)
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
 
 FORMAT = "lashctl-manifest"

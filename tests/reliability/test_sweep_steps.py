@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import sha
 
 from pairings import KILLED, Lashctl, lashctl  # noqa: F401  (lashctl: a fixture)
 
