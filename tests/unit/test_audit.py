@@ -492,6 +492,7 @@ def verdict_store(store: Path):
     commit(s, "alpha", ids["committed"])
     ids["fresh"] = put(s, b"fresh upload", "fresh", "fresh.txt")
     ids["orphan"] = plant(store, b"an old orphan", "text/plain", "old.txt")
+    age(blob_path(store, ids["orphan"]), 2 * DAY)  # its bytes landed with its intent
     append_events(s, intent(ids["orphan"], "ghost", now - 2 * DAY))
     ids["shared"] = put(s, b"shared content", "beta", "shared.txt")
     commit(s, "beta", ids["shared"])
@@ -637,6 +638,7 @@ def build_known(root: Path) -> Known:
     commit(s, "alpha", ids["committed"])                                # line 3
     put(s, data["uncommitted"], "beta", "u.png")                        # line 4
     plant(root, data["orphan"], "text/plain", "o.txt")
+    age(blob_path(root, ids["orphan"]), 2 * DAY)  # its bytes landed with its intent
     append_events(s, intent(ids["orphan"], "ghost", now - 2 * DAY))     # line 5
     put(s, data["shared"], "gamma", "s.txt")                            # line 6
     commit(s, "gamma", ids["shared"])                                   # line 7
