@@ -43,6 +43,7 @@ COMMANDS = {
     "gc": "gc",
     "manifest": "manifest",
     "migrate": "migrate",
+    "init": "init",
 }
 
 

@@ -46,7 +46,8 @@ class Store:
 
         self.blobs = open_blobs(root)
         self.root = root
-        self._layout = layout  # None: detected on first use (README, "Two layouts")
+        self._layout = layout  # None: recorded or detected on first use (README, "Two layouts")
+        self._given_layout = layout
         self.manifest = open_manifest(manifest_path, self.blobs, lock_timeout=lock_timeout, warn=self._warn,
                                       note=self.note, process_registry=process_registry)
 
@@ -58,8 +59,13 @@ class Store:
         """``sidecars`` (lash-core 0.1.0-alpha.85 and lashctl write a sidecar
         beside every blob) or ``bare`` (later lash releases keep none)."""
         if self._layout is None:
-            self._layout = detect_layout(self.blobs)
+            self._layout = self.blobs.recorded_layout() or detect_layout(self.blobs)
         return self._layout
+
+    @property
+    def layout_given(self) -> bool:
+        """Whether the layout was named (``--layout``) rather than recorded or derived."""
+        return self._given_layout is not None
 
     def index(self):
         """The JSON-lines manifest's state cache, refreshed (tests and completion)."""
@@ -82,15 +88,17 @@ LAYOUT_PROBE = 8  # blobs looked at to tell a bare store from one with sidecars
 
 
 def detect_layout(blobs) -> str:
-    """A store whose first blobs (in id order) have no sidecar at all is
-    bare; anything else, an empty store included, keeps sidecars."""
+    """The layout of a store that records none: one whose first blobs (in id
+    order) have no sidecar at all, even a single one, is bare (lash writes
+    none, and lashctl must add none to its store); anything else, an empty
+    store included, keeps sidecars."""
     from itertools import islice
 
     from lashctl.backends.base import LAYOUT_BARE, LAYOUT_SIDECARS
 
     with blobs.opened():
         probe = list(islice(blobs.iter_ids(), LAYOUT_PROBE))
-        if len(probe) == LAYOUT_PROBE and all(blobs.stat(i, sidecar=True) is None for i in probe):
+        if probe and all(blobs.stat(i, sidecar=True) is None for i in probe):
             return LAYOUT_BARE
     return LAYOUT_SIDECARS
 

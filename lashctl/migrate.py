@@ -148,6 +148,8 @@ def migrate(
     dest_manifest_exists = dest.manifest.exists()
     if not dry_run:
         dest.blobs.ensure_writable_layout()
+        if dest.blobs.recorded_layout() is None:
+            dest.blobs.record_layout(dest.layout)
     pending: list[Row] = []
     with src.manifest.reading() as view, src.blobs.opened(), dest.blobs.opened():
         dest_ids = _Cursor(dest.blobs.iter_ids())
@@ -273,7 +275,7 @@ def _copy_sidecar(src: Store, dest: Store, attachment_id: str, report: MigrateRe
     def fail(message: str) -> None:
         report.items.append(MigrateItem(attachment_id, SIDECAR, message))
 
-    if dest.blobs.layout != LAYOUT_SIDECARS:
+    if dest.layout != LAYOUT_SIDECARS:
         return
     try:
         meta = src.blobs.read_sidecar(attachment_id)

@@ -27,6 +27,17 @@ FILE, SYMLINK, DIRECTORY, OTHER = "file", "symlink", "directory", "other"
 # Layouts (README, "Two layouts"): lash-core 0.1.0-alpha.85 writes a sidecar
 # beside every blob; later lash releases keep no sidecars.
 LAYOUT_SIDECARS, LAYOUT_BARE = "sidecars", "bare"
+LAYOUT_RECORD = "lashctl-layout"  # at the root (or prefix): "sidecars\n" or "bare\n"
+
+
+def parse_layout_record(data: bytes, where: str) -> str:
+    """The layout a record names; Corrupt for anything else."""
+    from lashctl.errors import Corrupt
+
+    text = data.decode("ascii", "replace").strip()
+    if text not in (LAYOUT_SIDECARS, LAYOUT_BARE):
+        raise Corrupt(f"{where} does not name a layout (sidecars or bare): fix or delete it")
+    return text
 
 
 class BlobStat(FrozenRecord):
@@ -108,6 +119,12 @@ class BlobBackend(Protocol):
 
     def stat(self, attachment_id: str, sidecar: bool = False) -> BlobStat | None:
         """The blob (or sidecar) object, None if absent; never follows a link."""
+
+    def recorded_layout(self) -> str | None:
+        """The layout recorded when the store was made (``lashctl init``), None if none is."""
+
+    def record_layout(self, layout: str) -> None:
+        """Record the store's layout (outside ``sha256/``, where lash never looks)."""
 
     def date_blob(self, attachment_id: str, mtime_ms: int) -> bool:
         """Set the blob's modification time (a migration keeps its source's, so

@@ -29,10 +29,12 @@ from typing import BinaryIO, Callable, Iterator
 from lashctl.backends.base import (
     DIRECTORY,
     FILE,
+    LAYOUT_RECORD,
     LAYOUT_SIDECARS,
     OTHER,
     SYMLINK,
     BlobStat,
+    parse_layout_record,
     Found,
     land_in_order,
 )
@@ -206,6 +208,30 @@ class BlobStore:
         UnsafePath for a shard that is a symlink or not a directory."""
         st = self.entry_stat(attachment_id, SIDECAR_SUFFIX if sidecar else "")
         return None if st is None else neutral_stat(st)
+
+    def recorded_layout(self) -> str | None:
+        with self.opened():
+            root = self._dir(ROOT)
+            if root is None:
+                return None
+            try:
+                fd = open_regular(LAYOUT_RECORD, dir_fd=root)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise StoreIOError.wrap("read", self.root / LAYOUT_RECORD, exc) from exc
+            try:
+                data = os.read(fd, 64)
+            finally:
+                os.close(fd)
+        return parse_layout_record(data, str(self.root / LAYOUT_RECORD))
+
+    def record_layout(self, layout: str) -> None:
+        with self.opened():
+            root = self._dir(ROOT, create=True)
+            assert root is not None
+            install_bytes(f"{layout}\n".encode(), root, root, LAYOUT_RECORD, self.root / LAYOUT_RECORD)
+            os.fsync(root)
 
     def date_blob(self, attachment_id: str, mtime_ms: int) -> bool:
         with self.opened():

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from lashctl.backends import require_extra, strip_password
 from lashctl.backends.base import (
+    LAYOUT_RECORD,
+    parse_layout_record,
     FILE,
     LAYOUT_SIDECARS,
     BlobStat,
@@ -361,6 +363,24 @@ class S3Blobs:
         return True
 
     # -- stat and sidecars -----------------------------------------------------------
+    def recorded_layout(self) -> str | None:
+        import obstore
+
+        key = self._base + LAYOUT_RECORD
+        try:
+            with self._errors("read", self._url(key)):
+                data = bytes(obstore.get(self._store, key).bytes())
+        except NotFound:
+            return None
+        return parse_layout_record(data, self._url(key))
+
+    def record_layout(self, layout: str) -> None:
+        import obstore
+
+        key = self._base + LAYOUT_RECORD
+        with self._errors("write", self._url(key)):
+            obstore.put(self._store, key, f"{layout}\n".encode(), use_multipart=False)
+
     def date_blob(self, attachment_id: str, mtime_ms: int) -> bool:
         return False  # LastModified is the copy's: S3 has no way to set it
 

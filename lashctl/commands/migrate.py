@@ -29,6 +29,12 @@ def migrate(
                      help="Destination manifest: a JSON-lines file or a postgresql:// URL "
                           "(default: <to-store>/manifest.jsonl; required for an s3:// destination)."),
     ] = None,
+    to_layout: Annotated[
+        Optional[str],
+        typer.Option("--to-layout", metavar="sidecars|bare",
+                     help="The destination's layout (default: what it records, else what its blobs show, "
+                          "else the source's)."),
+    ] = None,
     dry_run: DryRunFlag = False,
     json_flag: JsonFlag = False,
 ) -> None:
@@ -55,10 +61,13 @@ def migrate(
     if is_s3_url(to_store) and to_manifest is None:
         raise UsageError("an s3:// destination keeps no manifest of its own: name one with --to-manifest "
                          "(a file or a postgresql:// URL)")
+    if to_layout not in (None, "sidecars", "bare"):
+        raise UsageError(f"--to-layout '{to_layout}' is not one of sidecars, bare")
     src = state.store()
-    dest = Store(to_store if is_url(to_store) else _path(to_store),
-                 None if to_manifest is None else to_manifest if is_url(to_manifest) else _path(to_manifest),
-                 state.lock_timeout, warn=state.ui.warn, note=state.ui.note)
+    dest_root = to_store if is_url(to_store) else _path(to_store)
+    dest_manifest = None if to_manifest is None else to_manifest if is_url(to_manifest) else _path(to_manifest)
+    dest = Store(dest_root, dest_manifest, state.lock_timeout, warn=state.ui.warn, note=state.ui.note,
+                 layout=to_layout or _destination_layout(dest_root, src))
     core_migrate.check_distinct(src, dest)
     total = None
     if state.ui.wants_progress():
@@ -116,6 +125,24 @@ def migrate(
     )
     if report.failures:
         raise Partial(f"migrate finished with {len(report.failures)} failure(s); rerun to retry them")
+
+
+def _destination_layout(root, src) -> str:
+    """What the destination records, else what its blobs show, else the source's layout."""
+    from itertools import islice
+
+    from lashctl.backends import open_blobs
+    from lashctl.core import detect_layout
+
+    blobs = open_blobs(root)
+    if not blobs.exists():
+        return src.layout
+    recorded = blobs.recorded_layout()
+    if recorded is not None:
+        return recorded
+    with blobs.opened():
+        empty = not list(islice(blobs.iter_ids(), 1))
+    return src.layout if empty else detect_layout(blobs)
 
 
 def _path(text: str):
