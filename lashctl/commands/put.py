@@ -127,6 +127,23 @@ def put(
     total = human_bytes(sum(r.byte_len for r in landed))
     deduplicated = sum(r.deduplicated for r in landed)
     ui.info(f"stored {len(landed)} blob(s), {total} ({deduplicated} already present) for session {session}")
+    _warn_unreadable_sidecars(ui, store, landed)
+
+
+def _warn_unreadable_sidecars(ui, store, landed: list) -> None:
+    """A store recorded for lash-core 0.1.0-alpha.85 (``init --layout
+    sidecars``) is one that lash reads: its sidecar decoder knows only its five
+    image types, and fails on any other media type (README, "Two layouts")."""
+    from lashctl.backends.base import LAYOUT_SIDECARS
+    from lashctl.media import lash_image_type
+
+    if store.layout != LAYOUT_SIDECARS or store.layout_given:
+        return
+    others = sorted({r.media_type for r in landed if lash_image_type(r.media_type) is None})
+    if others and store.blobs.recorded_layout() == LAYOUT_SIDECARS:
+        ui.warn(f"lash-core 0.1.0-alpha.85 cannot read the sidecar of a {', '.join(others)} blob (it reads "
+                "png, jpeg, gif, webp and bmp only): the bytes are stored; a store lash reads as such "
+                "is made with 'init --layout bare'")
 
 
 def _stdin():
