@@ -184,6 +184,10 @@ class _ObjectReader(io.RawIOBase):
         super().close()
 
 
+class PlainHttp(UsageError):
+    """A plain-http endpoint that AWS_ALLOW_HTTP does not allow."""
+
+
 class S3Blobs:
     """Content-addressed blobs and their sidecars in an S3-compatible bucket.
 
@@ -276,6 +280,10 @@ class S3Blobs:
                            f"library refuses ({_first_line(exc)}); rename or delete that object")
         if isinstance(exc, oe.BaseError):
             endpoint = _endpoint_of(text)
+            if (endpoint or "").startswith("http://") and os.environ.get("AWS_ALLOW_HTTP", "").lower() != "true":
+                # obstore refuses plain http unless told, and says only "unknown error".
+                return PlainHttp(f"cannot {action} {where}: the endpoint {endpoint} is plain http; "
+                                 "set AWS_ALLOW_HTTP=true to allow it")
             kind = _HTTP_KIND.search(text)
             if status is not None:
                 reason = f"the server answered HTTP {status}" + (f" ({code})" if code else "")
@@ -358,6 +366,8 @@ class S3Blobs:
     def exists(self) -> bool:
         try:
             self._probe()
+        except PlainHttp:
+            raise  # the bucket may well exist: the endpoint was refused
         except UsageError:
             return False
         return True

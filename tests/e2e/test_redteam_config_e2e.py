@@ -89,3 +89,13 @@ def test_json_output_escapes_what_a_terminal_would_obey(tmp_path):
         assert "\\u202e" in text, args
     shown = json.loads(run("--store", "s", "--json", "show", attachment_id, cwd=tmp_path).stdout)
     assert hostile in json.dumps(shown, ensure_ascii=False)
+
+
+def test_a_plain_http_endpoint_without_allow_http_names_the_variable(tmp_path):
+    pytest.importorskip("obstore")
+    env = base_env(AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
+                   AWS_REGION="us-east-1")
+    env.pop("AWS_ALLOW_HTTP", None)
+    done = run("--store", "s3://bucket/p", "--manifest", "m.jsonl", "ls", cwd=tmp_path, env=env)
+    assert done.returncode == 2, done.stderr
+    assert b"AWS_ALLOW_HTTP=true" in done.stderr and done.stderr.count(b"\n") == 1
