@@ -52,7 +52,8 @@ def land_at_intents(root, events) -> None:
                 first[aid] = min(first.get(aid, event["intent_at_epoch_ms"]), event["intent_at_epoch_ms"])
     for aid, at_ms in first.items():
         for path in (Path(blob_path(root, aid)), Path(sidecar_path(root, aid))):
-            if path.is_file() and not path.is_symlink():
+            # Only ever older: bytes a test dated further back stay so.
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime_ns > at_ms * 1_000_000:
                 os.utime(path, ns=(at_ms * 1_000_000, at_ms * 1_000_000), follow_symlinks=False)
 
 
