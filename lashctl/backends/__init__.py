@@ -2,7 +2,8 @@
 
 A plain path is the local file system (blobs) or a JSON-lines log (manifest);
 ``s3://BUCKET/PREFIX`` is an S3-compatible object store; ``postgresql://…``
-(or ``postgres://…``) is lash's PostgreSQL manifest table. The modules of the
+(or ``postgres://…``) is lash's PostgreSQL manifest table; ``lash-sqlite:DIR``
+is the directory of lash's SQLite session databases. The modules of the
 remote backends, and the libraries they need, are imported only when a URL
 names them: local commands start as fast as before.
 """
@@ -13,6 +14,7 @@ from lashctl.errors import UsageError
 
 S3_SCHEMES = ("s3://",)
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+LASH_SQLITE_PREFIX = "lash-sqlite:"  # lash-sqlite:/path/to/sessions
 
 
 def is_s3_url(text: str) -> bool:
@@ -21,6 +23,10 @@ def is_s3_url(text: str) -> bool:
 
 def is_postgres_url(text: str) -> bool:
     return text.startswith(POSTGRES_SCHEMES)
+
+
+def is_lash_sqlite(text: str) -> bool:
+    return text.startswith(LASH_SQLITE_PREFIX)
 
 
 def is_url(text: str) -> bool:
@@ -79,9 +85,10 @@ MANIFEST_NAME = "manifest.jsonl"  # a local store's manifest, in its root
 
 # --process-registry (README, "Beyond one machine"): where lash's process
 # registry lives. ``table`` is lash's own table in the manifest's database;
-# values with a "/" are kept for a SQLite registry file.
+# a value with a "/" is lash's SQLite process registry file (lash-sqlite: manifests).
 PROCESS_REGISTRY_TABLE = "lash_processes"
-PROCESS_REGISTRY_FORMS = "table or table:[SCHEMA.]NAME (a table of the PostgreSQL manifest's database), or none"
+PROCESS_REGISTRY_FORMS = ("table or table:[SCHEMA.]NAME (a table of the PostgreSQL manifest's database), "
+                          "a PATH with a '/' (lash's SQLite process registry file), or none")
 _REGISTRY_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?"
 
 
@@ -94,11 +101,14 @@ def is_registry_table(name: str) -> bool:
 
 def process_registry(value: str | None) -> str | None:
     """The table ``--process-registry`` names (``table`` is ``lash_processes``),
-    or None (``none``, or not given): lash's process-owner rule is not applied
+    a file path (any value with a "/": lash's SQLite process registry), or
+    None (``none``, or not given): lash's process-owner rule is not applied
     and process-owned intents are kept, as an unwired lash keeps them.
     UsageError for any other value."""
     if value is None or value == "none":
         return None
+    if "/" in value:
+        return value
     if value == "table":
         return PROCESS_REGISTRY_TABLE
     kind, _, name = value.partition(":")
@@ -127,12 +137,23 @@ def open_blobs(location):
 
 def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, note=None,
                   process_registry: str | None = None):
-    """The manifest backend for a file or a ``postgresql://`` URL; None means
-    ``manifest.jsonl`` in a local store's root. ``process_registry`` is the
-    table ``process_registry()`` returned, for a PostgreSQL manifest only."""
+    """The manifest backend for a file, a ``postgresql://`` URL or a
+    ``lash-sqlite:DIR``; None means ``manifest.jsonl`` in a local store's
+    root. ``process_registry`` is what ``process_registry()`` returned: a
+    table for a PostgreSQL manifest, a file path for lash-sqlite."""
     from pathlib import Path
 
     text = str(location) if location is not None else None
+    if text is not None and is_lash_sqlite(text):
+        if process_registry is not None and "/" not in process_registry:
+            raise UsageError(f"--process-registry names a table of a PostgreSQL database; {text} is lash's SQLite "
+                             "session databases: give the path of lash's SQLite process registry file")
+        from lashctl.backends.lash_sqlite import LashSqliteManifest
+
+        return LashSqliteManifest(text, lock_timeout=lock_timeout, process_registry=process_registry)
+    if process_registry is not None and "/" in process_registry:
+        raise UsageError(f"--process-registry {process_registry} is a file, lash's SQLite process registry: "
+                         f"it goes with a {LASH_SQLITE_PREFIX}DIR manifest only")
     if text is not None and is_postgres_url(text):
         if text.partition("://")[2].partition("?")[0].count("@") > 1:
             # libpq and lashctl would split it differently: part of the password could show.
@@ -143,7 +164,7 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
 
         return PostgresManifest(text, lock_timeout=lock_timeout, process_registry=process_registry)
     if text is not None and is_url(text):
-        raise unknown_scheme(text, "--manifest", "a postgresql:// URL or a file path")
+        raise unknown_scheme(text, "--manifest", f"a postgresql:// URL, {LASH_SQLITE_PREFIX}DIR or a file path")
     if process_registry is not None:
         # A JSON-lines manifest has no owners: a registry named for it is a mistaken line.
         where = text if text is not None else f"{blobs.name}/{MANIFEST_NAME}"
@@ -201,7 +222,7 @@ def not_a_store(location, manifest=None) -> str | None:
     if not os.access(root, os.X_OK):
         return None
     markers = [os.path.join(root, OBJECTS_DIR), os.path.join(root, MANIFEST_NAME)]
-    if manifest is not None and not is_url(str(manifest)) \
+    if manifest is not None and not is_url(str(manifest)) and not is_lash_sqlite(str(manifest)) \
             and os.path.dirname(os.path.abspath(manifest)) == os.path.abspath(root):
         markers.append(str(manifest))
     return None if any(os.path.lexists(m) for m in markers) else EMPTY

@@ -2,7 +2,9 @@
 
 ``blobs`` is a ``BlobBackend`` (``local``: a BlobStore in tmp_path; ``s3``: an
 S3Blobs on a moto server). ``manifest`` is a ``ManifestBackend`` (``jsonl``: a
-JSON-lines file; ``postgres``: a fresh PostgreSQL database). The servers start
+JSON-lines file; ``postgres``: a fresh PostgreSQL database; ``lash-sqlite``: a
+sessions directory holding a lash session database for each session the tests
+use, since lashctl never creates one). The servers start
 only for the params that need them (``request.getfixturevalue``).
 
 A test reaches behind the protocol only through a ``Harness``: what it takes to
@@ -108,6 +110,8 @@ def blobs(blob_harness):
 
 # -- manifests ---------------------------------------------------------------------
 LOCK_TIMEOUT = 0.3  # seconds: a second sweep gives up quickly
+# The sessions of test_manifest_backend.py: a lash-sqlite manifest writes only to databases that exist.
+LASH_SQLITE_SESSIONS = ("S", "s0", "s1", "s2", "é", "s1 with space")
 
 
 def make_manifest(kind: str, request, tmp_path: Path, lock_timeout: float = LOCK_TIMEOUT):
@@ -116,6 +120,14 @@ def make_manifest(kind: str, request, tmp_path: Path, lock_timeout: float = LOCK
         from lashctl.backends.jsonl import JsonlManifest
 
         return JsonlManifest(tmp_path / "manifest.jsonl", lock_timeout=lock_timeout, warn=lambda _m: None)
+    if kind == "lash-sqlite":
+        from lash_sqlite_fixture import make_session_db
+
+        from lashctl.backends.lash_sqlite import LashSqliteManifest
+
+        for session in LASH_SQLITE_SESSIONS:
+            make_session_db(tmp_path / "sessions", session)
+        return LashSqliteManifest(f"lash-sqlite:{tmp_path / 'sessions'}", lock_timeout=lock_timeout)
     pytest.importorskip("psycopg")
     from lashctl.backends.postgres import PostgresManifest
 
@@ -124,12 +136,12 @@ def make_manifest(kind: str, request, tmp_path: Path, lock_timeout: float = LOCK
     return backend
 
 
-@pytest.fixture(params=["jsonl", "postgres"])
+@pytest.fixture(params=["jsonl", "postgres", "lash-sqlite"])
 def manifest_kind(request) -> str:
     return request.param
 
 
 @pytest.fixture
 def manifest(manifest_kind, request, tmp_path):
-    """A ManifestBackend (``jsonl`` or ``postgres``), empty and ready for writes."""
+    """A ManifestBackend (``jsonl``, ``postgres`` or ``lash-sqlite``), empty and ready for writes."""
     return make_manifest(manifest_kind, request, tmp_path)

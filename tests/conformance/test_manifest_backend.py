@@ -58,7 +58,7 @@ def fresh(manifest_kind, request, tmp_path):
     def new_file():
         directory = tmp_path / f"m{next(counter)}"
         directory.mkdir()
-        return make_manifest("jsonl", request, directory)
+        return make_manifest(manifest_kind, request, directory)
 
     return new_file
 
@@ -217,7 +217,8 @@ def test_a_reader_sees_the_rows_after_the_block(manifest):
 
 def test_an_error_in_a_writing_block(manifest, manifest_kind):
     """JSON-lines: each append is durable at once (nothing to roll back).
-    PostgreSQL: the block is one transaction, rolled back by an error."""
+    PostgreSQL: the block is one transaction, rolled back by an error; lash's
+    session databases: one per database touched, all rolled back."""
     a, b = IDS[1], IDS[2]
     write(manifest, [[Event.intent(a, "s1", 1)]])
     with pytest.raises(RuntimeError):
@@ -237,6 +238,8 @@ def test_a_second_sweep_times_out(manifest_kind, request, tmp_path):
     second = make_manifest(manifest_kind, request, tmp_path)  # another handle on the same manifest
     if manifest_kind == "postgres":
         second = type(first)(first.url, lock_timeout=0.3)
+    elif manifest_kind == "lash-sqlite":
+        second = type(first)(first.name, lock_timeout=0.3)
     else:
         second = type(first)(first.path, lock_timeout=0.3, warn=lambda _m: None)
     with first.sweeping():
@@ -254,6 +257,8 @@ def test_a_second_sweep_waits_for_the_first(manifest_kind, request, tmp_path):
     first = make_manifest(manifest_kind, request, tmp_path)
     if manifest_kind == "postgres":
         second = type(first)(first.url, lock_timeout=10)
+    elif manifest_kind == "lash-sqlite":
+        second = type(first)(first.name, lock_timeout=10)
     else:
         second = type(first)(first.path, lock_timeout=10, warn=lambda _m: None)
     held, release = threading.Event(), threading.Event()
