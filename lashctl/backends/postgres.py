@@ -67,7 +67,7 @@ from lashctl.backends import (
     strip_password,
 )
 from lashctl.backends.base import rendered_uncommitted, uncommitted_where
-from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Unavailable, UsageError
+from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Refused, Unavailable, UsageError
 from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
 from lashctl.ids import URI_SCHEME, is_utf8_text, is_valid_id
 from lashctl.timefmt import MAX_EPOCH_MS
@@ -204,6 +204,9 @@ def lock_key(qualified_table: str) -> int:
     """The advisory-lock key of sweeps on one table: a fixed signed 64-bit number."""
     digest = hashlib.sha256(f"lashctl sweep {qualified_table}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+CLOCK_SKEW_MS = 5 * 60_000  # how far ahead of the server's clock a sweeper's may be
 
 
 class PostgresManifest:
@@ -529,7 +532,13 @@ class PostgresManifest:
                             f"could not take the sweep lock on {TABLE} at {self.name} within "
                             f"{self.lock_timeout:g}s: another sweep holds it; retry later")
                     time.sleep(_LOCK_POLL_S)
+                ahead = time.time() * 1000 - conn.execute(
+                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::float8").fetchone()[0]
             try:
+                if ahead > CLOCK_SKEW_MS:
+                    # Ages are judged by this machine's clock: one ahead takes fresh uploads for aged ones.
+                    raise Refused(f"refusing to sweep: this machine's clock is {ahead / 60_000:.0f} minute(s) "
+                                  f"ahead of the PostgreSQL server's at {self.name}; fix the clock (NTP)")
                 yield PostgresView(self, conn, autocommit=True)
             finally:
                 if not conn.closed:

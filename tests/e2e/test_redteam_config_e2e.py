@@ -99,3 +99,21 @@ def test_a_plain_http_endpoint_without_allow_http_names_the_variable(tmp_path):
     done = run("--store", "s3://bucket/p", "--manifest", "m.jsonl", "ls", cwd=tmp_path, env=env)
     assert done.returncode == 2, done.stderr
     assert b"AWS_ALLOW_HTTP=true" in done.stderr and done.stderr.count(b"\n") == 1
+
+
+def test_a_sweep_refuses_a_local_clock_ahead_of_the_postgresql_servers(tmp_path, pg_url, monkeypatch):
+    """A sweeper whose clock runs days ahead would take fresh uploads for
+    aged ones: on PostgreSQL, the server's clock is there to compare with."""
+    import time
+
+    from lashctl import core, sweep
+    from lashctl.errors import Refused
+
+    store = core.Store(tmp_path / "store", pg_url)
+    store.manifest.init()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 2 * 86_400)
+    with pytest.raises(Refused, match="ahead of the PostgreSQL server"):
+        sweep.reclaim(store, int(time.time() * 1000) - 86_400_000)
+    monkeypatch.setattr(time, "time", real)
+    assert sweep.reclaim(store, int(time.time() * 1000) - 86_400_000).items == []
