@@ -421,6 +421,9 @@ def atomic_output(dest: Path | str) -> Iterator[BinaryIO]:
         raise StoreIOError.wrap("write to", dest, exc) from exc
     if replaced is not None and stat.S_ISDIR(replaced.st_mode):
         raise UsageError(f"-o {dest} is a directory; give a file path")
+    if replaced is not None and not os.access(dest, os.W_OK):
+        # The rename would replace a file this user may not write (cp and cat refuse it too).
+        raise StoreIOError.wrap("write to", dest, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
     tmp = dest.parent / staging_name(dest.name)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)

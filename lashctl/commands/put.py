@@ -131,19 +131,20 @@ def put(
 
 
 def _warn_unreadable_sidecars(ui, store, landed: list) -> None:
-    """A store recorded for lash-core 0.1.0-alpha.85 (``init --layout
-    sidecars``) is one that lash reads: its sidecar decoder knows only its five
-    image types, and fails on any other media type (README, "Two layouts")."""
+    """A put told ``--layout sidecars`` writes for lash-core 0.1.0-alpha.85,
+    whose sidecar decoder knows only its five image types and fails on any
+    other media type (README, "Two layouts"): the bytes are stored, and the
+    user is told."""
     from lashctl.backends.base import LAYOUT_SIDECARS
     from lashctl.media import lash_image_type
 
-    if store.layout != LAYOUT_SIDECARS or store.layout_given:
+    if store.layout != LAYOUT_SIDECARS or not store.layout_given:
         return
     others = sorted({r.media_type for r in landed if lash_image_type(r.media_type) is None})
-    if others and store.blobs.recorded_layout() == LAYOUT_SIDECARS:
+    if others:
         ui.warn(f"lash-core 0.1.0-alpha.85 cannot read the sidecar of a {', '.join(others)} blob (it reads "
-                "png, jpeg, gif, webp and bmp only): the bytes are stored; a store lash reads as such "
-                "is made with 'init --layout bare'")
+                "png, jpeg, gif, webp and bmp only): the bytes are stored; a store lash at its current "
+                "HEAD reads is made with 'init --layout bare'")
 
 
 def _stdin():

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import png_bytes
+
 from pairings import Lashctl
 
 pytestmark = pytest.mark.e2e
@@ -73,14 +75,28 @@ def test_migrate_to_layout_names_it_and_records_it(tmp_path):
     assert (tmp_path / "same" / "lashctl-layout").read_text() == "sidecars\n"
 
 
-def test_a_non_image_put_into_a_store_recorded_for_lash_alpha85_warns(tmp_path):
+def test_a_non_image_put_told_sidecars_warns(tmp_path):
     run = Lashctl(tmp_path, str(tmp_path / "store"), [])
     quiet = run.ok("put", "-s", "s", str(_file(tmp_path, "plain.txt", b"text\n")))
-    assert b"warning" not in quiet.stderr  # a store that records no layout: nothing to say
-    run.ok("init", "--layout", "sidecars")
-    done = run.ok("put", "-s", "s", str(_file(tmp_path, "doc.txt", b"more text\n")))
+    assert b"warning" not in quiet.stderr  # the layout was not named: nothing to say
+    assert (tmp_path / "store" / "lashctl-layout").read_text() == "sidecars\n"  # the first put made the store
+    done = run.ok("--layout", "sidecars", "put", "-s", "s", str(_file(tmp_path, "doc.txt", b"more text\n")))
     assert b"lash-core 0.1.0-alpha.85 cannot read the sidecar of a text/plain blob" in done.stderr
     assert len(sidecars(tmp_path / "store")) == 2  # stored all the same
+    png = run.ok("--layout", "sidecars", "put", "-s", "s", str(_file(tmp_path, "p.png", png_bytes(2, 2))))
+    assert b"warning" not in png.stderr
+
+
+def test_a_sidecar_a_lashctl_store_lost_is_rebuilt(tmp_path):
+    """A store lashctl made records its layout: one blob that lost its
+    sidecar is damage to repair, not a store lash writes."""
+    run = Lashctl(tmp_path, str(tmp_path / "store"), [])
+    [attachment_id] = run.put("s", b"one blob\n")
+    side = tmp_path / "store" / "sha256" / attachment_id[:2] / f"{attachment_id}.json"
+    side.unlink()
+    assert run("verify").returncode == 65
+    run.ok("verify", "--fix")
+    assert side.exists()
 
 
 def _file(where: Path, name: str, data: bytes) -> Path:

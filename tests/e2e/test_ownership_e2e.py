@@ -145,3 +145,25 @@ def test_root_on_another_users_store_leaves_everything_theirs(users_tree, manife
     assert user.returncode == 0, user.stderr
     assert _as_user(base, [*where, "manifest", "compact"]).returncode == 0
     assert _as_user(base, [*where, "verify", "--fix"]).returncode in (0, 65)
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to run as another user")
+def test_get_o_will_not_replace_a_file_its_user_may_not_write(users_tree):
+    """As ``cat > FILE`` and ``cp`` refuse a read-only file, so does ``get -o``:
+    its rename would replace what the user may not write."""
+    store, out = users_tree / "store", users_tree / "out"
+    (out / "in.txt").write_bytes(b"payload\n")
+    os.chown(out / "in.txt", USER, USER)
+    done = _as_user(users_tree, ["--store", store, "put", "-s", "s", out / "in.txt"])
+    assert done.returncode == 0, done.stderr
+    attachment_id = done.stdout.decode().strip()
+    kept = out / "kept.txt"
+    kept.write_bytes(b"the user's own read-only file\n")
+    os.chown(kept, USER, USER)
+    kept.chmod(0o444)
+    done = _as_user(users_tree, ["--store", store, "get", attachment_id, "-o", kept])
+    assert done.returncode == 1, done.stderr
+    assert b"Permission denied" in done.stderr and done.stderr.count(b"\n") == 1
+    assert kept.read_bytes() == b"the user's own read-only file\n"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
