@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from lashctl import media, sidecar
+from lashctl.backends import is_url
 from lashctl.backends.base import LAYOUT_SIDECARS, Staged
 from lashctl.core import Store, precheck_prefixes, resolve_id, validate_session
 from lashctl.errors import Corrupt, LashctlError, NotFound, StoreIOError, UsageError
@@ -140,6 +141,10 @@ def put(
     )
     batch: list[tuple[PutSource, Staged]] = []
     batch_bytes = 0
+    # A manifest no writer may append to stops the put before it makes the
+    # directories of a new store (an object store has none to make).
+    if not is_url(store.blobs.name) and not store.blobs.exists():
+        store.manifest.check_writable()
     with store.blobs.opened():
         store.blobs.ensure_writable_layout()
         # Decided before any blob lands: detected later, a first batch of 8 or

@@ -117,3 +117,11 @@ def test_a_sweep_refuses_a_local_clock_ahead_of_the_postgresql_servers(tmp_path,
         sweep.reclaim(store, int(time.time() * 1000) - 86_400_000)
     monkeypatch.setattr(time, "time", real)
     assert sweep.reclaim(store, int(time.time() * 1000) - 86_400_000).items == []
+
+
+def test_a_put_refused_by_its_manifest_makes_no_store(tmp_path):
+    (tmp_path / "a").write_bytes(b"a\n")
+    (tmp_path / "notman").write_bytes(b"garbage\n")
+    done = run("--store", "nst", "--manifest", "notman", "put", "-s", "s", "a", cwd=tmp_path)
+    assert done.returncode == 65, done.stderr
+    assert not (tmp_path / "nst").exists()
