@@ -187,6 +187,10 @@ class LashSqliteManifest:
         # lash's SQLite process registry file; None: process owners are never
         # proven dead, as in a lash whose host wired no registry.
         self.process_registry = process_registry
+        # Databases whose schema was found to be lash's, by (device, inode): a
+        # sweep's re-checks open every database again and need not ask again
+        # (lash replaces a database of another version, it never alters one).
+        self._checked: dict[str, tuple[tuple[int, int], set[str]]] = {}
 
     def __repr__(self) -> str:
         return f"LashSqliteManifest({self.name!r})"
@@ -247,6 +251,21 @@ class LashSqliteManifest:
                 out.append(os.path.join(self.directory, name))
         return sorted(out)
 
+    def known_schema(self, conn: sqlite3.Connection, schema: str, path: str) -> set[str] | None:
+        """``check_schema``, asked once per database file."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return self.check_schema(conn, schema, path)  # opening it said why, or will
+        identity = (st.st_dev, st.st_ino)
+        known = self._checked.get(path)
+        if known is not None and known[0] == identity:
+            return known[1]
+        tables = self.check_schema(conn, schema, path)
+        if tables is not None:
+            self._checked[path] = (identity, tables)
+        return tables
+
     def check_schema(self, conn: sqlite3.Connection, schema: str, path: str) -> set[str] | None:
         """The database's tables once its schema is lash's; None for a database
         lash has not initialised (no rows). Corrupt otherwise."""
@@ -279,7 +298,7 @@ class LashSqliteManifest:
         try:
             with self._errors(path):
                 conn.execute("BEGIN")
-                tables = self.check_schema(conn, "main", path)
+                tables = self.known_schema(conn, "main", path)
             yield (conn, tables) if tables is not None else None
         finally:
             conn.close()
@@ -326,6 +345,33 @@ class LashSqliteManifest:
         finally:
             conn.close()
         return found
+
+    def check_databases(self) -> "DatabaseCheck":
+        """Read every primary database (``manifest check``): what it holds and
+        every problem found, not only the first (a sweep stops at the first)."""
+        self._check_directory()
+        report = DatabaseCheck(self.directory)
+        report.skipped = sum(1 for name in os.listdir(self.directory)
+                             if name.endswith((".db", ".db-wal", ".db-shm")) and not is_primary_db_name(name))
+        for path in self.primaries():
+            report.databases += 1
+            try:
+                with self.reader(path) as opened:
+                    if opened is None:
+                        report.uninitialised += 1
+                        continue
+                    with self._errors(path):
+                        for values in opened[0].execute(f"SELECT {_COLS} FROM {TABLE}"):
+                            try:
+                                row = _row(values, path)
+                            except Corrupt as exc:
+                                report.problems.append(exc.message)
+                                continue
+                            report.rows += 1
+                            report.rows_committed += row.committed
+            except (Corrupt, LockTimeout) as exc:
+                report.problems.append(exc.message)
+        return report
 
     # -- the backend ---------------------------------------------------------------
     def exists(self) -> bool:
@@ -406,6 +452,19 @@ class LashSqliteManifest:
             os.close(fd)
 
 
+class DatabaseCheck:
+    """What ``check_databases`` found in a sessions directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.databases = 0  # primary session databases
+        self.uninitialised = 0  # of which lash has not created the tables yet
+        self.skipped = 0  # sidecar databases and WAL files, which lash skips too
+        self.rows = 0
+        self.rows_committed = 0
+        self.problems: list[str] = []
+
+
 class Snapshot:
     """Every primary database's rows (and turn commits), copied into one
     temporary database, each row with the index of the database it came from."""
@@ -435,7 +494,7 @@ class Snapshot:
             conn.execute("ATTACH DATABASE ? AS s", (_uri(path, "ro"),))
             try:
                 conn.execute("BEGIN")  # one read of the session database: its rows and turns agree
-                tables = backend.check_schema(conn, "s", path)
+                tables = backend.known_schema(conn, "s", path)
                 if tables is not None:
                     conn.execute(f"INSERT INTO rows SELECT {_COLS}, ? FROM s.{TABLE}", (index,))
                     if TURN_COMMITS in tables:

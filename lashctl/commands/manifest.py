@@ -11,7 +11,8 @@ from lashctl.render import Col, inert_json
 
 app = typer.Typer(
     name="manifest",
-    help="Inspect and maintain the manifest: check, log, compact (a JSON-lines file); init (a PostgreSQL table).",
+    help="Inspect and maintain the manifest: check, log, compact (a JSON-lines file); init (a PostgreSQL table); "
+         "check (lash's SQLite session databases).",
     no_args_is_help=True,
 )
 
@@ -32,6 +33,8 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     from lashctl.backends.jsonl_log import check as check_manifest
 
     state = app_state(ctx, json_flag)
+    if hasattr(state.store().manifest, "check_databases"):
+        return _check_databases(state)
     report = check_manifest(jsonl_only(state, "check").log)
     document = {
         "path": str(report.path),
@@ -64,6 +67,30 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
             state.ui.error(problem)
     if report.problems:
         raise Corrupt(f"{len(report.problems)} malformed line(s) in {report.path}")
+
+
+def _check_databases(state) -> None:
+    """``manifest check`` of lash's SQLite session databases: every one is
+    read; exit 65 if any cannot be, or holds a row lashctl cannot trust."""
+    manifest = state.store().manifest
+    report = manifest.check_databases()
+    document = {"manifest": manifest.name, "valid": not report.problems, "databases": report.databases,
+                "uninitialised": report.uninitialised, "skipped": report.skipped, "rows": report.rows,
+                "rows_committed": report.rows_committed, "rows_uncommitted": report.rows - report.rows_committed,
+                "problems": report.problems}
+    state.ui.records(
+        [Col("what"), Col("value", "path", min_width=20)],
+        [["sessions directory", report.directory], ["session databases", report.databases],
+         ["  not initialised", report.uninitialised], ["skipped (sidecars, WAL files)", report.skipped],
+         ["rows", report.rows], ["  committed", report.rows_committed],
+         ["  uncommitted", report.rows - report.rows_committed], ["problems", len(report.problems)]],
+        document,
+    )
+    if not state.ui.json:
+        for problem in report.problems:
+            state.ui.error(problem)
+    if report.problems:
+        raise Corrupt(f"{len(report.problems)} problem(s) in {manifest.name}")
 
 
 @app.command("log", epilog="""Examples:
@@ -164,8 +191,9 @@ def jsonl_only(state, what: str):
     """The store's manifest, refused (exit 2) unless it is a JSON-lines file."""
     store = state.store()
     if not hasattr(store.manifest, "log"):
-        raise UsageError(f"manifest {what} works on a JSON-lines manifest; {store.manifest.name} is a "
-                         "PostgreSQL table (query it with psql)")
+        kind = ("lash's SQLite session databases (query them with sqlite3)" if hasattr(store.manifest, "directory")
+                else "a PostgreSQL table (query it with psql)")
+        raise UsageError(f"manifest {what} works on a JSON-lines manifest; {store.manifest.name} is {kind}")
     return store.manifest
 
 

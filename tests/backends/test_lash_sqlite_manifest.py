@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import blob_path, sha
 from lash_sqlite_fixture import (
+    commit,
     intent,
     litter_beside,
     make_process_registry,
@@ -266,3 +267,54 @@ def test_process_registry_values(lash, tmp_path):
     jsonl = run(["--store", str(tmp_path / "plain"), "--process-registry", str(not_registry), "put", "-s", "s", "-"],
                 input=b"bytes")
     assert jsonl.returncode == 2 and "lash-sqlite:DIR" in one_line_error(jsonl.stderr)
+
+
+def test_manifest_check_reads_every_session_database(lash):
+    shared = lash.put(b"in two sessions", "alpha")
+    lash.put(b"in two sessions", "beta")
+    lash.ok("commit", "-s", "beta", shared)
+    report = json.loads(lash.ok("--json", "manifest", "check").stdout)
+    assert {k: report[k] for k in ("valid", "databases", "rows", "rows_committed", "problems")} == {
+        "valid": True, "databases": 3, "rows": 2, "rows_committed": 1, "problems": []}
+    assert report["skipped"] >= len(lash.litter)
+    lash.host.write_bytes(b"garbage, not SQLite\n" * 100)
+    result = lash.lashctl("manifest", "check")
+    assert result.returncode == 65
+    errors = [line for line in result.stderr.decode().splitlines() if line.startswith("lashctl: error:")]
+    assert errors == [f"lashctl: error: session database {lash.host} could not be opened or read: "
+                      "file is not a database",
+                      f"lashctl: error: 1 problem(s) in lash-sqlite:{lash.sessions}"]
+    refused = lash.lashctl("manifest", "log")
+    assert refused.returncode == 2 and "lash's SQLite session databases" in one_line_error(refused.stderr)
+
+
+def test_verify_reports_an_unreadable_session_database(lash):
+    attachment_id = lash.put(b"bytes", "alpha")
+    lash.beta.write_bytes(b"garbage, not SQLite\n" * 100)
+    result = lash.lashctl("--json", "verify")
+    assert result.returncode == 65, result.stderr.decode()
+    findings = json.loads(result.stdout)["findings"]
+    assert [(f["kind"], str(lash.beta) in f["message"]) for f in findings] == [("manifest-corrupt", True)]
+    assert blob_path(lash.root, attachment_id).exists()
+
+
+def test_a_sweep_rechecks_the_live_databases_not_its_snapshot(tmp_path):
+    from lashctl.backends.lash_sqlite import LashSqliteManifest
+    from lashctl.fold import Event
+
+    sessions = tmp_path / "sessions"
+    alpha = make_session_db(sessions, "alpha")
+    a = "a" * 64
+    intent(alpha, "alpha", a, 1000)
+    manifest = LashSqliteManifest(f"lash-sqlite:{sessions}", lock_timeout=5)
+    with manifest.sweeping() as sweep:
+        assert [g[0].attachment_id for g in sweep.aged(5000)] == [a]
+        commit(alpha, "alpha", a, 2000)  # lash commits while the sweep runs
+        gamma = make_session_db(sessions, "gamma")  # and opens a new session that takes the same bytes
+        intent(gamma, "gamma", a, 1500)
+        assert [(r.session_id, r.committed_at_epoch_ms) for r in sweep.rows_for_ids([a])[a]] == [
+            ("alpha", 2000), ("gamma", None)]
+        assert [r.session_id for g in sweep.aged(5000) for r in g] == ["alpha"]  # the snapshot, as planned
+        sweep.append([Event.forget(a, "alpha", until_ms=5000)])  # guarded: the commit keeps the row
+    assert rows(alpha) == [("alpha", a, 1000, 2000, None, None)]
+    assert rows(gamma) == [("gamma", a, 1500, None, None, None)]
