@@ -92,6 +92,9 @@ def blob_identity(store: Store) -> str:
 def manifest_identity(store: Store) -> str:
     manifest = store.manifest
     url = getattr(manifest, "url", None)
+    directory = getattr(manifest, "directory", None)  # lash's SQLite session databases
+    if directory is not None:
+        return "lash-sqlite:" + os.path.realpath(directory)
     if url is None:
         return "file:" + os.path.realpath(manifest.log.given_path)
     try:

@@ -646,7 +646,7 @@ class LashSqliteView:
         if snap is not None:
             found += [snap.paths[i] for (i,) in snap.conn.execute(
                 "SELECT DISTINCT db FROM rows WHERE session_id = ?", (session,))]
-        elif not found:
+        if not found:  # a host's own name: its session_meta says whose it is
             found = [p for p in self.backend.primaries() if self._names_session(p, session)]
         self._dbs[session] = out = sorted(set(found), key=lambda p: (p != named, p))
         return out

@@ -318,3 +318,19 @@ def test_a_sweep_rechecks_the_live_databases_not_its_snapshot(tmp_path):
         sweep.append([Event.forget(a, "alpha", until_ms=5000)])  # guarded: the commit keeps the row
     assert rows(alpha) == [("alpha", a, 1000, 2000, None, None)]
     assert rows(gamma) == [("gamma", a, 1500, None, None, None)]
+
+
+def test_a_commit_by_prefix_for_a_host_named_session_without_rows_is_not_found(lash):
+    attachment_id = lash.put(b"alpha's bytes", "alpha")
+    result = lash.lashctl("commit", "-s", "host session", attachment_id[:10])  # resolving reads every database
+    assert result.returncode == 3, result.stderr.decode()
+    assert rows(lash.host) == []
+
+
+def test_migrate_copies_rows_out_of_lashs_session_databases(lash, tmp_path):
+    shared = lash.put(b"in two sessions", "alpha")
+    lash.put(b"in two sessions", "beta")
+    lash.ok("commit", "-s", "alpha", shared)
+    lash.ok("migrate", "--to-store", str(tmp_path / "copy"))
+    copied = json.loads(run(["--store", str(tmp_path / "copy"), "--json", "ls"]).stdout)
+    assert [(e["id"], sorted(e["sessions"]), e["state"]) for e in copied] == [(shared, ["alpha", "beta"], "committed")]
