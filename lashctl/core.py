@@ -48,6 +48,9 @@ class Store:
         self.root = root
         self._layout = layout  # None: recorded or detected on first use (README, "Two layouts")
         self._given_layout = layout
+        # A manifest in the root (the default) makes the store lashctl's own;
+        # one kept elsewhere (lash's database, a named file) may serve lash's store.
+        self._own_manifest = manifest_path is None
         self.manifest = open_manifest(manifest_path, self.blobs, lock_timeout=lock_timeout, warn=self._warn,
                                       note=self.note, process_registry=process_registry)
 
@@ -59,7 +62,7 @@ class Store:
         """``sidecars`` (lash-core 0.1.0-alpha.85 and lashctl write a sidecar
         beside every blob) or ``bare`` (later lash releases keep none)."""
         if self._layout is None:
-            self._layout = self.blobs.recorded_layout() or detect_layout(self.blobs)
+            self._layout = self.blobs.recorded_layout() or detect_layout(self.blobs, own=self._own_manifest)
         return self._layout
 
     @property
@@ -87,18 +90,21 @@ class Store:
 LAYOUT_PROBE = 8  # blobs looked at to tell a bare store from one with sidecars
 
 
-def detect_layout(blobs) -> str:
-    """The layout of a store that records none: one whose first blobs (in id
-    order) have no sidecar at all, even a single one, is bare (lash writes
-    none, and lashctl must add none to its store); anything else, an empty
-    store included, keeps sidecars."""
+def detect_layout(blobs, own: bool = False) -> str:
+    """The layout of a store that records none. A store whose first blobs
+    (in id order) have no sidecar at all is bare: even a single blob, where
+    the manifest is kept elsewhere (lash's store: lashctl must add no sidecar
+    to it); eight of them where the store keeps its own manifest in its root
+    (``own``: lashctl's store, where fewer blobs without a sidecar are more
+    likely damage to repair). Anything else, an empty store included, keeps
+    sidecars."""
     from itertools import islice
 
     from lashctl.backends.base import LAYOUT_BARE, LAYOUT_SIDECARS
 
     with blobs.opened():
         probe = list(islice(blobs.iter_ids(), LAYOUT_PROBE))
-        if probe and all(blobs.stat(i, sidecar=True) is None for i in probe):
+        if len(probe) >= (LAYOUT_PROBE if own else 1) and all(blobs.stat(i, sidecar=True) is None for i in probe):
             return LAYOUT_BARE
     return LAYOUT_SIDECARS
 

@@ -151,19 +151,16 @@ def put(
         # more files would find its own blobs without sidecars and call an
         # empty store bare (writing no sidecar, then or ever after).
         _ = store.layout
-        # A store that records no layout and holds no blob is made by this
-        # put: its layout is written down with its first blob (README, "Two layouts").
-        making = [store.blobs.recorded_layout() is None and next(store.blobs.iter_ids(), None) is None]
         try:
             for source in sources:
                 staged = _stage_source(store, source, progress)
                 batch.append((source, staged))
                 batch_bytes += staged.byte_len
                 if len(batch) >= PUT_BATCH_FILES or batch_bytes >= PUT_BATCH_BYTES:
-                    yield from _land_batch(store, batch, options, explicit_type, making)
+                    yield from _land_batch(store, batch, options, explicit_type)
                     batch, batch_bytes = [], 0
             if batch:
-                yield from _land_batch(store, batch, options, explicit_type, making)
+                yield from _land_batch(store, batch, options, explicit_type)
                 batch = []
         finally:
             for _source, staged in batch:
@@ -187,7 +184,6 @@ def _land_batch(
     batch: list[tuple[PutSource, Staged]],
     options: PutOptions,
     explicit_type: str | None,
-    making: list[bool],
 ) -> Iterator[PutResult]:
     with store.manifest.writing() as manifest:
         # Stamped once the lock is held: time spent waiting for it must not
@@ -207,9 +203,6 @@ def _land_batch(
         first.setdefault(staged.attachment_id, n)
         last_meta[staged.attachment_id] = meta
     items = [(batch[n][1], last_meta[i] if sidecars else None) for i, n in first.items()]
-    if making[0]:
-        store.blobs.record_layout(store.layout)
-        making[0] = False
     landed = dict(zip(first, store.blobs.land(items)))
     results: list[PutResult] = []
     for n, ((source, staged), meta) in enumerate(zip(batch, metas)):

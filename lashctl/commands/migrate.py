@@ -67,7 +67,7 @@ def migrate(
     dest_root = to_store if is_url(to_store) else _path(to_store)
     dest_manifest = None if to_manifest is None else to_manifest if is_url(to_manifest) else _path(to_manifest)
     dest = Store(dest_root, dest_manifest, state.lock_timeout, warn=state.ui.warn, note=state.ui.note,
-                 layout=to_layout or _destination_layout(dest_root, src))
+                 layout=to_layout or _destination_layout(dest_root, src, own=dest_manifest is None))
     core_migrate.check_distinct(src, dest)
     total = None
     if state.ui.wants_progress():
@@ -127,7 +127,7 @@ def migrate(
         raise Partial(f"migrate finished with {len(report.failures)} failure(s); rerun to retry them")
 
 
-def _destination_layout(root, src) -> str:
+def _destination_layout(root, src, own: bool) -> str:
     """What the destination records, else what its blobs show, else the source's layout."""
     from itertools import islice
 
@@ -142,7 +142,7 @@ def _destination_layout(root, src) -> str:
         return recorded
     with blobs.opened():
         empty = not list(islice(blobs.iter_ids(), 1))
-    return src.layout if empty else detect_layout(blobs)
+    return src.layout if empty else detect_layout(blobs, own=own)
 
 
 def _path(text: str):
