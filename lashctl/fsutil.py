@@ -222,6 +222,16 @@ def replaced_file(name: str, dir_fd: int) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 else None
 
 
+def shared_file_mode(name: str, dir_fd: int) -> int | None:
+    """The mode of a regular file at ``name`` that ``replaced_file`` does not
+    take after (it has other hard links): what replaces it is no wider."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 else None
+
+
 def unique_suffix(nbytes: int = _RANDOM_BYTES) -> str:
     """Random hex for staging names (os.urandom: no import of ``secrets`` at start-up)."""
     return os.urandom(nbytes).hex()

@@ -52,6 +52,7 @@ from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store
     open_regular,
     read_into,
     replaced_file,
+    shared_file_mode,
     unique_suffix,
     unlink_quietly,
     write_all,
@@ -562,7 +563,8 @@ class BlobStore:
                         return True
                     fd = os.open(staged.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp)
                     try:
-                        fit_in(fd, shard, replaced_file(attachment_id, shard))
+                        fit_in(fd, shard, replaced_file(attachment_id, shard),
+                               shared_file_mode(attachment_id, shard))
                         os.fsync(fd)  # the bytes are durable before the name is
                     finally:
                         os.close(fd)

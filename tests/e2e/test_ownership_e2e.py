@@ -167,3 +167,18 @@ def test_get_o_will_not_replace_a_file_its_user_may_not_write(users_tree):
     assert b"Permission denied" in done.stderr and done.stderr.count(b"\n") == 1
     assert kept.read_bytes() == b"the user's own read-only file\n"
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_re_put_over_a_hard_linked_blob_is_no_wider_than_it(tmp_path):
+    """A backup tool's hard link makes the blob shared: a re-put replaces it
+    (never writes through it), and the new blob is no wider than the old."""
+    store = tmp_path / "store"
+    attachment_id = _put(store, b"private bytes")
+    blob = blob_path(store, attachment_id)
+    os.chmod(blob, 0o600)
+    os.link(blob, tmp_path / "backup-link")
+    (tmp_path / "again").write_bytes(b"private bytes")
+    done = run(["--store", store, "put", "-s", "s", tmp_path / "again"])
+    assert done.returncode == 0, done.stderr
+    assert os.stat(blob).st_nlink == 1  # replaced, not written through
+    assert _mode(blob) == 0o600
