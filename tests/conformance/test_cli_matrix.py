@@ -1,7 +1,8 @@
 """The installed lashctl over every pairing of blob and manifest backend.
 
-One scenario, four stores: a local directory or an S3 bucket for the blobs,
-a JSON-lines file or a PostgreSQL table for the manifest. Each command runs
+One scenario, six stores: a local directory or an S3 bucket for the blobs,
+a JSON-lines file, a PostgreSQL table or lash's SQLite session databases (one
+made, as lash would, for each session the scenario uses) for the manifest. Each command runs
 in a subprocess, the way an operator runs it.
 """
 
@@ -24,7 +25,8 @@ LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_
 
 
 
-@pytest.fixture(params=[("file", "jsonl"), ("file", "postgres"), ("s3", "jsonl"), ("s3", "postgres")],
+@pytest.fixture(params=[("file", "jsonl"), ("file", "postgres"), ("file", "lash-sqlite"), ("s3", "jsonl"),
+                        ("s3", "postgres"), ("s3", "lash-sqlite")],
                 ids=lambda p: f"{p[0]}+{p[1]}")
 def lashctl(request, tmp_path):
     """Run ``lashctl --store … [--manifest …] ARGS`` in a subprocess: (exit code, stdout, stderr)."""
@@ -41,6 +43,12 @@ def lashctl(request, tmp_path):
     if manifest == "jsonl":
         # A file store keeps its manifest inside (the default); an S3 store must name one.
         given = [] if blobs == "file" else ["--manifest", str(tmp_path / "manifest.jsonl")]
+    elif manifest == "lash-sqlite":
+        from lash_sqlite_fixture import make_session_db
+
+        for session in ("s1", "old", "live"):
+            make_session_db(tmp_path / "sessions", session)
+        given = ["--manifest", f"lash-sqlite:{tmp_path / 'sessions'}"]
     else:
         pytest.importorskip("psycopg")
         given = ["--manifest", request.getfixturevalue("pg_url")]
@@ -101,7 +109,7 @@ def test_put_commit_reclaim_and_inspect(lashctl, tmp_path, request):
     assert (stats["rows_committed"], stats["rows_uncommitted"]) == (1, 0)
     assert stats["orphans_reclaimable"] == 0 and stats["stray_files"] == 0 and stats["orphan_sidecars"] == 0
     # Lines are a JSON-lines manifest's; a table has none.
-    assert (stats["manifest_lines"] is None) == ("postgres" in request.node.name)
+    assert (stats["manifest_lines"] is None) == ("jsonl" not in request.node.name)
 
     show = as_json(lashctl("--json", "show", kept))
     assert show["id"] == kept and show["bytes_present"] is True
