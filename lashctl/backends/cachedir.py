@@ -94,6 +94,18 @@ def _check_dir(path: Path) -> None:
         raise Unusable(f"cache directory {path} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
 
 
+def _refuse_foreign_tree(path: Path) -> None:
+    """Make no directory in another user's tree: root whose HOME is still a
+    user's (``su`` without ``-``, ``sudo -E``) folds in memory instead of
+    leaving a root-owned ``~/.cache`` there."""
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    owner = os.lstat(existing).st_uid
+    if owner != os.geteuid() and os.geteuid() == 0:
+        raise Unusable(f"cache directory {path} would be made in a tree owned by uid {owner}, not by you")
+
+
 def _mkdir_private(path: Path) -> None:
     try:
         os.mkdir(path, 0o700)
@@ -108,6 +120,7 @@ def private_index_dir(index_file: Path) -> None:
     directory = index_file.parent
     root = directory.parent
     if not os.path.lexists(root):
+        _refuse_foreign_tree(root.parent)
         try:
             make_dirs(root.parent)
         except OSError as exc:

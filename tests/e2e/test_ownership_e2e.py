@@ -182,3 +182,21 @@ def test_a_re_put_over_a_hard_linked_blob_is_no_wider_than_it(tmp_path):
     assert done.returncode == 0, done.stderr
     assert os.stat(blob).st_nlink == 1  # replaced, not written through
     assert _mode(blob) == 0o600
+
+
+@needs_root
+def test_root_with_another_users_home_creates_nothing_in_it(tmp_path):
+    """su without '-', sudo -E, a cron line: root with HOME still another
+    user's. The state cache is root's business: nothing is made in that home."""
+    home = tmp_path / "alicehome"
+    home.mkdir()
+    os.chown(home, USER, USER)
+    store = tmp_path / "store"
+    attachment_id = _put(store, b"some bytes")
+    env = base_env(HOME=str(home))
+    for name in ("LASHCTL_CACHE_DIR", "XDG_CACHE_HOME"):
+        env.pop(name, None)
+    done = subprocess.run([find_lashctl(), "--store", str(store), "ls"], capture_output=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert attachment_id.encode() in done.stdout
+    assert list(home.iterdir()) == []
