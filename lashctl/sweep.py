@@ -92,6 +92,9 @@ def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run
     with store.exclusive(dry_run=dry_run) as view:
         store.blobs.check_layout()
         ids = list(dict.fromkeys(resolve_ids(store, queries, view)))
+        check_ids = getattr(view, "check_ids", None)  # a table may hold rows its id queries cannot see
+        if check_ids is not None:
+            check_ids()
         rows = confirmed_rows(view, ids)
         referenced = {i: sorted({r.session_id for r in rows[i]}) for i in ids}
         if not force:

@@ -663,6 +663,17 @@ class PostgresView:
             out[row.attachment_id].append(row)
         return out
 
+    def check_ids(self) -> None:
+        """Corrupt if any row's id is not a valid one (upper case, padded, ...):
+        such a row may name a blob that the id-equal queries cannot see. One
+        scan of the table in the server, asked by commands that delete named
+        ids (a sweep reads every row anyway)."""
+        with self.backend._errors():
+            bad = self.conn.execute(
+                f"SELECT {_COLS} FROM {TABLE} WHERE {_ID} !~ '^[0-9a-f]{{64}}$' LIMIT 1").fetchone()
+        if bad is not None:
+            _row(bad)  # raises Corrupt naming the row
+
     def rows_for_id(self, attachment_id: str) -> list[Row]:
         with self.backend._errors():
             found = self.conn.execute(

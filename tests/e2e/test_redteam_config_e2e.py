@@ -125,3 +125,21 @@ def test_a_put_refused_by_its_manifest_makes_no_store(tmp_path):
     done = run("--store", "nst", "--manifest", "notman", "put", "-s", "s", "a", cwd=tmp_path)
     assert done.returncode == 65, done.stderr
     assert not (tmp_path / "nst").exists()
+
+
+def test_delete_refuses_while_the_table_holds_a_row_it_cannot_read(tmp_path, pg_url):
+    """A row whose id is upper case (or padded) may name the very blob being
+    deleted: delete stops (exit 65) as every other command does, nothing deleted."""
+    import psycopg
+
+    (tmp_path / "a").write_bytes(b"committed elsewhere\n")
+    assert run("--store", "store", "--manifest", pg_url, "manifest", "init", cwd=tmp_path).returncode == 0
+    done = run("--store", "store", "--manifest", pg_url, "put", "-s", "s", "a", cwd=tmp_path)
+    attachment_id = done.stdout.decode().strip()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM lash_attachment_manifest")
+        conn.execute("INSERT INTO lash_attachment_manifest (attachment_id, session_id, canonical_uri, "
+                     "intent_at_ms, committed_at_ms) VALUES (%s, 's5', 'u', 1000, 2000)", (attachment_id.upper(),))
+    done = run("--store", "store", "--manifest", pg_url, "delete", attachment_id, cwd=tmp_path)
+    assert done.returncode == 65, done.stderr
+    assert run("--store", "store", "--manifest", pg_url, "get", attachment_id, "-o", "out", cwd=tmp_path).returncode == 0
