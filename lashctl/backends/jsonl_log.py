@@ -270,6 +270,9 @@ def _parses(raw: bytes) -> bool:
     return True
 
 
+_LOCK_WAIT_TOLD_S = 1.0  # a wait for the lock longer than this is said on stderr
+
+
 class Manifest:
     """A manifest file and its lock: read the state, append events, compact.
 
@@ -468,7 +471,9 @@ class Manifest:
                 raise UnsafePath(f"lock file {self.lock_path} is a symlink: refusing to use it") from exc
             raise StoreIOError.wrap("open lock file", self.lock_path, exc) from exc
         try:
-            deadline = time.monotonic() + max(self.lock_timeout, 0.0)
+            started = time.monotonic()
+            deadline = started + max(self.lock_timeout, 0.0)
+            told = False
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -476,6 +481,11 @@ class Manifest:
                 except OSError as exc:
                     if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                         raise StoreIOError.wrap("lock", self.lock_path, exc) from exc
+                if not told and time.monotonic() - started >= _LOCK_WAIT_TOLD_S and deadline - started > 1:
+                    # A silent wait looks like a hang (a cron sweep, a slow disk).
+                    self.warn(f"waiting for the lock on {self.lock_path} (another writer holds it; "
+                              f"up to {self.lock_timeout:g}s, --lock-timeout)")
+                    told = True
                 if time.monotonic() >= deadline:
                     raise LockTimeout(
                         f"could not lock {self.lock_path} within {self.lock_timeout:g}s: "

@@ -143,3 +143,20 @@ def test_delete_refuses_while_the_table_holds_a_row_it_cannot_read(tmp_path, pg_
     done = run("--store", "store", "--manifest", pg_url, "delete", attachment_id, cwd=tmp_path)
     assert done.returncode == 65, done.stderr
     assert run("--store", "store", "--manifest", pg_url, "get", attachment_id, "-o", "out", cwd=tmp_path).returncode == 0
+
+
+def test_a_command_waiting_for_the_lock_says_so(tmp_path):
+    import fcntl
+    import os
+
+    (tmp_path / "a").write_bytes(b"a\n")
+    assert run("--store", "s", "put", "-s", "s", "a", cwd=tmp_path).returncode == 0
+    fd = os.open(tmp_path / "s" / "manifest.jsonl.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        done = run("--store", "s", "--lock-timeout", "3", "put", "-s", "s", "a", cwd=tmp_path)
+    finally:
+        os.close(fd)
+    assert done.returncode == 75
+    lines = done.stderr.decode().splitlines()
+    assert lines[0].startswith("lashctl: warning: waiting for the lock on ") and "up to 3s" in lines[0], lines
