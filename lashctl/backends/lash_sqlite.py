@@ -557,9 +557,11 @@ class LashSqliteView:
         return self._snapshot
 
     def _stale(self) -> None:
-        """After a write: the next snapshot query copies the databases again
-        (a stream already open goes on reading the old copy)."""
-        if self._snapshot is not None:
+        """After a writer's write: the next snapshot query copies the databases
+        again (a stream already open goes on reading the old copy). A sweep
+        keeps the snapshot it planned from: its re-checks read the live
+        databases, and turn commits it has not seen only keep more rows."""
+        if self._snapshot is not None and self.mode == "write":
             self._old.append(self._snapshot)
             self._snapshot = None
 
