@@ -162,6 +162,12 @@ def _row(values: tuple, where: str) -> Row:
                intent_at, committed_at, owner_kind, owner_id)
 
 
+def _vanished(path: str) -> bool:
+    """Whether a database listed a moment ago is gone: lash deleted its
+    session, and its rows with it (not a database that cannot be read)."""
+    return not os.path.lexists(path)
+
+
 def _sorted(rows: Iterable[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.attachment_id, r.session_id))
 
@@ -477,7 +483,11 @@ class Snapshot:
             "CREATE TABLE turns (session_id, turn_id, committed_at_ms);")
         try:
             for index, path in enumerate(self.paths):
-                self._load(backend, index, path)
+                try:
+                    self._load(backend, index, path)
+                except Corrupt:
+                    if not _vanished(path):
+                        raise
         except BaseException:
             self.conn.close()
             raise
@@ -623,18 +633,27 @@ class LashSqliteView:
         """Rows ``WHERE <where> IN (values...)`` of these databases, read now."""
         out: list[Row] = []
         for path in paths:
-            with self._live(path) as conn:
-                if conn is None:
-                    continue
-                with self.backend._errors(path):
-                    for start in range(0, len(values), _IN_BATCH):
-                        chunk = values[start:start + _IN_BATCH]
-                        marks = ", ".join("?" * len(chunk))
-                        for found in conn.execute(f"SELECT {_COLS} FROM {TABLE} WHERE {where} IN ({marks})",
-                                                  (*fixed, *chunk)):
-                            row = self._trusted(found, path)
-                            if row is not None:
-                                out.append(row)
+            try:
+                out += self._live_rows_of(path, where, values, fixed)
+            except Corrupt:
+                if not _vanished(path):
+                    raise
+        return out
+
+    def _live_rows_of(self, path: str, where: str, values: list, fixed: tuple) -> list[Row]:
+        out: list[Row] = []
+        with self._live(path) as conn:
+            if conn is None:
+                return out
+            with self.backend._errors(path):
+                for start in range(0, len(values), _IN_BATCH):
+                    chunk = values[start:start + _IN_BATCH]
+                    marks = ", ".join("?" * len(chunk))
+                    for found in conn.execute(f"SELECT {_COLS} FROM {TABLE} WHERE {where} IN ({marks})",
+                                              (*fixed, *chunk)):
+                        row = self._trusted(found, path)
+                        if row is not None:
+                            out.append(row)
         return out
 
     def dbs_of(self, session: str) -> list[str]:

@@ -334,3 +334,20 @@ def test_migrate_copies_rows_out_of_lashs_session_databases(lash, tmp_path):
     lash.ok("migrate", "--to-store", str(tmp_path / "copy"))
     copied = json.loads(run(["--store", str(tmp_path / "copy"), "--json", "ls"]).stdout)
     assert [(e["id"], sorted(e["sessions"]), e["state"]) for e in copied] == [(shared, ["alpha", "beta"], "committed")]
+
+
+def test_a_session_database_lash_deletes_during_a_sweep_holds_no_rows(tmp_path, monkeypatch):
+    from lashctl.backends.lash_sqlite import LashSqliteManifest
+
+    sessions = tmp_path / "sessions"
+    alpha = make_session_db(sessions, "alpha")
+    a = "a" * 64
+    intent(alpha, "alpha", a, 1000)
+    gone = sessions / session_db_name("deleted")  # listed, then deleted by lash before it is opened
+    listed = LashSqliteManifest.primaries
+    monkeypatch.setattr(LashSqliteManifest, "primaries", lambda self: [*listed(self), str(gone)])
+    manifest = LashSqliteManifest(f"lash-sqlite:{sessions}", lock_timeout=5)
+    with manifest.sweeping() as sweep:
+        assert [r.session_id for g in sweep.aged(5000) for r in g] == ["alpha"]
+        assert [r.session_id for r in sweep.rows_for_ids([a])[a]] == ["alpha"]
+    assert not gone.exists()
