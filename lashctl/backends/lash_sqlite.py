@@ -12,7 +12,8 @@ The directory. A primary database is a ``*.db`` file whose name has no other
 (``<primary>.db.effects.db``, ``.processes.db``, ...) carry an interior
 ``.db.``, and WAL files end in ``-wal``/``-shm``: lash skips both, so does
 lashctl. A database lash created but never initialised (user_version 0, no
-tables) holds no rows.
+tables) holds no rows; so does one listed and gone before it was opened
+(lash deleted the session).
 
 Reads. ``reading()`` copies the rows of every primary database, one at a
 time (``ATTACH`` read-only, ``INSERT … SELECT``, ``DETACH``), into one
@@ -376,6 +377,9 @@ class LashSqliteManifest:
                             report.rows += 1
                             report.rows_committed += row.committed
             except (Corrupt, LockTimeout) as exc:
+                if _vanished(path):
+                    report.databases -= 1  # lash deleted the session meanwhile
+                    continue
                 report.problems.append(exc.message)
         return report
 
