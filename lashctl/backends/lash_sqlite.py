@@ -760,6 +760,17 @@ class LashSqliteView:
     def rows_for_id(self, attachment_id: str) -> list[Row]:
         return self.rows_for_ids([attachment_id])[attachment_id]
 
+    def check_ids(self) -> None:
+        """Corrupt if any row's id is not a valid one (upper case, padded, ...):
+        such a row may name a blob that the id-equal queries cannot see. One
+        query of the snapshot, asked by commands that delete named ids."""
+        snap = self.snapshot()
+        bad = snap.conn.execute(
+            f"SELECT {_COLS}, db FROM rows WHERE NOT (typeof(attachment_id) = 'text'"
+            " AND length(attachment_id) = 64 AND attachment_id NOT GLOB '*[^0-9a-f]*') LIMIT 1").fetchone()
+        if bad is not None:
+            _row(bad[:7], snap.paths[bad[7]])  # raises Corrupt naming the row and its database
+
     def ids_with_prefix(self, prefix: str) -> list[str]:
         where, params = self._prefix_where(prefix)
         snap = self.snapshot()

@@ -351,3 +351,17 @@ def test_a_session_database_lash_deletes_during_a_sweep_holds_no_rows(tmp_path, 
         assert [r.session_id for g in sweep.aged(5000) for r in g] == ["alpha"]
         assert [r.session_id for r in sweep.rows_for_ids([a])[a]] == ["alpha"]
     assert not gone.exists()
+
+
+def test_delete_refuses_while_a_session_database_holds_a_row_it_cannot_read(lash):
+    """A row whose id is upper case may name the very blob being deleted:
+    delete stops (exit 65) naming the database, and nothing is deleted."""
+    attachment_id = lash.put(b"committed elsewhere", "alpha")
+    intent(lash.beta, "beta", attachment_id.upper(), 1000)
+    commit(lash.beta, "beta", attachment_id.upper(), 2000)
+    result = lash.lashctl("delete", "--force", attachment_id)
+    assert result.returncode == 65, result.stderr.decode()
+    line = one_line_error(result.stderr)
+    assert str(lash.beta) in line and attachment_id.upper() in line, line
+    assert blob_path(lash.root, attachment_id).exists()
+    assert [r[1] for r in rows(lash.alpha)] == [attachment_id]
