@@ -365,3 +365,46 @@ def test_delete_refuses_while_a_session_database_holds_a_row_it_cannot_read(lash
     assert str(lash.beta) in line and attachment_id.upper() in line, line
     assert blob_path(lash.root, attachment_id).exists()
     assert [r[1] for r in rows(lash.alpha)] == [attachment_id]
+
+
+def test_an_empty_database_lash_is_creating_holds_no_rows(lash):
+    (lash.sessions / session_db_name("starting")).write_bytes(b"")  # opened by lash, schema not yet written
+    orphan = lash.aged(b"an orphan", lash.alpha, "alpha")
+    assert json.loads(lash.ok("--json", "stats").stdout)["rows_uncommitted"] == 1
+    assert lash.reclaim(dry_run=False) == {orphan: "reclaim"}
+    result = lash.lashctl("put", "-s", "starting", str(lash.inputs / "input-0"))
+    assert result.returncode == 2 and "not initialised yet" in one_line_error(result.stderr)
+
+
+def test_a_sweep_beside_a_busy_lash_writer(lash):
+    """lash writes to its session databases all through a sweep: the sweep
+    waits for its locks (never longer than the busy timeout) and neither
+    side fails."""
+    import threading
+
+    orphans = [lash.aged(b"orphan %d" % n, lash.beta, "beta") for n in range(5)]
+    stop, errors, written = threading.Event(), [], []
+
+    def lash_writer() -> None:
+        n = 0
+        try:
+            while not stop.is_set():
+                aid = f"{n:064x}"
+                for db, session in ((lash.alpha, "alpha"), (lash.beta, "beta")):  # beta: the sweep's too
+                    intent(db, session, aid, lash.now_ms())
+                    commit(db, session, aid, lash.now_ms())
+                written.append(aid)
+                n += 1
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=lash_writer)
+    thread.start()
+    try:
+        assert lash.reclaim(dry_run=False) == {i: "reclaim" for i in orphans}
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == [] and written
+    for db in (lash.alpha, lash.beta):  # every row lash wrote is there, committed; the orphans' rows are gone
+        assert [(r[1], r[3] is not None) for r in rows(db)] == [(aid, True) for aid in sorted(written)]
