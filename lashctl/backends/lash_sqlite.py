@@ -128,7 +128,7 @@ def session_db_name(session_id: str) -> str:
 
 def is_primary_db_name(name: str) -> bool:
     """A ``*.db`` name with no other ``.db`` in it (sidecars carry an interior ``.db.``)."""
-    return len(name) > 3 and name.endswith(".db") and ".db" not in name[:-3] and not name.startswith(".db")
+    return len(name) > 3 and name.endswith(".db") and ".db" not in name[:-3]
 
 
 def _uri(path: str, mode: str) -> str:
