@@ -384,7 +384,8 @@ def main_options(
     manifest: Annotated[
         Optional[str],
         typer.Option("--manifest", envvar=ENV_MANIFEST, metavar="PATH|URL",
-                     help="Manifest: a JSON-lines file or a postgresql:// URL (default: <store>/manifest.jsonl)."),
+                     help="Manifest: a JSON-lines file, a postgresql:// URL or lash-sqlite:DIR (lash's SQLite "
+                          "session databases) (default: <store>/manifest.jsonl)."),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summaries or warnings on stderr.")] = False,
@@ -407,7 +408,8 @@ def main_options(
         typer.Option("--process-registry", envvar=ENV_PROCESS_REGISTRY, metavar="SOURCE", callback=_process_registry,
                      help="Where lash's process registry lives, so that intents of processes gone from it are "
                           "reclaimed: table (lash_processes in the PostgreSQL manifest's database) or "
-                          "table:[SCHEMA.]NAME. Without it process-owned intents are kept, as lash keeps them."),
+                          "table:[SCHEMA.]NAME; for a lash-sqlite: manifest, the PATH of lash's SQLite "
+                          "process registry file. Without it process-owned intents are kept, as lash keeps them."),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")

@@ -26,7 +26,7 @@ def migrate(
     to_manifest: Annotated[
         Optional[str],
         typer.Option("--to-manifest", metavar="PATH|URL",
-                     help="Destination manifest: a JSON-lines file or a postgresql:// URL "
+                     help="Destination manifest: a JSON-lines file, a postgresql:// URL or lash-sqlite:DIR "
                           "(default: <to-store>/manifest.jsonl; required for an s3:// destination)."),
     ] = None,
     to_layout: Annotated[
