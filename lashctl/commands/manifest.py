@@ -214,8 +214,9 @@ def init(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     state = app_state(ctx, json_flag)
     store = state.store(create=True)
     if not hasattr(store.manifest, "init"):
-        raise UsageError(f"manifest init creates a PostgreSQL table; {store.manifest.name} is a "
-                         "JSON-lines file, created by the first put")
+        kind = ("lash's SQLite session databases, which lash creates" if hasattr(store.manifest, "directory")
+                else "a JSON-lines file, created by the first put")
+        raise UsageError(f"manifest init creates a PostgreSQL table; {store.manifest.name} is {kind}")
     created = store.manifest.init()
     state.ui.records(["created"], [[name] for name in created],
                      {**state.run_fields(), "manifest": store.manifest.name, "created": created})

@@ -408,3 +408,11 @@ def test_a_sweep_beside_a_busy_lash_writer(lash):
     assert errors == [] and written
     for db in (lash.alpha, lash.beta):  # every row lash wrote is there, committed; the orphans' rows are gone
         assert [(r[1], r[3] is not None) for r in rows(db)] == [(aid, True) for aid in sorted(written)]
+
+
+def test_manifest_init_says_lash_creates_session_databases(lash):
+    before = lash.databases()
+    result = lash.lashctl("manifest", "init")
+    assert result.returncode == 2
+    assert "lash's SQLite session databases, which lash creates" in one_line_error(result.stderr)
+    assert lash.databases() == before
