@@ -416,3 +416,12 @@ def test_manifest_init_says_lash_creates_session_databases(lash):
     assert result.returncode == 2
     assert "lash's SQLite session databases, which lash creates" in one_line_error(result.stderr)
     assert lash.databases() == before
+
+
+def test_a_process_registry_of_another_schema_version_is_refused(lash, tmp_path):
+    lash.aged(b"a process upload", lash.beta, "beta", ("process", "p-gone"))
+    registry = make_process_registry(tmp_path / "processes.db", [], version=11)
+    result = lash.lashctl("--process-registry", str(registry), "reclaim")
+    assert result.returncode == 65, result.stderr.decode()
+    assert "schema version 11" in one_line_error(result.stderr)
+    assert len(rows(lash.beta)) == 1
