@@ -533,7 +533,9 @@ class Manifest:
                 self._check_reads_as_manifest(fd, size)
                 size, prefix = self._repair_tail(fd, size)
             payload = prefix + encode_events(events)
-            os.lseek(fd, size, os.SEEK_SET)
+            # At the end as it is when the write lands, not as it was read: a
+            # program appending without the lock (echo >>) is never overwritten.
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
             write_all(fd, payload)
             os.fsync(fd)
             # Lets the state cache tell this append from an edit (lashctl.backends.cachedir).

@@ -160,3 +160,35 @@ def test_a_command_waiting_for_the_lock_says_so(tmp_path):
     assert done.returncode == 75
     lines = done.stderr.decode().splitlines()
     assert lines[0].startswith("lashctl: warning: waiting for the lock on ") and "up to 3s" in lines[0], lines
+
+
+def test_an_append_by_another_program_is_never_overwritten(tmp_path):
+    """A plain `echo >> manifest.jsonl` racing lashctl's writers: every line
+    of both is in the log, none torn or overwritten."""
+    import threading
+
+    (tmp_path / "a").write_bytes(b"a\n")
+    attachment_id = run("--store", "s", "put", "-s", "s1", "a", cwd=tmp_path).stdout.decode().strip()
+    manifest = tmp_path / "s" / "manifest.jsonl"
+    line = json.dumps({"op": "intent", "attachment_id": attachment_id, "session_id": "echo-" + "x" * 200,
+                       "canonical_uri": f"sha256:{attachment_id}", "intent_at_epoch_ms": 1_796_691_149_058})
+    stop, written = threading.Event(), [0]
+
+    def echo() -> None:
+        while not stop.is_set():
+            with open(manifest, "a", encoding="utf-8") as log:
+                log.write(line + "\n")
+            written[0] += 1
+            stop.wait(0.00002)
+
+    appender = threading.Thread(target=echo)
+    appender.start()
+    try:
+        for n in range(40):
+            done = run("--store", "s", "commit", "-s", f"s{n}", attachment_id, cwd=tmp_path)
+            assert done.returncode in (0, 3), done.stderr
+    finally:
+        stop.set()
+        appender.join()
+    assert run("--store", "s", "manifest", "check", cwd=tmp_path).returncode == 0
+    assert manifest.read_text("utf-8").count(line + "\n") == written[0]
