@@ -206,6 +206,9 @@ def lock_key(qualified_table: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+# An intent must be on disk before its bytes land, a sweep's forget before
+# the bytes go: whatever the server's setting, a commit returns once durable.
+_DURABLE = "SET synchronous_commit TO on"
 CLOCK_SKEW_MS = 5 * 60_000  # how far ahead of the server's clock a sweeper's may be
 
 
@@ -505,6 +508,7 @@ class PostgresManifest:
         with self._connection() as conn:
             with self._errors():
                 self._check_shape(conn)
+                conn.execute(_DURABLE)
             try:
                 yield PostgresView(self, conn, autocommit=False)
             except BaseException:
@@ -522,6 +526,7 @@ class PostgresManifest:
         with self._connection(autocommit=True) as conn:
             with self._errors():
                 self._check_shape(conn)
+                conn.execute(_DURABLE)
                 qualified = conn.execute("SELECT to_regclass(%s)::regclass::text, current_database()",
                                          (TABLE,)).fetchone()
                 key = lock_key(f"{qualified[1]}.{qualified[0]}")

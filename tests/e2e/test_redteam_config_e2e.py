@@ -192,3 +192,20 @@ def test_an_append_by_another_program_is_never_overwritten(tmp_path):
         appender.join()
     assert run("--store", "s", "manifest", "check", cwd=tmp_path).returncode == 0
     assert manifest.read_text("utf-8").count(line + "\n") == written[0]
+
+
+def test_postgresql_writes_are_durable_whatever_the_servers_synchronous_commit(pg_url):
+    """A sweep forgets rows before it deletes bytes, and a put records its
+    intent before its bytes land: both need the commit on disk when it returns,
+    even where the server trades durability for speed (synchronous_commit=off)."""
+    import psycopg
+
+    from lashctl.backends.postgres import PostgresManifest
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {conn.info.dbname} SET synchronous_commit = off")
+    manifest = PostgresManifest(pg_url)
+    manifest.init()
+    for way in (manifest.writing, manifest.sweeping):
+        with way() as view:
+            assert view.conn.execute("SHOW synchronous_commit").fetchone()[0] == "on", way.__name__
