@@ -350,17 +350,27 @@ def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, 
     faults.point("reclaim.forgotten")
     doomed = [i for i in items if i.action == RECLAIM]
     if shared and doomed:
-        # 2. What the guard kept (a commit or a new intent since the plan) keeps the bytes.
+        # 2. Every row a doomed blob had was forgotten: any row there now (one
+        #    the guard kept, or a writer's new intent, whatever its time says:
+        #    the writer's clock may be behind) keeps the bytes.
         after_forget = rows_for_ids(view, [i.attachment_id for i in doomed])
         for item in doomed:
-            reason = live_reason(after_forget[item.attachment_id], cutoff, view)
-            if reason is not None:
+            if after_forget[item.attachment_id]:
+                reason = live_reason(after_forget[item.attachment_id], cutoff, view) or _CAME_BACK
                 item.action, item.reason = RELEASE, f"kept: {reason}"
         doomed = [i for i in doomed if i.action == RECLAIM]
     if not doomed:
         return []
     # 3. The bytes.
-    results = store.blobs.delete_many([i.attachment_id for i in doomed], known=stats)
+    try:
+        results = store.blobs.delete_many([i.attachment_id for i in doomed], known=stats)
+    except BaseException:
+        # A server that failed, or a signal, during the delete: its rows come
+        # back where the bytes are still there, and late intents go (step 4).
+        there = _restore_failed(store, view, doomed, aged, shielded=True)
+        if shared:
+            _forget_late_intents(view, [i for i in doomed if i.attachment_id not in there], shielded=True)
+        raise
     for item in doomed:
         outcome = results[item.attachment_id]
         if isinstance(outcome, str):
@@ -375,26 +385,55 @@ def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, 
     return [i.attachment_id for i in deleted]
 
 
-def _restore_failed(store: Store, view, failed: list[ReclaimItem], aged: dict[str, list[Row]]) -> None:
+def _restore_failed(store: Store, view, failed: list[ReclaimItem], aged: dict[str, list[Row]],
+                    shielded: bool = False) -> set[str]:
     """A blob whose delete failed keeps its rows for the next sweep: its
     forgotten intents are recorded again, as they were, once a look shows
     the bytes still there. Bytes that may be gone stay without rows (gc
-    removes what is left), so that no commit can stamp a row for them."""
+    removes what is left), so that no commit can stamp a row for them.
+    ``shielded``: on the way out of a failure, which this never hides.
+    Returns the ids whose bytes are there."""
     if not failed:
-        return
+        return set()
+    if shielded:
+        try:
+            return _restore_failed(store, view, failed, aged)
+        except Exception:  # noqa: BLE001 - the server that failed the delete may fail this too
+            return set()
     again = stat_many(store.blobs, [i.attachment_id for i in failed])
     back = [i for i in failed if _is_file(again[i.attachment_id])]
     view.append([Event(INTENT, r.attachment_id, r.session_id, r.intent_at_epoch_ms, r.canonical_uri)
                  for i in back for r in aged[i.attachment_id]])
     for item in failed:
-        if item not in back:
+        if item not in back and item.error is not None:
             item.error = f"{item.error}{LEFT_FOR_GC}"
+    return {i.attachment_id for i in back}
+
+
+_CAME_BACK = "a writer recorded an intent for it again during the sweep"
+
+
+def _forget_late_intents(view, items: list[ReclaimItem], shielded: bool = False) -> dict[str, list[Row]]:
+    """Forget the uncommitted intents that appeared for bytes being deleted
+    (guarded: only each intent as read), so that their writer's commit finds
+    no intent and it uploads again. The rows read; ``shielded`` as above."""
+    try:
+        after = rows_for_ids(view, [i.attachment_id for i in items])
+        view.append([Event.forget(r.attachment_id, r.session_id, until_ms=r.intent_at_epoch_ms)
+                     for i in items for r in after[i.attachment_id] if not r.committed])
+    except Exception:  # noqa: BLE001
+        if not shielded:
+            raise
+        return {}
+    return after
 
 
 def _report_late_rows(store: Store, view, deleted: list[ReclaimItem], cutoff: int) -> None:
-    """A live row that appeared while its bytes were deleted: ``deleted_while_referenced``."""
-    after = rows_for_ids(view, [i.attachment_id for i in deleted])
-    late = [i for i in deleted if live_reason(after[i.attachment_id], cutoff, view) is not None]
+    """A row that appeared while its bytes were deleted: ``deleted_while_referenced``.
+    Its uncommitted intents are forgotten (its writer's commit then fails and
+    it uploads again); a commit that landed already cannot be taken back."""
+    after = _forget_late_intents(view, deleted)
+    late = [i for i in deleted if after[i.attachment_id]]
     again = stat_many(store.blobs, [i.attachment_id for i in late]) if late else {}
     for item in late:
         item.action = DELETED_WHILE_REFERENCED

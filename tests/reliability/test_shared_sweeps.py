@@ -206,3 +206,76 @@ def test_reclaim_says_how_many_aged_intents_it_kept_for_their_lash_owners(shared
     assert "2 aged intent(s)" in human.stderr and "lash owner" in human.stderr
     document = json.loads(cli(*args[2:], "--json", "reclaim", "--dry-run", "--before", "2020-09-13T12:26:40Z").stdout)
     assert document["scanned_intents"] == 2 and document["items"] == []
+
+
+def _old_intent(store, attachment_id: str, session: str) -> None:
+    """An intent as a writer whose clock is days behind stamps it."""
+    with store.manifest.writing() as writer:
+        writer.append([Event.intent(attachment_id, session, 700)])
+
+
+def test_a_row_from_a_clock_behind_that_appears_after_the_forget_keeps_the_bytes(shared, monkeypatch):
+    from lashctl import faults
+
+    a = _blob(shared, b"re-put by a slow clock")
+    with shared.manifest.writing() as writer:
+        writer.append([Event.intent(a, "old", 500)])
+    real_point = faults.point
+
+    def racing(name):
+        if name == "reclaim.forgotten":
+            _old_intent(shared, a, "late")  # lash puts it again meanwhile
+        real_point(name)
+
+    monkeypatch.setattr(faults, "point", racing)
+    report = sweep.reclaim(shared, 1_600_000_000_000 + 1)
+    assert [(i.attachment_id, i.action) for i in report.items] == [(a, sweep.RELEASE)]
+    assert shared.blobs.stat(a) is not None
+
+
+def test_an_intent_that_appears_during_the_delete_is_forgotten_so_its_commit_fails(shared, monkeypatch):
+    a = _blob(shared, b"raced by a slow clock")
+    with shared.manifest.writing() as writer:
+        writer.append([Event.intent(a, "old", 500)])
+    real_delete = type(shared.blobs).delete
+
+    def racing_delete(blobs, attachment_id):
+        freed = real_delete(blobs, attachment_id)
+        _old_intent(shared, attachment_id, "late")
+        return freed
+
+    monkeypatch.setattr(type(shared.blobs), "delete", racing_delete)
+    report = sweep.reclaim(shared, 1_600_000_000_000 + 1)
+    assert [(i.attachment_id, i.action) for i in report.items] == [(a, sweep.DELETED_WHILE_REFERENCED)]
+    with shared.manifest.reading() as view:
+        assert view.rows_for_id(a) == []  # the late client's commit finds no intent: it uploads again
+
+
+def test_a_server_that_fails_mid_delete_leaves_rows_only_where_bytes_are(shared, monkeypatch):
+    """An S3 delete that fails after some deletes (a 503): the sweep stops
+    (exit 69), the rows of bytes still there come back for the next sweep,
+    and no row is left for bytes that are gone."""
+    from lashctl.errors import Unavailable
+
+    ids = [_blob(shared, f"orphan {n}".encode()) for n in range(4)]
+    with shared.manifest.writing() as writer:
+        writer.append([Event.intent(i, "old", 500) for i in ids])
+    real_delete = type(shared.blobs).delete
+    calls = {"n": 0}
+
+    def failing_delete(blobs, attachment_id):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise Unavailable("the server answered HTTP 503")
+        return real_delete(blobs, attachment_id)
+
+    monkeypatch.setattr(type(shared.blobs), "delete", failing_delete)
+    monkeypatch.setattr(type(shared.blobs), "delete_many", lambda blobs, many, known=None:
+                        {i: failing_delete(blobs, i) for i in many})
+    with pytest.raises(Unavailable):
+        sweep.reclaim(shared, 1_600_000_000_000 + 1)
+    with shared.manifest.reading() as view:
+        for attachment_id in ids:
+            present = shared.blobs.stat(attachment_id) is not None
+            assert bool(view.rows_for_id(attachment_id)) == present, attachment_id
+    assert sum(shared.blobs.stat(i) is not None for i in ids) == 2
