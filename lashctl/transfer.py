@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from lashctl import media, sidecar
+from lashctl import faults, media, sidecar
 from lashctl.backends import is_url
 from lashctl.backends.base import LAYOUT_SIDECARS, Staged
 from lashctl.core import Store, precheck_prefixes, resolve_id, validate_session
@@ -154,6 +154,7 @@ def put(
         try:
             for source in sources:
                 staged = _stage_source(store, source, progress)
+                faults.point("put.staged")
                 batch.append((source, staged))
                 batch_bytes += staged.byte_len
                 if len(batch) >= PUT_BATCH_FILES or batch_bytes >= PUT_BATCH_BYTES:
@@ -162,6 +163,11 @@ def put(
             if batch:
                 yield from _land_batch(store, batch, options, explicit_type)
                 batch = []
+        except BaseException:
+            # Whatever was staged and has not landed goes, even a file an
+            # interrupt left between its creation and the batch that knew it.
+            store.blobs.discard_pending()
+            raise
         finally:
             for _source, staged in batch:
                 store.blobs.discard(staged)

@@ -28,16 +28,40 @@ FILE, SYMLINK, DIRECTORY, OTHER = "file", "symlink", "directory", "other"
 # beside every blob; later lash releases keep no sidecars.
 LAYOUT_SIDECARS, LAYOUT_BARE = "sidecars", "bare"
 LAYOUT_RECORD = "lashctl-layout"  # at the root (or prefix): "sidecars\n" or "bare\n"
+LAYOUT_RECORD_LIMIT = 4096  # bytes read of a record at most: a larger one is refused unread
 
 
 def parse_layout_record(data: bytes, where: str) -> str:
-    """The layout a record names; Corrupt for anything else."""
+    """The layout a record names: exactly ``sidecars`` or ``bare``, with
+    optional spaces, tabs and line ends around it. Corrupt for anything else,
+    a record larger than ``LAYOUT_RECORD_LIMIT`` bytes included."""
     from lashctl.errors import Corrupt
 
-    text = data.decode("ascii", "replace").strip()
+    check_layout_record_size(len(data), where)
+    text = data.decode("ascii", "replace").strip(" \t\r\n")
     if text not in (LAYOUT_SIDECARS, LAYOUT_BARE):
         raise Corrupt(f"{where} does not name a layout (sidecars or bare): fix or delete it")
     return text
+
+
+def check_layout_record_size(size: int, where: str) -> None:
+    """Corrupt for a record larger than ``LAYOUT_RECORD_LIMIT`` bytes (refused unread)."""
+    from lashctl.errors import Corrupt
+
+    if size > LAYOUT_RECORD_LIMIT:
+        raise Corrupt(f"{where} is larger than {LAYOUT_RECORD_LIMIT} bytes: it does not name a layout "
+                      "(sidecars or bare): fix or delete it")
+
+
+def same_layout_record(recorded: str | None, layout: str, store: str) -> bool:
+    """After a record could not be made because one exists: False when it
+    names ``layout`` (nothing to record), Refused (exit 4) when it names another."""
+    from lashctl.errors import Refused
+
+    if recorded is not None and recorded != layout:
+        raise Refused(f"store {store} records layout {recorded}: refusing to record {layout} "
+                      "(recorded meanwhile by another lashctl)")
+    return False
 
 
 class BlobStat(FrozenRecord):
@@ -120,11 +144,17 @@ class BlobBackend(Protocol):
     def stat(self, attachment_id: str, sidecar: bool = False) -> BlobStat | None:
         """The blob (or sidecar) object, None if absent; never follows a link."""
 
+    def discard_pending(self) -> None:
+        """Remove every staging file this process made that has not landed
+        (a put stopped by an error or a signal): noted before each exists."""
+
     def recorded_layout(self) -> str | None:
         """The layout recorded when the store was made (``lashctl init``), None if none is."""
 
-    def record_layout(self, layout: str) -> None:
-        """Record the store's layout (outside ``sha256/``, where lash never looks)."""
+    def record_layout(self, layout: str) -> bool:
+        """Record the store's layout (outside ``sha256/``, where lash never
+        looks) unless one is recorded: True if this call recorded it, False if
+        the same was already recorded, Refused if another is (two ``init``\ s at once)."""
 
     def date_blob(self, attachment_id: str, mtime_ms: int) -> bool:
         """Set the blob's modification time (a migration keeps its source's, so

@@ -30,11 +30,13 @@ from lashctl.backends.base import (
     DIRECTORY,
     FILE,
     LAYOUT_RECORD,
+    LAYOUT_RECORD_LIMIT,
     LAYOUT_SIDECARS,
     OTHER,
     SYMLINK,
     BlobStat,
     parse_layout_record,
+    same_layout_record,
     Found,
     land_in_order,
 )
@@ -53,6 +55,7 @@ from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store
     read_into,
     replaced_file,
     shared_file_mode,
+    staging_name,
     unique_suffix,
     unlink_quietly,
     write_all,
@@ -190,6 +193,7 @@ class BlobStore:
         self._fds: dict[str, int | None] = {}
         self._depth = 0
         self._owners: frozenset[int] | None = None
+        self._pending: set[str] = set()  # staging names, noted before each file exists
 
     # -- what the core knows of any blob backend (lashctl.backends.base) -----------
     layout = LAYOUT_SIDECARS
@@ -215,24 +219,16 @@ class BlobStore:
             root = self._dir(ROOT)
             if root is None:
                 return None
-            try:
-                fd = open_regular(LAYOUT_RECORD, dir_fd=root)
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                raise StoreIOError.wrap("read", self.root / LAYOUT_RECORD, exc) from exc
-            try:
-                data = os.read(fd, 64)
-            finally:
-                os.close(fd)
-        return parse_layout_record(data, str(self.root / LAYOUT_RECORD))
+            data = _read_layout_record(root, self.root / LAYOUT_RECORD)
+        return None if data is None else parse_layout_record(data, str(self.root / LAYOUT_RECORD))
 
-    def record_layout(self, layout: str) -> None:
+    def record_layout(self, layout: str) -> bool:
         with self.opened():
             root = self._dir(ROOT, create=True)
             assert root is not None
-            install_bytes(f"{layout}\n".encode(), root, root, LAYOUT_RECORD, self.root / LAYOUT_RECORD)
+            made = _link_new(f"{layout}\n".encode(), root, LAYOUT_RECORD, self.root / LAYOUT_RECORD)
             os.fsync(root)
+        return made or same_layout_record(self.recorded_layout(), layout, self.name)
 
     def date_blob(self, attachment_id: str, mtime_ms: int) -> bool:
         with self.opened():
@@ -474,6 +470,7 @@ class BlobStore:
         Memory stays flat: bytes pass through in CHUNK-sized pieces.
         """
         name = f"put-{unique_suffix(8)}{STAGING_SUFFIX}"
+        self._pending.add(name)  # before the file exists: an interrupt anywhere after leaves no litter
         path = self.tmp / name
         digest = hashlib.sha256()
         byte_len = 0
@@ -527,6 +524,16 @@ class BlobStore:
             tmp = self._dir(TMP)
             if tmp is not None:
                 unlink_quietly(staged.name, tmp)
+
+    def discard_pending(self) -> None:
+        """Remove every staging file this process made that has not landed
+        (a put stopped by an error or a signal, wherever it was)."""
+        names, self._pending = self._pending, set()
+        with self.opened():
+            tmp = self._dir(TMP)
+            if tmp is not None:
+                for name in names:
+                    unlink_quietly(name, tmp)  # a landed one was renamed away: nothing to do
 
     def open_staged(self, staged: StagedBlob) -> BinaryIO:
         """Read a staged blob back (image headers that lie past the kept head)."""
@@ -845,6 +852,61 @@ def _hash_stream(handle: BinaryIO, progress: Callable[[int], None] | None = None
         if progress is not None:
             progress(n)
     return digest.hexdigest()
+
+
+def _link_new(data: bytes, dir_fd: int, name: str, shown: Path) -> bool:
+    """Write ``data`` to a staging file, fsync it and hard-link it as ``name``,
+    which fails where ``name`` exists: False then (nothing written). Where the
+    file system has no hard links, it is renamed there unless ``name`` exists
+    (best effort: two writers at once may both succeed)."""
+    staging = staging_name(name)
+    try:
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=dir_fd)
+        try:
+            fit_in(fd, dir_fd)
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(staging, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            try:
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                return False
+            except FileNotFoundError:
+                os.replace(staging, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return True
+    except OSError as exc:
+        raise StoreIOError.wrap("write", shown, exc) from exc
+    finally:
+        unlink_quietly(staging, dir_fd)
+
+
+def _read_layout_record(root: int, path: Path) -> bytes | None:
+    """The record's bytes (one more than the limit at most), None if there is
+    none; UnsafePath for anything but a regular file (never read through)."""
+    try:
+        fd = open_regular(LAYOUT_RECORD, dir_fd=root)
+    except FileNotFoundError:
+        return None
+    except NotARegularFile as exc:
+        raise UnsafePath(f"{path} is {exc.strerror}, not a layout record: refusing to read it") from exc
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR):
+            raise UnsafePath(f"{path} is a symlink or a directory, not a layout record: "
+                             "refusing to read it") from exc
+        raise StoreIOError.wrap("read", path, exc) from exc
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read(LAYOUT_RECORD_LIMIT + 1)
+    except OSError as exc:
+        raise StoreIOError.wrap("read", path, exc) from exc
 
 
 def read_sidecar_file(path: Path | str, dir_fd: int | None = None, shown: Path | None = None):

@@ -46,7 +46,9 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 from lashctl.backends import require_extra, strip_password
 from lashctl.backends.base import (
     LAYOUT_RECORD,
+    check_layout_record_size,
     parse_layout_record,
+    same_layout_record,
     FILE,
     LAYOUT_SIDECARS,
     BlobStat,
@@ -209,6 +211,7 @@ class S3Blobs:
         self._quarantine = f"{self._base}{QUARANTINE}/"
         self._retry = {"max_retries": max_retries, "retry_timeout": timedelta(seconds=retry_timeout_s)}
         self._store_obj = None
+        self._pending: set[str] = set()  # spool paths, noted before each file exists
         self._depth = 0
         self._conditional_put = True  # until the server says it has no If-None-Match
         self._sidecars_seen: dict[str, bool] = {}  # id -> had a sidecar, as stat_many's listings saw
@@ -379,17 +382,40 @@ class S3Blobs:
         key = self._base + LAYOUT_RECORD
         try:
             with self._errors("read", self._url(key)):
-                data = bytes(obstore.get(self._store, key).bytes())
+                got = obstore.get(self._store, key)
+                check_layout_record_size(int(got.meta["size"]), self._url(key))  # refused unread
+                data = bytes(got.bytes())
         except NotFound:
             return None
         return parse_layout_record(data, self._url(key))
 
-    def record_layout(self, layout: str) -> None:
+    def record_layout(self, layout: str) -> bool:
+        """Created only where no record exists (``If-None-Match: *``); a server
+        without the condition is written after a read (best effort)."""
         import obstore
+        from obstore.exceptions import AlreadyExistsError, NotSupportedError
 
-        key = self._base + LAYOUT_RECORD
+        key, data = self._base + LAYOUT_RECORD, f"{layout}\n".encode()
+        if self._conditional_put:
+            try:
+                with self._errors("write", self._url(key)):
+                    try:
+                        obstore.put(self._store, key, data, mode="create", use_multipart=False)
+                        return True
+                    except AlreadyExistsError:
+                        return same_layout_record(self.recorded_layout(), layout, self.name)
+                    except NotSupportedError:
+                        self._conditional_put = False
+            except Unavailable as exc:
+                if "HTTP 501" not in exc.message:
+                    raise
+                self._conditional_put = False  # 501 Not Implemented: the server has no such condition
+        recorded = self.recorded_layout()
+        if recorded is not None:
+            return same_layout_record(recorded, layout, self.name)
         with self._errors("write", self._url(key)):
-            obstore.put(self._store, key, f"{layout}\n".encode(), use_multipart=False)
+            obstore.put(self._store, key, data, use_multipart=False)
+        return True
 
     def date_blob(self, attachment_id: str, mtime_ms: int) -> bool:
         return False  # LastModified is the copy's: S3 has no way to set it
@@ -517,8 +543,10 @@ class S3Blobs:
         Memory stays flat: the bytes pass through one 1 MiB buffer.
         """
         where = staging_dir()
+        path = os.path.join(where, f"{os.getpid()}-{os.urandom(6).hex()}.part")
+        self._pending.add(path)  # before the file exists: an interrupt anywhere after leaves no litter
         try:
-            fd, path = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=".part", dir=where)  # mode 0600
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StoreIOError.wrap("create staging file in", where, exc) from exc
         digest = hashlib.sha256()
@@ -558,6 +586,12 @@ class S3Blobs:
 
     def discard(self, staged: Staged) -> None:
         _unlink_quietly(staged.handle)
+
+    def discard_pending(self) -> None:
+        """Remove every spool file this process made that has not been uploaded."""
+        paths, self._pending = self._pending, set()
+        for path in paths:
+            _unlink_quietly(path)
 
     def install(self, staged: Staged) -> bool:
         """Upload staged bytes under their id; True if an object of that size was

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -194,3 +195,25 @@ def test_a_migration_to_a_directory_keeps_ages_and_to_s3_says_when_sweeps_can_re
     report = json.loads(done.stdout)
     assert report["copies_undated"] == 1 and report["copies_sweepable_after"] is not None
     assert "spare them, orphans included, until" in done.stderr.decode()
+
+
+# -- put: an interrupt anywhere leaves no staging file ---------------------------
+@pytest.mark.parametrize("sig", ["TERM", "HUP", "INT"])
+def test_a_put_interrupted_just_after_staging_leaves_no_staging_file(lashctl, sig, tmp_path):
+    """The signal lands between a file's staging and the batch that would
+    have known it: the staged copy goes all the same."""
+    paths = []
+    for n in range(3):
+        (tmp_path / f"in{n}").write_bytes(f"input {n}\n".encode())
+        paths.append(str(tmp_path / f"in{n}"))
+    done = lashctl("put", "-s", "s", *paths, fault=f"put.staged:2/{sig}")
+    assert done.returncode == 128 + getattr(signal, f"SIG{sig}"), done.stderr.decode(errors="replace")
+    if lashctl.store.startswith("s3://"):
+        import tempfile
+
+        spool = Path(tempfile.gettempdir()) / f"lashctl-s3-staging-{os.getuid()}"
+        left = list(spool.glob("*.part")) if spool.is_dir() else []
+        assert not [p for p in left if p.stat().st_mtime > time.time() - 60], left  # none from this run
+    else:
+        tmp = Path(lashctl.store) / "tmp"
+        assert not list(tmp.glob("*.part")) if tmp.is_dir() else True
