@@ -189,6 +189,13 @@ class LashctlGroup(TyperGroup):
             # stages and renames, and staging files are removed on the way
             # out, so no file is left half-written; put says more.
             line, code = interrupted(exc)
+            state = ctx.find_object(AppState)
+            if state is not None and state.ui.json and not state.ui.wrote_data:
+                try:  # under --json every failure is one document, an interrupt too
+                    state.ui.emit_json({"error": line.removeprefix("lashctl: "), "exit_code": code,
+                                        **state.run_fields()})
+                except OSError:
+                    _quiet_stdout()
             say(line)
             raise typer.Exit(code)
         except LashctlError as exc:

@@ -217,3 +217,12 @@ def test_a_put_interrupted_just_after_staging_leaves_no_staging_file(lashctl, si
     else:
         tmp = Path(lashctl.store) / "tmp"
         assert not list(tmp.glob("*.part")) if tmp.is_dir() else True
+
+
+def test_an_interrupt_under_json_prints_the_failure_object(lashctl):
+    lashctl.put("s", b"an orphan\n")
+    aged(lashctl)
+    done = lashctl("--json", "reclaim", "--force", "--older-than", "0s", fault="reclaim.forgotten/TERM")
+    assert done.returncode == 143, done.stderr
+    document = json.loads(done.stdout)
+    assert document["exit_code"] == 143 and "SIGTERM" in document["error"]
