@@ -162,7 +162,7 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
         require_extra("psycopg", "postgres", "a postgresql:// manifest")
         from lashctl.backends.postgres import PostgresManifest
 
-        return PostgresManifest(text, lock_timeout=lock_timeout, process_registry=process_registry)
+        return PostgresManifest(text, lock_timeout=lock_timeout, process_registry=process_registry, warn=warn)
     if text is not None and is_url(text):
         raise unknown_scheme(text, "--manifest", f"a postgresql:// URL, {LASH_SQLITE_PREFIX}DIR or a file path")
     if process_registry is not None:

@@ -219,7 +219,9 @@ class PostgresManifest:
     # each candidate before and after deleting it (lashctl.sweep).
     blocks_writers = False
 
-    def __init__(self, url: str, lock_timeout: float = 30.0, process_registry: str | None = None) -> None:
+    def __init__(self, url: str, lock_timeout: float = 30.0, process_registry: str | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self._warn = warn
         if not is_postgres_url(url):
             raise UsageError(f"not a PostgreSQL URL: {strip_password(url)} (expected one of {', '.join(POSTGRES_SCHEMES)})")
         if not is_utf8_text(url):  # argv bytes that are not UTF-8: libpq could never be given them
@@ -530,8 +532,14 @@ class PostgresManifest:
                 qualified = conn.execute("SELECT to_regclass(%s)::regclass::text, current_database()",
                                          (TABLE,)).fetchone()
                 key = lock_key(f"{qualified[1]}.{qualified[0]}")
-                deadline = time.monotonic() + self.lock_timeout
+                started = time.monotonic()
+                deadline, told = started + self.lock_timeout, False
                 while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+                    if not told and self._warn is not None and time.monotonic() - started >= 1 \
+                            and self.lock_timeout > 1:
+                        self._warn(f"waiting for the sweep lock on {TABLE} at {self.name} (another sweep "
+                                   f"holds it; up to {self.lock_timeout:g}s, --lock-timeout)")
+                        told = True
                     if time.monotonic() >= deadline:
                         raise LockTimeout(
                             f"could not take the sweep lock on {TABLE} at {self.name} within "

@@ -209,3 +209,18 @@ def test_postgresql_writes_are_durable_whatever_the_servers_synchronous_commit(p
     for way in (manifest.writing, manifest.sweeping):
         with way() as view:
             assert view.conn.execute("SHOW synchronous_commit").fetchone()[0] == "on", way.__name__
+
+
+def test_a_sweep_waiting_for_the_postgresql_sweep_lock_says_so(tmp_path, pg_url):
+    import psycopg
+
+    from lashctl.backends.postgres import TABLE, lock_key
+
+    (tmp_path / "store" / "sha256").mkdir(parents=True)
+    assert run("--store", "store", "--manifest", pg_url, "manifest", "init", cwd=tmp_path).returncode == 0
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        qualified = conn.execute("SELECT to_regclass(%s)::regclass::text, current_database()", (TABLE,)).fetchone()
+        conn.execute("SELECT pg_advisory_lock(%s)", (lock_key(f"{qualified[1]}.{qualified[0]}"),))
+        done = run("--store", "store", "--manifest", pg_url, "--lock-timeout", "3", "reclaim", cwd=tmp_path)
+    assert done.returncode == 75
+    assert "waiting for the sweep lock" in done.stderr.decode() and "up to 3s" in done.stderr.decode()
