@@ -154,7 +154,7 @@ class BlobBackend(Protocol):
     def record_layout(self, layout: str) -> bool:
         """Record the store's layout (outside ``sha256/``, where lash never
         looks) unless one is recorded: True if this call recorded it, False if
-        the same was already recorded, Refused if another is (two ``init``\ s at once)."""
+        the same was already recorded, Refused if another is (two inits at once)."""
 
     def date_blob(self, attachment_id: str, mtime_ms: int) -> bool:
         """Set the blob's modification time (a migration keeps its source's, so
