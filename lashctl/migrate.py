@@ -12,7 +12,10 @@ destination is written in the order that keeps it safe at every instant:
    the blob is re-hashed at the destination;
 2. only then do the rows of that id join the pending batch, which is
    appended (intent at the row's intent time, commit at its commit time)
-   every ``ROW_BATCH`` rows.
+   every ``ROW_BATCH`` rows;
+3. only once a batch's rows are written (and re-read) are its copies given
+   their source's age: until then a copy is dated now, so a sweep of the
+   destination running meanwhile spares bytes no row references yet.
 
 So the destination never holds a row, committed or not, whose bytes are not
 already there and verified, except the rows whose blob the source itself
@@ -34,7 +37,7 @@ from typing import Callable
 from lashctl import faults
 from lashctl.backends.base import LAYOUT_SIDECARS
 from lashctl.core import Store, by_id
-from lashctl.errors import Corrupt, Denied, LashctlError, NotFound, Unavailable, UsageError
+from lashctl.errors import Corrupt, Denied, LashctlError, NotFound, Refused, Unavailable, UsageError
 from lashctl.fold import INTENT, Event, Row
 
 ROW_BATCH = 5000
@@ -148,19 +151,22 @@ def migrate(
     report = MigrateReport(src.blobs.name, src.manifest.name, dest.blobs.name, dest.manifest.name, dry_run)
     dest.blobs.check_root()  # a missing bucket: exit 2 (an absent directory is created)
     dest.manifest.check_writable()  # a missing table: exit 2 before any byte moves
+    recorded = _check_layout(dest)
     dest_manifest_exists = dest.manifest.exists()
     if not dry_run:
         dest.blobs.ensure_writable_layout()
-        if dest.blobs.recorded_layout() is None:
-            dest.blobs.record_layout(dest.layout)
+        if recorded is None:
+            dest.blobs.record_layout(dest.layout)  # Refused if another was recorded meanwhile
     pending: list[Row] = []
+    dates: list[tuple[str, int | None]] = []  # the pending batch's copies: (id, source mtime)
     with src.manifest.reading() as view, src.blobs.opened(), dest.blobs.opened():
         dest_ids = _Cursor(dest.blobs.iter_ids())
         for attachment_id, present, rows in by_id(src, view):
             report.rows_seen += len(rows)
             if present:
                 report.blobs_seen += 1
-                ok = _migrate_blob(src, dest, attachment_id, dest_ids.has(attachment_id), report, dry_run=dry_run)
+                ok = _migrate_blob(src, dest, attachment_id, dest_ids.has(attachment_id), report, dates,
+                                   dry_run=dry_run)
                 faults.point("migrate.copied")
                 if progress is not None:
                     progress(1)
@@ -179,12 +185,34 @@ def migrate(
                     f"the source has no bytes for this id: {len(rows)} row(s) ({committed} committed; "
                     f"session(s) {sessions}) copied as they are", failed=False))
             pending.extend(rows)
-            if len(pending) >= row_batch:
+            if len(pending) >= row_batch or len(dates) >= row_batch:
                 _flush_rows(dest, pending, report, dry_run=dry_run, dest_exists=dest_manifest_exists)
-                pending = []
+                _date_copies(dest, dates, report)
+                pending, dates = [], []
         if pending:
             _flush_rows(dest, pending, report, dry_run=dry_run, dest_exists=dest_manifest_exists)
+        _date_copies(dest, dates, report)
     return report
+
+
+def _date_copies(dest: Store, dates: list[tuple[str, int | None]], report: MigrateReport) -> None:
+    """Give copies whose rows are written their source's age where the
+    destination can keep it: a sweep there spares bytes written within its
+    grace period, as the source's would have. Called only after the rows."""
+    for attachment_id, mtime_ms in dates:
+        if mtime_ms is None or not dest.blobs.date_blob(attachment_id, mtime_ms):
+            report.copies_undated += 1
+
+
+def _check_layout(dest: Store) -> str | None:
+    """The layout the destination records (None if none); Refused (exit 4) when
+    it records another than the one the copy would follow (``--to-layout``):
+    sidecars in a bare store, or blobs without them in one that keeps them."""
+    recorded = dest.blobs.recorded_layout()
+    if recorded is not None and recorded != dest.layout:
+        raise Refused(f"store {dest.blobs.name} records layout {recorded}: refusing to migrate into it "
+                      f"as {dest.layout} (drop --to-layout to follow its record)")
+    return recorded
 
 
 class _Cursor:
@@ -218,9 +246,10 @@ def _verified(store: Store, attachment_id: str) -> bool:
 
 
 def _migrate_blob(src: Store, dest: Store, attachment_id: str, at_dest: bool, report: MigrateReport,
-                  *, dry_run: bool) -> bool:
+                  dates: list[tuple[str, int | None]], *, dry_run: bool) -> bool:
     """Copy one blob (and its sidecar); whether it is verified at the destination
-    (for a dry run: whether it would be, if the source bytes are sound)."""
+    (for a dry run: whether it would be, if the source bytes are sound). A
+    copy made is added to ``dates`` (dated now until its rows are written)."""
 
     def fail(message: str) -> bool:
         report.items.append(MigrateItem(attachment_id, BLOB, message))
@@ -251,10 +280,6 @@ def _migrate_blob(src: Store, dest: Store, attachment_id: str, at_dest: bool, re
             if staged is not None:
                 dest.blobs.discard(staged)
         _copy_sidecar(src, dest, attachment_id, report)
-        # The copy keeps the original's age where it can: a sweep of the
-        # destination spares bytes written within its grace period.
-        if source is None or not dest.blobs.date_blob(attachment_id, source.mtime_ms):
-            report.copies_undated += 1
         dest.blobs.sync([attachment_id])  # the blob and its sidecar durable before any row
         digest, hashed = dest.blobs.hash(attachment_id)
         if digest != attachment_id:
@@ -267,6 +292,7 @@ def _migrate_blob(src: Store, dest: Store, attachment_id: str, at_dest: bool, re
         return fail(f"I/O error: {exc.strerror or exc}")
     report.blobs_copied += 1
     report.bytes_copied += hashed.size
+    dates.append((attachment_id, None if source is None else source.mtime_ms))
     return True
 
 
