@@ -8,6 +8,7 @@ reaches bytes and rows only through ``lashctl.backends.base``.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from heapq import merge
 from typing import Iterator
@@ -50,7 +51,7 @@ class Store:
         self._given_layout = layout
         # A manifest in the root (the default) makes the store lashctl's own;
         # one kept elsewhere (lash's database, a named file) may serve lash's store.
-        self._own_manifest = manifest_path is None
+        self._own_manifest = owns_manifest(root, manifest_path)
         self.manifest = open_manifest(manifest_path, self.blobs, lock_timeout=lock_timeout, warn=self._warn,
                                       note=self.note, process_registry=process_registry)
 
@@ -87,24 +88,41 @@ class Store:
             yield view
 
 
+def owns_manifest(root, manifest_path) -> bool:
+    """Whether the manifest is the store's own: ``manifest.jsonl`` in a local
+    store's root, by default or named (compared as real paths)."""
+    if manifest_path is None:
+        return True
+    from lashctl.backends import MANIFEST_NAME, is_lash_sqlite, is_url
+
+    given, where = str(manifest_path), str(root)
+    if is_url(given) or is_lash_sqlite(given) or is_url(where):
+        return False
+    return os.path.realpath(given) == os.path.realpath(os.path.join(where, MANIFEST_NAME))
+
+
 LAYOUT_PROBE = 8  # blobs looked at to tell a bare store from one with sidecars
 
 
 def detect_layout(blobs, own: bool = False) -> str:
-    """The layout of a store that records none. A store whose first blobs
-    (in id order) have no sidecar at all is bare: even a single blob, where
-    the manifest is kept elsewhere (lash's store: lashctl must add no sidecar
-    to it); eight of them where the store keeps its own manifest in its root
-    (``own``: lashctl's store, where fewer blobs without a sidecar are more
-    likely damage to repair). Anything else, an empty store included, keeps
-    sidecars."""
+    """The layout of a store that records none, from its first blobs (in id
+    order). Where the manifest is kept elsewhere (lash's store: lashctl must
+    add no sidecar to it), any of them without a sidecar makes it bare: a
+    blob lashctl put there beside lash's does not make it a store of sidecars.
+    Where the store keeps its own manifest in its root (``own``: lashctl's
+    store, where blobs without a sidecar are more likely damage to repair),
+    it is bare only when eight of them all have none. Anything else, an
+    empty store included, keeps sidecars."""
     from itertools import islice
 
     from lashctl.backends.base import LAYOUT_BARE, LAYOUT_SIDECARS
 
     with blobs.opened():
         probe = list(islice(blobs.iter_ids(), LAYOUT_PROBE))
-        if len(probe) >= (LAYOUT_PROBE if own else 1) and all(blobs.stat(i, sidecar=True) is None for i in probe):
+        lacking = (blobs.stat(i, sidecar=True) is None for i in probe)
+        if own and len(probe) >= LAYOUT_PROBE and all(lacking):
+            return LAYOUT_BARE
+        if not own and any(lacking):
             return LAYOUT_BARE
     return LAYOUT_SIDECARS
 
