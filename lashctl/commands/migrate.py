@@ -58,6 +58,9 @@ def migrate(
     from lashctl.errors import UsageError
 
     state = app_state(ctx, json_flag)
+    for option, given in (("--to-store", to_store), ("--to-manifest", to_manifest)):
+        if given is not None and not given.strip():  # never the current directory or the default
+            raise UsageError(f"{option} is empty: name a directory, file or URL")
     if is_s3_url(to_store) and to_manifest is None:
         raise UsageError("an s3:// destination keeps no manifest of its own: name one with --to-manifest "
                          "(a file or a postgresql:// URL)")
@@ -67,7 +70,7 @@ def migrate(
     dest_root = to_store if is_url(to_store) else _path(to_store)
     dest_manifest = None if to_manifest is None else to_manifest if is_url(to_manifest) else _path(to_manifest)
     dest = Store(dest_root, dest_manifest, state.lock_timeout, warn=state.ui.warn, note=state.ui.note,
-                 layout=to_layout or _destination_layout(dest_root, src, own=dest_manifest is None))
+                 layout=to_layout or _destination_layout(dest_root, src, own=core.owns_manifest(dest_root, dest_manifest)))
     core_migrate.check_distinct(src, dest)
     total = None
     if state.ui.wants_progress():
