@@ -51,6 +51,7 @@ def forget(
         "session_id": session,
         "rows_forgotten": len(items),
         "committed_rows_forgotten": sum(1 for i in items if i.state == "committed"),
+        "missing": missing,  # the ids the session has no row for (exit 3)
     })
     verb = "dry run: would forget" if dry_run else "forgot"
     committed = sum(1 for i in items if i.state == "committed")
