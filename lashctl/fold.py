@@ -173,6 +173,26 @@ class Effect:
         return self.from_uncommitted.committed_at_epoch_ms if self.from_uncommitted else None
 
 
+def effect_runs(events) -> dict[tuple[str, str], list["Effect | int"]]:
+    """A batch of events reduced per key, for a store that keeps the fold's
+    state (a table): each key's run of Effects, where a guarded forget (a
+    sweep's, with its cutoff: an int) ends a run, since what it deletes
+    depends on the stored row, and what follows it starts a new run on
+    whatever is left. ValueError for an op other than intent, commit, forget."""
+    runs: dict[tuple[str, str], list[Effect | int]] = {}
+    for event in events:
+        if event.op not in OPS:
+            raise ValueError(f"unknown manifest op {event.op!r}")
+        run = runs.setdefault(event.key, [])
+        if event.op == FORGET and event.at_ms is not None:
+            run.append(event.at_ms)
+            continue
+        if not run or not isinstance(run[-1], Effect):
+            run.append(Effect(event.session_id, event.attachment_id))
+        run[-1].add(event)
+    return runs
+
+
 def fold(events, rows: dict[tuple[str, str], Row] | None = None) -> dict[tuple[str, str], Row]:
     """Fold events into ``rows`` (a new dict if None)."""
     rows = {} if rows is None else rows

@@ -13,7 +13,7 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from lashctl.errors import StoreIOError, UnsafePath
 
@@ -230,6 +230,50 @@ def shared_file_mode(name: str, dir_fd: int) -> int | None:
     except OSError:
         return None
     return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 else None
+
+
+def open_lock_file(path: Path | str) -> int:
+    """Open (creating it) a lock file: a regular file, never through a symlink."""
+    try:
+        return open_or_create(path)
+    except NotARegularFile as exc:
+        raise UnsafePath(f"lock file {path} is {exc.strerror}: refusing to use it") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(f"lock file {path} is a symlink: refusing to use it") from exc
+        raise StoreIOError.wrap("open lock file", path, exc) from exc
+
+
+LOCK_POLL_S = 0.05
+LOCK_WAIT_TOLD_S = 1.0  # a wait for a lock longer than this is said on stderr
+
+
+def flock_within(fd: int, path: Path | str, timeout: float, *, action: str, holder: str,
+                 warn: Callable[[str], None] | None = None) -> None:
+    """Take an exclusive ``flock`` on ``fd``, waiting at most ``timeout``
+    seconds (LockTimeout: "could not ACTION within Ns: HOLDER holds it"). A
+    wait longer than a second is said through ``warn``: a silent wait looks
+    like a hang (a cron sweep, a slow disk)."""
+    import fcntl
+    import time
+
+    from lashctl.errors import LockTimeout
+
+    started = time.monotonic()
+    deadline, told = started + max(timeout, 0.0), False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise StoreIOError.wrap("lock", path, exc) from exc
+        if not told and warn is not None and timeout > 1 and time.monotonic() - started >= LOCK_WAIT_TOLD_S:
+            warn(f"waiting for the lock on {path} ({holder} holds it; up to {timeout:g}s, --lock-timeout)")
+            told = True
+        if time.monotonic() >= deadline:
+            raise LockTimeout(f"could not {action} within {timeout:g}s: {holder} holds it; retry later")
+        time.sleep(LOCK_POLL_S)
 
 
 def unique_suffix(nbytes: int = _RANDOM_BYTES) -> str:

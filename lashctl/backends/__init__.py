@@ -150,7 +150,7 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
                              "session databases: give the path of lash's SQLite process registry file")
         from lashctl.backends.lash_sqlite import LashSqliteManifest
 
-        return LashSqliteManifest(text, lock_timeout=lock_timeout, process_registry=process_registry)
+        return LashSqliteManifest(text, lock_timeout=lock_timeout, process_registry=process_registry, warn=warn)
     if process_registry is not None and "/" in process_registry:
         raise UsageError(f"--process-registry {process_registry} is a file, lash's SQLite process registry: "
                          f"it goes with a {LASH_SQLITE_PREFIX}DIR manifest only")

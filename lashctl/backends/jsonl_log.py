@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from lashctl.backends import cachedir
-from lashctl.errors import Corrupt, LockTimeout, StoreIOError, UnsafePath
+from lashctl.errors import Corrupt, StoreIOError, UnsafePath
 from lashctl.fsutil import (
     NAME_MAX,
     READ_FLAGS,
@@ -37,9 +37,10 @@ from lashctl.fsutil import (
     cut_name,
     describe_mode,
     fit_in,
+    flock_within,
     fsync_dir,
     make_dirs,
-    open_or_create,
+    open_lock_file,
     open_regular,
     staging_prefix,
     write_all,
@@ -270,9 +271,6 @@ def _parses(raw: bytes) -> bool:
     return True
 
 
-_LOCK_WAIT_TOLD_S = 1.0  # a wait for the lock longer than this is said on stderr
-
-
 class Manifest:
     """A manifest file and its lock: read the state, append events, compact.
 
@@ -462,36 +460,10 @@ class Manifest:
             return
         self.check_writable()
         self._ensure_parent()
+        fd = open_lock_file(self.lock_path)
         try:
-            fd = open_or_create(self.lock_path)
-        except NotARegularFile as exc:
-            raise UnsafePath(f"lock file {self.lock_path} is {exc.strerror}: refusing to use it") from exc
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePath(f"lock file {self.lock_path} is a symlink: refusing to use it") from exc
-            raise StoreIOError.wrap("open lock file", self.lock_path, exc) from exc
-        try:
-            started = time.monotonic()
-            deadline = started + max(self.lock_timeout, 0.0)
-            told = False
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                        raise StoreIOError.wrap("lock", self.lock_path, exc) from exc
-                if not told and time.monotonic() - started >= _LOCK_WAIT_TOLD_S and deadline - started > 1:
-                    # A silent wait looks like a hang (a cron sweep, a slow disk).
-                    self.warn(f"waiting for the lock on {self.lock_path} (another writer holds it; "
-                              f"up to {self.lock_timeout:g}s, --lock-timeout)")
-                    told = True
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(
-                        f"could not lock {self.lock_path} within {self.lock_timeout:g}s: "
-                        "another writer holds it; retry later"
-                    )
-                time.sleep(_LOCK_POLL_S)
+            flock_within(fd, self.lock_path, self.lock_timeout, action=f"lock {self.lock_path}",
+                         holder="another writer", warn=self.warn)
             self._lock_fd = fd
             try:
                 yield

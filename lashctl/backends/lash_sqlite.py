@@ -48,15 +48,13 @@ database and in its process registry and refuses any other; lashctl refuses
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import math
 import os
 import sqlite3
-import time
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 from urllib.parse import quote
 
 from lashctl.backends.base import uncommitted_where
@@ -66,11 +64,10 @@ from lashctl.errors import (
     LashctlError,
     LockTimeout,
     StoreIOError,
-    UnsafePath,
     UsageError,
 )
-from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
-from lashctl.fsutil import NotARegularFile, open_or_create
+from lashctl.fold import Effect, Event, Row, canonical_uri, effect_runs
+from lashctl.fsutil import flock_within, open_lock_file
 from lashctl.ids import is_valid_id
 from lashctl.timefmt import MAX_EPOCH_MS
 
@@ -180,7 +177,9 @@ class LashSqliteManifest:
     # each candidate before and after deleting it (lashctl.sweep).
     blocks_writers = False
 
-    def __init__(self, location: str, lock_timeout: float = 30.0, process_registry: str | None = None) -> None:
+    def __init__(self, location: str, lock_timeout: float = 30.0, process_registry: str | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.warn = warn
         directory = location[len(PREFIX):] if is_lash_sqlite(location) else location
         if not directory:
             raise UsageError(f"--manifest {PREFIX} names no directory: give {PREFIX}/path/to/sessions")
@@ -433,27 +432,10 @@ class LashSqliteManifest:
     @contextmanager
     def _sweep_lock(self) -> Iterator[None]:
         path = os.path.join(self.directory, SWEEP_LOCK)
+        fd = open_lock_file(path)
         try:
-            fd = open_or_create(path)
-        except NotARegularFile as exc:
-            raise UnsafePath(f"lock file {path} is {exc.strerror}: refusing to use it") from exc
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePath(f"lock file {path} is a symlink: refusing to use it") from exc
-            raise StoreIOError.wrap("open lock file", path, exc) from exc
-        try:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                        raise StoreIOError.wrap("lock", path, exc) from exc
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"could not take the sweep lock {path} within {self.lock_timeout:g}s: "
-                                      "another sweep holds it; retry later")
-                time.sleep(_LOCK_POLL_S)
+            flock_within(fd, path, self.lock_timeout, action=f"take the sweep lock {path}",
+                         holder="another sweep", warn=self.warn)
             try:
                 yield
             finally:
@@ -854,17 +836,10 @@ class LashSqliteView:
             raise RuntimeError("a reading view of lash's session databases takes no writes")
         if not events:
             return
-        runs: dict[tuple[str, str], list[Effect | int]] = {}
-        for event in events:
-            if event.op not in (INTENT, COMMIT, FORGET):
-                raise Corrupt(f"unknown manifest op {event.op!r}")
-            run = runs.setdefault(event.key, [])
-            if event.op == FORGET and event.at_ms is not None:
-                run.append(event.at_ms)
-                continue
-            if not run or not isinstance(run[-1], Effect):
-                run.append(Effect(event.session_id, event.attachment_id))
-            run[-1].add(event)
+        try:
+            runs = effect_runs(events)
+        except ValueError as exc:
+            raise Corrupt(str(exc)) from None
         per_db: dict[str, list[tuple[str, tuple]]] = {}
         for (session, aid) in sorted(runs):
             for effect in runs[(session, aid)]:

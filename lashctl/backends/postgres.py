@@ -68,7 +68,7 @@ from lashctl.backends import (
 )
 from lashctl.backends.base import rendered_uncommitted, uncommitted_where
 from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Refused, Unavailable, UsageError
-from lashctl.fold import COMMIT, FORGET, INTENT, Effect, Event, Row, canonical_uri
+from lashctl.fold import Effect, Event, Row, canonical_uri, effect_runs
 from lashctl.ids import URI_SCHEME, is_utf8_text, is_valid_id
 from lashctl.timefmt import MAX_EPOCH_MS
 
@@ -891,17 +891,10 @@ class PostgresView:
         """
         if not events:
             return
-        runs: dict[tuple[str, str], list[Effect | int]] = {}  # per key: Effects and guarded forgets' cutoffs
-        for event in events:
-            if event.op not in (INTENT, COMMIT, FORGET):
-                raise Corrupt(f"unknown manifest op {event.op!r}")
-            run = runs.setdefault(event.key, [])
-            if event.op == FORGET and event.at_ms is not None:
-                run.append(event.at_ms)
-                continue
-            if not run or not isinstance(run[-1], Effect):
-                run.append(Effect(event.session_id, event.attachment_id))
-            run[-1].add(event)
+        try:
+            runs = effect_runs(events)
+        except ValueError as exc:
+            raise Corrupt(str(exc)) from None
         # Keys in one order: two lashctl writers lock rows in the same order, never deadlock.
         statements: list[tuple[str, tuple]] = []
         for (session, aid) in sorted(runs):
