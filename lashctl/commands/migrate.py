@@ -13,7 +13,7 @@ EPILOG = """Examples:
     lashctl migrate --store /srv/lash --to-store s3://bucket/lash --to-manifest postgresql://lash@db/lash --dry-run
     lashctl migrate --store s3://bucket/lash --manifest postgresql://lash@db/lash --to-store /srv/lash-copy
 
-Exit codes: 0 copied (or nothing to copy); 2 usage error: the destination is the source, or its manifest is the source's, or a missing bucket or table; 5 partial: some blobs or sidecars failed (their rows held back); 65 corrupt manifest; 69 server unavailable; 75 manifest locked; 77 access denied."""
+Exit codes: 0 copied (or nothing to copy); 2 usage error: the destination is the source, or its manifest is the source's, or a missing bucket or table; 4 refused: --to-layout differs from the layout the destination records; 5 partial: some blobs or sidecars failed (their rows held back); 65 corrupt manifest; 69 server unavailable; 75 manifest locked; 77 access denied."""
 
 
 def migrate(

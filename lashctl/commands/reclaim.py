@@ -14,7 +14,7 @@ EPILOG = """Examples:
     lashctl reclaim --dry-run
     lashctl -q --json reclaim --older-than 7d
 
-Exit codes: 0 swept; 2 usage error; 4 refused: cutoff under 1 minute without --force; 5 partial: some deletes failed, their rows kept; 65 corrupt manifest (nothing deleted); 75 manifest locked."""
+Exit codes: 0 swept; 2 usage error; 4 refused: cutoff under 1 minute without --force, or (PostgreSQL) this machine's clock ahead of the server's; 5 partial: some deletes failed, their rows kept; 65 corrupt manifest (nothing deleted); 69 a server failed (rows of bytes still there kept); 75 manifest locked; 77 access denied; 129/130/143 stopped by a signal."""
 
 # One blob the sweep acted on (a sweep.ReclaimItem). The table shows a size
 # only for bytes that go, and an error in place of the reason.
