@@ -10,6 +10,8 @@ _lashctl_completion() {
         COMPREPLY=()
     else
         COMPREPLY=( "${reply[@]}" )
+        # A directory or a URL scheme goes on: no space after it.
+        [[ ${#COMPREPLY[@]} == 1 && "${COMPREPLY[0]}" == *[/:] ]] && compopt -o nospace
     fi
     return 0
 }

@@ -8,6 +8,12 @@ Typer's bash script falls back to file names whenever lashctl offers nothing
 after ``--older-than`` or ``--session``. The classes here tell the shell
 explicitly: ``::files`` (bash) or ``_files`` (zsh) where a PATH or FILE goes,
 and nothing at all elsewhere. PowerShell keeps Typer's behaviour.
+
+A manifest (``--manifest``, ``--to-manifest``) is a file or a URL: its
+schemes are offered beside the file names, which lashctl then lists itself
+(only directories after ``lash-sqlite:``, nothing after ``postgresql:``).
+bash splits a word at ``:`` (COMP_WORDBREAKS): the pieces are joined again
+before completing, and the replies trimmed to what follows the last ``:``.
 """
 
 from __future__ import annotations
@@ -75,6 +81,46 @@ def _store_root(ctx: Any) -> str:
     return platformdirs.user_data_dir("lashctl")
 
 
+MANIFEST_OPTIONS = ("--manifest", "--to-manifest")
+LASH_SQLITE = "lash-sqlite:"  # lashctl.backends.lash_sqlite.PREFIX, not imported: completion stays light
+SCHEMES = ("postgresql://", LASH_SQLITE)
+
+
+def complete_manifest(incomplete: str) -> list[str]:
+    """The manifest schemes that start with what was typed, and the files and
+    directories it names (only directories after ``lash-sqlite:``)."""
+    if incomplete.startswith(LASH_SQLITE):
+        return [LASH_SQLITE + name for name in _entries(incomplete[len(LASH_SQLITE):], dirs_only=True)]
+    offered = [scheme for scheme in SCHEMES if scheme.startswith(incomplete)]
+    if ":" in incomplete:  # a URL: no file names
+        return offered
+    return offered + _entries(incomplete, dirs_only=False)
+
+
+def _entries(typed: str, dirs_only: bool) -> list[str]:
+    """Names in ``typed``'s directory that start with its last part; directories end in ``/``."""
+    head, part = os.path.split(typed)
+    try:
+        found = list(os.scandir(os.path.expanduser(head) or "."))
+    except OSError:
+        return []
+    names = []
+    for entry in found:
+        if not entry.name.startswith(part) or (entry.name.startswith(".") and not part.startswith(".")):
+            continue
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir or not dirs_only:
+            names.append(os.path.join(head, entry.name) + ("/" if is_dir else ""))
+    return sorted(names)
+
+
+def _is_manifest(obj: Any) -> bool:
+    return isinstance(obj, Parameter) and any(opt in MANIFEST_OPTIONS for opt in getattr(obj, "opts", ()))
+
+
 def _wants_files(obj: Any) -> bool:
     return isinstance(obj, Parameter) and any(word in (obj.metavar or "") for word in ("PATH", "FILE"))
 
@@ -87,8 +133,19 @@ class _Resolving:
     def get_completions(self, args: list[str], incomplete: str) -> list[CompletionItem]:
         ctx = _resolve_context(self.cli, self.ctx_args, self.prog_name, args)  # type: ignore[attr-defined]
         obj, incomplete = _resolve_incomplete(ctx, args, incomplete)
+        if _is_manifest(obj):
+            self.wants_files = False  # listed here, with the schemes
+            return [CompletionItem(value) for value in complete_manifest(incomplete)]
         self.wants_files = _wants_files(obj)
         return obj.shell_complete(ctx, incomplete)
+
+
+def _join_colons(args: list[str], incomplete: str) -> tuple[list[str], str]:
+    """Undo bash's split of a word at ``:``: ``lash-sqlite : /x`` is ``lash-sqlite:/x``."""
+    args = list(args)
+    while args and (args[-1] == ":" or (incomplete.startswith(":") and not args[-1].startswith("-"))):
+        incomplete = args.pop() + incomplete
+    return args, incomplete
 
 
 BASH_SCRIPT = """
@@ -104,6 +161,8 @@ BASH_SCRIPT = """
         COMPREPLY=()
     else
         COMPREPLY=( "${reply[@]}" )
+        # A directory or a URL scheme goes on: no space after it.
+        [[ ${#COMPREPLY[@]} == 1 && "${COMPREPLY[0]}" == *[/:] ]] && compopt -o nospace
     fi
     return 0
 }
@@ -119,10 +178,15 @@ class LashctlBash(_Resolving, BashComplete):
         return {**super().source_vars(), "files": FILES}
 
     def complete(self) -> str:
-        args, incomplete = self.get_completion_args()
+        args, incomplete = _join_colons(*self.get_completion_args())
         completions = self.get_completions(args, incomplete)
         if self.wants_files and not completions:
             return FILES
+        # bash replaces only what follows the word's last ':'.
+        typed = incomplete[:incomplete.rfind(":") + 1]
+        for item in completions:
+            if typed and item.value.startswith(typed):
+                item.value = item.value[len(typed):]
         return "\n".join(self.format_completion(item) for item in completions)
 
 

@@ -266,3 +266,40 @@ def test_completion_still_offers_file_names_for_paths():
     for words in (["lashctl", "put", "-s", "s", ""], ["lashctl", "--store", ""], ["lashctl", "get", "abcd", "-o", ""],
                   ["lashctl", "put", "--files-from", ""]):
         assert _complete(words).stdout.strip() == "::files", words
+
+
+def _bash_completes(words: list[str], cwd: Path) -> list[str]:
+    """COMPREPLY of the installed bash script for ``words`` as bash splits them
+    (``:`` is a word of its own: it is in COMP_WORDBREAKS), the last one incomplete."""
+    quoted = " ".join(f"'{w}'" for w in words)
+    bash = (
+        f"source {ROOT / 'completions' / 'lashctl.bash'}\n"
+        f"cd {cwd}\n"
+        f"COMP_WORDS=(lashctl {quoted}); COMP_CWORD={len(words)}\n"
+        "_lashctl_completion lashctl 2>/dev/null\n"
+        "printf '<%s>\\n' \"${COMPREPLY[@]}\"\n"
+    )
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = {k: v for k, v in env.items() if not k.startswith("LASHCTL_")}
+    result = subprocess.run(["bash", "--norc", "-c", bash], capture_output=True, text=True, env=env, check=False)
+    return sorted(line[1:-1] for line in result.stdout.splitlines() if line != "<>")
+
+
+@pytest.mark.parametrize("words, offered", [
+    (["--manifest", ""], ["lash-sqlite:", "manifest.jsonl", "postgresql://", "sessions/"]),
+    (["--manifest", "lash"], ["lash-sqlite:"]),
+    (["--manifest", "p"], ["postgresql://"]),
+    (["--manifest", "ma"], ["manifest.jsonl"]),
+    (["--manifest", "lash-sqlite", ":"], ["sessions/"]),
+    (["--manifest", "lash-sqlite", ":", "se"], ["sessions/"]),
+    (["--manifest", "postgresql", ":", "//db"], []),
+    (["--manifest", ":", "se"], []),
+    (["reclaim", "--manifest", "lash-sqlite", ":", "s"], ["sessions/"]),
+    (["migrate", "--to-store", "x", "--to-manifest", ""],
+     ["lash-sqlite:", "manifest.jsonl", "postgresql://", "sessions/"]),
+    (["migrate", "--to-store", "x", "--to-manifest", "lash-sqlite", ":"], ["sessions/"]),
+])
+def test_completion_of_a_manifest_offers_its_url_schemes_and_file_names(tmp_path, words, offered):
+    (tmp_path / "sessions").mkdir()
+    (tmp_path / "manifest.jsonl").write_text("")
+    assert _bash_completes(words, tmp_path) == offered
