@@ -1,5 +1,6 @@
-"""The five benchmark groups of the issue: start-up, batch upload, big files,
-big manifests and big sweeps. Each appends ``Result`` rows to the context.
+"""The benchmark groups: start-up, batch upload, big files, big manifests,
+big sweeps and lash's SQLite session databases (and, in remote.py, S3 +
+PostgreSQL). Each appends ``Result`` rows to the context.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class Config:
     @property
     def sweep_orphans(self) -> int:
         return 10_000 if self.quick else 100_000
+
+    @property
+    def session_dbs(self) -> int:
+        return 500 if self.quick else 5_000
 
     def n(self, quick: int, full: int) -> int:
         """Repetitions: the override, else the mode's default."""
@@ -722,6 +727,105 @@ def bench_sweep(ctx: Context) -> None:
              "(os.sync() before timing).")
 
 
+# =====================================================================================
+# 6. lash's SQLite session databases
+# =====================================================================================
+SQLITE_ROWS_PER_DB = 100
+SQLITE_COMMITTED_PER_DB = 10  # the rest are aged orphans
+SQLITE_TURN_OWNED_PER_DB = 10  # of the orphans: owned by a turn a later commit made dead
+
+# The floor for "read every database": each primary session database opened
+# read-only, one at a time, every row fetched. With --stat, also an os.stat
+# of each uncommitted row's blob (what telling whether its bytes exist costs).
+READ_SESSIONS_SCRIPT = """\
+import os, sqlite3, sys
+from urllib.parse import quote
+directory, store, stat = sys.argv[1], sys.argv[2], "--stat" in sys.argv
+rows = present = 0
+for name in sorted(os.listdir(directory)):
+    if not name.endswith(".db") or ".db" in name[:-3]:
+        continue
+    path = os.path.join(directory, name)
+    conn = sqlite3.connect("file:%s?mode=ro" % quote(path, safe="/"), uri=True)
+    got = conn.execute("SELECT session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms,"
+                       " owner_kind, owner_id FROM attachment_manifest").fetchall()
+    conn.close()
+    rows += len(got)
+    if stat:
+        for row in got:
+            if row[4] is None:
+                try:
+                    os.stat(os.path.join(store, "sha256", row[1][:2], row[1]))
+                    present += 1
+                except FileNotFoundError:
+                    pass
+print(rows, present)
+"""
+
+
+def bench_sqlite(ctx: Context) -> None:
+    """list-uncommitted and reclaim --dry-run on a directory of lash session
+    databases, against a Python reading every database's rows."""
+    cfg = ctx.cfg
+    n = cfg.session_dbs
+    d = ctx.dir("sqlite")
+    sessions, store = d / "sessions", d / "store"
+    now_ms = int(time.time() * 1000)
+    aged_ms = now_ms - 40 * datagen.DAY_MS
+    log(f"sqlite: generating {n:,} session databases of {SQLITE_ROWS_PER_DB} rows, a blob each")
+    t0 = time.perf_counter()
+    info = datagen.make_lash_sessions(sessions, store, n, SQLITE_ROWS_PER_DB, SQLITE_COMMITTED_PER_DB,
+                                      SQLITE_TURN_OWNED_PER_DB, aged_ms, aged_ms / 1000)
+    os.sync()
+    log(f"sqlite: generated in {time.perf_counter() - t0:.0f}s")
+    out_l, out_r = d / "list.json", d / "reclaim.json"
+    base = [*ctx.lashctl(store, "--manifest", f"lash-sqlite:{sessions}"), "--json"]
+    read = [cfg.python, "-c", READ_SESSIONS_SCRIPT, str(sessions), str(store)]
+    cmds = [
+        ("list", lambda: run([*base, "list-uncommitted"], env=ctx.env, stdout_path=str(out_l))),
+        ("reclaim", lambda: run([*base, "reclaim", "--dry-run"], env=ctx.env, stdout_path=str(out_r))),
+        ("read", lambda: run(read, env=ctx.env)),
+        ("read_stat", lambda: run([*read, "--stat"], env=ctx.env)),
+    ]
+    reps = cfg.n(3, 5)
+    log(f"sqlite: {reps} interleaved runs of each of {len(cmds)} commands")
+    s = interleave(reps, cmds, warmup=1)
+    _check_sqlite_outputs(info, out_l, out_r, s["read_stat"].last.stdout)
+    ctx.details["sqlite"] = {"data": vars(info),
+                             "runs": {k: {"median_s": v.median, "spread": v.spread(),
+                                          "peak_rss_mib": v.peak_rss_mib} for k, v in s.items()}}
+    what = f"{n:,} session dbs x {SQLITE_ROWS_PER_DB} rows"
+    floor = "python sqlite3, every db read"
+    for name, label in (("list", "--json list-uncommitted"), ("reclaim", "--json reclaim --dry-run")):
+        ctx.add(Result("sqlite", f"{label}, {what}", "info", s[name].median, s["read"].median,
+                       baseline_label=floor))
+        ctx.add(Result("sqlite", f"{label}, {what}: peak RSS", "info", s[name].peak_rss_mib,
+                       s["read"].peak_rss_mib, unit="MiB", baseline_label=floor))
+    ctx.add(Result("sqlite", f"every db read + a stat per uncommitted blob, {what}", "info",
+                   s["read_stat"].median, s["read"].median, baseline_label=floor))
+    ctx.note(f"sqlite: {info.databases:,} primary session databases in lash's schema (version "
+             f"{datagen.LASH_SCHEMA_VERSION}, WAL mode, named by lash's rule), {info.rows:,} rows: per database "
+             f"{SQLITE_COMMITTED_PER_DB} committed, the rest uncommitted intents 40 days old "
+             f"({SQLITE_TURN_OWNED_PER_DB} owned by a turn a later turn's commit made dead, the others "
+             "ownerless); every row's blob present in a bare directory store, a few distinct bytes dated 40 "
+             "days ago, so list-uncommitted stats real blobs and reclaim --dry-run plans to reclaim every "
+             f"orphan ({info.uncommitted:,}) rather than sparing them. {reps} interleaved runs each, 1 warm-up; "
+             "the page cache is warm.")
+
+
+def _check_sqlite_outputs(info: datagen.SessionsInfo, listing: Path, plan: Path, read: bytes) -> None:
+    listed = json.loads(listing.read_text())
+    if len(listed) != info.uncommitted or not all(r["bytes_present"] for r in listed):
+        raise HarnessError(f"sqlite: list-uncommitted listed {len(listed)} rows, expected {info.uncommitted} "
+                           "with their bytes")
+    report = json.loads(plan.read_text())
+    if report["blobs_reclaimed"] != info.uncommitted:
+        raise HarnessError(f"sqlite: reclaim --dry-run would reclaim {report['blobs_reclaimed']} blobs, "
+                           f"expected {info.uncommitted}")
+    if read.split() != [str(info.rows).encode(), str(info.uncommitted).encode()]:
+        raise HarnessError(f"sqlite: the baseline printed {read!r}, expected {info.rows} {info.uncommitted}")
+
+
 from remote import bench_remote  # noqa: E402  (the S3 + PostgreSQL rows)
 
 GROUPS: dict[str, Callable[[Context], None]] = {
@@ -731,5 +835,6 @@ GROUPS: dict[str, Callable[[Context], None]] = {
     "manifest": bench_manifest,
     "growth": bench_growth,
     "sweep": bench_sweep,
+    "sqlite": bench_sqlite,
     "remote": bench_remote,
 }

@@ -1,4 +1,4 @@
-"""Test data for the benchmarks: files, manifests, orphan stores, a bare Typer app.
+"""Test data for the benchmarks: files, manifests, orphan stores, lash session databases, a bare Typer app.
 
 Everything is generated with a seeded ``random.Random``, so two runs of the
 suite measure the same shapes of data. Nothing here calls lashctl: the data
@@ -12,6 +12,7 @@ import heapq
 import json
 import os
 import random
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,3 +311,101 @@ def add_orphans(root: Path, count: int, blob_size: int, at_ms: int, seed: int = 
     with open(root / "manifest.jsonl", "a", encoding="utf-8", newline="\n") as out:
         out.writelines(lines)
     return ids
+
+
+# -- lash's SQLite session databases ----------------------------------------------------
+# The tables lash-sqlite-store keeps in each session's primary database (the
+# ones lashctl reads), as lash creates them, stamped with its schema version.
+LASH_SCHEMA_VERSION = 12
+LASH_SESSION_DDL = """
+CREATE TABLE session_meta (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    session_id TEXT NOT NULL, session_name TEXT NOT NULL, created_at TEXT NOT NULL,
+    model TEXT NOT NULL, cwd TEXT, relation_json TEXT);
+CREATE TABLE runtime_turn_commits (
+    session_id TEXT NOT NULL, turn_id TEXT NOT NULL, turn_commit_hash TEXT NOT NULL,
+    result_json TEXT NOT NULL, committed_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, turn_id));
+CREATE TABLE attachment_manifest (
+    attachment_id TEXT NOT NULL, session_id TEXT NOT NULL, canonical_uri TEXT NOT NULL,
+    intent_at_ms INTEGER NOT NULL, committed_at_ms INTEGER,
+    owner_kind TEXT CHECK (owner_kind IN ('turn', 'process')), owner_id TEXT,
+    CHECK ((owner_kind IS NULL) = (owner_id IS NULL)),
+    PRIMARY KEY (session_id, attachment_id));
+CREATE INDEX idx_attachment_manifest_session ON attachment_manifest(session_id, committed_at_ms);
+CREATE INDEX idx_attachment_manifest_uncommitted ON attachment_manifest(committed_at_ms)
+    WHERE committed_at_ms IS NULL;
+CREATE INDEX idx_attachment_manifest_owner
+    ON attachment_manifest(session_id, owner_kind, owner_id, committed_at_ms);
+"""
+
+
+def lash_session_db_name(session_id: str) -> str:
+    """The file name lash gives a session's primary database."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in session_id).strip("_")
+    return f"{(safe or 'session')[:80]}-{hashlib.sha256(session_id.encode()).hexdigest()[:16]}.db"
+
+
+@dataclass
+class SessionsInfo:
+    databases: int = 0
+    rows: int = 0
+    uncommitted: int = 0
+    turn_owned: int = 0
+    committed: int = 0
+    blobs: int = 0
+
+
+def make_lash_sessions(sessions_dir: Path, store: Path, databases: int, rows_per_db: int,
+                       committed_per_db: int, turn_owned_per_db: int, intent_at_ms: int,
+                       blob_mtime_s: float, seed: int = 13) -> SessionsInfo:
+    """``databases`` session databases of ``rows_per_db`` rows each, every row's
+    blob in the bare directory store ``store`` (a few bytes, distinct, dated
+    ``blob_mtime_s``). Per database: ``committed_per_db`` committed rows, the
+    rest uncommitted intents at ``intent_at_ms`` (ownerless, but
+    ``turn_owned_per_db`` owned by a turn that a later turn's commit made dead).
+    """
+    rng = random.Random(seed)
+    info = SessionsInfo()
+    sessions_dir.mkdir(parents=True, exist_ok=True)
+    (store / "sha256").mkdir(parents=True, exist_ok=True)
+    (store / "lashctl-layout").write_text("bare\n")
+    made_shards: set[str] = set()
+    for n in range(databases):
+        session = f"{rng.getrandbits(128):032x}"
+        conn = sqlite3.connect(sessions_dir / lash_session_db_name(session), isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = OFF")  # generated data: one os.sync() at the end
+        conn.executescript(LASH_SESSION_DDL)
+        conn.execute(f"PRAGMA user_version = {LASH_SCHEMA_VERSION}")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO session_meta VALUES (1, ?, ?, '2026-01-01T00:00:00Z', 'model', NULL, NULL)",
+                     (session, f"bench session {n}"))
+        # turn-1 owns some intents; turn-2 committed after them, so they are dead.
+        conn.execute("INSERT INTO runtime_turn_commits VALUES (?, 'turn-2', 'hash', '{}', ?)",
+                     (session, intent_at_ms + 60_000))
+        batch = []
+        for i in range(rows_per_db):
+            data = f"lash bench blob {n} {i}\n".encode()
+            aid = hashlib.sha256(data).hexdigest()
+            shard = store / "sha256" / aid[:2]
+            if aid[:2] not in made_shards:
+                shard.mkdir(exist_ok=True)
+                made_shards.add(aid[:2])
+            blob = shard / aid
+            blob.write_bytes(data)
+            os.utime(blob, (blob_mtime_s, blob_mtime_s))
+            committed = intent_at_ms + 1_000 if i < committed_per_db else None
+            owner = ("turn", "turn-1") if committed is None and i < committed_per_db + turn_owned_per_db \
+                else (None, None)
+            batch.append((aid, session, f"sha256:{aid}", intent_at_ms + i, committed, *owner))
+            info.committed += committed is not None
+            info.turn_owned += owner[0] is not None
+        conn.executemany("INSERT INTO attachment_manifest VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+        conn.execute("COMMIT")
+        conn.close()
+        info.databases += 1
+        info.rows += len(batch)
+        info.blobs += len(batch)
+    info.uncommitted = info.rows - info.committed
+    return info

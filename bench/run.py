@@ -118,7 +118,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="smaller sizes and 3 runs each (2k files, 128 MiB, 100k rows, 10k orphans)")
+                   help="smaller sizes and 3 runs each (2k files, 128 MiB, 100k rows, 10k orphans, 500 session dbs)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--workdir", type=Path,
                    help="scratch directory (a temp dir is made inside it; default: the system temp dir)")
