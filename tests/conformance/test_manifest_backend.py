@@ -290,8 +290,9 @@ def test_writers_and_readers_outside_a_sweep(manifest_kind, request, tmp_path):
     first = make_manifest(manifest_kind, request, tmp_path)
     with first.sweeping() as sweep:
         sweep.append([Event.intent(IDS[1], "s1", 1)])
-        with first.reading() as view:
-            view.row_count()
+        with first.reading() as view:  # taken while the sweep holds its lock: no wait, the sweep's write seen
+            assert view.row_count() == 1
+            assert [r.session_id for r in view.rows_for_id(IDS[1])] == ["s1"]
 
 
 # -- streams -----------------------------------------------------------------------
