@@ -413,7 +413,7 @@ def _describe_row(store: Store, row: Row) -> UncommittedRow:
         return UncommittedRow(row, False, None, None, None)
     present = st is not None and st.is_file
     meta = None
-    if st is not None or store.layout == LAYOUT_SIDECARS:
+    if store.layout == LAYOUT_SIDECARS:  # a bare store keeps none: no failed open per row
         try:
             meta = store.blobs.read_sidecar(row.attachment_id)
         except LashctlError as exc:
