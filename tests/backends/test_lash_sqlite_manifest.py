@@ -25,7 +25,7 @@ from lash_sqlite_fixture import (
     rows,
     turn_committed,
 )
-from reliability_helpers import one_line_error, run
+from reliability_helpers import find_lashctl, one_line_error, run
 
 from lashctl.backends.lash_sqlite import SWEEP_LOCK, is_primary_db_name, session_db_name
 
@@ -425,3 +425,26 @@ def test_a_process_registry_of_another_schema_version_is_refused(lash, tmp_path)
     assert result.returncode == 65, result.stderr.decode()
     assert "schema version 11" in one_line_error(result.stderr)
     assert len(rows(lash.beta)) == 1
+
+
+def test_migrate_to_lashs_postgresql_table_resumes_after_a_kill(lash, tmp_path, pg_url):
+    """The path a growing deployment takes: lash's SQLite sessions to lash's
+    PostgreSQL table, killed after its bytes were copied, then run again."""
+    import os
+    import subprocess
+
+    shared = lash.put(b"in two sessions", "alpha")
+    lash.put(b"in two sessions", "beta")
+    own = lash.put(b"alpha's own", "alpha")
+    lash.ok("commit", "-s", "alpha", shared)
+    copy = ["--to-store", str(tmp_path / "copy"), "--to-manifest", pg_url]
+    assert run(["--store", str(tmp_path / "copy"), "--manifest", pg_url, "manifest", "init"]).returncode == 0
+    env = {**os.environ, "LASHCTL_FAULT": "migrate.copied"}
+    killed = subprocess.run([find_lashctl(), "--store", str(lash.root), "--manifest", f"lash-sqlite:{lash.sessions}",
+                             "migrate", *copy], capture_output=True, env=env, timeout=60)
+    assert killed.returncode == -9
+    lash.ok("migrate", *copy)
+    listed = json.loads(run(["--store", str(tmp_path / "copy"), "--manifest", pg_url, "--json", "ls"]).stdout)
+    assert sorted((e["id"], sorted(e["sessions"]), e["state"]) for e in listed) == sorted(
+        [(shared, ["alpha", "beta"], "committed"), (own, ["alpha"], "uncommitted")])
+    assert run(["--store", str(tmp_path / "copy"), "--manifest", pg_url, "verify"]).returncode == 0
