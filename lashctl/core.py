@@ -195,6 +195,16 @@ def aged_rows(rows: list[Row], cutoff: int) -> list[Row]:
     return aged
 
 
+def forget_intents(view, rows) -> None:
+    """Forget the uncommitted intents among ``rows``, each guarded by its own
+    intent time (only the intent as read goes: one refreshed or committed
+    since stays). Before bytes go, so that a later commit finds no intent."""
+    from lashctl.fold import Event
+
+    view.append([Event.forget(r.attachment_id, r.session_id, until_ms=r.intent_at_epoch_ms)
+                 for r in rows if not r.committed])
+
+
 def live_reason(rows: list[Row], cutoff: int, view) -> str | None:
     """Why an id's bytes must stay although some of its rows aged, or None."""
     live = None

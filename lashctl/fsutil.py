@@ -244,7 +244,7 @@ def open_lock_file(path: Path | str) -> int:
         raise StoreIOError.wrap("open lock file", path, exc) from exc
 
 
-LOCK_POLL_S = 0.05
+LOCK_POLL_S = 0.02  # how often a waiting writer tries the lock again
 LOCK_WAIT_TOLD_S = 1.0  # a wait for a lock longer than this is said on stderr
 
 

@@ -14,9 +14,10 @@ from typing import Callable, Iterator
 
 from lashctl import faults, media, sidecar
 from lashctl.backends.base import LAYOUT_SIDECARS, BlobStat
-from lashctl.core import DEFAULT_GRACE, Store, aged_rows, as_view, by_id, default_grace_ms, live_reason
+from lashctl.core import (DEFAULT_GRACE, Store, aged_rows, as_view, by_id, default_grace_ms, forget_intents,
+                          live_reason)
 from lashctl.errors import Corrupt, LashctlError, NotFound
-from lashctl.fold import Event, Row
+from lashctl.fold import Row
 from lashctl.strays import StrayFile, remove_stray, scan_strays  # noqa: F401  (part of this API)
 
 COMMITTED = "committed"
@@ -580,8 +581,7 @@ def _forget_intents(view, rows: list[Row]) -> None:
     missing, and a re-put heals them."""
     if view is None:
         return  # a corrupt manifest takes no write (nor any commit) until it is fixed
-    view.append([Event.forget(r.attachment_id, r.session_id, until_ms=r.intent_at_epoch_ms)
-                 for r in rows if not r.committed])
+    forget_intents(view, rows)
     faults.point("verify.forgotten")
 
 

@@ -17,6 +17,7 @@ from lashctl.core import (
     as_view,
     by_id,
     confirmed_rows,
+    forget_intents,
     rows_for_ids,
     stat_many,
     live_reason,
@@ -126,8 +127,7 @@ def _is_file(st: BlobStat | None) -> bool:
 def _delete_in_order(store: Store, view, results: list[DeleteResult], rows: dict[str, list[Row]]) -> None:
     """Forget the ids' uncommitted intents (guarded: only the intent as read),
     then delete the bytes, then (shared manifests) look for rows that came."""
-    view.append([Event.forget(r.attachment_id, r.session_id, until_ms=r.intent_at_epoch_ms)
-                 for res in results for r in rows[res.attachment_id] if not r.committed])
+    forget_intents(view, [r for res in results for r in rows[res.attachment_id]])
     faults.point("delete.forgotten")
     for res in results:
         store.blobs.delete(res.attachment_id)
@@ -419,8 +419,7 @@ def _forget_late_intents(view, items: list[ReclaimItem], shielded: bool = False)
     no intent and it uploads again. The rows read; ``shielded`` as above."""
     try:
         after = rows_for_ids(view, [i.attachment_id for i in items])
-        view.append([Event.forget(r.attachment_id, r.session_id, until_ms=r.intent_at_epoch_ms)
-                     for i in items for r in after[i.attachment_id] if not r.committed])
+        forget_intents(view, [r for i in items for r in after[i.attachment_id]])
     except Exception:  # noqa: BLE001
         if not shielded:
             raise

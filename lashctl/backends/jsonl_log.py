@@ -56,7 +56,6 @@ FORMAT = "lashctl-manifest"
 VERSION = 1
 HEADER = {"op": "header", "format": FORMAT, "version": VERSION}
 OPS = ("header", "intent", "commit", "forget")
-_LOCK_POLL_S = 0.02
 _TAIL_PROBE = 64 * 1024
 _EVENT_START = b'{"op":'  # how every line lashctl writes begins
 _SHOWN_RAW = 200  # bytes of a malformed line quoted in its message

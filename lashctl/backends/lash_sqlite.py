@@ -88,7 +88,6 @@ EXPECTED_PRIMARY_KEY = ("session_id", "attachment_id")
 _COLS = "session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms, owner_kind, owner_id"
 _IN_BATCH = 500  # values per IN (...): far below SQLite's bound on variables
 _FETCH = 2000  # rows fetched at a time by the streams
-_LOCK_POLL_S = 0.1
 
 _SQL_UPSERT = (
     f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
