@@ -304,10 +304,10 @@ def precheck_prefixes(store: Store, queries: list[IdQuery]) -> None:
 def as_view(state):
     """A ManifestView for a folded in-memory state (tests, ``manifest`` tools);
     a view is returned as it is."""
-    from lashctl.backends.jsonl_log import ManifestState
+    from lashctl.backends.manifests.jsonl.log import ManifestState
 
     if isinstance(state, ManifestState):
-        from lashctl.backends.jsonl_log import StateView
+        from lashctl.backends.manifests.jsonl.log import StateView
 
         return StateView(state)
     return state

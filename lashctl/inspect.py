@@ -284,7 +284,7 @@ def stats(store: Store, view, now: int) -> Stats:
     out.manifest_lines = getattr(view, "log_lines", None)
     out.compacted_lines = None
     if out.manifest_lines is not None:
-        from lashctl.backends.jsonl_log import compacted_lines
+        from lashctl.backends.manifests.jsonl.log import compacted_lines
 
         rows = out.rows_committed + out.rows_uncommitted
         out.compacted_lines = compacted_lines(rows, out.rows_committed)

@@ -23,14 +23,14 @@ def sha(data: bytes) -> str:
 
 def blob_path(root, attachment_id: str):
     """Where the file backend keeps a blob (README, "The tree")."""
-    from lashctl.backends.localfs import BlobStore
+    from lashctl.backends.blobs.localfs import BlobStore
 
     return BlobStore(Path(root)).blob_path(attachment_id)
 
 
 def sidecar_path(root, attachment_id: str):
     """Where the file backend keeps a blob's sidecar."""
-    from lashctl.backends.localfs import BlobStore
+    from lashctl.backends.blobs.localfs import BlobStore
 
     return BlobStore(Path(root)).sidecar_path(attachment_id)
 
@@ -59,7 +59,7 @@ def land_at_intents(root, events) -> None:
 
 def objects_dir(root):
     """The file backend's ``sha256/`` directory."""
-    from lashctl.backends.localfs import BlobStore
+    from lashctl.backends.blobs.localfs import BlobStore
 
     return BlobStore(Path(root)).objects
 

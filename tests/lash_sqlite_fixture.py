@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from lashctl.backends.lash_sqlite import session_db_name
+from lashctl.backends.manifests.lash_sqlite import session_db_name
 
 SCHEMA_VERSION = 12
 SESSION_TABLES = """

@@ -123,14 +123,14 @@ def open_blobs(location):
     text = str(location)
     if is_s3_url(text):
         require_extra("obstore", "s3", "an s3:// store")
-        from lashctl.backends.s3 import S3Blobs
+        from lashctl.backends.blobs.s3 import S3Blobs
 
         return S3Blobs(text)
     if is_url(text):
         raise unknown_scheme(text, "--store", "s3://BUCKET/PREFIX or a directory")
     from pathlib import Path
 
-    from lashctl.backends.localfs import BlobStore
+    from lashctl.backends.blobs.localfs import BlobStore
 
     return BlobStore(Path(location))
 
@@ -148,7 +148,7 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
         if process_registry is not None and "/" not in process_registry:
             raise UsageError(f"--process-registry names a table of a PostgreSQL database; {text} is lash's SQLite "
                              "session databases: give the path of lash's SQLite process registry file")
-        from lashctl.backends.lash_sqlite import LashSqliteManifest
+        from lashctl.backends.manifests.lash_sqlite import LashSqliteManifest
 
         return LashSqliteManifest(text, lock_timeout=lock_timeout, process_registry=process_registry, warn=warn)
     if process_registry is not None and "/" in process_registry:
@@ -160,7 +160,7 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
             raise UsageError("--manifest: the URL holds more than one '@' before its parameters: percent-encode "
                              "an '@' in a user name or password as %40 (the URL is not shown: it may hold a password)")
         require_extra("psycopg", "postgres", "a postgresql:// manifest")
-        from lashctl.backends.postgres import PostgresManifest
+        from lashctl.backends.manifests.postgres import PostgresManifest
 
         return PostgresManifest(text, lock_timeout=lock_timeout, process_registry=process_registry, warn=warn)
     if text is not None and is_url(text):
@@ -177,7 +177,7 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
         # The manifest lives in the root: a symlinked or foreign root stops
         # the manifest commands too, not only those that touch blobs.
         blobs.check_root()
-    from lashctl.backends.jsonl import JsonlManifest
+    from lashctl.backends.manifests.jsonl.manifest import JsonlManifest
 
     path = Path(text) if text is not None else Path(blobs.name) / MANIFEST_NAME
     return JsonlManifest(path, lock_timeout=lock_timeout, warn=warn, note=note)
@@ -243,7 +243,7 @@ class Unwritten:
     def writing(self):
         from contextlib import nullcontext
 
-        from lashctl.backends.jsonl_log import ManifestState, StateView
+        from lashctl.backends.manifests.jsonl.log import ManifestState, StateView
 
         return nullcontext(_NothingWritten(StateView(ManifestState())))
 

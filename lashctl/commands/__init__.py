@@ -170,7 +170,7 @@ def end_inspection(state: AppState, store, view) -> None:
         return
     from types import SimpleNamespace
 
-    from lashctl.backends.jsonl_log import describe_malformed, malformed_error
+    from lashctl.backends.manifests.jsonl.log import describe_malformed, malformed_error
 
     for exc in malformed:
         state.ui.warn(describe_malformed(exc))

@@ -30,7 +30,7 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     line, and how many lines compaction would leave. Exit 65 if any line is
     malformed.
     """
-    from lashctl.backends.jsonl_log import check as check_manifest
+    from lashctl.backends.manifests.jsonl.log import check as check_manifest
 
     state = app_state(ctx, json_flag)
     if hasattr(state.store().manifest, "check_databases"):
@@ -121,7 +121,7 @@ def log(
     (intent and commit). With --json: one array of {line, event} objects.
     """
     from lashctl.ids import parse_id
-    from lashctl.backends.jsonl_log import OPS, describe_malformed, event_time
+    from lashctl.backends.manifests.jsonl.log import OPS, describe_malformed, event_time
     from lashctl.core import session_filter
     from lashctl.timefmt import parse_timestamp
 

@@ -27,7 +27,7 @@ from lash_sqlite_fixture import (
 )
 from reliability_helpers import find_lashctl, one_line_error, run
 
-from lashctl.backends.lash_sqlite import SWEEP_LOCK, is_primary_db_name, session_db_name
+from lashctl.backends.manifests.lash_sqlite import SWEEP_LOCK, is_primary_db_name, session_db_name
 
 pytestmark = pytest.mark.e2e
 
@@ -299,7 +299,7 @@ def test_verify_reports_an_unreadable_session_database(lash):
 
 
 def test_a_sweep_rechecks_the_live_databases_not_its_snapshot(tmp_path):
-    from lashctl.backends.lash_sqlite import LashSqliteManifest
+    from lashctl.backends.manifests.lash_sqlite import LashSqliteManifest
     from lashctl.fold import Event
 
     sessions = tmp_path / "sessions"
@@ -337,7 +337,7 @@ def test_migrate_copies_rows_out_of_lashs_session_databases(lash, tmp_path):
 
 
 def test_a_session_database_lash_deletes_during_a_sweep_holds_no_rows(tmp_path, monkeypatch):
-    from lashctl.backends.lash_sqlite import LashSqliteManifest
+    from lashctl.backends.manifests.lash_sqlite import LashSqliteManifest
 
     sessions = tmp_path / "sessions"
     alpha = make_session_db(sessions, "alpha")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 psycopg = pytest.importorskip("psycopg")
 
-from lashctl.backends.postgres import (  # noqa: E402
+from lashctl.backends.manifests.postgres import (  # noqa: E402
     TABLE,
     PostgresManifest,
     lock_key,
@@ -171,7 +171,7 @@ def test_streams_order_and_grouping(filled):
 
 
 def test_streams_fetch_in_chunks(manifest, monkeypatch):
-    import lashctl.backends.postgres as pg
+    import lashctl.backends.manifests.postgres as pg
 
     monkeypatch.setattr(pg, "ITERSIZE", 7)
     monkeypatch.setattr(pg, "_KEEP_BATCH", 3)
@@ -193,7 +193,7 @@ def test_queries_use_indexes(manifest):
              " SELECT 's' || (g % 7), lpad(to_hex(g), 64, '0'), 'u', g, CASE WHEN g % 3 = 0 THEN NULL ELSE g END"
              " FROM generate_series(1, 60000) AS g",
              f"ANALYZE {TABLE}")
-    import lashctl.backends.postgres as pg
+    import lashctl.backends.manifests.postgres as pg
 
     plans = {}
     with psycopg.connect(manifest.url) as conn:
@@ -562,7 +562,7 @@ def test_list_uncommitted_on_a_pipe_rendered_by_postgres_is_what_python_prints(
     import hashlib
 
     import lashctl.commands.list_uncommitted as command
-    from lashctl.backends.postgres import PostgresView
+    from lashctl.backends.manifests.postgres import PostgresView
     from lashctl.timefmt import now_ms
 
     def h(text: str) -> str:

@@ -37,7 +37,7 @@ from conftest import sha
 
 def _mod():
     servers.need("obstore", "the S3 backend tests")
-    from lashctl.backends import s3 as module
+    from lashctl.backends.blobs import s3 as module
 
     return module
 
@@ -454,7 +454,7 @@ def test_big_object_multipart_with_flat_memory(backend, s3_bucket, client):
 
 _RSS_SCRIPT = r"""
 import io, os, resource, sys
-from lashctl.backends import s3
+from lashctl.backends.blobs import s3
 s3.PART_SIZE, s3.PART_CONCURRENCY = 5 * 1024 * 1024, 2
 
 class Generated(io.RawIOBase):

@@ -395,7 +395,7 @@ def test_reclaim_deletes_bytes_when_no_row_is_live(cli, store, put_blobs):
 @pytest.mark.parametrize("failure", ["store-io-error", "os-error"])
 def test_put_lands_no_blob_when_the_intent_cannot_be_recorded(cli, store, tmp_path, monkeypatch, failure):
     from lashctl.errors import StoreIOError
-    from lashctl.backends.jsonl_log import Manifest
+    from lashctl.backends.manifests.jsonl.log import Manifest
 
     def failing_append(self, events):
         if failure == "os-error":
@@ -413,7 +413,7 @@ def test_put_lands_no_blob_when_the_intent_cannot_be_recorded(cli, store, tmp_pa
 
 
 def test_a_batch_put_takes_the_lock_once_and_appends_once(cli, store, tmp_path, monkeypatch):
-    from lashctl.backends.jsonl_log import Manifest
+    from lashctl.backends.manifests.jsonl.log import Manifest
 
     calls = {"locked": 0, "append": 0, "events": 0}
     original_locked, original_append = Manifest.locked, Manifest.append
@@ -578,7 +578,7 @@ def test_reclaim_failed_delete_gives_exit_5_keeps_rows_and_goes_on(cli, store, p
         intent(last, "A", now - 1 * DAY),
     ])
     from lashctl.errors import StoreIOError
-    from lashctl.backends.localfs import BlobStore
+    from lashctl.backends.blobs.localfs import BlobStore
 
     original = BlobStore.delete
 
@@ -1052,7 +1052,7 @@ def test_list_uncommitted_on_a_pipe_prints_what_the_row_by_row_rendering_prints(
     """Rows without bytes are written by the state cache's SQLite: byte for
     byte what rendering each row in Python prints, for every kind of text."""
     import lashctl.commands.list_uncommitted as command
-    from lashctl.backends.jsonl_cache import ManifestIndex
+    from lashctl.backends.manifests.jsonl.cache import ManifestIndex
 
     (present,) = put_blobs({"here.txt": b"bytes here"})
     now = now_ms()
@@ -1129,7 +1129,7 @@ def test_a_json_listing_that_fails_is_never_a_whole_document_of_rows(cli, store,
     stdout prints the one error object README promises; once rows were
     written, the array is left open, so no parser takes the rows for a
     complete listing. Either way: one line on stderr, the failure's exit code."""
-    from lashctl.backends.jsonl_cache import ManifestIndex
+    from lashctl.backends.manifests.jsonl.cache import ManifestIndex
     from lashctl.errors import Unavailable
 
     now = int(time.time() * 1000)
@@ -1481,7 +1481,7 @@ def test_reclaim_record_whole(cli, store, put_blobs, monkeypatch):
         intent(broken, "A", now - 2 * DAY),
         intent(missing, "A", now - DAY),
     ])
-    from lashctl.backends.localfs import BlobStore
+    from lashctl.backends.blobs.localfs import BlobStore
     from lashctl.errors import StoreIOError
 
     original = BlobStore.delete
@@ -1535,7 +1535,7 @@ def test_gc_record_whole(cli, store, put_blobs, monkeypatch):
     litter.parent.mkdir(parents=True, exist_ok=True)
     litter.write_bytes(b"half")
     os.utime(litter, ns=(OLD_MS * 1_000_000,) * 2)
-    from lashctl.backends.localfs import BlobStore
+    from lashctl.backends.blobs.localfs import BlobStore
     from lashctl.errors import StoreIOError
 
     original = BlobStore.delete
@@ -1690,7 +1690,7 @@ def test_a_file_a_writer_removes_during_the_scan_is_not_an_error(cli, store, put
     """verify and stats take no lock: a put's staging file or a sweep's
     sidecar that vanishes between the directory listing and its stat is
     simply gone, not an I/O error."""
-    from lashctl.backends.localfs import BlobStore
+    from lashctl.backends.blobs.localfs import BlobStore
 
     (orphan,) = put_blobs({"o.bin": b"orphan sidecar"})
     blob_path(store, orphan).unlink()  # its sidecar is left: an orphan the scan stats
@@ -1880,7 +1880,7 @@ def test_verify_rechecks_a_bounded_number_of_passing_findings(cli, store, monkey
     verify) only up to a bound: a store of a million such rows is not a
     race, and is reported as seen without a million more requests."""
     from lashctl import inspect
-    from lashctl.backends.localfs import BlobStore
+    from lashctl.backends.blobs.localfs import BlobStore
 
     now = now_ms()
     lost = [sha(b"lost %d" % n) for n in range(3)]
@@ -1926,7 +1926,7 @@ def test_verify_recheck_sees_bytes_a_put_lands_while_it_reads_the_manifest(cli, 
     there, even in a shard directory that did not exist before."""
     import shutil
 
-    from lashctl.backends.jsonl import JsonlManifest
+    from lashctl.backends.manifests.jsonl.manifest import JsonlManifest
 
     (late,) = put_blobs({"late.bin": b"landing late"})
     blob = blob_path(store, late)

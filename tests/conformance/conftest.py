@@ -39,7 +39,7 @@ class BlobHarness:
 
 
 def _local(tmp_path: Path) -> BlobHarness:
-    from lashctl.backends.localfs import BlobStore
+    from lashctl.backends.blobs.localfs import BlobStore
 
     root = tmp_path / "store"
     backend = BlobStore(root)
@@ -70,7 +70,7 @@ def _s3(request) -> BlobHarness:
     servers.need("obstore", "the S3 conformance tests")
     bucket = request.getfixturevalue("s3_bucket")
     endpoint = request.getfixturevalue("s3_server")
-    from lashctl.backends.s3 import S3Blobs
+    from lashctl.backends.blobs.s3 import S3Blobs
 
     prefix = "team/lash"
     backend = S3Blobs(f"s3://{bucket}/{prefix}")
@@ -117,19 +117,19 @@ LASH_SQLITE_SESSIONS = ("S", "s0", "s1", "s2", "é", "s1 with space")
 def make_manifest(kind: str, request, tmp_path: Path, lock_timeout: float = LOCK_TIMEOUT):
     """A fresh, empty ManifestBackend of ``kind``."""
     if kind == "jsonl":
-        from lashctl.backends.jsonl import JsonlManifest
+        from lashctl.backends.manifests.jsonl.manifest import JsonlManifest
 
         return JsonlManifest(tmp_path / "manifest.jsonl", lock_timeout=lock_timeout, warn=lambda _m: None)
     if kind == "lash-sqlite":
         from lash_sqlite_fixture import make_session_db
 
-        from lashctl.backends.lash_sqlite import LashSqliteManifest
+        from lashctl.backends.manifests.lash_sqlite import LashSqliteManifest
 
         for session in LASH_SQLITE_SESSIONS:
             make_session_db(tmp_path / "sessions", session)
         return LashSqliteManifest(f"lash-sqlite:{tmp_path / 'sessions'}", lock_timeout=lock_timeout)
     pytest.importorskip("psycopg")
-    from lashctl.backends.postgres import PostgresManifest
+    from lashctl.backends.manifests.postgres import PostgresManifest
 
     backend = PostgresManifest(request.getfixturevalue("pg_url"), lock_timeout=lock_timeout)
     backend.init()

@@ -47,7 +47,7 @@ def fresh(manifest_kind, request, tmp_path):
         def empty():
             import psycopg
 
-            from lashctl.backends.postgres import TABLE
+            from lashctl.backends.manifests.postgres import TABLE
 
             with psycopg.connect(backend.url, autocommit=True) as conn:
                 conn.execute(f"TRUNCATE {TABLE}")

@@ -27,7 +27,7 @@ def cache_root() -> Path:
 
 
 def idx_file(store: Path) -> Path:
-    from lashctl.backends.jsonl_cache import index_path
+    from lashctl.backends.manifests.jsonl.cache import index_path
 
     return index_path(store / "manifest.jsonl")
 

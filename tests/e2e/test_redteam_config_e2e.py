@@ -200,7 +200,7 @@ def test_postgresql_writes_are_durable_whatever_the_servers_synchronous_commit(p
     even where the server trades durability for speed (synchronous_commit=off)."""
     import psycopg
 
-    from lashctl.backends.postgres import PostgresManifest
+    from lashctl.backends.manifests.postgres import PostgresManifest
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"ALTER DATABASE {conn.info.dbname} SET synchronous_commit = off")
@@ -214,7 +214,7 @@ def test_postgresql_writes_are_durable_whatever_the_servers_synchronous_commit(p
 def test_a_sweep_waiting_for_the_postgresql_sweep_lock_says_so(tmp_path, pg_url):
     import psycopg
 
-    from lashctl.backends.postgres import TABLE, lock_key
+    from lashctl.backends.manifests.postgres import TABLE, lock_key
 
     (tmp_path / "store" / "sha256").mkdir(parents=True)
     assert run("--store", "store", "--manifest", pg_url, "manifest", "init", cwd=tmp_path).returncode == 0

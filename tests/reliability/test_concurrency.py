@@ -205,7 +205,7 @@ def test_racing_puts_commits_sweeps_and_reads(shm_path: Path) -> None:
     assert not errors, "\n".join(errors)
 
     # Every line is whole and valid, and there are exactly the lines writers appended.
-    from lashctl.backends.jsonl_log import parse_line
+    from lashctl.backends.manifests.jsonl.log import parse_line
 
     manifest = store / "manifest.jsonl"
     log = read_log(manifest, strict=True)
@@ -466,7 +466,7 @@ def test_race_with_compaction_and_gc(shm_path: Path) -> None:
         assert not thread.is_alive(), f"{thread.name} is stuck"
     assert not errors, "\n".join(errors)
 
-    from lashctl.backends.jsonl_log import parse_line
+    from lashctl.backends.manifests.jsonl.log import parse_line
 
     manifest = store / "manifest.jsonl"
     log = read_log(manifest, strict=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from lashctl.backends.localfs import read_sidecar_file
+from lashctl.backends.blobs.localfs import read_sidecar_file
 from lashctl import sidecar
 from reliability_helpers import (
     base_env,

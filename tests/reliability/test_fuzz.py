@@ -1,6 +1,6 @@
 """Fuzzing the parsers that read untrusted input, with hypothesis.
 
-- ``lashctl.backends.jsonl_log.parse_line`` on arbitrary bytes, arbitrary JSON and
+- ``lashctl.backends.manifests.jsonl.log.parse_line`` on arbitrary bytes, arbitrary JSON and
   mutated events returns a valid event or raises ``Corrupt``, nothing else;
   ``Manifest.read_state`` on arbitrary file contents returns a state or raises
   ``Corrupt`` (torn-tail detection included);
@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lashctl import sidecar
-from lashctl.backends import jsonl_log as manifest
+from lashctl.backends.manifests.jsonl import log as manifest
 from lashctl.errors import Corrupt, UsageError
 from lashctl.ids import parse_id
 from reliability_helpers import MAX_EPOCH_MS, report, scaled, shm_path  # noqa: F401 (fixture)

@@ -851,7 +851,7 @@ def test_put_of_a_file_whose_name_is_not_utf8(world: World) -> None:
     assert result.returncode in (0, 2), result.stderr
     if result.returncode == 0:
         assert result.stdout.decode().split() == [data_id]
-        from lashctl.backends.localfs import read_sidecar_file as read
+        from lashctl.backends.blobs.localfs import read_sidecar_file as read
 
         assert read(sidecar_path(world.store, data_id)).attachment_id == data_id
     else:

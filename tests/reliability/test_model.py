@@ -30,7 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from lashctl import core, sweep, transfer
 from lashctl.ids import parse_id
-from lashctl.backends.jsonl_log import Manifest, encode_events, forget_event
+from lashctl.backends.manifests.jsonl.log import Manifest, encode_events, forget_event
 from reliability_helpers import (
     LONG,
     blob_path,

@@ -150,7 +150,7 @@ class Remote:
 
 def init_table(db_url: str) -> None:
     """``lashctl manifest init``, in-process (the CLI's own path is tested elsewhere)."""
-    from lashctl.backends.postgres import PostgresManifest
+    from lashctl.backends.manifests.postgres import PostgresManifest
 
     PostgresManifest(db_url).init()
 

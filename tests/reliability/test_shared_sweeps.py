@@ -148,7 +148,7 @@ def test_a_commit_racing_a_sweeps_forget_is_never_reported_committed_for_a_row_t
     import threading
 
     from lashctl import transfer
-    from lashctl.backends.postgres import PostgresView
+    from lashctl.backends.manifests.postgres import PostgresView
     from lashctl.ids import parse_id
 
     a = _blob(shared, b"committed during the sweep")

@@ -1,5 +1,5 @@
 """Core tests of the operator tooling: lashctl.audit (show, ls, stats, verify, gc)
-and lashctl.backends.jsonl_log (check, iter_events, compact), on real stores built with
+and lashctl.backends.manifests.jsonl.log (check, iter_events, compact), on real stores built with
 ``transfer.put`` and then damaged by hand.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from conftest import blob_path, png_bytes, sha, sidecar_path
-from lashctl.backends.localfs import read_sidecar_file
+from lashctl.backends.blobs.localfs import read_sidecar_file
 from lashctl import core, inspect, sidecar, sweep, transfer
 from lashctl.errors import Corrupt, NotFound, Refused
 from lashctl.ids import parse_id
-from lashctl.backends.jsonl_log import check as check_manifest
+from lashctl.backends.manifests.jsonl.log import check as check_manifest
 from lashctl.timefmt import now_ms
 
 HOUR = 3_600_000

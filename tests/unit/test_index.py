@@ -1,4 +1,4 @@
-"""The SQLite cache of the manifest's fold (lashctl.backends.jsonl_cache): it must always answer
+"""The SQLite cache of the manifest's fold (lashctl.backends.manifests.jsonl.cache): it must always answer
 exactly what ``Manifest.read_state()`` answers, whatever happened to the file."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lashctl.backends import jsonl_cache as index_mod
+from lashctl.backends.manifests.jsonl import cache as index_mod
 from lashctl.errors import Corrupt, StoreIOError
-from lashctl.backends.jsonl_cache import ManifestIndex, index_path
-from lashctl.backends.jsonl_log import Manifest, Row, commit_event, forget_event, intent_event
+from lashctl.backends.manifests.jsonl.cache import ManifestIndex, index_path
+from lashctl.backends.manifests.jsonl.log import Manifest, Row, commit_event, forget_event, intent_event
 
 HEADER = b'{"op":"header","format":"lashctl-manifest","version":1}'
 T0 = 1_764_150_000_000
@@ -612,8 +612,8 @@ def test_locked_index_falls_back(mpath: Path, monkeypatch) -> None:
 _WORKER = """
 import sys
 from pathlib import Path
-from lashctl.backends.jsonl_log import Manifest
-from lashctl.backends.jsonl_cache import ManifestIndex
+from lashctl.backends.manifests.jsonl.log import Manifest
+from lashctl.backends.manifests.jsonl.cache import ManifestIndex
 m = Manifest(Path(sys.argv[1]), warn=lambda s: None)
 ix = ManifestIndex(m)
 ix.refresh()
@@ -1058,8 +1058,8 @@ FAST_CASES = [
 def test_the_c_decoder_of_a_build_agrees_with_parse_line(tmp_path, template):
     """A line the C decoder takes is one parse_line accepts, read the same way;
     anything else it leaves to parse_line (None)."""
-    from lashctl.backends.jsonl_fast import KINDS, decode_block
-    from lashctl.backends.jsonl_log import parse_line
+    from lashctl.backends.manifests.jsonl.fast import KINDS, decode_block
+    from lashctl.backends.manifests.jsonl.log import parse_line
     from lashctl.errors import Corrupt
     from lashctl.fold import Event
 
@@ -1083,8 +1083,8 @@ def test_the_c_decoder_of_a_build_agrees_with_parse_line(tmp_path, template):
 
 
 def test_the_c_decoder_takes_the_lines_writers_write():
-    from lashctl.backends.jsonl_fast import decode_block
-    from lashctl.backends.jsonl_log import HEADER, encode_events
+    from lashctl.backends.manifests.jsonl.fast import decode_block
+    from lashctl.backends.manifests.jsonl.log import HEADER, encode_events
     from lashctl.fold import Event
 
     aid = "ab" * 32

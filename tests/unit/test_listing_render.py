@@ -15,7 +15,7 @@ from lashctl.commands.list_uncommitted import _tsv_cells
 from lashctl.render import _plain
 from lashctl.timefmt import FUTURE_SKEW_MS, MAX_EPOCH_MS, iso_ms
 from lashctl.transfer import UncommittedRow
-from lashctl.backends.jsonl_log import Row
+from lashctl.backends.manifests.jsonl.log import Row
 
 NOW = 1_795_694_400_250
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lashctl.backends import jsonl_log as manifest_mod
+from lashctl.backends.manifests.jsonl import log as manifest_mod
 from lashctl.errors import Corrupt, LockTimeout, StoreIOError
-from lashctl.backends.jsonl_log import (
+from lashctl.backends.manifests.jsonl.log import (
     Manifest,
     Row,
     commit_event,

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from lashctl.backends.localfs import read_sidecar_file
+from lashctl.backends.blobs.localfs import read_sidecar_file
 from lashctl import core, sidecar, sweep, transfer
 from lashctl.errors import Corrupt, NotFound, Refused, StoreIOError, UsageError
 from lashctl.ids import parse_id
-from lashctl.backends.jsonl_log import Manifest, commit_event, intent_event
+from lashctl.backends.manifests.jsonl.log import Manifest, commit_event, intent_event
 from lashctl.sidecar import Metadata
-from lashctl.backends.localfs import BlobStore
+from lashctl.backends.blobs.localfs import BlobStore
 from lashctl.timefmt import now_ms
 from conftest import land_at_intents, sha
 

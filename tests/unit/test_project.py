@@ -187,7 +187,7 @@ def test_the_modules_every_command_loads_build_no_dataclass():
         "dataclasses.dataclass = spy\n"
         "import lashctl.cli, lashctl.commands.put, lashctl.commands.get, lashctl.commands.commit\n"
         "import lashctl.commands.list_uncommitted, lashctl.transfer, lashctl.core\n"
-        "import lashctl.backends.jsonl, lashctl.backends.localfs\n"
+        "import lashctl.backends.manifests.jsonl.manifest, lashctl.backends.blobs.localfs\n"
         "print(' '.join(m for m in made if m.startswith('lashctl')))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

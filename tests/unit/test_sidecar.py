@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lashctl.backends.localfs import read_sidecar_file
+from lashctl.backends.blobs.localfs import read_sidecar_file
 from lashctl import media, sidecar
 from lashctl.errors import Corrupt, UsageError
 from lashctl.sidecar import Metadata

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import lashctl.backends.localfs as store_mod
+import lashctl.backends.blobs.localfs as store_mod
 from lashctl.errors import Corrupt, NotFound, StoreIOError
 from lashctl.fsutil import write_file_atomic
-from lashctl.backends.localfs import BlobStore
+from lashctl.backends.blobs.localfs import BlobStore
 
 DATA = b"hello, attachment store\n"
 DATA_ID = hashlib.sha256(DATA).hexdigest()

@@ -1,7 +1,7 @@
 """The JSON-lines manifest as a ``ManifestBackend`` (README, "The manifest").
 
-The log (``jsonl_log.Manifest``) is the only source of truth; its state cache
-(``jsonl_cache.ManifestIndex``, SQLite in the user's cache directory) answers
+The log (``log.Manifest``) is the only source of truth; its state cache
+(``cache.ManifestIndex``, SQLite in the user's cache directory) answers
 the queries. A view is refreshed when it is opened (under the manifest lock
 for writers and sweeps), so a query never answers from a stale cache, and the
 cache is kept in lockstep by lashctl's own appends. When the cache cannot be
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lashctl.backends.base import FILE, BlobStat, Found
-from lashctl.backends.jsonl_log import Manifest, ManifestState, StateView, Warn  # noqa: F401  (StateView: part of this API)
+from lashctl.backends.manifests.jsonl.log import Manifest, ManifestState, StateView, Warn  # noqa: F401  (StateView: part of this API)
 from lashctl.fold import FORGET, Event, Row, step
 
 STAGING = "staging"
@@ -214,7 +214,7 @@ class JsonlManifest:
 
     def index(self):
         """The state cache, refreshed."""
-        from lashctl.backends.jsonl_cache import ManifestIndex
+        from lashctl.backends.manifests.jsonl.cache import ManifestIndex
 
         index = ManifestIndex(self.log, note=self.note)
         index.refresh()
@@ -257,7 +257,7 @@ class JsonlManifest:
     def compact_log(self, *, dry_run: bool = False) -> tuple[int, int, int]:
         """Rewrite the log as its folded state under the lock (``manifest
         compact``): lines before, lines after, rows. A dry run only counts."""
-        from lashctl.backends.jsonl_log import compacted_lines
+        from lashctl.backends.manifests.jsonl.log import compacted_lines
 
         if dry_run:
             folded = self.log.read_state()
@@ -270,7 +270,7 @@ class JsonlManifest:
 
     def compact(self, state: ManifestState) -> int:
         """Rewrite the log as ``state`` (under its lock) and keep that state as its cache."""
-        from lashctl.backends.jsonl_cache import compact
+        from lashctl.backends.manifests.jsonl.cache import compact
 
         return compact(self.log, state)
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from lashctl.backends import cachedir
+from lashctl.backends.manifests.jsonl import cachedir
 from lashctl.errors import Corrupt, StoreIOError, UnsafePath
 from lashctl.fsutil import (
     NAME_MAX,
@@ -509,7 +509,7 @@ class Manifest:
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
             write_all(fd, payload)
             os.fsync(fd)
-            # Lets the state cache tell this append from an edit (lashctl.backends.cachedir).
+            # Lets the state cache tell this append from an edit (lashctl.backends.manifests.jsonl.cachedir).
             cachedir.record_own_write(self.path, before, os.fstat(fd))
         except OSError as exc:
             raise StoreIOError.wrap("append to", self.path, exc) from exc
@@ -586,7 +586,7 @@ class Manifest:
         """Rewrite the manifest as ``state`` atomically. Must hold the lock.
 
         Returns the number of lines written; ``written`` is told the bytes
-        and the line count once they are the manifest (``jsonl_cache.compact``
+        and the line count once they are the manifest (``cache.compact``
         stores the state as the new file's cache there).
         """
         if self._lock_fd is None:

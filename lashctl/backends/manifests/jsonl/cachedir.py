@@ -1,7 +1,7 @@
 """Where the manifest state cache lives, whether it may be used, and the
 journal of lashctl's own writes to a manifest.
 
-The cache (``lashctl.backends.jsonl_cache``) is derived data in the user's cache directory.
+The cache (``lashctl.backends.manifests.jsonl.cache``) is derived data in the user's cache directory.
 Its paths are predictable, so it is used only inside directories nobody else
 can write: ``<cache root>`` and ``<cache root>/index`` must be real
 directories (not symlinks) owned by the effective user and not writable by

@@ -1,8 +1,8 @@
 """Manifest lines decoded and validated in C (msgspec), for building the state cache.
 
-Imported only when ``jsonl_cache`` builds a cache from byte 0: never on the
+Imported only when ``cache`` builds a cache from byte 0: never on the
 start-up path of a command. ``decode_block`` answers only where its result is
-certainly the one ``jsonl_log.parse_line`` gives, line by line, and None
+certainly the one ``log.parse_line`` gives, line by line, and None
 otherwise: the caller then parses that block with ``parse_line``, which also
 names a bad line exactly.
 """

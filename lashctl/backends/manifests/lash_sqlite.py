@@ -3,7 +3,7 @@
 lash-sqlite-store keeps one SQLite database per session in a sessions
 directory, each with its own ``attachment_manifest`` table: the same seven
 columns, primary key (session_id, attachment_id) and owner CHECK as lash's
-PostgreSQL table, the fold's state kept directly (``lashctl.backends.postgres``
+PostgreSQL table, the fold's state kept directly (``lashctl.backends.manifests.postgres``
 explains the statements; they are the same here, in SQLite's dialect).
 
 The directory. A primary database is a ``*.db`` file whose name has no other

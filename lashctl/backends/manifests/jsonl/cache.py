@@ -13,13 +13,13 @@ offset consumed (complete ``\\n``-terminated lines only), the number of lines
 consumed (for line numbers in errors), and the length and sha256 of the first
 and of the last consumed line. The index is extended from the offset only when
 the manifest's stat is the recorded one, or when lashctl's own journalled
-appends lead from it to the current stat (``lashctl.backends.cachedir``); any change
+appends lead from it to the current stat (``lashctl.backends.manifests.jsonl.cachedir``); any change
 lashctl did not make itself (an edit in place, a ``touch``, another writer's
 append, a compaction) makes it fold the manifest again from byte 0. The inode,
 the size and the first and last consumed lines are still checked as a second
 guard.
 
-Lines are parsed with ``lashctl.backends.jsonl_log.parse_line`` (the same BOM, CRLF,
+Lines are parsed with ``lashctl.backends.manifests.jsonl.log.parse_line`` (the same BOM, CRLF,
 blank-line handling and validation as ``Manifest.iter_events``); a bad line
 raises ``Corrupt`` naming ``<path>:<line>``. A final line without ``\\n`` is never
 consumed: if it does not parse it is a torn tail (warned about, ignored); if it
@@ -46,18 +46,18 @@ import os
 import sqlite3
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from lashctl.backends import cachedir
+from lashctl.backends.manifests.jsonl import cachedir
 from lashctl.backends.base import rendered_uncommitted, uncommitted_where
-from lashctl.backends.cachedir import ENV_CACHE_DIR, index_path  # noqa: F401  (part of this module's API)
+from lashctl.backends.manifests.jsonl.cachedir import ENV_CACHE_DIR, index_path  # noqa: F401  (part of this module's API)
 from lashctl.errors import Corrupt, StoreIOError
 from lashctl.fold import Effect, Event
 from lashctl.ids import URI_SCHEME, canonical_uri
-from lashctl.backends.jsonl_log import ManifestState, Row, _parses, _strip_bom, parse_line
-from lashctl.backends.jsonl_log import VERSION as MANIFEST_VERSION
-from lashctl.backends.localfs import NotARegularFile, open_regular
+from lashctl.backends.manifests.jsonl.log import ManifestState, Row, _parses, _strip_bom, parse_line
+from lashctl.backends.manifests.jsonl.log import VERSION as MANIFEST_VERSION
+from lashctl.backends.blobs.localfs import NotARegularFile, open_regular
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lashctl.backends.jsonl_log import Manifest
+    from lashctl.backends.manifests.jsonl.log import Manifest
 
 # Bump when the tables, the fold or the validation change: an index of
 # another format is dropped and rebuilt.
@@ -548,7 +548,7 @@ class ManifestIndex:
         return self._lines
 
     def _memory_view(self):
-        from lashctl.backends.jsonl_log import StateView
+        from lashctl.backends.manifests.jsonl.log import StateView
 
         if self._memory is None:  # a valid unterminated final line: rare, answered in memory
             self._memory = self.manifest.read_state()
@@ -625,7 +625,7 @@ class ManifestIndex:
         """May the stored state be extended, or must it be rebuilt from byte 0?
 
         Only when the manifest is as the stored meta saw it, or lashctl's own
-        journalled appends took it from there to here (lashctl.backends.cachedir): any
+        journalled appends took it from there to here (lashctl.backends.manifests.jsonl.cachedir): any
         other change, however it looks, is folded again from byte 0.
         """
         if meta is None or meta.dev != str(st.st_dev) or meta.ino != str(st.st_ino):
@@ -785,7 +785,7 @@ class ManifestIndex:
 
         path = self.manifest.path
         rows: dict = {}
-        from lashctl.backends.jsonl_fast import KINDS, decode_block
+        from lashctl.backends.manifests.jsonl.fast import KINDS, decode_block
 
         fold = fold_rows(rows, KINDS)
         lineno, done_offset = 0, 0

@@ -1,0 +1,4 @@
+"""Manifest backends: where the rows live (a JSON-lines log, lash's
+PostgreSQL table, lash's SQLite session databases).
+
+Each implements ``lashctl.backends.base.ManifestBackend``."""
