@@ -1,6 +1,6 @@
 """lashctl: the operator's tool for a lash attachment store."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 NOTHING_LEFT = "nothing half-written was left"  # what an interrupt says where nothing else was kept
 
 
