@@ -16,6 +16,9 @@ from lashctl.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+# What each command does, and what is guaranteed (with the tests that check it), live in docs/.
+COMMANDS_DOC = (ROOT / "docs" / "commands.md").read_text()
+GUARANTEES_DOC = (ROOT / "docs" / "guarantees.md").read_text()
 
 
 def commands() -> dict:
@@ -44,10 +47,11 @@ def test_bash_completion_lists_commands_and_options():
 
 
 @pytest.mark.parametrize("name", sorted(commands()))
-def test_every_command_has_help_and_a_readme_section(name):
+def test_every_command_has_help_and_a_docs_section(name):
     command = commands()[name]
     assert command.help and command.help.strip(), f"{name} has no help text"
-    assert re.search(rf"^### `{re.escape(name)}\b", README, re.MULTILINE), f"README has no section for {name}"
+    assert re.search(rf"^## `{re.escape(name)}\b", COMMANDS_DOC, re.MULTILINE), (
+        f"docs/commands.md has no section for {name}")
 
 
 def test_readme_quickstart_is_what_ci_runs():
@@ -142,24 +146,23 @@ def test_every_help_has_examples_exit_codes_and_named_placeholders(path):
 
 
 @pytest.mark.parametrize("name", ["check", "log", "compact"])
-def test_manifest_subcommands_have_help_and_readme_entries(name):
+def test_manifest_subcommands_have_help_and_docs_entries(name):
     group = commands()["manifest"]
     command = group.commands[name]
     assert command.help and command.help.strip()
-    assert f"manifest {name}" in README
+    assert f"manifest {name}" in COMMANDS_DOC
 
 
 def test_every_test_the_guarantees_name_exists():
-    section = README.split("## Guarantees", 1)[1].split("\n## ", 1)[0]
-    named = re.findall(r"`(test_\w+\.py)(?:::(\w+))?`", section)
+    named = re.findall(r"`(test_\w+\.py)(?:::(\w+))?`", GUARANTEES_DOC)
     assert len(named) >= 10
     for filename, name in named:
         found = sorted((ROOT / "tests").rglob(filename))
-        assert found, f"README names a missing test file {filename}"
+        assert found, f"docs/guarantees.md names a missing test file {filename}"
         path = found[0]
         if name:
             assert re.search(rf"^(def|class) {name}\b|^{name} = ", path.read_text(), re.MULTILINE), (
-                f"README names {filename}::{name}, which does not exist"
+                f"docs/guarantees.md names {filename}::{name}, which does not exist"
             )
 
 
