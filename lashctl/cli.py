@@ -177,6 +177,27 @@ class LashctlGroup(TyperGroup):
             raise SystemExit(code) from None  # not typer.Exit: completion parses outside Typer's handler
 
     def invoke(self, ctx: Any) -> Any:
+        """Run the command; with --metrics-file, write its metrics however it ended."""
+        from typer._click.exceptions import ClickException
+
+        code = 0
+        try:
+            return self._invoke(ctx)
+        except (ClickException, typer.Exit) as exc:
+            code = exc.exit_code
+            raise
+        except typer.Abort:
+            code = 130
+            raise
+        except BaseException:  # what the funnel passes on
+            code = EXIT_FAILURE
+            raise
+        finally:
+            state = ctx.find_object(AppState)
+            if state is not None and state.metrics is not None:
+                state.metrics.finish(state, code)
+
+    def _invoke(self, ctx: Any) -> Any:
         from typer._click.exceptions import ClickException
 
         try:

@@ -22,6 +22,7 @@ ENV_SESSION = "LASHCTL_SESSION"
 ENV_LOCK_TIMEOUT = "LASHCTL_LOCK_TIMEOUT"
 ENV_DEBUG = "LASHCTL_DEBUG"
 ENV_PROCESS_REGISTRY = "LASHCTL_PROCESS_REGISTRY"
+ENV_METRICS_FILE = "LASHCTL_METRICS_FILE"
 
 def complete_id(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of an id argument (loaded only when completing)."""
@@ -48,16 +49,37 @@ BeforeOption = Annotated[
 DryRunFlag = Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would happen; change nothing.")]
 
 
+def _metrics_file(ctx: typer.Context, _param: object, value: Optional[str]) -> Optional[str]:
+    """--metrics-file: checked (and lashctl.metrics imported) only when given."""
+    state = ctx.find_object(AppState)
+    if value is None or state is None or ctx.resilient_parsing:  # (completion: nothing runs)
+        return value
+    from lashctl.metrics import start
+
+    state.metrics = start(value, ctx.info_name or "lashctl")
+    return value
+
+
+# Eager: taken before the other options, so that a usage error in them is
+# still a run the metrics file reports.
+MetricsFileOption = Annotated[
+    Optional[str],
+    typer.Option("--metrics-file", envvar=ENV_METRICS_FILE, metavar="PATH", is_eager=True, callback=_metrics_file,
+                 help="Write the run's metrics for Prometheus (node_exporter's textfile collector) to PATH, "
+                      "a .prom file or a directory, also when the run fails (needs the 'metrics' extra)."),
+]
+
+
 class AppState(Record):
     """What the global options decided, kept in ``ctx.obj``."""
 
     __slots__ = ("store_root", "manifest_path", "lock_timeout", "ui", "store_named", "manifest_named",
-                 "inspection", "layout", "started_ms", "process_registry")
+                 "inspection", "layout", "started_ms", "process_registry", "metrics")
 
     def __init__(self, store_root: Path | str, manifest_path: Optional[Path | str], lock_timeout: float, ui: UI,
                  store_named: bool = False, manifest_named: bool = False, inspection: object = None,
                  layout: Optional[str] = None, started_ms: int | None = None,
-                 process_registry: Optional[str] = None) -> None:
+                 process_registry: Optional[str] = None, metrics: object = None) -> None:
         self.store_root = store_root  # a directory or an s3:// URL
         self.manifest_path = manifest_path  # a file or a postgresql:// URL
         self.lock_timeout = lock_timeout
@@ -68,6 +90,7 @@ class AppState(Record):
         self.layout = layout  # --layout: auto (None), sidecars or bare
         self.started_ms = time.time_ns() // 1_000_000 if started_ms is None else started_ms
         self.process_registry = process_registry  # --process-registry: a table name, None when not given
+        self.metrics = metrics  # --metrics-file: a lashctl.metrics.Run, written when the run ends
 
     def run_fields(self) -> dict:
         """What a log of a run needs beside its result: when, where, which lashctl."""

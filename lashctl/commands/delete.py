@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import DryRunFlag, JsonFlag, app_state, complete_id, parse_ids
+from lashctl.commands import DryRunFlag, JsonFlag, MetricsFileOption, app_state, complete_id, parse_ids
 from lashctl.errors import Partial
 from lashctl.render import Col, Field, human_bytes
 
@@ -32,6 +32,7 @@ def delete(
     force: Annotated[bool, typer.Option("--force", help="Delete even if manifest rows reference the id.")] = False,
     dry_run: DryRunFlag = False,
     json_flag: JsonFlag = False,
+    metrics_file: MetricsFileOption = None,
 ) -> None:
     """Delete blobs and their sidecars, for every session at once.
 
@@ -43,6 +44,8 @@ def delete(
     queries = parse_ids(attachments)
     state = app_state(ctx, json_flag)
     results = sweep.delete(state.store(sweep=True), queries, force=force, dry_run=dry_run)
+    if state.metrics is not None:
+        state.metrics.delete(results, dry_run)
     state.ui.listing(ITEM, results, lambda: {
         **state.run_fields(),
         "dry_run": dry_run,

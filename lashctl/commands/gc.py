@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, OlderThanOption, app_state
+from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, MetricsFileOption, OlderThanOption, app_state
 from lashctl.errors import Partial
 from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
@@ -36,6 +36,7 @@ def gc(
     dry_run: DryRunFlag = False,
     force: Annotated[bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past, or a manifest with no rows.")] = False,
     json_flag: JsonFlag = False,
+    metrics_file: MetricsFileOption = None,
 ) -> None:
     """Delete blobs no manifest row references, and staging litter, older than the grace period (default 24h).
 
@@ -55,6 +56,8 @@ def gc(
     total = sum(1 for _ in store.blobs.iter_ids()) if state.ui.wants_progress() else None
     with state.ui.progress("gc", total, unit="blobs") as bar:
         report = sweep.gc(store, cutoff, dry_run=dry_run, progress=bar.advance, force=force)
+    if state.metrics is not None:
+        state.metrics.gc(report)
     state.ui.listing(ITEM, report.items, lambda: {
         **state.run_fields(),
         "dry_run": report.dry_run,

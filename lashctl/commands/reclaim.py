@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, OlderThanOption, app_state
+from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, MetricsFileOption, OlderThanOption, app_state
 from lashctl.errors import Partial
 from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
@@ -39,6 +39,7 @@ def reclaim(
         bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past.")
     ] = False,
     json_flag: JsonFlag = False,
+    metrics_file: MetricsFileOption = None,
 ) -> None:
     """Delete the bytes of uncommitted intents older than the grace period (default 24h).
 
@@ -59,6 +60,8 @@ def reclaim(
     store = state.store(sweep=True)
     with state.ui.progress("reclaiming", None, unit="blobs") as bar:
         report = sweep.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance, planned=bar.set_total)
+    if state.metrics is not None:
+        state.metrics.reclaim(report)
     state.ui.listing(ITEM, report.items, lambda: {
         **state.run_fields(),
         "dry_run": report.dry_run,

@@ -2,7 +2,7 @@
 
 import typer
 
-from lashctl.commands import JsonFlag, app_state, end_inspection, inspect_state
+from lashctl.commands import JsonFlag, MetricsFileOption, app_state, end_inspection, inspect_state
 from lashctl.render import Col, Field, item
 from lashctl.timefmt import now_ms
 
@@ -55,7 +55,7 @@ LINES = (
 COLUMNS = (Col("what"), Col("count", "count"), Col("bytes", "bytes"))
 
 
-def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
+def stats(ctx: typer.Context, json_flag: JsonFlag = False, metrics_file: MetricsFileOption = None) -> None:
     """Summarise the store: where the space goes and what a sweep would free.
 
     Blobs and bytes by reference state; rows committed and uncommitted;
@@ -69,6 +69,8 @@ def stats(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     store = state.store()
     manifest_state = inspect_state(state, store)
     s = inspect.stats(store, manifest_state, now_ms())
+    if state.metrics is not None:
+        state.metrics.stats(s)
     document = item(STATS, s)
     state.ui.records(COLUMNS, lambda: _lines(document), document)
     end_inspection(state, store, manifest_state)

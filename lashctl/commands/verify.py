@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lashctl.commands import JsonFlag, app_state
+from lashctl.commands import JsonFlag, MetricsFileOption, app_state
 from lashctl.errors import Corrupt
 from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import now_ms, parse_duration
@@ -41,6 +41,7 @@ def verify(
         bool, typer.Option("--force", help="Allow a --grace under 1 minute (only when no put is running).")
     ] = False,
     json_flag: JsonFlag = False,
+    metrics_file: MetricsFileOption = None,
 ) -> None:
     """Check the store's health: re-hash every blob and check what surrounds it.
 
@@ -68,6 +69,8 @@ def verify(
         total = sum(st.size for i in store.blobs.iter_ids() if (st := store.blobs.stat(i)) is not None)
     with state.ui.progress("verifying", total) as bar:
         report = inspect.verify(store, now, fix=fix, grace_ms=grace_ms, progress=bar.advance)
+    if state.metrics is not None:
+        state.metrics.verify(report)
     warnings = sum(1 for f in report.findings if f.severity == inspect.WARNING)
     state.ui.listing(FINDING, report.findings, lambda: {
         **state.run_fields(),
