@@ -708,7 +708,9 @@ def test_staging_files_of_a_killed_put_are_removed_by_the_next_one(backend, tmp_
     import sys as _sys
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    m = _mod()
+    _mod()
+    from lashctl.backends.blobs import spool as m
+
     monkeypatch.setattr(m, "_STAGING_SWEPT", False)
     staging = m.staging_dir()
     assert staging.parent == tmp_path and stat.S_IMODE(staging.stat().st_mode) == 0o700
