@@ -1,6 +1,6 @@
-"""Core tests of the operator tooling: lashctl.audit (show, ls, stats, verify, gc)
-and lashctl.backends.manifests.jsonl.log (check, iter_events, compact), on real stores built with
-``transfer.put`` and then damaged by hand.
+"""Core tests of the operator tooling: ``lashctl.inspect`` (show, ls, stats, verify,
+strays, quarantine), ``sweep.gc`` and ``lashctl.backends.manifests.jsonl.log`` (check,
+iter_events, compact), on real stores built with ``transfer.put`` and then damaged by hand.
 """
 
 from __future__ import annotations

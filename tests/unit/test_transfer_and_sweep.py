@@ -1,4 +1,5 @@
-"""Operations over store + manifest: put, commit, delete, reclaim, resolve (the README's manifest rules-4)."""
+"""``transfer`` (put, get, commit, list-uncommitted), ``sweep`` (delete, reclaim) and ``core``'s
+id resolution, over a file store and a JSON-lines manifest (the manifest rules of docs/store-format.md)."""
 
 from __future__ import annotations
 
