@@ -230,7 +230,10 @@ class Run:
             gauges[name].labels(**labels, **extra).set(value)
         # Staged as PATH.<pid>.<thread> in the same directory, then renamed: a
         # signal now would leave the staging file behind, so it waits.
-        signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        if not hasattr(signal, "pthread_sigmask"):  # (Windows)
+            write_to_textfile(str(self.path), registry)
+            return
+        signals = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")}
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
             write_to_textfile(str(self.path), registry)
