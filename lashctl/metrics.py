@@ -76,6 +76,8 @@ def start(value: str, command: str) -> "Run":
     if not value.strip():
         raise UsageError("--metrics-file is empty: name a file (FILE.prom) or a directory")
     path = Path(value)
+    if value.endswith(("/", os.sep)) and not path.is_dir():
+        raise UsageError(f"--metrics-file {value}: directory {path} does not exist")
     if path.is_dir():
         # A directory (a textfile collector's): one file per command, so that
         # LASHCTL_METRICS_FILE set once serves every command.

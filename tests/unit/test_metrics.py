@@ -228,6 +228,7 @@ def test_without_prometheus_client_the_option_is_a_usage_error(cli, aged_store, 
 @pytest.mark.parametrize("value_given, message", [
     ("", "--metrics-file is empty"),
     ("{tmp}/missing/m.prom", "directory {tmp}/missing does not exist"),
+    ("{tmp}/missing/", "directory {tmp}/missing does not exist"),  # never a file named "missing"
 ])
 def test_a_file_that_cannot_be_written_is_refused_before_the_sweep(cli, aged_store, tmp_path, value_given, message):
     result = cli("reclaim", "--metrics-file", value_given.format(tmp=tmp_path))
