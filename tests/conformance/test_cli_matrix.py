@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import sha
+from reliability_helpers import find_lashctl
 
 pytestmark = pytest.mark.e2e
 
-LASHCTL = Path(sys.executable).with_name("lashctl")
 LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_LOCK_TIMEOUT", "LASHCTL_DEBUG")
 
 
@@ -30,8 +28,7 @@ LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_
                 ids=lambda p: f"{p[0]}+{p[1]}")
 def lashctl(request, tmp_path):
     """Run ``lashctl --store … [--manifest …] ARGS`` in a subprocess: (exit code, stdout, stderr)."""
-    if not LASHCTL.exists():
-        pytest.skip(f"no installed lashctl beside {sys.executable}")
+    lashctl_bin = find_lashctl()
     blobs, manifest = request.param
     if blobs == "file":
         store = str(tmp_path / "store")
@@ -57,7 +54,7 @@ def lashctl(request, tmp_path):
         env = os.environ.copy()  # the AWS_* the s3 fixture set, the private cache dir
         for name in LASHCTL_ENV:
             env.pop(name, None)
-        proc = subprocess.run([str(LASHCTL), "--store", store, *given, *args], input=input,
+        proc = subprocess.run([lashctl_bin, "--store", store, *given, *args], input=input,
                               capture_output=True, env=env, timeout=120, cwd=tmp_path)
         if check:
             assert proc.returncode == 0, (args, proc.returncode, proc.stderr.decode(errors="replace"))

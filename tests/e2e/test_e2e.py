@@ -11,7 +11,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LASHCTL_ENV, blob_path, png_bytes, sha
+from reliability_helpers import find_lashctl
 
 pytestmark = pytest.mark.e2e
 
@@ -27,17 +27,7 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 DAY = 86_400_000
 
 
-def _find_lashctl() -> str:
-    beside = Path(sys.executable).parent / "lashctl"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("lashctl")
-    if found is None:
-        pytest.skip("the lashctl console script is not installed")
-    return found
-
-
-LASHCTL = _find_lashctl()
+LASHCTL = find_lashctl()
 
 
 def base_env(**extra: str) -> dict[str, str]:

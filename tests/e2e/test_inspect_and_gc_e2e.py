@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import LASHCTL_ENV, blob_path, png_bytes, sha, sidecar_path
+from reliability_helpers import find_lashctl
 
 pytestmark = pytest.mark.e2e
 
-LASHCTL = Path(sys.executable).parent / "lashctl"
+LASHCTL = find_lashctl()
 HEX64 = re.compile(r"[0-9a-f]{64}")
 ANSI = re.compile(rb"\x1b[\[\]()]")
 HOUR = 3_600_000

@@ -6,15 +6,15 @@ sidecars to it unless told the store keeps them."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import sha
+from reliability_helpers import find_lashctl
 
 pytestmark = pytest.mark.e2e
 
-LASHCTL = str(Path(sys.executable).with_name("lashctl"))
+LASHCTL = find_lashctl()
 
 
 

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,10 +23,11 @@ from pathlib import Path
 import pytest
 
 from conftest import LASHCTL_ENV, blob_path, land_at_intents, sha
+from reliability_helpers import find_lashctl
 
 pytestmark = pytest.mark.e2e
 
-LASHCTL = Path(os.environ.get("LASHCTL_TEST_BIN") or Path(sys.executable).parent / "lashctl")
+LASHCTL = find_lashctl()
 RULES = Path(__file__).resolve().parents[2] / "contrib" / "prometheus"
 REQUIRE_ENV = "LASHCTL_REQUIRE_SERVERS"
 DAY = 86_400_000
