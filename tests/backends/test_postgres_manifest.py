@@ -22,7 +22,6 @@ from lashctl.backends.manifests.postgres import (  # noqa: E402
     PostgresManifest,
     lock_key,
     strip_password,
-    sweep_recheck,
 )
 from lashctl.errors import Corrupt, Denied, LockTimeout, Unavailable, UsageError  # noqa: E402
 from lashctl.fold import COMMIT, FORGET, INTENT, Event, Row, canonical_uri, fold  # noqa: E402
@@ -301,12 +300,12 @@ def test_owner_rules_with_lash_tables(manifest):
         assert "t2" in reasons["t_live"] and "not proven dead" in reasons["t_live"]
         assert "t9" in reasons["t_other"]  # only its own turn committed in s2: not superseded
         assert "p2" in reasons["p_live"] and "registered" in reasons["p_live"]
-        batch = v.keep_reasons(aged.values())
-        assert set(batch) == {("s1", names["t_live"]), ("s2", names["t_other"]), ("s1", names["p_live"])}
-        live = {name: sweep_recheck(v, i, 1000) for name, i in names.items()}
+        kept = {row.key for row in aged.values() if v.keep_reason(row) is not None}
+        assert kept == {("s1", names["t_live"]), ("s2", names["t_other"]), ("s1", names["p_live"])}
+        live = {name: v.has_live_row(i, 1000) for name, i in names.items()}
         assert live == {"t_dead": False, "t_live": True, "t_other": True, "p_dead": False,
                         "p_live": True, "none": False}
-        assert sweep_recheck(v, names["none"], 99)  # newer than the cutoff
+        assert v.has_live_row(names["none"], 99)  # newer than the cutoff
 
 
 def test_owner_rules_without_lash_tables(manifest):

@@ -30,7 +30,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from lashctl import core, sweep, transfer
 from lashctl.ids import parse_id
-from lashctl.backends.manifests.jsonl.log import Manifest, encode_events, forget_event
+from lashctl.backends.manifests.jsonl.log import Manifest, encode_events
+from backend_helpers import forget_event
 from reliability_helpers import (
     LONG,
     blob_path,

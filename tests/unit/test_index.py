@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from lashctl.backends.manifests.jsonl import cache as index_mod
 from lashctl.errors import Corrupt, StoreIOError
 from lashctl.backends.manifests.jsonl.cache import ManifestIndex, index_path
-from lashctl.backends.manifests.jsonl.log import Manifest, Row, commit_event, forget_event, intent_event
+from lashctl.backends.manifests.jsonl.log import Manifest, Row
+from backend_helpers import commit_event, forget_event, intent_event
 
 HEADER = b'{"op":"header","format":"lashctl-manifest","version":1}'
 T0 = 1_764_150_000_000

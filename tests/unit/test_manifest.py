@@ -17,10 +17,8 @@ from lashctl.errors import Corrupt, LockTimeout, StoreIOError
 from lashctl.backends.manifests.jsonl.log import (
     Manifest,
     Row,
-    commit_event,
-    forget_event,
-    intent_event,
 )
+from backend_helpers import commit_event, forget_event, intent_event
 
 A = "a" * 64
 B = "b" * 64

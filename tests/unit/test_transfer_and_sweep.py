@@ -18,7 +18,8 @@ from lashctl.backends.blobs.localfs import read_sidecar_file
 from lashctl import core, sidecar, sweep, transfer
 from lashctl.errors import Corrupt, NotFound, Refused, StoreIOError, UsageError
 from lashctl.ids import parse_id
-from lashctl.backends.manifests.jsonl.log import Manifest, commit_event, intent_event
+from lashctl.backends.manifests.jsonl.log import Manifest
+from backend_helpers import commit_event, has_blob, intent_event
 from lashctl.sidecar import Metadata
 from lashctl.backends.blobs.localfs import BlobStore
 from lashctl.timefmt import now_ms
@@ -240,7 +241,7 @@ def test_put_intent_is_durable_before_blob_lands(store, monkeypatch):
     monkeypatch.setattr(Manifest, "append", checking_append)
     list(transfer.put(store, [source("a", b"one"), source("b", b"two")], transfer.PutOptions(session="s-1")))
     assert seen == [False, False]
-    assert store.blobs.has_blob(sha(b"one")) and store.blobs.has_blob(sha(b"two"))
+    assert has_blob(store.blobs, sha(b"one")) and has_blob(store.blobs, sha(b"two"))
 
 
 def test_put_source_read_error_leaves_nothing(store):
@@ -370,7 +371,7 @@ def test_delete_refusal_is_all_or_nothing(store):
     record(store, intent_event(held, "s-1", 1000))
     with pytest.raises(Refused, match="s-1"):
         sweep.delete(store, [parse_id(free), parse_id(held)])
-    assert store.blobs.has_blob(free) and store.blobs.has_blob(held)
+    assert has_blob(store.blobs, free) and has_blob(store.blobs, held)
 
 
 def test_delete_force(store):
@@ -481,7 +482,7 @@ def test_reclaim_rules(sweep_store):
     assert not store.blobs.blob_path(ids["orphan"]).exists()
     assert not store.blobs.sidecar_path(ids["orphan"]).exists()
     for key in ("committed", "recent", "untouched"):
-        assert store.blobs.has_blob(ids[key])
+        assert has_blob(store.blobs, ids[key])
         assert store.blobs.sidecar_path(ids[key]).exists()
     # Only the aged rows are forgotten.
     state = store.manifest.read_state()
@@ -559,8 +560,8 @@ def test_reclaim_failed_delete_keeps_rows_and_goes_on(sweep_store, monkeypatch):
     assert by_id[second].action == "reclaim"
     assert report.blobs_reclaimed == 1
     assert report.bytes_freed == len(b"second orphan")
-    assert not store.blobs.has_blob(second)
-    assert store.blobs.has_blob(ids["orphan"])
+    assert not has_blob(store.blobs, second)
+    assert has_blob(store.blobs, ids["orphan"])
     state = store.manifest.read_state()
     assert ("s-old", ids["orphan"]) in state.rows  # kept for the next sweep
     assert ("s-old", second) not in state.rows

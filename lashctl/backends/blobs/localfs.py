@@ -364,19 +364,6 @@ class BlobStore:
     def sidecar_path(self, attachment_id: str) -> Path:
         return self.shard_dir(attachment_id) / (attachment_id + SIDECAR_SUFFIX)
 
-    def checked_shard(self, attachment_id: str) -> Path:
-        """The shard directory, refusing one that is a symlink or not a directory."""
-        with self.opened():
-            self._dir(self._shard_key(attachment_id))
-        return self.shard_dir(attachment_id)
-
-    def shard_is_real(self, attachment_id: str) -> bool:
-        with self.opened():
-            try:
-                return self._dir(self._shard_key(attachment_id)) is not None
-            except UnsafePath:
-                return False
-
     def absent_shards(self, shards: set[str]) -> set[str]:
         """Of these shard names, those the objects directory has no entry
         for, from one listing of it: neither a blob nor a sidecar of an id
@@ -414,9 +401,6 @@ class BlobStore:
         except UnsafePath:
             return None
         return st if st is not None and stat.S_ISREG(st.st_mode) else None
-
-    def has_blob(self, attachment_id: str) -> bool:
-        return self.blob_stat(attachment_id) is not None
 
     # -- sidecars --------------------------------------------------------------------
     def read_sidecar(self, attachment_id: str):
@@ -706,17 +690,6 @@ class BlobStore:
         relative = name if directory in (TMP, OBJECTS) else f"{directory.partition('/')[2]}/{name}"
         return Found(area, relative, str(self._where(directory) / name), neutral_stat(st),
                      handle=Entry(directory, name, st, self._where(directory) / name), reason=reason)
-
-    def entry_exists(self, directory: str, name: str) -> bool:
-        with self.opened():
-            fd = self._dir(directory)
-            if fd is None:
-                return False
-            try:
-                os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return False
-            return True
 
     def remove(self, found: Found) -> None:
         """Unlink what ``walk`` found (never a directory, never through a link)."""

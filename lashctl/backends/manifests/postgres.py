@@ -799,17 +799,6 @@ class PostgresView:
             self._check_owners([row])
         return self._keep_cache[key]
 
-    def keep_reasons(self, rows: Iterable[Row]) -> dict[tuple[str, str], str]:
-        """``keep_reason`` for many rows with one query per owner kind: key -> reason (kept rows only)."""
-        rows = [r for r in rows if not r.committed and r.owner_kind is not None]
-        self._check_owners([r for r in rows if self._keep_key(r) not in self._keep_cache])
-        out = {}
-        for row in rows:
-            reason = self._keep_cache[self._keep_key(row)]
-            if reason is not None:
-                out[row.key] = reason
-        return out
-
     def _prefetch_keep(self, groups: list[list[Row]], cutoff_ms: int) -> None:
         if len(self._keep_cache) > 100_000:
             self._keep_cache.clear()
@@ -933,8 +922,3 @@ class PostgresView:
         with self.conn.pipeline(), self.conn.cursor() as cur:
             for sql, params in statements:
                 cur.execute(sql, params)
-
-
-def sweep_recheck(view: PostgresView, attachment_id: str, cutoff_ms: int) -> bool:
-    """Whether a sweep must keep ``attachment_id`` (see ``PostgresView.has_live_row``)."""
-    return view.has_live_row(attachment_id, cutoff_ms)

@@ -172,18 +172,6 @@ class StateView:
 
 
 # -- events --------------------------------------------------------------------
-def intent_event(attachment_id: str, session_id: str, at_ms: int) -> Event:
-    return Event.intent(attachment_id, session_id, at_ms)
-
-
-def commit_event(attachment_id: str, session_id: str, at_ms: int) -> Event:
-    return Event.commit(attachment_id, session_id, at_ms)
-
-
-def forget_event(attachment_id: str, session_id: str) -> Event:
-    return Event.forget(attachment_id, session_id)
-
-
 def encode_events(events: Iterable["dict | Event"]) -> bytes:
     dumps = json.dumps
     return b"".join(
@@ -597,7 +585,7 @@ class Manifest:
                                 row.canonical_uri))
             if row.committed_at_epoch_ms is not None:
                 events.append(
-                    commit_event(row.attachment_id, row.session_id, row.committed_at_epoch_ms)
+                    Event.commit(row.attachment_id, row.session_id, row.committed_at_epoch_ms)
                 )
         before = cachedir.stat_or_none(self.path)
         data = encode_events(events)
