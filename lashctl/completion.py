@@ -82,7 +82,7 @@ def _store_root(ctx: Any) -> str:
 
 
 MANIFEST_OPTIONS = ("--manifest", "--to-manifest")
-LASH_SQLITE = "lash-sqlite:"  # lashctl.backends.manifests.lash_sqlite.PREFIX, not imported: completion stays light
+LASH_SQLITE = "lash-sqlite:"  # the lash-sqlite manifest's PREFIX, not imported: completion stays light
 SCHEMES = ("postgresql://", LASH_SQLITE)
 
 

@@ -218,45 +218,6 @@ def live_reason(rows: list[Row], cutoff: int, view) -> str | None:
     return live
 
 
-def confirmed_rows(view, ids) -> dict[str, list[Row]]:
-    """The rows of a sweep's candidates from the manifest's source of truth:
-    a view answering from a cache confirms them against its log (``confirm``);
-    any other view is the truth already."""
-    confirm = getattr(view, "confirm", None)
-    if confirm is not None:
-        return confirm(ids)
-    ids = list(ids)
-    out: dict[str, list[Row]] = {}
-    for start in range(0, len(ids), 1000):  # one query per thousand where the view can
-        out.update(rows_for_ids(view, ids[start:start + 1000]))
-    return out
-
-
-def rows_for_ids(view, ids) -> dict[str, list[Row]]:
-    """The rows of many ids: one query where the view can (``rows_for_ids``)."""
-    many = getattr(view, "rows_for_ids", None)
-    if many is not None:
-        return many(list(ids))
-    return {i: view.rows_for_id(i) for i in ids}
-
-
-def stat_many(blobs, ids) -> dict[str, object]:
-    """The stat of many blobs (concurrent requests where the backend can);
-    None for one absent or behind an unsafe shard (its delete says why)."""
-    from lashctl.errors import UnsafePath
-
-    many = getattr(blobs, "stat_many", None)
-    if many is not None:
-        return many(list(ids))
-    out = {}
-    for attachment_id in ids:
-        try:
-            out[attachment_id] = blobs.stat(attachment_id)
-        except UnsafePath:
-            out[attachment_id] = None
-    return out
-
-
 # -- ids -----------------------------------------------------------------------
 def resolve_id(store: Store, query: IdQuery, view=None) -> str:
     """Resolve a full id or unique prefix against blobs and manifest rows.
@@ -301,25 +262,12 @@ def precheck_prefixes(store: Store, queries: list[IdQuery]) -> None:
 
 
 # -- merging the two id-ordered streams ----------------------------------------
-def as_view(state):
-    """A ManifestView for a folded in-memory state (tests, ``manifest`` tools);
-    a view is returned as it is."""
-    from lashctl.backends.manifests.jsonl.log import ManifestState
-
-    if isinstance(state, ManifestState):
-        from lashctl.backends.manifests.jsonl.log import StateView
-
-        return StateView(state)
-    return state
-
-
 def by_id(store: Store, view) -> Iterator[tuple[str, bool, list[Row]]]:
     """Every id that has bytes or rows, in id order: ``(id, bytes present, rows)``.
 
     A merge of the blob listing and the manifest's rows, both read in id
     order: memory stays flat however large the store.
     """
-    view = as_view(view)
     blobs = ((i, True, None) for i in store.blobs.iter_ids())
     rows = ((g[0].attachment_id, False, g) for g in view.rows_by_id()) if view is not None else iter(())
     current: str | None = None

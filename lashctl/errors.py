@@ -93,3 +93,25 @@ class Denied(LashctlError):
     """A server refused the credentials or the access."""
 
     exit_code = EXIT_DENIED
+
+
+# -- malformed lines and rows ---------------------------------------------------
+_SHOWN_RAW = 200  # bytes of a malformed line quoted in its message
+
+
+def describe_malformed(exc: Corrupt) -> str:
+    """``<path>:<line>: <problem>: <the raw line>`` for a person (escaped when shown)."""
+    raw = getattr(exc, "raw", b"")
+    if not raw:  # a row of a database, not a line: the message names it
+        return exc.message
+    shown = raw[:_SHOWN_RAW].decode("utf-8", "replace") + ("..." if len(raw) > _SHOWN_RAW else "")
+    return f"{exc.message}: {shown}"
+
+
+def malformed_error(malformed: list[Corrupt], where: str, unit: str = "line") -> Corrupt:
+    """The exit-65 error a tolerant reader raises once it has shown everything
+    (``unit``: what the manifest is made of, "line" or a database's "row")."""
+    first, more = malformed[0], len(malformed) - 1
+    also = f" (and {more} more malformed {unit}(s))" if more else ""
+    return Corrupt(f"{first.message}{also}; the other {unit}s were read: destructive commands refuse "
+                   f"manifest {where} until it is repaired")

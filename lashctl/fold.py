@@ -24,6 +24,7 @@ from lashctl.record import FrozenRecord, Record
 
 INTENT, COMMIT, FORGET = "intent", "commit", "forget"
 OPS = (INTENT, COMMIT, FORGET)
+LOG_OPS = ("header", *OPS)  # what a JSON-lines manifest's line may be
 
 
 class Row(Record):
@@ -249,3 +250,14 @@ def fold_rows(rows: dict, kinds: dict | None = None):
                         del rows[key]
 
     return apply
+
+
+def compacted_lines(rows: int, committed: int) -> int:
+    """Lines a compacted log of these rows holds: the header, an intent per
+    row, a commit per committed row."""
+    return 1 + rows + committed
+
+
+def event_time(event: dict) -> int | None:
+    """The time an event (a decoded line) carries: its intent's or commit's; None for others."""
+    return event.get("intent_at_epoch_ms", event.get("committed_at_epoch_ms"))

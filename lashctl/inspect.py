@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from lashctl import faults, media, sidecar
 from lashctl.backends.base import LAYOUT_SIDECARS, BlobStat
-from lashctl.core import (DEFAULT_GRACE, Store, aged_rows, as_view, by_id, default_grace_ms, forget_intents,
+from lashctl.core import (DEFAULT_GRACE, Store, aged_rows, by_id, default_grace_ms, forget_intents,
                           live_reason)
 from lashctl.errors import Corrupt, LashctlError, NotFound
 from lashctl.fold import Row
@@ -78,7 +78,6 @@ class BlobReport:
 
 def show(store: Store, attachment_id: str, view, now: int) -> BlobReport:
     """Everything about one blob, and why it is kept or would go."""
-    view = as_view(view)
     st = _file_stat(store, attachment_id)
     rows = sorted(view.rows_for_id(attachment_id), key=lambda r: (r.intent_at_epoch_ms, r.session_id))
     if st is None and not rows:
@@ -251,7 +250,6 @@ class Stats:
 
 def stats(store: Store, view, now: int) -> Stats:
     out = Stats()
-    view = as_view(view)
     cutoff = now - default_grace_ms()
     with store.blobs.opened():
         for attachment_id, present, rows in by_id(store, view):
@@ -281,14 +279,14 @@ def stats(store: Store, view, now: int) -> Stats:
                 out.orphan_sidecars += 1
             else:
                 out.stray_files += 1
-    out.manifest_lines = getattr(view, "log_lines", None)
+    out.manifest_lines = view.log_lines
     out.compacted_lines = None
     if out.manifest_lines is not None:
-        from lashctl.backends.manifests.jsonl.log import compacted_lines
+        from lashctl.fold import compacted_lines
 
         rows = out.rows_committed + out.rows_uncommitted
         out.compacted_lines = compacted_lines(rows, out.rows_committed)
-    out.torn_tail = getattr(view, "torn_tail", False)
+    out.torn_tail = view.torn_tail
     return out
 
 
@@ -340,11 +338,11 @@ def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = 
             view = stack.enter_context(store.manifest.sweeping() if fix else store.manifest.reading())
         except Corrupt as exc:
             problem = exc.message
-            if fix and hasattr(store.manifest, "locked"):
+            if fix:
                 # A JSON-lines log's lock still keeps writers off while blobs move;
                 # a database that cannot be read is only reported.
                 stack.enter_context(store.manifest.locked())
-        if hasattr(view, "tolerant"):
+        if view is not None:
             # A database manifest's bad row is one finding: the view skips it
             # (naming it in view.malformed) and every other check still runs.
             view.tolerant = True
@@ -359,7 +357,7 @@ def _verify(store: Store, view, manifest_problem: str | None, now: int, *, fix: 
     name = store.manifest.name
     if manifest_problem is not None:
         report.findings.append(Finding("manifest-corrupt", ERROR, name, None, manifest_problem))
-    elif getattr(view, "torn_tail", False):
+    elif view is not None and view.torn_tail:
         report.findings.append(Finding("manifest-torn-tail", WARNING, name, None,
                                        "torn final line (a crashed append); the next write repairs it"))
     for attachment_id, present, rows, hashed in _hashed_ahead(store, by_id(store, view), progress):
@@ -369,7 +367,7 @@ def _verify(store: Store, view, manifest_problem: str | None, now: int, *, fix: 
         report.findings.extend(_bytes_missing(store, row) for row in rows)
     for stray in scan_strays(store):
         _verify_stray(store, stray, report, fix=fix, now=now, grace=grace)
-    for bad in getattr(view, "malformed", ()):
+    for bad in view.malformed if view is not None else ():
         report.findings.append(Finding("manifest-corrupt", ERROR, name, None, bad.message))
     if view is not None:
         _settle(store, report)
@@ -475,7 +473,7 @@ def _hashed_ahead(store: Store, items: Iterator[tuple[str, bool, list[Row]]], pr
     store) has that many hashes streaming ahead of the item in hand, in
     order; memory stays bounded by that many read buffers. A file store
     hashes each blob when it is asked for, one at a time."""
-    limit = getattr(store.blobs, "parallel_reads", 1)
+    limit = store.blobs.parallel_reads
     if limit <= 1:
         for attachment_id, present, rows in items:
             yield attachment_id, present, rows, (lambda i=attachment_id: store.blobs.hash(i, progress))

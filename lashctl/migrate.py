@@ -93,21 +93,7 @@ def blob_identity(store: Store) -> str:
 
 
 def manifest_identity(store: Store) -> str:
-    manifest = store.manifest
-    url = getattr(manifest, "url", None)
-    directory = getattr(manifest, "directory", None)  # lash's SQLite session databases
-    if directory is not None:
-        return "lash-sqlite:" + os.path.realpath(directory)
-    if url is None:
-        return "file:" + os.path.realpath(manifest.log.given_path)
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        info = conninfo_to_dict(url)
-    except Exception:  # noqa: BLE001 - an unparsable URL: compare it as written
-        return "postgresql:" + manifest.name
-    host = info.get("host") or "localhost"
-    return f"postgresql://{host}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"
+    return store.manifest.identity()
 
 
 def check_distinct(src: Store, dest: Store) -> None:

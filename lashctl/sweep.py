@@ -14,12 +14,8 @@ from typing import Callable
 from lashctl.core import (
     Store,
     aged_rows,
-    as_view,
     by_id,
-    confirmed_rows,
     forget_intents,
-    rows_for_ids,
-    stat_many,
     live_reason,
     precheck_prefixes,
     resolve_ids,
@@ -93,10 +89,8 @@ def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run
     with store.exclusive(dry_run=dry_run) as view:
         store.blobs.check_layout()
         ids = list(dict.fromkeys(resolve_ids(store, queries, view)))
-        check_ids = getattr(view, "check_ids", None)  # a table may hold rows its id queries cannot see
-        if check_ids is not None:
-            check_ids()
-        rows = confirmed_rows(view, ids)
+        view.check_ids()  # a table may hold rows its id queries cannot see
+        rows = view.confirm(ids)
         referenced = {i: sorted({r.session_id for r in rows[i]}) for i in ids}
         if not force:
             blocked = [(i, s) for i, s in referenced.items() if s]
@@ -133,9 +127,9 @@ def _delete_in_order(store: Store, view, results: list[DeleteResult], rows: dict
         store.blobs.delete(res.attachment_id)
     store.blobs.sync([res.attachment_id for res in results])
     faults.point("delete.deleted")
-    if getattr(store.manifest, "blocks_writers", True):
+    if store.manifest.blocks_writers:
         return
-    after = rows_for_ids(view, [res.attachment_id for res in results])
+    after = view.rows_for_ids([res.attachment_id for res in results])
     for res in results:
         before = {(r.session_id, r.intent_at_epoch_ms) for r in rows[res.attachment_id]}
         if any((r.session_id, r.intent_at_epoch_ms) not in before for r in after[res.attachment_id]):
@@ -167,7 +161,7 @@ def forget(store: Store, session: str, queries: list[IdQuery], *, dry_run: bool 
     with store.exclusive(dry_run=dry_run) as view:
         if queries:
             ids = list(dict.fromkeys(resolve_ids(store, queries, view)))
-            found = confirmed_rows(view, ids)
+            found = view.confirm(ids)
             rows = [r for i in ids for r in found[i] if r.session_id == session]
             missing = [i for i in ids if not any(r.session_id == session for r in found[i])]
         else:
@@ -243,10 +237,9 @@ def plan_reclaim(view, cutoff: int) -> tuple[int, Plan]:
     cutoff) and, per blob id with aged rows, ``(id, aged rows, live reason)``
     in id order: a live reason means release.
     """
-    view = as_view(view)
     candidates = [rows[0].attachment_id for rows in view.aged(cutoff)]
     scanned, plan = 0, []
-    for attachment_id, rows in sorted(confirmed_rows(view, candidates).items()):
+    for attachment_id, rows in sorted(view.confirm(candidates).items()):
         aged = aged_rows(rows, cutoff)
         scanned += len(aged)
         # An intent whose lash owner is not proven dead is neither swept nor forgotten.
@@ -282,7 +275,7 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
         scanned, plan = plan_reclaim(view, cutoff)
         if planned is not None:
             planned(len(plan))
-        shared = not getattr(store.manifest, "blocks_writers", True)
+        shared = not store.manifest.blocks_writers
         report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned,
                                kept_for_owners=scanned - sum(len(aged) for _id, aged, _live in plan))
         touched: list[str] = []
@@ -308,7 +301,7 @@ def _plan_batch(store: Store, view, chunk: Plan, cutoff: int, *,
     """What a batch of the plan will do, read-only (a dry run stops here and
     so reports what the real run does): one stat each (concurrent on an
     object store), and on a shared manifest one query of the batch's rows."""
-    stats = stat_many(store.blobs, [attachment_id for attachment_id, _aged, _live in chunk])
+    stats = store.blobs.stat_many([attachment_id for attachment_id, _aged, _live in chunk])
     items, orphans = [], []
     for attachment_id, aged, live in chunk:
         st = stats[attachment_id]
@@ -322,7 +315,7 @@ def _plan_batch(store: Store, view, chunk: Plan, cutoff: int, *,
         else:
             orphans.append(item)
         items.append(item)
-    again = rows_for_ids(view, [i.attachment_id for i in orphans]) if shared and orphans else {}
+    again = view.rows_for_ids([i.attachment_id for i in orphans]) if shared and orphans else {}
     for item in orphans:
         st = stats[item.attachment_id]
         reason = live_reason(again[item.attachment_id], cutoff, view) if shared else None
@@ -353,7 +346,7 @@ def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, 
         # 2. Every row a doomed blob had was forgotten: any row there now (one
         #    the guard kept, or a writer's new intent, whatever its time says:
         #    the writer's clock may be behind) keeps the bytes.
-        after_forget = rows_for_ids(view, [i.attachment_id for i in doomed])
+        after_forget = view.rows_for_ids([i.attachment_id for i in doomed])
         for item in doomed:
             if after_forget[item.attachment_id]:
                 reason = live_reason(after_forget[item.attachment_id], cutoff, view) or _CAME_BACK
@@ -400,7 +393,7 @@ def _restore_failed(store: Store, view, failed: list[ReclaimItem], aged: dict[st
             return _restore_failed(store, view, failed, aged)
         except Exception:  # noqa: BLE001 - the server that failed the delete may fail this too
             return set()
-    again = stat_many(store.blobs, [i.attachment_id for i in failed])
+    again = store.blobs.stat_many([i.attachment_id for i in failed])
     back = [i for i in failed if _is_file(again[i.attachment_id])]
     view.append([Event(INTENT, r.attachment_id, r.session_id, r.intent_at_epoch_ms, r.canonical_uri)
                  for i in back for r in aged[i.attachment_id]])
@@ -418,7 +411,7 @@ def _forget_late_intents(view, items: list[ReclaimItem], shielded: bool = False)
     (guarded: only each intent as read), so that their writer's commit finds
     no intent and it uploads again. The rows read; ``shielded`` as above."""
     try:
-        after = rows_for_ids(view, [i.attachment_id for i in items])
+        after = view.rows_for_ids([i.attachment_id for i in items])
         forget_intents(view, [r for i in items for r in after[i.attachment_id]])
     except Exception:  # noqa: BLE001
         if not shielded:
@@ -433,7 +426,7 @@ def _report_late_rows(store: Store, view, deleted: list[ReclaimItem], cutoff: in
     it uploads again); a commit that landed already cannot be taken back."""
     after = _forget_late_intents(view, deleted)
     late = [i for i in deleted if after[i.attachment_id]]
-    again = stat_many(store.blobs, [i.attachment_id for i in late]) if late else {}
+    again = store.blobs.stat_many([i.attachment_id for i in late]) if late else {}
     for item in late:
         item.action = DELETED_WHILE_REFERENCED
         st = again[item.attachment_id]
@@ -533,7 +526,7 @@ def _unreferenced(store: Store, view, cutoff: int, report: GcReport,
         st = store.blobs.stat(attachment_id)
         if st is not None and st.is_file and st.mtime_ms <= cutoff:
             candidates[attachment_id] = st
-    confirmed = confirmed_rows(view, candidates)
+    confirmed = view.confirm(candidates)
     # The log references these: never deleted on a cache's word.
     return {i: st for i, st in candidates.items() if not confirmed[i]}
 
@@ -541,7 +534,7 @@ def _unreferenced(store: Store, view, cutoff: int, report: GcReport,
 def _gc_blobs(store: Store, view, candidates: dict[str, BlobStat], cutoff: int, report: GcReport, *,
               dry_run: bool) -> list[str]:
     """Delete the unreferenced blobs; the ids whose shard changed."""
-    shared = not getattr(store.manifest, "blocks_writers", True)
+    shared = not store.manifest.blocks_writers
     touched = []
     for attachment_id, st in candidates.items():
         if shared and not dry_run:

@@ -367,7 +367,7 @@ def iter_uncommitted(
         for row in view.uncommitted(cutoff, session):
             yield _describe_row(store, row)
         if malformed is not None:  # known once every row was read (PostgreSQL finds them as it streams)
-            malformed.extend(getattr(view, "malformed", ()))
+            malformed.extend(view.malformed)
 
 
 def iter_uncommitted_rendered(
@@ -384,13 +384,12 @@ def iter_uncommitted_rendered(
     """
     with store.manifest.reading(tolerant=True) as view, store.blobs.opened():
         yield from _rendered_rows(store, view, cutoff, session, now, form)
-        malformed.extend(getattr(view, "malformed", ()))  # known once every row was read
+        malformed.extend(view.malformed)  # known once every row was read
 
 
 def _rendered_rows(store: Store, view, cutoff: int | None, session: str | None, now: int, form: str
                    ) -> Iterator[list[str | UncommittedRow | None]]:
-    render = getattr(view, "uncommitted_rendered", None)
-    chunks = render(cutoff, session, now, form, getattr(store.blobs, "absent_shards", None)) if render else None
+    chunks = view.uncommitted_rendered(cutoff, session, now, form, store.blobs.absent_shards)
     if chunks is None:
         rows = view.uncommitted(cutoff, session)
         while chunk := [_describe_row(store, row) for row in islice(rows, 2000)]:

@@ -228,45 +228,9 @@ def not_a_store(location, manifest=None) -> str | None:
     return None if any(os.path.lexists(m) for m in markers) else EMPTY
 
 
-class Unwritten:
-    """The JSON-lines manifest of the default store before anything was
-    stored there, for a command that creates no store: its writers and
-    sweeps see no rows, take no lock and write nothing, so neither a
-    directory nor a lock file appears. Reads go to the manifest as it is."""
+def unwritten(manifest):
+    """The default store's JSON-lines manifest before anything was stored
+    there, for a command that creates no store (``jsonl.manifest.Unwritten``)."""
+    from lashctl.backends.manifests.jsonl.manifest import Unwritten
 
-    def __init__(self, manifest) -> None:
-        self._manifest = manifest
-
-    def __getattr__(self, name: str):
-        return getattr(self._manifest, name)
-
-    def writing(self):
-        from contextlib import nullcontext
-
-        from lashctl.backends.manifests.jsonl.log import ManifestState, StateView
-
-        return nullcontext(_NothingWritten(StateView(ManifestState())))
-
-    sweeping = writing
-
-    def locked(self):
-        from contextlib import nullcontext
-
-        return nullcontext()
-
-    def compact_log(self, *, dry_run: bool = False) -> tuple[int, int, int]:
-        return self._manifest.compact_log(dry_run=True)
-
-
-class _NothingWritten:
-    """A view of no rows that a writer may append nothing to."""
-
-    def __init__(self, view) -> None:
-        self._view = view
-
-    def __getattr__(self, name: str):
-        return getattr(self._view, name)
-
-    def append(self, events) -> None:
-        if events:
-            raise RuntimeError("nothing may be written to a store that does not exist yet")
+    return Unwritten(manifest)

@@ -3,7 +3,15 @@
 The core (``lashctl.core``, ``lashctl.sweep``, ``lashctl.inspect``) talks to a
 store only through these interfaces; a backend is the only code that touches
 its medium (the file system, an object store, a database). The format each
-backend keeps is the README's "The store format" section.
+backend keeps is the store format (docs/store-format.md); how to add a
+backend is docs/backends.md.
+
+Each backend class subclasses its interface: the methods without a body are
+what it must provide; the capabilities with a body (``stat_many``,
+``parallel_reads``, ``confirm``, ``blocks_writers``, ...) are defaults that
+are correct for any backend, which a backend overrides where it can do
+better (one request for many, a lock that does not stop writers). Nothing
+above the backends asks whether a backend has a method.
 
 Every id passed in has been validated (``lashctl.ids.is_valid_id``); a backend
 builds object names from such ids only and checks again.
@@ -11,12 +19,15 @@ builds object names from such ids only and checks again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, BinaryIO, Callable, ContextManager, Iterable, Iterator, Protocol
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, BinaryIO, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence
 
 from lashctl.fold import Event, Row
 from lashctl.record import FrozenRecord, Record
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from lashctl.sidecar import Metadata
 
 Progress = Callable[[int], None]
@@ -29,6 +40,9 @@ FILE, SYMLINK, DIRECTORY, OTHER = "file", "symlink", "directory", "other"
 LAYOUT_SIDECARS, LAYOUT_BARE = "sidecars", "bare"
 LAYOUT_RECORD = "lashctl-layout"  # at the root (or prefix): "sidecars\n" or "bare\n"
 LAYOUT_RECORD_LIMIT = 4096  # bytes read of a record at most: a larger one is refused unread
+
+# Kinds of manifest (ManifestBackend.kind).
+JSONL, POSTGRES, LASH_SQLITE = "jsonl", "postgres", "lash-sqlite"
 
 
 def parse_layout_record(data: bytes, where: str) -> str:
@@ -122,6 +136,30 @@ class BlobBackend(Protocol):
 
     name: str  # the root as a person would write it (a path, s3://bucket/prefix)
     layout: str  # LAYOUT_SIDECARS or LAYOUT_BARE
+    #: How many blob reads are worth running at once (an object store's reads
+    #: are requests: ``verify`` streams that many hashes ahead). 1: one at a time.
+    parallel_reads: int = 1
+
+    def stat_many(self, attachment_ids: list[str]) -> dict[str, BlobStat | None]:
+        """The stat of many blobs; None for one absent or behind an unsafe
+        shard (its delete says why). Default: one ``stat`` after another; a
+        backend whose stats are requests sends them concurrently."""
+        from lashctl.errors import UnsafePath
+
+        out: dict[str, BlobStat | None] = {}
+        for attachment_id in attachment_ids:
+            try:
+                out[attachment_id] = self.stat(attachment_id)
+            except UnsafePath:
+                out[attachment_id] = None
+        return out
+
+    def absent_shards(self, shards: set[str]) -> set[str] | None:
+        """Of these shard names (first two hex digits), those where neither a
+        blob nor a sidecar can exist, from one look; None where the backend
+        cannot tell at that cost (default). list-uncommitted writes rows of
+        such shards without looking for each blob."""
+        return None
 
     def opened(self) -> ContextManager[object]:
         """Hold connections / directory descriptors for a batch of calls."""
@@ -224,7 +262,17 @@ class BlobBackend(Protocol):
 
 
 class ManifestView(Protocol):
-    """Queries on a manifest's folded state (README, "The manifest")."""
+    """Queries on a manifest's folded state (docs/store-format.md, "The manifest")."""
+
+    #: Set by an inspection (``verify``) on a database's view: a row that is
+    #: not valid is skipped and named in ``malformed`` instead of raising.
+    tolerant: bool = False
+    #: What a tolerant read skipped (Corrupt per line or row), once read.
+    malformed: Sequence = ()
+    #: A torn final line seen (a crashed append to a log); False for a database.
+    torn_tail: bool = False
+    #: The lines of a log (``stats`` shows what compaction would leave); None for a database.
+    log_lines: int | None = None
 
     def rows_for_keys(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row]:
         """The rows for (session_id, attachment_id) keys that exist."""
@@ -252,6 +300,40 @@ class ManifestView(Protocol):
         """Why an aged uncommitted row must be kept although no session
         committed it (its owner is not proven dead), or None."""
 
+    def rows_for_ids(self, attachment_ids: list[str]) -> dict[str, list[Row]]:
+        """The rows of many ids (every id a key). Default: ``rows_for_id``
+        each; a database answers in one query."""
+        return {i: self.rows_for_id(i) for i in attachment_ids}
+
+    def confirm(self, attachment_ids: Iterable[str]) -> dict[str, list[Row]]:
+        """The rows of a sweep's candidates from the manifest's source of
+        truth. Default: the view is the truth (a thousand ids per query); a
+        view answering from a cache reads them from its log instead."""
+        ids = list(attachment_ids)
+        out: dict[str, list[Row]] = {}
+        for start in range(0, len(ids), 1000):
+            out.update(self.rows_for_ids(ids[start:start + 1000]))
+        return out
+
+    def check_ids(self) -> None:
+        """Refuse (Corrupt) before a destructive command acts when the
+        manifest holds rows its id queries cannot see (a table's row with an
+        invalid id). Default: a manifest that cannot hold such rows."""
+
+    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int, form: str,
+                             absent: Callable[[set[str]], set[str] | None]) -> Iterator[list] | None:
+        """list-uncommitted on a pipe, in chunks (``rendered_uncommitted``),
+        where the manifest's database selects the rows in order; None
+        (default) where it cannot: the caller renders ``uncommitted``."""
+        return None
+
+    def rendered_row(self, values: tuple) -> Row | None:
+        """The uncommitted ``Row`` of a row ``uncommitted_rendered`` left
+        unwritten ``(id, session, uri, intent_at)``; None for one a tolerant
+        view skipped (and named in ``malformed``)."""
+        attachment_id, session_id, uri, intent_at = values
+        return Row(session_id, attachment_id, uri, intent_at)
+
 
 class ManifestWriter(ManifestView, Protocol):
     def append(self, events: list[Event]) -> None:
@@ -260,6 +342,33 @@ class ManifestWriter(ManifestView, Protocol):
 
 class ManifestBackend(Protocol):
     name: str  # as a person would write it (a path, a URL without the password)
+    kind: str  # JSONL, POSTGRES or LASH_SQLITE: what the commands tell people it is
+    #: The file of a manifest kept in one (a log); None for a database.
+    path: "Path | None" = None
+    #: Whether a sweep's lock stops every writer (a log's flock). A manifest
+    #: whose writers run beside a sweep (a database lash writes to) is
+    #: re-read by the sweep before and after each delete.
+    blocks_writers: bool = True
+
+    def identity(self) -> str:
+        """What tells two manifests apart (a real path, a normalised URL):
+        a migration refuses to copy a manifest onto itself."""
+
+    def check_readable(self) -> None:
+        """Refuse at once what would hang a read (a FIFO where a file should
+        be). Default: nothing can."""
+
+    def locked(self) -> ContextManager[object]:
+        """The writers' lock alone, without reading the manifest (``verify
+        --fix`` keeps writers off a log it cannot read while blobs move).
+        Default: nothing to hold (a database that cannot be read is only reported)."""
+        return nullcontext()
+
+    def inspecting(self) -> ContextManager[ManifestView]:
+        """A view for a read-only inspection (``show``, ``ls``, ``stats``).
+        Default: ``reading()``. A log folds past its malformed lines (each
+        named in ``malformed``) rather than stopping the inspection."""
+        return self.reading()
 
     def exists(self) -> bool:
         """Whether the manifest exists (a named one that does not is a usage error)."""
@@ -267,8 +376,10 @@ class ManifestBackend(Protocol):
     def check_writable(self) -> None:
         """Refuse (Corrupt/UnsafePath) a manifest a writer must not touch."""
 
-    def reading(self) -> ContextManager[ManifestView]:
-        """A consistent view for a read-only command; takes no writer lock."""
+    def reading(self, tolerant: bool = False) -> ContextManager[ManifestView]:
+        """A consistent view for a read-only command; takes no writer lock.
+        ``tolerant``: rows (lines) that are not valid are skipped and named
+        in the view's ``malformed`` rather than stopping the read."""
 
     def writing(self) -> ContextManager[ManifestWriter]:
         """The writer lock held (flock, a transaction): view and append."""
@@ -301,7 +412,7 @@ def uncommitted_where(cutoff_ms: int | None, session: str | None, *, suffix: str
 
 
 def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
-                         absent: Callable[[set[str]], set[str]] | None) -> Iterator[list]:
+                         absent: Callable[[set[str]], set[str] | None]) -> Iterator[list]:
     """list-uncommitted's rows on a pipe, a chunk at a time, for manifests
     whose database selects them in order: takes chunks of
     ``(id, session, uri, intent_at)`` and yields, for each chunk, a list
@@ -315,17 +426,14 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
     in a TSV session; an intent time from 1970 to ``now`` plus
     ``timefmt.FUTURE_SKEW_MS``) and its shard is among
     those ``absent`` returns when given the shards the chunk meets (once
-    per chunk: neither bytes nor sidecar can be there); with ``absent``
-    None every row is the caller's. Whole chunks are checked at once: row
+    per chunk: neither bytes nor sidecar can be there); where ``absent``
+    returns None every row of the chunk is the caller's. Whole chunks are checked at once: row
     by row only where one of them fails."""
     from lashctl.ids import is_valid_id
     from lashctl.timefmt import FUTURE_SKEW_MS, MAX_EPOCH_MS, age_text, iso_clock
 
     # A row from a clock that runs ahead is the caller's: list-uncommitted counts it.
     latest = min(MAX_EPOCH_MS, now + FUTURE_SKEW_MS)
-    if absent is None:
-        yield from chunks
-        return
     tsv = form == "tsv"
     clock = iso_clock()
     gone: set[str] = set()  # this chunk's shards where neither bytes nor sidecar can be
@@ -360,7 +468,11 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
         if not chunk:
             continue
         met = {row[0][:2] for row in chunk}
-        gone = absent(met)  # asked again for each chunk: a put may create a shard meanwhile
+        known = absent(met)  # asked again for each chunk: a put may create a shard meanwhile
+        if known is None:  # the blob backend cannot tell: every row is the caller's
+            yield chunk
+            continue
+        gone = known
         if met <= gone and _plain_chunk(chunk, tsv, latest):
             yield written(chunk)
         else:

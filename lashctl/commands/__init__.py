@@ -111,7 +111,7 @@ class AppState(Record):
         clean sweep of an empty store (nothing is created). The default store
         before its first put reads as empty and is written nothing. A
         ``sweep`` names the default store it uses on stderr."""
-        from lashctl.backends import ABSENT, EMPTY, Unwritten, not_a_store
+        from lashctl.backends import ABSENT, EMPTY, not_a_store, unwritten
         from lashctl.core import Store
         from lashctl.errors import UsageError
 
@@ -134,7 +134,7 @@ class AppState(Record):
             if why is not None:
                 if self.store_named or self.manifest_named:
                     raise UsageError(f"not a lashctl store: {self.store_root}")
-                store.manifest = Unwritten(store.manifest)
+                store.manifest = unwritten(store.manifest)
         if sweep and not self.store_named:
             self.ui.info(f"lashctl: using the default store {self.store_root}"
                          + (" (nothing stored there yet)" if why is not None else ""))
@@ -176,8 +176,7 @@ def inspect_state(state: AppState, store):
     from contextlib import ExitStack
 
     stack = ExitStack()
-    reading = store.manifest.reading(tolerant=True) if hasattr(store.manifest, "log") else store.manifest.reading()
-    view = stack.enter_context(reading)
+    view = stack.enter_context(store.manifest.inspecting())
     stack.enter_context(store.blobs.opened())
     state.inspection = stack
     return view
@@ -188,15 +187,13 @@ def end_inspection(state: AppState, store, view) -> None:
     if state.inspection is not None:
         state.inspection.close()
         state.inspection = None
-    malformed = view if isinstance(view, list) else getattr(view, "malformed", [])
+    malformed = view if isinstance(view, list) else view.malformed
     if not malformed:
         return
-    from types import SimpleNamespace
-
-    from lashctl.backends.manifests.jsonl.log import describe_malformed, malformed_error
+    from lashctl.errors import describe_malformed, malformed_error
 
     for exc in malformed:
         state.ui.warn(describe_malformed(exc))
-    path = getattr(store.manifest, "path", None)  # None: a database, made of rows
-    raise malformed_error(SimpleNamespace(malformed=malformed), path or store.manifest.name,
+    path = store.manifest.path  # None: a database, made of rows
+    raise malformed_error(malformed, str(path or store.manifest.name),
                           "line" if path is not None else "row")

@@ -30,12 +30,12 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     line, and how many lines compaction would leave. Exit 65 if any line is
     malformed.
     """
-    from lashctl.backends.manifests.jsonl.log import check as check_manifest
+    from lashctl.backends.base import LASH_SQLITE
 
     state = app_state(ctx, json_flag)
-    if hasattr(state.store().manifest, "check_databases"):
+    if state.store().manifest.kind == LASH_SQLITE:
         return _check_databases(state)
-    report = check_manifest(jsonl_only(state, "check").log)
+    report = jsonl_only(state, "check").check_log()
     document = {
         "path": str(report.path),
         "exists": report.exists,
@@ -121,7 +121,8 @@ def log(
     (intent and commit). With --json: one array of {line, event} objects.
     """
     from lashctl.ids import parse_id
-    from lashctl.backends.manifests.jsonl.log import OPS, describe_malformed, event_time
+    from lashctl.errors import describe_malformed
+    from lashctl.fold import LOG_OPS as OPS, event_time
     from lashctl.core import session_filter
     from lashctl.timefmt import parse_timestamp
 
@@ -144,7 +145,7 @@ def log(
         else:
             state.ui.warn(describe_malformed(exc))
 
-    manifest = jsonl_only(state, "log").log
+    manifest = jsonl_only(state, "log")
     for lineno, event in manifest.iter_events(on_error=mark):
         if prefix is not None and not str(event.get("attachment_id", "")).startswith(prefix):
             continue
@@ -189,9 +190,11 @@ def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag
 
 def jsonl_only(state, what: str):
     """The store's manifest, refused (exit 2) unless it is a JSON-lines file."""
+    from lashctl.backends.base import JSONL, LASH_SQLITE
+
     store = state.store()
-    if not hasattr(store.manifest, "log"):
-        kind = ("lash's SQLite session databases (query them with sqlite3)" if hasattr(store.manifest, "directory")
+    if store.manifest.kind != JSONL:
+        kind = ("lash's SQLite session databases (query them with sqlite3)" if store.manifest.kind == LASH_SQLITE
                 else "a PostgreSQL table (query it with psql)")
         raise UsageError(f"manifest {what} works on a JSON-lines manifest; {store.manifest.name} is {kind}")
     return store.manifest
@@ -213,8 +216,10 @@ def init(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     """
     state = app_state(ctx, json_flag)
     store = state.store(create=True)
-    if not hasattr(store.manifest, "init"):
-        kind = ("lash's SQLite session databases, which lash creates" if hasattr(store.manifest, "directory")
+    from lashctl.backends.base import LASH_SQLITE, POSTGRES
+
+    if store.manifest.kind != POSTGRES:
+        kind = ("lash's SQLite session databases, which lash creates" if store.manifest.kind == LASH_SQLITE
                 else "a JSON-lines file, created by the first put")
         raise UsageError(f"manifest init creates a PostgreSQL table; {store.manifest.name} is {kind}")
     created = store.manifest.init()

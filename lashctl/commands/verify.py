@@ -61,9 +61,7 @@ def verify(
     if fix and grace_ms is not None:
         # A put in flight keeps its staging file in tmp/: the same floor as the sweeps.
         core.check_grace(now - grace_ms, now, force=force, option="--grace")
-    check = getattr(store.manifest, "check_readable", None)
-    if check is not None:
-        check()  # a FIFO or a device there: one line now, not a hang
+    store.manifest.check_readable()  # a FIFO or a device there: one line now, not a hang
     total = None  # the bar's total costs a walk of the store: only when a bar is drawn
     if state.ui.wants_progress():
         total = sum(st.size for i in store.blobs.iter_ids() if (st := store.blobs.stat(i)) is not None)

@@ -131,7 +131,7 @@ class StoreModel(RuleBasedStateMachine):
         COUNTS["steps"] += 1
         key = data.draw(st.sampled_from(sorted(self.rows)))
         with self.store.manifest.locked():
-            self.store.manifest.append([forget_event(key[1], key[0])])
+            self.store.manifest.log.append([forget_event(key[1], key[0])])
         del self.rows[key]
 
     @rule(session=st.sampled_from(SESSIONS), i=st.integers(0, len(CONTENTS) - 1))
@@ -140,7 +140,7 @@ class StoreModel(RuleBasedStateMachine):
         if (session, IDS[i]) in self.rows:
             return
         with self.store.manifest.locked():
-            self.store.manifest.append([forget_event(IDS[i], session)])
+            self.store.manifest.log.append([forget_event(IDS[i], session)])
 
     @rule(cutoff=st.one_of(TIMES, st.just(-1)), dry_run=st.booleans())
     def reclaim(self, cutoff: int, dry_run: bool) -> None:

@@ -51,9 +51,11 @@ def add_bytes(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def append(m: Manifest, events: list[dict]) -> None:
-    with m.locked():
-        m.append(events)
+def append(m, events: list[dict]) -> None:
+    """Append to a log (``Manifest``) or to a manifest backend's log."""
+    log = getattr(m, "log", m)
+    with log.locked():
+        log.append(events)
 
 
 def sort_key(row: Row) -> tuple:

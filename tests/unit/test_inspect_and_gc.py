@@ -16,6 +16,7 @@ import pytest
 
 from conftest import blob_path, png_bytes, sha, sidecar_path
 from lashctl.backends.blobs.localfs import read_sidecar_file
+from lashctl.backends.manifests.jsonl.log import StateView
 from lashctl import core, inspect, sidecar, sweep, transfer
 from lashctl.errors import Corrupt, NotFound, Refused
 from lashctl.ids import parse_id
@@ -103,6 +104,11 @@ def age(path: Path, ms: int) -> None:
 
 def read_state(store: core.Store):
     return store.manifest.read_state()
+
+
+def view_of(store: core.Store) -> StateView:
+    """The manifest folded in memory, as the view the inspections take."""
+    return StateView(store.manifest.read_state())
 
 
 def tree(root: Path) -> dict[str, tuple]:
@@ -510,13 +516,13 @@ def verdict_store(store: Path):
 
 def test_show_verdicts(verdict_store):
     s, ids = verdict_store
-    state = read_state(s)
+    state = view_of(s)
     now = now_ms()
 
     def verdict(key):
         return inspect.show(s, ids[key], state, now).verdict
 
-    committed_row = state.rows[("alpha", ids["committed"])]
+    committed_row = state.state.rows[("alpha", ids["committed"])]
     v = verdict("committed")
     assert (v.state, v.reason) == ("kept", f"kept because session alpha committed it at {iso(committed_row.committed_at_epoch_ms)}")
     v = verdict("fresh")
@@ -524,7 +530,7 @@ def test_show_verdicts(verdict_store):
     assert v.reason.startswith("kept for now: session fresh's intent is within the 24h grace period")
     v = verdict("orphan")
     assert (v.state, v.reason) == ("orphan", "orphan: would be reclaimed by a sweep with the default grace (24h)")
-    shared_row = state.rows[("beta", ids["shared"])]
+    shared_row = state.state.rows[("beta", ids["shared"])]
     v = verdict("shared")
     assert (v.state, v.reason) == ("kept", f"kept because session beta committed it at {iso(shared_row.committed_at_epoch_ms)}")
     v = verdict("shared_fresh")
@@ -543,7 +549,7 @@ def test_show_verdicts(verdict_store):
 
 def test_show_report_fields(verdict_store, store):
     s, ids = verdict_store
-    state = read_state(s)
+    state = view_of(s)
     report = inspect.show(s, ids["committed"], state, now_ms())
     st = os.stat(blob(store, ids["committed"]))
     assert report.blob_path == str(blob(store, ids["committed"]))
@@ -569,16 +575,16 @@ def test_show_reports_sidecar_problems(store):
     s = core.Store(store)
     a = put(s, b"abc", "s", "abc.txt")
     side(store, a).unlink()
-    assert inspect.show(s, a, read_state(s), now_ms()).sidecar_problem == "missing"
+    assert inspect.show(s, a, view_of(s), now_ms()).sidecar_problem == "missing"
     side(store, a).write_bytes(b"[]")
-    report = inspect.show(s, a, read_state(s), now_ms())
+    report = inspect.show(s, a, view_of(s), now_ms())
     assert report.metadata is None
     assert "undecodable" in report.sidecar_problem
 
 
 def test_show_unknown_id_is_not_found_and_prefix_resolves(verdict_store):
     s, ids = verdict_store
-    state = read_state(s)
+    state = view_of(s)
     with pytest.raises(NotFound):
         inspect.show(s, sha(b"never stored"), state, now_ms())
     assert core.resolve_id(s, parse_id(ids["orphan"][:8]), state) == ids["orphan"]
@@ -589,7 +595,7 @@ def test_show_unknown_id_is_not_found_and_prefix_resolves(verdict_store):
 # -- ls ------------------------------------------------------------------------------
 def test_list_blobs_gives_every_blob_with_its_state(verdict_store, store):
     s, ids = verdict_store
-    entries = {e.attachment_id: e for e in inspect.list_blobs(s, read_state(s))}
+    entries = {e.attachment_id: e for e in inspect.list_blobs(s, view_of(s))}
     assert set(entries) == {ids[k] for k in ("committed", "fresh", "orphan", "shared", "shared_fresh", "unmanaged")}
     assert {k: entries[ids[k]].state for k in ("committed", "fresh", "orphan", "shared", "shared_fresh", "unmanaged")} == {
         "committed": "committed", "fresh": "uncommitted", "orphan": "uncommitted", "shared": "committed",
@@ -607,7 +613,7 @@ def test_list_blobs_warns_about_a_bad_sidecar_and_still_lists(store):
     a = put(s, b"abc", "s", "abc.txt")
     side(store, a).write_bytes(b"nope")
     warnings = []
-    [entry] = inspect.list_blobs(s, read_state(s), warn=warnings.append)
+    [entry] = inspect.list_blobs(s, view_of(s), warn=warnings.append)
     assert entry.attachment_id == a and entry.media_type is None
     assert len(warnings) == 1 and str(side(store, a)) in warnings[0]
 
@@ -662,7 +668,7 @@ def build_known(root: Path) -> Known:
 def test_stats_exact_counts(store):
     k = build_known(store)
     assert len(k.store.manifest.path.read_bytes().splitlines()) == 14
-    s = inspect.stats(k.store, read_state(k.store), now_ms())
+    s = inspect.stats(k.store, view_of(k.store), now_ms())
     z = k.sizes
     assert s.blobs == 5
     assert s.blob_bytes == z["committed"] + z["uncommitted"] + z["orphan"] + z["shared"] + z["unmanaged"]
@@ -686,7 +692,7 @@ def test_stats_exact_counts(store):
 
 def test_stats_compacted_lines_match_a_real_compaction(store):
     k = build_known(store)
-    expected = inspect.stats(k.store, read_state(k.store), now_ms()).compacted_lines
+    expected = inspect.stats(k.store, view_of(k.store), now_ms()).compacted_lines
     with k.store.manifest.locked():
         written = k.store.manifest.compact(read_state(k.store))
     assert written == expected == len(k.store.manifest.path.read_bytes().splitlines())
@@ -694,7 +700,7 @@ def test_stats_compacted_lines_match_a_real_compaction(store):
 
 def test_stats_on_the_damaged_store(damaged):
     d = damaged
-    s = inspect.stats(d.store, read_state(d.store), now_ms())
+    s = inspect.stats(d.store, view_of(d.store), now_ms())
     assert s.blobs == 6
     assert s.blobs_by_state == {"committed": 5, "uncommitted": 0, "unmanaged": 1}
     assert (s.rows_committed, s.rows_uncommitted) == (6, 1)
@@ -710,7 +716,7 @@ def test_stats_on_the_damaged_store(damaged):
 
 
 def test_stats_on_an_empty_store(store):
-    s = inspect.stats(core.Store(store), read_state(core.Store(store)), now_ms())
+    s = inspect.stats(core.Store(store), view_of(core.Store(store)), now_ms())
     assert (s.blobs, s.blob_bytes, s.rows_committed, s.rows_uncommitted, s.orphans_reclaimable,
             s.staging_files, s.manifest_lines) == (0, 0, 0, 0, 0, 0, 0)
     assert not store.exists()  # reading never creates the store

@@ -107,5 +107,5 @@ def test_rows_whose_shard_may_hold_bytes_are_left_to_the_caller_and_the_store_is
 
 
 def test_without_a_store_answer_every_row_is_left_to_the_caller():
-    out = list(rendered_uncommitted(iter([GOOD[:10], GOOD[10:]]), "json", NOW, None))
+    out = list(rendered_uncommitted(iter([GOOD[:10], GOOD[10:]]), "json", NOW, lambda shards: None))
     assert out == [GOOD[:10], GOOD[10:]]

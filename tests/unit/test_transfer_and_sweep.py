@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lashctl.backends.blobs.localfs import read_sidecar_file
+from lashctl.backends.manifests.jsonl.log import StateView
 from lashctl import core, sidecar, sweep, transfer
 from lashctl.errors import Corrupt, NotFound, Refused, StoreIOError, UsageError
 from lashctl.ids import parse_id
@@ -72,7 +73,7 @@ def add_blob(store: core.Store, data: bytes, label: str | None = None) -> str:
 
 def record(store: core.Store, *events: dict) -> None:
     with store.manifest.locked():
-        store.manifest.append(list(events))
+        store.manifest.log.append(list(events))
     land_at_intents(store.root, events)
 
 
@@ -278,7 +279,7 @@ def test_resolve_unique_prefix(store):
 def test_resolve_prefix_from_manifest_rows(store):
     ghost = "abcd" + "0" * 60  # a row whose bytes are gone
     record(store, intent_event(ghost, "s-1", 1000))
-    state = store.manifest.read_state()
+    state = StateView(store.manifest.read_state())
     assert core.resolve_id(store, parse_id("abcd0"), state) == ghost
     with pytest.raises(NotFound):
         core.resolve_id(store, parse_id("abcd0"))  # blobs only
@@ -301,14 +302,14 @@ def test_resolve_ambiguous_between_blob_and_row(store):
     other = aid[:4] + ("0" * 60 if aid[4:] != "0" * 60 else "1" * 60)
     record(store, intent_event(other, "s-1", 1000))
     with pytest.raises(UsageError):
-        core.resolve_id(store, parse_id(aid[:4]), store.manifest.read_state())
+        core.resolve_id(store, parse_id(aid[:4]), StateView(store.manifest.read_state()))
 
 
 def test_resolve_no_match(store):
     aid = add_blob(store, b"something")
     missing = ("0000" if not aid.startswith("0000") else "ffff")
     with pytest.raises(NotFound) as info:
-        core.resolve_id(store, parse_id(missing), store.manifest.read_state())
+        core.resolve_id(store, parse_id(missing), StateView(store.manifest.read_state()))
     assert info.value.exit_code == 3
 
 
@@ -519,10 +520,10 @@ def test_reclaim_dry_run_matches_real_run_and_changes_nothing(sweep_store):
 
 def test_reclaim_dry_run_takes_no_lock(sweep_store):
     store = sweep_store
-    fd = os.open(store.manifest.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(store.manifest.log.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        store.manifest.lock_timeout = 0.05
+        store.manifest.log.lock_timeout = 0.05
         report = sweep.reclaim(store, store.cutoff, dry_run=True)
         assert report.blobs_reclaimed == 1
     finally:
@@ -587,7 +588,7 @@ def test_reclaim_refuses_corrupt_manifest(sweep_store):
 def test_plan_reclaim_cutoff_inclusive(store):
     a = "a" * 64
     record(store, intent_event(a, "s-1", 5000))
-    state = store.manifest.read_state()
+    state = StateView(store.manifest.read_state())
     assert sweep.plan_reclaim(state, 4999) == (0, [])
     scanned, plan = sweep.plan_reclaim(state, 5000)
     assert scanned == 1
@@ -597,7 +598,7 @@ def test_plan_reclaim_cutoff_inclusive(store):
 def test_plan_reclaim_every_aged_row_of_an_orphan(store):
     a = "a" * 64
     record(store, intent_event(a, "s-2", 1000), intent_event(a, "s-1", 2000))
-    scanned, plan = sweep.plan_reclaim(store.manifest.read_state(), 3000)
+    scanned, plan = sweep.plan_reclaim(StateView(store.manifest.read_state()), 3000)
     assert scanned == 2
     [(aid, rows, live)] = plan
     assert (aid, [r.session_id for r in rows], live) == (a, ["s-1", "s-2"], None)

@@ -34,6 +34,7 @@ from lashctl.backends.base import (
     LAYOUT_SIDECARS,
     OTHER,
     SYMLINK,
+    BlobBackend,
     BlobStat,
     parse_layout_record,
     same_layout_record,
@@ -182,7 +183,7 @@ def _lstat_entry(entry: os.DirEntry) -> os.stat_result | None:
         return None
 
 
-class BlobStore:
+class BlobStore(BlobBackend):
     """Staging, atomic installs, streaming reads, walks and deletes of blobs."""
 
     def __init__(self, root: Path) -> None:

@@ -49,6 +49,7 @@ from lashctl.backends.base import (
     same_layout_record,
     FILE,
     LAYOUT_SIDECARS,
+    BlobBackend,
     BlobStat,
     Found,
     Progress,
@@ -187,7 +188,7 @@ class PlainHttp(UsageError):
     """A plain-http endpoint that AWS_ALLOW_HTTP does not allow."""
 
 
-class S3Blobs:
+class S3Blobs(BlobBackend):
     """Content-addressed blobs and their sidecars in an S3-compatible bucket.
 
     Implements ``lashctl.backends.base.BlobBackend``. Staging is a private

@@ -57,7 +57,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 from urllib.parse import quote
 
-from lashctl.backends.base import uncommitted_where
+from lashctl.backends.base import LASH_SQLITE, ManifestBackend, ManifestWriter, uncommitted_where
 from lashctl.errors import (
     Corrupt,
     Denied,
@@ -169,11 +169,12 @@ def _sorted(rows: Iterable[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.attachment_id, r.session_id))
 
 
-class LashSqliteManifest:
+class LashSqliteManifest(ManifestBackend):
     """``ManifestBackend`` on the ``attachment_manifest`` tables of lash's session databases."""
 
     # A sweep holds a lock file that lash's writers do not take: it re-checks
     # each candidate before and after deleting it (lashctl.sweep).
+    kind = LASH_SQLITE
     blocks_writers = False
 
     def __init__(self, location: str, lock_timeout: float = 30.0, process_registry: str | None = None,
@@ -385,6 +386,9 @@ class LashSqliteManifest:
     def exists(self) -> bool:
         return os.path.isdir(self.directory)
 
+    def identity(self) -> str:
+        return PREFIX + os.path.realpath(self.directory)
+
     def check_writable(self) -> None:
         self._check_directory()
         self.check_registry()
@@ -505,7 +509,7 @@ class Snapshot:
         self.conn.close()
 
 
-class LashSqliteView:
+class LashSqliteView(ManifestWriter):
     """``ManifestView`` and ``ManifestWriter`` over the session databases.
 
     ``mode``: "read" (everything from one snapshot), "write" (a writer's

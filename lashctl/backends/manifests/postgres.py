@@ -66,7 +66,7 @@ from lashctl.backends import (
     require_extra,
     strip_password,
 )
-from lashctl.backends.base import rendered_uncommitted, uncommitted_where
+from lashctl.backends.base import POSTGRES, ManifestBackend, ManifestWriter, rendered_uncommitted, uncommitted_where
 from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Refused, Unavailable, UsageError
 from lashctl.fold import Effect, Event, Row, canonical_uri, effect_runs
 from lashctl.ids import URI_SCHEME, is_utf8_text, is_valid_id
@@ -212,11 +212,12 @@ _DURABLE = "SET synchronous_commit TO on"
 CLOCK_SKEW_MS = 5 * 60_000  # how far ahead of the server's clock a sweeper's may be
 
 
-class PostgresManifest:
+class PostgresManifest(ManifestBackend):
     """``ManifestBackend`` on lash's ``lash_attachment_manifest`` table."""
 
     # A sweep holds an advisory lock that writers do not take: it re-checks
     # each candidate before and after deleting it (lashctl.sweep).
+    kind = POSTGRES
     blocks_writers = False
 
     def __init__(self, url: str, lock_timeout: float = 30.0, process_registry: str | None = None,
@@ -474,6 +475,17 @@ class PostgresManifest:
         with self._connection(autocommit=True) as conn, self._errors():
             return self._table_oid(conn) is not None
 
+    def identity(self) -> str:
+        """The server and database (a URL as written where it cannot be parsed)."""
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+
+            info = conninfo_to_dict(self.url)
+        except Exception:  # noqa: BLE001 - an unparsable URL: compare it as written
+            return "postgresql:" + self.name
+        host = info.get("host") or "localhost"
+        return f"postgresql://{host}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"
+
     def check_writable(self) -> None:
         """Refuse a missing (UsageError) or misshapen (Corrupt) table."""
         with self._connection(autocommit=True) as conn, self._errors():
@@ -561,7 +573,7 @@ class PostgresManifest:
                         pass
 
 
-class PostgresView:
+class PostgresView(ManifestWriter):
     """``ManifestView`` and ``ManifestWriter`` on one connection."""
 
     def __init__(self, backend: PostgresManifest, conn: "psycopg.Connection", autocommit: bool,

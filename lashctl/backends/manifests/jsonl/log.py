@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from lashctl.backends.base import ManifestView
 from lashctl.backends.manifests.jsonl import cachedir
 from lashctl.errors import Corrupt, StoreIOError, UnsafePath
 from lashctl.fsutil import (
@@ -46,7 +47,7 @@ from lashctl.fsutil import (
     write_all,
     write_file_atomic,
 )
-from lashctl.fold import INTENT, Event, Row, step  # noqa: F401  (Row is part of this module's API)
+from lashctl.fold import INTENT, LOG_OPS, Event, Row, compacted_lines, step  # noqa: F401  (Row, compacted_lines: part of this module's API)
 from lashctl.ids import is_utf8_text, is_valid_id
 from lashctl.record import Record
 from lashctl.text import escape_text, loads_strict, say  # noqa: F401  (loads_strict: part of this module's API)
@@ -55,10 +56,9 @@ from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption,
 FORMAT = "lashctl-manifest"
 VERSION = 1
 HEADER = {"op": "header", "format": FORMAT, "version": VERSION}
-OPS = ("header", "intent", "commit", "forget")
+OPS = LOG_OPS  # what a line's "op" may be
 _TAIL_PROBE = 64 * 1024
 _EVENT_START = b'{"op":'  # how every line lashctl writes begins
-_SHOWN_RAW = 200  # bytes of a malformed line quoted in its message
 # The id of a line as lashctl and lash write it; a line where this does not
 # match exactly once, or that holds any backslash (an escape could hide the
 # real key), is parsed whole.
@@ -119,7 +119,7 @@ class ManifestState(Record):
             self._by_id = None
 
 
-class StateView:
+class StateView(ManifestView):
     """The queries of ``ManifestView`` answered from an in-memory fold."""
 
     def __init__(self, state: ManifestState) -> None:
@@ -650,11 +650,6 @@ class CheckReport(Record):
         return compacted_lines(self.rows, self.rows_committed)
 
 
-def compacted_lines(rows: int, committed: int) -> int:
-    """Lines a compaction leaves: the header, an intent per row, a commit per committed row."""
-    return 1 + rows + committed
-
-
 def check(manifest: Manifest) -> CheckReport:
     """Validate every line (not stopping at the first bad one) and count events."""
     report = CheckReport(path=manifest.path, exists=manifest.path.exists())
@@ -668,25 +663,3 @@ def check(manifest: Manifest) -> CheckReport:
     report.rows = len(state.rows)
     report.rows_committed = sum(1 for r in state.rows.values() if r.committed)
     return report
-
-
-def describe_malformed(exc: Corrupt) -> str:
-    """``<path>:<line>: <problem>: <the raw line>`` for a person (escaped when shown)."""
-    raw = getattr(exc, "raw", b"")
-    if not raw:  # a row of a database, not a line: the message names it
-        return exc.message
-    shown = raw[:_SHOWN_RAW].decode("utf-8", "replace") + ("..." if len(raw) > _SHOWN_RAW else "")
-    return f"{exc.message}: {shown}"
-
-
-def malformed_error(state: ManifestState, path: Path | str, unit: str = "line") -> Corrupt:
-    """The exit-65 error a tolerant reader raises once it has shown everything
-    (``unit``: what the manifest is made of, "line" or a database's "row")."""
-    first, more = state.malformed[0], len(state.malformed) - 1
-    also = f" (and {more} more malformed {unit}(s))" if more else ""
-    return Corrupt(f"{first.message}{also}; the other {unit}s were read: destructive commands refuse "
-                   f"manifest {path} until it is repaired")
-
-
-def event_time(event: dict) -> int | None:
-    return event.get("intent_at_epoch_ms", event.get("committed_at_epoch_ms"))

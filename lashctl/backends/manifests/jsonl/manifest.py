@@ -16,7 +16,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lashctl.backends.base import FILE, BlobStat, Found
+from lashctl.backends.base import FILE, JSONL, BlobStat, Found, ManifestBackend, ManifestView, ManifestWriter
 from lashctl.backends.manifests.jsonl.log import Manifest, ManifestState, StateView, Warn  # noqa: F401  (StateView: part of this API)
 from lashctl.fold import FORGET, Event, Row, step
 
@@ -24,7 +24,7 @@ STAGING = "staging"
 _GUARD_CHUNK = 10_000  # guarded forgets decided per chunk of this many (distinct) keys
 
 
-class CacheView:
+class CacheView(ManifestView):
     """The queries of ``ManifestView`` answered by the state cache."""
 
     def __init__(self, index, manifest: Manifest) -> None:
@@ -54,14 +54,6 @@ class CacheView:
         where the cache cannot answer alone."""
         return self.index.uncommitted_rendered(cutoff_ms, session, now, form, absent)
 
-    @staticmethod
-    def rendered_row(values: tuple) -> Row:
-        """The uncommitted ``Row`` of a row ``uncommitted_rendered`` left
-        unwritten, from the row itself (the snapshot the listing reads,
-        whatever was appended since)."""
-        attachment_id, session_id, uri, intent_at = values
-        return Row(session_id, attachment_id, uri, intent_at)
-
     def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
         return self.index.rows_by_id(prefix)
 
@@ -84,13 +76,13 @@ class CacheView:
         return self.index.torn_tail
 
 
-class Writer:
+class Writer(ManifestWriter):
     """A view with the manifest lock held: appends go to the log, then the cache.
 
     The view is opened on the first query or append (opening it validates
     the log: a writer never appends to a corrupt one). Under the lock the
     cache is never trusted to say "no such row": a key or prefix it does not
-    know is looked up in the log.
+    know is looked up in the log. Every other query is the opened view's.
     """
 
     def __init__(self, manifest: "JsonlManifest") -> None:
@@ -112,8 +104,47 @@ class Writer:
             self._stack.close()
             self._stack, self._view = None, None
 
-    def __getattr__(self, name: str):
-        return getattr(self._opened(), name)
+    def rows_for_id(self, attachment_id: str) -> list[Row]:
+        return self._opened().rows_for_id(attachment_id)
+
+    def rows_for_ids(self, attachment_ids: list[str]) -> dict[str, list[Row]]:
+        return self._opened().rows_for_ids(attachment_ids)
+
+    def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
+        return self._opened().uncommitted(cutoff_ms, session)
+
+    def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
+        return self._opened().aged(cutoff_ms)
+
+    def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
+        return self._opened().rows_by_id(prefix)
+
+    def row_count(self) -> int:
+        return self._opened().row_count()
+
+    def keep_reason(self, row: Row) -> str | None:
+        return self._opened().keep_reason(row)
+
+    def confirm(self, attachment_ids) -> dict[str, list[Row]]:
+        return self._opened().confirm(attachment_ids)
+
+    def uncommitted_rendered(self, cutoff_ms, session, now, form, absent):
+        return self._opened().uncommitted_rendered(cutoff_ms, session, now, form, absent)
+
+    def rendered_row(self, values: tuple) -> Row | None:
+        return self._opened().rendered_row(values)
+
+    @property
+    def malformed(self):
+        return self._opened().malformed
+
+    @property
+    def torn_tail(self) -> bool:
+        return self._opened().torn_tail
+
+    @property
+    def log_lines(self) -> int | None:
+        return self._opened().log_lines
 
     def _log_state(self) -> ManifestState:
         if self._log is None:
@@ -183,9 +214,10 @@ class Writer:
         return out
 
 
-class JsonlManifest:
+class JsonlManifest(ManifestBackend):
     """A JSON-lines manifest file, locked with ``flock`` (one machine only)."""
 
+    kind = JSONL
     blocks_writers = True  # a sweep holds the one lock every writer takes
 
     def __init__(self, path: Path, lock_timeout: float = 30.0, warn: Warn | None = None,
@@ -201,6 +233,26 @@ class JsonlManifest:
 
     def warn(self, message: str) -> None:
         self.log.warn(message)
+
+    def identity(self) -> str:
+        return "file:" + os.path.realpath(self.log.given_path)
+
+    def locked(self):
+        """The log's flock (``Manifest.locked``)."""
+        return self.log.locked()
+
+    def inspecting(self):
+        return self.reading(tolerant=True)
+
+    def check_log(self):
+        """Every line validated and counted (``manifest check``): a ``log.CheckReport``."""
+        from lashctl.backends.manifests.jsonl.log import check
+
+        return check(self.log)
+
+    def iter_events(self, state=None, on_error=None):
+        """The log's events with their line numbers (``Manifest.iter_events``)."""
+        return self.log.iter_events(state, on_error=on_error)
 
     def exists(self) -> bool:
         return os.path.lexists(self.log.given_path)
@@ -248,12 +300,6 @@ class JsonlManifest:
 
     sweeping = writing
 
-    def __getattr__(self, name: str):
-        # The log's own operations (locked, append, compact, iter_events, ...).
-        if name == "log":
-            raise AttributeError(name)
-        return getattr(self.log, name)
-
     def compact_log(self, *, dry_run: bool = False) -> tuple[int, int, int]:
         """Rewrite the log as its folded state under the lock (``manifest
         compact``): lines before, lines after, rows. A dry run only counts."""
@@ -288,6 +334,38 @@ class JsonlManifest:
 
     def remove_litter(self, found: Found) -> None:
         self.log.remove_litter(found.handle)
+
+
+class _NothingWritten(StateView):
+    """A view of no rows that a writer may append nothing to."""
+
+    def append(self, events) -> None:
+        if events:
+            raise RuntimeError("nothing may be written to a store that does not exist yet")
+
+
+class Unwritten(JsonlManifest):
+    """The JSON-lines manifest of the default store before anything was
+    stored there, for a command that creates no store: its writers and
+    sweeps see no rows, take no lock and write nothing, so neither a
+    directory nor a lock file appears. Reads go to the manifest as it is."""
+
+    def __init__(self, manifest: JsonlManifest) -> None:
+        self.__dict__.update(manifest.__dict__)
+
+    @contextmanager
+    def writing(self) -> Iterator[ManifestWriter]:
+        yield _NothingWritten(ManifestState())
+
+    sweeping = writing
+
+    def locked(self):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def compact_log(self, *, dry_run: bool = False) -> tuple[int, int, int]:
+        return super().compact_log(dry_run=True)
 
 
 def confirm_rows(view, manifest: Manifest, ids) -> dict[str, list[Row]]:
