@@ -187,37 +187,6 @@ def check_grace(cutoff: int, now: int, *, force: bool, option: str = "cutoff") -
         )
 
 
-# -- the sweep's rules ---------------------------------------------------------
-def aged_rows(rows: list[Row], cutoff: int) -> list[Row]:
-    """The rows a sweep at ``cutoff`` forgets: uncommitted, intent at or before it (by session)."""
-    aged = [r for r in rows if r.committed_at_epoch_ms is None and r.intent_at_epoch_ms <= cutoff]
-    aged.sort(key=lambda r: r.session_id)
-    return aged
-
-
-def forget_intents(view, rows) -> None:
-    """Forget the uncommitted intents among ``rows``, each guarded by its own
-    intent time (only the intent as read goes: one refreshed or committed
-    since stays). Before bytes go, so that a later commit finds no intent."""
-    from lashctl.fold import Event
-
-    view.append([Event.forget(r.attachment_id, r.session_id, until_ms=r.intent_at_epoch_ms)
-                 for r in rows if not r.committed])
-
-
-def live_reason(rows: list[Row], cutoff: int, view) -> str | None:
-    """Why an id's bytes must stay although some of its rows aged, or None."""
-    live = None
-    for row in rows:
-        if row.committed:
-            return f"session {row.session_id} committed it"
-        if row.intent_at_epoch_ms > cutoff:
-            live = f"session {row.session_id} has a recent intent"
-        elif live is None:
-            live = view.keep_reason(row)
-    return live
-
-
 # -- ids -----------------------------------------------------------------------
 def resolve_id(store: Store, query: IdQuery, view=None) -> str:
     """Resolve a full id or unique prefix against blobs and manifest rows.

@@ -14,10 +14,10 @@ from typing import Callable, Iterator
 
 from lashctl import faults, media, sidecar
 from lashctl.backends.base import LAYOUT_SIDECARS, BlobStat
-from lashctl.core import (DEFAULT_GRACE, Store, aged_rows, by_id, default_grace_ms, forget_intents,
-                          live_reason)
+from lashctl.core import DEFAULT_GRACE, Store, by_id, default_grace_ms
 from lashctl.errors import Corrupt, LashctlError, NotFound
 from lashctl.fold import Row
+from lashctl.sweep.rules import aged_rows, forget_intents, live_reason
 from lashctl.strays import StrayFile, remove_stray, scan_strays  # noqa: F401  (part of this API)
 
 COMMITTED = "committed"
