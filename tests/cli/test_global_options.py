@@ -190,3 +190,13 @@ def test_an_s3_store_url_with_a_password_in_it_is_never_shown_whole(cli, tmp_pat
         result = cli("--json", "--store", "s3://u:s3crETpw@bucket/p", *manifest, "ls")
         assert result.exit_code == 2, result.stderr
         assert "s3crETpw" not in result.stderr and "s3crETpw" not in result.stdout
+
+
+def test_python_dash_m_lashctl_runs_the_app(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["lashctl", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("lashctl", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "Usage: lashctl" in capsys.readouterr().out
