@@ -80,6 +80,25 @@ def png_bytes(width: int, height: int) -> bytes:
     )
 
 
+# -- the fast tier ----------------------------------------------------------------------
+# ``pytest -m "not slow"`` is the quick loop while working; the full run (CI) runs
+# everything. Slow are: every test under these directories (subprocesses of the
+# installed lashctl, the crash, race, model and fuzz suites, each remote backend
+# against its real server), every test marked ``e2e`` wherever it lives, and the few
+# tests marked ``slow`` by hand (an exhaustive or hypothesis-driven search, a lock
+# wait). The conformance suite stays in the fast tier, S3 and PostgreSQL included:
+# their servers start in about a second.
+SLOW_DIRECTORIES = ("e2e", "reliability", "backends")
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).parent
+    for item in items:
+        parts = Path(item.fspath).relative_to(tests).parts
+        if parts[0] in SLOW_DIRECTORIES or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _private_cache_dir(tmp_path_factory, monkeypatch):
     """Each test gets its own cache dir for the manifest index (never ~/.cache)."""

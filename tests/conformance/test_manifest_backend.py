@@ -127,6 +127,7 @@ def batches_strategy(guarded: bool):
 
 
 # -- the fold ------------------------------------------------------------------------
+@pytest.mark.slow  # hypothesis: 40 random logs per backend
 @settings(settings.get_profile("conformance"))
 @given(batches=batches_strategy(guarded=False))
 def test_queries_agree_with_the_fold(fresh, batches):
@@ -139,6 +140,7 @@ def test_queries_agree_with_the_fold(fresh, batches):
         check_agrees(writer, rows)
 
 
+@pytest.mark.slow  # hypothesis: 40 random logs per backend
 @settings(settings.get_profile("conformance"))
 @given(batches=batches_strategy(guarded=True))
 def test_guarded_forgets_agree_with_the_fold(fresh, manifest_kind, batches, request):

@@ -638,6 +638,7 @@ def test_two_processes_building_at_once(big, mpath: Path) -> None:
 
 
 # -- fold rules, exhaustively --------------------------------------------------------------
+@pytest.mark.slow  # exhaustive: every short sequence, refreshed at every split
 @pytest.mark.parametrize("batch", [1, 3, 1_000_000])
 def test_every_short_event_sequence_at_every_split(tmp_path: Path, monkeypatch, batch: int) -> None:
     """Every sequence of up to 4 events on one key (each on its own key), split
@@ -690,6 +691,7 @@ step_st = st.tuples(
 )
 
 
+@pytest.mark.slow  # a model: 150 random runs against the reference fold
 @settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(step_st, min_size=1, max_size=8), batch=st.integers(1, 4), chunk=st.integers(1, 64),
@@ -827,6 +829,7 @@ def test_commit_does_not_wait_on_a_locked_cache(tmp_path: Path) -> None:
     assert store.manifest.read_state().rows[("s1", x)].committed
 
 
+@pytest.mark.slow  # waits out the cache's busy timeout (5 s) before it falls back
 def test_a_reader_does_not_wait_long_on_a_locked_cache(mpath: Path) -> None:
     mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
     m = Manifest(mpath, warn=Recorder())
