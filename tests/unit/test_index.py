@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lashctl.backends.manifests.jsonl import cache as index_mod
+from lashctl.backends.manifests.jsonl import cache_store, cache_sync
 from lashctl.errors import Corrupt, StoreIOError
 from lashctl.backends.manifests.jsonl.cache import ManifestIndex, index_path
 from lashctl.backends.manifests.jsonl.log import Manifest, Row
@@ -192,7 +193,7 @@ def test_incremental_appends(big, mpath: Path) -> None:
                intent_event(committed[1], committed[0], T0 + 10**10),  # no effect on a committed row
                forget_event(*reversed(keys[5])), intent_event(aid(1), "new", T0),
                commit_event(aid(2), "nobody", T0)])  # commit without intent: no-op
-    ix.apply_appended([])
+    ix.refresh()
     assert_same(ix, m, keys + [("new", aid(1)), ("nobody", aid(2))], sample=200)
     # a second, independent index (another process) sees the same
     with ManifestIndex(m) as other:
@@ -378,7 +379,7 @@ def test_compaction_leaves_a_ready_cache(big, mpath: Path, monkeypatch) -> None:
     def no_fold(*_args, **_kwargs):
         raise AssertionError("the cache was folded again")
 
-    monkeypatch.setattr(ManifestIndex, "_build", no_fold)
+    monkeypatch.setattr(cache_sync.LogSync, "_build", no_fold)
     with ManifestIndex(m) as ix:
         ix.refresh()
         assert_same(ix, m, keys, sample=100)
@@ -551,7 +552,7 @@ def test_query_failure_mid_stream_continues_from_memory(big, mpath: Path) -> Non
     expected = expected_uncommitted(m.read_state(), None, None)
     stream = ix.uncommitted(None, None)
     head = [next(stream) for _ in range(1500)]
-    ix._conn.close()  # the open cursor fails on its next fetch
+    ix._sync.conn.close()  # the open cursor fails on its next fetch
     rest = list(stream)
     assert head + rest == expected
     assert ix.using_fallback
@@ -600,7 +601,7 @@ def test_locked_index_falls_back(mpath: Path, monkeypatch) -> None:
     append(m, [intent_event(aid(2), "s", T0)])
     blocker = sqlite3.connect(index_path(mpath), isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
-    monkeypatch.setattr(index_mod, "_BUSY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(cache_store, "_BUSY_TIMEOUT_S", 0.05)
     try:
         with ManifestIndex(m) as ix:
             ix.refresh()
@@ -645,7 +646,7 @@ def test_every_short_event_sequence_at_every_split(tmp_path: Path, monkeypatch, 
     in two refreshes at every point, with batches of 1, 3 and all lines."""
     import itertools
 
-    monkeypatch.setattr(index_mod, "_BATCH_LINES", batch)
+    monkeypatch.setattr(cache_sync, "_BATCH_LINES", batch)
     ops = [
         lambda a, s: intent_event(a, s, T0 + 1),
         lambda a, s: intent_event(a, s, T0 + 3),
@@ -698,8 +699,8 @@ step_st = st.tuples(
        compact_at=st.integers(-1, 8))
 def test_model_random_events_and_refresh_points(tmp_path_factory, monkeypatch, steps, batch, chunk,
                                                 compact_at) -> None:
-    monkeypatch.setattr(index_mod, "_BATCH_LINES", batch)  # batches and chunks cut anywhere
-    monkeypatch.setattr(index_mod, "_CHUNK", chunk)
+    monkeypatch.setattr(cache_sync, "_BATCH_LINES", batch)  # batches and chunks cut anywhere
+    monkeypatch.setattr(cache_sync, "_CHUNK", chunk)
     mpath = tmp_path_factory.mktemp("model") / "manifest.jsonl"
     m = Manifest(mpath, warn=Recorder())
     keys = [(s, i) for s in SESSIONS for i in IDS]
@@ -977,8 +978,8 @@ def test_own_appends_are_read_incrementally_and_foreign_ones_rebuild(mpath: Path
     mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n")
     m = Manifest(mpath, warn=Recorder())
     resets = []
-    real_reset = ManifestIndex._reset
-    monkeypatch.setattr(ManifestIndex, "_reset", lambda self, *a: resets.append(1) or real_reset(self, *a))
+    real_reset = cache_store.reset
+    monkeypatch.setattr(cache_store, "reset", lambda *a: resets.append(1) or real_reset(*a))
     with ManifestIndex(m) as ix:
         ix.refresh()
         assert len(resets) == 1
@@ -1134,7 +1135,7 @@ def test_the_cache_keeps_its_rows_in_id_order_without_a_second_copy(big, mpath: 
     with ManifestIndex(Manifest(mpath)) as ix:
         ix.refresh()
         path = ix.path
-        ix._conn.set_trace_callback(listings.append)
+        ix._sync.conn.set_trace_callback(listings.append)
         for session in (None, "s-1"):
             list(ix.uncommitted(T0, session))
             list(ix.uncommitted_rendered(T0, session, T0, "json", lambda shards: shards))
@@ -1144,7 +1145,7 @@ def test_the_cache_keeps_its_rows_in_id_order_without_a_second_copy(big, mpath: 
         indexes = sorted(name for (name,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'rows' AND sql IS NOT NULL"))
         assert indexes == ["rows_uncommitted"]
-        select = index_mod._SELECT_ROW
+        select = cache_store.SELECT_ROW
         queries = {
             "key": (select + " WHERE session_id = ? AND attachment_id = ?", ("s", aid(1))),
             "id": (select + " WHERE attachment_id = ? ORDER BY session_id", (aid(1),)),

@@ -334,7 +334,7 @@ def test_nan_or_infinity_in_an_extra_key_is_corrupt(mpath, constant):
 
 @pytest.mark.parametrize("constant", NON_JSON_CONSTANTS)
 def test_an_unterminated_final_line_with_nan_or_infinity_is_a_torn_tail(mpath, warn, constant):
-    assert not manifest_mod._parses(_with_extra(commit_event(A, "s-1", T0), constant))
+    assert not manifest_mod.parses(_with_extra(commit_event(A, "s-1", T0), constant))
     good = HEADER_LINE + b"\n" + line(intent_event(A, "s-1", T0)) + b"\n"
     mpath.write_bytes(good + _with_extra(commit_event(A, "s-1", T0 + 1), constant))
     m = Manifest(mpath, warn=warn)

@@ -226,7 +226,7 @@ def validate_event(obj: object) -> str | None:
 def parse_line(raw: bytes, lineno: int, path: Path) -> dict:
     """Decode and validate one line (without its newline); Corrupt names the line."""
     if lineno == 1:
-        raw = _strip_bom(raw)
+        raw = strip_bom(raw)
     if raw.endswith(b"\r"):
         raw = raw[:-1]  # CRLF from a hand edit
     try:
@@ -245,12 +245,13 @@ def parse_line(raw: bytes, lineno: int, path: Path) -> dict:
     return obj
 
 
-def _strip_bom(raw: bytes) -> bytes:
+def strip_bom(raw: bytes) -> bytes:
     """Drop the UTF-8 byte-order mark some editors put at the start of a file."""
     return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
 
 
-def _parses(raw: bytes) -> bool:
+def parses(raw: bytes) -> bool:
+    """Whether ``raw`` (one line, without its newline) is valid JSON: a torn line is not."""
     try:
         loads_strict(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError too
@@ -299,7 +300,7 @@ class Manifest:
                     if len(found) == 1 and found[0] not in wanted and b"\\" not in raw:
                         continue
                     if not raw.endswith(b"\n"):
-                        if not _parses(_strip_bom(raw) if lineno == 1 else raw):
+                        if not parses(strip_bom(raw) if lineno == 1 else raw):
                             break  # a torn tail, as iter_events treats it
                     line = raw.rstrip(b"\n")
                     if not line.strip():
@@ -339,7 +340,7 @@ class Manifest:
                 lineno += 1
                 if raw.endswith(b"\n"):
                     raw = raw[:-1]
-                elif raw.strip() and not _parses(_strip_bom(raw) if lineno == 1 else raw):
+                elif raw.strip() and not parses(strip_bom(raw) if lineno == 1 else raw):
                     self.warn(
                         f"{self.path}:{lineno}: ignoring a torn final line "
                         "(an append interrupted by a crash); the next write repairs it"
@@ -523,8 +524,8 @@ class Manifest:
             except Corrupt as exc:
                 raise Corrupt(f"{exc.message}: not a manifest, refusing to append to it") from exc
         if size <= _TAIL_PROBE:
-            raw = _strip_bom(tail).strip()
-            if not raw or _parses(raw) or raw.startswith(_EVENT_START) or _EVENT_START.startswith(raw):
+            raw = strip_bom(tail).strip()
+            if not raw or parses(raw) or raw.startswith(_EVENT_START) or _EVENT_START.startswith(raw):
                 return  # empty, one complete event, or an append torn before its first newline
         raise Corrupt(f"{self.path}:1: not a manifest (no event at its start): refusing to append to it")
 
@@ -550,7 +551,7 @@ class Manifest:
             probe = min(start, _TAIL_PROBE)
         os.lseek(fd, line_start, os.SEEK_SET)
         tail = os.read(fd, size - line_start)
-        if _parses(_strip_bom(tail) if line_start == 0 else tail):
+        if parses(strip_bom(tail) if line_start == 0 else tail):
             return size, b"\n"  # a complete event that only lacks its newline
         saved = self._save_torn(tail, os.fstat(fd))
         self.warn(f"{self.path}: truncating a torn final line left by an interrupted append "
