@@ -32,7 +32,7 @@ def bench_remote(ctx) -> None:
         return
     try:
         server, stop = pgserver.start()
-    except BaseException as exc:  # pytest.skip/fail raise BaseException subclasses
+    except BaseException as exc:  # noqa: BLE001 - pytest.skip/fail raise BaseException subclasses
         ctx.add(Result("remote", "S3 + PostgreSQL rows", "info", status="SKIP",
                        note=f"no PostgreSQL: {exc}"))
         return

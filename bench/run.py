@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cases import GROUPS, Config, Context, clean_env  # noqa: E402
-from harness import HarnessError, Result, log, render_grid, render_table  # noqa: E402
+from cases import GROUPS, Config, Context, clean_env
+from harness import HarnessError, Result, log, render_grid, render_table
 
 
 def default_lashctl(python: str) -> list[str]:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors += 1
                 ctx.results.append(Result(name, f"{name}: harness error", "info", status="ERROR", note=str(exc)))
                 ctx.note(f"{name}: ERROR: {exc}")
-            except Exception as exc:  # a bug in the harness: report it and go on
+            except Exception as exc:  # noqa: BLE001 - a bug in the harness: report it and go on
                 errors += 1
                 traceback.print_exc()
                 ctx.results.append(Result(name, f"{name}: harness error", "info", status="ERROR",

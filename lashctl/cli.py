@@ -229,7 +229,7 @@ class LashctlGroup(TyperGroup):
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
             self._fail(ctx, f"I/O error{where}: {exc.strerror or exc}", EXIT_FAILURE, exc)
-        except Exception as exc:  # a bug: still one line unless debugging
+        except Exception as exc:  # noqa: BLE001 - a bug: still one line unless debugging
             self._fail(ctx, f"unexpected {type(exc).__name__}: {exc} (run with -v for a traceback)",
                        EXIT_FAILURE, exc)
 

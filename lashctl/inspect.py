@@ -18,7 +18,7 @@ from lashctl.core import DEFAULT_GRACE, Store, by_id, default_grace_ms
 from lashctl.errors import Corrupt, LashctlError, NotFound
 from lashctl.fold import Row
 from lashctl.sweep.rules import aged_rows, forget_intents, live_reason
-from lashctl.strays import StrayFile, remove_stray, scan_strays  # noqa: F401  (part of this API)
+from lashctl.strays import StrayFile, remove_stray, scan_strays
 
 COMMITTED = "committed"
 UNCOMMITTED = "uncommitted"

@@ -138,7 +138,7 @@ def read_log(path: Path, strict: bool = False) -> RawLog:
             continue
         try:
             events.append(json.loads(body.decode("utf-8")))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise AssertionError(f"{path}:{number}: a complete line does not parse: {body[:200]!r}") from exc
         lines.append(body)
     torn = False

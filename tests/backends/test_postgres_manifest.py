@@ -313,7 +313,7 @@ def test_owner_rules_without_lash_tables(manifest):
     with manifest.reading() as v:
         aged = {g[0].attachment_id: g[0] for g in v.aged(1000)}
         for name in ("t_dead", "t_live", "t_other"):
-            assert v.keep_reason(aged[names[name]]).startswith(f"owner turn t")
+            assert v.keep_reason(aged[names[name]]).startswith("owner turn t")
             assert "not proven dead" in v.keep_reason(aged[names[name]])
         for name in ("p_dead", "p_live"):
             assert "unless its process registry is named" in v.keep_reason(aged[names[name]])

@@ -573,7 +573,7 @@ def test_land_reports_dedup_hits_and_refreshes_them(backend, s3_server, s3_bucke
 
 def test_stat_many_of_a_big_batch_lists_instead_of_heads(backend, s3_server, s3_bucket, client, monkeypatch):
     monkeypatch.setattr(_mod(), "LIST_PAGE", 10)  # small pages: the listing must page and jump
-    key = lambda i, suffix="": backend.where(i).split("/", 3)[3] + suffix  # noqa: E731
+    key = lambda i, suffix="": backend.where(i).split("/", 3)[3] + suffix
     # ids clustered in two shards, as the orphans of a busy hour are not (but
     # a sweep of many is): planted behind the backend's back
     stored = [f"ab{n:062x}" for n in range(0, 240, 2)] + [f"cd{n:062x}" for n in range(30)]
@@ -598,7 +598,7 @@ def test_delete_many_after_listed_stats_asks_only_for_sidecars_that_exist(backen
                                                                           monkeypatch):
     import obstore
 
-    key = lambda i, suffix="": backend.where(i).split("/", 3)[3] + suffix  # noqa: E731
+    key = lambda i, suffix="": backend.where(i).split("/", 3)[3] + suffix
     ids = [f"ab{n:062x}" for n in range(300)]
     for n, i in enumerate(ids):
         client.put_object(Bucket=s3_bucket, Key=key(i), Body=b"y" * n)
@@ -680,7 +680,7 @@ def test_stat_many_listing_gets_past_many_odd_keys_and_folder_markers(backend, s
     folder marker ``<id>/`` the library hands back as ``<id>``) never stop
     the listing nor pass for a blob: the answers are what a HEAD says."""
     monkeypatch.setattr(_mod(), "LIST_PAGE", 10)
-    key = lambda i, suffix="": backend.where(i).split("/", 3)[3] + suffix  # noqa: E731
+    key = lambda i, suffix="": backend.where(i).split("/", 3)[3] + suffix
     ids = [f"cd{n:061x}1" for n in range(8)]
     for n, i in enumerate(ids):
         client.put_object(Bucket=s3_bucket, Key=key(i), Body=b"z" * (n + 1))

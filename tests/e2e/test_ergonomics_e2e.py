@@ -377,7 +377,6 @@ def test_ctrl_c_elsewhere_is_one_line(tmp_path):
 
 
 def test_cache_files_of_deleted_stores_are_dropped_when_a_cache_is_next_opened(tmp_path):
-    import os
     import shutil
 
     cache = tmp_path / "cache"

@@ -33,7 +33,6 @@ from pathlib import Path
 import pytest
 
 from lashctl.backends.blobs.localfs import read_sidecar_file
-from lashctl import sidecar
 from reliability_helpers import (
     base_env,
     blob_files,

@@ -705,7 +705,7 @@ def test_read_only_store_simulated(shm_path: Path, monkeypatch) -> None:
     ok = runner.invoke(app, ["--store", str(store), "put", "-s", "s", str(src)])
     assert ok.exit_code == 0
     before = snapshot_tree(store)
-    real_open, real_replace = os.open, os.replace
+    real_open = os.open
 
     def erofs_open(path, flags, *args, **kwargs):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):

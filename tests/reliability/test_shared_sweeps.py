@@ -11,7 +11,6 @@ import pytest
 
 from lashctl import core, sweep
 from lashctl.fold import Event
-from conftest import sha
 
 
 

@@ -26,7 +26,6 @@ from reliability_helpers import (
     plant_blob,
     run,
     sha,
-    sidecar_path,
     snapshot_tree,
     write_manifest,
 )

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from lashctl.backends.manifests.jsonl import cache as index_mod
 from lashctl.backends.manifests.jsonl import cache_store, cache_sync
-from lashctl.errors import Corrupt, StoreIOError
+from lashctl.errors import Corrupt
 from lashctl.backends.manifests.jsonl.cache import ManifestIndex, index_path
 from lashctl.backends.manifests.jsonl.log import Manifest, Row
 from backend_helpers import commit_event, forget_event, intent_event
@@ -416,7 +416,6 @@ def test_in_place_rewrite_of_last_line_with_old_mtime_rebuilds(mpath: Path) -> N
     m = Manifest(mpath, warn=Recorder())
     ix = ManifestIndex(m)
     ix.refresh()
-    before = mpath.stat()
     data = mpath.read_bytes().replace(enc(events[-1]), enc(intent_event(aid(0xABC), "s", T0 + 9)))
     mpath.write_bytes(data + enc(commit_event(aid(0xABC), "s", T0 + 10)) + b"\n")  # and grew
     ix.refresh()  # detected by the last line's hash
@@ -746,7 +745,7 @@ def _store_with(tmp_path: Path, lines: list[bytes]):
 
 
 def _commit(store, session: str, attachment_id: str) -> str:
-    from lashctl import core, sweep, transfer
+    from lashctl import transfer
     from lashctl.ids import parse_id
 
     [result] = transfer.commit(store, session, [parse_id(attachment_id)])

@@ -392,7 +392,7 @@ def test_verify_reports_a_torn_tail_as_a_warning(store):
     put(s, b"x", "s", "x.txt")
     with open(s.manifest.path, "ab") as handle:
         handle.write(b'{"op":"intent","attachm')
-    state = s.manifest.read_state()
+    assert s.manifest.read_state().torn_tail
     report = inspect.verify(s, now_ms())
     assert [(f.kind, f.severity) for f in report.findings] == [("manifest-torn-tail", "warning")]
 

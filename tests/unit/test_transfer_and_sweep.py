@@ -16,7 +16,7 @@ import pytest
 
 from lashctl.backends.blobs.localfs import read_sidecar_file
 from lashctl.backends.manifests.jsonl.log import StateView
-from lashctl import core, sidecar, sweep, transfer
+from lashctl import core, sweep, transfer
 from lashctl.errors import Corrupt, NotFound, Refused, StoreIOError, UsageError
 from lashctl.ids import parse_id
 from lashctl.backends.manifests.jsonl.log import Manifest

@@ -150,7 +150,7 @@ class _ChunkWriter:
             if self._error is None:
                 try:
                     _write_all(self._fd, memoryview(buffer)[:n], self._path)
-                except BaseException as exc:  # handed to the caller in finish()
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller in finish()
                     self._error = exc
             self._free.put(buffer)
 
@@ -287,7 +287,7 @@ class BlobStore(BlobBackend):
     def __del__(self) -> None:  # a generator abandoned mid-walk
         try:
             self._close_all()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a finaliser must not raise
             pass
 
     def _where(self, key: str) -> Path:

@@ -47,10 +47,10 @@ from lashctl.fsutil import (
     write_all,
     write_file_atomic,
 )
-from lashctl.fold import INTENT, LOG_OPS, Event, Row, compacted_lines, step  # noqa: F401  (Row, compacted_lines: part of this module's API)
+from lashctl.fold import INTENT, LOG_OPS, Event, Row, compacted_lines, step
 from lashctl.ids import is_utf8_text, is_valid_id
 from lashctl.record import Record
-from lashctl.text import escape_text, loads_strict, say  # noqa: F401  (loads_strict: part of this module's API)
+from lashctl.text import escape_text, loads_strict, say
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
 
 FORMAT = "lashctl-manifest"

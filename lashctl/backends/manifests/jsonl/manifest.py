@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lashctl.backends.base import FILE, JSONL, BlobStat, Found, ManifestBackend, ManifestView, ManifestWriter
-from lashctl.backends.manifests.jsonl.log import Manifest, ManifestState, StateView, Warn  # noqa: F401  (StateView: part of this API)
+from lashctl.backends.manifests.jsonl.log import Manifest, ManifestState, StateView, Warn
 from lashctl.fold import FORGET, Event, Row, step
 
 STAGING = "staging"
