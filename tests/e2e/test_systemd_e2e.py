@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -124,3 +125,23 @@ def test_the_services_command_sweeps_a_store_and_writes_its_metrics(tmp_path):
     report = json.loads(done.stdout)
     assert report["dry_run"] is False and report["scanned_intents"] == 0  # a fresh upload is spared
     assert (metrics / "lashctl_reclaim.prom").read_text().count("lashctl_run_success 1") == 1
+
+
+def test_readmes_cron_line_and_unit_excerpt_are_the_service():
+    """README shows the cron line and an excerpt of the service side by side:
+    every excerpt line is in the unit, and the cron line runs the same command
+    with the same store and metrics directory."""
+    readme = (UNITS.parents[1] / "README.md").read_text()
+    (excerpt,) = re.findall(r"^```ini\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
+    unit_lines = {line.strip() for line in SERVICE.read_text().splitlines()}
+    for line in excerpt.splitlines():
+        if line and not line.startswith("#"):
+            assert line in unit_lines, line
+    (cron,) = re.findall(r"^\d+ \d+ \* \* \*  (.*lashctl-reclaim\.jsonl.*)$", readme, re.MULTILINE)
+    words = shlex.split(cron)
+    program = words.index("/usr/local/bin/lashctl")
+    environment = dict(w.split("=", 1) for w in words[:program])
+    unit_environment = dict(v.split("=", 1) for v in settings(SERVICE)["Environment"])
+    for name in ("LASHCTL_STORE", "LASHCTL_METRICS_FILE"):
+        assert environment[name] == unit_environment[name], name
+    assert words[program:program + 6] == exec_start(SERVICE)
