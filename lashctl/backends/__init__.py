@@ -50,7 +50,8 @@ def require_extra(module: str, extra: str, what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise UsageError(f"{what} needs the '{extra}' extra: pip install 'lashctl[{extra}]'")
+        raise UsageError(f"{what} needs the '{extra}' extra: pip install 'lashctl[{extra}]' "
+                         f"(in a clone of the repository: pip install '.[{extra}]')")
 
 
 def strip_password(url: str) -> str:

@@ -220,7 +220,8 @@ def test_without_prometheus_client_the_option_is_a_usage_error(cli, aged_store, 
     result = cli("reclaim", "--metrics-file", str(out))
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "lashctl: error: --metrics-file needs the 'metrics' extra: pip install 'lashctl[metrics]'"]
+        "lashctl: error: --metrics-file needs the 'metrics' extra: pip install 'lashctl[metrics]' "
+        "(in a clone of the repository: pip install '.[metrics]')"]
     assert not out.exists()
     assert (aged_store / "sha256").exists() and cli("ls").stdout.count("\n") == 3  # nothing swept
 
