@@ -376,7 +376,7 @@ def iter_uncommitted_rendered(
     """``iter_uncommitted`` for a listing on a pipe, in chunks: a row
     without bytes or sidecar comes as the text the listing prints for it
     (``form`` "json" or "tsv", from the template of
-    ``backends.base.rendered_uncommitted`` over the rows the manifest's
+    ``listing.rendered_uncommitted`` over the raw rows the manifest's
     database selects: the state cache's SQLite or PostgreSQL), any other
     row as an ``UncommittedRow`` for the caller to render, and a row a
     tolerant view skipped (and noted) as None. Where the manifest cannot
@@ -389,7 +389,7 @@ def iter_uncommitted_rendered(
 
 def _rendered_rows(store: Store, view, cutoff: int | None, session: str | None, now: int, form: str
                    ) -> Iterator[list[str | UncommittedRow | None]]:
-    chunks = view.uncommitted_rendered(cutoff, session, now, form, store.blobs.absent_shards)
+    chunks = view.uncommitted_chunks(cutoff, session)
     if chunks is None:
         rows = view.uncommitted(cutoff, session)
         while chunk := [_describe_row(store, row) for row in islice(rows, 2000)]:
@@ -400,7 +400,10 @@ def _rendered_rows(store: Store, view, cutoff: int | None, session: str | None, 
         row = view.rendered_row(values)
         return None if row is None else _describe_row(store, row)
 
-    for chunk in chunks:
+    from lashctl.listing import rendered_uncommitted
+
+    # One template (and its clock) over the whole listing.
+    for chunk in rendered_uncommitted(chunks, form, now, store.blobs.absent_shards):
         yield [item if type(item) is str else described(item) for item in chunk]
 
 

@@ -5,8 +5,9 @@ from typing import Annotated, Optional
 import typer
 
 from lashctl.commands import BeforeOption, JsonFlag, OlderThanOption, app_state, end_inspection
-from lashctl.render import Col, Field, cells, item
-from lashctl.timefmt import FUTURE_SKEW, age_text, cutoff_ms, in_future, iso_ms, now_ms
+from lashctl.listing import uncommitted_row
+from lashctl.render import cells, item
+from lashctl.timefmt import FUTURE_SKEW, cutoff_ms, in_future, iso_ms, now_ms
 
 EPILOG = """Examples:
 
@@ -14,26 +15,6 @@ EPILOG = """Examples:
     lashctl --json list-uncommitted -s s-42
 
 Exit codes: 0 listed (also when there is nothing to list); 2 usage error (bad DURATION or TIMESTAMP); 65 corrupt manifest."""
-
-
-def uncommitted_row(now: int, terminal: bool = False) -> tuple[Field, ...]:
-    """One uncommitted row (a transfer.UncommittedRow), with its age at
-    ``now``; a ``terminal`` table marks an intent time in the future."""
-    age = (lambda r: _age_shown(now, r.row.intent_at_epoch_ms)) if terminal else \
-        (lambda r: age_text(now - r.row.intent_at_epoch_ms))
-    return (
-        Field("id", lambda r: r.row.attachment_id, Col("id", "id")),
-        Field("session_id", lambda r: r.row.session_id, Col("session")),
-        Field("canonical_uri", lambda r: r.row.canonical_uri),
-        Field("intent_at_epoch_ms", lambda r: r.row.intent_at_epoch_ms),
-        Field("intent_at", lambda r: iso_ms(r.row.intent_at_epoch_ms), Col("intent at", "fixed", drop=7)),
-        Field("age_ms", lambda r: now - r.row.intent_at_epoch_ms, Col("age", "fixed", drop=2), cell=age),
-        Field("byte_len", lambda r: r.byte_len, Col("size", "bytes", drop=4)),
-        Field("media_type", lambda r: r.media_type, Col("media type", drop=6, min_width=10)),
-        Field("label", lambda r: r.label, Col("label", drop=5)),
-        Field("bytes_present", lambda r: r.bytes_present, Col("bytes", "fixed", drop=3),
-              cell=lambda r: "present" if r.bytes_present else "missing"),
-    )
 
 
 def list_uncommitted(
@@ -80,13 +61,6 @@ def list_uncommitted(
         end_inspection(state, store, malformed)
 
 
-def _age_shown(now: int, intent_at: int) -> str:
-    """The age a person reads: an intent time in the future says so."""
-    if in_future(intent_at, now):
-        return f"in {age_text(intent_at - now)} (future)"
-    return age_text(now - intent_at)
-
-
 class _FutureCount:
     """Passes rows through, counting those whose intent time is in the future."""
 
@@ -97,36 +71,3 @@ class _FutureCount:
         if in_future(r.row.intent_at_epoch_ms, self.now):
             self.count += 1
         return r
-
-
-COLUMNS = [Col("id", "id"), Col("session"), Col("intent at", "fixed", drop=7), Col("age", "fixed", drop=2),
-           Col("size", "bytes", drop=4), Col("media type", drop=6, min_width=10), Col("label", drop=5),
-           Col("bytes", "fixed", drop=3)]
-
-
-def _json_item(r, now: int) -> dict:
-    return {
-        "id": r.row.attachment_id,
-        "session_id": r.row.session_id,
-        "canonical_uri": r.row.canonical_uri,
-        "intent_at_epoch_ms": r.row.intent_at_epoch_ms,
-        "intent_at": iso_ms(r.row.intent_at_epoch_ms),
-        "age_ms": now - r.row.intent_at_epoch_ms,
-        "byte_len": r.byte_len,
-        "media_type": r.media_type,
-        "label": r.label,
-        "bytes_present": r.bytes_present,
-    }
-
-
-def _tsv_cells(r, now: int) -> list:
-    return [
-        r.row.attachment_id,
-        r.row.session_id,
-        iso_ms(r.row.intent_at_epoch_ms),
-        age_text(now - r.row.intent_at_epoch_ms),
-        r.byte_len,
-        r.media_type,
-        r.label,
-        "present" if r.bytes_present else "missing",
-    ]

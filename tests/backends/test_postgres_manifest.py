@@ -586,14 +586,16 @@ def test_list_uncommitted_on_a_pipe_rendered_by_postgres_is_what_python_prints(
                          " VALUES (%s, %s, %s, %s)", (aid_, session, uri or canonical_uri(aid_), at))
     args = ["--manifest", manifest.url, "list-uncommitted"] + (["--json"] if json_flag else [])
     written_by_postgres = []
-    real = PostgresView.uncommitted_rendered
+    import lashctl.listing as listing
 
-    def spy(self, *a):
-        for chunk in real(self, *a):
+    real = listing.rendered_uncommitted  # over PostgreSQL's raw rows (PostgresView.uncommitted_chunks)
+
+    def spy(*a):
+        for chunk in real(*a):
             written_by_postgres.extend(chunk)
             yield chunk
 
-    monkeypatch.setattr(PostgresView, "uncommitted_rendered", spy)
+    monkeypatch.setattr(listing, "rendered_uncommitted", spy)
     fast = cli(*args)
     assert fast.exit_code == 0, fast.stderr
     texts = {}
@@ -608,8 +610,10 @@ def test_list_uncommitted_on_a_pipe_rendered_by_postgres_is_what_python_prints(
     assert texts[("del\x7f", h("gone 8"))] is None
     assert sum(t is not None for t in texts.values()) >= len(rows) - 14
 
+    fast_chunks = PostgresView.uncommitted_chunks
+
     def slow_args(*extra):
-        monkeypatch.setattr(PostgresView, "uncommitted_rendered", ManifestView.uncommitted_rendered)  # no fast path
+        monkeypatch.setattr(PostgresView, "uncommitted_chunks", ManifestView.uncommitted_chunks)  # no fast path
         return cli(*args, *extra)
 
     slow = slow_args()
@@ -618,7 +622,7 @@ def test_list_uncommitted_on_a_pipe_rendered_by_postgres_is_what_python_prints(
     assert fast.stderr == slow.stderr
     assert len(json.loads(slow.stdout) if json_flag else slow.stdout.splitlines()) == len(rows) + 1
     for extra in (["--older-than", "1h"], ["-s", "caf\u00e9"], ["-s", "plain"], ["--before", "@1"]):
-        monkeypatch.setattr(PostgresView, "uncommitted_rendered", real)
+        monkeypatch.setattr(PostgresView, "uncommitted_chunks", fast_chunks)
         fast = cli(*args, *extra)
         slow = slow_args(*extra)
         assert fast.exit_code == 0 and slow.exit_code == 0, (fast.stderr, slow.stderr)

@@ -140,21 +140,16 @@ def test_list_uncommitted_on_a_pipe_prints_what_the_row_by_row_rendering_prints(
 
     args = ["list-uncommitted"] + (["--json"] if json_flag else [])
     written_by_sqlite = []
-    real = ManifestIndex.uncommitted_rendered
+    import lashctl.listing as listing
 
-    def spy(self, *a):
-        rows = real(self, *a)
-        if rows is None:
-            return None
+    real = listing.rendered_uncommitted  # over the cache's raw rows (ManifestIndex.uncommitted_chunks)
 
-        def watched():
-            for chunk in rows:
-                written_by_sqlite.extend(chunk)
-                yield chunk
+    def spy(*a):
+        for chunk in real(*a):
+            written_by_sqlite.extend(chunk)
+            yield chunk
 
-        return watched()
-
-    monkeypatch.setattr(ManifestIndex, "uncommitted_rendered", spy)
+    monkeypatch.setattr(listing, "rendered_uncommitted", spy)
     fast = cli(*args)
     assert_ok(fast)
     # Most rows came written (printable ASCII, no bytes); the others came as rows.
@@ -172,7 +167,7 @@ def test_list_uncommitted_on_a_pipe_prints_what_the_row_by_row_rendering_prints(
     assert (texts["back\\slash"] is None) == (not json_flag)
     monkeypatch.undo()
     monkeypatch.setattr(command, "now_ms", lambda: now)
-    monkeypatch.setattr(ManifestIndex, "uncommitted_rendered", lambda self, *a: None)
+    monkeypatch.setattr(ManifestIndex, "uncommitted_chunks", lambda self, *a: None)
     slow = cli(*args)
     assert_ok(slow)
     assert fast.stdout_bytes == slow.stdout_bytes
@@ -183,7 +178,7 @@ def test_list_uncommitted_on_a_pipe_prints_what_the_row_by_row_rendering_prints(
         monkeypatch.undo()
         monkeypatch.setattr(command, "now_ms", lambda: now)
         fast = cli(*args, *extra)
-        monkeypatch.setattr(ManifestIndex, "uncommitted_rendered", lambda self, *a: None)
+        monkeypatch.setattr(ManifestIndex, "uncommitted_chunks", lambda self, *a: None)
         slow = cli(*args, *extra)
         assert_ok(fast)
         assert (fast.stdout_bytes, fast.stderr) == (slow.stdout_bytes, slow.stderr), extra
@@ -200,7 +195,7 @@ def test_a_json_listing_that_fails_is_never_a_whole_document_of_rows(cli, store,
 
     now = int(time.time() * 1000)
     write_manifest(store, [intent(sha(b"row %d" % i), "s", now - 1_000_000 + i) for i in range(6_000)])
-    real = ManifestIndex.uncommitted_rendered
+    real = ManifestIndex.uncommitted_chunks
 
     def failing(self, *a):
         rows = real(self, *a)
@@ -215,7 +210,7 @@ def test_a_json_listing_that_fails_is_never_a_whole_document_of_rows(cli, store,
 
         return cut()
 
-    monkeypatch.setattr(ManifestIndex, "uncommitted_rendered", failing)
+    monkeypatch.setattr(ManifestIndex, "uncommitted_chunks", failing)
     result = cli("--json", "list-uncommitted")
     assert result.exit_code == Unavailable.exit_code
     assert result.stderr.strip().count("\n") == 0 and "the database went away" in result.stderr

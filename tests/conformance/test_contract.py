@@ -127,9 +127,9 @@ def test_every_view_answers_the_capabilities_as_its_plain_queries(manifest, how)
         assert list(view.malformed) == []
         assert view.torn_tail is False
         assert view.log_lines is None or view.log_lines >= len(ids) * len(SESSIONS)
-        rendered = view.uncommitted_rendered(None, None, 10_000, "json", lambda shards: None)
-        if rendered is not None:
-            rows = [view.rendered_row(row) for chunk in rendered for row in chunk]
+        chunks = view.uncommitted_chunks(None, None)
+        if chunks is not None:
+            rows = [view.rendered_row(row) for chunk in chunks for row in chunk]
             assert rows == list(view.uncommitted(None, None))
 
 
@@ -141,7 +141,7 @@ def test_a_view_that_overrides_nothing_is_still_complete():
     view = Minimal()
     assert view.rows_for_ids(["a", "b"]) == {"a": ["a"], "b": ["b"]}
     assert view.confirm(iter(["a"])) == {"a": ["a"]}
-    assert view.uncommitted_rendered(None, None, 0, "json", lambda s: None) is None
+    assert view.uncommitted_chunks(None, None) is None
     assert (view.tolerant, list(view.malformed), view.torn_tail, view.log_lines) == (False, [], False, None)
     view.check_ids()
 

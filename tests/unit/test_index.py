@@ -1137,7 +1137,7 @@ def test_the_cache_keeps_its_rows_in_id_order_without_a_second_copy(big, mpath: 
         ix._sync.conn.set_trace_callback(listings.append)
         for session in (None, "s-1"):
             list(ix.uncommitted(T0, session))
-            list(ix.uncommitted_rendered(T0, session, T0, "json", lambda shards: shards))
+            list(ix.uncommitted_chunks(T0, session))
     assert len(listings) == 4
     conn = sqlite3.connect(path)
     try:

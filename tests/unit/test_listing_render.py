@@ -1,4 +1,4 @@
-"""list-uncommitted's template (``backends.base.rendered_uncommitted``): the
+"""list-uncommitted's template (``listing.rendered_uncommitted``): the
 bytes it writes for a row are the bytes the command's own rendering writes,
 chunk by chunk, and it writes only rows it can write exactly whose bytes and
 sidecar are known to be absent (README, "list-uncommitted")."""
@@ -6,14 +6,12 @@ sidecar are known to be absent (README, "list-uncommitted")."""
 from __future__ import annotations
 
 import hashlib
-import json
 
 import pytest
 
-from lashctl.backends.base import rendered_uncommitted
-from lashctl.commands.list_uncommitted import _tsv_cells
-from lashctl.render import _plain
-from lashctl.timefmt import FUTURE_SKEW_MS, MAX_EPOCH_MS, iso_ms
+from lashctl.listing import rendered_uncommitted, uncommitted_row
+from lashctl import render
+from lashctl.timefmt import FUTURE_SKEW_MS, MAX_EPOCH_MS
 from lashctl.transfer import UncommittedRow
 from lashctl.backends.manifests.jsonl.log import Row
 
@@ -25,14 +23,14 @@ def h(text: str) -> str:
 
 
 def expected(row: tuple, form: str) -> str:
-    """What the command writes for a row without bytes or sidecar, rendered the slow way."""
+    """What the command writes for a row without bytes or sidecar, rendered
+    the slow way: by the row's fields, as ``render.Ui.emit_rendered`` does."""
     aid, session, uri, at = row
+    described = UncommittedRow(Row(session, aid, uri, at), False, None, None, None)
+    fields = uncommitted_row(NOW)
     if form == "json":
-        return json.dumps({"id": aid, "session_id": session, "canonical_uri": uri, "intent_at_epoch_ms": at,
-                           "intent_at": iso_ms(at), "age_ms": NOW - at, "byte_len": None, "media_type": None,
-                           "label": None, "bytes_present": False}, separators=(",", ":"))
-    cells = _tsv_cells(UncommittedRow(Row(session, aid, uri, at), False, None, None, None), NOW)
-    return "\t".join(_plain(cell) for cell in cells)
+        return render._dumps(render.item(fields, described), None)
+    return "\t".join(render._plain(cell) for cell in render.cells(fields, described))
 
 
 GOOD = [(h(f"good {i}"), f"s-{i % 3}", f"sha256:{h(f'good {i}')}", NOW - 1000 * i - i) for i in range(50)]

@@ -66,7 +66,7 @@ from lashctl.backends import (
     require_extra,
     strip_password,
 )
-from lashctl.backends.base import POSTGRES, ManifestBackend, ManifestWriter, rendered_uncommitted, uncommitted_where
+from lashctl.backends.base import POSTGRES, ManifestBackend, ManifestWriter, uncommitted_where
 from lashctl.errors import Corrupt, Denied, LashctlError, LockTimeout, Refused, Unavailable, UsageError
 from lashctl.fold import Effect, Event, Row, canonical_uri, effect_runs
 from lashctl.ids import URI_SCHEME, is_utf8_text, is_valid_id
@@ -745,21 +745,17 @@ class PostgresView(ManifestWriter):
             self.malformed.append(exc)
             return None
 
-    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int, form: str,
-                             absent: Callable[[set[str]], set[str]] | None) -> Iterator[list]:
-        """``uncommitted`` for listings on a pipe, in chunks as fetched, each
-        row either written or left as ``(id, session, uri, intent_at)``: see
-        ``backends.base.rendered_uncommitted``. ``rendered_row`` turns a row
-        left so into its ``Row``."""
+    def uncommitted_chunks(self, cutoff_ms: int | None, session: str | None) -> Iterator[list[tuple]]:
+        """``uncommitted`` as raw rows ``(id, session, uri, intent_at)``, in
+        chunks as fetched; ``rendered_row`` turns one into its ``Row``."""
         where, params = _uncommitted_where(cutoff_ms, session)
         sql = (f"SELECT {_ID}, {_SESSION}, coalesce(canonical_uri, '{URI_SCHEME}' || {_ID}), intent_at_ms"
                f" FROM {TABLE} WHERE {where} ORDER BY intent_at_ms, {_ID}, {_SESSION}")
-        return rendered_uncommitted(self._chunks(sql, params), form, now, absent)
+        return self._chunks(sql, params)
 
     def rendered_row(self, values: tuple) -> Row | None:
-        """The ``Row`` of a row ``uncommitted_rendered`` left unwritten
-        (uncommitted; owners are not listed); None for a row a tolerant view
-        skips."""
+        """The ``Row`` of a raw row of ``uncommitted_chunks`` (uncommitted;
+        owners are not listed); None for a row a tolerant view skips."""
         attachment_id, session_id, uri, intent_at = values
         return self._trusted((session_id, attachment_id, uri, intent_at, None, None, None))
 

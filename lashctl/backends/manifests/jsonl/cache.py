@@ -200,12 +200,10 @@ class ManifestIndex:
                                                   self._sync.overlay, cutoff_ms, session, resume),
             lambda memory: _uncommitted_in_memory(memory, cutoff_ms, session), iter(()))
 
-    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int, form: str,
-                             absent: Callable[[set[str]], set[str]] | None) -> Iterator[list] | None:
-        """``uncommitted`` for listings on a pipe, in chunks of 2,000 rows,
-        each row either written exactly as ``list-uncommitted`` prints it or
-        left as ``(id, session, uri, intent_at)``: see
-        ``backends.base.rendered_uncommitted``.
+    def uncommitted_chunks(self, cutoff_ms: int | None, session: str | None) -> Iterator[list[tuple]] | None:
+        """``uncommitted`` as raw rows ``(id, session, uri, intent_at)``, in
+        chunks of 2,000 rows (a listing on a pipe renders them with
+        ``lashctl.listing.rendered_uncommitted``).
         Returns None when the answer does not come from the .idx alone (the
         in-memory fallback, a valid unterminated final line): use ``uncommitted``.
         """
@@ -218,7 +216,7 @@ class ManifestIndex:
         except sqlite3.DatabaseError as exc:
             self._query_failed(exc)
             return None
-        return query.stream_rendered(cursor, form, now, absent)
+        return query.stream_chunks(cursor)
 
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
         """For each id with an uncommitted row at or before ``cutoff_ms``, every

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Callable, Iterable, Iterator
 
-from lashctl.backends.base import rendered_uncommitted, uncommitted_where
+from lashctl.backends.base import uncommitted_where
 from lashctl.backends.manifests.jsonl.cache_store import SELECT_ROW, to_row
 from lashctl.backends.manifests.jsonl.log import Row
 from lashctl.ids import URI_SCHEME
@@ -148,11 +148,9 @@ def rendered_cursor(conn: sqlite3.Connection, cutoff_ms: int | None, session: st
         cutoff_ms, session))
 
 
-def stream_rendered(cursor: sqlite3.Cursor, form: str, now: int,
-                    absent: Callable[[set[str]], set[str]] | None) -> Iterator[list]:
+def stream_chunks(cursor: sqlite3.Cursor) -> Iterator[list[tuple]]:
     try:
-        # One template (and its clock) over the whole listing, fetched 2,000 rows at a time.
-        yield from rendered_uncommitted(iter(lambda: cursor.fetchmany(2000), []), form, now, absent)
+        yield from iter(lambda: cursor.fetchmany(2000), [])
     finally:
         try:
             cursor.close()

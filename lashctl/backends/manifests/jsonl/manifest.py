@@ -47,12 +47,11 @@ class CacheView(ManifestView):
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
         return self.index.aged(cutoff_ms)
 
-    def uncommitted_rendered(self, cutoff_ms: int | None, session: str | None, now: int, form: str,
-                             absent: Callable[[set[str]], set[str]] | None) -> Iterator[list] | None:
-        """Chunks of rows written or left as ``(id, session, uri, intent_at)``,
-        from the cache's index (``ManifestIndex.uncommitted_rendered``); None
-        where the cache cannot answer alone."""
-        return self.index.uncommitted_rendered(cutoff_ms, session, now, form, absent)
+    def uncommitted_chunks(self, cutoff_ms: int | None, session: str | None) -> Iterator[list[tuple]] | None:
+        """Raw rows ``(id, session, uri, intent_at)`` in chunks, from the
+        cache's index (``ManifestIndex.uncommitted_chunks``); None where the
+        cache cannot answer alone."""
+        return self.index.uncommitted_chunks(cutoff_ms, session)
 
     def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
         return self.index.rows_by_id(prefix)
@@ -128,8 +127,8 @@ class Writer(ManifestWriter):
     def confirm(self, attachment_ids) -> dict[str, list[Row]]:
         return self._opened().confirm(attachment_ids)
 
-    def uncommitted_rendered(self, cutoff_ms, session, now, form, absent):
-        return self._opened().uncommitted_rendered(cutoff_ms, session, now, form, absent)
+    def uncommitted_chunks(self, cutoff_ms, session):
+        return self._opened().uncommitted_chunks(cutoff_ms, session)
 
     def rendered_row(self, values: tuple) -> Row | None:
         return self._opened().rendered_row(values)
