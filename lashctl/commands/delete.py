@@ -53,7 +53,7 @@ def delete(
         "bytes_freed": sum(r.byte_len for r in results),
     })
     gone = sum(r.existed for r in results)
-    verb = "would delete" if dry_run else "deleted"
+    verb = "dry run: would delete" if dry_run else "deleted"
     state.ui.info(f"{verb} {gone} blob(s), {human_bytes(sum(r.byte_len for r in results))}")
     raced = [r.attachment_id for r in results if r.error is not None]
     if raced:

@@ -185,7 +185,7 @@ def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag
     document = {**state.run_fields(), "path": str(manifest.path), "dry_run": dry_run, "lines_before": before,
                 "lines_after": after, "rows": rows}
     state.ui.records(["what", "value"], [["lines before", before], ["lines after", after], ["rows", rows]], document)
-    state.ui.info(f"{'would compact' if dry_run else 'compacted'} {manifest.path}: {before} -> {after} lines")
+    state.ui.info(f"{'dry run: would compact' if dry_run else 'compacted'} {manifest.path}: {before} -> {after} lines")
 
 
 def jsonl_only(state, what: str):

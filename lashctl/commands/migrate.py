@@ -116,8 +116,9 @@ def migrate(
         state.ui.warn(f"{report.copies_undated} copied blob(s) are dated now at the destination (an object store "
                       f"keeps no source time): its sweeps spare them, orphans included, until {iso_ms(fresh_until)}")
     if report.owners_dropped:
-        state.ui.warn(f"{report.owners_dropped} uncommitted row(s) had an owner (turn or process) that "
-                      "manifest events cannot carry: the destination's sweeps judge them by age alone")
+        state.ui.warn(f"{report.owners_dropped} uncommitted row(s) {'have' if dry_run else 'had'} an owner (turn or "
+                      "process) that manifest events cannot carry: the destination's sweeps "
+                      f"{'would judge' if dry_run else 'judge'} them by age alone")
     verb = "would copy" if dry_run else "copied"
     state.ui.info(
         f"{'dry run: ' if dry_run else ''}{report.source} -> {report.destination}: {verb} "

@@ -77,13 +77,14 @@ def reclaim(
     kept = (f"{report.kept_for_owners} aged intent(s) kept: their lash owners are not proven dead "
             "(`lashctl show ID` says which)") if report.kept_for_owners else ""
     spared = sum(1 for i in report.items if i.action == sweep.SPARED)
-    spared = f"spared {spared} blob(s) written after the cutoff" if spared else ""
+    spared = f"{'would spare' if dry_run else 'spared'} {spared} blob(s) written after the cutoff" if spared else ""
     if not report.items:
         state.ui.info(f"{prefix}nothing to reclaim: " + (kept or f"no uncommitted intent at or before {iso_ms(cutoff)}"))
     else:
         state.ui.info(
             f"{prefix}{'would reclaim' if dry_run else 'reclaimed'} {report.blobs_reclaimed} blob(s), "
-            f"{human_bytes(report.bytes_freed)}; released {report.rows_released} row(s); "
+            f"{human_bytes(report.bytes_freed)}; {'would release' if dry_run else 'released'} "
+            f"{report.rows_released} row(s); "
             f"scanned {report.scanned_intents} uncommitted intent(s) at or before {iso_ms(cutoff)}; "
             f"{len(report.failures)} failure(s)" + (f"; {spared}" if spared else "") + (f"; {kept}" if kept else "")
         )

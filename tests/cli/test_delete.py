@@ -98,7 +98,7 @@ def test_delete_record_whole(cli, store, put_blobs, monkeypatch):
     ]
     piped = cli("delete", "-n", "--force", present, absent)
     assert tsv(piped) == [[present, "would delete", "7", "s1, s2"], [absent, "absent", "-", "-"]]
-    assert piped.stderr == "would delete 1 blob(s), 7 B\n"
+    assert piped.stderr == "dry run: would delete 1 blob(s), 7 B\n"
     result, tables = drawn(cli, monkeypatch, "delete", "--force", present, absent)
     assert_ok(result)
     assert tables == [(
