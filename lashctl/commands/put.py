@@ -126,7 +126,8 @@ def put(
         _print_results(ui, landed)
     total = human_bytes(sum(r.byte_len for r in landed))
     deduplicated = sum(r.deduplicated for r in landed)
-    ui.info(f"stored {len(landed)} blob(s), {total} ({deduplicated} already present) for session {session}")
+    ui.info(f"stored {len(landed)} blob(s), {total} for session {session}: "
+            f"{len(landed) - deduplicated} new, {deduplicated} already present")
     _warn_unreadable_sidecars(ui, store, landed)
 
 

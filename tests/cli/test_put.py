@@ -230,4 +230,14 @@ def test_put_record_whole(cli, store, tmp_path, monkeypatch):
     result, tables = drawn(cli, monkeypatch, "put", "-s", "s", str(png), str(text))
     assert_ok(result)
     assert tables == [] and result.stdout == f"{p}\n{t}\n"
-    assert result.stderr == f"stored 2 blob(s), {len(png_bytes(4, 5)) + 4} B (2 already present) for session s\n"
+    assert result.stderr == f"stored 2 blob(s), {len(png_bytes(4, 5)) + 4} B for session s: 0 new, 2 already present\n"
+
+
+def test_puts_summary_counts_new_and_present_blobs_apart(cli, tmp_path):
+    (old,) = write_inputs(tmp_path / "old", {"old.txt": b"old"})
+    assert_ok(cli("put", "-s", "s", str(old)))
+    new, again = write_inputs(tmp_path / "in", {"new.txt": b"new bytes", "old.txt": b"old"})
+    result = cli("put", "-s", "s", str(new), str(again), "-", input=b"new bytes")
+    assert_ok(result)
+    # The second copy of new.txt's bytes (stdin) found them already present.
+    assert result.stderr == "stored 3 blob(s), 21 B for session s: 1 new, 2 already present\n"
