@@ -60,6 +60,11 @@ class Row(Record):
 class Event(FrozenRecord):
     """One manifest event. ``at_ms`` is the intent or commit time (None for forget)."""
 
+    op: str
+    attachment_id: str
+    session_id: str
+    at_ms: int | None
+    canonical_uri: str | None
     __slots__ = ("op", "attachment_id", "session_id", "at_ms", "canonical_uri")
 
     def __init__(self, op: str, attachment_id: str, session_id: str, at_ms: int | None = None,

@@ -46,6 +46,8 @@ class IdQuery(FrozenRecord):
     ``text`` is what the user typed, for messages; ``hex`` its lower-cased
     hex digits, 4 to 64 of them."""
 
+    text: str
+    hex: str
     __slots__ = ("text", "hex")
 
     def __init__(self, text: str, hex: str) -> None:

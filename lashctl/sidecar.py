@@ -26,6 +26,12 @@ class Metadata(FrozenRecord):
     """A sidecar's content; ``media_type`` is a normalised MIME string,
     whatever form it was stored in."""
 
+    attachment_id: str
+    media_type: str
+    byte_len: int
+    width: int | None
+    height: int | None
+    label: str | None
     __slots__ = ("attachment_id", "media_type", "byte_len", "width", "height", "label")
 
     def __init__(self, attachment_id: str, media_type: str, byte_len: int, width: int | None = None,

@@ -88,6 +88,12 @@ class BlobStat(FrozenRecord):
     mtime) or an ETag.
     """
 
+    size: int
+    mtime_ms: int
+    kind: str
+    links: int
+    size_on_disk: int | None
+    token: object
     __slots__ = ("size", "mtime_ms", "kind", "links", "size_on_disk", "token")
 
     def __init__(self, size: int, mtime_ms: int, kind: str = FILE, links: int = 1, size_on_disk: int | None = None,
@@ -124,6 +130,12 @@ class Found(FrozenRecord):
     for staging litter, what left it.
     """
 
+    area: str
+    name: str
+    where: str
+    stat: BlobStat
+    handle: object
+    reason: str | None
     __slots__ = ("area", "name", "where", "stat", "handle", "reason")
 
     def __init__(self, area: str, name: str, where: str, stat: BlobStat, handle: object = None,

@@ -93,6 +93,10 @@ class StagedBlob(Record):
 class FileIdentity(FrozenRecord):
     """What makes "the file that was hashed" the same file a moment later."""
 
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
     __slots__ = ("dev", "ino", "size", "mtime_ns")
 
     def __init__(self, dev: int, ino: int, size: int, mtime_ns: int) -> None:
