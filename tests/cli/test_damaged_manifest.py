@@ -153,3 +153,22 @@ def test_nan_or_infinity_in_a_manifest_line_is_corruption(cli, store, put_blobs,
         result = cli(*command)
         assert_error(result, 65, "manifest.jsonl:3", constant)
         assert "extra" not in result.stdout  # manifest log stops at the line, like any malformed one
+
+
+@pytest.mark.parametrize("bad, where", [
+    ('{"op":"forget","session_id":"A","attachment_id":"' + "a" * 64 + '"} trailing', "Extra data at column 117"),
+    ('{"op": "intent", "session_id": "A",, }', "Expecting property name enclosed in double quotes at column 36"),
+    ('{"op":"forget","session_id":"\xe9', "invalid UTF-8 at byte 30"),
+])
+def test_a_malformed_line_names_its_column(cli, store, put_blobs, bad, where):
+    """A hand fix needs the place on the line, not only the line."""
+    raw = bad.encode("latin-1") if "\xe9" in bad else bad.encode()
+    _corrupt_store(store, put_blobs, "")
+    path = manifest_file(store)
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = raw
+    path.write_bytes(b"\n".join(lines))
+    for command in (["ls"], ["manifest", "check"], ["reclaim", "-n"]):
+        result = cli(*command)
+        assert result.exit_code == 65, (command, result.stderr)
+        assert f"manifest.jsonl:3: malformed manifest line: {where}" in result.stderr, (command, result.stderr)
