@@ -96,7 +96,7 @@ def _check_databases(state) -> None:
 @app.command("log", epilog="""Examples:
 
     lashctl manifest log --id 5f5d584c5857
-    lashctl manifest log -s s-42 --op commit --since 2026-11-01 | jq .
+    lashctl manifest log -s s-42 --op commit --since 2026-11-01 | cut -f2- | jq .
 
 Exit codes: 0 printed (also when nothing matched); 2 usage error (bad ID, OP or TIMESTAMP); 65 corrupt manifest.""")
 def log(
@@ -115,10 +115,13 @@ def log(
     ] = None,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Print raw manifest events, one JSON object per line, for reading or for jq.
+    """Print raw manifest events, one per line, each after its line number.
 
-    Filters combine. A time filter keeps only events that carry a time
-    (intent and commit). With --json: one array of {line, event} objects.
+    Each line is the event's line number in the file, a tab, and the event as
+    one JSON object: the number is what a hand fix needs, and `cut -f2-`
+    leaves the JSON for jq. Filters combine. A time filter keeps only events
+    that carry a time (intent and commit). With --json: one array of {line,
+    event} objects.
     """
     from lashctl.ids import parse_id
     from lashctl.errors import describe_malformed
@@ -160,7 +163,8 @@ def log(
         if state.ui.json:
             matched.append({"line": lineno, "event": event})
         else:
-            state.ui.exact_line(inert_json(json.dumps(event, separators=(",", ":"), ensure_ascii=False)))
+            # Compact JSON holds no raw tab: `cut -f2-` gives back the event.
+            state.ui.exact_line(f"{lineno}\t" + inert_json(json.dumps(event, separators=(",", ":"), ensure_ascii=False)))
     if state.ui.json:
         state.ui.emit_json(matched)
     if malformed:

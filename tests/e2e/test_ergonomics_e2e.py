@@ -239,6 +239,24 @@ def test_read_only_inspection_goes_on_past_a_malformed_line_and_exits_65(tmp_pat
         assert len(result.stdout.splitlines()) == (3 if command == ["manifest", "log"] else 2), result.stdout
 
 
+def test_manifest_log_numbers_the_lines_of_the_file_and_cut_leaves_json(tmp_path):
+    """A hand fix needs the line number; ``cut -f2-`` gives jq the events
+    (compact JSON holds no raw tab)."""
+    import subprocess
+
+    store = _damaged(tmp_path)
+    result = run(["--store", store, "manifest", "log"])
+    assert result.returncode == 65
+    file_lines = (store / "manifest.jsonl").read_bytes().splitlines()
+    numbered = result.stdout.decode().splitlines()
+    assert [int(line.split("\t")[0]) for line in numbered] == [1, 2, 4], numbered
+    for line in numbered:
+        number, _, event = line.partition("\t")
+        assert json.loads(event) == json.loads(file_lines[int(number) - 1])
+    cut = subprocess.run(["cut", "-f2-"], input=result.stdout, capture_output=True, check=True).stdout
+    assert [json.loads(line) for line in cut.splitlines()] == [json.loads(file_lines[n]) for n in (0, 1, 3)]
+
+
 def test_manifest_log_json_marks_the_malformed_line(tmp_path):
     store = _damaged(tmp_path)
     result = run(["--store", store, "--json", "manifest", "log"])

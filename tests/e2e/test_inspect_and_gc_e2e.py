@@ -867,7 +867,9 @@ def log(store: Path, *args: str) -> list[str]:
 
 
 def test_manifest_log_prints_raw_lines_and_filters(store, log_store):
-    lines, a, b = log_store["lines"], log_store["a"], log_store["b"]
+    # Each event after its line number in the file and a tab.
+    lines = [f"{n}\t{line}" for n, line in enumerate(log_store["lines"], 1)]
+    a, b = log_store["a"], log_store["b"]
     assert log(store) == lines
     assert log(store, "--id", a[:6]) == [lines[1], lines[3], lines[4], lines[5]]
     assert log(store, "--id", "sha256:" + b) == [lines[2], lines[6]]
