@@ -16,9 +16,11 @@ EPILOG = """Examples:
 
 Exit codes: 0 no errors (warnings allowed); 2 usage error; 4 refused: --grace under 1 minute without --force; 65 errors remain; 75 manifest locked (--fix)."""
 
-# One problem found (an inspect.Finding), and the repair --fix made of it.
+# One problem found (an inspect.Finding), and the repair --fix made of it. A
+# repaired finding's row says "repaired" where an open one gives its severity.
 FINDING = (
-    Field("severity", lambda f: f.severity, Col("severity", "fixed")),
+    Field("severity", lambda f: f.severity, Col("severity", "fixed"), cell=lambda f: "repaired" if f.repair else f.severity),
+    Field("status", lambda f: "repaired" if f.repair else "open"),
     Field("kind", lambda f: f.kind, Col("kind", "fixed")),
     Field("path", lambda f: f.path, Col("path", "path", min_width=20)),
     Field("id", lambda f: f.attachment_id),

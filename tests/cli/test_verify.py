@@ -59,7 +59,9 @@ def test_verify_record_whole(cli, store, put_blobs, monkeypatch):
     assert list(document) == RUN_FIELDS + ["fix", "clean", "blobs_checked", "bytes_checked", "errors", "warnings",
                                            "repairs", "findings"]
     findings = document["findings"]
-    assert findings and all(sorted(f) == ["id", "kind", "message", "path", "repair", "severity"] for f in findings)
+    assert findings and all(sorted(f) == ["id", "kind", "message", "path", "repair", "severity", "status"]
+                            for f in findings)
+    assert {f["status"] for f in findings} == {"open"}  # no --fix: nothing repaired
     assert {(f["path"], f["id"]) for f in findings} >= {(str(sidecar_path(store, bare)), bare)}
     piped = cli("verify")
     assert tsv(piped) == [[f["severity"], f["kind"], f["path"] or "-", f["message"], f["repair"] or "-"]
@@ -70,8 +72,9 @@ def test_verify_record_whole(cli, store, put_blobs, monkeypatch):
         ("problem", "text", 1, 16, None), ("repair", "text", 2, 8, None)]
     repaired = [row for row in tables[0][1] if row[4] is not None]
     assert repaired and all(f"repaired {row[2]}: {row[4]}" in result.stderr for row in repaired)
-    assert [row[:4] for row in tables[0][1]] == [[f["severity"], f["kind"], f["path"], f["message"]]
-                                                 for f in findings]
+    # A repaired finding's row says so where an open one gives its severity.
+    assert [row[:4] for row in tables[0][1]] == [["repaired" if row[4] else f["severity"], f["kind"], f["path"],
+                                                  f["message"]] for row, f in zip(tables[0][1], findings)]
 
 
 @pytest.mark.parametrize("limit, stats", [(3, 6), (2, 0)])  # under the bound: a look before and after the rows
@@ -155,3 +158,29 @@ def test_verify_recheck_sees_bytes_a_put_lands_while_it_reads_the_manifest(cli, 
     assert len(calls) == 2
     assert result.exit_code == 0, result.stdout
     assert json.loads(result.stdout)["errors"] == 0
+
+
+def test_a_repaired_finding_says_so_in_its_row(cli, store, put_blobs, monkeypatch):
+    """After --fix, the quarantined hash mismatch is no longer shown as an
+    open error: its row says repaired (table, TSV) and its JSON status too."""
+    import os
+
+    (bad,) = put_blobs({"b.bin": b"original bytes"})
+    path = blob_path(store, bad)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"damaged bytes!")
+    before = json.loads(cli("verify", "--json").stdout)["findings"]
+    assert [(f["kind"], f["severity"], f["status"]) for f in before if f["id"] == bad] == [
+        ("hash-mismatch", "error", "open")]
+    result, tables = drawn(cli, monkeypatch, "verify", "--fix")
+    assert result.exit_code == 0, result.stderr
+    (row,) = [r for r in tables[0][1] if r[1] == "hash-mismatch"]
+    assert row[0] == "repaired" and row[4].startswith("moved to ")
+    path.write_bytes(b"damaged again!")
+    piped = cli("verify", "--fix")
+    assert [line[0] for line in tsv(piped) if line[1] == "hash-mismatch"] == ["repaired"]
+    path.write_bytes(b"damaged twice!")
+    document = json.loads(cli("verify", "--fix", "--json").stdout)
+    (finding,) = [f for f in document["findings"] if f["kind"] == "hash-mismatch"]
+    assert (finding["severity"], finding["status"], document["errors"], document["repairs"]) == (
+        "error", "repaired", 0, 1)
