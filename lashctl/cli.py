@@ -41,6 +41,7 @@ COMMANDS = {
     "stats": "stats",
     "verify": "verify",
     "gc": "gc",
+    "audit": "audit",
     "manifest": "manifest",
     "migrate": "migrate",
     "init": "init",
@@ -257,6 +258,9 @@ class LashctlGroup(TyperGroup):
             from lashctl.completion import register
 
             register()
+        from lashctl import commands
+
+        commands.ARGV = list(sys.argv[1:] if args is None else args)  # the audit log keeps it
         try:
             code = super().main(args=args, prog_name=prog_name or "lashctl", complete_var=complete_var,
                                 standalone_mode=False, **extra)

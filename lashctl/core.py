@@ -39,6 +39,8 @@ class Store:
     database (``backends.process_registry``), None to keep process-owned intents.
     """
 
+    audit = None  # the run's audit.AuditLog, set by a destructive command (None: not audited)
+
     def __init__(self, root, manifest_path=None, lock_timeout: float = 30.0, warn=None, note=None,
                  layout: str | None = None, process_registry: str | None = None) -> None:
         self.note = _once(note) if note is not None else None

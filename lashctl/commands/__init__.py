@@ -23,6 +23,8 @@ ENV_LOCK_TIMEOUT = "LASHCTL_LOCK_TIMEOUT"
 ENV_DEBUG = "LASHCTL_DEBUG"
 ENV_PROCESS_REGISTRY = "LASHCTL_PROCESS_REGISTRY"
 ENV_METRICS_FILE = "LASHCTL_METRICS_FILE"
+ENV_AUDIT_LOG = "LASHCTL_AUDIT_LOG"
+ARGV: list[str] | None = None  # the command line (set by the CLI), for the audit log
 
 def complete_id(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of an id argument (loaded only when completing)."""
@@ -67,6 +69,28 @@ MetricsFileOption = Annotated[
     typer.Option("--metrics-file", envvar=ENV_METRICS_FILE, metavar="PATH", is_eager=True, callback=_metrics_file,
                  help="Write the run's metrics for Prometheus (node_exporter's textfile collector) to PATH, "
                       "a .prom file or a directory, also when the run fails (needs the 'metrics' extra)."),
+]
+
+
+def _audit_log(ctx: typer.Context, _param: object, value: Optional[str]) -> Optional[str]:
+    """--audit-log: checked (and lashctl.audit imported) only when given."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    from lashctl.audit import check_given
+
+    return check_given(value)
+
+
+AuditLogOption = Annotated[
+    Optional[str],
+    typer.Option("--audit-log", envvar=ENV_AUDIT_LOG, metavar="PATH|-", callback=_audit_log,
+                 help="Append a JSON line per item deleted, forgotten or quarantined to PATH (- for standard "
+                      "error) (default: <store>/audit.jsonl; an s3:// store: none)."),
+]
+AuditLogReadOption = Annotated[
+    Optional[str],
+    typer.Option("--audit-log", envvar=ENV_AUDIT_LOG, metavar="PATH",
+                 help="The audit log to read (default: <store>/audit.jsonl)."),
 ]
 
 

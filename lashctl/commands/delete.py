@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import DryRunFlag, JsonFlag, MetricsFileOption, app_state, complete_id, parse_ids
+from lashctl.commands import AuditLogOption, DryRunFlag, JsonFlag, MetricsFileOption, app_state, complete_id, parse_ids
 from lashctl.errors import Partial
 from lashctl.render import Col, Field, human_bytes
 
@@ -33,17 +33,20 @@ def delete(
     dry_run: DryRunFlag = False,
     json_flag: JsonFlag = False,
     metrics_file: MetricsFileOption = None,
+    audit_log: AuditLogOption = None,
 ) -> None:
     """Delete blobs and their sidecars, for every session at once.
 
     Refuses (exit 4) while any manifest row references an id, naming the
     sessions, unless --force. Deleting an absent blob succeeds.
     """
-    from lashctl import sweep
+    from lashctl import audit, sweep
 
     queries = parse_ids(attachments)
     state = app_state(ctx, json_flag)
-    results = sweep.delete(state.store(sweep=True), queries, force=force, dry_run=dry_run)
+    store = state.store(sweep=True)
+    with audit.running(state, store, "delete", audit_log, dry_run):
+        results = sweep.delete(store, queries, force=force, dry_run=dry_run)
     if state.metrics is not None:
         state.metrics.delete(results, dry_run)
     state.ui.listing(ITEM, results, lambda: {

@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lashctl.commands import DryRunFlag, JsonFlag, SessionOption, app_state, complete_id, parse_ids
+from lashctl.commands import AuditLogOption, DryRunFlag, JsonFlag, SessionOption, app_state, complete_id, parse_ids
 from lashctl.errors import NotFound
 from lashctl.render import Col, Field
 
@@ -31,6 +31,7 @@ def forget(
     session: SessionOption = None,
     dry_run: DryRunFlag = False,
     json_flag: JsonFlag = False,
+    audit_log: AuditLogOption = None,
 ) -> None:
     """Remove a session's rows from the manifest: all of them, or those of the given ids.
 
@@ -39,12 +40,14 @@ def forget(
     by a later reclaim (if other sessions' intents aged) or gc. Committed rows
     go too: their blobs are then unreferenced for this session.
     """
-    from lashctl import core, sweep
+    from lashctl import audit, core, sweep
 
     session = core.validate_session(session)
     queries = parse_ids(attachments or [])
     state = app_state(ctx, json_flag)
-    items, missing = sweep.forget(state.store(sweep=True), session, queries, dry_run=dry_run)
+    store = state.store(sweep=True)
+    with audit.running(state, store, "forget", audit_log, dry_run):
+        items, missing = sweep.forget(store, session, queries, dry_run=dry_run)
     state.ui.listing(ITEM, items, lambda: {
         **state.run_fields(),
         "dry_run": dry_run,

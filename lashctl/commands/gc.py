@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, MetricsFileOption, OlderThanOption, app_state
+from lashctl.commands import AuditLogOption, BeforeOption, DryRunFlag, JsonFlag, MetricsFileOption, OlderThanOption, app_state
 from lashctl.errors import Partial
 from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
@@ -37,6 +37,7 @@ def gc(
     force: Annotated[bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past, or a manifest with no rows.")] = False,
     json_flag: JsonFlag = False,
     metrics_file: MetricsFileOption = None,
+    audit_log: AuditLogOption = None,
 ) -> None:
     """Delete blobs no manifest row references, and staging litter, older than the grace period (default 24h).
 
@@ -46,7 +47,7 @@ def gc(
     reclaim for the write-ahead sweep; use gc only on stores lashctl alone
     writes. Age is the blob's modification time (put refreshes it).
     """
-    from lashctl import core, sweep
+    from lashctl import audit, core, sweep
 
     state = app_state(ctx, json_flag)
     now = now_ms()
@@ -54,7 +55,7 @@ def gc(
     core.check_grace(cutoff, now, force=force)
     store = state.store(sweep=True)
     total = sum(1 for _ in store.blobs.iter_ids()) if state.ui.wants_progress() else None
-    with state.ui.progress("gc", total, unit="blobs") as bar:
+    with audit.running(state, store, "gc", audit_log, dry_run), state.ui.progress("gc", total, unit="blobs") as bar:
         report = sweep.gc(store, cutoff, dry_run=dry_run, progress=bar.advance, force=force)
     if state.metrics is not None:
         state.metrics.gc(report)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import BeforeOption, DryRunFlag, JsonFlag, MetricsFileOption, OlderThanOption, app_state
+from lashctl.commands import AuditLogOption, BeforeOption, DryRunFlag, JsonFlag, MetricsFileOption, OlderThanOption, app_state
 from lashctl.errors import Partial
 from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
@@ -40,6 +40,7 @@ def reclaim(
     ] = False,
     json_flag: JsonFlag = False,
     metrics_file: MetricsFileOption = None,
+    audit_log: AuditLogOption = None,
 ) -> None:
     """Delete the bytes of uncommitted intents older than the grace period (default 24h).
 
@@ -51,14 +52,15 @@ def reclaim(
     gone, its rows stay forgotten and gc removes what is left). --dry-run
     takes no lock and reports exactly what a real run would do.
     """
-    from lashctl import core, sweep
+    from lashctl import audit, core, sweep
 
     state = app_state(ctx, json_flag)
     now = now_ms()
     cutoff = cutoff_ms(older_than, before, now, default=core.DEFAULT_GRACE)
     core.check_grace(cutoff, now, force=force)
     store = state.store(sweep=True)
-    with state.ui.progress("reclaiming", None, unit="blobs") as bar:
+    with audit.running(state, store, "reclaim", audit_log, dry_run), \
+            state.ui.progress("reclaiming", None, unit="blobs") as bar:
         report = sweep.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance, planned=bar.set_total)
     if state.metrics is not None:
         state.metrics.reclaim(report)

@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lashctl.commands import JsonFlag, MetricsFileOption, app_state
+from lashctl.commands import AuditLogOption, JsonFlag, MetricsFileOption, app_state
 from lashctl.errors import Corrupt
 from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import now_ms, parse_duration
@@ -44,6 +44,7 @@ def verify(
     ] = False,
     json_flag: JsonFlag = False,
     metrics_file: MetricsFileOption = None,
+    audit_log: AuditLogOption = None,
 ) -> None:
     """Check the store's health: re-hash every blob and check what surrounds it.
 
@@ -54,7 +55,7 @@ def verify(
     Exit 0 when no error is found (warnings, such as litter or unmanaged blobs,
     do not fail it), 65 when errors remain. --fix prints each repair.
     """
-    from lashctl import core, inspect
+    from lashctl import audit, core, inspect
 
     state = app_state(ctx, json_flag)
     store = state.store(sweep=fix)
@@ -67,7 +68,7 @@ def verify(
     total = None  # the bar's total costs a walk of the store: only when a bar is drawn
     if state.ui.wants_progress():
         total = sum(st.size for i in store.blobs.iter_ids() if (st := store.blobs.stat(i)) is not None)
-    with state.ui.progress("verifying", total) as bar:
+    with audit.running(state, store, "verify", audit_log, not fix), state.ui.progress("verifying", total) as bar:
         report = inspect.verify(store, now, fix=fix, grace_ms=grace_ms, progress=bar.advance)
     if state.metrics is not None:
         state.metrics.verify(report)

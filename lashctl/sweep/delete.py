@@ -97,20 +97,46 @@ def _is_file(st: BlobStat | None) -> bool:
 
 def _delete_in_order(store: Store, view, results: list[DeleteResult], rows: dict[str, list[Row]]) -> None:
     """Forget the ids' uncommitted intents (guarded: only the intent as read),
-    then delete the bytes, then (shared manifests) look for rows that came."""
+    then delete the bytes, then (shared manifests) look for rows that came.
+    The audit log has a line before and after for each id that had bytes or
+    uncommitted intents to lose."""
+    log = store.audit
+    if log is not None:
+        log.write([_audit(log, store, res, rows, "deleting" if res.existed else "forgetting")
+                   for res in results if _changes(res, rows)])
     forget_intents(view, [r for res in results for r in rows[res.attachment_id]])
     faults.point("delete.forgotten")
     for res in results:
         store.blobs.delete(res.attachment_id)
     store.blobs.sync([res.attachment_id for res in results])
     faults.point("delete.deleted")
-    if store.manifest.blocks_writers:
-        return
-    after = view.rows_for_ids([res.attachment_id for res in results])
-    for res in results:
-        before = {(r.session_id, r.intent_at_epoch_ms) for r in rows[res.attachment_id]}
-        if any((r.session_id, r.intent_at_epoch_ms) not in before for r in after[res.attachment_id]):
-            res.error = "a row for it appeared while it was being deleted: re-upload it"
+    if not store.manifest.blocks_writers:
+        after = view.rows_for_ids([res.attachment_id for res in results])
+        for res in results:
+            before = {(r.session_id, r.intent_at_epoch_ms) for r in rows[res.attachment_id]}
+            if any((r.session_id, r.intent_at_epoch_ms) not in before for r in after[res.attachment_id]):
+                res.error = "a row for it appeared while it was being deleted: re-upload it"
+    if log is not None:
+        log.write([_audit(log, store, res, rows, "deleted" if res.existed else "forgotten")
+                   for res in results if _changes(res, rows)])
+
+
+def _changes(res: DeleteResult, rows: dict[str, list[Row]]) -> bool:
+    """Whether deleting this id loses anything: bytes, or an uncommitted intent."""
+    return res.existed or any(not r.committed for r in rows[res.attachment_id])
+
+
+def _audit(log, store: Store, res: DeleteResult, rows: dict[str, list[Row]], action: str) -> dict:
+    forgotten = sorted({r.session_id for r in rows[res.attachment_id] if not r.committed})
+    kept = sorted({r.session_id for r in rows[res.attachment_id] if r.committed})
+    reason = "delete --force" if res.sessions else "delete"
+    if forgotten:
+        reason += f": uncommitted intents of session(s) {', '.join(forgotten)} forgotten"
+    if kept:
+        reason += f"{';' if forgotten else ':'} committed rows of session(s) {', '.join(kept)} kept"
+    return log.item(action, res.attachment_id, path=store.blobs.where(res.attachment_id),
+                    byte_len=res.byte_len if res.existed else None, sessions=forgotten, reason=reason,
+                    error=res.error)
 
 
 # -- forget --------------------------------------------------------------------
@@ -148,6 +174,18 @@ def forget(store: Store, session: str, queries: list[IdQuery], *, dry_run: bool 
         items = [ForgetItem(r.attachment_id, session, "committed" if r.committed else "uncommitted", dry_run)
                  for r in rows]
         if not dry_run:
+            log = store.audit
             for start in range(0, len(rows), 10 * SWEEP_BATCH):
-                view.append([Event.forget(r.attachment_id, session) for r in rows[start:start + 10 * SWEEP_BATCH]])
+                batch = rows[start:start + 10 * SWEEP_BATCH]
+                if log is not None:
+                    log.write([_forget_line(log, store, r, "forgetting") for r in batch])
+                view.append([Event.forget(r.attachment_id, session) for r in batch])
+                if log is not None:
+                    log.write([_forget_line(log, store, r, "forgotten") for r in batch])
     return items, missing
+
+
+def _forget_line(log, store: Store, row: Row, action: str) -> dict:
+    state = "committed" if row.committed else "uncommitted"
+    return log.item(action, row.attachment_id, path=store.blobs.where(row.attachment_id),
+                    sessions=[row.session_id], reason=f"forget: session {row.session_id}'s {state} row")

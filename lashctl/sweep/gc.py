@@ -10,7 +10,7 @@ from lashctl.core import Store, by_id
 from lashctl.errors import LashctlError, Refused
 from lashctl.strays import remove_stray, scan_strays
 from lashctl.sweep.rules import (
-    DELETE, DELETED_WHILE_REFERENCED, FAILED, Progress,
+    DELETE, DELETED_WHILE_REFERENCED, FAILED, SWEEP_BATCH, Progress,
 )
 
 from lashctl.sweep.delete import delete_blob
@@ -109,43 +109,82 @@ def _unreferenced(store: Store, view, cutoff: int, report: GcReport,
 
 def _gc_blobs(store: Store, view, candidates: dict[str, BlobStat], cutoff: int, report: GcReport, *,
               dry_run: bool) -> list[str]:
-    """Delete the unreferenced blobs; the ids whose shard changed."""
+    """Delete the unreferenced blobs; the ids whose shard changed. With an
+    audit log, a batch at a time: its "deleting" lines, the deletes, the
+    outcomes."""
     shared = not store.manifest.blocks_writers
-    touched = []
-    for attachment_id, st in candidates.items():
-        if shared and not dry_run:
-            # Writers go on during a sweep of a shared manifest: look again just before.
-            again = store.blobs.stat(attachment_id)
-            if view.rows_for_id(attachment_id) or again is None or again.mtime_ms > cutoff:
-                continue
-        item = GcItem(store.blobs.where(attachment_id), attachment_id, "blob", st.size,
-                      DELETE, "unreferenced: no manifest row")
-        done = delete_blob(store, attachment_id, dry_run=dry_run)
-        if done.error is not None:
-            item.action, item.error = FAILED, done.error
-        elif not dry_run:
-            item.byte_len = done.byte_len
-            touched.append(attachment_id)
-            if shared and view.rows_for_id(attachment_id):
-                item.action = DELETED_WHILE_REFERENCED
-                item.error = "a row for it appeared while it was being deleted: re-upload it"
-        report.items.append(item)
+    touched: list[str] = []
+    log = None if dry_run else store.audit
+    listed = list(candidates.items())
+    for start in range(0, len(listed), SWEEP_BATCH if log is not None else max(1, len(listed))):
+        batch = listed[start:start + SWEEP_BATCH] if log is not None else listed
+        if log is not None:
+            log.write([log.item("deleting", i, path=store.blobs.where(i), byte_len=st.size, reason=UNREFERENCED)
+                       for i, st in batch])
+        outcomes = []
+        for attachment_id, st in batch:
+            if shared and not dry_run:
+                # Writers go on during a sweep of a shared manifest: look again just before.
+                again = store.blobs.stat(attachment_id)
+                if view.rows_for_id(attachment_id) or again is None or again.mtime_ms > cutoff:
+                    if log is not None:
+                        outcomes.append(log.item("kept", attachment_id, path=store.blobs.where(attachment_id),
+                                                 reason="a row or newer bytes appeared before the delete"))
+                    continue
+            item = GcItem(store.blobs.where(attachment_id), attachment_id, "blob", st.size,
+                          DELETE, UNREFERENCED)
+            done = delete_blob(store, attachment_id, dry_run=dry_run)
+            if done.error is not None:
+                item.action, item.error = FAILED, done.error
+            elif not dry_run:
+                item.byte_len = done.byte_len
+                touched.append(attachment_id)
+                if shared and view.rows_for_id(attachment_id):
+                    item.action = DELETED_WHILE_REFERENCED
+                    item.error = "a row for it appeared while it was being deleted: re-upload it"
+            report.items.append(item)
+            if log is not None:
+                outcomes.append(log.item("failed" if item.action == FAILED else "deleted", attachment_id,
+                                         path=item.path, byte_len=item.byte_len if item.action != FAILED else None,
+                                         reason=item.reason, error=item.error))
+        if log is not None:
+            done_ids = set(touched)
+            store.blobs.sync([i for i, _st in batch if i in done_ids])  # durable before the log says so
+            log.write(outcomes)
     return touched
+
+
+UNREFERENCED = "unreferenced: no manifest row"
 
 
 def _gc_litter(store: Store, view, cutoff: int, report: GcReport, *, dry_run: bool) -> None:
     """Delete staging litter and sidecars without a blob older than the cutoff."""
+    log = None if dry_run else store.audit
+    doomed = []
     for stray in scan_strays(store):
         if stray.kind not in ("staging", "orphan-sidecar") or stray.mtime_ms > cutoff:
             continue
         if stray.kind == "orphan-sidecar" and view.rows_for_id(stray.attachment_id):
             continue  # the last metadata of a row whose bytes are missing: keep it for the operator
-        item = GcItem(stray.path, None, stray.kind, stray.byte_len, DELETE, stray.reason)
-        if not dry_run:
-            try:
-                remove_stray(store, stray)
-            except LashctlError as exc:
-                item.action, item.error = FAILED, exc.message
-            except OSError as exc:
-                item.action, item.error = FAILED, f"cannot delete: {exc.strerror}"
-        report.items.append(item)
+        doomed.append(stray)
+    for start in range(0, len(doomed), SWEEP_BATCH):
+        batch = doomed[start:start + SWEEP_BATCH]
+        if log is not None:
+            log.write([log.item("deleting", s.attachment_id, path=s.path, byte_len=s.byte_len, reason=s.reason)
+                       for s in batch])
+        items = []
+        for stray in batch:
+            item = GcItem(stray.path, None, stray.kind, stray.byte_len, DELETE, stray.reason)
+            if not dry_run:
+                try:
+                    remove_stray(store, stray)
+                except LashctlError as exc:
+                    item.action, item.error = FAILED, exc.message
+                except OSError as exc:
+                    item.action, item.error = FAILED, f"cannot delete: {exc.strerror}"
+            report.items.append(item)
+            items.append((stray, item))
+        if log is not None:
+            log.write([log.item("failed" if i.action == FAILED else "deleted", s.attachment_id, path=s.path,
+                                byte_len=s.byte_len if i.action != FAILED else None, reason=s.reason, error=i.error)
+                       for s, i in items])

@@ -167,12 +167,18 @@ def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, 
     # 1. The rows' fate first, durably: a commit that comes later finds no
     #    intent (exit 3, upload again) rather than stamping a row for bytes
     #    about to go. Guarded by the cutoff: a row committed or refreshed
-    #    since it was read stays.
+    #    since it was read stays. The audit log says so first (docs/audit.md).
+    log = store.audit
+    if log is not None:
+        log.write([_audit(log, store, i, "deleting" if i.action == RECLAIM else "forgetting")
+                   for i in items if i.action in (RECLAIM, RELEASE)])
     view.append([Event.forget(i.attachment_id, s, until_ms=cutoff)
                  for i in items if i.action in (RECLAIM, RELEASE) for s in i.sessions])
     faults.point("reclaim.forgotten")
     doomed = _still_doomed(view, [i for i in items if i.action == RECLAIM], cutoff) if shared else \
         [i for i in items if i.action == RECLAIM]
+    if log is not None:  # rows gone, bytes kept
+        log.write([_audit(log, store, i, "forgotten") for i in items if i.action == RELEASE])
     if not doomed:
         return []
     # 3. The bytes.
@@ -193,10 +199,22 @@ def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, 
             item.byte_len = outcome
     _restore_failed(store, view, [i for i in doomed if i.action == FAILED], aged)
     deleted = [i for i in doomed if i.action == RECLAIM]
+    if log is not None:
+        store.blobs.sync([i.attachment_id for i in deleted])  # durable before the log says so
     faults.point("reclaim.deleted")
     if shared and deleted:
         _report_late_rows(store, view, deleted, cutoff)  # 4.
+    if log is not None:
+        log.write([_audit(log, store, i, "failed" if i.action == FAILED else "deleted") for i in doomed])
     return [i.attachment_id for i in deleted]
+
+
+def _audit(log, store: Store, item: ReclaimItem, action: str) -> dict:
+    """The audit line of a reclaim item: ``action`` it is about to undergo, or has."""
+    reason = f"aged intent released ({item.reason})" if item.action == RELEASE else item.reason
+    return log.item(action, item.attachment_id, path=store.blobs.where(item.attachment_id),
+                    byte_len=item.byte_len if action in ("deleting", "deleted") else None,
+                    sessions=item.sessions, reason=reason, error=item.error)
 
 
 def _still_doomed(view, doomed: list["ReclaimItem"], cutoff: int) -> list["ReclaimItem"]:
