@@ -246,11 +246,125 @@ class Stats:
     manifest_lines: int | None = 0  # None: the manifest is not a log (PostgreSQL)
     compacted_lines: int | None = 0
     torn_tail: bool = False
+    series: list[Series] = field(default_factory=list)
 
 
-def stats(store: Store, view, now: int) -> Stats:
+# Where the bytes are, for the charts: each series a few buckets of bytes
+# split by reference state, gathered in the same pass (memory stays flat).
+DAY, SESSION, MEDIA_TYPE = "day", "session", "media-type"
+SERIES = (DAY, SESSION, MEDIA_TYPE)
+TOP_KEYS = 10  # the sessions (media types) a series names; the rest add up to "other"
+TALLY_LIMIT = 10_000  # keys held while counting; past it the smallest half is folded into "other"
+UNKNOWN_MEDIA_TYPE = "unknown"
+_DAY_MS = 86_400_000
+SERIES_NOTES = {
+    DAY: "by the date (UTC) the bytes were written",
+    SESSION: "a blob shared by several sessions counts in full in each; "
+             "unmanaged blobs (no session) are left out",
+    MEDIA_TYPE: "from the sidecars; unknown where a blob has none (a bare store keeps none)",
+}
+
+
+@dataclass
+class Bucket:
+    """Blobs and their bytes, split by reference state (for a session: its own row's)."""
+
+    blobs: int = 0
+    committed_bytes: int = 0
+    uncommitted_bytes: int = 0
+    unmanaged_bytes: int = 0
+    reclaimable_bytes: int = 0  # orphans a sweep at the default grace would reclaim now
+
+    @property
+    def bytes(self) -> int:
+        return self.committed_bytes + self.uncommitted_bytes + self.unmanaged_bytes
+
+    def add(self, state: str, size: int, reclaimable: bool) -> None:
+        self.blobs += 1
+        if state == COMMITTED:
+            self.committed_bytes += size
+        elif state == UNCOMMITTED:
+            self.uncommitted_bytes += size
+        else:
+            self.unmanaged_bytes += size
+        if reclaimable:
+            self.reclaimable_bytes += size
+
+    def merge(self, other: Bucket) -> None:
+        self.blobs += other.blobs
+        self.committed_bytes += other.committed_bytes
+        self.uncommitted_bytes += other.uncommitted_bytes
+        self.unmanaged_bytes += other.unmanaged_bytes
+        self.reclaimable_bytes += other.reclaimable_bytes
+
+
+@dataclass
+class Series:
+    """One chart's buckets: ``(key, bucket)`` in the order drawn, key None for
+    "other" (``other_keys`` keys). ``approximate``: more keys than
+    ``TALLY_LIMIT`` were seen, so some were folded into "other" while
+    counting; a named key's bytes are then at least those shown."""
+
+    by: str
+    buckets: list[tuple[str | None, Bucket]]
+    other_keys: int = 0
+    approximate: bool = False
+
+    @property
+    def note(self) -> str:
+        return SERIES_NOTES[self.by]
+
+
+class _Tally:
+    """Buckets by key, at most ``limit`` of them held (None: no limit)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.buckets: dict = {}
+        self.other = Bucket()
+        self.other_keys = 0
+        self.approximate = False
+
+    def add(self, key, state: str, size: int, reclaimable: bool) -> None:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if self.limit is not None and len(self.buckets) >= self.limit:
+                self._fold(sorted(self.buckets, key=lambda k: (self.buckets[k].bytes, k))[:self.limit // 2])
+                self.approximate = True
+            bucket = self.buckets[key] = Bucket()
+        bucket.add(state, size, reclaimable)
+
+    def _fold(self, keys) -> None:
+        for key in keys:
+            self.other.merge(self.buckets.pop(key))
+        self.other_keys += len(keys)
+
+    def series(self, by: str, top: int | None) -> Series:
+        if top is None:  # days: every one, oldest first
+            ordered = sorted(self.buckets)
+        else:  # the largest first; the rest "other"
+            ordered = sorted(self.buckets, key=lambda k: (-self.buckets[k].bytes, k))
+            self._fold(ordered[top:])
+            ordered = ordered[:top]
+        buckets: list[tuple[str | None, Bucket]] = [(k, self.buckets[k]) for k in ordered]
+        if by == DAY:
+            from lashctl.timefmt import iso_ms
+
+            buckets = [(iso_ms(k * _DAY_MS)[:10], b) for k, b in buckets]
+        if self.other_keys:
+            buckets.append((None, self.other))
+        return Series(by, buckets, self.other_keys, self.approximate)
+
+
+def stats(store: Store, view, now: int, series: tuple[str, ...] = ()) -> Stats:
+    """The store's counts; with ``series`` (of SERIES) the charts' buckets too.
+    Only a media-type series reads sidecars, and never on a bare store."""
     out = Stats()
     cutoff = now - default_grace_ms()
+    days = _Tally(None) if DAY in series else None
+    sessions = _Tally(TALLY_LIMIT) if SESSION in series else None
+    media_types = _Tally(TALLY_LIMIT) if MEDIA_TYPE in series else None
+    read_sidecars = media_types is not None and store.layout == LAYOUT_SIDECARS
     with store.blobs.opened():
         for attachment_id, present, rows in by_id(store, view):
             st = _file_stat(store, attachment_id) if present else None
@@ -260,10 +374,21 @@ def stats(store: Store, view, now: int) -> Stats:
                 out.blob_bytes += st.size
                 out.blobs_by_state[kind] += 1
                 out.bytes_by_state[kind] += st.size
-                if (aged_rows(rows, cutoff) and live_reason(rows, cutoff, view) is None
-                        and st.mtime_ms <= cutoff):  # bytes written since are spared, as reclaim does
+                reclaimable = (aged_rows(rows, cutoff) and live_reason(rows, cutoff, view) is None
+                               and st.mtime_ms <= cutoff)  # bytes written since are spared, as reclaim does
+                if reclaimable:
                     out.orphans_reclaimable += 1
                     out.orphan_bytes_reclaimable += st.size
+                if days is not None:
+                    days.add(st.mtime_ms // _DAY_MS, kind, st.size, reclaimable)
+                if sessions is not None:
+                    for row in rows:
+                        sessions.add(row.session_id, COMMITTED if row.committed else UNCOMMITTED, st.size,
+                                     reclaimable)
+                if media_types is not None:
+                    meta = _read_sidecar(store, attachment_id)[0] if read_sidecars else None
+                    media_types.add(meta.media_type if meta is not None and meta.media_type else
+                                    UNKNOWN_MEDIA_TYPE, kind, st.size, reclaimable)
             for row in rows:
                 if row.committed:
                     out.rows_committed += 1
@@ -287,6 +412,10 @@ def stats(store: Store, view, now: int) -> Stats:
         rows = out.rows_committed + out.rows_uncommitted
         out.compacted_lines = compacted_lines(rows, out.rows_committed)
     out.torn_tail = view.torn_tail
+    for by, tally in ((DAY, days), (SESSION, sessions), (MEDIA_TYPE, media_types)):
+        if tally is not None:
+            out.series.append(tally.series(by, None if by == DAY else TOP_KEYS))
+    out.series.sort(key=lambda one: series.index(one.by))
     return out
 
 

@@ -184,6 +184,12 @@ class UI:
             self.records(cols, [[f.cell_of(r) for f in shown] for r in records], None, title)
         return len(records)
 
+    def charts(self, charts: Callable[[], Sequence["Chart"]]) -> None:
+        """Bar charts on a terminal (``charts`` builds them only then); nothing elsewhere."""
+        if sys.stdout.isatty():
+            self.wrote_data = True
+            print_charts([chart for chart in charts() if chart.rows])
+
     # -- stderr: people ------------------------------------------------------------
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -561,3 +567,92 @@ def human_bytes(n: int | None) -> str:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+# -- charts --------------------------------------------------------------------
+class Chart(FrozenRecord):
+    """A bar chart: a bar per row, each bar stacked from ``parts``.
+
+    ``parts``: ``(name, character, style)`` for each segment, in the order
+    stacked (the characters tell the parts apart without colour); ``rows``:
+    ``(label, [amount per part])``, amounts in bytes. ``caption`` is shown
+    under the bars after the legend.
+    """
+
+    __slots__ = ("title", "parts", "rows", "caption")
+
+    def __init__(self, title: str, parts: Sequence[tuple[str, str, str]],
+                 rows: Sequence[tuple[str, Sequence[int]]], caption: str = "") -> None:
+        self._set(title, tuple(parts), tuple(rows), caption)
+
+
+CHART_LABEL_MIN = 10  # labels get a third of the width, at least this (a day, 2026-11-26, fits)
+
+
+def print_charts(charts: Sequence[Chart]) -> None:
+    """Charts on stdout (a terminal), each after a blank line, as wide as the terminal."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    for chart in charts:
+        console.print()
+        console.print(_chart(chart, console.width))
+
+
+def render_chart(chart: Chart, width: int) -> str:
+    """The chart a terminal ``width`` columns wide shows, as text (for tests and previews)."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), force_terminal=False, highlight=False,
+                      color_system=None)
+    console.print(_chart(chart, width))
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def _chart(chart: Chart, width: int):
+    """Lines of ``label bar bytes``: labels escaped and cut to fit, the byte
+    counts right-aligned, the longest bar as wide as the rest leaves."""
+    from rich.cells import cell_len
+    from rich.console import Group
+    from rich.text import Text
+
+    labels = [escape_text(label) for label, _ in chart.rows]
+    totals = [sum(amounts) for _, amounts in chart.rows]
+    numbers = [human_bytes(t) for t in totals]
+    number_w = max((len(n) for n in numbers), default=0)
+    label_w = min(max((cell_len(label) for label in labels), default=1), max(CHART_LABEL_MIN, width // 3))
+    bar_w = max(width - label_w - number_w - 2, 1)
+    largest = max(totals, default=0)
+    lines = [Text(escape_text(chart.title), style="bold", no_wrap=True, overflow="ellipsis")]
+    for label, (_, amounts), total, number in zip(labels, chart.rows, totals, numbers):
+        line = Text(no_wrap=True, overflow="crop")
+        cut = _cut(label, label_w, "text")
+        line.append(cut + " " * (label_w - cell_len(cut)) + " ")
+        drawn = 0
+        for (_, char, style), cells in zip(chart.parts, _bar_cells(amounts, largest, bar_w)):
+            line.append(char * cells, style=style)
+            drawn += cells
+        line.append(" " * (bar_w - drawn) + " " + number.rjust(number_w))
+        lines.append(line)
+    legend = "  ".join(f"{char} {name}" for name, char, _ in chart.parts)
+    lines.append(Text(legend + (f"; {chart.caption}" if chart.caption else ""), style="dim"))
+    return Group(*lines)
+
+
+def _bar_cells(amounts: Sequence[int], largest: int, width: int) -> list[int]:
+    """How many cells each stacked part takes of a bar ``width`` long for
+    ``largest``: the boundaries rounded, so the parts add up to the bar; a
+    bar with any bytes at all gets a cell."""
+    if largest <= 0:
+        return [0] * len(amounts)
+    cells, done, edge = [], 0, 0
+    for amount in amounts:
+        done += amount
+        end = round(done * width / largest)
+        cells.append(end - edge)
+        edge = end
+    if edge == 0 and done > 0:
+        cells[max(range(len(amounts)), key=lambda i: amounts[i])] = 1
+    return cells

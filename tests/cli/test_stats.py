@@ -26,12 +26,21 @@ def test_stats_record_whole(cli, store, put_blobs, monkeypatch):
         "unmanaged_blobs": 1, "unmanaged_bytes": 7, "staging_files": 0, "staging_bytes": 0, "stray_files": 0,
         "orphan_sidecars": 0, "manifest_lines": document["manifest_lines"],
         "manifest_lines_after_compaction": document["manifest_lines_after_compaction"], "manifest_torn_tail": False,
+        "series": document["series"],
     }
+    day, session = document["series"]
+    assert (day["by"], session["by"]) == ("day", "session")
+    assert {k: sum(b[k] for b in day["buckets"]) for k in day["buckets"][0] if k != "key"} == {
+        "blobs": 3, "bytes": 17, "committed_bytes": 4, "uncommitted_bytes": 6, "unmanaged_bytes": 7,
+        "reclaimable_bytes": 6}
+    assert session["buckets"] == [{"key": "s", "blobs": 2, "bytes": 10, "committed_bytes": 4, "uncommitted_bytes": 6,
+                                   "unmanaged_bytes": 0, "reclaimable_bytes": 6}]
     assert list(document) == [
         "blobs", "blob_bytes", "blobs_by_state", "bytes_by_state", "rows_committed", "rows_uncommitted",
         "committed_rows_missing_bytes", "uncommitted_rows_missing_bytes", "orphans_reclaimable",
         "orphan_bytes_reclaimable", "unmanaged_blobs", "unmanaged_bytes", "staging_files", "staging_bytes",
-        "stray_files", "orphan_sidecars", "manifest_lines", "manifest_lines_after_compaction", "manifest_torn_tail"]
+        "stray_files", "orphan_sidecars", "manifest_lines", "manifest_lines_after_compaction", "manifest_torn_tail",
+        "series"]
     lines, compacted = str(document["manifest_lines"]), str(document["manifest_lines_after_compaction"])
     rows = [
         ["blobs", "3", "17"], ["  committed", "1", "4"], ["  uncommitted", "1", "6"], ["  unmanaged", "1", "7"],

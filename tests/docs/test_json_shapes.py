@@ -155,6 +155,7 @@ def outputs(tmp_path_factory) -> dict[str, object]:
     got["ls"] = run("ls")
     got["show"] = run("show", first)
     got["stats"] = run("stats")
+    got["stats (by media type)"] = run("stats", "--by", "media-type")
     got["verify"] = run("verify", code=65)  # the stray blob has no sidecar: an error
     got["forget"] = run("forget", "-n", "-s", "s2")
     got["reclaim"] = run("reclaim", "-n")

@@ -632,6 +632,7 @@ def test_stats_exact_counts(store, inputs):
     z = k["sizes"]
     assert len((store / "manifest.jsonl").read_bytes().splitlines()) == 14
     doc = as_json(ok(run(store, "--json", "stats")))
+    assert [series["by"] for series in doc.pop("series")] == ["day", "session"]
     assert doc == {
         "blobs": 5,
         "blob_bytes": z["committed"] + z["uncommitted"] + z["orphan"] + z["shared"] + z["unmanaged"],
