@@ -656,12 +656,20 @@ def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report
     if actual != attachment_id:
         finding = Finding("hash-mismatch", ERROR, path, attachment_id, f"content hashes to {actual}")
         if fix:
+            log, lost = store.audit, sorted({r.session_id for r in rows if not r.committed})
+            if log is not None:
+                log.write([log.item("quarantining", attachment_id, path=path, byte_len=size, sessions=lost,
+                                    reason=finding.message)])
             _forget_intents(view, rows)
             moved = quarantine(store, attachment_id, hashed)
             if moved is not None:
                 finding.repair = f"moved to {moved}"
             else:
                 finding.message += "; not quarantined: the file changed after it was hashed (re-run verify)"
+            if log is not None:
+                log.write([log.item("quarantined" if moved else "kept", attachment_id, path=path,
+                                    byte_len=size if moved else None, sessions=lost, reason=finding.message,
+                                    moved_to=moved)])
         report.findings.append(finding)
         return finding.repair is None
     meta, problem = _read_sidecar(store, attachment_id)
@@ -691,12 +699,19 @@ def _verify_stray(store: Store, stray: StrayFile, report: VerifyReport, *, fix: 
     finding = Finding(f"{stray.kind}-file" if stray.kind != "staging" else "staging-litter", severity,
                       stray.path, stray.attachment_id, stray.reason)
     if fix and stray.kind == "staging" and stray.mtime_ms <= now - grace:
+        log = store.audit
+        if log is not None:
+            log.write([log.item("deleting", None, path=stray.path, byte_len=stray.byte_len, reason=stray.reason)])
+        error = None
         try:
             remove_stray(store, stray)
             finding.repair = "removed (older than the grace period)"
         except (LashctlError, OSError) as exc:
-            reason = exc.message if isinstance(exc, LashctlError) else exc.strerror
-            finding.message += f"; could not remove: {reason}"
+            error = exc.message if isinstance(exc, LashctlError) else exc.strerror
+            finding.message += f"; could not remove: {error}"
+        if log is not None:
+            log.write([log.item("failed" if error else "deleted", None, path=stray.path,
+                                byte_len=None if error else stray.byte_len, reason=stray.reason, error=error)])
     report.findings.append(finding)
 
 
