@@ -237,16 +237,50 @@ class ProgressBar:
         """The total, once the work is planned (a bar started without one counts up)."""
         return None
 
+    def item(self, name: str) -> None:
+        """What the work is on now (the file ``put`` reads): shown in place of the description."""
+        return None
+
+
+# The widest an amount (``1023.9 MiB/1023.9 MiB``), a speed (``1023.9 MiB/s``)
+# and a time left (``12:00:00``) get: their columns are this wide from the
+# start, so that the bar neither wraps nor jumps as the figures grow.
+AMOUNT_WIDTH, SPEED_WIDTH, TIME_WIDTH = 21, 12, 8
+SPEED_FROM_WIDTH = 80  # narrower terminals drop the speed
+BAR_WIDTH = (10, 40)  # the bar's narrowest and widest
+LABEL_MAX_WIDTH = 40
+
+
+def progress_layout(width: int) -> tuple[int, int, bool]:
+    """(label width, bar width, whether the speed is shown) for a terminal of
+    ``width`` columns: one line, never wrapped (Rich leaves the last column
+    free, and a column between each two)."""
+    speed = width >= SPEED_FROM_WIDTH
+    fixed = AMOUNT_WIDTH + TIME_WIDTH + (SPEED_WIDTH if speed else 0)
+    gaps = 4 if speed else 3
+    room = max(width - 1 - fixed - gaps, 2)
+    bar = max(min(room - 30, BAR_WIDTH[1]), BAR_WIDTH[0])
+    label = max(min(room - bar, LABEL_MAX_WIDTH), 1)
+    return label, bar, speed
+
 
 class _RichProgressBar(ProgressBar):
-    def __init__(self, description: str, total: int | None, unit: str) -> None:
+    def __init__(self, description: str, total: int | None, unit: str, console: Any = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
 
-        amount = _iec_columns() if unit == "bytes" else [MofNCompleteColumn()]
+        console = console or Console(stderr=True)
+        label, bar, speed = progress_layout(console.width)
+        amount = _iec_columns(speed) if unit == "bytes" else [
+            MofNCompleteColumn(table_column=Column(width=AMOUNT_WIDTH, justify="right", no_wrap=True))]
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), *amount, TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True, redirect_stdout=False, redirect_stderr=False,
+            # A file name is cut with an ellipsis, never wrapped; markup off: "[" in a name is a "[".
+            TextColumn("{task.description}", markup=False,
+                       table_column=Column(width=label, no_wrap=True, overflow="ellipsis")),
+            BarColumn(bar_width=bar), *amount,
+            TimeRemainingColumn(table_column=Column(width=TIME_WIDTH, justify="right", no_wrap=True)),
+            console=console, transient=True, redirect_stdout=False, redirect_stderr=False,
         )
         self._task = self._progress.add_task(description, total=total)
 
@@ -263,10 +297,15 @@ class _RichProgressBar(ProgressBar):
     def set_total(self, total: int | None) -> None:
         self._progress.update(self._task, total=total)
 
+    def item(self, name: str) -> None:
+        self._progress.update(self._task, description=escape_text(name))
 
-def _iec_columns() -> list:
-    """Amount and speed in IEC units (Rich's own columns say MB, ls says MiB)."""
+
+def _iec_columns(speed: bool = True) -> list:
+    """Amount and speed in IEC units (Rich's own columns say MB, ls says MiB),
+    each in a column as wide as its widest figure."""
     from rich.progress import ProgressColumn
+    from rich.table import Column
     from rich.text import Text
 
     class IecAmount(ProgressColumn):
@@ -282,7 +321,11 @@ def _iec_columns() -> list:
             speed = task.finished_speed or task.speed
             return Text("?" if speed is None else f"{human_bytes(int(speed))}/s", style="progress.data.speed")
 
-    return [IecAmount(), IecSpeed()]
+    def fixed(width: int) -> Column:
+        return Column(width=width, justify="right", no_wrap=True)
+
+    columns = [IecAmount(table_column=fixed(AMOUNT_WIDTH))]
+    return columns + [IecSpeed(table_column=fixed(SPEED_WIDTH))] if speed else columns
 
 
 def _dumps(document: Any, indent: int | None) -> str:

@@ -103,7 +103,7 @@ def put(
         if show_bar:
             # Ids are printed after the bar is gone, so stdout and the bar never mix.
             with ui.progress("storing", _known_size(inputs) or None) as bar:
-                for result in transfer.put(store, sources, options, progress=bar.advance):
+                for result in transfer.put(store, [_named(s, bar) for s in sources], options, progress=bar.advance):
                     landed.append(result)
         else:
             for result in transfer.put(store, sources, options):
@@ -190,6 +190,20 @@ def _print_results(ui, results: list) -> None:
         sys.stdout.flush()
         return
     ui.emit_json([item(STORED, result) for result in results])
+
+
+def _named(source, bar):
+    """``source``, whose opening names it on the bar: the bar shows the file it is on."""
+    from lashctl import transfer
+
+    name = "standard input" if source.name == "-" else os.path.basename(source.name) or source.name
+    opener = source.opener
+
+    def opened():
+        bar.item(name)
+        return opener()
+
+    return transfer.PutSource(source.name, opened, source.label)
 
 
 def _known_size(paths: list[str]) -> int:
