@@ -175,6 +175,10 @@ def outputs(tmp_path_factory) -> dict[str, object]:
     make_session_db(sessions, "s9")
     run("put", "-s", "s9", data("e", b"in a session database"), manifest=f"lash-sqlite:{sessions}")
     got["manifest check (lash-sqlite)"] = run("manifest", "check", manifest=f"lash-sqlite:{sessions}")
+    # A real delete writes the audit log that audit and show (of the id now gone) read.
+    run("delete", "--force", second)
+    got["audit"] = run("audit")
+    got["show (gone)"] = run("show", second, code=3)
     got["error"] = run("get", "0000", code=3)
     got["error (usage)"] = run("get", "--no-such-option", code=2)
     return got
