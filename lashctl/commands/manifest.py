@@ -96,7 +96,7 @@ def _check_databases(state) -> None:
 @app.command("log", epilog="""Examples:
 
     lashctl manifest log --id 5f5d584c5857
-    lashctl manifest log -s s-42 --op commit --since 2026-11-01 | cut -f2- | jq .
+    lashctl manifest log -s s-42 --op commit --since 2026-11-01 | jq .
 
 Exit codes: 0 printed (also when nothing matched); 2 usage error (bad ID, OP or TIMESTAMP); 65 corrupt manifest.""")
 def log(
@@ -115,11 +115,11 @@ def log(
     ] = None,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Print raw manifest events, one per line, each after its line number.
+    """Print raw manifest events, one JSON object per line, for reading or for jq.
 
-    Each line is the event's line number in the file, a tab, and the event as
-    one JSON object: the number is what a hand fix needs, and `cut -f2-`
-    leaves the JSON for jq. Filters combine. A time filter keeps only events
+    On a terminal each event follows its line number in the file and a tab
+    (the line a hand fix opens); on a pipe the events come alone, ready for
+    jq. Filters combine. A time filter keeps only events
     that carry a time (intent and commit). With --json: one array of {line,
     event} objects.
     """
@@ -149,6 +149,7 @@ def log(
             state.ui.warn(describe_malformed(exc))
 
     manifest = jsonl_only(state, "log")
+    numbered = state.ui.stdout_is_terminal()
     for lineno, event in manifest.iter_events(on_error=mark):
         if prefix is not None and not str(event.get("attachment_id", "")).startswith(prefix):
             continue
@@ -163,8 +164,10 @@ def log(
         if state.ui.json:
             matched.append({"line": lineno, "event": event})
         else:
-            # Compact JSON holds no raw tab: `cut -f2-` gives back the event.
-            state.ui.exact_line(f"{lineno}\t" + inert_json(json.dumps(event, separators=(",", ":"), ensure_ascii=False)))
+            # On a terminal each event follows its line number (what a hand fix
+            # opens); on a pipe the events alone, ready for jq.
+            text = inert_json(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+            state.ui.exact_line(f"{lineno}\t{text}" if numbered else text)
     if state.ui.json:
         state.ui.emit_json(matched)
     if malformed:

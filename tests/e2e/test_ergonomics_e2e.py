@@ -239,22 +239,23 @@ def test_read_only_inspection_goes_on_past_a_malformed_line_and_exits_65(tmp_pat
         assert len(result.stdout.splitlines()) == (3 if command == ["manifest", "log"] else 2), result.stdout
 
 
-def test_manifest_log_numbers_the_lines_of_the_file_and_cut_leaves_json(tmp_path):
-    """A hand fix needs the line number; ``cut -f2-`` gives jq the events
-    (compact JSON holds no raw tab)."""
-    import subprocess
+def test_manifest_log_gives_jq_the_events_on_a_pipe_and_numbers_them_on_a_terminal(tmp_path):
+    """A pipe gets the events alone (``manifest log | jq`` works); a person
+    at a terminal sees each after its line number, what a hand fix opens."""
+    from test_terminal_e2e import run_tty
 
     store = _damaged(tmp_path)
+    file_lines = (store / "manifest.jsonl").read_bytes().splitlines()
     result = run(["--store", store, "manifest", "log"])
     assert result.returncode == 65
-    file_lines = (store / "manifest.jsonl").read_bytes().splitlines()
-    numbered = result.stdout.decode().splitlines()
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [json.loads(file_lines[n]) for n in (0, 1, 3)]
+    screen, _err, code = run_tty(["--store", store, "manifest", "log"], 200)
+    assert code == 65
+    numbered = [line for line in screen.splitlines() if line.strip()]
     assert [int(line.split("\t")[0]) for line in numbered] == [1, 2, 4], numbered
     for line in numbered:
         number, _, event = line.partition("\t")
         assert json.loads(event) == json.loads(file_lines[int(number) - 1])
-    cut = subprocess.run(["cut", "-f2-"], input=result.stdout, capture_output=True, check=True).stdout
-    assert [json.loads(line) for line in cut.splitlines()] == [json.loads(file_lines[n]) for n in (0, 1, 3)]
 
 
 def test_manifest_log_json_marks_the_malformed_line(tmp_path):
