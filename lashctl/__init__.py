@@ -69,13 +69,24 @@ def _restore_signals(replaced: dict) -> None:
 
 
 def main(prog_name: str = "lashctl") -> None:
-    """Console-script entry point. The command-line app is loaded and run
-    inside this guard: Ctrl-C (or SIGTERM, SIGHUP) while it loads or builds
-    its commands says the one line (and exit code) it says during a
+    """Console-script entry point. A TAB (``_LASHCTL_COMPLETE`` set) is
+    answered by ``lashctl.completion.answer`` before anything imports
+    Typer; anything else loads and runs the command-line app. Both run
+    inside this guard: Ctrl-C (or SIGTERM, SIGHUP) while the app loads or
+    builds its commands says the one line (and exit code) it says during a
     command, never a traceback."""
     replaced: dict = {}
     try:
         replaced = _handle_job_signals()
+        import os
+
+        if os.environ.get("_LASHCTL_COMPLETE"):
+            # A TAB: answered from the completion table, without loading Typer or the commands.
+            from lashctl.completion import answer
+
+            code = answer()
+            if code is not None:
+                raise SystemExit(code)
         from lashctl.cli import main as run
 
         run(prog_name)  # a command's own interrupt report ends in SystemExit(128 + signal), not here

@@ -36,6 +36,18 @@ def test_completion_scripts_are_fresh():
         assert "_LASHCTL_COMPLETE" in (ROOT / "completions" / name).read_text()
 
 
+def test_completion_table_is_fresh():
+    """lashctl/_completion_table.py, what a TAB is answered from, is generated
+    from the app; regenerate it when commands or options change:
+    python scripts/generate_completion_table.py
+    """
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate_completion_table.py"), "--check"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize("name", sorted(commands()))
 def test_every_command_has_help_and_a_docs_section(name):
     command = commands()[name]
