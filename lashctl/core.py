@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from heapq import merge
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from lashctl.errors import NotFound, Refused, UsageError
 from lashctl.fold import Row
 from lashctl.ids import IdQuery, is_utf8_text
 from lashctl.text import has_control
 from lashctl.timefmt import parse_duration
+
+if TYPE_CHECKING:
+    from lashctl.backends.base import ManifestWriter
 
 MIN_GRACE_MS = 60_000
 DEFAULT_GRACE = "24h"
@@ -78,7 +81,7 @@ class Store:
         return self.manifest.index()
 
     @contextmanager
-    def exclusive(self, *, dry_run: bool, sweep: bool = True) -> Iterator[object]:
+    def exclusive(self, *, dry_run: bool, sweep: bool = True) -> Iterator[ManifestWriter]:
         """The manifest view a destructive command works on: under the sweep
         (or writer) lock, or, for a dry run, a snapshot taken without one.
         The blob backend stays open for the whole block."""
@@ -242,7 +245,7 @@ def by_id(store: Store, view) -> Iterator[tuple[str, bool, list[Row]]]:
     blobs = ((i, True, None) for i in store.blobs.iter_ids())
     rows = ((g[0].attachment_id, False, g) for g in view.rows_by_id()) if view is not None else iter(())
     current: str | None = None
-    present, found = False, []
+    present, found = False, []  # type: bool, list[Row]
     for attachment_id, is_blob, group in merge(blobs, rows, key=lambda t: t[0]):
         if attachment_id != current:
             if current is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from functools import partial
+from typing import Any, Callable, Iterator, cast
 
 from lashctl import faults, media, sidecar
 from lashctl.backends.base import LAYOUT_SIDECARS, BlobStat
@@ -346,11 +347,11 @@ class _Tally:
             ordered = sorted(self.buckets, key=lambda k: (-self.buckets[k].bytes, k))
             self._fold(ordered[top:])
             ordered = ordered[:top]
-        buckets: list[tuple[str | None, Bucket]] = [(k, self.buckets[k]) for k in ordered]
+        buckets: list[tuple[Any, Bucket]] = [(k, self.buckets[k]) for k in ordered]
         if by == DAY:
             from lashctl.timefmt import iso_ms
 
-            buckets = [(iso_ms(k * _DAY_MS)[:10], b) for k, b in buckets]
+            buckets = [(cast(str, iso_ms(k * _DAY_MS))[:10], b) for k, b in buckets]
         if self.other_keys:
             buckets.append((None, self.other))
         return Series(by, buckets, self.other_keys, self.approximate)
@@ -374,8 +375,8 @@ def stats(store: Store, view, now: int, series: tuple[str, ...] = ()) -> Stats:
                 out.blob_bytes += st.size
                 out.blobs_by_state[kind] += 1
                 out.bytes_by_state[kind] += st.size
-                reclaimable = (aged_rows(rows, cutoff) and live_reason(rows, cutoff, view) is None
-                               and st.mtime_ms <= cutoff)  # bytes written since are spared, as reclaim does
+                reclaimable = bool(aged_rows(rows, cutoff) and live_reason(rows, cutoff, view) is None
+                                   and st.mtime_ms <= cutoff)  # bytes written since are spared, as reclaim does
                 if reclaimable:
                     out.orphans_reclaimable += 1
                     out.orphan_bytes_reclaimable += st.size
@@ -409,8 +410,7 @@ def stats(store: Store, view, now: int, series: tuple[str, ...] = ()) -> Stats:
     if out.manifest_lines is not None:
         from lashctl.fold import compacted_lines
 
-        rows = out.rows_committed + out.rows_uncommitted
-        out.compacted_lines = compacted_lines(rows, out.rows_committed)
+        out.compacted_lines = compacted_lines(out.rows_committed + out.rows_uncommitted, out.rows_committed)
     out.torn_tail = view.torn_tail
     for by, tally in ((DAY, days), (SESSION, sessions), (MEDIA_TYPE, media_types)):
         if tally is not None:
@@ -522,7 +522,7 @@ def _settle(store: Store, report: VerifyReport) -> None:
     went with it (a sweep); rows that still reference it are reported as
     their bytes missing. Up to ``_SETTLE_LIMIT`` ids."""
     passing = [f for f in report.findings if f.kind in _PASSING and f.repair is None and f.attachment_id is not None]
-    ids = sorted({f.attachment_id for f in passing})
+    ids: list[str] = sorted({f.attachment_id for f in passing if f.attachment_id is not None})
     if not ids or len(ids) > _SETTLE_LIMIT:
         return
     # The store, the manifest, then the store again: a sweep deletes bytes
@@ -531,7 +531,7 @@ def _settle(store: Store, report: VerifyReport) -> None:
     unreadable = {f.attachment_id for f in passing if f.kind == "unreadable"}
     present = {i: _still_there(store, i, i in unreadable) for i in ids}
     sidecar = {f.attachment_id: _still_there(store, f.attachment_id, False, sidecar=True)
-               for f in passing if f.kind in ("sidecar-missing", "orphan-sidecar-file")}
+               for f in passing if f.kind in ("sidecar-missing", "orphan-sidecar-file") and f.attachment_id is not None}
     with store.manifest.reading(tolerant=True) as fresh:
         now_rows = {i: [r for group in fresh.rows_by_id(i) for r in group if r.attachment_id == i]
                     for i in ids if present[i] is False}
@@ -541,14 +541,14 @@ def _settle(store: Store, report: VerifyReport) -> None:
     unsure = {i for i in ids if present[i] is None or sidecar.get(i, False) is None}
     kept: list[Finding] = []
     for f in report.findings:
-        i = f.attachment_id
-        if f.kind not in _PASSING or f.repair is not None or i is None or i in unsure:
+        fid = f.attachment_id
+        if f.kind not in _PASSING or f.repair is not None or fid is None or fid in unsure:
             kept.append(f)
-        elif f.kind == "unreadable" and present[i]:
+        elif f.kind == "unreadable" and present[fid]:
             kept.append(f)
-        elif f.kind == "sidecar-missing" and present[i] and not sidecar[i]:
+        elif f.kind == "sidecar-missing" and present[fid] and not sidecar[fid]:
             kept.append(f)
-        elif f.kind == "orphan-sidecar-file" and sidecar[i] and not present[i]:
+        elif f.kind == "orphan-sidecar-file" and sidecar[fid] and not present[fid]:
             kept.append(f)
     # Rows that reference bytes not there now, whatever verify saw before.
     for i, rows in now_rows.items():
@@ -605,7 +605,7 @@ def _hashed_ahead(store: Store, items: Iterator[tuple[str, bool, list[Row]]], pr
     limit = store.blobs.parallel_reads
     if limit <= 1:
         for attachment_id, present, rows in items:
-            yield attachment_id, present, rows, (lambda i=attachment_id: store.blobs.hash(i, progress))
+            yield attachment_id, present, rows, partial(store.blobs.hash, attachment_id, progress)
         return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor

@@ -13,7 +13,7 @@ import stat
 import time
 from itertools import islice
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from lashctl import faults, media, sidecar
 from lashctl.backends import is_url
@@ -393,10 +393,10 @@ def _rendered_rows(store: Store, view, cutoff: int | None, session: str | None, 
     if chunks is None:
         rows = view.uncommitted(cutoff, session)
         while chunk := [_describe_row(store, row) for row in islice(rows, 2000)]:
-            yield chunk
+            yield list[str | UncommittedRow | None](chunk)
         return
 
-    def described(values: tuple) -> UncommittedRow | None:
+    def described(values: Any) -> UncommittedRow | None:
         row = view.rendered_row(values)
         return None if row is None else _describe_row(store, row)
 
@@ -404,7 +404,7 @@ def _rendered_rows(store: Store, view, cutoff: int | None, session: str | None, 
 
     # One template (and its clock) over the whole listing.
     for chunk in rendered_uncommitted(chunks, form, now, store.blobs.absent_shards):
-        yield [item if type(item) is str else described(item) for item in chunk]
+        yield [item if isinstance(item, str) else described(item) for item in chunk]
 
 
 def _describe_row(store: Store, row: Row) -> UncommittedRow:
@@ -467,7 +467,7 @@ def commit(store: Store, session: str, queries: list[IdQuery]) -> list[CommitRes
         results, events, done = [], [], set()
         for query, attachment_id in zip(queries, resolved):
             row = rows.get((session, attachment_id)) if attachment_id is not None else None
-            if row is None:
+            if row is None or attachment_id is None:
                 status = NO_INTENT
             elif attachment_id in done:
                 status = ALREADY_COMMITTED

@@ -413,7 +413,8 @@ def uncommitted_where(cutoff_ms: int | None, session: str | None, *, suffix: str
     a cutoff, of a session, for a table whose time columns are
     ``committed_at<suffix>`` and ``intent_at<suffix>``, with ``mark`` the
     driver's placeholder."""
-    conds, params = [f"committed_at{suffix} IS NULL"], []
+    conds: list[str] = [f"committed_at{suffix} IS NULL"]
+    params: list[object] = []
     if cutoff_ms is not None:
         conds.append(f"intent_at{suffix} <= {mark}")
         params.append(cutoff_ms)

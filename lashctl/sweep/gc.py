@@ -121,7 +121,7 @@ def _gc_blobs(store: Store, view, candidates: dict[str, BlobStat], cutoff: int, 
         if log is not None:
             log.write([log.item("deleting", i, path=store.blobs.where(i), byte_len=st.size, reason=UNREFERENCED)
                        for i, st in batch])
-        outcomes = []
+        outcomes: list[tuple] = []
         for attachment_id, st in batch:
             if shared and not dry_run:
                 # Writers go on during a sweep of a shared manifest: look again just before.
