@@ -320,10 +320,11 @@ def _parse(ctx: _Context, args: list[str]) -> None:
             words = words[star:]
             values = [front[i] if i < len(front) else None for i in range(star)]
             back_count = len(spec) - star - 1
-            back = words[len(words) - back_count:] if back_count else []
+            back: list[str | None] = list(words[len(words) - back_count:]) if back_count else []
             middle = words[:len(words) - back_count] if back_count else words
             if back_count and len(back) < back_count:
-                back = [None] * (back_count - len(back)) + back
+                missing: list[str | None] = [None] * (back_count - len(back))
+                back = missing + back
             values.append(tuple(middle))
             values.extend(back)
             words = []

@@ -261,3 +261,23 @@ def test_a_line_the_table_leaves_goes_on_to_typer(place, monkeypatch):
     result = subprocess.run([sys.executable, "-c", "import lashctl; lashctl.main()"], capture_output=True,
                             text=True, env=env)
     assert result.returncode == 0 and result.stdout.splitlines() == [f"lashctl {lashctl.__version__}", "get", "gc"]
+
+
+@pytest.mark.parametrize("spec", [[1], [-1], [1, 1], [1, -1], [-1, 1], [1, -1, 1], [-1, 1, 1]])
+def test_positional_arguments_are_shared_out_as_click_does(spec):
+    """Commands to come may take several arguments: the replay gives each the words Click gives it."""
+    from typer._click.parser import _unpack_args
+
+    arguments = [dict.fromkeys(FIELDS) | {"kind": "argument", "name": f"a{i}", "nargs": n, "opts": (f"a{i}",),
+                                          "secondary": ()} for i, n in enumerate(spec)]
+    node = {"interspersed": True, "_params": (arguments, {}, {}), "late_store": None}
+    for count in range(5):
+        words = [f"w{i}" for i in range(count)]
+        ctx = completion._Context(node, None)
+        completion._parse(ctx, words)
+        expected, rest = _unpack_args(words, spec)
+        for argument, value in zip(arguments, expected):
+            if value == ():
+                value = None
+            assert ctx.given.get(argument["name"]) == value, (spec, words)
+        assert ctx.rest == rest
