@@ -175,8 +175,8 @@ def bench_startup(ctx: Context) -> None:
     pp = s["python_pass"].median
     ctx.add(Result("startup", "start-up: put 2 KiB vs python -c pass", "info",
                    s["put"].median, pp, baseline_label="python"))
-    ctx.add(Result("startup", "start-up: completion vs python -c pass", "info",
-                   s["complete"].median, pp, baseline_label="python"))
+    ctx.add(Result("startup", "start-up: bash completion vs python -c pass", "ratio",
+                   s["complete"].median, pp, 1.50, baseline_label="python"))
     ctx.add(Result("startup", "start-up: bare app put vs python -c pass", "info",
                    s["bare_put"].median, pp, baseline_label="python"))
     if no_pyc:
