@@ -108,7 +108,10 @@ def _first_line(block: bytes) -> tuple[int, bytes]:
 
 def _fold_lines(block: bytes, lineno: int, data_offset: int, path: Path, fold: Callable[[list], None]) -> int:
     """Parse a block line by line with ``parse_line`` (which names a bad line
-    exactly) and fold its events; return the line number of its last line."""
+    exactly) and fold its events (``fast.fold_into``); return the line number
+    of its last line."""
+    from lashctl.backends.manifests.jsonl.fast import from_event
+
     lines = block.split(b"\n")
     slow = []
     for i, raw in enumerate(lines):
@@ -119,10 +122,98 @@ def _fold_lines(block: bytes, lineno: int, data_offset: int, path: Path, fold: C
             except Corrupt as exc:
                 fold(slow)
                 raise _BadLine(exc, lines, i, lineno, data_offset) from None
-            if event["op"] != "header":
-                slow.append(Event.from_json(event))
+            slow.append(from_event(event))
     fold(slow)
     return lineno
+
+
+def read_blocks(fd: int, pos: int, size: int, tail: list[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
+    """The file from ``pos`` to ``size`` as blocks of complete lines: per
+    chunk read, ``(file offset, the lines without their last newline)``.
+    The unterminated rest is left in ``tail``."""
+    carry = b""  # an incomplete line carried into the next chunk
+    while pos < size:
+        try:
+            chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+        except OSError as exc:
+            raise StoreIOError.wrap("read", path, exc) from exc
+        if not chunk:
+            break
+        pos += len(chunk)
+        data = carry + chunk if carry else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            continue
+        carry = data[cut + 1:]
+        block = data[:cut]
+        del data
+        yield pos - len(carry) - cut - 1, block
+    tail.append(carry)
+
+
+class FastFold:
+    """The whole log folded in memory from byte 0, the way a build reads it:
+    blocks of lines in the form every writer of this format uses are decoded
+    and validated in C (``fast.decode_block``), any other block is parsed
+    line by line (``_fold_lines``, which names a bad line exactly), and both
+    are folded by ``fast.fold_into`` into ``rows``.
+
+    ``run`` raises ``_BadLine`` at a malformed line, having folded the lines
+    before it; the attributes then describe those lines.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from lashctl.backends.manifests.jsonl.fast import fold_into
+
+        self.path = path
+        self.rows: dict = {}
+        self._fold = fold_into(self.rows)
+        self.lineno = 0  # complete lines read
+        self.events = 0  # events among them (blank lines are none)
+        self.done_offset = 0  # the end of the last complete line
+        self.first_len, self.first_sha = 0, None
+        self.last_line = b""
+        self.tail: list[bytes] = []
+
+    def run(self, fd: int, size: int) -> None:
+        import gc
+
+        from lashctl.backends.manifests.jsonl.fast import decode_block
+
+        fold = self._fold
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a million small containers, none of them cyclic: no collections while they grow
+        try:
+            for data_offset, block in read_blocks(fd, 0, size, self.tail, self.path):
+                if self.lineno == 0:
+                    self.first_len, self.first_sha = _first_line(block)
+                count = block.count(b"\n") + 1
+                # (a byte-order mark before line 1 is parse_line's business)
+                events = None if self.lineno == 0 and block.startswith(_BOM) else decode_block(block, count)
+                if events is not None:
+                    fold(events)
+                    self.lineno += count
+                    self.events += count
+                else:
+                    before = self.lineno
+                    try:
+                        self.lineno = _fold_lines(block, before, data_offset, self.path, fold)
+                    except _BadLine as bad:
+                        good = bad.lines[:bad.index_in_block]
+                        if good:
+                            self.done_offset = bad.data_offset + sum(map(len, good)) + len(good)
+                            self.last_line = good[-1]
+                        self.events += sum(1 for raw in good if raw.strip())
+                        self.lineno = bad.lineno - 1
+                        raise
+                    self.events += sum(1 for raw in block.split(b"\n") if raw.strip())
+                self.done_offset = data_offset + len(block) + 1
+                self.last_line = block[block.rfind(b"\n") + 1:]
+                del block
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
 
 class LogSync:
@@ -316,80 +407,21 @@ class LogSync:
 
     def _build(self, conn: sqlite3.Connection, fd: int, meta: Meta, size: int) -> bytes:
         """``_consume`` from byte 0 into the empty table: the whole log folded in
-        memory (``fold_rows``), then written once, in primary-key order.
-
-        Blocks of lines in the form every writer of this format uses are
-        decoded and validated in C (``fast.decode_block``); any other block is
-        parsed line by line (``_fold_lines``), which names a bad line exactly.
-        """
-        import gc
-
-        from lashctl.backends.manifests.jsonl.fast import KINDS, decode_block
-        from lashctl.fold import fold_rows
-
-        path = self.manifest.path
-        rows: dict = {}
-        fold = fold_rows(rows, KINDS)
-        lineno, done_offset = 0, 0
-        first_len, first_sha = meta.first_len, meta.first_sha
-        last_line = b""
-        tail: list[bytes] = []
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # a million small containers, none of them cyclic: no collections while they grow
+        memory (``FastFold``), then written once, in primary-key order."""
+        folded = FastFold(self.manifest.path)
         try:
-            for data_offset, block in self._blocks(fd, 0, size, tail):
-                if lineno == 0:
-                    first_len, first_sha = _first_line(block)
-                count = block.count(b"\n") + 1
-                # (a byte-order mark before line 1 is parse_line's business)
-                events = None if lineno == 0 and block.startswith(_BOM) else decode_block(block, count)
-                if events is not None:
-                    fold(events)
-                    lineno += count
-                else:
-                    lineno = _fold_lines(block, lineno, data_offset, path, fold)
-                done_offset = data_offset + len(block) + 1
-                last_line = block[block.rfind(b"\n") + 1:]
-                del block
+            folded.run(fd, size)
         except _BadLine as bad:
             # Keep what precedes the bad line, as _consume does.
-            good = bad.lines[:bad.index_in_block]
-            if good:
-                done_offset = bad.data_offset + sum(map(len, good)) + len(good)
-                last_line = good[-1]
-            store.write_rows(conn, rows)
-            meta.advance(done_offset, bad.lineno - 1, first_len, first_sha, last_line)
-            raise bad.error
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        store.write_rows(conn, rows)
-        meta.advance(done_offset, lineno, first_len, first_sha, last_line)
-        return tail[0]
+            store.write_folded(conn, folded.rows)
+            meta.advance(folded.done_offset, folded.lineno, folded.first_len, folded.first_sha, folded.last_line)
+            raise bad.error from None
+        store.write_folded(conn, folded.rows)
+        meta.advance(folded.done_offset, folded.lineno, folded.first_len, folded.first_sha, folded.last_line)
+        return folded.tail[0]
 
     def _blocks(self, fd: int, pos: int, size: int, tail: list[bytes]) -> Iterator[tuple[int, bytes]]:
-        """The log from ``pos`` to ``size`` as blocks of complete lines: per
-        chunk read, ``(file offset, the lines without their last newline)``.
-        The unterminated rest is left in ``tail``."""
-        carry = b""  # an incomplete line carried into the next chunk
-        while pos < size:
-            try:
-                chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
-            except OSError as exc:
-                raise StoreIOError.wrap("read", self.manifest.path, exc) from exc
-            if not chunk:
-                break
-            pos += len(chunk)
-            data = carry + chunk if carry else chunk
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry = data
-                continue
-            carry = data[cut + 1:]
-            block = data[:cut]
-            del data
-            yield pos - len(carry) - cut - 1, block
-        tail.append(carry)
+        return read_blocks(fd, pos, size, tail, self.manifest.path)
 
     def _tail(self, conn: sqlite3.Connection, raw: bytes, lineno: int) -> None:
         """A final line without "\\n", as ``iter_events`` treats it; never consumed."""

@@ -47,8 +47,8 @@ from lashctl.fsutil import (
     write_all,
     write_file_atomic,
 )
-from lashctl.fold import INTENT, LOG_OPS, Event, Row, compacted_lines, step
-from lashctl.ids import is_utf8_text, is_valid_id
+from lashctl.fold import LOG_OPS, Event, Row, compacted_lines, step
+from lashctl.ids import URI_SCHEME, is_utf8_text, is_valid_id
 from lashctl.record import Record
 from lashctl.text import escape_text, loads_strict, say
 from lashctl.timefmt import MAX_EPOCH_MS  # a time past year 9999 is corruption, not a date
@@ -179,6 +179,37 @@ def encode_events(events: Iterable["dict | Event"]) -> bytes:
         + b"\n"
         for e in events
     )
+
+
+_CHUNK_ROWS = 32_768  # rows formatted per encode into the growing buffer
+
+
+def encode_compacted(rows: Iterable[tuple]) -> tuple[bytearray, int]:
+    """A compacted log: the header, then for each row ``(attachment_id,
+    session_id, canonical_uri, intent_at_ms, committed_at_ms)`` (a None URI is
+    the canonical one) its intent and, if committed, its commit. Byte for
+    byte what ``encode_events`` writes for those events (strings escaped by
+    the function ``json.dumps`` uses without ``ensure_ascii``; an id is hex),
+    formatted directly. Returns the bytes and their line count."""
+    from json.encoder import encode_basestring as quoted
+
+    out = bytearray(encode_events([HEADER]))
+    lines = 1
+    chunk: list[str] = []
+    add = chunk.append
+    for aid, session, uri, intent_at, committed_at in rows:
+        head = f'"attachment_id":"{aid}","session_id":{quoted(session)}'
+        uri = quoted(uri) if uri is not None else f'"{URI_SCHEME}{aid}"'
+        add(f'{{"op":"intent",{head},"canonical_uri":{uri},"intent_at_epoch_ms":{intent_at}}}\n')
+        if committed_at is not None:
+            add(f'{{"op":"commit",{head},"committed_at_epoch_ms":{committed_at}}}\n')
+        if len(chunk) >= _CHUNK_ROWS:
+            lines += len(chunk)
+            out += "".join(chunk).encode("utf-8")
+            chunk.clear()
+    lines += len(chunk)
+    out += "".join(chunk).encode("utf-8")
+    return out, lines
 
 
 def _is_epoch_ms(value: object) -> bool:
@@ -585,23 +616,25 @@ class Manifest:
         """
         if self._lock_fd is None:
             raise RuntimeError("Manifest.compact called without holding the lock")
-        events: list = [HEADER]
-        for row in state.rows.values():
-            events.append(Event(INTENT, row.attachment_id, row.session_id, row.intent_at_epoch_ms,
-                                row.canonical_uri))
-            if row.committed_at_epoch_ms is not None:
-                events.append(
-                    Event.commit(row.attachment_id, row.session_id, row.committed_at_epoch_ms)
-                )
+        data, lines = encode_compacted(
+            (row.attachment_id, row.session_id, row.canonical_uri, row.intent_at_epoch_ms, row.committed_at_epoch_ms)
+            for row in state.rows.values())
+        return self.replace_log(data, lines, written)
+
+    def replace_log(self, data: bytes | bytearray, lines: int,
+                    written: Callable[[bytes, int], None] | None = None) -> int:
+        """Make ``data`` (``lines`` lines, a compacted log) the manifest,
+        atomically. Must hold the lock. ``written`` as for ``compact``."""
+        if self._lock_fd is None:
+            raise RuntimeError("Manifest.compact called without holding the lock")
         before = cachedir.stat_or_none(self.path)
-        data = encode_events(events)
         # Staged beside the real file (never the link): the rename must not
         # cross file systems, and a symlinked manifest stays a symlink.
         write_file_atomic(self.path, data)
         cachedir.record_own_write(self.path, before, None, cachedir.REWRITE)
         if written is not None:
-            written(data, len(events))
-        return len(events)
+            written(data, lines)
+        return lines
 
     # -- litter ------------------------------------------------------------------
     def litter(self) -> list[tuple[str, os.stat_result]]:

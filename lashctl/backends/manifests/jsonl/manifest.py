@@ -308,10 +308,9 @@ class JsonlManifest(ManifestBackend):
             folded = self.log.read_state()
             committed = sum(1 for r in folded.rows.values() if r.committed)
             return folded.lines, compacted_lines(len(folded.rows), committed), len(folded.rows)
-        with self.log.locked():
-            folded = self.log.read_state()
-            after = self.compact(folded) if self.log.path.exists() else 0
-        return folded.lines, after, len(folded.rows)
+        from lashctl.backends.manifests.jsonl.compact import compact_log
+
+        return compact_log(self.log)  # one read, one write, one insert into the cache
 
     def compact(self, state: ManifestState) -> int:
         """Rewrite the log as ``state`` (under its lock) and keep that state as its cache."""
