@@ -20,6 +20,7 @@ _CONTROL_RANGES = (
     r"\u202a-\u202e"  # bidi embeddings and overrides
     r"\u2066-\u2069"  # bidi isolates
     r"\u2028\u2029"  # line and paragraph separators
+    r"\u00ad\u180e\u200b-\u200d\u2060-\u2064\ufeff\ufff9-\ufffb"  # invisible format characters
 )
 # The backslash is escaped too, so that a label spelling "\x1b" cannot pass
 # for an escaped control character. So are lone surrogates: the bytes 0x80-0xff

@@ -212,6 +212,9 @@ CONTROL_CHARS = [
     "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
     "\u2066", "\u2067", "\u2068", "\u2069",
     "\u2028", "\u2029",
+    # invisible format characters: two names that look the same must not look the same
+    "\u00ad", "\u180e", "\u200b", "\u200c", "\u200d", "\u2060", "\u2061", "\u2062", "\u2063", "\u2064",
+    "\ufeff", "\ufff9", "\ufffa", "\ufffb",
 ]
 
 
@@ -234,6 +237,7 @@ def test_every_control_character_is_escaped_visibly(char):
         ("one\ntwo\tthree\rfour", "one\\ntwo\\tthree\\rfour"),
         ("csi\x9b2J", "csi\\x9b2J"),
         ("para\u2029graph", "para\\u2029graph"),
+        ("o\u200bk", "o\\u200bk"),
         ("back\\slash", "back\\\\slash"),
         ("forged \\x1b", "forged \\\\x1b"),
     ],
