@@ -159,6 +159,7 @@ def test_nan_or_infinity_in_a_manifest_line_is_corruption(cli, store, put_blobs,
     ('{"op":"forget","session_id":"A","attachment_id":"' + "a" * 64 + '"} trailing', "Extra data at column 117"),
     ('{"op": "intent", "session_id": "A",, }', "Expecting property name enclosed in double quotes at column 36"),
     ('{"op":"forget","session_id":"\xe9', "invalid UTF-8 at byte 30"),
+    ('{"op":"forget","session_id":"a\x01b"}', "Invalid control character at column 31"),
 ])
 def test_a_malformed_line_names_its_column(cli, store, put_blobs, bad, where):
     """A hand fix needs the place on the line, not only the line."""

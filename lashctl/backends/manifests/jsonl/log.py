@@ -270,7 +270,9 @@ def parse_line(raw: bytes, lineno: int, path: Path) -> dict:
     except UnicodeDecodeError as exc:
         raise Corrupt(f"{path}:{lineno}: malformed manifest line: invalid UTF-8 at byte {bom + exc.start + 1}") from exc
     except json.JSONDecodeError as exc:
-        raise Corrupt(f"{path}:{lineno}: malformed manifest line: {exc.msg} at column {exc.colno}") from exc
+        # json's own messages may end in "at" ("Invalid control character at"): one "at" only.
+        problem = exc.msg[:-3] if exc.msg.endswith(" at") else exc.msg
+        raise Corrupt(f"{path}:{lineno}: malformed manifest line: {problem} at column {exc.colno}") from exc
     except ValueError as exc:  # e.g. an integer too long to convert
         raise Corrupt(f"{path}:{lineno}: malformed manifest line: {exc}") from exc
     except RecursionError as exc:
