@@ -168,7 +168,8 @@ def _chart(series) -> Chart:
 def _periods(days: list) -> tuple[str, list]:
     """Day buckets (oldest first) as a timeline of at most ``BARS_BY_TIME``
     bars: days, weeks (from Monday), months or years, from the first with
-    bytes to the last, the empty ones included; (the period, its rows)."""
+    bytes to the last, the empty ones included; in years, those before the
+    last ``BARS_BY_TIME - 1`` make one bar; (the period, its rows)."""
     from datetime import date, timedelta
 
     from lashctl.inspect import Bucket
@@ -197,10 +198,17 @@ def _periods(days: list) -> tuple[str, list]:
             timeline.append(following(period, timeline[-1]))
         if len(timeline) <= BARS_BY_TIME or period == "year":
             break
+    # Years past the bars (a clock once at the epoch): the oldest make one bar.
+    earlier = timeline[-BARS_BY_TIME + 1] if len(timeline) > BARS_BY_TIME else None
+    if earlier is not None:
+        timeline = timeline[-BARS_BY_TIME + 1:]
+    before = Bucket()
     buckets = {d: Bucket() for d in timeline}
     for key, bucket in days:
-        buckets[start(date.fromisoformat(key))].merge(bucket)
-    return period, [(labels[period](d), buckets[d]) for d in timeline]
+        when = start(date.fromisoformat(key))
+        (before if earlier is not None and when < earlier else buckets[when]).merge(bucket)
+    rows = [(labels[period](d), buckets[d]) for d in timeline]
+    return period, ([(f"before {labels[period](earlier)}", before)] if earlier is not None else []) + rows
 
 
 def _lines(document: dict) -> list[list]:

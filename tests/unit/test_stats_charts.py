@@ -179,6 +179,9 @@ def test_a_label_with_control_characters_is_escaped():
     (["2026-11-01", "2026-11-30"], "week", None),
     (["2026-01-15", "2026-11-30"], "month", None),
     (["2019-01-15", "2026-11-30"], "year", ["2019", "2020", "2021", "2022", "2023", "2024", "2025", "2026"]),
+    # A clock once at the epoch (or far ahead): the years before the last 13 make one bar.
+    (["1970-01-02", "2026-11-30"], "year", ["before 2014"] + [str(y) for y in range(2014, 2027)]),
+    (["2026-11-30", "2446-05-10"], "year", ["before 2434"] + [str(y) for y in range(2434, 2447)]),
 ])
 def test_days_are_drawn_as_a_timeline_of_few_bars(days, period, labels):
     bucket = inspect.Bucket(blobs=1, committed_bytes=5)
