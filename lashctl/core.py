@@ -45,7 +45,7 @@ class Store:
     audit = None  # the run's audit.AuditLog, set by a destructive command (None: not audited)
 
     def __init__(self, root, manifest_path=None, lock_timeout: float = 30.0, warn=None, note=None,
-                 layout: str | None = None, process_registry: str | None = None) -> None:
+                 layout: str | None = None, process_registry: str | None = None, writes: bool = False) -> None:
         self.note = _once(note) if note is not None else None
         self._warn = warn if warn is not None else _stderr_warn
         from lashctl.backends import open_blobs, open_manifest
@@ -54,6 +54,10 @@ class Store:
         self.root = root
         self._layout = layout  # None: recorded or detected on first use (README, "Two layouts")
         self._given_layout = layout
+        # A command that writes (put, a sweep, verify --fix) may not name a
+        # layout other than the one the store records; an inspection may ask
+        # "as if" (verify --layout sidecars on a bare store lists what lacks one).
+        self._given_checked = not writes
         # A manifest in the root (the default) makes the store lashctl's own;
         # one kept elsewhere (lash's database, a named file) may serve lash's store.
         self._own_manifest = owns_manifest(root, manifest_path)
@@ -69,6 +73,13 @@ class Store:
         beside every blob) or ``bare`` (later lash releases keep none)."""
         if self._layout is None:
             self._layout = self.blobs.recorded_layout() or detect_layout(self.blobs, own=self._own_manifest)
+        elif self._given_layout is not None and not self._given_checked:
+            # Named (--layout, LASHCTL_LAYOUT) against the store's record by a writer: refused, not obeyed.
+            recorded = self.blobs.recorded_layout()
+            if recorded is not None and recorded != self._given_layout:
+                raise Refused(f"store {self.blobs.name} records layout {recorded}: refusing to work on it as "
+                              f"{self._given_layout} (drop --layout / LASHCTL_LAYOUT, or migrate --to-layout)")
+            self._given_checked = True
         return self._layout
 
     @property

@@ -26,9 +26,10 @@ class Lashctl:
         self.tmp_path, self.store, self.manifest = tmp_path, store, manifest
 
     def __call__(self, *args: str, input: bytes = b"", fault: str | None = None,
-                 manifest: list[str] | None = None) -> subprocess.CompletedProcess:
+                 manifest: list[str] | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        extra = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
-        env.update(COLUMNS="80", NO_COLOR="1")
+        env.update(COLUMNS="80", NO_COLOR="1", **extra)
         if fault is not None:
             env["LASHCTL_FAULT"] = fault
         given = self.manifest if manifest is None else manifest

@@ -144,7 +144,8 @@ class AppState(Record):
             raise UsageError(f"not a lashctl store: {self.store_root} ({why})")
         layout = None if self.layout in (None, "auto") else self.layout
         store = Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn,
-                      note=self.ui.note, layout=layout, process_registry=self.process_registry)
+                      note=self.ui.note, layout=layout, process_registry=self.process_registry,
+                      writes=create or sweep)
         if not create:
             if self.store_named and not store.blobs.exists():
                 raise UsageError(f"store {store.blobs.name} does not exist (check --store / {ENV_STORE})")

@@ -43,6 +43,24 @@ def test_init_records_the_layout_and_put_follows_it(tmp_path):
     assert again.returncode == 4 and b"records layout bare" in again.stderr
 
 
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_a_layout_named_against_the_record_is_refused(tmp_path, how):
+    """A store records its layout (init): naming the other one, by --layout or
+    LASHCTL_LAYOUT (a cron line's environment), is refused before anything
+    is written, not silently obeyed."""
+    run = Lashctl(tmp_path, str(tmp_path / "store"), [])
+    run.ok("init", "--layout", "bare")
+    run.put("s", b"bare bytes\n")
+    for command in (["verify", "--fix"], ["put", "-s", "s", str(_file(tmp_path, "p.png", png_bytes(2, 2)))]):
+        args = ["--layout", "sidecars", *command] if how == "option" else command
+        env = {"LASHCTL_LAYOUT": "sidecars"} if how == "environment" else None
+        done = run(*args, env=env)
+        assert done.returncode == 4, (command, done.stderr)
+        assert b"records layout bare" in done.stderr and b"sidecars" in done.stderr
+    assert sidecars(tmp_path / "store") == []
+    assert run.ok("--layout", "bare", "ls").returncode == 0  # the recorded one may be named
+
+
 def test_a_small_store_lash_wrote_gets_no_sidecar(tmp_path):
     """lash keeps its manifest elsewhere (its database): a store whose one
     blob has no sidecar is lash's, and lashctl adds none to it."""
