@@ -36,6 +36,41 @@ def interrupted(exc: KeyboardInterrupt) -> tuple[str, int]:
 
 _ending = False  # whether a SIGTERM or SIGHUP is already being handled
 
+# Start-up (importing Typer and the command, building it, parsing the line)
+# makes tens of thousands of objects (modules, classes, functions: mostly in
+# reference cycles) that live as long as the process. The cyclic collector
+# would walk them again and again while they are made, and tear them down one
+# by one at exit: about 15 ms of a put's 90 ms of CPU. ``main`` raises its
+# threshold until the command starts (``start_collecting``), which freezes
+# what start-up made (``gc.freeze``: never walked, never collected, left to
+# the process's exit); the command's own objects are collected as usual.
+START_UP_GC_THRESHOLD = 100_000
+_thresholds: tuple[int, ...] | None = None  # the collector's thresholds while start-up runs
+
+
+def _collect_less() -> None:
+    """Raise the collector's first threshold for start-up (``start_collecting`` restores it)."""
+    global _thresholds
+    import gc
+
+    if _thresholds is None:
+        _thresholds = gc.get_threshold()
+        if _thresholds[0]:  # 0: collection is switched off; left as it is
+            gc.set_threshold(max(_thresholds[0], START_UP_GC_THRESHOLD), *_thresholds[1:])
+
+
+def start_collecting() -> None:
+    """The command's own work begins: what start-up made is frozen, and the
+    collector's thresholds are as they were before ``main``. Does nothing
+    outside ``main`` (a test invoking the app)."""
+    global _thresholds
+    if _thresholds is not None:
+        import gc
+
+        gc.freeze()
+        gc.set_threshold(*_thresholds)
+        _thresholds = None
+
 
 def _raise_terminated(signum: int, _frame: object) -> None:
     global _ending
@@ -76,6 +111,7 @@ def main(prog_name: str = "lashctl") -> None:
     builds its commands says the one line (and exit code) it says during a
     command, never a traceback."""
     replaced: dict = {}
+    _collect_less()
     try:
         replaced = _handle_job_signals()
         import os
@@ -100,4 +136,5 @@ def main(prog_name: str = "lashctl") -> None:
             say(line)
         raise SystemExit(code) from None
     finally:
+        start_collecting()  # (a run that ended before its command did: --help, a usage error)
         _restore_signals(replaced)

@@ -167,6 +167,11 @@ class AppState(Record):
 
 
 def app_state(ctx: typer.Context, json_flag: bool = False) -> AppState:
+    """The run's state; called by every command as its work begins (after
+    its own imports), which ends start-up's sparse garbage collection."""
+    from lashctl import start_collecting
+
+    start_collecting()
     state: AppState = ctx.find_object(AppState)
     if json_flag:
         state.ui.json = True

@@ -186,3 +186,36 @@ def test_the_modules_every_command_loads_build_no_dataclass():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == []
+
+
+def test_start_up_objects_are_frozen_once_the_command_starts(tmp_path):
+    """``lashctl.main`` collects garbage sparsely while it starts (Typer, the
+    command's modules, the parse) and freezes what start-up made when the
+    command's work begins (``app_state``): the collector's usual thresholds
+    hold for the command itself, and again after ``main``."""
+    source = tmp_path / "small.bin"
+    source.write_bytes(os.urandom(2048))
+    code = (
+        "import gc, sys\n"
+        "import lashctl, lashctl.cli, lashctl.commands\n"
+        "usual = gc.get_threshold()\n"
+        "seen = []\n"
+        "build, state = lashctl.cli._build_command, lashctl.commands.app_state\n"
+        "def spy_build(name):\n"
+        "    seen.append(('build', gc.get_threshold()[0] > usual[0]))\n"
+        "    return build(name)\n"
+        "def spy_state(*args, **kwargs):\n"
+        "    got = state(*args, **kwargs)\n"
+        "    seen.append(('command', gc.get_threshold() == usual, gc.get_freeze_count() > 1000))\n"
+        "    return got\n"
+        "lashctl.cli._build_command, lashctl.commands.app_state = spy_build, spy_state\n"
+        f"sys.argv = ['lashctl', '--store', {str(tmp_path / 'store')!r}, 'put', '-s', 's', {str(source)!r}]\n"
+        "try:\n"
+        "    lashctl.main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print(seen, gc.get_threshold() == usual, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "[('build', True), ('command', True, True)] True"
