@@ -11,11 +11,14 @@ The file is staged beside its destination and renamed over it.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import time
 from pathlib import Path
 
-from lashctl.errors import UsageError
+from lashctl.errors import StoreIOError, UsageError
+from lashctl.fsutil import NAME_MAX, describe_mode
 
 # Every metric lashctl writes, with its help text. The text must stay the same
 # from file to file and command to command: node_exporter refuses to merge
@@ -66,28 +69,70 @@ LAST_SUCCESS = "lashctl_last_success_timestamp_seconds"
 EXTRA = "metrics"  # pip install 'lashctl[metrics]'
 
 
-def start(value: str, command: str) -> "Run":
+MAX_BYTES = 1 << 20  # a previous file larger than this is not lashctl's: not read
+SUFFIX = ".prom"  # the only files node_exporter's textfile collector reads
+
+
+def start(value: str, command: str, store_root: object = None) -> "Run":
     """The run of ``command`` whose metrics go to ``value`` (the option's
     argument): checked now, before the command does anything, so that a
-    sweep never runs unwatched because of a typo."""
+    sweep never runs unwatched because of a typo. ``store_root``: the store
+    the command runs on (no metrics file inside a local one)."""
     from lashctl.backends import require_extra
 
     require_extra("prometheus_client", EXTRA, "--metrics-file")
     if not value.strip():
         raise UsageError("--metrics-file is empty: name a file (FILE.prom) or a directory")
     path = Path(value)
+    if any(len(os.fsencode(part)) > NAME_MAX for part in path.parts):
+        raise UsageError(f"--metrics-file {value}: a name in it is longer than {NAME_MAX} bytes")
+    try:
+        return _checked(value, path, command, store_root)
+    except OSError as exc:  # (a path longer than PATH_MAX, a directory this user may not search)
+        raise UsageError(f"--metrics-file {value}: {exc.strerror or exc}") from None
+
+
+def _checked(value: str, path: Path, command: str, store_root: object) -> "Run":
     if value.endswith(("/", os.sep)) and not path.is_dir():
         raise UsageError(f"--metrics-file {value}: directory {path} does not exist")
     if path.is_dir():
         # A directory (a textfile collector's): one file per command, so that
         # LASHCTL_METRICS_FILE set once serves every command.
-        path = path / f"lashctl_{command.replace('-', '_')}.prom"
+        path = path / f"lashctl_{command.replace('-', '_')}{SUFFIX}"
+    elif not path.name.endswith(SUFFIX):
+        # A typo in a directory's name would otherwise leave a file nothing reads.
+        raise UsageError(f"--metrics-file {value}: not an existing directory, and node_exporter's "
+                         f"textfile collector reads only files named *{SUFFIX}")
+    if len(os.fsencode(path.name)) > NAME_MAX:  # lashctl_<command>.prom in a directory
+        raise UsageError(f"--metrics-file {value}: the file name is longer than {NAME_MAX} bytes")
     folder = path.parent
     if not folder.is_dir():
         raise UsageError(f"--metrics-file {value}: directory {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"--metrics-file {value}: directory {folder} is not writable")
+    _refuse_inside_store(value, folder, store_root)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        # Renamed over, a device node (/dev/null as root), a FIFO or a symlink
+        # would be replaced by a regular file: never.
+        raise UsageError(f"--metrics-file {value}: {path} is {describe_mode(mode)}, not a regular file: "
+                         "refusing to replace it")
     return Run(path, command)
+
+
+def _refuse_inside_store(value: str, folder: Path, store_root: object) -> None:
+    """A metrics file inside a local store would be a stray file there (verify reports it)."""
+    from lashctl.backends import is_url
+
+    if store_root is None or is_url(str(store_root)):
+        return
+    root = os.path.realpath(str(store_root))
+    where = os.path.realpath(folder)
+    if where == root or where.startswith(root.rstrip(os.sep) + os.sep):
+        raise UsageError(f"--metrics-file {value} is inside the store {store_root}: write it elsewhere")
 
 
 class Run:
@@ -185,12 +230,25 @@ class Run:
             return
         try:
             self.write(state, exit_code)
-        except OSError as exc:
+        except KeyboardInterrupt as exc:
+            # SIGTERM, SIGHUP or Ctrl-C while the file was written (signals
+            # wait until it is whole): the run ends as any interrupted run,
+            # 143, 129 or 130, not as click's "aborted".
+            import typer
+
+            from lashctl import interrupted
+            from lashctl.text import say
+
+            line, code = interrupted(exc)
+            say(line)
+            raise typer.Exit(code) from None
+        except (OSError, StoreIOError, ValueError) as exc:
             from lashctl.render import UI
 
+            cause = exc.__cause__ if isinstance(exc, StoreIOError) else exc
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
             outcome = "succeeded" if exit_code == 0 else f"exited {exit_code}"
-            UI.error(f"cannot write the metrics file {self.path}: {exc.strerror or exc} "
-                     f"({self.command} itself {outcome})")
+            UI.error(f"cannot write the metrics file {self.path}: {reason} ({self.command} itself {outcome})")
             if exit_code == 0:
                 import typer
 
@@ -198,8 +256,6 @@ class Run:
 
     def write(self, state, exit_code: int) -> None:
         import signal
-
-        from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
         from lashctl import __version__
 
@@ -216,31 +272,56 @@ class Run:
         ]
         if self.dry_run is not None:
             samples.append(("lashctl_run_dry_run", {}, float(self.dry_run)))
-        if exit_code == 0 and not self.dry_run:
-            samples.append((LAST_SUCCESS, {}, now))
-        else:
-            last = previous_success(self.path, labels)
-            if last is not None:
-                samples.append((LAST_SUCCESS, {}, last))
-        samples += self.samples
-
-        registry = CollectorRegistry(auto_describe=True)
-        gauges: dict[str, Gauge] = {}
-        for name, extra, value in samples:
-            if name not in gauges:
-                gauges[name] = Gauge(name, HELP[name], [*LABELS, *extra], registry=registry)
-            gauges[name].labels(**labels, **extra).set(value)
-        # Staged as PATH.<pid>.<thread> in the same directory, then renamed: a
-        # signal now would leave the staging file behind, so it waits.
+        # Signals wait until the file is whole (and its staging file gone):
+        # a SIGTERM now is raised once it is in place.
         if not hasattr(signal, "pthread_sigmask"):  # (Windows)
-            write_to_textfile(str(self.path), registry)
+            self._install(samples, labels, exit_code, now)
             return
         signals = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")}
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
-            write_to_textfile(str(self.path), registry)
+            self._install(samples, labels, exit_code, now)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _install(self, samples: list, labels: dict[str, str], exit_code: int, now: float) -> None:
+        """Stage the file beside its destination (``.<name>.<12 hex>.part``,
+        which fits NAME_MAX whatever the name's length), fsync it and rename
+        it over the destination, keeping the owner and mode of the file it
+        replaces (fsutil.install_bytes). Whatever is at the destination that
+        is not a regular file is left alone (OSError)."""
+        from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+        from lashctl.fsutil import install_bytes
+
+        # The directory the user named, through any symlink; the file in it never is one.
+        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            name = self.path.name
+            if exit_code == 0 and not self.dry_run:
+                samples.append((LAST_SUCCESS, {}, now))
+            else:
+                last = previous_success(name, labels, dir_fd)
+                if last is not None:
+                    samples.append((LAST_SUCCESS, {}, last))
+            samples += self.samples
+            registry = CollectorRegistry(auto_describe=True)
+            gauges: dict[str, Gauge] = {}
+            for metric, extra, value in samples:
+                if metric not in gauges:
+                    gauges[metric] = Gauge(metric, HELP[metric], [*LABELS, *extra], registry=registry)
+                gauges[metric].labels(**labels, **extra).set(value)
+            data = generate_latest(registry)
+            try:
+                mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and not stat.S_ISREG(mode):  # put there since the option was checked
+                raise OSError(errno.EEXIST, f"it is {describe_mode(mode)}, not a regular file")
+            install_bytes(data, dir_fd, dir_fd, name, self.path)
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def store_label(location) -> str:
@@ -250,11 +331,17 @@ def store_label(location) -> str:
     from lashctl.backends import is_url
 
     if not is_url(text):
-        return os.path.abspath(text)
+        return _printable(os.path.abspath(text))
     scheme, _, rest = text.partition("://")
     rest = rest.split("?", 1)[0].split("#", 1)[0]
     authority, slash, path = rest.partition("/")
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    return _printable(f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}")
+
+
+def _printable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: the bytes of a path that is not UTF-8
+    (surrogate escapes) as backslash escapes (``\\xff``)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def manifest_kind(location) -> str:
@@ -269,16 +356,31 @@ def manifest_kind(location) -> str:
     return "jsonl"
 
 
-def previous_success(path: Path, labels: dict[str, str]) -> float | None:
-    """The last-success time the file at ``path`` holds for these labels, if any."""
+def previous_success(path: Path | str, labels: dict[str, str], dir_fd: int | None = None) -> float | None:
+    """The last-success time the file at ``path`` (under ``dir_fd``) holds
+    for these labels, if any. Only a regular file of at most MAX_BYTES is
+    read, never through a symlink and never waiting (a FIFO, a device):
+    anything else, or what does not parse, is no earlier success known."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    from lashctl.fsutil import open_regular
+
     try:
-        text = path.read_text(encoding="utf-8")
-        for family in text_string_to_metric_families(text):
+        fd = open_regular(path, dir_fd=dir_fd)
+    except OSError:
+        return None  # no file yet, or not a regular file
+    try:
+        with open(fd, "rb", closefd=True) as handle:
+            data = handle.read(MAX_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_BYTES:
+        return None  # not a file lashctl wrote
+    try:
+        for family in text_string_to_metric_families(data.decode("utf-8")):
             for sample in family.samples:
                 if sample.name == LAST_SUCCESS and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return float(sample.value)
-    except (OSError, ValueError, UnicodeDecodeError):
-        pass  # no file yet, or not one lashctl wrote: no earlier success known
+    except Exception:  # noqa: BLE001 - the parser's failures on text lashctl did not write vary
+        pass
     return None

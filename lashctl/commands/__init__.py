@@ -54,11 +54,21 @@ DryRunFlag = Annotated[bool, typer.Option("--dry-run", "-n", help="Say what woul
 def _metrics_file(ctx: typer.Context, _param: object, value: Optional[str]) -> Optional[str]:
     """--metrics-file: checked (and lashctl.metrics imported) only when given."""
     state = ctx.find_object(AppState)
-    if value is None or state is None or ctx.resilient_parsing:  # (completion: nothing runs)
+    if state is None or ctx.resilient_parsing:  # (completion: nothing runs)
+        return value
+    if value is None:
+        import os
+
+        from lashctl.errors import UsageError
+
+        # Click takes an empty variable for an unset one: a crontab's
+        # LASHCTL_METRICS_FILE= is a mistake, as LASHCTL_STORE= is.
+        if os.environ.get(ENV_METRICS_FILE) == "":
+            raise UsageError(f"{ENV_METRICS_FILE} is empty: name a FILE.prom or a directory, or unset it")
         return value
     from lashctl.metrics import start
 
-    state.metrics = start(value, ctx.info_name or "lashctl")
+    state.metrics = start(value, ctx.info_name or "lashctl", state.store_root)
     return value
 
 

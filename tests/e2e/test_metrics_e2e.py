@@ -234,3 +234,31 @@ def test_node_exporter_serves_the_metrics_of_a_real_sweep(store, tmp_path):
     assert f'lashctl_run_dry_run{{command="gc",manifest_kind="jsonl",store="{store}"}} 1' in text
     assert "node_textfile_scrape_error 0" in text, (tmp_path / "node_exporter.log").read_text()
     assert "# HELP lashctl_run_success 1 if the run exited 0, else 0." in text
+
+
+# -- what the installed tool refuses, and what it never fails on -----------------------
+def test_the_installed_tool_never_replaces_what_is_not_a_regular_file(store, tmp_path):
+    fifo = tmp_path / "fifo.prom"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.prom"
+    link.symlink_to(tmp_path / "target.prom")
+    for path, what in ((fifo, "a FIFO"), (link, "a symlink")):
+        proc = run(store, "reclaim", "--dry-run", "--metrics-file", str(path))
+        assert proc.returncode == 2, proc.stderr.decode()
+        assert proc.stderr.decode().splitlines() == [
+            f"lashctl: error: --metrics-file {path}: {path} is {what}, not a regular file: refusing to replace it"]
+    assert fifo.is_fifo() and link.is_symlink() and not (tmp_path / "target.prom").exists()
+
+
+def test_the_installed_tool_writes_the_file_of_a_store_whose_path_is_not_utf8(tmp_path):
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/st\xffore"))
+    ok(run(root, "put", "-s", "s1", "-", input=b"gone"))
+    ok(run(root, "commit", "-s", "s1", sha(b"gone")))
+    out = tmp_path / "delete.prom"
+    proc = run(root, "delete", "--force", sha(b"gone"), "--metrics-file", str(out))
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode()
+    text = out.read_text("utf-8")
+    assert f'store="{tmp_path}/st\\\\xffore"' in text
+    assert f'lashctl_deleted_blobs{{command="delete",manifest_kind="jsonl",store="{tmp_path}/st\\\\xffore"}} 1.0' \
+        in text
+    promtool_check_metrics(out)

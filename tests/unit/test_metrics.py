@@ -285,5 +285,238 @@ def test_commands_without_the_option_never_import_prometheus_client(store):
               "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', 'lashctl.metrics'))))")
     for args in (["stats"], ["reclaim", "--dry-run"], ["verify"]):
         proc = subprocess.run([sys.executable, "-c", script, "--store", str(store), *args], capture_output=True,
-                              text=True, timeout=60, env={**os.environ, "LASHCTL_METRICS_FILE": ""})
+                              text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "LASHCTL_METRICS_FILE"})
         assert proc.stdout.strip().splitlines()[-1] == "[]", (args, proc.stdout, proc.stderr)
+
+
+# -- what is at the path, and what the path may be --------------------------------------
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _link_to_file(path: Path) -> Path:
+    target = path.parent / "target.prom"
+    target.write_text("kept\n")
+    path.symlink_to(target)
+    return path
+
+
+def _link_to_fifo(path: Path) -> Path:
+    path.symlink_to(_fifo(path.parent / "fifo"))
+    return path
+
+
+def _dangling_link(path: Path) -> Path:
+    path.symlink_to(path.parent / "nowhere.prom")
+    return path
+
+
+def _directory_with_a_link(path: Path) -> Path:
+    """A directory whose per-command file is a symlink: the option names the directory."""
+    path.mkdir()
+    _link_to_file(path / "lashctl_reclaim.prom")
+    return path / "lashctl_reclaim.prom"
+
+
+@pytest.mark.parametrize("make, what", [
+    (_fifo, "a FIFO"),
+    (_link_to_file, "a symlink"),
+    (_link_to_fifo, "a symlink"),
+    (_dangling_link, "a symlink"),
+    (_directory_with_a_link, "a symlink"),
+])
+def test_a_path_that_is_not_a_regular_file_is_refused_before_the_sweep(cli, aged_store, tmp_path, make, what):
+    at = make(tmp_path / "m.prom")
+    before = os.lstat(at)
+    named = tmp_path / "m.prom"
+    result = cli("reclaim", "--metrics-file", str(named))
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"lashctl: error: --metrics-file {named}: {at} is {what}, not a regular file: refusing to replace it"]
+    assert cli("ls").stdout.count("\n") == 3  # nothing swept
+    after = os.lstat(at)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)  # left as it was
+    assert not [p for p in at.parent.iterdir() if p.name.endswith(".part")]
+
+
+def test_what_appears_at_the_path_during_the_run_is_not_replaced(cli, aged_store, tmp_path, monkeypatch):
+    """Checked again when the file is written: a FIFO put there meanwhile stays."""
+    from lashctl import sweep
+
+    out = tmp_path / "m.prom"
+    real = sweep.reclaim
+
+    def then_a_fifo(*args, **kwargs):
+        report = real(*args, **kwargs)
+        os.mkfifo(out)
+        return report
+
+    monkeypatch.setattr(sweep, "reclaim", then_a_fifo)
+    result = cli("reclaim", "--metrics-file", str(out))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"lashctl: error: cannot write the metrics file {out}: it is a FIFO, not a regular file "
+        "(reclaim itself succeeded)")
+    assert os.path.exists(out) and not out.is_file()
+
+
+class Hung(Exception):
+    pass
+
+
+@pytest.fixture
+def no_hang():
+    """A test that would block for ever fails after 5 s instead."""
+    import signal
+
+    def hung(*_):
+        raise Hung
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+LABELS = {"command": "reclaim", "store": "/s", "manifest_kind": "jsonl"}
+
+
+def _last_success_file(path: Path, when: float = 1234.0) -> Path:
+    path.write_text("# HELP lashctl_last_success_timestamp_seconds x\n"
+                    "# TYPE lashctl_last_success_timestamp_seconds gauge\n"
+                    'lashctl_last_success_timestamp_seconds{command="reclaim",manifest_kind="jsonl",store="/s"} '
+                    f"{when}\n")
+    return path
+
+
+def test_the_previous_file_is_read_only_when_it_is_a_small_regular_file(tmp_path, no_hang):
+    from lashctl.metrics import previous_success
+
+    assert previous_success(_last_success_file(tmp_path / "ok.prom"), LABELS) == 1234.0
+    assert previous_success(_fifo(tmp_path / "fifo.prom"), LABELS) is None  # never waits for a writer
+    assert previous_success(_link_to_fifo(tmp_path / "link.prom"), LABELS) is None
+    link = tmp_path / "link-to-file.prom"
+    link.symlink_to(_last_success_file(tmp_path / "real.prom"))
+    assert previous_success(link, LABELS) is None  # not followed
+    zero = tmp_path / "zero.prom"
+    zero.symlink_to("/dev/zero")
+    assert previous_success(zero, LABELS) is None  # never read (it has no end)
+    big = tmp_path / "big.prom"
+    big.write_text("# " + "x" * (2 << 20) + "\n" + _last_success_file(tmp_path / "small.prom").read_text())
+    assert previous_success(big, LABELS) is None  # more than a metrics file holds: not read whole
+    (tmp_path / "junk.prom").write_bytes(b"\xff\x00{{{ not metrics")
+    assert previous_success(tmp_path / "junk.prom", LABELS) is None
+
+
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)])
+def test_a_signal_while_the_file_is_written_exits_with_its_code(cli, aged_store, tmp_path, monkeypatch,
+                                                                 signum, code):
+    import signal
+
+    from lashctl import Terminated, metrics
+
+    def stopped(self, state, exit_code):
+        number = getattr(signal, signum)
+        raise KeyboardInterrupt if number == signal.SIGINT else Terminated(number)
+
+    monkeypatch.setattr(metrics.Run, "write", stopped)
+    result = cli("reclaim", "--metrics-file", str(tmp_path / "m.prom"))
+    assert result.exit_code == code, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("lashctl: interrupted")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_a_replaced_file_keeps_its_owner_and_mode(cli, aged_store, tmp_path):
+    out = tmp_path / "m.prom"
+    out.write_text("old\n")
+    os.chown(out, 4321, 4322)
+    os.chmod(out, 0o600)
+    assert cli("reclaim", "--metrics-file", str(out)).exit_code == 0
+    st = os.stat(out)
+    assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)) == (4321, 4322, "0o600")
+    assert value(out, "lashctl_run_success") == 1
+
+
+def test_a_new_file_is_never_group_or_other_writable(cli, aged_store, tmp_path):
+    out = tmp_path / "m.prom"
+    old = os.umask(0)
+    try:
+        assert cli("stats", "--metrics-file", str(out)).exit_code == 0
+    finally:
+        os.umask(old)
+    assert oct(os.stat(out).st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a directory's owner needs root")
+def test_a_new_file_takes_its_directorys_owner_as_root(cli, aged_store, tmp_path):
+    folder = tmp_path / "textfile"
+    folder.mkdir()
+    os.chown(folder, 4321, 4322)
+    assert cli("stats", "--metrics-file", str(folder)).exit_code == 0
+    st = os.stat(folder / "lashctl_stats.prom")
+    assert (st.st_uid, st.st_gid) == (4321, 4322)
+
+
+def test_an_empty_variable_is_a_usage_error(cli, aged_store, tmp_path):
+    result = cli("reclaim", env={"LASHCTL_METRICS_FILE": ""})
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "lashctl: error: LASHCTL_METRICS_FILE is empty: name a FILE.prom or a directory, or unset it"]
+    assert cli("ls").stdout.count("\n") == 3  # nothing swept
+
+
+@pytest.mark.parametrize("name", ["node-exportr", "metrics.txt", "m.prom.bak"])
+def test_a_file_name_not_ending_in_prom_is_refused(cli, aged_store, tmp_path, name):
+    given = tmp_path / name
+    result = cli("reclaim", env={"LASHCTL_METRICS_FILE": str(given)})
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"lashctl: error: --metrics-file {given}: not an existing directory, and node_exporter's "
+        "textfile collector reads only files named *.prom"]
+    assert not given.exists()
+    assert cli("ls").stdout.count("\n") == 3  # nothing swept
+
+
+def test_a_store_path_that_is_not_utf8_is_escaped_in_the_label(tmp_path):
+    from typer.testing import CliRunner
+
+    from lashctl.cli import app
+
+    root = tmp_path / os.fsdecode(b"st\xffore")
+    runner = CliRunner(env={"LASHCTL_STORE": None, "LASHCTL_MANIFEST": None})
+    blob = sha(b"gone")
+    assert runner.invoke(app, ["--store", str(root), "put", "-s", "s1", "-"], input=b"gone").exit_code == 0
+    assert runner.invoke(app, ["--store", str(root), "commit", "-s", "s1", blob]).exit_code == 0
+    out = tmp_path / "delete.prom"
+    result = runner.invoke(app, ["--store", str(root), "delete", "--force", blob, "--metrics-file", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert value(out, "lashctl_deleted_blobs") == 1
+    assert value(out, "lashctl_run_success", store=str(tmp_path / "st\\xffore")) == 1
+
+
+def test_a_long_file_name_is_written_or_refused_up_front(cli, aged_store, tmp_path):
+    longest = tmp_path / ("x" * 250 + ".prom")  # 255 bytes: the most a name may have
+    result = cli("reclaim", "--metrics-file", str(longest))
+    assert result.exit_code == 0, result.stderr
+    assert value(longest, "lashctl_run_success") == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "store") == [longest.name]
+
+    too_long = tmp_path / ("y" * 251 + ".prom")
+    result = cli("gc", "--metrics-file", str(too_long))
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"lashctl: error: --metrics-file {too_long}: a name in it is longer than 255 bytes"]
+
+
+@pytest.mark.parametrize("where", ["x.prom", "sha256/x.prom", "."])
+def test_a_file_inside_the_store_is_refused(cli, aged_store, where):
+    given = aged_store / where
+    result = cli("reclaim", "--metrics-file", str(given))
+    assert result.exit_code == 2
+    assert f"is inside the store {aged_store}: write it elsewhere" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert cli("ls").stdout.count("\n") == 3  # nothing swept
+    assert not list(aged_store.rglob("*.prom"))
