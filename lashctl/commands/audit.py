@@ -13,14 +13,12 @@ EPILOG = """Examples:
     lashctl audit --id 5f5d584c5857 --json
     lashctl audit --audit-log /var/log/lashctl/audit.jsonl.1
 
-Exit codes: 0 listed (also when nothing matches, or no log exists yet); 2 usage error (an s3:// store without --audit-log); 1 the log cannot be read."""
-
-# One line of the audit log as written (docs/audit.md): --json gives it whole.
-KEYS = ("time", "time_epoch_ms", "action", "id", "path", "bytes", "sessions", "reason", "error", "moved_to",
-        "command", "args", "run", "pid", "user", "host", "store", "manifest", "lashctl_version")
+Exit codes: 0 listed (also when nothing matches, or no log exists yet); 2 usage error (not a lashctl store; an s3:// store without --audit-log; a named log that is not a regular file); 1 the log cannot be read."""
 
 
 def _fields(unfinished: set[int]) -> tuple[Field, ...]:
+    from lashctl.audit import KEYS  # one line of the audit log as written (docs/audit.md): --json gives it whole
+
     cols = {
         "time": Col("time", "fixed"),
         "action": Col("action", "fixed"),
@@ -49,6 +47,9 @@ def audit(
         Optional[str], typer.Option("--id", metavar="ID", help="Only lines about this id (or unique prefix).")
     ] = None,
     audit_log: AuditLogReadOption = None,
+    all_stores: Annotated[
+        bool, typer.Option("--all-stores", help="Every store's lines of a shared log, not only this store's.")
+    ] = False,
     json_flag: JsonFlag = False,
 ) -> None:
     """List the audit log: every item reclaim, gc, delete, forget and verify --fix deleted, forgot or quarantined.
@@ -57,7 +58,8 @@ def audit(
     then its outcome, "deleted" (or forgotten, quarantined, kept, failed). A
     "deleting" line with no outcome (shown as "no outcome") is a run that
     stopped there: look at the store. --json gives the lines as they are
-    written (docs/audit.md).
+    written (docs/audit.md). A log several stores share shows this store's
+    lines (--all-stores: every store's).
     """
     from lashctl import audit as log
     from lashctl.errors import UsageError
@@ -78,11 +80,18 @@ def audit(
                                  "(ISO-8601, @EPOCH_SECONDS)") from None
     if audit_log == log.STDERR:
         raise UsageError("--audit-log - names standard error, which cannot be read: name the file")
+    if not audit_log:
+        audit_log = None  # (an empty LASHCTL_AUDIT_LOG: the store's own)
     path = log.read_location(audit_log, state.store_root)
     if path is None:
         raise UsageError(f"store {state.store_root} keeps no audit log (an s3:// store has no local root): "
                          f"name the file its sweeps wrote with --audit-log or {log.ENV_AUDIT_LOG}")
-    lines = [line for line in log.read(path, warn=state.ui.warn, wanted=wanted)
+    from lashctl.backends import is_url
+
+    if not is_url(str(state.store_root)):
+        state.store()  # a local root must be a store (exit 2, as for every reader); an s3:// one is not contacted
+    lines = [line for line in log.read(path, warn=state.ui.warn, wanted=wanted, named=audit_log is not None,
+                                       store=None if all_stores else state.store_root)
              if (wanted is None or str(line.get("id") or "").startswith(wanted))
              and (start is None or (isinstance(line.get("time_epoch_ms"), int) and line["time_epoch_ms"] >= start))]
     unfinished = log.unfinished(lines)

@@ -15,7 +15,7 @@ EPILOG = """Examples:
     lashctl show 5f5d584c5857
     lashctl --json show sha256:5f5d584c5857
 
-Exit codes: 0 shown; 2 usage error (bad or ambiguous id); 3 not found (what the audit log says of it is shown); 65 corrupt manifest."""
+Exit codes: 0 shown; 2 usage error (bad or ambiguous id; a named audit log that is not a regular file); 3 not found (what the audit log says of it is shown); 65 corrupt manifest."""
 
 # The blob (an inspect.BlobReport) as --json shows it; its rows and verdict follow.
 BLOB = (
@@ -117,8 +117,11 @@ def _gone(state, query, audit_log: str | None, exc: NotFound) -> None:
     same exit 3 as before."""
     from lashctl import audit
 
+    audit_log = audit_log or None  # (an empty LASHCTL_AUDIT_LOG: the store's own)
     path = audit.read_location(audit_log, state.store_root)
-    lines = list(audit.read(path, warn=state.ui.warn, wanted=query.hex)) if path is not None else []
+    # This store's lines only: a log several stores share holds others' deletions of the same id.
+    lines = list(audit.read(path, warn=state.ui.warn, wanted=query.hex, named=audit_log is not None,
+                            store=state.store_root)) if path is not None else []
     ids = sorted({line["id"] for line in lines if isinstance(line.get("id"), str) and line["id"].startswith(query.hex)})
     attachment_id = query.hex if query.is_full else (ids[0] if len(ids) == 1 else None)
     history = audit.history(lines, attachment_id) if attachment_id is not None else []
