@@ -225,7 +225,8 @@ class ManifestIndex:
 
     def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
         """Every row grouped by id (each group by session), in id order; streamed."""
-        return self._grouped(*query.rows_by_id_sql(prefix), lambda memory: memory.rows_by_id(prefix))
+        return self._grouped(*query.rows_by_id_sql(prefix), lambda memory: memory.rows_by_id(prefix),
+                             scan=not prefix)
 
     def row_count(self) -> int:
         if not self._refreshed:
@@ -240,7 +241,7 @@ class ManifestIndex:
             self._query_failed(exc)
             return self.row_count()
 
-    def _grouped(self, sql: str, params: tuple, from_memory) -> Iterator[list[Row]]:
+    def _grouped(self, sql: str, params: tuple, from_memory, scan: bool = False) -> Iterator[list[Row]]:
         if not self._refreshed:
             self.refresh()
         if self._memory is not None or self._sync.overlay:
@@ -254,7 +255,7 @@ class ManifestIndex:
             self._query_failed(exc)
             yield from from_memory(self._memory_view())
             return
-        yield from query.grouped(cursor)
+        yield from query.grouped(cursor, scan)
 
     def _memory_view(self):
         from lashctl.backends.manifests.jsonl.log import StateView

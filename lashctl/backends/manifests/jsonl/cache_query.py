@@ -14,7 +14,7 @@ import sqlite3
 from typing import Callable, Iterable, Iterator
 
 from lashctl.backends.base import uncommitted_where
-from lashctl.backends.manifests.jsonl.cache_store import SELECT_ROW, to_row
+from lashctl.backends.manifests.jsonl.cache_store import _CACHE_KIB, SELECT_ROW, to_row
 from lashctl.backends.manifests.jsonl.log import Row
 from lashctl.ids import URI_SCHEME
 
@@ -171,10 +171,19 @@ def rows_by_id_sql(prefix: str) -> tuple[str, tuple]:
     return SELECT_ROW + " ORDER BY attachment_id, session_id", ()
 
 
-def grouped(cursor: sqlite3.Cursor) -> Iterator[list[Row]]:
-    """The cursor's rows (in id order) as one list per id."""
+# A stream of the whole table reads each page once: the page cache sized for
+# a build would only fill (64 MiB at a million rows) with pages not read again.
+SCAN_CACHE_KIB = 2 * 1024
+
+
+def grouped(cursor: sqlite3.Cursor, scan: bool = False) -> Iterator[list[Row]]:
+    """The cursor's rows (in id order) as one list per id; ``scan`` (a
+    stream of the whole table) runs with a small page cache."""
     group: list[Row] = []
+    conn = cursor.connection
     try:
+        if scan:
+            conn.execute(f"PRAGMA cache_size=-{SCAN_CACHE_KIB}")
         while part := cursor.fetchmany(1000):
             for found in part:
                 row = to_row(*found)
@@ -184,5 +193,10 @@ def grouped(cursor: sqlite3.Cursor) -> Iterator[list[Row]]:
                 group.append(row)
     finally:
         cursor.close()
+        if scan:
+            try:
+                conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            except sqlite3.Error:
+                pass  # the view closed the database first: nothing to restore
     if group:
         yield group
