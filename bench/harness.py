@@ -28,6 +28,7 @@ class Run:
     returncode: int
     stdout: bytes
     stderr: bytes
+    cpu_seconds: float = 0.0  # the command's user + system CPU time (wait4), which load distorts less
 
 
 # The launcher: a small, fresh Python (-I -S: no site, ~8 MiB) that forks and
@@ -50,7 +51,8 @@ if pid == 0:
 _pid, status, usage = os.wait4(pid, 0)
 elapsed = time.perf_counter() - start
 with open(result, "w") as out:
-    out.write("%r %d %d" % (elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status)))
+    out.write("%r %d %d %r" % (elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status),
+                               usage.ru_utime + usage.ru_stime))
 """
 
 
@@ -89,11 +91,11 @@ def run(
         )
         with open(result_path) as handle:
             fields = handle.read().split()
-        if proc.returncode != 0 or len(fields) != 3:
+        if proc.returncode != 0 or len(fields) != 4:
             err.seek(0)
             raise HarnessError(f"the launcher failed (exit {proc.returncode}) running {' '.join(argv)}: "
                                + err.read().decode("utf-8", "replace")[-2000:])
-        elapsed, maxrss, code = float(fields[0]), int(fields[1]), int(fields[2])
+        elapsed, maxrss, code, cpu = float(fields[0]), int(fields[1]), int(fields[2]), float(fields[3])
         stdout = b""
         if stdout_path is None and keep_output:
             out.seek(0)
@@ -111,7 +113,7 @@ def run(
             f"command failed with exit {code}: {' '.join(argv)}\n"
             + stderr.decode("utf-8", "replace")[-2000:]
         )
-    return Run(elapsed, maxrss, code, stdout, stderr)
+    return Run(elapsed, maxrss, code, stdout, stderr, cpu)
 
 
 @dataclass
@@ -121,16 +123,23 @@ class Series:
     label: str
     times: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     last: Run | None = None
 
     def add(self, r: Run) -> None:
         self.times.append(r.seconds)
         self.rss_kib.append(r.maxrss_kib)
+        self.cpu.append(r.cpu_seconds)
         self.last = r
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    @property
+    def cpu_median(self) -> float:
+        """Median user + system CPU time of the runs."""
+        return statistics.median(self.cpu)
 
     @property
     def peak_rss_mib(self) -> float:
