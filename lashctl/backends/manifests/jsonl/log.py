@@ -297,6 +297,107 @@ def parses(raw: bytes) -> bool:
     return True
 
 
+_SCAN_CHUNK = 1024 * 1024  # bytes searched at a time by ``_lines_for`` (a longer line: more)
+_FIND_IDS = 4  # up to this many ids, each is searched for as is (bytes.find)
+_TRIE_IDS = 1024  # up to this many, one pattern of them all; beyond, every id key is matched
+
+
+def _id_trie(ids: list[str]) -> str:
+    """A regular expression matching exactly these ids, as a trie: at each
+    character one branch per next character (sorted, distinct ids)."""
+    if len(ids) == 1:
+        return re.escape(ids[0])
+    branches: dict[str, list[str]] = {}
+    for i in ids:
+        branches.setdefault(i[0], []).append(i[1:])
+    alts = [re.escape(c) + _id_trie(rest) for c, rest in branches.items()]
+    return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+
+def _line_finder(ids: set[str]) -> Callable[[bytes, int], Iterator[int]]:
+    """A function giving, for ``data[:end]`` (complete lines), positions
+    within every line there that may be an event of one of ``ids`` and has
+    no backslash (the caller adds every line that has one).
+
+    Why nothing is missed: in a line without a backslash no string holds an
+    escape, so an event of id X spells its key ``"attachment_id"`` and X
+    literally, with only JSON whitespace and a colon between them. Every
+    position found is a candidate only: the caller parses the whole line."""
+    wanted = sorted(ids)
+    if len(wanted) <= _FIND_IDS:
+        needles = [i.encode("ascii") for i in wanted]
+
+        def find(data: bytes, end: int) -> Iterator[int]:
+            for needle in needles:
+                pos = data.find(needle, 0, end)
+                while pos >= 0:
+                    yield pos
+                    pos = data.find(needle, pos + len(needle), end)
+        return find
+    if len(wanted) <= _TRIE_IDS:
+        pattern = re.compile(rb'"attachment_id"\s*:\s*"(?:' + _id_trie(wanted).encode("ascii") + rb')"')
+        return lambda data, end: (m.start() for m in pattern.finditer(data, 0, end))
+    encoded = {i.encode("ascii") for i in wanted}
+    findall, finditer = _ID_FIELD.findall, _ID_FIELD.finditer
+
+    def matching(data: bytes, end: int) -> Iterator[int]:
+        if encoded.isdisjoint(findall(data, 0, end)):
+            return
+        for m in finditer(data, 0, end):
+            if m.group(1) in encoded:
+                yield m.start()
+    return matching
+
+
+def _lines_for(fd: int, ids: set[str], path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line without its newline)`` for each line of the log
+    on ``fd`` that may be an event of one of ``ids``: every line holding a
+    backslash, every line the finder (``_line_finder``) points into, and a
+    valid unterminated final line as ``fold_ids`` always treated it (a torn
+    one ends the log). Other lines are never split out nor parsed."""
+    find = _line_finder(ids)
+    lineno = 0  # lines before ``pos``
+    pos = 0  # where the next read starts: always the start of a line
+    want = _SCAN_CHUNK
+    tail = b""
+    while True:
+        try:
+            data = os.pread(fd, want, pos)
+        except OSError as exc:
+            raise StoreIOError.wrap("read", path, exc) from exc
+        end = data.rfind(b"\n") + 1  # data[:end]: complete lines
+        if not end:
+            if len(data) < want:
+                tail = data  # the end of the log: an unterminated line, or nothing
+                break
+            want *= 2  # a line longer than a read
+            continue
+        want = _SCAN_CHUNK
+        starts = {data.rfind(b"\n", 0, at) + 1 for at in find(data, end)}
+        at = data.find(b"\\", 0, end)
+        while at >= 0:
+            starts.add(data.rfind(b"\n", 0, at) + 1)
+            at = data.find(b"\\", data.find(b"\n", at) + 1, end)
+        counted, before = 0, lineno
+        for start in sorted(starts):
+            before += data.count(b"\n", counted, start)
+            counted = start
+            raw = data[start:data.find(b"\n", start)]
+            if raw.strip():
+                yield before + 1, raw
+        lineno += data.count(b"\n", 0, end)
+        pos += end
+    if not tail:
+        return
+    lineno += 1
+    found = _ID_FIELD.findall(tail)
+    if len(found) == 1 and found[0].decode("ascii") not in ids and b"\\" not in tail:
+        return  # plainly another id's line
+    if not parses(strip_bom(tail) if lineno == 1 else tail):
+        return  # a torn tail, as iter_events treats it
+    yield lineno, tail
+
+
 class Manifest:
     """A manifest file and its lock: read the state, append events, compact.
 
@@ -321,29 +422,17 @@ class Manifest:
     def fold_ids(self, ids: set[str]) -> dict[str, list[Row]]:
         """The rows of just these ids, folded from the log itself: one
         sequential read, memory for these ids only. What a sweep confirms its
-        candidates with, whatever the state cache says."""
+        candidates with, whatever the state cache says.
+
+        Only the lines that may be events of these ids are parsed
+        (``_lines_for``): the rest of the log is searched, block by block,
+        in C, never split into lines."""
         rows: dict[tuple[str, str], Row] = {}
-        wanted = {i.encode("ascii") for i in ids}
         fd = self.open_for_reading()
         if fd is not None:
-            findall = _ID_FIELD.findall
-            with os.fdopen(fd, "rb") as handle:
-                lineno = 0
-                for raw in handle:
-                    lineno += 1
-                    # A line is skipped unparsed only when its one id is plain to
-                    # see: without a backslash no escape can hide another key and
-                    # no string can hold a quote, so the one match is the line's id.
-                    found = findall(raw)
-                    if len(found) == 1 and found[0] not in wanted and b"\\" not in raw:
-                        continue
-                    if not raw.endswith(b"\n"):
-                        if not parses(strip_bom(raw) if lineno == 1 else raw):
-                            break  # a torn tail, as iter_events treats it
-                    line = raw.rstrip(b"\n")
-                    if not line.strip():
-                        continue
-                    event = parse_line(line, lineno, self.path)
+            try:
+                for lineno, raw in _lines_for(fd, ids, self.path):
+                    event = parse_line(raw, lineno, self.path)
                     if event["op"] == "header" or event["attachment_id"] not in ids:
                         continue
                     change = Event.from_json(event)
@@ -352,6 +441,8 @@ class Manifest:
                         rows.pop(change.key, None)
                     else:
                         rows[change.key] = after
+            finally:
+                os.close(fd)
         out: dict[str, list[Row]] = {i: [] for i in ids}
         for row in rows.values():
             out[row.attachment_id].append(row)
