@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -319,6 +320,168 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range, do not wait
+_sync_file_range: Callable[[int, int, int, int], int] | None | bool = False  # False: not looked up yet
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes of ``fd`` from
+    ``offset`` to disk now, without waiting (Linux ``sync_file_range`` with
+    ``SYNC_FILE_RANGE_WRITE``; nothing elsewhere). This makes no promise of
+    durability, which only the ``fsync`` before a rename gives: it lets the
+    disk work while the rest of a big file is still being hashed and
+    written, so that the ``fsync`` finds little left to write instead of
+    all of it. Errors are ignored: the ``fsync`` reports them."""
+    global _sync_file_range
+    if _sync_file_range is False:
+        _sync_file_range = _lookup_sync_file_range()
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def _lookup_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range  # released the GIL while it runs
+        function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        function.restype = ctypes.c_int
+        return function
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+class Pump:
+    """Moves a stream through a fixed ring of buffers while the caller's
+    thread, iterating, sees each chunk (to hash it): a thread writes each
+    chunk to ``write_fd`` as the caller hashes it, and with ``read_ahead``
+    also reads the next one meanwhile, so a big file costs about the hash
+    alone (hashing, reading and writing all release the GIL). The caller
+    sees exactly the bytes written, in order; memory is ``DEPTH`` buffers
+    whatever the size.
+
+    ``first`` bytes are in ``first_buffer`` already (the caller read them):
+    they are written and seen first. ``read`` fills a buffer and says how
+    many bytes (0 at the end). With ``read_ahead`` it runs on the thread:
+    only for a source whose reads cannot block for ever (a regular file), for
+    a thread stuck reading a pipe would hold it (and its lock) past the end of
+    the command; otherwise the caller's thread reads. Writes go to a
+    duplicate of ``write_fd`` that the thread closes (a thread left behind by
+    ``abandon`` never writes to a descriptor number since reused).
+    ``writeback``: start the disk writing each few MiB as it goes
+    (``start_writeback``; for a regular file that is fsynced at the end).
+    ``write_error`` turns an OSError of a write into the error to raise.
+
+    Iterate, then ``finish()`` (raises the thread's error, if any); on any
+    exception, ``abandon(wait)``: ``wait`` unless a write may block for ever
+    (into a pipe whose reader stopped reading).
+    """
+
+    DEPTH = 4
+    WRITEBACK_STEP = 8 << 20  # bytes written between two requests to start their writeback
+
+    def __init__(self, read: Callable[[bytearray], int], write_fd: int, chunk: int,
+                 first: int, first_buffer: bytearray, *, read_ahead: bool = True, offset: int = 0,
+                 writeback: bool = False, write_error: Callable[[OSError], BaseException] | None = None) -> None:
+        import queue
+        import threading
+
+        self._read, self._read_ahead = read, read_ahead
+        self._write_error, self._writeback = write_error, writeback
+        self._written = self._flushed = offset
+        # read_ahead: the thread reads, sends each chunk to the caller, writes it,
+        # and takes back a buffer the caller has hashed. Otherwise the caller
+        # reads, sends each chunk to the thread and takes back one it wrote.
+        self._sent: "queue.SimpleQueue[tuple[bytearray, int] | None]" = queue.SimpleQueue()
+        self._free: "queue.SimpleQueue[bytearray]" = queue.SimpleQueue()
+        for _ in range(self.DEPTH - 1):
+            self._free.put(bytearray(chunk))
+        self._stop = False
+        self._error: BaseException | None = None
+        self._first = (first_buffer, first)
+        self._fd = os.dup(write_fd)
+        self._thread = threading.Thread(target=self._read_and_write if read_ahead else self._write_sent,
+                                        name="lashctl-pump", daemon=True)
+        self._thread.start()
+
+    def _write(self, buffer: bytearray, n: int) -> None:
+        try:
+            write_all(self._fd, memoryview(buffer)[:n])
+        except OSError as exc:
+            if self._write_error is None:
+                raise
+            raise self._write_error(exc) from exc
+        self._written += n
+        if self._writeback and self._written - self._flushed >= self.WRITEBACK_STEP:
+            start_writeback(self._fd, self._flushed, self._written - self._flushed)
+            self._flushed = self._written
+
+    def _read_and_write(self) -> None:
+        buffer, n = self._first
+        try:
+            while n and not self._stop:
+                self._sent.put((buffer, n))  # the caller hashes it while it is written
+                self._write(buffer, n)
+                buffer = self._free.get()  # one the caller has hashed (and this thread wrote)
+                if self._stop:
+                    break
+                n = self._read(buffer)
+        except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+            self._error = exc
+        finally:
+            os.close(self._fd)
+            self._sent.put(None)
+
+    def _write_sent(self) -> None:
+        try:
+            while (item := self._sent.get()) is not None:
+                if self._error is None and not self._stop:
+                    try:
+                        self._write(*item)
+                    except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+                        self._error = exc
+                self._free.put(item[0])  # written (or dropped after an error): the caller may refill it
+        finally:
+            os.close(self._fd)
+
+    def __iter__(self) -> Iterator[memoryview]:
+        if self._read_ahead:
+            while (item := self._sent.get()) is not None:
+                buffer, n = item
+                yield memoryview(buffer)[:n]
+                self._free.put(buffer)
+            self._sent.put(None)  # seen again by a second iteration
+        else:
+            buffer, n = self._first
+            while n:
+                self._sent.put((buffer, n))
+                yield memoryview(buffer)[:n]
+                buffer = self._free.get()
+                if self._error is not None:
+                    break  # the writer failed: say so now, not at the end of a long input
+                n = self._read(buffer)
+            self._sent.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def finish(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self, wait: bool) -> None:
+        self._stop = True
+        if self._read_ahead:
+            self._free.put(bytearray(0))  # wakes a thread waiting for a buffer
+        else:
+            self._sent.put(None)
+        if wait:
+            self._thread.join()
 
 
 def unlink_quietly(name: str | Path, dir_fd: int | None = None) -> None:

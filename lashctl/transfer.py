@@ -21,7 +21,7 @@ from lashctl.backends.base import LAYOUT_SIDECARS, Staged
 from lashctl.core import Store, precheck_prefixes, resolve_id, validate_session
 from lashctl.errors import Corrupt, LashctlError, NotFound, StoreIOError, UsageError
 from lashctl.fold import Event, Row
-from lashctl.fsutil import output_to
+from lashctl.fsutil import Pump, output_to
 from lashctl.ids import IdQuery
 from lashctl.record import Record
 from lashctl.timefmt import MAX_EPOCH_MS, now_ms
@@ -291,28 +291,60 @@ def blob_info(store: Store, attachment_id: str) -> BlobInfo:
 
 
 def copy_verified(store: Store, attachment_id: str, out: BinaryIO) -> int:
-    """Stream a blob to ``out``, re-hashing as it flows. Corrupt on a mismatch."""
+    """Stream a blob to ``out``, re-hashing as it flows. Corrupt on a mismatch.
+
+    From a file to a descriptor, a thread reads and writes while this one
+    hashes (``fsutil.Pump``): a big blob costs about its hash alone."""
     digest = hashlib.sha256()
     total = 0
+    where = store.blobs.where(attachment_id)
+
+    def read(buffer: bytearray) -> int:
+        try:
+            return handle.readinto(buffer) or 0
+        except OSError as exc:
+            raise StoreIOError.wrap("read", where, exc) from exc
+
     with store.blobs.open(attachment_id) as handle:
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
-        while True:
-            try:
-                n = handle.readinto(buffer)
-            except OSError as exc:
-                raise StoreIOError.wrap("read", store.blobs.where(attachment_id), exc) from exc
-            if not n:
+        while n := read(buffer):
+            if total and (sink := _descriptor_of(out)) is not None and _descriptor_of(handle) is not None:
+                out.flush()  # what ``out`` holds goes first; the thread writes past it
+                regular = _is_regular_fd(sink)
+                pump = Pump(read, sink, CHUNK, n, buffer, writeback=regular)
+                try:
+                    for chunk in pump:
+                        digest.update(chunk)
+                        total += len(chunk)
+                    pump.finish()
+                except BaseException:
+                    pump.abandon(wait=regular)  # a pipe's reader may never read again
+                    raise
                 break
             digest.update(view[:n])
             out.write(view[:n])
             total += n
     if digest.hexdigest() != attachment_id:
         raise Corrupt(
-            f"hash mismatch: {store.blobs.where(attachment_id)} hashes to "
+            f"hash mismatch: {where} hashes to "
             f"{digest.hexdigest()}, not its name"
         )
     return total
+
+
+def _descriptor_of(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return None
+
+
+def _is_regular_fd(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def get_to_file(store: Store, attachment_id: str, dest: Path) -> tuple[int, str | None]:

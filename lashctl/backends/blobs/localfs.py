@@ -24,7 +24,7 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from lashctl.backends.base import (
     DIRECTORY,
@@ -52,6 +52,7 @@ from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store
     make_dir,
     make_dirs,
     open_dir,
+    Pump,
     open_regular,
     read_into,
     replaced_file,
@@ -126,55 +127,16 @@ def _write_all(fd: int, chunk: memoryview, path: Path) -> None:
         raise StoreIOError.wrap("write", path, exc) from exc
 
 
-class _ChunkWriter:
-    """Writes chunks to a staging file on a thread while the caller hashes.
-
-    A fixed pool of buffers bounds memory: the caller waits for a free
-    buffer when the writer falls behind.
-    """
-
-    DEPTH = 4
-
-    def __init__(self, fd: int, path: Path) -> None:
-        import queue
-        import threading
-
-        self._fd, self._path = fd, path
-        self._free: "queue.Queue[bytearray]" = queue.Queue()
-        self._full: "queue.Queue[tuple[bytearray, int] | None]" = queue.Queue()
-        for _ in range(self.DEPTH - 1):
-            self._free.put(bytearray(CHUNK))
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="lashctl-stage-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (item := self._full.get()) is not None:
-            buffer, n = item
-            if self._error is None:
-                try:
-                    _write_all(self._fd, memoryview(buffer)[:n], self._path)
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller in finish()
-                    self._error = exc
-            self._free.put(buffer)
-
-    def submit(self, buffer: bytearray, n: int) -> None:
-        if self._error is not None:
-            self.finish()  # raises the writer's error now, not at the end of a long input
-        self._full.put((buffer, n))
-
-    def free_buffer(self) -> bytearray:
-        return self._free.get()
-
-    def finish(self) -> None:
-        self._full.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def abandon(self) -> None:
-        self._full.put(None)
-        self._thread.join()
+def _reads_may_block(source: BinaryIO) -> bool:
+    """Can a read of ``source`` wait for ever (a pipe, a terminal, a socket)?"""
+    try:
+        fd = source.fileno()
+    except (OSError, AttributeError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return False  # bytes in memory
+    try:
+        return not stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return True
 
 
 def _lstat_entry(entry: os.DirEntry) -> os.stat_result | None:
@@ -471,37 +433,36 @@ class BlobStore(BlobBackend):
                              dir_fd=tmp)
             except OSError as exc:
                 raise StoreIOError.wrap("create staging file", path, exc) from exc
-            writer: _ChunkWriter | None = None
+            pump: Pump | None = None
             try:
                 fit_in(fd, tmp)
                 buffer = bytearray(CHUNK)
-                while True:
-                    n = read_into(source, buffer, source_name)
-                    if not n:
-                        break
-                    chunk = memoryview(buffer)[:n]
-                    if len(head) < HEAD_BYTES:
-                        head += bytes(chunk[: HEAD_BYTES - len(head)])
-                    if writer is None and byte_len:
-                        # A second chunk: the input is big enough for writing to
-                        # overlap hashing (both release the GIL).
-                        writer = _ChunkWriter(fd, path)
-                    if writer is None:
-                        digest.update(chunk)
-                        _write_all(fd, chunk, path)
+                while n := read_into(source, buffer, source_name):
+                    if byte_len:
+                        # A second chunk: the input is big enough for a thread to
+                        # write it (and read it, from a file) while this one hashes it.
+                        pump = Pump(lambda b: read_into(source, b, source_name), fd, CHUNK, n, buffer,
+                                    read_ahead=not _reads_may_block(source), offset=byte_len,
+                                    writeback=True, write_error=lambda exc: StoreIOError.wrap("write", path, exc))
+                        chunks: Iterable[memoryview] = pump
                     else:
-                        writer.submit(buffer, n)
-                        digest.update(chunk)  # the writer only reads the buffer too
-                        buffer = writer.free_buffer()
-                    byte_len += n
-                    if progress is not None:
-                        progress(n)
-                if writer is not None:
-                    writer, pending = None, writer
-                    pending.finish()
+                        chunks = (memoryview(buffer)[:n],)
+                    for chunk in chunks:
+                        if len(head) < HEAD_BYTES:
+                            head += bytes(chunk[: HEAD_BYTES - len(head)])
+                        digest.update(chunk)
+                        if pump is None:
+                            _write_all(fd, chunk, path)
+                        byte_len += len(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                    if pump is not None:
+                        pump, running = None, pump
+                        running.finish()
+                        break
             except BaseException:
-                if writer is not None:
-                    writer.abandon()
+                if pump is not None:
+                    pump.abandon(wait=True)  # its writes go to a file: they end
                 os.close(fd)
                 unlink_quietly(name, tmp)
                 raise
