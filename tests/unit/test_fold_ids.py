@@ -83,8 +83,9 @@ def test_fold_ids_agrees_with_a_fold_of_every_line(tmp_path_factory, monkeypatch
 def test_a_malformed_line_of_a_candidate_still_stops_the_fold(tmp_path):
     path = tmp_path / "manifest.jsonl"
     good = _line("intent", IDS[0], "s1", 5, "plain", IDS[0])
-    path.write_bytes(good + b'{"op":"commit","attachment_id":"' + IDS[0].encode() + b'",\n')
+    other = b"".join(_line("intent", IDS[1], f"s{n}", 5, "plain", IDS[1]) for n in range(3))
+    path.write_bytes(good + other + b'{"op":"commit","attachment_id":"' + IDS[0].encode() + b'",\n' + other)
     from lashctl.errors import Corrupt
 
-    with pytest.raises(Corrupt, match=":2:"):
+    with pytest.raises(Corrupt, match=r"manifest\.jsonl:5: malformed manifest line"):
         Manifest(path).fold_ids({IDS[0]})

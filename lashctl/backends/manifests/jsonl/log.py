@@ -350,13 +350,12 @@ def _line_finder(ids: set[str]) -> Callable[[bytes, int], Iterator[int]]:
 
 
 def _lines_for(fd: int, ids: set[str], path: Path) -> Iterator[tuple[int, bytes]]:
-    """``(line number, line without its newline)`` for each line of the log
+    """``(file offset, line without its newline)`` for each line of the log
     on ``fd`` that may be an event of one of ``ids``: every line holding a
     backslash, every line the finder (``_line_finder``) points into, and a
     valid unterminated final line as ``fold_ids`` always treated it (a torn
-    one ends the log). Other lines are never split out nor parsed."""
+    one ends the log). Other lines are never split out, parsed or counted."""
     find = _line_finder(ids)
-    lineno = 0  # lines before ``pos``
     pos = 0  # where the next read starts: always the start of a line
     want = _SCAN_CHUNK
     tail = b""
@@ -378,24 +377,31 @@ def _lines_for(fd: int, ids: set[str], path: Path) -> Iterator[tuple[int, bytes]
         while at >= 0:
             starts.add(data.rfind(b"\n", 0, at) + 1)
             at = data.find(b"\\", data.find(b"\n", at) + 1, end)
-        counted, before = 0, lineno
         for start in sorted(starts):
-            before += data.count(b"\n", counted, start)
-            counted = start
             raw = data[start:data.find(b"\n", start)]
             if raw.strip():
-                yield before + 1, raw
-        lineno += data.count(b"\n", 0, end)
+                yield pos + start, raw
         pos += end
     if not tail:
         return
-    lineno += 1
     found = _ID_FIELD.findall(tail)
     if len(found) == 1 and found[0].decode("ascii") not in ids and b"\\" not in tail:
         return  # plainly another id's line
-    if not parses(strip_bom(tail) if lineno == 1 else tail):
+    if not parses(strip_bom(tail) if pos == 0 else tail):
         return  # a torn tail, as iter_events treats it
-    yield lineno, tail
+    yield pos, tail
+
+
+def _lineno_at(fd: int, offset: int) -> int:
+    """The line number of the line starting at byte ``offset`` (for a message)."""
+    lines, pos = 1, 0
+    while pos < offset:
+        block = os.pread(fd, min(_SCAN_CHUNK, offset - pos), pos)
+        if not block:
+            break
+        lines += block.count(b"\n")
+        pos += len(block)
+    return lines
 
 
 class Manifest:
@@ -431,8 +437,11 @@ class Manifest:
         fd = self.open_for_reading()
         if fd is not None:
             try:
-                for lineno, raw in _lines_for(fd, ids, self.path):
-                    event = parse_line(raw, lineno, self.path)
+                for offset, raw in _lines_for(fd, ids, self.path):
+                    try:
+                        event = parse_line(raw, 1 if offset == 0 else 2, self.path)
+                    except Corrupt:  # named by its line number, counted now
+                        event = parse_line(raw, _lineno_at(fd, offset), self.path)
                     if event["op"] == "header" or event["attachment_id"] not in ids:
                         continue
                     change = Event.from_json(event)
