@@ -189,10 +189,11 @@ def test_the_modules_every_command_loads_build_no_dataclass():
 
 
 def test_start_up_objects_are_frozen_once_the_command_starts(tmp_path):
-    """``lashctl.main`` collects garbage sparsely while it starts (Typer, the
-    command's modules, the parse) and freezes what start-up made when the
-    command's work begins (``app_state``): the collector's usual thresholds
-    hold for the command itself, and again after ``main``."""
+    """``lashctl.main`` run as the program collects garbage sparsely while it
+    starts (Typer, the command's modules, the parse) and freezes what
+    start-up made when the command's work begins (``app_state``): the
+    collector's usual thresholds hold for the command itself, and again
+    after ``main``."""
     source = tmp_path / "small.bin"
     source.write_bytes(os.urandom(2048))
     code = (
@@ -209,9 +210,10 @@ def test_start_up_objects_are_frozen_once_the_command_starts(tmp_path):
         "    seen.append(('command', gc.get_threshold() == usual, gc.get_freeze_count() > 1000))\n"
         "    return got\n"
         "lashctl.cli._build_command, lashctl.commands.app_state = spy_build, spy_state\n"
+        "from lashctl import main  # as the console script does: main is the program\n"
         f"sys.argv = ['lashctl', '--store', {str(tmp_path / 'store')!r}, 'put', '-s', 's', {str(source)!r}]\n"
         "try:\n"
-        "    lashctl.main()\n"
+        "    main()\n"
         "except SystemExit as exc:\n"
         "    assert exc.code in (0, None), exc.code\n"
         "print(seen, gc.get_threshold() == usual, file=sys.stderr)\n"
@@ -219,3 +221,24 @@ def test_start_up_objects_are_frozen_once_the_command_starts(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "[('build', True), ('command', True, True)] True"
+
+
+def test_main_called_by_another_program_leaves_the_collector_alone(tmp_path):
+    """A caller that goes on after ``lashctl.main`` (a test, a wrapper) finds
+    nothing frozen and the collector's thresholds as they were."""
+    source = tmp_path / "small.bin"
+    source.write_bytes(os.urandom(2048))
+    code = (
+        "import gc, sys\n"
+        "import lashctl\n"
+        "usual = gc.get_threshold()\n"
+        f"sys.argv = ['lashctl', '--store', {str(tmp_path / 'store')!r}, 'put', '-s', 's', {str(source)!r}]\n"
+        "try:\n"
+        "    lashctl.main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print(gc.get_freeze_count(), gc.get_threshold() == usual, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "0 True"
