@@ -18,8 +18,10 @@ from lashctl.backends.base import LAYOUT_SIDECARS, BlobStat
 from lashctl.core import DEFAULT_GRACE, Store, by_id, default_grace_ms
 from lashctl.errors import Corrupt, LashctlError, NotFound
 from lashctl.fold import Row
+from lashctl.ids import is_utf8_text, is_valid_id
 from lashctl.sweep.rules import aged_rows, forget_intents, live_reason
 from lashctl.strays import StrayFile, remove_stray, scan_strays
+from lashctl.timefmt import in_future
 
 COMMITTED = "committed"
 UNCOMMITTED = "uncommitted"
@@ -434,11 +436,61 @@ class Finding:
     repair: str | None = None  # what --fix did about it
 
 
+class _Found:
+    """What verify finds, told as it is found (``add``): the checked counts,
+    and the findings a concurrent writer can cause, by id, for ``_settle``
+    (up to ``_SETTLE_LIMIT`` ids; past it, None: they are reported as seen)."""
+
+    def __init__(self) -> None:
+        self.blobs_checked = 0
+        self.bytes_checked = 0
+        self.passing: dict[tuple[str, str, str], int] | None = {}  # (kind, severity, id): findings
+        self._passing_ids: set[str] = set()
+
+    def add(self, finding: Finding) -> None:
+        self._record(finding)
+        if (self.passing is not None and finding.kind in _PASSING and finding.repair is None
+                and finding.attachment_id is not None):
+            key = (finding.kind, finding.severity, finding.attachment_id)
+            self.passing[key] = self.passing.get(key, 0) + 1
+            self._passing_ids.add(finding.attachment_id)
+            if len(self._passing_ids) > _SETTLE_LIMIT:
+                self.passing, self._passing_ids = None, set()
+
+    def extend(self, findings) -> None:
+        for finding in findings:
+            self.add(finding)
+
+    def _record(self, finding: Finding) -> None:
+        raise NotImplementedError
+
+    def settled(self, keep: Callable[[str, str], bool], extra: list[Finding]) -> None:
+        """Leave out the passing findings ``keep`` drops; ``extra`` goes last."""
+        raise NotImplementedError
+
+
+def _settles(finding: Finding) -> bool:
+    """Whether ``_settle`` looks at this finding again."""
+    return finding.kind in _PASSING and finding.repair is None and finding.attachment_id is not None
+
+
 @dataclass
-class VerifyReport:
+class VerifyReport(_Found):
     blobs_checked: int = 0
     bytes_checked: int = 0
     findings: list[Finding] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        checked, checked_bytes, findings = self.blobs_checked, self.bytes_checked, self.findings
+        _Found.__init__(self)
+        self.blobs_checked, self.bytes_checked, self.findings = checked, checked_bytes, findings
+
+    def _record(self, finding: Finding) -> None:
+        self.findings.append(finding)
+
+    def settled(self, keep: Callable[[str, str], bool], extra: list[Finding]) -> None:
+        self.findings = [f for f in self.findings
+                         if not _settles(f) or keep(f.kind, cast(str, f.attachment_id))] + extra
 
     @property
     def errors(self) -> list[Finding]:
@@ -449,16 +501,178 @@ class VerifyReport:
     def repairs(self) -> list[Finding]:
         return [f for f in self.findings if f.repair]
 
+    @property
+    def warnings(self) -> int:
+        return sum(1 for f in self.findings if f.severity == WARNING)
+
+    ascii_only = False  # a list is written whole: its encoding is decided then
+
+
+class _Spool:
+    """Findings in the order found: a batch in memory, the rest on an unnamed
+    temporary file (memory stays flat however many there are). Where no
+    temporary file can be written they stay in memory."""
+
+    BATCH = 4096
+
+    def __init__(self) -> None:
+        self._batch: list[tuple] = []
+        self._held: list[list[tuple]] = []  # batches the file could not take
+        self._file: Any = None
+        self._end = 0  # bytes of whole batches on the file
+
+    def append(self, finding: Finding) -> None:
+        self._batch.append((finding.kind, finding.severity, finding.path, finding.attachment_id,
+                            finding.message, finding.repair))
+        if len(self._batch) >= self.BATCH:
+            self._spill()
+
+    def _spill(self) -> None:
+        batch, self._batch = self._batch, []
+        if self._held:  # the file failed once: keep the order, in memory
+            self._held.append(batch)
+            return
+        import marshal
+
+        data = marshal.dumps(batch)
+        try:
+            if self._file is None:
+                import tempfile
+
+                self._file = tempfile.TemporaryFile(prefix="lashctl-verify-")
+            self._file.seek(self._end)
+            self._file.write(len(data).to_bytes(8, "little"))
+            self._file.write(data)
+            self._end += 8 + len(data)
+        except OSError:
+            self._held.append(batch)
+
+    def __iter__(self) -> Iterator[tuple]:
+        if self._file is not None and self._end:
+            import marshal
+
+            handle, offset = self._file, 0
+            handle.flush()
+            while offset < self._end:
+                handle.seek(offset)
+                size = int.from_bytes(handle.read(8), "little")
+                batch = marshal.loads(handle.read(size))
+                offset += 8 + size
+                yield from batch
+        for batch in self._held:
+            yield from batch
+        yield from self._batch
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class SpooledReport(_Found):
+    """``verify``'s report of a whole store: the findings kept in order on a
+    spool, counted as found. ``findings``, ``errors`` and ``repairs`` are
+    views that read the spool each time they are iterated (their ``len`` is
+    counted); ``ascii_only``: some finding holds text UTF-8 cannot encode (a
+    file name that is not UTF-8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._spool = _Spool()
+        self._counts: dict[tuple[str, str, bool], int] = {}  # (kind, severity, repaired): findings
+        self._keep: Callable[[str, str], bool] | None = None
+        self._extra: list[Finding] = []
+        self.ascii_only = False
+
+    def _record(self, finding: Finding) -> None:
+        self._spool.append(finding)
+        self._note(finding)
+
+    def _note(self, finding: Finding) -> None:
+        self._count(finding, 1)
+        if not self.ascii_only:
+            for text in (finding.path, finding.message, finding.repair):
+                if text is not None and not text.isascii() and not is_utf8_text(text):
+                    self.ascii_only = True
+
+    def _count(self, finding: Finding, n: int) -> None:
+        key = (finding.kind, finding.severity, finding.repair is not None)
+        self._counts[key] = self._counts.get(key, 0) + n
+
+    def settled(self, keep: Callable[[str, str], bool], extra: list[Finding]) -> None:
+        for (kind, severity, attachment_id), n in (self.passing or {}).items():
+            if not keep(kind, attachment_id):
+                self._counts[(kind, severity, False)] -= n
+        self._keep = keep
+        for finding in extra:  # given after the spool's, as they are: they are no longer passing
+            self._note(finding)
+        self._extra = extra
+
+    def _iter(self) -> Iterator[Finding]:
+        keep = self._keep
+        for kind, severity, path, attachment_id, message, repair in self._spool:
+            if (keep is not None and kind in _PASSING and repair is None and attachment_id is not None
+                    and not keep(kind, attachment_id)):
+                continue
+            yield Finding(kind, severity, path, attachment_id, message, repair)
+        yield from self._extra
+
+    def counted(self, want: Callable[[str, str, bool], bool]) -> int:
+        return sum(n for key, n in self._counts.items() if want(*key))
+
+    @property
+    def findings(self) -> _FindingView:
+        return _FindingView(self, None, self.counted(lambda _k, _s, _r: True))
+
+    @property
+    def errors(self) -> _FindingView:
+        """What is still wrong: errors --fix did not repair."""
+        return _FindingView(self, lambda f: f.severity == ERROR and not f.repair,
+                            self.counted(lambda _k, severity, repaired: severity == ERROR and not repaired))
+
+    @property
+    def repairs(self) -> _FindingView:
+        return _FindingView(self, lambda f: bool(f.repair), self.counted(lambda _k, _s, repaired: repaired))
+
+    @property
+    def warnings(self) -> int:
+        return self.counted(lambda _k, severity, _r: severity == WARNING)
+
+    def close(self) -> None:
+        self._spool.close()
+
+
+class _FindingView:
+    """Some of a spooled report's findings, in order; iterable again and again."""
+
+    def __init__(self, report: SpooledReport, want: Callable[[Finding], bool] | None, count: int) -> None:
+        self._report, self._want, self._count = report, want, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[Finding]:
+        if not self._count:
+            return iter(())
+        found = self._report._iter()
+        return found if self._want is None else (f for f in found if self._want(f))
+
 
 def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = None,
-           progress: Progress | None = None) -> VerifyReport:
+           progress: Progress | None = None, spool: bool = False) -> Any:
     """Check every blob, sidecar, stray file and manifest row; repair safely with ``fix``.
 
     With ``fix`` the manifest lock is held throughout. A manifest that cannot
     be read is one finding: the blob checks still run, the row checks do not.
+    Returns a VerifyReport (every finding in a list), or with ``spool`` a
+    SpooledReport (the findings on a spool: memory stays flat).
     """
     from contextlib import ExitStack
 
+    report: _Found = SpooledReport() if spool else VerifyReport()
     with ExitStack() as stack:
         view, problem = None, None
         try:
@@ -476,31 +690,54 @@ def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = 
             # (naming it in view.malformed) and every other check still runs.
             view.tolerant = True
         stack.enter_context(store.blobs.opened())
-        return _verify(store, view, problem, now, fix=fix, grace_ms=grace_ms, progress=progress)
+        _verify(store, view, problem, now, report, fix=fix, grace_ms=grace_ms, progress=progress)
+        return report
 
 
-def _verify(store: Store, view, manifest_problem: str | None, now: int, *, fix: bool,
-            grace_ms: int | None, progress: Progress | None) -> VerifyReport:
-    report = VerifyReport()
+def _verify(store: Store, view, manifest_problem: str | None, now: int, report: _Found, *, fix: bool,
+            grace_ms: int | None, progress: Progress | None) -> None:
     grace = default_grace_ms() if grace_ms is None else grace_ms
     name = store.manifest.name
+    where = _Where(store)
     if manifest_problem is not None:
-        report.findings.append(Finding("manifest-corrupt", ERROR, name, None, manifest_problem))
+        report.add(Finding("manifest-corrupt", ERROR, name, None, manifest_problem))
     elif view is not None and view.torn_tail:
-        report.findings.append(Finding("manifest-torn-tail", WARNING, name, None,
-                                       "torn final line (a crashed append); the next write repairs it"))
+        report.add(Finding("manifest-torn-tail", WARNING, name, None,
+                           "torn final line (a crashed append); the next write repairs it"))
     for attachment_id, present, rows, hashed in _hashed_ahead(store, by_id(store, view), progress):
-        report.findings.extend(_intents_in_future(store, rows, now))
+        for row in rows:
+            if not row.committed and in_future(row.intent_at_epoch_ms, now):
+                report.extend(_intents_in_future(store, rows, now))
+                break
         if present and _verify_blob(store, attachment_id, view, rows, report, hashed, fix=fix):
             continue  # a blob quarantined by --fix is no longer present
-        report.findings.extend(_bytes_missing(store, row) for row in rows)
+        for row in rows:
+            report.add(_bytes_missing(store, row, where))
     for stray in scan_strays(store):
         _verify_stray(store, stray, report, fix=fix, now=now, grace=grace)
     for bad in view.malformed if view is not None else ():
-        report.findings.append(Finding("manifest-corrupt", ERROR, name, None, bad.message))
+        report.add(Finding("manifest-corrupt", ERROR, name, None, bad.message))
     if view is not None:
         _settle(store, report)
-    return report
+
+
+class _Where:
+    """``store.blobs.where`` of blobs, remembered per shard: a blob's path is
+    its shard's (named by the id's first two digits in every backend) and
+    its id; building each through pathlib would cost more than the check."""
+
+    def __init__(self, store: Store) -> None:
+        self._where = store.blobs.where
+        self._shards: dict[str, str] = {}
+
+    def __call__(self, attachment_id: str) -> str:
+        head = self._shards.get(attachment_id[:2])
+        if head is not None and is_valid_id(attachment_id):
+            return head + attachment_id
+        path = self._where(attachment_id)
+        if path.endswith(attachment_id):
+            self._shards[attachment_id[:2]] = path[:-len(attachment_id)]
+        return path
 
 
 # What a writer running beside verify (which holds no lock without --fix)
@@ -515,23 +752,23 @@ _PASSING = {"unreadable", "sidecar-missing", "orphan-sidecar-file",
 _SETTLE_LIMIT = 10_000
 
 
-def _settle(store: Store, report: VerifyReport) -> None:
+def _settle(store: Store, report: _Found) -> None:
     """Check once more, against the store and a fresh read of the manifest,
     every finding a concurrent writer can cause; keep only what is still
     wrong. A blob that vanished while it was read is no finding if its rows
     went with it (a sweep); rows that still reference it are reported as
     their bytes missing. Up to ``_SETTLE_LIMIT`` ids."""
-    passing = [f for f in report.findings if f.kind in _PASSING and f.repair is None and f.attachment_id is not None]
-    ids: list[str] = sorted({f.attachment_id for f in passing if f.attachment_id is not None})
-    if not ids or len(ids) > _SETTLE_LIMIT:
+    passing = report.passing
+    if not passing:
         return
+    ids: list[str] = sorted({i for _kind, _severity, i in passing})
     # The store, the manifest, then the store again: a sweep deletes bytes
     # before it forgets their rows; a put records its intent before its bytes
     # land (and a commit may follow). Bytes seen either time are there.
-    unreadable = {f.attachment_id for f in passing if f.kind == "unreadable"}
+    unreadable = {i for kind, _severity, i in passing if kind == "unreadable"}
     present = {i: _still_there(store, i, i in unreadable) for i in ids}
-    sidecar = {f.attachment_id: _still_there(store, f.attachment_id, False, sidecar=True)
-               for f in passing if f.kind in ("sidecar-missing", "orphan-sidecar-file") and f.attachment_id is not None}
+    sidecar = {i: _still_there(store, i, False, sidecar=True)
+               for kind, _severity, i in passing if kind in ("sidecar-missing", "orphan-sidecar-file")}
     with store.manifest.reading(tolerant=True) as fresh:
         now_rows = {i: [r for group in fresh.rows_by_id(i) for r in group if r.attachment_id == i]
                     for i in ids if present[i] is False}
@@ -539,22 +776,22 @@ def _settle(store: Store, report: VerifyReport) -> None:
         present[i] = _still_there(store, i, i in unreadable)
     # What the store would not say (a shard that is now a symlink): as seen.
     unsure = {i for i in ids if present[i] is None or sidecar.get(i, False) is None}
-    kept: list[Finding] = []
-    for f in report.findings:
-        fid = f.attachment_id
-        if f.kind not in _PASSING or f.repair is not None or fid is None or fid in unsure:
-            kept.append(f)
-        elif f.kind == "unreadable" and present[fid]:
-            kept.append(f)
-        elif f.kind == "sidecar-missing" and present[fid] and not sidecar[fid]:
-            kept.append(f)
-        elif f.kind == "orphan-sidecar-file" and sidecar[fid] and not present[fid]:
-            kept.append(f)
+
+    def keep(kind: str, fid: str) -> bool:
+        if fid in unsure:
+            return True
+        if kind == "unreadable":
+            return bool(present[fid])
+        if kind == "sidecar-missing":
+            return bool(present[fid] and not sidecar[fid])
+        if kind == "orphan-sidecar-file":
+            return bool(sidecar[fid] and not present[fid])
+        return False
+
     # Rows that reference bytes not there now, whatever verify saw before.
-    for i, rows in now_rows.items():
-        if present[i] is False:
-            kept.extend(_bytes_missing(store, row) for row in rows)
-    report.findings = kept
+    where = _Where(store)
+    report.settled(keep, [_bytes_missing(store, row, where)
+                          for i, rows in now_rows.items() if present[i] is False for row in rows])
 
 
 def _still_there(store: Store, attachment_id: str, listed_counts: bool, sidecar: bool = False) -> bool | None:
@@ -570,8 +807,8 @@ def _still_there(store: Store, attachment_id: str, listed_counts: bool, sidecar:
         return None
 
 
-def _bytes_missing(store: Store, row: Row) -> Finding:
-    path = store.blobs.where(row.attachment_id)
+def _bytes_missing(store: Store, row: Row, where: Callable[[str], str] | None = None) -> Finding:
+    path = (where or store.blobs.where)(row.attachment_id)
     if row.committed:
         return Finding("committed-bytes-missing", ERROR, path, row.attachment_id,
                        f"session {row.session_id} committed this blob but its bytes are missing")
@@ -631,7 +868,7 @@ def _with_result(item: tuple[str, bool, list[Row]], future) -> tuple:
     return (*item, (future.result if future is not None else None))
 
 
-def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report: VerifyReport,
+def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report: _Found,
                  hashed_of: Callable[[], tuple[str, BlobStat]], *, fix: bool) -> bool:
     """Check one blob (repairing with ``fix``); whether it is still in place afterwards."""
     path = store.blobs.where(attachment_id)
@@ -639,18 +876,18 @@ def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report
     try:
         actual, hashed = hashed_of()
     except LashctlError as exc:
-        report.findings.append(Finding("unreadable", ERROR, path, attachment_id, exc.message))
+        report.add(Finding("unreadable", ERROR, path, attachment_id, exc.message))
         return True
     report.blobs_checked += 1
     size = hashed.size
     report.bytes_checked += size
     if hashed.links > 1:
-        report.findings.append(Finding(
+        report.add(Finding(
             "hard-linked", ERROR, path, attachment_id,
             f"the blob has {hashed.links} hard links: it may be shared with a file outside the store"))
     side_st = store.blobs.stat(attachment_id, sidecar=True)
     if side_st is not None and side_st.is_file and side_st.links > 1:
-        report.findings.append(Finding(
+        report.add(Finding(
             "hard-linked", ERROR, side, attachment_id,
             f"the sidecar has {side_st.links} hard links: it may be shared with a file outside the store"))
     if actual != attachment_id:
@@ -670,7 +907,7 @@ def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report
                 log.write([log.item("quarantined" if moved else "kept", attachment_id, path=path,
                                     byte_len=size if moved else None, sessions=lost, reason=finding.message,
                                     moved_to=moved)])
-        report.findings.append(finding)
+        report.add(finding)
         return finding.repair is None
     meta, problem = _read_sidecar(store, attachment_id)
     if meta is None and problem is None:
@@ -679,22 +916,22 @@ def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report
             if fix:
                 rebuilt = rebuild_sidecar(store, attachment_id, size)
                 finding.repair = f"rebuilt the sidecar from the content ({rebuilt.media_type})"
-            report.findings.append(finding)
+            report.add(finding)
     elif problem is not None and meta is not None:
-        report.findings.append(Finding("sidecar-mismatch", ERROR, side, attachment_id,
+        report.add(Finding("sidecar-mismatch", ERROR, side, attachment_id,
                                        f"sidecar disagrees with the blob: {problem}"))
     elif problem is not None:
-        report.findings.append(Finding("sidecar-undecodable", ERROR, side, attachment_id, problem))
+        report.add(Finding("sidecar-undecodable", ERROR, side, attachment_id, problem))
     elif meta is not None and meta.byte_len != size:
-        report.findings.append(Finding("sidecar-mismatch", ERROR, side, attachment_id,
+        report.add(Finding("sidecar-mismatch", ERROR, side, attachment_id,
                                        f"sidecar says byte_len {meta.byte_len}, the blob has {size}"))
     if view is not None and not rows:
-        report.findings.append(Finding("unmanaged", WARNING, path, attachment_id,
+        report.add(Finding("unmanaged", WARNING, path, attachment_id,
                                        "no manifest row references this blob"))
     return True
 
 
-def _verify_stray(store: Store, stray: StrayFile, report: VerifyReport, *, fix: bool, now: int, grace: int) -> None:
+def _verify_stray(store: Store, stray: StrayFile, report: _Found, *, fix: bool, now: int, grace: int) -> None:
     severity = WARNING if stray.kind in ("staging", "orphan-sidecar") else ERROR
     finding = Finding(f"{stray.kind}-file" if stray.kind != "staging" else "staging-litter", severity,
                       stray.path, stray.attachment_id, stray.reason)
@@ -712,7 +949,7 @@ def _verify_stray(store: Store, stray: StrayFile, report: VerifyReport, *, fix: 
         if log is not None:
             log.write([log.item("failed" if error else "deleted", None, path=stray.path,
                                 byte_len=None if error else stray.byte_len, reason=stray.reason, error=error)])
-    report.findings.append(finding)
+    report.add(finding)
 
 
 def _forget_intents(view, rows: list[Row]) -> None:

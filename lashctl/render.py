@@ -160,18 +160,23 @@ class UI:
         items: str = "items",
         title: str | None = None,
         base: str | None = None,
+        ascii_json: bool = False,
     ) -> int:
         """A listing of ``records``, each read through ``fields``; the number of records.
 
         With --json: ``document`` (the fields of the run; a zero-argument
         callable builds it only then) with the items last under ``items``, or
-        without a document the array of items alone, streamed when
-        ``records`` is an iterator rather than a list. Otherwise the table (or
+        without a document the array of items alone. Otherwise the table (or
         TSV) of the fields that have a column, as ``records`` draws it; a
-        terminal shows paths relative to ``base``.
+        terminal shows paths relative to ``base``. When ``records`` is an
+        iterable rather than a list, a pipe gets it streamed (the same bytes);
+        ``ascii_json`` says that some record holds text UTF-8 cannot encode,
+        which makes the whole document ASCII, as ``emit_json`` would.
         """
         if self.json and document is None and not isinstance(records, (list, tuple)):
             return self.emit_json_array(item(fields, r) for r in records)
+        if not isinstance(records, (list, tuple)) and not sys.stdout.isatty():
+            return self._stream_listing(fields, records, document, items, ascii_json)
         records = list(records)
         if self.json:
             entries = [item(fields, r) for r in records]
@@ -183,6 +188,39 @@ class UI:
                     if base is not None and f.col.kind == "path" else f.col for f in shown]
             self.records(cols, [[f.cell_of(r) for f in shown] for r in records], None, title)
         return len(records)
+
+    def _stream_listing(self, fields: Sequence["Field"], records: Iterable[Any], document: Any, items: str,
+                        ascii_json: bool) -> int:
+        """``listing`` on a pipe, written as the records come: the bytes of
+        the gathered listing (a JSON document's items last, in one array)."""
+        out, count, pending = sys.stdout, 0, []  # type: Any, int, list[str]
+        self.wrote_data = True
+        if self.json:
+            import json
+
+            head = document() if callable(document) else document
+            if not ascii_json:
+                text = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
+                ascii_json = not _is_utf8(text)
+            encode = json.JSONEncoder(ensure_ascii=ascii_json, separators=(",", ":")).encode
+            text = encode(head)
+            pending.append(inert_json(text[:-1] + ("," if head else "") + encode(items) + ":["))
+            for record in records:
+                pending.append(("," if count else "") + inert_json(encode(item(fields, record))))
+                count += 1
+                if len(pending) >= 1000:
+                    self._write(out, pending)
+            pending.append("]}\n")
+        else:
+            shown = [f for f in fields if f.col is not None]
+            for record in records:
+                pending.append("\t".join(_plain(f.cell_of(record)) for f in shown) + "\n")
+                count += 1
+                if len(pending) >= 1000:
+                    self._write(out, pending)
+        self._write(out, pending)
+        out.flush()
+        return count
 
     def charts(self, charts: Callable[[], Sequence["Chart"]]) -> None:
         """Bar charts on a terminal (``charts`` builds them only then); nothing elsewhere."""
@@ -347,6 +385,14 @@ def _dumps(document: Any, indent: int | None) -> str:
 # other invisible format characters. JSON's own escapes keep the value exact.
 _OBEYED = "[\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]"
 _obeyed = None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def inert_json(text: str) -> str:

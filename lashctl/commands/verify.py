@@ -69,10 +69,12 @@ def verify(
     if state.ui.wants_progress():
         total = sum(st.size for i in store.blobs.iter_ids() if (st := store.blobs.stat(i)) is not None)
     with audit.running(state, store, "verify", audit_log, not fix), state.ui.progress("verifying", total) as bar:
-        report = inspect.verify(store, now, fix=fix, grace_ms=grace_ms, progress=bar.advance)
+        # Findings go to a spool as found (memory stays flat however many),
+        # counted: the document's counts come before its findings.
+        report = inspect.verify(store, now, fix=fix, grace_ms=grace_ms, progress=bar.advance, spool=True)
     if state.metrics is not None:
         state.metrics.verify(report)
-    warnings = sum(1 for f in report.findings if f.severity == inspect.WARNING)
+    warnings = report.warnings
     state.ui.listing(FINDING, report.findings, lambda: {
         **state.run_fields(),
         "fix": fix,
@@ -82,7 +84,7 @@ def verify(
         "errors": len(report.errors),
         "warnings": warnings,
         "repairs": len(report.repairs),
-    }, items="findings", base=str(store.root))
+    }, items="findings", base=str(store.root), ascii_json=report.ascii_only)
     for f in report.repairs:
         state.ui.info(f"repaired {f.path}: {f.repair}")
     checked = f"checked {report.blobs_checked} blob(s), {human_bytes(report.bytes_checked)}"
