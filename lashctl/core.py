@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from heapq import merge
 from typing import TYPE_CHECKING, Iterator
 
 from lashctl.errors import NotFound, Refused, UsageError
@@ -251,20 +250,29 @@ def by_id(store: Store, view) -> Iterator[tuple[str, bool, list[Row]]]:
     """Every id that has bytes or rows, in id order: ``(id, bytes present, rows)``.
 
     A merge of the blob listing and the manifest's rows, both read in id
-    order: memory stays flat however large the store.
+    order: memory stays flat however large the store. (Written out rather
+    than ``heapq.merge``: it runs once per row of the manifest.)
     """
-    blobs = ((i, True, None) for i in store.blobs.iter_ids())
-    rows = ((g[0].attachment_id, False, g) for g in view.rows_by_id()) if view is not None else iter(())
-    current: str | None = None
-    present, found = False, []  # type: bool, list[Row]
-    for attachment_id, is_blob, group in merge(blobs, rows, key=lambda t: t[0]):
-        if attachment_id != current:
-            if current is not None:
-                yield current, present, found
-            current, present, found = attachment_id, False, []
-        if is_blob:
-            present = True
+    blobs = iter(store.blobs.iter_ids())
+    blob = next(blobs, None)
+    for group in (view.rows_by_id() if view is not None else ()):
+        attachment_id = group[0].attachment_id
+        while blob is not None and blob < attachment_id:
+            yield blob, True, []
+            blob = _next_other(blobs, blob)
+        if blob == attachment_id:
+            blob = _next_other(blobs, blob)
+            yield attachment_id, True, group
         else:
-            found = group
-    if current is not None:
-        yield current, present, found
+            yield attachment_id, False, group
+    while blob is not None:
+        yield blob, True, []
+        blob = _next_other(blobs, blob)
+
+
+def _next_other(ids: Iterator[str], current: str) -> str | None:
+    """The next id of a sorted listing after ``current`` (a repeat is one id)."""
+    following = next(ids, None)
+    while following == current:
+        following = next(ids, None)
+    return following

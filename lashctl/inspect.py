@@ -18,7 +18,7 @@ from lashctl.backends.base import LAYOUT_SIDECARS, BlobStat
 from lashctl.core import DEFAULT_GRACE, Store, by_id, default_grace_ms
 from lashctl.errors import Corrupt, LashctlError, NotFound
 from lashctl.fold import Row
-from lashctl.ids import is_utf8_text, is_valid_id
+from lashctl.ids import _FULL_ID, is_utf8_text
 from lashctl.sweep.rules import aged_rows, forget_intents, live_reason
 from lashctl.strays import StrayFile, remove_stray, scan_strays
 from lashctl.timefmt import in_future
@@ -426,7 +426,7 @@ ERROR = "error"
 WARNING = "warning"
 
 
-@dataclass
+@dataclass(slots=True)
 class Finding:
     kind: str
     severity: str
@@ -451,15 +451,24 @@ class _Found:
         self._record(finding)
         if (self.passing is not None and finding.kind in _PASSING and finding.repair is None
                 and finding.attachment_id is not None):
-            key = (finding.kind, finding.severity, finding.attachment_id)
-            self.passing[key] = self.passing.get(key, 0) + 1
-            self._passing_ids.add(finding.attachment_id)
-            if len(self._passing_ids) > _SETTLE_LIMIT:
-                self.passing, self._passing_ids = None, set()
+            self._passed(finding.kind, finding.severity, finding.attachment_id)
+
+    def _passed(self, kind: str, severity: str, attachment_id: str) -> None:
+        passing = cast(dict, self.passing)
+        key = (kind, severity, attachment_id)
+        passing[key] = passing.get(key, 0) + 1
+        self._passing_ids.add(attachment_id)
+        if len(self._passing_ids) > _SETTLE_LIMIT:
+            self.passing, self._passing_ids = None, set()
 
     def extend(self, findings) -> None:
         for finding in findings:
             self.add(finding)
+
+    def bytes_missing(self, path: str, rows: list[Row]) -> None:
+        """The rows of one id (its blob at ``path``) reference bytes that are not there."""
+        for row in rows:
+            self.add(Finding(*_missing(row), path, row.attachment_id, _missing_message(row)))
 
     def _record(self, finding: Finding) -> None:
         raise NotImplementedError
@@ -521,9 +530,9 @@ class _Spool:
         self._file: Any = None
         self._end = 0  # bytes of whole batches on the file
 
-    def append(self, finding: Finding) -> None:
-        self._batch.append((finding.kind, finding.severity, finding.path, finding.attachment_id,
-                            finding.message, finding.repair))
+    def append(self, finding: tuple) -> None:
+        """One finding's fields, in ``Finding``'s order."""
+        self._batch.append(finding)
         if len(self._batch) >= self.BATCH:
             self._spill()
 
@@ -584,20 +593,42 @@ class SpooledReport(_Found):
         self._extra: list[Finding] = []
         self.ascii_only = False
 
+    def add(self, finding: Finding) -> None:  # _Found.add, inlined: it runs once per finding
+        kind, severity, attachment_id, repair = finding.kind, finding.severity, finding.attachment_id, finding.repair
+        self._spool.append((kind, severity, finding.path, attachment_id, finding.message, repair))
+        key = (kind, severity, repair is not None)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if not self.ascii_only:
+            self._check_text(finding)
+        if self.passing is not None and kind in _PASSING and repair is None and attachment_id is not None:
+            self._passed(kind, severity, attachment_id)
+
     def _record(self, finding: Finding) -> None:
-        self._spool.append(finding)
-        self._note(finding)
+        raise AssertionError("add records")
+
+    def bytes_missing(self, path: str, rows: list[Row]) -> None:  # add's work, for the most common finding
+        counts, spool = self._counts, self._spool
+        for row in rows:
+            kind, severity = _missing(row)
+            attachment_id, message = row.attachment_id, _missing_message(row)
+            spool.append((kind, severity, path, attachment_id, message, None))
+            key = (kind, severity, False)
+            counts[key] = counts.get(key, 0) + 1
+            if not self.ascii_only and not (message.isascii() and path.isascii()):
+                self._check_text(Finding(kind, severity, path, attachment_id, message))
+            if self.passing is not None:
+                self._passed(kind, severity, attachment_id)
+
+    def _check_text(self, finding: Finding) -> None:
+        for text in (finding.path, finding.message, finding.repair):
+            if text is not None and not text.isascii() and not is_utf8_text(text):
+                self.ascii_only = True
 
     def _note(self, finding: Finding) -> None:
-        self._count(finding, 1)
-        if not self.ascii_only:
-            for text in (finding.path, finding.message, finding.repair):
-                if text is not None and not text.isascii() and not is_utf8_text(text):
-                    self.ascii_only = True
-
-    def _count(self, finding: Finding, n: int) -> None:
         key = (finding.kind, finding.severity, finding.repair is not None)
-        self._counts[key] = self._counts.get(key, 0) + n
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if not self.ascii_only:
+            self._check_text(finding)
 
     def settled(self, keep: Callable[[str, str], bool], extra: list[Finding]) -> None:
         for (kind, severity, attachment_id), n in (self.passing or {}).items():
@@ -711,8 +742,8 @@ def _verify(store: Store, view, manifest_problem: str | None, now: int, report: 
                 break
         if present and _verify_blob(store, attachment_id, view, rows, report, hashed, fix=fix):
             continue  # a blob quarantined by --fix is no longer present
-        for row in rows:
-            report.add(_bytes_missing(store, row, where))
+        if rows:
+            report.bytes_missing(where(attachment_id), rows)
     for stray in scan_strays(store):
         _verify_stray(store, stray, report, fix=fix, now=now, grace=grace)
     for bad in view.malformed if view is not None else ():
@@ -732,7 +763,7 @@ class _Where:
 
     def __call__(self, attachment_id: str) -> str:
         head = self._shards.get(attachment_id[:2])
-        if head is not None and is_valid_id(attachment_id):
+        if head is not None and _FULL_ID.fullmatch(attachment_id) is not None:  # ids.is_valid_id, inlined
             return head + attachment_id
         path = self._where(attachment_id)
         if path.endswith(attachment_id):
@@ -808,12 +839,21 @@ def _still_there(store: Store, attachment_id: str, listed_counts: bool, sidecar:
 
 
 def _bytes_missing(store: Store, row: Row, where: Callable[[str], str] | None = None) -> Finding:
-    path = (where or store.blobs.where)(row.attachment_id)
-    if row.committed:
-        return Finding("committed-bytes-missing", ERROR, path, row.attachment_id,
-                       f"session {row.session_id} committed this blob but its bytes are missing")
-    return Finding("uncommitted-bytes-missing", WARNING, path, row.attachment_id,
-                   f"session {row.session_id}'s uncommitted intent has no bytes (an interrupted put; reclaim forgets it)")
+    return Finding(*_missing(row), (where or store.blobs.where)(row.attachment_id), row.attachment_id,
+                   _missing_message(row))
+
+
+def _missing(row: Row) -> tuple[str, str]:
+    """The kind and severity of a row whose bytes are missing."""
+    if row.committed_at_epoch_ms is not None:
+        return "committed-bytes-missing", ERROR
+    return "uncommitted-bytes-missing", WARNING
+
+
+def _missing_message(row: Row) -> str:
+    if row.committed_at_epoch_ms is not None:
+        return f"session {row.session_id} committed this blob but its bytes are missing"
+    return f"session {row.session_id}'s uncommitted intent has no bytes (an interrupted put; reclaim forgets it)"
 
 
 def _intents_in_future(store: Store, rows: list[Row], now: int) -> list[Finding]:
@@ -841,8 +881,9 @@ def _hashed_ahead(store: Store, items: Iterator[tuple[str, bool, list[Row]]], pr
     hashes each blob when it is asked for, one at a time."""
     limit = store.blobs.parallel_reads
     if limit <= 1:
+        hash_of = store.blobs.hash
         for attachment_id, present, rows in items:
-            yield attachment_id, present, rows, partial(store.blobs.hash, attachment_id, progress)
+            yield attachment_id, present, rows, (partial(hash_of, attachment_id, progress) if present else None)
         return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor

@@ -115,6 +115,6 @@ def test_a_spool_that_cannot_be_written_keeps_the_findings_in_memory(monkeypatch
     spool = inspect._Spool()
     findings = [inspect.Finding("unmanaged", "warning", f"p{n}", None, f"m{n}") for n in range(10)]
     for f in findings:
-        spool.append(f)
+        spool.append((f.kind, f.severity, f.path, f.attachment_id, f.message, f.repair))
     assert [inspect.Finding(*t) for t in spool] == findings
     assert [inspect.Finding(*t) for t in spool] == findings  # read again
