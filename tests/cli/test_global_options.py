@@ -162,19 +162,26 @@ def test_a_bad_manifest_url_is_a_usage_error_that_never_shows_its_password(cli, 
         assert "s3cr%" not in result.stderr
 
 
-def test_ctrl_c_while_completing_is_one_line_and_exit_130(monkeypatch, capsys):
-    """Completion parses the command line outside Typer's own error handling:
+@pytest.mark.parametrize("where", ["table", "typer"])
+def test_ctrl_c_while_completing_is_one_line_and_exit_130(monkeypatch, capsys, where):
+    """A TAB is answered from the completion table (or, for the lines the
+    table leaves to it, by Typer) outside a command's own error handling:
     an interrupt there is still the one line and exit 130."""
     import sys
 
     from typer.core import TyperGroup
 
     import lashctl
+    import lashctl.completion
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(TyperGroup, "make_context", interrupted)
+    if where == "table":
+        monkeypatch.setattr(lashctl.completion, "answer", interrupted)
+    else:
+        monkeypatch.setattr(lashctl.completion, "answer", lambda *a, **k: None)  # left to Typer
+        monkeypatch.setattr(TyperGroup, "make_context", interrupted)
     monkeypatch.setattr(sys, "argv", ["lashctl"])
     monkeypatch.setenv("_LASHCTL_COMPLETE", "complete_bash")
     monkeypatch.setenv("COMP_WORDS", "lashctl l")
