@@ -484,6 +484,48 @@ class Pump:
             self._thread.join()
 
 
+TOGETHER = 16  # threads that issue the fsyncs of a batch at once
+
+
+def all_together(jobs: list[Callable[[], None]], threads: int = TOGETHER) -> None:
+    """Run ``jobs`` (fsyncs, which release the GIL) on up to ``threads``
+    threads at once and wait for every one started; the first error is
+    raised (no job starts after it). Issued together, the fsyncs of a batch
+    of files cost about one: the disk's cache is flushed for all of them at
+    once, where one after the other each waits for a flush of its own."""
+    if len(jobs) <= 1:
+        for job in jobs:
+            job()
+        return
+    import threading
+
+    pending = iter(jobs)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                job = None if errors else next(pending, None)
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+                with lock:
+                    errors.append(exc)
+                return
+
+    workers = [threading.Thread(target=work, name="lashctl-fsync", daemon=True)
+               for _ in range(min(threads, len(jobs)))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+
+
 def unlink_quietly(name: str | Path, dir_fd: int | None = None) -> None:
     try:
         os.unlink(name, dir_fd=dir_fd)

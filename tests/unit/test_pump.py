@@ -257,3 +257,81 @@ def test_get_of_a_rotten_big_blob_leaves_the_file_as_it_was(tmp_path: Path) -> N
         transfer.get_to_file(store, aid, dest)
     assert dest.read_bytes() == b"what was there"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "root"]
+
+
+# -- a batch lands after one flush of everything it staged ------------------------------------
+def test_a_batch_fsyncs_every_staged_file_before_any_rename_and_the_shards_after(tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    from lashctl import sidecar
+
+    blobs = BlobStore(tmp_path / "root")
+    blobs.ensure_writable_layout()
+    old = blobs.stage(io.BytesIO(b"already there"), "<old>")
+    with blobs.opened():
+        blobs.install(old)
+    items = []
+    with blobs.opened():
+        for n in range(40):
+            staged = blobs.stage(io.BytesIO(b"blob %d" % n), "<new>")
+            items.append((staged, sidecar.Metadata(staged.attachment_id, "text/plain", staged.byte_len,
+                                                   None, None, f"f{n}")))
+        again = blobs.stage(io.BytesIO(b"already there"), "<old>")
+        items.append((again, None))
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, **kwargs):
+        events.append(("rename", str(dst)))
+        return real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    landed = blobs.land(items)
+    monkeypatch.undo()
+
+    assert landed == [False] * 40 + [True]
+    first_rename = next(i for i, (kind, _) in enumerate(events) if kind == "rename")
+    staged_syncs = [i for i, (kind, path) in enumerate(events) if kind == "fsync" and path.startswith(f"{blobs.tmp}/")]
+    assert len(staged_syncs) == 80  # 40 blobs and 40 sidecars; the duplicate pays none
+    assert max(staged_syncs) < first_rename
+    renames = [path for kind, path in events if kind == "rename"]
+    for staged, meta in items[:40]:
+        assert renames.index(staged.attachment_id + ".json") < renames.index(staged.attachment_id)
+    last_rename = max(i for i, (kind, _) in enumerate(events) if kind == "rename")
+    shard_syncs = {path for kind, path in events[last_rename:] if kind == "fsync"}
+    assert shard_syncs == {str(blobs.shard_dir(s.attachment_id)) for s, _ in items[:40]}
+    for staged, meta in items[:40]:
+        assert blobs.blob_path(staged.attachment_id).read_bytes() == b"blob %d" % items.index((staged, meta))
+        assert blobs.read_sidecar(staged.attachment_id) == meta
+    assert list(blobs.tmp.iterdir()) == []
+
+
+def test_a_failed_fsync_renames_nothing_and_leaves_no_sidecar_staging(tmp_path: Path, monkeypatch) -> None:
+    from lashctl import sidecar
+
+    blobs = BlobStore(tmp_path / "root")
+    blobs.ensure_writable_layout()
+    with blobs.opened():
+        items = []
+        for n in range(5):
+            staged = blobs.stage(io.BytesIO(b"blob %d" % n), "<new>")
+            items.append((staged, sidecar.Metadata(staged.attachment_id, "text/plain", staged.byte_len,
+                                                   None, None, None)))
+    real_fsync = os.fsync
+
+    def failing(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(items[3][0].name):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(StoreIOError, match="Input/output error"):
+        blobs.land(items)
+    monkeypatch.undo()
+    assert not any(blobs.blob_path(s.attachment_id).exists() or blobs.sidecar_path(s.attachment_id).exists()
+                   for s, _ in items)
+    assert sorted(p.name for p in blobs.tmp.iterdir()) == sorted(s.name for s, _ in items)  # put discards these

@@ -39,12 +39,12 @@ from lashctl.backends.base import (
     parse_layout_record,
     same_layout_record,
     Found,
-    land_in_order,
 )
 from lashctl.errors import Corrupt, NotFound, StoreIOError, UnsafePath
 from lashctl.fsutil import (  # noqa: F401 (re-exported for callers of the store)
     STAGING_SUFFIX,
     NotARegularFile,
+    all_together,
     describe_mode,
     fit_in,
     fsync_dir,
@@ -213,8 +213,122 @@ class BlobStore(BlobBackend):
         self.fsync_shards(attachment_ids)
 
     def land(self, items) -> list[bool]:
-        """Sidecars, then blob renames, then one fsync per shard that changed."""
-        return land_in_order(self, items)
+        """Sidecars, then blob renames, then one fsync per shard that changed.
+
+        Every file of the batch (each sidecar, each blob not already there) is
+        staged in ``tmp/`` first, then all are fsynced together
+        (``all_together``: one flush of the disk's cache serves many), and only
+        then renamed into place: as for one file at a time, no name appears
+        before its bytes are durable, and no blob before its sidecar."""
+        with self.opened():
+            tmp = self._dir(TMP, create=True)
+            assert tmp is not None
+            sidecars: list[tuple[str, str, str]] = []  # (staging name, attachment id, final name)
+            changed: set[str] = set()  # ids whose entries were renamed into their shard
+            try:
+                for staged, meta in items:
+                    if meta is not None and (name := self._stage_sidecar(meta, tmp)) is not None:
+                        sidecars.append((name, meta.attachment_id, meta.attachment_id + SIDECAR_SUFFIX))
+                landed = [self._keep_existing(staged) for staged, _meta in items]
+                fresh = [staged for (staged, _meta), kept in zip(items, landed) if not kept]
+                all_together([self._syncer(name, tmp, self.sidecar_path(i)) for name, i, _ in sidecars]
+                             + [self._syncer(s.name, tmp, self.blob_path(s.attachment_id), s.attachment_id)
+                                for s in fresh])
+                for name, attachment_id, final in sidecars:
+                    shard = self._dir(self._shard_key(attachment_id))
+                    try:
+                        os.replace(name, final, src_dir_fd=tmp, dst_dir_fd=shard)
+                    except OSError as exc:
+                        raise StoreIOError.wrap("write", self.sidecar_path(attachment_id), exc) from exc
+                    changed.add(attachment_id)
+            finally:
+                for name, attachment_id, _final in sidecars:
+                    if attachment_id not in changed:
+                        unlink_quietly(name, tmp)
+            for staged in fresh:
+                self._rename_into_place(staged, tmp)
+                changed.add(staged.attachment_id)
+            self.sync(changed)
+        return landed
+
+    def _stage_sidecar(self, meta, tmp: int) -> str | None:
+        """The staging name in ``tmp/`` of the sidecar ``meta`` encodes, not
+        yet fsynced; None when the sidecar there already says exactly this."""
+        attachment_id = meta.attachment_id
+        name = attachment_id + SIDECAR_SUFFIX
+        data = meta.encode()
+        shard = self._dir(self._shard_key(attachment_id), create=True)
+        assert shard is not None
+        try:
+            with os.fdopen(open_regular(name, dir_fd=shard), "rb") as handle:
+                if handle.read(len(data) + 1) == data:
+                    return None
+        except OSError:
+            pass  # absent or unreadable: write it
+        blob = replaced_file(attachment_id, shard)  # a new sidecar is no wider than its blob
+        staging = staging_name(name)
+        try:
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=tmp)
+            try:
+                fit_in(fd, shard, replaced_file(name, shard), None if blob is None else stat.S_IMODE(blob.st_mode))
+                write_all(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            unlink_quietly(staging, tmp)
+            raise StoreIOError.wrap("write", self.sidecar_path(attachment_id), exc) from exc
+        except KeyboardInterrupt:
+            unlink_quietly(staging, tmp)
+            raise
+        return staging
+
+    def _syncer(self, name: str, tmp: int, shown: Path, blob_id: str | None = None) -> Callable[[], None]:
+        """A job that fsyncs the staged file ``name`` (a blob's first given
+        the owner and mode of its place, as ``install`` gives them)."""
+        shard = None if blob_id is None else self._dir(self._shard_key(blob_id), create=True)
+
+        def sync() -> None:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp)
+                try:
+                    if blob_id is not None and shard is not None:
+                        fit_in(fd, shard, replaced_file(blob_id, shard), shared_file_mode(blob_id, shard))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise StoreIOError.wrap("install blob at" if blob_id else "write", shown, exc) from exc
+
+        return sync
+
+    def _keep_existing(self, staged: StagedBlob) -> bool:
+        """``install``'s first half: True (and the staged copy dropped) when
+        the blob is already there, intact (its mtime is refreshed)."""
+        attachment_id = staged.attachment_id
+        tmp = self._dir(TMP)
+        shard = self._dir(self._shard_key(attachment_id), create=True)
+        assert shard is not None and tmp is not None
+        with _locked_dir(shard):
+            try:
+                if self._intact(shard, attachment_id, staged.byte_len):
+                    os.utime(attachment_id, dir_fd=shard, follow_symlinks=False)
+                    unlink_quietly(staged.name, tmp)
+                    return True
+            except OSError as exc:
+                raise StoreIOError.wrap("install blob at", self.blob_path(attachment_id), exc) from exc
+        return False
+
+    def _rename_into_place(self, staged: StagedBlob, tmp: int) -> None:
+        """``install``'s second half, for bytes already fsynced."""
+        attachment_id = staged.attachment_id
+        shard = self._dir(self._shard_key(attachment_id), create=True)
+        assert shard is not None
+        with _locked_dir(shard):
+            try:
+                os.replace(staged.name, attachment_id, src_dir_fd=tmp, dst_dir_fd=shard)
+            except OSError as exc:
+                raise StoreIOError.wrap("install blob at", self.blob_path(attachment_id), exc) from exc
 
     def delete_many(self, attachment_ids: list[str], known: dict | None = None) -> dict[str, int | str]:
         """Delete each blob; ``known`` (stats just taken) is not needed here:
