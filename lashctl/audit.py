@@ -333,8 +333,8 @@ def encode_line(line: dict) -> str:
 
 
 def start(state, store, command: str, given: str | None) -> AuditLog | None:
-    """The audit log a destructive run writes to, set on ``store.audit`` and
-    opened for append now, before anything changes; None (and a warning on
+    """The audit log a destructive run writes to, set on ``store.audit``; a
+    named one is checked now, before anything changes; None (and a warning on
     stderr, which ``-q`` does not hide) for an object store with no log named."""
     from lashctl import commands
 
@@ -347,8 +347,10 @@ def start(state, store, command: str, given: str | None) -> AuditLog | None:
             f"to keep audit.jsonl in (name a file with --audit-log or {ENV_AUDIT_LOG})"))
         return None
     log = AuditLog(given, state.store_root, state.manifest_path, command, commands.ARGV or [])
-    if given != STDERR:
-        log._open()
+    # A named log must take lines before anything changes (checked, not
+    # created: a run that changes nothing leaves no file behind); the store's
+    # own is opened at its first line.
+    check_appendable(given)
     store.audit = log
     return log
 

@@ -391,3 +391,21 @@ def test_the_systemd_unit_can_write_the_log_docs_tell_an_s3_store_to_name():
     # ProtectSystem=strict: /var/log/lashctl is writable only as the unit's LogsDirectory.
     assert "\nLogsDirectory=lashctl\n" in unit and "ProtectSystem=strict" in unit
     assert "# Environment=LASHCTL_AUDIT_LOG=/var/log/lashctl/audit.jsonl\n" in unit
+
+
+def test_a_run_that_changes_nothing_leaves_no_log_behind(tmp_path):
+    """A sweep with nothing to do, a refused delete, a named log's check:
+    the store's files are as they were, and a named log is not created
+    until a line is written."""
+    run = Lashctl(tmp_path, str(tmp_path / "store"), [])
+    [attachment_id] = run.put("s", b"live bytes\n")
+    store = tmp_path / "store"
+    before = sorted(p.name for p in store.iterdir())
+    run.ok("reclaim")
+    run.ok("gc")
+    assert run("delete", attachment_id).returncode == 4  # referenced: refused
+    assert sorted(p.name for p in store.iterdir()) == before
+    named = tmp_path / "logs" / "audit.jsonl"
+    named.parent.mkdir()
+    run.ok("reclaim", "--audit-log", str(named))
+    assert not named.exists()
