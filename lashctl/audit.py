@@ -410,7 +410,7 @@ def store_field(store_root) -> str:
     """A store as a line's ``store`` records it (absolute, any password removed)."""
     from lashctl.backends import strip_password
 
-    return _absolute(strip_password(str(store_root)))
+    return _absolute(strip_password(str(store_root))) or ""
 
 
 def same_store(store_root):

@@ -100,6 +100,8 @@ class Store:
         else:
             context = self.manifest.sweeping() if sweep else self.manifest.writing()
         with context as view, self.blobs.opened():
+            if dry_run and sweep:
+                view.check_sweep_clock()  # refused as the real run would be
             yield view
 
 

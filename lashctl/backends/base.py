@@ -327,6 +327,12 @@ class ManifestView(Protocol):
             out.update(self.rows_for_ids(ids[start:start + 1000]))
         return out
 
+    def check_sweep_clock(self) -> None:
+        """Refuse (exit 4) a sweep whose ages this machine's clock cannot
+        judge (a shared database whose server says the clock runs ahead).
+        The sweep lock checks it; a dry run asks here, so that it is refused
+        as the real run would be. Default: nothing to compare with."""
+
     def check_ids(self) -> None:
         """Refuse (Corrupt) before a destructive command acts when the
         manifest holds rows its id queries cannot see (a table's row with an

@@ -115,6 +115,11 @@ def test_a_sweep_refuses_a_local_clock_ahead_of_the_postgresql_servers(tmp_path,
     monkeypatch.setattr(time, "time", lambda: real() + 2 * 86_400)
     with pytest.raises(Refused, match="ahead of the PostgreSQL server"):
         sweep.reclaim(store, int(time.time() * 1000) - 86_400_000)
+    # A dry run tells the truth: it is refused as the real run would be.
+    for dry in (lambda: sweep.reclaim(store, int(time.time() * 1000) - 86_400_000, dry_run=True),
+                lambda: sweep.gc(store, int(time.time() * 1000) - 86_400_000, dry_run=True)):
+        with pytest.raises(Refused, match="ahead of the PostgreSQL server"):
+            dry()
     monkeypatch.setattr(time, "time", real)
     assert sweep.reclaim(store, int(time.time() * 1000) - 86_400_000).items == []
 

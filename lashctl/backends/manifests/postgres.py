@@ -557,14 +557,10 @@ class PostgresManifest(ManifestBackend):
                             f"could not take the sweep lock on {TABLE} at {self.name} within "
                             f"{self.lock_timeout:g}s: another sweep holds it; retry later")
                     time.sleep(_LOCK_POLL_S)
-                ahead = time.time() * 1000 - conn.execute(
-                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::float8").fetchone()[0]
             try:
-                if ahead > CLOCK_SKEW_MS:
-                    # Ages are judged by this machine's clock: one ahead takes fresh uploads for aged ones.
-                    raise Refused(f"refusing to sweep: this machine's clock is {ahead / 60_000:.0f} minute(s) "
-                                  f"ahead of the PostgreSQL server's at {self.name}; fix the clock (NTP)")
-                yield PostgresView(self, conn, autocommit=True)
+                view = PostgresView(self, conn, autocommit=True)
+                view.check_sweep_clock()
+                yield view
             finally:
                 if not conn.closed:
                     try:
@@ -866,6 +862,16 @@ class PostgresView(ManifestWriter):
             else:
                 reason = None
             self._keep_cache[self._keep_key(row)] = reason
+
+    def check_sweep_clock(self) -> None:
+        """Ages are judged by this machine's clock: one ahead of the server's
+        takes fresh uploads for aged ones (Refused, exit 4)."""
+        with self.backend._errors():
+            ahead = time.time() * 1000 - self.conn.execute(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::float8").fetchone()[0]
+        if ahead > CLOCK_SKEW_MS:
+            raise Refused(f"refusing to sweep: this machine's clock is {ahead / 60_000:.0f} minute(s) "
+                          f"ahead of the PostgreSQL server's at {self.backend.name}; fix the clock (NTP)")
 
     def has_live_row(self, attachment_id: str, cutoff_ms: int) -> bool:
         """Whether the id has a row a sweep must respect: committed, uncommitted
