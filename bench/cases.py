@@ -584,6 +584,9 @@ GROWTH_COMMANDS = ("reclaim", "delete --dry-run", "gc --dry-run", "show", "ls", 
                    "list-uncommitted")
 
 
+GROWTH_OUTPUT_GROWS = ("verify", "list-uncommitted")  # a line per row without bytes / uncommitted row
+
+
 def bench_growth(ctx: Context) -> None:
     """Time and peak RSS of reclaim (few orphans), delete --dry-run, gc --dry-run,
     show, ls, stats and verify on manifests of growing size, with the same
@@ -649,8 +652,21 @@ def bench_growth(ctx: Context) -> None:
                            baseline_label="list-uncommitted"))
             ctx.add(Result("growth", f"reclaim ({GROWTH_ORPHANS} orphans) on {rows:,} rows: peak RSS", "limit",
                            entry["reclaim"]["peak_rss_mib"], target=150, unit="MiB"))
+            ctx.add(Result("growth", f"verify on {rows:,} rows vs ls", "ratio",
+                           entry["verify"]["median_s"], entry["ls"]["median_s"], 2.0, baseline_label="ls"))
+            ctx.add(Result("growth", f"verify on {rows:,} rows: peak RSS", "limit",
+                           entry["verify"]["peak_rss_mib"], target=150, unit="MiB"))
         rmtree(store)
         rmtree(template)
+    if len(table) >= 2:
+        # Peak RSS from the second largest manifest to the largest: flat, but
+        # for the commands whose output grows with the rows (one line each).
+        before, last = table[-2], table[-1]
+        for name in GROWTH_COMMANDS:
+            ctx.add(Result("growth", f"{name}: peak RSS, {last['rows']:,} vs {before['rows']:,} rows", "ratio",
+                           last[name]["peak_rss_mib"], before[name]["peak_rss_mib"],
+                           None if name in GROWTH_OUTPUT_GROWS else 1.2, unit="MiB",
+                           baseline_label=f"{before['rows']:,} rows"))
     ctx.growth_commands = table
     ctx.details["growth_commands"] = table
     ctx.note(f"growth: each manifest has {GROWTH_ORPHANS} orphans (blob + sidecar, intents 40 days old) and no "
