@@ -471,7 +471,7 @@ class _Found:
             self.add(Finding(*_missing(row), path, row.attachment_id, _missing_message(row)))
 
     def _record(self, finding: Finding) -> None:
-        raise NotImplementedError
+        raise NotImplementedError  # SpooledReport records in add, inlined
 
     def settled(self, keep: Callable[[str, str], bool], extra: list[Finding]) -> None:
         """Leave out the passing findings ``keep`` drops; ``extra`` goes last."""
@@ -603,9 +603,6 @@ class SpooledReport(_Found):
         if self.passing is not None and kind in _PASSING and repair is None and attachment_id is not None:
             self._passed(kind, severity, attachment_id)
 
-    def _record(self, finding: Finding) -> None:
-        raise AssertionError("add records")
-
     def bytes_missing(self, path: str, rows: list[Row]) -> None:  # add's work, for the most common finding
         counts, spool = self._counts, self._spool
         for row in rows:
@@ -693,7 +690,7 @@ class _FindingView:
 
 
 def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = None,
-           progress: Progress | None = None, spool: bool = False) -> Any:
+           progress: Progress | None = None, spool: bool = False) -> VerifyReport | SpooledReport:
     """Check every blob, sidecar, stray file and manifest row; repair safely with ``fix``.
 
     With ``fix`` the manifest lock is held throughout. A manifest that cannot
@@ -703,7 +700,7 @@ def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = 
     """
     from contextlib import ExitStack
 
-    report: _Found = SpooledReport() if spool else VerifyReport()
+    report: VerifyReport | SpooledReport = SpooledReport() if spool else VerifyReport()
     with ExitStack() as stack:
         view, problem = None, None
         try:
