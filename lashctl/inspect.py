@@ -737,7 +737,8 @@ def _verify(store: Store, view, manifest_problem: str | None, now: int, report: 
             if not row.committed and in_future(row.intent_at_epoch_ms, now):
                 report.extend(_intents_in_future(store, rows, now))
                 break
-        if present and _verify_blob(store, attachment_id, view, rows, report, hashed, fix=fix):
+        if present and hashed is not None and _verify_blob(store, attachment_id, view, rows, report, hashed,
+                                                           fix=fix):
             continue  # a blob quarantined by --fix is no longer present
         if rows:
             report.bytes_missing(where(attachment_id), rows)
@@ -869,8 +870,9 @@ def _is_file(st: BlobStat | None) -> bool:
 
 
 def _hashed_ahead(store: Store, items: Iterator[tuple[str, bool, list[Row]]], progress: Progress | None
-                  ) -> Iterator[tuple[str, bool, list[Row], Callable[[], tuple[str, BlobStat]]]]:
-    """``by_id``'s items, each with a function giving its blob's hash.
+                  ) -> Iterator[tuple[str, bool, list[Row], Callable[[], tuple[str, BlobStat]] | None]]:
+    """``by_id``'s items, each with a function giving its blob's hash (None
+    where the id has no bytes).
 
     A backend whose reads are requests (``parallel_reads`` > 1: an object
     store) has that many hashes streaming ahead of the item in hand, in
