@@ -223,9 +223,9 @@ class LashctlGroup(TyperGroup):
         except LashctlError as exc:
             self._fail(ctx, exc.message, exc.exit_code, exc)
         except BrokenPipeError:
-            # The reader went away (``| head``): stop quietly.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            # The reader went away (``| head``): an I/O error, said once.
+            _quiet_stdout()
+            UI.error(READER_GONE)
             raise typer.Exit(EXIT_FAILURE)
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
@@ -503,7 +503,17 @@ def main(prog_name: str = "lashctl") -> None:
         except (AttributeError, ValueError):
             pass
     try:
-        app(prog_name=prog_name)
+        try:
+            app(prog_name=prog_name)
+        finally:
+            # What is still buffered goes now, while a failure can be said
+            # (at exit it would be a traceback and exit 120).
+            if not sys.stdout.closed:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+        UI.error(READER_GONE)
+        raise SystemExit(EXIT_FAILURE) from None
     except OSError as exc:  # stdout refused a write (a full device) outside a command: --help, --version
         _quiet_stdout()
         UI.error(f"I/O error: cannot write to standard output: {exc.strerror or exc}")
@@ -543,6 +553,9 @@ class _ClosedInput:
 
     def __getattr__(self, name: str):
         raise UsageError("standard input is closed: give the input on a pipe or as a file")
+
+
+READER_GONE = "I/O error: standard output was closed before all of it was written (the reader went away)"
 
 
 def _quiet_stdout() -> None:
