@@ -155,7 +155,8 @@ def _plan_batch(store: Store, view, chunk: Plan, cutoff: int, *,
             # Its rows say aged, its bytes say recent: the writer's clock may be behind.
             item.action, item.reason, item.sessions = SPARED, SPARED_REASON, []
         else:
-            problem = store.blobs.delete_problem(item.attachment_id)
+            # A file at the blob path: its shard opened and it is no directory.
+            problem = None if _is_file(st) else store.blobs.delete_problem(item.attachment_id)
             if problem is not None:  # the dry run says what the real run will meet
                 item.action, item.error = FAILED, problem
     return items, stats
@@ -163,7 +164,9 @@ def _plan_batch(store: Store, view, chunk: Plan, cutoff: int, *,
 
 def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, BlobStat | None],
                  aged: dict[str, list[Row]], cutoff: int, *, shared: bool) -> list[str]:
-    """Carry out a planned batch: forget, re-check, delete, re-check. The ids deleted."""
+    """Carry out a planned batch: forget, re-check, delete, re-check. The ids
+    deleted whose shards are not yet durable (with an audit log each batch
+    makes its own durable before saying so)."""
     # 1. The rows' fate first, durably: a commit that comes later finds no
     #    intent (exit 3, upload again) rather than stamping a row for bytes
     #    about to go. Guarded by the cutoff: a row committed or refreshed
@@ -206,6 +209,7 @@ def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, 
         _report_late_rows(store, view, deleted, cutoff)  # 4.
     if log is not None:
         log.write([_audit(log, store, i, "failed" if i.action == FAILED else "deleted") for i in doomed])
+        return []
     return [i.attachment_id for i in deleted]
 
 

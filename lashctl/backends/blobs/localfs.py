@@ -173,7 +173,16 @@ class BlobStore(BlobBackend):
         return os.path.lexists(self.root)
 
     def where(self, attachment_id: str, sidecar: bool = False) -> str:
-        return str(self.sidecar_path(attachment_id) if sidecar else self.blob_path(attachment_id))
+        # str(blob_path(...)) without building Paths (a sweep's audit line per blob).
+        self._shard_key(attachment_id)  # a valid id only
+        return f"{self._objects_shown}/{attachment_id[:2]}/{attachment_id}{SIDECAR_SUFFIX if sidecar else ''}"
+
+    @property
+    def _objects_shown(self) -> str:
+        shown = self.__dict__.get("_objects_str")
+        if shown is None:
+            shown = self.__dict__["_objects_str"] = str(self.objects)
+        return shown
 
     def stat(self, attachment_id: str, sidecar: bool = False) -> BlobStat | None:
         """The entry at the blob's (or sidecar's) path, never followed; None if absent.
@@ -331,15 +340,38 @@ class BlobStore(BlobBackend):
                 raise StoreIOError.wrap("install blob at", self.blob_path(attachment_id), exc) from exc
 
     def delete_many(self, attachment_ids: list[str], known: dict | None = None) -> dict[str, int | str]:
-        """Delete each blob; ``known`` (stats just taken) is not needed here:
-        an unlink tells the size freed."""
+        """Delete each blob and its sidecar (``delete``), several at once;
+        ``known`` (stats just taken) is not needed here: an unlink tells the
+        size freed.
+
+        An unlink can wait on the disk (on a file system mounted with
+        ``discard``, each freed file waits for its discard to complete): the
+        waits of unlinks issued together overlap. Every unlink has returned
+        when this returns or raises; an interrupt (Ctrl-C, SIGTERM) stops the
+        unlinks not yet issued, and the caller sees which bytes are still there.
+        """
         out: dict[str, int | str] = {}
         with self.opened():
+            shards: dict[str, int | None | str] = {}  # opened here, in this thread, once each
             for attachment_id in attachment_ids:
+                key = self._shard_key(attachment_id)
+                if key not in shards:
+                    try:
+                        shards[key] = self._dir(key)
+                    except (StoreIOError, Corrupt) as exc:
+                        shards[key] = exc.message
+
+            def one(attachment_id: str) -> None:
+                shard = shards[self._shard_key(attachment_id)]
+                if isinstance(shard, str):
+                    out[attachment_id] = shard
+                    return
                 try:
-                    out[attachment_id] = self.delete(attachment_id)
+                    out[attachment_id] = 0 if shard is None else self.delete(attachment_id)
                 except (StoreIOError, Corrupt) as exc:
                     out[attachment_id] = exc.message
+
+            _together(one, attachment_ids, DELETERS)
         return out
 
     # -- directory descriptors ---------------------------------------------------
@@ -808,24 +840,30 @@ class BlobStore(BlobBackend):
         A symlink at the blob path is removed as a link: its target is never
         touched. The caller fsyncs the shard directory (``fsync_shards``).
         """
-        with self.opened():
-            shard = self._dir(self._shard_key(attachment_id))
-            if shard is None:
-                return 0
-            freed = 0
-            for name in (attachment_id, attachment_id + SIDECAR_SUFFIX):
-                path = self.shard_dir(attachment_id) / name
-                try:
-                    if name == attachment_id:
-                        st = os.stat(name, dir_fd=shard, follow_symlinks=False)
-                        freed = st.st_size if stat.S_ISREG(st.st_mode) else 0
-                    os.unlink(name, dir_fd=shard)
-                except FileNotFoundError:
-                    continue
-                except IsADirectoryError as exc:
-                    raise StoreIOError(f"cannot delete {path}: it is a directory, not a blob") from exc
-                except OSError as exc:
-                    raise StoreIOError.wrap("delete", path, exc) from exc
+        if not self._depth:
+            with self.opened():
+                return self.delete(attachment_id)
+        # Inside opened() (``delete_many`` calls this from its threads, its
+        # shards opened already): the count of opened() is left alone.
+        shard = self._dir(self._shard_key(attachment_id))
+        return 0 if shard is None else self._unlink_blob(shard, attachment_id)
+
+    def _unlink_blob(self, shard: int, attachment_id: str) -> int:
+        """``delete`` in the shard directory ``shard`` (opened): bytes freed."""
+        freed = 0
+        for name in (attachment_id, attachment_id + SIDECAR_SUFFIX):
+            try:
+                if name == attachment_id:
+                    st = os.stat(name, dir_fd=shard, follow_symlinks=False)
+                    freed = st.st_size if stat.S_ISREG(st.st_mode) else 0
+                os.unlink(name, dir_fd=shard)
+            except FileNotFoundError:
+                continue
+            except IsADirectoryError as exc:
+                raise StoreIOError(f"cannot delete {self.shard_dir(attachment_id) / name}: "
+                                   "it is a directory, not a blob") from exc
+            except OSError as exc:
+                raise StoreIOError.wrap("delete", self.shard_dir(attachment_id) / name, exc) from exc
         return freed
 
     def fsync_shards(self, attachment_ids) -> None:
@@ -876,6 +914,58 @@ class BlobStore(BlobBackend):
                 except OSError as exc:
                     raise StoreIOError.wrap("quarantine", self.blob_path(attachment_id), exc) from exc
         return str(self.quarantine_dir / target)
+
+
+DELETERS = 16  # unlinks a sweep issues at once
+
+
+def _together(work: Callable[[str], None], items: list[str], threads: int) -> None:
+    """``work(item)`` for each item, on up to ``threads`` threads (unlinks,
+    which release the GIL while they wait on the disk). Returns once every
+    call started has returned. An exception raised here (Ctrl-C, SIGTERM)
+    stops the calls not yet started, waits for those running, and is raised;
+    an exception ``work`` raises stops the rest the same way."""
+    if len(items) < 2 * threads:
+        for item in items:
+            work(item)
+        return
+    import threading
+
+    pending = iter(items)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        while not stop.is_set():
+            with lock:
+                item = next(pending, None)
+            if item is None:
+                return
+            try:
+                work(item)
+            except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+                errors.append(exc)
+                stop.set()
+
+    workers = [threading.Thread(target=run, name="lashctl-delete", daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except BaseException:
+        stop.set()
+        while any(worker.is_alive() for worker in workers):
+            try:
+                for worker in workers:
+                    worker.join()
+            except BaseException:  # noqa: BLE001 - a second signal: still wait, then raise the first
+                continue
+        raise
+    if errors:
+        raise errors[0]
 
 
 def neutral_stat(st: os.stat_result) -> BlobStat:
