@@ -391,7 +391,16 @@ class Pump:
         import threading
 
         self._read, self._read_ahead = read, read_ahead
-        self._write_error, self._writeback = write_error, writeback
+        self._write_error = write_error
+        # Writeback is asked for on a thread of its own: the request waits
+        # while the device's queue is full, and the writes must not.
+        self._writeback: "queue.SimpleQueue[tuple[int, int] | None] | None" = None
+        self._writeback_thread: threading.Thread | None = None
+        if writeback:
+            self._writeback = queue.SimpleQueue()
+            self._writeback_thread = threading.Thread(target=self._start_writeback, args=(os.dup(write_fd),),
+                                                      name="lashctl-writeback", daemon=True)
+            self._writeback_thread.start()
         self._written = self._flushed = offset
         # read_ahead: the thread reads, sends each chunk to the caller, writes it,
         # and takes back a buffer the caller has hashed. Otherwise the caller
@@ -416,9 +425,17 @@ class Pump:
                 raise
             raise self._write_error(exc) from exc
         self._written += n
-        if self._writeback and self._written - self._flushed >= self.WRITEBACK_STEP:
-            start_writeback(self._fd, self._flushed, self._written - self._flushed)
+        if self._writeback is not None and self._written - self._flushed >= self.WRITEBACK_STEP:
+            self._writeback.put((self._flushed, self._written - self._flushed))
             self._flushed = self._written
+
+    def _start_writeback(self, fd: int) -> None:
+        try:
+            assert self._writeback is not None
+            while (item := self._writeback.get()) is not None:
+                start_writeback(fd, *item)
+        finally:
+            os.close(fd)
 
     def _read_and_write(self) -> None:
         buffer, n = self._first
@@ -471,11 +488,16 @@ class Pump:
 
     def finish(self) -> None:
         self._thread.join()
+        if self._writeback is not None and self._writeback_thread is not None:
+            self._writeback.put(None)
+            self._writeback_thread.join()
         if self._error is not None:
             raise self._error
 
     def abandon(self, wait: bool) -> None:
         self._stop = True
+        if self._writeback is not None:
+            self._writeback.put(None)  # what it was asked to start, the fsync or the unlink ends
         if self._read_ahead:
             self._free.put(bytearray(0))  # wakes a thread waiting for a buffer
         else:
