@@ -64,7 +64,9 @@ def reclaim(
         report = sweep.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance, planned=bar.set_total)
     if state.metrics is not None:
         state.metrics.reclaim(report)
-    state.ui.listing(ITEM, report.items, lambda: {
+    # Streamed to a pipe, a chunk at a time (the same bytes as the gathered listing).
+    records = iter(report.items) if report.items else report.items
+    state.ui.listing(ITEM, records, lambda: {
         **state.run_fields(),
         "dry_run": report.dry_run,
         "cutoff_epoch_ms": report.cutoff_epoch_ms,
@@ -74,7 +76,7 @@ def reclaim(
         "bytes_freed": report.bytes_freed,
         "rows_released": report.rows_released,
         "failures": len(report.failures),
-    })
+    }, ascii_json=state.ui.json and _not_utf8(report.items))
     prefix = "dry run: " if dry_run else ""
     kept = (f"{report.kept_for_owners} aged intent(s) kept: their lash owners are not proven dead "
             "(`lashctl show ID` says which)") if report.kept_for_owners else ""
@@ -98,3 +100,15 @@ def reclaim(
         what += [f"rows forgotten, bytes left for gc: {', '.join(later)}"] if later else []
         what += [f"deleted while referenced: {', '.join(raced)}"] if raced else []
         raise Partial(f"sweep finished with {len(report.failures)} failure(s); {'; '.join(what)}")
+
+
+def _not_utf8(items) -> bool:
+    """Whether some item holds text UTF-8 cannot encode (a session id from
+    another writer, a path): the --json document is then ASCII throughout."""
+    for i in items:
+        for text in (i.reason, i.error or "", *i.sessions):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False

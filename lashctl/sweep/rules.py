@@ -70,9 +70,10 @@ def plan_reclaim(view, cutoff: int) -> tuple[int, Plan]:
     cutoff) and, per blob id with aged rows, a ``Candidate`` in id order:
     a live reason means release.
     """
-    candidates = [rows[0].attachment_id for rows in view.aged(cutoff)]
+    confirmed = view.confirm([rows[0].attachment_id for rows in view.aged(cutoff)])
     scanned, plan = 0, []
-    for attachment_id, rows in sorted(view.confirm(candidates).items()):
+    for attachment_id in sorted(confirmed):
+        rows = confirmed.pop(attachment_id)  # a big sweep's plan takes the place of the rows read
         aged = aged_rows(rows, cutoff)
         scanned += len(aged)
         # An intent whose lash owner is not proven dead is neither swept nor forgotten.
