@@ -166,32 +166,90 @@ def bench_startup(ctx: Context) -> None:
     reps = cfg.n(15, 30)
     log(f"start-up: {reps} interleaved runs of each of {len(cmds)} commands")
     s = interleave(reps, cmds, warmup=2)
-    ctx.details["startup"] = {k: {"median_s": v.median, "cpu_median_s": v.cpu_median, "spread": v.spread(),
-                                  "peak_rss_mib": v.peak_rss_mib} for k, v in s.items()}
-    ctx.add(Result("startup", "start-up: put 2 KiB vs bare Typer app", "ratio",
-                   s["put"].median, s["bare_put"].median, 1.15, baseline_label="bare app"))
+    ctx.details["startup"] = {
+        k: {"median_s": v.median, "cpu_median_s": v.cpu_median, "spread": v.spread(), "peak_rss_mib": v.peak_rss_mib}
+        for k, v in s.items()
+    }
+    ctx.add(
+        Result(
+            "startup",
+            "start-up: put 2 KiB vs bare Typer app",
+            "ratio",
+            s["put"].median,
+            s["bare_put"].median,
+            1.15,
+            baseline_label="bare app",
+        )
+    )
     # CPU time (user + system) of the same runs: what a busy machine distorts less than wall time.
-    ctx.add(Result("startup", "start-up: put 2 KiB vs bare Typer app, CPU time", "info",
-                   s["put"].cpu_median, s["bare_put"].cpu_median, baseline_label="bare app"))
-    ctx.add(Result("startup", "start-up: bash completion vs bare app's", "ratio",
-                   s["complete"].median, s["bare_complete"].median, 1.10, baseline_label="bare app"))
+    ctx.add(
+        Result(
+            "startup",
+            "start-up: put 2 KiB vs bare Typer app, CPU time",
+            "info",
+            s["put"].cpu_median,
+            s["bare_put"].cpu_median,
+            baseline_label="bare app",
+        )
+    )
+    ctx.add(
+        Result(
+            "startup",
+            "start-up: bash completion vs bare app's",
+            "ratio",
+            s["complete"].median,
+            s["bare_complete"].median,
+            1.10,
+            baseline_label="bare app",
+        )
+    )
     pp = s["python_pass"].median
-    ctx.add(Result("startup", "start-up: put 2 KiB vs python -c pass", "info",
-                   s["put"].median, pp, baseline_label="python"))
-    ctx.add(Result("startup", "start-up: bash completion vs python -c pass", "ratio",
-                   s["complete"].median, pp, 1.50, baseline_label="python"))
-    ctx.add(Result("startup", "start-up: bare app put vs python -c pass", "info",
-                   s["bare_put"].median, pp, baseline_label="python"))
+    ctx.add(
+        Result("startup", "start-up: put 2 KiB vs python -c pass", "info", s["put"].median, pp, baseline_label="python")
+    )
+    ctx.add(
+        Result(
+            "startup",
+            "start-up: bash completion vs python -c pass",
+            "ratio",
+            s["complete"].median,
+            pp,
+            1.50,
+            baseline_label="python",
+        )
+    )
+    ctx.add(
+        Result(
+            "startup",
+            "start-up: bare app put vs python -c pass",
+            "info",
+            s["bare_put"].median,
+            pp,
+            baseline_label="python",
+        )
+    )
     if no_pyc:
-        ctx.add(Result("startup", "start-up: put, PYTHONDONTWRITEBYTECODE=1 as given", "info",
-                       s["put_nopyc"].median, s["bare_put_nopyc"].median, baseline_label="bare app"))
-        ctx.note("start-up: the caller's environment sets PYTHONDONTWRITEBYTECODE=1; the suite lets Python "
-                 "cache bytecode under the scratch dir (PYTHONPYCACHEPREFIX) so lashctl's modules are not "
-                 "recompiled on every run; the 'as given' row shows the cost of recompiling them")
-    ctx.note("start-up: put runs against a warm store (the same 2 KiB file each time: "
-             "a deduplicated put, which still takes the lock, appends and fsyncs one intent "
-             "and brings the manifest's state cache up to date); the bare app accepts the same arguments "
-             "and does nothing. The CPU row is user + system time of the same runs.")
+        ctx.add(
+            Result(
+                "startup",
+                "start-up: put, PYTHONDONTWRITEBYTECODE=1 as given",
+                "info",
+                s["put_nopyc"].median,
+                s["bare_put_nopyc"].median,
+                baseline_label="bare app",
+            )
+        )
+        ctx.note(
+            "start-up: the caller's environment sets PYTHONDONTWRITEBYTECODE=1; the suite lets Python "
+            "cache bytecode under the scratch dir (PYTHONPYCACHEPREFIX) so lashctl's modules are not "
+            "recompiled on every run; the 'as given' row shows the cost of recompiling them"
+        )
+    ctx.note(
+        "start-up: put runs against a warm store (the same 2 KiB file each time: "
+        "a deduplicated put, which still takes the lock, appends and fsyncs one intent "
+        "and brings the manifest's state cache up to date); the bare app accepts the same arguments "
+        "and does nothing. The CPU row is user + system time of the same runs."
+    )
 
     if cfg.typer_compare:
         compare_typer(ctx, bare, small)
@@ -215,10 +273,23 @@ def compare_typer(ctx: Context, bare: Path, small: Path) -> None:
     detail = {}
     for py in ctx.cfg.typer_compare:
         version, pydantic = versions[py]
-        detail[py] = {"typer": version, "imports_pydantic": pydantic, "bare_app_median_s": s[py].median,
-                      "python_pass_median_s": s[py + " pass"].median, "peak_rss_mib": s[py].peak_rss_mib}
-        ctx.add(Result("typer", f"bare app, typer {version}{' (+pydantic)' if pydantic else ''}", "info",
-                       s[py].median, s[first].median, baseline_label=f"typer {versions[first][0]}"))
+        detail[py] = {
+            "typer": version,
+            "imports_pydantic": pydantic,
+            "bare_app_median_s": s[py].median,
+            "python_pass_median_s": s[py + " pass"].median,
+            "peak_rss_mib": s[py].peak_rss_mib,
+        }
+        ctx.add(
+            Result(
+                "typer",
+                f"bare app, typer {version}{' (+pydantic)' if pydantic else ''}",
+                "info",
+                s[py].median,
+                s[first].median,
+                baseline_label=f"typer {versions[first][0]}",
+            )
+        )
     ctx.details["typer_compare"] = detail
 
 
@@ -228,8 +299,9 @@ def compare_typer(ctx: Context, bare: Path, small: Path) -> None:
 def bench_batch(ctx: Context) -> None:
     cfg = ctx.cfg
     if not shutil.which("git"):
-        ctx.add(Result("batch", "batch put --files-from vs git hash-object", "ratio", status="SKIP",
-                       note="git not found"))
+        ctx.add(
+            Result("batch", "batch put --files-from vs git hash-object", "ratio", status="SKIP", note="git not found")
+        )
         ctx.note("batch upload skipped: git is not installed (it is the baseline)")
         return
     n = cfg.batch_files
@@ -253,13 +325,33 @@ def bench_batch(ctx: Context) -> None:
         os.sync()  # no writeback of the previous run during this one
 
     def git() -> Run:
-        return run(["git", "-C", str(where["git"]), "-c", "core.fsync=loose-object",
-                    "-c", "core.fsyncMethod=batch", "hash-object", "-w", "--stdin-paths"],
-                   env=ctx.env, stdin_path=str(listing), stdout_path=str(out_g))
+        return run(
+            [
+                "git",
+                "-C",
+                str(where["git"]),
+                "-c",
+                "core.fsync=loose-object",
+                "-c",
+                "core.fsyncMethod=batch",
+                "hash-object",
+                "-w",
+                "--stdin-paths",
+            ],
+            env=ctx.env,
+            stdin_path=str(listing),
+            stdout_path=str(out_g),
+        )
 
     cmds = [
-        ("lashctl", lambda: run(ctx.lashctl(where["lashctl"], "put", "-s", "batch", "--files-from", str(listing)),
-                                env=ctx.env, stdout_path=str(out_l))),
+        (
+            "lashctl",
+            lambda: run(
+                ctx.lashctl(where["lashctl"], "put", "-s", "batch", "--files-from", str(listing)),
+                env=ctx.env,
+                stdout_path=str(out_l),
+            ),
+        ),
         ("git", git),
     ]
     reps = cfg.n(3, 5)
@@ -269,22 +361,52 @@ def bench_batch(ctx: Context) -> None:
         got = len(out.read_text().split())
         if got != n:
             raise HarnessError(f"batch: {name} printed {got} ids for {n} files")
-    ctx.details["batch"] = {k: {"median_s": v.median, "spread": v.spread(), "peak_rss_mib": v.peak_rss_mib}
-                            for k, v in s.items()}
-    ctx.add(Result("batch", f"batch put --files-from, {n:,} x 4 KiB", "ratio",
-                   s["lashctl"].median, s["git"].median, 1.3, baseline_label="git hash-object"))
-    ctx.note(f"batch upload: {reps} runs each, every run into a new empty store / repository "
-             "(git init untimed); page cache warm for the input files.")
+    ctx.details["batch"] = {
+        k: {"median_s": v.median, "spread": v.spread(), "peak_rss_mib": v.peak_rss_mib} for k, v in s.items()
+    }
+    ctx.add(
+        Result(
+            "batch",
+            f"batch put --files-from, {n:,} x 4 KiB",
+            "ratio",
+            s["lashctl"].median,
+            s["git"].median,
+            1.3,
+            baseline_label="git hash-object",
+        )
+    )
+    ctx.note(
+        f"batch upload: {reps} runs each, every run into a new empty store / repository "
+        "(git init untimed); page cache warm for the input files."
+    )
     # The same batch again into a store that holds it all: every input is a
     # dedup hit, and each existing blob is re-hashed before it is kept (a
     # re-upload heals rotten bytes). Reported against the first upload.
     full = where["lashctl"]
-    again = interleave(reps, [("dedup", lambda: run(ctx.lashctl(full, "put", "-s", "again", "--files-from",
-                                                                 str(listing)), env=ctx.env,
-                                                     stdout_path=str(out_l)))])
+    again = interleave(
+        reps,
+        [
+            (
+                "dedup",
+                lambda: run(
+                    ctx.lashctl(full, "put", "-s", "again", "--files-from", str(listing)),
+                    env=ctx.env,
+                    stdout_path=str(out_l),
+                ),
+            )
+        ],
+    )
     ctx.details["batch"]["dedup"] = {"median_s": again["dedup"].median, "spread": again["dedup"].spread()}
-    ctx.add(Result("batch", f"batch put, {n:,} x 4 KiB all already stored (each re-hashed)", "info",
-                   again["dedup"].median, s["lashctl"].median, baseline_label="first upload"))
+    ctx.add(
+        Result(
+            "batch",
+            f"batch put, {n:,} x 4 KiB all already stored (each re-hashed)",
+            "info",
+            again["dedup"].median,
+            s["lashctl"].median,
+            baseline_label="first upload",
+        )
+    )
 
 
 # =====================================================================================
@@ -326,8 +448,15 @@ def bench_bigfile(ctx: Context) -> None:
     free = disk_free(d)
     if free < need:
         for name in ("put", "get"):
-            ctx.add(Result("bigfile", f"big {name} {label} vs sha256", "ratio", status="SKIP",
-                           note=f"needs {need // MIB} MiB free, {free // MIB} MiB available"))
+            ctx.add(
+                Result(
+                    "bigfile",
+                    f"big {name} {label} vs sha256",
+                    "ratio",
+                    status="SKIP",
+                    note=f"needs {need // MIB} MiB free, {free // MIB} MiB available",
+                )
+            )
         ctx.note(f"big files skipped: {d} has {free // MIB} MiB free, the {label} case needs {need // MIB} MiB")
         return
     src = d / "big.bin"
@@ -349,11 +478,15 @@ def bench_bigfile(ctx: Context) -> None:
 
     reps = cfg.n(3, 3)
     log(f"big file: put vs sha256, {reps} runs each")
-    s = interleave(reps, [
-        ("put", lambda: run(ctx.lashctl(store, "put", "-s", "big", str(src)), env=ctx.env)),
-        ("sha256", lambda: run(hash_cmd, env=ctx.env)),
-        ("copy", lambda: run([cfg.python, "-c", COPY_SCRIPT, str(src), str(copy)], env=ctx.env)),
-    ], setup=put_setup)
+    s = interleave(
+        reps,
+        [
+            ("put", lambda: run(ctx.lashctl(store, "put", "-s", "big", str(src)), env=ctx.env)),
+            ("sha256", lambda: run(hash_cmd, env=ctx.env)),
+            ("copy", lambda: run([cfg.python, "-c", COPY_SCRIPT, str(src), str(copy)], env=ctx.env)),
+        ],
+        setup=put_setup,
+    )
     copy.unlink(missing_ok=True)
     digest = s["sha256"].last.stdout.decode().strip()
     put_id = s["put"].last.stdout.decode().strip()
@@ -366,11 +499,14 @@ def bench_bigfile(ctx: Context) -> None:
     datagen.write_bare_app(bare)
     small = d / "small.bin"
     small.write_bytes(b"x")
-    g = interleave(reps, [
-        ("get", lambda: run(ctx.lashctl(store, "get", digest, "-o", "-"), env=ctx.env, stdout_path=os.devnull)),
-        ("sha256", lambda: run([cfg.python, "-c", HASH_SCRIPT, str(blob)], env=ctx.env)),
-        ("bare", lambda: run([cfg.python, str(bare), "put", "-s", "s", str(small)], env=ctx.env)),
-    ])
+    g = interleave(
+        reps,
+        [
+            ("get", lambda: run(ctx.lashctl(store, "get", digest, "-o", "-"), env=ctx.env, stdout_path=os.devnull)),
+            ("sha256", lambda: run([cfg.python, "-c", HASH_SCRIPT, str(blob)], env=ctx.env)),
+            ("bare", lambda: run([cfg.python, str(bare), "put", "-s", "s", str(small)], env=ctx.env)),
+        ],
+    )
     ctx.details["bigfile"] = {
         "size_bytes": size,
         "put": {k: {"median_s": v.median, "spread": v.spread(), "peak_rss_mib": v.peak_rss_mib} for k, v in s.items()},
@@ -380,26 +516,67 @@ def bench_bigfile(ctx: Context) -> None:
     # hash alone and a durable copy (write + fsync) of the same file.
     floor = max(s["sha256"].median, s["copy"].median)
     floor_label = "hashlib" if floor == s["sha256"].median else "durable copy"
-    ctx.add(Result("bigfile", f"big put {label} vs max(sha256, durable copy)", "ratio",
-                   s["put"].median, floor, 1.1, baseline_label=floor_label))
-    ctx.add(Result("bigfile", f"big put {label} vs sha256 of it", "info",
-                   s["put"].median, s["sha256"].median, baseline_label="hashlib"))
-    ctx.add(Result("bigfile", f"big put {label} vs durable copy (write + fsync)", "info",
-                   s["put"].median, s["copy"].median, baseline_label="durable copy"))
+    ctx.add(
+        Result(
+            "bigfile",
+            f"big put {label} vs max(sha256, durable copy)",
+            "ratio",
+            s["put"].median,
+            floor,
+            1.1,
+            baseline_label=floor_label,
+        )
+    )
+    ctx.add(
+        Result(
+            "bigfile",
+            f"big put {label} vs sha256 of it",
+            "info",
+            s["put"].median,
+            s["sha256"].median,
+            baseline_label="hashlib",
+        )
+    )
+    ctx.add(
+        Result(
+            "bigfile",
+            f"big put {label} vs durable copy (write + fsync)",
+            "info",
+            s["put"].median,
+            s["copy"].median,
+            baseline_label="durable copy",
+        )
+    )
     # A get starts a Typer app, then reads and hashes: its floor is the hash
     # alone plus the start-up of a bare Typer app (both measured here).
-    ctx.add(Result("bigfile", f"big get {label} -o - >/dev/null vs sha256 + bare app start-up", "ratio",
-                   g["get"].median, g["sha256"].median + g["bare"].median, 1.1,
-                   baseline_label="hashlib + bare app"))
-    ctx.add(Result("bigfile", f"big get {label} -o - >/dev/null vs sha256", "info",
-                   g["get"].median, g["sha256"].median, baseline_label="hashlib"))
-    ctx.add(Result("bigfile", f"big put {label}: peak RSS", "limit", s["put"].peak_rss_mib,
-                   target=64, unit="MiB"))
-    ctx.add(Result("bigfile", f"big get {label}: peak RSS", "limit", g["get"].peak_rss_mib,
-                   target=64, unit="MiB"))
-    ctx.note(f"big files: {reps} runs each; the source file is in the page cache (reads are warm for both); "
-             "put writes and fsyncs a staged copy, the baseline only reads. "
-             f"sha256 baseline peak RSS {s['sha256'].peak_rss_mib:.1f} MiB.")
+    ctx.add(
+        Result(
+            "bigfile",
+            f"big get {label} -o - >/dev/null vs sha256 + bare app start-up",
+            "ratio",
+            g["get"].median,
+            g["sha256"].median + g["bare"].median,
+            1.1,
+            baseline_label="hashlib + bare app",
+        )
+    )
+    ctx.add(
+        Result(
+            "bigfile",
+            f"big get {label} -o - >/dev/null vs sha256",
+            "info",
+            g["get"].median,
+            g["sha256"].median,
+            baseline_label="hashlib",
+        )
+    )
+    ctx.add(Result("bigfile", f"big put {label}: peak RSS", "limit", s["put"].peak_rss_mib, target=64, unit="MiB"))
+    ctx.add(Result("bigfile", f"big get {label}: peak RSS", "limit", g["get"].peak_rss_mib, target=64, unit="MiB"))
+    ctx.note(
+        f"big files: {reps} runs each; the source file is in the page cache (reads are warm for both); "
+        "put writes and fsyncs a staged copy, the baseline only reads. "
+        f"sha256 baseline peak RSS {s['sha256'].peak_rss_mib:.1f} MiB."
+    )
     rmtree(store)
     src.unlink()
 
@@ -424,8 +601,10 @@ def bench_manifest(ctx: Context) -> None:
     d = ctx.dir("manifest")
     sqlite_cli = shutil.which("sqlite3")
     if not sqlite_cli:
-        ctx.note("big manifests: the sqlite3 CLI is NOT installed: the list-uncommitted baseline is "
-                 "missing (install it: apt-get install sqlite3); lashctl times are still reported")
+        ctx.note(
+            "big manifests: the sqlite3 CLI is NOT installed: the list-uncommitted baseline is "
+            "missing (install it: apt-get install sqlite3); lashctl times are still reported"
+        )
     try:
         import sqlite3  # noqa: F401  (builds the baseline's table)
     except ImportError:
@@ -463,30 +642,52 @@ def bench_manifest(ctx: Context) -> None:
         log(f"manifest: generating {rows:,} rows")
         info = datagen.generate_manifest(mpath, rows, seed=7, sqlite_path=db if sqlite_cli else None)
         size = mpath.stat().st_size
-        manifests[rows] = {"rows_generated": info.rows_generated, "live_rows": info.live_rows,
-                           "committed": info.committed, "uncommitted": info.uncommitted,
-                           "forgotten": info.forgotten, "refreshed": info.refreshed,
-                           "shared_blobs": info.shared_blobs, "sessions": info.sessions,
-                           "events": info.events, "bytes": size}
+        manifests[rows] = {
+            "rows_generated": info.rows_generated,
+            "live_rows": info.live_rows,
+            "committed": info.committed,
+            "uncommitted": info.uncommitted,
+            "forgotten": info.forgotten,
+            "refreshed": info.refreshed,
+            "shared_blobs": info.shared_blobs,
+            "sessions": info.sessions,
+            "events": info.events,
+            "bytes": size,
+        }
         os.sync()
         big = rows >= 1_000_000
         reps = cfg.n(3, 3 if big else 5)
 
         # list-uncommitted vs sqlite3 -json
         out_l, out_s = d / "list.json", d / "sqlite.json"
-        cmds = [("list", lambda: run(ctx.lashctl(store, "--json", "list-uncommitted"), env=ctx.env,
-                                     stdout_path=str(out_l)))]
+        cmds = [
+            ("list", lambda: run(ctx.lashctl(store, "--json", "list-uncommitted"), env=ctx.env, stdout_path=str(out_l)))
+        ]
         if sqlite_cli:
-            cmds.append(("sqlite", lambda: run([sqlite_cli, "-json", str(db), SQL_UNCOMMITTED], env=ctx.env,
-                                               stdout_path=str(out_s))))
+            cmds.append(
+                (
+                    "sqlite",
+                    lambda: run([sqlite_cli, "-json", str(db), SQL_UNCOMMITTED], env=ctx.env, stdout_path=str(out_s)),
+                )
+            )
         # The first command on a new manifest builds lashctl's state cache:
         # timed once on its own, then the steady state is measured.
         build = run(ctx.lashctl(store, "list-uncommitted", "--session", "none"), env=ctx.env)
-        ctx.add(Result("manifest", f"state cache build, {rows:,}-row manifest (first command only)",
-                       "limit" if rows == largest else "info", build.seconds, None,
-                       4.0 if rows == largest else None, "s"))
-        ctx.details.setdefault("cache_build", {})[rows] = {"seconds": build.seconds,
-                                                          "peak_rss_mib": build.maxrss_kib / 1024}
+        ctx.add(
+            Result(
+                "manifest",
+                f"state cache build, {rows:,}-row manifest (first command only)",
+                "limit" if rows == largest else "info",
+                build.seconds,
+                None,
+                4.0 if rows == largest else None,
+                "s",
+            )
+        )
+        ctx.details.setdefault("cache_build", {})[rows] = {
+            "seconds": build.seconds,
+            "peak_rss_mib": build.maxrss_kib / 1024,
+        }
         log(f"manifest {rows:,}: list-uncommitted, {reps} runs")
         lst = interleave(reps, cmds)
         listed = json.loads(out_l.read_text())
@@ -505,11 +706,15 @@ def bench_manifest(ctx: Context) -> None:
 
         # put of one small file: this manifest vs a header-only one
         log(f"manifest {rows:,}: put, {reps} runs")
-        pt = interleave(reps, [
-            ("put", lambda: run(ctx.lashctl(store, "put", "-s", "bench", str(small)), env=ctx.env)),
-            ("put_empty", lambda: run(ctx.lashctl(empty_store, "put", "-s", "bench", str(small)), env=ctx.env)),
-        ], setup=lambda name, _r: restore(store, size) if name == "put" else restore(empty_store, empty_size),
-            teardown=lambda name, _r: restore(store, size) if name == "put" else restore(empty_store, empty_size))
+        pt = interleave(
+            reps,
+            [
+                ("put", lambda: run(ctx.lashctl(store, "put", "-s", "bench", str(small)), env=ctx.env)),
+                ("put_empty", lambda: run(ctx.lashctl(empty_store, "put", "-s", "bench", str(small)), env=ctx.env)),
+            ],
+            setup=lambda name, _r: restore(store, size) if name == "put" else restore(empty_store, empty_size),
+            teardown=lambda name, _r: restore(store, size) if name == "put" else restore(empty_store, empty_size),
+        )
         rmtree(store / "sha256")
         rmtree(store / "tmp")
 
@@ -519,8 +724,10 @@ def bench_manifest(ctx: Context) -> None:
         # which lashctl's state cache treats as a rewrite: one untimed command
         # rebuilds the cache first (its time is reported on its own).
         rebuild = run(ctx.lashctl(store, "list-uncommitted", "--session", "none"), env=ctx.env)
-        ctx.note(f"big manifests: rebuilding the state cache of the {rows:,}-row manifest took "
-                 f"{rebuild.seconds:.2f} s (once, after the manifest was rewritten)")
+        ctx.note(
+            f"big manifests: rebuilding the state cache of the {rows:,}-row manifest took "
+            f"{rebuild.seconds:.2f} s (once, after the manifest was rewritten)"
+        )
         run(ctx.lashctl(small_store, "list-uncommitted", "--session", "none"), env=ctx.env)
         turns = {"commit": iter(picks), "commit_small": iter(small_picks)}
 
@@ -529,10 +736,13 @@ def bench_manifest(ctx: Context) -> None:
             return run(ctx.lashctl(where, "commit", "-s", sess, aid), env=ctx.env)
 
         log(f"manifest {rows:,}: commit, {reps} runs")
-        cm = interleave(reps, [
-            ("commit", lambda: commit_next("commit", store)),
-            ("commit_small", lambda: commit_next("commit_small", small_store)),
-        ])
+        cm = interleave(
+            reps,
+            [
+                ("commit", lambda: commit_next("commit", store)),
+                ("commit_small", lambda: commit_next("commit_small", small_store)),
+            ],
+        )
         if b"committed" not in cm["commit"].last.stdout:
             raise HarnessError(f"commit printed {cm['commit'].last.stdout!r}")
         _truncate(small_store / "manifest.jsonl", small_size)
@@ -541,57 +751,117 @@ def bench_manifest(ctx: Context) -> None:
             # file's cache: the first command after it must not fold again.
             compacted = run(ctx.lashctl(store, "manifest", "compact"), env=ctx.env)
             first = run(ctx.lashctl(store, "list-uncommitted", "--session", "none"), env=ctx.env)
-            again = interleave(reps, [("again", lambda: run(ctx.lashctl(store, "list-uncommitted", "--session",
-                                                                           "none"), env=ctx.env))])["again"]
+            again = interleave(
+                reps, [("again", lambda: run(ctx.lashctl(store, "list-uncommitted", "--session", "none"), env=ctx.env))]
+            )["again"]
             ctx.add(Result("manifest", f"manifest compact, {rows:,} rows", "info", compacted.seconds))
-            ctx.add(Result("manifest", "first command after manifest compact vs the next ones", "ratio",
-                           first.seconds, again.median, 1.5, baseline_label="warm cache"))
+            ctx.add(
+                Result(
+                    "manifest",
+                    "first command after manifest compact vs the next ones",
+                    "ratio",
+                    first.seconds,
+                    again.median,
+                    1.5,
+                    baseline_label="warm cache",
+                )
+            )
 
-        ctx.growth.append({
-            "rows": rows,
-            "manifest_mib": round(size / MIB, 1),
-            "uncommitted_rows": info.uncommitted,
-            "reps": reps,
-            "list_uncommitted_s": lst["list"].median,
-            "list_uncommitted_rss_mib": lst["list"].peak_rss_mib,
-            "sqlite3_s": lst["sqlite"].median if "sqlite" in lst else None,
-            "put_s": pt["put"].median,
-            "put_empty_manifest_s": pt["put_empty"].median,
-            "commit_s": cm["commit"].median,
-            "commit_small_manifest_s": cm["commit_small"].median,
-        })
+        ctx.growth.append(
+            {
+                "rows": rows,
+                "manifest_mib": round(size / MIB, 1),
+                "uncommitted_rows": info.uncommitted,
+                "reps": reps,
+                "list_uncommitted_s": lst["list"].median,
+                "list_uncommitted_rss_mib": lst["list"].peak_rss_mib,
+                "sqlite3_s": lst["sqlite"].median if "sqlite" in lst else None,
+                "put_s": pt["put"].median,
+                "put_empty_manifest_s": pt["put_empty"].median,
+                "commit_s": cm["commit"].median,
+                "commit_small_manifest_s": cm["commit_small"].median,
+            }
+        )
         if rows == largest:
             if sqlite_cli:
-                ctx.add(Result("manifest", f"--json list-uncommitted, {rows:,} rows", "ratio",
-                               lst["list"].median, lst["sqlite"].median, 1.5, baseline_label="sqlite3 -json"))
+                ctx.add(
+                    Result(
+                        "manifest",
+                        f"--json list-uncommitted, {rows:,} rows",
+                        "ratio",
+                        lst["list"].median,
+                        lst["sqlite"].median,
+                        1.5,
+                        baseline_label="sqlite3 -json",
+                    )
+                )
             else:
-                ctx.add(Result("manifest", f"--json list-uncommitted, {rows:,} rows", "ratio",
-                               lst["list"].median, None, 1.5, status="SKIP", note="sqlite3 CLI missing"))
-            ctx.add(Result("manifest", f"list-uncommitted {rows:,} rows: peak RSS", "limit",
-                           lst["list"].peak_rss_mib, target=400, unit="MiB"))
-            ctx.add(Result("manifest", f"put 2 KiB on {rows:,}-row manifest", "ratio",
-                           pt["put"].median, pt["put_empty"].median, 1.2, baseline_label="empty manifest"))
-            ctx.add(Result("manifest", f"commit 1 id on {rows:,}-row manifest", "ratio",
-                           cm["commit"].median, cm["commit_small"].median, 1.2,
-                           baseline_label=f"{SMALL_MANIFEST_ROWS:,} rows"))
+                ctx.add(
+                    Result(
+                        "manifest",
+                        f"--json list-uncommitted, {rows:,} rows",
+                        "ratio",
+                        lst["list"].median,
+                        None,
+                        1.5,
+                        status="SKIP",
+                        note="sqlite3 CLI missing",
+                    )
+                )
+            ctx.add(
+                Result(
+                    "manifest",
+                    f"list-uncommitted {rows:,} rows: peak RSS",
+                    "limit",
+                    lst["list"].peak_rss_mib,
+                    target=400,
+                    unit="MiB",
+                )
+            )
+            ctx.add(
+                Result(
+                    "manifest",
+                    f"put 2 KiB on {rows:,}-row manifest",
+                    "ratio",
+                    pt["put"].median,
+                    pt["put_empty"].median,
+                    1.2,
+                    baseline_label="empty manifest",
+                )
+            )
+            ctx.add(
+                Result(
+                    "manifest",
+                    f"commit 1 id on {rows:,}-row manifest",
+                    "ratio",
+                    cm["commit"].median,
+                    cm["commit_small"].median,
+                    1.2,
+                    baseline_label=f"{SMALL_MANIFEST_ROWS:,} rows",
+                )
+            )
         (d / f"rows{rows}.db").unlink(missing_ok=True)
         rmtree(store)
-    ctx.details["manifest"] = {"manifests": manifests, "small_manifest_rows": SMALL_MANIFEST_ROWS,
-                               "mix": small_info.mix}
-    ctx.note("big manifests: generated rows have no blobs or sidecars (list-uncommitted reports their bytes "
-             "as missing; with blobs present each row also costs a stat and a sidecar read). "
-             f"The put baseline is a header-only manifest, the commit baseline a {SMALL_MANIFEST_ROWS:,}-row one; "
-             "put runs restore the manifest (truncate) and remove the put blob between runs; each commit run "
-             "commits a different uncommitted row (appending, as in use). "
-             + ("1M-row cases: 3 runs each." if largest >= 1_000_000 else ""))
+    ctx.details["manifest"] = {
+        "manifests": manifests,
+        "small_manifest_rows": SMALL_MANIFEST_ROWS,
+        "mix": small_info.mix,
+    }
+    ctx.note(
+        "big manifests: generated rows have no blobs or sidecars (list-uncommitted reports their bytes "
+        "as missing; with blobs present each row also costs a stat and a sidecar read). "
+        f"The put baseline is a header-only manifest, the commit baseline a {SMALL_MANIFEST_ROWS:,}-row one; "
+        "put runs restore the manifest (truncate) and remove the put blob between runs; each commit run "
+        "commits a different uncommitted row (appending, as in use). "
+        + ("1M-row cases: 3 runs each." if largest >= 1_000_000 else "")
+    )
 
 
 # =====================================================================================
 # 4b. Growth of the commands that no longer fold the whole log
 # =====================================================================================
 GROWTH_ORPHANS = 100  # a small blob store: the manifest dominates
-GROWTH_COMMANDS = ("reclaim", "delete --dry-run", "gc --dry-run", "show", "ls", "stats", "verify",
-                   "list-uncommitted")
+GROWTH_COMMANDS = ("reclaim", "delete --dry-run", "gc --dry-run", "show", "ls", "stats", "verify", "list-uncommitted")
 
 
 GROWTH_OUTPUT_GROWS = ("verify", "list-uncommitted")  # a line per row without bytes / uncommitted row
@@ -647,8 +917,7 @@ def bench_growth(ctx: Context) -> None:
                     restore()
                     run(warm, env=ctx.env)  # the truncation is a rewrite: warm the cache again, untimed
                     os.sync()
-                series.add(run(argv[name], env=ctx.env, stdout_path=os.devnull,
-                               expect_codes=codes.get(name, (0,))))
+                series.add(run(argv[name], env=ctx.env, stdout_path=os.devnull, expect_codes=codes.get(name, (0,))))
             if name == "reclaim":
                 restore()
                 run(warm, env=ctx.env)
@@ -657,15 +926,48 @@ def bench_growth(ctx: Context) -> None:
             log(f"growth {rows:,}: {name} {series.median:.3f} s, {series.peak_rss_mib:.0f} MiB")
         table.append(entry)
         if rows == largest:
-            ctx.add(Result("growth", f"reclaim ({GROWTH_ORPHANS} orphans) on {rows:,} rows vs list-uncommitted",
-                           "ratio", entry["reclaim"]["median_s"], entry["list-uncommitted"]["median_s"], 2.0,
-                           baseline_label="list-uncommitted"))
-            ctx.add(Result("growth", f"reclaim ({GROWTH_ORPHANS} orphans) on {rows:,} rows: peak RSS", "limit",
-                           entry["reclaim"]["peak_rss_mib"], target=150, unit="MiB"))
-            ctx.add(Result("growth", f"verify on {rows:,} rows vs ls", "ratio",
-                           entry["verify"]["median_s"], entry["ls"]["median_s"], 2.0, baseline_label="ls"))
-            ctx.add(Result("growth", f"verify on {rows:,} rows: peak RSS", "limit",
-                           entry["verify"]["peak_rss_mib"], target=150, unit="MiB"))
+            ctx.add(
+                Result(
+                    "growth",
+                    f"reclaim ({GROWTH_ORPHANS} orphans) on {rows:,} rows vs list-uncommitted",
+                    "ratio",
+                    entry["reclaim"]["median_s"],
+                    entry["list-uncommitted"]["median_s"],
+                    2.0,
+                    baseline_label="list-uncommitted",
+                )
+            )
+            ctx.add(
+                Result(
+                    "growth",
+                    f"reclaim ({GROWTH_ORPHANS} orphans) on {rows:,} rows: peak RSS",
+                    "limit",
+                    entry["reclaim"]["peak_rss_mib"],
+                    target=150,
+                    unit="MiB",
+                )
+            )
+            ctx.add(
+                Result(
+                    "growth",
+                    f"verify on {rows:,} rows vs ls",
+                    "ratio",
+                    entry["verify"]["median_s"],
+                    entry["ls"]["median_s"],
+                    2.0,
+                    baseline_label="ls",
+                )
+            )
+            ctx.add(
+                Result(
+                    "growth",
+                    f"verify on {rows:,} rows: peak RSS",
+                    "limit",
+                    entry["verify"]["peak_rss_mib"],
+                    target=150,
+                    unit="MiB",
+                )
+            )
         rmtree(store)
         rmtree(template)
     if len(table) >= 2:
@@ -673,16 +975,26 @@ def bench_growth(ctx: Context) -> None:
         # for the commands whose output grows with the rows (one line each).
         before, last = table[-2], table[-1]
         for name in GROWTH_COMMANDS:
-            ctx.add(Result("growth", f"{name}: peak RSS, {last['rows']:,} vs {before['rows']:,} rows", "ratio",
-                           last[name]["peak_rss_mib"], before[name]["peak_rss_mib"],
-                           None if name in GROWTH_OUTPUT_GROWS else 1.2, unit="MiB",
-                           baseline_label=f"{before['rows']:,} rows"))
+            ctx.add(
+                Result(
+                    "growth",
+                    f"{name}: peak RSS, {last['rows']:,} vs {before['rows']:,} rows",
+                    "ratio",
+                    last[name]["peak_rss_mib"],
+                    before[name]["peak_rss_mib"],
+                    None if name in GROWTH_OUTPUT_GROWS else 1.2,
+                    unit="MiB",
+                    baseline_label=f"{before['rows']:,} rows",
+                )
+            )
     ctx.growth_commands = table
     ctx.details["growth_commands"] = table
-    ctx.note(f"growth: each manifest has {GROWTH_ORPHANS} orphans (blob + sidecar, intents 40 days old) and no "
-             "other blobs; reclaim uses a cutoff that reaches only them, and each reclaim run starts from a "
-             "restored store with a warm cache (untimed); verify and stats exit 65 there (committed rows "
-             f"without bytes), which is expected. {reps} runs each.")
+    ctx.note(
+        f"growth: each manifest has {GROWTH_ORPHANS} orphans (blob + sidecar, intents 40 days old) and no "
+        "other blobs; reclaim uses a cutoff that reaches only them, and each reclaim run starts from a "
+        "restored store with a warm cache (untimed); verify and stats exit 65 there (committed rows "
+        f"without bytes), which is expected. {reps} runs each."
+    )
 
 
 # =====================================================================================
@@ -701,8 +1013,10 @@ def bench_sweep(ctx: Context) -> None:
     free = disk_free(d)
     inodes = os.statvfs(d).f_favail
     if free < need or inodes < need_inodes:
-        why = (f"needs {need // MIB} MiB and {need_inodes:,} inodes free in {d}; "
-               f"{free // MIB} MiB and {inodes:,} inodes available")
+        why = (
+            f"needs {need // MIB} MiB and {need_inodes:,} inodes free in {d}; "
+            f"{free // MIB} MiB and {inodes:,} inodes available"
+        )
         ctx.add(Result("sweep", f"reclaim {n:,} orphans vs find -delete", "ratio", status="SKIP", note=why))
         ctx.note(f"big sweeps skipped: {why}")
         return
@@ -733,28 +1047,58 @@ def bench_sweep(ctx: Context) -> None:
         if left:
             raise HarnessError(f"sweep: {name} left {left} files under sha256/")
 
-    cmds = [("reclaim", lambda: run(ctx.lashctl(where["reclaim"], "reclaim", "--force", "--older-than", "1m"),
-                                    env=ctx.env, stdout_path=os.devnull))]
+    cmds = [
+        (
+            "reclaim",
+            lambda: run(
+                ctx.lashctl(where["reclaim"], "reclaim", "--force", "--older-than", "1m"),
+                env=ctx.env,
+                stdout_path=os.devnull,
+            ),
+        )
+    ]
     if find:
-        cmds.append(("find", lambda: run([find, "sha256", "-type", "f", "-delete"], env=ctx.env,
-                                         cwd=str(where["find"]))))
+        cmds.append(
+            ("find", lambda: run([find, "sha256", "-type", "f", "-delete"], env=ctx.env, cwd=str(where["find"])))
+        )
     else:
         ctx.note("big sweeps: find is not installed: no baseline")
     log(f"sweep: {reps} runs each (each on its own cp -a copy of the store)")
     s = interleave(reps, cmds, setup=setup, teardown=teardown)
-    ctx.details["sweep"] = {k: {"median_s": v.median, "spread": v.spread(), "peak_rss_mib": v.peak_rss_mib}
-                            for k, v in s.items()}
+    ctx.details["sweep"] = {
+        k: {"median_s": v.median, "spread": v.spread(), "peak_rss_mib": v.peak_rss_mib} for k, v in s.items()
+    }
     if find:
-        ctx.add(Result("sweep", f"reclaim {n:,} orphans vs find -delete", "ratio",
-                       s["reclaim"].median, s["find"].median, 1.3, baseline_label="find -delete"))
+        ctx.add(
+            Result(
+                "sweep",
+                f"reclaim {n:,} orphans vs find -delete",
+                "ratio",
+                s["reclaim"].median,
+                s["find"].median,
+                1.3,
+                baseline_label="find -delete",
+            )
+        )
     else:
-        ctx.add(Result("sweep", f"reclaim {n:,} orphans vs find -delete", "ratio", s["reclaim"].median,
-                       status="SKIP", note="find missing"))
-    ctx.add(Result("sweep", f"reclaim {n:,} orphans: peak RSS", "limit", s["reclaim"].peak_rss_mib,
-                   target=100, unit="MiB"))
-    ctx.note(f"big sweeps: {n:,} orphans of {blob_size} B with a sidecar each, intents dated 2 days ago; "
-             f"{reps} runs, each on its own `cp -a` copy made before the first timed run "
-             "(os.sync() before timing).")
+        ctx.add(
+            Result(
+                "sweep",
+                f"reclaim {n:,} orphans vs find -delete",
+                "ratio",
+                s["reclaim"].median,
+                status="SKIP",
+                note="find missing",
+            )
+        )
+    ctx.add(
+        Result("sweep", f"reclaim {n:,} orphans: peak RSS", "limit", s["reclaim"].peak_rss_mib, target=100, unit="MiB")
+    )
+    ctx.note(
+        f"big sweeps: {n:,} orphans of {blob_size} B with a sidecar each, intents dated 2 days ago; "
+        f"{reps} runs, each on its own `cp -a` copy made before the first timed run "
+        "(os.sync() before timing)."
+    )
 
 
 # =====================================================================================
@@ -804,8 +1148,16 @@ def bench_sqlite(ctx: Context) -> None:
     aged_ms = now_ms - 40 * datagen.DAY_MS
     log(f"sqlite: generating {n:,} session databases of {SQLITE_ROWS_PER_DB} rows, a blob each")
     t0 = time.perf_counter()
-    info = datagen.make_lash_sessions(sessions, store, n, SQLITE_ROWS_PER_DB, SQLITE_COMMITTED_PER_DB,
-                                      SQLITE_TURN_OWNED_PER_DB, aged_ms, aged_ms / 1000)
+    info = datagen.make_lash_sessions(
+        sessions,
+        store,
+        n,
+        SQLITE_ROWS_PER_DB,
+        SQLITE_COMMITTED_PER_DB,
+        SQLITE_TURN_OWNED_PER_DB,
+        aged_ms,
+        aged_ms / 1000,
+    )
     os.sync()
     log(f"sqlite: generated in {time.perf_counter() - t0:.0f}s")
     out_l, out_r = d / "list.json", d / "reclaim.json"
@@ -821,37 +1173,58 @@ def bench_sqlite(ctx: Context) -> None:
     log(f"sqlite: {reps} interleaved runs of each of {len(cmds)} commands")
     s = interleave(reps, cmds, warmup=1)
     _check_sqlite_outputs(info, out_l, out_r, s["read_stat"].last.stdout)
-    ctx.details["sqlite"] = {"data": vars(info),
-                             "runs": {k: {"median_s": v.median, "spread": v.spread(),
-                                          "peak_rss_mib": v.peak_rss_mib} for k, v in s.items()}}
+    ctx.details["sqlite"] = {
+        "data": vars(info),
+        "runs": {k: {"median_s": v.median, "spread": v.spread(), "peak_rss_mib": v.peak_rss_mib} for k, v in s.items()},
+    }
     what = f"{n:,} session dbs x {SQLITE_ROWS_PER_DB} rows"
     floor = "python sqlite3, every db read"
     for name, label in (("list", "--json list-uncommitted"), ("reclaim", "--json reclaim --dry-run")):
-        ctx.add(Result("sqlite", f"{label}, {what}", "info", s[name].median, s["read"].median,
-                       baseline_label=floor))
-        ctx.add(Result("sqlite", f"{label}, {what}: peak RSS", "info", s[name].peak_rss_mib,
-                       s["read"].peak_rss_mib, unit="MiB", baseline_label=floor))
-    ctx.add(Result("sqlite", f"every db read + a stat per uncommitted blob, {what}", "info",
-                   s["read_stat"].median, s["read"].median, baseline_label=floor))
-    ctx.note(f"sqlite: {info.databases:,} primary session databases in lash's schema (version "
-             f"{datagen.LASH_SCHEMA_VERSION}, WAL mode, named by lash's rule), {info.rows:,} rows: per database "
-             f"{SQLITE_COMMITTED_PER_DB} committed, the rest uncommitted intents 40 days old "
-             f"({SQLITE_TURN_OWNED_PER_DB} owned by a turn a later turn's commit made dead, the others "
-             "ownerless); every row's blob present in a bare directory store, a few distinct bytes dated 40 "
-             "days ago, so list-uncommitted stats real blobs and reclaim --dry-run plans to reclaim every "
-             f"orphan ({info.uncommitted:,}) rather than sparing them. {reps} interleaved runs each, 1 warm-up; "
-             "the page cache is warm.")
+        ctx.add(Result("sqlite", f"{label}, {what}", "info", s[name].median, s["read"].median, baseline_label=floor))
+        ctx.add(
+            Result(
+                "sqlite",
+                f"{label}, {what}: peak RSS",
+                "info",
+                s[name].peak_rss_mib,
+                s["read"].peak_rss_mib,
+                unit="MiB",
+                baseline_label=floor,
+            )
+        )
+    ctx.add(
+        Result(
+            "sqlite",
+            f"every db read + a stat per uncommitted blob, {what}",
+            "info",
+            s["read_stat"].median,
+            s["read"].median,
+            baseline_label=floor,
+        )
+    )
+    ctx.note(
+        f"sqlite: {info.databases:,} primary session databases in lash's schema (version "
+        f"{datagen.LASH_SCHEMA_VERSION}, WAL mode, named by lash's rule), {info.rows:,} rows: per database "
+        f"{SQLITE_COMMITTED_PER_DB} committed, the rest uncommitted intents 40 days old "
+        f"({SQLITE_TURN_OWNED_PER_DB} owned by a turn a later turn's commit made dead, the others "
+        "ownerless); every row's blob present in a bare directory store, a few distinct bytes dated 40 "
+        "days ago, so list-uncommitted stats real blobs and reclaim --dry-run plans to reclaim every "
+        f"orphan ({info.uncommitted:,}) rather than sparing them. {reps} interleaved runs each, 1 warm-up; "
+        "the page cache is warm."
+    )
 
 
 def _check_sqlite_outputs(info: datagen.SessionsInfo, listing: Path, plan: Path, read: bytes) -> None:
     listed = json.loads(listing.read_text())
     if len(listed) != info.uncommitted or not all(r["bytes_present"] for r in listed):
-        raise HarnessError(f"sqlite: list-uncommitted listed {len(listed)} rows, expected {info.uncommitted} "
-                           "with their bytes")
+        raise HarnessError(
+            f"sqlite: list-uncommitted listed {len(listed)} rows, expected {info.uncommitted} with their bytes"
+        )
     report = json.loads(plan.read_text())
     if report["blobs_reclaimed"] != info.uncommitted:
-        raise HarnessError(f"sqlite: reclaim --dry-run would reclaim {report['blobs_reclaimed']} blobs, "
-                           f"expected {info.uncommitted}")
+        raise HarnessError(
+            f"sqlite: reclaim --dry-run would reclaim {report['blobs_reclaimed']} blobs, expected {info.uncommitted}"
+        )
     if read.split() != [str(info.rows).encode(), str(info.uncommitted).encode()]:
         raise HarnessError(f"sqlite: the baseline printed {read!r}, expected {info.rows} {info.uncommitted}")
 

@@ -115,10 +115,7 @@ def _intent(aid: str, session: str, at: int) -> str:
 
 
 def _commit(aid: str, session: str, at: int) -> str:
-    return (
-        f'{{"op":"commit","attachment_id":"{aid}","session_id":"{session}",'
-        f'"committed_at_epoch_ms":{at}}}\n'
-    )
+    return f'{{"op":"commit","attachment_id":"{aid}","session_id":"{session}","committed_at_epoch_ms":{at}}}\n'
 
 
 def _forget(aid: str, session: str) -> str:
@@ -145,11 +142,16 @@ def generate_manifest(
     end = now_ms - 3_600_000
     start = end - 30 * DAY_MS
     step = (end - start) / max(rows, 1)
-    info = ManifestInfo(rows_generated=rows, mix={
-        "committed": P_COMMITTED, "uncommitted": P_UNCOMMITTED,
-        "forgotten": round(1 - P_COMMITTED - P_UNCOMMITTED, 4),
-        "refreshed_intent": P_REFRESH, "shared_blob": P_SHARED,
-    })
+    info = ManifestInfo(
+        rows_generated=rows,
+        mix={
+            "committed": P_COMMITTED,
+            "uncommitted": P_UNCOMMITTED,
+            "forgotten": round(1 - P_COMMITTED - P_UNCOMMITTED, 4),
+            "refreshed_intent": P_REFRESH,
+            "shared_blob": P_SHARED,
+        },
+    )
     db = None
     batch: list[tuple] = []
     if sqlite_path is not None:
@@ -264,8 +266,7 @@ def sidecar_bytes(aid: str, byte_len: int, label: str) -> bytes:
     return json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8")
 
 
-def make_orphan_store(root: Path, count: int, blob_size: int, seed: int = 4,
-                      now_ms: int | None = None) -> int:
+def make_orphan_store(root: Path, count: int, blob_size: int, seed: int = 4, now_ms: int | None = None) -> int:
     """A store of ``count`` orphans: blob + sidecar each, an uncommitted intent
     dated two days ago in the manifest. Returns the bytes of blob data."""
     rng = random.Random(seed)
@@ -356,9 +357,17 @@ class SessionsInfo:
     blobs: int = 0
 
 
-def make_lash_sessions(sessions_dir: Path, store: Path, databases: int, rows_per_db: int,
-                       committed_per_db: int, turn_owned_per_db: int, intent_at_ms: int,
-                       blob_mtime_s: float, seed: int = 13) -> SessionsInfo:
+def make_lash_sessions(
+    sessions_dir: Path,
+    store: Path,
+    databases: int,
+    rows_per_db: int,
+    committed_per_db: int,
+    turn_owned_per_db: int,
+    intent_at_ms: int,
+    blob_mtime_s: float,
+    seed: int = 13,
+) -> SessionsInfo:
     """``databases`` session databases of ``rows_per_db`` rows each, every row's
     blob in the bare directory store ``store`` (a few bytes, distinct, dated
     ``blob_mtime_s``). Per database: ``committed_per_db`` committed rows, the
@@ -379,11 +388,14 @@ def make_lash_sessions(sessions_dir: Path, store: Path, databases: int, rows_per
         conn.executescript(LASH_SESSION_DDL)
         conn.execute(f"PRAGMA user_version = {LASH_SCHEMA_VERSION}")
         conn.execute("BEGIN")
-        conn.execute("INSERT INTO session_meta VALUES (1, ?, ?, '2026-01-01T00:00:00Z', 'model', NULL, NULL)",
-                     (session, f"bench session {n}"))
+        conn.execute(
+            "INSERT INTO session_meta VALUES (1, ?, ?, '2026-01-01T00:00:00Z', 'model', NULL, NULL)",
+            (session, f"bench session {n}"),
+        )
         # turn-1 owns some intents; turn-2 committed after them, so they are dead.
-        conn.execute("INSERT INTO runtime_turn_commits VALUES (?, 'turn-2', 'hash', '{}', ?)",
-                     (session, intent_at_ms + 60_000))
+        conn.execute(
+            "INSERT INTO runtime_turn_commits VALUES (?, 'turn-2', 'hash', '{}', ?)", (session, intent_at_ms + 60_000)
+        )
         batch = []
         for i in range(rows_per_db):
             data = f"lash bench blob {n} {i}\n".encode()
@@ -396,8 +408,9 @@ def make_lash_sessions(sessions_dir: Path, store: Path, databases: int, rows_per
             blob.write_bytes(data)
             os.utime(blob, (blob_mtime_s, blob_mtime_s))
             committed = intent_at_ms + 1_000 if i < committed_per_db else None
-            owner = ("turn", "turn-1") if committed is None and i < committed_per_db + turn_owned_per_db \
-                else (None, None)
+            owner = (
+                ("turn", "turn-1") if committed is None and i < committed_per_db + turn_owned_per_db else (None, None)
+            )
             batch.append((aid, session, f"sha256:{aid}", intent_at_ms + i, committed, *owner))
             info.committed += committed is not None
             info.turn_owned += owner[0] is not None

@@ -87,14 +87,20 @@ def run(
     try:
         proc = subprocess.run(
             [sys.executable, "-I", "-S", "-c", LAUNCHER, result_path, *argv],
-            stdin=stdin, stdout=out, stderr=err, env=env, cwd=cwd,
+            stdin=stdin,
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=cwd,
         )
         with open(result_path) as handle:
             fields = handle.read().split()
         if proc.returncode != 0 or len(fields) != 4:
             err.seek(0)
-            raise HarnessError(f"the launcher failed (exit {proc.returncode}) running {' '.join(argv)}: "
-                               + err.read().decode("utf-8", "replace")[-2000:])
+            raise HarnessError(
+                f"the launcher failed (exit {proc.returncode}) running {' '.join(argv)}: "
+                + err.read().decode("utf-8", "replace")[-2000:]
+            )
         elapsed, maxrss, code, cpu = float(fields[0]), int(fields[1]), int(fields[2]), float(fields[3])
         stdout = b""
         if stdout_path is None and keep_output:
@@ -110,8 +116,7 @@ def run(
         os.unlink(result_path)
     if check and code not in tuple(expect_codes):
         raise HarnessError(
-            f"command failed with exit {code}: {' '.join(argv)}\n"
-            + stderr.decode("utf-8", "replace")[-2000:]
+            f"command failed with exit {code}: {' '.join(argv)}\n" + stderr.decode("utf-8", "replace")[-2000:]
         )
     return Run(elapsed, maxrss, code, stdout, stderr, cpu)
 
@@ -253,21 +258,25 @@ def render_table(results: Sequence[Result]) -> str:
         baseline = fmt_value(r.baseline, r.unit)
         if r.baseline_label and r.baseline is not None:
             baseline = f"{baseline} ({r.baseline_label})"
-        rows.append([
-            r.benchmark,
-            fmt_value(r.measured, r.unit),
-            baseline,
-            "-" if r.ratio is None else f"{r.ratio:.2f}x",
-            fmt_target(r),
-            r.status,
-        ])
+        rows.append(
+            [
+                r.benchmark,
+                fmt_value(r.measured, r.unit),
+                baseline,
+                "-" if r.ratio is None else f"{r.ratio:.2f}x",
+                fmt_target(r),
+                r.status,
+            ]
+        )
     return _grid(header, rows)
 
 
 def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+
     def line(cells: Sequence[str]) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
     out = [line(header), line(["-" * w for w in widths])]
     out.extend(line(r) for r in rows)
     return "\n".join(out)

@@ -33,17 +33,32 @@ def bench_remote(ctx) -> None:
     try:
         server, stop = pgserver.start()
     except BaseException as exc:  # noqa: BLE001 - pytest.skip/fail raise BaseException subclasses
-        ctx.add(Result("remote", "S3 + PostgreSQL rows", "info", status="SKIP",
-                       note=f"no PostgreSQL: {exc}"))
+        ctx.add(Result("remote", "S3 + PostgreSQL rows", "info", status="SKIP", note=f"no PostgreSQL: {exc}"))
         return
     d = ctx.dir("remote")
     try:
         # Pages of 1,000 keys, as S3 itself answers a listing (moto's default is 100).
         with servers.moto_server(d, env={"MOTO_S3_DEFAULT_MAX_KEYS": "1000"}) as endpoint:
-            env = dict(ctx.env, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                       AWS_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint, AWS_ALLOW_HTTP="true")
-            os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-                                                   "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP")})
+            env = dict(
+                ctx.env,
+                AWS_ACCESS_KEY_ID="bench",
+                AWS_SECRET_ACCESS_KEY="bench",
+                AWS_REGION="us-east-1",
+                AWS_ENDPOINT_URL=endpoint,
+                AWS_ALLOW_HTTP="true",
+            )
+            os.environ.update(
+                {
+                    k: env[k]
+                    for k in (
+                        "AWS_ACCESS_KEY_ID",
+                        "AWS_SECRET_ACCESS_KEY",
+                        "AWS_REGION",
+                        "AWS_ENDPOINT_URL",
+                        "AWS_ALLOW_HTTP",
+                    )
+                }
+            )
             _put_rows(ctx, d, env, servers.new_bucket(endpoint, "bench"))
             _table_rows(ctx, d, env, server, pgserver, psycopg)
             _reclaim_rows(ctx, d, env, servers.new_bucket(endpoint, "benchr"), server, pgserver, psycopg)
@@ -82,14 +97,27 @@ def _put_rows(ctx, d: Path, env: dict, bucket: str) -> None:
         "    obstore.put(store, f'{sys.argv[2]}/sha256/{i[:2]}/{i}.json', side)\n"
         "    obstore.put(store, f'{sys.argv[2]}/sha256/{i[:2]}/{i}', data)\n"
         "with ThreadPoolExecutor(16) as pool:\n"
-        "    list(pool.map(one, open(sys.argv[3]).read().split()))\n")
+        "    list(pool.map(one, open(sys.argv[3]).read().split()))\n"
+    )
     count = {"lashctl": 0, "obstore": 0}
 
     def lashctl_put():
         count["lashctl"] += 1
-        return run(_lashctl(ctx, f"s3://{bucket}/l{count['lashctl']}", str(d / f"m{count['lashctl']}.jsonl"),
-                            "put", "-q", "-s", "bench", "--files-from", str(listing)),
-                   env=env, stdout_path=os.devnull)
+        return run(
+            _lashctl(
+                ctx,
+                f"s3://{bucket}/l{count['lashctl']}",
+                str(d / f"m{count['lashctl']}.jsonl"),
+                "put",
+                "-q",
+                "-s",
+                "bench",
+                "--files-from",
+                str(listing),
+            ),
+            env=env,
+            stdout_path=os.devnull,
+        )
 
     def obstore_put():
         count["obstore"] += 1
@@ -97,8 +125,17 @@ def _put_rows(ctx, d: Path, env: dict, bucket: str) -> None:
 
     log(f"remote: put of {n:,} x 4 KiB to S3, {reps} runs each")
     s = interleave(reps, [("lashctl", lashctl_put), ("obstore", obstore_put)])
-    ctx.add(Result("remote", f"batch put {n:,} x 4 KiB to S3 vs obstore (same objects, 16 in flight)",
-                   "ratio", s["lashctl"].median, s["obstore"].median, 1.5, baseline_label="obstore put"))
+    ctx.add(
+        Result(
+            "remote",
+            f"batch put {n:,} x 4 KiB to S3 vs obstore (same objects, 16 in flight)",
+            "ratio",
+            s["lashctl"].median,
+            s["obstore"].median,
+            1.5,
+            baseline_label="obstore put",
+        )
+    )
 
 
 def bench_id(i: int) -> str:
@@ -108,12 +145,21 @@ def bench_id(i: int) -> str:
 
 def _fill_table(url: str, psycopg, n: int, *, committed_every: int = 10) -> None:
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        with cur.copy("COPY lash_attachment_manifest (attachment_id, session_id, canonical_uri, intent_at_ms,"
-                      " committed_at_ms) FROM STDIN") as copy:
+        with cur.copy(
+            "COPY lash_attachment_manifest (attachment_id, session_id, canonical_uri, intent_at_ms,"
+            " committed_at_ms) FROM STDIN"
+        ) as copy:
             for i in range(n):
                 aid = bench_id(i)
-                copy.write_row((aid, "s", "sha256:" + aid, 1_700_000_000_000 + i,
-                                None if i % committed_every else 1_700_000_000_001 + i))
+                copy.write_row(
+                    (
+                        aid,
+                        "s",
+                        "sha256:" + aid,
+                        1_700_000_000_000 + i,
+                        None if i % committed_every else 1_700_000_000_001 + i,
+                    )
+                )
 
 
 def _table_rows(ctx, d: Path, env: dict, server, pgserver, psycopg) -> None:
@@ -130,18 +176,33 @@ def _table_rows(ctx, d: Path, env: dict, server, pgserver, psycopg) -> None:
     with psycopg.connect(big, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE lash_attachment_manifest")
     psql = str(Path(pgserver._bindir() or "") / "psql")
-    query = ("SELECT coalesce(json_agg(json_build_object('id', attachment_id, 'session_id', session_id,"
-             " 'canonical_uri', canonical_uri, 'intent_at_epoch_ms', intent_at_ms) ORDER BY intent_at_ms,"
-             " attachment_id, session_id), '[]') FROM lash_attachment_manifest WHERE committed_at_ms IS NULL")
-    cmds = [("lashctl", lambda: run(_lashctl(ctx, store, big, "--json", "list-uncommitted"), env=env,
-                                    stdout_path=os.devnull))]
+    query = (
+        "SELECT coalesce(json_agg(json_build_object('id', attachment_id, 'session_id', session_id,"
+        " 'canonical_uri', canonical_uri, 'intent_at_epoch_ms', intent_at_ms) ORDER BY intent_at_ms,"
+        " attachment_id, session_id), '[]') FROM lash_attachment_manifest WHERE committed_at_ms IS NULL"
+    )
+    cmds = [
+        (
+            "lashctl",
+            lambda: run(_lashctl(ctx, store, big, "--json", "list-uncommitted"), env=env, stdout_path=os.devnull),
+        )
+    ]
     if os.path.exists(psql):
         cmds.append(("psql", lambda: run([psql, big, "-At", "-c", query], env=env, stdout_path=os.devnull)))
     log(f"remote: list-uncommitted on {n:,} rows, {reps} runs each")
     s = interleave(reps, cmds, warmup=1)
     if "psql" in s:
-        ctx.add(Result("remote", f"--json list-uncommitted, {n:,}-row table vs psql JSON", "ratio",
-                       s["lashctl"].median, s["psql"].median, 1.5, baseline_label="psql json_agg"))
+        ctx.add(
+            Result(
+                "remote",
+                f"--json list-uncommitted, {n:,}-row table vs psql JSON",
+                "ratio",
+                s["lashctl"].median,
+                s["psql"].median,
+                1.5,
+                baseline_label="psql json_agg",
+            )
+        )
     # commit of one id (an uncommitted row of each table), big against empty
     target = bench_id(1)
     with psycopg.connect(empty) as conn:
@@ -151,15 +212,27 @@ def _table_rows(ctx, d: Path, env: dict, server, pgserver, psycopg) -> None:
     def committing(name):
         def go():
             with psycopg.connect(commit[name], autocommit=True) as conn:  # uncommit it again
-                conn.execute("UPDATE lash_attachment_manifest SET committed_at_ms = NULL WHERE attachment_id = %s",
-                             (target,))
-            return run(_lashctl(ctx, store, commit[name], "commit", "-q", "-s", "s", target), env=env,
-                       stdout_path=os.devnull)
+                conn.execute(
+                    "UPDATE lash_attachment_manifest SET committed_at_ms = NULL WHERE attachment_id = %s", (target,)
+                )
+            return run(
+                _lashctl(ctx, store, commit[name], "commit", "-q", "-s", "s", target), env=env, stdout_path=os.devnull
+            )
+
         return go
 
     s = interleave(ctx.cfg.n(5, 10), [("big", committing("big")), ("empty", committing("empty"))], warmup=1)
-    ctx.add(Result("remote", f"commit 1 id on a {n:,}-row table vs an empty one", "ratio",
-                   s["big"].median, s["empty"].median, 1.2, baseline_label="empty table"))
+    ctx.add(
+        Result(
+            "remote",
+            f"commit 1 id on a {n:,}-row table vs an empty one",
+            "ratio",
+            s["big"].median,
+            s["empty"].median,
+            1.2,
+            baseline_label="empty table",
+        )
+    )
 
 
 def _reclaim_rows(ctx, d: Path, env: dict, bucket: str, server, pgserver, psycopg) -> None:
@@ -183,8 +256,20 @@ def _reclaim_rows(ctx, d: Path, env: dict, bucket: str, server, pgserver, psycop
             _fill_table(url, psycopg, n, committed_every=n + 1)
             started = time.perf_counter()
             if which == "lashctl":
-                run(_lashctl(ctx, f"s3://{bucket}/{prefix}", url, "reclaim", "-q", "--force", "--before", "2999-01-01T00:00:00Z"),
-                    env=env, stdout_path=os.devnull)
+                run(
+                    _lashctl(
+                        ctx,
+                        f"s3://{bucket}/{prefix}",
+                        url,
+                        "reclaim",
+                        "-q",
+                        "--force",
+                        "--before",
+                        "2999-01-01T00:00:00Z",
+                    ),
+                    env=env,
+                    stdout_path=os.devnull,
+                )
             else:
                 # What the sweep's re-read of each object's LastModified costs at
                 # the least: one listing of each shard holding orphans (timed
@@ -192,8 +277,7 @@ def _reclaim_rows(ctx, d: Path, env: dict, bucket: str, server, pgserver, psycop
                 from concurrent.futures import ThreadPoolExecutor
 
                 def list_shard(shard: str) -> int:
-                    return sum(len(page) for page in obstore.list(store, f"{prefix}/sha256/{shard}/",
-                                                                  chunk_size=1000))
+                    return sum(len(page) for page in obstore.list(store, f"{prefix}/sha256/{shard}/", chunk_size=1000))
 
                 with ThreadPoolExecutor(16) as pool:
                     listed = sum(pool.map(list_shard, sorted({bench_id(i)[:2] for i in range(n)})))
@@ -201,13 +285,30 @@ def _reclaim_rows(ctx, d: Path, env: dict, bucket: str, server, pgserver, psycop
                 times["listing"].append(time.perf_counter() - started)
                 started = time.perf_counter()
                 for start in range(0, n, 1000):
-                    obstore.delete(store, keys[start:start + 1000])
+                    obstore.delete(store, keys[start : start + 1000])
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute("DELETE FROM lash_attachment_manifest WHERE committed_at_ms IS NULL")
             times[which].append(time.perf_counter() - started)
-    ctx.add(Result("remote", f"reclaim {n:,} orphans on S3 + PostgreSQL vs obstore batch delete + one DELETE",
-                   "ratio", min(times["lashctl"]), min(times["baseline"]), 2.0,
-                   baseline_label="batch delete + DELETE"))
+    ctx.add(
+        Result(
+            "remote",
+            f"reclaim {n:,} orphans on S3 + PostgreSQL vs obstore batch delete + one DELETE",
+            "ratio",
+            min(times["lashctl"]),
+            min(times["baseline"]),
+            2.0,
+            baseline_label="batch delete + DELETE",
+        )
+    )
     floor = min(times["listing"]) + min(times["baseline"])
-    ctx.add(Result("remote", f"reclaim {n:,} orphans vs obstore listing of their shards + batch delete + DELETE",
-                   "info", min(times["lashctl"]), floor, None, baseline_label="listing + delete + DELETE"))
+    ctx.add(
+        Result(
+            "remote",
+            f"reclaim {n:,} orphans vs obstore listing of their shards + batch delete + DELETE",
+            "info",
+            min(times["lashctl"]),
+            floor,
+            None,
+            baseline_label="listing + delete + DELETE",
+        )
+    )

@@ -84,7 +84,9 @@ def machine_info(cfg: Config, env: dict) -> dict:
 
     probe = subprocess.run(
         [cfg.python, "-c", "import sys, typer; print(sys.version.split()[0]); print(typer.__version__)"],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if probe.returncode != 0:
         raise HarnessError(f"{cfg.python} cannot import typer: {probe.stderr.strip()}")
@@ -115,26 +117,43 @@ def machine_info(cfg: Config, env: dict) -> dict:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="smaller sizes and 3 runs each (2k files, 128 MiB, 100k rows, 10k orphans, 500 session dbs)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes and 3 runs each (2k files, 128 MiB, 100k rows, 10k orphans, 500 session dbs)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    p.add_argument("--workdir", type=Path,
-                   help="scratch directory (a temp dir is made inside it; default: the system temp dir)")
+    p.add_argument(
+        "--workdir", type=Path, help="scratch directory (a temp dir is made inside it; default: the system temp dir)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the scratch data")
-    p.add_argument("--only", default=",".join(GROUPS),
-                   help=f"comma-separated groups to run (default: all): {', '.join(GROUPS)}")
+    p.add_argument(
+        "--only", default=",".join(GROUPS), help=f"comma-separated groups to run (default: all): {', '.join(GROUPS)}"
+    )
     p.add_argument("--reps", type=int, help="override the number of runs of every measurement")
-    p.add_argument("--python", default=sys.executable,
-                   help="interpreter with lashctl and typer installed (default: this one)")
-    p.add_argument("--lashctl", help="command to run lashctl (default: the lashctl script next to --python, "
-                                     "else 'PYTHON -m lashctl')")
-    p.add_argument("--typer-compare", nargs="+", metavar="PYTHON", default=[],
-                   help="also time the bare Typer app under these interpreters (e.g. venvs with other typers)")
-    p.add_argument("--no-pyc-cache", action="store_true",
-                   help="run Python children in the caller's environment as is (default: allow bytecode "
-                        "caching under the scratch dir even if PYTHONDONTWRITEBYTECODE is set)")
+    p.add_argument(
+        "--python", default=sys.executable, help="interpreter with lashctl and typer installed (default: this one)"
+    )
+    p.add_argument(
+        "--lashctl",
+        help="command to run lashctl (default: the lashctl script next to --python, else 'PYTHON -m lashctl')",
+    )
+    p.add_argument(
+        "--typer-compare",
+        nargs="+",
+        metavar="PYTHON",
+        default=[],
+        help="also time the bare Typer app under these interpreters (e.g. venvs with other typers)",
+    )
+    p.add_argument(
+        "--no-pyc-cache",
+        action="store_true",
+        help="run Python children in the caller's environment as is (default: allow bytecode "
+        "caching under the scratch dir even if PYTHONDONTWRITEBYTECODE is set)",
+    )
     p.add_argument("--save", type=Path, help="also write the JSON report to this file")
     args = p.parse_args(argv)
     unknown = [g for g in args.only.split(",") if g and g not in GROUPS]
@@ -171,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         except HarnessError as exc:
             print(f"bench: error: {exc}", file=sys.stderr)
             return 1
-        log(f"mode {'quick' if cfg.quick else 'full'}; workdir {workdir} ({machine['workdir_fs']['fstype']}); "
-            f"lashctl = {' '.join(cfg.lashctl)}")
+        log(
+            f"mode {'quick' if cfg.quick else 'full'}; workdir {workdir} ({machine['workdir_fs']['fstype']}); "
+            f"lashctl = {' '.join(cfg.lashctl)}"
+        )
         if machine["sqlite3"] == "MISSING":
             ctx.note("sqlite3 CLI is MISSING: the list-uncommitted baseline cannot be measured")
         for name in [g for g in args.only.split(",") if g]:
@@ -186,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - a bug in the harness: report it and go on
                 errors += 1
                 traceback.print_exc()
-                ctx.results.append(Result(name, f"{name}: harness error", "info", status="ERROR",
-                                          note=f"{type(exc).__name__}: {exc}"))
+                ctx.results.append(
+                    Result(name, f"{name}: harness error", "info", status="ERROR", note=f"{type(exc).__name__}: {exc}")
+                )
             log(f"{name}: done in {time.time() - t0:.0f}s")
     finally:
         if args.keep:
@@ -227,24 +249,57 @@ def render_text(report: dict, ctx: Context) -> str:
         render_table(ctx.results),
     ]
     if ctx.growth:
-        lines += ["", "manifest growth (medians):", render_grid(
-            ["rows", "manifest", "uncommitted", "list-uncommitted", "sqlite3", "list RSS",
-             "put", "put (empty)", "commit", f"commit ({1000:,} rows)"],
-            [[f"{g['rows']:,}", f"{g['manifest_mib']} MiB", f"{g['uncommitted_rows']:,}",
-              f"{g['list_uncommitted_s']:.3f} s",
-              "-" if g["sqlite3_s"] is None else f"{g['sqlite3_s']:.3f} s",
-              f"{g['list_uncommitted_rss_mib']:.0f} MiB",
-              f"{g['put_s'] * 1000:.1f} ms", f"{g['put_empty_manifest_s'] * 1000:.1f} ms",
-              f"{g['commit_s']:.3f} s", f"{g['commit_small_manifest_s'] * 1000:.1f} ms"]
-             for g in ctx.growth])]
+        lines += [
+            "",
+            "manifest growth (medians):",
+            render_grid(
+                [
+                    "rows",
+                    "manifest",
+                    "uncommitted",
+                    "list-uncommitted",
+                    "sqlite3",
+                    "list RSS",
+                    "put",
+                    "put (empty)",
+                    "commit",
+                    f"commit ({1000:,} rows)",
+                ],
+                [
+                    [
+                        f"{g['rows']:,}",
+                        f"{g['manifest_mib']} MiB",
+                        f"{g['uncommitted_rows']:,}",
+                        f"{g['list_uncommitted_s']:.3f} s",
+                        "-" if g["sqlite3_s"] is None else f"{g['sqlite3_s']:.3f} s",
+                        f"{g['list_uncommitted_rss_mib']:.0f} MiB",
+                        f"{g['put_s'] * 1000:.1f} ms",
+                        f"{g['put_empty_manifest_s'] * 1000:.1f} ms",
+                        f"{g['commit_s']:.3f} s",
+                        f"{g['commit_small_manifest_s'] * 1000:.1f} ms",
+                    ]
+                    for g in ctx.growth
+                ],
+            ),
+        ]
     if ctx.growth_commands:
         from cases import GROWTH_COMMANDS
 
-        lines += ["", "growth of the commands that no longer fold the whole log (median s / peak RSS MiB):",
-                  render_grid(["rows", "manifest", *GROWTH_COMMANDS],
-                              [[f"{g['rows']:,}", f"{g['manifest_mib']} MiB",
-                                *(f"{g[c]['median_s']:.3f} s / {g[c]['peak_rss_mib']:.0f}" for c in GROWTH_COMMANDS)]
-                               for g in ctx.growth_commands])]
+        lines += [
+            "",
+            "growth of the commands that no longer fold the whole log (median s / peak RSS MiB):",
+            render_grid(
+                ["rows", "manifest", *GROWTH_COMMANDS],
+                [
+                    [
+                        f"{g['rows']:,}",
+                        f"{g['manifest_mib']} MiB",
+                        *(f"{g[c]['median_s']:.3f} s / {g[c]['peak_rss_mib']:.0f}" for c in GROWTH_COMMANDS),
+                    ]
+                    for g in ctx.growth_commands
+                ],
+            ),
+        ]
     if ctx.notes:
         lines += ["", "notes:"] + [f"- {n}" for n in ctx.notes]
     for r in ctx.results:

@@ -101,8 +101,10 @@ def check_appendable(given: str | None) -> None:
                     return
             except OSError:
                 return
-        raise UsageError(f"audit log {given} cannot be created: directory {parent} is not writable "
-                         f"(name a file this user can append to with --audit-log or {ENV_AUDIT_LOG})") from None
+        raise UsageError(
+            f"audit log {given} cannot be created: directory {parent} is not writable "
+            f"(name a file this user can append to with --audit-log or {ENV_AUDIT_LOG})"
+        ) from None
     os.close(fd)
 
 
@@ -130,8 +132,10 @@ def _open_named(given: str, create: bool) -> int:
             raise
         raise UsageError(f"audit log {given}: directory {Path(given).parent} does not exist") from None
     except OSError as exc:
-        raise UsageError(f"audit log {given} cannot be appended to: {exc.strerror or exc} "
-                         f"(name a file this user can append to with --audit-log or {ENV_AUDIT_LOG})") from exc
+        raise UsageError(
+            f"audit log {given} cannot be appended to: {exc.strerror or exc} "
+            f"(name a file this user can append to with --audit-log or {ENV_AUDIT_LOG})"
+        ) from exc
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -161,8 +165,9 @@ class AuditLog:
         self.store_root = store_root
         self.fd: int | None = None
         self.where = (STDERR if given == STDERR else given) or str(default_location(store_root))
-        manifest_shown = _absolute(strip_password(str(manifest)) if manifest is not None
-                                   else strip_password(f"{store_root}/manifest.jsonl"))
+        manifest_shown = _absolute(
+            strip_password(str(manifest)) if manifest is not None else strip_password(f"{store_root}/manifest.jsonl")
+        )
         self.common = {
             "command": command,
             "args": strip_args(args),
@@ -177,12 +182,28 @@ class AuditLog:
 
     # -- lines --------------------------------------------------------------------
     @staticmethod
-    def item(action: str, attachment_id: str | None, *, path: str | None = None, byte_len: int | None = None,
-             sessions: Iterable[str] = (), reason: str | None = None, error: str | None = None,
-             moved_to: str | None = None) -> dict:
+    def item(
+        action: str,
+        attachment_id: str | None,
+        *,
+        path: str | None = None,
+        byte_len: int | None = None,
+        sessions: Iterable[str] = (),
+        reason: str | None = None,
+        error: str | None = None,
+        moved_to: str | None = None,
+    ) -> dict:
         """One line's own fields (``write`` adds the time and the run's)."""
-        return {"action": action, "id": attachment_id, "path": _absolute(path), "bytes": byte_len,
-                "sessions": list(sessions), "reason": reason, "error": error, "moved_to": _absolute(moved_to)}
+        return {
+            "action": action,
+            "id": attachment_id,
+            "path": _absolute(path),
+            "bytes": byte_len,
+            "sessions": list(sessions),
+            "reason": reason,
+            "error": error,
+            "moved_to": _absolute(moved_to),
+        }
 
     def write(self, items: list[dict]) -> None:
         """Append the lines with one write, then fsync; nothing for no items.
@@ -245,8 +266,9 @@ class AuditLog:
                     raise
                 if not stat.S_ISREG(there) and not stat.S_ISLNK(there):  # (a FIFO: the open would fail ENXIO)
                     os.close(root)
-                    raise StoreIOError(f"cannot write the audit log {self.where}: it is "
-                                       f"{describe_mode(there)}, not a regular file")
+                    raise StoreIOError(
+                        f"cannot write the audit log {self.where}: it is {describe_mode(there)}, not a regular file"
+                    )
                 try:
                     fd = os.open(AUDIT_NAME, flags | os.O_NOFOLLOW, 0o644, dir_fd=root)
                 except BaseException:
@@ -256,8 +278,10 @@ class AuditLog:
             try:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
-                    raise StoreIOError(f"cannot write the audit log {self.where}: it is "
-                                       f"{describe_mode(st.st_mode)}, not a regular file")
+                    raise StoreIOError(
+                        f"cannot write the audit log {self.where}: it is "
+                        f"{describe_mode(st.st_mode)}, not a regular file"
+                    )
                 if st.st_size == 0:
                     fit_in(fd, parent)
                 os.set_blocking(fd, True)
@@ -271,8 +295,10 @@ class AuditLog:
             import errno
 
             if exc.errno == errno.ELOOP:
-                raise StoreIOError(f"cannot write the audit log {self.where}: it is a symlink "
-                                   "(the default audit log is never followed through one)") from exc
+                raise StoreIOError(
+                    f"cannot write the audit log {self.where}: it is a symlink "
+                    "(the default audit log is never followed through one)"
+                ) from exc
             raise StoreIOError.wrap("open the audit log", self.where, exc) from exc
         self.fd = fd
         return fd
@@ -304,7 +330,7 @@ def _host() -> str:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 _SURROGATE = None
@@ -342,9 +368,13 @@ def start(state, store, command: str, given: str | None) -> AuditLog | None:
         from lashctl.text import escape_text, say
 
         # Not hidden by -q: a quiet scheduled sweep must not go unaudited silently.
-        say("lashctl: warning: " + escape_text(
-            f"{command} on {_shown(state.store_root)} is not audited: an s3:// store has no local root "
-            f"to keep audit.jsonl in (name a file with --audit-log or {ENV_AUDIT_LOG})"))
+        say(
+            "lashctl: warning: "
+            + escape_text(
+                f"{command} on {_shown(state.store_root)} is not audited: an s3:// store has no local root "
+                f"to keep audit.jsonl in (name a file with --audit-log or {ENV_AUDIT_LOG})"
+            )
+        )
         return None
     log = AuditLog(given, state.store_root, state.manifest_path, command, commands.ARGV or [])
     # A named log must take lines before anything changes (checked, not
@@ -376,13 +406,46 @@ MAX_LINE = 1 << 20  # bytes: a longer line is no line lashctl wrote; skipped, ne
 
 # Every key of a line (docs/audit.md), in the order --json shows them, and
 # the types a reader relies on (None: the key may be null).
-KEYS = ("time", "time_epoch_ms", "action", "id", "path", "bytes", "sessions", "reason", "error", "moved_to",
-        "command", "args", "run", "pid", "user", "host", "store", "manifest", "lashctl_version")
+KEYS = (
+    "time",
+    "time_epoch_ms",
+    "action",
+    "id",
+    "path",
+    "bytes",
+    "sessions",
+    "reason",
+    "error",
+    "moved_to",
+    "command",
+    "args",
+    "run",
+    "pid",
+    "user",
+    "host",
+    "store",
+    "manifest",
+    "lashctl_version",
+)
 _TYPES: dict[str, tuple] = {
-    "time": (str,), "time_epoch_ms": (int,), "action": (str,), "id": (str, None), "path": (str, None),
-    "bytes": (int, None), "sessions": (list,), "reason": (str, None), "error": (str, None),
-    "moved_to": (str, None), "command": (str, None), "args": (list, None), "run": (str, None),
-    "pid": (int, None), "user": (str, None), "host": (str, None), "store": (str,), "manifest": (str, None),
+    "time": (str,),
+    "time_epoch_ms": (int,),
+    "action": (str,),
+    "id": (str, None),
+    "path": (str, None),
+    "bytes": (int, None),
+    "sessions": (list,),
+    "reason": (str, None),
+    "error": (str, None),
+    "moved_to": (str, None),
+    "command": (str, None),
+    "args": (list, None),
+    "run": (str, None),
+    "pid": (int, None),
+    "user": (str, None),
+    "host": (str, None),
+    "store": (str,),
+    "manifest": (str, None),
     "lashctl_version": (str, None),
 }
 _NAMES = {str: "a string", int: "an integer", list: "a list", None: "null"}
@@ -455,8 +518,10 @@ def open_for_reading(path: Path, named: bool) -> int | None:
         import errno
 
         if exc.errno == errno.ELOOP and not named:
-            raise StoreIOError(f"cannot read the audit log {path}: it is a symlink "
-                               "(the store's audit log is never followed through one)") from exc
+            raise StoreIOError(
+                f"cannot read the audit log {path}: it is a symlink "
+                "(the store's audit log is never followed through one)"
+            ) from exc
         raise StoreIOError.wrap("read the audit log", path, exc) from exc
     try:
         mode = os.fstat(fd).st_mode

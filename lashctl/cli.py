@@ -63,11 +63,15 @@ def _build_command(name: str) -> Any:
         for sub in group.commands.values():
             _accept_global_options(_named_placeholders(sub))
         return group
-    return _accept_global_options(_named_placeholders(get_command_from_info(
-        CommandInfo(name=name, callback=target, epilog=getattr(module, "EPILOG", None)),
-        pretty_exceptions_short=app.pretty_exceptions_short,
-        rich_markup_mode=app.rich_markup_mode,
-    )))
+    return _accept_global_options(
+        _named_placeholders(
+            get_command_from_info(
+                CommandInfo(name=name, callback=target, epilog=getattr(module, "EPILOG", None)),
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+            )
+        )
+    )
 
 
 def _late_global(name: str) -> Any:
@@ -149,9 +153,17 @@ def _accept_global_options(command: Any) -> Any:
         decls = [d for d in decls if d not in taken]
         if not decls:
             continue
-        command.params.append(TyperOption(
-            param_decls=[f"late_{name}", *decls], type=kind, is_flag=is_flag, default=False if is_flag else None,
-            expose_value=False, hidden=True, callback=_late_global(name)))
+        command.params.append(
+            TyperOption(
+                param_decls=[f"late_{name}", *decls],
+                type=kind,
+                is_flag=is_flag,
+                default=False if is_flag else None,
+                expose_value=False,
+                hidden=True,
+                callback=_late_global(name),
+            )
+        )
     return command
 
 
@@ -214,8 +226,9 @@ class LashctlGroup(TyperGroup):
             state = ctx.find_object(AppState)
             if state is not None and state.ui.json and not state.ui.wrote_data:
                 try:  # under --json every failure is one document, an interrupt too
-                    state.ui.emit_json({"error": line.removeprefix("lashctl: "), "exit_code": code,
-                                        **state.run_fields()})
+                    state.ui.emit_json(
+                        {"error": line.removeprefix("lashctl: "), "exit_code": code, **state.run_fields()}
+                    )
                 except OSError:
                     _quiet_stdout()
             say(line)
@@ -231,8 +244,7 @@ class LashctlGroup(TyperGroup):
             where = f" {exc.filename}" if exc.filename else ""
             self._fail(ctx, f"I/O error{where}: {exc.strerror or exc}", EXIT_FAILURE, exc)
         except Exception as exc:  # noqa: BLE001 - a bug: still one line unless debugging
-            self._fail(ctx, f"unexpected {type(exc).__name__}: {exc} (run with -v for a traceback)",
-                       EXIT_FAILURE, exc)
+            self._fail(ctx, f"unexpected {type(exc).__name__}: {exc} (run with -v for a traceback)", EXIT_FAILURE, exc)
 
     @staticmethod
     def _fail(ctx: Any, message: str, code: int, exc: BaseException) -> None:
@@ -262,8 +274,9 @@ class LashctlGroup(TyperGroup):
 
         commands.ARGV = list(sys.argv[1:] if args is None else args)  # the audit log keeps it
         try:
-            code = super().main(args=args, prog_name=prog_name or "lashctl", complete_var=complete_var,
-                                standalone_mode=False, **extra)
+            code = super().main(
+                args=args, prog_name=prog_name or "lashctl", complete_var=complete_var, standalone_mode=False, **extra
+            )
         except click_exceptions.NoArgsIsHelpError as exc:
             exc.show()  # the help text, on stderr
             code = EXIT_USAGE
@@ -274,8 +287,7 @@ class LashctlGroup(TyperGroup):
             _click_failure_json(exc.ctx, message, code, sys.argv[1:] if args is None else list(args))
             UI.error(message)
         except click_exceptions.ClickException as exc:
-            _click_failure_json(None, exc.format_message(), exc.exit_code,
-                                sys.argv[1:] if args is None else list(args))
+            _click_failure_json(None, exc.format_message(), exc.exit_code, sys.argv[1:] if args is None else list(args))
             UI.error(exc.format_message())
             code = exc.exit_code
         except typer.Abort:
@@ -297,9 +309,12 @@ def _click_failure_json(ctx: Any, message: str, code: int, args: list[str]) -> N
     if not (state is not None and state.ui.json) and not _asks_for_json(ctx, args):
         return
     if state is None:
-        state = AppState(store_root=_argv_location(args, "--store", ENV_STORE) or _default_store(),
-                         manifest_path=_argv_location(args, "--manifest", ENV_MANIFEST), lock_timeout=0.0,
-                         ui=UI(json_output=True))
+        state = AppState(
+            store_root=_argv_location(args, "--store", ENV_STORE) or _default_store(),
+            manifest_path=_argv_location(args, "--manifest", ENV_MANIFEST),
+            lock_timeout=0.0,
+            ui=UI(json_output=True),
+        )
     try:
         UI(json_output=True).emit_json({"error": message, "exit_code": code, **state.run_fields()})
     except OSError:
@@ -385,8 +400,9 @@ def _process_registry(value: str | None) -> str | None:
     try:
         return process_registry(value)
     except UsageError as exc:
-        raise typer.BadParameter(exc.message.removeprefix("--process-registry "),
-                                 param_hint="--process-registry") from None
+        raise typer.BadParameter(
+            exc.message.removeprefix("--process-registry "), param_hint="--process-registry"
+        ) from None
 
 
 def _lock_timeout(value: float) -> float:
@@ -409,15 +425,23 @@ def main_options(
     ctx: typer.Context,
     store: Annotated[
         Optional[str],
-        typer.Option("--store", envvar=ENV_STORE, metavar="PATH|URL",
-                     help="Store root: a directory or s3://BUCKET/PREFIX (default: the platform's user data dir for lashctl).",
-                     show_default=False),
+        typer.Option(
+            "--store",
+            envvar=ENV_STORE,
+            metavar="PATH|URL",
+            help="Store root: a directory or s3://BUCKET/PREFIX (default: the platform's user data dir for lashctl).",
+            show_default=False,
+        ),
     ] = None,
     manifest: Annotated[
         Optional[str],
-        typer.Option("--manifest", envvar=ENV_MANIFEST, metavar="PATH|URL",
-                     help="Manifest: a JSON-lines file, a postgresql:// URL or lash-sqlite:DIR (lash's SQLite "
-                          "session databases) (default: <store>/manifest.jsonl)."),
+        typer.Option(
+            "--manifest",
+            envvar=ENV_MANIFEST,
+            metavar="PATH|URL",
+            help="Manifest: a JSON-lines file, a postgresql:// URL or lash-sqlite:DIR (lash's SQLite "
+            "session databases) (default: <store>/manifest.jsonl).",
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summaries or warnings on stderr.")] = False,
@@ -427,21 +451,36 @@ def main_options(
     ] = False,
     lock_timeout: Annotated[
         float,
-        typer.Option("--lock-timeout", envvar=ENV_LOCK_TIMEOUT, metavar="SECONDS", callback=_lock_timeout,
-                     help="How long to wait for the manifest lock before exit 75."),
+        typer.Option(
+            "--lock-timeout",
+            envvar=ENV_LOCK_TIMEOUT,
+            metavar="SECONDS",
+            callback=_lock_timeout,
+            help="How long to wait for the manifest lock before exit 75.",
+        ),
     ] = 30.0,
     layout: Annotated[
         Optional[str],
-        typer.Option("--layout", envvar="LASHCTL_LAYOUT", metavar="auto|sidecars|bare", callback=_layout,
-                     help="Blob layout: sidecars beside blobs (lash-core 0.1), bare (later lash), or auto-detect."),
+        typer.Option(
+            "--layout",
+            envvar="LASHCTL_LAYOUT",
+            metavar="auto|sidecars|bare",
+            callback=_layout,
+            help="Blob layout: sidecars beside blobs (lash-core 0.1), bare (later lash), or auto-detect.",
+        ),
     ] = None,
     process_registry: Annotated[
         Optional[str],
-        typer.Option("--process-registry", envvar=ENV_PROCESS_REGISTRY, metavar="SOURCE", callback=_process_registry,
-                     help="Where lash's process registry lives, so that intents of processes gone from it are "
-                          "reclaimed: table (lash_processes in the PostgreSQL manifest's database) or "
-                          "table:[SCHEMA.]NAME; for a lash-sqlite: manifest, the PATH of lash's SQLite "
-                          "process registry file. Without it process-owned intents are kept, as lash keeps them."),
+        typer.Option(
+            "--process-registry",
+            envvar=ENV_PROCESS_REGISTRY,
+            metavar="SOURCE",
+            callback=_process_registry,
+            help="Where lash's process registry lives, so that intents of processes gone from it are "
+            "reclaimed: table (lash_processes in the PostgreSQL manifest's database) or "
+            "table:[SCHEMA.]NAME; for a lash-sqlite: manifest, the PATH of lash's SQLite "
+            "process registry file. Without it process-owned intents are kept, as lash keeps them.",
+        ),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
@@ -484,16 +523,15 @@ def _refuse_empty_locations(empty_store: bool, empty_manifest: bool) -> None:
         raise UsageError(f"{'--store' if empty_store else '--manifest'} is empty: name a directory, file or URL")
 
 
-
-
 def main(prog_name: str = "lashctl") -> None:
     """Console-script entry point."""
     if sys.stdout is None:
         # Started with descriptor 1 closed (">&-"): data would have nowhere to
         # go, and a file the command opens could take that descriptor.
         if sys.stderr is not None:
-            sys.stderr.write("lashctl: error: standard output is closed: give it somewhere to go "
-                             "(>/dev/null to discard it)\n")
+            sys.stderr.write(
+                "lashctl: error: standard output is closed: give it somewhere to go (>/dev/null to discard it)\n"
+            )
         raise SystemExit(EXIT_FAILURE)
     _guard_closed_streams()
     for stream in (sys.stdout, sys.stderr):

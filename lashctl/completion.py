@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
+
 FILES = "::files"
 # Offered with fewer than two characters typed, more ids than this are
 # replaced by their two-character shard prefixes: a list nobody reads costs
@@ -51,7 +52,7 @@ def ids_in_store(root: str, incomplete: str) -> list[str]:
     typed = incomplete.strip().lower()
     scheme = ""
     if typed.startswith("sha256:"):
-        scheme, typed = "sha256:", typed[len("sha256:"):]
+        scheme, typed = "sha256:", typed[len("sha256:") :]
     if len(typed) > 64 or not _hex(typed):
         return []
     objects = os.path.join(root, "sha256")
@@ -68,8 +69,7 @@ def ids_in_store(root: str, incomplete: str) -> list[str]:
             names = os.listdir(os.path.join(objects, shard))
         except OSError:
             continue
-        found.extend(scheme + n for n in names
-                     if n.startswith(typed) and len(n) == 64 and _hex(n) and n[:2] == shard)
+        found.extend(scheme + n for n in names if n.startswith(typed) and len(n) == 64 and _hex(n) and n[:2] == shard)
         if len(typed) < 2 and len(found) > MAX_LISTED:
             return [scheme + s for s in shards]
     return sorted(found)
@@ -106,7 +106,7 @@ def complete_manifest(incomplete: str) -> list[str]:
     """The manifest schemes that start with what was typed, and the files and
     directories it names (only directories after ``lash-sqlite:``)."""
     if incomplete.startswith(LASH_SQLITE):
-        return [LASH_SQLITE + name for name in _entries(incomplete[len(LASH_SQLITE):], dirs_only=True)]
+        return [LASH_SQLITE + name for name in _entries(incomplete[len(LASH_SQLITE) :], dirs_only=True)]
     offered = [scheme for scheme in SCHEMES if scheme.startswith(incomplete)]
     if ":" in incomplete:  # a URL: no file names
         return offered
@@ -167,6 +167,7 @@ complete -F %(complete_func)s %(prog_name)s
 # ---------------------------------------------------------------------------
 # The answer to a TAB, without Typer: Click's resilient parsing on the table.
 # ---------------------------------------------------------------------------
+
 
 class _Decline(Exception):
     """A line the table's replay does not cover: Typer answers it."""
@@ -320,8 +321,8 @@ def _parse(ctx: _Context, args: list[str]) -> None:
             words = words[star:]
             values = [front[i] if i < len(front) else None for i in range(star)]
             back_count = len(spec) - star - 1
-            back: list[str | None] = list(words[len(words) - back_count:]) if back_count else []
-            middle = words[:len(words) - back_count] if back_count else words
+            back: list[str | None] = list(words[len(words) - back_count :]) if back_count else []
+            middle = words[: len(words) - back_count] if back_count else words
             if back_count and len(back) < back_count:
                 missing: list[str | None] = [None] * (back_count - len(back))
                 back = missing + back
@@ -399,14 +400,20 @@ def _command_items(ctx: _Context, incomplete: str) -> list[_Item]:
     node = ctx.node
     items = []
     if node["commands"] is not None:
-        items = [_Item(name, sub["short_help"]) for name, sub in node["commands"].items()
-                 if name.startswith(incomplete) and not sub["hidden"]]
+        items = [
+            _Item(name, sub["short_help"])
+            for name, sub in node["commands"].items()
+            if name.startswith(incomplete) and not sub["hidden"]
+        ]
     if incomplete and not incomplete[0].isalnum():
         for param in _params(node)[0]:
             if not param["listed"] or (not param["multiple"] and param["name"] in ctx.given):
                 continue
-            items.extend(_Item(name, param["help"]) for name in (*param["opts"], *param["secondary"])
-                         if name.startswith(incomplete))
+            items.extend(
+                _Item(name, param["help"])
+                for name in (*param["opts"], *param["secondary"])
+                if name.startswith(incomplete)
+            )
     return items
 
 
@@ -486,22 +493,26 @@ def _reply(environ, shell: str) -> str | int:
         items, files = _completions(args, incomplete, resolving=True)
         if files and not items:
             return FILES
-        typed = incomplete[:incomplete.rfind(":") + 1]
-        return "\n".join(item.value[len(typed):] if typed and item.value.startswith(typed) else item.value
-                         for item in items)
+        typed = incomplete[: incomplete.rfind(":") + 1]
+        return "\n".join(
+            item.value[len(typed) :] if typed and item.value.startswith(typed) else item.value for item in items
+        )
     if shell == "zsh":
         items, files = _completions(args, incomplete, resolving=True)
         if not items:
             return "_files" if files else ""
-        lines = [f'"{_zsh_escape(i.value)}":"{_rendered("zsh", _zsh_escape(i.help))}"' if i.help
-                 else f'"{_zsh_escape(i.value)}"' for i in items]
+        lines = [
+            f'"{_zsh_escape(i.value)}":"{_rendered("zsh", _zsh_escape(i.help))}"'
+            if i.help
+            else f'"{_zsh_escape(i.value)}"'
+            for i in items
+        ]
         return "_arguments '*: :((" + "\n".join(lines) + "))'"
     if shell == "fish":
         items, files = _completions(args, incomplete, resolving=True)
         if environ.get("_TYPER_COMPLETE_FISH_ACTION", "") == "is-args":
             return 1 if files and not items else 0
-        return "\n".join(f"{i.value}\t{_rendered('fish', _one_line(i.help))}" if i.help else i.value
-                         for i in items)
+        return "\n".join(f"{i.value}\t{_rendered('fish', _one_line(i.help))}" if i.help else i.value for i in items)
     items, _files = _completions(args, incomplete, resolving=False)
     return "\n".join(f"{i.value}:::{_rendered('powershell', i.help) if i.help else ' '}" for i in items)
 
@@ -545,6 +556,7 @@ def answer(environ=None) -> int | None:
 # Typer's completion classes, for --show-completion and for the full app.
 # ---------------------------------------------------------------------------
 
+
 def _typer_classes() -> tuple[type, type, type]:
     from typing import Any
 
@@ -584,10 +596,10 @@ def _typer_classes() -> tuple[type, type, type]:
             if self.wants_files and not completions:
                 return FILES
             # bash replaces only what follows the word's last ':'.
-            typed = incomplete[:incomplete.rfind(":") + 1]
+            typed = incomplete[: incomplete.rfind(":") + 1]
             for item in completions:
                 if typed and item.value.startswith(typed):
-                    item.value = item.value[len(typed):]
+                    item.value = item.value[len(typed) :]
             return "\n".join(self.format_completion(item) for item in completions)
 
     class LashctlZsh(Resolving, ZshComplete):

@@ -43,8 +43,17 @@ class Store:
 
     audit = None  # the run's audit.AuditLog, set by a destructive command (None: not audited)
 
-    def __init__(self, root, manifest_path=None, lock_timeout: float = 30.0, warn=None, note=None,
-                 layout: str | None = None, process_registry: str | None = None, writes: bool = False) -> None:
+    def __init__(
+        self,
+        root,
+        manifest_path=None,
+        lock_timeout: float = 30.0,
+        warn=None,
+        note=None,
+        layout: str | None = None,
+        process_registry: str | None = None,
+        writes: bool = False,
+    ) -> None:
         self.note = _once(note) if note is not None else None
         self._warn = warn if warn is not None else _stderr_warn
         from lashctl.backends import open_blobs, open_manifest
@@ -60,8 +69,14 @@ class Store:
         # A manifest in the root (the default) makes the store lashctl's own;
         # one kept elsewhere (lash's database, a named file) may serve lash's store.
         self._own_manifest = owns_manifest(root, manifest_path)
-        self.manifest = open_manifest(manifest_path, self.blobs, lock_timeout=lock_timeout, warn=self._warn,
-                                      note=self.note, process_registry=process_registry)
+        self.manifest = open_manifest(
+            manifest_path,
+            self.blobs,
+            lock_timeout=lock_timeout,
+            warn=self._warn,
+            note=self.note,
+            process_registry=process_registry,
+        )
 
     def warn(self, message: str) -> None:
         self._warn(message)
@@ -76,8 +91,10 @@ class Store:
             # Named (--layout, LASHCTL_LAYOUT) against the store's record by a writer: refused, not obeyed.
             recorded = self.blobs.recorded_layout()
             if recorded is not None and recorded != self._given_layout:
-                raise Refused(f"store {self.blobs.name} records layout {recorded}: refusing to work on it as "
-                              f"{self._given_layout} (drop --layout / LASHCTL_LAYOUT, or migrate --to-layout)")
+                raise Refused(
+                    f"store {self.blobs.name} records layout {recorded}: refusing to work on it as "
+                    f"{self._given_layout} (drop --layout / LASHCTL_LAYOUT, or migrate --to-layout)"
+                )
             self._given_checked = True
         return self._layout
 
@@ -199,9 +216,7 @@ def default_grace_ms() -> int:
 def check_grace(cutoff: int, now: int, *, force: bool, option: str = "cutoff") -> None:
     if cutoff > now - MIN_GRACE_MS and not force:
         what = "a cutoff less than 1 minute in the past" if option == "cutoff" else f"{option} under 1 minute"
-        raise Refused(
-            f"refusing {what}: puts in flight could be swept (use --force if no writer is running)"
-        )
+        raise Refused(f"refusing {what}: puts in flight could be swept (use --force if no writer is running)")
 
 
 # -- ids -----------------------------------------------------------------------
@@ -220,9 +235,7 @@ def resolve_id(store: Store, query: IdQuery, view=None) -> str:
         raise NotFound(f"no blob or manifest row matches id prefix {query.hex!r}")
     if len(matches) > 1:
         shown = ", ".join(sorted(matches)[:5]) + (", ..." if len(matches) > 5 else "")
-        raise UsageError(
-            f"id prefix {query.hex!r} is ambiguous: it matches {len(matches)} ids ({shown})"
-        )
+        raise UsageError(f"id prefix {query.hex!r} is ambiguous: it matches {len(matches)} ids ({shown})")
     return matches.pop()
 
 
@@ -257,7 +270,7 @@ def by_id(store: Store, view) -> Iterator[tuple[str, bool, list[Row]]]:
     """
     blobs = iter(store.blobs.iter_ids())
     blob = next(blobs, None)
-    for group in (view.rows_by_id() if view is not None else ()):
+    for group in view.rows_by_id() if view is not None else ():
         attachment_id = group[0].attachment_id
         while blob is not None and blob < attachment_id:
             yield blob, True, []

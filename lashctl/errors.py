@@ -113,5 +113,7 @@ def malformed_error(malformed: list[Corrupt], where: str, unit: str = "line") ->
     (``unit``: what the manifest is made of, "line" or a database's "row")."""
     first, more = malformed[0], len(malformed) - 1
     also = f" (and {more} more malformed {unit}(s))" if more else ""
-    return Corrupt(f"{first.message}{also}; the other {unit}s were read: destructive commands refuse "
-                   f"manifest {where} until it is repaired")
+    return Corrupt(
+        f"{first.message}{also}; the other {unit}s were read: destructive commands refuse "
+        f"manifest {where} until it is repaired"
+    )

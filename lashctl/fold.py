@@ -34,12 +34,26 @@ class Row(Record):
     PostgreSQL manifest: the turn or process that owns an uncommitted intent
     ("turn" | "process", its id)."""
 
-    __slots__ = ("session_id", "attachment_id", "canonical_uri", "intent_at_epoch_ms", "committed_at_epoch_ms",
-                 "owner_kind", "owner_id")
+    __slots__ = (
+        "session_id",
+        "attachment_id",
+        "canonical_uri",
+        "intent_at_epoch_ms",
+        "committed_at_epoch_ms",
+        "owner_kind",
+        "owner_id",
+    )
 
-    def __init__(self, session_id: str, attachment_id: str, canonical_uri: str, intent_at_epoch_ms: int,
-                 committed_at_epoch_ms: int | None = None, owner_kind: str | None = None,
-                 owner_id: str | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        attachment_id: str,
+        canonical_uri: str,
+        intent_at_epoch_ms: int,
+        committed_at_epoch_ms: int | None = None,
+        owner_kind: str | None = None,
+        owner_id: str | None = None,
+    ) -> None:
         self.session_id = session_id
         self.attachment_id = attachment_id
         self.canonical_uri = canonical_uri
@@ -67,8 +81,9 @@ class Event(FrozenRecord):
     canonical_uri: str | None
     __slots__ = ("op", "attachment_id", "session_id", "at_ms", "canonical_uri")
 
-    def __init__(self, op: str, attachment_id: str, session_id: str, at_ms: int | None = None,
-                 canonical_uri: str | None = None) -> None:
+    def __init__(
+        self, op: str, attachment_id: str, session_id: str, at_ms: int | None = None, canonical_uri: str | None = None
+    ) -> None:
         setattr_ = object.__setattr__
         setattr_(self, "op", op)
         setattr_(self, "attachment_id", attachment_id)
@@ -100,16 +115,16 @@ class Event(FrozenRecord):
         op = obj["op"]
         # Only the time field of the line's own op is read: any other key is
         # ignored (a forget line carries no cutoff, whatever else it holds).
-        at = (obj["intent_at_epoch_ms"] if op == INTENT
-              else obj["committed_at_epoch_ms"] if op == COMMIT else None)
+        at = obj["intent_at_epoch_ms"] if op == INTENT else obj["committed_at_epoch_ms"] if op == COMMIT else None
         return cls(op, obj["attachment_id"], obj["session_id"], at, obj.get("canonical_uri"))
 
     def to_json(self) -> dict:
         """The JSON-lines form, keys in the order the README gives."""
         out = {"op": self.op, "attachment_id": self.attachment_id, "session_id": self.session_id}
         if self.op == INTENT:
-            out["canonical_uri"] = (self.canonical_uri if self.canonical_uri is not None
-                                    else canonical_uri(self.attachment_id))
+            out["canonical_uri"] = (
+                self.canonical_uri if self.canonical_uri is not None else canonical_uri(self.attachment_id)
+            )
             out["intent_at_epoch_ms"] = self.at_ms
         elif self.op == COMMIT:
             out["committed_at_epoch_ms"] = self.at_ms
@@ -124,8 +139,12 @@ def step(row: Row | None, event: Event) -> Row | None:
     op = event.op
     if op == INTENT:
         if row is None:
-            return Row(sys.intern(event.session_id), event.attachment_id,
-                       event.canonical_uri if event.canonical_uri is not None else canonical_uri(event.attachment_id), event.at_ms)
+            return Row(
+                sys.intern(event.session_id),
+                event.attachment_id,
+                event.canonical_uri if event.canonical_uri is not None else canonical_uri(event.attachment_id),
+                event.at_ms,
+            )
         if row.committed_at_epoch_ms is None and event.at_ms > row.intent_at_epoch_ms:
             row.intent_at_epoch_ms = event.at_ms
         return row
@@ -134,8 +153,11 @@ def step(row: Row | None, event: Event) -> Row | None:
             row.committed_at_epoch_ms = event.at_ms
         return row
     # forget
-    if event.at_ms is not None and row is not None and (
-            row.committed_at_epoch_ms is not None or row.intent_at_epoch_ms > event.at_ms):
+    if (
+        event.at_ms is not None
+        and row is not None
+        and (row.committed_at_epoch_ms is not None or row.intent_at_epoch_ms > event.at_ms)
+    ):
         return row  # a guarded forget of a row that came back to life
     return None
 
@@ -236,8 +258,13 @@ def fold_rows(rows: dict, kinds: dict | None = None):
                 if row is None:
                     uri = event.canonical_uri
                     session = intern(key[0])
-                    rows[session, key[1]] = [key[1], session, uri if uri is not None else canonical_uri(key[1]),
-                                             event.at_ms, None]
+                    rows[session, key[1]] = [
+                        key[1],
+                        session,
+                        uri if uri is not None else canonical_uri(key[1]),
+                        event.at_ms,
+                        None,
+                    ]
                 elif row[4] is None and event.at_ms > row[3]:
                     row[3] = event.at_ms
             elif op == COMMIT:

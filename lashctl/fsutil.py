@@ -115,8 +115,7 @@ def open_dir(
     return fd
 
 
-def make_dir(name: str, where: Path | str, dir_fd: int, owners: frozenset[int] | None = None,
-             mode: int = 0o755) -> int:
+def make_dir(name: str, where: Path | str, dir_fd: int, owners: frozenset[int] | None = None, mode: int = 0o755) -> int:
     """Open the directory ``name`` under ``dir_fd``, creating it if missing
     (given its place's owner, ``fit_in``; then the parent is fsynced)."""
     fd = open_dir(name, where, dir_fd, owners)
@@ -169,8 +168,9 @@ def make_dirs(path: Path | str, mode: int = 0o755) -> None:
         _fit_new_dir(directory, directory, None)
 
 
-def fit_in(fd: int, directory: int | Path | str, replaced: os.stat_result | None = None,
-           widest: int | None = None) -> None:
+def fit_in(
+    fd: int, directory: int | Path | str, replaced: os.stat_result | None = None, widest: int | None = None
+) -> None:
     """Give what lashctl has just created (``fd``, a file or directory about
     to appear in ``directory``, a descriptor or path) the owner, group and
     mode its place calls for. The one rule for every file and directory
@@ -249,8 +249,9 @@ LOCK_POLL_S = 0.02  # how often a waiting writer tries the lock again
 LOCK_WAIT_TOLD_S = 1.0  # a wait for a lock longer than this is said on stderr
 
 
-def flock_within(fd: int, path: Path | str, timeout: float, *, action: str, holder: str,
-                 warn: Callable[[str], None] | None = None) -> None:
+def flock_within(
+    fd: int, path: Path | str, timeout: float, *, action: str, holder: str, warn: Callable[[str], None] | None = None
+) -> None:
     """Take an exclusive ``flock`` on ``fd``, waiting at most ``timeout``
     seconds (LockTimeout: "could not ACTION within Ns: HOLDER holds it"). A
     wait longer than a second is said through ``warn``: a silent wait looks
@@ -319,7 +320,7 @@ def fsync_dir(path: Path | str) -> None:
 def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range, do not wait
@@ -384,9 +385,19 @@ class Pump:
     DEPTH = 4
     WRITEBACK_STEP = 8 << 20  # bytes written between two requests to start their writeback
 
-    def __init__(self, read: Callable[[bytearray], int], write_fd: int, chunk: int,
-                 first: int, first_buffer: bytearray, *, read_ahead: bool = True, offset: int = 0,
-                 writeback: bool = False, write_error: Callable[[OSError], BaseException] | None = None) -> None:
+    def __init__(
+        self,
+        read: Callable[[bytearray], int],
+        write_fd: int,
+        chunk: int,
+        first: int,
+        first_buffer: bytearray,
+        *,
+        read_ahead: bool = True,
+        offset: int = 0,
+        writeback: bool = False,
+        write_error: Callable[[OSError], BaseException] | None = None,
+    ) -> None:
         import queue
         import threading
 
@@ -398,8 +409,9 @@ class Pump:
         self._writeback_thread: threading.Thread | None = None
         if writeback:
             self._writeback = queue.SimpleQueue()
-            self._writeback_thread = threading.Thread(target=self._start_writeback, args=(os.dup(write_fd),),
-                                                      name="lashctl-writeback", daemon=True)
+            self._writeback_thread = threading.Thread(
+                target=self._start_writeback, args=(os.dup(write_fd),), name="lashctl-writeback", daemon=True
+            )
             self._writeback_thread.start()
         self._written = self._flushed = offset
         # read_ahead: the thread reads, sends each chunk to the caller, writes it,
@@ -413,8 +425,9 @@ class Pump:
         self._error: BaseException | None = None
         self._first = (first_buffer, first)
         self._fd = os.dup(write_fd)
-        self._thread = threading.Thread(target=self._read_and_write if read_ahead else self._write_sent,
-                                        name="lashctl-pump", daemon=True)
+        self._thread = threading.Thread(
+            target=self._read_and_write if read_ahead else self._write_sent, name="lashctl-pump", daemon=True
+        )
         self._thread.start()
 
     def _write(self, buffer: bytearray, n: int) -> None:
@@ -538,8 +551,7 @@ def all_together(jobs: list[Callable[[], None]], threads: int = TOGETHER) -> Non
                     errors.append(exc)
                 return
 
-    workers = [threading.Thread(target=work, name="lashctl-fsync", daemon=True)
-               for _ in range(min(threads, len(jobs)))]
+    workers = [threading.Thread(target=work, name="lashctl-fsync", daemon=True) for _ in range(min(threads, len(jobs)))]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -555,8 +567,9 @@ def unlink_quietly(name: str | Path, dir_fd: int | None = None) -> None:
         pass
 
 
-def install_bytes(data: bytes, stage_dir_fd: int, dest_dir_fd: int, name: str, shown: Path | str,
-                  widest: int | None = None) -> None:
+def install_bytes(
+    data: bytes, stage_dir_fd: int, dest_dir_fd: int, name: str, shown: Path | str, widest: int | None = None
+) -> None:
     """Stage ``data`` as ``staging_name(name)`` under ``stage_dir_fd``, fsync it,
     and rename it to ``name`` under ``dest_dir_fd`` (same file system). It
     takes the owner and mode ``fit_in`` gives (after the file it replaces, or
@@ -567,8 +580,9 @@ def install_bytes(data: bytes, stage_dir_fd: int, dest_dir_fd: int, name: str, s
     """
     staging = staging_name(name)
     try:
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                     dir_fd=stage_dir_fd)
+        fd = os.open(
+            staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=stage_dir_fd
+        )
         try:
             fit_in(fd, dest_dir_fd, replaced_file(name, dest_dir_fd), widest)
             write_all(fd, data)

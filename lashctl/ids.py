@@ -65,7 +65,7 @@ def parse_id(text: str) -> IdQuery:
         # A shortened id copied out of a table: the prefix it shows.
         value = value[: -len(SHORT_ID_MARK)]
     if value.startswith(URI_SCHEME):
-        value = value[len(URI_SCHEME):]
+        value = value[len(URI_SCHEME) :]
     shown = _shown(text)
     if not value or _HEX.fullmatch(value) is None:
         raise UsageError(
@@ -75,9 +75,7 @@ def parse_id(text: str) -> IdQuery:
     if len(value) > ID_LEN:
         raise UsageError(f"invalid id {shown}: longer than {ID_LEN} hex characters")
     if len(value) < MIN_PREFIX:
-        raise UsageError(
-            f"id prefix {shown} is too short: give at least {MIN_PREFIX} hex characters"
-        )
+        raise UsageError(f"id prefix {shown} is too short: give at least {MIN_PREFIX} hex characters")
     return IdQuery(text=text, hex=value)
 
 

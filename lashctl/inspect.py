@@ -109,22 +109,28 @@ def _verdict(present: bool, rows: list[Row], view, now: int, mtime_ms: int | Non
     committed = [r for r in rows if r.committed]
     if not present:
         if committed:
-            return Verdict("missing", f"missing bytes: session {committed[0].session_id} committed it, "
-                                      "but the blob is gone (data loss)")
+            return Verdict(
+                "missing",
+                f"missing bytes: session {committed[0].session_id} committed it, but the blob is gone (data loss)",
+            )
         return Verdict("missing", "missing bytes: only uncommitted rows reference it")
     if committed:
         first = min(committed, key=lambda r: r.committed_at_epoch_ms or 0)
-        return Verdict("kept", f"kept because session {first.session_id} committed it at "
-                               f"{iso_ms(first.committed_at_epoch_ms)}")
+        return Verdict(
+            "kept", f"kept because session {first.session_id} committed it at {iso_ms(first.committed_at_epoch_ms)}"
+        )
     if not rows:
         return Verdict("unmanaged", "unmanaged: no manifest row (gc deletes it once older than the grace period)")
     cutoff = now - default_grace_ms()
     if aged_rows(rows, cutoff):
         live = live_reason(rows, cutoff, view)
         if live is None and mtime_ms is not None and mtime_ms > cutoff:
-            return Verdict("kept", f"kept for now: its rows aged, but its bytes were written at {iso_ms(mtime_ms)}, "
-                                   f"within the {DEFAULT_GRACE} grace period (a writer's clock behind?); "
-                                   f"reclaimable after {iso_ms(mtime_ms + default_grace_ms())}")
+            return Verdict(
+                "kept",
+                f"kept for now: its rows aged, but its bytes were written at {iso_ms(mtime_ms)}, "
+                f"within the {DEFAULT_GRACE} grace period (a writer's clock behind?); "
+                f"reclaimable after {iso_ms(mtime_ms + default_grace_ms())}",
+            )
         if live is None:
             return Verdict("orphan", f"orphan: would be reclaimed by a sweep with the default grace ({DEFAULT_GRACE})")
         if not any(r.intent_at_epoch_ms > cutoff for r in rows):
@@ -132,10 +138,16 @@ def _verdict(present: bool, rows: list[Row], view, now: int, mtime_ms: int | Non
     newest = max(rows, key=lambda r: r.intent_at_epoch_ms)
     due = newest.intent_at_epoch_ms + default_grace_ms()
     if in_future(newest.intent_at_epoch_ms, now):
-        return Verdict("kept", f"kept: session {newest.session_id}'s intent time {iso_ms(newest.intent_at_epoch_ms)} "
-                               f"is in the future (a clock ahead?): no sweep reclaims it before {iso_ms(due)}")
-    return Verdict("kept", f"kept for now: session {newest.session_id}'s intent is within the "
-                           f"{DEFAULT_GRACE} grace period (reclaimable after {iso_ms(due)})")
+        return Verdict(
+            "kept",
+            f"kept: session {newest.session_id}'s intent time {iso_ms(newest.intent_at_epoch_ms)} "
+            f"is in the future (a clock ahead?): no sweep reclaims it before {iso_ms(due)}",
+        )
+    return Verdict(
+        "kept",
+        f"kept for now: session {newest.session_id}'s intent is within the "
+        f"{DEFAULT_GRACE} grace period (reclaimable after {iso_ms(due)})",
+    )
 
 
 # -- ls ------------------------------------------------------------------------
@@ -161,8 +173,11 @@ def list_blobs(store: Store, view, warn: Callable[[str], None] | None = None) ->
                 continue
             meta, problem = _read_sidecar(store, attachment_id)
             if problem is not None and warn is not None:
-                warn(problem if problem.startswith("undecodable") else
-                     f"sidecar {store.blobs.where(attachment_id, sidecar=True)}: {problem}")
+                warn(
+                    problem
+                    if problem.startswith("undecodable")
+                    else f"sidecar {store.blobs.where(attachment_id, sidecar=True)}: {problem}"
+                )
             yield BlobEntry(
                 attachment_id=attachment_id,
                 byte_len=st.size,
@@ -262,8 +277,7 @@ UNKNOWN_MEDIA_TYPE = "unknown"
 _DAY_MS = 86_400_000
 SERIES_NOTES = {
     DAY: "by the date (UTC) the bytes were written",
-    SESSION: "a blob shared by several sessions counts in full in each; "
-             "unmanaged blobs (no session) are left out",
+    SESSION: "a blob shared by several sessions counts in full in each; unmanaged blobs (no session) are left out",
     MEDIA_TYPE: "from the sidecars; unknown where a blob has none (a bare store keeps none)",
 }
 
@@ -332,7 +346,7 @@ class _Tally:
         bucket = self.buckets.get(key)
         if bucket is None:
             if self.limit is not None and len(self.buckets) >= self.limit:
-                self._fold(sorted(self.buckets, key=lambda k: (self.buckets[k].bytes, k))[:self.limit // 2])
+                self._fold(sorted(self.buckets, key=lambda k: (self.buckets[k].bytes, k))[: self.limit // 2])
                 self.approximate = True
             bucket = self.buckets[key] = Bucket()
         bucket.add(state, size, reclaimable)
@@ -377,8 +391,9 @@ def stats(store: Store, view, now: int, series: tuple[str, ...] = ()) -> Stats:
                 out.blob_bytes += st.size
                 out.blobs_by_state[kind] += 1
                 out.bytes_by_state[kind] += st.size
-                reclaimable = bool(aged_rows(rows, cutoff) and live_reason(rows, cutoff, view) is None
-                                   and st.mtime_ms <= cutoff)  # bytes written since are spared, as reclaim does
+                reclaimable = bool(
+                    aged_rows(rows, cutoff) and live_reason(rows, cutoff, view) is None and st.mtime_ms <= cutoff
+                )  # bytes written since are spared, as reclaim does
                 if reclaimable:
                     out.orphans_reclaimable += 1
                     out.orphan_bytes_reclaimable += st.size
@@ -386,12 +401,15 @@ def stats(store: Store, view, now: int, series: tuple[str, ...] = ()) -> Stats:
                     days.add(st.mtime_ms // _DAY_MS, kind, st.size, reclaimable)
                 if sessions is not None:
                     for row in rows:
-                        sessions.add(row.session_id, COMMITTED if row.committed else UNCOMMITTED, st.size,
-                                     reclaimable)
+                        sessions.add(row.session_id, COMMITTED if row.committed else UNCOMMITTED, st.size, reclaimable)
                 if media_types is not None:
                     meta = _read_sidecar(store, attachment_id)[0] if read_sidecars else None
-                    media_types.add(meta.media_type if meta is not None and meta.media_type else
-                                    UNKNOWN_MEDIA_TYPE, kind, st.size, reclaimable)
+                    media_types.add(
+                        meta.media_type if meta is not None and meta.media_type else UNKNOWN_MEDIA_TYPE,
+                        kind,
+                        st.size,
+                        reclaimable,
+                    )
             for row in rows:
                 if row.committed:
                     out.rows_committed += 1
@@ -449,8 +467,12 @@ class _Found:
 
     def add(self, finding: Finding) -> None:
         self._record(finding)
-        if (self.passing is not None and finding.kind in _PASSING and finding.repair is None
-                and finding.attachment_id is not None):
+        if (
+            self.passing is not None
+            and finding.kind in _PASSING
+            and finding.repair is None
+            and finding.attachment_id is not None
+        ):
             self._passed(finding.kind, finding.severity, finding.attachment_id)
 
     def _passed(self, kind: str, severity: str, attachment_id: str) -> None:
@@ -498,8 +520,9 @@ class VerifyReport(_Found):
         self.findings.append(finding)
 
     def settled(self, keep: Callable[[str, str], bool], extra: list[Finding]) -> None:
-        self.findings = [f for f in self.findings
-                         if not _settles(f) or keep(f.kind, cast(str, f.attachment_id))] + extra
+        self.findings = [
+            f for f in self.findings if not _settles(f) or keep(f.kind, cast(str, f.attachment_id))
+        ] + extra
 
     @property
     def errors(self) -> list[Finding]:
@@ -639,8 +662,13 @@ class SpooledReport(_Found):
     def _iter(self) -> Iterator[Finding]:
         keep = self._keep
         for kind, severity, path, attachment_id, message, repair in self._spool:
-            if (keep is not None and kind in _PASSING and repair is None and attachment_id is not None
-                    and not keep(kind, attachment_id)):
+            if (
+                keep is not None
+                and kind in _PASSING
+                and repair is None
+                and attachment_id is not None
+                and not keep(kind, attachment_id)
+            ):
                 continue
             yield Finding(kind, severity, path, attachment_id, message, repair)
         yield from self._extra
@@ -655,8 +683,11 @@ class SpooledReport(_Found):
     @property
     def errors(self) -> _FindingView:
         """What is still wrong: errors --fix did not repair."""
-        return _FindingView(self, lambda f: f.severity == ERROR and not f.repair,
-                            self.counted(lambda _k, severity, repaired: severity == ERROR and not repaired))
+        return _FindingView(
+            self,
+            lambda f: f.severity == ERROR and not f.repair,
+            self.counted(lambda _k, severity, repaired: severity == ERROR and not repaired),
+        )
 
     @property
     def repairs(self) -> _FindingView:
@@ -689,8 +720,15 @@ class _FindingView:
         return found if self._want is None else (f for f in found if self._want(f))
 
 
-def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = None,
-           progress: Progress | None = None, spool: bool = False) -> VerifyReport | SpooledReport:
+def verify(
+    store: Store,
+    now: int,
+    *,
+    fix: bool = False,
+    grace_ms: int | None = None,
+    progress: Progress | None = None,
+    spool: bool = False,
+) -> VerifyReport | SpooledReport:
     """Check every blob, sidecar, stray file and manifest row; repair safely with ``fix``.
 
     With ``fix`` the manifest lock is held throughout. A manifest that cannot
@@ -722,23 +760,38 @@ def verify(store: Store, now: int, *, fix: bool = False, grace_ms: int | None = 
         return report
 
 
-def _verify(store: Store, view, manifest_problem: str | None, now: int, report: _Found, *, fix: bool,
-            grace_ms: int | None, progress: Progress | None) -> None:
+def _verify(
+    store: Store,
+    view,
+    manifest_problem: str | None,
+    now: int,
+    report: _Found,
+    *,
+    fix: bool,
+    grace_ms: int | None,
+    progress: Progress | None,
+) -> None:
     grace = default_grace_ms() if grace_ms is None else grace_ms
     name = store.manifest.name
     where = _Where(store)
     if manifest_problem is not None:
         report.add(Finding("manifest-corrupt", ERROR, name, None, manifest_problem))
     elif view is not None and view.torn_tail:
-        report.add(Finding("manifest-torn-tail", WARNING, name, None,
-                           "torn final line (a crashed append); the next write repairs it"))
+        report.add(
+            Finding(
+                "manifest-torn-tail",
+                WARNING,
+                name,
+                None,
+                "torn final line (a crashed append); the next write repairs it",
+            )
+        )
     for attachment_id, present, rows, hashed in _hashed_ahead(store, by_id(store, view), progress):
         for row in rows:
             if not row.committed and in_future(row.intent_at_epoch_ms, now):
                 report.extend(_intents_in_future(store, rows, now))
                 break
-        if present and hashed is not None and _verify_blob(store, attachment_id, view, rows, report, hashed,
-                                                           fix=fix):
+        if present and hashed is not None and _verify_blob(store, attachment_id, view, rows, report, hashed, fix=fix):
             continue  # a blob quarantined by --fix is no longer present
         if rows:
             report.bytes_missing(where(attachment_id), rows)
@@ -765,15 +818,20 @@ class _Where:
             return head + attachment_id
         path = self._where(attachment_id)
         if path.endswith(attachment_id):
-            self._shards[attachment_id[:2]] = path[:-len(attachment_id)]
+            self._shards[attachment_id[:2]] = path[: -len(attachment_id)]
         return path
 
 
 # What a writer running beside verify (which holds no lock without --fix)
 # can make verify see for a moment: a sweep deleting a blob, its sidecar and
 # then its rows; a put landing a sidecar, then the blob, after its intent.
-_PASSING = {"unreadable", "sidecar-missing", "orphan-sidecar-file",
-            "committed-bytes-missing", "uncommitted-bytes-missing"}
+_PASSING = {
+    "unreadable",
+    "sidecar-missing",
+    "orphan-sidecar-file",
+    "committed-bytes-missing",
+    "uncommitted-bytes-missing",
+}
 
 
 # More passing findings than this are not a moment's race (a store whose
@@ -796,11 +854,17 @@ def _settle(store: Store, report: _Found) -> None:
     # land (and a commit may follow). Bytes seen either time are there.
     unreadable = {i for kind, _severity, i in passing if kind == "unreadable"}
     present = {i: _still_there(store, i, i in unreadable) for i in ids}
-    sidecar = {i: _still_there(store, i, False, sidecar=True)
-               for kind, _severity, i in passing if kind in ("sidecar-missing", "orphan-sidecar-file")}
+    sidecar = {
+        i: _still_there(store, i, False, sidecar=True)
+        for kind, _severity, i in passing
+        if kind in ("sidecar-missing", "orphan-sidecar-file")
+    }
     with store.manifest.reading(tolerant=True) as fresh:
-        now_rows = {i: [r for group in fresh.rows_by_id(i) for r in group if r.attachment_id == i]
-                    for i in ids if present[i] is False}
+        now_rows = {
+            i: [r for group in fresh.rows_by_id(i) for r in group if r.attachment_id == i]
+            for i in ids
+            if present[i] is False
+        }
     for i in now_rows:
         present[i] = _still_there(store, i, i in unreadable)
     # What the store would not say (a shard that is now a symlink): as seen.
@@ -819,8 +883,9 @@ def _settle(store: Store, report: _Found) -> None:
 
     # Rows that reference bytes not there now, whatever verify saw before.
     where = _Where(store)
-    report.settled(keep, [_bytes_missing(store, row, where)
-                          for i, rows in now_rows.items() if present[i] is False for row in rows])
+    report.settled(
+        keep, [_bytes_missing(store, row, where) for i, rows in now_rows.items() if present[i] is False for row in rows]
+    )
 
 
 def _still_there(store: Store, attachment_id: str, listed_counts: bool, sidecar: bool = False) -> bool | None:
@@ -837,8 +902,9 @@ def _still_there(store: Store, attachment_id: str, listed_counts: bool, sidecar:
 
 
 def _bytes_missing(store: Store, row: Row, where: Callable[[str], str] | None = None) -> Finding:
-    return Finding(*_missing(row), (where or store.blobs.where)(row.attachment_id), row.attachment_id,
-                   _missing_message(row))
+    return Finding(
+        *_missing(row), (where or store.blobs.where)(row.attachment_id), row.attachment_id, _missing_message(row)
+    )
 
 
 def _missing(row: Row) -> tuple[str, str]:
@@ -858,19 +924,28 @@ def _intents_in_future(store: Store, rows: list[Row], now: int) -> list[Finding]
     """Intents stamped by a clock that runs ahead: a sweep keeps their bytes until that time."""
     from lashctl.timefmt import age_text, in_future, iso_ms
 
-    return [Finding("intent-in-future", WARNING, store.blobs.where(row.attachment_id), row.attachment_id,
-                    f"session {row.session_id}'s intent time {iso_ms(row.intent_at_epoch_ms)} is "
-                    f"{age_text(row.intent_at_epoch_ms - now)} ahead of this clock: no sweep reclaims "
-                    "these bytes before then")
-            for row in rows if not row.committed and in_future(row.intent_at_epoch_ms, now)]
+    return [
+        Finding(
+            "intent-in-future",
+            WARNING,
+            store.blobs.where(row.attachment_id),
+            row.attachment_id,
+            f"session {row.session_id}'s intent time {iso_ms(row.intent_at_epoch_ms)} is "
+            f"{age_text(row.intent_at_epoch_ms - now)} ahead of this clock: no sweep reclaims "
+            "these bytes before then",
+        )
+        for row in rows
+        if not row.committed and in_future(row.intent_at_epoch_ms, now)
+    ]
 
 
 def _is_file(st: BlobStat | None) -> bool:
     return st is not None and st.is_file
 
 
-def _hashed_ahead(store: Store, items: Iterator[tuple[str, bool, list[Row]]], progress: Progress | None
-                  ) -> Iterator[tuple[str, bool, list[Row], Callable[[], tuple[str, BlobStat]] | None]]:
+def _hashed_ahead(
+    store: Store, items: Iterator[tuple[str, bool, list[Row]]], progress: Progress | None
+) -> Iterator[tuple[str, bool, list[Row], Callable[[], tuple[str, BlobStat]] | None]]:
     """``by_id``'s items, each with a function giving its blob's hash (None
     where the id has no bytes).
 
@@ -908,8 +983,16 @@ def _with_result(item: tuple[str, bool, list[Row]], future) -> tuple:
     return (*item, (future.result if future is not None else None))
 
 
-def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report: _Found,
-                 hashed_of: Callable[[], tuple[str, BlobStat]], *, fix: bool) -> bool:
+def _verify_blob(
+    store: Store,
+    attachment_id: str,
+    view,
+    rows: list[Row],
+    report: _Found,
+    hashed_of: Callable[[], tuple[str, BlobStat]],
+    *,
+    fix: bool,
+) -> bool:
     """Check one blob (repairing with ``fix``); whether it is still in place afterwards."""
     path = store.blobs.where(attachment_id)
     side = store.blobs.where(attachment_id, sidecar=True)
@@ -922,21 +1005,43 @@ def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report
     size = hashed.size
     report.bytes_checked += size
     if hashed.links > 1:
-        report.add(Finding(
-            "hard-linked", ERROR, path, attachment_id,
-            f"the blob has {hashed.links} hard links: it may be shared with a file outside the store"))
+        report.add(
+            Finding(
+                "hard-linked",
+                ERROR,
+                path,
+                attachment_id,
+                f"the blob has {hashed.links} hard links: it may be shared with a file outside the store",
+            )
+        )
     side_st = store.blobs.stat(attachment_id, sidecar=True)
     if side_st is not None and side_st.is_file and side_st.links > 1:
-        report.add(Finding(
-            "hard-linked", ERROR, side, attachment_id,
-            f"the sidecar has {side_st.links} hard links: it may be shared with a file outside the store"))
+        report.add(
+            Finding(
+                "hard-linked",
+                ERROR,
+                side,
+                attachment_id,
+                f"the sidecar has {side_st.links} hard links: it may be shared with a file outside the store",
+            )
+        )
     if actual != attachment_id:
         finding = Finding("hash-mismatch", ERROR, path, attachment_id, f"content hashes to {actual}")
         if fix:
             log, lost = store.audit, sorted({r.session_id for r in rows if not r.committed})
             if log is not None:
-                log.write([log.item("quarantining", attachment_id, path=path, byte_len=size, sessions=lost,
-                                    reason=finding.message)])
+                log.write(
+                    [
+                        log.item(
+                            "quarantining",
+                            attachment_id,
+                            path=path,
+                            byte_len=size,
+                            sessions=lost,
+                            reason=finding.message,
+                        )
+                    ]
+                )
             _forget_intents(view, rows)
             moved = quarantine(store, attachment_id, hashed)
             if moved is not None:
@@ -944,9 +1049,19 @@ def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report
             else:
                 finding.message += "; not quarantined: the file changed after it was hashed (re-run verify)"
             if log is not None:
-                log.write([log.item("quarantined" if moved else "kept", attachment_id, path=path,
-                                    byte_len=size if moved else None, sessions=lost, reason=finding.message,
-                                    moved_to=moved)])
+                log.write(
+                    [
+                        log.item(
+                            "quarantined" if moved else "kept",
+                            attachment_id,
+                            path=path,
+                            byte_len=size if moved else None,
+                            sessions=lost,
+                            reason=finding.message,
+                            moved_to=moved,
+                        )
+                    ]
+                )
         report.add(finding)
         return finding.repair is None
     meta, problem = _read_sidecar(store, attachment_id)
@@ -958,23 +1073,35 @@ def _verify_blob(store: Store, attachment_id: str, view, rows: list[Row], report
                 finding.repair = f"rebuilt the sidecar from the content ({rebuilt.media_type})"
             report.add(finding)
     elif problem is not None and meta is not None:
-        report.add(Finding("sidecar-mismatch", ERROR, side, attachment_id,
-                                       f"sidecar disagrees with the blob: {problem}"))
+        report.add(
+            Finding("sidecar-mismatch", ERROR, side, attachment_id, f"sidecar disagrees with the blob: {problem}")
+        )
     elif problem is not None:
         report.add(Finding("sidecar-undecodable", ERROR, side, attachment_id, problem))
     elif meta is not None and meta.byte_len != size:
-        report.add(Finding("sidecar-mismatch", ERROR, side, attachment_id,
-                                       f"sidecar says byte_len {meta.byte_len}, the blob has {size}"))
+        report.add(
+            Finding(
+                "sidecar-mismatch",
+                ERROR,
+                side,
+                attachment_id,
+                f"sidecar says byte_len {meta.byte_len}, the blob has {size}",
+            )
+        )
     if view is not None and not rows:
-        report.add(Finding("unmanaged", WARNING, path, attachment_id,
-                                       "no manifest row references this blob"))
+        report.add(Finding("unmanaged", WARNING, path, attachment_id, "no manifest row references this blob"))
     return True
 
 
 def _verify_stray(store: Store, stray: StrayFile, report: _Found, *, fix: bool, now: int, grace: int) -> None:
     severity = WARNING if stray.kind in ("staging", "orphan-sidecar") else ERROR
-    finding = Finding(f"{stray.kind}-file" if stray.kind != "staging" else "staging-litter", severity,
-                      stray.path, stray.attachment_id, stray.reason)
+    finding = Finding(
+        f"{stray.kind}-file" if stray.kind != "staging" else "staging-litter",
+        severity,
+        stray.path,
+        stray.attachment_id,
+        stray.reason,
+    )
     if fix and stray.kind == "staging" and stray.mtime_ms <= now - grace:
         log = store.audit
         if log is not None:
@@ -987,8 +1114,18 @@ def _verify_stray(store: Store, stray: StrayFile, report: _Found, *, fix: bool, 
             error = exc.message if isinstance(exc, LashctlError) else exc.strerror
             finding.message += f"; could not remove: {error}"
         if log is not None:
-            log.write([log.item("failed" if error else "deleted", None, path=stray.path,
-                                byte_len=None if error else stray.byte_len, reason=stray.reason, error=error)])
+            log.write(
+                [
+                    log.item(
+                        "failed" if error else "deleted",
+                        None,
+                        path=stray.path,
+                        byte_len=None if error else stray.byte_len,
+                        reason=stray.reason,
+                        error=error,
+                    )
+                ]
+            )
     report.add(finding)
 
 
@@ -1020,8 +1157,7 @@ def rebuild_sidecar(store: Store, attachment_id: str, size: int) -> sidecar.Meta
         sniffed = media.sniff(head)
         dims = media.image_size_of(head, handle) if sniffed else None
     media_type = sniffed or media.OCTET_STREAM
-    meta = sidecar.Metadata(attachment_id, media_type, size,
-                            dims[0] if dims else None, dims[1] if dims else None, None)
+    meta = sidecar.Metadata(attachment_id, media_type, size, dims[0] if dims else None, dims[1] if dims else None, None)
     store.blobs.ensure_writable_layout()
     store.blobs.write_sidecar(meta)
     return meta

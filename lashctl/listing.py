@@ -20,8 +20,11 @@ from lashctl.timefmt import age_text, in_future, iso_ms
 def uncommitted_row(now: int, terminal: bool = False) -> tuple[Field, ...]:
     """One uncommitted row (a transfer.UncommittedRow), with its age at
     ``now``; a ``terminal`` table marks an intent time in the future."""
-    age = (lambda r: _age_shown(now, r.row.intent_at_epoch_ms)) if terminal else \
-        (lambda r: age_text(now - r.row.intent_at_epoch_ms))
+    age = (
+        (lambda r: _age_shown(now, r.row.intent_at_epoch_ms))
+        if terminal
+        else (lambda r: age_text(now - r.row.intent_at_epoch_ms))
+    )
     return (
         Field("id", lambda r: r.row.attachment_id, Col("id", "id")),
         Field("session_id", lambda r: r.row.session_id, Col("session")),
@@ -32,8 +35,12 @@ def uncommitted_row(now: int, terminal: bool = False) -> tuple[Field, ...]:
         Field("byte_len", lambda r: r.byte_len, Col("size", "bytes", drop=4)),
         Field("media_type", lambda r: r.media_type, Col("media type", drop=6, min_width=10)),
         Field("label", lambda r: r.label, Col("label", drop=5)),
-        Field("bytes_present", lambda r: r.bytes_present, Col("bytes", "fixed", drop=3),
-              cell=lambda r: "present" if r.bytes_present else "missing"),
+        Field(
+            "bytes_present",
+            lambda r: r.bytes_present,
+            Col("bytes", "fixed", drop=3),
+            cell=lambda r: "present" if r.bytes_present else "missing",
+        ),
     )
 
 
@@ -44,8 +51,9 @@ def _age_shown(now: int, intent_at: int) -> str:
     return age_text(now - intent_at)
 
 
-def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
-                         absent: Callable[[set[str]], set[str] | None]) -> Iterator[list]:
+def rendered_uncommitted(
+    chunks: Iterable[list[tuple]], form: str, now: int, absent: Callable[[set[str]], set[str] | None]
+) -> Iterator[list]:
     """list-uncommitted's rows on a pipe, a chunk at a time, for manifests
     whose database selects them in order (``ManifestView.uncommitted_chunks``):
     takes chunks of ``(id, session, uri, intent_at)`` and yields, for each
@@ -72,29 +80,51 @@ def rendered_uncommitted(chunks: Iterable[list[tuple]], form: str, now: int,
     gone: set[str] = set()  # this chunk's shards where neither bytes nor sidecar can be
 
     if tsv:
+
         def written(rows: Iterable[tuple]) -> list[str]:
             return [f"{aid}\t{sid}\t{clock(at)}\t{age_text(now - at)}\t-\t-\t-\tmissing" for aid, sid, _, at in rows]
     else:
+
         def written(rows: Iterable[tuple]) -> list[str]:
-            return [f'{{"id":"{aid}","session_id":"{sid}","canonical_uri":"{uri}","intent_at_epoch_ms":{at},'
-                    f'"intent_at":"{clock(at)}","age_ms":{now - at},"byte_len":null,"media_type":null,'
-                    '"label":null,"bytes_present":false}' for aid, sid, uri, at in rows]
+            return [
+                f'{{"id":"{aid}","session_id":"{sid}","canonical_uri":"{uri}","intent_at_epoch_ms":{at},'
+                f'"intent_at":"{clock(at)}","age_ms":{now - at},"byte_len":null,"media_type":null,'
+                '"label":null,"bytes_present":false}'
+                for aid, sid, uri, at in rows
+            ]
 
     def one(row: tuple) -> str | tuple:
         attachment_id, session_id, uri, intent_at = row
         probe = attachment_id + session_id if tsv else attachment_id + session_id + uri
-        if not (0 <= intent_at <= latest and session_id and probe.isascii() and probe.isprintable()
-                and is_valid_id(attachment_id) and attachment_id[:2] in gone):
+        if not (
+            0 <= intent_at <= latest
+            and session_id
+            and probe.isascii()
+            and probe.isprintable()
+            and is_valid_id(attachment_id)
+            and attachment_id[:2] in gone
+        ):
             return row
         if tsv:
             return row if "\\" in session_id else written((row,))[0]
         if '"' in probe or "\\" in probe:
             import json
 
-            return json.dumps({"id": attachment_id, "session_id": session_id, "canonical_uri": uri,
-                               "intent_at_epoch_ms": intent_at, "intent_at": clock(intent_at),
-                               "age_ms": now - intent_at, "byte_len": None, "media_type": None, "label": None,
-                               "bytes_present": False}, separators=(",", ":"))
+            return json.dumps(
+                {
+                    "id": attachment_id,
+                    "session_id": session_id,
+                    "canonical_uri": uri,
+                    "intent_at_epoch_ms": intent_at,
+                    "intent_at": clock(intent_at),
+                    "age_ms": now - intent_at,
+                    "byte_len": None,
+                    "media_type": None,
+                    "label": None,
+                    "bytes_present": False,
+                },
+                separators=(",", ":"),
+            )
         return written((row,))[0]
 
     for chunk in chunks:
@@ -124,7 +154,14 @@ def _plain_chunk(chunk: list[tuple], tsv: bool, max_ms: int) -> bool:
     sessions = [row[1] for row in chunk]
     times = [row[3] for row in chunk]
     text = "".join(sessions) if tsv else "".join(sessions) + "".join([row[2] for row in chunk])
-    return (all(sessions) and set(map(len, ids)) == {64}
-            and not "".join(ids).encode("utf-8", "replace").translate(None, _HEX_BYTES)
-            and text.isascii() and text.isprintable() and "\\" not in text and (tsv or '"' not in text)
-            and 0 <= min(times) and max(times) <= max_ms)
+    return (
+        all(sessions)
+        and set(map(len, ids)) == {64}
+        and not "".join(ids).encode("utf-8", "replace").translate(None, _HEX_BYTES)
+        and text.isascii()
+        and text.isprintable()
+        and "\\" not in text
+        and (tsv or '"' not in text)
+        and 0 <= min(times)
+        and max(times) <= max_ms
+    )

@@ -32,13 +32,15 @@ HELP = {
     "lashctl_run_dry_run": "1 if the run was a dry run (nothing changed), else 0.",
     "lashctl_last_success_timestamp_seconds": (
         "When a run of this command on this store last succeeded, a dry run not counting "
-        "(kept from the previous file when this run failed)."),
+        "(kept from the previous file when this run failed)."
+    ),
     "lashctl_cutoff_timestamp_seconds": "The sweep's cutoff: bytes and intents older than this were swept.",
     "lashctl_deleted_blobs": "Blobs whose bytes the run deleted (a dry run: would delete).",
     "lashctl_freed_bytes": "Bytes of the blobs the run deleted (a dry run: would free).",
     "lashctl_failures": "Items the run failed to sweep (kept for the next run, or left for gc).",
     "lashctl_deleted_while_referenced_blobs": (
-        "Blobs deleted while a live manifest row for them appeared: their content must be uploaded again."),
+        "Blobs deleted while a live manifest row for them appeared: their content must be uploaded again."
+    ),
     "lashctl_reclaim_scanned_intents": "Uncommitted intents at or before the cutoff that reclaim examined.",
     "lashctl_reclaim_released_rows": "Aged intent rows released (forgotten) while their blob stays referenced.",
     "lashctl_reclaim_spared_blobs": "Blobs spared because their bytes were written after the cutoff.",
@@ -101,8 +103,10 @@ def _checked(value: str, path: Path, command: str, store_root: object) -> "Run":
         path = path / f"lashctl_{command.replace('-', '_')}{SUFFIX}"
     elif not path.name.endswith(SUFFIX):
         # A typo in a directory's name would otherwise leave a file nothing reads.
-        raise UsageError(f"--metrics-file {value}: not an existing directory, and node_exporter's "
-                         f"textfile collector reads only files named *{SUFFIX}")
+        raise UsageError(
+            f"--metrics-file {value}: not an existing directory, and node_exporter's "
+            f"textfile collector reads only files named *{SUFFIX}"
+        )
     if len(os.fsencode(path.name)) > NAME_MAX:  # lashctl_<command>.prom in a directory
         raise UsageError(f"--metrics-file {value}: the file name is longer than {NAME_MAX} bytes")
     folder = path.parent
@@ -118,8 +122,9 @@ def _checked(value: str, path: Path, command: str, store_root: object) -> "Run":
     if mode is not None and not stat.S_ISREG(mode):
         # Renamed over, a device node (/dev/null as root), a FIFO or a symlink
         # would be replaced by a regular file: never.
-        raise UsageError(f"--metrics-file {value}: {path} is {describe_mode(mode)}, not a regular file: "
-                         "refusing to replace it")
+        raise UsageError(
+            f"--metrics-file {value}: {path} is {describe_mode(mode)}, not a regular file: refusing to replace it"
+        )
     return Run(path, command)
 
 
@@ -157,8 +162,10 @@ class Run:
         self.add("lashctl_deleted_blobs", report.blobs_reclaimed)
         self.add("lashctl_freed_bytes", report.bytes_freed)
         self.add("lashctl_failures", len(report.failures))
-        self.add("lashctl_deleted_while_referenced_blobs",
-                 sum(1 for i in items if i.action == sweep.DELETED_WHILE_REFERENCED))
+        self.add(
+            "lashctl_deleted_while_referenced_blobs",
+            sum(1 for i in items if i.action == sweep.DELETED_WHILE_REFERENCED),
+        )
         self.add("lashctl_reclaim_scanned_intents", report.scanned_intents)
         self.add("lashctl_reclaim_released_rows", report.rows_released)
         self.add("lashctl_reclaim_spared_blobs", sum(1 for i in items if i.action == sweep.SPARED))
@@ -172,11 +179,14 @@ class Run:
         self.add("lashctl_deleted_blobs", sum(1 for i in items if i.kind == "blob" and i.action == sweep.DELETE))
         self.add("lashctl_freed_bytes", report.bytes_freed)
         self.add("lashctl_failures", len(report.failures))
-        self.add("lashctl_deleted_while_referenced_blobs",
-                 sum(1 for i in items if i.action == sweep.DELETED_WHILE_REFERENCED))
+        self.add(
+            "lashctl_deleted_while_referenced_blobs",
+            sum(1 for i in items if i.action == sweep.DELETED_WHILE_REFERENCED),
+        )
         self.add("lashctl_gc_scanned_blobs", report.blobs_scanned)
-        self.add("lashctl_gc_deleted_litter_files",
-                 sum(1 for i in items if i.kind != "blob" and i.action == sweep.DELETE))
+        self.add(
+            "lashctl_gc_deleted_litter_files", sum(1 for i in items if i.kind != "blob" and i.action == sweep.DELETE)
+        )
 
     def delete(self, results, dry_run: bool) -> None:
         self.recorded, self.dry_run = True, dry_run
@@ -260,8 +270,11 @@ class Run:
         from lashctl import __version__
 
         now = time.time()
-        labels = {"command": self.command, "store": store_label(state.store_root),
-                  "manifest_kind": manifest_kind(state.manifest_path)}
+        labels = {
+            "command": self.command,
+            "store": store_label(state.store_root),
+            "manifest_kind": manifest_kind(state.manifest_path),
+        }
         started = state.started_ms / 1000
         samples = [
             ("lashctl_build_info", {"version": __version__}, 1.0),

@@ -104,18 +104,25 @@ def check_distinct(src: Store, dest: Store) -> None:
     if mine.startswith("file:") and theirs.startswith("file:"):
         # A store inside the other would be seen, and swept, as the other's strays.
         if theirs.startswith(mine.rstrip("/") + "/"):
-            raise UsageError(f"the destination store {dest.blobs.name} is inside the source store "
-                             f"{src.blobs.name}: choose a directory outside it")
+            raise UsageError(
+                f"the destination store {dest.blobs.name} is inside the source store "
+                f"{src.blobs.name}: choose a directory outside it"
+            )
         if mine.startswith(theirs.rstrip("/") + "/"):
-            raise UsageError(f"the destination store {dest.blobs.name} contains the source store "
-                             f"{src.blobs.name}: choose a directory outside it")
+            raise UsageError(
+                f"the destination store {dest.blobs.name} contains the source store "
+                f"{src.blobs.name}: choose a directory outside it"
+            )
     elif mine.startswith("s3://") and theirs.startswith("s3://"):
         if theirs.startswith(mine.rstrip("/") + "/") or mine.startswith(theirs.rstrip("/") + "/"):
-            raise UsageError(f"the destination store {dest.blobs.name} overlaps the source store "
-                             f"{src.blobs.name}: choose a prefix outside it")
+            raise UsageError(
+                f"the destination store {dest.blobs.name} overlaps the source store "
+                f"{src.blobs.name}: choose a prefix outside it"
+            )
     if manifest_identity(src) == manifest_identity(dest):
-        raise UsageError(f"the destination manifest {dest.manifest.name} is the source's manifest: "
-                         "name another with --to-manifest")
+        raise UsageError(
+            f"the destination manifest {dest.manifest.name} is the source's manifest: name another with --to-manifest"
+        )
 
 
 # -- the copy -----------------------------------------------------------------------
@@ -151,25 +158,34 @@ def migrate(
             report.rows_seen += len(rows)
             if present:
                 report.blobs_seen += 1
-                ok = _migrate_blob(src, dest, attachment_id, dest_ids.has(attachment_id), report, dates,
-                                   dry_run=dry_run)
+                ok = _migrate_blob(
+                    src, dest, attachment_id, dest_ids.has(attachment_id), report, dates, dry_run=dry_run
+                )
                 faults.point("migrate.copied")
                 if progress is not None:
                     progress(1)
                 if not ok:
                     if rows:
                         report.rows_held += len(rows)
-                        report.items.append(MigrateItem(
-                            attachment_id, ROWS, f"{len(rows)} row(s) not copied: their blob was not copied"))
+                        report.items.append(
+                            MigrateItem(
+                                attachment_id, ROWS, f"{len(rows)} row(s) not copied: their blob was not copied"
+                            )
+                        )
                     continue
             elif rows:
                 report.rows_without_bytes += len(rows)
                 sessions = ", ".join(r.session_id for r in rows)
                 committed = sum(1 for r in rows if r.committed)
-                report.items.append(MigrateItem(
-                    attachment_id, MISSING_BYTES,
-                    f"the source has no bytes for this id: {len(rows)} row(s) ({committed} committed; "
-                    f"session(s) {sessions}) copied as they are", failed=False))
+                report.items.append(
+                    MigrateItem(
+                        attachment_id,
+                        MISSING_BYTES,
+                        f"the source has no bytes for this id: {len(rows)} row(s) ({committed} committed; "
+                        f"session(s) {sessions}) copied as they are",
+                        failed=False,
+                    )
+                )
             pending.extend(rows)
             if len(pending) >= row_batch or len(dates) >= row_batch:
                 _flush_rows(dest, pending, report, dry_run=dry_run, dest_exists=dest_manifest_exists)
@@ -196,8 +212,10 @@ def _check_layout(dest: Store) -> str | None:
     sidecars in a bare store, or blobs without them in one that keeps them."""
     recorded = dest.blobs.recorded_layout()
     if recorded is not None and recorded != dest.layout:
-        raise Refused(f"store {dest.blobs.name} records layout {recorded}: refusing to migrate into it "
-                      f"as {dest.layout} (drop --to-layout to follow its record)")
+        raise Refused(
+            f"store {dest.blobs.name} records layout {recorded}: refusing to migrate into it "
+            f"as {dest.layout} (drop --to-layout to follow its record)"
+        )
     return recorded
 
 
@@ -231,8 +249,16 @@ def _verified(store: Store, attachment_id: str) -> bool:
     return digest == attachment_id
 
 
-def _migrate_blob(src: Store, dest: Store, attachment_id: str, at_dest: bool, report: MigrateReport,
-                  dates: list[tuple[str, int | None]], *, dry_run: bool) -> bool:
+def _migrate_blob(
+    src: Store,
+    dest: Store,
+    attachment_id: str,
+    at_dest: bool,
+    report: MigrateReport,
+    dates: list[tuple[str, int | None]],
+    *,
+    dry_run: bool,
+) -> bool:
     """Copy one blob (and its sidecar); whether it is verified at the destination
     (for a dry run: whether it would be, if the source bytes are sound). A
     copy made is added to ``dates`` (dated now until its rows are written)."""
@@ -258,8 +284,9 @@ def _migrate_blob(src: Store, dest: Store, attachment_id: str, at_dest: bool, re
             staged = dest.blobs.stage(handle, src.blobs.where(attachment_id))
         try:
             if staged.attachment_id != attachment_id:
-                return fail(f"{src.blobs.where(attachment_id)} hashes to {staged.attachment_id}, "
-                                  "not its name: not copied")
+                return fail(
+                    f"{src.blobs.where(attachment_id)} hashes to {staged.attachment_id}, not its name: not copied"
+                )
             dest.blobs.install(staged)
             staged = None
         finally:
@@ -297,8 +324,7 @@ def _copy_sidecar(src: Store, dest: Store, attachment_id: str, report: MigrateRe
         if meta is None:
             return
         if meta.attachment_id != attachment_id:
-            fail(f"{src.blobs.where(attachment_id, sidecar=True)} names id {meta.attachment_id}: "
-                          "not copied")
+            fail(f"{src.blobs.where(attachment_id, sidecar=True)} names id {meta.attachment_id}: not copied")
             return
         if dest.blobs.write_sidecar(meta, durable=False):
             report.sidecars_copied += 1
@@ -309,9 +335,12 @@ def _copy_sidecar(src: Store, dest: Store, attachment_id: str, report: MigrateRe
 
 
 def _same(a: Row | None, b: Row) -> bool:
-    return (a is not None and a.canonical_uri == b.canonical_uri
-            and a.intent_at_epoch_ms == b.intent_at_epoch_ms
-            and a.committed_at_epoch_ms == b.committed_at_epoch_ms)
+    return (
+        a is not None
+        and a.canonical_uri == b.canonical_uri
+        and a.intent_at_epoch_ms == b.intent_at_epoch_ms
+        and a.committed_at_epoch_ms == b.committed_at_epoch_ms
+    )
 
 
 def row_events(row: Row) -> list[Event]:

@@ -25,8 +25,9 @@ from lashctl.text import escape_text, say
 class UI:
     """Where and how a command reports: machine or human, quiet or verbose."""
 
-    def __init__(self, json_output: bool = False, quiet: bool = False, verbose: bool = False,
-                 full_ids: bool = False) -> None:
+    def __init__(
+        self, json_output: bool = False, quiet: bool = False, verbose: bool = False, full_ids: bool = False
+    ) -> None:
         self.json = json_output
         self.quiet = quiet
         self.verbose = verbose
@@ -184,13 +185,18 @@ class UI:
             self.emit_json(entries if document is None else {**document, items: entries})
         else:
             shown = [f for f in fields if f.col is not None]
-            cols = [Col(f.col.name, f.col.kind, f.col.drop, f.col.min_width, base)
-                    if base is not None and f.col.kind == "path" else f.col for f in shown]
+            cols = [
+                Col(f.col.name, f.col.kind, f.col.drop, f.col.min_width, base)
+                if base is not None and f.col.kind == "path"
+                else f.col
+                for f in shown
+            ]
             self.records(cols, [[f.cell_of(r) for f in shown] for r in records], None, title)
         return len(records)
 
-    def _stream_listing(self, fields: Sequence["Field"], records: Iterable[Any], document: Any, items: str,
-                        ascii_json: bool) -> int:
+    def _stream_listing(
+        self, fields: Sequence["Field"], records: Iterable[Any], document: Any, items: str, ascii_json: bool
+    ) -> int:
         """``listing`` on a pipe, written as the records come, a chunk at a
         time: the bytes of the gathered listing (a JSON document's items
         last, in one array)."""
@@ -222,12 +228,17 @@ class UI:
             cell_of = [f.get if f.cell is None else f.cell for f in fields if f.col is not None]
             width = len(cell_of)
             for chunk in chunks:
-                texts = ["-" if c is None else c if type(c) is str else str(c)
-                         for r in chunk for c in [get(r) for get in cell_of]]
+                texts = [
+                    "-" if c is None else c if type(c) is str else str(c)
+                    for r in chunk
+                    for c in [get(r) for get in cell_of]
+                ]
                 joined = "".join(texts)
                 if not (joined.isprintable() and "\\" not in joined):  # else nothing to escape
                     texts = [escape_text(t) for t in texts]
-                pending.append("".join(["\t".join(texts[at:at + width]) + "\n" for at in range(0, len(texts), width)]))
+                pending.append(
+                    "".join(["\t".join(texts[at : at + width]) + "\n" for at in range(0, len(texts), width)])
+                )
                 count += len(chunk)
                 self._write(out, pending)
         self._write(out, pending)
@@ -322,15 +333,23 @@ class _RichProgressBar(ProgressBar):
 
         console = console or Console(stderr=True)
         label, bar, speed = progress_layout(console.width)
-        amount = _iec_columns(speed) if unit == "bytes" else [
-            MofNCompleteColumn(table_column=Column(width=AMOUNT_WIDTH, justify="right", no_wrap=True))]
+        amount = (
+            _iec_columns(speed)
+            if unit == "bytes"
+            else [MofNCompleteColumn(table_column=Column(width=AMOUNT_WIDTH, justify="right", no_wrap=True))]
+        )
         self._progress = Progress(
             # A file name is cut with an ellipsis, never wrapped; markup off: "[" in a name is a "[".
-            TextColumn("{task.description}", markup=False,
-                       table_column=Column(width=label, no_wrap=True, overflow="ellipsis")),
-            BarColumn(bar_width=bar), *amount,
+            TextColumn(
+                "{task.description}", markup=False, table_column=Column(width=label, no_wrap=True, overflow="ellipsis")
+            ),
+            BarColumn(bar_width=bar),
+            *amount,
             TimeRemainingColumn(table_column=Column(width=TIME_WIDTH, justify="right", no_wrap=True)),
-            console=console, transient=True, redirect_stdout=False, redirect_stderr=False,
+            console=console,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
         self._task = self._progress.add_task(description, total=total)
 
@@ -440,8 +459,9 @@ class Col:
 
     __slots__ = ("name", "kind", "drop", "min_width", "base")
 
-    def __init__(self, name: str, kind: str = "text", drop: int = 0, min_width: int = 8,
-                 base: str | None = None) -> None:
+    def __init__(
+        self, name: str, kind: str = "text", drop: int = 0, min_width: int = 8, base: str | None = None
+    ) -> None:
         self.name, self.kind, self.drop, self.min_width, self.base = name, kind, drop, min_width, base
 
 
@@ -456,8 +476,9 @@ class Field(FrozenRecord):
 
     __slots__ = ("key", "get", "col", "cell")
 
-    def __init__(self, key: str, get: Callable[[Any], Any], col: Col | None = None,
-                 cell: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self, key: str, get: Callable[[Any], Any], col: Col | None = None, cell: Callable[[Any], Any] | None = None
+    ) -> None:
         self._set(key, get, col, cell)
 
     def cell_of(self, record: Any) -> Any:
@@ -496,15 +517,19 @@ def unique_prefix_length(ids: Iterable[str], minimum: int = SHORT_ID_MIN) -> int
     return length
 
 
-def render_table(columns: Sequence["str | Col"], rows: Sequence[Sequence[object]], width: int,
-                 full_ids: bool = False, title: str | None = None) -> str:
+def render_table(
+    columns: Sequence["str | Col"],
+    rows: Sequence[Sequence[object]],
+    width: int,
+    full_ids: bool = False,
+    title: str | None = None,
+) -> str:
     """The table a terminal ``width`` columns wide shows, as text (for tests and previews)."""
     import io
 
     from rich.console import Console
 
-    console = Console(width=width, file=io.StringIO(), force_terminal=False, highlight=False,
-                      color_system=None)
+    console = Console(width=width, file=io.StringIO(), force_terminal=False, highlight=False, color_system=None)
     cols = [c if isinstance(c, Col) else Col(c) for c in columns]
     console.print(_table(cols, rows, width, full_ids, title))
     return console.file.getvalue()  # type: ignore[attr-defined]
@@ -529,16 +554,21 @@ def _table(cols: Sequence[Col], rows: Sequence[Sequence[object]], width: int, fu
         # Whole ids asked for on a terminal too narrow for them fold onto a
         # second line rather than lose characters.
         fold = full_ids and col.kind == "id"
-        table.add_column(Text(_cut(col.name, w, "text")), width=None if fold else w, no_wrap=not fold,
-                         overflow="fold" if fold else "ellipsis",
-                         justify="right" if col.kind in ("bytes", "count") else "left")
+        table.add_column(
+            Text(_cut(col.name, w, "text")),
+            width=None if fold else w,
+            no_wrap=not fold,
+            overflow="fold" if fold else "ellipsis",
+            justify="right" if col.kind in ("bytes", "count") else "left",
+        )
     for row in texts:
         table.add_row(*(Text(cell) for cell in row))
     return table
 
 
-def _fit(cols: list[Col], rows: Sequence[Sequence[object]], width: int,
-         full_ids: bool) -> tuple[list[list[str]], list[tuple[Col, int]]]:
+def _fit(
+    cols: list[Col], rows: Sequence[Sequence[object]], width: int, full_ids: bool
+) -> tuple[list[list[str]], list[tuple[Col, int]]]:
     """Lay a table out in ``width`` cells: each row on one line.
 
     Ids stay whole when every column fits with text and paths cut to their
@@ -572,8 +602,10 @@ def _fit(cols: list[Col], rows: Sequence[Sequence[object]], width: int,
             break
         keep.remove(max(droppable, key=lambda i: (cols[i].drop, i)))
     out_cols = [(cols[i], widths[i]) for i in keep]
-    out_cells = [[row[i] if full_ids and cols[i].kind == "id" else _cut(row[i], widths[i], cols[i].kind)
-                  for i in keep] for row in cells]
+    out_cells = [
+        [row[i] if full_ids and cols[i].kind == "id" else _cut(row[i], widths[i], cols[i].kind) for i in keep]
+        for row in cells
+    ]
     return out_cells, out_cols
 
 
@@ -581,8 +613,12 @@ def _floors(cols: Sequence[Col], natural: Sequence[int], keep: Iterable[int]) ->
     """How narrow each column may be cut: text and paths to their minimum, nothing else."""
     from rich.cells import cell_len
 
-    return {i: max(min(cols[i].min_width, natural[i]), cell_len(cols[i].name))
-            if cols[i].kind in ("text", "path") else natural[i] for i in keep}
+    return {
+        i: max(min(cols[i].min_width, natural[i]), cell_len(cols[i].name))
+        if cols[i].kind in ("text", "path")
+        else natural[i]
+        for i in keep
+    }
 
 
 def _widths(cols: Sequence[Col], cells: Sequence[Sequence[str]]) -> list[int]:
@@ -624,7 +660,7 @@ def _terminal_cell(col: Col, value: object) -> str:
 
         base = col.base.rstrip(os.sep) + os.sep
         if text.startswith(base):
-            text = text[len(base):]
+            text = text[len(base) :]
     return escape_text(text)
 
 
@@ -682,8 +718,13 @@ class Chart(FrozenRecord):
 
     __slots__ = ("title", "parts", "rows", "caption")
 
-    def __init__(self, title: str, parts: Sequence[tuple[str, str, str]],
-                 rows: Sequence[tuple[str, Sequence[int]]], caption: str = "") -> None:
+    def __init__(
+        self,
+        title: str,
+        parts: Sequence[tuple[str, str, str]],
+        rows: Sequence[tuple[str, Sequence[int]]],
+        caption: str = "",
+    ) -> None:
         self._set(title, tuple(parts), tuple(rows), caption)
 
 
@@ -706,8 +747,7 @@ def render_chart(chart: Chart, width: int) -> str:
 
     from rich.console import Console
 
-    console = Console(width=width, file=io.StringIO(), force_terminal=False, highlight=False,
-                      color_system=None)
+    console = Console(width=width, file=io.StringIO(), force_terminal=False, highlight=False, color_system=None)
     console.print(_chart(chart, width))
     return console.file.getvalue()  # type: ignore[attr-defined]
 

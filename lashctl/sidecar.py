@@ -34,8 +34,15 @@ class Metadata(FrozenRecord):
     label: str | None
     __slots__ = ("attachment_id", "media_type", "byte_len", "width", "height", "label")
 
-    def __init__(self, attachment_id: str, media_type: str, byte_len: int, width: int | None = None,
-                 height: int | None = None, label: str | None = None) -> None:
+    def __init__(
+        self,
+        attachment_id: str,
+        media_type: str,
+        byte_len: int,
+        width: int | None = None,
+        height: int | None = None,
+        label: str | None = None,
+    ) -> None:
         self._set(attachment_id, media_type, byte_len, width, height, label)
 
     def to_json_dict(self) -> dict:

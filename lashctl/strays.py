@@ -62,11 +62,25 @@ def scan_strays(store: Store) -> Iterator[StrayFile]:
         kind, reason = classify(found)
         size = found.stat.size if found.stat.is_file else 0
         base = found.name.rpartition("/")[2]
-        yield StrayFile(found.where, kind, size, found.stat.mtime_ms, reason, found,
-                        attachment_id=base[: -len(SIDECAR_SUFFIX)] if kind == "orphan-sidecar" else None)
+        yield StrayFile(
+            found.where,
+            kind,
+            size,
+            found.stat.mtime_ms,
+            reason,
+            found,
+            attachment_id=base[: -len(SIDECAR_SUFFIX)] if kind == "orphan-sidecar" else None,
+        )
     for found in store.manifest.litter():
-        yield StrayFile(found.where, "staging", found.stat.size, found.stat.mtime_ms,
-                        "left by an interrupted manifest compaction", found, in_manifest=True)
+        yield StrayFile(
+            found.where,
+            "staging",
+            found.stat.size,
+            found.stat.mtime_ms,
+            "left by an interrupted manifest compaction",
+            found,
+            in_manifest=True,
+        )
 
 
 def remove_stray(store: Store, stray: StrayFile) -> None:

@@ -38,8 +38,11 @@ def parse_duration(text: str, option: str = "--older-than") -> int:
     """
     value = text.strip()
     if value.isascii() and value != value.lower():
-        hint = ("units are lower-case: m for minutes; there is no unit for months, use days (30d)"
-                if "M" in value else f"units are lower-case, like {value.lower()}")
+        hint = (
+            "units are lower-case: m for minutes; there is no unit for months, use days (30d)"
+            if "M" in value
+            else f"units are lower-case, like {value.lower()}"
+        )
         raise UsageError(f"{option} '{text}' is not a duration: {hint}")
     pos, total = 0, 0
     for match in _PART.finditer(value):
@@ -49,8 +52,7 @@ def parse_duration(text: str, option: str = "--older-than") -> int:
         pos = match.end()
     if not value or pos != len(value) or not value.isascii():
         raise UsageError(
-            f"{option} '{text}' is not a duration: use a number and a unit, "
-            "like 90s, 15m, 24h, 7d or 1h30m"
+            f"{option} '{text}' is not a duration: use a number and a unit, like 90s, 15m, 24h, 7d or 1h30m"
         )
     return total
 

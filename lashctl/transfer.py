@@ -61,8 +61,14 @@ def utf8_label(name: str) -> str | None:
 class PutOptions(Record):
     __slots__ = ("session", "media_type", "label", "width", "height")
 
-    def __init__(self, session: str, media_type: str | None = None, label: str | None = None,
-                 width: int | None = None, height: int | None = None) -> None:
+    def __init__(
+        self,
+        session: str,
+        media_type: str | None = None,
+        label: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
         self.session = session
         self.media_type = media_type
         self.label = label
@@ -73,8 +79,17 @@ class PutOptions(Record):
 class PutResult(Record):
     __slots__ = ("attachment_id", "path", "byte_len", "media_type", "label", "width", "height", "deduplicated")
 
-    def __init__(self, attachment_id: str, path: str, byte_len: int, media_type: str, label: str | None,
-                 width: int | None, height: int | None, deduplicated: bool) -> None:
+    def __init__(
+        self,
+        attachment_id: str,
+        path: str,
+        byte_len: int,
+        media_type: str,
+        label: str | None,
+        width: int | None,
+        height: int | None,
+        deduplicated: bool,
+    ) -> None:
         self.attachment_id = attachment_id
         self.path = path
         self.byte_len = byte_len
@@ -91,8 +106,10 @@ def clock_ms() -> int:
     reader refuses the row it would stamp as corrupt."""
     now = now_ms()
     if not 0 <= now <= MAX_EPOCH_MS:
-        raise LashctlError(f"the system clock reads {_clock_text(now)}, outside 1970-01-01..9999-12-31: "
-                           "refusing to stamp a manifest row with it")
+        raise LashctlError(
+            f"the system clock reads {_clock_text(now)}, outside 1970-01-01..9999-12-31: "
+            "refusing to stamp a manifest row with it"
+        )
     return now
 
 
@@ -136,9 +153,7 @@ def put(
     """
     validate_session(options.session)
     clock_ms()
-    explicit_type = (
-        media.normalize_mime(options.media_type) if options.media_type is not None else None
-    )
+    explicit_type = media.normalize_mime(options.media_type) if options.media_type is not None else None
     batch: list[tuple[PutSource, Staged]] = []
     batch_bytes = 0
     # A manifest no writer may append to stops the put before it makes the
@@ -253,17 +268,16 @@ def _metadata_for(
             width = size[0] if width is None else width
             height = size[1] if height is None else height
     label = utf8_label(options.label) if options.label is not None else source.label
-    return sidecar.Metadata(
-        staged.attachment_id, media_type, staged.byte_len, width, height, label
-    )
+    return sidecar.Metadata(staged.attachment_id, media_type, staged.byte_len, width, height, label)
 
 
 # -- get -----------------------------------------------------------------------
 class BlobInfo(Record):
     __slots__ = ("attachment_id", "path", "sidecar_path", "metadata", "byte_len")
 
-    def __init__(self, attachment_id: str, path: str, sidecar_path: str, metadata: sidecar.Metadata | None,
-                 byte_len: int) -> None:
+    def __init__(
+        self, attachment_id: str, path: str, sidecar_path: str, metadata: sidecar.Metadata | None, byte_len: int
+    ) -> None:
         self.attachment_id = attachment_id
         self.path = path
         self.sidecar_path = sidecar_path
@@ -326,10 +340,7 @@ def copy_verified(store: Store, attachment_id: str, out: BinaryIO) -> int:
             out.write(view[:n])
             total += n
     if digest.hexdigest() != attachment_id:
-        raise Corrupt(
-            f"hash mismatch: {where} hashes to "
-            f"{digest.hexdigest()}, not its name"
-        )
+        raise Corrupt(f"hash mismatch: {where} hashes to {digest.hexdigest()}, not its name")
     return total
 
 
@@ -359,16 +370,18 @@ def get_to_file(store: Store, attachment_id: str, dest: Path) -> tuple[int, str 
         except Corrupt as exc:
             if stream is None:
                 raise
-            raise Corrupt(f"{exc.message}; the bytes already written to {dest} ({stream}) "
-                          "cannot be taken back") from exc
+            raise Corrupt(
+                f"{exc.message}; the bytes already written to {dest} ({stream}) cannot be taken back"
+            ) from exc
 
 
 # -- list-uncommitted ------------------------------------------------------------
 class UncommittedRow(Record):
     __slots__ = ("row", "bytes_present", "byte_len", "media_type", "label")
 
-    def __init__(self, row: Row, bytes_present: bool, byte_len: int | None, media_type: str | None,
-                 label: str | None) -> None:
+    def __init__(
+        self, row: Row, bytes_present: bool, byte_len: int | None, media_type: str | None, label: str | None
+    ) -> None:
         self.row = row
         self.bytes_present = bytes_present
         self.byte_len = byte_len
@@ -377,7 +390,9 @@ class UncommittedRow(Record):
 
 
 def list_uncommitted(
-    store: Store, cutoff: int | None = None, session: str | None = None,
+    store: Store,
+    cutoff: int | None = None,
+    session: str | None = None,
     malformed: list[Corrupt] | None = None,
 ) -> list[UncommittedRow]:
     """Uncommitted rows with intent at or before ``cutoff`` (all if None), oldest first."""
@@ -385,7 +400,9 @@ def list_uncommitted(
 
 
 def iter_uncommitted(
-    store: Store, cutoff: int | None = None, session: str | None = None,
+    store: Store,
+    cutoff: int | None = None,
+    session: str | None = None,
     malformed: list[Corrupt] | None = None,
 ) -> Iterator[UncommittedRow]:
     """``list_uncommitted`` as a stream from the manifest's uncommitted index:
@@ -403,7 +420,12 @@ def iter_uncommitted(
 
 
 def iter_uncommitted_rendered(
-    store: Store, cutoff: int | None, session: str | None, malformed: list[Corrupt], now: int, form: str,
+    store: Store,
+    cutoff: int | None,
+    session: str | None,
+    malformed: list[Corrupt],
+    now: int,
+    form: str,
 ) -> Iterator[list[str | UncommittedRow | None]]:
     """``iter_uncommitted`` for a listing on a pipe, in chunks: a row
     without bytes or sidecar comes as the text the listing prints for it
@@ -419,8 +441,9 @@ def iter_uncommitted_rendered(
         malformed.extend(view.malformed)  # known once every row was read
 
 
-def _rendered_rows(store: Store, view, cutoff: int | None, session: str | None, now: int, form: str
-                   ) -> Iterator[list[str | UncommittedRow | None]]:
+def _rendered_rows(
+    store: Store, view, cutoff: int | None, session: str | None, now: int, form: str
+) -> Iterator[list[str | UncommittedRow | None]]:
     chunks = view.uncommitted_chunks(cutoff, session)
     if chunks is None:
         rows = view.uncommitted(cutoff, session)

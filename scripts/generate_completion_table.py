@@ -111,8 +111,25 @@ def _late_store(command: Any) -> str | None:
     return None
 
 
-FIELDS = ("kind", "name", "opts", "secondary", "nargs", "takes_value", "option", "argument", "listed", "multiple",
-          "help", "complete", "choices", "case_sensitive", "files", "manifest", "eager_callback")
+FIELDS = (
+    "kind",
+    "name",
+    "opts",
+    "secondary",
+    "nargs",
+    "takes_value",
+    "option",
+    "argument",
+    "listed",
+    "multiple",
+    "help",
+    "complete",
+    "choices",
+    "case_sensitive",
+    "files",
+    "manifest",
+    "eager_callback",
+)
 
 
 def _maps(entries: list[dict]) -> tuple[dict, dict]:
@@ -135,8 +152,10 @@ def _node(command: Any, ctx: Context, root: bool, params_seen: dict) -> dict:
             # Click makes its names a set (their order varies from run to run): the configured order.
             entry["opts"] = [name for name in ctx.help_option_names if name in param.opts]
     index = {id(p): i for i, p in enumerate(params)}
-    if _maps(entries) != ({opt: index[id(o.obj)] for opt, o in parser._long_opt.items()},
-                          {opt: index[id(o.obj)] for opt, o in parser._short_opt.items()}):
+    if _maps(entries) != (
+        {opt: index[id(o.obj)] for opt, o in parser._long_opt.items()},
+        {opt: index[id(o.obj)] for opt, o in parser._short_opt.items()},
+    ):
         raise Unsupported(f"{ctx.command_path}: options the parser maps otherwise")
     if parser._opt_prefixes != {"-", "--"}:
         raise Unsupported(f"{ctx.command_path}: option prefixes {sorted(parser._opt_prefixes)}")
@@ -184,8 +203,11 @@ def _rendered(helps: set[str]) -> dict:
     typer.rich_utils.FORCE_TERMINAL = False
     out = {}
     for text in sorted(helps):
-        for shell, shown in (("zsh", completion._zsh_escape(text)), ("fish", re.sub(r"\s", " ", text)),
-                             ("powershell", text)):
+        for shell, shown in (
+            ("zsh", completion._zsh_escape(text)),
+            ("fish", re.sub(r"\s", " ", text)),
+            ("powershell", text),
+        ):
             if completion._one_line(text) != re.sub(r"\s", " ", text):
                 raise Unsupported(f"whitespace in {text!r}")
             rendered = _sanitize_help_text(shown)
@@ -203,20 +225,26 @@ def render() -> str:
     params = list(seen)
     rendered = _rendered(_helps(root, params))
     rows = "".join(f"    {row!r},\n" for row in params)
-    return (HEADER + f"FIELDS = {FIELDS!r}\n\n"
-            + "# Every parameter once; a command names its own by their place here.\n"
-            + f"PARAMS = [\n{rows}]\n\n"
-            + "ROOT = " + pprint.pformat(root, width=120, sort_dicts=False) + "\n\n"
-            + "# Help texts as Typer's Rich pass renders them, where that differs (per shell).\n"
-            + "RENDERED = " + pprint.pformat(rendered, width=120) + "\n")
+    return (
+        HEADER
+        + f"FIELDS = {FIELDS!r}\n\n"
+        + "# Every parameter once; a command names its own by their place here.\n"
+        + f"PARAMS = [\n{rows}]\n\n"
+        + "ROOT = "
+        + pprint.pformat(root, width=120, sort_dicts=False)
+        + "\n\n"
+        + "# Help texts as Typer's Rich pass renders them, where that differs (per shell).\n"
+        + "RENDERED = "
+        + pprint.pformat(rendered, width=120)
+        + "\n"
+    )
 
 
 def main(argv: list[str]) -> int:
     text = render()
     if "--check" in argv:
         if not OUT.exists() or OUT.read_text() != text:
-            print(f"stale completion table (run python scripts/generate_completion_table.py): {OUT}",
-                  file=sys.stderr)
+            print(f"stale completion table (run python scripts/generate_completion_table.py): {OUT}", file=sys.stderr)
             return 1
         return 0
     OUT.write_text(text)

@@ -48,8 +48,10 @@ def main(argv: list[str]) -> int:
             path.write_text(text)
             print(f"wrote {path}", file=sys.stderr)
     if stale:
-        print("stale completion scripts (run python scripts/generate_completions.py): " + ", ".join(stale),
-              file=sys.stderr)
+        print(
+            "stale completion scripts (run python scripts/generate_completions.py): " + ", ".join(stale),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -28,9 +28,23 @@ def render() -> str:
     with tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / "cli.md"
         subprocess.run(
-            [sys.executable, "-m", "typer", "lashctl.cli", "utils", "docs", "--name", "lashctl",
-             "--title", "lashctl command reference", "--output", str(raw)],
-            check=True, capture_output=True, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "typer",
+                "lashctl.cli",
+                "utils",
+                "docs",
+                "--name",
+                "lashctl",
+                "--title",
+                "lashctl command reference",
+                "--output",
+                str(raw),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
         )
         text = html.unescape(raw.read_text())
     return "".join(_code_spans(line) for line in text.splitlines(keepends=True))

@@ -10,8 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 # Environment variables that would leak an operator's settings into a test.
-LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_LOCK_TIMEOUT", "LASHCTL_DEBUG",
-               "LASHCTL_PROCESS_REGISTRY")
+LASHCTL_ENV = (
+    "LASHCTL_STORE",
+    "LASHCTL_MANIFEST",
+    "LASHCTL_SESSION",
+    "LASHCTL_LOCK_TIMEOUT",
+    "LASHCTL_DEBUG",
+    "LASHCTL_PROCESS_REGISTRY",
+)
 
 
 def sha(data: bytes) -> str:

@@ -48,8 +48,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
 
 
-def make_session_db(directory: Path, session_id: str, name: str | None = None,
-                    version: int = SCHEMA_VERSION) -> Path:
+def make_session_db(directory: Path, session_id: str, name: str | None = None, version: int = SCHEMA_VERSION) -> Path:
     """A session's primary database (named by lash's rule unless ``name``), as lash opens one."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / (name or session_db_name(session_id))
@@ -59,14 +58,15 @@ def make_session_db(directory: Path, session_id: str, name: str | None = None,
         conn.execute("PRAGMA journal_mode = WAL")
         conn.executescript(SESSION_TABLES)
         conn.execute(f"PRAGMA user_version = {version}")
-        conn.execute("INSERT INTO session_meta VALUES (1, ?, ?, '2026-01-01T00:00:00Z', 'model', NULL, NULL)",
-                     (session_id, session_id))
+        conn.execute(
+            "INSERT INTO session_meta VALUES (1, ?, ?, '2026-01-01T00:00:00Z', 'model', NULL, NULL)",
+            (session_id, session_id),
+        )
     conn.close()
     return path
 
 
-def intent(path: Path, session_id: str, attachment_id: str, at_ms: int,
-           owner: tuple[str, str] | None = None) -> None:
+def intent(path: Path, session_id: str, attachment_id: str, at_ms: int, owner: tuple[str, str] | None = None) -> None:
     """lash's ``record_intent``: insert, or refresh time and owner."""
     kind, owner_id = owner if owner is not None else (None, None)
     conn = _connect(path)
@@ -75,15 +75,19 @@ def intent(path: Path, session_id: str, attachment_id: str, at_ms: int,
         " committed_at_ms, owner_kind, owner_id) VALUES (?, ?, ?, ?, NULL, ?, ?)"
         " ON CONFLICT(session_id, attachment_id) DO UPDATE SET canonical_uri = excluded.canonical_uri,"
         " intent_at_ms = excluded.intent_at_ms, owner_kind = excluded.owner_kind, owner_id = excluded.owner_id",
-        (attachment_id, session_id, f"sha256:{attachment_id}", at_ms, kind, owner_id))
+        (attachment_id, session_id, f"sha256:{attachment_id}", at_ms, kind, owner_id),
+    )
     conn.close()
 
 
 def commit(path: Path, session_id: str, attachment_id: str, at_ms: int) -> None:
     """lash's ``commit_refs``: the first commit wins."""
     conn = _connect(path)
-    conn.execute("UPDATE attachment_manifest SET committed_at_ms = COALESCE(committed_at_ms, ?)"
-                 " WHERE attachment_id = ? AND session_id = ?", (at_ms, attachment_id, session_id))
+    conn.execute(
+        "UPDATE attachment_manifest SET committed_at_ms = COALESCE(committed_at_ms, ?)"
+        " WHERE attachment_id = ? AND session_id = ?",
+        (at_ms, attachment_id, session_id),
+    )
     conn.close()
 
 
@@ -97,8 +101,10 @@ def rows(path: Path) -> list[tuple]:
     """Every row of a session database, by key."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return conn.execute("SELECT session_id, attachment_id, intent_at_ms, committed_at_ms, owner_kind, owner_id"
-                            " FROM attachment_manifest ORDER BY session_id, attachment_id").fetchall()
+        return conn.execute(
+            "SELECT session_id, attachment_id, intent_at_ms, committed_at_ms, owner_kind, owner_id"
+            " FROM attachment_manifest ORDER BY session_id, attachment_id"
+        ).fetchall()
     finally:
         conn.close()
 
@@ -117,8 +123,11 @@ def make_process_registry(path: Path, process_ids: list[str], version: int = SCH
 def litter_beside(directory: Path, primary: Path) -> list[Path]:
     """What lash keeps beside its primaries and skips: a sidecar database
     (garbage here: reading it would fail) and WAL files of a closed database."""
-    made = [primary.with_name(primary.name + ".effects.db"), directory / "closed-0000000000000000.db-wal",
-            directory / "closed-0000000000000000.db-shm"]
+    made = [
+        primary.with_name(primary.name + ".effects.db"),
+        directory / "closed-0000000000000000.db-wal",
+        directory / "closed-0000000000000000.db-shm",
+    ]
     for path in made:
         path.write_bytes(b"not a session database\n" * 50)
     return made

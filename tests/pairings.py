@@ -25,16 +25,28 @@ class Lashctl:
     def __init__(self, tmp_path: Path, store: str, manifest: list[str]) -> None:
         self.tmp_path, self.store, self.manifest = tmp_path, store, manifest
 
-    def __call__(self, *args: str, input: bytes = b"", fault: str | None = None,
-                 manifest: list[str] | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def __call__(
+        self,
+        *args: str,
+        input: bytes = b"",
+        fault: str | None = None,
+        manifest: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         extra = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
         env.update(COLUMNS="80", NO_COLOR="1", **extra)
         if fault is not None:
             env["LASHCTL_FAULT"] = fault
         given = self.manifest if manifest is None else manifest
-        return subprocess.run([LASHCTL, "--store", self.store, *given, *args], input=input,
-                              capture_output=True, env=env, timeout=120, cwd=self.tmp_path)
+        return subprocess.run(
+            [LASHCTL, "--store", self.store, *given, *args],
+            input=input,
+            capture_output=True,
+            env=env,
+            timeout=120,
+            cwd=self.tmp_path,
+        )
 
     def ok(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         done = self(*args, **kwargs)
@@ -80,5 +92,3 @@ def lashctl(request, tmp_path) -> Lashctl:
     if manifest == "postgres":
         run.ok("manifest", "init")
     return run
-
-

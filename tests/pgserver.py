@@ -91,20 +91,55 @@ def start() -> tuple[PgServer, callable]:
     if os.geteuid() == 0:
         shutil.chown(pwfile, SUPERUSER, SUPERUSER)
     run = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
-    proc = subprocess.run(_as_server_user([
-        str(bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth-local=trust",
-        "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
-    ]), **run)
+    proc = subprocess.run(
+        _as_server_user(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ]
+        ),
+        **run,
+    )
     if proc.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         pytest.fail(f"initdb failed: {proc.stderr.decode(errors='replace').strip()[-500:]}")
     port = _free_port()
-    options = (f"-k {root} -c listen_addresses=127.0.0.1 -p {port} -c fsync=off"
-               " -c synchronous_commit=off -c full_page_writes=off -c max_connections=50")
+    options = (
+        f"-k {root} -c listen_addresses=127.0.0.1 -p {port} -c fsync=off"
+        " -c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
+    )
     # The server inherits pg_ctl's stdout: it must go to the log file (-l), never a pipe.
-    proc = subprocess.run(_as_server_user([
-        str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start",
-    ]), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    proc = subprocess.run(
+        _as_server_user(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+                "start",
+            ]
+        ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
     server = PgServer(root, port)
 
     stopped = []
@@ -113,8 +148,13 @@ def start() -> tuple[PgServer, callable]:
         if stopped:
             return
         stopped.append(True)
-        subprocess.run(_as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
     if proc.returncode != 0:

@@ -30,8 +30,14 @@ from conftest import blob_path, land_at_intents, sha, sidecar_path  # noqa: F401
 LONG = os.environ.get("LASHCTL_LONG_TESTS", "").strip() not in ("", "0", "false", "no")
 
 # Environment variables that would leak an operator's settings into a test.
-LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_LOCK_TIMEOUT", "LASHCTL_DEBUG",
-               "LASHCTL_PROCESS_REGISTRY")
+LASHCTL_ENV = (
+    "LASHCTL_STORE",
+    "LASHCTL_MANIFEST",
+    "LASHCTL_SESSION",
+    "LASHCTL_LOCK_TIMEOUT",
+    "LASHCTL_DEBUG",
+    "LASHCTL_PROCESS_REGISTRY",
+)
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_EPOCH_MS = 253_402_300_799_999
@@ -79,8 +85,9 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list, input: bytes | None = None, timeout: float = 60, env: dict | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run(
+    args: list, input: bytes | None = None, timeout: float = 60, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [find_lashctl(), *[os.fsencode(a) if isinstance(a, (str, bytes)) else str(a) for a in args]],
         input=input if input is not None else b"",
@@ -284,9 +291,7 @@ def write_manifest(path: Path, events: list[dict], header: bool = True) -> None:
         lines.append({"op": "header", "format": "lashctl-manifest", "version": 1})
     lines.extend(events)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(
-        b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in lines)
-    )
+    Path(path).write_bytes(b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in lines))
     land_at_intents(Path(path).parent, events)
 
 

@@ -32,10 +32,24 @@ S3_TEST_REGION = "us-east-1"
 
 # Variables that would point a test at an operator's real account.
 AWS_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_TOKEN",
-    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-    "AWS_ALLOW_HTTP", "AWS_PROFILE", "AWS_BUCKET", "AWS_BUCKET_NAME", "AWS_SKIP_SIGNATURE",
-    "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ALLOW_HTTP",
+    "AWS_PROFILE",
+    "AWS_BUCKET",
+    "AWS_BUCKET_NAME",
+    "AWS_SKIP_SIGNATURE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
 )
 
 
@@ -103,7 +117,10 @@ def moto_server(log_dir: Path, env: dict[str, str] | None = None, timeout: float
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=server_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=server_env,
         )
     try:
         deadline = time.monotonic() + timeout
@@ -142,8 +159,11 @@ def s3_client(endpoint: str):
     import boto3
 
     return boto3.client(
-        "s3", endpoint_url=endpoint, region_name=S3_TEST_REGION,
-        aws_access_key_id=S3_TEST_KEY_ID, aws_secret_access_key=S3_TEST_SECRET,
+        "s3",
+        endpoint_url=endpoint,
+        region_name=S3_TEST_REGION,
+        aws_access_key_id=S3_TEST_KEY_ID,
+        aws_secret_access_key=S3_TEST_SECRET,
     )
 
 

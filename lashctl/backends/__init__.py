@@ -50,8 +50,10 @@ def require_extra(module: str, extra: str, what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise UsageError(f"{what} needs the '{extra}' extra: pip install 'lashctl[{extra}]' "
-                         f"(in a clone of the repository: pip install '.[{extra}]')")
+        raise UsageError(
+            f"{what} needs the '{extra}' extra: pip install 'lashctl[{extra}]' "
+            f"(in a clone of the repository: pip install '.[{extra}]')"
+        )
 
 
 def strip_password(url: str) -> str:
@@ -88,8 +90,10 @@ MANIFEST_NAME = "manifest.jsonl"  # a local store's manifest, in its root
 # registry lives. ``table`` is lash's own table in the manifest's database;
 # a value with a "/" is lash's SQLite process registry file (lash-sqlite: manifests).
 PROCESS_REGISTRY_TABLE = "lash_processes"
-PROCESS_REGISTRY_FORMS = ("table or table:[SCHEMA.]NAME (a table of the PostgreSQL manifest's database), "
-                          "a PATH with a '/' (lash's SQLite process registry file), or none")
+PROCESS_REGISTRY_FORMS = (
+    "table or table:[SCHEMA.]NAME (a table of the PostgreSQL manifest's database), "
+    "a PATH with a '/' (lash's SQLite process registry file), or none"
+)
 _REGISTRY_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?"
 
 
@@ -114,8 +118,9 @@ def process_registry(value: str | None) -> str | None:
         return PROCESS_REGISTRY_TABLE
     kind, _, name = value.partition(":")
     if kind != "table" or not is_registry_table(name):
-        raise UsageError(f"--process-registry '{value}' is not a process registry lashctl can read: "
-                         f"give {PROCESS_REGISTRY_FORMS}")
+        raise UsageError(
+            f"--process-registry '{value}' is not a process registry lashctl can read: give {PROCESS_REGISTRY_FORMS}"
+        )
     return name
 
 
@@ -136,8 +141,9 @@ def open_blobs(location):
     return BlobStore(Path(location))
 
 
-def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, note=None,
-                  process_registry: str | None = None):
+def open_manifest(
+    location, blobs, *, lock_timeout: float = 30.0, warn=None, note=None, process_registry: str | None = None
+):
     """The manifest backend for a file, a ``postgresql://`` URL or a
     ``lash-sqlite:DIR``; None means ``manifest.jsonl`` in a local store's
     root. ``process_registry`` is what ``process_registry()`` returned: a
@@ -147,19 +153,25 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
     text = str(location) if location is not None else None
     if text is not None and is_lash_sqlite(text):
         if process_registry is not None and "/" not in process_registry:
-            raise UsageError(f"--process-registry names a table of a PostgreSQL database; {text} is lash's SQLite "
-                             "session databases: give the path of lash's SQLite process registry file")
+            raise UsageError(
+                f"--process-registry names a table of a PostgreSQL database; {text} is lash's SQLite "
+                "session databases: give the path of lash's SQLite process registry file"
+            )
         from lashctl.backends.manifests.lash_sqlite import LashSqliteManifest
 
         return LashSqliteManifest(text, lock_timeout=lock_timeout, process_registry=process_registry, warn=warn)
     if process_registry is not None and "/" in process_registry:
-        raise UsageError(f"--process-registry {process_registry} is a file, lash's SQLite process registry: "
-                         f"it goes with a {LASH_SQLITE_PREFIX}DIR manifest only")
+        raise UsageError(
+            f"--process-registry {process_registry} is a file, lash's SQLite process registry: "
+            f"it goes with a {LASH_SQLITE_PREFIX}DIR manifest only"
+        )
     if text is not None and is_postgres_url(text):
         if text.partition("://")[2].partition("?")[0].count("@") > 1:
             # libpq and lashctl would split it differently: part of the password could show.
-            raise UsageError("--manifest: the URL holds more than one '@' before its parameters: percent-encode "
-                             "an '@' in a user name or password as %40 (the URL is not shown: it may hold a password)")
+            raise UsageError(
+                "--manifest: the URL holds more than one '@' before its parameters: percent-encode "
+                "an '@' in a user name or password as %40 (the URL is not shown: it may hold a password)"
+            )
         require_extra("psycopg", "postgres", "a postgresql:// manifest")
         from lashctl.backends.manifests.postgres import PostgresManifest
 
@@ -169,12 +181,15 @@ def open_manifest(location, blobs, *, lock_timeout: float = 30.0, warn=None, not
     if process_registry is not None:
         # A JSON-lines manifest has no owners: a registry named for it is a mistaken line.
         where = text if text is not None else f"{blobs.name}/{MANIFEST_NAME}"
-        raise UsageError(f"--process-registry names lash's process registry for a PostgreSQL manifest; "
-                         f"{where} is a JSON-lines file, whose rows have no process owners")
+        raise UsageError(
+            f"--process-registry names lash's process registry for a PostgreSQL manifest; "
+            f"{where} is a JSON-lines file, whose rows have no process owners"
+        )
     if text is None:
         if is_s3_url(blobs.name):
-            raise UsageError("an s3:// store keeps no manifest of its own: name one with --manifest "
-                             "(a file or a postgresql:// URL)")
+            raise UsageError(
+                "an s3:// store keeps no manifest of its own: name one with --manifest (a file or a postgresql:// URL)"
+            )
         # The manifest lives in the root: a symlinked or foreign root stops
         # the manifest commands too, not only those that touch blobs.
         blobs.check_root()
@@ -223,8 +238,12 @@ def not_a_store(location, manifest=None) -> str | None:
     if not os.access(root, os.X_OK):
         return None
     markers = [os.path.join(root, OBJECTS_DIR), os.path.join(root, MANIFEST_NAME)]
-    if manifest is not None and not is_url(str(manifest)) and not is_lash_sqlite(str(manifest)) \
-            and os.path.dirname(os.path.abspath(manifest)) == os.path.abspath(root):
+    if (
+        manifest is not None
+        and not is_url(str(manifest))
+        and not is_lash_sqlite(str(manifest))
+        and os.path.dirname(os.path.abspath(manifest)) == os.path.abspath(root)
+    ):
         markers.append(str(manifest))
     return None if any(os.path.lexists(m) for m in markers) else EMPTY
 

@@ -63,8 +63,10 @@ def check_layout_record_size(size: int, where: str) -> None:
     from lashctl.errors import Corrupt
 
     if size > LAYOUT_RECORD_LIMIT:
-        raise Corrupt(f"{where} is larger than {LAYOUT_RECORD_LIMIT} bytes: it does not name a layout "
-                      "(sidecars or bare): fix or delete it")
+        raise Corrupt(
+            f"{where} is larger than {LAYOUT_RECORD_LIMIT} bytes: it does not name a layout "
+            "(sidecars or bare): fix or delete it"
+        )
 
 
 def same_layout_record(recorded: str | None, layout: str, store: str) -> bool:
@@ -73,8 +75,10 @@ def same_layout_record(recorded: str | None, layout: str, store: str) -> bool:
     from lashctl.errors import Refused
 
     if recorded is not None and recorded != layout:
-        raise Refused(f"store {store} records layout {recorded}: refusing to record {layout} "
-                      "(recorded meanwhile by another lashctl)")
+        raise Refused(
+            f"store {store} records layout {recorded}: refusing to record {layout} "
+            "(recorded meanwhile by another lashctl)"
+        )
     return False
 
 
@@ -96,8 +100,15 @@ class BlobStat(FrozenRecord):
     token: object
     __slots__ = ("size", "mtime_ms", "kind", "links", "size_on_disk", "token")
 
-    def __init__(self, size: int, mtime_ms: int, kind: str = FILE, links: int = 1, size_on_disk: int | None = None,
-                 token: object = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        mtime_ms: int,
+        kind: str = FILE,
+        links: int = 1,
+        size_on_disk: int | None = None,
+        token: object = None,
+    ) -> None:
         self._set(size, mtime_ms, kind, links, size_on_disk, token)
 
     @property
@@ -138,8 +149,9 @@ class Found(FrozenRecord):
     reason: str | None
     __slots__ = ("area", "name", "where", "stat", "handle", "reason")
 
-    def __init__(self, area: str, name: str, where: str, stat: BlobStat, handle: object = None,
-                 reason: str | None = None) -> None:
+    def __init__(
+        self, area: str, name: str, where: str, stat: BlobStat, handle: object = None, reason: str | None = None
+    ) -> None:
         self._set(area, name, where, stat, handle, reason)
 
 
@@ -263,8 +275,9 @@ class BlobBackend(Protocol):
     def delete(self, attachment_id: str) -> int:
         """Delete a blob and its sidecar; the bytes freed (0 if absent)."""
 
-    def delete_many(self, attachment_ids: list[str], known: "dict[str, BlobStat | None] | None" = None
-                    ) -> dict[str, int | str]:
+    def delete_many(
+        self, attachment_ids: list[str], known: "dict[str, BlobStat | None] | None" = None
+    ) -> dict[str, int | str]:
         """Delete many blobs: per id the bytes freed or the reason it failed.
         ``known``: stats the caller just took, which spare the backend a look."""
 
@@ -324,7 +337,7 @@ class ManifestView(Protocol):
         ids = list(attachment_ids)
         out: dict[str, list[Row]] = {}
         for start in range(0, len(ids), 1000):
-            out.update(self.rows_for_ids(ids[start:start + 1000]))
+            out.update(self.rows_for_ids(ids[start : start + 1000]))
         return out
 
     def check_sweep_clock(self) -> None:
@@ -413,8 +426,9 @@ class ManifestBackend(Protocol):
         """Delete one item ``litter`` found."""
 
 
-def uncommitted_where(cutoff_ms: int | None, session: str | None, *, suffix: str = "",
-                      mark: str = "?") -> tuple[str, tuple]:
+def uncommitted_where(
+    cutoff_ms: int | None, session: str | None, *, suffix: str = "", mark: str = "?"
+) -> tuple[str, tuple]:
     """The WHERE clause (and its parameters) of uncommitted rows at or before
     a cutoff, of a session, for a table whose time columns are
     ``committed_at<suffix>`` and ``intent_at<suffix>``, with ``mark`` the

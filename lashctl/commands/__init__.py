@@ -26,6 +26,7 @@ ENV_METRICS_FILE = "LASHCTL_METRICS_FILE"
 ENV_AUDIT_LOG = "LASHCTL_AUDIT_LOG"
 ARGV: list[str] | None = None  # the command line (set by the CLI), for the audit log
 
+
 def complete_id(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of an id argument (loaded only when completing)."""
     from lashctl.completion import complete_id as from_store
@@ -33,9 +34,7 @@ def complete_id(ctx: typer.Context, incomplete: str) -> list[str]:
     return from_store(ctx, incomplete)
 
 
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")
-]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")]
 SessionOption = Annotated[
     Optional[str],
     typer.Option("--session", "-s", envvar=ENV_SESSION, metavar="SESSION", help="Session id the rows belong to."),
@@ -46,7 +45,9 @@ OlderThanOption = Annotated[
 ]
 BeforeOption = Annotated[
     Optional[str],
-    typer.Option("--before", metavar="TIMESTAMP", help="Cutoff as ISO-8601 (UTC if no zone), @EPOCH_SECONDS or EPOCH_MSms."),
+    typer.Option(
+        "--before", metavar="TIMESTAMP", help="Cutoff as ISO-8601 (UTC if no zone), @EPOCH_SECONDS or EPOCH_MSms."
+    ),
 ]
 DryRunFlag = Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would happen; change nothing.")]
 
@@ -76,9 +77,15 @@ def _metrics_file(ctx: typer.Context, _param: object, value: Optional[str]) -> O
 # still a run the metrics file reports.
 MetricsFileOption = Annotated[
     Optional[str],
-    typer.Option("--metrics-file", envvar=ENV_METRICS_FILE, metavar="PATH", is_eager=True, callback=_metrics_file,
-                 help="Write the run's metrics for Prometheus (node_exporter's textfile collector) to PATH, "
-                      "a .prom file or a directory, also when the run fails (needs the 'metrics' extra)."),
+    typer.Option(
+        "--metrics-file",
+        envvar=ENV_METRICS_FILE,
+        metavar="PATH",
+        is_eager=True,
+        callback=_metrics_file,
+        help="Write the run's metrics for Prometheus (node_exporter's textfile collector) to PATH, "
+        "a .prom file or a directory, also when the run fails (needs the 'metrics' extra).",
+    ),
 ]
 
 
@@ -93,27 +100,57 @@ def _audit_log(ctx: typer.Context, _param: object, value: Optional[str]) -> Opti
 
 AuditLogOption = Annotated[
     Optional[str],
-    typer.Option("--audit-log", envvar=ENV_AUDIT_LOG, metavar="PATH|-", callback=_audit_log,
-                 help="Append a JSON line per item deleted, forgotten or quarantined to PATH (- for standard "
-                      "error) (default: <store>/audit.jsonl; an s3:// store: none)."),
+    typer.Option(
+        "--audit-log",
+        envvar=ENV_AUDIT_LOG,
+        metavar="PATH|-",
+        callback=_audit_log,
+        help="Append a JSON line per item deleted, forgotten or quarantined to PATH (- for standard "
+        "error) (default: <store>/audit.jsonl; an s3:// store: none).",
+    ),
 ]
 AuditLogReadOption = Annotated[
     Optional[str],
-    typer.Option("--audit-log", envvar=ENV_AUDIT_LOG, metavar="PATH",
-                 help="The audit log to read (default: <store>/audit.jsonl)."),
+    typer.Option(
+        "--audit-log",
+        envvar=ENV_AUDIT_LOG,
+        metavar="PATH",
+        help="The audit log to read (default: <store>/audit.jsonl).",
+    ),
 ]
 
 
 class AppState(Record):
     """What the global options decided, kept in ``ctx.obj``."""
 
-    __slots__ = ("store_root", "manifest_path", "lock_timeout", "ui", "store_named", "manifest_named",
-                 "inspection", "layout", "started_ms", "process_registry", "metrics")
+    __slots__ = (
+        "store_root",
+        "manifest_path",
+        "lock_timeout",
+        "ui",
+        "store_named",
+        "manifest_named",
+        "inspection",
+        "layout",
+        "started_ms",
+        "process_registry",
+        "metrics",
+    )
 
-    def __init__(self, store_root: Path | str, manifest_path: Optional[Path | str], lock_timeout: float, ui: UI,
-                 store_named: bool = False, manifest_named: bool = False, inspection: object = None,
-                 layout: Optional[str] = None, started_ms: int | None = None,
-                 process_registry: Optional[str] = None, metrics: object = None) -> None:
+    def __init__(
+        self,
+        store_root: Path | str,
+        manifest_path: Optional[Path | str],
+        lock_timeout: float,
+        ui: UI,
+        store_named: bool = False,
+        manifest_named: bool = False,
+        inspection: object = None,
+        layout: Optional[str] = None,
+        started_ms: int | None = None,
+        process_registry: Optional[str] = None,
+        metrics: object = None,
+    ) -> None:
         self.store_root = store_root  # a directory or an s3:// URL
         self.manifest_path = manifest_path  # a file or a postgresql:// URL
         self.lock_timeout = lock_timeout
@@ -133,10 +170,18 @@ class AppState(Record):
 
         from lashctl.backends import strip_password
 
-        manifest = (strip_password(str(self.manifest_path)) if self.manifest_path is not None
-                    else strip_password(f"{self.store_root}/manifest.jsonl"))
-        return {"lashctl_version": __version__, "store": strip_password(str(self.store_root)), "manifest": str(manifest),
-                "started_at": iso_ms(self.started_ms), "finished_at": iso_ms(now_ms())}
+        manifest = (
+            strip_password(str(self.manifest_path))
+            if self.manifest_path is not None
+            else strip_password(f"{self.store_root}/manifest.jsonl")
+        )
+        return {
+            "lashctl_version": __version__,
+            "store": strip_password(str(self.store_root)),
+            "manifest": str(manifest),
+            "started_at": iso_ms(self.started_ms),
+            "finished_at": iso_ms(now_ms()),
+        }
 
     def store(self, create: bool = False, sweep: bool = False):
         """The store the options name. Unless ``create`` (put), a store root or
@@ -153,9 +198,16 @@ class AppState(Record):
         if why not in (None, ABSENT, EMPTY):
             raise UsageError(f"not a lashctl store: {self.store_root} ({why})")
         layout = None if self.layout in (None, "auto") else self.layout
-        store = Store(self.store_root, self.manifest_path, self.lock_timeout, warn=self.ui.warn,
-                      note=self.ui.note, layout=layout, process_registry=self.process_registry,
-                      writes=create or sweep)
+        store = Store(
+            self.store_root,
+            self.manifest_path,
+            self.lock_timeout,
+            warn=self.ui.warn,
+            note=self.ui.note,
+            layout=layout,
+            process_registry=self.process_registry,
+            writes=create or sweep,
+        )
         if not create:
             if self.store_named and not store.blobs.exists():
                 raise UsageError(f"store {store.blobs.name} does not exist (check --store / {ENV_STORE})")
@@ -171,8 +223,10 @@ class AppState(Record):
                     raise UsageError(f"not a lashctl store: {self.store_root}")
                 store.manifest = unwritten(store.manifest)
         if sweep and not self.store_named:
-            self.ui.info(f"lashctl: using the default store {self.store_root}"
-                         + (" (nothing stored there yet)" if why is not None else ""))
+            self.ui.info(
+                f"lashctl: using the default store {self.store_root}"
+                + (" (nothing stored there yet)" if why is not None else "")
+            )
         return store
 
 
@@ -235,5 +289,4 @@ def end_inspection(state: AppState, store, view) -> None:
     for exc in malformed:
         state.ui.warn(describe_malformed(exc))
     path = store.manifest.path  # None: a database, made of rows
-    raise malformed_error(malformed, str(path or store.manifest.name),
-                          "line" if path is not None else "row")
+    raise malformed_error(malformed, str(path or store.manifest.name), "line" if path is not None else "row")

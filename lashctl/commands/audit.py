@@ -32,16 +32,18 @@ def _fields(unfinished: set[int]) -> tuple[Field, ...]:
         "id": lambda pair: pair[1].get("id") or pair[1].get("path"),
         "reason": lambda pair: pair[1].get("error") or pair[1].get("reason"),
     }
-    return tuple(Field(key, lambda pair, key=key: pair[1].get(key), cols.get(key), cell=cells.get(key))
-                 for key in KEYS)
+    return tuple(Field(key, lambda pair, key=key: pair[1].get(key), cols.get(key), cell=cells.get(key)) for key in KEYS)
 
 
 def audit(
     ctx: typer.Context,
     since: Annotated[
         Optional[str],
-        typer.Option("--since", metavar="DURATION|TIMESTAMP",
-                     help="Only lines from then on: an age (7d, 24h) or a time (ISO-8601, @EPOCH_SECONDS)."),
+        typer.Option(
+            "--since",
+            metavar="DURATION|TIMESTAMP",
+            help="Only lines from then on: an age (7d, 24h) or a time (ISO-8601, @EPOCH_SECONDS).",
+        ),
     ] = None,
     attachment: Annotated[
         Optional[str], typer.Option("--id", metavar="ID", help="Only lines about this id (or unique prefix).")
@@ -76,28 +78,41 @@ def audit(
             try:
                 start = parse_timestamp(since, "--since")
             except UsageError:
-                raise UsageError(f"--since '{since}' is neither an age (7d, 24h) nor a time "
-                                 "(ISO-8601, @EPOCH_SECONDS)") from None
+                raise UsageError(
+                    f"--since '{since}' is neither an age (7d, 24h) nor a time (ISO-8601, @EPOCH_SECONDS)"
+                ) from None
     if audit_log == log.STDERR:
         raise UsageError("--audit-log - names standard error, which cannot be read: name the file")
     if not audit_log:
         audit_log = None  # (an empty LASHCTL_AUDIT_LOG: the store's own)
     path = log.read_location(audit_log, state.store_root)
     if path is None:
-        raise UsageError(f"store {state.store_root} keeps no audit log (an s3:// store has no local root): "
-                         f"name the file its sweeps wrote with --audit-log or {log.ENV_AUDIT_LOG}")
+        raise UsageError(
+            f"store {state.store_root} keeps no audit log (an s3:// store has no local root): "
+            f"name the file its sweeps wrote with --audit-log or {log.ENV_AUDIT_LOG}"
+        )
     from lashctl.backends import is_url
 
     if not is_url(str(state.store_root)):
         state.store()  # a local root must be a store (exit 2, as for every reader); an s3:// one is not contacted
-    lines = [line for line in log.read(path, warn=state.ui.warn, wanted=wanted, named=audit_log is not None,
-                                       store=None if all_stores else state.store_root)
-             if (wanted is None or str(line.get("id") or "").startswith(wanted))
-             and (start is None or (isinstance(line.get("time_epoch_ms"), int) and line["time_epoch_ms"] >= start))]
+    lines = [
+        line
+        for line in log.read(
+            path,
+            warn=state.ui.warn,
+            wanted=wanted,
+            named=audit_log is not None,
+            store=None if all_stores else state.store_root,
+        )
+        if (wanted is None or str(line.get("id") or "").startswith(wanted))
+        and (start is None or (isinstance(line.get("time_epoch_ms"), int) and line["time_epoch_ms"] >= start))
+    ]
     unfinished = log.unfinished(lines)
     state.ui.listing(_fields(unfinished), list(enumerate(lines)))
     if not path.exists():
         state.ui.info(f"no audit log at {path} yet: nothing has been deleted there")
     else:
-        state.ui.info(f"{len(lines)} line(s) from {path}"
-                      + (f"; {len(unfinished)} with no outcome (look at the store)" if unfinished else ""))
+        state.ui.info(
+            f"{len(lines)} line(s) from {path}"
+            + (f"; {len(unfinished)} with no outcome (look at the store)" if unfinished else "")
+        )

@@ -26,8 +26,10 @@ ITEM = (
 def commit(
     ctx: typer.Context,
     attachments: Annotated[
-        list[str], typer.Argument(metavar="ID... | -", help="Ids or unique prefixes; - reads them from stdin.",
-                                  autocompletion=complete_id)
+        list[str],
+        typer.Argument(
+            metavar="ID... | -", help="Ids or unique prefixes; - reads them from stdin.", autocompletion=complete_id
+        ),
     ],
     session: SessionOption = None,
     json_flag: JsonFlag = False,
@@ -56,7 +58,9 @@ def commit(
     state.ui.listing(ITEM, results)
     missing = [r.attachment_id for r in results if r.status == transfer.NO_INTENT]
     if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more (--json lists each)" if len(missing) > 10 else "")
+        shown = ", ".join(missing[:10]) + (
+            f" and {len(missing) - 10} more (--json lists each)" if len(missing) > 10 else ""
+        )
         raise NotFound(f"{len(missing)} id(s) have no intent for session {session}: {shown}")
     done = sum(r.status == transfer.COMMITTED for r in results)
     state.ui.info(f"committed {done} row(s) for session {session}")

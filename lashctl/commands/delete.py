@@ -18,17 +18,24 @@ Exit codes: 0 deleted (or absent); 2 usage error; 4 refused: a manifest row refe
 # One id asked for (a sweep.DeleteResult): deleted, or absent already.
 ITEM = (
     Field("id", lambda r: r.attachment_id, Col("id", "id")),
-    Field("existed", lambda r: r.existed, Col("action", "fixed"),
-          cell=lambda r: ("would delete" if r.dry_run else "deleted") if r.existed else "absent"),
-    Field("byte_len", lambda r: r.byte_len, Col("size", "bytes", drop=2), cell=lambda r: r.byte_len if r.existed else None),
+    Field(
+        "existed",
+        lambda r: r.existed,
+        Col("action", "fixed"),
+        cell=lambda r: ("would delete" if r.dry_run else "deleted") if r.existed else "absent",
+    ),
+    Field(
+        "byte_len", lambda r: r.byte_len, Col("size", "bytes", drop=2), cell=lambda r: r.byte_len if r.existed else None
+    ),
     Field("sessions", lambda r: r.sessions, Col("referenced by", drop=1), cell=lambda r: ", ".join(r.sessions) or None),
 )
 
 
 def delete(
     ctx: typer.Context,
-    attachments: Annotated[list[str], typer.Argument(metavar="ID...", help="Ids or unique prefixes.",
-                                                                 autocompletion=complete_id)],
+    attachments: Annotated[
+        list[str], typer.Argument(metavar="ID...", help="Ids or unique prefixes.", autocompletion=complete_id)
+    ],
     force: Annotated[bool, typer.Option("--force", help="Delete even if manifest rows reference the id.")] = False,
     dry_run: DryRunFlag = False,
     json_flag: JsonFlag = False,
@@ -49,12 +56,16 @@ def delete(
         results = sweep.delete(store, queries, force=force, dry_run=dry_run)
     if state.metrics is not None:
         state.metrics.delete(results, dry_run)
-    state.ui.listing(ITEM, results, lambda: {
-        **state.run_fields(),
-        "dry_run": dry_run,
-        "blobs_deleted": sum(r.existed for r in results),
-        "bytes_freed": sum(r.byte_len for r in results),
-    })
+    state.ui.listing(
+        ITEM,
+        results,
+        lambda: {
+            **state.run_fields(),
+            "dry_run": dry_run,
+            "blobs_deleted": sum(r.existed for r in results),
+            "bytes_freed": sum(r.byte_len for r in results),
+        },
+    )
     gone = sum(r.existed for r in results)
     verb = "dry run: would delete" if dry_run else "deleted"
     state.ui.info(f"{verb} {gone} blob(s), {human_bytes(sum(r.byte_len for r in results))}")

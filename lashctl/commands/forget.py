@@ -25,9 +25,14 @@ ITEM = (
 
 def forget(
     ctx: typer.Context,
-    attachments: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[ID...]", help="Ids or unique prefixes (default: every row of the session).",
-        autocompletion=complete_id)] = None,
+    attachments: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="[ID...]",
+            help="Ids or unique prefixes (default: every row of the session).",
+            autocompletion=complete_id,
+        ),
+    ] = None,
     session: SessionOption = None,
     dry_run: DryRunFlag = False,
     json_flag: JsonFlag = False,
@@ -48,18 +53,24 @@ def forget(
     store = state.store(sweep=True)
     with audit.running(state, store, "forget", audit_log, dry_run):
         items, missing = sweep.forget(store, session, queries, dry_run=dry_run)
-    state.ui.listing(ITEM, items, lambda: {
-        **state.run_fields(),
-        "dry_run": dry_run,
-        "session_id": session,
-        "rows_forgotten": len(items),
-        "committed_rows_forgotten": sum(1 for i in items if i.state == "committed"),
-        "missing": missing,  # the ids the session has no row for (exit 3)
-    })
+    state.ui.listing(
+        ITEM,
+        items,
+        lambda: {
+            **state.run_fields(),
+            "dry_run": dry_run,
+            "session_id": session,
+            "rows_forgotten": len(items),
+            "committed_rows_forgotten": sum(1 for i in items if i.state == "committed"),
+            "missing": missing,  # the ids the session has no row for (exit 3)
+        },
+    )
     verb = "dry run: would forget" if dry_run else "forgot"
     committed = sum(1 for i in items if i.state == "committed")
-    state.ui.info(f"{verb} {len(items)} row(s) of session {session} ({committed} committed); "
-                  "bytes kept (reclaim or gc removes what nothing references)")
+    state.ui.info(
+        f"{verb} {len(items)} row(s) of session {session} ({committed} committed); "
+        "bytes kept (reclaim or gc removes what nothing references)"
+    )
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise NotFound(f"{len(missing)} id(s) have no row for session {session}: {shown}")

@@ -4,7 +4,15 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import AuditLogOption, BeforeOption, DryRunFlag, JsonFlag, MetricsFileOption, OlderThanOption, app_state
+from lashctl.commands import (
+    AuditLogOption,
+    BeforeOption,
+    DryRunFlag,
+    JsonFlag,
+    MetricsFileOption,
+    OlderThanOption,
+    app_state,
+)
 from lashctl.errors import Partial
 from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
@@ -34,7 +42,9 @@ def gc(
     older_than: OlderThanOption = None,
     before: BeforeOption = None,
     dry_run: DryRunFlag = False,
-    force: Annotated[bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past, or a manifest with no rows.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past, or a manifest with no rows.")
+    ] = False,
     json_flag: JsonFlag = False,
     metrics_file: MetricsFileOption = None,
     audit_log: AuditLogOption = None,
@@ -59,27 +69,35 @@ def gc(
         report = sweep.gc(store, cutoff, dry_run=dry_run, progress=bar.advance, force=force)
     if state.metrics is not None:
         state.metrics.gc(report)
-    state.ui.listing(ITEM, report.items, lambda: {
-        **state.run_fields(),
-        "dry_run": report.dry_run,
-        "cutoff_epoch_ms": report.cutoff_epoch_ms,
-        "cutoff": iso_ms(report.cutoff_epoch_ms),
-        "blobs_scanned": report.blobs_scanned,
-        "blobs_deleted": sum(1 for i in report.items if i.kind == "blob" and i.action == "delete"),
-        "litter_deleted": sum(1 for i in report.items if i.kind != "blob" and i.action == "delete"),
-        "bytes_freed": report.bytes_freed,
-        "failures": len(report.failures),
-    }, base=str(store.root))
+    state.ui.listing(
+        ITEM,
+        report.items,
+        lambda: {
+            **state.run_fields(),
+            "dry_run": report.dry_run,
+            "cutoff_epoch_ms": report.cutoff_epoch_ms,
+            "cutoff": iso_ms(report.cutoff_epoch_ms),
+            "blobs_scanned": report.blobs_scanned,
+            "blobs_deleted": sum(1 for i in report.items if i.kind == "blob" and i.action == "delete"),
+            "litter_deleted": sum(1 for i in report.items if i.kind != "blob" and i.action == "delete"),
+            "bytes_freed": report.bytes_freed,
+            "failures": len(report.failures),
+        },
+        base=str(store.root),
+    )
     verb = "dry run: would delete" if dry_run else "deleted"
     deleted = [i for i in report.items if i.action == "delete"]
     if not report.items:
-        state.ui.info(f"{'dry run: ' if dry_run else ''}nothing to delete: scanned {report.blobs_scanned} blob(s), "
-                      f"none unreferenced and older than {iso_ms(cutoff)}")
+        state.ui.info(
+            f"{'dry run: ' if dry_run else ''}nothing to delete: scanned {report.blobs_scanned} blob(s), "
+            f"none unreferenced and older than {iso_ms(cutoff)}"
+        )
     else:
         state.ui.info(
             f"{verb} {len(deleted)} file(s), {human_bytes(report.bytes_freed)}; scanned {report.blobs_scanned} "
             f"blob(s) older than {iso_ms(cutoff)}; {len(report.failures)} failure(s)"
         )
     if report.failures:
-        raise Partial(f"gc finished with {len(report.failures)} failure(s): "
-                      + ", ".join(i.path for i in report.failures))
+        raise Partial(
+            f"gc finished with {len(report.failures)} failure(s): " + ", ".join(i.path for i in report.failures)
+        )

@@ -22,11 +22,20 @@ Exit codes: 0 written; 2 usage error (bad or ambiguous id, binary data to a term
 
 def get(
     ctx: typer.Context,
-    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).",
-                                       autocompletion=complete_id)],
+    attachment: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).", autocompletion=complete_id
+        ),
+    ],
     output: Annotated[
         Optional[str],
-        typer.Option("--output", "-o", metavar="PATH|-", help="Write to PATH (a file is replaced whole, a FIFO or device written into) or - for stdout."),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH|-",
+            help="Write to PATH (a file is replaced whole, a FIFO or device written into) or - for stdout.",
+        ),
     ] = None,
     json_flag: JsonFlag = False,
 ) -> None:

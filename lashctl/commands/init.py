@@ -29,12 +29,15 @@ def init(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     recorded = store.blobs.recorded_layout()
     layout = store.layout  # --layout, else the record, else what the blobs show
     if recorded is not None and recorded != layout:
-        raise Refused(f"store {store.blobs.name} records layout {recorded}: refusing to record {layout} "
-                      f"(edit {store.blobs.name}/lashctl-layout by hand if the store really changed)")
+        raise Refused(
+            f"store {store.blobs.name} records layout {recorded}: refusing to record {layout} "
+            f"(edit {store.blobs.name}/lashctl-layout by hand if the store really changed)"
+        )
     store.blobs.ensure_writable_layout()
     # Exclusive: where another init recorded another layout meanwhile, Refused.
     made = recorded is None and store.blobs.record_layout(layout)
-    state.ui.records(["store", "layout"], [[store.blobs.name, layout]],
-                     {**state.run_fields(), "layout": layout, "recorded": made})
+    state.ui.records(
+        ["store", "layout"], [[store.blobs.name, layout]], {**state.run_fields(), "layout": layout, "recorded": made}
+    )
     what = "made, layout recorded" if made else "already records it"
     state.ui.info(f"{store.blobs.name}: {what}: {layout}")

@@ -21,7 +21,9 @@ def list_uncommitted(
     ctx: typer.Context,
     older_than: OlderThanOption = None,
     before: BeforeOption = None,
-    session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only this session's rows.")] = None,
+    session: Annotated[
+        Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only this session's rows.")
+    ] = None,
     json_flag: JsonFlag = False,
 ) -> None:
     """List uncommitted rows, oldest first (all of them unless a cutoff is given).
@@ -45,8 +47,9 @@ def list_uncommitted(
         # in the future among them) are rendered here.
         fields = uncommitted_row(now)
         count = state.ui.emit_rendered(
-            transfer.iter_uncommitted_rendered(store, cutoff, session, malformed, now,
-                                               "json" if state.ui.json else "tsv"),
+            transfer.iter_uncommitted_rendered(
+                store, cutoff, session, malformed, now, "json" if state.ui.json else "tsv"
+            ),
             (lambda r: item(fields, future(r))) if state.ui.json else (lambda r: cells(fields, future(r))),
         )
     else:
@@ -55,8 +58,10 @@ def list_uncommitted(
     suffix = f" with intent at or before {iso_ms(cutoff)}" if cutoff is not None else ""
     state.ui.info(f"{count} uncommitted row(s){suffix}" if count else f"no uncommitted rows{suffix}")
     if future.count:
-        state.ui.warn(f"{future.count} uncommitted row(s) have an intent time more than {FUTURE_SKEW} in the "
-                      "future (a clock ahead?): no sweep reclaims them before that time")
+        state.ui.warn(
+            f"{future.count} uncommitted row(s) have an intent time more than {FUTURE_SKEW} in the "
+            "future (a clock ahead?): no sweep reclaims them before that time"
+        )
     if malformed:
         end_inspection(state, store, malformed)
 

@@ -44,12 +44,18 @@ ENTRY = (
     Field("mtime", lambda e: iso_ms(e.mtime_ms), Col("modified", "fixed", drop=3)),
 )
 
+
 def ls(
     ctx: typer.Context,
-    session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only blobs this session has a row for.")] = None,
-    ref_state: Annotated[Optional[RefState], typer.Option("--state", help="Only blobs in this reference state.")] = None,
+    session: Annotated[
+        Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only blobs this session has a row for.")
+    ] = None,
+    ref_state: Annotated[
+        Optional[RefState], typer.Option("--state", help="Only blobs in this reference state.")
+    ] = None,
     media_type: Annotated[
-        Optional[str], typer.Option("--media-type", metavar="TYPE", help="Only this MIME type; image/* matches a whole type.")
+        Optional[str],
+        typer.Option("--media-type", metavar="TYPE", help="Only this MIME type; image/* matches a whole type."),
     ] = None,
     sort: Annotated[SortKey, typer.Option("--sort", help="Sort key.")] = SortKey.id,
     reverse: Annotated[bool, typer.Option("--reverse", "-r", help="Reverse the order.")] = False,
@@ -67,10 +73,10 @@ def ls(
     session = session_filter(session)
     store = state.store()
     manifest_state = inspect_state(state, store)
-    wanted = inspect.BlobFilter(session=session, state=ref_state.value if ref_state else None,
-                                media_type=media_type)
-    entries = inspect.select_blobs(inspect.list_blobs(store, manifest_state, warn=state.ui.warn), wanted,
-                                   sort=sort.value, reverse=reverse)
+    wanted = inspect.BlobFilter(session=session, state=ref_state.value if ref_state else None, media_type=media_type)
+    entries = inspect.select_blobs(
+        inspect.list_blobs(store, manifest_state, warn=state.ui.warn), wanted, sort=sort.value, reverse=reverse
+    )
     state.ui.listing(ENTRY, entries)
     if entries:
         state.ui.info(f"{len(entries)} blob(s), {human_bytes(sum(e.byte_len for e in entries))}")

@@ -12,17 +12,20 @@ from lashctl.render import Col, inert_json
 app = typer.Typer(
     name="manifest",
     help="Inspect and maintain the manifest: check, log, compact (a JSON-lines file); init (a PostgreSQL table); "
-         "check (lash's SQLite session databases).",
+    "check (lash's SQLite session databases).",
     no_args_is_help=True,
 )
 
 
-@app.command("check", epilog="""Examples:
+@app.command(
+    "check",
+    epilog="""Examples:
 
     lashctl manifest check
     lashctl --manifest /data/manifest.jsonl manifest check
 
-Exit codes: 0 every line is valid; 2 usage error; 65 malformed lines (each is listed).""")
+Exit codes: 0 every line is valid; 2 usage error; 65 malformed lines (each is listed).""",
+)
 def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     """Validate every line of the manifest and count its events and rows.
 
@@ -52,14 +55,18 @@ def check(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     }
     state.ui.records(
         [Col("what"), Col("value", "path", min_width=20)],
-        [["path", report.path], ["lines", report.lines],
-         *[[f"  {op}", n] for op, n in report.events_by_op.items()],
-         ["header", "yes" if report.has_header else "no (read as version 1)"],
-         ["rows", report.rows], ["  committed", report.rows_committed],
-         ["  uncommitted", report.rows - report.rows_committed],
-         ["lines after compaction", report.compacted_lines],
-         ["torn tail", "yes" if report.torn_tail else "no"],
-         ["malformed lines", len(report.problems)]],
+        [
+            ["path", report.path],
+            ["lines", report.lines],
+            *[[f"  {op}", n] for op, n in report.events_by_op.items()],
+            ["header", "yes" if report.has_header else "no (read as version 1)"],
+            ["rows", report.rows],
+            ["  committed", report.rows_committed],
+            ["  uncommitted", report.rows - report.rows_committed],
+            ["lines after compaction", report.compacted_lines],
+            ["torn tail", "yes" if report.torn_tail else "no"],
+            ["malformed lines", len(report.problems)],
+        ],
         document,
     )
     if not state.ui.json:
@@ -74,16 +81,29 @@ def _check_databases(state) -> None:
     read; exit 65 if any cannot be, or holds a row lashctl cannot trust."""
     manifest = state.store().manifest
     report = manifest.check_databases()
-    document = {"manifest": manifest.name, "valid": not report.problems, "databases": report.databases,
-                "uninitialised": report.uninitialised, "skipped": report.skipped, "rows": report.rows,
-                "rows_committed": report.rows_committed, "rows_uncommitted": report.rows - report.rows_committed,
-                "problems": report.problems}
+    document = {
+        "manifest": manifest.name,
+        "valid": not report.problems,
+        "databases": report.databases,
+        "uninitialised": report.uninitialised,
+        "skipped": report.skipped,
+        "rows": report.rows,
+        "rows_committed": report.rows_committed,
+        "rows_uncommitted": report.rows - report.rows_committed,
+        "problems": report.problems,
+    }
     state.ui.records(
         [Col("what"), Col("value", "path", min_width=20)],
-        [["sessions directory", report.directory], ["session databases", report.databases],
-         ["  not initialised", report.uninitialised], ["skipped (sidecars, WAL files)", report.skipped],
-         ["rows", report.rows], ["  committed", report.rows_committed],
-         ["  uncommitted", report.rows - report.rows_committed], ["problems", len(report.problems)]],
+        [
+            ["sessions directory", report.directory],
+            ["session databases", report.databases],
+            ["  not initialised", report.uninitialised],
+            ["skipped (sidecars, WAL files)", report.skipped],
+            ["rows", report.rows],
+            ["  committed", report.rows_committed],
+            ["  uncommitted", report.rows - report.rows_committed],
+            ["problems", len(report.problems)],
+        ],
         document,
     )
     if not state.ui.json:
@@ -93,22 +113,37 @@ def _check_databases(state) -> None:
         raise Corrupt(f"{len(report.problems)} problem(s) in {manifest.name}")
 
 
-@app.command("log", epilog="""Examples:
+@app.command(
+    "log",
+    epilog="""Examples:
 
     lashctl manifest log --id 5f5d584c5857
     lashctl manifest log -s s-42 --op commit --since 2026-11-01 | jq .
 
-Exit codes: 0 printed (also when nothing matched); 2 usage error (bad ID, OP or TIMESTAMP); 65 corrupt manifest.""")
+Exit codes: 0 printed (also when nothing matched); 2 usage error (bad ID, OP or TIMESTAMP); 65 corrupt manifest.""",
+)
 def log(
     ctx: typer.Context,
     attachment: Annotated[
-        Optional[str], typer.Option("--id", metavar="ID", help="Only events for this id (or unique-length prefix).",
-                                    autocompletion=complete_id)
+        Optional[str],
+        typer.Option(
+            "--id", metavar="ID", help="Only events for this id (or unique-length prefix).", autocompletion=complete_id
+        ),
     ] = None,
-    session: Annotated[Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only events of this session.")] = None,
-    op: Annotated[Optional[str], typer.Option("--op", metavar="OP", help="Only events with this op (intent, commit, forget, header).")] = None,
+    session: Annotated[
+        Optional[str], typer.Option("--session", "-s", metavar="SESSION", help="Only events of this session.")
+    ] = None,
+    op: Annotated[
+        Optional[str],
+        typer.Option("--op", metavar="OP", help="Only events with this op (intent, commit, forget, header)."),
+    ] = None,
     since: Annotated[
-        Optional[str], typer.Option("--since", metavar="TIMESTAMP", help="Only timed events at or after this (ISO-8601, @EPOCH_SECONDS or EPOCH_MSms).")
+        Optional[str],
+        typer.Option(
+            "--since",
+            metavar="TIMESTAMP",
+            help="Only timed events at or after this (ISO-8601, @EPOCH_SECONDS or EPOCH_MSms).",
+        ),
     ] = None,
     until: Annotated[
         Optional[str], typer.Option("--until", metavar="TIMESTAMP", help="Only timed events at or before this.")
@@ -143,8 +178,9 @@ def log(
         # Keep going: the line is marked where it stands, and the exit is 65 at the end.
         malformed.append(exc)
         if state.ui.json:
-            matched.append({"line": exc.lineno, "malformed": exc.raw.decode("utf-8", "replace"),
-                            "problem": exc.message})
+            matched.append(
+                {"line": exc.lineno, "malformed": exc.raw.decode("utf-8", "replace"), "problem": exc.message}
+            )
         else:
             state.ui.warn(describe_malformed(exc))
 
@@ -174,12 +210,15 @@ def log(
         raise Corrupt(f"{len(malformed)} malformed line(s) in manifest {manifest.path}")
 
 
-@app.command("compact", epilog="""Examples:
+@app.command(
+    "compact",
+    epilog="""Examples:
 
     lashctl manifest compact --dry-run
     lashctl manifest compact
 
-Exit codes: 0 compacted; 2 usage error; 65 corrupt manifest (left untouched); 75 manifest locked.""")
+Exit codes: 0 compacted; 2 usage error; 65 corrupt manifest (left untouched); 75 manifest locked.""",
+)
 def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag = False) -> None:
     """Rewrite the manifest as its folded state, atomically, under the lock.
 
@@ -189,8 +228,14 @@ def compact(ctx: typer.Context, dry_run: DryRunFlag = False, json_flag: JsonFlag
     state = app_state(ctx, json_flag)
     manifest = jsonl_only(state, "compact")
     before, after, rows = manifest.compact_log(dry_run=dry_run)
-    document = {**state.run_fields(), "path": str(manifest.path), "dry_run": dry_run, "lines_before": before,
-                "lines_after": after, "rows": rows}
+    document = {
+        **state.run_fields(),
+        "path": str(manifest.path),
+        "dry_run": dry_run,
+        "lines_before": before,
+        "lines_after": after,
+        "rows": rows,
+    }
     state.ui.records(["what", "value"], [["lines before", before], ["lines after", after], ["rows", rows]], document)
     state.ui.info(f"{'dry run: would compact' if dry_run else 'compacted'} {manifest.path}: {before} -> {after} lines")
 
@@ -201,18 +246,24 @@ def jsonl_only(state, what: str):
 
     store = state.store()
     if store.manifest.kind != JSONL:
-        kind = ("lash's SQLite session databases (query them with sqlite3)" if store.manifest.kind == LASH_SQLITE
-                else "a PostgreSQL table (query it with psql)")
+        kind = (
+            "lash's SQLite session databases (query them with sqlite3)"
+            if store.manifest.kind == LASH_SQLITE
+            else "a PostgreSQL table (query it with psql)"
+        )
         raise UsageError(f"manifest {what} works on a JSON-lines manifest; {store.manifest.name} is {kind}")
     return store.manifest
 
 
-@app.command("init", epilog="""Examples:
+@app.command(
+    "init",
+    epilog="""Examples:
 
     lashctl manifest init --manifest postgresql://lash@db/lash
 
 Exit codes: 0 created (or already there); 2 usage error (not a PostgreSQL manifest);
-65 a table of that name with another shape; 69 server unreachable; 77 access denied.""")
+65 a table of that name with another shape; 69 server unreachable; 77 access denied.""",
+)
 def init(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     """Create lash's manifest table and the indexes lashctl's queries use.
 
@@ -226,11 +277,20 @@ def init(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     from lashctl.backends.base import LASH_SQLITE, POSTGRES
 
     if store.manifest.kind != POSTGRES:
-        kind = ("lash's SQLite session databases, which lash creates" if store.manifest.kind == LASH_SQLITE
-                else "a JSON-lines file, created by the first put")
+        kind = (
+            "lash's SQLite session databases, which lash creates"
+            if store.manifest.kind == LASH_SQLITE
+            else "a JSON-lines file, created by the first put"
+        )
         raise UsageError(f"manifest init creates a PostgreSQL table; {store.manifest.name} is {kind}")
     created = store.manifest.init()
-    state.ui.records(["created"], [[name] for name in created],
-                     {**state.run_fields(), "manifest": store.manifest.name, "created": created})
-    state.ui.info(f"{store.manifest.name}: created {', '.join(created)}" if created
-                  else f"{store.manifest.name}: already initialised")
+    state.ui.records(
+        ["created"],
+        [[name] for name in created],
+        {**state.run_fields(), "manifest": store.manifest.name, "created": created},
+    )
+    state.ui.info(
+        f"{store.manifest.name}: created {', '.join(created)}"
+        if created
+        else f"{store.manifest.name}: already initialised"
+    )

@@ -20,20 +20,29 @@ def migrate(
     ctx: typer.Context,
     to_store: Annotated[
         str,
-        typer.Option("--to-store", metavar="PATH|URL", show_default=False,
-                     help="Destination store root: a directory (created if missing) or s3://BUCKET/PREFIX."),
+        typer.Option(
+            "--to-store",
+            metavar="PATH|URL",
+            show_default=False,
+            help="Destination store root: a directory (created if missing) or s3://BUCKET/PREFIX.",
+        ),
     ],
     to_manifest: Annotated[
         Optional[str],
-        typer.Option("--to-manifest", metavar="PATH|URL",
-                     help="Destination manifest: a JSON-lines file, a postgresql:// URL or lash-sqlite:DIR "
-                          "(default: <to-store>/manifest.jsonl; required for an s3:// destination)."),
+        typer.Option(
+            "--to-manifest",
+            metavar="PATH|URL",
+            help="Destination manifest: a JSON-lines file, a postgresql:// URL or lash-sqlite:DIR "
+            "(default: <to-store>/manifest.jsonl; required for an s3:// destination).",
+        ),
     ] = None,
     to_layout: Annotated[
         Optional[str],
-        typer.Option("--to-layout", metavar="sidecars|bare",
-                     help="The destination's layout (default: what it records, else what its blobs show, "
-                          "else the source's)."),
+        typer.Option(
+            "--to-layout",
+            metavar="sidecars|bare",
+            help="The destination's layout (default: what it records, else what its blobs show, else the source's).",
+        ),
     ] = None,
     dry_run: DryRunFlag = False,
     json_flag: JsonFlag = False,
@@ -62,15 +71,23 @@ def migrate(
         if given is not None and not given.strip():  # never the current directory or the default
             raise UsageError(f"{option} is empty: name a directory, file or URL")
     if is_s3_url(to_store) and to_manifest is None:
-        raise UsageError("an s3:// destination keeps no manifest of its own: name one with --to-manifest "
-                         "(a file or a postgresql:// URL)")
+        raise UsageError(
+            "an s3:// destination keeps no manifest of its own: name one with --to-manifest "
+            "(a file or a postgresql:// URL)"
+        )
     if to_layout not in (None, "sidecars", "bare"):
         raise UsageError(f"--to-layout '{to_layout}' is not one of sidecars, bare")
     src = state.store()
     dest_root = to_store if is_url(to_store) else _path(to_store)
     dest_manifest = None if to_manifest is None else to_manifest if is_url(to_manifest) else _path(to_manifest)
-    dest = Store(dest_root, dest_manifest, state.lock_timeout, warn=state.ui.warn, note=state.ui.note,
-                 layout=to_layout or _destination_layout(dest_root, src, own=core.owns_manifest(dest_root, dest_manifest)))
+    dest = Store(
+        dest_root,
+        dest_manifest,
+        state.lock_timeout,
+        warn=state.ui.warn,
+        note=state.ui.note,
+        layout=to_layout or _destination_layout(dest_root, src, own=core.owns_manifest(dest_root, dest_manifest)),
+    )
     core_migrate.check_distinct(src, dest)
     total = None
     if state.ui.wants_progress():
@@ -105,20 +122,27 @@ def migrate(
             "copies_undated": report.copies_undated,
             "copies_sweepable_after": iso_ms(fresh_until) if fresh_until is not None else None,
             "failures": [{"id": i.attachment_id, "what": i.what, "error": i.message} for i in report.failures],
-            "notes": [{"id": i.attachment_id, "what": i.what, "message": i.message}
-                      for i in report.items if not i.failed],
+            "notes": [
+                {"id": i.attachment_id, "what": i.what, "message": i.message} for i in report.items if not i.failed
+            ],
         },
     )
     if report.rows_differing:
-        state.ui.warn(f"{report.rows_differing} row(s) at the destination still differ from the source: "
-                      "it had rows of its own for those keys (a commit there is never overwritten)")
+        state.ui.warn(
+            f"{report.rows_differing} row(s) at the destination still differ from the source: "
+            "it had rows of its own for those keys (a commit there is never overwritten)"
+        )
     if fresh_until is not None:
-        state.ui.warn(f"{report.copies_undated} copied blob(s) are dated now at the destination (an object store "
-                      f"keeps no source time): its sweeps spare them, orphans included, until {iso_ms(fresh_until)}")
+        state.ui.warn(
+            f"{report.copies_undated} copied blob(s) are dated now at the destination (an object store "
+            f"keeps no source time): its sweeps spare them, orphans included, until {iso_ms(fresh_until)}"
+        )
     if report.owners_dropped:
-        state.ui.warn(f"{report.owners_dropped} uncommitted row(s) {'have' if dry_run else 'had'} an owner (turn or "
-                      "process) that manifest events cannot carry: the destination's sweeps "
-                      f"{'would judge' if dry_run else 'judge'} them by age alone")
+        state.ui.warn(
+            f"{report.owners_dropped} uncommitted row(s) {'have' if dry_run else 'had'} an owner (turn or "
+            "process) that manifest events cannot carry: the destination's sweeps "
+            f"{'would judge' if dry_run else 'judge'} them by age alone"
+        )
     verb = "would copy" if dry_run else "copied"
     state.ui.info(
         f"{'dry run: ' if dry_run else ''}{report.source} -> {report.destination}: {verb} "

@@ -17,6 +17,7 @@ EPILOG = """Examples:
 
 Exit codes: 0 stored; 1 I/O error; 2 usage error (bad option, missing or unreadable input); 65 corrupt manifest; 75 manifest locked; 130 interrupted."""
 
+
 def _not_negative(value: Optional[int]) -> Optional[int]:
     if value is not None and value < 0:
         raise typer.BadParameter(f"{value} is negative; give a number of pixels, 0 or more")
@@ -55,17 +56,29 @@ def put(
     label: Annotated[
         Optional[str], typer.Option("--label", metavar="LABEL", help="Label (default: the file's base name).")
     ] = None,
-    width: Annotated[Optional[int], typer.Option("--width", metavar="N", callback=_not_negative,
-                                                 help="Image width in pixels (default: read from the header).")] = None,
-    height: Annotated[Optional[int], typer.Option("--height", metavar="N", callback=_not_negative,
-                                                  help="Image height in pixels (default: read from the header).")] = None,
+    width: Annotated[
+        Optional[int],
+        typer.Option(
+            "--width",
+            metavar="N",
+            callback=_not_negative,
+            help="Image width in pixels (default: read from the header).",
+        ),
+    ] = None,
+    height: Annotated[
+        Optional[int],
+        typer.Option(
+            "--height",
+            metavar="N",
+            callback=_not_negative,
+            help="Image height in pixels (default: read from the header).",
+        ),
+    ] = None,
     files_from: Annotated[
         Optional[str],
         typer.Option("--files-from", metavar="FILE|-", help="Read input paths from FILE (- for stdin), one per line."),
     ] = None,
-    null: Annotated[
-        bool, typer.Option("-0", "--null", help="With --files-from: paths are NUL-separated.")
-    ] = False,
+    null: Annotated[bool, typer.Option("-0", "--null", help="With --files-from: paths are NUL-separated.")] = False,
     json_flag: JsonFlag = False,
 ) -> None:
     """Store files in the blob store and record an intent for each.
@@ -93,9 +106,7 @@ def put(
     sources = [transfer.PutSource.from_path(p, _stdin) for p in inputs]
     options = transfer.PutOptions(session, media_type, label, width, height)
     store = state.store(create=True)
-    show_bar = ui.wants_progress() and (
-        len(inputs) >= PROGRESS_MIN_INPUTS or _known_size(inputs) >= PROGRESS_MIN_BYTES
-    )
+    show_bar = ui.wants_progress() and (len(inputs) >= PROGRESS_MIN_INPUTS or _known_size(inputs) >= PROGRESS_MIN_BYTES)
     if "-" in inputs and sys.stdin.isatty():
         ui.info("reading standard input (end it with Ctrl-D)")
     landed: list = []
@@ -126,8 +137,10 @@ def put(
         _print_results(ui, landed)
     total = human_bytes(sum(r.byte_len for r in landed))
     deduplicated = sum(r.deduplicated for r in landed)
-    ui.info(f"stored {len(landed)} blob(s), {total} for session {session}: "
-            f"{len(landed) - deduplicated} new, {deduplicated} already present")
+    ui.info(
+        f"stored {len(landed)} blob(s), {total} for session {session}: "
+        f"{len(landed) - deduplicated} new, {deduplicated} already present"
+    )
     _warn_unreadable_sidecars(ui, store, landed)
 
 
@@ -143,9 +156,11 @@ def _warn_unreadable_sidecars(ui, store, landed: list) -> None:
         return
     others = sorted({r.media_type for r in landed if lash_image_type(r.media_type) is None})
     if others:
-        ui.warn(f"lash-core 0.1.0-alpha.85 cannot read the sidecar of a {', '.join(others)} blob (it reads "
-                "png, jpeg, gif, webp and bmp only): the bytes are stored; a store lash at its current "
-                "HEAD reads is made with 'init --layout bare'")
+        ui.warn(
+            f"lash-core 0.1.0-alpha.85 cannot read the sidecar of a {', '.join(others)} blob (it reads "
+            "png, jpeg, gif, webp and bmp only): the bytes are stored; a store lash at its current "
+            "HEAD reads is made with 'init --layout bare'"
+        )
 
 
 def _stdin():
@@ -178,8 +193,10 @@ def _interrupted(how: str, stored: int, inputs: int) -> str:
     """
     of = f"{stored} of {inputs} input{'s' if inputs != 1 else ''}"
     ids = " (their ids are on stdout)" if stored else ""
-    return (f"{how}: {of} stored and recorded{ids}; staged copies of the rest were removed, "
-            "and reclaim sweeps anything else they left")
+    return (
+        f"{how}: {of} stored and recorded{ids}; staged copies of the rest were removed, "
+        "and reclaim sweeps anything else they left"
+    )
 
 
 def _print_results(ui, results: list) -> None:
@@ -237,8 +254,9 @@ def _read_path_list(source: str, null: bool) -> list[str]:
         if not null and raw.endswith(b"\r"):
             raw = raw[:-1]
         if b"\0" in raw:  # no path holds one: most likely a -print0 list read without -0
-            raise UsageError(f"--files-from {source}, line {line}: a path holds a NUL byte "
-                             "(for a NUL-separated list, add -0)")
+            raise UsageError(
+                f"--files-from {source}, line {line}: a path holds a NUL byte (for a NUL-separated list, add -0)"
+            )
         if raw:
             name = raw.decode(sys.getfilesystemencoding(), "surrogateescape")
             names.append(os.path.join(os.curdir, name) if name == "-" else name)

@@ -4,7 +4,15 @@ from typing import Annotated
 
 import typer
 
-from lashctl.commands import AuditLogOption, BeforeOption, DryRunFlag, JsonFlag, MetricsFileOption, OlderThanOption, app_state
+from lashctl.commands import (
+    AuditLogOption,
+    BeforeOption,
+    DryRunFlag,
+    JsonFlag,
+    MetricsFileOption,
+    OlderThanOption,
+    app_state,
+)
 from lashctl.errors import Partial
 from lashctl.render import Col, Field, human_bytes
 from lashctl.timefmt import cutoff_ms, iso_ms, now_ms
@@ -21,8 +29,12 @@ Exit codes: 0 swept; 2 usage error; 4 refused: cutoff under 1 minute without --f
 ITEM = (
     Field("id", lambda i: i.attachment_id, Col("id", "id")),
     Field("action", lambda i: i.action, Col("action", "fixed")),
-    Field("byte_len", lambda i: i.byte_len, Col("size", "bytes", drop=2),
-          cell=lambda i: i.byte_len if i.action == "reclaim" else None),
+    Field(
+        "byte_len",
+        lambda i: i.byte_len,
+        Col("size", "bytes", drop=2),
+        cell=lambda i: i.byte_len if i.action == "reclaim" else None,
+    ),
     Field("sessions", lambda i: i.sessions, Col("sessions", drop=3), cell=lambda i: ", ".join(i.sessions) or None),
     Field("bytes_present", lambda i: i.bytes_present),
     Field("reason", lambda i: i.reason, Col("reason", drop=4, min_width=12), cell=lambda i: i.error or i.reason),
@@ -35,9 +47,7 @@ def reclaim(
     older_than: OlderThanOption = None,
     before: BeforeOption = None,
     dry_run: DryRunFlag = False,
-    force: Annotated[
-        bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past.")
-    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Allow a cutoff less than 1 minute in the past.")] = False,
     json_flag: JsonFlag = False,
     metrics_file: MetricsFileOption = None,
     audit_log: AuditLogOption = None,
@@ -59,31 +69,46 @@ def reclaim(
     cutoff = cutoff_ms(older_than, before, now, default=core.DEFAULT_GRACE)
     core.check_grace(cutoff, now, force=force)
     store = state.store(sweep=True)
-    with audit.running(state, store, "reclaim", audit_log, dry_run), \
-            state.ui.progress("reclaiming", None, unit="blobs") as bar:
+    with (
+        audit.running(state, store, "reclaim", audit_log, dry_run),
+        state.ui.progress("reclaiming", None, unit="blobs") as bar,
+    ):
         report = sweep.reclaim(store, cutoff, dry_run=dry_run, progress=bar.advance, planned=bar.set_total)
     if state.metrics is not None:
         state.metrics.reclaim(report)
     # Streamed to a pipe, a chunk at a time (the same bytes as the gathered listing).
     records = iter(report.items) if report.items else report.items
-    state.ui.listing(ITEM, records, lambda: {
-        **state.run_fields(),
-        "dry_run": report.dry_run,
-        "cutoff_epoch_ms": report.cutoff_epoch_ms,
-        "cutoff": iso_ms(report.cutoff_epoch_ms),
-        "scanned_intents": report.scanned_intents,
-        "blobs_reclaimed": report.blobs_reclaimed,
-        "bytes_freed": report.bytes_freed,
-        "rows_released": report.rows_released,
-        "failures": len(report.failures),
-    }, ascii_json=state.ui.json and _not_utf8(report.items))
+    state.ui.listing(
+        ITEM,
+        records,
+        lambda: {
+            **state.run_fields(),
+            "dry_run": report.dry_run,
+            "cutoff_epoch_ms": report.cutoff_epoch_ms,
+            "cutoff": iso_ms(report.cutoff_epoch_ms),
+            "scanned_intents": report.scanned_intents,
+            "blobs_reclaimed": report.blobs_reclaimed,
+            "bytes_freed": report.bytes_freed,
+            "rows_released": report.rows_released,
+            "failures": len(report.failures),
+        },
+        ascii_json=state.ui.json and _not_utf8(report.items),
+    )
     prefix = "dry run: " if dry_run else ""
-    kept = (f"{report.kept_for_owners} aged intent(s) kept: their lash owners are not proven dead "
-            "(`lashctl show ID` says which)") if report.kept_for_owners else ""
+    kept = (
+        (
+            f"{report.kept_for_owners} aged intent(s) kept: their lash owners are not proven dead "
+            "(`lashctl show ID` says which)"
+        )
+        if report.kept_for_owners
+        else ""
+    )
     spared = sum(1 for i in report.items if i.action == sweep.SPARED)
     spared = f"{'would spare' if dry_run else 'spared'} {spared} blob(s) written after the cutoff" if spared else ""
     if not report.items:
-        state.ui.info(f"{prefix}nothing to reclaim: " + (kept or f"no uncommitted intent at or before {iso_ms(cutoff)}"))
+        state.ui.info(
+            f"{prefix}nothing to reclaim: " + (kept or f"no uncommitted intent at or before {iso_ms(cutoff)}")
+        )
     else:
         state.ui.info(
             f"{prefix}{'would reclaim' if dry_run else 'reclaimed'} {report.blobs_reclaimed} blob(s), "

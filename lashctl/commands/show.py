@@ -48,8 +48,12 @@ def manifest_row(now: int) -> tuple[Field, ...]:
 
 def show(
     ctx: typer.Context,
-    attachment: Annotated[str, typer.Argument(metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).",
-                                       autocompletion=complete_id)],
+    attachment: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="Full id, sha256:<id>, or a unique prefix (4+ hex).", autocompletion=complete_id
+        ),
+    ],
     json_flag: JsonFlag = False,
     audit_log: AuditLogReadOption = None,
 ) -> None:
@@ -89,7 +93,8 @@ def _lines(report, now: int) -> Iterator[str]:
     blob = (
         f"present, {human_bytes(report.byte_len)}, {human_bytes(report.size_on_disk)} on disk, "
         f"modified {iso_ms(report.mtime_ms)}"
-        if report.bytes_present else "MISSING"
+        if report.bytes_present
+        else "MISSING"
     )
     lines = [
         ("id", report.attachment_id),
@@ -97,7 +102,10 @@ def _lines(report, now: int) -> Iterator[str]:
         ("sidecar", f"{report.sidecar_path}" + (f" ({report.sidecar_problem})" if report.sidecar_problem else "")),
         ("media type", meta.media_type if meta else "-"),
         ("byte_len", str(meta.byte_len) if meta else "-"),
-        ("dimensions", f"{meta.width}x{meta.height}" if meta and meta.width is not None and meta.height is not None else "-"),
+        (
+            "dimensions",
+            f"{meta.width}x{meta.height}" if meta and meta.width is not None and meta.height is not None else "-",
+        ),
         ("label", meta.label if meta and meta.label is not None else "-"),
         ("verdict", report.verdict.reason),
         ("rows", str(len(report.rows)) if report.rows else "none"),
@@ -120,8 +128,13 @@ def _gone(state, query, audit_log: str | None, exc: NotFound) -> None:
     audit_log = audit_log or None  # (an empty LASHCTL_AUDIT_LOG: the store's own)
     path = audit.read_location(audit_log, state.store_root)
     # This store's lines only: a log several stores share holds others' deletions of the same id.
-    lines = list(audit.read(path, warn=state.ui.warn, wanted=query.hex, named=audit_log is not None,
-                            store=state.store_root)) if path is not None else []
+    lines = (
+        list(
+            audit.read(path, warn=state.ui.warn, wanted=query.hex, named=audit_log is not None, store=state.store_root)
+        )
+        if path is not None
+        else []
+    )
     ids = sorted({line["id"] for line in lines if isinstance(line.get("id"), str) and line["id"].startswith(query.hex)})
     attachment_id = query.hex if query.is_full else (ids[0] if len(ids) == 1 else None)
     history = audit.history(lines, attachment_id) if attachment_id is not None else []
@@ -129,20 +142,33 @@ def _gone(state, query, audit_log: str | None, exc: NotFound) -> None:
     outcomes = [line for line in history if line.get("action") in audit.OUTCOMES]
     if outcomes:
         last = outcomes[-1]
-        message += (f"; the audit log says: {last.get('action')} at {last.get('time')} by "
-                    f"`{' '.join(['lashctl', *(last.get('args') or [])])}` ({last.get('reason')})")
+        message += (
+            f"; the audit log says: {last.get('action')} at {last.get('time')} by "
+            f"`{' '.join(['lashctl', *(last.get('args') or [])])}` ({last.get('reason')})"
+        )
     elif history:
-        message += (f"; the audit log has a {history[-1].get('action')} line at {history[-1].get('time')} "
-                    "with no outcome after it: look at the store")
+        message += (
+            f"; the audit log has a {history[-1].get('action')} line at {history[-1].get('time')} "
+            "with no outcome after it: look at the store"
+        )
     if state.ui.json:
-        state.ui.emit_json({"error": message, "exit_code": exc.exit_code, **state.run_fields(),
-                            "id": attachment_id, "history": history})
+        state.ui.emit_json(
+            {
+                "error": message,
+                "exit_code": exc.exit_code,
+                **state.run_fields(),
+                "id": attachment_id,
+                "history": history,
+            }
+        )
     elif history:
         state.ui.line(f"{'id:':<12}{attachment_id}")
         # Each item's outcome; a line written before a change only where no outcome followed.
         open_ = audit.unfinished(history)
         shown = [line for n, line in enumerate(history) if line.get("action") in audit.OUTCOMES or n in open_]
         for n, line in enumerate(shown):
-            state.ui.line(f"{'history:' if n == 0 else '':<12}{audit.describe(line)}"
-                          + (" (no outcome recorded: look at the store)" if line.get("action") in audit.BEFORE else ""))
+            state.ui.line(
+                f"{'history:' if n == 0 else '':<12}{audit.describe(line)}"
+                + (" (no outcome recorded: look at the store)" if line.get("action") in audit.BEFORE else "")
+            )
     raise NotFound(message)

@@ -73,8 +73,7 @@ PARTS = (
     ("uncommitted_bytes", "uncommitted", "\u2592", "yellow"),
     ("unmanaged_bytes", "unmanaged", "\u2591", "red"),
 )
-TITLES = {"day": "Bytes by day written (UTC)", "session": "Bytes by session",
-          "media-type": "Bytes by media type"}
+TITLES = {"day": "Bytes by day written (UTC)", "session": "Bytes by session", "media-type": "Bytes by media type"}
 BARS_BY_TIME = 14  # a chart by day draws days, else weeks, months or years: the first that fits in as many bars
 
 # The table: a line per quantity, its count and its bytes named by their
@@ -99,8 +98,10 @@ COLUMNS = (Col("what"), Col("count", "count"), Col("bytes", "bytes"))
 def stats(
     ctx: typer.Context,
     by: Annotated[
-        Optional[By], typer.Option("--by", help="Show only where the bytes are by this: a chart on a terminal, "
-                                               "its buckets as TSV on a pipe.")
+        Optional[By],
+        typer.Option(
+            "--by", help="Show only where the bytes are by this: a chart on a terminal, its buckets as TSV on a pipe."
+        ),
     ] = None,
     json_flag: JsonFlag = False,
     metrics_file: MetricsFileOption = None,
@@ -133,8 +134,9 @@ def stats(
         state.ui.records(COLUMNS, lambda: _lines(document), document)
         state.ui.charts(lambda: [_chart(one) for one in s.series])
     elif state.ui.json or not state.ui.stdout_is_terminal():
-        state.ui.records([f.col for f in BUCKET], [[f.cell_of(kb) for f in BUCKET] for kb in s.series[0].buckets],
-                         document)
+        state.ui.records(
+            [f.col for f in BUCKET], [[f.cell_of(kb) for f in BUCKET] for kb in s.series[0].buckets], document
+        )
     else:
         state.ui.charts(lambda: [_chart(s.series[0])])
     if by is not None and not s.series[0].buckets:
@@ -181,8 +183,12 @@ def _periods(days: list) -> tuple[str, list]:
         "month": lambda d: d.replace(day=1),
         "year": lambda d: d.replace(month=1, day=1),
     }
-    labels = {"day": date.isoformat, "week": lambda d: f"{d.isoformat()}+",
-              "month": lambda d: d.isoformat()[:7], "year": lambda d: d.isoformat()[:4]}
+    labels = {
+        "day": date.isoformat,
+        "week": lambda d: f"{d.isoformat()}+",
+        "month": lambda d: d.isoformat()[:7],
+        "year": lambda d: d.isoformat()[:4],
+    }
 
     def following(period: str, d: date) -> date:
         if period in ("day", "week"):
@@ -201,7 +207,7 @@ def _periods(days: list) -> tuple[str, list]:
     # Years past the bars (a clock once at the epoch): the oldest make one bar.
     earlier = timeline[-BARS_BY_TIME + 1] if len(timeline) > BARS_BY_TIME else None
     if earlier is not None:
-        timeline = timeline[-BARS_BY_TIME + 1:]
+        timeline = timeline[-BARS_BY_TIME + 1 :]
     before = Bucket()
     buckets = {d: Bucket() for d in timeline}
     for key, bucket in days:

@@ -19,7 +19,12 @@ Exit codes: 0 no errors (warnings allowed); 2 usage error; 4 refused: --grace un
 # One problem found (an inspect.Finding), and the repair --fix made of it. A
 # repaired finding's row says "repaired" where an open one gives its severity.
 FINDING = (
-    Field("severity", lambda f: f.severity, Col("severity", "fixed"), cell=lambda f: "repaired" if f.repair else f.severity),
+    Field(
+        "severity",
+        lambda f: f.severity,
+        Col("severity", "fixed"),
+        cell=lambda f: "repaired" if f.repair else f.severity,
+    ),
     Field("status", lambda f: "repaired" if f.repair else "open"),
     Field("kind", lambda f: f.kind, Col("kind", "fixed")),
     Field("path", lambda f: f.path, Col("path", "path", min_width=20)),
@@ -33,11 +38,17 @@ def verify(
     ctx: typer.Context,
     fix: Annotated[
         bool,
-        typer.Option("--fix", help="Safe repairs only: remove old staging litter, rebuild missing sidecars, "
-                                   "quarantine corrupt blobs (bytes are never deleted)."),
+        typer.Option(
+            "--fix",
+            help="Safe repairs only: remove old staging litter, rebuild missing sidecars, "
+            "quarantine corrupt blobs (bytes are never deleted).",
+        ),
     ] = False,
     grace: Annotated[
-        Optional[str], typer.Option("--grace", metavar="DURATION", help="Staging litter older than this is removed by --fix (default 24h).")
+        Optional[str],
+        typer.Option(
+            "--grace", metavar="DURATION", help="Staging litter older than this is removed by --fix (default 24h)."
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Allow a --grace under 1 minute (only when no put is running).")
@@ -75,23 +86,31 @@ def verify(
     if state.metrics is not None:
         state.metrics.verify(report)
     warnings = report.warnings
-    state.ui.listing(FINDING, report.findings, lambda: {
-        **state.run_fields(),
-        "fix": fix,
-        "clean": not report.errors,
-        "blobs_checked": report.blobs_checked,
-        "bytes_checked": report.bytes_checked,
-        "errors": len(report.errors),
-        "warnings": warnings,
-        "repairs": len(report.repairs),
-    }, items="findings", base=str(store.root), ascii_json=report.ascii_only)
+    state.ui.listing(
+        FINDING,
+        report.findings,
+        lambda: {
+            **state.run_fields(),
+            "fix": fix,
+            "clean": not report.errors,
+            "blobs_checked": report.blobs_checked,
+            "bytes_checked": report.bytes_checked,
+            "errors": len(report.errors),
+            "warnings": warnings,
+            "repairs": len(report.repairs),
+        },
+        items="findings",
+        base=str(store.root),
+        ascii_json=report.ascii_only,
+    )
     for f in report.repairs:
         state.ui.info(f"repaired {f.path}: {f.repair}")
     checked = f"checked {report.blobs_checked} blob(s), {human_bytes(report.bytes_checked)}"
     if not report.findings:
         state.ui.info(f"{checked}: no problems found")
     else:
-        state.ui.info(f"{checked}: {len(report.errors)} error(s), {warnings} warning(s), "
-                      f"{len(report.repairs)} repair(s)")
+        state.ui.info(
+            f"{checked}: {len(report.errors)} error(s), {warnings} warning(s), {len(report.repairs)} repair(s)"
+        )
     if report.errors:
         raise Corrupt(f"verify found {len(report.errors)} error(s) in store {store.root}")

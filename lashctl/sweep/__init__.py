@@ -12,6 +12,19 @@ from lashctl.sweep.delete import DeleteResult, Deletion, ForgetItem, delete, del
 from lashctl.sweep.gc import GcItem, GcReport, gc  # noqa: F401
 from lashctl.sweep.reclaim import ORPHAN, ORPHAN_GONE, ReclaimItem, ReclaimReport, reclaim  # noqa: F401
 from lashctl.sweep.rules import (  # noqa: F401
-    DELETE, DELETED_WHILE_REFERENCED, FAILED, LEFT_FOR_GC, RECLAIM, RELEASE, SPARED, SPARED_REASON, SWEEP_BATCH,
-    Candidate, Plan, aged_rows, forget_intents, live_reason, plan_reclaim,
+    DELETE,
+    DELETED_WHILE_REFERENCED,
+    FAILED,
+    LEFT_FOR_GC,
+    RECLAIM,
+    RELEASE,
+    SPARED,
+    SPARED_REASON,
+    SWEEP_BATCH,
+    Candidate,
+    Plan,
+    aged_rows,
+    forget_intents,
+    live_reason,
+    plan_reclaim,
 )

@@ -84,8 +84,10 @@ def delete(store: Store, queries: list[IdQuery], *, force: bool = False, dry_run
             problem = store.blobs.delete_problem(attachment_id)
             if problem is not None:
                 raise StoreIOError(problem)
-        results = [DeleteResult(i, stats[i] is not None, stats[i].size if _is_file(stats[i]) else 0,
-                                referenced[i], dry_run) for i in ids]
+        results = [
+            DeleteResult(i, stats[i] is not None, stats[i].size if _is_file(stats[i]) else 0, referenced[i], dry_run)
+            for i in ids
+        ]
         if not dry_run:
             _delete_in_order(store, view, results, rows)
     return results
@@ -102,8 +104,13 @@ def _delete_in_order(store: Store, view, results: list[DeleteResult], rows: dict
     uncommitted intents to lose."""
     log = store.audit
     if log is not None:
-        log.write([_audit(log, store, res, rows, "deleting" if res.existed else "forgetting")
-                   for res in results if _changes(res, rows)])
+        log.write(
+            [
+                _audit(log, store, res, rows, "deleting" if res.existed else "forgetting")
+                for res in results
+                if _changes(res, rows)
+            ]
+        )
     forget_intents(view, [r for res in results for r in rows[res.attachment_id]])
     faults.point("delete.forgotten")
     for res in results:
@@ -117,8 +124,13 @@ def _delete_in_order(store: Store, view, results: list[DeleteResult], rows: dict
             if any((r.session_id, r.intent_at_epoch_ms) not in before for r in after[res.attachment_id]):
                 res.error = "a row for it appeared while it was being deleted: re-upload it"
     if log is not None:
-        log.write([_audit(log, store, res, rows, "deleted" if res.existed else "forgotten")
-                   for res in results if _changes(res, rows)])
+        log.write(
+            [
+                _audit(log, store, res, rows, "deleted" if res.existed else "forgotten")
+                for res in results
+                if _changes(res, rows)
+            ]
+        )
 
 
 def _changes(res: DeleteResult, rows: dict[str, list[Row]]) -> bool:
@@ -134,9 +146,15 @@ def _audit(log, store: Store, res: DeleteResult, rows: dict[str, list[Row]], act
         reason += f": uncommitted intents of session(s) {', '.join(forgotten)} forgotten"
     if kept:
         reason += f"{';' if forgotten else ':'} committed rows of session(s) {', '.join(kept)} kept"
-    return log.item(action, res.attachment_id, path=store.blobs.where(res.attachment_id),
-                    byte_len=res.byte_len if res.existed else None, sessions=forgotten, reason=reason,
-                    error=res.error)
+    return log.item(
+        action,
+        res.attachment_id,
+        path=store.blobs.where(res.attachment_id),
+        byte_len=res.byte_len if res.existed else None,
+        sessions=forgotten,
+        reason=reason,
+        error=res.error,
+    )
 
 
 # -- forget --------------------------------------------------------------------
@@ -150,8 +168,9 @@ class ForgetItem:
     dry_run: bool
 
 
-def forget(store: Store, session: str, queries: list[IdQuery], *, dry_run: bool = False
-           ) -> tuple[list[ForgetItem], list[str]]:
+def forget(
+    store: Store, session: str, queries: list[IdQuery], *, dry_run: bool = False
+) -> tuple[list[ForgetItem], list[str]]:
     """Remove one session's rows: every row of it, or those of the given ids.
 
     Never touches bytes: a blob no row references any more is for ``reclaim``
@@ -171,12 +190,13 @@ def forget(store: Store, session: str, queries: list[IdQuery], *, dry_run: bool 
             rows = [r for group in view.rows_by_id() for r in group if r.session_id == session]
             missing = []
         rows.sort(key=lambda r: r.attachment_id)
-        items = [ForgetItem(r.attachment_id, session, "committed" if r.committed else "uncommitted", dry_run)
-                 for r in rows]
+        items = [
+            ForgetItem(r.attachment_id, session, "committed" if r.committed else "uncommitted", dry_run) for r in rows
+        ]
         if not dry_run:
             log = store.audit
             for start in range(0, len(rows), 10 * SWEEP_BATCH):
-                batch = rows[start:start + 10 * SWEEP_BATCH]
+                batch = rows[start : start + 10 * SWEEP_BATCH]
                 if log is not None:
                     log.write([_forget_line(log, store, r, "forgetting") for r in batch])
                 view.append([Event.forget(r.attachment_id, session) for r in batch])
@@ -187,5 +207,10 @@ def forget(store: Store, session: str, queries: list[IdQuery], *, dry_run: bool 
 
 def _forget_line(log, store: Store, row: Row, action: str) -> dict:
     state = "committed" if row.committed else "uncommitted"
-    return log.item(action, row.attachment_id, path=store.blobs.where(row.attachment_id),
-                    sessions=[row.session_id], reason=f"forget: session {row.session_id}'s {state} row")
+    return log.item(
+        action,
+        row.attachment_id,
+        path=store.blobs.where(row.attachment_id),
+        sessions=[row.session_id],
+        reason=f"forget: session {row.session_id}'s {state} row",
+    )

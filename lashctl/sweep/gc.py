@@ -10,7 +10,11 @@ from lashctl.core import Store, by_id
 from lashctl.errors import LashctlError, Refused
 from lashctl.strays import remove_stray, scan_strays
 from lashctl.sweep.rules import (
-    DELETE, DELETED_WHILE_REFERENCED, FAILED, SWEEP_BATCH, Progress,
+    DELETE,
+    DELETED_WHILE_REFERENCED,
+    FAILED,
+    SWEEP_BATCH,
+    Progress,
 )
 
 from lashctl.sweep.delete import delete_blob
@@ -44,8 +48,9 @@ class GcReport:
         return [i for i in self.items if i.action in (FAILED, DELETED_WHILE_REFERENCED)]
 
 
-def gc(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress | None = None,
-       force: bool = False) -> GcReport:
+def gc(
+    store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress | None = None, force: bool = False
+) -> GcReport:
     """Mark and sweep: delete unreferenced blobs and staging litter older than ``cutoff``.
 
     Assumes every writer of this store records intents in this manifest: a
@@ -86,8 +91,7 @@ def _check_gc_manifest(store: Store, view, *, force: bool) -> None:
         )
 
 
-def _unreferenced(store: Store, view, cutoff: int, report: GcReport,
-                  progress: Progress | None) -> dict[str, BlobStat]:
+def _unreferenced(store: Store, view, cutoff: int, report: GcReport, progress: Progress | None) -> dict[str, BlobStat]:
     """Blobs with no row and last written at or before the cutoff, confirmed
     against the manifest's source of truth."""
     candidates: dict[str, BlobStat] = {}
@@ -107,8 +111,9 @@ def _unreferenced(store: Store, view, cutoff: int, report: GcReport,
     return {i: st for i, st in candidates.items() if not confirmed[i]}
 
 
-def _gc_blobs(store: Store, view, candidates: dict[str, BlobStat], cutoff: int, report: GcReport, *,
-              dry_run: bool) -> list[str]:
+def _gc_blobs(
+    store: Store, view, candidates: dict[str, BlobStat], cutoff: int, report: GcReport, *, dry_run: bool
+) -> list[str]:
     """Delete the unreferenced blobs; the ids whose shard changed. With an
     audit log, a batch at a time: its "deleting" lines, the deletes, the
     outcomes."""
@@ -117,10 +122,14 @@ def _gc_blobs(store: Store, view, candidates: dict[str, BlobStat], cutoff: int, 
     log = None if dry_run else store.audit
     listed = list(candidates.items())
     for start in range(0, len(listed), SWEEP_BATCH if log is not None else max(1, len(listed))):
-        batch = listed[start:start + SWEEP_BATCH] if log is not None else listed
+        batch = listed[start : start + SWEEP_BATCH] if log is not None else listed
         if log is not None:
-            log.write([log.item("deleting", i, path=store.blobs.where(i), byte_len=st.size, reason=UNREFERENCED)
-                       for i, st in batch])
+            log.write(
+                [
+                    log.item("deleting", i, path=store.blobs.where(i), byte_len=st.size, reason=UNREFERENCED)
+                    for i, st in batch
+                ]
+            )
         outcomes: list[tuple] = []
         for attachment_id, st in batch:
             if shared and not dry_run:
@@ -128,11 +137,16 @@ def _gc_blobs(store: Store, view, candidates: dict[str, BlobStat], cutoff: int, 
                 again = store.blobs.stat(attachment_id)
                 if view.rows_for_id(attachment_id) or again is None or again.mtime_ms > cutoff:
                     if log is not None:
-                        outcomes.append(log.item("kept", attachment_id, path=store.blobs.where(attachment_id),
-                                                 reason="a row or newer bytes appeared before the delete"))
+                        outcomes.append(
+                            log.item(
+                                "kept",
+                                attachment_id,
+                                path=store.blobs.where(attachment_id),
+                                reason="a row or newer bytes appeared before the delete",
+                            )
+                        )
                     continue
-            item = GcItem(store.blobs.where(attachment_id), attachment_id, "blob", st.size,
-                          DELETE, UNREFERENCED)
+            item = GcItem(store.blobs.where(attachment_id), attachment_id, "blob", st.size, DELETE, UNREFERENCED)
             done = delete_blob(store, attachment_id, dry_run=dry_run)
             if done.error is not None:
                 item.action, item.error = FAILED, done.error
@@ -144,9 +158,16 @@ def _gc_blobs(store: Store, view, candidates: dict[str, BlobStat], cutoff: int, 
                     item.error = "a row for it appeared while it was being deleted: re-upload it"
             report.items.append(item)
             if log is not None:
-                outcomes.append(log.item("failed" if item.action == FAILED else "deleted", attachment_id,
-                                         path=item.path, byte_len=item.byte_len if item.action != FAILED else None,
-                                         reason=item.reason, error=item.error))
+                outcomes.append(
+                    log.item(
+                        "failed" if item.action == FAILED else "deleted",
+                        attachment_id,
+                        path=item.path,
+                        byte_len=item.byte_len if item.action != FAILED else None,
+                        reason=item.reason,
+                        error=item.error,
+                    )
+                )
         if log is not None:
             done_ids = set(touched)
             store.blobs.sync([i for i, _st in batch if i in done_ids])  # durable before the log says so
@@ -168,10 +189,14 @@ def _gc_litter(store: Store, view, cutoff: int, report: GcReport, *, dry_run: bo
             continue  # the last metadata of a row whose bytes are missing: keep it for the operator
         doomed.append(stray)
     for start in range(0, len(doomed), SWEEP_BATCH):
-        batch = doomed[start:start + SWEEP_BATCH]
+        batch = doomed[start : start + SWEEP_BATCH]
         if log is not None:
-            log.write([log.item("deleting", s.attachment_id, path=s.path, byte_len=s.byte_len, reason=s.reason)
-                       for s in batch])
+            log.write(
+                [
+                    log.item("deleting", s.attachment_id, path=s.path, byte_len=s.byte_len, reason=s.reason)
+                    for s in batch
+                ]
+            )
         items = []
         for stray in batch:
             item = GcItem(stray.path, None, stray.kind, stray.byte_len, DELETE, stray.reason)
@@ -185,6 +210,16 @@ def _gc_litter(store: Store, view, cutoff: int, report: GcReport, *, dry_run: bo
             report.items.append(item)
             items.append((stray, item))
         if log is not None:
-            log.write([log.item("failed" if i.action == FAILED else "deleted", s.attachment_id, path=s.path,
-                                byte_len=s.byte_len if i.action != FAILED else None, reason=s.reason, error=i.error)
-                       for s, i in items])
+            log.write(
+                [
+                    log.item(
+                        "failed" if i.action == FAILED else "deleted",
+                        s.attachment_id,
+                        path=s.path,
+                        byte_len=s.byte_len if i.action != FAILED else None,
+                        reason=s.reason,
+                        error=i.error,
+                    )
+                    for s, i in items
+                ]
+            )

@@ -13,8 +13,19 @@ from lashctl.core import Store
 from lashctl.fold import INTENT, Event, Row
 from lashctl.record import Record
 from lashctl.sweep.rules import (
-    DELETED_WHILE_REFERENCED, FAILED, LEFT_FOR_GC, RECLAIM, RELEASE, SPARED, SPARED_REASON, SWEEP_BATCH,
-    Plan, Progress, forget_intents, live_reason, plan_reclaim,
+    DELETED_WHILE_REFERENCED,
+    FAILED,
+    LEFT_FOR_GC,
+    RECLAIM,
+    RELEASE,
+    SPARED,
+    SPARED_REASON,
+    SWEEP_BATCH,
+    Plan,
+    Progress,
+    forget_intents,
+    live_reason,
+    plan_reclaim,
 )
 
 from lashctl.sweep.delete import _is_file
@@ -31,11 +42,28 @@ class ReclaimItem(Record):
     the action is reclaim; ``first_intent_ms``: its oldest aged intent, the
     report's order. Slotted: a sweep of 100,000 orphans keeps one each."""
 
-    __slots__ = ("attachment_id", "action", "sessions", "byte_len", "bytes_present", "reason", "error",
-                 "first_intent_ms")
+    __slots__ = (
+        "attachment_id",
+        "action",
+        "sessions",
+        "byte_len",
+        "bytes_present",
+        "reason",
+        "error",
+        "first_intent_ms",
+    )
 
-    def __init__(self, attachment_id: str, action: str, sessions: list[str], byte_len: int, bytes_present: bool,
-                 reason: str, error: str | None = None, first_intent_ms: int = 0) -> None:
+    def __init__(
+        self,
+        attachment_id: str,
+        action: str,
+        sessions: list[str],
+        byte_len: int,
+        bytes_present: bool,
+        reason: str,
+        error: str | None = None,
+        first_intent_ms: int = 0,
+    ) -> None:
         self.attachment_id = attachment_id
         self.action = action
         self.sessions = sessions
@@ -71,8 +99,14 @@ class ReclaimReport:
         return [i for i in self.items if i.action in (FAILED, DELETED_WHILE_REFERENCED)]
 
 
-def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progress | None = None,
-            planned: Callable[[int], None] | None = None) -> ReclaimReport:
+def reclaim(
+    store: Store,
+    cutoff: int,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    planned: Callable[[int], None] | None = None,
+) -> ReclaimReport:
     """Sweep orphans: forget the aged rows, then delete bytes no live row needs.
 
     Candidates come from the manifest's uncommitted rows (indexed), grouped by
@@ -97,8 +131,12 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
         scanned, plan = plan_reclaim(view, cutoff)
         if planned is not None:
             planned(len(plan))
-        report = ReclaimReport(cutoff_epoch_ms=cutoff, dry_run=dry_run, scanned_intents=scanned,
-                               kept_for_owners=scanned - sum(len(c.aged) for c in plan))
+        report = ReclaimReport(
+            cutoff_epoch_ms=cutoff,
+            dry_run=dry_run,
+            scanned_intents=scanned,
+            kept_for_owners=scanned - sum(len(c.aged) for c in plan),
+        )
         touched = _run_plan(store, view, plan, report, cutoff, progress)
         report.items.sort(key=lambda i: (i.first_intent_ms, i.attachment_id))
         if not dry_run:
@@ -106,15 +144,16 @@ def reclaim(store: Store, cutoff: int, *, dry_run: bool = False, progress: Progr
     return report
 
 
-def _run_plan(store: Store, view, plan: Plan, report: "ReclaimReport", cutoff: int,
-              progress: Progress | None) -> list[str]:
+def _run_plan(
+    store: Store, view, plan: Plan, report: "ReclaimReport", cutoff: int, progress: Progress | None
+) -> list[str]:
     """Each batch planned (``_plan_batch``: all a dry run does), then carried
     out (``_sweep_batch``); the ids whose bytes were deleted."""
     shared = not store.manifest.blocks_writers
     touched: list[str] = []
     for start in range(0, len(plan), SWEEP_BATCH):
-        chunk = plan[start:start + SWEEP_BATCH]
-        plan[start:start + SWEEP_BATCH] = [None] * len(chunk)  # type: ignore[list-item]  # its rows are freed
+        chunk = plan[start : start + SWEEP_BATCH]
+        plan[start : start + SWEEP_BATCH] = [None] * len(chunk)  # type: ignore[list-item]  # its rows are freed
         items, stats = _plan_batch(store, view, chunk, cutoff, shared=shared)
         if not report.dry_run:
             aged = {c.attachment_id: c.aged for c in chunk}
@@ -126,8 +165,9 @@ def _run_plan(store: Store, view, plan: Plan, report: "ReclaimReport", cutoff: i
     return touched
 
 
-def _plan_batch(store: Store, view, chunk: Plan, cutoff: int, *,
-                shared: bool) -> tuple[list[ReclaimItem], dict[str, BlobStat | None]]:
+def _plan_batch(
+    store: Store, view, chunk: Plan, cutoff: int, *, shared: bool
+) -> tuple[list[ReclaimItem], dict[str, BlobStat | None]]:
     """What a batch of the plan will do, read-only (a dry run stops here and
     so reports what the real run does): one stat each (concurrent on an
     object store), and on a shared manifest one query of the batch's rows."""
@@ -138,8 +178,15 @@ def _plan_batch(store: Store, view, chunk: Plan, cutoff: int, *,
         present = st is not None and st.is_file
         sessions = [r.session_id for r in aged]
         first = min(r.intent_at_epoch_ms for r in aged)
-        item = ReclaimItem(attachment_id, RECLAIM, sessions, st.size if present else 0, present,
-                           ORPHAN if present else ORPHAN_GONE, first_intent_ms=first)
+        item = ReclaimItem(
+            attachment_id,
+            RECLAIM,
+            sessions,
+            st.size if present else 0,
+            present,
+            ORPHAN if present else ORPHAN_GONE,
+            first_intent_ms=first,
+        )
         if live is not None:
             item.action, item.reason = RELEASE, f"kept: {live}"
         else:
@@ -162,8 +209,16 @@ def _plan_batch(store: Store, view, chunk: Plan, cutoff: int, *,
     return items, stats
 
 
-def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, BlobStat | None],
-                 aged: dict[str, list[Row]], cutoff: int, *, shared: bool) -> list[str]:
+def _sweep_batch(
+    store: Store,
+    view,
+    items: list[ReclaimItem],
+    stats: dict[str, BlobStat | None],
+    aged: dict[str, list[Row]],
+    cutoff: int,
+    *,
+    shared: bool,
+) -> list[str]:
     """Carry out a planned batch: forget, re-check, delete, re-check. The ids
     deleted whose shards are not yet durable (with an audit log each batch
     makes its own durable before saying so)."""
@@ -173,13 +228,27 @@ def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, 
     #    since it was read stays. The audit log says so first (docs/audit.md).
     log = store.audit
     if log is not None:
-        log.write([_audit(log, store, i, "deleting" if i.action == RECLAIM else "forgetting")
-                   for i in items if i.action in (RECLAIM, RELEASE)])
-    view.append([Event.forget(i.attachment_id, s, until_ms=cutoff)
-                 for i in items if i.action in (RECLAIM, RELEASE) for s in i.sessions])
+        log.write(
+            [
+                _audit(log, store, i, "deleting" if i.action == RECLAIM else "forgetting")
+                for i in items
+                if i.action in (RECLAIM, RELEASE)
+            ]
+        )
+    view.append(
+        [
+            Event.forget(i.attachment_id, s, until_ms=cutoff)
+            for i in items
+            if i.action in (RECLAIM, RELEASE)
+            for s in i.sessions
+        ]
+    )
     faults.point("reclaim.forgotten")
-    doomed = _still_doomed(view, [i for i in items if i.action == RECLAIM], cutoff) if shared else \
-        [i for i in items if i.action == RECLAIM]
+    doomed = (
+        _still_doomed(view, [i for i in items if i.action == RECLAIM], cutoff)
+        if shared
+        else [i for i in items if i.action == RECLAIM]
+    )
     if log is not None:  # rows gone, bytes kept
         log.write([_audit(log, store, i, "forgotten") for i in items if i.action == RELEASE])
     if not doomed:
@@ -216,9 +285,15 @@ def _sweep_batch(store: Store, view, items: list[ReclaimItem], stats: dict[str, 
 def _audit(log, store: Store, item: ReclaimItem, action: str) -> dict:
     """The audit line of a reclaim item: ``action`` it is about to undergo, or has."""
     reason = f"aged intent released ({item.reason})" if item.action == RELEASE else item.reason
-    return log.item(action, item.attachment_id, path=store.blobs.where(item.attachment_id),
-                    byte_len=item.byte_len if action in ("deleting", "deleted") else None,
-                    sessions=item.sessions, reason=reason, error=item.error)
+    return log.item(
+        action,
+        item.attachment_id,
+        path=store.blobs.where(item.attachment_id),
+        byte_len=item.byte_len if action in ("deleting", "deleted") else None,
+        sessions=item.sessions,
+        reason=reason,
+        error=item.error,
+    )
 
 
 def _still_doomed(view, doomed: list["ReclaimItem"], cutoff: int) -> list["ReclaimItem"]:
@@ -235,8 +310,9 @@ def _still_doomed(view, doomed: list["ReclaimItem"], cutoff: int) -> list["Recla
     return [i for i in doomed if i.action == RECLAIM]
 
 
-def _restore_failed(store: Store, view, failed: list[ReclaimItem], aged: dict[str, list[Row]],
-                    shielded: bool = False) -> set[str]:
+def _restore_failed(
+    store: Store, view, failed: list[ReclaimItem], aged: dict[str, list[Row]], shielded: bool = False
+) -> set[str]:
     """A blob whose delete failed keeps its rows for the next sweep: its
     forgotten intents are recorded again, as they were, once a look shows
     the bytes still there. Bytes that may be gone stay without rows (gc
@@ -252,8 +328,13 @@ def _restore_failed(store: Store, view, failed: list[ReclaimItem], aged: dict[st
             return set()
     again = store.blobs.stat_many([i.attachment_id for i in failed])
     back = [i for i in failed if _is_file(again[i.attachment_id])]
-    view.append([Event(INTENT, r.attachment_id, r.session_id, r.intent_at_epoch_ms, r.canonical_uri)
-                 for i in back for r in aged[i.attachment_id]])
+    view.append(
+        [
+            Event(INTENT, r.attachment_id, r.session_id, r.intent_at_epoch_ms, r.canonical_uri)
+            for i in back
+            for r in aged[i.attachment_id]
+        ]
+    )
     for item in failed:
         if item not in back and item.error is not None:
             item.error = f"{item.error}{LEFT_FOR_GC}"
@@ -291,7 +372,9 @@ def _report_late_rows(store: Store, view, deleted: list[ReclaimItem], cutoff: in
             # A put wrote the bytes again after the delete: they are there,
             # but the sidecar it wrote before them may have gone with the delete.
             item.byte_len = 0
-            item.error = ("a live row for it appeared while it was being deleted; its bytes were put "
-                          "again since, but its sidecar may be gone: put it again")
+            item.error = (
+                "a live row for it appeared while it was being deleted; its bytes were put "
+                "again since, but its sidecar may be gone: put it again"
+            )
         else:
             item.error = "a live row for it appeared while it was being deleted: re-upload it"

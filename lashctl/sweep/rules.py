@@ -34,8 +34,9 @@ def forget_intents(view, rows) -> None:
     """Forget the uncommitted intents among ``rows``, each guarded by its own
     intent time (only the intent as read goes: one refreshed or committed
     since stays). Before bytes go, so that a later commit finds no intent."""
-    view.append([Event.forget(r.attachment_id, r.session_id, until_ms=r.intent_at_epoch_ms)
-                 for r in rows if not r.committed])
+    view.append(
+        [Event.forget(r.attachment_id, r.session_id, until_ms=r.intent_at_epoch_ms) for r in rows if not r.committed]
+    )
 
 
 def live_reason(rows: list[Row], cutoff: int, view) -> str | None:

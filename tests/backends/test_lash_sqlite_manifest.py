@@ -102,8 +102,11 @@ def test_lashs_names_for_session_databases():
     assert session_db_name("a/b c.d") == f"a_b_c_d-{__import__('hashlib').sha256(b'a/b c.d').hexdigest()[:16]}.db"
     assert session_db_name("__é__").startswith("session-")  # nothing left once trimmed
     assert session_db_name("x" * 100).startswith("x" * 80 + "-")
-    assert [n for n in ("a.db", HOST_DB, "a.db.effects.db", "a.db-wal", "a.db-shm", ".lashctl-sweep.lock", ".db")
-            if is_primary_db_name(n)] == ["a.db", HOST_DB]
+    assert [
+        n
+        for n in ("a.db", HOST_DB, "a.db.effects.db", "a.db-wal", "a.db-shm", ".lashctl-sweep.lock", ".db")
+        if is_primary_db_name(n)
+    ] == ["a.db", HOST_DB]
 
 
 def test_put_commit_and_listings_span_every_session_database(lash):
@@ -116,8 +119,7 @@ def test_put_commit_and_listings_span_every_session_database(lash):
     assert [(r[0], r[1]) for r in rows(lash.host)] == [("host session", own)]
 
     listed = json.loads(lash.ok("--json", "list-uncommitted").stdout)
-    assert sorted((r["id"], r["session_id"]) for r in listed) == sorted([(shared, "beta"),
-                                                                                 (own, "host session")])
+    assert sorted((r["id"], r["session_id"]) for r in listed) == sorted([(shared, "beta"), (own, "host session")])
     ls = {e["id"]: e for e in json.loads(lash.ok("--json", "ls").stdout)}
     assert sorted(ls) == sorted([shared, own])
     assert sorted(ls[shared]["sessions"]) == ["alpha", "beta"]
@@ -163,8 +165,9 @@ def test_reclaim_applies_lashs_owner_rules(lash, tmp_path):
     assert lash.verdict(turn_live).startswith("verdict:    kept: owner turn t9 not proven dead")
     wired = ("--process-registry", str(registry))
     assert lash.reclaim(*wired, dry_run=True) == {**expected, process: "reclaim"}
-    assert lash.verdict(running, *wired) == (f"verdict:    kept: owner process p-live is still registered in "
-                                             f"{registry}")
+    assert lash.verdict(running, *wired) == (
+        f"verdict:    kept: owner process p-live is still registered in {registry}"
+    )
     assert all(blob_path(lash.root, i).exists() for i in expected)  # a dry run changes nothing
     assert len(rows(lash.alpha)) == 3
 
@@ -188,7 +191,8 @@ def test_gc_delete_and_forget_work_on_session_databases(lash):
     os.utime(blob_path(lash.root, stray), (OLD_S, OLD_S))
     os.utime(blob_path(lash.root, kept), (OLD_S, OLD_S))
     assert [i["path"] for i in json.loads(lash.ok("--json", "gc", "--dry-run").stdout)["items"]] == [
-        str(blob_path(lash.root, stray))]
+        str(blob_path(lash.root, stray))
+    ]
     assert blob_path(lash.root, stray).exists()
     lash.ok("gc")
     assert not blob_path(lash.root, stray).exists() and blob_path(lash.root, kept).exists()
@@ -255,8 +259,10 @@ def test_a_lash_writer_holding_a_session_database_makes_a_commit_wait_then_time_
 
 def test_process_registry_values(lash, tmp_path):
     lash.put(b"bytes", "alpha")
-    for value, code, needle in ((str(tmp_path / "none.db"), 2, "is not a file"),
-                                ("table", 2, "give the path of lash's SQLite process registry file")):
+    for value, code, needle in (
+        (str(tmp_path / "none.db"), 2, "is not a file"),
+        ("table", 2, "give the path of lash's SQLite process registry file"),
+    ):
         result = lash.lashctl("--process-registry", value, "reclaim", "-n")
         assert result.returncode == code, result.stderr.decode()
         assert needle in one_line_error(result.stderr)
@@ -264,8 +270,10 @@ def test_process_registry_values(lash, tmp_path):
     sqlite3.connect(not_registry).execute("CREATE TABLE t (x)").connection.close()
     result = lash.lashctl("--process-registry", str(not_registry), "reclaim", "-n")
     assert result.returncode == 2 and "has no table processes" in one_line_error(result.stderr)
-    jsonl = run(["--store", str(tmp_path / "plain"), "--process-registry", str(not_registry), "put", "-s", "s", "-"],
-                input=b"bytes")
+    jsonl = run(
+        ["--store", str(tmp_path / "plain"), "--process-registry", str(not_registry), "put", "-s", "s", "-"],
+        input=b"bytes",
+    )
     assert jsonl.returncode == 2 and "lash-sqlite:DIR" in one_line_error(jsonl.stderr)
 
 
@@ -275,15 +283,21 @@ def test_manifest_check_reads_every_session_database(lash):
     lash.ok("commit", "-s", "beta", shared)
     report = json.loads(lash.ok("--json", "manifest", "check").stdout)
     assert {k: report[k] for k in ("valid", "databases", "rows", "rows_committed", "problems")} == {
-        "valid": True, "databases": 3, "rows": 2, "rows_committed": 1, "problems": []}
+        "valid": True,
+        "databases": 3,
+        "rows": 2,
+        "rows_committed": 1,
+        "problems": [],
+    }
     assert report["skipped"] >= len(lash.litter)
     lash.host.write_bytes(b"garbage, not SQLite\n" * 100)
     result = lash.lashctl("manifest", "check")
     assert result.returncode == 65
     errors = [line for line in result.stderr.decode().splitlines() if line.startswith("lashctl: error:")]
-    assert errors == [f"lashctl: error: session database {lash.host} could not be opened or read: "
-                      "file is not a database",
-                      f"lashctl: error: 1 problem(s) in lash-sqlite:{lash.sessions}"]
+    assert errors == [
+        f"lashctl: error: session database {lash.host} could not be opened or read: file is not a database",
+        f"lashctl: error: 1 problem(s) in lash-sqlite:{lash.sessions}",
+    ]
     refused = lash.lashctl("manifest", "log")
     assert refused.returncode == 2 and "lash's SQLite session databases" in one_line_error(refused.stderr)
 
@@ -313,7 +327,9 @@ def test_a_sweep_rechecks_the_live_databases_not_its_snapshot(tmp_path):
         gamma = make_session_db(sessions, "gamma")  # and opens a new session that takes the same bytes
         intent(gamma, "gamma", a, 1500)
         assert [(r.session_id, r.committed_at_epoch_ms) for r in sweep.rows_for_ids([a])[a]] == [
-            ("alpha", 2000), ("gamma", None)]
+            ("alpha", 2000),
+            ("gamma", None),
+        ]
         assert [r.session_id for g in sweep.aged(5000) for r in g] == ["alpha"]  # the snapshot, as planned
         sweep.append([Event.forget(a, "alpha", until_ms=5000)])  # guarded: the commit keeps the row
     assert rows(alpha) == [("alpha", a, 1000, 2000, None, None)]
@@ -440,11 +456,16 @@ def test_migrate_to_lashs_postgresql_table_resumes_after_a_kill(lash, tmp_path, 
     copy = ["--to-store", str(tmp_path / "copy"), "--to-manifest", pg_url]
     assert run(["--store", str(tmp_path / "copy"), "--manifest", pg_url, "manifest", "init"]).returncode == 0
     env = {**os.environ, "LASHCTL_FAULT": "migrate.copied"}
-    killed = subprocess.run([find_lashctl(), "--store", str(lash.root), "--manifest", f"lash-sqlite:{lash.sessions}",
-                             "migrate", *copy], capture_output=True, env=env, timeout=60)
+    killed = subprocess.run(
+        [find_lashctl(), "--store", str(lash.root), "--manifest", f"lash-sqlite:{lash.sessions}", "migrate", *copy],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
     assert killed.returncode == -9
     lash.ok("migrate", *copy)
     listed = json.loads(run(["--store", str(tmp_path / "copy"), "--manifest", pg_url, "--json", "ls"]).stdout)
     assert sorted((e["id"], sorted(e["sessions"]), e["state"]) for e in listed) == sorted(
-        [(shared, ["alpha", "beta"], "committed"), (own, ["alpha"], "uncommitted")])
+        [(shared, ["alpha", "beta"], "committed"), (own, ["alpha"], "uncommitted")]
+    )
     assert run(["--store", str(tmp_path / "copy"), "--manifest", pg_url, "verify"]).returncode == 0

@@ -57,12 +57,20 @@ def exec_sql(url: str, *statements: str, params: tuple | None = None) -> None:
 events_st = st.lists(
     st.builds(
         lambda op, i, s, at, uri_tag: Event(
-            op, IDS[i], SESSIONS[s], None if op == FORGET else at,
-            (canonical_uri(IDS[i]) if uri_tag == 0 else f"lash-attachment://other/{uri_tag}") if op == INTENT else None),
+            op,
+            IDS[i],
+            SESSIONS[s],
+            None if op == FORGET else at,
+            (canonical_uri(IDS[i]) if uri_tag == 0 else f"lash-attachment://other/{uri_tag}") if op == INTENT else None,
+        ),
         st.sampled_from([INTENT, INTENT, COMMIT, FORGET]),
-        st.integers(0, len(IDS) - 1), st.integers(0, len(SESSIONS) - 1),
-        st.integers(0, 20), st.integers(0, 2)),
-    max_size=40)
+        st.integers(0, len(IDS) - 1),
+        st.integers(0, len(SESSIONS) - 1),
+        st.integers(0, 20),
+        st.integers(0, 2),
+    ),
+    max_size=40,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -83,11 +91,14 @@ def test_append_in_any_batches_equals_the_fold(manifest, events, cuts, sweep):
     assert all_rows(manifest) == expected
     with manifest.reading() as view:
         assert view.row_count() == len(expected)
-        want = sorted((r for r in expected.values() if not r.committed),
-                      key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id))
+        want = sorted(
+            (r for r in expected.values() if not r.committed),
+            key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id),
+        )
         assert list(view.uncommitted(None, None)) == want
-        assert list(view.uncommitted(10, "s1")) == [r for r in want if r.intent_at_epoch_ms <= 10
-                                                    and r.session_id == "s1"]
+        assert list(view.uncommitted(10, "s1")) == [
+            r for r in want if r.intent_at_epoch_ms <= 10 and r.session_id == "s1"
+        ]
 
 
 def test_intent_later_time_wins_commit_first_wins_forget_deletes(manifest):
@@ -97,8 +108,15 @@ def test_intent_later_time_wins_commit_first_wins_forget_deletes(manifest):
         w.append([Event.intent(a, "s1", 5)])  # earlier: ignored
     assert all_rows(manifest)[("s1", a)].intent_at_epoch_ms == 10
     with manifest.writing() as w:
-        w.append([Event.intent(a, "s1", 20), Event.commit(a, "s1", 30), Event.commit(a, "s1", 40),
-                  Event.intent(a, "s1", 50), Event.commit(a, "s2", 60)])  # no row for s2: commit never inserts
+        w.append(
+            [
+                Event.intent(a, "s1", 20),
+                Event.commit(a, "s1", 30),
+                Event.commit(a, "s1", 40),
+                Event.intent(a, "s1", 50),
+                Event.commit(a, "s2", 60),
+            ]
+        )  # no row for s2: commit never inserts
     rows = all_rows(manifest)
     assert list(rows) == [("s1", a)]
     assert (rows[("s1", a)].intent_at_epoch_ms, rows[("s1", a)].committed_at_epoch_ms) == (20, 30)
@@ -163,7 +181,8 @@ def test_streams_order_and_grouping(filled):
         assert [g[0].attachment_id for g in v.rows_by_id("0" * 62 + "1")] == [aid(n) for n in range(16, 30)]
         unc = list(v.uncommitted(None, None))
         assert [(r.intent_at_epoch_ms, r.attachment_id, r.session_id) for r in unc] == sorted(
-            (r.intent_at_epoch_ms, r.attachment_id, r.session_id) for r in rows.values() if not r.committed)
+            (r.intent_at_epoch_ms, r.attachment_id, r.session_id) for r in rows.values() if not r.committed
+        )
         assert [r.attachment_id for r in v.uncommitted(800, "s2")] == [aid(n) for n in range(29, 19, -1)]
         aged = list(v.aged(850))  # ids 15..29 have an uncommitted row at or before 850
         assert [g[0].attachment_id for g in aged] == [aid(n) for n in range(15, 30)]
@@ -188,22 +207,29 @@ def test_streams_fetch_in_chunks(manifest, monkeypatch):
 def test_queries_use_indexes(manifest):
     """EXPLAIN of the streams as declared (server-side cursors plan for the first rows)
     and of the lookups, on a table big enough for the planner to care."""
-    exec_sql(manifest.url,
-             f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
-             " SELECT 's' || (g % 7), lpad(to_hex(g), 64, '0'), 'u', g, CASE WHEN g % 3 = 0 THEN NULL ELSE g END"
-             " FROM generate_series(1, 60000) AS g",
-             f"ANALYZE {TABLE}")
+    exec_sql(
+        manifest.url,
+        f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
+        " SELECT 's' || (g % 7), lpad(to_hex(g), 64, '0'), 'u', g, CASE WHEN g % 3 = 0 THEN NULL ELSE g END"
+        " FROM generate_series(1, 60000) AS g",
+        f"ANALYZE {TABLE}",
+    )
     import lashctl.backends.manifests.postgres as pg
 
     plans = {}
     with psycopg.connect(manifest.url) as conn:
         queries = {
             "rows_by_id": (f"SELECT {pg._COLS} FROM {TABLE} {pg._BY_ID_ORDER}", ()),
-            "rows_by_id prefix": (f"SELECT {pg._COLS} FROM {TABLE} WHERE {pg._ID} >= %s AND {pg._ID} < %s"
-                                  f" {pg._BY_ID_ORDER}", ("00a", "00b")),
+            "rows_by_id prefix": (
+                f"SELECT {pg._COLS} FROM {TABLE} WHERE {pg._ID} >= %s AND {pg._ID} < %s {pg._BY_ID_ORDER}",
+                ("00a", "00b"),
+            ),
             "rows_for_id": (f"SELECT {pg._COLS} FROM {TABLE} WHERE {pg._ID} = %s {pg._BY_ID_ORDER}", ("0" * 64,)),
-            "uncommitted": (f"SELECT {pg._COLS} FROM {TABLE} WHERE committed_at_ms IS NULL AND intent_at_ms <= %s"
-                            f" ORDER BY intent_at_ms, {pg._ID}, {pg._SESSION}", (100000,)),
+            "uncommitted": (
+                f"SELECT {pg._COLS} FROM {TABLE} WHERE committed_at_ms IS NULL AND intent_at_ms <= %s"
+                f" ORDER BY intent_at_ms, {pg._ID}, {pg._SESSION}",
+                (100000,),
+            ),
         }
         for name, (sql, params) in queries.items():
             plans[name] = "\n".join(r[0] for r in conn.execute("EXPLAIN DECLARE c CURSOR FOR " + sql, params))
@@ -213,9 +239,11 @@ def test_queries_use_indexes(manifest):
     # aged: the candidate ids come from a partial index of uncommitted rows (sorted on the
     # server when the planner prefers), their rows stream in order from the by-id index.
     with psycopg.connect(manifest.url) as conn:
-        sql = (f"SELECT {pg._M_COLS} FROM (SELECT DISTINCT {pg._ID} AS aid FROM {TABLE}"
-               f" WHERE committed_at_ms IS NULL AND intent_at_ms <= %s) AS c"
-               f" JOIN {TABLE} AS m ON m.{pg._ID} = c.aid ORDER BY c.aid, m.{pg._SESSION}")
+        sql = (
+            f"SELECT {pg._M_COLS} FROM (SELECT DISTINCT {pg._ID} AS aid FROM {TABLE}"
+            f" WHERE committed_at_ms IS NULL AND intent_at_ms <= %s) AS c"
+            f" JOIN {TABLE} AS m ON m.{pg._ID} = c.aid ORDER BY c.aid, m.{pg._SESSION}"
+        )
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN DECLARE c CURSOR FOR " + sql, (100000,)))
     assert "lashctl_attachment_manifest_by_id" in plan and "uncommitted" in plan, plan
     assert "Seq Scan" not in plan and "Sort" not in plan.split("->")[0], plan
@@ -267,27 +295,37 @@ def test_a_writer_is_not_blocked_by_a_sweeper(manifest):
 
 # -- owners ----------------------------------------------------------------------------------
 def _owned(manifest):
-    rows = [("t_dead", "s1", "turn", "t1", 100), ("t_live", "s1", "turn", "t2", 300),
-            ("t_other", "s2", "turn", "t9", 100), ("p_dead", "s1", "process", "p1", 100),
-            ("p_live", "s1", "process", "p2", 100), ("none", "s1", None, None, 100)]
+    rows = [
+        ("t_dead", "s1", "turn", "t1", 100),
+        ("t_live", "s1", "turn", "t2", 300),
+        ("t_other", "s2", "turn", "t9", 100),
+        ("p_dead", "s1", "process", "p1", 100),
+        ("p_live", "s1", "process", "p2", 100),
+        ("none", "s1", None, None, 100),
+    ]
     names = {}
     for n, (name, session, kind, owner, at) in enumerate(rows):
         names[name] = aid(n + 1)
-        exec_sql(manifest.url, f"INSERT INTO {TABLE} VALUES (%s, %s, 'u', %s, NULL, %s, %s)",
-                 params=(aid(n + 1), session, at, kind, owner))
+        exec_sql(
+            manifest.url,
+            f"INSERT INTO {TABLE} VALUES (%s, %s, 'u', %s, NULL, %s, %s)",
+            params=(aid(n + 1), session, at, kind, owner),
+        )
     return names
 
 
 def _lash_owner_tables(url):
-    exec_sql(url,
-             "CREATE TABLE lash_runtime_turn_commits (session_id TEXT NOT NULL, turn_id TEXT NOT NULL,"
-             " turn_commit_hash TEXT NOT NULL, result_json TEXT NOT NULL, committed_at_ms BIGINT NOT NULL,"
-             " PRIMARY KEY (session_id, turn_id))",
-             "CREATE TABLE lash_processes (process_id TEXT PRIMARY KEY, status TEXT NOT NULL)",
-             # t1 (intent 100) is superseded by t3 committing at 200; t2's intent (300) is later.
-             "INSERT INTO lash_runtime_turn_commits VALUES ('s1', 't1', 'h', '{}', 150),"
-             " ('s1', 't3', 'h', '{}', 200), ('s2', 't9', 'h', '{}', 500)",
-             "INSERT INTO lash_processes VALUES ('p2', 'running')")
+    exec_sql(
+        url,
+        "CREATE TABLE lash_runtime_turn_commits (session_id TEXT NOT NULL, turn_id TEXT NOT NULL,"
+        " turn_commit_hash TEXT NOT NULL, result_json TEXT NOT NULL, committed_at_ms BIGINT NOT NULL,"
+        " PRIMARY KEY (session_id, turn_id))",
+        "CREATE TABLE lash_processes (process_id TEXT PRIMARY KEY, status TEXT NOT NULL)",
+        # t1 (intent 100) is superseded by t3 committing at 200; t2's intent (300) is later.
+        "INSERT INTO lash_runtime_turn_commits VALUES ('s1', 't1', 'h', '{}', 150),"
+        " ('s1', 't3', 'h', '{}', 200), ('s2', 't9', 'h', '{}', 500)",
+        "INSERT INTO lash_processes VALUES ('p2', 'running')",
+    )
 
 
 def test_owner_rules_with_lash_tables(manifest):
@@ -304,8 +342,14 @@ def test_owner_rules_with_lash_tables(manifest):
         kept = {row.key for row in aged.values() if v.keep_reason(row) is not None}
         assert kept == {("s1", names["t_live"]), ("s2", names["t_other"]), ("s1", names["p_live"])}
         live = {name: v.has_live_row(i, 1000) for name, i in names.items()}
-        assert live == {"t_dead": False, "t_live": True, "t_other": True, "p_dead": False,
-                        "p_live": True, "none": False}
+        assert live == {
+            "t_dead": False,
+            "t_live": True,
+            "t_other": True,
+            "p_dead": False,
+            "p_live": True,
+            "none": False,
+        }
         assert v.has_live_row(names["none"], 99)  # newer than the cutoff
 
 
@@ -331,15 +375,18 @@ def test_process_owners_are_kept_while_the_registry_is_not_named(manifest):
         aged = {g[0].attachment_id: g[0] for g in v.aged(1000)}
         assert v.keep_reason(aged[names["p_dead"]]) == (
             "owned by process p1 (lash keeps process-owned intents unless its process registry is named: "
-            "--process-registry)")
+            "--process-registry)"
+        )
         assert v.keep_reason(aged[names["t_dead"]]) is None  # the turn rule stands as it was
         assert [v.has_live_row(names[n], 1000) for n in ("p_dead", "p_live", "t_dead")] == [True, True, False]
 
 
 def test_a_named_process_registry_must_be_a_table_with_process_ids(manifest):
-    for table, problem in (("lash_processes", "no table lash_processes"),
-                           ("elsewhere.procs", "no table elsewhere.procs"),
-                           (TABLE, "has no process_id column")):
+    for table, problem in (
+        ("lash_processes", "no table lash_processes"),
+        ("elsewhere.procs", "no table elsewhere.procs"),
+        (TABLE, "has no process_id column"),
+    ):
         with pytest.raises(UsageError, match=problem):
             with PostgresManifest(manifest.url, process_registry=table).reading():
                 pass
@@ -347,8 +394,14 @@ def test_a_named_process_registry_must_be_a_table_with_process_ids(manifest):
 
 def test_has_live_row_for_committed_and_recent_rows(manifest):
     with manifest.writing() as w:
-        w.append([Event.intent(IDS[0], "s1", 5), Event.commit(IDS[0], "s1", 6),
-                  Event.intent(IDS[1], "s1", 50), Event.intent(IDS[2], "s1", 5)])
+        w.append(
+            [
+                Event.intent(IDS[0], "s1", 5),
+                Event.commit(IDS[0], "s1", 6),
+                Event.intent(IDS[1], "s1", 50),
+                Event.intent(IDS[2], "s1", 5),
+            ]
+        )
         assert w.has_live_row(IDS[0], 100) and w.has_live_row(IDS[1], 10)
         assert not w.has_live_row(IDS[2], 10) and not w.has_live_row(IDS[3], 10)
 
@@ -362,25 +415,34 @@ def test_init_creates_lashs_table_and_indexes_once(pg_url):
     assert m.exists() and m.init() == []
     with psycopg.connect(pg_url) as conn:
         names = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (TABLE,))}
-        tables = {r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert {"idx_lash_attachment_manifest_uncommitted", "idx_lash_attachment_manifest_owner",
-            "lashctl_attachment_manifest_by_id", "lashctl_attachment_manifest_uncommitted_order"} <= names
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {
+        "idx_lash_attachment_manifest_uncommitted",
+        "idx_lash_attachment_manifest_owner",
+        "lashctl_attachment_manifest_by_id",
+        "lashctl_attachment_manifest_uncommitted_order",
+    } <= names
     assert tables == {TABLE}
 
 
 def test_init_adds_only_lashctls_indexes_to_lashs_newer_table(pg_url):
-    exec_sql(pg_url, f"""CREATE TABLE {TABLE} (attachment_id TEXT NOT NULL, session_id TEXT NOT NULL,
+    exec_sql(
+        pg_url,
+        f"""CREATE TABLE {TABLE} (attachment_id TEXT NOT NULL, session_id TEXT NOT NULL,
         canonical_uri TEXT NOT NULL, intent_at_ms BIGINT NOT NULL, write_id TEXT, written_at_ms BIGINT,
         committed_at_ms BIGINT, owner_kind TEXT, owner_id TEXT, owner_incarnation BIGINT,
         PRIMARY KEY (session_id, attachment_id))""",
-             f"CREATE INDEX idx_lash_attachment_manifest_uncommitted ON {TABLE}(committed_at_ms)"
-             " WHERE committed_at_ms IS NULL",
-             f"CREATE INDEX idx_lash_attachment_manifest_owner ON {TABLE}(session_id, owner_kind, owner_id,"
-             " owner_incarnation, committed_at_ms)")
+        f"CREATE INDEX idx_lash_attachment_manifest_uncommitted ON {TABLE}(committed_at_ms)"
+        " WHERE committed_at_ms IS NULL",
+        f"CREATE INDEX idx_lash_attachment_manifest_owner ON {TABLE}(session_id, owner_kind, owner_id,"
+        " owner_incarnation, committed_at_ms)",
+    )
     m = PostgresManifest(pg_url)
     m.check_writable()  # extra columns are fine
-    assert m.init() == ["index lashctl_attachment_manifest_by_id", "index lashctl_attachment_manifest_uncommitted_order"]
+    assert m.init() == [
+        "index lashctl_attachment_manifest_by_id",
+        "index lashctl_attachment_manifest_uncommitted_order",
+    ]
     with m.writing() as w:
         w.append([Event.intent(IDS[0], "s", 1)])
     assert list(all_rows(m)) == [("s", IDS[0])]
@@ -388,25 +450,39 @@ def test_init_adds_only_lashctls_indexes_to_lashs_newer_table(pg_url):
 
 def test_missing_table_is_a_usage_error(pg_url):
     m = PostgresManifest(pg_url)
-    for attempt in (m.check_writable, lambda: m.reading().__enter__(), lambda: m.writing().__enter__(),
-                    lambda: m.sweeping().__enter__()):
+    for attempt in (
+        m.check_writable,
+        lambda: m.reading().__enter__(),
+        lambda: m.writing().__enter__(),
+        lambda: m.sweeping().__enter__(),
+    ):
         with pytest.raises(UsageError) as info:
             attempt()
         assert info.value.exit_code == 2
         assert f"no table {TABLE} in t_" in info.value.message and "lashctl manifest init" in info.value.message
 
 
-@pytest.mark.parametrize("ddl, says", [
-    (f"CREATE TABLE {TABLE} (attachment_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, canonical_uri TEXT NOT NULL,"
-     " intent_at_ms BIGINT NOT NULL, committed_at_ms BIGINT)",
-     ["no column owner_kind", "no column owner_id", "primary key is (attachment_id)"]),
-    (f"CREATE TABLE {TABLE} (attachment_id TEXT, session_id TEXT, canonical_uri TEXT, intent_at_ms INTEGER NOT NULL,"
-     " committed_at_ms TIMESTAMPTZ, owner_kind TEXT, owner_id TEXT, PRIMARY KEY (session_id, attachment_id))",
-     ["column intent_at_ms is integer, expected bigint", "column committed_at_ms is timestamp with time zone"]),
-    (f"CREATE TABLE {TABLE} (attachment_id TEXT, session_id TEXT, canonical_uri TEXT, intent_at_ms BIGINT,"
-     " committed_at_ms BIGINT, owner_kind TEXT, owner_id TEXT)", ["no primary key"]),
-    (f"CREATE VIEW {TABLE} AS SELECT 1 AS x", ["is not a table"]),
-])
+@pytest.mark.parametrize(
+    "ddl, says",
+    [
+        (
+            f"CREATE TABLE {TABLE} (attachment_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, canonical_uri TEXT NOT NULL,"
+            " intent_at_ms BIGINT NOT NULL, committed_at_ms BIGINT)",
+            ["no column owner_kind", "no column owner_id", "primary key is (attachment_id)"],
+        ),
+        (
+            f"CREATE TABLE {TABLE} (attachment_id TEXT, session_id TEXT, canonical_uri TEXT, intent_at_ms INTEGER NOT NULL,"
+            " committed_at_ms TIMESTAMPTZ, owner_kind TEXT, owner_id TEXT, PRIMARY KEY (session_id, attachment_id))",
+            ["column intent_at_ms is integer, expected bigint", "column committed_at_ms is timestamp with time zone"],
+        ),
+        (
+            f"CREATE TABLE {TABLE} (attachment_id TEXT, session_id TEXT, canonical_uri TEXT, intent_at_ms BIGINT,"
+            " committed_at_ms BIGINT, owner_kind TEXT, owner_id TEXT)",
+            ["no primary key"],
+        ),
+        (f"CREATE VIEW {TABLE} AS SELECT 1 AS x", ["is not a table"]),
+    ],
+)
 def test_a_misshapen_table_is_corrupt(pg_url, ddl, says):
     exec_sql(pg_url, ddl)
     with pytest.raises(Corrupt) as info:
@@ -474,18 +550,25 @@ def test_libpq_environment_applies(manifest, monkeypatch, pg_server):
 
 def test_name_has_no_password():
     assert strip_password("postgresql://u:pw@h:5432/db") == "postgresql://u@h:5432/db"
-    assert strip_password("postgres://u:p%40w@h1:1,h2:2/db?password=x&sslmode=require") == \
-        "postgres://u@h1:1,h2:2/db?sslmode=require"
+    assert (
+        strip_password("postgres://u:p%40w@h1:1,h2:2/db?password=x&sslmode=require")
+        == "postgres://u@h1:1,h2:2/db?sslmode=require"
+    )
     assert strip_password("postgresql:///db?password=x") == "postgresql:///db"
     assert strip_password("postgresql://h/db") == "postgresql://h/db"
     assert PostgresManifest("postgresql://u:pw@h/db").name == "postgresql://u@h/db"
     # libpq ends the user part only at "/", and a query value only at "&":
     # "#" and "?" may be in a password, "@" in a query value.
-    for url in ("postgresql://u:SE#CRET@127.0.0.1:1/db", "postgresql://u:SE?CRET@127.0.0.1:1/db",
-                "postgresql://127.0.0.1:1/db?application_name=x#&password=SECRET",
-                "postgresql://h?password=SECRET@x", "postgresql://u:p@SECRET@h/db",
-                "postgresql://h/db?Password=SECRET&sslmode=require", "postgresql://h/db?pass%77ord=SECRET",
-                "postgresql://u:p/SECRET@h:1/db"):
+    for url in (
+        "postgresql://u:SE#CRET@127.0.0.1:1/db",
+        "postgresql://u:SE?CRET@127.0.0.1:1/db",
+        "postgresql://127.0.0.1:1/db?application_name=x#&password=SECRET",
+        "postgresql://h?password=SECRET@x",
+        "postgresql://u:p@SECRET@h/db",
+        "postgresql://h/db?Password=SECRET&sslmode=require",
+        "postgresql://h/db?pass%77ord=SECRET",
+        "postgresql://u:p/SECRET@h:1/db",
+    ):
         shown = strip_password(url)
         assert "SECRET" not in shown and "CRET" not in shown, (url, shown)
     assert strip_password("postgresql://u:SE#CRET@127.0.0.1:1/db") == "postgresql://u@127.0.0.1:1/db"
@@ -500,10 +583,13 @@ def test_streams_keep_memory_flat(manifest):
     """100,000 rows stream through in a few MB: a list of them all would take tens."""
     import tracemalloc
 
-    exec_sql(manifest.url,
-             f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
-             " SELECT 'session-' || (g % 3), lpad(to_hex(g / 3), 64, '0'), 'u', g, NULL"
-             " FROM generate_series(0, 99999) AS g", f"ANALYZE {TABLE}")
+    exec_sql(
+        manifest.url,
+        f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
+        " SELECT 'session-' || (g % 3), lpad(to_hex(g / 3), 64, '0'), 'u', g, NULL"
+        " FROM generate_series(0, 99999) AS g",
+        f"ANALYZE {TABLE}",
+    )
     with manifest.reading() as v:
         tracemalloc.start()
         try:
@@ -536,18 +622,26 @@ def test_a_table_lock_held_elsewhere_is_a_lock_timeout_not_a_hang(manifest):
 
 @pytest.mark.parametrize("bad_id", ["../../p2/sha256/x", "A" * 64, "a" * 63])
 def test_a_row_with_an_invalid_id_is_corrupt_data(manifest, bad_id):
-    exec_sql(manifest.url, f"INSERT INTO {TABLE} VALUES (%s, 's', 'sha256:x', 1000, NULL, NULL, NULL)",
-             params=(bad_id,))
-    for query in (lambda v: list(v.rows_by_id()), lambda v: list(v.uncommitted(None, None)),
-                  lambda v: list(v.aged(2000)), lambda v: v.rows_for_id(bad_id)):
+    exec_sql(
+        manifest.url, f"INSERT INTO {TABLE} VALUES (%s, 's', 'sha256:x', 1000, NULL, NULL, NULL)", params=(bad_id,)
+    )
+    for query in (
+        lambda v: list(v.rows_by_id()),
+        lambda v: list(v.uncommitted(None, None)),
+        lambda v: list(v.aged(2000)),
+        lambda v: v.rows_for_id(bad_id),
+    ):
         with pytest.raises(Corrupt) as info, manifest.reading() as view:
             query(view)
         assert info.value.exit_code == 65
 
 
 def test_init_changes_nothing_on_a_table_it_refuses(pg_url):
-    exec_sql(pg_url, f"CREATE TABLE {TABLE} (attachment_id TEXT, session_id TEXT, canonical_uri TEXT, "
-                     "intent_at_ms BIGINT NOT NULL, committed_at_ms BIGINT, owner_kind TEXT, owner_id TEXT)")
+    exec_sql(
+        pg_url,
+        f"CREATE TABLE {TABLE} (attachment_id TEXT, session_id TEXT, canonical_uri TEXT, "
+        "intent_at_ms BIGINT NOT NULL, committed_at_ms BIGINT, owner_kind TEXT, owner_id TEXT)",
+    )
     with pytest.raises(Corrupt):
         PostgresManifest(pg_url).init()
     with psycopg.connect(pg_url) as conn:
@@ -556,7 +650,8 @@ def test_init_changes_nothing_on_a_table_it_refuses(pg_url):
 
 @pytest.mark.parametrize("json_flag", [True, False], ids=["json", "tsv"])
 def test_list_uncommitted_on_a_pipe_rendered_by_postgres_is_what_python_prints(
-        cli, store, manifest, monkeypatch, json_flag):
+    cli, store, manifest, monkeypatch, json_flag
+):
     """Rows without bytes are written by PostgreSQL itself: byte for byte what
     rendering each row in Python prints, for every kind of text and time."""
     import hashlib
@@ -571,19 +666,50 @@ def test_list_uncommitted_on_a_pipe_rendered_by_postgres_is_what_python_prints(
     assert cli("--manifest", manifest.url, "put", "-q", "-s", "with-bytes", "-", input=b"bytes here").exit_code == 0
     now = now_ms()
     monkeypatch.setattr(command, "now_ms", lambda: now)
-    sessions = ["plain", 'quote"s', "back\\slash", "tab\there", "caf\u00e9", "\u2028sep", "bidi\u202e",
-                "emoji \U0001f600", "del\x7f", "c1\x85", "ctl\x1b[31m", "new\nline", "~ !#$%&'()*+,-./:;<=>?@[]^_`{|}"]
+    sessions = [
+        "plain",
+        'quote"s',
+        "back\\slash",
+        "tab\there",
+        "caf\u00e9",
+        "\u2028sep",
+        "bidi\u202e",
+        "emoji \U0001f600",
+        "del\x7f",
+        "c1\x85",
+        "ctl\x1b[31m",
+        "new\nline",
+        "~ !#$%&'()*+,-./:;<=>?@[]^_`{|}",
+    ]
     rows = [(h(f"gone {i}"), s, None, now - i * 7_777_777 - i) for i, s in enumerate(sessions)]
-    for i, at in enumerate([now - 86_400_000, now - 90_061_001, now - 3_600_000, now - 3_660_000, now - 60_000,
-                            now - 61_999, now - 999, now, now + 1, now + 2_500, 0,
-                            253_402_300_799_999]):  # (outside 1970-9999: a bad row, tested below)
+    for i, at in enumerate(
+        [
+            now - 86_400_000,
+            now - 90_061_001,
+            now - 3_600_000,
+            now - 3_660_000,
+            now - 60_000,
+            now - 61_999,
+            now - 999,
+            now,
+            now + 1,
+            now + 2_500,
+            0,
+            253_402_300_799_999,
+        ]
+    ):  # (outside 1970-9999: a bad row, tested below)
         rows.append((h(f"age {i}"), "ages", None, at))
-    rows += [(h("own uri"), "uris", 's3://b/k \u00e9"\\', now - 5), (h("own uri 2"), "uris", "x-lash:1", now - 6),
-             (h("quoted uri"), "uris", 'a"b\\c', now - 7)]
+    rows += [
+        (h("own uri"), "uris", 's3://b/k \u00e9"\\', now - 5),
+        (h("own uri 2"), "uris", "x-lash:1", now - 6),
+        (h("quoted uri"), "uris", 'a"b\\c', now - 7),
+    ]
     with psycopg.connect(manifest.url, autocommit=True) as conn:
         for aid_, session, uri, at in rows:
-            conn.execute(f"INSERT INTO {TABLE} (attachment_id, session_id, canonical_uri, intent_at_ms)"
-                         " VALUES (%s, %s, %s, %s)", (aid_, session, uri or canonical_uri(aid_), at))
+            conn.execute(
+                f"INSERT INTO {TABLE} (attachment_id, session_id, canonical_uri, intent_at_ms) VALUES (%s, %s, %s, %s)",
+                (aid_, session, uri or canonical_uri(aid_), at),
+            )
     args = ["--manifest", manifest.url, "list-uncommitted"] + (["--json"] if json_flag else [])
     written_by_postgres = []
     import lashctl.listing as listing
@@ -630,8 +756,7 @@ def test_list_uncommitted_on_a_pipe_rendered_by_postgres_is_what_python_prints(
 
 
 @pytest.mark.parametrize("json_flag", [True, False], ids=["json", "tsv"])
-def test_list_uncommitted_lists_every_good_row_and_reports_bad_ones_as_json_lines_does(
-        cli, store, manifest, json_flag):
+def test_list_uncommitted_lists_every_good_row_and_reports_bad_ones_as_json_lines_does(cli, store, manifest, json_flag):
     """A row lashctl cannot trust (an invalid id, an empty session, a time
     outside 1970-9999) is skipped and named on stderr, the listing is
     complete (valid JSON) and the exit code 65, as for a malformed line of a
@@ -639,18 +764,26 @@ def test_list_uncommitted_lists_every_good_row_and_reports_bad_ones_as_json_line
     good = [f"{n:064x}" for n in range(2500)]
     (store / "sha256").mkdir(parents=True)  # an empty store (a bare directory is not one)
     with psycopg.connect(manifest.url, autocommit=True) as conn:
-        with conn.cursor().copy(f"COPY {TABLE} (attachment_id, session_id, canonical_uri, intent_at_ms)"
-                                " FROM STDIN") as copy:
+        with conn.cursor().copy(
+            f"COPY {TABLE} (attachment_id, session_id, canonical_uri, intent_at_ms) FROM STDIN"
+        ) as copy:
             for n, i in enumerate(good):
                 copy.write_row((i, "s", canonical_uri(i), 1_000 + n))
-            for bad_id, session, at in [("ABC", "s", 5_000), ("f" * 64, "", 5_001), ("e" * 64, "s", -1),
-                                        ("d" * 64, "s", 9_000_000_000_000_000_000),
-                                        ("c" * 64, "s", -2**63)]:  # the age of it overflows a bigint
+            for bad_id, session, at in [
+                ("ABC", "s", 5_000),
+                ("f" * 64, "", 5_001),
+                ("e" * 64, "s", -1),
+                ("d" * 64, "s", 9_000_000_000_000_000_000),
+                ("c" * 64, "s", -(2**63)),
+            ]:  # the age of it overflows a bigint
                 copy.write_row((bad_id, session, "u", at))
     result = cli("--manifest", manifest.url, *(["--json"] if json_flag else []), "list-uncommitted")
     assert result.exit_code == 65, result.stderr
-    listed = ([r["id"] for r in json.loads(result.stdout)] if json_flag
-              else [line.split("\t")[0] for line in result.stdout.splitlines()])
+    listed = (
+        [r["id"] for r in json.loads(result.stdout)]
+        if json_flag
+        else [line.split("\t")[0] for line in result.stdout.splitlines()]
+    )
     assert listed == good
     assert result.stderr.count("\n") >= 5 and "ABC" in result.stderr
     assert "Traceback" not in result.stderr

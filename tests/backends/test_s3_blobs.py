@@ -42,8 +42,6 @@ def _mod():
     return module
 
 
-
-
 @pytest.fixture
 def client(s3_server):
     return servers.s3_client(s3_server)
@@ -88,9 +86,13 @@ def test_url_normalised_and_keys_exactly_as_lash_writes_them(s3_bucket, client):
     i = put_blob(deep, data)
     put_blob(flat, data)
     deep.write_sidecar(Metadata(i, "text/plain", len(data), label="h.txt"))
-    assert sorted(keys(client, s3_bucket)) == sorted([
-        f"one/two/sha256/{i[:2]}/{i}", f"one/two/sha256/{i[:2]}/{i}.json", f"sha256/{i[:2]}/{i}",
-    ])
+    assert sorted(keys(client, s3_bucket)) == sorted(
+        [
+            f"one/two/sha256/{i[:2]}/{i}",
+            f"one/two/sha256/{i[:2]}/{i}.json",
+            f"sha256/{i[:2]}/{i}",
+        ]
+    )
     assert deep.where(i) == f"s3://{s3_bucket}/one/two/sha256/{i[:2]}/{i}"
     assert deep.where(i, sidecar=True) == f"s3://{s3_bucket}/one/two/sha256/{i[:2]}/{i}.json"
     with pytest.raises(ValueError):
@@ -118,7 +120,7 @@ def test_stage_hashes_into_a_private_temp_file(backend):
     staged = backend.stage(io.BytesIO(data), "upload.bin", progress=seen.append)
     try:
         assert staged.attachment_id == sha(data) and staged.byte_len == len(data)
-        assert staged.head == data[:64 * 1024]
+        assert staged.head == data[: 64 * 1024]
         assert seen == [1024 * 1024] * 3 + [17]
         path = staged.handle
         assert os.path.dirname(path) == os.path.join(tempfile.gettempdir(), f"lashctl-s3-staging-{os.getuid()}")
@@ -248,8 +250,13 @@ def test_iter_ids_in_id_order_and_by_prefix(backend, s3_bucket, client):
     for i in ids[:5]:
         backend.write_sidecar(Metadata(i, "text/plain", 6))
     stray_id = sha(b"stray")
-    for stray in (f"sha256/{ids[0][:2]}/not-an-id", f"sha256/zz/{stray_id}", f"sha256/{stray_id}",
-                  f"sha256/{ids[1][:2]}/{ids[1]}.tmp", f"sha256/{ids[2][:2]}/{ids[2].upper()}"):
+    for stray in (
+        f"sha256/{ids[0][:2]}/not-an-id",
+        f"sha256/zz/{stray_id}",
+        f"sha256/{stray_id}",
+        f"sha256/{ids[1][:2]}/{ids[1]}.tmp",
+        f"sha256/{ids[2][:2]}/{ids[2].upper()}",
+    ):
         client.put_object(Bucket=s3_bucket, Key=f"team/lash/{stray}", Body=b"x")
     client.put_object(Bucket=s3_bucket, Key=f"team/lash/quarantine/s-{stray_id}", Body=b"x")
     client.put_object(Bucket=s3_bucket, Key=f"elsewhere/sha256/{stray_id[:2]}/{stray_id}", Body=b"x")
@@ -386,8 +393,7 @@ def test_unreachable_endpoint_is_unavailable(s3_bucket, monkeypatch):
 def auth_server(tmp_path_factory):
     """A second moto that checks credentials (it knows none, so every key is refused)."""
     servers.need("moto", "the S3 backend tests")
-    with servers.moto_server(tmp_path_factory.mktemp("moto-auth"),
-                             env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as url:
+    with servers.moto_server(tmp_path_factory.mktemp("moto-auth"), env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as url:
         yield url
 
 
@@ -395,8 +401,12 @@ def test_refused_credentials_are_denied(auth_server, monkeypatch):
     servers.s3_env(monkeypatch, auth_server)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value")
     b = _mod().S3Blobs("s3://some-bucket/p")
-    for call in (b.check_root, lambda: b.stat(sha(b"x")), lambda: b.install(b.stage(io.BytesIO(b"x"), "x")),
-                 lambda: b.open(sha(b"x"))):
+    for call in (
+        b.check_root,
+        lambda: b.stat(sha(b"x")),
+        lambda: b.install(b.stage(io.BytesIO(b"x"), "x")),
+        lambda: b.open(sha(b"x")),
+    ):
         with pytest.raises(Denied) as info:
             call()
         assert info.value.exit_code == EXIT_DENIED
@@ -497,8 +507,13 @@ def test_big_upload_and_hash_keep_resident_memory_flat(s3_bucket, tmp_path):
     size = 48 * 1024 * 1024
     script = tmp_path / "rss.py"
     script.write_text(_RSS_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), f"s3://{s3_bucket}/rss", str(size)],
-                          check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), f"s3://{s3_bucket}/rss", str(size)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     grown_mib = int(done.stdout.split()[-1])
     assert grown_mib < 28, f"resident memory grew by {grown_mib} MiB for a 48 MiB object"
@@ -594,8 +609,7 @@ def test_stat_many_of_a_big_batch_lists_instead_of_heads(backend, s3_server, s3_
     assert all(stats[i] is None for i in absent)
 
 
-def test_delete_many_after_listed_stats_asks_only_for_sidecars_that_exist(backend, s3_bucket, client,
-                                                                          monkeypatch):
+def test_delete_many_after_listed_stats_asks_only_for_sidecars_that_exist(backend, s3_bucket, client, monkeypatch):
     import obstore
 
     key = lambda i, suffix="": backend.where(i).split("/", 3)[3] + suffix
@@ -620,8 +634,9 @@ def test_delete_many_after_listed_stats_asks_only_for_sidecars_that_exist(backen
     result = backend.delete_many(wanted, known=stats)
     assert result == {**{i: n for n, i in enumerate(ids)}, orphan_sidecar: 0}
     assert len(sent) == 1  # 301 blob keys, 101 sidecars: one request
-    assert sorted(sent[0]) == sorted([key(i) for i in wanted] + [key(i, ".json") for i in ids[::3]]
-                                     + [key(orphan_sidecar, ".json")])
+    assert sorted(sent[0]) == sorted(
+        [key(i) for i in wanted] + [key(i, ".json") for i in ids[::3]] + [key(orphan_sidecar, ".json")]
+    )
     assert list(backend.iter_ids()) == [] and list(backend.walk()) == []
     # without known stats every sidecar key is asked for, as before
     sent.clear()
@@ -671,8 +686,9 @@ def test_verify_hashes_objects_of_an_s3_store_several_at_once(s3_bucket, client,
     state["max"] = 0
     again = verify(store, int(time.time() * 1000))
     assert state["max"] == 1
-    assert [(f.kind, f.attachment_id, f.message) for f in again.findings] == \
-        [(f.kind, f.attachment_id, f.message) for f in report.findings]
+    assert [(f.kind, f.attachment_id, f.message) for f in again.findings] == [
+        (f.kind, f.attachment_id, f.message) for f in report.findings
+    ]
 
 
 def test_stat_many_listing_gets_past_many_odd_keys_and_folder_markers(backend, s3_bucket, client, monkeypatch):
@@ -714,8 +730,9 @@ def test_staging_files_of_a_killed_put_are_removed_by_the_next_one(backend, tmp_
     monkeypatch.setattr(m, "_STAGING_SWEPT", False)
     staging = m.staging_dir()
     assert staging.parent == tmp_path and stat.S_IMODE(staging.stat().st_mode) == 0o700
-    gone = subprocess.run([_sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    gone = subprocess.run(
+        [_sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     dead = staging / f"{gone}-abcdef.part"
     alive = staging / f"{os.getpid()}-123456.part"
     other = staging / "notes.txt"
@@ -759,5 +776,6 @@ def test_verify_keeps_a_folder_marker_with_content_unreadable(s3_bucket, client,
     with store.blobs.opened():
         report = inspect.verify(store, now_ms())
     assert [(f.kind, f.attachment_id) for f in report.findings if f.severity == inspect.ERROR] == [
-        ("unreadable", ghost)], report.findings
+        ("unreadable", ghost)
+    ], report.findings
     assert real not in {f.attachment_id for f in report.findings if f.severity == inspect.ERROR}

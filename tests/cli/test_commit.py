@@ -49,7 +49,13 @@ def test_commit_reports_each_status_and_exit_3_for_no_intent(cli, store, tmp_pat
     # state cache is never trusted to skip one. "no intent" writes nothing.
     commits = [e for e in read_events(store) if e["op"] == "commit"]
     assert [(e["attachment_id"], e["session_id"]) for e in commits] == [
-        (a, "s1"), (a, "s1"), (b, "s1"), (c, "s1"), (c, "s1"), (d, "s1")]
+        (a, "s1"),
+        (a, "s1"),
+        (b, "s1"),
+        (c, "s1"),
+        (c, "s1"),
+        (d, "s1"),
+    ]
     listed = cli("list-uncommitted", "--json")
     assert_ok(listed)
     assert json.loads(listed.stdout) == []
@@ -99,5 +105,9 @@ def test_commit_record_whole(cli, store, tmp_path, monkeypatch):
     assert piped.stderr == "committed 0 row(s) for session s1\n"
     result, tables = drawn(cli, monkeypatch, "commit", "-s", "s1", nobody)
     assert result.exit_code == 3
-    assert tables == [([("id", "id", 0, 8, None), ("session", "text", 0, 8, None), ("status", "fixed", 0, 8, None)],
-                       [[nobody, "s1", "no_intent"]])]
+    assert tables == [
+        (
+            [("id", "id", 0, 8, None), ("session", "text", 0, 8, None), ("status", "fixed", 0, 8, None)],
+            [[nobody, "s1", "no_intent"]],
+        )
+    ]

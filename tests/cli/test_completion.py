@@ -16,8 +16,12 @@ def complete(*words: str, env: dict | None = None) -> list[str]:
     from lashctl.cli import app
 
     runner = CliRunner(env={name: None for name in LASHCTL_ENV})
-    environ = {"_LASHCTL_COMPLETE": "complete_bash", "COMP_WORDS": " ".join(["lashctl", *words]),
-               "COMP_CWORD": str(len(words)), **(env or {})}
+    environ = {
+        "_LASHCTL_COMPLETE": "complete_bash",
+        "COMP_WORDS": " ".join(["lashctl", *words]),
+        "COMP_CWORD": str(len(words)),
+        **(env or {}),
+    }
     result = runner.invoke(app, [], prog_name="lashctl", env=environ)
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return result.stdout.split()

@@ -28,10 +28,14 @@ def _corrupt_store(store: Path, put_blobs, bad_line: str) -> tuple[str, str]:
     store.mkdir(parents=True, exist_ok=True)
     (store / "manifest.jsonl.lock").touch()
     manifest_file(store).write_text(
-        event_line(HEADER) + "\n"
-        + event_line(intent(x, "A", now - 3 * DAY)) + "\n"
-        + bad_line + "\n"
-        + event_line(intent(y, "A", now - 3 * DAY)) + "\n",
+        event_line(HEADER)
+        + "\n"
+        + event_line(intent(x, "A", now - 3 * DAY))
+        + "\n"
+        + bad_line
+        + "\n"
+        + event_line(intent(y, "A", now - 3 * DAY))
+        + "\n",
         "utf-8",
     )
     return x, y
@@ -44,14 +48,17 @@ CORRUPT_LINES = {
 
 
 @pytest.mark.parametrize("bad", sorted(CORRUPT_LINES))
-@pytest.mark.parametrize("command", [
-    ["list-uncommitted"],
-    ["reclaim", "--force", "--older-than", "0s"],
-    ["reclaim", "--older-than", "1h", "--dry-run"],
-    ["commit", "-s", "A", "X"],
-    ["delete", "X"],
-    ["delete", "--force", "X"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list-uncommitted"],
+        ["reclaim", "--force", "--older-than", "0s"],
+        ["reclaim", "--older-than", "1h", "--dry-run"],
+        ["commit", "-s", "A", "X"],
+        ["delete", "X"],
+        ["delete", "--force", "X"],
+    ],
+)
 def test_a_corrupt_line_stops_every_command_that_needs_state(cli, store, put_blobs, bad, command):
     x, _y = _corrupt_store(store, put_blobs, CORRUPT_LINES[bad])
     command = [x if arg == "X" else arg for arg in command]
@@ -66,8 +73,12 @@ def test_a_corrupt_line_stops_every_command_that_needs_state(cli, store, put_blo
 def test_unknown_header_version_is_corruption(cli, store, put_blobs):
     (x,) = put_blobs({"x": b"x"})
     manifest_file(store).write_text(
-        json.dumps({"op": "header", "format": "lashctl-manifest", "version": 2}) + "\n"
-        + event_line(intent(x, "A", now_ms() - 3 * DAY)) + "\n", "utf-8")
+        json.dumps({"op": "header", "format": "lashctl-manifest", "version": 2})
+        + "\n"
+        + event_line(intent(x, "A", now_ms() - 3 * DAY))
+        + "\n",
+        "utf-8",
+    )
     (store / "manifest.jsonl.lock").touch()
     before = snapshot(store)
     result = cli("list-uncommitted")
@@ -118,7 +129,10 @@ def test_a_torn_final_line_is_ignored_with_a_warning_and_truncated_by_the_next_w
         assert added["attachment_id"] == sha(b"after the crash")
     else:
         assert {k: v for k, v in added.items() if k != "committed_at_epoch_ms"} == {
-            "op": "commit", "attachment_id": x, "session_id": "A"}
+            "op": "commit",
+            "attachment_id": x,
+            "session_id": "A",
+        }
     assert "SSSS" not in text
 
     result = cli("list-uncommitted")
@@ -155,12 +169,15 @@ def test_nan_or_infinity_in_a_manifest_line_is_corruption(cli, store, put_blobs,
         assert "extra" not in result.stdout  # manifest log stops at the line, like any malformed one
 
 
-@pytest.mark.parametrize("bad, where", [
-    ('{"op":"forget","session_id":"A","attachment_id":"' + "a" * 64 + '"} trailing', "Extra data at column 117"),
-    ('{"op": "intent", "session_id": "A",, }', "Expecting property name enclosed in double quotes at column 36"),
-    ('{"op":"forget","session_id":"\xe9', "invalid UTF-8 at byte 30"),
-    ('{"op":"forget","session_id":"a\x01b"}', "Invalid control character at column 31"),
-])
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ('{"op":"forget","session_id":"A","attachment_id":"' + "a" * 64 + '"} trailing', "Extra data at column 117"),
+        ('{"op": "intent", "session_id": "A",, }', "Expecting property name enclosed in double quotes at column 36"),
+        ('{"op":"forget","session_id":"\xe9', "invalid UTF-8 at byte 30"),
+        ('{"op":"forget","session_id":"a\x01b"}', "Invalid control character at column 31"),
+    ],
+)
 def test_a_malformed_line_names_its_column(cli, store, put_blobs, bad, where):
     """A hand fix needs the place on the line, not only the line."""
     raw = bad.encode("latin-1") if "\xe9" in bad else bad.encode()

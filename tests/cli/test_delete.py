@@ -63,8 +63,9 @@ def test_delete_refuses_live_content_naming_the_sessions(cli, store, tmp_path):
     assert_ok(result)
     document = json.loads(result.stdout)
     assert document["dry_run"] is True and document["blobs_deleted"] == 1
-    assert document["items"] == [{"id": attachment_id, "existed": True, "byte_len": len(data),
-                                  "sessions": ["alice", "bob"]}]
+    assert document["items"] == [
+        {"id": attachment_id, "existed": True, "byte_len": len(data), "sessions": ["alice", "bob"]}
+    ]
     assert snapshot(store) == before
 
     result = cli("delete", "--force", attachment_id)
@@ -101,11 +102,17 @@ def test_delete_record_whole(cli, store, put_blobs, monkeypatch):
     assert piped.stderr == "dry run: would delete 1 blob(s), 7 B\n"
     result, tables = drawn(cli, monkeypatch, "delete", "--force", present, absent)
     assert_ok(result)
-    assert tables == [(
-        [("id", "id", 0, 8, None), ("action", "fixed", 0, 8, None), ("size", "bytes", 2, 8, None),
-         ("referenced by", "text", 1, 8, None)],
-        [[present, "deleted", 7, "s1, s2"], [absent, "absent", None, None]],
-    )]
+    assert tables == [
+        (
+            [
+                ("id", "id", 0, 8, None),
+                ("action", "fixed", 0, 8, None),
+                ("size", "bytes", 2, 8, None),
+                ("referenced by", "text", 1, 8, None),
+            ],
+            [[present, "deleted", 7, "s1, s2"], [absent, "absent", None, None]],
+        )
+    ]
     assert result.stderr == "deleted 1 blob(s), 7 B\n"
 
 

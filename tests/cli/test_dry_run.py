@@ -17,22 +17,32 @@ def aged(cli, store, put_blobs):
     """x: aged intents of A and B, B committed; y: an aged orphan of A; z: bytes no row names."""
     x, y, z = put_blobs({"x": b"shared bytes", "y": b"orphan", "z": b"unreferenced"})
     now = now_ms()
-    write_manifest(store, [intent(x, "A", now - 3 * DAY), intent(x, "B", now - 3 * DAY),
-                           commit_ev(x, "B", now - 3 * DAY + 1), intent(y, "A", now - 3 * DAY),
-                           intent(y, "A", now - 2 * DAY)])
+    write_manifest(
+        store,
+        [
+            intent(x, "A", now - 3 * DAY),
+            intent(x, "B", now - 3 * DAY),
+            commit_ev(x, "B", now - 3 * DAY + 1),
+            intent(y, "A", now - 3 * DAY),
+            intent(y, "A", now - 2 * DAY),
+        ],
+    )
     for attachment_id in (x, y, z):
         pin_mtime(store, attachment_id)
     return x, y, z
 
 
-@pytest.mark.parametrize("command", [
-    ["reclaim", "-n", "--older-than", "1h"],
-    ["gc", "-n", "--older-than", "1h"],
-    ["delete", "-n", "--force", "X"],
-    ["forget", "-n", "-s", "A"],
-    ["manifest", "compact", "-n"],
-    ["migrate", "-n", "--to-store", "DEST"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["reclaim", "-n", "--older-than", "1h"],
+        ["gc", "-n", "--older-than", "1h"],
+        ["delete", "-n", "--force", "X"],
+        ["forget", "-n", "-s", "A"],
+        ["manifest", "compact", "-n"],
+        ["migrate", "-n", "--to-store", "DEST"],
+    ],
+)
 def test_a_dry_runs_summary_says_what_would_happen(cli, store, tmp_path, aged, command):
     x, _, _ = aged
     command = [{"X": x, "DEST": str(tmp_path / "dest")}.get(a, a) for a in command]

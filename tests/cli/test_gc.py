@@ -33,13 +33,41 @@ def test_gc_record_whole(cli, store, put_blobs, monkeypatch):
     dry = cli("gc", "-n", "--json")
     assert_ok(dry)
     document = json.loads(dry.stdout)
-    assert list(document) == RUN_FIELDS + ["dry_run", "cutoff_epoch_ms", "cutoff", "blobs_scanned", "blobs_deleted",
-                                           "litter_deleted", "bytes_freed", "failures", "items"]
+    assert list(document) == RUN_FIELDS + [
+        "dry_run",
+        "cutoff_epoch_ms",
+        "cutoff",
+        "blobs_scanned",
+        "blobs_deleted",
+        "litter_deleted",
+        "bytes_freed",
+        "failures",
+        "items",
+    ]
     blobs = sorted([(loose, 11), (broken, 6)])
-    expected = [{"path": str(blob_path(store, i)), "id": i, "kind": "blob", "action": "delete", "byte_len": n,
-                 "reason": "unreferenced: no manifest row", "error": None} for i, n in blobs]
-    expected.append({"path": str(litter), "id": None, "kind": "staging", "action": "delete", "byte_len": 4,
-                     "reason": document["items"][-1]["reason"], "error": None})
+    expected = [
+        {
+            "path": str(blob_path(store, i)),
+            "id": i,
+            "kind": "blob",
+            "action": "delete",
+            "byte_len": n,
+            "reason": "unreferenced: no manifest row",
+            "error": None,
+        }
+        for i, n in blobs
+    ]
+    expected.append(
+        {
+            "path": str(litter),
+            "id": None,
+            "kind": "staging",
+            "action": "delete",
+            "byte_len": 4,
+            "reason": document["items"][-1]["reason"],
+            "error": None,
+        }
+    )
     assert document["items"] == expected
     assert (document["blobs_scanned"], document["blobs_deleted"], document["litter_deleted"]) == (3, 2, 1)
 
@@ -49,9 +77,22 @@ def test_gc_record_whole(cli, store, put_blobs, monkeypatch):
     result, tables = drawn(cli, monkeypatch, "gc")
     assert result.exit_code == 5, result.stderr
     ((columns, rows),) = tables
-    assert columns == [("path", "path", 0, 20, str(store)), ("kind", "fixed", 0, 8, None),
-                       ("action", "fixed", 0, 8, None), ("size", "bytes", 2, 8, None), ("reason", "text", 1, 12, None)]
+    assert columns == [
+        ("path", "path", 0, 20, str(store)),
+        ("kind", "fixed", 0, 8, None),
+        ("action", "fixed", 0, 8, None),
+        ("size", "bytes", 2, 8, None),
+        ("reason", "text", 1, 12, None),
+    ]
     failed = {str(blob_path(store, broken)): "cannot delete it: Permission denied"}
-    assert rows == [[e["path"], e["kind"], "failed" if e["path"] in failed else "delete", e["byte_len"],
-                     failed.get(e["path"], e["reason"])] for e in expected]
+    assert rows == [
+        [
+            e["path"],
+            e["kind"],
+            "failed" if e["path"] in failed else "delete",
+            e["byte_len"],
+            failed.get(e["path"], e["reason"]),
+        ]
+        for e in expected
+    ]
     assert "lashctl: error: gc finished with 1 failure(s): " + str(blob_path(store, broken)) in result.stderr

@@ -138,17 +138,20 @@ def test_a_manifest_url_that_is_not_utf8_is_a_usage_error(cli, url):
     assert "\udcff" not in result.stderr and "unexpected" not in result.stderr
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql://postgres:s3crETpw@[::1/db",             # libpq quotes the URI it cannot parse
-    "postgresql://postgres:s3cr%zzETpw@/db",              # ... or the token
-    "postgresql://postgres@/db?password=s3crETpw%ZZ",
-    "postgresql://postgres:s3cr%FFETpw@/db?host=/tmp&port=1",  # percent-decodes to bytes that are not UTF-8
-    "postgresql://postgres@/db?host=/tmp&password=s3crETpw%FF",
-    "postgresql+psycopg://postgres:s3crETpw@/db",          # a scheme lashctl does not know
-    "mysql://root:s3crETpw@localhost/db",
-    'postgresql://u:s3crETpw@[::1]"/db',                  # quotes in the URL itself
-    'postgresql://u:s3"crETpw%zz@h/db',
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:s3crETpw@[::1/db",  # libpq quotes the URI it cannot parse
+        "postgresql://postgres:s3cr%zzETpw@/db",  # ... or the token
+        "postgresql://postgres@/db?password=s3crETpw%ZZ",
+        "postgresql://postgres:s3cr%FFETpw@/db?host=/tmp&port=1",  # percent-decodes to bytes that are not UTF-8
+        "postgresql://postgres@/db?host=/tmp&password=s3crETpw%FF",
+        "postgresql+psycopg://postgres:s3crETpw@/db",  # a scheme lashctl does not know
+        "mysql://root:s3crETpw@localhost/db",
+        'postgresql://u:s3crETpw@[::1]"/db',  # quotes in the URL itself
+        'postgresql://u:s3"crETpw%zz@h/db',
+    ],
+)
 def test_a_bad_manifest_url_is_a_usage_error_that_never_shows_its_password(cli, store, url):
     """README: a password is never shown. A URL libpq cannot parse, one whose
     percent-decoded bytes are not UTF-8 and one of an unknown scheme are each

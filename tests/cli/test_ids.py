@@ -26,8 +26,9 @@ BAD_IDS = ["../../etc/passwd", "zz", "abc", "sha256:abc", "g" * 64, "a" * 65, ""
 
 
 @pytest.mark.parametrize("bad", BAD_IDS)
-@pytest.mark.parametrize("command", [["get"], ["get", "-o", "OUT"], ["delete"], ["delete", "--force"],
-                                     ["commit", "-s", "s"]])
+@pytest.mark.parametrize(
+    "command", [["get"], ["get", "-o", "OUT"], ["delete"], ["delete", "--force"], ["commit", "-s", "s"]]
+)
 def test_malformed_ids_are_usage_errors_that_touch_nothing(cli, store, tmp_path, bad, command):
     assert_ok(cli("put", "-s", "s", "-", input=b"present"))
     out = tmp_path / "out.bin"
@@ -46,8 +47,17 @@ def test_malformed_ids_never_create_the_store(cli, store, command):
     assert not store.exists()
 
 
-@pytest.mark.parametrize("command", [["get"], ["get", "-o", "OUT"], ["delete"], ["delete", "--force"],
-                                     ["delete", "--dry-run", "--force"], ["commit", "-s", "s"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["get"],
+        ["get", "-o", "OUT"],
+        ["delete"],
+        ["delete", "--force"],
+        ["delete", "--dry-run", "--force"],
+        ["commit", "-s", "s"],
+    ],
+)
 def test_an_ambiguous_prefix_is_a_usage_error_that_touches_nothing(cli, store, tmp_path, command):
     one, two = colliding_inputs(4)
     id_one, id_two = sha(one), sha(two)
@@ -106,8 +116,13 @@ def test_lash_core_staging_litter_is_not_a_blob(cli, store):
 def test_upper_case_and_uri_ids_are_accepted(cli, store, tmp_path):
     data = b"case folded"
     attachment_id = ids_out(cli("put", "-s", "s", "-", input=data))[0]
-    for text in (attachment_id.upper(), "sha256:" + attachment_id, "SHA256:" + attachment_id.upper(),
-                 attachment_id[:6].upper(), "sha256:" + attachment_id[:5]):
+    for text in (
+        attachment_id.upper(),
+        "sha256:" + attachment_id,
+        "SHA256:" + attachment_id.upper(),
+        attachment_id[:6].upper(),
+        "sha256:" + attachment_id[:5],
+    ):
         result = cli("get", text)
         assert_ok(result)
         assert result.stdout_bytes == data

@@ -33,16 +33,19 @@ def listed_rows(cli, store, put_blobs):
     e = sha(b"forgotten")
     now = now_ms()
     times = {"a": now - 3 * DAY, "b": now - 2 * HOUR, "c": now - 10 * MINUTE}
-    write_manifest(store, [
-        intent(c, "s1", times["c"]),
-        intent(c, "s1", now - 4 * DAY),  # an older refresh: the later time wins
-        intent(b, "s2", times["b"]),
-        intent(d, "s1", now - 5 * DAY),
-        commit_ev(d, "s1", now - 5 * DAY),
-        intent(e, "s2", now - 6 * HOUR),
-        forget(e, "s2"),
-        intent(a, "s1", times["a"]),
-    ])
+    write_manifest(
+        store,
+        [
+            intent(c, "s1", times["c"]),
+            intent(c, "s1", now - 4 * DAY),  # an older refresh: the later time wins
+            intent(b, "s2", times["b"]),
+            intent(d, "s1", now - 5 * DAY),
+            commit_ev(d, "s1", now - 5 * DAY),
+            intent(e, "s2", now - 6 * HOUR),
+            forget(e, "s2"),
+            intent(a, "s1", times["a"]),
+        ],
+    )
     return {"a": a, "b": b, "c": c, "times": times}
 
 
@@ -58,7 +61,9 @@ def test_list_uncommitted_all_rows_oldest_first(cli, store, listed_rows):
     assert_ok(result)
     rows = json.loads(result.stdout)
     assert [(r["id"], r["session_id"], r["intent_at_epoch_ms"]) for r in rows] == [
-        (a, "s1", times["a"]), (b, "s2", times["b"]), (c, "s1", times["c"]),
+        (a, "s1", times["a"]),
+        (b, "s2", times["b"]),
+        (c, "s1", times["c"]),
     ]
     by_id = {r["id"]: r for r in rows}
     assert by_id[a]["byte_len"] == len(png_bytes(5, 6))
@@ -98,10 +103,19 @@ def test_list_uncommitted_cutoffs_and_session_filter(cli, store, listed_rows):
 
 def test_list_uncommitted_reads_every_lash_sidecar_form(cli, store, put_blobs):
     (x,) = put_blobs({"x.bin": b"later lash form"})
-    sidecar_path(store, x).write_text(json.dumps({
-        "id": x, "media_type": "image/png", "byte_len": 15, "label": "shot",
-        "type_metadata": {"type": "image", "width": 3, "height": 4}, "future_key": [1, 2],
-    }), "utf-8")
+    sidecar_path(store, x).write_text(
+        json.dumps(
+            {
+                "id": x,
+                "media_type": "image/png",
+                "byte_len": 15,
+                "label": "shot",
+                "type_metadata": {"type": "image", "width": 3, "height": 4},
+                "future_key": [1, 2],
+            }
+        ),
+        "utf-8",
+    )
     write_manifest(store, [intent(x, "s", now_ms() - DAY)])
     result = cli("list-uncommitted", "--json")
     assert_ok(result)
@@ -114,7 +128,8 @@ def test_list_uncommitted_reads_every_lash_sidecar_form(cli, store, put_blobs):
 
 @pytest.mark.parametrize("json_flag", [True, False], ids=["json", "tsv"])
 def test_list_uncommitted_on_a_pipe_prints_what_the_row_by_row_rendering_prints(
-        cli, store, put_blobs, monkeypatch, json_flag):
+    cli, store, put_blobs, monkeypatch, json_flag
+):
     """Rows without bytes are written by the state cache's SQLite: byte for
     byte what rendering each row in Python prints, for every kind of text."""
     import lashctl.commands.list_uncommitted as command
@@ -123,17 +138,44 @@ def test_list_uncommitted_on_a_pipe_prints_what_the_row_by_row_rendering_prints(
     (present,) = put_blobs({"here.txt": b"bytes here"})
     now = now_ms()
     monkeypatch.setattr(command, "now_ms", lambda: now)
-    sessions = ["plain", 'quote"s', "back\\slash", "tab\there", "caf\u00e9", "\u2028sep", "bidi\u202e",
-                "emoji \U0001f600", "del\x7f", "c1\x85", "ctl\x1b[31m", "new\nline", "~ !#$%&'()*+,-./:;<=>?@[]^_`{|}"]
+    sessions = [
+        "plain",
+        'quote"s',
+        "back\\slash",
+        "tab\there",
+        "caf\u00e9",
+        "\u2028sep",
+        "bidi\u202e",
+        "emoji \U0001f600",
+        "del\x7f",
+        "c1\x85",
+        "ctl\x1b[31m",
+        "new\nline",
+        "~ !#$%&'()*+,-./:;<=>?@[]^_`{|}",
+    ]
     events = []
     for i, session in enumerate(sessions):
         events.append(intent(sha(b"gone %d" % i), session, now - i * 7_777_777 - i))
     # ages of every shape: days and hours, hours and minutes, seconds, a future intent (clock skew)
-    for i, at in enumerate([now - 86_400_000, now - 90_061_001, now - 3_600_000, now - 3_660_000, now - 60_000,
-                            now - 61_999, now - 999, now, now + 1, now + 2_500, 0, 253_402_300_799_999]):
+    for i, at in enumerate(
+        [
+            now - 86_400_000,
+            now - 90_061_001,
+            now - 3_600_000,
+            now - 3_660_000,
+            now - 60_000,
+            now - 61_999,
+            now - 999,
+            now,
+            now + 1,
+            now + 2_500,
+            0,
+            253_402_300_799_999,
+        ]
+    ):
         events.append(intent(sha(b"age %d" % i), "ages", at))
     odd = sha(b"own uri")
-    events.append({**intent(odd, "uris", now - 5), "canonical_uri": "s3://b/k \u00e9\"\\"})
+    events.append({**intent(odd, "uris", now - 5), "canonical_uri": 's3://b/k \u00e9"\\'})
     events.append({**intent(sha(b"own uri 2"), "uris", now - 6), "canonical_uri": "x-lash:1"})
     events.append(intent(present, "with-bytes", now - 123_456))
     write_manifest(store, events)
@@ -234,12 +276,28 @@ def test_list_uncommitted_record_whole(cli, store, put_blobs, monkeypatch):
     ages = [item.pop("age_ms") for item in items]
     assert 3 * DAY <= ages[0] < 3 * DAY + MINUTE and 125 * MINUTE <= ages[1] < 126 * MINUTE
     expected = [
-        {"id": a, "session_id": "s1", "canonical_uri": "sha256:" + a, "intent_at_epoch_ms": now - 3 * DAY,
-         "intent_at": iso(now - 3 * DAY), "byte_len": len(png_bytes(5, 6)), "media_type": "image/png",
-         "label": "a.png", "bytes_present": True},
-        {"id": gone, "session_id": "s2", "canonical_uri": "sha256:" + gone,
-         "intent_at_epoch_ms": now - 125 * MINUTE, "intent_at": iso(now - 125 * MINUTE), "byte_len": None,
-         "media_type": None, "label": None, "bytes_present": False},
+        {
+            "id": a,
+            "session_id": "s1",
+            "canonical_uri": "sha256:" + a,
+            "intent_at_epoch_ms": now - 3 * DAY,
+            "intent_at": iso(now - 3 * DAY),
+            "byte_len": len(png_bytes(5, 6)),
+            "media_type": "image/png",
+            "label": "a.png",
+            "bytes_present": True,
+        },
+        {
+            "id": gone,
+            "session_id": "s2",
+            "canonical_uri": "sha256:" + gone,
+            "intent_at_epoch_ms": now - 125 * MINUTE,
+            "intent_at": iso(now - 125 * MINUTE),
+            "byte_len": None,
+            "media_type": None,
+            "label": None,
+            "bytes_present": False,
+        },
     ]
     assert items == expected
     piped = cli("list-uncommitted")
@@ -250,11 +308,22 @@ def test_list_uncommitted_record_whole(cli, store, put_blobs, monkeypatch):
     assert piped.stderr == "2 uncommitted row(s)\n"
     result, tables = drawn(cli, monkeypatch, "list-uncommitted", "--older-than", "1h")
     assert_ok(result)
-    assert tables == [(
-        [("id", "id", 0, 8, None), ("session", "text", 0, 8, None), ("intent at", "fixed", 7, 8, None),
-         ("age", "fixed", 2, 8, None), ("size", "bytes", 4, 8, None), ("media type", "text", 6, 10, None),
-         ("label", "text", 5, 8, None), ("bytes", "fixed", 3, 8, None)],
-        [[a, "s1", iso(now - 3 * DAY), "3d", len(png_bytes(5, 6)), "image/png", "a.png", "present"],
-         [gone, "s2", iso(now - 125 * MINUTE), "2h5m", None, None, None, "missing"]],
-    )]
+    assert tables == [
+        (
+            [
+                ("id", "id", 0, 8, None),
+                ("session", "text", 0, 8, None),
+                ("intent at", "fixed", 7, 8, None),
+                ("age", "fixed", 2, 8, None),
+                ("size", "bytes", 4, 8, None),
+                ("media type", "text", 6, 10, None),
+                ("label", "text", 5, 8, None),
+                ("bytes", "fixed", 3, 8, None),
+            ],
+            [
+                [a, "s1", iso(now - 3 * DAY), "3d", len(png_bytes(5, 6)), "image/png", "a.png", "present"],
+                [gone, "s2", iso(now - 125 * MINUTE), "2h5m", None, None, None, "missing"],
+            ],
+        )
+    ]
     assert result.stderr.startswith("2 uncommitted row(s) with intent at or before ")

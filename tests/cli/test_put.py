@@ -92,16 +92,40 @@ def test_put_png_from_stdin_is_sniffed_and_options_override(cli, store, tmp_path
     result = cli("put", "-s", "s", "-", input=data)
     assert_ok(result)
     meta = json.loads(sidecar_path(store, sha(data)).read_text("utf-8"))
-    assert meta == {"id": sha(data), "media_type": {"kind": "image", "type": "png"},
-                    "byte_len": len(data), "width": 3, "height": 2}
+    assert meta == {
+        "id": sha(data),
+        "media_type": {"kind": "image", "type": "png"},
+        "byte_len": len(data),
+        "width": 3,
+        "height": 2,
+    }
 
     other = b"GIF-less bytes that claim to be jpeg"
-    result = cli("put", "-s", "s", "--media-type", " Image/JPG ", "--label", "cam", "--width", "640",
-                 "--height", "480", "-", input=other)
+    result = cli(
+        "put",
+        "-s",
+        "s",
+        "--media-type",
+        " Image/JPG ",
+        "--label",
+        "cam",
+        "--width",
+        "640",
+        "--height",
+        "480",
+        "-",
+        input=other,
+    )
     assert_ok(result)
     meta = json.loads(sidecar_path(store, sha(other)).read_text("utf-8"))
-    assert meta == {"id": sha(other), "media_type": {"kind": "image", "type": "jpeg"},
-                    "byte_len": len(other), "width": 640, "height": 480, "label": "cam"}
+    assert meta == {
+        "id": sha(other),
+        "media_type": {"kind": "image", "type": "jpeg"},
+        "byte_len": len(other),
+        "width": 640,
+        "height": 480,
+        "label": "cam",
+    }
 
     bad = cli("put", "-s", "s", "--media-type", "text/plain; charset=utf-8", "-", input=b"x")
     assert_error(bad, 2, "--media-type")
@@ -113,13 +137,20 @@ def test_sniffed_content_beats_the_file_name(cli, store, tmp_path):
     (source,) = write_inputs(tmp_path / "in", {"misnamed.txt": data})
     assert_ok(cli("put", "-s", "s", str(source)))
     meta = json.loads(sidecar_path(store, sha(data)).read_text("utf-8"))
-    assert meta == {"id": sha(data), "media_type": {"kind": "image", "type": "png"}, "byte_len": len(data),
-                    "width": 9, "height": 4, "label": "misnamed.txt"}
+    assert meta == {
+        "id": sha(data),
+        "media_type": {"kind": "image", "type": "png"},
+        "byte_len": len(data),
+        "width": 9,
+        "height": 4,
+        "label": "misnamed.txt",
+    }
 
 
 def test_identical_bytes_give_one_id_and_one_blob(cli, store, tmp_path):
-    a, b, c = write_inputs(tmp_path / "in", {"a.txt": b"same bytes\n", "b.txt": b"same bytes\n",
-                                              "c.txt": b"other bytes\n"})
+    a, b, c = write_inputs(
+        tmp_path / "in", {"a.txt": b"same bytes\n", "b.txt": b"same bytes\n", "c.txt": b"other bytes\n"}
+    )
     result = cli("put", "-s", "s1", str(a), str(b))
     assert_ok(result)
     same = sha(b"same bytes\n")
@@ -133,8 +164,9 @@ def test_identical_bytes_give_one_id_and_one_blob(cli, store, tmp_path):
     assert_ok(result)
     assert result.stdout == sha(b"other bytes\n") + "\n"
     assert sha(b"other bytes\n") != sha(b"same bytes\n")
-    assert blob_files(store) == sorted([blob_path(store, sha(b"same bytes\n")),
-                                        blob_path(store, sha(b"other bytes\n"))])
+    assert blob_files(store) == sorted(
+        [blob_path(store, sha(b"same bytes\n")), blob_path(store, sha(b"other bytes\n"))]
+    )
     assert files_under(store / "tmp") == []
 
 
@@ -220,12 +252,36 @@ def test_put_record_whole(cli, store, tmp_path, monkeypatch):
     assert_ok(result)
     p, t = sha(png_bytes(4, 5)), sha(b"text")
     assert json.loads(result.stdout) == [
-        {"id": p, "path": str(png), "byte_len": len(png_bytes(4, 5)), "media_type": "image/png", "label": "p.png",
-         "width": 4, "height": 5, "deduplicated": False},
-        {"id": t, "path": str(text), "byte_len": 4, "media_type": "text/plain", "label": "t.txt",
-         "width": None, "height": None, "deduplicated": False},
-        {"id": t, "path": "-", "byte_len": 4, "media_type": "application/octet-stream", "label": None,
-         "width": None, "height": None, "deduplicated": True},
+        {
+            "id": p,
+            "path": str(png),
+            "byte_len": len(png_bytes(4, 5)),
+            "media_type": "image/png",
+            "label": "p.png",
+            "width": 4,
+            "height": 5,
+            "deduplicated": False,
+        },
+        {
+            "id": t,
+            "path": str(text),
+            "byte_len": 4,
+            "media_type": "text/plain",
+            "label": "t.txt",
+            "width": None,
+            "height": None,
+            "deduplicated": False,
+        },
+        {
+            "id": t,
+            "path": "-",
+            "byte_len": 4,
+            "media_type": "application/octet-stream",
+            "label": None,
+            "width": None,
+            "height": None,
+            "deduplicated": True,
+        },
     ]
     result, tables = drawn(cli, monkeypatch, "put", "-s", "s", str(png), str(text))
     assert_ok(result)

@@ -34,11 +34,14 @@ from .helpers import (
 def test_reclaim_keeps_bytes_a_committed_row_of_another_session_needs(cli, store, put_blobs):
     (x,) = put_blobs({"x.png": png_bytes(2, 2)})
     now = now_ms()
-    write_manifest(store, [
-        intent(x, "session-A", now - 3 * DAY),  # A recorded an intent and crashed
-        intent(x, "session-B", now - 2 * DAY),
-        commit_ev(x, "session-B", now - 2 * DAY + 1000),
-    ])
+    write_manifest(
+        store,
+        [
+            intent(x, "session-A", now - 3 * DAY),  # A recorded an intent and crashed
+            intent(x, "session-B", now - 2 * DAY),
+            commit_ev(x, "session-B", now - 2 * DAY + 1000),
+        ],
+    )
     before_lines = manifest_file(store).read_text("utf-8").splitlines()
 
     result = cli("reclaim", "--older-than", "1h", "--json")
@@ -54,7 +57,7 @@ def test_reclaim_keeps_bytes_a_committed_row_of_another_session_needs(cli, store
     assert sidecar_path(store, x).exists()
     after_lines = manifest_file(store).read_text("utf-8").splitlines()
     assert after_lines[: len(before_lines)] == before_lines
-    assert [json.loads(line) for line in after_lines[len(before_lines):]] == [forget(x, "session-A")]
+    assert [json.loads(line) for line in after_lines[len(before_lines) :]] == [forget(x, "session-A")]
 
     # B's row remains: deleting X is refused naming session-B, and a second sweep does nothing.
     assert_error(cli("delete", x), 4, "session-B")
@@ -97,29 +100,33 @@ def test_reclaim_deletes_bytes_when_no_row_is_live(cli, store, put_blobs):
 
 
 def _reclaim_fixture(cli, store, put_blobs) -> dict[str, str]:
-    orphan, shared, recent, fresh, kept = put_blobs({
-        "orphan.bin": b"orphan bytes",
-        "shared.bin": b"shared bytes",
-        "recent.bin": b"recently re-uploaded",
-        "fresh.bin": b"fresh upload",
-        "kept.bin": b"committed long ago",
-    })
+    orphan, shared, recent, fresh, kept = put_blobs(
+        {
+            "orphan.bin": b"orphan bytes",
+            "shared.bin": b"shared bytes",
+            "recent.bin": b"recently re-uploaded",
+            "fresh.bin": b"fresh upload",
+            "kept.bin": b"committed long ago",
+        }
+    )
     missing = sha(b"bytes that never landed")
     now = now_ms()
-    write_manifest(store, [
-        intent(orphan, "A", now - 3 * DAY),
-        intent(shared, "A", now - 3 * DAY),
-        intent(shared, "B", now - 2 * DAY),
-        commit_ev(shared, "B", now - 2 * DAY),
-        intent(recent, "A", now - 2 * DAY),
-        intent(recent, "C", now - 10 * MINUTE),
-        intent(missing, "A", now - 1 * DAY),
-        intent(fresh, "A", now - 5 * MINUTE),
-        intent(kept, "K", now - 9 * DAY),
-        commit_ev(kept, "K", now - 9 * DAY),
-    ])
-    return {"orphan": orphan, "shared": shared, "recent": recent, "missing": missing,
-            "fresh": fresh, "kept": kept}
+    write_manifest(
+        store,
+        [
+            intent(orphan, "A", now - 3 * DAY),
+            intent(shared, "A", now - 3 * DAY),
+            intent(shared, "B", now - 2 * DAY),
+            commit_ev(shared, "B", now - 2 * DAY),
+            intent(recent, "A", now - 2 * DAY),
+            intent(recent, "C", now - 10 * MINUTE),
+            intent(missing, "A", now - 1 * DAY),
+            intent(fresh, "A", now - 5 * MINUTE),
+            intent(kept, "K", now - 9 * DAY),
+            commit_ev(kept, "K", now - 9 * DAY),
+        ],
+    )
+    return {"orphan": orphan, "shared": shared, "recent": recent, "missing": missing, "fresh": fresh, "kept": kept}
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
@@ -128,8 +135,15 @@ def test_reclaim_progress_bar_is_given_the_plan_size_before_it_advances(cli, sto
 
     x, y, z = put_blobs({"x": b"x bytes", "y": b"y bytes", "z": b"z bytes"})
     now = now_ms()
-    write_manifest(store, [intent(x, "A", now - 2 * DAY), intent(y, "A", now - 2 * DAY),
-                           intent(z, "A", now - 2 * DAY), intent(z, "B", now - 2 * DAY)])
+    write_manifest(
+        store,
+        [
+            intent(x, "A", now - 2 * DAY),
+            intent(y, "A", now - 2 * DAY),
+            intent(z, "A", now - 2 * DAY),
+            intent(z, "B", now - 2 * DAY),
+        ],
+    )
     seen = []
 
     class RecordingBar(render.ProgressBar):
@@ -182,7 +196,7 @@ def test_reclaim_dry_run_reports_exactly_what_the_real_run_does(cli, store, put_
         assert sidecar_path(store, ids[name]).exists(), name
     lines_after = manifest_file(store).read_text("utf-8").splitlines()
     assert lines_after[: len(lines_before)] == lines_before
-    appended = [json.loads(line) for line in lines_after[len(lines_before):]]
+    appended = [json.loads(line) for line in lines_after[len(lines_before) :]]
     assert sorted(map(event_line, appended)) == sorted(
         event_line(forget(i, s)) for i, _action, sessions in expected_actions for s in sessions
     )
@@ -223,12 +237,15 @@ def test_reclaim_refuses_a_short_grace_period_without_force(cli, store, tmp_path
 def test_reclaim_failed_delete_gives_exit_5_keeps_rows_and_goes_on(cli, store, put_blobs, monkeypatch):
     first, broken, last = put_blobs({"1.bin": b"one", "2.bin": b"two", "3.bin": b"three"})
     now = now_ms()
-    write_manifest(store, [
-        intent(first, "A", now - 3 * DAY),
-        intent(broken, "A", now - 2 * DAY),
-        intent(broken, "B", now - 2 * DAY),
-        intent(last, "A", now - 1 * DAY),
-    ])
+    write_manifest(
+        store,
+        [
+            intent(first, "A", now - 3 * DAY),
+            intent(broken, "A", now - 2 * DAY),
+            intent(broken, "B", now - 2 * DAY),
+            intent(last, "A", now - 1 * DAY),
+        ],
+    )
     from lashctl.backends.blobs.localfs import BlobStore
     from lashctl.errors import StoreIOError
 
@@ -265,12 +282,18 @@ def test_reclaim_record_whole(cli, store, put_blobs, monkeypatch):
     orphan, shared, broken = put_blobs({"o.bin": b"orphan bytes", "s.bin": b"shared", "b.bin": b"broken!"})
     missing = sha(b"never landed")
     now = now_ms()
-    write_manifest(store, [
-        intent(orphan, "A", now - 3 * DAY), intent(orphan, "B", now - 3 * DAY),
-        intent(shared, "A", now - 2 * DAY), intent(shared, "B", now - 2 * DAY), commit_ev(shared, "B", now - 2 * DAY),
-        intent(broken, "A", now - 2 * DAY),
-        intent(missing, "A", now - DAY),
-    ])
+    write_manifest(
+        store,
+        [
+            intent(orphan, "A", now - 3 * DAY),
+            intent(orphan, "B", now - 3 * DAY),
+            intent(shared, "A", now - 2 * DAY),
+            intent(shared, "B", now - 2 * DAY),
+            commit_ev(shared, "B", now - 2 * DAY),
+            intent(broken, "A", now - 2 * DAY),
+            intent(missing, "A", now - DAY),
+        ],
+    )
     from lashctl.backends.blobs.localfs import BlobStore
     from lashctl.errors import StoreIOError
 
@@ -283,34 +306,86 @@ def test_reclaim_record_whole(cli, store, put_blobs, monkeypatch):
 
     monkeypatch.setattr(BlobStore, "delete", flaky_delete)
     expected = {
-        orphan: {"id": orphan, "action": "reclaim", "sessions": ["A", "B"], "byte_len": 12, "bytes_present": True,
-                 "reason": "orphan: no live row", "error": None},
-        shared: {"id": shared, "action": "release", "sessions": ["A"], "byte_len": 6, "bytes_present": True,
-                 "reason": "kept: session B committed it", "error": None},
-        broken: {"id": broken, "action": "reclaim", "sessions": ["A"], "byte_len": 7, "bytes_present": True,
-                 "reason": "orphan: no live row", "error": None},
-        missing: {"id": missing, "action": "reclaim", "sessions": ["A"], "byte_len": 0, "bytes_present": False,
-                  "reason": "orphan: no live row; bytes already gone", "error": None},
+        orphan: {
+            "id": orphan,
+            "action": "reclaim",
+            "sessions": ["A", "B"],
+            "byte_len": 12,
+            "bytes_present": True,
+            "reason": "orphan: no live row",
+            "error": None,
+        },
+        shared: {
+            "id": shared,
+            "action": "release",
+            "sessions": ["A"],
+            "byte_len": 6,
+            "bytes_present": True,
+            "reason": "kept: session B committed it",
+            "error": None,
+        },
+        broken: {
+            "id": broken,
+            "action": "reclaim",
+            "sessions": ["A"],
+            "byte_len": 7,
+            "bytes_present": True,
+            "reason": "orphan: no live row",
+            "error": None,
+        },
+        missing: {
+            "id": missing,
+            "action": "reclaim",
+            "sessions": ["A"],
+            "byte_len": 0,
+            "bytes_present": False,
+            "reason": "orphan: no live row; bytes already gone",
+            "error": None,
+        },
     }
     dry = cli("reclaim", "-n", "--older-than", "1h", "--json")
     assert_ok(dry)
     document = json.loads(dry.stdout)
-    assert list(document) == RUN_FIELDS + ["dry_run", "cutoff_epoch_ms", "cutoff", "scanned_intents",
-                                           "blobs_reclaimed", "bytes_freed", "rows_released", "failures", "items"]
+    assert list(document) == RUN_FIELDS + [
+        "dry_run",
+        "cutoff_epoch_ms",
+        "cutoff",
+        "scanned_intents",
+        "blobs_reclaimed",
+        "bytes_freed",
+        "rows_released",
+        "failures",
+        "items",
+    ]
     order = [i["id"] for i in document["items"]]
     assert document["items"] == [expected[i] for i in order] and sorted(order) == sorted(expected)
     assert dry.stderr.startswith("dry run: would reclaim 3 blob(s), 19 B; would release 1 row(s); scanned ")
 
     piped = cli("reclaim", "-n", "--older-than", "1h")
-    assert tsv(piped) == [[i, e["action"], str(e["byte_len"]) if e["action"] == "reclaim" else "-",
-                           ", ".join(e["sessions"]), e["reason"]] for i, e in ((i, expected[i]) for i in order)]
+    assert tsv(piped) == [
+        [i, e["action"], str(e["byte_len"]) if e["action"] == "reclaim" else "-", ", ".join(e["sessions"]), e["reason"]]
+        for i, e in ((i, expected[i]) for i in order)
+    ]
 
     result, tables = drawn(cli, monkeypatch, "reclaim", "--older-than", "1h")
     assert result.exit_code == 5, result.stderr
     expected[broken].update(action="failed", error="cannot delete it: Permission denied")
     ((columns, rows),) = tables
-    assert columns == [("id", "id", 0, 8, None), ("action", "fixed", 0, 8, None), ("size", "bytes", 2, 8, None),
-                       ("sessions", "text", 3, 8, None), ("reason", "text", 4, 12, None)]
-    assert rows == [[i, e["action"], e["byte_len"] if e["action"] == "reclaim" else None, ", ".join(e["sessions"]),
-                     e["error"] or e["reason"]] for i, e in ((i, expected[i]) for i in order)]
+    assert columns == [
+        ("id", "id", 0, 8, None),
+        ("action", "fixed", 0, 8, None),
+        ("size", "bytes", 2, 8, None),
+        ("sessions", "text", 3, 8, None),
+        ("reason", "text", 4, 12, None),
+    ]
+    assert rows == [
+        [
+            i,
+            e["action"],
+            e["byte_len"] if e["action"] == "reclaim" else None,
+            ", ".join(e["sessions"]),
+            e["error"] or e["reason"],
+        ]
+        for i, e in ((i, expected[i]) for i in order)
+    ]
     assert "lashctl: error: sweep finished with 1 failure(s); rows kept for the next sweep: " + broken in result.stderr

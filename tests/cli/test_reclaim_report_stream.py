@@ -32,7 +32,18 @@ def test_the_streamed_report_is_the_gathered_one_byte_for_byte(cli, store, put_b
     if dry_run:  # the same store, as TSV
         as_tsv = cli("reclaim", "--older-than", "1h", *flags)
         assert_ok(as_tsv)
-        expected = "".join("\t".join(_plain(c) for c in (
-            i["id"], i["action"], i["byte_len"] if i["action"] == "reclaim" else None,
-            ", ".join(i["sessions"]) or None, i["error"] or i["reason"])) + "\n" for i in report["items"])
+        expected = "".join(
+            "\t".join(
+                _plain(c)
+                for c in (
+                    i["id"],
+                    i["action"],
+                    i["byte_len"] if i["action"] == "reclaim" else None,
+                    ", ".join(i["sessions"]) or None,
+                    i["error"] or i["reason"],
+                )
+            )
+            + "\n"
+            for i in report["items"]
+        )
         assert as_tsv.stdout == expected

@@ -22,20 +22,52 @@ def test_show_record_whole(cli, store, put_blobs, monkeypatch):
     size = len(png_bytes(4, 5))
     meta = json.loads(sidecar_path(store, p).read_text("utf-8"))
     assert document == {
-        "id": p, "blob_path": str(blob_path(store, p)), "sidecar_path": str(sidecar_path(store, p)),
-        "bytes_present": True, "byte_len": size, "size_on_disk": document["size_on_disk"],
-        "mtime_epoch_ms": OLD_MS, "mtime": "2023-11-14T22:13:20.000Z", "metadata": meta,
-        "media_type": "image/png", "sidecar_problem": None,
+        "id": p,
+        "blob_path": str(blob_path(store, p)),
+        "sidecar_path": str(sidecar_path(store, p)),
+        "bytes_present": True,
+        "byte_len": size,
+        "size_on_disk": document["size_on_disk"],
+        "mtime_epoch_ms": OLD_MS,
+        "mtime": "2023-11-14T22:13:20.000Z",
+        "metadata": meta,
+        "media_type": "image/png",
+        "sidecar_problem": None,
         "rows": [
-            {"session_id": "s1", "canonical_uri": "sha256:" + p, "intent_at_epoch_ms": now - 2 * DAY,
-             "intent_at": iso(now - 2 * DAY), "committed_at_epoch_ms": None, "committed_at": None},
-            {"session_id": "s2", "canonical_uri": "sha256:" + p, "intent_at_epoch_ms": now - DAY,
-             "intent_at": iso(now - DAY), "committed_at_epoch_ms": now - HOUR, "committed_at": iso(now - HOUR)},
+            {
+                "session_id": "s1",
+                "canonical_uri": "sha256:" + p,
+                "intent_at_epoch_ms": now - 2 * DAY,
+                "intent_at": iso(now - 2 * DAY),
+                "committed_at_epoch_ms": None,
+                "committed_at": None,
+            },
+            {
+                "session_id": "s2",
+                "canonical_uri": "sha256:" + p,
+                "intent_at_epoch_ms": now - DAY,
+                "intent_at": iso(now - DAY),
+                "committed_at_epoch_ms": now - HOUR,
+                "committed_at": iso(now - HOUR),
+            },
         ],
         "verdict": {"state": "kept", "reason": f"kept because session s2 committed it at {iso(now - HOUR)}"},
     }
-    assert list(document) == ["id", "blob_path", "sidecar_path", "bytes_present", "byte_len", "size_on_disk",
-                              "mtime_epoch_ms", "mtime", "metadata", "media_type", "sidecar_problem", "rows", "verdict"]
+    assert list(document) == [
+        "id",
+        "blob_path",
+        "sidecar_path",
+        "bytes_present",
+        "byte_len",
+        "size_on_disk",
+        "mtime_epoch_ms",
+        "mtime",
+        "metadata",
+        "media_type",
+        "sidecar_problem",
+        "rows",
+        "verdict",
+    ]
     from lashctl.render import human_bytes
 
     plain = cli("show", p)

@@ -99,11 +99,7 @@ def test_summaries_and_warnings_show_control_characters_escaped(capsys):
     UI.error("error \x00\n")
     ui.line("line \x1b\\")
     out, err = capsys.readouterr()
-    assert err == (
-        "info \\x1b[31m\\u202e\n"
-        "lashctl: warning: warn \\x9b\\u2028\n"
-        "lashctl: error: error \\x00\\n\n"
-    )
+    assert err == ("info \\x1b[31m\\u202e\nlashctl: warning: warn \\x9b\\u2028\nlashctl: error: error \\x00\\n\n")
     assert out == "line \\x1b\\\\\n"
 
 
@@ -116,8 +112,11 @@ def test_manifest_log_stays_exact_json(cli, store, put_blobs):
     assert json.loads(result.stdout)["session_id"] == session  # a pipe: the event alone
 
 
-@pytest.mark.parametrize("session", ["a\u009bb", "a\x85b", "a\u202eb", "a\u2066b", "a\u200fb", "a\u2028b", "a\u2029b"],
-                         ids=lambda s: f"U+{ord(s[1]):04X}")
+@pytest.mark.parametrize(
+    "session",
+    ["a\u009bb", "a\x85b", "a\u202eb", "a\u2066b", "a\u200fb", "a\u2028b", "a\u2029b"],
+    ids=lambda s: f"U+{ord(s[1]):04X}",
+)
 def test_a_session_with_c1_bidi_or_separator_characters_is_a_usage_error(cli, store, session):
     result = cli("put", "-s", session, "-", input=b"x")
     assert_error(result, 2, "--session")
@@ -129,8 +128,11 @@ def test_a_session_with_c1_bidi_or_separator_characters_is_a_usage_error(cli, st
     assert not manifest_file(store).exists()
 
 
-@pytest.mark.parametrize("args", [["list-uncommitted"], ["--json", "list-uncommitted"], ["ls"],
-                                  ["manifest", "log"]], ids=["list-uncommitted", "json", "ls", "manifest log"])
+@pytest.mark.parametrize(
+    "args",
+    [["list-uncommitted"], ["--json", "list-uncommitted"], ["ls"], ["manifest", "log"]],
+    ids=["list-uncommitted", "json", "ls", "manifest log"],
+)
 def test_a_session_filter_that_is_not_utf8_is_a_usage_error(cli, put_blobs, args):
     """A session filter from argv bytes that are not UTF-8 (Python hands them
     over as lone surrogates) can match no row: one line and exit 2, as for

@@ -51,30 +51,45 @@ def test_verify_record_whole(cli, store, put_blobs, monkeypatch):
     stray = store / "sha256" / "zz"
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"stray")
-    write_manifest(store, [intent(good, "s", now_ms()), commit_ev(good, "s", now_ms()),
-                           intent(bare, "s", now_ms())])
+    write_manifest(store, [intent(good, "s", now_ms()), commit_ev(good, "s", now_ms()), intent(bare, "s", now_ms())])
     result = cli("verify", "--json")
     assert result.exit_code in (0, 65)
     document = json.loads(result.stdout)
-    assert list(document) == RUN_FIELDS + ["fix", "clean", "blobs_checked", "bytes_checked", "errors", "warnings",
-                                           "repairs", "findings"]
+    assert list(document) == RUN_FIELDS + [
+        "fix",
+        "clean",
+        "blobs_checked",
+        "bytes_checked",
+        "errors",
+        "warnings",
+        "repairs",
+        "findings",
+    ]
     findings = document["findings"]
-    assert findings and all(sorted(f) == ["id", "kind", "message", "path", "repair", "severity", "status"]
-                            for f in findings)
+    assert findings and all(
+        sorted(f) == ["id", "kind", "message", "path", "repair", "severity", "status"] for f in findings
+    )
     assert {f["status"] for f in findings} == {"open"}  # no --fix: nothing repaired
     assert {(f["path"], f["id"]) for f in findings} >= {(str(sidecar_path(store, bare)), bare)}
     piped = cli("verify")
-    assert tsv(piped) == [[f["severity"], f["kind"], f["path"] or "-", f["message"], f["repair"] or "-"]
-                          for f in findings]
+    assert tsv(piped) == [
+        [f["severity"], f["kind"], f["path"] or "-", f["message"], f["repair"] or "-"] for f in findings
+    ]
     result, tables = drawn(cli, monkeypatch, "verify", "--fix")
     assert tables and tables[0][0] == [
-        ("severity", "fixed", 0, 8, None), ("kind", "fixed", 0, 8, None), ("path", "path", 0, 20, str(store)),
-        ("problem", "text", 1, 16, None), ("repair", "text", 2, 8, None)]
+        ("severity", "fixed", 0, 8, None),
+        ("kind", "fixed", 0, 8, None),
+        ("path", "path", 0, 20, str(store)),
+        ("problem", "text", 1, 16, None),
+        ("repair", "text", 2, 8, None),
+    ]
     repaired = [row for row in tables[0][1] if row[4] is not None]
     assert repaired and all(f"repaired {row[2]}: {row[4]}" in result.stderr for row in repaired)
     # A repaired finding's row says so where an open one gives its severity.
-    assert [row[:4] for row in tables[0][1]] == [["repaired" if row[4] else f["severity"], f["kind"], f["path"],
-                                                  f["message"]] for row, f in zip(tables[0][1], findings)]
+    assert [row[:4] for row in tables[0][1]] == [
+        ["repaired" if row[4] else f["severity"], f["kind"], f["path"], f["message"]]
+        for row, f in zip(tables[0][1], findings)
+    ]
 
 
 @pytest.mark.parametrize("limit, stats", [(3, 6), (2, 0)])  # under the bound: a look before and after the rows
@@ -99,7 +114,8 @@ def test_verify_rechecks_a_bounded_number_of_passing_findings(cli, store, monkey
     monkeypatch.setattr(inspect, "_SETTLE_LIMIT", limit)
     document = json.loads(cli("--json", "verify").stdout)
     assert sorted((f["kind"], f["id"]) for f in document["findings"]) == sorted(
-        ("committed-bytes-missing", i) for i in lost)
+        ("committed-bytes-missing", i) for i in lost
+    )
     assert len([c for c in calls if c in lost]) == stats
 
 
@@ -121,8 +137,9 @@ def test_verify_keeps_its_report_when_a_shard_it_rechecks_is_unsafe(cli, store, 
 
 
 @pytest.mark.parametrize("new_shard", [False, True], ids=["shard there", "new shard"])
-def test_verify_recheck_sees_bytes_a_put_lands_while_it_reads_the_manifest(cli, store, put_blobs, monkeypatch,
-                                                                            new_shard):
+def test_verify_recheck_sees_bytes_a_put_lands_while_it_reads_the_manifest(
+    cli, store, put_blobs, monkeypatch, new_shard
+):
     """A put writes its intent, then its bytes; a commit follows. When they
     land while verify's re-check reads the manifest, the store is looked at
     once more after that read: no committed-bytes-missing for bytes that are
@@ -171,7 +188,8 @@ def test_a_repaired_finding_says_so_in_its_row(cli, store, put_blobs, monkeypatc
     path.write_bytes(b"damaged bytes!")
     before = json.loads(cli("verify", "--json").stdout)["findings"]
     assert [(f["kind"], f["severity"], f["status"]) for f in before if f["id"] == bad] == [
-        ("hash-mismatch", "error", "open")]
+        ("hash-mismatch", "error", "open")
+    ]
     result, tables = drawn(cli, monkeypatch, "verify", "--fix")
     assert result.exit_code == 0, result.stderr
     (row,) = [r for r in tables[0][1] if r[1] == "hash-mismatch"]
@@ -183,4 +201,8 @@ def test_a_repaired_finding_says_so_in_its_row(cli, store, put_blobs, monkeypatc
     document = json.loads(cli("verify", "--fix", "--json").stdout)
     (finding,) = [f for f in document["findings"] if f["kind"] == "hash-mismatch"]
     assert (finding["severity"], finding["status"], document["errors"], document["repairs"]) == (
-        "error", "repaired", 0, 1)
+        "error",
+        "repaired",
+        0,
+        1,
+    )

@@ -16,8 +16,9 @@ DAY_MS = 86_400_000
 
 
 def _store_with_findings_of_every_kind(store, put_blobs) -> str:
-    good, bare, mismatch, undecodable, corrupt, unmanaged, orphan, linked = put_blobs({
-        f"{n}.bin": b"blob %d" % n for n in range(8)})
+    good, bare, mismatch, undecodable, corrupt, unmanaged, orphan, linked = put_blobs(
+        {f"{n}.bin": b"blob %d" % n for n in range(8)}
+    )
     now = now_ms()
     sidecar_path(store, bare).unlink()  # sidecar-missing
     side = sidecar_path(store, mismatch)
@@ -58,10 +59,10 @@ def _gathered(monkeypatch):
 
 @pytest.mark.parametrize("batch", [2, 4096], ids=["spilled", "in memory"])
 @pytest.mark.parametrize("limit", [0, 10_000], ids=["unsettled", "settled"])
-@pytest.mark.parametrize("args", [["verify"], ["--json", "verify"], ["verify", "--fix"],
-                                  ["--json", "verify", "--fix", "--grace", "1m"]])
-def test_streamed_findings_are_the_gathered_bytes(cli, store, put_blobs, monkeypatch, tmp_path,
-                                                  batch, limit, args):
+@pytest.mark.parametrize(
+    "args", [["verify"], ["--json", "verify"], ["verify", "--fix"], ["--json", "verify", "--fix", "--grace", "1m"]]
+)
+def test_streamed_findings_are_the_gathered_bytes(cli, store, put_blobs, monkeypatch, tmp_path, batch, limit, args):
     from lashctl import inspect
 
     linked = _store_with_findings_of_every_kind(store, put_blobs)
@@ -82,11 +83,24 @@ def test_streamed_findings_are_the_gathered_bytes(cli, store, put_blobs, monkeyp
     assert streamed.exit_code == gathered.exit_code == 65, streamed.stderr
     assert _masked(streamed.stdout) == _masked(gathered.stdout)
     assert _masked(streamed.stderr) == _masked(gathered.stderr)
-    kinds = {line.split("\t")[1] for line in streamed.stdout.splitlines()} if args[0] == "verify" else {
-        f["kind"] for f in json.loads(streamed.stdout)["findings"]}
-    assert kinds >= {"sidecar-missing", "sidecar-mismatch", "sidecar-undecodable", "hash-mismatch",
-                     "unmanaged", "orphan-sidecar-file", "hard-linked", "stray-file", "committed-bytes-missing",
-                     "uncommitted-bytes-missing", "intent-in-future"}
+    kinds = (
+        {line.split("\t")[1] for line in streamed.stdout.splitlines()}
+        if args[0] == "verify"
+        else {f["kind"] for f in json.loads(streamed.stdout)["findings"]}
+    )
+    assert kinds >= {
+        "sidecar-missing",
+        "sidecar-mismatch",
+        "sidecar-undecodable",
+        "hash-mismatch",
+        "unmanaged",
+        "orphan-sidecar-file",
+        "hard-linked",
+        "stray-file",
+        "committed-bytes-missing",
+        "uncommitted-bytes-missing",
+        "intent-in-future",
+    }
 
 
 def test_a_file_name_that_is_not_utf8_makes_the_streamed_document_ascii(cli, store, put_blobs, monkeypatch):

@@ -91,8 +91,7 @@ def _s3(request) -> BlobHarness:
         except client.exceptions.NoSuchKey:
             return None
 
-    return BlobHarness("s3", backend, rot, plant, peek,
-                       lambda: S3Blobs(f"s3://{bucket}-missing/{prefix}"))
+    return BlobHarness("s3", backend, rot, plant, peek, lambda: S3Blobs(f"s3://{bucket}-missing/{prefix}"))
 
 
 @pytest.fixture(params=["local", "s3"])

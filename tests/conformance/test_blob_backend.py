@@ -18,8 +18,6 @@ from lashctl.sidecar import Metadata
 from conftest import sha
 
 
-
-
 def put(blobs, data: bytes) -> str:
     staged = blobs.stage(io.BytesIO(data), "test")
     assert staged.attachment_id == sha(data)
@@ -191,8 +189,11 @@ def test_iter_ids_in_id_order_with_prefixes(blobs):
         for n in (1, 2, 5, 64):
             prefixes.add(attachment_id[:n])
     # Prefixes that match nothing: inside a populated shard, between ids, past the end.
-    prefixes |= {head[:4] + ("0" if head[4] != "0" else "1"), head[:63] + ("0" if head[63] != "0" else "1"),
-                 "ff" + "f" * 62 if "f" * 64 not in ids else "0" * 64}
+    prefixes |= {
+        head[:4] + ("0" if head[4] != "0" else "1"),
+        head[:63] + ("0" if head[63] != "0" else "1"),
+        "ff" + "f" * 62 if "f" * 64 not in ids else "0" * 64,
+    }
     for prefix in sorted(prefixes):
         expected = [i for i in ids if i.startswith(prefix)]
         assert list(blobs.iter_ids(prefix)) == expected, f"prefix {prefix!r}"
@@ -332,5 +333,6 @@ def test_delete_many_with_the_stats_just_taken(blobs):
     blobs.install(staged)
     attachment_id = staged.attachment_id
     assert blobs.delete_many([attachment_id], known={attachment_id: blobs.stat(attachment_id)}) == {
-        attachment_id: len(data)}
+        attachment_id: len(data)
+    }
     assert blobs.stat(attachment_id) is None

@@ -21,11 +21,17 @@ pytestmark = pytest.mark.e2e
 LASHCTL_ENV = ("LASHCTL_STORE", "LASHCTL_MANIFEST", "LASHCTL_SESSION", "LASHCTL_LOCK_TIMEOUT", "LASHCTL_DEBUG")
 
 
-
-
-@pytest.fixture(params=[("file", "jsonl"), ("file", "postgres"), ("file", "lash-sqlite"), ("s3", "jsonl"),
-                        ("s3", "postgres"), ("s3", "lash-sqlite")],
-                ids=lambda p: f"{p[0]}+{p[1]}")
+@pytest.fixture(
+    params=[
+        ("file", "jsonl"),
+        ("file", "postgres"),
+        ("file", "lash-sqlite"),
+        ("s3", "jsonl"),
+        ("s3", "postgres"),
+        ("s3", "lash-sqlite"),
+    ],
+    ids=lambda p: f"{p[0]}+{p[1]}",
+)
 def lashctl(request, tmp_path):
     """Run ``lashctl --store … [--manifest …] ARGS`` in a subprocess: (exit code, stdout, stderr)."""
     lashctl_bin = find_lashctl()
@@ -54,8 +60,14 @@ def lashctl(request, tmp_path):
         env = os.environ.copy()  # the AWS_* the s3 fixture set, the private cache dir
         for name in LASHCTL_ENV:
             env.pop(name, None)
-        proc = subprocess.run([lashctl_bin, "--store", store, *given, *args], input=input,
-                              capture_output=True, env=env, timeout=120, cwd=tmp_path)
+        proc = subprocess.run(
+            [lashctl_bin, "--store", store, *given, *args],
+            input=input,
+            capture_output=True,
+            env=env,
+            timeout=120,
+            cwd=tmp_path,
+        )
         if check:
             assert proc.returncode == 0, (args, proc.returncode, proc.stderr.decode(errors="replace"))
         return proc.returncode, proc.stdout, proc.stderr.decode(errors="replace")

@@ -21,15 +21,17 @@ from lashctl.fold import Event, Row, fold
 
 # Ids that share prefixes of 1, 2, 3 and 5 characters, so prefix queries cut
 # between neighbours; sessions whose byte order differs from a naive one.
-IDS = sorted({"0" * 64, "a" * 64, "ab" * 32, "abc" + "0" * 61, "abcde" + "1" * 59, "abcdf" + "0" * 59,
-              "f" * 64})
+IDS = sorted({"0" * 64, "a" * 64, "ab" * 32, "abc" + "0" * 61, "abcde" + "1" * 59, "abcdf" + "0" * 59, "f" * 64})
 SESSIONS = ["S", "s1", "s2", "é", "s1 with space"]
 PREFIXES = ["", "0", "a", "ab", "abc", "abcde", "abd", "f", "abcde" + "1" * 59, "9"]
 TIMES = st.integers(min_value=0, max_value=12)  # few values: ties in intent time are common
 
-settings.register_profile("conformance", max_examples=40, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                 HealthCheck.too_slow])
+settings.register_profile(
+    "conformance",
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def aid(n: int) -> str:
@@ -74,9 +76,13 @@ def fold_all(batches: list[list[Event]]) -> dict[tuple[str, str], Row]:
 
 
 def expected_uncommitted(rows, cutoff, session) -> list[Row]:
-    out = [r for r in rows.values() if not r.committed
-           and (cutoff is None or r.intent_at_epoch_ms <= cutoff)
-           and (session is None or r.session_id == session)]
+    out = [
+        r
+        for r in rows.values()
+        if not r.committed
+        and (cutoff is None or r.intent_at_epoch_ms <= cutoff)
+        and (session is None or r.session_id == session)
+    ]
     return sorted(out, key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id))
 
 
@@ -101,8 +107,10 @@ def check_agrees(view, rows: dict[tuple[str, str], Row]) -> None:
     assert list(view.rows_by_id()) == list(groups.values())
     for cutoff in (None, -1, 0, 3, 6, 12):
         for session in (None, *SESSIONS):
-            assert list(view.uncommitted(cutoff, session)) == expected_uncommitted(rows, cutoff, session), \
-                (cutoff, session)
+            assert list(view.uncommitted(cutoff, session)) == expected_uncommitted(rows, cutoff, session), (
+                cutoff,
+                session,
+            )
         if cutoff is not None:
             aged_ids = sorted({r.attachment_id for r in expected_uncommitted(rows, cutoff, None)})
             assert list(view.aged(cutoff)) == [groups[i] for i in aged_ids], cutoff
@@ -152,9 +160,17 @@ def test_guarded_forgets_agree_with_the_fold(fresh, manifest_kind, batches, requ
 
 def test_several_appends_in_one_block_and_one_batch(manifest):
     a, b = IDS[1], IDS[2]
-    events = [Event.intent(a, "s1", 5), Event.intent(a, "s1", 3), Event.commit(a, "s1", 7),
-              Event.commit(a, "s1", 9), Event.intent(a, "s1", 11), Event.intent(b, "s1", 1),
-              Event.forget(b, "s1"), Event.intent(b, "s1", 2), Event.commit(b, "s2", 4)]
+    events = [
+        Event.intent(a, "s1", 5),
+        Event.intent(a, "s1", 3),
+        Event.commit(a, "s1", 7),
+        Event.commit(a, "s1", 9),
+        Event.intent(a, "s1", 11),
+        Event.intent(b, "s1", 1),
+        Event.forget(b, "s1"),
+        Event.intent(b, "s1", 2),
+        Event.commit(b, "s2", 4),
+    ]
     with manifest.writing() as writer:
         writer.append(events[:4])
         writer.append([])
@@ -175,10 +191,14 @@ def test_a_guarded_forget_keeps_a_row_that_came_back(guard_case):
     manifest = guard_case
     old, fresh_, committed, gone = IDS[0], IDS[1], IDS[2], IDS[3]
     cutoff = 100
-    setup = [Event.intent(old, "s1", 50),
-             Event.intent(fresh_, "s1", 50), Event.intent(fresh_, "s1", 150),  # refreshed after the cutoff
-             Event.intent(committed, "s1", 50), Event.commit(committed, "s1", 60),
-             Event.intent(gone, "s1", 100)]  # exactly at the cutoff: forgotten
+    setup = [
+        Event.intent(old, "s1", 50),
+        Event.intent(fresh_, "s1", 50),
+        Event.intent(fresh_, "s1", 150),  # refreshed after the cutoff
+        Event.intent(committed, "s1", 50),
+        Event.commit(committed, "s1", 60),
+        Event.intent(gone, "s1", 100),
+    ]  # exactly at the cutoff: forgotten
     forgets = [Event.forget(i, "s1", until_ms=cutoff) for i in (old, fresh_, committed, gone)]
     write(manifest, [setup])
     with manifest.sweeping() as sweep:
@@ -192,8 +212,12 @@ def test_a_guarded_forget_then_an_intent_in_one_batch(guard_case):
     manifest = guard_case
     a, b = IDS[1], IDS[2]
     setup = [Event.intent(a, "s1", 50), Event.commit(a, "s1", 60), Event.intent(b, "s1", 50)]
-    batch = [Event.forget(a, "s1", until_ms=100), Event.intent(a, "s1", 200),
-             Event.forget(b, "s1", until_ms=100), Event.intent(b, "s1", 200)]
+    batch = [
+        Event.forget(a, "s1", until_ms=100),
+        Event.intent(a, "s1", 200),
+        Event.forget(b, "s1", until_ms=100),
+        Event.intent(b, "s1", 200),
+    ]
     write(manifest, [setup, batch])
     with manifest.reading() as view:
         assert view.rows_for_keys([("s1", a), ("s1", b)]) == fold(setup + batch)

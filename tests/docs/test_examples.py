@@ -52,13 +52,18 @@ def scratch(tmp_path_factory) -> tuple[Path, dict]:
             (work / folder / f"file-{n}.txt").write_text(f"{folder} {n}\n")
     shutil.copytree(ROOT / "completions", work / "completions")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LASHCTL_", "XDG_"))}
-    env.update(HOME=str(work / "home"), LASHCTL_CACHE_DIR=str(work / "cache"), COLUMNS="80", NO_COLOR="1",
-               PATH=f"{Path(find_lashctl()).parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
-                    f"{env.get('PATH', '')}")
+    env.update(
+        HOME=str(work / "home"),
+        LASHCTL_CACHE_DIR=str(work / "cache"),
+        COLUMNS="80",
+        NO_COLOR="1",
+        PATH=f"{Path(find_lashctl()).parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
     (work / "home").mkdir()
     # The default store (the jq recipes read its manifest) holds one blob.
-    subprocess.run(["lashctl", "-q", "put", "-s", "demo", "notes.pdf"], cwd=work, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["lashctl", "-q", "put", "-s", "demo", "notes.pdf"], cwd=work, env=env, check=True, capture_output=True
+    )
     return work, env
 
 
@@ -70,6 +75,7 @@ def test_example_runs(script, scratch):
     # Paths of a deployment (/srv, /var/lib) land in the scratch directory.
     script = script.replace("/srv/", f"{work}/srv/").replace("/var/lib/", f"{work}/var/lib/")
     prelude = "set -eo pipefail\nsome-producer() { printf 'produced bytes\\n'; }\n"
-    result = subprocess.run(["bash", "-c", prelude + script], cwd=work, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        ["bash", "-c", prelude + script], cwd=work, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"

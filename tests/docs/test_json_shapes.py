@@ -32,8 +32,15 @@ EMPTY_ARRAYS = {
     "migrate.notes": "a clean copy has none",
     "manifest check (lash-sqlite).problems": "the session database is sound",
 }
-TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "null": type(None),
-         "object": dict, "array": list}
+TYPES = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "null": type(None),
+    "object": dict,
+    "array": list,
+}
 
 
 def documented() -> dict[str, object]:
@@ -71,7 +78,8 @@ def check(shape, value, where: str, seen: set[str]) -> None:
         assert isinstance(value, dict), f"{where}: {value!r} is not an object"
         assert set(value) == set(shape), (
             f"{where}: keys differ from docs/json.md: missing {sorted(set(shape) - set(value))}, "
-            f"undocumented {sorted(set(value) - set(shape))}")
+            f"undocumented {sorted(set(value) - set(shape))}"
+        )
         for key, sub in shape.items():
             check(sub, value[key], f"{where}.{key}", seen)
 
@@ -108,14 +116,21 @@ def outputs(tmp_path_factory) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("json")
     store = tmp / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
-    env.update(HOME=str(tmp), LASHCTL_CACHE_DIR=str(tmp / "cache"), LASHCTL_STORE=str(store),
-               XDG_DATA_HOME=str(tmp / "data"), COLUMNS="80", NO_COLOR="1")
+    env.update(
+        HOME=str(tmp),
+        LASHCTL_CACHE_DIR=str(tmp / "cache"),
+        LASHCTL_STORE=str(store),
+        XDG_DATA_HOME=str(tmp / "data"),
+        COLUMNS="80",
+        NO_COLOR="1",
+    )
     exe = find_lashctl()
 
     def run(*argv: str, code: int = 0, manifest: object = None) -> object:
         extra = ["--manifest", str(manifest)] if manifest else []
-        result = subprocess.run([exe, "--json", *extra, *argv], capture_output=True, text=True, env=env,
-                                cwd=tmp, timeout=120)
+        result = subprocess.run(
+            [exe, "--json", *extra, *argv], capture_output=True, text=True, env=env, cwd=tmp, timeout=120
+        )
         assert result.returncode == code, (argv, result.returncode, result.stderr)
         return json.loads(result.stdout)
 
@@ -146,8 +161,12 @@ def outputs(tmp_path_factory) -> dict[str, object]:
     (store / "sha256" / stray_id[:2]).mkdir(exist_ok=True)
     (store / "sha256" / stray_id[:2] / stray_id).write_bytes(stray)
     (store / "tmp" / "left.part").write_bytes(b"litter")
-    for path in [store / "sha256" / old[:2] / old, store / "sha256" / old[:2] / f"{old}.json",
-                 store / "sha256" / stray_id[:2] / stray_id, store / "tmp" / "left.part"]:
+    for path in [
+        store / "sha256" / old[:2] / old,
+        store / "sha256" / old[:2] / f"{old}.json",
+        store / "sha256" / stray_id[:2] / stray_id,
+        store / "tmp" / "left.part",
+    ]:
         os.utime(path, (day_ago, day_ago))
 
     got["get"] = run("get", first, "-o", "out.bin")

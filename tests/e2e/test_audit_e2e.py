@@ -67,14 +67,26 @@ def test_every_destructive_command_writes_its_lines_and_dry_runs_none(lashctl, r
     aged()
 
     # Dry runs write nothing.
-    for args in (["reclaim", "-n", "--force", "--older-than", "0s"], ["gc", "-n", "--force", "--older-than", "0s"],
-                 ["delete", "-n", "--force", doomed], ["forget", "-n", "-s", "s-live"]):
+    for args in (
+        ["reclaim", "-n", "--force", "--older-than", "0s"],
+        ["gc", "-n", "--force", "--older-than", "0s"],
+        ["delete", "-n", "--force", doomed],
+        ["forget", "-n", "-s", "s-live"],
+    ):
         lashctl.ok(*args, *named)
     assert not log.exists() or log.read_text() == ""
 
     lashctl.ok("reclaim", "--force", "--older-than", "0s", *named)
-    assert sorted(steps(log, "reclaim")) == sorted([
-        ("deleting", a), ("deleted", a), ("deleting", b), ("deleted", b), ("forgetting", shared), ("forgotten", shared)])
+    assert sorted(steps(log, "reclaim")) == sorted(
+        [
+            ("deleting", a),
+            ("deleted", a),
+            ("deleting", b),
+            ("deleted", b),
+            ("forgetting", shared),
+            ("forgotten", shared),
+        ]
+    )
     by_id = {(line["action"], line["id"]): line for line in lines(log)}
     assert by_id[("deleted", a)]["bytes"] == len(b"orphan a\n")
     assert by_id[("deleted", a)]["sessions"] == ["s-orphan"]
@@ -204,7 +216,11 @@ def test_verify_fix_logs_its_quarantine_and_litter(tmp_path):
     run("verify", "--fix")
     got = lines(tmp_path / "store" / "audit.jsonl")
     assert [(line["action"], line["id"]) for line in got] == [
-        ("quarantining", corrupt), ("quarantined", corrupt), ("deleting", None), ("deleted", None)]
+        ("quarantining", corrupt),
+        ("quarantined", corrupt),
+        ("deleting", None),
+        ("deleted", None),
+    ]
     assert got[1]["moved_to"].startswith(str(tmp_path / "store" / "quarantine"))
     assert got[1]["sessions"] == ["s"]
     assert got[3]["path"] == str(litter)
@@ -217,17 +233,34 @@ def quick(run: Lashctl, *args: str) -> subprocess.CompletedProcess:
     """A run that must end promptly (a FIFO must never hang it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
     env.update(COLUMNS="80", NO_COLOR="1")
-    return subprocess.run([LASHCTL, "--store", run.store, *args], capture_output=True, env=env, timeout=20,
-                          cwd=run.tmp_path)
+    return subprocess.run(
+        [LASHCTL, "--store", run.store, *args], capture_output=True, env=env, timeout=20, cwd=run.tmp_path
+    )
 
 
 def one_line(run: Lashctl, **fields) -> str:
     """An audit line as the store's own runs write it."""
-    line = {"time": "2025-03-01T02:00:07.412Z", "time_epoch_ms": 1740794407412, "action": "deleted",
-            "id": "5f" * 32, "path": None, "bytes": 3, "sessions": ["s"], "reason": "orphan: no live row",
-            "error": None, "moved_to": None, "command": "reclaim", "args": ["reclaim"], "run": "0" * 12,
-            "pid": 1, "user": "lash", "host": "h", "store": run.store, "manifest": f"{run.store}/manifest.jsonl",
-            "lashctl_version": "0.2.0"}
+    line = {
+        "time": "2025-03-01T02:00:07.412Z",
+        "time_epoch_ms": 1740794407412,
+        "action": "deleted",
+        "id": "5f" * 32,
+        "path": None,
+        "bytes": 3,
+        "sessions": ["s"],
+        "reason": "orphan: no live row",
+        "error": None,
+        "moved_to": None,
+        "command": "reclaim",
+        "args": ["reclaim"],
+        "run": "0" * 12,
+        "pid": 1,
+        "user": "lash",
+        "host": "h",
+        "store": run.store,
+        "manifest": f"{run.store}/manifest.jsonl",
+        "lashctl_version": "0.2.0",
+    }
     return json.dumps({**line, **fields}) + "\n"
 
 
@@ -261,8 +294,13 @@ def test_a_line_too_long_is_skipped_without_reading_it_whole(tmp_path):
         out.write(b"\n" + last.encode())
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
     with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
-        child = subprocess.Popen([LASHCTL, "--store", run.store, "--json", "audit", "--audit-log", str(log)],
-                                 stdout=out, stderr=err, env=env, cwd=tmp_path)
+        child = subprocess.Popen(
+            [LASHCTL, "--store", run.store, "--json", "audit", "--audit-log", str(log)],
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=tmp_path,
+        )
         _pid, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     err = (tmp_path / "err").read_bytes()
@@ -277,8 +315,14 @@ def test_a_line_with_missing_keys_is_skipped_with_a_warning(tmp_path):
     run.put("s", b"a store\n")
     log = tmp_path / "g.jsonl"
     gone = "cd" * 32
-    log.write_text('{"a":1}\n' + one_line(run, id=gone) + json.dumps({"id": gone, "action": None}) + "\n"
-                   + one_line(run, id=gone, time_epoch_ms="yesterday") + "[1]\n")
+    log.write_text(
+        '{"a":1}\n'
+        + one_line(run, id=gone)
+        + json.dumps({"id": gone, "action": None})
+        + "\n"
+        + one_line(run, id=gone, time_epoch_ms="yesterday")
+        + "[1]\n"
+    )
     done = run("audit", "--audit-log", str(log))
     assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
     for n in (1, 3, 4, 5):
@@ -351,9 +395,14 @@ def test_a_named_log_that_cannot_be_appended_to_stops_every_run_up_front(tmp_pat
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo)
     for target in (log, fifo):
-        for args in (["reclaim", "-n", "--force", "--older-than", "0s"], ["gc", "-n", "--force", "--older-than", "0s"],
-                     ["reclaim", "--force", "--older-than", "1d"], ["reclaim", "--force", "--older-than", "0s"],
-                     ["verify", "--fix"], ["delete", "--force", orphan]):
+        for args in (
+            ["reclaim", "-n", "--force", "--older-than", "0s"],
+            ["gc", "-n", "--force", "--older-than", "0s"],
+            ["reclaim", "--force", "--older-than", "1d"],
+            ["reclaim", "--force", "--older-than", "0s"],
+            ["verify", "--fix"],
+            ["delete", "--force", orphan],
+        ):
             done = quick(run, *args, "--audit-log", str(target))
             assert done.returncode == 2, (target, args, done.returncode, done.stderr)
             assert str(target).encode() in done.stderr and b"Traceback" not in done.stderr, done.stderr

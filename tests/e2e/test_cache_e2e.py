@@ -53,8 +53,9 @@ def commit_and_sweep(store: Path, attachment_id: str) -> subprocess.CompletedPro
     """commit X, check the commit line, sweep everything uncommitted, check X survived."""
     proc = lashctl(store, "commit", "-s", "s1", attachment_id)
     assert_ok(proc)
-    assert any(e["op"] == "commit" and e["session_id"] == "s1" and e["attachment_id"] == attachment_id
-               for e in events(store))
+    assert any(
+        e["op"] == "commit" and e["session_id"] == "s1" and e["attachment_id"] == attachment_id for e in events(store)
+    )
     assert_ok(lashctl(store, "reclaim", "--force", "--older-than", "0s"))
     assert blob_path(store, attachment_id).is_file()
     return proc
@@ -86,12 +87,16 @@ def test_same_length_edit_that_unforgets_then_an_append(tmp_path):
     store = tmp_path / "store"
     x = put(store, tmp_path, "x", b"x bytes")
     with open(store / "manifest.jsonl", "ab") as handle:
-        handle.write(json.dumps({"op": "forget", "attachment_id": x, "session_id": "s1"},
-                                separators=(",", ":")).encode() + b"\n")
+        handle.write(
+            json.dumps({"op": "forget", "attachment_id": x, "session_id": "s1"}, separators=(",", ":")).encode() + b"\n"
+        )
     put(store, tmp_path, "y", b"y bytes")
     assert_ok(lashctl(store, "list-uncommitted"))  # the cache has seen no row for X
-    edit_in_place(store, b'"op":"forget","attachment_id":"%s","session_id":"s1"' % x.encode(),
-                  b'"op":"forget","attachment_id":"%s","session_id":"s9"' % x.encode())
+    edit_in_place(
+        store,
+        b'"op":"forget","attachment_id":"%s","session_id":"s1"' % x.encode(),
+        b'"op":"forget","attachment_id":"%s","session_id":"s9"' % x.encode(),
+    )
     put(store, tmp_path, "z", b"z bytes")
     commit_and_sweep(store, x)  # exit 0, not "no intent"
 
@@ -249,8 +254,12 @@ def test_escaped_keys_and_decoy_ids_never_make_a_sweep_delete_a_committed_blob(t
     lines = path.read_text().splitlines()
     lines = [(_decoy(line, x, decoy) if '"session_id":"s2"' in line else line) for line in lines]
     # s1's intent is aged: x is a reclaim candidate, kept only by s2's commit.
-    lines = [re.sub(r'"intent_at_epoch_ms":\d+', '"intent_at_epoch_ms":1000000000000', line)
-             if '"session_id":"s1"' in line else line for line in lines]
+    lines = [
+        re.sub(r'"intent_at_epoch_ms":\d+', '"intent_at_epoch_ms":1000000000000', line)
+        if '"session_id":"s1"' in line
+        else line
+        for line in lines
+    ]
     path.write_text("\n".join(lines) + "\n")
     assert b"committed" in lashctl(store, "show", x).stdout
     assert lashctl(store, "delete", x).returncode == 4

@@ -30,8 +30,12 @@ def _complete(words: list[str], env: dict | None = None) -> subprocess.Completed
     """What the bash completion function receives from lashctl for ``words`` (the last one incomplete)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
     environ.update(env or {})
-    environ.update(_LASHCTL_COMPLETE="complete_bash", COMP_WORDS=" ".join(words), COMP_CWORD=str(len(words) - 1),
-                   PYTHONPROFILEIMPORTTIME="1")
+    environ.update(
+        _LASHCTL_COMPLETE="complete_bash",
+        COMP_WORDS=" ".join(words),
+        COMP_CWORD=str(len(words) - 1),
+        PYTHONPROFILEIMPORTTIME="1",
+    )
     script = [sys.executable, "-c", "from lashctl.cli import main; main()"]
     return subprocess.run(script, capture_output=True, text=True, env=environ)
 
@@ -53,8 +57,21 @@ def two_blob_store(tmp_path):
     for data in (b"first", b"second"):
         path = tmp_path / "in"
         path.write_bytes(data)
-        result = subprocess.run([sys.executable, "-c", "from lashctl.cli import main; main()", "--store", str(store),
-                                 "put", "-s", "s", str(path)], capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from lashctl.cli import main; main()",
+                "--store",
+                str(store),
+                "put",
+                "-s",
+                "s",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr
         ids.append(result.stdout.strip())
     return store, ids
@@ -66,8 +83,17 @@ def test_completion_offers_ids_from_the_store(two_blob_store, command):
     for words, env in [
         (["lashctl", "--store", str(store), *command, ids[0][:3]], {}),
         (["lashctl", *command, ids[0][:3]], {"LASHCTL_STORE": str(store)}),
-        (["lashctl", *[w for w in command if w != "--id"], "--store", str(store),
-          *[w for w in command if w == "--id"], ids[0][:3]], {}),
+        (
+            [
+                "lashctl",
+                *[w for w in command if w != "--id"],
+                "--store",
+                str(store),
+                *[w for w in command if w == "--id"],
+                ids[0][:3],
+            ],
+            {},
+        ),
     ]:
         result = _complete(words, env)
         assert result.stdout.split() == [ids[0]], (words, result.stdout, result.stderr[-2000:])
@@ -84,9 +110,18 @@ def test_completion_of_an_id_reads_no_manifest_and_imports_no_rich(two_blob_stor
     assert not [m for m in imported if m == "rich" or m.startswith("rich.")]
 
 
-@pytest.mark.parametrize("words", [["reclaim", "--older-than"], ["reclaim", "--before"], ["gc", "--older-than"],
-                                   ["list-uncommitted", "--before"], ["verify", "--grace"],
-                                   ["manifest", "log", "--since"], ["commit", "-s"]])
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["reclaim", "--older-than"],
+        ["reclaim", "--before"],
+        ["gc", "--older-than"],
+        ["list-uncommitted", "--before"],
+        ["verify", "--grace"],
+        ["manifest", "log", "--since"],
+        ["commit", "-s"],
+    ],
+)
 def test_completion_offers_no_file_names_for_durations_times_and_sessions(tmp_path, words):
     (tmp_path / "some-file").write_text("x")
     bash = (
@@ -105,8 +140,12 @@ def test_completion_offers_no_file_names_for_durations_times_and_sessions(tmp_pa
 
 
 def test_completion_still_offers_file_names_for_paths():
-    for words in (["lashctl", "put", "-s", "s", ""], ["lashctl", "--store", ""], ["lashctl", "get", "abcd", "-o", ""],
-                  ["lashctl", "put", "--files-from", ""]):
+    for words in (
+        ["lashctl", "put", "-s", "s", ""],
+        ["lashctl", "--store", ""],
+        ["lashctl", "get", "abcd", "-o", ""],
+        ["lashctl", "put", "--files-from", ""],
+    ):
         assert _complete(words).stdout.strip() == "::files", words
 
 
@@ -127,20 +166,25 @@ def _bash_completes(words: list[str], cwd: Path) -> list[str]:
     return sorted(line[1:-1] for line in result.stdout.splitlines() if line != "<>")
 
 
-@pytest.mark.parametrize("words, offered", [
-    (["--manifest", ""], ["lash-sqlite:", "manifest.jsonl", "postgresql://", "sessions/"]),
-    (["--manifest", "lash"], ["lash-sqlite:"]),
-    (["--manifest", "p"], ["postgresql://"]),
-    (["--manifest", "ma"], ["manifest.jsonl"]),
-    (["--manifest", "lash-sqlite", ":"], ["sessions/"]),
-    (["--manifest", "lash-sqlite", ":", "se"], ["sessions/"]),
-    (["--manifest", "postgresql", ":", "//db"], []),
-    (["--manifest", ":", "se"], []),
-    (["reclaim", "--manifest", "lash-sqlite", ":", "s"], ["sessions/"]),
-    (["migrate", "--to-store", "x", "--to-manifest", ""],
-     ["lash-sqlite:", "manifest.jsonl", "postgresql://", "sessions/"]),
-    (["migrate", "--to-store", "x", "--to-manifest", "lash-sqlite", ":"], ["sessions/"]),
-])
+@pytest.mark.parametrize(
+    "words, offered",
+    [
+        (["--manifest", ""], ["lash-sqlite:", "manifest.jsonl", "postgresql://", "sessions/"]),
+        (["--manifest", "lash"], ["lash-sqlite:"]),
+        (["--manifest", "p"], ["postgresql://"]),
+        (["--manifest", "ma"], ["manifest.jsonl"]),
+        (["--manifest", "lash-sqlite", ":"], ["sessions/"]),
+        (["--manifest", "lash-sqlite", ":", "se"], ["sessions/"]),
+        (["--manifest", "postgresql", ":", "//db"], []),
+        (["--manifest", ":", "se"], []),
+        (["reclaim", "--manifest", "lash-sqlite", ":", "s"], ["sessions/"]),
+        (
+            ["migrate", "--to-store", "x", "--to-manifest", ""],
+            ["lash-sqlite:", "manifest.jsonl", "postgresql://", "sessions/"],
+        ),
+        (["migrate", "--to-store", "x", "--to-manifest", "lash-sqlite", ":"], ["sessions/"]),
+    ],
+)
 def test_completion_of_a_manifest_offers_its_url_schemes_and_file_names(tmp_path, words, offered):
     (tmp_path / "sessions").mkdir()
     (tmp_path / "manifest.jsonl").write_text("")

@@ -38,8 +38,13 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(*args: str, input: bytes | None = None, env: dict | None = None, cwd: Path | None = None,
-        program: list[str] | None = None) -> subprocess.CompletedProcess:
+def run(
+    *args: str,
+    input: bytes | None = None,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    program: list[str] | None = None,
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         (program or [LASHCTL]) + list(args),
         input=input if input is not None else b"",
@@ -123,8 +128,14 @@ def test_what_one_process_writes_a_new_process_reads(store, inputs, tmp_path):
     assert b"stored" in proc.stderr  # the summary goes to stderr, not stdout
 
     sidecar = (store / "sha256" / png_id[:2] / (png_id + ".json")).read_text("utf-8")
-    expected = {"id": png_id, "media_type": {"kind": "image", "type": "png"}, "byte_len": len(png),
-                "width": 7, "height": 11, "label": "pixel.png"}
+    expected = {
+        "id": png_id,
+        "media_type": {"kind": "image", "type": "png"},
+        "byte_len": len(png),
+        "width": 7,
+        "height": 11,
+        "label": "pixel.png",
+    }
     assert sidecar.rstrip("\n") == json.dumps(expected, indent=2)
 
     piped = run("--store", str(store), "get", png_id)
@@ -170,11 +181,25 @@ def test_put_prints_one_id_per_input_in_input_order(store, inputs):
     for name, data in contents.items():
         (inputs / name).write_bytes(data)
     stdin_data = b"from standard input"
-    proc = run("--store", str(store), "put", "-s", "s",
-               str(inputs / "c.png"), "-", str(inputs / "a.txt"), str(inputs / "c.png"), input=stdin_data)
+    proc = run(
+        "--store",
+        str(store),
+        "put",
+        "-s",
+        "s",
+        str(inputs / "c.png"),
+        "-",
+        str(inputs / "a.txt"),
+        str(inputs / "c.png"),
+        input=stdin_data,
+    )
     assert_ok(proc)
-    assert id_lines(proc.stdout) == [sha(contents["c.png"]), sha(stdin_data), sha(contents["a.txt"]),
-                                     sha(contents["c.png"])]
+    assert id_lines(proc.stdout) == [
+        sha(contents["c.png"]),
+        sha(stdin_data),
+        sha(contents["a.txt"]),
+        sha(contents["c.png"]),
+    ]
     for data in (contents["c.png"], stdin_data, contents["a.txt"]):
         assert blob_path(store, sha(data)).read_bytes() == data
     assert files_under(store / "tmp") == []
@@ -294,9 +319,11 @@ def test_lock_timeout_exits_75_and_lands_no_blob(store, inputs):
         assert (store / "manifest.jsonl").read_bytes() == manifest_before
 
         env = base_env(LASHCTL_LOCK_TIMEOUT="0.1")
-        for args in (["commit", "-s", "s", sha(b"existing")],
-                     ["reclaim", "--force", "--older-than", "0s"],
-                     ["delete", "--force", sha(b"existing")]):
+        for args in (
+            ["commit", "-s", "s", sha(b"existing")],
+            ["reclaim", "--force", "--older-than", "0s"],
+            ["delete", "--force", sha(b"existing")],
+        ):
             proc = run("--store", str(store), *args, env=env)
             assert_error(proc, 75)
         assert blob_path(store, sha(b"existing")).exists()
@@ -320,9 +347,13 @@ def test_an_intent_is_stamped_when_it_is_written_not_before_the_lock_wait(store,
     fd = os.open(store / "manifest.jsonl.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        proc = subprocess.Popen([LASHCTL, "--store", str(store), "put", "-s", "s", str(inputs / "late.bin")],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=base_env())
+        proc = subprocess.Popen(
+            [LASHCTL, "--store", str(store), "put", "-s", "s", str(inputs / "late.bin")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=base_env(),
+        )
         deadline = time.monotonic() + 30
         while not files_under(store / "tmp") and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)  # staged: the put is at (or a moment from) the lock
@@ -355,8 +386,11 @@ def test_put_lands_no_blob_when_the_manifest_cannot_be_appended(store, inputs, t
 def test_reclaim_sweeps_aged_orphans_and_keeps_committed_content(store, inputs):
     for name in ("orphan", "committed", "shared"):
         (inputs / name).write_bytes(name.encode())
-    ids = id_lines(run("--store", str(store), "put", "-s", "A",
-                       *(str(inputs / n) for n in ("orphan", "committed", "shared"))).stdout)
+    ids = id_lines(
+        run(
+            "--store", str(store), "put", "-s", "A", *(str(inputs / n) for n in ("orphan", "committed", "shared"))
+        ).stdout
+    )
     orphan, committed, shared = ids
     assert_ok(run("--store", str(store), "put", "-s", "B", str(inputs / "shared")))
     assert_ok(run("--store", str(store), "commit", "-s", "A", committed))
@@ -382,9 +416,10 @@ def test_reclaim_sweeps_aged_orphans_and_keeps_committed_content(store, inputs):
     assert not blob_path(store, orphan).exists()
     assert blob_path(store, committed).exists()
     assert blob_path(store, shared).exists()
-    tail = [json.loads(line) for line in manifest.read_text("utf-8").splitlines()][len(events):]
+    tail = [json.loads(line) for line in manifest.read_text("utf-8").splitlines()][len(events) :]
     assert sorted((e["op"], e["attachment_id"], e["session_id"]) for e in tail) == sorted(
-        [("forget", orphan, "A"), ("forget", shared, "A")])
+        [("forget", orphan, "A"), ("forget", shared, "A")]
+    )
 
     assert_error(run("--store", str(store), "reclaim", "--older-than", "30s"), 4)
 
@@ -423,8 +458,14 @@ def test_a_closed_stdout_never_gives_a_traceback(store, args):
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before lashctl writes
     try:
-        proc = subprocess.run([LASHCTL, "--store", str(store), *args], input=b"z", stdout=write_end,
-                              stderr=subprocess.PIPE, env=base_env(), timeout=60)
+        proc = subprocess.run(
+            [LASHCTL, "--store", str(store), *args],
+            input=b"z",
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=base_env(),
+            timeout=60,
+        )
     finally:
         os.close(write_end)
     assert b"Traceback" not in proc.stderr, proc.stderr.decode()
@@ -438,8 +479,14 @@ def test_get_refuses_to_write_binary_to_a_terminal(store):
     attachment_id = id_lines(run("--store", str(store), "put", "-s", "s", "-", input=data).stdout)[0]
     leader, follower = pty.openpty()
     try:
-        proc = subprocess.run([LASHCTL, "--store", str(store), "get", attachment_id], stdin=subprocess.DEVNULL,
-                              stdout=follower, stderr=subprocess.PIPE, env=base_env(), timeout=60)
+        proc = subprocess.run(
+            [LASHCTL, "--store", str(store), "get", attachment_id],
+            stdin=subprocess.DEVNULL,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            env=base_env(),
+            timeout=60,
+        )
         os.close(follower)
         follower = -1
         shown = b""

@@ -52,8 +52,9 @@ def on_terminal(*args: str) -> tuple[int, bytes, bytes]:
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        proc = subprocess.Popen([LASHCTL, *args], stdin=subprocess.DEVNULL, stdout=follower,
-                                stderr=subprocess.PIPE, env=wide_env())
+        proc = subprocess.Popen(
+            [LASHCTL, *args], stdin=subprocess.DEVNULL, stdout=follower, stderr=subprocess.PIPE, env=wide_env()
+        )
         os.close(follower)
         follower = -1
         _out, err = proc.communicate(timeout=60)
@@ -81,8 +82,13 @@ def write_manifest(store: Path, events: list[dict]) -> None:
 
 
 def intent(attachment_id: str, session: str, at: int) -> dict:
-    return {"op": "intent", "attachment_id": attachment_id, "session_id": session,
-            "canonical_uri": "sha256:" + attachment_id, "intent_at_epoch_ms": at}
+    return {
+        "op": "intent",
+        "attachment_id": attachment_id,
+        "session_id": session,
+        "canonical_uri": "sha256:" + attachment_id,
+        "intent_at_epoch_ms": at,
+    }
 
 
 @pytest.fixture
@@ -120,8 +126,17 @@ def test_a_hostile_label_is_escaped_by_show_and_ls_on_a_terminal_and_a_pipe(stor
 
 
 def test_a_session_id_with_a_newline_cannot_forge_a_verdict_line_in_show(store):
-    put = run("--store", str(store), "--manifest", str(store.parent / "other.jsonl"), "put", "-s", "s", "-",
-              input=b"orphan bytes")
+    put = run(
+        "--store",
+        str(store),
+        "--manifest",
+        str(store.parent / "other.jsonl"),
+        "put",
+        "-s",
+        "s",
+        "-",
+        input=b"orphan bytes",
+    )
     (attachment_id,) = id_lines(put.stdout)
     old = time.time_ns() // 1_000_000 - 3 * DAY
     write_manifest(store, [intent(attachment_id, FORGED_SESSION, old)])
@@ -138,8 +153,17 @@ def test_a_session_id_with_a_newline_cannot_forge_a_verdict_line_in_show(store):
 
 
 def test_hostile_sessions_are_escaped_in_the_reclaim_and_list_uncommitted_tables(store):
-    put = run("--store", str(store), "--manifest", str(store.parent / "other.jsonl"), "put", "-s", "s", "-",
-              input=b"orphan bytes")
+    put = run(
+        "--store",
+        str(store),
+        "--manifest",
+        str(store.parent / "other.jsonl"),
+        "put",
+        "-s",
+        "s",
+        "-",
+        input=b"orphan bytes",
+    )
     (attachment_id,) = id_lines(put.stdout)
     old = time.time_ns() // 1_000_000 - 3 * DAY
     write_manifest(store, [intent(attachment_id, "s\x1b]0;pwned\x07\u202e\u2028x", old)])
@@ -152,8 +176,17 @@ def test_hostile_sessions_are_escaped_in_the_reclaim_and_list_uncommitted_tables
 
 
 def test_the_delete_refusal_shows_a_hostile_session_escaped_on_one_line(store):
-    put = run("--store", str(store), "--manifest", str(store.parent / "other.jsonl"), "put", "-s", "s", "-",
-              input=b"kept bytes")
+    put = run(
+        "--store",
+        str(store),
+        "--manifest",
+        str(store.parent / "other.jsonl"),
+        "put",
+        "-s",
+        "s",
+        "-",
+        input=b"kept bytes",
+    )
     (attachment_id,) = id_lines(put.stdout)
     write_manifest(store, [intent(attachment_id, "s\x1b[2J\nlashctl: deleted", time.time_ns() // 1_000_000)])
     proc = run("--store", str(store), "delete", attachment_id)

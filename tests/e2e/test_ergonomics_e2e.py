@@ -12,12 +12,15 @@ from reliability_helpers import base_env, one_line_error, run
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("args, hint", [
-    (["reclaim", "--older-than", "1M"], "m for minutes"),
-    (["list-uncommitted", "--older-than", "24H"], "24h"),
-    (["reclaim", "--before", "1795647212"], "@1795647212"),
-    (["manifest", "log", "--since", "1795647212"], "1795647212ms"),
-])
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (["reclaim", "--older-than", "1M"], "m for minutes"),
+        (["list-uncommitted", "--older-than", "24H"], "24h"),
+        (["reclaim", "--before", "1795647212"], "@1795647212"),
+        (["manifest", "log", "--since", "1795647212"], "1795647212ms"),
+    ],
+)
 def test_ambiguous_durations_and_times_are_refused_with_a_hint(tmp_path, args, hint):
     store = tmp_path / "store"
     result = run(["--store", store, *args])
@@ -36,8 +39,14 @@ def test_epoch_seconds_with_an_at_sign_are_a_cutoff_in_seconds(tmp_path):
     assert none.returncode == 0 and none.stdout == b""
 
 
-@pytest.mark.parametrize("args", [["put", "-s", "s", "--files-from", "-"], ["put", "-s", "s", "--files-from", "-", "-0"],
-                                  ["commit", "-s", "s", "-"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["put", "-s", "s", "--files-from", "-"],
+        ["put", "-s", "s", "--files-from", "-", "-0"],
+        ["commit", "-s", "s", "-"],
+    ],
+)
 def test_an_empty_batch_on_stdin_is_a_successful_no_op(tmp_path, args):
     store = tmp_path / "store"
     result = run(["--store", store, *args], input=b"")
@@ -61,9 +70,22 @@ def test_put_without_any_input_is_still_a_usage_error(tmp_path):
 
 
 # -- typos in cron lines -------------------------------------------------------------
-@pytest.mark.parametrize("command", [["reclaim"], ["gc"], ["list-uncommitted"], ["stats"], ["ls"], ["verify"],
-                                     ["commit", "-s", "s", "a" * 64], ["manifest", "compact"], ["manifest", "check"],
-                                     ["delete", "a" * 64], ["get", "a" * 64]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["reclaim"],
+        ["gc"],
+        ["list-uncommitted"],
+        ["stats"],
+        ["ls"],
+        ["verify"],
+        ["commit", "-s", "s", "a" * 64],
+        ["manifest", "compact"],
+        ["manifest", "check"],
+        ["delete", "a" * 64],
+        ["get", "a" * 64],
+    ],
+)
 def test_an_explicit_store_that_does_not_exist_is_an_error_and_nothing_is_created(tmp_path, command):
     typo = tmp_path / "srv" / "typo" / "nonexistent"
     for args, env in ((["--store", typo], None), ([], {"LASHCTL_STORE": str(typo)})):
@@ -87,8 +109,9 @@ def test_an_explicit_manifest_that_does_not_exist_is_an_error_and_nothing_is_cre
 
 def test_put_creates_an_explicit_store_and_manifest(tmp_path):
     (tmp_path / "in.txt").write_bytes(b"x")
-    result = run(["--store", tmp_path / "new", "--manifest", tmp_path / "m.jsonl", "put", "-s", "s",
-                  tmp_path / "in.txt"])
+    result = run(
+        ["--store", tmp_path / "new", "--manifest", tmp_path / "m.jsonl", "put", "-s", "s", tmp_path / "in.txt"]
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "m.jsonl").exists()
 
@@ -153,9 +176,17 @@ def _store_with_orphan(tmp_path):
 RUN_FIELDS = {"lashctl_version", "store", "manifest", "started_at", "finished_at"}
 
 
-@pytest.mark.parametrize("command", [["reclaim", "--force", "--older-than", "0s"], ["reclaim", "-n"],
-                                     ["gc", "--force", "--older-than", "0s"], ["delete", "--force", "PREFIX"],
-                                     ["verify", "--fix"], ["manifest", "compact"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["reclaim", "--force", "--older-than", "0s"],
+        ["reclaim", "-n"],
+        ["gc", "--force", "--older-than", "0s"],
+        ["delete", "--force", "PREFIX"],
+        ["verify", "--fix"],
+        ["manifest", "compact"],
+    ],
+)
 def test_json_reports_of_destructive_commands_say_when_where_and_which_version(tmp_path, command):
     store = _store_with_orphan(tmp_path)
     attachment_id = next((store / "sha256").glob("*/*")).name.removesuffix(".json")
@@ -169,8 +200,7 @@ def test_json_reports_of_destructive_commands_say_when_where_and_which_version(t
     assert document["started_at"] <= document["finished_at"]
 
 
-@pytest.mark.parametrize("command, code", [(["reclaim", "--older-than", "0s"], 4),
-                                           (["get", "0" * 64], 3)])
+@pytest.mark.parametrize("command, code", [(["reclaim", "--older-than", "0s"], 4), (["get", "0" * 64], 3)])
 def test_a_failure_under_json_still_prints_one_json_object(tmp_path, command, code):
     store = _store_with_orphan(tmp_path)
     result = run(["--store", store, "--json", *command])
@@ -286,8 +316,10 @@ def test_json_inspections_go_on_past_a_malformed_line_and_still_exit_65(tmp_path
     assert b"line 3" in result.stderr or b":3:" in result.stderr
 
 
-@pytest.mark.parametrize("command", [["reclaim", "--force", "--older-than", "0s"], ["gc", "--force", "--older-than", "0s"],
-                                     ["manifest", "compact"]])
+@pytest.mark.parametrize(
+    "command",
+    [["reclaim", "--force", "--older-than", "0s"], ["gc", "--force", "--older-than", "0s"], ["manifest", "compact"]],
+)
 def test_destructive_commands_still_refuse_a_malformed_manifest(tmp_path, command):
     store = _damaged(tmp_path)
     before = sorted(p.name for p in (store / "sha256").glob("*/*"))
@@ -306,8 +338,9 @@ def _lashctl_with_terminal_stdin(args: list, typed: bytes) -> tuple[int, bytes, 
     from reliability_helpers import find_lashctl
 
     master, slave = pty.openpty()
-    proc = subprocess.Popen([find_lashctl(), *map(str, args)], stdin=slave, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=base_env())
+    proc = subprocess.Popen(
+        [find_lashctl(), *map(str, args)], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=base_env()
+    )
     os.close(slave)
     time.sleep(0.5)  # the hint comes before the first read
     os.write(master, typed)
@@ -318,7 +351,8 @@ def _lashctl_with_terminal_stdin(args: list, typed: bytes) -> tuple[int, bytes, 
 
 def test_put_dash_on_a_terminal_says_it_reads_standard_input(tmp_path):
     code, out, err = _lashctl_with_terminal_stdin(
-        ["--store", tmp_path / "store", "put", "-s", "s", "-"], b"typed by hand\n\x04")
+        ["--store", tmp_path / "store", "put", "-s", "s", "-"], b"typed by hand\n\x04"
+    )
     assert code == 0, err
     assert len(out.split()) == 1
     assert b"standard input" in err and b"Ctrl-D" in err
@@ -339,8 +373,14 @@ def _interrupt(args: list, cwd=None, lines_first: int = 0, feed: bytes = b"parti
 
     from reliability_helpers import find_lashctl
 
-    proc = subprocess.Popen([find_lashctl(), *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=base_env(), cwd=cwd)
+    proc = subprocess.Popen(
+        [find_lashctl(), *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=base_env(),
+        cwd=cwd,
+    )
     proc.stdin.write(feed)
     proc.stdin.flush()
     early = b"".join(proc.stdout.readline() for _ in range(lines_first))
@@ -362,14 +402,17 @@ def test_ctrl_c_in_put_says_what_was_kept_and_leaves_no_staging_file(tmp_path):
         (inputs / f"{i}.txt").write_bytes(b"file %d\n" % i)
         names.append(f"{i}.txt")
     store = tmp_path / "store"
-    code, out, err = _interrupt(["--store", store, "put", "-s", "s", *names, "-"], cwd=inputs,
-                                lines_first=PUT_BATCH_FILES)
+    code, out, err = _interrupt(
+        ["--store", store, "put", "-s", "s", *names, "-"], cwd=inputs, lines_first=PUT_BATCH_FILES
+    )
     assert code == 130, err
     lines = err.decode().strip().splitlines()
     assert lines and "Traceback" not in err.decode()
-    assert lines[-1] == (f"lashctl: interrupted: {PUT_BATCH_FILES} of {PUT_BATCH_FILES + 2} inputs stored and "
-                         "recorded (their ids are on stdout); staged copies of the rest were removed, and reclaim "
-                         "sweeps anything else they left")
+    assert lines[-1] == (
+        f"lashctl: interrupted: {PUT_BATCH_FILES} of {PUT_BATCH_FILES + 2} inputs stored and "
+        "recorded (their ids are on stdout); staged copies of the rest were removed, and reclaim "
+        "sweeps anything else they left"
+    )
     assert len(out.split()) == PUT_BATCH_FILES
     intents = [e for e in read_log(store / "manifest.jsonl").events if e["op"] == "intent"]
     assert len(intents) == PUT_BATCH_FILES
@@ -380,8 +423,10 @@ def test_ctrl_c_before_anything_was_stored_says_so(tmp_path):
     store = tmp_path / "store"
     code, out, err = _interrupt(["--store", store, "put", "-s", "s", "-"])
     assert code == 130
-    assert err.decode().strip() == ("lashctl: interrupted: 0 of 1 input stored and recorded; staged copies "
-                                    "of the rest were removed, and reclaim sweeps anything else they left")
+    assert err.decode().strip() == (
+        "lashctl: interrupted: 0 of 1 input stored and recorded; staged copies "
+        "of the rest were removed, and reclaim sweeps anything else they left"
+    )
     assert out == b""
     assert list((store / "tmp").iterdir()) == []
 
@@ -424,9 +469,15 @@ def test_a_closed_standard_output_is_one_line_and_exit_1(tmp_path, args):
     store = tmp_path / "store"
     (tmp_path / "f").write_bytes(b"f")
     assert run(["--store", store, "put", "-q", "-s", "s", tmp_path / "f"], env=base_env()).returncode == 0
-    proc = subprocess.run([find_lashctl(), "--store", str(store), *args], stdin=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, env=base_env(), timeout=60, close_fds=True,
-                          preexec_fn=lambda: os.close(1))
+    proc = subprocess.run(
+        [find_lashctl(), "--store", str(store), *args],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=base_env(),
+        timeout=60,
+        close_fds=True,
+        preexec_fn=lambda: os.close(1),
+    )
     assert proc.returncode == 1
     assert "standard output is closed" in one_line_error(proc.stderr)
 
@@ -440,9 +491,15 @@ def _run_with(args, closed=(), stdout=None, stdin=None, env=None):
         for fd in closed:
             os.close(fd)
 
-    return subprocess.run([find_lashctl(), *map(str, args)], stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                          stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=env or base_env(), timeout=60, preexec_fn=close)
+    return subprocess.run(
+        [find_lashctl(), *map(str, args)],
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env or base_env(),
+        timeout=60,
+        preexec_fn=close,
+    )
 
 
 @pytest.mark.parametrize("args", [["ls"], ["--json", "verify"], ["put", "-s", "s", "{f}"], ["reclaim", "-n"]])
@@ -460,8 +517,9 @@ def test_a_closed_standard_error_silences_messages_and_keeps_data_clean(tmp_path
     assert "blob(s)" not in out and "lashctl:" not in out and "Traceback" not in out
 
 
-@pytest.mark.parametrize("args", [["put", "-s", "s", "-"], ["put", "-s", "s", "--files-from", "-"],
-                                  ["commit", "-s", "s", "-"]])
+@pytest.mark.parametrize(
+    "args", [["put", "-s", "s", "-"], ["put", "-s", "s", "--files-from", "-"], ["commit", "-s", "s", "-"]]
+)
 def test_a_closed_standard_input_is_a_usage_error(tmp_path, args):
     store = tmp_path / "store"
     (tmp_path / "f").write_bytes(b"f")
@@ -473,8 +531,9 @@ def test_a_closed_standard_input_is_a_usage_error(tmp_path, args):
     assert (store / "manifest.jsonl").read_bytes() == before
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"], ["--json", "get", "{id}"], ["get", "{id}"],
-                                  ["--json", "ls"]])
+@pytest.mark.parametrize(
+    "args", [["--version"], ["--help"], ["--json", "get", "{id}"], ["get", "{id}"], ["--json", "ls"]]
+)
 def test_a_full_standard_output_is_one_line_and_exit_1(tmp_path, args):
     store = tmp_path / "store"
     (tmp_path / "f").write_bytes(b"f" * 100_000)

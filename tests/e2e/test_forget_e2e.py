@@ -26,7 +26,8 @@ def test_forget_a_whole_session_keeps_every_byte(lashctl):
     dry = json.loads(lashctl.ok("--json", "forget", "-s", "abusive", "--dry-run").stdout)
     assert dry["dry_run"] is True and dry["rows_forgotten"] == 3
     assert sorted((i["id"], i["state"]) for i in dry["items"]) == sorted(
-        [(gone[0], "committed"), (gone[1], "uncommitted"), (shared, "uncommitted")])
+        [(gone[0], "committed"), (gone[1], "uncommitted"), (shared, "uncommitted")]
+    )
     assert lashctl.commits("abusive", [gone[1]]) == {gone[1]: "committed"}  # the dry run changed nothing
 
     done = json.loads(lashctl.ok("--json", "forget", "-s", "abusive").stdout)

@@ -180,7 +180,11 @@ def test_get_to_dev_stdout_appends_to_the_file_standard_output_already_writes(tm
     log = tmp_path / "log"
     log.write_bytes(b"before\n")
     with open(log, "ab") as out:
-        result = subprocess.run([find_lashctl(), "--store", str(store), "get", attachment_id, "-o", "/dev/stdout"],
-                                stdout=out, stderr=subprocess.PIPE, env=base_env())
+        result = subprocess.run(
+            [find_lashctl(), "--store", str(store), "get", attachment_id, "-o", "/dev/stdout"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            env=base_env(),
+        )
     assert result.returncode == 0, result.stderr
     assert log.read_bytes() == b"before\n" + DATA

@@ -48,7 +48,9 @@ def test_a_bom_at_the_start_of_commit_stdin_is_ignored(tmp_path):
     result = run(["--store", store, "--json", "commit", "-s", "s", "-"], input=BOM + put.stdout)
     _ok(result)
     assert [(r["id"], r["status"]) for r in json.loads(result.stdout)] == [
-        (sha(b"alpha"), "committed"), (sha(b"bravo"), "committed")]
+        (sha(b"alpha"), "committed"),
+        (sha(b"bravo"), "committed"),
+    ]
 
 
 def test_a_bom_inside_a_list_is_still_part_of_a_path(tmp_path):
@@ -66,8 +68,21 @@ def test_a_dash_in_a_files_from_list_is_a_file_named_dash(tmp_path, null):
     (tmp_path / "-").write_bytes(b"a file named dash")
     sep = b"\0" if null else b"\n"
     (tmp_path / "list").write_bytes(b"-" + sep)
-    result = run(["--store", tmp_path / "store", "--json", "put", "-s", "s", "--files-from", tmp_path / "list",
-                  *(["-0"] if null else [])], input=b"standard input", cwd=tmp_path)
+    result = run(
+        [
+            "--store",
+            tmp_path / "store",
+            "--json",
+            "put",
+            "-s",
+            "s",
+            "--files-from",
+            tmp_path / "list",
+            *(["-0"] if null else []),
+        ],
+        input=b"standard input",
+        cwd=tmp_path,
+    )
     _ok(result)
     [stored] = json.loads(result.stdout)
     assert stored["id"] == sha(b"a file named dash")
@@ -76,8 +91,11 @@ def test_a_dash_in_a_files_from_list_is_a_file_named_dash(tmp_path, null):
 
 def test_a_dash_in_a_list_that_names_no_file_is_a_missing_input(tmp_path):
     (tmp_path / "list").write_bytes(b"-\n")
-    result = run(["--store", tmp_path / "store", "put", "-s", "s", "--files-from", tmp_path / "list"],
-                 input=b"standard input", cwd=tmp_path)
+    result = run(
+        ["--store", tmp_path / "store", "put", "-s", "s", "--files-from", tmp_path / "list"],
+        input=b"standard input",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "cannot read input ./-" in one_line_error(result.stderr)
     assert not (tmp_path / "store").exists()
@@ -141,14 +159,17 @@ def test_a_malformed_line_appended_after_the_cache_was_built_stops_put(tmp_path)
     assert manifest.read_bytes() == before
 
 
-@pytest.mark.parametrize("command", [
-    ["commit", "-s", "s", sha(b"input 0")],
-    ["delete", "--force", sha(b"input 0")],
-    ["reclaim", "--older-than", "0s", "--force"],
-    ["gc", "--older-than", "0s", "--force"],
-    ["verify", "--fix"],
-    ["manifest", "compact"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["commit", "-s", "s", sha(b"input 0")],
+        ["delete", "--force", sha(b"input 0")],
+        ["reclaim", "--older-than", "0s", "--force"],
+        ["gc", "--older-than", "0s", "--force"],
+        ["verify", "--fix"],
+        ["manifest", "compact"],
+    ],
+)
 def test_every_writer_refuses_a_manifest_with_a_malformed_line(tmp_path, command):
     store, manifest = _store_with_a_bad_line(tmp_path, warm_cache=True)
     before, blobs = manifest.read_bytes(), _blobs(store)
@@ -163,17 +184,20 @@ def test_every_writer_refuses_a_manifest_with_a_malformed_line(tmp_path, command
 FAILURE_KEYS = ["error", "exit_code", "lashctl_version", "store", "manifest", "started_at", "finished_at"]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--json", "reclaim", "--dryrun"], "No such option: --dryrun"),
-    (["reclaim", "--dryrun", "--json"], "No such option: --dryrun"),
-    (["--json", "--lock-timeout", "-1", "reclaim"], "--lock-timeout"),
-    (["reclaim", "--json", "--lock-timeout", "-1"], "--lock-timeout"),
-    (["--json", "get"], "Missing argument 'ID'"),
-    (["--json", "ls", "--sort", "bogus"], "bogus"),
-    (["--json", "manifest", "log", "--bogus"], "No such option: --bogus"),
-    (["--json", "frobnicate"], "No such command 'frobnicate'"),
-    (["--json"], "Missing command"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--json", "reclaim", "--dryrun"], "No such option: --dryrun"),
+        (["reclaim", "--dryrun", "--json"], "No such option: --dryrun"),
+        (["--json", "--lock-timeout", "-1", "reclaim"], "--lock-timeout"),
+        (["reclaim", "--json", "--lock-timeout", "-1"], "--lock-timeout"),
+        (["--json", "get"], "Missing argument 'ID'"),
+        (["--json", "ls", "--sort", "bogus"], "bogus"),
+        (["--json", "manifest", "log", "--bogus"], "No such option: --bogus"),
+        (["--json", "frobnicate"], "No such command 'frobnicate'"),
+        (["--json"], "Missing command"),
+    ],
+)
 def test_a_usage_error_under_json_prints_the_failure_object(tmp_path, args, needle):
     result = run(["--store", tmp_path / "store", *args])
     assert result.returncode == 2, result.stderr
@@ -194,11 +218,14 @@ def test_a_usage_error_under_json_has_the_shape_of_any_other_failure(tmp_path):
     assert list(json.loads(usage.stdout)) == list(json.loads(other.stdout)) == FAILURE_KEYS
 
 
-@pytest.mark.parametrize("args", [
-    ["put", "-s", "s", "--bogus", "--", "--json"],  # after --: a file named --json
-    ["put", "-s", "s", "--label", "--json", "--bogus"],  # a label, not the option
-    ["reclaim", "--dryrun"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["put", "-s", "s", "--bogus", "--", "--json"],  # after --: a file named --json
+        ["put", "-s", "s", "--label", "--json", "--bogus"],  # a label, not the option
+        ["reclaim", "--dryrun"],
+    ],
+)
 def test_a_usage_error_without_json_prints_nothing_on_stdout(tmp_path, args):
     result = run(["--store", tmp_path / "store", *args])
     assert result.returncode == 2, result.stderr
@@ -209,9 +236,21 @@ def test_a_usage_error_without_json_prints_nothing_on_stdout(tmp_path, args):
 # -- what is a store ----------------------------------------------------------------------
 ID = sha(b"anything")
 READERS_AND_WRITERS = [
-    ["reclaim", "--older-than", "1h"], ["reclaim", "--dry-run"], ["gc"], ["verify"], ["verify", "--fix"],
-    ["ls"], ["stats"], ["list-uncommitted"], ["show", ID], ["get", ID], ["delete", ID],
-    ["commit", "-s", "s", ID], ["manifest", "check"], ["manifest", "log"], ["manifest", "compact"],
+    ["reclaim", "--older-than", "1h"],
+    ["reclaim", "--dry-run"],
+    ["gc"],
+    ["verify"],
+    ["verify", "--fix"],
+    ["ls"],
+    ["stats"],
+    ["list-uncommitted"],
+    ["show", ID],
+    ["get", ID],
+    ["delete", ID],
+    ["commit", "-s", "s", ID],
+    ["manifest", "check"],
+    ["manifest", "log"],
+    ["manifest", "compact"],
 ]
 
 
@@ -253,7 +292,8 @@ def test_the_path_in_not_a_store_is_escaped(tmp_path):
     result = run(["--store", root, "ls"])
     assert result.returncode == 2
     assert one_line_error(result.stderr) == (
-        f"lashctl: error: not a lashctl store: {tmp_path}/x\\x1b[31mred\\nlashctl: forged")
+        f"lashctl: error: not a lashctl store: {tmp_path}/x\\x1b[31mred\\nlashctl: forged"
+    )
 
 
 @pytest.mark.parametrize("marker", ["sha256", "manifest.jsonl"])
@@ -297,8 +337,19 @@ def _fresh_home(tmp_path) -> dict:
     return {**base_env(), "HOME": str(home), "XDG_DATA_HOME": str(home / "data")}
 
 
-@pytest.mark.parametrize("command", [["reclaim", "--dry-run"], ["reclaim"], ["gc"], ["verify", "--fix"],
-                                     ["delete", ID], ["commit", "-s", "s", ID], ["manifest", "compact"], ["ls"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["reclaim", "--dry-run"],
+        ["reclaim"],
+        ["gc"],
+        ["verify", "--fix"],
+        ["delete", ID],
+        ["commit", "-s", "s", ID],
+        ["manifest", "compact"],
+        ["ls"],
+    ],
+)
 def test_the_default_store_before_first_use_is_empty_and_nothing_is_created(tmp_path, command):
     env = _fresh_home(tmp_path)
     result = run(command, env=env)
@@ -350,8 +401,13 @@ def _store_with_a_future_intent(tmp_path):
     (tmp_path / "early").write_bytes(b"early")
     _ok(run(["--store", store, "put", "-s", "now", tmp_path / "early"]))
     at = int(time.time() * 1000) + 10 * YEAR_MS + 30 * 60_000  # shown as 3650d for a while
-    line = {"op": "intent", "attachment_id": sha(b"early"), "session_id": "ahead",
-            "canonical_uri": "sha256:" + sha(b"early"), "intent_at_epoch_ms": at}
+    line = {
+        "op": "intent",
+        "attachment_id": sha(b"early"),
+        "session_id": "ahead",
+        "canonical_uri": "sha256:" + sha(b"early"),
+        "intent_at_epoch_ms": at,
+    }
     with open(store / "manifest.jsonl", "a") as handle:
         handle.write(json.dumps(line, separators=(",", ":")) + "\n")
     return store, at
@@ -369,8 +425,10 @@ def test_show_says_an_intent_in_the_future_keeps_the_blob_until_then(tmp_path):
     _ok(result)
     lines = result.stdout.decode().splitlines()
     verdict = next(line for line in lines if line.startswith("verdict:"))
-    assert verdict == (f"verdict:    kept: session ahead's intent time {_iso(at)} is in the future (a clock "
-                       f"ahead?): no sweep reclaims it before {_iso(at + 86_400_000)}")
+    assert verdict == (
+        f"verdict:    kept: session ahead's intent time {_iso(at)} is in the future (a clock "
+        f"ahead?): no sweep reclaims it before {_iso(at + 86_400_000)}"
+    )
     row = next(line for line in lines if "session ahead:" in line)
     assert f"intent {_iso(at)} (3650d in the future), uncommitted" in row
     document = json.loads(run(["--store", store, "--json", "show", sha(b"early")]).stdout)
@@ -398,8 +456,13 @@ def test_a_clock_a_few_seconds_ahead_is_no_finding(tmp_path):
     store = tmp_path / "store"
     (tmp_path / "a").write_bytes(b"a")
     _ok(run(["--store", store, "put", "-s", "s", tmp_path / "a"]))
-    line = {"op": "intent", "attachment_id": sha(b"a"), "session_id": "t", "canonical_uri": "sha256:" + sha(b"a"),
-            "intent_at_epoch_ms": int(time.time() * 1000) + 60_000}
+    line = {
+        "op": "intent",
+        "attachment_id": sha(b"a"),
+        "session_id": "t",
+        "canonical_uri": "sha256:" + sha(b"a"),
+        "intent_at_epoch_ms": int(time.time() * 1000) + 60_000,
+    }
     with open(store / "manifest.jsonl", "a") as handle:
         handle.write(json.dumps(line) + "\n")
     verified = run(["--store", store, "verify"])
@@ -416,12 +479,26 @@ def test_list_uncommitted_warns_of_future_intents_and_keeps_its_output(tmp_path,
     args = ["--store", store, *(["--json"] if form == "json" else []), "list-uncommitted"]
     result = run(args)
     _ok(result)
-    assert (b"lashctl: warning: 1 uncommitted row(s) have an intent time more than 5m in the future "
-            b"(a clock ahead?): no sweep reclaims them before that time\n") in result.stderr
+    assert (
+        b"lashctl: warning: 1 uncommitted row(s) have an intent time more than 5m in the future "
+        b"(a clock ahead?): no sweep reclaims them before that time\n"
+    ) in result.stderr
     if form == "json":
         rows = json.loads(result.stdout)
-        assert [list(r) for r in rows] == [["id", "session_id", "canonical_uri", "intent_at_epoch_ms", "intent_at",
-                                            "age_ms", "byte_len", "media_type", "label", "bytes_present"]] * 2
+        assert [list(r) for r in rows] == [
+            [
+                "id",
+                "session_id",
+                "canonical_uri",
+                "intent_at_epoch_ms",
+                "intent_at",
+                "age_ms",
+                "byte_len",
+                "media_type",
+                "label",
+                "bytes_present",
+            ]
+        ] * 2
         assert rows[1]["session_id"] == "ahead" and rows[1]["age_ms"] < -9 * YEAR_MS
     else:
         assert [line.split("\t")[1] for line in result.stdout.decode().splitlines()] == ["now", "ahead"]
@@ -452,8 +529,15 @@ def test_a_future_intent_among_rows_without_bytes_is_counted_on_a_pipe(tmp_path,
     times = [now - 3_600_000 - i for i in range(2500)]
     times[1234] = now + 10 * YEAR_MS + 30 * 60_000
     lines = [{"op": "header", "format": "lashctl-manifest", "version": 1}] + [
-        {"op": "intent", "attachment_id": i, "session_id": "s", "canonical_uri": "sha256:" + i,
-         "intent_at_epoch_ms": at} for i, at in zip(ids, times)]
+        {
+            "op": "intent",
+            "attachment_id": i,
+            "session_id": "s",
+            "canonical_uri": "sha256:" + i,
+            "intent_at_epoch_ms": at,
+        }
+        for i, at in zip(ids, times)
+    ]
     (store / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
     result = run(["--store", store, *(["--json"] if form == "json" else []), "list-uncommitted"])
     _ok(result)

@@ -37,8 +37,14 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def run(store: Path, *args: str, input: bytes = b"", environ: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LASHCTL), "--store", str(store), *args], input=input, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=environ or env(), timeout=60)
+    return subprocess.run(
+        [str(LASHCTL), "--store", str(store), *args],
+        input=input,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environ or env(),
+        timeout=60,
+    )
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -89,8 +95,13 @@ def commit(store: Path, session: str, *ids: str) -> None:
 
 def event(op: str, attachment_id: str, session: str, at: int | None = None) -> dict:
     if op == "intent":
-        return {"op": "intent", "attachment_id": attachment_id, "session_id": session,
-                "canonical_uri": "sha256:" + attachment_id, "intent_at_epoch_ms": at}
+        return {
+            "op": "intent",
+            "attachment_id": attachment_id,
+            "session_id": session,
+            "canonical_uri": "sha256:" + attachment_id,
+            "intent_at_epoch_ms": at,
+        }
     if op == "commit":
         return {"op": "commit", "attachment_id": attachment_id, "session_id": session, "committed_at_epoch_ms": at}
     return {"op": "forget", "attachment_id": attachment_id, "session_id": session}
@@ -167,14 +178,19 @@ def inputs(tmp_path: Path) -> Path:
 def build_damaged(root: Path, inputs: Path) -> dict:
     corrupt_data = b"this blob will have a byte flipped"
     nosidecar_png = png_bytes(7, 11)
-    good, corrupt, nosidecar, undecodable, mismatch, lost_committed = put(root, inputs, "alpha", {
-        "good.png": png_bytes(5, 3),
-        "corrupt.bin": corrupt_data,
-        "pixel.png": nosidecar_png,
-        "undecodable.txt": b"this sidecar will not decode",
-        "mismatch.txt": b"this sidecar will lie about byte_len",
-        "lost.txt": b"committed, then lost by hand",
-    })
+    good, corrupt, nosidecar, undecodable, mismatch, lost_committed = put(
+        root,
+        inputs,
+        "alpha",
+        {
+            "good.png": png_bytes(5, 3),
+            "corrupt.bin": corrupt_data,
+            "pixel.png": nosidecar_png,
+            "undecodable.txt": b"this sidecar will not decode",
+            "mismatch.txt": b"this sidecar will lie about byte_len",
+            "lost.txt": b"committed, then lost by hand",
+        },
+    )
     commit(root, "alpha", good, corrupt, nosidecar, undecodable, mismatch, lost_committed)
     [lost_uncommitted] = put(root, inputs, "beta", {"interrupted.txt": b"an interrupted put"})
 
@@ -208,30 +224,45 @@ def build_damaged(root: Path, inputs: Path) -> dict:
     symlink = blob(root, link_id)
     symlink.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(blob(root, good), symlink)
-    return dict(good=good, corrupt=corrupt, corrupt_bytes=bytes(damaged), nosidecar=nosidecar,
-                nosidecar_png=nosidecar_png, undecodable=undecodable, mismatch=mismatch,
-                lost_committed=lost_committed, lost_uncommitted=lost_uncommitted, unmanaged=unmanaged,
-                orphan_sidecar=orphan_sidecar, tmp_litter=tmp_litter, lash_tmp=lash_tmp, bad_name=bad_name,
-                wrong_prefix=wrong_prefix, symlink=symlink)
+    return dict(
+        good=good,
+        corrupt=corrupt,
+        corrupt_bytes=bytes(damaged),
+        nosidecar=nosidecar,
+        nosidecar_png=nosidecar_png,
+        undecodable=undecodable,
+        mismatch=mismatch,
+        lost_committed=lost_committed,
+        lost_uncommitted=lost_uncommitted,
+        unmanaged=unmanaged,
+        orphan_sidecar=orphan_sidecar,
+        tmp_litter=tmp_litter,
+        lash_tmp=lash_tmp,
+        bad_name=bad_name,
+        wrong_prefix=wrong_prefix,
+        symlink=symlink,
+    )
 
 
 def expected(root: Path, d: dict) -> list[tuple]:
-    return sorted([
-        ("hash-mismatch", "error", str(blob(root, d["corrupt"]))),
-        ("sidecar-missing", "error", str(side(root, d["nosidecar"]))),
-        ("sidecar-undecodable", "error", str(side(root, d["undecodable"]))),
-        ("sidecar-mismatch", "error", str(side(root, d["mismatch"]))),
-        ("staging-litter", "warning", str(d["tmp_litter"])),
-        ("staging-litter", "warning", str(d["lash_tmp"])),
-        ("stray-file", "error", str(d["bad_name"])),
-        ("stray-file", "error", str(d["wrong_prefix"])),
-        ("stray-file", "error", str(d["symlink"])),
-        ("committed-bytes-missing", "error", str(blob(root, d["lost_committed"]))),
-        ("uncommitted-bytes-missing", "warning", str(blob(root, d["lost_uncommitted"]))),
-        ("unmanaged", "warning", str(blob(root, d["unmanaged"]))),
-        ("orphan-sidecar-file", "warning", str(side(root, d["lost_committed"]))),
-        ("orphan-sidecar-file", "warning", str(side(root, d["orphan_sidecar"]))),
-    ])
+    return sorted(
+        [
+            ("hash-mismatch", "error", str(blob(root, d["corrupt"]))),
+            ("sidecar-missing", "error", str(side(root, d["nosidecar"]))),
+            ("sidecar-undecodable", "error", str(side(root, d["undecodable"]))),
+            ("sidecar-mismatch", "error", str(side(root, d["mismatch"]))),
+            ("staging-litter", "warning", str(d["tmp_litter"])),
+            ("staging-litter", "warning", str(d["lash_tmp"])),
+            ("stray-file", "error", str(d["bad_name"])),
+            ("stray-file", "error", str(d["wrong_prefix"])),
+            ("stray-file", "error", str(d["symlink"])),
+            ("committed-bytes-missing", "error", str(blob(root, d["lost_committed"]))),
+            ("uncommitted-bytes-missing", "warning", str(blob(root, d["lost_uncommitted"]))),
+            ("unmanaged", "warning", str(blob(root, d["unmanaged"]))),
+            ("orphan-sidecar-file", "warning", str(side(root, d["lost_committed"]))),
+            ("orphan-sidecar-file", "warning", str(side(root, d["orphan_sidecar"]))),
+        ]
+    )
 
 
 def found(doc: dict) -> list[tuple]:
@@ -278,12 +309,14 @@ def test_verify_fix_repairs_safely_and_never_deletes_bytes(store, damaged):
     proc = fails(run(store, "--json", "verify", "--fix", "--grace", "0s", "--force"), 65)  # unrepairable errors remain
     doc = as_json(proc)
     repaired = sorted((f["kind"], f["path"]) for f in doc["findings"] if f["repair"])
-    assert repaired == sorted([
-        ("staging-litter", str(d["tmp_litter"])),
-        ("staging-litter", str(d["lash_tmp"])),
-        ("sidecar-missing", str(side(store, d["nosidecar"]))),
-        ("hash-mismatch", str(blob(store, d["corrupt"]))),
-    ])
+    assert repaired == sorted(
+        [
+            ("staging-litter", str(d["tmp_litter"])),
+            ("staging-litter", str(d["lash_tmp"])),
+            ("sidecar-missing", str(side(store, d["nosidecar"]))),
+            ("hash-mismatch", str(blob(store, d["corrupt"]))),
+        ]
+    )
     assert doc["repairs"] == 4
     assert doc["errors"] == 7  # the quarantined committed blob's row now lacks its bytes
     # each repair is printed on stderr
@@ -310,8 +343,14 @@ def test_verify_fix_repairs_safely_and_never_deletes_bytes(store, damaged):
     # nothing that is not litter was deleted
     for key in ("good", "nosidecar", "undecodable", "mismatch", "unmanaged"):
         assert blob(store, d[key]).exists(), key
-    for path in (d["bad_name"], d["wrong_prefix"], side(store, d["undecodable"]), side(store, d["mismatch"]),
-                 side(store, d["lost_committed"]), side(store, d["orphan_sidecar"])):
+    for path in (
+        d["bad_name"],
+        d["wrong_prefix"],
+        side(store, d["undecodable"]),
+        side(store, d["mismatch"]),
+        side(store, d["lost_committed"]),
+        side(store, d["orphan_sidecar"]),
+    ):
         assert path.exists(), path
     assert os.path.islink(d["symlink"])
 
@@ -321,7 +360,8 @@ def test_verify_fix_repairs_safely_and_never_deletes_bytes(store, damaged):
     for kind in ("hash-mismatch", "sidecar-missing", "staging-litter"):
         assert kind not in kinds
     assert sorted(f["path"] for f in again["findings"] if f["kind"] == "committed-bytes-missing") == sorted(
-        [str(blob(store, d["corrupt"])), str(blob(store, d["lost_committed"]))])
+        [str(blob(store, d["corrupt"])), str(blob(store, d["lost_committed"]))]
+    )
 
 
 def test_verify_fix_never_writes_outside_the_store_through_a_symlinked_shard(store, inputs, tmp_path):
@@ -374,7 +414,11 @@ def test_verify_with_only_warnings_exits_0(store, inputs):
     assert doc["clean"] is True
     assert doc["errors"] == 0
     assert sorted(f["kind"] for f in doc["findings"]) == [
-        "orphan-sidecar-file", "staging-litter", "uncommitted-bytes-missing", "unmanaged"]
+        "orphan-sidecar-file",
+        "staging-litter",
+        "uncommitted-bytes-missing",
+        "unmanaged",
+    ]
     assert {f["severity"] for f in doc["findings"]} == {"warning"}
 
 
@@ -391,8 +435,15 @@ def test_verify_with_a_corrupt_manifest_line_still_checks_blobs(store, damaged):
     assert corrupt[0]["path"] == str(manifest)
     assert f"{manifest}:4:" in corrupt[0]["message"]
     kinds = {f["kind"] for f in doc["findings"]}
-    assert {"hash-mismatch", "sidecar-missing", "sidecar-undecodable", "sidecar-mismatch", "stray-file",
-            "staging-litter", "orphan-sidecar-file"} <= kinds
+    assert {
+        "hash-mismatch",
+        "sidecar-missing",
+        "sidecar-undecodable",
+        "sidecar-mismatch",
+        "stray-file",
+        "staging-litter",
+        "orphan-sidecar-file",
+    } <= kinds
     assert doc["blobs_checked"] == 6
 
 
@@ -405,8 +456,9 @@ def verdicts(store: Path, inputs: Path) -> dict:
     [ids["committed"]] = put(store, inputs, "alpha", {"four.png": png_bytes(4, 6)})
     commit(store, "alpha", ids["committed"])
     [ids["fresh"]] = put(store, inputs, "fresh", {"fresh.txt": b"fresh upload"})
-    [ids["shared"], ids["lost"]] = put(store, inputs, "beta", {"shared.txt": b"shared content",
-                                                                 "lost.txt": b"committed and lost"})
+    [ids["shared"], ids["lost"]] = put(
+        store, inputs, "beta", {"shared.txt": b"shared content", "lost.txt": b"committed and lost"}
+    )
     commit(store, "beta", ids["shared"], ids["lost"])
     blob(store, ids["lost"]).unlink()
     [ids["lost_uncommitted"]] = put(store, inputs, "delta", {"lu.txt": b"uncommitted and lost"})
@@ -415,9 +467,11 @@ def verdicts(store: Path, inputs: Path) -> dict:
     landed = (now - 2 * DAY) / 1000  # its bytes landed with its intent
     os.utime(blob(store, ids["orphan"]), (landed, landed))
     ids["unmanaged"] = plant(store, b"nobody's", "text/plain", "n.txt")
-    append_lines(manifest,
-                 event("intent", ids["orphan"], "ghost", now - 2 * DAY),
-                 event("intent", ids["shared"], "crashed", now - 3 * DAY))
+    append_lines(
+        manifest,
+        event("intent", ids["orphan"], "ghost", now - 2 * DAY),
+        event("intent", ids["shared"], "crashed", now - 3 * DAY),
+    )
     return ids
 
 
@@ -425,7 +479,7 @@ def show_verdict(store: Path, attachment: str) -> str:
     proc = ok(run(store, "show", attachment))
     no_ansi(proc.stdout)
     [line] = [line for line in proc.stdout.decode().splitlines() if line.startswith("verdict:")]
-    return line[len("verdict:"):].strip()
+    return line[len("verdict:") :].strip()
 
 
 def test_show_verdicts(store, verdicts):
@@ -434,13 +488,15 @@ def test_show_verdicts(store, verdicts):
     at = commit_time(manifest, ids["committed"], "alpha")
     assert show_verdict(store, ids["committed"]) == f"kept because session alpha committed it at {iso(at)}"
     assert show_verdict(store, ids["fresh"]).startswith(
-        "kept for now: session fresh's intent is within the 24h grace period")
+        "kept for now: session fresh's intent is within the 24h grace period"
+    )
     assert show_verdict(store, ids["orphan"]) == "orphan: would be reclaimed by a sweep with the default grace (24h)"
     shared_at = commit_time(manifest, ids["shared"], "beta")
     assert show_verdict(store, ids["shared"]) == f"kept because session beta committed it at {iso(shared_at)}"
     assert show_verdict(store, ids["unmanaged"]).startswith("unmanaged: no manifest row")
     assert show_verdict(store, ids["lost"]) == (
-        "missing bytes: session beta committed it, but the blob is gone (data loss)")
+        "missing bytes: session beta committed it, but the blob is gone (data loss)"
+    )
     lost_uncommitted = show_verdict(store, ids["lost_uncommitted"])
     assert lost_uncommitted.startswith("missing bytes") and "data loss" not in lost_uncommitted
 
@@ -485,8 +541,10 @@ def test_show_json(store, verdicts):
     assert rows["beta"]["canonical_uri"] == "sha256:" + ids["shared"]
 
     orphan = as_json(ok(run(store, "show", "--json", ids["orphan"])))
-    assert orphan["verdict"] == {"state": "orphan",
-                                 "reason": "orphan: would be reclaimed by a sweep with the default grace (24h)"}
+    assert orphan["verdict"] == {
+        "state": "orphan",
+        "reason": "orphan: would be reclaimed by a sweep with the default grace (24h)",
+    }
     lost = as_json(ok(run(store, "--json", "show", ids["lost"])))
     assert (lost["bytes_present"], lost["byte_len"], lost["size_on_disk"]) == (False, None, None)
     assert lost["verdict"]["state"] == "missing"
@@ -527,11 +585,20 @@ def test_ls_lists_every_blob_with_its_state(store, listing):
     ids = listing
     entries = {e["id"]: e for e in ls_json(store)}
     assert {k: entries[v]["state"] for k, v in ids.items() if v in entries} == {
-        "png": "committed", "txt": "uncommitted", "gif": "uncommitted", "jpeg": "unmanaged", "pdf": "uncommitted"}
+        "png": "committed",
+        "txt": "uncommitted",
+        "gif": "uncommitted",
+        "jpeg": "unmanaged",
+        "pdf": "uncommitted",
+    }
     assert ids["lost"] not in entries
     png = entries[ids["png"]]
     assert (png["byte_len"], png["media_type"], png["label"], png["sessions"]) == (
-        len(png_bytes(9, 9)), "image/png", "p.png", ["alpha"])
+        len(png_bytes(9, 9)),
+        "image/png",
+        "p.png",
+        ["alpha"],
+    )
     assert png["mtime_epoch_ms"] == os.stat(blob(store, ids["png"])).st_mtime_ns // 1_000_000
     assert png["mtime"] == iso(png["mtime_epoch_ms"])
     assert entries[ids["pdf"]]["sessions"] == ["beta"]
@@ -570,8 +637,9 @@ def test_ls_sort_size_reverse(store, listing):
     entries = ls_json(store, "--sort", "size", "--reverse")
     sizes = [e["byte_len"] for e in entries]
     assert sizes == sorted(sizes, reverse=True)
-    assert [e["id"] for e in entries] == [e["id"] for e in sorted(ls_json(store), key=lambda e: (e["byte_len"], e["id"]),
-                                                                  reverse=True)]
+    assert [e["id"] for e in entries] == [
+        e["id"] for e in sorted(ls_json(store), key=lambda e: (e["byte_len"], e["id"]), reverse=True)
+    ]
     ascending = [e["byte_len"] for e in ls_json(store, "--sort", "size")]
     assert ascending == sorted(ascending)
 
@@ -602,23 +670,25 @@ def build_known(store: Path, inputs: Path) -> dict:
         "lost_uncommitted": b"never landed",
     }
     ids = {k: sha(v) for k, v in data.items()}
-    put(store, inputs, "alpha", {"c.txt": data["committed"]})                      # lines 1-2
-    put(store, inputs, "beta", {"u.png": data["uncommitted"]})                     # 3
+    put(store, inputs, "alpha", {"c.txt": data["committed"]})  # lines 1-2
+    put(store, inputs, "beta", {"u.png": data["uncommitted"]})  # 3
     put(store, inputs, "gamma", {"s.txt": data["shared"], "lc.txt": data["lost_committed"]})  # 4-5
-    commit(store, "alpha", ids["committed"])                                        # 6
-    commit(store, "gamma", ids["shared"], ids["lost_committed"])                    # 7-8
-    put(store, inputs, "epsilon", {"lu.txt": data["lost_uncommitted"]})             # 9
+    commit(store, "alpha", ids["committed"])  # 6
+    commit(store, "gamma", ids["shared"], ids["lost_committed"])  # 7-8
+    put(store, inputs, "epsilon", {"lu.txt": data["lost_uncommitted"]})  # 9
     plant(store, data["orphan"], "text/plain", "o.txt")
     plant(store, data["unmanaged"], "text/plain", "n.txt")
     landed = (now - 2 * DAY) / 1000  # the orphan's bytes landed with its intent
     os.utime(blob(store, ids["orphan"]), (landed, landed))
     extra = sha(b"forgotten")
-    append_lines(manifest,
-                 event("intent", ids["orphan"], "ghost", now - 2 * DAY),           # 10
-                 event("intent", ids["shared"], "ghost2", now - 3 * DAY),          # 11
-                 event("intent", ids["uncommitted"], "beta", now),                 # 12 (a refresh)
-                 event("intent", extra, "zeta", now),                              # 13
-                 event("forget", extra, "zeta"))                                   # 14
+    append_lines(
+        manifest,
+        event("intent", ids["orphan"], "ghost", now - 2 * DAY),  # 10
+        event("intent", ids["shared"], "ghost2", now - 3 * DAY),  # 11
+        event("intent", ids["uncommitted"], "beta", now),  # 12 (a refresh)
+        event("intent", extra, "zeta", now),  # 13
+        event("forget", extra, "zeta"),
+    )  # 14
     for key in ("lost_committed", "lost_uncommitted"):
         blob(store, ids[key]).unlink()
         side(store, ids[key]).unlink()
@@ -637,9 +707,11 @@ def test_stats_exact_counts(store, inputs):
         "blobs": 5,
         "blob_bytes": z["committed"] + z["uncommitted"] + z["orphan"] + z["shared"] + z["unmanaged"],
         "blobs_by_state": {"committed": 2, "uncommitted": 2, "unmanaged": 1},
-        "bytes_by_state": {"committed": z["committed"] + z["shared"],
-                           "uncommitted": z["uncommitted"] + z["orphan"],
-                           "unmanaged": z["unmanaged"]},
+        "bytes_by_state": {
+            "committed": z["committed"] + z["shared"],
+            "uncommitted": z["uncommitted"] + z["orphan"],
+            "unmanaged": z["unmanaged"],
+        },
         "rows_committed": 3,
         "rows_uncommitted": 4,
         "committed_rows_missing_bytes": 1,
@@ -684,8 +756,9 @@ def test_stats_human_output_piped(store, inputs):
 def build_gc(store: Path, inputs: Path) -> dict:
     now = now_ms()
     g = {}
-    [g["referenced"], g["lost"]] = put(store, inputs, "s", {"ref.txt": b"old but an uncommitted row names it",
-                                                            "lost.txt": b"committed, bytes lost"})
+    [g["referenced"], g["lost"]] = put(
+        store, inputs, "s", {"ref.txt": b"old but an uncommitted row names it", "lost.txt": b"committed, bytes lost"}
+    )
     commit(store, "s", g["lost"])
     blob(store, g["lost"]).unlink()
     g["kept_sidecar"] = side(store, g["lost"])
@@ -705,21 +778,31 @@ def build_gc(store: Path, inputs: Path) -> dict:
     g["fresh_litter"].write_bytes(b"in flight")
     g["stray"] = blob(store, g["referenced"]).parent / "README"
     g["stray"].write_bytes(b"stray")
-    for path in (blob(store, g["old_unreferenced"]), side(store, g["old_unreferenced"]),
-                 blob(store, g["referenced"]), blob(store, g["aged_row"]), g["kept_sidecar"],
-                 g["dropped_sidecar"], g["old_litter"], g["old_lash_tmp"], g["stray"]):
+    for path in (
+        blob(store, g["old_unreferenced"]),
+        side(store, g["old_unreferenced"]),
+        blob(store, g["referenced"]),
+        blob(store, g["aged_row"]),
+        g["kept_sidecar"],
+        g["dropped_sidecar"],
+        g["old_litter"],
+        g["old_lash_tmp"],
+        g["stray"],
+    ):
         age(path, 2 * DAY)
     return g
 
 
 def test_gc_dry_run_then_real_run(store, inputs):
     g = build_gc(store, inputs)
-    expected_items = sorted([
-        ("blob", str(blob(store, g["old_unreferenced"]))),
-        ("staging", str(g["old_litter"])),
-        ("staging", str(g["old_lash_tmp"])),
-        ("orphan-sidecar", str(g["dropped_sidecar"])),
-    ])
+    expected_items = sorted(
+        [
+            ("blob", str(blob(store, g["old_unreferenced"]))),
+            ("staging", str(g["old_litter"])),
+            ("staging", str(g["old_lash_tmp"])),
+            ("orphan-sidecar", str(g["dropped_sidecar"])),
+        ]
+    )
     before = tree(store)
     dry = as_json(ok(run(store, "--json", "gc", "--dry-run")))
     assert tree(store) == before
@@ -731,7 +814,8 @@ def test_gc_dry_run_then_real_run(store, inputs):
     real = as_json(real_proc)
     assert real["dry_run"] is False
     assert [(i["kind"], i["path"], i["byte_len"]) for i in real["items"]] == [
-        (i["kind"], i["path"], i["byte_len"]) for i in dry["items"]]
+        (i["kind"], i["path"], i["byte_len"]) for i in dry["items"]
+    ]
     assert real["bytes_freed"] == dry["bytes_freed"]
     assert (real["blobs_deleted"], real["litter_deleted"], real["failures"]) == (1, 3, 0)
     assert real["blobs_scanned"] == 4
@@ -739,11 +823,23 @@ def test_gc_dry_run_then_real_run(store, inputs):
     assert blob_item["id"] == g["old_unreferenced"]
     assert blob_item["byte_len"] == len(b"old and unreferenced")
 
-    for gone in (blob(store, g["old_unreferenced"]), side(store, g["old_unreferenced"]), g["old_litter"],
-                 g["old_lash_tmp"], g["dropped_sidecar"]):
+    for gone in (
+        blob(store, g["old_unreferenced"]),
+        side(store, g["old_unreferenced"]),
+        g["old_litter"],
+        g["old_lash_tmp"],
+        g["dropped_sidecar"],
+    ):
         assert not os.path.lexists(gone), gone
-    for kept in (blob(store, g["fresh_unreferenced"]), blob(store, g["referenced"]), side(store, g["referenced"]),
-                 blob(store, g["aged_row"]), g["kept_sidecar"], g["fresh_litter"], g["stray"]):
+    for kept in (
+        blob(store, g["fresh_unreferenced"]),
+        blob(store, g["referenced"]),
+        side(store, g["referenced"]),
+        blob(store, g["aged_row"]),
+        g["kept_sidecar"],
+        g["fresh_litter"],
+        g["stray"],
+    ):
         assert kept.exists(), kept
     # a second run finds nothing more
     assert as_json(ok(run(store, "--json", "gc")))["items"] == []
@@ -754,8 +850,14 @@ def test_gc_human_output_and_summary(store, inputs):
     proc = ok(run(store, "gc", "--dry-run"))
     no_ansi(proc.stdout)
     paths = sorted(line.split("\t")[0] for line in proc.stdout.decode().splitlines())
-    assert paths == sorted([str(blob(store, g["old_unreferenced"])), str(g["old_litter"]), str(g["old_lash_tmp"]),
-                            str(g["dropped_sidecar"])])
+    assert paths == sorted(
+        [
+            str(blob(store, g["old_unreferenced"])),
+            str(g["old_litter"]),
+            str(g["old_lash_tmp"]),
+            str(g["dropped_sidecar"]),
+        ]
+    )
     assert "would delete 4 file(s)" in proc.stderr.decode()
 
 
@@ -812,10 +914,10 @@ def test_manifest_check_lists_every_malformed_line_and_exits_65(store, inputs):
     [a] = put(store, inputs, "s", {"a.txt": b"a"})
     manifest = store / "manifest.jsonl"
     with open(manifest, "ab") as handle:
-        handle.write(b"{not json\n")                                                      # line 3
-        handle.write(json.dumps(event("intent", a, "t", 5)).encode() + b"\n")           # line 4
-        handle.write(b'{"op":"bogus","attachment_id":"' + a.encode() + b'"}\n')          # line 5
-        handle.write(json.dumps(event("commit", a, "t", 6)).encode() + b"\n")           # line 6
+        handle.write(b"{not json\n")  # line 3
+        handle.write(json.dumps(event("intent", a, "t", 5)).encode() + b"\n")  # line 4
+        handle.write(b'{"op":"bogus","attachment_id":"' + a.encode() + b'"}\n')  # line 5
+        handle.write(json.dumps(event("commit", a, "t", 6)).encode() + b"\n")  # line 6
     proc = fails(run(store, "manifest", "check"), 65)
     stderr = proc.stderr.decode()
     assert f"{manifest}:3:" in stderr
@@ -897,9 +999,11 @@ def folded_views(store: Path) -> tuple:
     uncommitted = as_json(ok(run(store, "--json", "list-uncommitted")))
     listing = ls_json(store)
     check = as_json(ok(run(store, "--json", "manifest", "check")))
-    return (sorted((r["id"], r["session_id"], r["intent_at_epoch_ms"], r["bytes_present"]) for r in uncommitted),
-            sorted((e["id"], e["state"], tuple(e["sessions"])) for e in listing),
-            (check["rows"], check["rows_committed"]))
+    return (
+        sorted((r["id"], r["session_id"], r["intent_at_epoch_ms"], r["bytes_present"]) for r in uncommitted),
+        sorted((e["id"], e["state"], tuple(e["sessions"])) for e in listing),
+        (check["rows"], check["rows_committed"]),
+    )
 
 
 def test_manifest_compact_keeps_the_fold(store, inputs):

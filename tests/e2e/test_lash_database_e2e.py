@@ -23,13 +23,13 @@ pytestmark = pytest.mark.e2e
 
 DAY_MS = 86_400_000
 OLD_S = 1_600_000_000  # 2020-09-13: long before any cutoff
-UNWIRED = ("(lash keeps process-owned intents unless its process registry is named: "
-           "--process-registry)")
+UNWIRED = "(lash keeps process-owned intents unless its process registry is named: --process-registry)"
 # lash's process registry table, as lash-postgres-store creates it.
 LASH_PROCESSES = (
     "CREATE TABLE lash_processes (process_id TEXT PRIMARY KEY, registration_hash TEXT NOT NULL,"
     " owner_scope_id TEXT NOT NULL, created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL,"
-    " change_seq BIGINT NOT NULL, status TEXT NOT NULL, record_json TEXT NOT NULL)")
+    " change_seq BIGINT NOT NULL, status TEXT NOT NULL, record_json TEXT NOT NULL)"
+)
 LASH_SCHEMA_VERSIONS = "CREATE TABLE lash_schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 
 
@@ -68,15 +68,21 @@ class LashDb:
     def owned_orphan(self, data: bytes, process: str) -> str:
         """An upload lash made for a process, three days ago, never committed."""
         attachment_id = self.put(data, session=f"session-of-{process}")
-        sql(self.url, "UPDATE lash_attachment_manifest SET intent_at_ms = intent_at_ms - %s,"
+        sql(
+            self.url,
+            "UPDATE lash_attachment_manifest SET intent_at_ms = intent_at_ms - %s,"
             " owner_kind = 'process', owner_id = %s WHERE attachment_id = %s",
-            params=(3 * DAY_MS, process, attachment_id))
+            params=(3 * DAY_MS, process, attachment_id),
+        )
         os.utime(blob_path(self.root, attachment_id), (OLD_S, OLD_S))
         return attachment_id
 
     def rows(self, attachment_id: str) -> list[tuple]:
-        return sql(self.url, "SELECT session_id, owner_id FROM lash_attachment_manifest WHERE attachment_id = %s",
-                   params=(attachment_id,))
+        return sql(
+            self.url,
+            "SELECT session_id, owner_id FROM lash_attachment_manifest WHERE attachment_id = %s",
+            params=(attachment_id,),
+        )
 
     def verdict(self, attachment_id: str, *options: str) -> str:
         lines = self.ok(*options, "show", attachment_id).stdout.decode().splitlines()
@@ -116,8 +122,9 @@ def test_a_process_owned_intent_is_kept_by_default_even_when_lash_processes_lack
 
 
 def test_the_process_registry_option_applies_lashs_process_rule(lash):
-    sql(lash.url, LASH_PROCESSES,
-        "INSERT INTO lash_processes VALUES ('p-live', 'h', 'scope', 0, 0, 1, 'running', '{}')")
+    sql(
+        lash.url, LASH_PROCESSES, "INSERT INTO lash_processes VALUES ('p-live', 'h', 'scope', 0, 0, 1, 'running', '{}')"
+    )
     gone = lash.owned_orphan(b"uploaded by a pruned process", "p-gone")
     live = lash.owned_orphan(b"uploaded by a running process", "p-live")
     wired = ("--process-registry", "table")
@@ -144,12 +151,15 @@ def test_the_process_registry_from_the_environment_and_as_a_named_table(lash):
     assert lash.rows(gone) == []
 
 
-@pytest.mark.parametrize("value, needle", [
-    ("processes", "table or table:[SCHEMA.]NAME"),
-    ("table:", "table or table:[SCHEMA.]NAME"),
-    ("table:a.b.c", "table or table:[SCHEMA.]NAME"),
-    ("table:x;drop", "table or table:[SCHEMA.]NAME"),
-])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ("processes", "table or table:[SCHEMA.]NAME"),
+        ("table:", "table or table:[SCHEMA.]NAME"),
+        ("table:a.b.c", "table or table:[SCHEMA.]NAME"),
+        ("table:x;drop", "table or table:[SCHEMA.]NAME"),
+    ],
+)
 def test_a_process_registry_lashctl_cannot_read_is_a_usage_error(lash, value, needle):
     for args in (("--process-registry", value, "reclaim", "-n"), ("reclaim", "-n", "--process-registry", value)):
         result = lash.lashctl(*args)
@@ -168,8 +178,9 @@ def test_a_process_registry_table_that_does_not_exist_is_a_usage_error(lash):
 
 
 def test_a_process_registry_with_a_json_lines_manifest_is_a_usage_error(tmp_path):
-    result = run(["--store", str(tmp_path / "store"), "--process-registry", "table", "put", "-s", "s", "-"],
-                 input=b"bytes")
+    result = run(
+        ["--store", str(tmp_path / "store"), "--process-registry", "table", "put", "-s", "s", "-"], input=b"bytes"
+    )
     assert result.returncode == 2, result.stderr.decode()
     line = one_line_error(result.stderr)
     assert "--process-registry" in line and "PostgreSQL" in line, line
@@ -178,8 +189,12 @@ def test_a_process_registry_with_a_json_lines_manifest_is_a_usage_error(tmp_path
 
 # -- the schema version ---------------------------------------------------------------------
 def _stamp(url: str, version: int, component: str = "lash-postgres-store") -> None:
-    sql(url, f"CREATE TABLE IF NOT EXISTS {LASH_SCHEMA_VERSIONS[len('CREATE TABLE '):]}",
-        "INSERT INTO lash_schema_versions VALUES (%s, %s)", params=(component, version))
+    sql(
+        url,
+        f"CREATE TABLE IF NOT EXISTS {LASH_SCHEMA_VERSIONS[len('CREATE TABLE ') :]}",
+        "INSERT INTO lash_schema_versions VALUES (%s, %s)",
+        params=(component, version),
+    )
 
 
 @pytest.mark.parametrize("version", [14, 18])
@@ -188,16 +203,23 @@ def test_a_lash_schema_version_lashctl_was_not_built_for_is_refused(lash, versio
     _stamp(lash.url, version)
     (lash.inputs / "new").write_bytes(b"a new upload")
     before = sql(lash.url, "SELECT * FROM lash_attachment_manifest")
-    for args in (("reclaim", "--older-than", "1m"), ("list-uncommitted",), ("commit", "-s", "s", attachment_id),
-                 ("put", "-s", "s", str(lash.inputs / "new"))):
+    for args in (
+        ("reclaim", "--older-than", "1m"),
+        ("list-uncommitted",),
+        ("commit", "-s", "s", attachment_id),
+        ("put", "-s", "s", str(lash.inputs / "new")),
+    ):
         result = lash.lashctl(*args)
         assert result.returncode == 65, (args, result.stderr.decode())
         line = one_line_error(result.stderr)
         assert f"schema version {version}" in line and "supports 15, 16, 17" in line, line
         assert result.stdout == b""
     assert sql(lash.url, "SELECT * FROM lash_attachment_manifest") == before
-    assert sorted(p.name for p in blob_path(lash.root, attachment_id).parent.parent.rglob("*")
-                  if p.is_file() and len(p.name) == 64) == [attachment_id]  # the put landed nothing
+    assert sorted(
+        p.name
+        for p in blob_path(lash.root, attachment_id).parent.parent.rglob("*")
+        if p.is_file() and len(p.name) == 64
+    ) == [attachment_id]  # the put landed nothing
 
 
 def test_an_unsupported_version_under_json_is_one_document_too(lash):

@@ -17,8 +17,6 @@ pytestmark = pytest.mark.e2e
 LASHCTL = find_lashctl()
 
 
-
-
 def run(store: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([LASHCTL, "--store", str(store), *args], capture_output=True, text=True, timeout=60)
 
@@ -33,10 +31,22 @@ def bare_store(root: Path, n: int) -> list[str]:
         shard = root / "sha256" / aid[:2]
         shard.mkdir(parents=True, exist_ok=True)
         (shard / aid).write_bytes(data)
-        lines.append(json.dumps({"op": "intent", "attachment_id": aid, "session_id": "s",
-                                 "canonical_uri": "sha256:" + aid, "intent_at_epoch_ms": 1_700_000_000_000}))
-        lines.append(json.dumps({"op": "commit", "attachment_id": aid, "session_id": "s",
-                                 "committed_at_epoch_ms": 1_700_000_000_001}))
+        lines.append(
+            json.dumps(
+                {
+                    "op": "intent",
+                    "attachment_id": aid,
+                    "session_id": "s",
+                    "canonical_uri": "sha256:" + aid,
+                    "intent_at_epoch_ms": 1_700_000_000_000,
+                }
+            )
+        )
+        lines.append(
+            json.dumps(
+                {"op": "commit", "attachment_id": aid, "session_id": "s", "committed_at_epoch_ms": 1_700_000_000_001}
+            )
+        )
         ids.append(aid)
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return sorted(ids)
@@ -68,8 +78,7 @@ def test_put_into_a_bare_store_writes_no_sidecar(tmp_path: Path) -> None:
     done = run(root, "put", "-s", "s2", str(tmp_path / "new.txt"))
     assert done.returncode == 0, done.stderr
     assert sidecars(root) == []
-    out = subprocess.run([LASHCTL, "--store", str(root), "get", sha(b"fresh bytes")], capture_output=True,
-                         timeout=60)
+    out = subprocess.run([LASHCTL, "--store", str(root), "get", sha(b"fresh bytes")], capture_output=True, timeout=60)
     assert out.returncode == 0 and out.stdout == b"fresh bytes"
 
 

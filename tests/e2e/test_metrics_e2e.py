@@ -39,7 +39,7 @@ def tool(*names: str) -> str:
         found = shutil.which(name)
         if found:
             return found
-    reason = (f"{names[0]} is not installed (apt-get install prometheus prometheus-node-exporter)")
+    reason = f"{names[0]} is not installed (apt-get install prometheus prometheus-node-exporter)"
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{reason}; {REQUIRE_ENV}=1 requires it", pytrace=False)
     pytest.skip(reason)
@@ -52,8 +52,9 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def run(store: Path, *args: str, input: bytes = b"", environ: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LASHCTL), "--store", str(store), *args], input=input, capture_output=True,
-                          env=environ or env(), timeout=60)
+    return subprocess.run(
+        [str(LASHCTL), "--store", str(store), *args], input=input, capture_output=True, env=environ or env(), timeout=60
+    )
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -67,7 +68,11 @@ def promtool_check_metrics(path: Path) -> None:
     # promtool prints its lint findings (a counter without _total, a unit
     # it does not know...) and exits 3 for them; a parse error exits 1.
     assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), (
-        proc.returncode, proc.stdout.decode(), proc.stderr.decode(), text.decode())
+        proc.returncode,
+        proc.stdout.decode(),
+        proc.stderr.decode(),
+        text.decode(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +145,12 @@ def test_promtool_accepts_the_file_of_a_sweep_stopped_waiting_for_the_lock(store
         assert proc.returncode == 75, proc.stderr.decode()
 
         stopped = tmp_path / "stopped.prom"
-        waiting = subprocess.Popen([str(LASHCTL), "--store", str(store), "reclaim", "--metrics-file", str(stopped)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
+        waiting = subprocess.Popen(
+            [str(LASHCTL), "--store", str(store), "reclaim", "--metrics-file", str(stopped)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env(),
+        )
         deadline = time.monotonic() + 30
         while b"waiting for the lock" not in (line := waiting.stderr.readline()) and time.monotonic() < deadline:
             assert line, "the sweep ended before it waited for the lock"
@@ -151,24 +160,37 @@ def test_promtool_accepts_the_file_of_a_sweep_stopped_waiting_for_the_lock(store
     finally:
         os.close(lock)
     for path, code in ((timed_out, 75), (stopped, 143)):
-        assert f'lashctl_run_exit_code{{command="reclaim",manifest_kind="jsonl",store="{store}"}} {code}.0' \
+        assert (
+            f'lashctl_run_exit_code{{command="reclaim",manifest_kind="jsonl",store="{store}"}} {code}.0'
             in path.read_text("utf-8")
+        )
         promtool_check_metrics(path)
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != "" and p.name != "store") == [
-        "locked.prom", "stopped.prom"]  # no staging file left beside them
+        "locked.prom",
+        "stopped.prom",
+    ]  # no staging file left beside them
 
 
 # -- the alert rules -------------------------------------------------------------------
 def test_promtool_checks_the_rules():
-    proc = subprocess.run([tool("promtool"), "check", "rules", str(RULES / "lashctl.rules.yml")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [tool("promtool"), "check", "rules", str(RULES / "lashctl.rules.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS: 6 rules found" in proc.stdout
 
 
 def test_promtool_runs_the_rules_unit_tests():
-    proc = subprocess.run([tool("promtool"), "test", "rules", "lashctl.rules.test.yml"], cwd=RULES,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [tool("promtool"), "test", "rules", "lashctl.rules.test.yml"],
+        cwd=RULES,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
 
@@ -214,10 +236,17 @@ def test_node_exporter_serves_the_metrics_of_a_real_sweep(store, tmp_path):
 
     port = _free_port()
     log = (tmp_path / "node_exporter.log").open("wb")
-    server = subprocess.Popen([exporter, f"--web.listen-address=127.0.0.1:{port}",
-                               "--collector.disable-defaults", "--collector.textfile",
-                               f"--collector.textfile.directory={textfiles}"],
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            exporter,
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--collector.disable-defaults",
+            "--collector.textfile",
+            f"--collector.textfile.directory={textfiles}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         text = _scrape(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 30)
     finally:
@@ -246,7 +275,8 @@ def test_the_installed_tool_never_replaces_what_is_not_a_regular_file(store, tmp
         proc = run(store, "reclaim", "--dry-run", "--metrics-file", str(path))
         assert proc.returncode == 2, proc.stderr.decode()
         assert proc.stderr.decode().splitlines() == [
-            f"lashctl: error: --metrics-file {path}: {path} is {what}, not a regular file: refusing to replace it"]
+            f"lashctl: error: --metrics-file {path}: {path} is {what}, not a regular file: refusing to replace it"
+        ]
     assert fifo.is_fifo() and link.is_symlink() and not (tmp_path / "target.prom").exists()
 
 
@@ -259,6 +289,7 @@ def test_the_installed_tool_writes_the_file_of_a_store_whose_path_is_not_utf8(tm
     assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode()
     text = out.read_text("utf-8")
     assert f'store="{tmp_path}/st\\\\xffore"' in text
-    assert f'lashctl_deleted_blobs{{command="delete",manifest_kind="jsonl",store="{tmp_path}/st\\\\xffore"}} 1.0' \
-        in text
+    assert (
+        f'lashctl_deleted_blobs{{command="delete",manifest_kind="jsonl",store="{tmp_path}/st\\\\xffore"}} 1.0' in text
+    )
     promtool_check_metrics(out)

@@ -28,8 +28,6 @@ from lashctl.errors import EXIT_PARTIAL, EXIT_USAGE
 pytestmark = pytest.mark.e2e
 
 
-
-
 def lashctl(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     return run([str(a) for a in args], env=env if env is not None else base_env(), timeout=180)
 
@@ -73,8 +71,7 @@ def build_source(root: Path, tmp: Path, n: int = 6) -> dict:
         staged = store.blobs.stage(io.BytesIO(b"unmanaged: no row names me\n"), "planted")
         store.blobs.install(staged)
         store.blobs.sync([staged.attachment_id])
-    return {"ids": ids, "png": sha(png.read_bytes()), "gone": sha(gone.read_bytes()),
-            "unmanaged": staged.attachment_id}
+    return {"ids": ids, "png": sha(png.read_bytes()), "gone": sha(gone.read_bytes()), "unmanaged": staged.attachment_id}
 
 
 def snapshot(root: Path) -> dict:
@@ -82,8 +79,12 @@ def snapshot(root: Path) -> dict:
     for path in sorted(Path(root).rglob("*")):
         st = path.lstat()
         data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
-        out[str(path.relative_to(root))] = (st.st_mode, st.st_mtime_ns, st.st_size,
-                                             sha(data) if data is not None else None)
+        out[str(path.relative_to(root))] = (
+            st.st_mode,
+            st.st_mtime_ns,
+            st.st_size,
+            sha(data) if data is not None else None,
+        )
     return out
 
 
@@ -100,8 +101,11 @@ def contents(root, manifest=None) -> dict:
             meta = store.blobs.read_sidecar(i)
             sidecars[i] = meta.encode() if meta is not None else None
     with store.manifest.reading() as view:
-        rows = {r.key: (r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms)
-                for group in view.rows_by_id() for r in group}
+        rows = {
+            r.key: (r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms)
+            for group in view.rows_by_id()
+            for r in group
+        }
     return {"ids": ids, "blobs": blobs, "sidecars": sidecars, "rows": rows}
 
 
@@ -271,8 +275,9 @@ def test_dry_run_to_s3_and_postgres_writes_nothing(tmp_path, s3_bucket, pg_url):
     src = tmp_path / "src"
     build_source(src, tmp_path, n=3)
     Store(f"s3://{s3_bucket}", pg_url).manifest.init()
-    code, doc, stderr = migrate_json(["--store", src],
-                                     ["--to-store", f"s3://{s3_bucket}", "--to-manifest", pg_url], "--dry-run")
+    code, doc, stderr = migrate_json(
+        ["--store", src], ["--to-store", f"s3://{s3_bucket}", "--to-manifest", pg_url], "--dry-run"
+    )
     assert code == 0, stderr
     assert doc["blobs_copied"] == 5 and doc["rows_copied"] == len(contents(src)["rows"])
     assert contents(f"s3://{s3_bucket}", pg_url) == {"ids": [], "blobs": {}, "sidecars": {}, "rows": {}}
@@ -289,8 +294,15 @@ def test_refuses_the_same_store_or_the_same_manifest(tmp_path):
         result = lashctl("--store", src, "migrate", "--to-store", *dest)
         assert result.returncode == EXIT_USAGE
         assert "is the source store" in one_line_error(result.stderr)
-    result = lashctl("--store", src, "migrate", "--to-store", tmp_path / "other",
-                     "--to-manifest", tmp_path / "alias" / "manifest.jsonl")
+    result = lashctl(
+        "--store",
+        src,
+        "migrate",
+        "--to-store",
+        tmp_path / "other",
+        "--to-manifest",
+        tmp_path / "alias" / "manifest.jsonl",
+    )
     assert result.returncode == EXIT_USAGE
     assert "is the source's manifest" in one_line_error(result.stderr)
     assert not (tmp_path / "other").exists()
@@ -317,8 +329,9 @@ def test_refuses_the_same_postgres_manifest(tmp_path, pg_url):
     Store(src, pg_url).manifest.init()
     (tmp_path / "f").write_bytes(b"one")
     ok(lashctl("--store", src, "--manifest", pg_url, "put", "-s", "a", tmp_path / "f"))
-    result = lashctl("--store", src, "--manifest", pg_url, "migrate", "--to-store", tmp_path / "d",
-                     "--to-manifest", pg_url)
+    result = lashctl(
+        "--store", src, "--manifest", pg_url, "migrate", "--to-store", tmp_path / "d", "--to-manifest", pg_url
+    )
     assert result.returncode == EXIT_USAGE
     assert "is the source's manifest" in one_line_error(result.stderr)
 
@@ -341,8 +354,12 @@ def test_sigkill_part_way_then_rerun_completes(tmp_path):
     many_blobs(src, tmp_path, 300, 64 * 1024)
     source = contents(src)
     before = snapshot(src)
-    proc = subprocess.Popen([find_lashctl(), "--store", str(src), "migrate", "--to-store", str(dest)],
-                            env=base_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [find_lashctl(), "--store", str(src), "migrate", "--to-store", str(dest)],
+        env=base_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline and proc.poll() is None:

@@ -87,9 +87,12 @@ def users_tree():
 
 
 def _as_user(base: Path, args: list, input: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups", find_lashctl(),
-                           *map(str, args)], input=input, capture_output=True,
-                          env=base_env(LASHCTL_CACHE_DIR=str(base / "cache"), HOME=str(base / "cache")))
+    return subprocess.run(
+        ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups", find_lashctl(), *map(str, args)],
+        input=input,
+        capture_output=True,
+        env=base_env(LASHCTL_CACHE_DIR=str(base / "cache"), HOME=str(base / "cache")),
+    )
 
 
 def _not_the_users(*roots: Path) -> list[str]:

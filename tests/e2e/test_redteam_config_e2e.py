@@ -14,8 +14,9 @@ pytestmark = pytest.mark.e2e
 
 
 def run(*args: str, cwd, input: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([find_lashctl(), *args], input=input, capture_output=True,
-                          env=env or base_env(), cwd=cwd, timeout=60)
+    return subprocess.run(
+        [find_lashctl(), *args], input=input, capture_output=True, env=env or base_env(), cwd=cwd, timeout=60
+    )
 
 
 def test_a_raw_at_sign_in_a_postgresql_password_is_a_usage_error_showing_no_password(tmp_path):
@@ -77,11 +78,25 @@ def test_json_output_escapes_what_a_terminal_would_obey(tmp_path):
     assert done.returncode == 0, done.stderr
     attachment_id = done.stdout.decode().strip()
     with open(tmp_path / "s" / "manifest.jsonl", "a", encoding="utf-8") as log:
-        log.write(json.dumps({"op": "intent", "attachment_id": attachment_id, "session_id": hostile,
-                              "canonical_uri": f"sha256:{attachment_id}", "intent_at_epoch_ms": 1_700_000_000_000},
-                             ensure_ascii=False) + "\n")
-    for args in (["--json", "show", attachment_id], ["--json", "list-uncommitted"], ["manifest", "log"],
-                 ["--json", "ls"]):
+        log.write(
+            json.dumps(
+                {
+                    "op": "intent",
+                    "attachment_id": attachment_id,
+                    "session_id": hostile,
+                    "canonical_uri": f"sha256:{attachment_id}",
+                    "intent_at_epoch_ms": 1_700_000_000_000,
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
+    for args in (
+        ["--json", "show", attachment_id],
+        ["--json", "list-uncommitted"],
+        ["manifest", "log"],
+        ["--json", "ls"],
+    ):
         out = run("--store", "s", *args, cwd=tmp_path).stdout
         text = out.decode("utf-8")
         for char in ("\u202e", "\u0085", "\u2028", "\u200b"):
@@ -93,8 +108,9 @@ def test_json_output_escapes_what_a_terminal_would_obey(tmp_path):
 
 def test_a_plain_http_endpoint_without_allow_http_names_the_variable(tmp_path):
     pytest.importorskip("obstore")
-    env = base_env(AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
-                   AWS_REGION="us-east-1")
+    env = base_env(
+        AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", AWS_REGION="us-east-1"
+    )
     env.pop("AWS_ALLOW_HTTP", None)
     done = run("--store", "s3://bucket/p", "--manifest", "m.jsonl", "ls", cwd=tmp_path, env=env)
     assert done.returncode == 2, done.stderr
@@ -116,8 +132,10 @@ def test_a_sweep_refuses_a_local_clock_ahead_of_the_postgresql_servers(tmp_path,
     with pytest.raises(Refused, match="ahead of the PostgreSQL server"):
         sweep.reclaim(store, int(time.time() * 1000) - 86_400_000)
     # A dry run tells the truth: it is refused as the real run would be.
-    for dry in (lambda: sweep.reclaim(store, int(time.time() * 1000) - 86_400_000, dry_run=True),
-                lambda: sweep.gc(store, int(time.time() * 1000) - 86_400_000, dry_run=True)):
+    for dry in (
+        lambda: sweep.reclaim(store, int(time.time() * 1000) - 86_400_000, dry_run=True),
+        lambda: sweep.gc(store, int(time.time() * 1000) - 86_400_000, dry_run=True),
+    ):
         with pytest.raises(Refused, match="ahead of the PostgreSQL server"):
             dry()
     monkeypatch.setattr(time, "time", real)
@@ -143,11 +161,16 @@ def test_delete_refuses_while_the_table_holds_a_row_it_cannot_read(tmp_path, pg_
     attachment_id = done.stdout.decode().strip()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("DELETE FROM lash_attachment_manifest")
-        conn.execute("INSERT INTO lash_attachment_manifest (attachment_id, session_id, canonical_uri, "
-                     "intent_at_ms, committed_at_ms) VALUES (%s, 's5', 'u', 1000, 2000)", (attachment_id.upper(),))
+        conn.execute(
+            "INSERT INTO lash_attachment_manifest (attachment_id, session_id, canonical_uri, "
+            "intent_at_ms, committed_at_ms) VALUES (%s, 's5', 'u', 1000, 2000)",
+            (attachment_id.upper(),),
+        )
     done = run("--store", "store", "--manifest", pg_url, "delete", attachment_id, cwd=tmp_path)
     assert done.returncode == 65, done.stderr
-    assert run("--store", "store", "--manifest", pg_url, "get", attachment_id, "-o", "out", cwd=tmp_path).returncode == 0
+    assert (
+        run("--store", "store", "--manifest", pg_url, "get", attachment_id, "-o", "out", cwd=tmp_path).returncode == 0
+    )
 
 
 def test_a_command_waiting_for_the_lock_says_so(tmp_path):
@@ -175,8 +198,15 @@ def test_an_append_by_another_program_is_never_overwritten(tmp_path):
     (tmp_path / "a").write_bytes(b"a\n")
     attachment_id = run("--store", "s", "put", "-s", "s1", "a", cwd=tmp_path).stdout.decode().strip()
     manifest = tmp_path / "s" / "manifest.jsonl"
-    line = json.dumps({"op": "intent", "attachment_id": attachment_id, "session_id": "echo-" + "x" * 200,
-                       "canonical_uri": f"sha256:{attachment_id}", "intent_at_epoch_ms": 1_796_691_149_058})
+    line = json.dumps(
+        {
+            "op": "intent",
+            "attachment_id": attachment_id,
+            "session_id": "echo-" + "x" * 200,
+            "canonical_uri": f"sha256:{attachment_id}",
+            "intent_at_epoch_ms": 1_796_691_149_058,
+        }
+    )
     stop, written = threading.Event(), [0]
 
     def echo() -> None:

@@ -108,8 +108,14 @@ def test_naming_the_default_manifest_keeps_the_layout(tmp_path, how):
     if how == "environment":
         env = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
         env["LASHCTL_MANIFEST"] = str(root / "manifest.jsonl")
-        done = subprocess.run([LASHCTL, "--store", str(root), "verify"], check=False, capture_output=True,
-                              env=env, timeout=120, cwd=tmp_path)
+        done = subprocess.run(
+            [LASHCTL, "--store", str(root), "verify"],
+            check=False,
+            capture_output=True,
+            env=env,
+            timeout=120,
+            cwd=tmp_path,
+        )
     else:
         named = "store/manifest.jsonl" if how == "relative" else str(root / "manifest.jsonl")
         done = run("verify", manifest=["--manifest", named])

@@ -40,7 +40,12 @@ def test_put_under_umask_000_creates_no_writable_directory(tmp_path):
     cache = tmp_path / "c" / "d" / "cache"
     result = subprocess.run(
         [find_lashctl(), "--store", str(store), "--manifest", str(manifest), "put", "-s", "s", "-"],
-        input=DATA, capture_output=True, env=base_env(LASHCTL_CACHE_DIR=str(cache)), umask=0, timeout=60)
+        input=DATA,
+        capture_output=True,
+        env=base_env(LASHCTL_CACHE_DIR=str(cache)),
+        umask=0,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     made = [p for top in ("a", "m", "c") for p in [tmp_path / top, *(tmp_path / top).rglob("*")] if p.is_dir()]
     assert store in made and manifest.parent in made and cache in made
@@ -51,8 +56,13 @@ def test_migrate_under_umask_000_creates_no_writable_directory(tmp_path):
     source = tmp_path / "source"
     _put(source)
     dest = tmp_path / "x" / "y" / "dest"
-    result = subprocess.run([find_lashctl(), "--store", str(source), "migrate", "--to-store", str(dest)],
-                            capture_output=True, env=base_env(), umask=0, timeout=60)
+    result = subprocess.run(
+        [find_lashctl(), "--store", str(source), "migrate", "--to-store", str(dest)],
+        capture_output=True,
+        env=base_env(),
+        umask=0,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     made = [p for p in [tmp_path / "x", *(tmp_path / "x").rglob("*")] if p.is_dir()]
     assert dest in made
@@ -94,8 +104,12 @@ def test_json_get_to_dev_stdout_redirected_to_a_file_holds_the_blob_alone(tmp_pa
     attachment_id = _put(store)
     out = tmp_path / "out"
     with open(out, "wb") as handle:
-        result = subprocess.run([find_lashctl(), "--json", "--store", str(store), "get", attachment_id,
-                                 "-o", "/dev/stdout"], stdout=handle, stderr=subprocess.PIPE, env=base_env())
+        result = subprocess.run(
+            [find_lashctl(), "--json", "--store", str(store), "get", attachment_id, "-o", "/dev/stdout"],
+            stdout=handle,
+            stderr=subprocess.PIPE,
+            env=base_env(),
+        )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == DATA
 
@@ -106,8 +120,12 @@ def test_json_get_to_the_file_stdout_appends_to_holds_the_blob_alone(tmp_path):
     out = tmp_path / "out"
     out.write_bytes(b"before\n")
     with open(out, "ab") as handle:
-        result = subprocess.run([find_lashctl(), "--json", "--store", str(store), "get", attachment_id,
-                                 "-o", str(out)], stdout=handle, stderr=subprocess.PIPE, env=base_env())
+        result = subprocess.run(
+            [find_lashctl(), "--json", "--store", str(store), "get", attachment_id, "-o", str(out)],
+            stdout=handle,
+            stderr=subprocess.PIPE,
+            env=base_env(),
+        )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == b"before\n" + DATA
 
@@ -118,8 +136,12 @@ def test_get_to_the_file_stderr_appends_to_holds_the_blob_alone(tmp_path):
     attachment_id = _put(store)
     log = tmp_path / "log"
     with open(log, "ab") as handle:
-        result = subprocess.run([find_lashctl(), "--store", str(store), "get", attachment_id, "-o", str(log)],
-                                stdout=subprocess.PIPE, stderr=handle, env=base_env())
+        result = subprocess.run(
+            [find_lashctl(), "--store", str(store), "get", attachment_id, "-o", str(log)],
+            stdout=subprocess.PIPE,
+            stderr=handle,
+            env=base_env(),
+        )
     assert (result.returncode, result.stdout) == (0, b"")
     assert log.read_bytes() == DATA
 
@@ -171,12 +193,15 @@ def test_a_nul_byte_in_a_newline_separated_list_names_the_list_and_line(tmp_path
     if not from_stdin:
         (tmp_path / "list").write_bytes(listing)
         source = "list"
-    result = run(["--store", store, "put", "-s", "s", "--files-from", source],
-                 input=listing if from_stdin else None, cwd=tmp_path)
+    result = run(
+        ["--store", store, "put", "-s", "s", "--files-from", source],
+        input=listing if from_stdin else None,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert one_line_error(result.stderr) == (
-        f"lashctl: error: --files-from {source}, line 2: a path holds a NUL byte "
-        "(for a NUL-separated list, add -0)")
+        f"lashctl: error: --files-from {source}, line 2: a path holds a NUL byte (for a NUL-separated list, add -0)"
+    )
     assert not store.exists()
 
 
@@ -243,13 +268,20 @@ def test_bytes_0x80_to_0xff_of_a_file_name_are_shown_escaped(tmp_path):
 
 # -- F3: a clock outside 1970..9999 writes nothing ------------------------------------
 needs_faketime = pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime")
-CLOCK_ERROR = re.compile(r"lashctl: error: the system clock reads 1969-12-31T23:\d\d:\d\dZ, outside "
-                         r"1970-01-01\.\.9999-12-31: refusing to stamp a manifest row with it")
+CLOCK_ERROR = re.compile(
+    r"lashctl: error: the system clock reads 1969-12-31T23:\d\d:\d\dZ, outside "
+    r"1970-01-01\.\.9999-12-31: refusing to stamp a manifest row with it"
+)
 
 
 def _before_1970(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(["faketime", "1969-12-31 23:00:00", find_lashctl(), *map(str, args)],
-                          input=b"b", capture_output=True, env=base_env(TZ="UTC"), timeout=60)
+    return subprocess.run(
+        ["faketime", "1969-12-31 23:00:00", find_lashctl(), *map(str, args)],
+        input=b"b",
+        capture_output=True,
+        env=base_env(TZ="UTC"),
+        timeout=60,
+    )
 
 
 @needs_faketime
@@ -277,8 +309,9 @@ def test_put_under_a_clock_before_1970_creates_no_store(tmp_path):
 
 
 # -- F16: invisible format characters in a session id --------------------------------
-@pytest.mark.parametrize("session, shown", [("\ufeffs-1", "U+FEFF"), ("s\u200b1", "U+200B"),
-                                            ("s-1\u2060", "U+2060"), ("s\u200d1", "U+200D")])
+@pytest.mark.parametrize(
+    "session, shown", [("\ufeffs-1", "U+FEFF"), ("s\u200b1", "U+200B"), ("s-1\u2060", "U+2060"), ("s\u200d1", "U+200D")]
+)
 def test_a_session_id_with_an_invisible_format_character_is_refused(tmp_path, session, shown):
     store = tmp_path / "store"
     message = f"lashctl: error: --session contains an invisible format character ({shown})"

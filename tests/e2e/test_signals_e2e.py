@@ -57,8 +57,13 @@ def _wait_for(predicate, what: str, proc: subprocess.Popen, limit: float = 60) -
 
 def _stalled(tmp_path: Path, target: str, args: list) -> tuple[subprocess.Popen, Path]:
     marker = tmp_path / "stalled"
-    proc = subprocess.Popen([sys.executable, "-c", STALL, str(marker), target, *map(str, args)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=base_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STALL, str(marker), target, *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=base_env(),
+    )
     _wait_for(marker.exists, f"the stall in {target}", proc)
     return proc, marker
 
@@ -84,8 +89,13 @@ def test_a_signal_during_a_streaming_put_leaves_no_staging_and_no_lock(tmp_path,
     store = tmp_path / "store"
     _put(store, b"already stored")
     manifest = (store / "manifest.jsonl").read_bytes()
-    proc = subprocess.Popen([find_lashctl(), "--store", str(store), "put", "-s", "s", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=base_env())
+    proc = subprocess.Popen(
+        [find_lashctl(), "--store", str(store), "put", "-s", "s", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=base_env(),
+    )
     proc.stdin.write(os.urandom(3 * 1024 * 1024))  # more than one chunk: the writer thread runs too
     proc.stdin.flush()
 
@@ -94,8 +104,13 @@ def test_a_signal_during_a_streaming_put_leaves_no_staging_and_no_lock(tmp_path,
 
     _wait_for(staged, "a staged copy", proc)
     proc.send_signal(signum)
-    out = _assert_ended(proc, code, name, ": 0 of 1 input stored and recorded; staged copies of the rest were "
-                        "removed, and reclaim sweeps anything else they left")
+    out = _assert_ended(
+        proc,
+        code,
+        name,
+        ": 0 of 1 input stored and recorded; staged copies of the rest were "
+        "removed, and reclaim sweeps anything else they left",
+    )
     proc.stdin.close()
     assert out == b""
     assert list((store / "tmp").iterdir()) == []
@@ -111,8 +126,9 @@ def test_a_signal_during_get_to_a_file_leaves_no_staging_file(tmp_path, signum, 
     out = tmp_path / "out"
     out.mkdir()
     (out / "copy").write_bytes(b"what was there")
-    proc, _ = _stalled(tmp_path, "lashctl.transfer.copy_verified",
-                       ["--store", store, "get", attachment_id, "-o", out / "copy"])
+    proc, _ = _stalled(
+        tmp_path, "lashctl.transfer.copy_verified", ["--store", store, "get", attachment_id, "-o", out / "copy"]
+    )
     assert any(p.name.endswith(".part") for p in out.iterdir())  # caught with its staging file in place
     proc.send_signal(signum)
     _assert_ended(proc, code, name, "; nothing half-written was left")
@@ -138,9 +154,14 @@ def test_a_signal_during_compaction_leaves_the_manifest_and_no_staging(tmp_path,
 def test_a_hangup_ignored_by_the_caller_stays_ignored(tmp_path):
     """Started under ``nohup`` (SIGHUP ignored), a put is not ended by a hangup."""
     store = tmp_path / "store"
-    proc = subprocess.Popen([find_lashctl(), "--store", str(store), "put", "-s", "s", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=base_env(),
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    proc = subprocess.Popen(
+        [find_lashctl(), "--store", str(store), "put", "-s", "s", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=base_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
     proc.stdin.write(b"x" * 4096)
     proc.stdin.flush()
     _wait_for(lambda: any((store / "tmp").glob("put-*.part")), "a staged copy", proc)
@@ -162,8 +183,13 @@ def test_a_signal_during_a_put_to_s3_leaves_no_local_spool(tmp_path, s3_bucket, 
     env = base_env(TMPDIR=str(spool_parent))
     args = ["--store", f"s3://{s3_bucket}/lash", "--manifest", str(tmp_path / "manifest.jsonl")]
     assert run([*args, "put", "-s", "s", "-"], input=b"first", env=env).returncode == 0
-    proc = subprocess.Popen([find_lashctl(), *args, "put", "-s", "s", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [find_lashctl(), *args, "put", "-s", "s", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     proc.stdin.write(os.urandom(2 * 1024 * 1024))
     proc.stdin.flush()
     spool = spool_parent / f"lashctl-s3-staging-{os.getuid()}"
@@ -173,7 +199,12 @@ def test_a_signal_during_a_put_to_s3_leaves_no_local_spool(tmp_path, s3_bucket, 
 
     _wait_for(spooled, "a spooled copy", proc)
     proc.send_signal(signum)
-    _assert_ended(proc, code, name, ": 0 of 1 input stored and recorded; staged copies of the rest were "
-                  "removed, and reclaim sweeps anything else they left")
+    _assert_ended(
+        proc,
+        code,
+        name,
+        ": 0 of 1 input stored and recorded; staged copies of the rest were "
+        "removed, and reclaim sweeps anything else they left",
+    )
     proc.stdin.close()
     assert list(spool.iterdir()) == []

@@ -48,11 +48,14 @@ def test_compaction_of_a_manifest_with_a_long_name(tmp_path, name):
     assert sorted(p.name for p in manifest.parent.iterdir()) == sorted([name, name + ".lock"])
 
 
-@pytest.mark.parametrize("name, kept", [
-    ("m" * 236 + ".jsonl", "m" * 236),             # cut to 236 bytes
-    ("x" + "é" * 118 + ".jsonl", "x" + "é" * 117),  # 236 bytes would split an é: cut at 235
-    ("short.jsonl", "short.jsonl"),               # a name that fits is kept whole
-])
+@pytest.mark.parametrize(
+    "name, kept",
+    [
+        ("m" * 236 + ".jsonl", "m" * 236),  # cut to 236 bytes
+        ("x" + "é" * 118 + ".jsonl", "x" + "é" * 117),  # 236 bytes would split an é: cut at 235
+        ("short.jsonl", "short.jsonl"),  # a name that fits is kept whole
+    ],
+)
 def test_litter_of_a_killed_compaction_is_found_under_the_cut_name(tmp_path, name, kept):
     manifest = tmp_path / "meta" / name
     where = ["--store", tmp_path / "store", "--manifest", manifest]

@@ -20,9 +20,22 @@ pytestmark = pytest.mark.e2e
 
 LONG = "a-session-whose-name-goes-on-and-on-" + "x" * 60
 EVIL = "evil\x1b]0;owned\x07name"
-TABLE = ["blobs", "  committed", "  uncommitted", "  unmanaged", "rows committed", "rows uncommitted",
-         "committed rows missing bytes", "uncommitted rows missing bytes", "orphans reclaimable now (24h grace)",
-         "staging litter", "stray files", "sidecars without a blob", "manifest lines", "  after compaction"]
+TABLE = [
+    "blobs",
+    "  committed",
+    "  uncommitted",
+    "  unmanaged",
+    "rows committed",
+    "rows uncommitted",
+    "committed rows missing bytes",
+    "uncommitted rows missing bytes",
+    "orphans reclaimable now (24h grace)",
+    "staging litter",
+    "stray files",
+    "sidecars without a blob",
+    "manifest lines",
+    "  after compaction",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +57,18 @@ def charted(tmp_path_factory) -> Path:
             assert run(["--store", store, "commit", "-s", session, shared]).returncode == 0
             assert run(["--store", store, "put", "-s", LONG, path]).returncode == 0
     with (store / "manifest.jsonl").open("a") as handle:
-        handle.write(json.dumps({"op": "intent", "attachment_id": shared, "session_id": EVIL,
-                                 "canonical_uri": "sha256:" + shared, "intent_at_epoch_ms": int(time.time() * 1000)})
-                     + "\n")
+        handle.write(
+            json.dumps(
+                {
+                    "op": "intent",
+                    "attachment_id": shared,
+                    "session_id": EVIL,
+                    "canonical_uri": "sha256:" + shared,
+                    "intent_at_epoch_ms": int(time.time() * 1000),
+                }
+            )
+            + "\n"
+        )
     blobs = sorted(p for p in (store / "sha256").rglob("*") if p.is_file() and p.suffix != ".json")
     for n, path in enumerate(blobs):
         then = time.time() - n % 10 * 86400
@@ -64,7 +86,7 @@ def test_stats_draws_its_charts_at_each_width(charted, columns):
     assert "Bytes by day written (UTC)" in screen and "Bytes by session" in screen
     assert "\u2588" in screen and "\u2592" in screen
     # The top ten sessions by bytes, then the other two; the long name cut to fit.
-    session_lines = lines[lines.index("Bytes by session") + 1:]
+    session_lines = lines[lines.index("Bytes by session") + 1 :]
     assert session_lines[10].startswith("other (3 sessions)")
     assert any(line.startswith("a-session-whose-") and "\u2026" in line for line in session_lines[:10])
     assert all(line.rstrip()[-1] == "B" for line in session_lines[:11]), "each bar ends in its bytes"

@@ -15,8 +15,15 @@ pytestmark = pytest.mark.e2e
 
 def _run(args: list[str], cwd) -> int:
     with open("/dev/full", "w") as full:
-        return subprocess.run([find_lashctl(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=full, env=base_env(), cwd=cwd, timeout=60).returncode
+        return subprocess.run(
+            [find_lashctl(), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=full,
+            env=base_env(),
+            cwd=cwd,
+            timeout=60,
+        ).returncode
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")

@@ -63,9 +63,20 @@ def exec_start(unit: Path) -> list[str]:
 def verify(tmp_path: Path, service_text: str) -> subprocess.CompletedProcess:
     (tmp_path / SERVICE.name).write_text(service_text)
     shutil.copy(TIMER, tmp_path / TIMER.name)
-    return subprocess.run([systemd_analyze(), "verify", "--man=no", "--generators=no",
-                           str(tmp_path / SERVICE.name), str(tmp_path / TIMER.name)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    return subprocess.run(
+        [
+            systemd_analyze(),
+            "verify",
+            "--man=no",
+            "--generators=no",
+            str(tmp_path / SERVICE.name),
+            str(tmp_path / TIMER.name),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
 
 
 def test_systemd_analyze_verifies_the_service_and_timer(tmp_path):
@@ -76,7 +87,10 @@ def test_systemd_analyze_verifies_the_service_and_timer(tmp_path):
     # verify exits 0 for an unknown key or a bad value ("ignoring"): any
     # output at all is a finding.
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
-        done.returncode, done.stdout, done.stderr)
+        done.returncode,
+        done.stdout,
+        done.stderr,
+    )
 
 
 def test_systemd_analyze_would_catch_a_broken_unit(tmp_path):
@@ -89,8 +103,15 @@ def test_systemd_analyze_would_catch_a_broken_unit(tmp_path):
 
 def test_the_service_runs_in_the_background_and_sandboxed():
     unit = settings(SERVICE)
-    for key, value in {"Type": "oneshot", "Nice": "10", "IOSchedulingClass": "idle", "ProtectSystem": "strict",
-                       "PrivateTmp": "yes", "NoNewPrivileges": "yes", "User": "lash"}.items():
+    for key, value in {
+        "Type": "oneshot",
+        "Nice": "10",
+        "IOSchedulingClass": "idle",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "User": "lash",
+    }.items():
         assert unit.get(key) == [value], (key, unit.get(key))
     assert "TimeoutStopSec" in unit
     assert "143" in unit["SuccessExitStatus"][0]  # SIGTERM's orderly stop is not a failure
@@ -116,8 +137,9 @@ def test_the_services_command_sweeps_a_store_and_writes_its_metrics(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in LASHCTL_ENV and not k.startswith("LASHCTL_")}
     env.update(dict(v.split("=", 1) for v in unit["Environment"]))
     env.update(LASHCTL_STORE=str(store), LASHCTL_METRICS_FILE=str(metrics), LASHCTL_CACHE_DIR=str(cache))
-    put = subprocess.run([LASHCTL, "put", "-s", "s1", "-"], input=b"an orphan", env=env, capture_output=True,
-                         timeout=60)
+    put = subprocess.run(
+        [LASHCTL, "put", "-s", "s1", "-"], input=b"an orphan", env=env, capture_output=True, timeout=60
+    )
     assert put.returncode == 0, put.stderr
     argv = [LASHCTL, *exec_start(SERVICE)[1:]]
     done = subprocess.run(argv, env=env, capture_output=True, timeout=60)
@@ -144,4 +166,4 @@ def test_readmes_cron_line_and_unit_excerpt_are_the_service():
     unit_environment = dict(v.split("=", 1) for v in settings(SERVICE)["Environment"])
     for name in ("LASHCTL_STORE", "LASHCTL_METRICS_FILE"):
         assert environment[name] == unit_environment[name], name
-    assert words[program:program + 6] == exec_start(SERVICE)
+    assert words[program : program + 6] == exec_start(SERVICE)

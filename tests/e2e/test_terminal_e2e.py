@@ -42,8 +42,9 @@ def run_tty(args: list, columns: int, stdin: int | None = subprocess.DEVNULL) ->
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     env = base_env(COLUMNS=str(columns), TERM="xterm-256color")
-    proc = subprocess.Popen([find_lashctl(), *map(str, args)], stdout=slave, stderr=subprocess.PIPE,
-                            stdin=stdin, env=env)
+    proc = subprocess.Popen(
+        [find_lashctl(), *map(str, args)], stdout=slave, stderr=subprocess.PIPE, stdin=stdin, env=env
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -79,8 +80,7 @@ def populated(tmp_path_factory) -> tuple[Path, list[str]]:
     (inputs / "pixel.png").write_bytes(png_bytes(3, 2))
     (inputs / "archive.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     (inputs / "a rather long label for a quarterly report.txt").write_bytes(b"text\n" * 100)
-    result = run(["--store", store, "put", "-s", "session-with-a-long-name",
-                  *sorted(str(p) for p in inputs.iterdir())])
+    result = run(["--store", store, "put", "-s", "session-with-a-long-name", *sorted(str(p) for p in inputs.iterdir())])
     assert result.returncode == 0, result.stderr
     ids = result.stdout.decode().split()
     plant_blob(store, TWIN_A, b"twin a", "twin-a")
@@ -88,8 +88,18 @@ def populated(tmp_path_factory) -> tuple[Path, list[str]]:
     manifest = store / "manifest.jsonl"
     with manifest.open("a") as handle:
         for twin in (TWIN_A, TWIN_B):
-            handle.write(json.dumps({"op": "intent", "attachment_id": twin, "session_id": "s-twins",
-                                     "canonical_uri": "sha256:" + twin, "intent_at_epoch_ms": 1764150000000}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "op": "intent",
+                        "attachment_id": twin,
+                        "session_id": "s-twins",
+                        "canonical_uri": "sha256:" + twin,
+                        "intent_at_epoch_ms": 1764150000000,
+                    }
+                )
+                + "\n"
+            )
     return store, ids + [TWIN_A, TWIN_B]
 
 
@@ -226,13 +236,16 @@ def test_summaries_use_iec_units_only(populated, tmp_path):
     assert copy.returncode == 0 and re.search(rb"wrote \d+ B of ", copy.stderr), copy.stderr
 
 
-@pytest.mark.parametrize("args, words", [
-    (["verify"], "no problems found"),
-    (["reclaim", "-n", "--older-than", "1h"], "nothing to reclaim"),
-    (["gc", "-n"], "nothing to delete"),
-    (["ls"], "no blobs"),
-    (["list-uncommitted"], "no uncommitted rows"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["verify"], "no problems found"),
+        (["reclaim", "-n", "--older-than", "1h"], "nothing to reclaim"),
+        (["gc", "-n"], "nothing to delete"),
+        (["ls"], "no blobs"),
+        (["list-uncommitted"], "no uncommitted rows"),
+    ],
+)
 def test_an_empty_listing_on_a_terminal_prints_no_table(tmp_path, args, words):
     store = tmp_path / "store"
     (tmp_path / "a.txt").write_bytes(b"committed, so nothing is pending")

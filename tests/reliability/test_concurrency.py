@@ -65,8 +65,9 @@ SEED = 4242
 class Worker(threading.Thread):
     """One session: put a few shared files and one unique file, commit some ids."""
 
-    def __init__(self, n: int, store: Path, shared: list[Path], scratch: Path, deadline: float,
-                 committed_log: list, errors: list) -> None:
+    def __init__(
+        self, n: int, store: Path, shared: list[Path], scratch: Path, deadline: float, committed_log: list, errors: list
+    ) -> None:
         super().__init__(name=f"worker-{n}", daemon=True)
         self.session = f"w{n}"
         self.store, self.shared, self.scratch, self.deadline = store, shared, scratch, deadline
@@ -90,7 +91,9 @@ class Worker(threading.Thread):
         while time.monotonic() < self.deadline:
             counter += 1
             unique = self.scratch / f"{self.session}-{counter}.bin"
-            unique.write_bytes(f"{self.session} unique {counter} ".encode() + self.rng.randbytes(self.rng.randrange(1, 3000)))
+            unique.write_bytes(
+                f"{self.session} unique {counter} ".encode() + self.rng.randbytes(self.rng.randrange(1, 3000))
+            )
             paths = self.rng.sample(self.shared, self.rng.randint(1, 4)) + [unique]
             self.rng.shuffle(paths)
             result = run(["--store", str(self.store), "-q", "put", "-s", self.session, *map(str, paths)])
@@ -113,7 +116,9 @@ class Worker(threading.Thread):
                     self.committed.add(key)
                     # The promise, checked at once: committed bytes are there and whole.
                     path = blob_path(self.store, record["id"])
-                    assert path.is_file() and file_sha(path) == record["id"], f"committed {key} but its blob is missing or torn"
+                    assert path.is_file() and file_sha(path) == record["id"], (
+                        f"committed {key} but its blob is missing or torn"
+                    )
                     self.committed_log.append(record["id"])
                 elif record["status"] == "already_committed":
                     self.already += 1
@@ -167,7 +172,9 @@ class Reader(threading.Thread):
                     attachment_id = self.rng.choice(self.log)
                     result = run(["--store", str(self.store), "get", "-o", "-", attachment_id])
                     self.gets += 1
-                    assert result.returncode == 0, f"get of committed {attachment_id}: {result.returncode} {result.stderr!r}"
+                    assert result.returncode == 0, (
+                        f"get of committed {attachment_id}: {result.returncode} {result.stderr!r}"
+                    )
                     assert sha(result.stdout) == attachment_id
                 result = run(["--store", str(self.store), "--json", "list-uncommitted"])
                 self.lists += 1
@@ -359,8 +366,12 @@ def test_sigkilled_lashctl_inside_its_locked_section_releases_the_lock(shm_path:
     lock = store / "manifest.jsonl.lock"
     caught = False
     for _attempt in range(20):
-        proc = subprocess.Popen([LASHCTL, "--store", str(store), "-q", "reclaim", "--force", "--older-than", "0s"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=base_env())
+        proc = subprocess.Popen(
+            [LASHCTL, "--store", str(store), "-q", "reclaim", "--force", "--older-than", "0s"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=base_env(),
+        )
         try:
             while proc.poll() is None:
                 if not _lock_is_free(lock):
@@ -481,6 +492,8 @@ def test_race_with_compaction_and_gc(shm_path: Path) -> None:
         path = blob_path(store, attachment_id)
         assert path.is_file() and file_sha(path) == attachment_id, f"committed blob {attachment_id} of {session} lost"
     assert not litter.exists(), "gc left old staging litter"
-    report(f"concurrency+compaction+gc: {RACE2_S:g}s, worker runs {sum(w.ops for w in workers)}, "
-           f"maintenance runs {dict(maintainer.counts)}, gc deleted {maintainer.gc_deleted} blob(s), "
-           f"commits {len(reported)}")
+    report(
+        f"concurrency+compaction+gc: {RACE2_S:g}s, worker runs {sum(w.ops for w in workers)}, "
+        f"maintenance runs {dict(maintainer.counts)}, gc deleted {maintainer.gc_deleted} blob(s), "
+        f"commits {len(reported)}"
+    )

@@ -166,8 +166,11 @@ def test_sigkill_during_batch_put(shm_path: Path, put_inputs) -> None:
         killed, rc = kill_at_random(args(store), pick_delay(rng, startup, duration))
         landed += killed
         present = len(blob_files(store))
-        midway += killed and (0 < present < len(set(expected)) or read_log(store / "manifest.jsonl").torn_tail
-                              or (present and not all(sidecar_path(store, i).exists() for i in expected)))
+        midway += killed and (
+            0 < present < len(set(expected))
+            or read_log(store / "manifest.jsonl").torn_tail
+            or (present and not all(sidecar_path(store, i).exists() for i in expected))
+        )
         if not killed:
             assert rc == 0, f"trial {trial}: put exited {rc} without being killed"
         check_store(store)
@@ -194,8 +197,10 @@ def test_sigkill_during_batch_put(shm_path: Path, put_inputs) -> None:
         assert not read_log(store / "manifest.jsonl").torn_tail
         litter_left += len(staging_litter(store))
         shutil.rmtree(store)
-    report(f"crash/put: {trials} trials, {landed} kills landed before exit, {midway} visibly mid-batch; "
-           f"{litter_left} staging file(s) left in tmp/ by killed runs (never cleaned up)")
+    report(
+        f"crash/put: {trials} trials, {landed} kills landed before exit, {midway} visibly mid-batch; "
+        f"{litter_left} staging file(s) left in tmp/ by killed runs (never cleaned up)"
+    )
     assert landed >= trials // 3, "too few kills landed: the delay distribution is off"
 
 
@@ -251,14 +256,17 @@ def test_sigkill_during_reclaim(shm_path: Path, reclaim_template) -> None:
         killed, rc = kill_at_random(args(store), pick_delay(rng, startup, duration))
         landed += killed
         left = len(orphans & set(blob_files(store)))
-        midway += killed and (0 < left < len(orphans) or (left == 0 and len(fold_file(store / "manifest.jsonl")) > len(committed)))
+        midway += killed and (
+            0 < left < len(orphans) or (left == 0 and len(fold_file(store / "manifest.jsonl")) > len(committed))
+        )
         if not killed:
             assert rc == 0
         rows = check_store(store, unreferenced_ok=True)
         for (session, attachment_id), row in rows.items():
             # Rows go before bytes: no row the sweep would forget outlives its bytes.
             assert row["committed_at_epoch_ms"] is not None or blob_path(store, attachment_id).is_file(), (
-                f"trial {trial}: the intent of {attachment_id} ({session}) survived its bytes")
+                f"trial {trial}: the intent of {attachment_id} ({session}) survived its bytes"
+            )
         for attachment_id in committed:
             assert file_sha(blob_path(store, attachment_id)) == attachment_id, "a committed blob was lost"
         manifest_reads(store)
@@ -271,7 +279,9 @@ def test_sigkill_during_reclaim(shm_path: Path, reclaim_template) -> None:
         rows = check_store(store)
         assert keys_and_commits(rows) == expected_rows, f"trial {trial}: rows left after the rerun"
         present = set(blob_files(store))
-        assert present == committed, f"trial {trial}: orphans left {len(present - committed)}, lost {committed - present}"
+        assert present == committed, (
+            f"trial {trial}: orphans left {len(present - committed)}, lost {committed - present}"
+        )
         for attachment_id in orphans:
             assert not sidecar_path(store, attachment_id).exists(), "an orphan's sidecar outlived its blob"
         snapshot = (blob_inodes(store), fold_file(store / "manifest.jsonl"))
@@ -322,8 +332,10 @@ def test_sigkill_during_commit(shm_path: Path, commit_template) -> None:
         shutil.copytree(template, store)
         killed, rc = kill_at_random(args(store), pick_delay(rng, startup, duration), input=stdin)
         landed += killed
-        applied += killed and sum(r["committed_at_epoch_ms"] is not None
-                                  for r in fold_file(store / "manifest.jsonl").values()) > 50
+        applied += (
+            killed
+            and sum(r["committed_at_epoch_ms"] is not None for r in fold_file(store / "manifest.jsonl").values()) > 50
+        )
         if not killed:
             assert rc == 0
         rows = check_store(store)
@@ -343,8 +355,10 @@ def test_sigkill_during_commit(shm_path: Path, commit_template) -> None:
         assert {r["status"] for r in json.loads(second.stdout)} == {"already_committed"}
         assert (blob_inodes(store), fold_file(store / "manifest.jsonl")) == snapshot
         shutil.rmtree(store)
-    report(f"crash/commit: {trials} trials, {landed} kills landed before exit "
-           f"({applied} of them after the commit lines were durable)")
+    report(
+        f"crash/commit: {trials} trials, {landed} kills landed before exit "
+        f"({applied} of them after the commit lines were durable)"
+    )
     assert landed >= trials // 3
 
 
@@ -369,15 +383,18 @@ def test_torn_append_at_any_offset_is_tolerated_and_repaired(shm_path: Path) -> 
         for n, i in enumerate(ids[:3])
     )
     rng = random.Random(SEED + 5)
-    cuts = sorted({0, 1, len(payload) - 1, len(payload)} | {rng.randrange(len(payload)) for _ in range(scaled(10, 60))}
-                  | {payload.index(b"\n") + k for k in (-1, 0, 1)})
+    cuts = sorted(
+        {0, 1, len(payload) - 1, len(payload)}
+        | {rng.randrange(len(payload)) for _ in range(scaled(10, 60))}
+        | {payload.index(b"\n") + k for k in (-1, 0, 1)}
+    )
     for cut in cuts:
         manifest.write_bytes(base + payload[:cut])
         whole = payload[:cut].count(b"\n")
         listing = run(["--store", str(store), "--json", "list-uncommitted"])
         assert listing.returncode == 0, (cut, listing.stderr)
         # A complete last event lacking only its newline counts too.
-        complete = whole + (1 if cut and payload[cut - 1:cut] == b"}" else 0)
+        complete = whole + (1 if cut and payload[cut - 1 : cut] == b"}" else 0)
         assert len(json.loads(listing.stdout)) == 6 - complete, cut
         done = run(["--store", str(store), "-q", "commit", "-s", "a", ids[5]])
         assert done.returncode == 0, (cut, done.stderr)
@@ -454,5 +471,7 @@ def test_sigkill_during_manifest_compact(shm_path: Path) -> None:
         assert run(args(store)).returncode == 0
         assert (store / "manifest.jsonl").read_bytes() == compacted
         shutil.rmtree(store)
-    report(f"crash/compact: {trials} trials, {landed} kills landed before exit "
-           f"({replaced} after the rename); {litter} staging file(s) left beside the manifest")
+    report(
+        f"crash/compact: {trials} trials, {landed} kills landed before exit "
+        f"({replaced} after the rename); {litter} staging file(s) left beside the manifest"
+    )

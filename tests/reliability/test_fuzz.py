@@ -32,8 +32,12 @@ from lashctl.errors import Corrupt, UsageError
 from lashctl.ids import parse_id
 from reliability_helpers import MAX_EPOCH_MS, report, scaled, shm_path  # noqa: F401 (fixture)
 
-FUZZ = settings(max_examples=scaled(400, 20000), deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=scaled(400, 20000),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 HEX64 = re.compile(r"[0-9a-f]{64}")
 EXAMPLES = {"n": 0}
 WHERE = Path("fuzz/manifest.jsonl")
@@ -47,9 +51,11 @@ def _count() -> None:
 
 def _json_values():
     scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20))
-    return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                         st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                        max_leaves=12)
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+        max_leaves=12,
+    )
 
 
 def _is_epoch(value) -> bool:
@@ -97,11 +103,11 @@ def test_parse_line_on_arbitrary_bytes(raw: bytes, lineno: int) -> None:
 HOSTILE_LINES = {
     "5000-digit number": BIG_INT,
     "5000-digit intent time": b'{"op":"intent","attachment_id":"' + ID.encode() + b'","session_id":"s",'
-                              b'"canonical_uri":"x","intent_at_epoch_ms":' + BIG_INT + b"}",
+    b'"canonical_uri":"x","intent_at_epoch_ms":' + BIG_INT + b"}",
     "lone surrogate session": b'{"op":"intent","attachment_id":"' + ID.encode() + b'","session_id":"\\udc80",'
-                              b'"canonical_uri":"x","intent_at_epoch_ms":1}',
+    b'"canonical_uri":"x","intent_at_epoch_ms":1}',
     "lone surrogate uri": b'{"op":"intent","attachment_id":"' + ID.encode() + b'","session_id":"s",'
-                          b'"canonical_uri":"\\ud800","intent_at_epoch_ms":1}',
+    b'"canonical_uri":"\\ud800","intent_at_epoch_ms":1}',
     "deep nesting": b"[" * 100_000 + b"]" * 100_000,
     "NaN time": b'{"op":"commit","attachment_id":"' + ID.encode() + b'","session_id":"s","committed_at_epoch_ms":NaN}',
 }
@@ -120,18 +126,48 @@ def test_parse_line_on_arbitrary_json(value) -> None:
 
 def _mutated_event():
     field_values = st.one_of(
-        st.none(), st.booleans(), st.integers(), st.integers(-10, 10), st.just(MAX_EPOCH_MS), st.just(MAX_EPOCH_MS + 1),
-        st.floats(), st.text(max_size=70), st.just(ID), st.just(ID.upper()), st.just("../" + ID[3:]),
-        st.just(""), st.lists(st.integers(), max_size=2), st.just({"a": 1}),
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.integers(-10, 10),
+        st.just(MAX_EPOCH_MS),
+        st.just(MAX_EPOCH_MS + 1),
+        st.floats(),
+        st.text(max_size=70),
+        st.just(ID),
+        st.just(ID.upper()),
+        st.just("../" + ID[3:]),
+        st.just(""),
+        st.lists(st.integers(), max_size=2),
+        st.just({"a": 1}),
     )
-    base = st.sampled_from([
-        {"op": "header", "format": "lashctl-manifest", "version": 1},
-        {"op": "intent", "attachment_id": ID, "session_id": "s", "canonical_uri": "sha256:" + ID, "intent_at_epoch_ms": 5},
-        {"op": "commit", "attachment_id": ID, "session_id": "s", "committed_at_epoch_ms": 5},
-        {"op": "forget", "attachment_id": ID, "session_id": "s"},
-    ])
-    keys = st.sampled_from(["op", "format", "version", "attachment_id", "session_id", "canonical_uri",
-                            "intent_at_epoch_ms", "committed_at_epoch_ms", "extra"])
+    base = st.sampled_from(
+        [
+            {"op": "header", "format": "lashctl-manifest", "version": 1},
+            {
+                "op": "intent",
+                "attachment_id": ID,
+                "session_id": "s",
+                "canonical_uri": "sha256:" + ID,
+                "intent_at_epoch_ms": 5,
+            },
+            {"op": "commit", "attachment_id": ID, "session_id": "s", "committed_at_epoch_ms": 5},
+            {"op": "forget", "attachment_id": ID, "session_id": "s"},
+        ]
+    )
+    keys = st.sampled_from(
+        [
+            "op",
+            "format",
+            "version",
+            "attachment_id",
+            "session_id",
+            "canonical_uri",
+            "intent_at_epoch_ms",
+            "committed_at_epoch_ms",
+            "extra",
+        ]
+    )
     return st.tuples(base, st.dictionaries(keys, field_values, max_size=3), st.lists(keys, max_size=2))
 
 
@@ -147,19 +183,34 @@ def test_parse_line_on_mutated_events(spec, crlf: bool) -> None:
 
 
 @FUZZ
-@given(lines=st.lists(st.one_of(
-    st.binary(max_size=80),
-    st.builds(lambda e: json.dumps(e).encode(), _json_values()),
-    st.just(b'{"op":"intent","attachment_id":"' + ID.encode() + b'","session_id":"s","canonical_uri":"u","intent_at_epoch_ms":7}'),
-    st.just(b'{"op":"commit","attachment_id":"' + ID.encode() + b'","session_id":"s","committed_at_epoch_ms":8}'),
-), max_size=6), end_newline=st.booleans())
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            st.builds(lambda e: json.dumps(e).encode(), _json_values()),
+            st.just(
+                b'{"op":"intent","attachment_id":"'
+                + ID.encode()
+                + b'","session_id":"s","canonical_uri":"u","intent_at_epoch_ms":7}'
+            ),
+            st.just(
+                b'{"op":"commit","attachment_id":"' + ID.encode() + b'","session_id":"s","committed_at_epoch_ms":8}'
+            ),
+        ),
+        max_size=6,
+    ),
+    end_newline=st.booleans(),
+)
 def test_read_state_on_arbitrary_files(shm_path: Path, lines, end_newline: bool) -> None:
     """The whole reader, torn-tail detection included: a state or Corrupt."""
     check_read_state(shm_path, lines, end_newline)
 
 
-@pytest.mark.parametrize("tail", [b'{"op":"intent","intent_at_epoch_ms":' + BIG_INT, BIG_INT, b"[" * 100_000],
-                         ids=["torn tail with a 5000-digit number", "bare 5000-digit number", "deep nesting"])
+@pytest.mark.parametrize(
+    "tail",
+    [b'{"op":"intent","intent_at_epoch_ms":' + BIG_INT, BIG_INT, b"[" * 100_000],
+    ids=["torn tail with a 5000-digit number", "bare 5000-digit number", "deep nesting"],
+)
 def test_read_state_on_hostile_torn_tails(shm_path: Path, tail: bytes) -> None:
     check_read_state(shm_path, [b'{"op":"header","format":"lashctl-manifest","version":1}', tail], False)
 
@@ -210,7 +261,7 @@ HOSTILE_SIDECARS = {
     "lone surrogate label": b'{"id":"' + ID.encode() + b'","media_type":"text/plain","byte_len":1,"label":"\\ud800"}',
     "deep nesting": b"[" * 100_000 + b"]" * 100_000,
     "width in type_metadata as text": b'{"id":"' + ID.encode() + b'","media_type":"image/png","byte_len":1,'
-                                      b'"type_metadata":{"type":"image","width":"7"}}',
+    b'"type_metadata":{"type":"image","width":"7"}}',
 }
 
 
@@ -226,29 +277,60 @@ def test_sidecar_decode_on_arbitrary_json(value) -> None:
 
 
 @FUZZ
-@given(changes=st.dictionaries(
-    st.sampled_from(["id", "media_type", "byte_len", "width", "height", "label", "type_metadata", "extra"]),
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30), st.just(ID),
-              st.sampled_from(["image/png", "IMAGE/JPG", "text/plain; a=b", "a/b/c", " x/y "]),
-              st.fixed_dictionaries({"kind": st.sampled_from(["image", "video", 1]),
-                                     "type": st.sampled_from(["png", "jpeg", "gif", "webp", "bmp", "tiff", None])}),
-              st.fixed_dictionaries({"type": st.sampled_from(["image", "other", 3]),
-                                     "width": st.one_of(st.integers(), st.none(), st.text(max_size=2)),
-                                     "height": st.one_of(st.integers(), st.none())})),
-    max_size=4))
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(["id", "media_type", "byte_len", "width", "height", "label", "type_metadata", "extra"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(),
+            st.text(max_size=30),
+            st.just(ID),
+            st.sampled_from(["image/png", "IMAGE/JPG", "text/plain; a=b", "a/b/c", " x/y "]),
+            st.fixed_dictionaries(
+                {
+                    "kind": st.sampled_from(["image", "video", 1]),
+                    "type": st.sampled_from(["png", "jpeg", "gif", "webp", "bmp", "tiff", None]),
+                }
+            ),
+            st.fixed_dictionaries(
+                {
+                    "type": st.sampled_from(["image", "other", 3]),
+                    "width": st.one_of(st.integers(), st.none(), st.text(max_size=2)),
+                    "height": st.one_of(st.integers(), st.none()),
+                }
+            ),
+        ),
+        max_size=4,
+    )
+)
 def test_sidecar_decode_on_mutated_sidecars(changes) -> None:
-    doc = {"id": ID, "media_type": {"kind": "image", "type": "png"}, "byte_len": 5, "width": 7, "height": 11,
-           "label": "pixel"}
+    doc = {
+        "id": ID,
+        "media_type": {"kind": "image", "type": "png"},
+        "byte_len": 5,
+        "width": 7,
+        "height": 11,
+        "label": "pixel",
+    }
     doc.update(changes)
     check_sidecar(json.dumps(doc).encode())
 
 
 @FUZZ
-@given(media=st.one_of(st.sampled_from(["image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp",
-                                        "application/pdf", "text/plain"]),
-                       st.from_regex(r"[a-z0-9]{1,8}/[a-z0-9.+-]{1,12}", fullmatch=True)),
-       byte_len=st.integers(0, 2**63), width=st.one_of(st.none(), st.integers(0, 2**31)),
-       height=st.one_of(st.none(), st.integers(0, 2**31)), label=st.one_of(st.none(), st.text(max_size=40)))
+@given(
+    media=st.one_of(
+        st.sampled_from(
+            ["image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "application/pdf", "text/plain"]
+        ),
+        st.from_regex(r"[a-z0-9]{1,8}/[a-z0-9.+-]{1,12}", fullmatch=True),
+    ),
+    byte_len=st.integers(0, 2**63),
+    width=st.one_of(st.none(), st.integers(0, 2**31)),
+    height=st.one_of(st.none(), st.integers(0, 2**31)),
+    label=st.one_of(st.none(), st.text(max_size=40)),
+)
 def test_sidecar_roundtrip(media: str, byte_len: int, width, height, label) -> None:
     _count()
     meta = sidecar.Metadata(ID, media, byte_len, width, height, label)
@@ -257,8 +339,13 @@ def test_sidecar_roundtrip(media: str, byte_len: int, width, height, label) -> N
 
 # -- ids and cutoffs -----------------------------------------------------------------------------
 @FUZZ
-@given(text=st.one_of(st.text(max_size=80), st.from_regex(r"(?i)(sha256:)?[0-9a-f]{0,70}", fullmatch=True),
-                      st.text(alphabet="0123456789abcdefABCDEF:sha256 \t\n./", max_size=70)))
+@given(
+    text=st.one_of(
+        st.text(max_size=80),
+        st.from_regex(r"(?i)(sha256:)?[0-9a-f]{0,70}", fullmatch=True),
+        st.text(alphabet="0123456789abcdefABCDEF:sha256 \t\n./", max_size=70),
+    )
+)
 @example(text="\u0661\u0662\u0663\u0664")
 @example(text="\uff41\uff42\uff43\uff44")
 @example(text="sha256:" + "A" * 64)
@@ -281,18 +368,31 @@ def test_parse_id_accepts_every_valid_form(hex_: str, scheme: str) -> None:
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=40), st.from_regex(r"([0-9]{1,30}(ms|s|m|h|d|w)){1,3}", fullmatch=True),
-                      st.from_regex(r"[0-9]{1,40}", fullmatch=True),
-                      st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?(Z|[+-][0-9]{2}:[0-9]{2})?",
-                                    fullmatch=True)),
-       option=st.sampled_from(["older", "before"]))
+@given(
+    text=st.one_of(
+        st.text(max_size=40),
+        st.from_regex(r"([0-9]{1,30}(ms|s|m|h|d|w)){1,3}", fullmatch=True),
+        st.from_regex(r"[0-9]{1,40}", fullmatch=True),
+        st.from_regex(
+            r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?(Z|[+-][0-9]{2}:[0-9]{2})?", fullmatch=True
+        ),
+    ),
+    option=st.sampled_from(["older", "before"]),
+)
 def test_cutoffs_are_usable_or_usage_errors(text: str, option: str) -> None:
     """What a command does with a cutoff: parse it, then show it (``iso_ms``)."""
     check_cutoff(text, option)
 
 
-@pytest.mark.parametrize("text,option", [("9" * 5000 + "s", "older"), ("0001-01-01T00:00:00+14:00", "before"),
-                                         ("99999999999999999999999", "before"), ("9" * 30 + "d", "older")])
+@pytest.mark.parametrize(
+    "text,option",
+    [
+        ("9" * 5000 + "s", "older"),
+        ("0001-01-01T00:00:00+14:00", "before"),
+        ("99999999999999999999999", "before"),
+        ("9" * 30 + "d", "older"),
+    ],
+)
 def test_hostile_cutoffs(text: str, option: str) -> None:
     check_cutoff(text, option)
 

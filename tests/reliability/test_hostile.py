@@ -78,7 +78,8 @@ class World:
 
         for attachment_id, data in ((self.a, self.a_data), (self.b, self.b_data)):
             sidecar_path(self.store, attachment_id).write_bytes(
-                Metadata(attachment_id, "text/plain", len(data), label="label-" + attachment_id[:6]).encode())
+                Metadata(attachment_id, "text/plain", len(data), label="label-" + attachment_id[:6]).encode()
+            )
         self.events = [intent(self.a, "s1", OLD), commit(self.a, "s1", OLD + 1), intent(self.b, "s2", OLD)]
         write_manifest(self.manifest, self.events)
         self.outside_before = snapshot_tree(self.outside)
@@ -88,8 +89,10 @@ class World:
         try:
             return run(["--store", str(store or self.store), *args], input=input, timeout=timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"lashctl {' '.join(map(str, args))[:200]} hung for {timeout}s "
-                        "(it opened something that blocks: a FIFO it must never touch?)")
+            pytest.fail(
+                f"lashctl {' '.join(map(str, args))[:200]} hung for {timeout}s "
+                "(it opened something that blocks: a FIFO it must never touch?)"
+            )
 
     def state(self) -> dict:
         """The store as a snapshot, minus the lock file (taking the lock may create it)."""
@@ -115,19 +118,42 @@ def world(shm_path: Path) -> World:
 
 
 def no_secret(result) -> None:
-    assert b"TOP SECRET" not in result.stdout and b"TOP SECRET" not in result.stderr, "a file outside the store was read"
+    assert b"TOP SECRET" not in result.stdout and b"TOP SECRET" not in result.stderr, (
+        "a file outside the store was read"
+    )
 
 
 # -- ids ------------------------------------------------------------------------------
 BAD_IDS = [
-    "..", "../..", "../" + "a" * 64, "/etc/passwd", "ab/cd", "abcd/", "a" * 64 + "/..",
-    "sha256/ab/" + "a" * 64, "~", "ab*", "abcd%2f..",
-    "ab\x01cd", "ab\x1bcd", "abc\x7fd", "ab\tcd", "abcd\u200b",
+    "..",
+    "../..",
+    "../" + "a" * 64,
+    "/etc/passwd",
+    "ab/cd",
+    "abcd/",
+    "a" * 64 + "/..",
+    "sha256/ab/" + "a" * 64,
+    "~",
+    "ab*",
+    "abcd%2f..",
+    "ab\x01cd",
+    "ab\x1bcd",
+    "abc\x7fd",
+    "ab\tcd",
+    "abcd\u200b",
     "\u0660\u0661\u0662\u0663\u0664",  # Arabic-Indic digits
     "\uff11\uff12\uff13\uff14",  # fullwidth digits
     "\uff41\uff42\uff43\uff44",  # fullwidth a-d
-    "abc", "", "sha256:", "sha256:..", "sha256:../" + "a" * 61, "0xabcd", "g" * 64,
-    "abcd" * 17, "a" * 5000, "f" * 100_000,
+    "abc",
+    "",
+    "sha256:",
+    "sha256:..",
+    "sha256:../" + "a" * 61,
+    "0xabcd",
+    "g" * 64,
+    "abcd" * 17,
+    "a" * 5000,
+    "f" * 100_000,
 ]
 
 
@@ -142,8 +168,11 @@ def test_hostile_ids_are_usage_errors_and_touch_nothing(world: World, command: s
     missing = world.base / "never-created"
     before = world.state()
     for n, bad in enumerate(BAD_IDS):
-        args = {"get": ["get", "-o", "-", bad], "delete": ["delete", "--force", bad],
-                "commit": ["commit", "-s", "s1", bad]}[command]
+        args = {
+            "get": ["get", "-o", "-", bad],
+            "delete": ["delete", "--force", bad],
+            "commit": ["commit", "-s", "s1", bad],
+        }[command]
         for store in (missing, world.store):
             CASES["runs"] += 1
             result = runner.invoke(app, ["--store", str(store), *args])
@@ -175,8 +204,19 @@ def test_ambiguous_prefix_is_a_usage_error(world: World) -> None:
 
 
 # -- manifest rows: invalid ids, hostile URIs ------------------------------------------------
-BAD_ATTACHMENT_IDS = ["/etc/passwd", "../x", "../../outside/secret.txt", "../../" + "a" * 64,
-                      "A" * 64, "a" * 63, "a" * 65, "a" * 64 + "\n", "", None, 12345]
+BAD_ATTACHMENT_IDS = [
+    "/etc/passwd",
+    "../x",
+    "../../outside/secret.txt",
+    "../../" + "a" * 64,
+    "A" * 64,
+    "a" * 63,
+    "a" * 65,
+    "a" * 64 + "\n",
+    "",
+    None,
+    12345,
+]
 
 DESTRUCTIVE_AND_READERS = [
     ("list-uncommitted",),
@@ -207,14 +247,28 @@ def test_rows_with_invalid_attachment_ids_are_corrupt_and_nothing_is_deleted(wor
         assert world.state() == before, f"{args[0]} changed the store on a corrupt manifest"
 
 
-HOSTILE_URIS = ["file:///etc/passwd", "../../x", "../../outside/secret.txt", "sha256:../../outside/secret.txt",
-                "", "sha256:", "\u0000", "sha256:" + "0" * 64]
+HOSTILE_URIS = [
+    "file:///etc/passwd",
+    "../../x",
+    "../../outside/secret.txt",
+    "sha256:../../outside/secret.txt",
+    "",
+    "sha256:",
+    "\u0000",
+    "sha256:" + "0" * 64,
+]
 
 
 def test_hostile_canonical_uris_are_never_followed(world: World) -> None:
     """Rows of orphan C whose URI points outside the store or at committed blob A."""
-    uris = HOSTILE_URIS + [str(world.secret), "file://" + str(world.secret), str(world.fifo),
-                           "file://" + str(world.fifo), str(world.outside / "dir"), "sha256:" + world.a]
+    uris = HOSTILE_URIS + [
+        str(world.secret),
+        "file://" + str(world.secret),
+        str(world.fifo),
+        "file://" + str(world.fifo),
+        str(world.outside / "dir"),
+        "sha256:" + world.a,
+    ]
     orphans = []
     events = list(world.events)
     for n, uri in enumerate(uris):
@@ -246,8 +300,13 @@ def test_hostile_canonical_uris_are_never_followed(world: World) -> None:
 
 # -- malformed manifest lines -----------------------------------------------------------------
 def _line(**fields) -> bytes:
-    base = {"op": "intent", "attachment_id": "e" * 64, "session_id": "s9",
-            "canonical_uri": "sha256:" + "e" * 64, "intent_at_epoch_ms": OLD}
+    base = {
+        "op": "intent",
+        "attachment_id": "e" * 64,
+        "session_id": "s9",
+        "canonical_uri": "sha256:" + "e" * 64,
+        "intent_at_epoch_ms": OLD,
+    }
     base.update(fields)
     return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
 
@@ -259,17 +318,27 @@ CORRUPT_LINES = {
     "session number": _line(session_id=7),
     "time as string": _line(intent_at_epoch_ms=str(OLD)),
     "time float": _line(intent_at_epoch_ms=OLD + 0.5),
-    "time float exponent": b'{"op":"intent","attachment_id":"' + b"e" * 64 + b'","session_id":"s9","canonical_uri":"x","intent_at_epoch_ms":1.7e12}',
+    "time float exponent": b'{"op":"intent","attachment_id":"'
+    + b"e" * 64
+    + b'","session_id":"s9","canonical_uri":"x","intent_at_epoch_ms":1.7e12}',
     "time bool": _line(intent_at_epoch_ms=True),
     "time negative": _line(intent_at_epoch_ms=-1),
     "time past year 9999": _line(intent_at_epoch_ms=10**20),
     "time NaN": _line(intent_at_epoch_ms=float("nan")),
-    "time Infinity": b'{"op":"intent","attachment_id":"' + b"e" * 64 + b'","session_id":"s9","canonical_uri":"x","intent_at_epoch_ms":Infinity}',
-    "time with 5000 digits": b'{"op":"intent","attachment_id":"' + b"e" * 64 + b'","session_id":"s9","canonical_uri":"x","intent_at_epoch_ms":' + b"9" * 5000 + b"}",
+    "time Infinity": b'{"op":"intent","attachment_id":"'
+    + b"e" * 64
+    + b'","session_id":"s9","canonical_uri":"x","intent_at_epoch_ms":Infinity}',
+    "time with 5000 digits": b'{"op":"intent","attachment_id":"'
+    + b"e" * 64
+    + b'","session_id":"s9","canonical_uri":"x","intent_at_epoch_ms":'
+    + b"9" * 5000
+    + b"}",
     "time missing": _line(intent_at_epoch_ms=...),
     "uri missing": _line(canonical_uri=...),
     "uri number": _line(canonical_uri=1),
-    "commit time null": json.dumps({"op": "commit", "attachment_id": "e" * 64, "session_id": "s9", "committed_at_epoch_ms": None}).encode(),
+    "commit time null": json.dumps(
+        {"op": "commit", "attachment_id": "e" * 64, "session_id": "s9", "committed_at_epoch_ms": None}
+    ).encode(),
     "forget without session": json.dumps({"op": "forget", "attachment_id": "e" * 64}).encode(),
     "unknown op": _line(op="purge"),
     "op upper case": _line(op="INTENT"),
@@ -285,7 +354,9 @@ CORRUPT_LINES = {
     "garbage": b"hello world",
     "truncated object mid-file": b'{"op":"intent","attachment_id":"' + b"e" * 30,
     "two objects on a line": _line() + _line(),
-    "invalid utf-8": b'{"op":"intent","attachment_id":"' + b"e" * 64 + b'","session_id":"s\xff\xfe","canonical_uri":"x","intent_at_epoch_ms":1}',
+    "invalid utf-8": b'{"op":"intent","attachment_id":"'
+    + b"e" * 64
+    + b'","session_id":"s\xff\xfe","canonical_uri":"x","intent_at_epoch_ms":1}',
     "NUL byte": _line()[:-1] + b"\x00}",
     "deeply nested": b"[" * 200_000 + b"]" * 200_000,
     "3 MB garbage": b"{" + b"x" * (3 << 20),
@@ -293,13 +364,22 @@ CORRUPT_LINES = {
 
 
 # Every command on a few representative lines; the sweep and a reader on all of them.
-ALL_COMMANDS_ON = {"unknown op", "version 2 header", "time with 5000 digits", "invalid utf-8", "garbage", "time negative"}
+ALL_COMMANDS_ON = {
+    "unknown op",
+    "version 2 header",
+    "time with 5000 digits",
+    "invalid utf-8",
+    "garbage",
+    "time negative",
+}
 
 
 @pytest.mark.parametrize("name", list(CORRUPT_LINES))
 def test_malformed_lines_stop_every_command_with_65_naming_the_line(world: World, name: str) -> None:
     raw = world.manifest.read_bytes()
-    world.manifest.write_bytes(raw + CORRUPT_LINES[name] + b"\n" + _line(attachment_id=world.b, session_id="s4") + b"\n")
+    world.manifest.write_bytes(
+        raw + CORRUPT_LINES[name] + b"\n" + _line(attachment_id=world.b, session_id="s4") + b"\n"
+    )
     before = world.state()
     commands = DESTRUCTIVE_AND_READERS if name in ALL_COMMANDS_ON else DESTRUCTIVE_AND_READERS[:2]
     for args in commands:
@@ -343,7 +423,9 @@ ACCEPTED = {
     "no header": lambda raw: raw.split(b"\n", 1)[1],
     "final line without newline": lambda raw: raw[:-1],
     "3 MB session id": lambda raw: raw + _line(attachment_id="f" * 64, session_id="s" * (3 << 20)) + b"\n",
-    "unknown extra keys": lambda raw: raw + json.dumps({**json.loads(_line(attachment_id="f" * 64)), "x-extra": [1]}).encode() + b"\n",
+    "unknown extra keys": lambda raw: (
+        raw + json.dumps({**json.loads(_line(attachment_id="f" * 64)), "x-extra": [1]}).encode() + b"\n"
+    ),
 }
 
 
@@ -369,7 +451,9 @@ def test_hand_edited_but_valid_manifests_are_read_and_appended_to(world: World, 
 def test_duplicate_headers_are_harmless_or_refused_cleanly(world: World, where: str) -> None:
     header = b'{"op":"header","format":"lashctl-manifest","version":1}\n'
     raw = world.manifest.read_bytes()
-    world.manifest.write_bytes(header + raw if where == "start" else raw + header + _line(attachment_id=world.b, session_id="s5") + b"\n")
+    world.manifest.write_bytes(
+        header + raw if where == "start" else raw + header + _line(attachment_id=world.b, session_id="s5") + b"\n"
+    )
     for args in (("list-uncommitted",), ("reclaim", "--force", "--older-than", "0s")):
         result = world.cli(*args)
         assert result.returncode in (0, 65), result.stderr
@@ -378,12 +462,16 @@ def test_duplicate_headers_are_harmless_or_refused_cleanly(world: World, where: 
     world.assert_a_intact()
 
 
-@pytest.mark.parametrize("args", [
-    ("reclaim", "--force", "--older-than", "0s"),
-    ("reclaim", "--dry-run"),
-    ("list-uncommitted",),
-    ("--json", "list-uncommitted"),
-], ids=" ".join)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("reclaim", "--force", "--older-than", "0s"),
+        ("reclaim", "--dry-run"),
+        ("list-uncommitted",),
+        ("--json", "list-uncommitted"),
+    ],
+    ids=" ".join,
+)
 def test_lone_surrogate_in_a_session_id(world: World, args) -> None:
     """Valid JSON (``"\\ud800"``) that is not Unicode text: lash's serde_json rejects it.
 
@@ -397,7 +485,9 @@ def test_lone_surrogate_in_a_session_id(world: World, args) -> None:
     before = world.state()
     result = world.cli(*args)
     if result.returncode not in (0, 65):
-        assert world.state() == before, f"{args}: deleted blobs, then failed with {result.returncode}: {result.stderr!r}"
+        assert world.state() == before, (
+            f"{args}: deleted blobs, then failed with {result.returncode}: {result.stderr!r}"
+        )
     assert result.returncode in (0, 65), (args, result.returncode, result.stderr)
     if result.returncode:
         one_line_error(result.stderr)
@@ -420,7 +510,10 @@ SIDECAR_CASES = {
     "invalid utf-8": (lambda w: b'{"id":"\xff"}', {65}),
     "bad media type": (lambda w: _sidecar_json(w, media_type="text/plain; charset=utf-8"), {65}),
     "unknown tagged image": (lambda w: _sidecar_json(w, media_type={"kind": "image", "type": "tiff"}), {65}),
-    "5000-digit byte_len": (lambda w: b'{"id":"' + w.a.encode() + b'","media_type":"text/plain","byte_len":' + b"9" * 5000 + b"}", {65}),
+    "5000-digit byte_len": (
+        lambda w: b'{"id":"' + w.a.encode() + b'","media_type":"text/plain","byte_len":' + b"9" * 5000 + b"}",
+        {65},
+    ),
     "deeply nested": (lambda w: b"[" * 100_000 + b"]" * 100_000, {65}),
     "over 1 MiB": (lambda w: _sidecar_json(w, label="x" * (1 << 20)), {65}),
     "empty": (lambda w: b"", {65}),
@@ -432,8 +525,11 @@ def test_lying_and_undecodable_sidecars(world: World, name: str) -> None:
     make, codes = SIDECAR_CASES[name]
     # On A (committed: get) and on B (uncommitted: list-uncommitted describes it).
     for attachment_id in (world.a, world.b):
-        doc = make(world).replace(world.a.encode(), attachment_id.encode()) if name != "other id" else \
-            _sidecar_json(world, id=world.b if attachment_id == world.a else world.a)
+        doc = (
+            make(world).replace(world.a.encode(), attachment_id.encode())
+            if name != "other id"
+            else _sidecar_json(world, id=world.b if attachment_id == world.a else world.a)
+        )
         sidecar_path(world.store, attachment_id).write_bytes(doc)
     result = world.cli("get", "-o", "-", world.a)
     assert result.returncode in codes, (name, result.returncode, result.stderr[:300])
@@ -482,8 +578,11 @@ def test_fifo_at_a_sidecar_path_does_not_hang(world: World, command: str) -> Non
     side = sidecar_path(world.store, world.b)
     side.unlink()
     os.mkfifo(side)
-    args = {"get": ("get", "-o", "-", world.b), "list-uncommitted": ("--json", "list-uncommitted"),
-            "delete": ("delete", "--force", world.b)}[command]
+    args = {
+        "get": ("get", "-o", "-", world.b),
+        "list-uncommitted": ("--json", "list-uncommitted"),
+        "delete": ("delete", "--force", world.b),
+    }[command]
     result = world.cli(*args, timeout=3)
     assert result.returncode in (0, 65), (args, result.stderr)
     if result.returncode:
@@ -582,7 +681,10 @@ def test_shard_directory_symlinked_outside_the_store(world: World) -> None:
     outside_shard.mkdir()
     (outside_shard / planted).write_bytes(data)
     (outside_shard / (planted + ".json")).write_bytes(
-        json.dumps({"id": planted, "media_type": "text/plain", "byte_len": len(data), "label": "TOP SECRET label"}).encode())
+        json.dumps(
+            {"id": planted, "media_type": "text/plain", "byte_len": len(data), "label": "TOP SECRET label"}
+        ).encode()
+    )
     world.outside_before = snapshot_tree(world.outside)
     shard = world.store / "sha256" / planted[:2]
     assert not shard.exists()
@@ -596,8 +698,11 @@ def test_shard_directory_symlinked_outside_the_store(world: World) -> None:
     no_secret(result)
     src = world.base / "same.txt"
     src.write_bytes(data)
-    for args in (("delete", "--force", planted), ("reclaim", "--force", "--older-than", "0s"),
-                 ("put", "-s", "s6", str(src))):
+    for args in (
+        ("delete", "--force", planted),
+        ("reclaim", "--force", "--older-than", "0s"),
+        ("put", "-s", "s6", str(src)),
+    ):
         result = world.cli(*args)
         assert result.returncode in (0, 1, 5, 65), (args, result.returncode, result.stderr)
         if result.returncode:
@@ -647,8 +752,14 @@ def test_directory_or_fifo_at_a_blob_path(world: World) -> None:
 def test_missing_store(world: World) -> None:
     """A store named with --store that does not exist: a usage error naming it, nothing created."""
     gone = world.base / "no-such-store"
-    for args in (["get", "-o", "-", world.a], ["--json", "list-uncommitted"], ["list-uncommitted"],
-                 ["reclaim", "--dry-run"], ["reclaim"], ["commit", "-s", "s1", world.a]):
+    for args in (
+        ["get", "-o", "-", world.a],
+        ["--json", "list-uncommitted"],
+        ["list-uncommitted"],
+        ["reclaim", "--dry-run"],
+        ["reclaim"],
+        ["commit", "-s", "s1", world.a],
+    ):
         result = world.cli(*args, store=gone)
         assert result.returncode == 2, args
         assert str(gone) in one_line_error(result.stderr)
@@ -719,8 +830,11 @@ def test_read_only_store_simulated(shm_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(os, "replace", erofs_replace)
     src2 = shm_path / "in2.txt"
     src2.write_bytes(b"other bytes")
-    for args in (["put", "-s", "s", str(src2)], ["commit", "-s", "s", sha(b"some bytes")],
-                 ["reclaim", "--force", "--older-than", "0s"]):
+    for args in (
+        ["put", "-s", "s", str(src2)],
+        ["commit", "-s", "s", sha(b"some bytes")],
+        ["reclaim", "--force", "--older-than", "0s"],
+    ):
         result = runner.invoke(app, ["--store", str(store), *args])
         CASES["runs"] += 1
         assert result.exit_code == 1, (args, result.exit_code, result.stderr)
@@ -871,17 +985,21 @@ def test_hostile_session_ids(world: World, session) -> None:
     assert fold_file(world.manifest) == before
 
 
-@pytest.mark.parametrize("args", [
-    ("reclaim", "--before", "0001-01-01T00:00:00+14:00"),
-    ("reclaim", "--force", "--before", "99999999999999999999999"),
-    ("reclaim", "--force", "--older-than", "9" * 30 + "d"),
-    ("reclaim", "--older-than", "9" * 5000 + "s"),
-    ("list-uncommitted", "--older-than", "9" * 30 + "d"),
-    ("list-uncommitted", "--before", "99999999999999999999999"),
-    ("reclaim", "--older-than", "-5m"),
-    ("reclaim", "--before", "yesterday"),
-    ("reclaim", "--older-than", "1h", "--before", "0"),
-], ids=lambda a: " ".join(a)[:50])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("reclaim", "--before", "0001-01-01T00:00:00+14:00"),
+        ("reclaim", "--force", "--before", "99999999999999999999999"),
+        ("reclaim", "--force", "--older-than", "9" * 30 + "d"),
+        ("reclaim", "--older-than", "9" * 5000 + "s"),
+        ("list-uncommitted", "--older-than", "9" * 30 + "d"),
+        ("list-uncommitted", "--before", "99999999999999999999999"),
+        ("reclaim", "--older-than", "-5m"),
+        ("reclaim", "--before", "yesterday"),
+        ("reclaim", "--older-than", "1h", "--before", "0"),
+    ],
+    ids=lambda a: " ".join(a)[:50],
+)
 def test_out_of_range_cutoffs_are_usage_errors(world: World, args) -> None:
     before = world.state()
     result = world.cli(*args)

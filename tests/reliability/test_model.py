@@ -89,8 +89,10 @@ class StoreModel(RuleBasedStateMachine):
     @rule(session=st.sampled_from(SESSIONS), picks=st.lists(st.integers(0, len(CONTENTS) - 1), min_size=1, max_size=4))
     def put(self, session: str, picks: list[int]) -> None:
         COUNTS["steps"] += 1
-        sources = [transfer.PutSource(name=f"input-{i}.bin", opener=(lambda b=CONTENTS[i]: io.BytesIO(b)), label=None)
-                   for i in picks]
+        sources = [
+            transfer.PutSource(name=f"input-{i}.bin", opener=(lambda b=CONTENTS[i]: io.BytesIO(b)), label=None)
+            for i in picks
+        ]
         results = list(transfer.put(self.store, sources, transfer.PutOptions(session)))
         for i in picks:  # bytes as old as can be: the model's clock alone decides (freshness: test_sweep_steps)
             for path in (self.store.blobs.blob_path(IDS[i]), self.store.blobs.sidecar_path(IDS[i])):
@@ -107,8 +109,7 @@ class StoreModel(RuleBasedStateMachine):
                 row[1] = max(row[1], self.clock)
             self.blobs.add(IDS[i])
 
-    @rule(session=st.sampled_from(SESSIONS),
-          picks=st.lists(st.integers(0, len(CONTENTS)), min_size=1, max_size=4))
+    @rule(session=st.sampled_from(SESSIONS), picks=st.lists(st.integers(0, len(CONTENTS)), min_size=1, max_size=4))
     def commit(self, session: str, picks: list[int]) -> None:
         COUNTS["steps"] += 1
         ids = [IDS[i] if i < len(CONTENTS) else UNKNOWN for i in picks]
@@ -153,8 +154,7 @@ class StoreModel(RuleBasedStateMachine):
                 aged.setdefault(attachment_id, []).append(session)
         expected = {}
         for attachment_id, sessions in aged.items():
-            live = any(r[2] is not None or r[1] > cutoff
-                       for (s, i), r in self.rows.items() if i == attachment_id)
+            live = any(r[2] is not None or r[1] > cutoff for (s, i), r in self.rows.items() if i == attachment_id)
             expected[attachment_id] = ("release" if live else "reclaim", sorted(sessions))
         got = {i.attachment_id: (i.action, sorted(i.sessions)) for i in report_.items}
         assert got == expected, f"cutoff {cutoff}: reclaim acted on {got}, the model says {expected}"
@@ -187,11 +187,14 @@ class StoreModel(RuleBasedStateMachine):
     # -- invariants ----------------------------------------------------------------
     @invariant()
     def folds_agree(self) -> None:
-        model = {k: {"canonical_uri": v[0], "intent_at_epoch_ms": v[1], "committed_at_epoch_ms": v[2]}
-                 for k, v in self.rows.items()}
+        model = {
+            k: {"canonical_uri": v[0], "intent_at_epoch_ms": v[1], "committed_at_epoch_ms": v[2]}
+            for k, v in self.rows.items()
+        }
         assert state_rows(self.store.manifest.read_state()) == model, "lashctl's fold differs from the model"
-        assert fold(read_log(self.store.manifest.path, strict=True).events) == model, \
+        assert fold(read_log(self.store.manifest.path, strict=True).events) == model, (
             "the raw log folds (by the README's manifest rules) to something else than the model"
+        )
 
     @invariant()
     def blobs_match(self) -> None:
@@ -212,22 +215,51 @@ TestStoreModel.settings = MODEL_SETTINGS
 
 # -- fold and compaction on arbitrary logs ----------------------------------------------------------
 EVENT = st.one_of(
-    st.builds(lambda i, s, t: {"op": "intent", "attachment_id": IDS[i], "session_id": s,
-                               "canonical_uri": "sha256:" + IDS[i], "intent_at_epoch_ms": t},
-              st.integers(0, 2), st.sampled_from(SESSIONS[:2]), st.integers(0, 50)),
-    st.builds(lambda i, s, t: {"op": "commit", "attachment_id": IDS[i], "session_id": s,
-                               "committed_at_epoch_ms": t},
-              st.integers(0, 2), st.sampled_from(SESSIONS[:2]), st.integers(0, 50)),
-    st.builds(lambda i, s: {"op": "forget", "attachment_id": IDS[i], "session_id": s},
-              st.integers(0, 2), st.sampled_from(SESSIONS[:2])),
-    st.builds(lambda i, s, u, t: {"op": "intent", "attachment_id": IDS[i], "session_id": s,
-                                  "canonical_uri": u, "intent_at_epoch_ms": t},
-              st.integers(0, 2), st.sampled_from(SESSIONS[:2]), st.text(max_size=8), st.integers(0, 50)),
+    st.builds(
+        lambda i, s, t: {
+            "op": "intent",
+            "attachment_id": IDS[i],
+            "session_id": s,
+            "canonical_uri": "sha256:" + IDS[i],
+            "intent_at_epoch_ms": t,
+        },
+        st.integers(0, 2),
+        st.sampled_from(SESSIONS[:2]),
+        st.integers(0, 50),
+    ),
+    st.builds(
+        lambda i, s, t: {"op": "commit", "attachment_id": IDS[i], "session_id": s, "committed_at_epoch_ms": t},
+        st.integers(0, 2),
+        st.sampled_from(SESSIONS[:2]),
+        st.integers(0, 50),
+    ),
+    st.builds(
+        lambda i, s: {"op": "forget", "attachment_id": IDS[i], "session_id": s},
+        st.integers(0, 2),
+        st.sampled_from(SESSIONS[:2]),
+    ),
+    st.builds(
+        lambda i, s, u, t: {
+            "op": "intent",
+            "attachment_id": IDS[i],
+            "session_id": s,
+            "canonical_uri": u,
+            "intent_at_epoch_ms": t,
+        },
+        st.integers(0, 2),
+        st.sampled_from(SESSIONS[:2]),
+        st.text(max_size=8),
+        st.integers(0, 50),
+    ),
 )
 
 
-@settings(max_examples=scaled(1000, 20000), deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=scaled(1000, 20000),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(events=st.lists(EVENT, max_size=40), header=st.booleans(), newline_at_end=st.booleans())
 def test_fold_and_compaction_of_arbitrary_logs(shm_path: Path, events, header: bool, newline_at_end: bool) -> None:
     COUNTS["logs"] += 1
@@ -257,5 +289,7 @@ def test_model_counts_report() -> None:
     if not COUNTS["machines"]:
         pytest.skip("the model tests were not run (deselected)")
     assert COUNTS["steps"] >= COUNTS["machines"], COUNTS
-    report(f"model: {COUNTS['machines']} state machines, {COUNTS['steps']} operations; "
-           f"{COUNTS['logs']} arbitrary logs folded and compacted (long={LONG})")
+    report(
+        f"model: {COUNTS['machines']} state machines, {COUNTS['steps']} operations; "
+        f"{COUNTS['logs']} arbitrary logs folded and compacted (long={LONG})"
+    )

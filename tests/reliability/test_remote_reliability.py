@@ -59,8 +59,6 @@ PREFIX = "lash"
 TOLERATED_WARNINGS = {"unmanaged", "uncommitted-bytes-missing", "staging", "orphan-sidecar", "stray"}
 
 
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -77,11 +75,17 @@ def lash_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], *, input: bytes | None = None, env: dict | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([LASHCTL, *args], input=input if input is not None else b"",
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=env if env is not None else lash_env(), timeout=timeout)
+def run(
+    args: list[str], *, input: bytes | None = None, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [LASHCTL, *args],
+        input=input if input is not None else b"",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env if env is not None else lash_env(),
+        timeout=timeout,
+    )
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -138,14 +142,20 @@ class Remote:
 
     def rows(self) -> dict[tuple[str, str], tuple]:
         """(session, id) -> (intent_at_ms, committed_at_ms, owner_kind, owner_id)."""
-        return {(r[0], r[1]): r[2:] for r in self.sql(
-            f"SELECT session_id, attachment_id, intent_at_ms, committed_at_ms, owner_kind, owner_id FROM {TABLE}")}
+        return {
+            (r[0], r[1]): r[2:]
+            for r in self.sql(
+                f"SELECT session_id, attachment_id, intent_at_ms, committed_at_ms, owner_kind, owner_id FROM {TABLE}"
+            )
+        }
 
     def insert_rows(self, rows: list[tuple]) -> None:
         """(session, id, intent_at_ms, committed_at_ms or None)."""
-        self.sql(f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
-                 " VALUES (%s, %s, %s, %s, %s)",
-                 many=[(s, i, "sha256:" + i, at, c) for s, i, at, c in rows])
+        self.sql(
+            f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            many=[(s, i, "sha256:" + i, at, c) for s, i, at, c in rows],
+        )
 
 
 def init_table(db_url: str) -> None:
@@ -179,7 +189,8 @@ def check_invariants(r: Remote, exempt: set[str] = frozenset()) -> dict:
     for (session, attachment_id), (_at, committed, _k, _o) in rows.items():
         if committed is not None and attachment_id not in exempt:
             assert r.key(attachment_id) in objects, (
-                f"committed row ({session}, {attachment_id}) has no bytes in {r.bucket}")
+                f"committed row ({session}, {attachment_id}) has no bytes in {r.bucket}"
+            )
     for key in objects:
         name = key.rsplit("/", 1)[-1]
         if name in ids_with_rows:
@@ -202,8 +213,9 @@ def verify_clean(r: Remote) -> dict:
 def kill_after(args: list[str], delay: float, input: bytes | None = None) -> tuple[bool, int, bytes]:
     """Run lashctl; SIGKILL it after ``delay`` seconds if still running.
     Returns (killed, exit code, stderr)."""
-    proc = subprocess.Popen([LASHCTL, *args], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=lash_env())
+    proc = subprocess.Popen(
+        [LASHCTL, *args], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=lash_env()
+    )
     try:
         proc.stdin.write(input or b"")
         proc.stdin.close()
@@ -278,8 +290,10 @@ def _reclaim_setup(r: Remote, src: Path):
     orphans = r.put_objects([f"orphan {i}\n".encode() * (1 + i % 4) for i in range(60)])
     orphans += [sha(f"gone {i}".encode()) for i in range(30)]
     committed = r.put_objects([f"committed {i}\n".encode() for i in range(20)])
-    r.insert_rows([("s-orphan", i, old + n, None) for n, i in enumerate(orphans + committed[:10])]
-                  + [("s-live", i, old, old + 1) for i in committed])
+    r.insert_rows(
+        [("s-orphan", i, old + n, None) for n, i in enumerate(orphans + committed[:10])]
+        + [("s-live", i, old, old + 1) for i in committed]
+    )
     time.sleep(1.1)  # S3 LastModified has second resolution: every object is older than the cutoff
     cutoff = now_ms() - 100
     (src / "reclaim-ids").write_text(json.dumps({"orphans": orphans, "committed": committed}))
@@ -290,7 +304,8 @@ def _reclaim_after(r: Remote, src: Path, rows: dict, objects: dict) -> None:
     ids = json.loads((src / "reclaim-ids").read_text())
     assert set(rows) == {("s-live", i) for i in ids["committed"]}, "rows left after the rerun"
     assert {k.rsplit("/", 1)[-1] for k in objects} <= set(ids["committed"]) | {
-        k.rsplit("/", 1)[-1][:-5] for k in objects if k.endswith(".json")}
+        k.rsplit("/", 1)[-1][:-5] for k in objects if k.endswith(".json")
+    }
     assert not any(r.key(i) in objects for i in ids["orphans"]), "an orphan outlived the rerun"
 
 
@@ -319,19 +334,23 @@ def put_sources(tmp_path_factory) -> Path:
     return src
 
 
-@pytest.mark.parametrize("command", [
-    "put",
-    "commit",
-    pytest.param("reclaim", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "put",
+        "commit",
+        pytest.param("reclaim", marks=pytest.mark.slow),
+    ],
+)
 def test_sigkill_at_random_instants(command, s3_server, s3_bucket, pg_url, put_sources, tmp_path):
     scenario = SCENARIOS[command]
     src = tmp_path / "src"
     src.mkdir()
     for p in put_sources.iterdir():
         (src / p.name).write_bytes(p.read_bytes())
-    (src / "list").write_text("".join(f"{src / Path(line).name}\n" for line in
-                                      (put_sources / "list").read_text().split()))
+    (src / "list").write_text(
+        "".join(f"{src / Path(line).name}\n" for line in (put_sources / "list").read_text().split())
+    )
 
     calibrate = make_remote(s3_server, pg_url)
     args, stdin = scenario.setup(calibrate, src)
@@ -360,8 +379,10 @@ def test_sigkill_at_random_instants(command, s3_server, s3_bucket, pg_url, put_s
         rows = check_invariants(r)
         scenario.after(r, src, rows, r.objects())
         verify_clean(r)
-    report(f"remote crash/{command}: {trials} trials, {landed} kills landed before exit "
-           f"(startup {startup:.2f}s, run {duration:.2f}s)")
+    report(
+        f"remote crash/{command}: {trials} trials, {landed} kills landed before exit "
+        f"(startup {startup:.2f}s, run {duration:.2f}s)"
+    )
 
 
 # -- a lash writer racing the sweeps ----------------------------------------------------
@@ -402,7 +423,8 @@ class LashWriter(threading.Thread):
             cur.executemany(
                 f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms)"
                 " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                [(f"old-{n % 7}", i, "sha256:" + i, self.cutoff - DAY - n) for i in ids])
+                [(f"old-{n % 7}", i, "sha256:" + i, self.cutoff - DAY - n) for i in ids],
+            )
 
     def write_one(self, conn, n: int) -> None:
         if self.rng.random() < 0.6:
@@ -418,10 +440,14 @@ class LashWriter(threading.Thread):
             f"INSERT INTO {TABLE} AS m (session_id, attachment_id, canonical_uri, intent_at_ms, owner_kind, owner_id)"
             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (session_id, attachment_id) DO UPDATE"
             " SET intent_at_ms = GREATEST(m.intent_at_ms, EXCLUDED.intent_at_ms) WHERE m.committed_at_ms IS NULL",
-            (session, attachment_id, "sha256:" + attachment_id, now_ms(), *owner))
+            (session, attachment_id, "sha256:" + attachment_id, now_ms(), *owner),
+        )
         self.r.client.put_object(Bucket=self.r.bucket, Key=self.r.key(attachment_id), Body=data)
-        conn.execute(f"UPDATE {TABLE} SET committed_at_ms = %s WHERE session_id = %s AND attachment_id = %s"
-                     " AND committed_at_ms IS NULL", (now_ms(), session, attachment_id))
+        conn.execute(
+            f"UPDATE {TABLE} SET committed_at_ms = %s WHERE session_id = %s AND attachment_id = %s"
+            " AND committed_at_ms IS NULL",
+            (now_ms(), session, attachment_id),
+        )
         self.committed.append((session, attachment_id))
 
 
@@ -483,8 +509,10 @@ def test_lash_writer_racing_reclaim(remote: Remote):
         r.client.put_object(Bucket=r.bucket, Key=r.key(attachment_id), Body=writer.contents[attachment_id])
     check_invariants(r)
     verify_clean(r)
-    report(f"remote race: {sweeps} sweeps (exits {exits}), actions {actions}, {len(writer.committed)} lash commits, "
-           f"{len(reported)} deleted_while_referenced (re-uploaded), {len(missing)} committed ids had lost bytes")
+    report(
+        f"remote race: {sweeps} sweeps (exits {exits}), actions {actions}, {len(writer.committed)} lash commits, "
+        f"{len(reported)} deleted_while_referenced (re-uploaded), {len(missing)} committed ids had lost bytes"
+    )
 
 
 # -- the PostgreSQL server stops in the middle of a sweep ------------------------------------
@@ -501,15 +529,23 @@ class DedicatedPg:
 
     def _ctl(self, *args: str) -> None:
         argv = self.pgserver._as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), *args])
-        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=120, check=True)
+        subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+            check=True,
+        )
 
     def stop(self) -> None:
         self._ctl("-m", "fast", "-w", "-t", "60", "stop")
 
     def start(self) -> None:
-        options = (f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.server.port} -c fsync=off"
-                   " -c synchronous_commit=off -c full_page_writes=off -c max_connections=50")
+        options = (
+            f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.server.port} -c fsync=off"
+            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
+        )
         self._ctl("-l", str(self.root / "server.log"), "-w", "-t", "60", "-o", options, "start")
 
 
@@ -525,13 +561,20 @@ def test_server_stopped_mid_sweep_fails_cleanly_then_rerun_completes(s3_server, 
         with_bytes = r.put_objects([f"orphan with bytes {i}\n".encode() for i in range(150)])
         orphans = with_bytes + [sha(f"orphan without bytes {i}".encode()) for i in range(1850)]
         committed = r.put_objects([f"committed {i}\n".encode() for i in range(30)])
-        r.insert_rows([("s-orphan", i, old + n, None) for n, i in enumerate(orphans + committed[:15])]
-                      + [("s-live", i, old, old + 1) for i in committed])
+        r.insert_rows(
+            [("s-orphan", i, old + n, None) for n, i in enumerate(orphans + committed[:15])]
+            + [("s-live", i, old, old + 1) for i in committed]
+        )
         time.sleep(1.1)
         args = r.args("-q", "reclaim", "--force", "--before", iso(now_ms()))
 
-        proc = subprocess.Popen([LASHCTL, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env=lash_env())
+        proc = subprocess.Popen(
+            [LASHCTL, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=lash_env(),
+        )
         # Wait until the sweep is visibly deleting, then stop the server under it.
         deadline = time.monotonic() + 60
         while len(r.objects()) > len(with_bytes) + len(committed) - 5 and proc.poll() is None:
@@ -560,8 +603,10 @@ def test_server_stopped_mid_sweep_fails_cleanly_then_rerun_completes(s3_server, 
         objects = r.objects()
         assert not any(r.key(i) in objects for i in orphans)
         verify_clean(r)
-        report(f"remote restart: sweep stopped {time.monotonic() - stopped_at:.1f}s before the rerun with "
-               f"{left}/{len(with_bytes)} orphan objects left; error: {line}")
+        report(
+            f"remote restart: sweep stopped {time.monotonic() - stopped_at:.1f}s before the rerun with "
+            f"{left}/{len(with_bytes)} orphan objects left; error: {line}"
+        )
     finally:
         pg.remove()
 
@@ -639,7 +684,9 @@ def test_misconfiguration_is_one_line_and_creates_nothing(case, remote: Remote, 
         assert bad_password not in stderr and servers.S3_TEST_SECRET not in stderr
         assert not result.stdout.strip(), f"{case}/{command}: output on stdout: {result.stdout!r}"
         # Nothing created: no object, no row, no table, no bucket, no temporary file.
-        assert (r.rows(), {k: o["ETag"] for k, o in r.objects().items()}) == before, f"{case}/{command} changed the store"
+        assert (r.rows(), {k: o["ETag"] for k, o in r.objects().items()}) == before, (
+            f"{case}/{command} changed the store"
+        )
         # (the private staging directory of S3 puts may stay, empty: README, "Beyond one machine")
         left = [p for p in scratch.rglob("*") if p.name != f"lashctl-s3-staging-{os.getuid()}"]
         assert not left, f"{case}/{command} left {left}"

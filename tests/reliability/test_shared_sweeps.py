@@ -13,8 +13,6 @@ from lashctl import core, sweep
 from lashctl.fold import Event
 
 
-
-
 @pytest.fixture
 def shared(tmp_path, pg_url):
     store = core.Store(tmp_path / "store", pg_url)
@@ -109,8 +107,9 @@ def test_a_dry_run_spares_what_the_real_run_spares(shared):
     cutoff = 1_600_000_000_000 + 1  # after the intents and the old blob, before the fresh one
     dry = sweep.reclaim(shared, cutoff, dry_run=True)
     real = sweep.reclaim(shared, cutoff)
-    assert sorted((i.attachment_id, i.action, i.byte_len) for i in dry.items) == \
-        sorted((i.attachment_id, i.action, i.byte_len) for i in real.items)
+    assert sorted((i.attachment_id, i.action, i.byte_len) for i in dry.items) == sorted(
+        (i.attachment_id, i.action, i.byte_len) for i in real.items
+    )
     assert {i.attachment_id: i.action for i in real.items} == {fresh: sweep.SPARED, old: sweep.RECLAIM}
 
 
@@ -195,8 +194,9 @@ def test_reclaim_says_how_many_aged_intents_it_kept_for_their_lash_owners(shared
     a = _blob(shared, b"only owned rows")
     with psycopg.connect(shared.manifest.url, autocommit=True) as conn:
         for session in ("z1", "z2"):
-            conn.execute("INSERT INTO lash_attachment_manifest VALUES (%s, %s, 'u', 1000, NULL, 'turn', 't1')",
-                         (a, session))
+            conn.execute(
+                "INSERT INTO lash_attachment_manifest VALUES (%s, %s, 'u', 1000, NULL, 'turn', 't1')", (a, session)
+            )
     report = sweep.reclaim(shared, 1_600_000_000_000 + 1, dry_run=True)
     assert report.items == [] and report.scanned_intents == 2 and report.kept_for_owners == 2
     args = ["--store", str(shared.blobs.root), "--manifest", shared.manifest.url]
@@ -269,8 +269,9 @@ def test_a_server_that_fails_mid_delete_leaves_rows_only_where_bytes_are(shared,
         return real_delete(blobs, attachment_id)
 
     monkeypatch.setattr(type(shared.blobs), "delete", failing_delete)
-    monkeypatch.setattr(type(shared.blobs), "delete_many", lambda blobs, many, known=None:
-                        {i: failing_delete(blobs, i) for i in many})
+    monkeypatch.setattr(
+        type(shared.blobs), "delete_many", lambda blobs, many, known=None: {i: failing_delete(blobs, i) for i in many}
+    )
     with pytest.raises(Unavailable):
         sweep.reclaim(shared, 1_600_000_000_000 + 1)
     with shared.manifest.reading() as view:

@@ -23,6 +23,7 @@ from pairings import KILLED, Lashctl, lashctl  # noqa: F401  (lashctl: a fixture
 
 pytestmark = pytest.mark.e2e
 
+
 def aged(lashctl: Lashctl) -> None:
     """Let a second pass: ``--older-than 0s`` then finds every intent and
     every object written so far at or before its cutoff."""
@@ -34,7 +35,8 @@ def assert_no_commit_stamps_lost_bytes(lashctl: Lashctl, session: str, ids: list
     for attachment_id in ids:
         if statuses[attachment_id] != "no_intent":
             assert lashctl.present(attachment_id), (
-                f"commit of {attachment_id} said {statuses[attachment_id]} but its bytes are gone")
+                f"commit of {attachment_id} said {statuses[attachment_id]} but its bytes are gone"
+            )
 
 
 # -- reclaim ---------------------------------------------------------------------
@@ -95,8 +97,10 @@ def _age_intent(lashctl: Lashctl, attachment_id: str, session: str, days: int) -
         import psycopg
 
         with psycopg.connect(lashctl.manifest[1], autocommit=True) as conn:
-            conn.execute("UPDATE lash_attachment_manifest SET intent_at_ms = %s "
-                         "WHERE attachment_id = %s AND session_id = %s", (then, attachment_id, session))
+            conn.execute(
+                "UPDATE lash_attachment_manifest SET intent_at_ms = %s WHERE attachment_id = %s AND session_id = %s",
+                (then, attachment_id, session),
+            )
         return
     path = Path(lashctl.manifest[1]) if lashctl.manifest else Path(lashctl.store) / "manifest.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)

@@ -52,8 +52,9 @@ class Store:
         self.a_data, self.b_data = b"committed content A\n", b"orphan content B\n"
         self.a = plant_blob(self.root, self.a_data)
         self.b = plant_blob(self.root, self.b_data)
-        write_manifest(self.manifest, [intent(self.a, "s1", OLD), commit(self.a, "s1", OLD + 1),
-                                       intent(self.b, "s2", OLD)])
+        write_manifest(
+            self.manifest, [intent(self.a, "s1", OLD), commit(self.a, "s1", OLD + 1), intent(self.b, "s2", OLD)]
+        )
         for attachment_id in (self.a, self.b):
             _age(blob_path(self.root, attachment_id))
 
@@ -73,8 +74,12 @@ def _plant_outside_litter(directory: Path) -> list[Path]:
     """Files an unguarded sweep would take for staging litter, aged past any grace."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "ab").mkdir(exist_ok=True)
-    planted = [directory / "put-1234.part", directory / "notes.txt", directory / "ab" / "x.tmp",
-               directory / "ab" / "y.staging.7.tmp"]
+    planted = [
+        directory / "put-1234.part",
+        directory / "notes.txt",
+        directory / "ab" / "x.tmp",
+        directory / "ab" / "y.staging.7.tmp",
+    ]
     for path in planted:
         path.write_bytes(b"outside data\n")
         _age(path)
@@ -166,8 +171,9 @@ def test_put_refuses_a_manifest_symlink_to_a_file_that_is_not_a_manifest(world: 
 
 
 @pytest.mark.parametrize("content", [b"hello", b"plain text\nmore text\n", b"\x00\x01binary"])
-def test_append_refuses_any_existing_file_that_does_not_read_as_a_manifest(world: Store, tmp_path: Path,
-                                                                           content: bytes) -> None:
+def test_append_refuses_any_existing_file_that_does_not_read_as_a_manifest(
+    world: Store, tmp_path: Path, content: bytes
+) -> None:
     world.manifest.write_bytes(content)
     result = world.lashctl("commit", "-s", "s1", world.a)
     assert result.returncode == 65, result.stderr
@@ -287,8 +293,7 @@ def test_verify_fix_quarantines_only_the_file_it_hashed(tmp_path: Path) -> None:
             healed.append(True)
 
     store = CoreStore(root)
-    inspect.verify(store, int(time.time() * 1000), fix=True,
-                 progress=heal_once)
+    inspect.verify(store, int(time.time() * 1000), fix=True, progress=heal_once)
     assert healed
     assert path.read_bytes() == data
 
@@ -394,9 +399,22 @@ def test_reclaim_dry_run_says_failed_for_a_directory_at_a_blob_path(world: Store
     assert dry.returncode == 5
 
 
-@pytest.mark.parametrize("command", [["list-uncommitted"], ["ls"], ["reclaim"], ["manifest", "check"],
-                                     ["verify"], ["stats"], ["show", "abcd"], ["commit", "-s", "s", "a" * 64],
-                                     ["manifest", "log"], ["manifest", "compact"], ["gc"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list-uncommitted"],
+        ["ls"],
+        ["reclaim"],
+        ["manifest", "check"],
+        ["verify"],
+        ["stats"],
+        ["show", "abcd"],
+        ["commit", "-s", "s", "a" * 64],
+        ["manifest", "log"],
+        ["manifest", "compact"],
+        ["gc"],
+    ],
+)
 def test_a_fifo_at_the_manifest_path_answers_at_once(world: Store, command: list[str]) -> None:
     world.manifest.unlink()
     os.mkfifo(world.manifest)
@@ -406,8 +424,9 @@ def test_a_fifo_at_the_manifest_path_answers_at_once(world: Store, command: list
 
 
 # -- found by attacking the installed tool ---------------------------------------------
-@pytest.mark.parametrize("command", [["commit", "-s", "s2", "B"], ["manifest", "compact"], ["list-uncommitted"],
-                                     ["manifest", "log"]])
+@pytest.mark.parametrize(
+    "command", [["commit", "-s", "s2", "B"], ["manifest", "compact"], ["list-uncommitted"], ["manifest", "log"]]
+)
 def test_a_symlinked_store_root_stops_manifest_commands_too(tmp_path: Path, command: list[str]) -> None:
     world = Store(tmp_path)
     real = world.outside / "realstore"
@@ -456,10 +475,12 @@ def test_a_missing_files_from_list_is_a_usage_error(world: Store, tmp_path: Path
     one_line_error(result.stderr)
 
 
-@pytest.mark.parametrize("command", [["list-uncommitted"], ["--json", "list-uncommitted"], ["show", "A"]],
-                         ids=["list-uncommitted", "json", "show"])
-def test_a_symlinked_sha256_directory_stops_the_commands_that_report_on_bytes(world: Store, command: list[str]
-                                                                              ) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["list-uncommitted"], ["--json", "list-uncommitted"], ["show", "A"]],
+    ids=["list-uncommitted", "json", "show"],
+)
+def test_a_symlinked_sha256_directory_stops_the_commands_that_report_on_bytes(world: Store, command: list[str]) -> None:
     """Whether bytes are present cannot be answered through a symlinked
     sha256/: the command stops with one line (exit 65) instead of reporting
     every blob missing, on a pipe and in the general rendering alike."""

@@ -12,8 +12,9 @@ from lashctl.fold import Row
 def _reference(blob_ids, groups):
     """The merge as ``heapq.merge`` gives it, grouped by id."""
     current, present, found = None, False, []
-    items = merge(((i, True, None) for i in blob_ids), ((g[0].attachment_id, False, g) for g in groups),
-                  key=lambda t: t[0])
+    items = merge(
+        ((i, True, None) for i in blob_ids), ((g[0].attachment_id, False, g) for g in groups), key=lambda t: t[0]
+    )
     for attachment_id, is_blob, group in items:
         if attachment_id != current:
             if current is not None:
@@ -53,8 +54,11 @@ def test_by_id_is_the_merge_of_blobs_and_rows() -> None:
     for _ in range(300):
         universe = sorted({f"{rng.randrange(40):064x}" for _ in range(rng.randrange(30))})
         blob_ids = sorted(i for i in universe if rng.random() < 0.5 for _ in range(rng.choice((1, 1, 1, 2))))
-        groups = [[Row(f"s{n}", i, "sha256:" + i, 1, None) for n in range(rng.randrange(1, 3))]
-                  for i in universe if rng.random() < 0.6]
+        groups = [
+            [Row(f"s{n}", i, "sha256:" + i, 1, None) for n in range(rng.randrange(1, 3))]
+            for i in universe
+            if rng.random() < 0.6
+        ]
         expected = list(_reference(blob_ids, groups))
         assert list(by_id(_Store(blob_ids), _View(groups))) == expected
         assert list(by_id(_Store(blob_ids), None)) == list(_reference(blob_ids, []))

@@ -39,8 +39,18 @@ def old_compacted(rows) -> bytes:
     return encode_events(events)
 
 
-@given(st.lists(st.tuples(st.sampled_from(IDS), TEXT, st.one_of(st.none(), TEXT), st.integers(0, 2**45),
-                          st.one_of(st.none(), st.integers(0, 2**45))), max_size=30))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(IDS),
+            TEXT,
+            st.one_of(st.none(), TEXT),
+            st.integers(0, 2**45),
+            st.one_of(st.none(), st.integers(0, 2**45)),
+        ),
+        max_size=30,
+    )
+)
 @settings(max_examples=300, deadline=None)
 def test_encode_compacted_is_encode_events(rows):
     from lashctl.fold import Row
@@ -51,8 +61,18 @@ def test_encode_compacted_is_encode_events(rows):
     assert lines == data.count(b"\n")
 
 
-@given(st.lists(st.tuples(st.sampled_from(["intent", "commit", "forget"]), st.integers(0, 2),
-                          st.sampled_from(["s1", "s2"]), st.integers(0, 20), st.booleans()), max_size=40))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["intent", "commit", "forget"]),
+            st.integers(0, 2),
+            st.sampled_from(["s1", "s2"]),
+            st.integers(0, 20),
+            st.booleans(),
+        ),
+        max_size=40,
+    )
+)
 @settings(max_examples=300, deadline=None)
 def test_fold_into_is_step(script):
     """fast.fold_into, the fold of a build and of a compaction, is fold.fold
@@ -74,8 +94,15 @@ def test_fold_into_is_step(script):
     fold_into(rows)(structs)
     expected = fold(events)
     assert [tuple(v) for v in rows.values()] == [
-        (r.attachment_id, r.session_id, None if r.canonical_uri == "sha256:" + r.attachment_id else r.canonical_uri,
-         r.intent_at_epoch_ms, r.committed_at_epoch_ms) for r in expected.values()]
+        (
+            r.attachment_id,
+            r.session_id,
+            None if r.canonical_uri == "sha256:" + r.attachment_id else r.canonical_uri,
+            r.intent_at_epoch_ms,
+            r.committed_at_epoch_ms,
+        )
+        for r in expected.values()
+    ]
     assert list(rows) == [(k[1], k[0]) for k in expected]
 
 
@@ -93,7 +120,7 @@ def random_log(rng: random.Random, n: int, odd: bool) -> bytes:
         op = rng.choice(["intent", "intent", "commit", "commit", "forget"])
         obj = {"op": op, "attachment_id": aid, "session_id": session}
         if op == "intent":
-            obj["canonical_uri"] = "sha256:" + aid if rng.random() < 0.8 else f"s3://b/{at}/ü\"x"
+            obj["canonical_uri"] = "sha256:" + aid if rng.random() < 0.8 else f's3://b/{at}/ü"x'
             obj["intent_at_epoch_ms"] = at
         elif op == "commit":
             obj["committed_at_epoch_ms"] = at
@@ -151,8 +178,9 @@ def test_compact_log_writes_what_compact_wrote(tmp_path: Path, seed: int, odd: b
     state = m.read_state()
     with ManifestIndex(m) as index:
         index.refresh()
-        got = {k: r for i in {r.attachment_id for r in state.rows.values()} for r in index.rows_for_id(i)
-               for k in [r.key]}
+        got = {
+            k: r for i in {r.attachment_id for r in state.rows.values()} for r in index.rows_for_id(i) for k in [r.key]
+        }
         assert got == state.rows
         assert index.row_count() == len(state.rows)
 
@@ -191,7 +219,7 @@ BAD = [
     b'{"op":"commit","attachment_id":"ABC","session_id":"s","committed_at_epoch_ms":1}',
     b'{"op":"intent",',
     b'{"op":"forget","attachment_id":"%s","session_id":"\xff"}',
-    b'[1]',
+    b"[1]",
     b'\xef\xbb\xbf{"op":"header","format":"lashctl-manifest","version":1}',  # a BOM on a later line
 ]
 

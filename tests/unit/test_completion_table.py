@@ -56,12 +56,18 @@ def _environ(shell: str, words: list[str], incomplete: str) -> dict[str, str]:
         return {"_LASHCTL_COMPLETE": "complete_bash", "COMP_WORDS": "\n".join(line), "COMP_CWORD": str(len(words) + 1)}
     typed = " ".join(["lashctl", *words, incomplete]) if incomplete else " ".join(["lashctl", *words]) + " "
     if shell == "powershell":
-        return {"_LASHCTL_COMPLETE": "complete_powershell", "_TYPER_COMPLETE_ARGS": typed.rstrip(" "),
-                "_TYPER_COMPLETE_WORD_TO_COMPLETE": incomplete}
+        return {
+            "_LASHCTL_COMPLETE": "complete_powershell",
+            "_TYPER_COMPLETE_ARGS": typed.rstrip(" "),
+            "_TYPER_COMPLETE_WORD_TO_COMPLETE": incomplete,
+        }
     if shell.startswith("fish"):
         action = "is-args" if shell == "fish-is-args" else "get-args"
-        return {"_LASHCTL_COMPLETE": "complete_fish", "_TYPER_COMPLETE_ARGS": typed,
-                "_TYPER_COMPLETE_FISH_ACTION": action}
+        return {
+            "_LASHCTL_COMPLETE": "complete_fish",
+            "_TYPER_COMPLETE_ARGS": typed,
+            "_TYPER_COMPLETE_FISH_ACTION": action,
+        }
     return {"_LASHCTL_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": typed}
 
 
@@ -85,7 +91,7 @@ def _canonical(out: str) -> str:
     """The help option's two names in one order (Click keeps them in a set)."""
     head, tail = "_arguments '*: :((", "))'\n"
     if out.startswith(head) and out.endswith(tail):
-        return head + _canonical(out[len(head):-len(tail)]) + tail
+        return head + _canonical(out[len(head) : -len(tail)]) + tail
     lines = out.split("\n")
     for i in range(len(lines) - 1):
         first, second = lines[i].lstrip('"'), lines[i + 1].lstrip('"')
@@ -100,15 +106,22 @@ def _same(monkeypatch, capsys, shell: str, words: list[str], incomplete: str) ->
     table_out, table_code = _run(monkeypatch, capsys, environ, "table")
     assert table_code is not None, f"the table left {shell} {words} {incomplete!r} to Typer"
     assert (_canonical(table_out), table_code) == (_canonical(typer_out), typer_code or 0), (
-        shell, words, incomplete, _diff(typer_out, table_out))
+        shell,
+        words,
+        incomplete,
+        _diff(typer_out, table_out),
+    )
     return table_out
 
 
 def _diff(typer_out: str, table_out: str) -> str:
     import difflib
 
-    return "\n".join(difflib.unified_diff(_canonical(typer_out).splitlines(), _canonical(table_out).splitlines(),
-                                         "typer", "table", lineterm=""))
+    return "\n".join(
+        difflib.unified_diff(
+            _canonical(typer_out).splitlines(), _canonical(table_out).splitlines(), "typer", "table", lineterm=""
+        )
+    )
 
 
 def _commands(node: dict = ROOT, path: tuple = ()) -> list[tuple[tuple, dict]]:
@@ -187,9 +200,13 @@ def test_ids_from_the_store(place, monkeypatch, capsys, shell):
                 continue
             at = [*path, *(param["opts"][:1] if param["kind"] == "option" else [])]
             if path == ("commit",) or path == ("forget",):
-                at = [*path, "-s", "s", *at[len(path):]]
-            lines = [["--store", store, *at], [*at[:len(path)], "--store", store, *at[len(path):]],
-                     [f"--store={store}", *at], ["--store", "elsewhere", *path, "--store", store, *at[len(path):]]]
+                at = [*path, "-s", "s", *at[len(path) :]]
+            lines = [
+                ["--store", store, *at],
+                [*at[: len(path)], "--store", store, *at[len(path) :]],
+                [f"--store={store}", *at],
+                ["--store", "elsewhere", *path, "--store", store, *at[len(path) :]],
+            ]
             if param["kind"] == "argument":
                 lines.append(["--store", store, *at, IDS[1]])  # a second id
             for words in lines:
@@ -206,10 +223,54 @@ def test_ids_from_the_store(place, monkeypatch, capsys, shell):
 
 
 VOCABULARY = [
-    "put", "get", "delete", "ls", "commit", "manifest", "log", "compact", "migrate", "nope", "-s", "s", "--session",
-    "--store", "--manifest", "--json", "-q", "-qv", "-vq", "-sx", "-s=x", "--store=x", "--json=1", "--bogus", "-z",
-    "--", "-", "x", ":", "lash-sqlite", "--sort", "size", "--state", "--id", "-o", "--output", "ab", "-h", "--help",
-    "--lock-timeout", "1", "--layout", "bare", "--files-from", "--older-than", "--to-manifest", "=", "'quoted word'",
+    "put",
+    "get",
+    "delete",
+    "ls",
+    "commit",
+    "manifest",
+    "log",
+    "compact",
+    "migrate",
+    "nope",
+    "-s",
+    "s",
+    "--session",
+    "--store",
+    "--manifest",
+    "--json",
+    "-q",
+    "-qv",
+    "-vq",
+    "-sx",
+    "-s=x",
+    "--store=x",
+    "--json=1",
+    "--bogus",
+    "-z",
+    "--",
+    "-",
+    "x",
+    ":",
+    "lash-sqlite",
+    "--sort",
+    "size",
+    "--state",
+    "--id",
+    "-o",
+    "--output",
+    "ab",
+    "-h",
+    "--help",
+    "--lock-timeout",
+    "1",
+    "--layout",
+    "bare",
+    "--files-from",
+    "--older-than",
+    "--to-manifest",
+    "=",
+    "'quoted word'",
     "sha256:ab",
 ]
 
@@ -245,11 +306,13 @@ def test_the_entry_point_answers_without_typer(place, monkeypatch):
     """What a TAB imports: no Typer, Click or Rich, no command module."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
     env.update(_LASHCTL_COMPLETE="complete_bash", COMP_WORDS=f"lashctl --store {place} get ab", COMP_CWORD="4")
-    code = ("import sys, lashctl\n"
-            "try:\n    lashctl.main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'click', 'rich', 'platformdirs')\n"
-            "             or m.startswith(('lashctl.cli', 'lashctl.commands')))\n"
-            "print(bad, file=sys.stderr)\n")
+    code = (
+        "import sys, lashctl\n"
+        "try:\n    lashctl.main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'click', 'rich', 'platformdirs')\n"
+        "             or m.startswith(('lashctl.cli', 'lashctl.commands')))\n"
+        "print(bad, file=sys.stderr)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.split() == IDS[:2]
     assert result.stderr.strip() == "[]"
@@ -258,8 +321,9 @@ def test_the_entry_point_answers_without_typer(place, monkeypatch):
 def test_a_line_the_table_leaves_goes_on_to_typer(place, monkeypatch):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASHCTL_")}
     env.update(_LASHCTL_COMPLETE="complete_bash", COMP_WORDS="lashctl --version g", COMP_CWORD="2")
-    result = subprocess.run([sys.executable, "-c", "import lashctl; lashctl.main()"], capture_output=True,
-                            text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", "import lashctl; lashctl.main()"], capture_output=True, text=True, env=env
+    )
     assert result.returncode == 0 and result.stdout.splitlines() == [f"lashctl {lashctl.__version__}", "get", "gc"]
 
 
@@ -268,8 +332,10 @@ def test_positional_arguments_are_shared_out_as_click_does(spec):
     """Commands to come may take several arguments: the replay gives each the words Click gives it."""
     from typer._click.parser import _unpack_args
 
-    arguments = [dict.fromkeys(FIELDS) | {"kind": "argument", "name": f"a{i}", "nargs": n, "opts": (f"a{i}",),
-                                          "secondary": ()} for i, n in enumerate(spec)]
+    arguments = [
+        dict.fromkeys(FIELDS) | {"kind": "argument", "name": f"a{i}", "nargs": n, "opts": (f"a{i}",), "secondary": ()}
+        for i, n in enumerate(spec)
+    ]
     node = {"interspersed": True, "_params": (arguments, {}, {}), "late_store": None}
     for count in range(5):
         words = [f"w{i}" for i in range(count)]

@@ -22,8 +22,9 @@ event = st.tuples(
     st.sampled_from(SESSIONS),
     st.integers(1, 50),
     # how the line is spelled
-    st.sampled_from(["plain", "spaced", "escaped key", "escaped id", "decoy", "uri of another", "crlf",
-                     "blank before"]),
+    st.sampled_from(
+        ["plain", "spaced", "escaped key", "escaped id", "decoy", "uri of another", "crlf", "blank before"]
+    ),
     st.sampled_from(IDS),  # the other id a decoy or a URI names
 )
 
@@ -58,18 +59,25 @@ def _reference(path, wanted):
 
 @pytest.mark.parametrize("finder", ["find", "trie", "every id key"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(events=st.lists(event, max_size=30), wanted=st.sets(st.sampled_from(IDS), min_size=1),
-       header=st.sampled_from(["none", "plain", "bom"]), tail=st.sampled_from(["none", "valid", "torn"]),
-       chunk=st.sampled_from([1, 7, 64, 4096]))
-def test_fold_ids_agrees_with_a_fold_of_every_line(tmp_path_factory, monkeypatch, finder, events, wanted, header,
-                                                     tail, chunk):
+@given(
+    events=st.lists(event, max_size=30),
+    wanted=st.sets(st.sampled_from(IDS), min_size=1),
+    header=st.sampled_from(["none", "plain", "bom"]),
+    tail=st.sampled_from(["none", "valid", "torn"]),
+    chunk=st.sampled_from([1, 7, 64, 4096]),
+)
+def test_fold_ids_agrees_with_a_fold_of_every_line(
+    tmp_path_factory, monkeypatch, finder, events, wanted, header, tail, chunk
+):
     monkeypatch.setattr(log, "_SCAN_CHUNK", chunk)
     monkeypatch.setattr(log, "_FIND_IDS", len(IDS) if finder == "find" else 0)
     if finder == "every id key":
         monkeypatch.setattr(log, "_TRIE_IDS", 0)
     data = b""
     if header != "none":
-        data = (b"\xef\xbb\xbf" if header == "bom" else b"") + b'{"op":"header","format":"lashctl-manifest","version":1}\n'
+        data = (
+            b"\xef\xbb\xbf" if header == "bom" else b""
+        ) + b'{"op":"header","format":"lashctl-manifest","version":1}\n'
     data += b"".join(_line(*e) for e in events)
     if tail == "valid":
         data += _line("commit", IDS[0], "s1", 99, "plain", IDS[0])[:-1]

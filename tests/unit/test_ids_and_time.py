@@ -99,8 +99,10 @@ def test_parse_duration(text, ms):
     assert timefmt.parse_duration(text) == ms
 
 
-@pytest.mark.parametrize("text", ["10", "abc", "-5m", "", "5 m", "1h 30m", "m", "1.5h", "5y", "h1",
-                                  "1M", "2H", "7D", "90S", "1W", "1Ms", "1mo"])
+@pytest.mark.parametrize(
+    "text",
+    ["10", "abc", "-5m", "", "5 m", "1h 30m", "m", "1.5h", "5y", "h1", "1M", "2H", "7D", "90S", "1W", "1Ms", "1mo"],
+)
 def test_parse_duration_rejects(text):
     with pytest.raises(UsageError) as info:
         timefmt.parse_duration(text)
@@ -132,8 +134,24 @@ def test_parse_timestamp(text, ms):
     assert timefmt.parse_timestamp(text) == ms
 
 
-@pytest.mark.parametrize("text", ["yesterday", "", "2026-13-01", "-5", "12:00", "1e12", "0", "1795647212",
-                                  "@", "@-5", "@1e9", "ms", "@1795647212ms"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "yesterday",
+        "",
+        "2026-13-01",
+        "-5",
+        "12:00",
+        "1e12",
+        "0",
+        "1795647212",
+        "@",
+        "@-5",
+        "@1e9",
+        "ms",
+        "@1795647212ms",
+    ],
+)
 def test_parse_timestamp_rejects(text):
     with pytest.raises(UsageError) as info:
         timefmt.parse_timestamp(text)
@@ -168,13 +186,27 @@ def test_iso_clock_is_iso_ms_for_any_run_of_times():
     import random
 
     rng = random.Random(7)
-    edges = [0, 1, 999, 1000, 86_399_999, 86_400_000, 951_782_400_000, 1_795_694_400_250,
-             timefmt.MAX_EPOCH_MS - 1, timefmt.MAX_EPOCH_MS]
-    runs = [edges, edges[::-1], sorted(rng.randrange(timefmt.MAX_EPOCH_MS + 1) for _ in range(3000)),
-            [rng.randrange(timefmt.MAX_EPOCH_MS + 1) for _ in range(3000)],
-            sorted(1_795_694_400_000 + rng.randrange(3 * 86_400_000) for _ in range(3000)),
-            sorted(86_395_000 + rng.randrange(10_000) for _ in range(3000)),  # many rows a second, over midnight
-            [1_795_694_400_000 + rng.randrange(3000) for _ in range(3000)]]
+    edges = [
+        0,
+        1,
+        999,
+        1000,
+        86_399_999,
+        86_400_000,
+        951_782_400_000,
+        1_795_694_400_250,
+        timefmt.MAX_EPOCH_MS - 1,
+        timefmt.MAX_EPOCH_MS,
+    ]
+    runs = [
+        edges,
+        edges[::-1],
+        sorted(rng.randrange(timefmt.MAX_EPOCH_MS + 1) for _ in range(3000)),
+        [rng.randrange(timefmt.MAX_EPOCH_MS + 1) for _ in range(3000)],
+        sorted(1_795_694_400_000 + rng.randrange(3 * 86_400_000) for _ in range(3000)),
+        sorted(86_395_000 + rng.randrange(10_000) for _ in range(3000)),  # many rows a second, over midnight
+        [1_795_694_400_000 + rng.randrange(3000) for _ in range(3000)],
+    ]
     for times in runs:
         clock = timefmt.iso_clock()
         assert [clock(t) for t in times] == [timefmt.iso_ms(t) for t in times]
@@ -182,8 +214,17 @@ def test_iso_clock_is_iso_ms_for_any_run_of_times():
 
 @pytest.mark.parametrize(
     "ms, text",
-    [(0, "0s"), (42_000, "42s"), (900_000, "15m"), (930_000, "15m30s"), (5_400_000, "1h30m"),
-     (7_200_000, "2h"), (86_400_000, "1d"), (273_600_000, "3d4h"), (-42_000, "-42s")],
+    [
+        (0, "0s"),
+        (42_000, "42s"),
+        (900_000, "15m"),
+        (930_000, "15m30s"),
+        (5_400_000, "1h30m"),
+        (7_200_000, "2h"),
+        (86_400_000, "1d"),
+        (273_600_000, "3d4h"),
+        (-42_000, "-42s"),
+    ],
 )
 def test_age_text(ms, text):
     assert timefmt.age_text(ms) == text
@@ -206,15 +247,51 @@ def test_epoch_seconds_without_at_are_refused_with_a_hint():
 # move the cursor, recolour the terminal, reorder what is shown or start a new
 # line must reach a person as a visible escape.
 CONTROL_CHARS = [
-    "\x00", "\x07", "\x08", "\t", "\n", "\x0b", "\x0c", "\r", "\x1b", "\x1f", "\x7f",
-    "\x80", "\x85", "\x9b", "\x9d", "\x9f",
-    "\u061c", "\u200e", "\u200f",
-    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
-    "\u2066", "\u2067", "\u2068", "\u2069",
-    "\u2028", "\u2029",
+    "\x00",
+    "\x07",
+    "\x08",
+    "\t",
+    "\n",
+    "\x0b",
+    "\x0c",
+    "\r",
+    "\x1b",
+    "\x1f",
+    "\x7f",
+    "\x80",
+    "\x85",
+    "\x9b",
+    "\x9d",
+    "\x9f",
+    "\u061c",
+    "\u200e",
+    "\u200f",
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+    "\u2028",
+    "\u2029",
     # invisible format characters: two names that look the same must not look the same
-    "\u00ad", "\u180e", "\u200b", "\u200c", "\u200d", "\u2060", "\u2061", "\u2062", "\u2063", "\u2064",
-    "\ufeff", "\ufff9", "\ufffa", "\ufffb",
+    "\u00ad",
+    "\u180e",
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\u2061",
+    "\u2062",
+    "\u2063",
+    "\u2064",
+    "\ufeff",
+    "\ufff9",
+    "\ufffa",
+    "\ufffb",
 ]
 
 

@@ -65,7 +65,8 @@ def sort_key(row: Row) -> tuple:
 
 def expected_uncommitted(state, cutoff: int | None, session: str | None) -> list[Row]:
     rows = [
-        r for r in state.rows.values()
+        r
+        for r in state.rows.values()
         if r.committed_at_epoch_ms is None
         and (cutoff is None or r.intent_at_epoch_ms <= cutoff)
         and (session is None or r.session_id == session)
@@ -93,7 +94,7 @@ def assert_same(ix: ManifestIndex, m: Manifest, keys_seen=None, sample: int | No
     assert list(ix.uncommitted(None, None)) == expected_uncommitted(state, None, None)
     times = sorted(r.intent_at_epoch_ms for r in state.rows.values())
     sessions = sorted({k[0] for k in keys})
-    for cutoff in ([times[len(times) // 2], times[0] - 1] if times else [T0]):
+    for cutoff in [times[len(times) // 2], times[0] - 1] if times else [T0]:
         assert list(ix.uncommitted(cutoff, None)) == expected_uncommitted(state, cutoff, None)
         for session in sessions[:3]:
             assert list(ix.uncommitted(cutoff, session)) == expected_uncommitted(state, cutoff, session)
@@ -189,10 +190,17 @@ def test_incremental_appends(big, mpath: Path) -> None:
     append(m, [commit_event(a0, s0, T0 + 10**9)])
     ix.refresh()
     assert ix.rows_for_keys([(s0, a0)])[(s0, a0)].committed_at_epoch_ms == T0 + 10**9
-    append(m, [intent_event(a1, s1, T0 + 10**10), commit_event(a0, s0, 5),  # later intent; 2nd commit loses
-               intent_event(committed[1], committed[0], T0 + 10**10),  # no effect on a committed row
-               forget_event(*reversed(keys[5])), intent_event(aid(1), "new", T0),
-               commit_event(aid(2), "nobody", T0)])  # commit without intent: no-op
+    append(
+        m,
+        [
+            intent_event(a1, s1, T0 + 10**10),
+            commit_event(a0, s0, 5),  # later intent; 2nd commit loses
+            intent_event(committed[1], committed[0], T0 + 10**10),  # no effect on a committed row
+            forget_event(*reversed(keys[5])),
+            intent_event(aid(1), "new", T0),
+            commit_event(aid(2), "nobody", T0),
+        ],
+    )  # commit without intent: no-op
     ix.refresh()
     assert_same(ix, m, keys + [("new", aid(1)), ("nobody", aid(2))], sample=200)
     # a second, independent index (another process) sees the same
@@ -224,11 +232,16 @@ def test_steady_refresh_reads_no_lines_and_takes_no_write_lock(big, mpath: Path)
 
 def test_bom_crlf_blank_lines(mpath: Path) -> None:
     mpath.write_bytes(
-        b"\xef\xbb\xbf" + HEADER + b"\r\n\n   \n"
-        + enc(intent_event(aid(1), "s", T0)) + b"\r\n"
+        b"\xef\xbb\xbf"
+        + HEADER
+        + b"\r\n\n   \n"
+        + enc(intent_event(aid(1), "s", T0))
+        + b"\r\n"
         + b"\t\r\n"
-        + enc(intent_event(aid(2), "s", T0)) + b"\n"
-        + enc(commit_event(aid(1), "s", T0 + 1)) + b"\r\n"
+        + enc(intent_event(aid(2), "s", T0))
+        + b"\n"
+        + enc(commit_event(aid(1), "s", T0 + 1))
+        + b"\r\n"
     )
     m = Manifest(mpath, warn=Recorder())
     with ManifestIndex(m) as ix:
@@ -288,8 +301,9 @@ def test_torn_tail_not_consumed_then_repaired(big, mpath: Path, warn: Recorder) 
 
 
 def test_complete_final_line_without_newline_is_seen_but_not_consumed(mpath: Path, warn: Recorder) -> None:
-    mpath.write_bytes(HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n"
-                      + enc(intent_event(aid(2), "s", T0 + 5)) + b"\n")
+    mpath.write_bytes(
+        HEADER + b"\n" + enc(intent_event(aid(1), "s", T0)) + b"\n" + enc(intent_event(aid(2), "s", T0 + 5)) + b"\n"
+    )
     m = Manifest(mpath, warn=warn)
     ix = ManifestIndex(m)
     ix.refresh()
@@ -338,7 +352,7 @@ def test_manifest_of_one_unterminated_line(mpath: Path, warn: Recorder) -> None:
     with ManifestIndex(m) as ix:
         ix.refresh()
         assert_same(ix, m, [("s", aid(1))])
-        mpath.write_bytes(b"\xef\xbb\xbf{\"op\":")
+        mpath.write_bytes(b'\xef\xbb\xbf{"op":')
         ix.refresh()
         assert ix.ids_with_prefix("") == []
         assert warn.messages[-1].startswith(f"{mpath}:1: ignoring a torn final line")
@@ -483,8 +497,12 @@ def test_corrupt_line_names_its_number_every_time(big, mpath: Path) -> None:
             fresh.refresh()
     mpath.unlink()
     index_path(mpath).unlink()
-    mpath.write_bytes(HEADER + b"\n" + b"\n".join(enc(intent_event(aid(i), "s", T0)) for i in range(5))
-                      + b'\n{"op":"intent","attachment_id":"xyz"}\n')
+    mpath.write_bytes(
+        HEADER
+        + b"\n"
+        + b"\n".join(enc(intent_event(aid(i), "s", T0)) for i in range(5))
+        + b'\n{"op":"intent","attachment_id":"xyz"}\n'
+    )
     with ManifestIndex(m) as first_build:
         with pytest.raises(Corrupt, match=r":7: \"attachment_id\" is not"):
             first_build.refresh()
@@ -516,7 +534,7 @@ def test_damaged_idx_pages_fall_back_then_rebuild(big, mpath: Path) -> None:
     data = bytearray(idx.read_bytes())
     page, rng = 4096, random.Random(5)
     for start in range(2 * page, len(data) - page, 3 * page):  # keep page 1 (header, schema)
-        data[start:start + page] = rng.randbytes(page)
+        data[start : start + page] = rng.randbytes(page)
     idx.write_bytes(bytes(data))
     with ManifestIndex(m) as ix:
         ix.refresh()  # reads only the meta row: does not notice
@@ -628,8 +646,10 @@ print(len(ix.ids_with_prefix("")), sum(1 for _ in ix.uncommitted(None, None)))
 def test_two_processes_building_at_once(big, mpath: Path) -> None:
     copy_big(big, mpath)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(mpath)], stdout=subprocess.PIPE,
-                              text=True, env=env) for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, str(mpath)], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=60)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     state = Manifest(mpath).read_state()
@@ -692,12 +712,19 @@ step_st = st.tuples(
 
 
 @pytest.mark.slow  # a model: 150 random runs against the reference fold
-@settings(max_examples=150, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(steps=st.lists(step_st, min_size=1, max_size=8), batch=st.integers(1, 4), chunk=st.integers(1, 64),
-       compact_at=st.integers(-1, 8))
-def test_model_random_events_and_refresh_points(tmp_path_factory, monkeypatch, steps, batch, chunk,
-                                                compact_at) -> None:
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(step_st, min_size=1, max_size=8),
+    batch=st.integers(1, 4),
+    chunk=st.integers(1, 64),
+    compact_at=st.integers(-1, 8),
+)
+def test_model_random_events_and_refresh_points(tmp_path_factory, monkeypatch, steps, batch, chunk, compact_at) -> None:
     monkeypatch.setattr(cache_sync, "_BATCH_LINES", batch)  # batches and chunks cut anywhere
     monkeypatch.setattr(cache_sync, "_CHUNK", chunk)
     mpath = tmp_path_factory.mktemp("model") / "manifest.jsonl"
@@ -712,7 +739,7 @@ def test_model_random_events_and_refresh_points(tmp_path_factory, monkeypatch, s
                 with open(mpath, "r+b") as handle:  # finish an unterminated line first
                     data = handle.read()
                     if data and not data.endswith(b"\n"):
-                        if data[data.rfind(b"\n") + 1:].startswith(b"{\"op"):
+                        if data[data.rfind(b"\n") + 1 :].startswith(b'{"op'):
                             cut = data.rfind(b"\n") + 1
                             handle.truncate(cut)  # drop it (torn or not)
                 end = b"\r\n" if how == "raw-crlf" else b"\n"
@@ -753,9 +780,13 @@ def _commit(store, session: str, attachment_id: str) -> str:
 
 
 def _commit_lines(store, session: str, attachment_id: str) -> int:
-    return sum(1 for line in store.manifest.path.read_bytes().splitlines()
-               if json.loads(line).get("op") == "commit"
-               and json.loads(line)["session_id"] == session and json.loads(line)["attachment_id"] == attachment_id)
+    return sum(
+        1
+        for line in store.manifest.path.read_bytes().splitlines()
+        if json.loads(line).get("op") == "commit"
+        and json.loads(line)["session_id"] == session
+        and json.loads(line)["attachment_id"] == attachment_id
+    )
 
 
 @pytest.mark.parametrize("edit", ["uncommit", "unforget"])
@@ -765,8 +796,9 @@ def test_same_length_edit_before_the_end_then_an_append_is_seen(tmp_path: Path, 
     be extended as if only the append had happened."""
     x, y = aid(0xA), aid(0xB)
     hidden = commit_event(x, "s1", T0 + 1) if edit == "uncommit" else forget_event(x, "s1")
-    store = _store_with(tmp_path, [HEADER, enc(intent_event(x, "s1", T0)), enc(hidden),
-                                   enc(intent_event(y, "s1", T0 + 2))])
+    store = _store_with(
+        tmp_path, [HEADER, enc(intent_event(x, "s1", T0)), enc(hidden), enc(intent_event(y, "s1", T0 + 2))]
+    )
     with store.index() as ix:
         assert bool(ix.rows_for_keys([("s1", x)])) == (edit == "uncommit")
     path = store.manifest.path
@@ -1056,7 +1088,7 @@ FAST_CASES = [
     b' {"op":"forget" , "attachment_id" : "%s","session_id":"s"}\r',
     b'[{"op":"forget","attachment_id":"%s","session_id":"s"}]',
     b'"just a string"',
-    b'',
+    b"",
 ]
 
 
@@ -1084,8 +1116,12 @@ def test_the_c_decoder_of_a_build_agrees_with_parse_line(tmp_path, template):
     if expected["op"] == "header":
         return
     want = Event.from_json(expected)
-    assert (event.attachment_id, event.session_id, event.at_ms, event.canonical_uri) == \
-        (want.attachment_id, want.session_id, want.at_ms, want.canonical_uri if want.op == "intent" else None)
+    assert (event.attachment_id, event.session_id, event.at_ms, event.canonical_uri) == (
+        want.attachment_id,
+        want.session_id,
+        want.at_ms,
+        want.canonical_uri if want.op == "intent" else None,
+    )
 
 
 def test_the_c_decoder_takes_the_lines_writers_write():
@@ -1100,8 +1136,17 @@ def test_the_c_decoder_takes_the_lines_writers_write():
     assert decode_block(block + b"\n", 5) is None  # a blank line: parse_line's business
 
 
-@given(st.lists(st.tuples(st.sampled_from(["intent", "commit", "forget", "guarded"]), st.integers(0, 2),
-                          st.sampled_from(["s1", "s2"]), st.integers(0, 20)), max_size=40))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["intent", "commit", "forget", "guarded"]),
+            st.integers(0, 2),
+            st.sampled_from(["s1", "s2"]),
+            st.integers(0, 20),
+        ),
+        max_size=40,
+    )
+)
 @settings(max_examples=300, deadline=None)
 def test_fold_rows_is_step(script):
     """fold.fold_rows, the fast fold of a cache build, is fold.fold (fold.step) written out."""
@@ -1121,7 +1166,8 @@ def test_fold_rows_is_step(script):
     expected = fold(events)
     assert {k: tuple(v) for k, v in rows.items()} == {
         k: (r.attachment_id, r.session_id, r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms)
-        for k, r in expected.items()}
+        for k, r in expected.items()
+    }
 
 
 def test_the_cache_keeps_its_rows_in_id_order_without_a_second_copy(big, mpath: Path) -> None:
@@ -1141,15 +1187,22 @@ def test_the_cache_keeps_its_rows_in_id_order_without_a_second_copy(big, mpath: 
     assert len(listings) == 4
     conn = sqlite3.connect(path)
     try:
-        indexes = sorted(name for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'rows' AND sql IS NOT NULL"))
+        indexes = sorted(
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'rows' AND sql IS NOT NULL"
+            )
+        )
         assert indexes == ["rows_uncommitted"]
         select = cache_store.SELECT_ROW
         queries = {
             "key": (select + " WHERE session_id = ? AND attachment_id = ?", ("s", aid(1))),
             "id": (select + " WHERE attachment_id = ? ORDER BY session_id", (aid(1),)),
-            "prefix": ("SELECT DISTINCT attachment_id FROM rows WHERE attachment_id >= ? AND attachment_id < ?"
-                       " ORDER BY attachment_id", ("0a", "0b")),
+            "prefix": (
+                "SELECT DISTINCT attachment_id FROM rows WHERE attachment_id >= ? AND attachment_id < ?"
+                " ORDER BY attachment_id",
+                ("0a", "0b"),
+            ),
             "all ids": ("SELECT DISTINCT attachment_id FROM rows ORDER BY attachment_id", ()),
             "by id": (select + " ORDER BY attachment_id, session_id", ()),
         }

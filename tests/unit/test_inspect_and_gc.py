@@ -71,8 +71,13 @@ def append_events(store: core.Store, *events: dict) -> None:
 
 
 def intent(attachment_id: str, session: str, at: int) -> dict:
-    return {"op": "intent", "attachment_id": attachment_id, "session_id": session,
-            "canonical_uri": "sha256:" + attachment_id, "intent_at_epoch_ms": at}
+    return {
+        "op": "intent",
+        "attachment_id": attachment_id,
+        "session_id": session,
+        "canonical_uri": "sha256:" + attachment_id,
+        "intent_at_epoch_ms": at,
+    }
 
 
 def commit_ev(attachment_id: str, session: str, at: int) -> dict:
@@ -83,8 +88,13 @@ def forget_ev(attachment_id: str, session: str) -> dict:
     return {"op": "forget", "attachment_id": attachment_id, "session_id": session}
 
 
-def plant(root: Path, data: bytes, media_type: str = "application/octet-stream", label: str | None = None,
-          with_sidecar: bool = True) -> str:
+def plant(
+    root: Path,
+    data: bytes,
+    media_type: str = "application/octet-stream",
+    label: str | None = None,
+    with_sidecar: bool = True,
+) -> str:
     """Write a blob (and a valid sidecar) by hand, with no manifest row."""
     attachment_id = sha(data)
     path = blob(root, attachment_id)
@@ -92,7 +102,8 @@ def plant(root: Path, data: bytes, media_type: str = "application/octet-stream",
     path.write_bytes(data)
     if with_sidecar:
         side(root, attachment_id).write_bytes(
-            sidecar.Metadata(attachment_id, media_type, len(data), None, None, label).encode())
+            sidecar.Metadata(attachment_id, media_type, len(data), None, None, label).encode()
+        )
     return attachment_id
 
 
@@ -191,7 +202,8 @@ def build_damaged(root: Path) -> Damaged:
     orphan_sidecar = sha(b"only the sidecar of this remains")
     side(root, orphan_sidecar).parent.mkdir(parents=True, exist_ok=True)
     side(root, orphan_sidecar).write_bytes(
-        sidecar.Metadata(orphan_sidecar, "text/plain", 32, None, None, "gone.txt").encode())
+        sidecar.Metadata(orphan_sidecar, "text/plain", 32, None, None, "gone.txt").encode()
+    )
     # staging litter: lashctl's tmp/ and lash-core's sibling <id>.tmp
     tmp_litter = root / "tmp" / "put-0123456789abcdef.part"
     tmp_litter.write_bytes(b"partial")
@@ -212,29 +224,48 @@ def build_damaged(root: Path) -> Damaged:
     symlink = blob(root, link_id)
     symlink.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(blob(root, good), symlink)
-    return Damaged(root, store, good, corrupt, bytes(damaged), nosidecar, nosidecar_png, undecodable, mismatch,
-                   lost_committed, lost_uncommitted, unmanaged, orphan_sidecar, tmp_litter, lash_tmp,
-                   bad_name, wrong_prefix, symlink)
+    return Damaged(
+        root,
+        store,
+        good,
+        corrupt,
+        bytes(damaged),
+        nosidecar,
+        nosidecar_png,
+        undecodable,
+        mismatch,
+        lost_committed,
+        lost_uncommitted,
+        unmanaged,
+        orphan_sidecar,
+        tmp_litter,
+        lash_tmp,
+        bad_name,
+        wrong_prefix,
+        symlink,
+    )
 
 
 def expected_findings(d: Damaged) -> list[tuple[str, str, str]]:
     r = d.root
-    return sorted([
-        ("hash-mismatch", "error", str(blob(r, d.corrupt))),
-        ("sidecar-missing", "error", str(side(r, d.nosidecar))),
-        ("sidecar-undecodable", "error", str(side(r, d.undecodable))),
-        ("sidecar-mismatch", "error", str(side(r, d.mismatch))),
-        ("staging-litter", "warning", str(d.tmp_litter)),
-        ("staging-litter", "warning", str(d.lash_tmp)),
-        ("stray-file", "error", str(d.bad_name)),
-        ("stray-file", "error", str(d.wrong_prefix)),
-        ("stray-file", "error", str(d.symlink)),
-        ("committed-bytes-missing", "error", str(blob(r, d.lost_committed))),
-        ("uncommitted-bytes-missing", "warning", str(blob(r, d.lost_uncommitted))),
-        ("unmanaged", "warning", str(blob(r, d.unmanaged))),
-        ("orphan-sidecar-file", "warning", str(side(r, d.lost_committed))),
-        ("orphan-sidecar-file", "warning", str(side(r, d.orphan_sidecar))),
-    ])
+    return sorted(
+        [
+            ("hash-mismatch", "error", str(blob(r, d.corrupt))),
+            ("sidecar-missing", "error", str(side(r, d.nosidecar))),
+            ("sidecar-undecodable", "error", str(side(r, d.undecodable))),
+            ("sidecar-mismatch", "error", str(side(r, d.mismatch))),
+            ("staging-litter", "warning", str(d.tmp_litter)),
+            ("staging-litter", "warning", str(d.lash_tmp)),
+            ("stray-file", "error", str(d.bad_name)),
+            ("stray-file", "error", str(d.wrong_prefix)),
+            ("stray-file", "error", str(d.symlink)),
+            ("committed-bytes-missing", "error", str(blob(r, d.lost_committed))),
+            ("uncommitted-bytes-missing", "warning", str(blob(r, d.lost_uncommitted))),
+            ("unmanaged", "warning", str(blob(r, d.unmanaged))),
+            ("orphan-sidecar-file", "warning", str(side(r, d.lost_committed))),
+            ("orphan-sidecar-file", "warning", str(side(r, d.orphan_sidecar))),
+        ]
+    )
 
 
 def triples(report: inspect.VerifyReport) -> list[tuple[str, str, str]]:
@@ -276,8 +307,11 @@ def test_verify_without_fix_changes_nothing(damaged):
 def test_verify_fix_makes_only_safe_repairs_and_never_deletes_bytes(damaged):
     d = damaged
     r = d.root
-    blobs_before = {p: p.read_bytes() for p in (r / "sha256").rglob("*") if p.is_file() and not p.is_symlink()
-                    and not p.name.endswith((".json", ".tmp"))}
+    blobs_before = {
+        p: p.read_bytes()
+        for p in (r / "sha256").rglob("*")
+        if p.is_file() and not p.is_symlink() and not p.name.endswith((".json", ".tmp"))
+    }
     with d.store.manifest.locked():
         report = inspect.verify(d.store, now_ms(), fix=True, grace_ms=0)
     repaired = {(f.kind, f.path) for f in report.repairs}
@@ -294,7 +328,12 @@ def test_verify_fix_makes_only_safe_repairs_and_never_deletes_bytes(damaged):
     rebuilt = read_sidecar_file(side(r, d.nosidecar))
     assert rebuilt is not None
     assert (rebuilt.attachment_id, rebuilt.media_type, rebuilt.byte_len, rebuilt.width, rebuilt.height) == (
-        d.nosidecar, "image/png", len(d.nosidecar_png), 7, 11)
+        d.nosidecar,
+        "image/png",
+        len(d.nosidecar_png),
+        7,
+        11,
+    )
     assert json.loads(side(r, d.nosidecar).read_text())["media_type"] == {"kind": "image", "type": "png"}
     # the corrupt blob and its sidecar went to quarantine, bytes intact
     assert not os.path.lexists(blob(r, d.corrupt))
@@ -312,15 +351,28 @@ def test_verify_fix_makes_only_safe_repairs_and_never_deletes_bytes(damaged):
     for path, data in blobs_before.items():
         if path != blob(r, d.corrupt):
             assert path.read_bytes() == data
-    for path in (d.bad_name, d.wrong_prefix, side(r, d.undecodable), side(r, d.mismatch),
-                 side(r, d.lost_committed), side(r, d.orphan_sidecar)):
+    for path in (
+        d.bad_name,
+        d.wrong_prefix,
+        side(r, d.undecodable),
+        side(r, d.mismatch),
+        side(r, d.lost_committed),
+        side(r, d.orphan_sidecar),
+    ):
         assert path.exists(), path
     assert os.path.islink(d.symlink)
     # what --fix cannot repair is still an error
-    assert sorted(f.kind for f in report.errors) == sorted([
-        "sidecar-undecodable", "sidecar-mismatch", "stray-file", "stray-file", "stray-file",
-        "committed-bytes-missing",
-        "committed-bytes-missing"])  # the corrupt committed blob, now in quarantine: the state after the repair
+    assert sorted(f.kind for f in report.errors) == sorted(
+        [
+            "sidecar-undecodable",
+            "sidecar-mismatch",
+            "stray-file",
+            "stray-file",
+            "stray-file",
+            "committed-bytes-missing",
+            "committed-bytes-missing",
+        ]
+    )  # the corrupt committed blob, now in quarantine: the state after the repair
 
 
 def test_verify_fix_with_default_grace_keeps_fresh_litter(damaged):
@@ -380,8 +432,15 @@ def test_verify_with_a_corrupt_manifest_still_checks_blobs(damaged):
     assert manifest_findings[0].path == str(path)
     assert ":3:" in manifest_findings[0].message
     # the blob and file checks still ran; the row checks (which need the state) did not
-    for kind in ("hash-mismatch", "sidecar-missing", "sidecar-undecodable", "sidecar-mismatch",
-                 "staging-litter", "stray-file", "orphan-sidecar-file"):
+    for kind in (
+        "hash-mismatch",
+        "sidecar-missing",
+        "sidecar-undecodable",
+        "sidecar-mismatch",
+        "staging-litter",
+        "stray-file",
+        "orphan-sidecar-file",
+    ):
         assert kind in kinds, kind
     for kind in ("committed-bytes-missing", "uncommitted-bytes-missing", "unmanaged"):
         assert kind not in kinds, kind
@@ -504,7 +563,9 @@ def verdict_store(store: Path):
     commit(s, "beta", ids["shared"])
     append_events(s, intent(ids["shared"], "crashed", now - 3 * DAY))
     ids["shared_fresh"] = plant(store, b"aged and fresh", "text/plain", "af.txt")
-    append_events(s, intent(ids["shared_fresh"], "old-a", now - 2 * DAY), intent(ids["shared_fresh"], "new-b", now - HOUR))
+    append_events(
+        s, intent(ids["shared_fresh"], "old-a", now - 2 * DAY), intent(ids["shared_fresh"], "new-b", now - HOUR)
+    )
     ids["unmanaged"] = plant(store, b"nobody's", "text/plain", "n.txt")
     ids["lost"] = put(s, b"committed and lost", "gamma", "lost.txt")
     commit(s, "gamma", ids["lost"])
@@ -524,7 +585,10 @@ def test_show_verdicts(verdict_store):
 
     committed_row = state.state.rows[("alpha", ids["committed"])]
     v = verdict("committed")
-    assert (v.state, v.reason) == ("kept", f"kept because session alpha committed it at {iso(committed_row.committed_at_epoch_ms)}")
+    assert (v.state, v.reason) == (
+        "kept",
+        f"kept because session alpha committed it at {iso(committed_row.committed_at_epoch_ms)}",
+    )
     v = verdict("fresh")
     assert v.state == "kept"
     assert v.reason.startswith("kept for now: session fresh's intent is within the 24h grace period")
@@ -532,7 +596,10 @@ def test_show_verdicts(verdict_store):
     assert (v.state, v.reason) == ("orphan", "orphan: would be reclaimed by a sweep with the default grace (24h)")
     shared_row = state.state.rows[("beta", ids["shared"])]
     v = verdict("shared")
-    assert (v.state, v.reason) == ("kept", f"kept because session beta committed it at {iso(shared_row.committed_at_epoch_ms)}")
+    assert (v.state, v.reason) == (
+        "kept",
+        f"kept because session beta committed it at {iso(shared_row.committed_at_epoch_ms)}",
+    )
     v = verdict("shared_fresh")
     assert v.state == "kept"
     assert v.reason.startswith("kept for now: session new-b's intent is within the 24h grace period")
@@ -540,7 +607,10 @@ def test_show_verdicts(verdict_store):
     assert v.state == "unmanaged"
     assert v.reason.startswith("unmanaged: no manifest row")
     v = verdict("lost")
-    assert (v.state, v.reason) == ("missing", "missing bytes: session gamma committed it, but the blob is gone (data loss)")
+    assert (v.state, v.reason) == (
+        "missing",
+        "missing bytes: session gamma committed it, but the blob is gone (data loss)",
+    )
     v = verdict("lost_uncommitted")
     assert v.state == "missing"
     assert v.reason.startswith("missing bytes")
@@ -597,9 +667,15 @@ def test_list_blobs_gives_every_blob_with_its_state(verdict_store, store):
     s, ids = verdict_store
     entries = {e.attachment_id: e for e in inspect.list_blobs(s, view_of(s))}
     assert set(entries) == {ids[k] for k in ("committed", "fresh", "orphan", "shared", "shared_fresh", "unmanaged")}
-    assert {k: entries[ids[k]].state for k in ("committed", "fresh", "orphan", "shared", "shared_fresh", "unmanaged")} == {
-        "committed": "committed", "fresh": "uncommitted", "orphan": "uncommitted", "shared": "committed",
-        "shared_fresh": "uncommitted", "unmanaged": "unmanaged",
+    assert {
+        k: entries[ids[k]].state for k in ("committed", "fresh", "orphan", "shared", "shared_fresh", "unmanaged")
+    } == {
+        "committed": "committed",
+        "fresh": "uncommitted",
+        "orphan": "uncommitted",
+        "shared": "committed",
+        "shared_fresh": "uncommitted",
+        "unmanaged": "unmanaged",
     }
     e = entries[ids["committed"]]
     assert (e.byte_len, e.media_type, e.label, e.sessions) == (len(png_bytes(4, 6)), "image/png", "four.png", ["alpha"])
@@ -631,35 +707,37 @@ def build_known(root: Path) -> Known:
     s = core.Store(root)
     now = now_ms()
     data = {
-        "committed": b"committed by alpha",      # 18
+        "committed": b"committed by alpha",  # 18
         "uncommitted": png_bytes(2, 2),
-        "orphan": b"an aged orphan",             # 14
-        "shared": b"aged intent plus commit",    # 23
-        "unmanaged": b"nobody",                  # 6
+        "orphan": b"an aged orphan",  # 14
+        "shared": b"aged intent plus commit",  # 23
+        "unmanaged": b"nobody",  # 6
         "lost_committed": b"lost after commit",
         "lost_uncommitted": b"never landed",
     }
     ids = {k: sha(v) for k, v in data.items()}
-    put(s, data["committed"], "alpha", "c.txt")                         # line 2
-    commit(s, "alpha", ids["committed"])                                # line 3
-    put(s, data["uncommitted"], "beta", "u.png")                        # line 4
+    put(s, data["committed"], "alpha", "c.txt")  # line 2
+    commit(s, "alpha", ids["committed"])  # line 3
+    put(s, data["uncommitted"], "beta", "u.png")  # line 4
     plant(root, data["orphan"], "text/plain", "o.txt")
     age(blob_path(root, ids["orphan"]), 2 * DAY)  # its bytes landed with its intent
-    append_events(s, intent(ids["orphan"], "ghost", now - 2 * DAY))     # line 5
-    put(s, data["shared"], "gamma", "s.txt")                            # line 6
-    commit(s, "gamma", ids["shared"])                                   # line 7
-    append_events(s, intent(ids["shared"], "ghost2", now - 3 * DAY))    # line 8
+    append_events(s, intent(ids["orphan"], "ghost", now - 2 * DAY))  # line 5
+    put(s, data["shared"], "gamma", "s.txt")  # line 6
+    commit(s, "gamma", ids["shared"])  # line 7
+    append_events(s, intent(ids["shared"], "ghost2", now - 3 * DAY))  # line 8
     plant(root, data["unmanaged"], "text/plain", "n.txt")
-    put(s, data["lost_committed"], "delta", "lc.txt")                   # line 9
-    commit(s, "delta", ids["lost_committed"])                           # line 10
+    put(s, data["lost_committed"], "delta", "lc.txt")  # line 9
+    commit(s, "delta", ids["lost_committed"])  # line 10
     blob(root, ids["lost_committed"]).unlink()
     side(root, ids["lost_committed"]).unlink()
-    put(s, data["lost_uncommitted"], "epsilon", "lu.txt")               # line 11
+    put(s, data["lost_uncommitted"], "epsilon", "lu.txt")  # line 11
     blob(root, ids["lost_uncommitted"]).unlink()
     side(root, ids["lost_uncommitted"]).unlink()
     # a refreshed intent and a forgotten row: lines that compaction drops
     extra = sha(b"forgotten")
-    append_events(s, intent(ids["uncommitted"], "beta", now), intent(extra, "zeta", now), forget_ev(extra, "zeta"))  # 12-14
+    append_events(
+        s, intent(ids["uncommitted"], "beta", now), intent(extra, "zeta", now), forget_ev(extra, "zeta")
+    )  # 12-14
     (root / "tmp" / "put-feedface.part").write_bytes(b"12345")
     blob(root, ids["committed"]).with_name(ids["committed"] + ".tmp").write_bytes(b"abc")
     return Known(s, ids, {k: len(v) for k, v in data.items()})
@@ -709,16 +787,22 @@ def test_stats_on_the_damaged_store(damaged):
     assert (s.staging_files, s.staging_bytes) == (2, len(b"partial") + len(b"lash"))
     # stray files as verify defines them: bad name, wrong prefix, symlink. A sidecar
     # without its blob is a sidecar (verify: orphan-sidecar-file), not a stray file.
-    verify_strays = [f for f in inspect.verify(d.store, now_ms()).findings
-                     if f.kind == "stray-file"]
+    verify_strays = [f for f in inspect.verify(d.store, now_ms()).findings if f.kind == "stray-file"]
     assert len(verify_strays) == 3
     assert s.stray_files == 3
 
 
 def test_stats_on_an_empty_store(store):
     s = inspect.stats(core.Store(store), view_of(core.Store(store)), now_ms())
-    assert (s.blobs, s.blob_bytes, s.rows_committed, s.rows_uncommitted, s.orphans_reclaimable,
-            s.staging_files, s.manifest_lines) == (0, 0, 0, 0, 0, 0, 0)
+    assert (
+        s.blobs,
+        s.blob_bytes,
+        s.rows_committed,
+        s.rows_uncommitted,
+        s.orphans_reclaimable,
+        s.staging_files,
+        s.manifest_lines,
+    ) == (0, 0, 0, 0, 0, 0, 0)
     assert not store.exists()  # reading never creates the store
 
 
@@ -762,32 +846,66 @@ def build_gc(root: Path) -> GcStore:
     fresh_litter.write_bytes(b"in flight")
     stray = blob(root, old_referenced).parent / "README"
     stray.write_bytes(b"stray")
-    for path in (blob(root, old_unreferenced), side(root, old_unreferenced), blob(root, old_referenced),
-                 blob(root, old_orphan_row), kept_sidecar, dropped_sidecar, old_litter, old_lash_tmp, stray):
+    for path in (
+        blob(root, old_unreferenced),
+        side(root, old_unreferenced),
+        blob(root, old_referenced),
+        blob(root, old_orphan_row),
+        kept_sidecar,
+        dropped_sidecar,
+        old_litter,
+        old_lash_tmp,
+        stray,
+    ):
         age(path, 2 * DAY)
-    return GcStore(s, old_unreferenced, fresh_unreferenced, old_referenced, old_orphan_row, kept_sidecar,
-                   dropped_sidecar, old_litter, old_lash_tmp, fresh_litter, stray)
+    return GcStore(
+        s,
+        old_unreferenced,
+        fresh_unreferenced,
+        old_referenced,
+        old_orphan_row,
+        kept_sidecar,
+        dropped_sidecar,
+        old_litter,
+        old_lash_tmp,
+        fresh_litter,
+        stray,
+    )
 
 
 def test_gc_deletes_only_old_unreferenced_blobs_and_old_litter(store):
     g = build_gc(store)
     sidecar_size = g.dropped_sidecar.stat().st_size
     report = sweep.gc(g.store, now_ms() - DAY)
-    assert sorted((i.kind, i.path, i.action) for i in report.items) == sorted([
-        ("blob", str(blob(store, g.old_unreferenced)), "delete"),
-        ("staging", str(g.old_litter), "delete"),
-        ("staging", str(g.old_lash_tmp), "delete"),
-        ("orphan-sidecar", str(g.dropped_sidecar), "delete"),
-    ])
+    assert sorted((i.kind, i.path, i.action) for i in report.items) == sorted(
+        [
+            ("blob", str(blob(store, g.old_unreferenced)), "delete"),
+            ("staging", str(g.old_litter), "delete"),
+            ("staging", str(g.old_lash_tmp), "delete"),
+            ("orphan-sidecar", str(g.dropped_sidecar), "delete"),
+        ]
+    )
     assert report.failures == []
     assert report.blobs_scanned == 4
     # freed: the blob's bytes (not its sidecar's) plus each litter file
     assert report.bytes_freed == len(b"old and unreferenced") + len(b"old litter") + len(b"lash") + sidecar_size
-    for gone in (blob(store, g.old_unreferenced), side(store, g.old_unreferenced), g.old_litter, g.old_lash_tmp,
-                 g.dropped_sidecar):
+    for gone in (
+        blob(store, g.old_unreferenced),
+        side(store, g.old_unreferenced),
+        g.old_litter,
+        g.old_lash_tmp,
+        g.dropped_sidecar,
+    ):
         assert not os.path.lexists(gone), gone
-    for kept in (blob(store, g.fresh_unreferenced), blob(store, g.old_referenced), side(store, g.old_referenced),
-                 blob(store, g.old_orphan_row), g.kept_sidecar, g.fresh_litter, g.stray):
+    for kept in (
+        blob(store, g.fresh_unreferenced),
+        blob(store, g.old_referenced),
+        side(store, g.old_referenced),
+        blob(store, g.old_orphan_row),
+        g.kept_sidecar,
+        g.fresh_litter,
+        g.stray,
+    ):
         assert kept.exists(), kept
 
 
@@ -801,8 +919,11 @@ def test_gc_dry_run_changes_nothing_and_lists_what_a_real_run_deletes(store):
     real = sweep.gc(g.store, cutoff)
     assert [(i.kind, i.path, i.byte_len) for i in dry.items] == [(i.kind, i.path, i.byte_len) for i in real.items]
     assert len(real.items) == 4
-    assert dry.bytes_freed == real.bytes_freed == (
-        len(b"old and unreferenced") + len(b"old litter") + len(b"lash") + before[str(g.dropped_sidecar)][1])
+    assert (
+        dry.bytes_freed
+        == real.bytes_freed
+        == (len(b"old and unreferenced") + len(b"old litter") + len(b"lash") + before[str(g.dropped_sidecar)][1])
+    )
 
 
 def test_gc_refuses_on_a_corrupt_manifest(store):
@@ -842,10 +963,10 @@ def test_manifest_check_lists_every_malformed_line(store):
     s = core.Store(store)
     a = put(s, b"a", "s", "a.txt")
     with open(s.manifest.path, "ab") as handle:
-        handle.write(b"{not json\n")                                         # line 3
-        handle.write(json.dumps(intent(a, "t", 5)).encode() + b"\n")        # line 4
+        handle.write(b"{not json\n")  # line 3
+        handle.write(json.dumps(intent(a, "t", 5)).encode() + b"\n")  # line 4
         handle.write(b'{"op":"bogus","attachment_id":"' + a.encode() + b'"}\n')  # line 5
-        handle.write(json.dumps(commit_ev(a, "t", 6)).encode() + b"\n")     # line 6
+        handle.write(json.dumps(commit_ev(a, "t", 6)).encode() + b"\n")  # line 6
     report = check_manifest(s.manifest)
     assert len(report.problems) == 2
     assert f"{s.manifest.path}:3:" in report.problems[0]
@@ -887,16 +1008,18 @@ def test_iter_events_gives_line_numbers_and_skips_blank_lines(store):
 def test_compact_keeps_the_fold_and_starts_with_the_header(store):
     k = build_known(store)
     before_state = read_state(k.store)
-    rows_before = {key: (r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms)
-                   for key, r in before_state.rows.items()}
+    rows_before = {
+        key: (r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms) for key, r in before_state.rows.items()
+    }
     with k.store.manifest.locked():
         written = k.store.manifest.compact(before_state)
     lines = k.store.manifest.path.read_bytes().splitlines()
     assert written == len(lines) == 11
     assert json.loads(lines[0]) == {"op": "header", "format": "lashctl-manifest", "version": 1}
     after = read_state(k.store)
-    assert {key: (r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms)
-            for key, r in after.rows.items()} == rows_before
+    assert {
+        key: (r.canonical_uri, r.intent_at_epoch_ms, r.committed_at_epoch_ms) for key, r in after.rows.items()
+    } == rows_before
     assert after.lines == 11
     # compacting again is a fixed point
     with k.store.manifest.locked():

@@ -35,7 +35,7 @@ def expected(row: tuple, form: str) -> str:
 
 GOOD = [(h(f"good {i}"), f"s-{i % 3}", f"sha256:{h(f'good {i}')}", NOW - 1000 * i - i) for i in range(50)]
 ODD = [
-    (h("quote"), 'quo"te', "u", NOW - 1),          # JSON: escaped; TSV: written as is
+    (h("quote"), 'quo"te', "u", NOW - 1),  # JSON: escaped; TSV: written as is
     (h("backslash"), "back\\slash", "u", NOW - 2),  # JSON: escaped; TSV: not the template's
     (h("uri quote"), "s", 'a"b\\c', NOW - 3),
     (h("cafe"), "caf\u00e9", "u", NOW - 4),
@@ -47,7 +47,7 @@ ODD = [
     (h("g") + "0", "s", "u", NOW - 10),
     (h("negative"), "s", "u", -1),
     (h("far"), "s", "u", MAX_EPOCH_MS + 1),
-    (h("edge"), "s", "u", NOW + FUTURE_SKEW_MS),   # the latest time a clock may be ahead
+    (h("edge"), "s", "u", NOW + FUTURE_SKEW_MS),  # the latest time a clock may be ahead
     (h("ahead"), "s", "u", NOW + FUTURE_SKEW_MS + 1),  # a clock ahead: the command counts it
     (h("year 9999"), "s", "u", MAX_EPOCH_MS),
     (h("zero"), "s", "u", 0),
@@ -58,8 +58,15 @@ ODD = [
 def exact(row: tuple, form: str) -> bool:
     aid, session, uri, at = row
     probe = aid + session + (uri if form == "json" else "")
-    return (len(aid) == 64 and not aid.strip("0123456789abcdef") and bool(session) and probe.isascii()
-            and probe.isprintable() and 0 <= at <= NOW + FUTURE_SKEW_MS and (form == "json" or "\\" not in session))
+    return (
+        len(aid) == 64
+        and not aid.strip("0123456789abcdef")
+        and bool(session)
+        and probe.isascii()
+        and probe.isprintable()
+        and 0 <= at <= NOW + FUTURE_SKEW_MS
+        and (form == "json" or "\\" not in session)
+    )
 
 
 @pytest.mark.parametrize("form", ["json", "tsv"])

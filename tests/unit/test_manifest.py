@@ -235,7 +235,9 @@ def _intent(**overrides) -> bytes:
         pytest.param(_intent(attachment_id="../" + A[:61]), id="path-id"),
         pytest.param(_intent(session_id=""), id="empty-session"),
         pytest.param(_intent(session_id=7), id="int-session"),
-        pytest.param(line({**commit_event(A, "s", T0).to_json(), "committed_at_epoch_ms": "x"}), id="commit-string-time"),
+        pytest.param(
+            line({**commit_event(A, "s", T0).to_json(), "committed_at_epoch_ms": "x"}), id="commit-string-time"
+        ),
         pytest.param(line({"op": "commit", "attachment_id": A, "session_id": "s"}), id="commit-no-time"),
         pytest.param(b"[1,2,3]", id="array"),
         pytest.param(b"not json at all", id="not-json"),
@@ -288,9 +290,13 @@ def test_line_numbers_count_blank_lines(mpath):
 
 def test_bom_and_crlf_tolerated(mpath):
     mpath.write_bytes(
-        b"\xef\xbb\xbf" + HEADER_LINE + b"\r\n"
-        + line(intent_event(A, "s-1", T0)) + b"\r\n"
-        + line(commit_event(A, "s-1", T0 + 3)) + b"\r\n"
+        b"\xef\xbb\xbf"
+        + HEADER_LINE
+        + b"\r\n"
+        + line(intent_event(A, "s-1", T0))
+        + b"\r\n"
+        + line(commit_event(A, "s-1", T0 + 3))
+        + b"\r\n"
     )
     state = fold(mpath)
     assert state.has_header
@@ -303,10 +309,7 @@ def test_bom_on_headerless_first_line_tolerated(mpath):
 
 
 def test_blank_lines_skipped(mpath):
-    mpath.write_bytes(
-        b"\n" + HEADER_LINE + b"\n\n   \n\r\n"
-        + line(intent_event(A, "s-1", T0)) + b"\n\n"
-    )
+    mpath.write_bytes(b"\n" + HEADER_LINE + b"\n\n   \n\r\n" + line(intent_event(A, "s-1", T0)) + b"\n\n")
     state = fold(mpath)
     assert list(state.rows) == [("s-1", A)]
     assert state.lines == 2
@@ -324,7 +327,7 @@ def _with_extra(event: dict, raw_value: str) -> bytes:
 def test_nan_or_infinity_in_an_extra_key_is_corrupt(mpath, constant):
     # Python's json accepts these; JSON has no such values, and manifest log
     # would re-emit them to readers that refuse them.
-    for value in (constant, f"[1,{{\"deep\":{constant}}}]"):
+    for value in (constant, f'[1,{{"deep":{constant}}}]'):
         write_lines(mpath, HEADER_LINE, _with_extra(intent_event(A, "s-1", T0), value))
         with pytest.raises(Corrupt) as info:
             fold(mpath)
@@ -598,9 +601,7 @@ def test_compact_preserves_fold_and_shape(mpath):
     committed = sum(1 for r in before.rows.values() if r.committed)
     assert len(lines) == 1 + len(before.rows) + committed == written
     events = [json.loads(raw) for raw in lines[1:]]
-    assert sorted(e["op"] for e in events) == sorted(
-        ["intent"] * len(before.rows) + ["commit"] * committed
-    )
+    assert sorted(e["op"] for e in events) == sorted(["intent"] * len(before.rows) + ["commit"] * committed)
     # Each commit line follows its row's intent line.
     for i, event in enumerate(events):
         if event["op"] == "commit":

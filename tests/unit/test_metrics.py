@@ -157,7 +157,10 @@ def test_a_directory_gets_a_file_per_command_and_the_variable_names_it(cli, aged
         result = cli(command, env={"LASHCTL_METRICS_FILE": str(folder)})
         assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in folder.iterdir()) == [
-        "lashctl_reclaim.prom", "lashctl_stats.prom", "lashctl_verify.prom"]
+        "lashctl_reclaim.prom",
+        "lashctl_stats.prom",
+        "lashctl_verify.prom",
+    ]
 
 
 def test_stats_writes_the_stores_figures(cli, aged_store, tmp_path):
@@ -221,16 +224,20 @@ def test_without_prometheus_client_the_option_is_a_usage_error(cli, aged_store, 
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         "lashctl: error: --metrics-file needs the 'metrics' extra: pip install 'lashctl[metrics]' "
-        "(in a clone of the repository: pip install '.[metrics]')"]
+        "(in a clone of the repository: pip install '.[metrics]')"
+    ]
     assert not out.exists()
     assert (aged_store / "sha256").exists() and cli("ls").stdout.count("\n") == 3  # nothing swept
 
 
-@pytest.mark.parametrize("value_given, message", [
-    ("", "--metrics-file is empty"),
-    ("{tmp}/missing/m.prom", "directory {tmp}/missing does not exist"),
-    ("{tmp}/missing/", "directory {tmp}/missing does not exist"),  # never a file named "missing"
-])
+@pytest.mark.parametrize(
+    "value_given, message",
+    [
+        ("", "--metrics-file is empty"),
+        ("{tmp}/missing/m.prom", "directory {tmp}/missing does not exist"),
+        ("{tmp}/missing/", "directory {tmp}/missing does not exist"),  # never a file named "missing"
+    ],
+)
 def test_a_file_that_cannot_be_written_is_refused_before_the_sweep(cli, aged_store, tmp_path, value_given, message):
     result = cli("reclaim", "--metrics-file", value_given.format(tmp=tmp_path))
     assert result.exit_code == 2
@@ -249,7 +256,8 @@ def test_a_file_that_fails_to_write_at_the_end_turns_success_into_exit_1(cli, ag
     result = cli("reclaim", "--metrics-file", str(out))
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1] == (
-        f"lashctl: error: cannot write the metrics file {out}: No space left on device (reclaim itself succeeded)")
+        f"lashctl: error: cannot write the metrics file {out}: No space left on device (reclaim itself succeeded)"
+    )
     assert cli("ls").stdout.count("\n") == 1  # the sweep itself happened
 
     # A run that failed anyway keeps its own exit code.
@@ -271,8 +279,9 @@ def test_labels_never_carry_credentials():
 def test_a_postgresql_manifest_that_fails_names_no_password(cli, aged_store, tmp_path):
     pytest.importorskip("psycopg")
     out = tmp_path / "m.prom"
-    result = cli("--manifest", "postgresql://bob:sekret@127.0.0.1:1/lash?password=sekret2", "reclaim",
-                 "--metrics-file", str(out))
+    result = cli(
+        "--manifest", "postgresql://bob:sekret@127.0.0.1:1/lash?password=sekret2", "reclaim", "--metrics-file", str(out)
+    )
     assert result.exit_code == 69, result.stderr
     text = out.read_text("utf-8")
     assert "sekret" not in text and "bob" not in text
@@ -280,12 +289,19 @@ def test_a_postgresql_manifest_that_fails_names_no_password(cli, aged_store, tmp
 
 
 def test_commands_without_the_option_never_import_prometheus_client(store):
-    script = ("import sys\nfrom lashctl.cli import main\n"
-              "try:\n    main()\nexcept SystemExit:\n    pass\n"
-              "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', 'lashctl.metrics'))))")
+    script = (
+        "import sys\nfrom lashctl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', 'lashctl.metrics'))))"
+    )
     for args in (["stats"], ["reclaim", "--dry-run"], ["verify"]):
-        proc = subprocess.run([sys.executable, "-c", script, "--store", str(store), *args], capture_output=True,
-                              text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "LASHCTL_METRICS_FILE"})
+        proc = subprocess.run(
+            [sys.executable, "-c", script, "--store", str(store), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "LASHCTL_METRICS_FILE"},
+        )
         assert proc.stdout.strip().splitlines()[-1] == "[]", (args, proc.stdout, proc.stderr)
 
 
@@ -319,13 +335,16 @@ def _directory_with_a_link(path: Path) -> Path:
     return path / "lashctl_reclaim.prom"
 
 
-@pytest.mark.parametrize("make, what", [
-    (_fifo, "a FIFO"),
-    (_link_to_file, "a symlink"),
-    (_link_to_fifo, "a symlink"),
-    (_dangling_link, "a symlink"),
-    (_directory_with_a_link, "a symlink"),
-])
+@pytest.mark.parametrize(
+    "make, what",
+    [
+        (_fifo, "a FIFO"),
+        (_link_to_file, "a symlink"),
+        (_link_to_fifo, "a symlink"),
+        (_dangling_link, "a symlink"),
+        (_directory_with_a_link, "a symlink"),
+    ],
+)
 def test_a_path_that_is_not_a_regular_file_is_refused_before_the_sweep(cli, aged_store, tmp_path, make, what):
     at = make(tmp_path / "m.prom")
     before = os.lstat(at)
@@ -333,7 +352,8 @@ def test_a_path_that_is_not_a_regular_file_is_refused_before_the_sweep(cli, aged
     result = cli("reclaim", "--metrics-file", str(named))
     assert result.exit_code == 2, result.stderr
     assert result.stderr.splitlines() == [
-        f"lashctl: error: --metrics-file {named}: {at} is {what}, not a regular file: refusing to replace it"]
+        f"lashctl: error: --metrics-file {named}: {at} is {what}, not a regular file: refusing to replace it"
+    ]
     assert cli("ls").stdout.count("\n") == 3  # nothing swept
     after = os.lstat(at)
     assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)  # left as it was
@@ -357,7 +377,8 @@ def test_what_appears_at_the_path_during_the_run_is_not_replaced(cli, aged_store
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1] == (
         f"lashctl: error: cannot write the metrics file {out}: it is a FIFO, not a regular file "
-        "(reclaim itself succeeded)")
+        "(reclaim itself succeeded)"
+    )
     assert os.path.exists(out) and not out.is_file()
 
 
@@ -384,10 +405,12 @@ LABELS = {"command": "reclaim", "store": "/s", "manifest_kind": "jsonl"}
 
 
 def _last_success_file(path: Path, when: float = 1234.0) -> Path:
-    path.write_text("# HELP lashctl_last_success_timestamp_seconds x\n"
-                    "# TYPE lashctl_last_success_timestamp_seconds gauge\n"
-                    'lashctl_last_success_timestamp_seconds{command="reclaim",manifest_kind="jsonl",store="/s"} '
-                    f"{when}\n")
+    path.write_text(
+        "# HELP lashctl_last_success_timestamp_seconds x\n"
+        "# TYPE lashctl_last_success_timestamp_seconds gauge\n"
+        'lashctl_last_success_timestamp_seconds{command="reclaim",manifest_kind="jsonl",store="/s"} '
+        f"{when}\n"
+    )
     return path
 
 
@@ -411,8 +434,7 @@ def test_the_previous_file_is_read_only_when_it_is_a_small_regular_file(tmp_path
 
 
 @pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)])
-def test_a_signal_while_the_file_is_written_exits_with_its_code(cli, aged_store, tmp_path, monkeypatch,
-                                                                 signum, code):
+def test_a_signal_while_the_file_is_written_exits_with_its_code(cli, aged_store, tmp_path, monkeypatch, signum, code):
     import signal
 
     from lashctl import Terminated, metrics
@@ -464,7 +486,8 @@ def test_an_empty_variable_is_a_usage_error(cli, aged_store, tmp_path):
     result = cli("reclaim", env={"LASHCTL_METRICS_FILE": ""})
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        "lashctl: error: LASHCTL_METRICS_FILE is empty: name a FILE.prom or a directory, or unset it"]
+        "lashctl: error: LASHCTL_METRICS_FILE is empty: name a FILE.prom or a directory, or unset it"
+    ]
     assert cli("ls").stdout.count("\n") == 3  # nothing swept
 
 
@@ -475,7 +498,8 @@ def test_a_file_name_not_ending_in_prom_is_refused(cli, aged_store, tmp_path, na
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         f"lashctl: error: --metrics-file {given}: not an existing directory, and node_exporter's "
-        "textfile collector reads only files named *.prom"]
+        "textfile collector reads only files named *.prom"
+    ]
     assert not given.exists()
     assert cli("ls").stdout.count("\n") == 3  # nothing swept
 
@@ -508,7 +532,8 @@ def test_a_long_file_name_is_written_or_refused_up_front(cli, aged_store, tmp_pa
     result = cli("gc", "--metrics-file", str(too_long))
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        f"lashctl: error: --metrics-file {too_long}: a name in it is longer than 255 bytes"]
+        f"lashctl: error: --metrics-file {too_long}: a name in it is longer than 255 bytes"
+    ]
 
 
 @pytest.mark.parametrize("where", ["x.prom", "sha256/x.prom", "."])

@@ -13,8 +13,14 @@ GIB = 1024**3
 NAME = "recording-2026-11-02-interview-with-a-very-long-name.wav"
 
 
-def drawn(width: int, *, unit: str = "bytes", total: int | None = 1_932_735_283, done: int = 1_288_490_188,
-          item: str | None = NAME) -> list[str]:
+def drawn(
+    width: int,
+    *,
+    unit: str = "bytes",
+    total: int | None = 1_932_735_283,
+    done: int = 1_288_490_188,
+    item: str | None = NAME,
+) -> list[str]:
     from rich.console import Console
 
     out = io.StringIO()

@@ -29,7 +29,9 @@ def commands() -> dict:
 def test_completion_scripts_are_fresh():
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "generate_completions.py"), "--check"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     for name in ("lashctl.bash", "_lashctl", "lashctl.fish", "lashctl.ps1"):
@@ -43,7 +45,9 @@ def test_completion_table_is_fresh():
     """
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "generate_completion_table.py"), "--check"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
 
@@ -53,7 +57,8 @@ def test_every_command_has_help_and_a_docs_section(name):
     command = commands()[name]
     assert command.help and command.help.strip(), f"{name} has no help text"
     assert re.search(rf"^## `{re.escape(name)}\b", COMMANDS_DOC, re.MULTILINE), (
-        f"docs/commands.md has no section for {name}")
+        f"docs/commands.md has no section for {name}"
+    )
 
 
 def test_readme_quickstart_is_what_ci_runs():
@@ -112,7 +117,9 @@ def test_cli_reference_is_fresh():
     """
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "generate_docs.py"), "--check"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
 

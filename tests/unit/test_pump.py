@@ -50,7 +50,7 @@ class ShortReads(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         n = min(len(buffer), self._step, len(self._data) - self._at)
-        buffer[:n] = self._data[self._at:self._at + n]
+        buffer[:n] = self._data[self._at : self._at + n]
         self._at += n
         return n
 
@@ -98,8 +98,12 @@ def test_a_write_error_reaches_the_caller_as_the_error_it_asked_for(tmp_path: Pa
     fd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT)  # writes fail with EBADF
     try:
         with pytest.raises(StoreIOError, match="cannot write") as info:
-            _pump_through(io.BytesIO(os.urandom(5 * CHUNK)), fd, read_ahead=read_ahead,
-                          write_error=lambda exc: StoreIOError.wrap("write", "the file", exc))
+            _pump_through(
+                io.BytesIO(os.urandom(5 * CHUNK)),
+                fd,
+                read_ahead=read_ahead,
+                write_error=lambda exc: StoreIOError.wrap("write", "the file", exc),
+            )
         assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.EBADF
     finally:
         os.close(fd)
@@ -260,8 +264,7 @@ def test_get_of_a_rotten_big_blob_leaves_the_file_as_it_was(tmp_path: Path) -> N
 
 
 # -- a batch lands after one flush of everything it staged ------------------------------------
-def test_a_batch_fsyncs_every_staged_file_before_any_rename_and_the_shards_after(tmp_path: Path,
-                                                                                monkeypatch) -> None:
+def test_a_batch_fsyncs_every_staged_file_before_any_rename_and_the_shards_after(tmp_path: Path, monkeypatch) -> None:
     from lashctl import sidecar
 
     blobs = BlobStore(tmp_path / "root")
@@ -273,8 +276,9 @@ def test_a_batch_fsyncs_every_staged_file_before_any_rename_and_the_shards_after
     with blobs.opened():
         for n in range(40):
             staged = blobs.stage(io.BytesIO(b"blob %d" % n), "<new>")
-            items.append((staged, sidecar.Metadata(staged.attachment_id, "text/plain", staged.byte_len,
-                                                   None, None, f"f{n}")))
+            items.append(
+                (staged, sidecar.Metadata(staged.attachment_id, "text/plain", staged.byte_len, None, None, f"f{n}"))
+            )
         again = blobs.stage(io.BytesIO(b"already there"), "<old>")
         items.append((again, None))
     events: list[tuple[str, str]] = []
@@ -319,8 +323,9 @@ def test_a_failed_fsync_renames_nothing_and_leaves_no_sidecar_staging(tmp_path: 
         items = []
         for n in range(5):
             staged = blobs.stage(io.BytesIO(b"blob %d" % n), "<new>")
-            items.append((staged, sidecar.Metadata(staged.attachment_id, "text/plain", staged.byte_len,
-                                                   None, None, None)))
+            items.append(
+                (staged, sidecar.Metadata(staged.attachment_id, "text/plain", staged.byte_len, None, None, None))
+            )
     real_fsync = os.fsync
 
     def failing(fd):
@@ -332,6 +337,7 @@ def test_a_failed_fsync_renames_nothing_and_leaves_no_sidecar_staging(tmp_path: 
     with pytest.raises(StoreIOError, match="Input/output error"):
         blobs.land(items)
     monkeypatch.undo()
-    assert not any(blobs.blob_path(s.attachment_id).exists() or blobs.sidecar_path(s.attachment_id).exists()
-                   for s, _ in items)
+    assert not any(
+        blobs.blob_path(s.attachment_id).exists() or blobs.sidecar_path(s.attachment_id).exists() for s, _ in items
+    )
     assert sorted(p.name for p in blobs.tmp.iterdir()) == sorted(s.name for s, _ in items)  # put discards these

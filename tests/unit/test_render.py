@@ -48,16 +48,40 @@ def test_every_table_fits_each_width(columns):
     ids = [TWIN_A, TWIN_B, "0" * 63 + "1"]
     root = "/srv/lash/attachments"
     tables = [
-        ([Col("id", "id"), Col("action", "fixed"), Col("size", "bytes", drop=2), Col("sessions", drop=3),
-          Col("reason", drop=4, min_width=12)],
-         [[i, "reclaim", 5 * 1024 ** 3, "session-alpha, session-beta", "orphan: no live row"] for i in ids]),
-        ([Col("severity", "fixed"), Col("kind", "fixed"), Col("path", "path", min_width=20, base=root),
-          Col("problem", drop=1, min_width=16), Col("repair", drop=2)],
-         [["error", "uncommitted-bytes-missing", f"{root}/sha256/{i[:2]}/{i}.json",
-           "the sidecar's id disagrees with its blob's name", "rebuilt from the content"] for i in ids]),
+        (
+            [
+                Col("id", "id"),
+                Col("action", "fixed"),
+                Col("size", "bytes", drop=2),
+                Col("sessions", drop=3),
+                Col("reason", drop=4, min_width=12),
+            ],
+            [[i, "reclaim", 5 * 1024**3, "session-alpha, session-beta", "orphan: no live row"] for i in ids],
+        ),
+        (
+            [
+                Col("severity", "fixed"),
+                Col("kind", "fixed"),
+                Col("path", "path", min_width=20, base=root),
+                Col("problem", drop=1, min_width=16),
+                Col("repair", drop=2),
+            ],
+            [
+                [
+                    "error",
+                    "uncommitted-bytes-missing",
+                    f"{root}/sha256/{i[:2]}/{i}.json",
+                    "the sidecar's id disagrees with its blob's name",
+                    "rebuilt from the content",
+                ]
+                for i in ids
+            ],
+        ),
         ([Col("id", "id"), Col("session"), Col("status", "fixed")], [[i, "s-42", "already committed"] for i in ids]),
-        ([Col("what"), Col("count", "count"), Col("bytes", "bytes")],
-         [["orphans reclaimable now (24h grace)", 3, 3 * 1024 ** 2], ["rows committed", 7, None]]),
+        (
+            [Col("what"), Col("count", "count"), Col("bytes", "bytes")],
+            [["orphans reclaimable now (24h grace)", 3, 3 * 1024**2], ["rows committed", 7, None]],
+        ),
     ]
     for cols, rows in tables:
         text = render_table(cols, rows, columns)

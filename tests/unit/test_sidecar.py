@@ -18,42 +18,39 @@ ID = "0123456789abcdef" * 4
 # -- encode ----------------------------------------------------------------------
 def test_encode_png_byte_exact():
     meta = Metadata(ID, "image/png", 5, 7, 11, "pixel")
-    assert meta.encode() == (
-        "{\n"
-        f'  "id": "{ID}",\n'
-        '  "media_type": {\n'
-        '    "kind": "image",\n'
-        '    "type": "png"\n'
-        "  },\n"
-        '  "byte_len": 5,\n'
-        '  "width": 7,\n'
-        '  "height": 11,\n'
-        '  "label": "pixel"\n'
-        "}"
-    ).encode()
+    assert (
+        meta.encode()
+        == (
+            "{\n"
+            f'  "id": "{ID}",\n'
+            '  "media_type": {\n'
+            '    "kind": "image",\n'
+            '    "type": "png"\n'
+            "  },\n"
+            '  "byte_len": 5,\n'
+            '  "width": 7,\n'
+            '  "height": 11,\n'
+            '  "label": "pixel"\n'
+            "}"
+        ).encode()
+    )
 
 
 def test_encode_pdf_uses_mime_string_and_omits_absent():
     meta = Metadata(ID, "application/pdf", 1234)
-    assert meta.encode() == (
-        "{\n"
-        f'  "id": "{ID}",\n'
-        '  "media_type": "application/pdf",\n'
-        '  "byte_len": 1234\n'
-        "}"
-    ).encode()
+    assert (
+        meta.encode() == (f'{{\n  "id": "{ID}",\n  "media_type": "application/pdf",\n  "byte_len": 1234\n}}').encode()
+    )
 
 
 def test_encode_pdf_with_label_only():
     meta = Metadata(ID, "application/pdf", 0, label="report.pdf")
-    assert meta.encode() == (
-        "{\n"
-        f'  "id": "{ID}",\n'
-        '  "media_type": "application/pdf",\n'
-        '  "byte_len": 0,\n'
-        '  "label": "report.pdf"\n'
-        "}"
-    ).encode()
+    assert (
+        meta.encode()
+        == (
+            f'{{\n  "id": "{ID}",\n  "media_type": "application/pdf",\n  "byte_len": 0,\n  "label": "report.pdf"\n}}'
+        ).encode()
+    )
 
 
 @pytest.mark.parametrize("kind", ["png", "jpeg", "gif", "webp", "bmp"])
@@ -80,7 +77,14 @@ def test_encode_decode_roundtrip():
 # -- decode ----------------------------------------------------------------------
 def test_decode_tagged_form():
     data = json.dumps(
-        {"id": ID, "media_type": {"kind": "image", "type": "gif"}, "byte_len": 5, "width": 7, "height": 11, "label": "pixel"}
+        {
+            "id": ID,
+            "media_type": {"kind": "image", "type": "gif"},
+            "byte_len": 5,
+            "width": 7,
+            "height": 11,
+            "label": "pixel",
+        }
     ).encode()
     assert sidecar.decode(data, "p") == Metadata(ID, "image/gif", 5, 7, 11, "pixel")
 
@@ -144,22 +148,46 @@ def test_decode_with_bom():
         pytest.param(json.dumps({"id": ID, "media_type": "text/plain", "byte_len": "1"}).encode(), id="string-len"),
         pytest.param(json.dumps({"id": ID, "media_type": "text/plain", "byte_len": True}).encode(), id="bool-len"),
         pytest.param(json.dumps({"id": ID, "media_type": "text/plain"}).encode(), id="no-len"),
-        pytest.param(json.dumps({"id": ID, "media_type": {"kind": "image", "type": "tiff"}, "byte_len": 1}).encode(), id="unknown-image-type"),
-        pytest.param(json.dumps({"id": ID, "media_type": {"kind": "video", "type": "mp4"}, "byte_len": 1}).encode(), id="unknown-kind"),
-        pytest.param(json.dumps({"id": ID, "media_type": "text/plain; charset=utf-8", "byte_len": 1}).encode(), id="mime-params"),
+        pytest.param(
+            json.dumps({"id": ID, "media_type": {"kind": "image", "type": "tiff"}, "byte_len": 1}).encode(),
+            id="unknown-image-type",
+        ),
+        pytest.param(
+            json.dumps({"id": ID, "media_type": {"kind": "video", "type": "mp4"}, "byte_len": 1}).encode(),
+            id="unknown-kind",
+        ),
+        pytest.param(
+            json.dumps({"id": ID, "media_type": "text/plain; charset=utf-8", "byte_len": 1}).encode(), id="mime-params"
+        ),
         pytest.param(json.dumps({"id": ID, "media_type": "textplain", "byte_len": 1}).encode(), id="mime-no-slash"),
         pytest.param(json.dumps({"id": ID, "media_type": 5, "byte_len": 1}).encode(), id="mime-number"),
         pytest.param(json.dumps({"id": ID, "byte_len": 1}).encode(), id="no-media-type"),
-        pytest.param(json.dumps({"id": ID, "media_type": "image/png", "byte_len": 1, "width": -3}).encode(), id="negative-width"),
-        pytest.param(json.dumps({"id": ID, "media_type": "image/png", "byte_len": 1, "label": 7}).encode(), id="label-number"),
         pytest.param(
-            json.dumps({"id": ID, "media_type": "image/png", "byte_len": 1, "type_metadata": {"type": "image", "width": "wide"}}).encode(),
+            json.dumps({"id": ID, "media_type": "image/png", "byte_len": 1, "width": -3}).encode(), id="negative-width"
+        ),
+        pytest.param(
+            json.dumps({"id": ID, "media_type": "image/png", "byte_len": 1, "label": 7}).encode(), id="label-number"
+        ),
+        pytest.param(
+            json.dumps(
+                {
+                    "id": ID,
+                    "media_type": "image/png",
+                    "byte_len": 1,
+                    "type_metadata": {"type": "image", "width": "wide"},
+                }
+            ).encode(),
             id="type-metadata-bad-width",
         ),
         # Python's json reads these; JSON has no such values.
         pytest.param(b'{"id": "' + ID.encode() + b'", "media_type": "text/plain", "byte_len": 1, "x": NaN}', id="nan"),
-        pytest.param(b'{"id": "' + ID.encode() + b'", "media_type": "text/plain", "byte_len": 1, "x": Infinity}', id="infinity"),
-        pytest.param(b'{"id": "' + ID.encode() + b'", "media_type": "text/plain", "byte_len": 1, "x": [-Infinity]}', id="minus-infinity"),
+        pytest.param(
+            b'{"id": "' + ID.encode() + b'", "media_type": "text/plain", "byte_len": 1, "x": Infinity}', id="infinity"
+        ),
+        pytest.param(
+            b'{"id": "' + ID.encode() + b'", "media_type": "text/plain", "byte_len": 1, "x": [-Infinity]}',
+            id="minus-infinity",
+        ),
     ],
 )
 def test_decode_rejects(data):
@@ -214,7 +242,18 @@ def test_normalize_mime(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["text/plain; charset=utf-8", "text/plain;", "textplain", "text/", "/plain", "text/pl ain", "a/b/c", "", "image/png\x00", "tëxt/plain"],
+    [
+        "text/plain; charset=utf-8",
+        "text/plain;",
+        "textplain",
+        "text/",
+        "/plain",
+        "text/pl ain",
+        "a/b/c",
+        "",
+        "image/png\x00",
+        "tëxt/plain",
+    ],
 )
 def test_normalize_mime_rejects(text):
     with pytest.raises(UsageError) as info:

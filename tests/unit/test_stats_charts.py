@@ -136,9 +136,16 @@ def test_a_store_of_many_blobs_keeps_few_buckets(store):
 
 
 # -- the bar charts --------------------------------------------------------------
-@pytest.mark.parametrize(("amounts", "largest", "width"), [
-    ([3, 2, 1], 6, 30), ([1, 1, 1], 10, 7), ([0, 0, 5], 5, 13), ([1, 0, 0], 10**9, 20), ([999, 1, 0], 1000, 10),
-])
+@pytest.mark.parametrize(
+    ("amounts", "largest", "width"),
+    [
+        ([3, 2, 1], 6, 30),
+        ([1, 1, 1], 10, 7),
+        ([0, 0, 5], 5, 13),
+        ([1, 0, 0], 10**9, 20),
+        ([999, 1, 0], 1000, 10),
+    ],
+)
 def test_bar_cells_add_up_to_the_bar(amounts, largest, width):
     cells = _bar_cells(amounts, largest, width)
     assert sum(cells) == max(1, round(sum(amounts) * width / largest))
@@ -156,7 +163,7 @@ def test_a_chart_fits_its_width(width):
     labels = ["s1", "a-very-long-session-name-" + "x" * 80, "2026-11-26", "other (7 sessions)"]
     lines = render_chart(chart(labels), width).splitlines()
     assert all(len(line) <= width for line in lines), lines
-    bars = lines[1:1 + len(labels)]
+    bars = lines[1 : 1 + len(labels)]
     # Labels start each line (the long one cut with an ellipsis), byte counts end it, right-aligned.
     assert [line.split(" ")[0] for line in bars][:1] == ["s1"]
     assert "\u2026" in bars[1] and "x" * (width // 3) not in bars[1]
@@ -166,7 +173,7 @@ def test_a_chart_fits_its_width(width):
     # The largest bar is the longest and reaches the numbers' column.
     drawn = [line.count("\u2588") + line.count("\u2592") for line in bars]
     assert max(drawn) == drawn[-1] and drawn == sorted(drawn)
-    assert "\u2588 committed  \u2592 uncommitted" in " ".join(lines[1 + len(labels):])
+    assert "\u2588 committed  \u2592 uncommitted" in " ".join(lines[1 + len(labels) :])
 
 
 def test_a_label_with_control_characters_is_escaped():
@@ -174,15 +181,18 @@ def test_a_label_with_control_characters_is_escaped():
     assert "\x1b" not in text and "evil\\x1b[31m\\nname" in text
 
 
-@pytest.mark.parametrize(("days", "period", "labels"), [
-    (["2026-11-20", "2026-11-22"], "day", ["2026-11-20", "2026-11-21", "2026-11-22"]),
-    (["2026-11-01", "2026-11-30"], "week", None),
-    (["2026-01-15", "2026-11-30"], "month", None),
-    (["2019-01-15", "2026-11-30"], "year", ["2019", "2020", "2021", "2022", "2023", "2024", "2025", "2026"]),
-    # A clock once at the epoch (or far ahead): the years before the last 13 make one bar.
-    (["1970-01-02", "2026-11-30"], "year", ["before 2014"] + [str(y) for y in range(2014, 2027)]),
-    (["2026-11-30", "2446-05-10"], "year", ["before 2434"] + [str(y) for y in range(2434, 2447)]),
-])
+@pytest.mark.parametrize(
+    ("days", "period", "labels"),
+    [
+        (["2026-11-20", "2026-11-22"], "day", ["2026-11-20", "2026-11-21", "2026-11-22"]),
+        (["2026-11-01", "2026-11-30"], "week", None),
+        (["2026-01-15", "2026-11-30"], "month", None),
+        (["2019-01-15", "2026-11-30"], "year", ["2019", "2020", "2021", "2022", "2023", "2024", "2025", "2026"]),
+        # A clock once at the epoch (or far ahead): the years before the last 13 make one bar.
+        (["1970-01-02", "2026-11-30"], "year", ["before 2014"] + [str(y) for y in range(2014, 2027)]),
+        (["2026-11-30", "2446-05-10"], "year", ["before 2434"] + [str(y) for y in range(2434, 2447)]),
+    ],
+)
 def test_days_are_drawn_as_a_timeline_of_few_bars(days, period, labels):
     bucket = inspect.Bucket(blobs=1, committed_bytes=5)
     got_period, rows = stats_command._periods([(day, bucket) for day in days])

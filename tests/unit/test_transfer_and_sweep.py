@@ -55,8 +55,6 @@ def source(name: str, data: bytes, label: str | None = None) -> transfer.PutSour
     return transfer.PutSource(name=name, opener=lambda: io.BytesIO(data), label=label)
 
 
-
-
 def manifest_events(store: core.Store) -> list[dict]:
     return [json.loads(raw) for raw in store.manifest.path.read_bytes().splitlines() if raw.strip()]
 
@@ -106,19 +104,22 @@ def test_put_stores_blob_sidecar_and_intent(store):
     aid = sha(data)
     assert result == transfer.PutResult(aid, "pixel.png", len(data), "image/png", "pixel", 7, 11, False)
     assert store.blobs.blob_path(aid).read_bytes() == data
-    assert store.blobs.sidecar_path(aid).read_bytes() == (
-        "{\n"
-        f'  "id": "{aid}",\n'
-        '  "media_type": {\n'
-        '    "kind": "image",\n'
-        '    "type": "png"\n'
-        "  },\n"
-        f'  "byte_len": {len(data)},\n'
-        '  "width": 7,\n'
-        '  "height": 11,\n'
-        '  "label": "pixel"\n'
-        "}"
-    ).encode()
+    assert (
+        store.blobs.sidecar_path(aid).read_bytes()
+        == (
+            "{\n"
+            f'  "id": "{aid}",\n'
+            '  "media_type": {\n'
+            '    "kind": "image",\n'
+            '    "type": "png"\n'
+            "  },\n"
+            f'  "byte_len": {len(data)},\n'
+            '  "width": 7,\n'
+            '  "height": 11,\n'
+            '  "label": "pixel"\n'
+            "}"
+        ).encode()
+    )
     lines = store.manifest.path.read_bytes().split(b"\n")
     assert lines[0] == HEADER_LINE
     assert lines[-1] == b""
@@ -171,7 +172,10 @@ def test_put_from_path_label_and_guessed_type(store, tmp_path):
     [result] = list(transfer.put(store, [src], transfer.PutOptions(session="s-1")))
     aid = sha(b"%PDF-1.7 not really")
     assert (result.media_type, result.label, result.width, result.height) == (
-        "application/pdf", "report.pdf", None, None,
+        "application/pdf",
+        "report.pdf",
+        None,
+        None,
     )
     assert json.loads(store.blobs.sidecar_path(aid).read_bytes()) == {
         "id": aid,
@@ -212,7 +216,11 @@ def test_put_rejects_bad_session_before_writing(store, session):
 
 def test_put_rejects_media_type_with_parameters(store):
     with pytest.raises(UsageError):
-        list(transfer.put(store, [source("a", b"a")], transfer.PutOptions(session="s", media_type="text/plain; charset=utf-8")))
+        list(
+            transfer.put(
+                store, [source("a", b"a")], transfer.PutOptions(session="s", media_type="text/plain; charset=utf-8")
+            )
+        )
     assert not store.manifest.path.exists()
 
 
@@ -307,7 +315,7 @@ def test_resolve_ambiguous_between_blob_and_row(store):
 
 def test_resolve_no_match(store):
     aid = add_blob(store, b"something")
-    missing = ("0000" if not aid.startswith("0000") else "ffff")
+    missing = "0000" if not aid.startswith("0000") else "ffff"
     with pytest.raises(NotFound) as info:
         core.resolve_id(store, parse_id(missing), StateView(store.manifest.read_state()))
     assert info.value.exit_code == 3
@@ -356,7 +364,9 @@ def test_commit_requires_session(store):
 def test_delete_refuses_referenced_content(store):
     data = b"shared by two sessions"
     aid = add_blob(store, data)
-    record(store, intent_event(aid, "sess-A", 1000), intent_event(aid, "sess-B", 2000), commit_event(aid, "sess-B", 3000))
+    record(
+        store, intent_event(aid, "sess-A", 1000), intent_event(aid, "sess-B", 2000), commit_event(aid, "sess-B", 3000)
+    )
     before = tree(store.root)
     with pytest.raises(Refused) as info:
         sweep.delete(store, [parse_id(aid)])
@@ -380,7 +390,11 @@ def test_delete_force(store):
     record(store, intent_event(aid, "s-1", 1000))
     [result] = sweep.delete(store, [parse_id(aid[:6])], force=True)
     assert (result.attachment_id, result.existed, result.byte_len, result.sessions, result.dry_run) == (
-        aid, True, 6, ["s-1"], False,
+        aid,
+        True,
+        6,
+        ["s-1"],
+        False,
     )
     assert not store.blobs.blob_path(aid).exists()
     assert not store.blobs.sidecar_path(aid).exists()
@@ -514,7 +528,10 @@ def test_reclaim_dry_run_matches_real_run_and_changes_nothing(sweep_store):
     assert _items(dry) == _items(real)
     assert [i.reason for i in dry.items] == [i.reason for i in real.items]
     assert (dry.scanned_intents, dry.blobs_reclaimed, dry.bytes_freed, dry.rows_released) == (
-        real.scanned_intents, real.blobs_reclaimed, real.bytes_freed, real.rows_released,
+        real.scanned_intents,
+        real.blobs_reclaimed,
+        real.bytes_freed,
+        real.rows_released,
     )
 
 

@@ -240,9 +240,10 @@ class BlobStore(BlobBackend):
                         sidecars.append((name, meta.attachment_id, meta.attachment_id + SIDECAR_SUFFIX))
                 landed = [self._keep_existing(staged) for staged, _meta in items]
                 fresh = [staged for (staged, _meta), kept in zip(items, landed) if not kept]
-                all_together([self._syncer(name, tmp, self.sidecar_path(i)) for name, i, _ in sidecars]
-                             + [self._syncer(s.name, tmp, self.blob_path(s.attachment_id), s.attachment_id)
-                                for s in fresh])
+                all_together(
+                    [self._syncer(name, tmp, self.sidecar_path(i)) for name, i, _ in sidecars]
+                    + [self._syncer(s.name, tmp, self.blob_path(s.attachment_id), s.attachment_id) for s in fresh]
+                )
                 for name, attachment_id, final in sidecars:
                     shard = self._dir(self._shard_key(attachment_id))
                     try:
@@ -277,8 +278,9 @@ class BlobStore(BlobBackend):
         blob = replaced_file(attachment_id, shard)  # a new sidecar is no wider than its blob
         staging = staging_name(name)
         try:
-            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                         dir_fd=tmp)
+            fd = os.open(
+                staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=tmp
+            )
             try:
                 fit_in(fd, shard, replaced_file(name, shard), None if blob is None else stat.S_IMODE(blob.st_mode))
                 write_all(fd, data)
@@ -504,8 +506,9 @@ class BlobStore(BlobBackend):
             except (FileNotFoundError, NotADirectoryError):
                 return None
             except OSError as exc:
-                raise StoreIOError.wrap("stat", self.blob_path(attachment_id).with_name(attachment_id + suffix),
-                                        exc) from exc
+                raise StoreIOError.wrap(
+                    "stat", self.blob_path(attachment_id).with_name(attachment_id + suffix), exc
+                ) from exc
 
     def blob_stat(self, attachment_id: str) -> os.stat_result | None:
         """The blob's lstat if a regular file is at its path in a real shard, else None."""
@@ -542,8 +545,13 @@ class BlobStore(BlobBackend):
             except OSError:
                 pass  # absent or unreadable: write it
             blob = replaced_file(attachment_id, shard)  # a new sidecar is no wider than its blob
-            self._install_bytes(data, shard, name, self.sidecar_path(attachment_id),
-                                widest=None if blob is None else stat.S_IMODE(blob.st_mode))
+            self._install_bytes(
+                data,
+                shard,
+                name,
+                self.sidecar_path(attachment_id),
+                widest=None if blob is None else stat.S_IMODE(blob.st_mode),
+            )
             if durable:
                 os.fsync(shard)
         return True
@@ -559,9 +567,7 @@ class BlobStore(BlobBackend):
             self._dir(OBJECTS, create=True)
             self._dir(TMP, create=True)
 
-    def stage(
-        self, source: BinaryIO, source_name: str, progress: Callable[[int], None] | None = None
-    ) -> StagedBlob:
+    def stage(self, source: BinaryIO, source_name: str, progress: Callable[[int], None] | None = None) -> StagedBlob:
         """Stream ``source`` into ``tmp/`` while hashing; return its id (not yet fsynced).
 
         Memory stays flat: bytes pass through in CHUNK-sized pieces.
@@ -575,8 +581,9 @@ class BlobStore(BlobBackend):
         with self.opened():
             tmp = self._dir(TMP, create=True)
             try:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                             dir_fd=tmp)
+                fd = os.open(
+                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=tmp
+                )
             except OSError as exc:
                 raise StoreIOError.wrap("create staging file", path, exc) from exc
             pump: Pump | None = None
@@ -587,9 +594,17 @@ class BlobStore(BlobBackend):
                     if byte_len:
                         # A second chunk: the input is big enough for a thread to
                         # write it (and read it, from a file) while this one hashes it.
-                        pump = Pump(lambda b: read_into(source, b, source_name), fd, CHUNK, n, buffer,
-                                    read_ahead=not _reads_may_block(source), offset=byte_len,
-                                    writeback=True, write_error=lambda exc: StoreIOError.wrap("write", path, exc))
+                        pump = Pump(
+                            lambda b: read_into(source, b, source_name),
+                            fd,
+                            CHUNK,
+                            n,
+                            buffer,
+                            read_ahead=not _reads_may_block(source),
+                            offset=byte_len,
+                            writeback=True,
+                            write_error=lambda exc: StoreIOError.wrap("write", path, exc),
+                        )
                         chunks: Iterable[memoryview] = pump
                     else:
                         chunks = (memoryview(buffer)[:n],)
@@ -666,8 +681,7 @@ class BlobStore(BlobBackend):
                         return True
                     fd = os.open(staged.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp)
                     try:
-                        fit_in(fd, shard, replaced_file(attachment_id, shard),
-                               shared_file_mode(attachment_id, shard))
+                        fit_in(fd, shard, replaced_file(attachment_id, shard), shared_file_mode(attachment_id, shard))
                         os.fsync(fd)  # the bytes are durable before the name is
                     finally:
                         os.close(fd)
@@ -732,8 +746,11 @@ class BlobStore(BlobBackend):
             if len(prefix) >= 2:
                 shards = [prefix[:2]]
             else:
-                shards = sorted(e.name for e in self._scan(objects, self.objects)
-                                if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
+                shards = sorted(
+                    e.name
+                    for e in self._scan(objects, self.objects)
+                    if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
+                )
             for shard_name in shards:
                 try:
                     shard = self._dir(f"{OBJECTS}/{shard_name}")
@@ -742,8 +759,11 @@ class BlobStore(BlobBackend):
                 if shard is None:
                     continue
                 names = sorted(
-                    e.name for e in self._scan(shard, self.objects / shard_name)
-                    if e.name.startswith(prefix) and e.name[:2] == shard_name and is_valid_id(e.name)
+                    e.name
+                    for e in self._scan(shard, self.objects / shard_name)
+                    if e.name.startswith(prefix)
+                    and e.name[:2] == shard_name
+                    and is_valid_id(e.name)
                     and e.is_file(follow_symlinks=False)
                 )
                 yield from names
@@ -791,8 +811,13 @@ class BlobStore(BlobBackend):
                     if is_valid_id(name) and name[:2] == entry.name and item.is_file(follow_symlinks=False):
                         continue  # a blob
                     base = name[: -len(SIDECAR_SUFFIX)] if name.endswith(SIDECAR_SUFFIX) else None
-                    if (base is not None and base in names and is_valid_id(base) and base[:2] == entry.name
-                            and item.is_file(follow_symlinks=False)):
+                    if (
+                        base is not None
+                        and base in names
+                        and is_valid_id(base)
+                        and base[:2] == entry.name
+                        and item.is_file(follow_symlinks=False)
+                    ):
                         continue  # the sidecar of an entry beside it
                     st = _lstat_entry(item)
                     if st is not None:
@@ -800,8 +825,14 @@ class BlobStore(BlobBackend):
 
     def _found(self, area: str, directory: str, name: str, st: os.stat_result, reason: str | None = None) -> Found:
         relative = name if directory in (TMP, OBJECTS) else f"{directory.partition('/')[2]}/{name}"
-        return Found(area, relative, str(self._where(directory) / name), neutral_stat(st),
-                     handle=Entry(directory, name, st, self._where(directory) / name), reason=reason)
+        return Found(
+            area,
+            relative,
+            str(self._where(directory) / name),
+            neutral_stat(st),
+            handle=Entry(directory, name, st, self._where(directory) / name),
+            reason=reason,
+        )
 
     def remove(self, found: Found) -> None:
         """Unlink what ``walk`` found (never a directory, never through a link)."""
@@ -860,8 +891,9 @@ class BlobStore(BlobBackend):
             except FileNotFoundError:
                 continue
             except IsADirectoryError as exc:
-                raise StoreIOError(f"cannot delete {self.shard_dir(attachment_id) / name}: "
-                                   "it is a directory, not a blob") from exc
+                raise StoreIOError(
+                    f"cannot delete {self.shard_dir(attachment_id) / name}: it is a directory, not a blob"
+                ) from exc
             except OSError as exc:
                 raise StoreIOError.wrap("delete", self.shard_dir(attachment_id) / name, exc) from exc
         return freed
@@ -905,8 +937,12 @@ class BlobStore(BlobBackend):
                 try:
                     os.rename(attachment_id, target, src_dir_fd=shard, dst_dir_fd=quarantine)
                     try:
-                        os.rename(attachment_id + SIDECAR_SUFFIX, target + SIDECAR_SUFFIX,
-                                  src_dir_fd=shard, dst_dir_fd=quarantine)
+                        os.rename(
+                            attachment_id + SIDECAR_SUFFIX,
+                            target + SIDECAR_SUFFIX,
+                            src_dir_fd=shard,
+                            dst_dir_fd=quarantine,
+                        )
                     except FileNotFoundError:
                         pass
                     os.fsync(quarantine)
@@ -970,10 +1006,15 @@ def _together(work: Callable[[str], None], items: list[str], threads: int) -> No
 
 def neutral_stat(st: os.stat_result) -> BlobStat:
     mode = st.st_mode
-    kind = (FILE if stat.S_ISREG(mode) else SYMLINK if stat.S_ISLNK(mode)
-            else DIRECTORY if stat.S_ISDIR(mode) else OTHER)
-    return BlobStat(st.st_size, st.st_mtime_ns // 1_000_000, kind, st.st_nlink,
-                    getattr(st, "st_blocks", 0) * 512, FileIdentity.of(st))
+    kind = FILE if stat.S_ISREG(mode) else SYMLINK if stat.S_ISLNK(mode) else DIRECTORY if stat.S_ISDIR(mode) else OTHER
+    return BlobStat(
+        st.st_size,
+        st.st_mtime_ns // 1_000_000,
+        kind,
+        st.st_nlink,
+        getattr(st, "st_blocks", 0) * 512,
+        FileIdentity.of(st),
+    )
 
 
 @contextmanager
@@ -1004,8 +1045,7 @@ def _link_new(data: bytes, dir_fd: int, name: str, shown: Path) -> bool:
     (best effort: two writers at once may both succeed)."""
     staging = staging_name(name)
     try:
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                     dir_fd=dir_fd)
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
         try:
             fit_in(fd, dir_fd)
             write_all(fd, data)
@@ -1042,8 +1082,7 @@ def _read_layout_record(root: int, path: Path) -> bytes | None:
         raise UnsafePath(f"{path} is {exc.strerror}, not a layout record: refusing to read it") from exc
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR):
-            raise UnsafePath(f"{path} is a symlink or a directory, not a layout record: "
-                             "refusing to read it") from exc
+            raise UnsafePath(f"{path} is a symlink or a directory, not a layout record: refusing to read it") from exc
         raise StoreIOError.wrap("read", path, exc) from exc
     try:
         with os.fdopen(fd, "rb") as handle:

@@ -85,11 +85,20 @@ CONCURRENCY = 16  # requests in flight for a batch of HEADs or deletes
 PARALLEL_READS = 8  # blobs verify re-hashes at once (a 1 MiB buffer each)
 
 # S3 error codes that mean "your credentials or your rights", not "try again".
-_DENIED_CODES = frozenset({
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
-    "InvalidSecurity", "MissingSecurityHeader",
-})
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidSecurity",
+        "MissingSecurityHeader",
+    }
+)
 _CODE = re.compile(r"<Code>([A-Za-z0-9.]+)</Code>")
 _STATUS = re.compile(r"status code: (\d{3})")
 _URL_HOST = re.compile(r"(https?)://(?:[^@/\s]*@)?([^/\s]+)")
@@ -125,7 +134,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://BUCKET/PREFIX`` -> (bucket, prefix without leading, trailing or doubled slashes)."""
     if not url.startswith("s3://"):
         raise UsageError(f"not an s3:// URL: {strip_password(url)!r}")
-    bucket, _, rest = url[len("s3://"):].partition("/")
+    bucket, _, rest = url[len("s3://") :].partition("/")
     if not _BUCKET.fullmatch(bucket):
         raise UsageError(f"invalid S3 bucket name in {strip_password(url)!r}")
     segments = [s for s in rest.split("/") if s]
@@ -198,8 +207,9 @@ class S3Blobs(BlobBackend):
 
     parallel_reads = PARALLEL_READS  # reads are requests: verify streams this many at once
 
-    def __init__(self, url: str, layout: str = LAYOUT_SIDECARS, *, max_retries: int = 3,
-                 retry_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, layout: str = LAYOUT_SIDECARS, *, max_retries: int = 3, retry_timeout_s: float = 30.0
+    ) -> None:
         require_extra("obstore", "s3", "an s3:// store")
         self.bucket, self.prefix = parse_s3_url(url)
         self.name = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
@@ -266,25 +276,34 @@ class S3Blobs(BlobBackend):
         status = int(status_match.group(1)) if status_match else None
         if code == "NoSuchBucket":
             return UsageError(f"bucket {self.bucket} does not exist")
-        if (isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError))
-                or code in _DENIED_CODES or status in (401, 403)):
+        if (
+            isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError))
+            or code in _DENIED_CODES
+            or status in (401, 403)
+        ):
             detail = code or (f"HTTP {status}" if status else "permission denied")
-            return Denied(f"cannot {action} {where}: access denied by the server ({detail}); "
-                          f"check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's policy")
+            return Denied(
+                f"cannot {action} {where}: access denied by the server ({detail}); "
+                f"check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's policy"
+            )
         if isinstance(exc, FileNotFoundError):
             return NotFound(f"cannot {action} {where}: no such object")
         if isinstance(exc, (oe.UnknownConfigurationKeyError, ValueError)):
             return UsageError(f"cannot {action} {where}: {_first_line(exc)}")
         if "invalid path" in text.lower() or "illegal character" in text.lower():
             # Bad data in the bucket, not an outage: rerunning would not help.
-            return Corrupt(f"cannot {action} {where}: an object there has a key the object store "
-                           f"library refuses ({_first_line(exc)}); rename or delete that object")
+            return Corrupt(
+                f"cannot {action} {where}: an object there has a key the object store "
+                f"library refuses ({_first_line(exc)}); rename or delete that object"
+            )
         if isinstance(exc, oe.BaseError):
             endpoint = _endpoint_of(text)
             if (endpoint or "").startswith("http://") and os.environ.get("AWS_ALLOW_HTTP", "").lower() != "true":
                 # obstore refuses plain http unless told, and says only "unknown error".
-                return PlainHttp(f"cannot {action} {where}: the endpoint {endpoint} is plain http; "
-                                 "set AWS_ALLOW_HTTP=true to allow it")
+                return PlainHttp(
+                    f"cannot {action} {where}: the endpoint {endpoint} is plain http; "
+                    "set AWS_ALLOW_HTTP=true to allow it"
+                )
             kind = _HTTP_KIND.search(text)
             if status is not None:
                 reason = f"the server answered HTTP {status}" + (f" ({code})" if code else "")
@@ -592,8 +611,14 @@ class S3Blobs(BlobBackend):
         existing = self._head(key)
         existed = existing is not None and int(existing["size"]) == staged.byte_len
         with self._errors("upload", where):
-            obstore.put(self._store, key, Path(staged.handle), use_multipart=multipart,
-                        chunk_size=PART_SIZE, max_concurrency=PART_CONCURRENCY)
+            obstore.put(
+                self._store,
+                key,
+                Path(staged.handle),
+                use_multipart=multipart,
+                chunk_size=PART_SIZE,
+                max_concurrency=PART_CONCURRENCY,
+            )
         self.discard(staged)
         return existed
 
@@ -659,7 +684,7 @@ class S3Blobs(BlobBackend):
         else:
             listing = self._list(self._objects)
         for meta in listing:
-            name = meta["path"][len(self._objects):]
+            name = meta["path"][len(self._objects) :]
             shard_name, slash, rest = name.partition("/")
             if len(prefix) >= 2 and not rest.startswith(prefix) and rest > prefix:
                 return  # key order: nothing further in this shard can match
@@ -685,7 +710,7 @@ class S3Blobs(BlobBackend):
         last_blob: str | None = None
         for meta in self._list(self._objects):
             key = meta["path"]
-            name = key[len(self._objects):]
+            name = key[len(self._objects) :]
             shard_name, slash, rest = name.partition("/")
             if slash and shard_name == rest[:2]:
                 if is_valid_id(rest):
@@ -723,8 +748,9 @@ class S3Blobs(BlobBackend):
             obstore.delete(self._store, [blob, sidecar])
         return 0 if meta is None else int(meta["size"])
 
-    def delete_many(self, attachment_ids: list[str], known: dict[str, BlobStat | None] | None = None
-                    ) -> dict[str, int | str]:
+    def delete_many(
+        self, attachment_ids: list[str], known: dict[str, BlobStat | None] | None = None
+    ) -> dict[str, int | str]:
         """Delete blobs and sidecars with batched DeleteObjects requests.
 
         Sizes come from ``known`` (stats the caller just took) or concurrent
@@ -811,8 +837,12 @@ class S3Blobs(BlobBackend):
 
         def unchanged() -> bool:
             meta = self._head(blob)
-            return (meta is not None and hashed.token is not None and meta.get("e_tag") == hashed.token
-                    and int(meta["size"]) == hashed.size)
+            return (
+                meta is not None
+                and hashed.token is not None
+                and meta.get("e_tag") == hashed.token
+                and int(meta["size"]) == hashed.size
+            )
 
         if not unchanged():
             return None

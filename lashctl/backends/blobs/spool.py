@@ -118,8 +118,10 @@ def staging_dir() -> Path:
     except OSError as exc:
         raise StoreIOError.wrap("stat staging directory", where, exc) from exc
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
-        raise StoreIOError(f"staging directory {where} is not a private directory of this user: "
-                           "refusing to stage there (remove it, or set TMPDIR)")
+        raise StoreIOError(
+            f"staging directory {where} is not a private directory of this user: "
+            "refusing to stage there (remove it, or set TMPDIR)"
+        )
     if not _STAGING_SWEPT:
         _STAGING_SWEPT = True
         _remove_dead_staging(where)

@@ -81,8 +81,15 @@ PROCESSES = "processes"
 SUPPORTED_SCHEMA_VERSIONS = (12,)
 SUPPORTED_PROCESS_SCHEMA_VERSIONS = (12,)
 SWEEP_LOCK = ".lashctl-sweep.lock"
-EXPECTED_COLUMNS = ("attachment_id", "session_id", "canonical_uri", "intent_at_ms", "committed_at_ms",
-                    "owner_kind", "owner_id")
+EXPECTED_COLUMNS = (
+    "attachment_id",
+    "session_id",
+    "canonical_uri",
+    "intent_at_ms",
+    "committed_at_ms",
+    "owner_kind",
+    "owner_id",
+)
 EXPECTED_PRIMARY_KEY = ("session_id", "attachment_id")
 
 _COLS = "session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms, owner_kind, owner_id"
@@ -96,12 +103,15 @@ _SQL_UPSERT = (
     " SET intent_at_ms = max(intent_at_ms, coalesce(?6, intent_at_ms)), committed_at_ms = ?7"
     " WHERE committed_at_ms IS NULL"
 )
-_SQL_COMMIT = (f"UPDATE {TABLE} SET committed_at_ms = ?1"
-               " WHERE session_id = ?2 AND attachment_id = ?3 AND committed_at_ms IS NULL")
+_SQL_COMMIT = (
+    f"UPDATE {TABLE} SET committed_at_ms = ?1 WHERE session_id = ?2 AND attachment_id = ?3 AND committed_at_ms IS NULL"
+)
 _SQL_DELETE = f"DELETE FROM {TABLE} WHERE session_id = ?1 AND attachment_id = ?2"
 # A sweep's guarded forget: only a row still an uncommitted intent from at or before the cutoff.
-_SQL_DELETE_AGED = (f"DELETE FROM {TABLE} WHERE session_id = ?1 AND attachment_id = ?2"
-                    " AND committed_at_ms IS NULL AND intent_at_ms <= ?3")
+_SQL_DELETE_AGED = (
+    f"DELETE FROM {TABLE} WHERE session_id = ?1 AND attachment_id = ?2"
+    " AND committed_at_ms IS NULL AND intent_at_ms <= ?3"
+)
 _SQL_REPLACE = (
     f"INSERT INTO {TABLE} (session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms)"
     " VALUES (?1, ?2, ?3, ?4, ?5)"
@@ -144,19 +154,32 @@ def _prefix_upper(prefix: str) -> str | None:
 def _row(values: tuple, where: str) -> Row:
     session_id, attachment_id, uri, intent_at, committed_at, owner_kind, owner_id = values
     if not isinstance(attachment_id, str) or not is_valid_id(attachment_id):
-        raise Corrupt(f"session database {where}: the row ({session_id!r}, {attachment_id!r}) has an "
-                      "attachment_id that is not a 64-character lowercase hex sha256; fix or delete that row")
+        raise Corrupt(
+            f"session database {where}: the row ({session_id!r}, {attachment_id!r}) has an "
+            "attachment_id that is not a 64-character lowercase hex sha256; fix or delete that row"
+        )
     if not isinstance(session_id, str) or not session_id:
-        raise Corrupt(f"session database {where}: a row of attachment {attachment_id} has session_id "
-                      f"{session_id!r}, not a non-empty text; fix or delete that row")
+        raise Corrupt(
+            f"session database {where}: a row of attachment {attachment_id} has session_id "
+            f"{session_id!r}, not a non-empty text; fix or delete that row"
+        )
     for name, value in (("intent_at_ms", intent_at), ("committed_at_ms", committed_at)):
         if value is None and name == "committed_at_ms":
             continue
         if type(value) is not int or not 0 <= value <= MAX_EPOCH_MS:
-            raise Corrupt(f"session database {where}: the row ({session_id!r}, {attachment_id}) has {name} "
-                          f"{value!r}, not a time in the years 1970-9999; fix or delete that row")
-    return Row(session_id, attachment_id, uri if isinstance(uri, str) else canonical_uri(attachment_id),
-               intent_at, committed_at, owner_kind, owner_id)
+            raise Corrupt(
+                f"session database {where}: the row ({session_id!r}, {attachment_id}) has {name} "
+                f"{value!r}, not a time in the years 1970-9999; fix or delete that row"
+            )
+    return Row(
+        session_id,
+        attachment_id,
+        uri if isinstance(uri, str) else canonical_uri(attachment_id),
+        intent_at,
+        committed_at,
+        owner_kind,
+        owner_id,
+    )
 
 
 def _vanished(path: str) -> bool:
@@ -177,10 +200,15 @@ class LashSqliteManifest(ManifestBackend):
     kind = LASH_SQLITE
     blocks_writers = False
 
-    def __init__(self, location: str, lock_timeout: float = 30.0, process_registry: str | None = None,
-                 warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        location: str,
+        lock_timeout: float = 30.0,
+        process_registry: str | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self.warn = warn
-        directory = location[len(PREFIX):] if is_lash_sqlite(location) else location
+        directory = location[len(PREFIX) :] if is_lash_sqlite(location) else location
         if not directory:
             raise UsageError(f"--manifest {PREFIX} names no directory: give {PREFIX}/path/to/sessions")
         if "\0" in directory:
@@ -206,8 +234,10 @@ class LashSqliteManifest(ManifestBackend):
         text = " ".join(str(exc).split()) or type(exc).__name__
         low = text.lower()
         if "locked" in low or "busy" in low:
-            return LockTimeout(f"session database {path} stayed locked for {self.lock_timeout:g}s "
-                               "(a lash writer holds it); retry later")
+            return LockTimeout(
+                f"session database {path} stayed locked for {self.lock_timeout:g}s "
+                "(a lash writer holds it); retry later"
+            )
         if "readonly" in low or "read-only" in low:
             return Denied(f"session database {path} cannot be written: {text}")
         return Corrupt(f"session database {path} could not be opened or read: {text}")
@@ -221,22 +251,25 @@ class LashSqliteManifest(ManifestBackend):
 
     def _connect(self, path: str, mode: str) -> sqlite3.Connection:
         with self._errors(path):
-            return sqlite3.connect(_uri(path, mode), uri=True, timeout=self.lock_timeout, isolation_level=None,
-                                   check_same_thread=False)
+            return sqlite3.connect(
+                _uri(path, mode), uri=True, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False
+            )
 
     def _check_directory(self) -> None:
         try:
             st = os.stat(self.directory)
         except FileNotFoundError:
-            raise UsageError(f"manifest {self.name}: sessions directory {self.directory} does not exist "
-                             "(check --manifest)") from None
+            raise UsageError(
+                f"manifest {self.name}: sessions directory {self.directory} does not exist (check --manifest)"
+            ) from None
         except OSError as exc:
             raise StoreIOError.wrap("read", self.directory, exc) from exc
         import stat
 
         if not stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"manifest {self.name}: {self.directory} is not a directory (name lash's sessions "
-                             "directory)")
+            raise UsageError(
+                f"manifest {self.name}: {self.directory} is not a directory (name lash's sessions directory)"
+            )
 
     def primaries(self) -> list[str]:
         """The primary session databases, by name."""
@@ -281,9 +314,11 @@ class LashSqliteManifest(ManifestBackend):
             return None
         if version not in SUPPORTED_SCHEMA_VERSIONS:
             supported = ", ".join(str(v) for v in SUPPORTED_SCHEMA_VERSIONS)
-            raise Corrupt(f"session database {path}: lash schema version {version} (PRAGMA user_version) is not "
-                          f"one this lashctl was built for (it supports {supported}), and its rows may mean "
-                          "something else")
+            raise Corrupt(
+                f"session database {path}: lash schema version {version} (PRAGMA user_version) is not "
+                f"one this lashctl was built for (it supports {supported}), and its rows may mean "
+                "something else"
+            )
         if TABLE not in tables:
             raise Corrupt(f"session database {path} has no table {TABLE}: it is not a lash session database")
         columns = conn.execute(f"PRAGMA {schema}.table_info({TABLE})").fetchall()
@@ -293,8 +328,9 @@ class LashSqliteManifest(ManifestBackend):
         if sorted(key) != sorted(EXPECTED_PRIMARY_KEY):
             problems.append(f"primary key is ({', '.join(key)}), expected ({', '.join(EXPECTED_PRIMARY_KEY)})")
         if problems:
-            raise Corrupt(f"session database {path}: table {TABLE} is not lash's attachment manifest: "
-                          f"{'; '.join(problems)}")
+            raise Corrupt(
+                f"session database {path}: table {TABLE} is not lash's attachment manifest: {'; '.join(problems)}"
+            )
         return tables
 
     @contextmanager
@@ -320,20 +356,24 @@ class LashSqliteManifest(ManifestBackend):
         conn = sqlite3.connect(_uri(path, "ro"), uri=True, timeout=self.lock_timeout, isolation_level=None)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                               (PROCESSES,)).fetchone()
+            has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (PROCESSES,)).fetchone()
         except sqlite3.Error as exc:
-            raise UsageError(f"--process-registry: {path} cannot be read as lash's SQLite process registry: "
-                             f"{' '.join(str(exc).split())}") from exc
+            raise UsageError(
+                f"--process-registry: {path} cannot be read as lash's SQLite process registry: "
+                f"{' '.join(str(exc).split())}"
+            ) from exc
         finally:
             conn.close()
         if has is None:
-            raise UsageError(f"--process-registry: {path} has no table {PROCESSES}: it is not lash's SQLite "
-                             "process registry")
+            raise UsageError(
+                f"--process-registry: {path} has no table {PROCESSES}: it is not lash's SQLite process registry"
+            )
         if version not in SUPPORTED_PROCESS_SCHEMA_VERSIONS:
-            raise Corrupt(f"--process-registry: {path}: lash process registry schema version {version} is not one "
-                          f"this lashctl was built for (it supports "
-                          f"{', '.join(str(v) for v in SUPPORTED_PROCESS_SCHEMA_VERSIONS)})")
+            raise Corrupt(
+                f"--process-registry: {path}: lash process registry schema version {version} is not one "
+                f"this lashctl was built for (it supports "
+                f"{', '.join(str(v) for v in SUPPORTED_PROCESS_SCHEMA_VERSIONS)})"
+            )
 
     def registered(self, process_ids: list[str]) -> set[str]:
         """Which of these processes have a row in the registry (read now, read-only)."""
@@ -342,10 +382,12 @@ class LashSqliteManifest(ManifestBackend):
         conn = sqlite3.connect(_uri(path, "ro"), uri=True, timeout=self.lock_timeout, isolation_level=None)
         try:
             for start in range(0, len(process_ids), _IN_BATCH):
-                chunk = process_ids[start:start + _IN_BATCH]
+                chunk = process_ids[start : start + _IN_BATCH]
                 marks = ", ".join("?" * len(chunk))
-                found.update(p for (p,) in conn.execute(
-                    f"SELECT process_id FROM {PROCESSES} WHERE process_id IN ({marks})", chunk))
+                found.update(
+                    p
+                    for (p,) in conn.execute(f"SELECT process_id FROM {PROCESSES} WHERE process_id IN ({marks})", chunk)
+                )
         except sqlite3.Error as exc:
             raise Corrupt(f"--process-registry: {path} could not be read: {' '.join(str(exc).split())}") from exc
         finally:
@@ -357,8 +399,11 @@ class LashSqliteManifest(ManifestBackend):
         every problem found, not only the first (a sweep stops at the first)."""
         self._check_directory()
         report = DatabaseCheck(self.directory)
-        report.skipped = sum(1 for name in os.listdir(self.directory)
-                             if name.endswith((".db", ".db-wal", ".db-shm")) and not is_primary_db_name(name))
+        report.skipped = sum(
+            1
+            for name in os.listdir(self.directory)
+            if name.endswith((".db", ".db-wal", ".db-shm")) and not is_primary_db_name(name)
+        )
         for path in self.primaries():
             report.databases += 1
             try:
@@ -437,8 +482,14 @@ class LashSqliteManifest(ManifestBackend):
         path = os.path.join(self.directory, SWEEP_LOCK)
         fd = open_lock_file(path)
         try:
-            flock_within(fd, path, self.lock_timeout, action=f"take the sweep lock {path}",
-                         holder="another sweep", warn=self.warn)
+            flock_within(
+                fd,
+                path,
+                self.lock_timeout,
+                action=f"take the sweep lock {path}",
+                holder="another sweep",
+                warn=self.warn,
+            )
             try:
                 yield
             finally:
@@ -468,8 +519,8 @@ class Snapshot:
         self.paths = backend.primaries()
         self.conn = sqlite3.connect("file:", uri=True, isolation_level=None, check_same_thread=False)
         self.conn.executescript(
-            f"CREATE TABLE rows ({_COLS}, db INTEGER);"
-            "CREATE TABLE turns (session_id, turn_id, committed_at_ms);")
+            f"CREATE TABLE rows ({_COLS}, db INTEGER);CREATE TABLE turns (session_id, turn_id, committed_at_ms);"
+        )
         try:
             for index, path in enumerate(self.paths):
                 try:
@@ -485,7 +536,8 @@ class Snapshot:
             "CREATE INDEX rows_uncommitted ON rows (intent_at_ms, attachment_id, session_id)"
             " WHERE committed_at_ms IS NULL;"
             "CREATE INDEX rows_by_session ON rows (session_id);"
-            "CREATE INDEX turns_by_session ON turns (session_id, committed_at_ms);")
+            "CREATE INDEX turns_by_session ON turns (session_id, committed_at_ms);"
+        )
 
     def _load(self, backend: LashSqliteManifest, index: int, path: str) -> None:
         conn = self.conn
@@ -497,8 +549,9 @@ class Snapshot:
                 if tables is not None:
                     conn.execute(f"INSERT INTO rows SELECT {_COLS}, ? FROM s.{TABLE}", (index,))
                     if TURN_COMMITS in tables:
-                        conn.execute(f"INSERT INTO turns SELECT session_id, turn_id, committed_at_ms"
-                                     f" FROM s.{TURN_COMMITS}")
+                        conn.execute(
+                            f"INSERT INTO turns SELECT session_id, turn_id, committed_at_ms FROM s.{TURN_COMMITS}"
+                        )
                 conn.execute("COMMIT")
             finally:
                 if conn.in_transaction:
@@ -636,10 +689,11 @@ class LashSqliteView(ManifestWriter):
                 return out
             with self.backend._errors(path):
                 for start in range(0, len(values), _IN_BATCH):
-                    chunk = values[start:start + _IN_BATCH]
+                    chunk = values[start : start + _IN_BATCH]
                     marks = ", ".join("?" * len(chunk))
-                    for found in conn.execute(f"SELECT {_COLS} FROM {TABLE} WHERE {where} IN ({marks})",
-                                              (*fixed, *chunk)):
+                    for found in conn.execute(
+                        f"SELECT {_COLS} FROM {TABLE} WHERE {where} IN ({marks})", (*fixed, *chunk)
+                    ):
                         row = self._trusted(found, path)
                         if row is not None:
                             out.append(row)
@@ -654,8 +708,10 @@ class LashSqliteView(ManifestWriter):
         found = [named] if os.path.isfile(named) else []
         snap = self._snapshot
         if snap is not None:
-            found += [snap.paths[i] for (i,) in snap.conn.execute(
-                "SELECT DISTINCT db FROM rows WHERE session_id = ?", (session,))]
+            found += [
+                snap.paths[i]
+                for (i,) in snap.conn.execute("SELECT DISTINCT db FROM rows WHERE session_id = ?", (session,))
+            ]
         if not found:  # a host's own name: its session_meta says whose it is
             found = [p for p in self.backend.primaries() if self._names_session(p, session)]
         self._dbs[session] = out = sorted(set(found), key=lambda p: (p != named, p))
@@ -667,18 +723,26 @@ class LashSqliteView(ManifestWriter):
                 return False
             with self.backend._errors(path):
                 tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if SESSION_META in tables and conn.execute(
-                        f"SELECT 1 FROM {SESSION_META} WHERE session_id = ? LIMIT 1", (session,)).fetchone():
+                if (
+                    SESSION_META in tables
+                    and conn.execute(
+                        f"SELECT 1 FROM {SESSION_META} WHERE session_id = ? LIMIT 1", (session,)
+                    ).fetchone()
+                ):
                     return True
-                return conn.execute(f"SELECT 1 FROM {TABLE} WHERE session_id = ? LIMIT 1",
-                                    (session,)).fetchone() is not None
+                return (
+                    conn.execute(f"SELECT 1 FROM {TABLE} WHERE session_id = ? LIMIT 1", (session,)).fetchone()
+                    is not None
+                )
 
     def _required_dbs(self, session: str) -> list[str]:
         dbs = self.dbs_of(session)
         if not dbs:
-            raise UsageError(f"session {session!r} has no session database in {self.backend.directory} (expected "
-                             f"{session_db_name(session)}); lashctl never creates one: let lash open the "
-                             "session first")
+            raise UsageError(
+                f"session {session!r} has no session database in {self.backend.directory} (expected "
+                f"{session_db_name(session)}); lashctl never creates one: let lash open the "
+                "session first"
+            )
         return dbs
 
     def _writer(self, path: str) -> sqlite3.Connection:
@@ -733,7 +797,7 @@ class LashSqliteView(ManifestWriter):
         if self.mode == "read":
             rows: list[Row] = []
             for start in range(0, len(ids), _IN_BATCH):
-                chunk = ids[start:start + _IN_BATCH]
+                chunk = ids[start : start + _IN_BATCH]
                 marks = ", ".join("?" * len(chunk))
                 rows += self._snap_rows(f"SELECT {_COLS}, db FROM rows WHERE attachment_id IN ({marks})", tuple(chunk))
         else:
@@ -752,38 +816,50 @@ class LashSqliteView(ManifestWriter):
         snap = self.snapshot()
         bad = snap.conn.execute(
             f"SELECT {_COLS}, db FROM rows WHERE NOT (typeof(attachment_id) = 'text'"
-            " AND length(attachment_id) = 64 AND attachment_id NOT GLOB '*[^0-9a-f]*') LIMIT 1").fetchone()
+            " AND length(attachment_id) = 64 AND attachment_id NOT GLOB '*[^0-9a-f]*') LIMIT 1"
+        ).fetchone()
         if bad is not None:
             _row(bad[:7], snap.paths[bad[7]])  # raises Corrupt naming the row and its database
 
     def ids_with_prefix(self, prefix: str) -> list[str]:
         where, params = self._prefix_where(prefix)
         snap = self.snapshot()
-        found = [r[0] for r in snap.conn.execute(
-            f"SELECT DISTINCT attachment_id FROM rows {where} ORDER BY attachment_id", params)]
+        found = [
+            r[0]
+            for r in snap.conn.execute(
+                f"SELECT DISTINCT attachment_id FROM rows {where} ORDER BY attachment_id", params
+            )
+        ]
         for attachment_id in found:
             if not isinstance(attachment_id, str) or not is_valid_id(attachment_id):
-                raise Corrupt(f"manifest {self.backend.name}: attachment_id {attachment_id!r} is not a "
-                              "64-character lowercase hex sha256; fix or delete its rows")
+                raise Corrupt(
+                    f"manifest {self.backend.name}: attachment_id {attachment_id!r} is not a "
+                    "64-character lowercase hex sha256; fix or delete its rows"
+                )
         return found
 
     def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
         """Uncommitted rows with intent at or before the cutoff: oldest first, then by id, then session."""
         where, params = uncommitted_where(cutoff_ms, session, suffix="_ms")
-        return self._snap_rows(f"SELECT {_COLS}, db FROM rows WHERE {where}"
-                               " ORDER BY intent_at_ms, attachment_id, session_id", params)
+        return self._snap_rows(
+            f"SELECT {_COLS}, db FROM rows WHERE {where} ORDER BY intent_at_ms, attachment_id, session_id", params
+        )
 
     def aged(self, cutoff_ms: int) -> Iterator[list[Row]]:
         """For each id with an uncommitted row at or before the cutoff, every row of it, in id order."""
-        return self._grouped(self._snap_rows(
-            f"SELECT {_COLS}, db FROM rows WHERE attachment_id IN (SELECT attachment_id FROM rows"
-            " WHERE committed_at_ms IS NULL AND intent_at_ms <= ?) ORDER BY attachment_id, session_id",
-            (cutoff_ms,)))
+        return self._grouped(
+            self._snap_rows(
+                f"SELECT {_COLS}, db FROM rows WHERE attachment_id IN (SELECT attachment_id FROM rows"
+                " WHERE committed_at_ms IS NULL AND intent_at_ms <= ?) ORDER BY attachment_id, session_id",
+                (cutoff_ms,),
+            )
+        )
 
     def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
         where, params = self._prefix_where(prefix)
-        return self._grouped(self._snap_rows(
-            f"SELECT {_COLS}, db FROM rows {where} ORDER BY attachment_id, session_id", params))
+        return self._grouped(
+            self._snap_rows(f"SELECT {_COLS}, db FROM rows {where} ORDER BY attachment_id, session_id", params)
+        )
 
     def row_count(self) -> int:
         return self.snapshot().conn.execute("SELECT count(*) FROM rows").fetchone()[0]
@@ -808,17 +884,30 @@ class LashSqliteView(ManifestWriter):
 
     def _owner_reason(self, row: Row) -> str | None:
         if row.owner_kind == "turn":
-            dead = self.snapshot().conn.execute(
-                "SELECT 1 FROM turns WHERE session_id = ? AND turn_id <> ? AND committed_at_ms > ? LIMIT 1",
-                (row.session_id, row.owner_id, row.intent_at_epoch_ms)).fetchone()
-            return None if dead else (f"owner turn {row.owner_id} not proven dead: no later commit of another "
-                                      f"turn of session {row.session_id}")
+            dead = (
+                self.snapshot()
+                .conn.execute(
+                    "SELECT 1 FROM turns WHERE session_id = ? AND turn_id <> ? AND committed_at_ms > ? LIMIT 1",
+                    (row.session_id, row.owner_id, row.intent_at_epoch_ms),
+                )
+                .fetchone()
+            )
+            return (
+                None
+                if dead
+                else (
+                    f"owner turn {row.owner_id} not proven dead: no later commit of another "
+                    f"turn of session {row.session_id}"
+                )
+            )
         if row.owner_kind != "process":
             return f"owner {row.owner_kind} {row.owner_id} is of an unknown kind"
         registry = self.backend.process_registry
         if registry is None:
-            return (f"owned by process {row.owner_id} (lash keeps process-owned intents unless its "
-                    "process registry is named: --process-registry)")
+            return (
+                f"owned by process {row.owner_id} (lash keeps process-owned intents unless its "
+                "process registry is named: --process-registry)"
+            )
         if row.owner_id not in self._alive:
             self._alive[row.owner_id] = bool(self.backend.registered([row.owner_id]))
         if self._alive[row.owner_id]:
@@ -844,7 +933,7 @@ class LashSqliteView(ManifestWriter):
         except ValueError as exc:
             raise Corrupt(str(exc)) from None
         per_db: dict[str, list[tuple[str, tuple]]] = {}
-        for (session, aid) in sorted(runs):
+        for session, aid in sorted(runs):
             for effect in runs[(session, aid)]:
                 for statement, to_all in self._statements(session, aid, effect):
                     dbs = self.dbs_of(session) if to_all else self._required_dbs(session)[:1]
@@ -864,12 +953,34 @@ class LashSqliteView(ManifestWriter):
         if effect.replaces:
             out = [((_SQL_DELETE, (session, aid)), True)]
             if row is not None:
-                out.append(((_SQL_REPLACE, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
-                                            row.committed_at_epoch_ms)), False))
+                out.append(
+                    (
+                        (
+                            _SQL_REPLACE,
+                            (session, aid, row.canonical_uri, row.intent_at_epoch_ms, row.committed_at_epoch_ms),
+                        ),
+                        False,
+                    )
+                )
             return out
         if row is not None:
-            return [((_SQL_UPSERT, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
-                                    row.committed_at_epoch_ms, effect.refreshed_intent, effect.commit_at)), False)]
+            return [
+                (
+                    (
+                        _SQL_UPSERT,
+                        (
+                            session,
+                            aid,
+                            row.canonical_uri,
+                            row.intent_at_epoch_ms,
+                            row.committed_at_epoch_ms,
+                            effect.refreshed_intent,
+                            effect.commit_at,
+                        ),
+                    ),
+                    False,
+                )
+            ]
         if effect.commit_at is not None:
             return [((_SQL_COMMIT, (effect.commit_at, session, aid)), True)]
         return []

@@ -121,10 +121,8 @@ LASH_INDEXES = (
 )
 # lashctl's own: name -> definition (after "ON <table>").
 LASHCTL_INDEXES = {
-    "lashctl_attachment_manifest_by_id":
-        '(attachment_id COLLATE "C", session_id COLLATE "C")',
-    "lashctl_attachment_manifest_uncommitted_order":
-        '(intent_at_ms, attachment_id COLLATE "C", session_id COLLATE "C") WHERE committed_at_ms IS NULL',
+    "lashctl_attachment_manifest_by_id": '(attachment_id COLLATE "C", session_id COLLATE "C")',
+    "lashctl_attachment_manifest_uncommitted_order": '(intent_at_ms, attachment_id COLLATE "C", session_id COLLATE "C") WHERE committed_at_ms IS NULL',
 }
 
 _COLS = "session_id, attachment_id, canonical_uri, intent_at_ms, committed_at_ms, owner_kind, owner_id"
@@ -142,8 +140,7 @@ _SQL_UPSERT = (
     " WHERE m.committed_at_ms IS NULL"
 )
 _SQL_COMMIT = (
-    f"UPDATE {TABLE} SET committed_at_ms = %s"
-    " WHERE session_id = %s AND attachment_id = %s AND committed_at_ms IS NULL"
+    f"UPDATE {TABLE} SET committed_at_ms = %s WHERE session_id = %s AND attachment_id = %s AND committed_at_ms IS NULL"
 )
 _SQL_DELETE = f"DELETE FROM {TABLE} WHERE session_id = %s AND attachment_id = %s"
 # A sweep's guarded forget (``Event.forget(..., until_ms=cutoff)``, ``fold.step``):
@@ -164,25 +161,41 @@ _SQL_REPLACE = (
 
 # Patterns of libpq's connection failures (they carry no SQLSTATE).
 _DENIED_MARKS = (
-    "authentication failed", "no password supplied", "password is required",
-    "pg_hba.conf", "permission denied", "does not have connect privilege",
-    "server requested", "role \"",  # role "x" does not exist
+    "authentication failed",
+    "no password supplied",
+    "password is required",
+    "pg_hba.conf",
+    "permission denied",
+    "does not have connect privilege",
+    "server requested",
+    'role "',  # role "x" does not exist
 )
 
 
 def _row(values: tuple) -> Row:
     session_id, attachment_id, uri, intent_at, committed_at, owner_kind, owner_id = values
     if not is_valid_id(attachment_id):
-        raise Corrupt(f"table {TABLE}: the row ({session_id!r}, {attachment_id!r}) has an attachment_id "
-                      "that is not a 64-character lowercase hex sha256; fix or delete that row")
+        raise Corrupt(
+            f"table {TABLE}: the row ({session_id!r}, {attachment_id!r}) has an attachment_id "
+            "that is not a 64-character lowercase hex sha256; fix or delete that row"
+        )
     if not session_id:
         raise Corrupt(f"table {TABLE}: a row of attachment {attachment_id} has an empty session_id")
     for name, value in (("intent_at_ms", intent_at), ("committed_at_ms", committed_at)):
         if value is not None and not 0 <= value <= MAX_EPOCH_MS:
-            raise Corrupt(f"table {TABLE}: the row ({session_id!r}, {attachment_id}) has {name} {value}, "
-                          "outside the years 1970-9999; fix or delete that row")
-    return Row(session_id, attachment_id, uri if uri is not None else canonical_uri(attachment_id),
-               intent_at, committed_at, owner_kind, owner_id)
+            raise Corrupt(
+                f"table {TABLE}: the row ({session_id!r}, {attachment_id}) has {name} {value}, "
+                "outside the years 1970-9999; fix or delete that row"
+            )
+    return Row(
+        session_id,
+        attachment_id,
+        uri if uri is not None else canonical_uri(attachment_id),
+        intent_at,
+        committed_at,
+        owner_kind,
+        owner_id,
+    )
 
 
 def _uncommitted_where(cutoff_ms: int | None, session: str | None) -> tuple[str, tuple]:
@@ -220,11 +233,18 @@ class PostgresManifest(ManifestBackend):
     kind = POSTGRES
     blocks_writers = False
 
-    def __init__(self, url: str, lock_timeout: float = 30.0, process_registry: str | None = None,
-                 warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        lock_timeout: float = 30.0,
+        process_registry: str | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self._warn = warn
         if not is_postgres_url(url):
-            raise UsageError(f"not a PostgreSQL URL: {strip_password(url)} (expected one of {', '.join(POSTGRES_SCHEMES)})")
+            raise UsageError(
+                f"not a PostgreSQL URL: {strip_password(url)} (expected one of {', '.join(POSTGRES_SCHEMES)})"
+            )
         if not is_utf8_text(url):  # argv bytes that are not UTF-8: libpq could never be given them
             raise UsageError("the PostgreSQL URL is not valid UTF-8 (percent-encode such bytes: %FF)")
         if not math.isfinite(lock_timeout) or lock_timeout < 0:
@@ -245,8 +265,11 @@ class PostgresManifest(ManifestBackend):
         # None: process owners are never proven dead, as in an unwired lash.
         self.process_registry = process_registry
         # Quoted as PostgreSQL folds an unquoted name (lower case): a keyword is a name too.
-        self._registry_sql = (".".join(f'"{part.lower()}"' for part in process_registry.split("."))
-                              if process_registry is not None else None)
+        self._registry_sql = (
+            ".".join(f'"{part.lower()}"' for part in process_registry.split("."))
+            if process_registry is not None
+            else None
+        )
         self._shape_checked = False
 
     def __repr__(self) -> str:
@@ -265,14 +288,19 @@ class PostgresManifest(ManifestBackend):
             text = text.replace(password, "***")
         low = text.lower()
         if isinstance(exc, e.LockNotAvailable):
-            return LockTimeout(f"PostgreSQL manifest {self.name}: a lock on {TABLE} was not granted within "
-                               f"{self.lock_timeout:g}s (another transaction holds it); retry later")
-        if isinstance(exc, e.InsufficientPrivilege) or (
-                getattr(exc, "sqlstate", None) or "").startswith("28") or (
-                exc.__class__ is psycopg.OperationalError and any(m in low for m in _DENIED_MARKS)):
+            return LockTimeout(
+                f"PostgreSQL manifest {self.name}: a lock on {TABLE} was not granted within "
+                f"{self.lock_timeout:g}s (another transaction holds it); retry later"
+            )
+        if (
+            isinstance(exc, e.InsufficientPrivilege)
+            or (getattr(exc, "sqlstate", None) or "").startswith("28")
+            or (exc.__class__ is psycopg.OperationalError and any(m in low for m in _DENIED_MARKS))
+        ):
             return Denied(f"PostgreSQL manifest {self.name}: access denied: {text}")
         if isinstance(exc, e.InvalidCatalogName) or (
-                exc.__class__ is psycopg.OperationalError and "database" in low and "does not exist" in low):
+            exc.__class__ is psycopg.OperationalError and "database" in low and "does not exist" in low
+        ):
             return UsageError(f"PostgreSQL manifest {self.name}: {text}")
         if isinstance(exc, e.UndefinedTable):
             return UsageError(f"no table {TABLE} in {self.name} (create it with `lashctl manifest init`): {text}")
@@ -346,8 +374,9 @@ class PostgresManifest(ManifestBackend):
         """The table's oid (None: missing), once a lash schema version this
         lashctl was not built for has been refused: one round trip, a second
         only where lash stamped its version."""
-        oid, stamped = conn.execute("SELECT to_regclass(%s)::oid, to_regclass(%s) IS NOT NULL",
-                                    (TABLE, SCHEMA_VERSIONS)).fetchone()
+        oid, stamped = conn.execute(
+            "SELECT to_regclass(%s)::oid, to_regclass(%s) IS NOT NULL", (TABLE, SCHEMA_VERSIONS)
+        ).fetchone()
         if stamped:
             self._check_schema_version(conn)
         return oid
@@ -360,8 +389,9 @@ class PostgresManifest(ManifestBackend):
 
         where = f"{SCHEMA_VERSIONS} in {conn.info.dbname} at {self.name}"
         try:
-            found = conn.execute(f"SELECT version FROM {SCHEMA_VERSIONS} WHERE component = %s",
-                                 (SCHEMA_COMPONENT,)).fetchone()
+            found = conn.execute(
+                f"SELECT version FROM {SCHEMA_VERSIONS} WHERE component = %s", (SCHEMA_COMPONENT,)
+            ).fetchone()
         except (e.UndefinedColumn, e.UndefinedFunction, e.DatatypeMismatch) as exc:
             raise Corrupt(f"table {where} is not lash's schema version table: {' '.join(str(exc).split())}") from exc
         if found is None:
@@ -370,9 +400,11 @@ class PostgresManifest(ManifestBackend):
         if not isinstance(found[0], int):
             raise Corrupt(f"table {where} is not lash's schema version table: version {found[0]!r} is not a number")
         if found[0] not in SUPPORTED_SCHEMA_VERSIONS:
-            raise Corrupt(f"PostgreSQL manifest {self.name}: lash schema version {found[0]} (in {SCHEMA_VERSIONS}) "
-                          f"is not one this lashctl was built for (it supports {supported}), and its rows may "
-                          "mean something else: nothing was read or changed")
+            raise Corrupt(
+                f"PostgreSQL manifest {self.name}: lash schema version {found[0]} (in {SCHEMA_VERSIONS}) "
+                f"is not one this lashctl was built for (it supports {supported}), and its rows may "
+                "mean something else: nothing was read or changed"
+            )
 
     def _check_process_registry(self, conn: "psycopg.Connection") -> None:
         """UsageError unless the table ``--process-registry`` names exists with
@@ -382,13 +414,19 @@ class PostgresManifest(ManifestBackend):
             return
         exists, has_id = conn.execute(
             "SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s)"
-            " AND attname = 'process_id' AND attnum > 0 AND NOT attisdropped)", (quoted, quoted)).fetchone()
+            " AND attname = 'process_id' AND attnum > 0 AND NOT attisdropped)",
+            (quoted, quoted),
+        ).fetchone()
         if not exists:
-            raise UsageError(f"--process-registry: no table {table} in {conn.info.dbname} at {self.name} "
-                             "(name the table lash's process registry lives in)")
+            raise UsageError(
+                f"--process-registry: no table {table} in {conn.info.dbname} at {self.name} "
+                "(name the table lash's process registry lives in)"
+            )
         if not has_id:
-            raise UsageError(f"--process-registry: table {table} in {conn.info.dbname} has no process_id column: "
-                             "it is not lash's process registry")
+            raise UsageError(
+                f"--process-registry: table {table} in {conn.info.dbname} has no process_id column: "
+                "it is not lash's process registry"
+            )
 
     def _check_shape(self, conn: "psycopg.Connection") -> None:
         """Corrupt for a lash schema version lashctl does not support, UsageError
@@ -397,16 +435,20 @@ class PostgresManifest(ManifestBackend):
         oid = self._probe(conn)
         if oid is None:
             raise UsageError(
-                f"no table {TABLE} in {conn.info.dbname} at {self.name} "
-                "(create it with `lashctl manifest init`)")
+                f"no table {TABLE} in {conn.info.dbname} at {self.name} (create it with `lashctl manifest init`)"
+            )
         if self._shape_checked:
             return
         relkind = conn.execute("SELECT relkind FROM pg_class WHERE oid = %s", (oid,)).fetchone()[0]
         if relkind not in ("r", "p"):
             raise Corrupt(f"{TABLE} in {conn.info.dbname} is not a table (relkind {relkind!r})")
-        columns = dict(conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
-            " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall())
+        columns = dict(
+            conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+                (oid,),
+            ).fetchall()
+        )
         problems = []
         for column, expected in EXPECTED_COLUMNS.items():
             found = columns.get(column)
@@ -418,14 +460,18 @@ class PostgresManifest(ManifestBackend):
             "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i"
             " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
             " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
-            " WHERE i.indrelid = %s AND i.indisprimary", (oid,)).fetchone()[0]
+            " WHERE i.indrelid = %s AND i.indisprimary",
+            (oid,),
+        ).fetchone()[0]
         if pk is None:
             problems.append(f"no primary key, expected ({', '.join(EXPECTED_PRIMARY_KEY)})")
         elif sorted(pk) != sorted(EXPECTED_PRIMARY_KEY):
             problems.append(f"primary key is ({', '.join(pk)}), expected ({', '.join(EXPECTED_PRIMARY_KEY)})")
         if problems:
-            raise Corrupt(f"table {TABLE} in {conn.info.dbname} at {self.name} is not lash's attachment "
-                          f"manifest: {'; '.join(problems)}")
+            raise Corrupt(
+                f"table {TABLE} in {conn.info.dbname} at {self.name} is not lash's attachment "
+                f"manifest: {'; '.join(problems)}"
+            )
         self._check_process_registry(conn)
         self._shape_checked = True
 
@@ -466,9 +512,13 @@ class PostgresManifest(ManifestBackend):
 
     def _index_names(self, conn: "psycopg.Connection") -> dict[str, bool]:
         """Index name -> whether it is valid, for the table's indexes."""
-        return dict(conn.execute(
-            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " WHERE i.indrelid = to_regclass(%s)", (TABLE,)).fetchall())
+        return dict(
+            conn.execute(
+                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE i.indrelid = to_regclass(%s)",
+                (TABLE,),
+            ).fetchall()
+        )
 
     def exists(self) -> bool:
         """The server answers and the table exists (Unavailable/Denied if it does not answer)."""
@@ -541,21 +591,29 @@ class PostgresManifest(ManifestBackend):
             with self._errors():
                 self._check_shape(conn)
                 conn.execute(_DURABLE)
-                qualified = conn.execute("SELECT to_regclass(%s)::regclass::text, current_database()",
-                                         (TABLE,)).fetchone()
+                qualified = conn.execute(
+                    "SELECT to_regclass(%s)::regclass::text, current_database()", (TABLE,)
+                ).fetchone()
                 key = lock_key(f"{qualified[1]}.{qualified[0]}")
                 started = time.monotonic()
                 deadline, told = started + self.lock_timeout, False
                 while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-                    if not told and self._warn is not None and time.monotonic() - started >= 1 \
-                            and self.lock_timeout > 1:
-                        self._warn(f"waiting for the sweep lock on {TABLE} at {self.name} (another sweep "
-                                   f"holds it; up to {self.lock_timeout:g}s, --lock-timeout)")
+                    if (
+                        not told
+                        and self._warn is not None
+                        and time.monotonic() - started >= 1
+                        and self.lock_timeout > 1
+                    ):
+                        self._warn(
+                            f"waiting for the sweep lock on {TABLE} at {self.name} (another sweep "
+                            f"holds it; up to {self.lock_timeout:g}s, --lock-timeout)"
+                        )
                         told = True
                     if time.monotonic() >= deadline:
                         raise LockTimeout(
                             f"could not take the sweep lock on {TABLE} at {self.name} within "
-                            f"{self.lock_timeout:g}s: another sweep holds it; retry later")
+                            f"{self.lock_timeout:g}s: another sweep holds it; retry later"
+                        )
                     time.sleep(_LOCK_POLL_S)
             try:
                 view = PostgresView(self, conn, autocommit=True)
@@ -572,8 +630,14 @@ class PostgresManifest(ManifestBackend):
 class PostgresView(ManifestWriter):
     """``ManifestView`` and ``ManifestWriter`` on one connection."""
 
-    def __init__(self, backend: PostgresManifest, conn: "psycopg.Connection", autocommit: bool,
-                 tolerant: bool = False, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        backend: PostgresManifest,
+        conn: "psycopg.Connection",
+        autocommit: bool,
+        tolerant: bool = False,
+        read_only: bool = False,
+    ) -> None:
         self.backend = backend
         self.conn = conn
         self.autocommit = autocommit
@@ -646,11 +710,13 @@ class PostgresView(ManifestWriter):
             parts.append(
                 f"({alias}.owner_kind = 'turn' AND EXISTS (SELECT 1 FROM {TURN_COMMITS} AS tc"
                 f" WHERE tc.session_id = {alias}.session_id AND tc.turn_id <> {alias}.owner_id"
-                f" AND tc.committed_at_ms > {alias}.intent_at_ms))")
+                f" AND tc.committed_at_ms > {alias}.intent_at_ms))"
+            )
         if registry is not None:
             parts.append(
                 f"({alias}.owner_kind = 'process' AND NOT EXISTS (SELECT 1 FROM {self.backend._registry_sql} AS p"
-                f" WHERE p.process_id = {alias}.owner_id))")
+                f" WHERE p.process_id = {alias}.owner_id))"
+            )
         return "(" + " OR ".join(parts) + ")"
 
     # -- ManifestView ----------------------------------------------------------------
@@ -667,7 +733,8 @@ class PostgresView(ManifestWriter):
             found = self.conn.execute(
                 f"SELECT {_M_COLS} FROM unnest(%s::text[], %s::text[]) AS k(session_id, attachment_id)"
                 f" JOIN {TABLE} AS m ON m.session_id = k.session_id AND m.attachment_id = k.attachment_id{lock}",
-                (sessions, ids)).fetchall()
+                (sessions, ids),
+            ).fetchall()
         return {(r[0], r[1]): _row(r) for r in found}
 
     def rows_for_ids(self, attachment_ids: list[str]) -> dict[str, list[Row]]:
@@ -677,8 +744,8 @@ class PostgresView(ManifestWriter):
             return out
         with self.backend._errors():
             found = self.conn.execute(
-                f"SELECT {_COLS} FROM {TABLE} WHERE {_ID} = ANY(%s) ORDER BY {_ID}, {_SESSION}",
-                (list(attachment_ids),)).fetchall()
+                f"SELECT {_COLS} FROM {TABLE} WHERE {_ID} = ANY(%s) ORDER BY {_ID}, {_SESSION}", (list(attachment_ids),)
+            ).fetchall()
         for values in found:
             row = _row(values)
             out[row.attachment_id].append(row)
@@ -690,26 +757,27 @@ class PostgresView(ManifestWriter):
         scan of the table in the server, asked by commands that delete named
         ids (a sweep reads every row anyway)."""
         with self.backend._errors():
-            bad = self.conn.execute(
-                f"SELECT {_COLS} FROM {TABLE} WHERE {_ID} !~ '^[0-9a-f]{{64}}$' LIMIT 1").fetchone()
+            bad = self.conn.execute(f"SELECT {_COLS} FROM {TABLE} WHERE {_ID} !~ '^[0-9a-f]{{64}}$' LIMIT 1").fetchone()
         if bad is not None:
             _row(bad)  # raises Corrupt naming the row
 
     def rows_for_id(self, attachment_id: str) -> list[Row]:
         with self.backend._errors():
             found = self.conn.execute(
-                f"SELECT {_COLS} FROM {TABLE} WHERE {_ID} = %s {_BY_ID_ORDER}", (attachment_id,)).fetchall()
+                f"SELECT {_COLS} FROM {TABLE} WHERE {_ID} = %s {_BY_ID_ORDER}", (attachment_id,)
+            ).fetchall()
         return [_row(r) for r in found]
 
     def ids_with_prefix(self, prefix: str) -> list[str]:
         where, params = self._prefix_where(prefix)
         with self.backend._errors():
-            found = self.conn.execute(
-                f"SELECT DISTINCT {_ID} FROM {TABLE} {where} ORDER BY {_ID}", params).fetchall()
+            found = self.conn.execute(f"SELECT DISTINCT {_ID} FROM {TABLE} {where} ORDER BY {_ID}", params).fetchall()
         for (attachment_id,) in found:
             if not is_valid_id(attachment_id):
-                raise Corrupt(f"table {TABLE}: attachment_id {attachment_id!r} is not a 64-character "
-                              "lowercase hex sha256; fix or delete its rows")
+                raise Corrupt(
+                    f"table {TABLE}: attachment_id {attachment_id!r} is not a 64-character "
+                    "lowercase hex sha256; fix or delete its rows"
+                )
         return [r[0] for r in found]
 
     @staticmethod
@@ -745,8 +813,10 @@ class PostgresView(ManifestWriter):
         """``uncommitted`` as raw rows ``(id, session, uri, intent_at)``, in
         chunks as fetched; ``rendered_row`` turns one into its ``Row``."""
         where, params = _uncommitted_where(cutoff_ms, session)
-        sql = (f"SELECT {_ID}, {_SESSION}, coalesce(canonical_uri, '{URI_SCHEME}' || {_ID}), intent_at_ms"
-               f" FROM {TABLE} WHERE {where} ORDER BY intent_at_ms, {_ID}, {_SESSION}")
+        sql = (
+            f"SELECT {_ID}, {_SESSION}, coalesce(canonical_uri, '{URI_SCHEME}' || {_ID}), intent_at_ms"
+            f" FROM {TABLE} WHERE {where} ORDER BY intent_at_ms, {_ID}, {_SESSION}"
+        )
         return self._chunks(sql, params)
 
     def rendered_row(self, values: tuple) -> Row | None:
@@ -762,7 +832,8 @@ class PostgresView(ManifestWriter):
             f"  SELECT DISTINCT {_ID} AS aid FROM {TABLE}"
             f"  WHERE committed_at_ms IS NULL AND intent_at_ms <= %s) AS c"
             f" JOIN {TABLE} AS m ON m.{_ID} = c.aid"
-            f" ORDER BY c.aid, m.{_SESSION}")
+            f" ORDER BY c.aid, m.{_SESSION}"
+        )
         batch: list[list[Row]] = []
         for group in self._grouped(self._stream(sql, (cutoff_ms,))):
             batch.append(group)
@@ -806,9 +877,17 @@ class PostgresView(ManifestWriter):
     def _prefetch_keep(self, groups: list[list[Row]], cutoff_ms: int) -> None:
         if len(self._keep_cache) > 100_000:
             self._keep_cache.clear()
-        self._check_owners([r for g in groups for r in g
-                            if not r.committed and r.owner_kind is not None
-                            and r.intent_at_epoch_ms <= cutoff_ms and self._keep_key(r) not in self._keep_cache])
+        self._check_owners(
+            [
+                r
+                for g in groups
+                for r in g
+                if not r.committed
+                and r.owner_kind is not None
+                and r.intent_at_epoch_ms <= cutoff_ms
+                and self._keep_key(r) not in self._keep_cache
+            ]
+        )
 
     def _check_owners(self, rows: list[Row]) -> None:
         """Decide and cache the keep reason of owned uncommitted rows, batched."""
@@ -824,19 +903,28 @@ class PostgresView(ManifestWriter):
             dead: set[int] = set()
             if turns_table:
                 with self.backend._errors():
-                    dead = {i - 1 for (i,) in self.conn.execute(
-                        f"SELECT k.i FROM unnest(%s::text[], %s::text[], %s::bigint[]) WITH ORDINALITY"
-                        f" AS k(session_id, owner_id, intent_at_ms, i)"
-                        f" WHERE EXISTS (SELECT 1 FROM {TURN_COMMITS} AS tc WHERE tc.session_id = k.session_id"
-                        f" AND tc.turn_id <> k.owner_id AND tc.committed_at_ms > k.intent_at_ms)",
-                        ([r.session_id for r in turn_rows], [r.owner_id for r in turn_rows],
-                         [r.intent_at_epoch_ms for r in turn_rows])).fetchall()}
+                    dead = {
+                        i - 1
+                        for (i,) in self.conn.execute(
+                            f"SELECT k.i FROM unnest(%s::text[], %s::text[], %s::bigint[]) WITH ORDINALITY"
+                            f" AS k(session_id, owner_id, intent_at_ms, i)"
+                            f" WHERE EXISTS (SELECT 1 FROM {TURN_COMMITS} AS tc WHERE tc.session_id = k.session_id"
+                            f" AND tc.turn_id <> k.owner_id AND tc.committed_at_ms > k.intent_at_ms)",
+                            (
+                                [r.session_id for r in turn_rows],
+                                [r.owner_id for r in turn_rows],
+                                [r.intent_at_epoch_ms for r in turn_rows],
+                            ),
+                        ).fetchall()
+                    }
             for i, row in enumerate(turn_rows):
                 if i in dead:
                     reason = None
                 elif turns_table:
-                    reason = (f"owner turn {row.owner_id} not proven dead: no later commit of another turn "
-                              f"of session {row.session_id}")
+                    reason = (
+                        f"owner turn {row.owner_id} not proven dead: no later commit of another turn "
+                        f"of session {row.session_id}"
+                    )
                 else:
                     reason = f"owner turn {row.owner_id} not proven dead (no {TURN_COMMITS} table)"
                 self._keep_cache[self._keep_key(row)] = reason
@@ -850,13 +938,19 @@ class PostgresView(ManifestWriter):
         alive: set[str] = set()
         if registry is not None:
             with self.backend._errors():
-                alive = {p for (p,) in self.conn.execute(
-                    f"SELECT process_id FROM {self.backend._registry_sql} WHERE process_id = ANY(%s::text[])",
-                    (sorted({r.owner_id for r in rows}),)).fetchall()}
+                alive = {
+                    p
+                    for (p,) in self.conn.execute(
+                        f"SELECT process_id FROM {self.backend._registry_sql} WHERE process_id = ANY(%s::text[])",
+                        (sorted({r.owner_id for r in rows}),),
+                    ).fetchall()
+                }
         for row in rows:
             if registry is None:
-                reason = (f"owned by process {row.owner_id} (lash keeps process-owned intents unless its "
-                          "process registry is named: --process-registry)")
+                reason = (
+                    f"owned by process {row.owner_id} (lash keeps process-owned intents unless its "
+                    "process registry is named: --process-registry)"
+                )
             elif row.owner_id in alive:
                 reason = f"owner process {row.owner_id} is still registered in {registry}"
             else:
@@ -867,19 +961,25 @@ class PostgresView(ManifestWriter):
         """Ages are judged by this machine's clock: one ahead of the server's
         takes fresh uploads for aged ones (Refused, exit 4)."""
         with self.backend._errors():
-            ahead = time.time() * 1000 - self.conn.execute(
-                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::float8").fetchone()[0]
+            ahead = (
+                time.time() * 1000
+                - self.conn.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::float8").fetchone()[0]
+            )
         if ahead > CLOCK_SKEW_MS:
-            raise Refused(f"refusing to sweep: this machine's clock is {ahead / 60_000:.0f} minute(s) "
-                          f"ahead of the PostgreSQL server's at {self.backend.name}; fix the clock (NTP)")
+            raise Refused(
+                f"refusing to sweep: this machine's clock is {ahead / 60_000:.0f} minute(s) "
+                f"ahead of the PostgreSQL server's at {self.backend.name}; fix the clock (NTP)"
+            )
 
     def has_live_row(self, attachment_id: str, cutoff_ms: int) -> bool:
         """Whether the id has a row a sweep must respect: committed, uncommitted
         with intent after ``cutoff_ms``, or uncommitted with an owner not proven
         dead (lash's root predicate). One indexed query; re-checked by a sweep
         before and after deleting the object."""
-        sql = (f"SELECT EXISTS (SELECT 1 FROM {TABLE} AS m WHERE m.{_ID} = %s"
-               f" AND NOT (m.committed_at_ms IS NULL AND m.intent_at_ms <= %s AND {self._dead_owner_sql('m')}))")
+        sql = (
+            f"SELECT EXISTS (SELECT 1 FROM {TABLE} AS m WHERE m.{_ID} = %s"
+            f" AND NOT (m.committed_at_ms IS NULL AND m.intent_at_ms <= %s AND {self._dead_owner_sql('m')}))"
+        )
         with self.backend._errors():
             return self.conn.execute(sql, (attachment_id, cutoff_ms)).fetchone()[0]
 
@@ -900,7 +1000,7 @@ class PostgresView(ManifestWriter):
             raise Corrupt(str(exc)) from None
         # Keys in one order: two lashctl writers lock rows in the same order, never deadlock.
         statements: list[tuple[str, tuple]] = []
-        for (session, aid) in sorted(runs):
+        for session, aid in sorted(runs):
             for effect in runs[(session, aid)]:
                 if isinstance(effect, Effect):
                     statements += self._effect_statements(session, aid, effect)
@@ -921,12 +1021,25 @@ class PostgresView(ManifestWriter):
         if effect.replaces:
             out = [(_SQL_DELETE, (session, aid))]
             if row is not None:
-                out.append((_SQL_REPLACE, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
-                                           row.committed_at_epoch_ms)))
+                out.append(
+                    (_SQL_REPLACE, (session, aid, row.canonical_uri, row.intent_at_epoch_ms, row.committed_at_epoch_ms))
+                )
             return out
         if row is not None:
-            return [(_SQL_UPSERT, (session, aid, row.canonical_uri, row.intent_at_epoch_ms,
-                                   row.committed_at_epoch_ms, effect.refreshed_intent, effect.commit_at))]
+            return [
+                (
+                    _SQL_UPSERT,
+                    (
+                        session,
+                        aid,
+                        row.canonical_uri,
+                        row.intent_at_epoch_ms,
+                        row.committed_at_epoch_ms,
+                        effect.refreshed_intent,
+                        effect.commit_at,
+                    ),
+                )
+            ]
         if effect.commit_at is not None:
             return [(_SQL_COMMIT, (effect.commit_at, session, aid))]
         return []

@@ -151,8 +151,12 @@ class ManifestIndex:
         self._fall_back()
 
     # -- queries -----------------------------------------------------------------
-    def _answer(self, from_idx: Callable[[sqlite3.Connection], object], from_memory: Callable[[ManifestState], object],
-                empty: object):
+    def _answer(
+        self,
+        from_idx: Callable[[sqlite3.Connection], object],
+        from_memory: Callable[[ManifestState], object],
+        empty: object,
+    ):
         """From the .idx, or the in-memory fold when there is one or the .idx fails."""
         if not self._refreshed:
             self.refresh()
@@ -170,19 +174,25 @@ class ManifestIndex:
         """The rows for these (session_id, attachment_id) keys; absent keys are left out."""
         return self._answer(
             lambda conn: query.rows_for_keys(conn, keys, self._sync.overlay) if keys else {},
-            lambda memory: {k: memory.rows[k] for k in keys if k in memory.rows}, {})
+            lambda memory: {k: memory.rows[k] for k in keys if k in memory.rows},
+            {},
+        )
 
     def rows_for_id(self, attachment_id: str) -> list[Row]:
         """Every row of this attachment id (one per session), ordered by session id."""
         return self._answer(
             lambda conn: query.rows_for_id(conn, attachment_id, self._sync.overlay),
-            lambda memory: sorted(memory.rows_for(attachment_id), key=lambda r: r.session_id), [])
+            lambda memory: sorted(memory.rows_for(attachment_id), key=lambda r: r.session_id),
+            [],
+        )
 
     def ids_with_prefix(self, prefix: str) -> list[str]:
         """Distinct attachment ids with a row, starting with ``prefix``, sorted."""
         return self._answer(
             lambda conn: query.ids_with_prefix(conn, prefix, self._sync.overlay),
-            lambda memory: sorted(i for i in memory.attachment_ids() if i.startswith(prefix)), [])
+            lambda memory: sorted(i for i in memory.attachment_ids() if i.startswith(prefix)),
+            [],
+        )
 
     def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
         """Uncommitted rows with intent at or before ``cutoff_ms`` (all if None),
@@ -190,15 +200,19 @@ class ManifestIndex:
 
         Streams from a cursor; keep the index open until the iterator is done.
         """
+
         def resume(failure: sqlite3.DatabaseError) -> Iterator[Row]:
             # The .idx failed mid-stream: the rest comes from the in-memory fold.
             self._query_failed(failure)
             return self.uncommitted(cutoff_ms, session)
 
         return self._answer(
-            lambda conn: query.stream_uncommitted(query.uncommitted_cursor(conn, cutoff_ms, session),
-                                                  self._sync.overlay, cutoff_ms, session, resume),
-            lambda memory: _uncommitted_in_memory(memory, cutoff_ms, session), iter(()))
+            lambda conn: query.stream_uncommitted(
+                query.uncommitted_cursor(conn, cutoff_ms, session), self._sync.overlay, cutoff_ms, session, resume
+            ),
+            lambda memory: _uncommitted_in_memory(memory, cutoff_ms, session),
+            iter(()),
+        )
 
     def uncommitted_chunks(self, cutoff_ms: int | None, session: str | None) -> Iterator[list[tuple]] | None:
         """``uncommitted`` as raw rows ``(id, session, uri, intent_at)``, in
@@ -225,8 +239,7 @@ class ManifestIndex:
 
     def rows_by_id(self, prefix: str = "") -> Iterator[list[Row]]:
         """Every row grouped by id (each group by session), in id order; streamed."""
-        return self._grouped(*query.rows_by_id_sql(prefix), lambda memory: memory.rows_by_id(prefix),
-                             scan=not prefix)
+        return self._grouped(*query.rows_by_id_sql(prefix), lambda memory: memory.rows_by_id(prefix), scan=not prefix)
 
     def row_count(self) -> int:
         if not self._refreshed:
@@ -301,7 +314,8 @@ class ManifestIndex:
 
 def _uncommitted_in_memory(memory: ManifestState, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
     rows = [
-        r for r in memory.rows.values()
+        r
+        for r in memory.rows.values()
         if r.committed_at_epoch_ms is None
         and (cutoff_ms is None or r.intent_at_epoch_ms <= cutoff_ms)
         and (session is None or r.session_id == session)

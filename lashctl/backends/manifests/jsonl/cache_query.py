@@ -26,8 +26,11 @@ def uncommitted_sql(columns: str, cutoff_ms: int | None, session: str | None) ->
     list-uncommitted's order: a scan of the covering partial index, in order
     (one session's rows filtered from it)."""
     where, params = uncommitted_where(cutoff_ms, session)
-    return (f"SELECT {columns} FROM rows INDEXED BY rows_uncommitted WHERE {where}"
-            " ORDER BY intent_at, attachment_id, session_id", params)
+    return (
+        f"SELECT {columns} FROM rows INDEXED BY rows_uncommitted WHERE {where}"
+        " ORDER BY intent_at, attachment_id, session_id",
+        params,
+    )
 
 
 def _prefix_bounds(prefix: str) -> tuple[str, str]:
@@ -51,8 +54,9 @@ def rows_for_keys(conn: sqlite3.Connection, keys: list[tuple[str, str]], overlay
 
 
 def rows_for_id(conn: sqlite3.Connection, attachment_id: str, overlay: Overlay) -> list[Row]:
-    rows = [to_row(*r) for r in conn.execute(
-        SELECT_ROW + " WHERE attachment_id = ? ORDER BY session_id", (attachment_id,))]
+    rows = [
+        to_row(*r) for r in conn.execute(SELECT_ROW + " WHERE attachment_id = ? ORDER BY session_id", (attachment_id,))
+    ]
     for (session, aid), row in overlay.items():
         if aid == attachment_id:
             rows = [r for r in rows if r.session_id != session]
@@ -66,7 +70,9 @@ def ids_with_prefix(conn: sqlite3.Connection, prefix: str, overlay: Overlay) -> 
     if prefix:
         cursor = conn.execute(
             "SELECT DISTINCT attachment_id FROM rows WHERE attachment_id >= ? AND attachment_id < ?"
-            " ORDER BY attachment_id", _prefix_bounds(prefix))
+            " ORDER BY attachment_id",
+            _prefix_bounds(prefix),
+        )
     else:
         cursor = conn.execute("SELECT DISTINCT attachment_id FROM rows ORDER BY attachment_id")
     ids = [r[0] for r in cursor if r[0].startswith(prefix)]
@@ -90,8 +96,13 @@ def uncommitted_cursor(conn: sqlite3.Connection, cutoff_ms: int | None, session:
     return conn.execute(*uncommitted_sql("session_id, attachment_id, canonical_uri, intent_at", cutoff_ms, session))
 
 
-def stream_uncommitted(cursor: sqlite3.Cursor, overlay: Overlay, cutoff_ms: int | None, session: str | None,
-                       resume: Callable[[sqlite3.DatabaseError], Iterable[Row]]) -> Iterator[Row]:
+def stream_uncommitted(
+    cursor: sqlite3.Cursor,
+    overlay: Overlay,
+    cutoff_ms: int | None,
+    session: str | None,
+    resume: Callable[[sqlite3.DatabaseError], Iterable[Row]],
+) -> Iterator[Row]:
     """The rows of ``uncommitted_cursor`` with the overlay merged in, in order.
 
     Should the .idx fail mid-stream, the rest comes from ``resume(error)``
@@ -101,9 +112,12 @@ def stream_uncommitted(cursor: sqlite3.Cursor, overlay: Overlay, cutoff_ms: int 
     skip: tuple[str, str] | None = None
     for key, row in overlay.items():  # at most one entry
         skip = key
-        if (row is not None and row.committed_at_epoch_ms is None
-                and (cutoff_ms is None or row.intent_at_epoch_ms <= cutoff_ms)
-                and (session is None or row.session_id == session)):
+        if (
+            row is not None
+            and row.committed_at_epoch_ms is None
+            and (cutoff_ms is None or row.intent_at_epoch_ms <= cutoff_ms)
+            and (session is None or row.session_id == session)
+        ):
             extra = row
     order = (extra.intent_at_epoch_ms, extra.attachment_id, extra.session_id) if extra else None
     last: tuple[int, str, str] | None = None  # sort key of the last row yielded
@@ -143,9 +157,13 @@ def stream_uncommitted(cursor: sqlite3.Cursor, overlay: Overlay, cutoff_ms: int 
 
 
 def rendered_cursor(conn: sqlite3.Connection, cutoff_ms: int | None, session: str | None) -> sqlite3.Cursor:
-    return conn.execute(*uncommitted_sql(
-        f"attachment_id, session_id, coalesce(canonical_uri, '{URI_SCHEME}' || attachment_id), intent_at",
-        cutoff_ms, session))
+    return conn.execute(
+        *uncommitted_sql(
+            f"attachment_id, session_id, coalesce(canonical_uri, '{URI_SCHEME}' || attachment_id), intent_at",
+            cutoff_ms,
+            session,
+        )
+    )
 
 
 def stream_chunks(cursor: sqlite3.Cursor) -> Iterator[list[tuple]]:
@@ -160,14 +178,19 @@ def stream_chunks(cursor: sqlite3.Cursor) -> Iterator[list[tuple]]:
 
 # -- id-grouped streams ----------------------------------------------------------------
 def aged_sql(cutoff_ms: int) -> tuple[str, tuple]:
-    return (SELECT_ROW + " WHERE attachment_id IN (SELECT attachment_id FROM rows INDEXED BY rows_uncommitted"
-            " WHERE committed_at IS NULL AND intent_at <= ?) ORDER BY attachment_id, session_id", (cutoff_ms,))
+    return (
+        SELECT_ROW + " WHERE attachment_id IN (SELECT attachment_id FROM rows INDEXED BY rows_uncommitted"
+        " WHERE committed_at IS NULL AND intent_at <= ?) ORDER BY attachment_id, session_id",
+        (cutoff_ms,),
+    )
 
 
 def rows_by_id_sql(prefix: str) -> tuple[str, tuple]:
     if prefix:
-        return (SELECT_ROW + " WHERE attachment_id >= ? AND attachment_id < ? ORDER BY attachment_id, session_id",
-                _prefix_bounds(prefix))
+        return (
+            SELECT_ROW + " WHERE attachment_id >= ? AND attachment_id < ? ORDER BY attachment_id, session_id",
+            _prefix_bounds(prefix),
+        )
     return SELECT_ROW + " ORDER BY attachment_id, session_id", ()
 
 

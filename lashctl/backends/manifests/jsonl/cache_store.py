@@ -53,23 +53,20 @@ INDEXES = (
     " (intent_at, attachment_id, session_id, canonical_uri, committed_at) WHERE committed_at IS NULL",
 )
 DROP_INDEXES = ("DROP INDEX IF EXISTS rows_uncommitted",)
-_META_COLS = ("format, dev, ino, offset, lines, size, mtime_ns, ctime_ns,"
-              " first_len, first_sha, last_len, last_sha")
+_META_COLS = "format, dev, ino, offset, lines, size, mtime_ns, ctime_ns, first_len, first_sha, last_len, last_sha"
 
 SQL_DELETE = "DELETE FROM rows WHERE session_id = ? AND attachment_id = ?"
 SQL_REPLACE = "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)"
 # A folded row (id, session, uri or NULL, intent, commit), in the table's column order of a build.
-_SQL_INSERT_FOLDED = ("INSERT INTO rows (attachment_id, session_id, canonical_uri, intent_at, committed_at)"
-                      " VALUES (?, ?, ?, ?, ?)")
+_SQL_INSERT_FOLDED = (
+    "INSERT INTO rows (attachment_id, session_id, canonical_uri, intent_at, committed_at) VALUES (?, ?, ?, ?, ?)"
+)
 SQL_MERGE = (
     "INSERT INTO rows VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, attachment_id) DO UPDATE"
     " SET intent_at = max(intent_at, coalesce(?, intent_at)), committed_at = ?"
     " WHERE committed_at IS NULL"
 )
-SQL_COMMIT = (
-    "UPDATE rows SET committed_at = ? WHERE session_id = ? AND attachment_id = ?"
-    " AND committed_at IS NULL"
-)
+SQL_COMMIT = "UPDATE rows SET committed_at = ? WHERE session_id = ? AND attachment_id = ? AND committed_at IS NULL"
 SELECT_ROW = "SELECT session_id, attachment_id, canonical_uri, intent_at, committed_at FROM rows"
 
 
@@ -97,8 +94,20 @@ def sha(data: bytes) -> bytes:
 class Meta:
     """The ``meta`` row: the manifest's stat at the last refresh and what was consumed of it."""
 
-    __slots__ = ("format", "dev", "ino", "offset", "lines", "size", "mtime_ns", "ctime_ns",
-                 "first_len", "first_sha", "last_len", "last_sha")
+    __slots__ = (
+        "format",
+        "dev",
+        "ino",
+        "offset",
+        "lines",
+        "size",
+        "mtime_ns",
+        "ctime_ns",
+        "first_len",
+        "first_sha",
+        "last_len",
+        "last_sha",
+    )
 
     def __init__(self, values: tuple) -> None:
         for name, value in zip(self.__slots__, values):
@@ -120,7 +129,9 @@ class Meta:
         self.last_len, self.last_sha = len(last_line) + 1, sha(last_line + b"\n")
 
 
-def connect(path: Path, manifest_path: Path, under_lock: bool, say_unusable: Callable[[str], None]) -> sqlite3.Connection:
+def connect(
+    path: Path, manifest_path: Path, under_lock: bool, say_unusable: Callable[[str], None]
+) -> sqlite3.Connection:
     """Open the .idx (WAL, autocommit), only in a private directory and never through a link."""
     try:
         # Only in private directories, never through a link (the path is predictable).
@@ -161,8 +172,7 @@ def read_meta(conn: sqlite3.Connection) -> Meta | None:
 
 
 def write_meta(conn: sqlite3.Connection, meta: Meta) -> None:
-    conn.execute(f"INSERT OR REPLACE INTO meta (k, {_META_COLS}) VALUES (0, {','.join('?' * 12)})",
-                 meta.values())
+    conn.execute(f"INSERT OR REPLACE INTO meta (k, {_META_COLS}) VALUES (0, {','.join('?' * 12)})", meta.values())
 
 
 def reset(conn: sqlite3.Connection, st: os.stat_result) -> Meta:
@@ -171,8 +181,9 @@ def reset(conn: sqlite3.Connection, st: os.stat_result) -> Meta:
     conn.execute("DROP TABLE IF EXISTS meta")
     for sql in SCHEMA:
         conn.execute(sql)
-    return Meta((FORMAT, str(st.st_dev), str(st.st_ino), 0, 0, st.st_size, st.st_mtime_ns,
-                 st.st_ctime_ns, 0, None, 0, None))
+    return Meta(
+        (FORMAT, str(st.st_dev), str(st.st_ino), 0, 0, st.st_size, st.st_mtime_ns, st.st_ctime_ns, 0, None, 0, None)
+    )
 
 
 def write_folded(conn: sqlite3.Connection, rows: dict) -> None:

@@ -72,11 +72,27 @@ class _Batch:
                 if row is None:
                     deletes.append((session, aid))
                 else:
-                    replaces.append((session, aid, stored_uri(aid, row.canonical_uri),
-                                     row.intent_at_epoch_ms, row.committed_at_epoch_ms))
+                    replaces.append(
+                        (
+                            session,
+                            aid,
+                            stored_uri(aid, row.canonical_uri),
+                            row.intent_at_epoch_ms,
+                            row.committed_at_epoch_ms,
+                        )
+                    )
             elif row is not None:
-                merges.append((session, aid, stored_uri(aid, row.canonical_uri), row.intent_at_epoch_ms,
-                               row.committed_at_epoch_ms, effect.refreshed_intent, effect.commit_at))
+                merges.append(
+                    (
+                        session,
+                        aid,
+                        stored_uri(aid, row.canonical_uri),
+                        row.intent_at_epoch_ms,
+                        row.committed_at_epoch_ms,
+                        effect.refreshed_intent,
+                        effect.commit_at,
+                    )
+                )
             elif effect.commit_at is not None:
                 commits.append((effect.commit_at, session, aid))
         if deletes:
@@ -93,8 +109,7 @@ class _Batch:
 class _BadLine(Exception):
     """A malformed line met by ``_build``: where it is, and the Corrupt to raise."""
 
-    def __init__(self, error: Corrupt, lines: list[bytes], index_in_block: int, lineno: int,
-                 data_offset: int) -> None:
+    def __init__(self, error: Corrupt, lines: list[bytes], index_in_block: int, lineno: int, data_offset: int) -> None:
         super().__init__(error.message)
         self.error, self.lines, self.index_in_block = error, lines, index_in_block
         self.lineno, self.data_offset = lineno, data_offset
@@ -102,7 +117,7 @@ class _BadLine(Exception):
 
 def _first_line(block: bytes) -> tuple[int, bytes]:
     """Length and sha256 of the log's first line (with its newline), from its first block."""
-    first = block[:block.find(b"\n")] if b"\n" in block else block
+    first = block[: block.find(b"\n")] if b"\n" in block else block
     return len(first) + 1, sha(first + b"\n")
 
 
@@ -145,7 +160,7 @@ def read_blocks(fd: int, pos: int, size: int, tail: list[bytes], path: Path) -> 
         if cut < 0:
             carry = data
             continue
-        carry = data[cut + 1:]
+        carry = data[cut + 1 :]
         block = data[:cut]
         del data
         yield pos - len(carry) - cut - 1, block
@@ -200,7 +215,7 @@ class FastFold:
                     try:
                         self.lineno = _fold_lines(block, before, data_offset, self.path, fold)
                     except _BadLine as bad:
-                        good = bad.lines[:bad.index_in_block]
+                        good = bad.lines[: bad.index_in_block]
                         if good:
                             self.done_offset = bad.data_offset + sum(map(len, good)) + len(good)
                             self.last_line = good[-1]
@@ -209,7 +224,7 @@ class FastFold:
                         raise
                     self.events += sum(1 for raw in block.split(b"\n") if raw.strip())
                 self.done_offset = data_offset + len(block) + 1
-                self.last_line = block[block.rfind(b"\n") + 1:]
+                self.last_line = block[block.rfind(b"\n") + 1 :]
                 del block
         finally:
             if gc_was_enabled:
@@ -225,8 +240,7 @@ class LogSync:
     complete lines and ``seen`` is the manifest stat the stored meta describes.
     """
 
-    def __init__(self, manifest: "Manifest", path: Path, under_lock: bool,
-                 say_unusable: Callable[[str], None]) -> None:
+    def __init__(self, manifest: "Manifest", path: Path, under_lock: bool, say_unusable: Callable[[str], None]) -> None:
         self.manifest = manifest
         self.path = path
         self.under_lock = under_lock
@@ -390,7 +404,7 @@ class LogSync:
                         add(parse(raw, lineno, path))
                     except Corrupt:
                         batch.write(conn)
-                        good = lines[:lineno - base - 1]
+                        good = lines[: lineno - base - 1]
                         if good:
                             done_offset = data_offset + sum(map(len, good)) + len(good)
                             last_line = good[-1]

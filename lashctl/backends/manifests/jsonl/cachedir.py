@@ -205,8 +205,7 @@ def prune(index_file: Path) -> None:
             continue
         if not manifest or os.path.lexists(manifest):
             continue
-        for suffix in (".idx", *(".idx" + s for s in SQLITE_SIDE_FILES),
-                       JOURNAL_SUFFIX, PATH_SUFFIX):
+        for suffix in (".idx", *(".idx" + s for s in SQLITE_SIDE_FILES), JOURNAL_SUFFIX, PATH_SUFFIX):
             try:
                 os.unlink(directory / (key + suffix))
             except OSError:
@@ -231,8 +230,9 @@ def stat_or_none(path: Path) -> os.stat_result | None:
         return None
 
 
-def record_own_write(manifest_path: Path, before: os.stat_result | None, after: os.stat_result | None,
-                     kind: str = APPEND) -> None:
+def record_own_write(
+    manifest_path: Path, before: os.stat_result | None, after: os.stat_result | None, kind: str = APPEND
+) -> None:
     """Journal one write lashctl made to the manifest (call under the manifest lock).
 
     ``after`` None: stat the path now. Never fails the write it describes.

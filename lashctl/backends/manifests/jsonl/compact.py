@@ -72,8 +72,10 @@ def fold_log(manifest: "Manifest") -> tuple[dict | None, int]:
     events = folded.events
     if raw.strip():
         if not parses(strip_bom(raw) if lineno == 1 else raw):
-            manifest.warn(f"{manifest.path}:{lineno}: ignoring a torn final line "
-                          "(an append interrupted by a crash); the next write repairs it")
+            manifest.warn(
+                f"{manifest.path}:{lineno}: ignoring a torn final line "
+                "(an append interrupted by a crash); the next write repairs it"
+            )
         else:
             fold_into(folded.rows)([from_event(parse_line(raw, lineno, manifest.path))])
             events += 1
@@ -84,9 +86,21 @@ def store_compacted(manifest: "Manifest", rows: dict[tuple[str, str], Row], data
     """After ``manifest.compact`` wrote ``data`` (``lines`` lines) as the
     manifest, under its lock: store ``rows``, its folded state, as the
     manifest's cache (see ``_store``)."""
-    _store(manifest, {(row.attachment_id, row.session_id): [
-        row.attachment_id, row.session_id, store.stored_uri(row.attachment_id, row.canonical_uri),
-        row.intent_at_epoch_ms, row.committed_at_epoch_ms] for row in rows.values()}, data, lines)
+    _store(
+        manifest,
+        {
+            (row.attachment_id, row.session_id): [
+                row.attachment_id,
+                row.session_id,
+                store.stored_uri(row.attachment_id, row.canonical_uri),
+                row.intent_at_epoch_ms,
+                row.committed_at_epoch_ms,
+            ]
+            for row in rows.values()
+        },
+        data,
+        lines,
+    )
 
 
 def _store(manifest: "Manifest", folded: dict, data: bytes, lines: int) -> None:
@@ -123,8 +137,8 @@ def _write(conn: sqlite3.Connection, st: os.stat_result, folded: dict, data: byt
         store.write_folded(conn, folded)
         for sql in store.INDEXES:
             conn.execute(sql)
-        first = bytes(data[:data.index(b"\n") + 1])
-        last = bytes(data[data.rindex(b"\n", 0, len(data) - 1) + 1:]) if lines > 1 else first
+        first = bytes(data[: data.index(b"\n") + 1])
+        last = bytes(data[data.rindex(b"\n", 0, len(data) - 1) + 1 :]) if lines > 1 else first
         meta.offset, meta.lines = len(data), lines
         meta.first_len, meta.first_sha = len(first), store.sha(first)
         meta.last_len, meta.last_sha = len(last), store.sha(last)

@@ -100,11 +100,16 @@ def from_event(event: dict) -> "Intent | Commit | Forget | None":
     it (None for the header): the slow path of a build folds the same way."""
     op = event["op"]
     if op == "intent":
-        return Intent(attachment_id=event["attachment_id"], session_id=event["session_id"],
-                      canonical_uri=event["canonical_uri"], at_ms=event["intent_at_epoch_ms"])
+        return Intent(
+            attachment_id=event["attachment_id"],
+            session_id=event["session_id"],
+            canonical_uri=event["canonical_uri"],
+            at_ms=event["intent_at_epoch_ms"],
+        )
     if op == "commit":
-        return Commit(attachment_id=event["attachment_id"], session_id=event["session_id"],
-                      at_ms=event["committed_at_epoch_ms"])
+        return Commit(
+            attachment_id=event["attachment_id"], session_id=event["session_id"], at_ms=event["committed_at_epoch_ms"]
+        )
     if op == "forget":
         return Forget(attachment_id=event["attachment_id"], session_id=event["session_id"])
     return None

@@ -136,10 +136,13 @@ class StateView(ManifestView):
         return self.state.ids_with_prefix(prefix)
 
     def uncommitted(self, cutoff_ms: int | None, session: str | None) -> Iterator[Row]:
-        rows = [r for r in self.state.rows.values()
-                if r.committed_at_epoch_ms is None
-                and (cutoff_ms is None or r.intent_at_epoch_ms <= cutoff_ms)
-                and (session is None or r.session_id == session)]
+        rows = [
+            r
+            for r in self.state.rows.values()
+            if r.committed_at_epoch_ms is None
+            and (cutoff_ms is None or r.intent_at_epoch_ms <= cutoff_ms)
+            and (session is None or r.session_id == session)
+        ]
         rows.sort(key=lambda r: (r.intent_at_epoch_ms, r.attachment_id, r.session_id))
         return iter(rows)
 
@@ -168,7 +171,6 @@ class StateView(ManifestView):
     @property
     def malformed(self) -> list:
         return self.state.malformed
-
 
 
 # -- events --------------------------------------------------------------------
@@ -213,11 +215,7 @@ def encode_compacted(rows: Iterable[tuple]) -> tuple[bytearray, int]:
 
 
 def _is_epoch_ms(value: object) -> bool:
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and 0 <= value <= MAX_EPOCH_MS
-    )
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_EPOCH_MS
 
 
 def validate_event(obj: object) -> str | None:
@@ -226,7 +224,7 @@ def validate_event(obj: object) -> str | None:
         return "not a JSON object"
     op = obj.get("op")
     if not isinstance(op, str):
-        return "no \"op\" field"
+        return 'no "op" field'
     if op not in OPS:
         return f"unknown op {op!r} (this lashctl knows {', '.join(OPS)})"
     if op == "header":
@@ -237,20 +235,20 @@ def validate_event(obj: object) -> str | None:
             return f"manifest version {version!r} is not supported (this lashctl reads version {VERSION})"
         return None
     if not is_valid_id(obj.get("attachment_id")):
-        return "\"attachment_id\" is not a 64-character lowercase hex sha256"
+        return '"attachment_id" is not a 64-character lowercase hex sha256'
     session = obj.get("session_id")
     if not isinstance(session, str) or not session:
-        return "\"session_id\" is not a non-empty string"
+        return '"session_id" is not a non-empty string'
     if not is_utf8_text(session):
-        return "\"session_id\" holds a lone surrogate, not text"
+        return '"session_id" holds a lone surrogate, not text'
     if op == "intent":
         if not isinstance(obj.get("canonical_uri"), str) or not is_utf8_text(obj["canonical_uri"]):
-            return "\"canonical_uri\" is not a string"
+            return '"canonical_uri" is not a string'
         if not _is_epoch_ms(obj.get("intent_at_epoch_ms")):
-            return "\"intent_at_epoch_ms\" is not an epoch time in milliseconds"
+            return '"intent_at_epoch_ms" is not an epoch time in milliseconds'
     elif op == "commit":
         if not _is_epoch_ms(obj.get("committed_at_epoch_ms")):
-            return "\"committed_at_epoch_ms\" is not an epoch time in milliseconds"
+            return '"committed_at_epoch_ms" is not an epoch time in milliseconds'
     return None
 
 
@@ -333,6 +331,7 @@ def _line_finder(ids: set[str]) -> Callable[[bytes, int], Iterator[int]]:
                 while pos >= 0:
                     yield pos
                     pos = data.find(needle, pos + len(needle), end)
+
         return find
     if len(wanted) <= _TRIE_IDS:
         pattern = re.compile(rb'"attachment_id"\s*:\s*"(?:' + _id_trie(wanted).encode("ascii") + rb')"')
@@ -346,6 +345,7 @@ def _line_finder(ids: set[str]) -> Callable[[bytes, int], Iterator[int]]:
         for m in finditer(data, 0, end):
             if m.group(1) in encoded:
                 yield m.start()
+
     return matching
 
 
@@ -378,7 +378,7 @@ def _lines_for(fd: int, ids: set[str], path: Path) -> Iterator[tuple[int, bytes]
             starts.add(data.rfind(b"\n", 0, at) + 1)
             at = data.find(b"\\", data.find(b"\n", at) + 1, end)
         for start in sorted(starts):
-            raw = data[start:data.find(b"\n", start)]
+            raw = data[start : data.find(b"\n", start)]
             if raw.strip():
                 yield pos + start, raw
         pos += end
@@ -561,7 +561,8 @@ class Manifest:
             if self.path != self.given_path:
                 raise UnsafePath(
                     f"manifest {self.given_path} is a symlink to {self.path}, which does not exist: "
-                    "refusing to create a file through a symlink")
+                    "refusing to create a file through a symlink"
+                )
             return
         fd = self.open_for_reading()
         if fd is not None:
@@ -569,8 +570,10 @@ class Manifest:
                 st = os.fstat(fd)
                 if st.st_nlink > 1:
                     # Another name for the same file may sit outside the store: never write through it.
-                    raise UnsafePath(f"manifest {self.path} has {st.st_nlink} hard links: refusing to write "
-                                     "through a file shared with another path (copy it instead)")
+                    raise UnsafePath(
+                        f"manifest {self.path} has {st.st_nlink} hard links: refusing to write "
+                        "through a file shared with another path (copy it instead)"
+                    )
                 size = st.st_size
                 if size:
                     self._check_reads_as_manifest(fd, size)
@@ -588,8 +591,14 @@ class Manifest:
         self._ensure_parent()
         fd = open_lock_file(self.lock_path)
         try:
-            flock_within(fd, self.lock_path, self.lock_timeout, action=f"lock {self.lock_path}",
-                         holder="another writer", warn=self.warn)
+            flock_within(
+                fd,
+                self.lock_path,
+                self.lock_timeout,
+                action=f"lock {self.lock_path}",
+                holder="another writer",
+                warn=self.warn,
+            )
             self._lock_fd = fd
             try:
                 yield
@@ -692,8 +701,10 @@ class Manifest:
         if parses(strip_bom(tail) if line_start == 0 else tail):
             return size, b"\n"  # a complete event that only lacks its newline
         saved = self._save_torn(tail, os.fstat(fd))
-        self.warn(f"{self.path}: truncating a torn final line left by an interrupted append "
-                  f"({len(tail)} bytes, saved to {saved})")
+        self.warn(
+            f"{self.path}: truncating a torn final line left by an interrupted append "
+            f"({len(tail)} bytes, saved to {saved})"
+        )
         os.ftruncate(fd, line_start)
         return line_start, b"" if line_start else encode_events([HEADER])
 
@@ -720,11 +731,13 @@ class Manifest:
             raise RuntimeError("Manifest.compact called without holding the lock")
         data, lines = encode_compacted(
             (row.attachment_id, row.session_id, row.canonical_uri, row.intent_at_epoch_ms, row.committed_at_epoch_ms)
-            for row in state.rows.values())
+            for row in state.rows.values()
+        )
         return self.replace_log(data, lines, written)
 
-    def replace_log(self, data: bytes | bytearray, lines: int,
-                    written: Callable[[bytes, int], None] | None = None) -> int:
+    def replace_log(
+        self, data: bytes | bytearray, lines: int, written: Callable[[bytes, int], None] | None = None
+    ) -> int:
         """Make ``data`` (``lines`` lines, a compacted log) the manifest,
         atomically. Must hold the lock. ``written`` as for ``compact``."""
         if self._lock_fd is None:
@@ -772,8 +785,17 @@ class Manifest:
 class CheckReport(Record):
     """What ``manifest check`` found: counts, the torn tail, every malformed line."""
 
-    __slots__ = ("path", "exists", "lines", "events_by_op", "rows", "rows_committed", "torn_tail", "has_header",
-                 "problems")
+    __slots__ = (
+        "path",
+        "exists",
+        "lines",
+        "events_by_op",
+        "rows",
+        "rows_committed",
+        "torn_tail",
+        "has_header",
+        "problems",
+    )
 
     def __init__(self, path: Path, exists: bool) -> None:
         self.path = path

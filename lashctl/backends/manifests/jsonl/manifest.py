@@ -183,7 +183,6 @@ class Writer(ManifestWriter):
             for event in events:
                 view.state.apply(event)
 
-
     def _resolve_guards(self, events: list[Event]) -> list[Event]:
         """The log records no cutoff on a forget: decide each guarded forget
         here, under the lock, against the rows as they stand (``fold.step``),
@@ -195,7 +194,7 @@ class Writer(ManifestWriter):
             # another, so the rows are read a chunk at a time (flat memory).
             out = []
             for start in range(0, len(events), _GUARD_CHUNK):
-                out.extend(self._resolve_guards(events[start:start + _GUARD_CHUNK]))
+                out.extend(self._resolve_guards(events[start : start + _GUARD_CHUNK]))
             return out
         rows = {k: r.replace() for k, r in self.rows_for_keys(list({e.key for e in events})).items()}
         out = []
@@ -219,8 +218,13 @@ class JsonlManifest(ManifestBackend):
     kind = JSONL
     blocks_writers = True  # a sweep holds the one lock every writer takes
 
-    def __init__(self, path: Path, lock_timeout: float = 30.0, warn: Warn | None = None,
-                 note: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_timeout: float = 30.0,
+        warn: Warn | None = None,
+        note: Callable[[str], None] | None = None,
+    ) -> None:
         kwargs = {} if warn is None else {"warn": warn}
         self.log = Manifest(Path(path), lock_timeout=lock_timeout, **kwargs)
         self.note = note
@@ -326,9 +330,12 @@ class JsonlManifest(ManifestBackend):
     def litter(self) -> list[Found]:
         """Staging files a killed ``manifest compact`` left beside the manifest."""
         parent = self.log.path.parent
-        return [Found(STAGING, name, str(parent / name),
-                      BlobStat(st.st_size, st.st_mtime_ns // 1_000_000, FILE), handle=name)
-                for name, st in self.log.litter()]
+        return [
+            Found(
+                STAGING, name, str(parent / name), BlobStat(st.st_size, st.st_mtime_ns // 1_000_000, FILE), handle=name
+            )
+            for name, st in self.log.litter()
+        ]
 
     def remove_litter(self, found: Found) -> None:
         self.log.remove_litter(found.handle)
@@ -376,8 +383,10 @@ def confirm_rows(view, manifest: Manifest, ids) -> dict[str, list[Row]]:
         return {}
     from_log = manifest.fold_ids(ids)
     if any(view.rows_for_id(i) != rows for i, rows in from_log.items()):
-        manifest.warn(f"the state cache of {manifest.path} disagreed with the log; "
-                      "using the log (the cache is rebuilt on the next command)")
+        manifest.warn(
+            f"the state cache of {manifest.path} disagreed with the log; "
+            "using the log (the cache is rebuilt on the next command)"
+        )
         view.index.discard()
     return from_log
 
