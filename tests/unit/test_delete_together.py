@@ -62,3 +62,32 @@ def test_together_waits_for_the_work_started_before_raising_an_interrupt():
         localfs._together(work, [str(n) for n in range(400)], 4)
     assert len(started) < 400  # the rest was not started
     assert set(started) - set(done) == {"3"}  # every other one started has finished
+
+
+def test_an_interrupt_while_the_threads_start_waits_for_those_started(monkeypatch):
+    """A signal can land while the workers are being started: the ones
+    already running finish their item before the interrupt is raised, so the
+    caller (which then looks at what is still there) never races an unlink."""
+    lock = threading.Lock()
+    started, done = [], []
+    real_start = threading.Thread.start
+    calls = []
+
+    def start(self):
+        real_start(self)
+        calls.append(self)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a SIGTERM handler would, in the caller's thread
+
+    def work(item: str) -> None:
+        with lock:
+            started.append(item)
+        time.sleep(0.05)
+        with lock:
+            done.append(item)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        localfs._together(work, [str(n) for n in range(40)], 4)
+    with lock:
+        assert started and set(started) == set(done), (started, done)

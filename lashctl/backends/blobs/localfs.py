@@ -986,9 +986,11 @@ def _together(work: Callable[[str], None], items: list[str], threads: int) -> No
                 stop.set()
 
     workers = [threading.Thread(target=run, name="lashctl-delete", daemon=True) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
     try:
+        # Started inside the guard: a signal between two starts still waits
+        # for the workers already running (their unlinks are in flight).
+        for worker in workers:
+            worker.start()
         for worker in workers:
             worker.join()
     except BaseException:
@@ -996,7 +998,8 @@ def _together(work: Callable[[str], None], items: list[str], threads: int) -> No
         while any(worker.is_alive() for worker in workers):
             try:
                 for worker in workers:
-                    worker.join()
+                    if worker.ident is not None:  # (one never started has nothing to wait for)
+                        worker.join()
             except BaseException:  # noqa: BLE001 - a second signal: still wait, then raise the first
                 continue
         raise
