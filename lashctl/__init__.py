@@ -2,6 +2,7 @@
 
 __version__ = "0.2.0"
 NOTHING_LEFT = "nothing half-written was left"  # what an interrupt says where nothing else was kept
+ARGV: list[str] | None = None  # the command line (set by the CLI), for the audit log
 
 
 class Terminated(KeyboardInterrupt):

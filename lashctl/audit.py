@@ -362,7 +362,7 @@ def start(state, store, command: str, given: str | None) -> AuditLog | None:
     """The audit log a destructive run writes to, set on ``store.audit``; a
     named one is checked now, before anything changes; None (and a warning on
     stderr, which ``-q`` does not hide) for an object store with no log named."""
-    from lashctl import commands
+    import lashctl
 
     if given is None and default_location(state.store_root) is None:
         from lashctl.text import escape_text, say
@@ -376,7 +376,7 @@ def start(state, store, command: str, given: str | None) -> AuditLog | None:
             )
         )
         return None
-    log = AuditLog(given, state.store_root, state.manifest_path, command, commands.ARGV or [])
+    log = AuditLog(given, state.store_root, state.manifest_path, command, lashctl.ARGV or [])
     # A named log must take lines before anything changes (checked, not
     # created: a run that changes nothing leaves no file behind); the store's
     # own is opened at its first line.

@@ -270,9 +270,9 @@ class LashctlGroup(TyperGroup):
             from lashctl.completion import register
 
             register()
-        from lashctl import commands
+        import lashctl
 
-        commands.ARGV = list(sys.argv[1:] if args is None else args)  # the audit log keeps it
+        lashctl.ARGV = list(sys.argv[1:] if args is None else args)  # the audit log keeps it
         try:
             code = super().main(
                 args=args, prog_name=prog_name or "lashctl", complete_var=complete_var, standalone_mode=False, **extra

@@ -24,7 +24,6 @@ ENV_DEBUG = "LASHCTL_DEBUG"
 ENV_PROCESS_REGISTRY = "LASHCTL_PROCESS_REGISTRY"
 ENV_METRICS_FILE = "LASHCTL_METRICS_FILE"
 ENV_AUDIT_LOG = "LASHCTL_AUDIT_LOG"
-ARGV: list[str] | None = None  # the command line (set by the CLI), for the audit log
 
 
 def complete_id(ctx: typer.Context, incomplete: str) -> list[str]:
