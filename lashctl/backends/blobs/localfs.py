@@ -269,12 +269,8 @@ class BlobStore(BlobBackend):
         data = meta.encode()
         shard = self._dir(self._shard_key(attachment_id), create=True)
         assert shard is not None
-        try:
-            with os.fdopen(open_regular(name, dir_fd=shard), "rb") as handle:
-                if handle.read(len(data) + 1) == data:
-                    return None
-        except OSError:
-            pass  # absent or unreadable: write it
+        if _says(shard, name, data):
+            return None
         blob = replaced_file(attachment_id, shard)  # a new sidecar is no wider than its blob
         staging = staging_name(name)
         try:
@@ -538,12 +534,8 @@ class BlobStore(BlobBackend):
         with self.opened():
             shard = self._dir(self._shard_key(attachment_id), create=True)
             assert shard is not None
-            try:
-                with os.fdopen(open_regular(name, dir_fd=shard), "rb") as handle:
-                    if handle.read(len(data) + 1) == data:
-                        return False
-            except OSError:
-                pass  # absent or unreadable: write it
+            if _says(shard, name, data):
+                return False
             blob = replaced_file(attachment_id, shard)  # a new sidecar is no wider than its blob
             self._install_bytes(
                 data,
@@ -1005,6 +997,16 @@ def _together(work: Callable[[str], None], items: list[str], threads: int) -> No
         raise
     if errors:
         raise errors[0]
+
+
+def _says(shard: int, name: str, data: bytes) -> bool:
+    """Whether the regular file ``name`` in ``shard`` holds exactly ``data``
+    (a sidecar that need not be written again); False if absent or unreadable."""
+    try:
+        with os.fdopen(open_regular(name, dir_fd=shard), "rb") as handle:
+            return handle.read(len(data) + 1) == data
+    except OSError:
+        return False
 
 
 def neutral_stat(st: os.stat_result) -> BlobStat:
