@@ -360,20 +360,16 @@ def encode_line(line: dict) -> str:
 
 def start(state, store, command: str, given: str | None) -> AuditLog | None:
     """The audit log a destructive run writes to, set on ``store.audit``; a
-    named one is checked now, before anything changes; None (and a warning on
-    stderr, which ``-q`` does not hide) for an object store with no log named."""
+    named one is checked now, before anything changes; None (and a warning)
+    for an object store with no log named."""
     import lashctl
 
     if given is None and default_location(state.store_root) is None:
-        from lashctl.text import escape_text, say
-
-        # Not hidden by -q: a quiet scheduled sweep must not go unaudited silently.
-        say(
-            "lashctl: warning: "
-            + escape_text(
-                f"{command} on {_shown(state.store_root)} is not audited: an s3:// store has no local root "
-                f"to keep audit.jsonl in (name a file with --audit-log or {ENV_AUDIT_LOG})"
-            )
+        # A warning (-q hides it, as every warning: a quiet sweep's stderr
+        # stays empty unless something failed; docs/audit.md says so).
+        state.ui.warn(
+            f"{command} on {_shown(state.store_root)} is not audited: an s3:// store has no local root "
+            f"to keep audit.jsonl in (name a file with --audit-log or {ENV_AUDIT_LOG})"
         )
         return None
     log = AuditLog(given, state.store_root, state.manifest_path, command, lashctl.ARGV or [])

@@ -177,15 +177,15 @@ def validate_session(session: str | None) -> str:
         raise UsageError("a session is required: pass --session/-s or set LASHCTL_SESSION")
     if len(session) > MAX_SESSION_LEN:
         raise UsageError(f"--session is longer than {MAX_SESSION_LEN} characters")
-    # The class the escaper shows escaped: such a session id could not be
-    # shown to a person as it is.
-    if has_control(session):
-        raise UsageError(f"--session '{session}' contains control, bidi or line separator characters")
     invisible = _format_character(session)
     if invisible is not None:
         # A byte-order mark or a zero-width space would make it another
         # session that looks the same as one on every screen.
         raise UsageError(f"--session contains an invisible format character (U+{ord(invisible):04X})")
+    # The class the escaper shows escaped: such a session id could not be
+    # shown to a person as it is.
+    if has_control(session):
+        raise UsageError(f"--session '{session}' contains control, bidi or line separator characters")
     if not is_utf8_text(session):
         raise UsageError(f"--session '{session}' is not valid UTF-8")
     return session
