@@ -13,7 +13,7 @@ import stat
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, cast
 
 from lashctl import faults, media, sidecar
 from lashctl.backends import is_url
@@ -448,7 +448,7 @@ def _rendered_rows(
     if chunks is None:
         rows = view.uncommitted(cutoff, session)
         while chunk := [_describe_row(store, row) for row in islice(rows, 2000)]:
-            yield list[str | UncommittedRow | None](chunk)
+            yield cast("list[str | UncommittedRow | None]", chunk)
         return
 
     def described(values: Any) -> UncommittedRow | None:
